@@ -1,0 +1,34 @@
+# The README's two commands are `make demo` and `make test`; everything bootstraps itself.
+VENV := .venv/bin
+.PHONY: venv demo test test-fast lint typecheck bench lock clean
+
+venv:
+	@bash scripts/bootstrap.sh
+
+demo: venv
+	$(VENV)/infusiond demo $(ARGS)
+
+lint: venv
+	$(VENV)/ruff check .
+	$(VENV)/ruff format --check .
+
+typecheck: venv
+	$(VENV)/mypy
+
+# Full suite: lint, types, every test including the slow fault/outage ones.
+test: lint typecheck
+	$(VENV)/pytest $(PYTEST_ARGS)
+
+# Everyday loop: skips tests marked slow.
+test-fast: venv
+	$(VENV)/pytest -m "not slow" $(PYTEST_ARGS)
+
+bench: venv
+	$(VENV)/python -m bench $(ARGS)
+
+# Regenerate requirements.lock after changing dependencies in pyproject.toml.
+lock:
+	uv pip compile pyproject.toml --extra dev --python-version 3.11 --generate-hashes --universal -o requirements.lock
+
+clean:
+	rm -rf .venv .mypy_cache .ruff_cache .pytest_cache .hypothesis

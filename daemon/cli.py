@@ -1,0 +1,149 @@
+"""The ``infusiond`` command line (DESIGN.md section 6).
+
+This module only parses arguments and dispatches; each subcommand lives in its own module and
+is imported lazily, so ``infusiond check`` does not pay for importing pymodbus or aiomqtt.
+Every implementation module exposes ``run(args: argparse.Namespace) -> int``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from typing import Protocol
+
+from protocol.errors import InfusiondError
+
+EXIT_OK = 0
+EXIT_PROBLEM = 1
+EXIT_USAGE = 2
+
+
+class _Runner(Protocol):
+    def __call__(self, args: argparse.Namespace) -> int: ...
+
+
+def _add_data_dir(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="journal and state directory (default: the per-user state directory)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser; subcommands set ``args.target`` to 'module:function'."""
+    parser = argparse.ArgumentParser(
+        prog="infusiond",
+        description=(
+            "Bedside gateway between infusion pumps and the hospital network. "
+            "Not a medical device; not cleared for clinical use."
+        ),
+    )
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run the gateway service")
+    p.add_argument("--config", required=True, metavar="PATH", help="TOML configuration file")
+    p.set_defaults(target="daemon.service:run")
+
+    p = sub.add_parser("demo", help="simulated bedside + daemon + embedded broker, in one command")
+    p.add_argument(
+        "--broker",
+        default="embedded",
+        metavar="embedded|mqtt://HOST:PORT",
+        help="use an embedded broker (default) or an existing one",
+    )
+    p.add_argument("--gateway-id", default="demo", metavar="ID")
+    _add_data_dir(p)
+    p.add_argument("--pumps", type=int, default=2, metavar="N", help="number of pumps (>= 2)")
+    p.add_argument("--speed", type=float, default=1.0, metavar="X", help="simulated clock speed")
+    p.set_defaults(target="daemon.demo:run")
+
+    p = sub.add_parser("sim", help="run a device simulator (pumps, patient monitor)")
+    simsub = p.add_subparsers(dest="sim_kind", metavar="KIND", required=True)
+    for kind, target, helptext in (
+        ("modbus", "sim_devices.modbus_cli:run", "Modbus TCP/RTU pump (generic-pump-v1 map)"),
+        ("newera", "sim_devices.newera_cli:run", "New Era NE-500 family serial syringe pump"),
+        ("monitor", "sim_devices.monitor_cli:run", "patient monitor sending HL7 ORU^R01 (MLLP)"),
+    ):
+        sp = simsub.add_parser(kind, help=helptext)
+        where = sp.add_mutually_exclusive_group()
+        where.add_argument("--listen", metavar="URL", help="e.g. tcp://127.0.0.1:5020")
+        where.add_argument("--serial", metavar="PATH", help="serial device or pty path")
+        sp.add_argument("--faults", nargs="*", default=[], metavar="FAULT", help="faults at start")
+        sp.add_argument("--scenario", metavar="PATH", help="scenario TOML file")
+        sp.add_argument("--speed", type=float, default=1.0, metavar="X", help="clock speed")
+        sp.set_defaults(target=target)
+
+    p = sub.add_parser("check", help="check a request (JSON on stdin) -> verdict JSON on stdout")
+    p.add_argument("--library", metavar="PATH", help="drug library (default: shipped example)")
+    p.set_defaults(target="daemon.check_cmd:run")
+
+    p = sub.add_parser("library", help="drug library tools")
+    libsub = p.add_subparsers(dest="library_cmd", metavar="ACTION", required=True)
+    sp = libsub.add_parser("check", help="validate a library file and its [[examples]]")
+    sp.add_argument("path", nargs="?", metavar="PATH", help="default: the shipped example")
+    sp.add_argument("--json", action="store_true", help="machine-readable output")
+    sp.set_defaults(target="daemon.library_cmd:run")
+
+    p = sub.add_parser("journal", help="journal tools (safe while the daemon runs)")
+    jsub = p.add_subparsers(dest="journal_cmd", metavar="ACTION", required=True)
+    for action, helptext in (
+        ("verify", "check the hash chain; exit 1 naming the first broken row"),
+        ("export", "print every row as JSON lines"),
+    ):
+        sp = jsub.add_parser(action, help=helptext)
+        _add_data_dir(sp)
+        sp.set_defaults(target="daemon.journal_cmd:run")
+
+    p = sub.add_parser("watch", help="live terminal view of every pump and bed")
+    p.add_argument("--broker", default="mqtt://127.0.0.1:1883", metavar="URL")
+    p.add_argument("--gateway", default="+", metavar="ID", help="gateway id (default: all)")
+    p.set_defaults(target="daemon.watch:run")
+    return parser
+
+
+def _resolve(target: str) -> _Runner | None:
+    module_name, _, func_name = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name:
+            raise
+        return None
+    runner: _Runner = getattr(module, func_name)
+    return runner
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from importlib.metadata import version  # noqa: PLC0415 - only needed here
+
+        print(f"infusiond {version('infusiond')}")
+        return EXIT_OK
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    runner = _resolve(args.target)
+    if runner is None:
+        print(
+            f"infusiond: '{args.command}' is not available in this build yet",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    try:
+        return runner(args)
+    except KeyboardInterrupt:
+        return 130
+    except InfusiondError as exc:
+        print(f"infusiond: error: {exc}", file=sys.stderr)
+        return EXIT_PROBLEM
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""The driver contract shared by every wire protocol (DESIGN.md section 4).
+
+Drivers do I/O and framing only: no policy, no MQTT, no drug library. Every write is followed by
+a read-back and reported as a :class:`WriteResult` whose outcome is ``applied`` (read-back
+matches), ``failed`` (the device refused; verified unchanged) or ``uncertain`` (no answer: the
+channel reconciles on its next poll and must never blindly resend a rate).
+
+Rates are ``Decimal`` mL/h and volumes ``Decimal`` mL so that device resolution (0.01) is exact.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+
+class ConnectionState(enum.Enum):
+    """Link state of one pump as seen by its driver."""
+
+    CONNECTING = "connecting"
+    ONLINE = "online"
+    OFFLINE = "offline"
+
+
+class RunState(enum.Enum):
+    """What the pump is doing (the ``status`` of the public contract)."""
+
+    STOPPED = "stopped"
+    INFUSING = "infusing"
+    PAUSED = "paused"
+    ALARM = "alarm"
+
+
+class AlarmCode(enum.Enum):
+    """Device alarms, normalised across protocols (public ``alarms[].code`` strings)."""
+
+    OCCLUSION = "occlusion"
+    AIR_IN_LINE = "air_in_line"
+    EMPTY = "empty"
+    DOOR_OPEN = "door_open"
+    LOW_BATTERY = "low_battery"
+    COMM_TIMEOUT = "comm_timeout"
+    NEAR_END = "near_end"
+    HARDWARE_FAULT = "hardware_fault"
+    DEVICE_RESET = "device_reset"  # New Era A?R: power-on reset
+    STALLED = "stalled"  # New Era A?S: motor stalled
+    PROGRAM_ERROR = "program_error"  # New Era A?E
+    PHASE_OUT_OF_RANGE = "phase_out_of_range"  # New Era A?O
+    HEARTBEAT_FROZEN = "heartbeat_frozen"  # detected by the driver, not reported by the device
+
+
+class Outcome(enum.Enum):
+    """Result of a write, verified by reading the device back."""
+
+    APPLIED = "applied"
+    FAILED = "failed"
+    UNCERTAIN = "uncertain"
+
+
+@dataclass(frozen=True, slots=True)
+class PumpStatus:
+    """One consistent snapshot read from a pump."""
+
+    state: RunState
+    rate_ml_h: Decimal  # programmed rate (delivered while INFUSING)
+    alarms: frozenset[AlarmCode] = frozenset()
+    vtbi_ml: Decimal | None = None
+    volume_infused_ml: Decimal | None = None
+    battery_pct: int | None = None
+    heartbeat: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """What the device says it is."""
+
+    model: str
+    serial: str
+    firmware: str
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What the device (or its driver) can do; used for PUMP_RANGE and UI hints."""
+
+    min_rate_ml_h: Decimal
+    max_rate_ml_h: Decimal
+    resolution_ml_h: Decimal
+    supports_watchdog: bool = False
+    supports_vtbi: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    """Outcome of a verified write: what happened and what the device reads back now."""
+
+    outcome: Outcome
+    readback: PumpStatus | None = None
+    detail: str = ""
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+class Driver(abc.ABC):
+    """One pump on one transport. Implementations serialise access per physical bus."""
+
+    #: short driver name published in ``pump.state.device.driver`` ("modbus", "newera", ...)
+    kind: str = "abstract"
+
+    @property
+    @abc.abstractmethod
+    def connection(self) -> ConnectionState:
+        """Current link state."""
+
+    @property
+    @abc.abstractmethod
+    def capabilities(self) -> Capabilities:
+        """Rate range/resolution and optional features of the device."""
+
+    @abc.abstractmethod
+    async def connect(self) -> None:
+        """Open the transport (shared bus transports are opened once)."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Close the transport; idempotent."""
+
+    @abc.abstractmethod
+    async def identity(self) -> Identity:
+        """Read model, serial and firmware."""
+
+    @abc.abstractmethod
+    async def read_status(self) -> PumpStatus:
+        """Read one status snapshot. Raises DriverError (DeviceTimeout, FrameError, ...)."""
+
+    @abc.abstractmethod
+    async def set_rate(self, rate_ml_h: Decimal) -> WriteResult:
+        """Program a new rate and verify it by read-back."""
+
+    @abc.abstractmethod
+    async def start(self) -> WriteResult:
+        """Start (resume) delivery."""
+
+    @abc.abstractmethod
+    async def stop(self) -> WriteResult:
+        """Stop delivery."""
+
+    @abc.abstractmethod
+    async def pause(self) -> WriteResult:
+        """Pause delivery (where the device has no pause, stop is used and said so)."""
+
+    async def acknowledge_alarms(self) -> WriteResult:
+        """Acknowledge latched alarms, where the device supports it."""
+        return WriteResult(Outcome.FAILED, detail="not supported by this device")
+
+    async def configure_watchdog(self, timeout_s: int) -> None:  # noqa: B027 - optional hook
+        """Arm the device-side communication watchdog (0 disables); no-op where unsupported."""

@@ -1,0 +1,22 @@
+"""The root of every error infusiond raises on purpose.
+
+It lives in ``protocol/`` because that is the bottom layer: drivers, daemon and simulators may
+all import it without breaking the one-way import rule (daemon -> drivers, protocol).
+"""
+
+from __future__ import annotations
+
+
+class InfusiondError(Exception):
+    """Root exception: everything infusiond raises deliberately derives from it."""
+
+
+class LibraryError(InfusiondError):
+    """A drug library file is unreadable, malformed or inconsistent.
+
+    The message names the file, and where known the profile, drug and field.
+    """
+
+
+class RequestError(InfusiondError):
+    """A check request is malformed; the message names the offending field."""
