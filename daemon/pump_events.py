@@ -1,0 +1,120 @@
+"""Pure derivation of pump events from two consecutive status snapshots.
+
+The channel polls a pump and hands the previous and the new :class:`PumpStatus` here; what comes
+back is the list of ``pump.event`` data dicts (DESIGN.md section 6) in a deterministic order.
+No clock, no I/O: ``now`` and the dose conversion are arguments, so this is unit-testable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from drivers.base import AlarmCode, ConnectionState, PumpStatus, RunState
+
+#: IEC 60601-1-8 style priorities for device alarms (daemon-raised ones are set where raised).
+ALARM_PRIORITY: dict[AlarmCode, str] = {
+    AlarmCode.OCCLUSION: "high",
+    AlarmCode.AIR_IN_LINE: "high",
+    AlarmCode.EMPTY: "high",
+    AlarmCode.COMM_TIMEOUT: "high",
+    AlarmCode.HARDWARE_FAULT: "high",
+    AlarmCode.HEARTBEAT_FROZEN: "high",
+    AlarmCode.STALLED: "high",
+    AlarmCode.DOOR_OPEN: "medium",
+    AlarmCode.DEVICE_RESET: "medium",
+    AlarmCode.PROGRAM_ERROR: "medium",
+    AlarmCode.PHASE_OUT_OF_RANGE: "medium",
+    AlarmCode.NEAR_END: "low",
+    AlarmCode.LOW_BATTERY: "low",
+}
+
+DoseOf = Callable[[Decimal], dict[str, Any] | None]
+"""Maps a rate in mL/h to the public dose object ``{"value", "unit"}`` (None if unknown)."""
+
+
+def rate_obj(rate_ml_h: Decimal) -> dict[str, Any]:
+    """The public rate object: ``{"value": 52.5, "unit": "mL/h"}``."""
+    return {"value": float(rate_ml_h), "unit": "mL/h"}
+
+
+def volume_obj(volume_ml: Decimal | None) -> dict[str, Any] | None:
+    """The public volume object in mL, or None when the device does not report it."""
+    return None if volume_ml is None else {"value": float(volume_ml), "unit": "mL"}
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """What the channel knew before and knows now about one pump."""
+
+    connection: ConnectionState
+    status: PumpStatus | None
+
+
+def diff(before: Observation, after: Observation, dose_of: DoseOf) -> list[dict[str, Any]]:
+    """Events implied by the change from ``before`` to ``after`` (empty when nothing changed).
+
+    Order: connection, alarms cleared, alarms raised, delivery, rate, volume. A rate change
+    seen here is a change made at the device (front panel): commands update the channel's
+    known status themselves so that their change is reported once, with the command id.
+    """
+    events: list[dict[str, Any]] = []
+    if before.connection is not after.connection:
+        events.append(
+            {
+                "type": "connection_changed",
+                "from": before.connection.value,
+                "to": after.connection.value,
+            }
+        )
+    old, new = before.status, after.status
+    if new is None:
+        return events
+    old_alarms = old.alarms if old is not None else frozenset()
+    for kind, codes in (
+        ("alarm_cleared", old_alarms - new.alarms),
+        ("alarm_raised", new.alarms - old_alarms),
+    ):
+        events.extend(
+            {"type": kind, "code": code.value, "priority": ALARM_PRIORITY[code]}
+            for code in sorted(codes, key=lambda a: a.value)
+        )
+    if old is None:
+        return events
+    was_running = old.state is RunState.INFUSING
+    is_running = new.state is RunState.INFUSING
+    if is_running and not was_running:
+        events.append({"type": "delivery_started", "rate": rate_obj(new.rate_ml_h)})
+    elif was_running and not is_running:
+        events.append({"type": "delivery_stopped", "status": new.state.value})
+    if new.rate_ml_h != old.rate_ml_h:
+        events.append(rate_changed_event(old.rate_ml_h, new.rate_ml_h, dose_of, source="device"))
+    if (
+        old.volume_infused_ml is not None
+        and new.volume_infused_ml is not None
+        and new.volume_infused_ml == 0 < old.volume_infused_ml
+    ):
+        events.append({"type": "volume_cleared", "previous": volume_obj(old.volume_infused_ml)})
+    return events
+
+
+def rate_changed_event(
+    old_rate: Decimal,
+    new_rate: Decimal,
+    dose_of: DoseOf,
+    *,
+    source: str = "command",
+    command_id: str | None = None,
+) -> dict[str, Any]:
+    """The one ``rate_changed`` event for an applied change (command or device)."""
+    event: dict[str, Any] = {
+        "type": "rate_changed",
+        "from": {"rate": rate_obj(old_rate), "dose": dose_of(old_rate)},
+        "to": {"rate": rate_obj(new_rate), "dose": dose_of(new_rate)},
+        "source": source,
+    }
+    if command_id is not None:
+        event["command_id"] = command_id
+    return event

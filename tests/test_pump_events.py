@@ -1,0 +1,91 @@
+"""Events derived from consecutive pump snapshots are exactly the changes, once each."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from daemon.pump_events import Observation, diff, rate_changed_event
+from drivers.base import AlarmCode, ConnectionState, PumpStatus, RunState
+
+ON = ConnectionState.ONLINE
+
+
+def dose_of(rate: Decimal) -> dict[str, Any]:
+    return {"value": float(rate) / 1050, "unit": "ug/kg/min"}
+
+
+def status(**kw: Any) -> PumpStatus:
+    base: dict[str, Any] = {
+        "state": RunState.INFUSING,
+        "rate_ml_h": Decimal("52.5"),
+        "volume_infused_ml": Decimal(10),
+    }
+    base.update(kw)
+    return PumpStatus(**base)
+
+
+def types(events: list[dict[str, Any]]) -> list[str]:
+    return [e["type"] for e in events]
+
+
+def test_identical_snapshots_yield_no_event() -> None:
+    """Polling an unchanged pump produces nothing to publish."""
+    s = status()
+    assert diff(Observation(ON, s), Observation(ON, s), dose_of) == []
+
+
+def test_front_panel_rate_change_is_one_device_sourced_event() -> None:
+    """A rate changed at the device carries from/to rate and dose and source=device."""
+    events = diff(
+        Observation(ON, status()),
+        Observation(ON, status(rate_ml_h=Decimal("63.0"))),
+        dose_of,
+    )
+    assert types(events) == ["rate_changed"]
+    assert events[0]["source"] == "device"
+    assert events[0]["from"]["rate"] == {"value": 52.5, "unit": "mL/h"}
+    assert events[0]["to"]["rate"] == {"value": 63.0, "unit": "mL/h"}
+    assert events[0]["to"]["dose"]["value"] == 0.06
+
+
+def test_alarm_raise_and_clear_in_a_deterministic_order() -> None:
+    """Cleared alarms come before raised ones, each sorted by code, with priority."""
+    before = status(alarms=frozenset({AlarmCode.NEAR_END}))
+    after = status(
+        state=RunState.ALARM, alarms=frozenset({AlarmCode.OCCLUSION, AlarmCode.AIR_IN_LINE})
+    )
+    events = diff(Observation(ON, before), Observation(ON, after), dose_of)
+    assert [(e["type"], e.get("code")) for e in events] == [
+        ("alarm_cleared", "near_end"),
+        ("alarm_raised", "air_in_line"),
+        ("alarm_raised", "occlusion"),
+        ("delivery_stopped", None),
+    ]
+    assert events[1]["priority"] == "high"
+
+
+def test_start_stop_and_volume_clear() -> None:
+    """Stopped->infusing starts delivery; a volume reset to 0 is volume_cleared."""
+    stopped = status(state=RunState.STOPPED)
+    events = diff(Observation(ON, stopped), Observation(ON, status()), dose_of)
+    assert types(events) == ["delivery_started"]
+    cleared = status(state=RunState.STOPPED, volume_infused_ml=Decimal(0))
+    events = diff(Observation(ON, stopped), Observation(ON, cleared), dose_of)
+    assert types(events) == ["volume_cleared"]
+
+
+def test_connection_change_and_first_snapshot() -> None:
+    """The first snapshot after connecting reports the connection and any active alarm only."""
+    first = status(alarms=frozenset({AlarmCode.LOW_BATTERY}))
+    events = diff(Observation(ConnectionState.CONNECTING, None), Observation(ON, first), dose_of)
+    assert types(events) == ["connection_changed", "alarm_raised"]
+    assert events[0]["from"] == "connecting"
+    assert events[0]["to"] == "online"
+
+
+def test_command_rate_change_event_carries_the_command_id() -> None:
+    """A command's change is reported with its id instead of source=device."""
+    event = rate_changed_event(Decimal(21), Decimal("63.0"), dose_of, command_id="c-1")
+    assert event["command_id"] == "c-1"
+    assert event["source"] == "command"
