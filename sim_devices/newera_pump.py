@@ -53,6 +53,7 @@ class Fault(enum.Enum):
     WRONG_ADDRESS = "wrong-address"  # the reply carries another pump's address
     OVERLONG = "overlong"  # the reply is a run of bytes that never ends in ETX
     SLOW = "slow"  # the reply is sent after ``reply_delay_s`` (real seconds)
+    REJECT = "reject"  # the command is answered with ``reject_with`` (e.g. ?IGN), not executed
 
 
 @dataclass
@@ -87,6 +88,7 @@ class NewEraPumpModel:
     last_valid_packet: float = 0.0
     faults: dict[Fault, int | None] = field(default_factory=dict)
     reply_delay_s: float = 0.0
+    reject_with: str = "?IGN"
     commands_seen: int = 0
 
     def __post_init__(self) -> None:
@@ -198,6 +200,8 @@ class NewEraPumpModel:
         if self.alarm is not None:
             alarm, self.alarm = self.alarm, None
             return Reply(self.address, Status.ALARM, alarm=alarm)
+        if self.take_fault(Fault.REJECT):
+            return self._reply(self.reject_with)
         spec = COMMANDS.get(command.name)
         if spec is None or not spec.accepts(command.params):
             return self._reply("?")

@@ -320,6 +320,28 @@ class _Stream:
             n, self._dropped = self._dropped, 0
             raise FrameError(f"receive buffer over {self.cap} bytes: dropped {n} oldest bytes")
 
+    def _skip_bogus_start(self) -> None:
+        """A length byte may promise bytes that never come (noise before a real packet).
+
+        If a later STX starts a complete packet with a valid CRC, the bytes before it were not
+        a packet: report them (FrameError) and resume there instead of waiting forever.
+        """
+        data = bytes(self._buf)
+        start = data.find(STX, 1)
+        while start > 0:
+            try:
+                SafePacket.deserialize(data[start:])
+            except FrameError:
+                start = data.find(STX, start + 1)
+                continue
+            del self._buf[:start]
+            raise FrameError(f"discarded {start} bytes of an incomplete packet: {data[:16]!r}")
+
+    def _drop_bad_frame(self) -> None:
+        """Drop a bad frame's STX and its bytes up to the next STX (one error per frame)."""
+        nxt = self._buf.find(STX, 1)
+        del self._buf[: nxt if nxt > 0 else len(self._buf)]
+
     def _skip_to_stx(self) -> bool:
         """Drop bytes before the next STX; False when the buffer is empty."""
         i = self._buf.find(STX)
@@ -348,9 +370,11 @@ class ReplyStream(_Stream):
         try:
             frame, rest = kind.deserialize(bytes(self._buf))
         except TruncatedFrame:
+            if safe:
+                self._skip_bogus_start()
             return None
         except FrameError:
-            del self._buf[:1]  # drop this STX: resynchronise on the next one
+            self._drop_bad_frame()
             raise
         self._buf = bytearray(rest)
         return frame
@@ -370,9 +394,10 @@ class CommandStream(_Stream):
             try:
                 packet, rest = SafePacket.deserialize(bytes(self._buf))
             except TruncatedFrame:
+                self._skip_bogus_start()
                 return None
             except FrameError:
-                del self._buf[:1]
+                self._drop_bad_frame()
                 raise
             self._buf = bytearray(rest)
             return packet

@@ -94,6 +94,10 @@ class NewEraPort:
         self.state = ConnectionState.ONLINE
         log.info("newera port open", url=self.url, baudrate=self.baudrate)
 
+    async def backoff_elapsed(self) -> None:
+        """Wait until the next reconnect attempt is allowed."""
+        await asyncio.sleep(max(0.0, self._retry_at - asyncio.get_running_loop().time()))
+
     def lost(self, exc: Exception | None) -> None:
         """Called by the protocol when the line closes; the next transaction reconnects."""
         if self._transport is None:
