@@ -18,7 +18,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-from drivers.newera.frames import Alarm
+from drivers.newera.frames import ERROR_CODES, Alarm
 from protocol.errors import InfusiondError
 from sim_devices.newera_pump import Fault, NewEraPumpModel, PumpSetup
 from sim_devices.newera_server import NewEraSimulator
@@ -49,12 +49,15 @@ def _pump(sim: NewEraSimulator, address: int, where: str) -> NewEraPumpModel:
 def apply_fault_spec(sim: NewEraSimulator, spec: str) -> None:
     """Apply one ``--faults`` entry."""
     body, _, addr = spec.partition("@")
-    name, _, value = body.partition("=")
+    name = body.partition("=")[0]
     try:
         address = int(addr) if addr else 0
     except ValueError:
         raise ScenarioError(f"fault {spec!r}: address {addr!r} is not a number") from None
-    apply_event(sim, Event(0.0, address, name if name in EVENTS else "fault", value), spec)
+    if name in EVENTS:
+        apply_event(sim, Event(0.0, address, name), spec)
+    else:
+        apply_event(sim, Event(0.0, address, "fault", body), spec)
 
 
 def apply_event(sim: NewEraSimulator, event: Event, where: str) -> None:
@@ -88,6 +91,8 @@ def _arm(pump: NewEraPumpModel, event: Event, where: str) -> None:
     if fault is Fault.SLOW:
         pump.reply_delay_s = float(_decimal(value or "1", where, "slow seconds"))
     if fault is Fault.REJECT:
+        if value and value not in ERROR_CODES:
+            raise ScenarioError(f"{where}: reject code {value!r} is not one of {ERROR_CODES}")
         pump.reject_with = value or "?IGN"
     pump.inject(fault, event.count)
 
