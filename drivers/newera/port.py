@@ -8,6 +8,13 @@ A transaction writes one command and waits for the reply from the addressed pump
 frames and replies from another address are not taken as the answer: the port keeps waiting
 until the timeout, then raises :class:`FrameError` (if bad bytes were seen) or
 :class:`DeviceTimeout` (if nothing was). Nothing is ever re-sent here.
+
+Replies carry no sequence number. So that a late answer to a failed transaction is not taken
+as the answer to the next one, the transaction after a failure first waits for the line to be
+quiet (``settle_s``, at least the wire time of a longest reply) and discards what arrived;
+each reply must also have the data shape its command expects (``commands.toml``). A reply
+later than the timeout plus the settle time remains indistinguishable; keep timeouts longer
+than the pump's worst reply time.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from drivers.errors import DeviceTimeout, FrameError
 from drivers.newera.commands import check_reply
 from drivers.newera.errors import PortUnavailable
 from drivers.newera.frames import (
+    MAX_BASIC_REPLY,
     Command,
     Reply,
     ReplyFrame,
@@ -66,6 +74,12 @@ class NewEraPort:
     data_event: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     _transport: asyncio.Transport | None = field(default=None, repr=False)
     _retry_at: float = 0.0
+    _unsettled: bool = False
+
+    @property
+    def settle_s(self) -> float:
+        """Quiet time awaited after a failed transaction: two longest replies on the wire."""
+        return max(0.02, 2 * MAX_BASIC_REPLY * 10 / self.baudrate)
 
     @property
     def is_open(self) -> bool:
@@ -124,10 +138,28 @@ class NewEraPort:
             transport = self._transport
             assert transport is not None
             address = 0 if command.address is None else command.address
+            if self._unsettled:
+                await self._settle()
             self.stream.clear()
             self.data_event.clear()
             transport.write(encode_command(command, safe=safe))
-            return await self._await_reply(command, address, safe=safe, timeout_s=timeout_s)
+            self._unsettled = True
+            reply = await self._await_reply(command, address, safe=safe, timeout_s=timeout_s)
+            self._unsettled = False
+            return reply
+
+    async def _settle(self) -> None:
+        """Wait until no byte arrived for ``settle_s`` (bounded by the timeout), then flush."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout_s
+        while loop.time() < deadline:
+            self.data_event.clear()
+            try:
+                async with asyncio.timeout(self.settle_s):
+                    await self.data_event.wait()
+            except TimeoutError:
+                break
+        self.stream.clear()
 
     async def _await_reply(
         self, command: Command, address: int, *, safe: bool, timeout_s: float | None

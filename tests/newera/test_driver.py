@@ -343,3 +343,17 @@ async def test_reconnects_with_backoff_after_the_link_drops() -> None:
         assert status.rate_ml_h == 9
         assert driver.connection is ConnectionState.ONLINE
         await driver.close()
+
+
+@pytest.mark.asyncio
+async def test_late_reply_is_not_taken_as_the_next_answer(
+    sim: NewEraSimulator, pump0: NewEraPumpDriver
+) -> None:
+    """A reply arriving just after the timeout is flushed, not read as the next query's answer."""
+    pump = sim.pumps[0]
+    pump.reply_delay_s = FAST_TIMEOUT_S + 0.01
+    pump.inject(Fault.SLOW, count=1)
+    with pytest.raises(DeviceTimeout):
+        await pump0.read_status()  # the stale reply says 9.000MH
+    pump.front_panel_rate(Decimal(12))
+    assert (await pump0.read_status()).rate_ml_h == 12
