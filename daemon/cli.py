@@ -42,6 +42,9 @@ def _add_newera_options(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--vtbi", default="0", metavar="ML", help="volume target (0 = none)")
     sp.add_argument("--baud", type=int, default=19200, help="serial baud rate")
     sp.add_argument("--no-reset-alarm", action="store_true", help="do not hold A?R at power-on")
+    sp.add_argument(
+        "--emulate-wire", action="store_true", help="pace replies at the baud rate (bench)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -56,7 +56,10 @@ async def serve(args: argparse.Namespace) -> int:
         scenario_pumps, events = load_scenario(Path(args.scenario))
         setups = scenario_pumps or setups
     sim = NewEraSimulator(
-        setups, speed=args.speed, baudrate=int(getattr(args, "baud", 19200) or 19200)
+        setups,
+        speed=args.speed,
+        baudrate=int(getattr(args, "baud", 19200) or 19200),
+        emulate_wire_time=bool(getattr(args, "emulate_wire", False)),
     )
     check_events(sim, events, str(args.scenario))
     for spec in args.faults:
