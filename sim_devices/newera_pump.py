@@ -56,7 +56,7 @@ class Fault(enum.Enum):
     REJECT = "reject"  # the command is answered with ``reject_with`` (e.g. ?IGN), not executed
 
 
-@dataclass
+@dataclass(frozen=True)
 class PumpSetup:
     """Initial state of a simulated pump (API and CLI)."""
 

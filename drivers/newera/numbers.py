@@ -63,7 +63,7 @@ def parse_float(text: str) -> Decimal:
 
 def format_float(value: Decimal) -> str:
     """Format ``value`` with at most 4 digits, rounding half-even; ValueError outside 0..9999."""
-    if not Decimal(0) <= value < Decimal("9999.5"):
+    if not value.is_finite() or not Decimal(0) <= value < Decimal("9999.5"):
         raise ValueError(f"{value} is outside the pump's number range 0..9999")
     int_digits = max(1, len(str(int(value))))
     while True:

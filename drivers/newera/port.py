@@ -47,6 +47,11 @@ DEFAULT_BAUD = 19200
 DEFAULT_TIMEOUT_S = 0.5
 
 
+def normalise_url(url: str) -> str:
+    """``tcp://host:port`` (the Modbus spelling) is accepted as ``socket://host:port``."""
+    return "socket://" + url.removeprefix("tcp://") if url.startswith("tcp://") else url
+
+
 class _Receiver(asyncio.Protocol):
     def __init__(self, port: NewEraPort) -> None:
         self._port = port
@@ -80,6 +85,9 @@ class NewEraPort:
     def settle_s(self) -> float:
         """Quiet time awaited after a failed transaction: two longest replies on the wire."""
         return max(0.02, 2 * MAX_BASIC_REPLY * 10 / self.baudrate)
+
+    def __post_init__(self) -> None:
+        self.url = normalise_url(self.url)
 
     @property
     def is_open(self) -> bool:
@@ -215,6 +223,7 @@ def shared_port(
 ) -> NewEraPort:
     """The one port object of ``url`` in the running event loop (pumps on it share it)."""
     ports = _PORTS.setdefault(asyncio.get_running_loop(), {})
+    url = normalise_url(url)
     port = ports.get(url)
     if port is None:
         port = ports[url] = NewEraPort(url, baudrate=baudrate, timeout_s=timeout_s)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from decimal import Decimal
 
 import pytest
@@ -10,6 +11,7 @@ from drivers.backoff import Backoff
 from drivers.base import AlarmCode, ConnectionState, Outcome, RunState
 from drivers.errors import DeviceTimeout, DriverError, FrameError
 from drivers.newera import NewEraPort, NewEraPumpDriver
+from drivers.newera.errors import NotRepresentable
 from drivers.newera.frames import Alarm, Status
 from sim_devices.newera_pump import Fault
 from sim_devices.newera_server import NewEraSimulator, PumpSetup
@@ -255,8 +257,6 @@ async def test_two_pumps_on_one_port_are_serialised_and_kept_apart(
     sim: NewEraSimulator,
 ) -> None:
     """Concurrent writes to addresses 0 and 1 share one port and reach the right pump each."""
-    import asyncio  # noqa: PLC0415 - only this test runs things concurrently
-
     a = NewEraPumpDriver(sim.url, 0, timeout_s=FAST_TIMEOUT_S)
     b = NewEraPumpDriver(sim.url, 1, timeout_s=FAST_TIMEOUT_S)
     await a.connect()
@@ -357,3 +357,30 @@ async def test_late_reply_is_not_taken_as_the_next_answer(
         await pump0.read_status()  # the stale reply says 9.000MH
     pump.front_panel_rate(Decimal(12))
     assert (await pump0.read_status()).rate_ml_h == 12
+
+
+@pytest.mark.asyncio
+async def test_tcp_and_socket_urls_share_one_port(sim: NewEraSimulator) -> None:
+    """tcp://host:port is accepted and is the same line as socket://host:port."""
+    a = NewEraPumpDriver(sim.url, 0, timeout_s=FAST_TIMEOUT_S)
+    b = NewEraPumpDriver(sim.url.replace("socket://", "tcp://"), 1, timeout_s=FAST_TIMEOUT_S)
+    await a.connect()
+    await b.connect()
+    try:
+        assert a._port is b._port
+        assert (await b.read_status()).rate_ml_h == 2
+    finally:
+        await a.close()
+        await b.close()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("rate", ["-1", "NaN", "1e9"])
+async def test_unwritable_rates_are_refused_before_anything_is_sent(
+    sim: NewEraSimulator, pump0: NewEraPumpDriver, rate: str
+) -> None:
+    """A rate the 4-digit format cannot carry raises NotRepresentable; the pump sees nothing."""
+    seen = sim.pumps[0].commands_seen
+    with pytest.raises(NotRepresentable, match="cannot be written"):
+        await pump0.set_rate(Decimal(rate))
+    assert sim.pumps[0].commands_seen == seen
