@@ -103,10 +103,11 @@ class NewEraPort:
             raise PortUnavailable(f"{self.url} is offline; next reconnect attempt in {wait:.1f} s")
         self.state = ConnectionState.CONNECTING
         try:
-            transport, _ = await serial_asyncio_fast.create_serial_connection(
-                loop, lambda: _Receiver(self), self.url, baudrate=self.baudrate
-            )
-        except OSError as exc:
+            async with asyncio.timeout(max(2.0, self.timeout_s)):
+                transport, _ = await serial_asyncio_fast.create_serial_connection(
+                    loop, lambda: _Receiver(self), self.url, baudrate=self.baudrate
+                )
+        except (OSError, ValueError, TimeoutError) as exc:
             self.state = ConnectionState.OFFLINE
             self._retry_at = loop.time() + self.backoff.next_delay()
             raise PortUnavailable(f"cannot open {self.url}: {exc}") from exc

@@ -11,11 +11,12 @@ from drivers.backoff import Backoff
 from drivers.base import AlarmCode, ConnectionState, Outcome, RunState
 from drivers.errors import DeviceTimeout, DriverError, FrameError
 from drivers.newera import NewEraPort, NewEraPumpDriver
-from drivers.newera.errors import NotRepresentable
+from drivers.newera.errors import NotRepresentable, PortUnavailable
 from drivers.newera.frames import Alarm, Status
 from sim_devices.newera_pump import Fault
 from sim_devices.newera_server import NewEraSimulator, PumpSetup
 from tests.newera.conftest import FAST_TIMEOUT_S
+from tests.support.procs import free_port
 
 
 @pytest.mark.asyncio
@@ -384,3 +385,20 @@ async def test_unwritable_rates_are_refused_before_anything_is_sent(
     with pytest.raises(NotRepresentable, match="cannot be written"):
         await pump0.set_rate(Decimal(rate))
     assert sim.pumps[0].commands_seen == seen
+
+
+@pytest.mark.asyncio
+async def test_unreachable_port_is_offline_and_backs_off() -> None:
+    """Nothing listening: connect raises PortUnavailable naming the URL; retries back off."""
+    url = f"socket://127.0.0.1:{free_port()}"
+    driver = NewEraPumpDriver(url, 0, timeout_s=FAST_TIMEOUT_S)
+    with pytest.raises(PortUnavailable, match=f"cannot open {url}"):
+        await driver.connect()
+    assert driver.connection is ConnectionState.OFFLINE
+    with pytest.raises(PortUnavailable, match="next reconnect attempt in"):
+        await driver.read_status()
+    bad = NewEraPumpDriver("nonsense://x", 0)
+    with pytest.raises(PortUnavailable, match="cannot open nonsense://x"):
+        await bad.connect()
+    await driver.close()
+    await bad.close()
