@@ -221,9 +221,15 @@ class NewEraPumpDriver(Driver):
         return WriteResult(Outcome.APPLIED, await self.read_status())
 
     async def configure_watchdog(self, timeout_s: int) -> None:
-        """``SAF<n>``: n > 0 enters safe mode with an n-second comm timeout, 0 leaves it."""
+        """``SAF<n>``: n > 0 enters safe mode with an n-second comm timeout, 0 leaves it.
+
+        Before :meth:`connect` the value is remembered and applied by ``connect``.
+        """
         if not 0 <= timeout_s <= MAX_WATCHDOG_S:
             raise DriverError(f"safe-mode timeout must be 0..{MAX_WATCHDOG_S} s, got {timeout_s}")
+        if not self._registered:
+            self._watchdog_s = timeout_s
+            return
         command = Command("SAF", str(timeout_s), self.address)
         try:
             await self._execute(command)

@@ -402,3 +402,20 @@ async def test_unreachable_port_is_offline_and_backs_off() -> None:
         await bad.connect()
     await driver.close()
     await bad.close()
+
+
+@pytest.mark.asyncio
+async def test_watchdog_configured_before_connect_is_applied_at_connect(
+    sim: NewEraSimulator,
+) -> None:
+    """configure_watchdog before connect is remembered; out-of-range values are refused."""
+    driver = NewEraPumpDriver(sim.url, 1, timeout_s=FAST_TIMEOUT_S)
+    with pytest.raises(DriverError, match="0..255 s, got 300"):
+        await driver.configure_watchdog(300)
+    await driver.configure_watchdog(30)
+    await driver.connect()
+    try:
+        assert driver.safe_mode
+        assert sim.pumps[1].safe_timeout_s == 30
+    finally:
+        await driver.close()
