@@ -193,14 +193,14 @@ class NewEraPumpDriver(Driver):
         """``STP`` (and a second ``STP`` if the first only paused); applied when stopped."""
         first = await self._write_verified(
             [Command("STP", "", self.address)],
-            lambda s: s.state in (RunState.STOPPED, RunState.ALARM),
+            _is_stopped,
             "stopped",
         )
         if first.readback is None or first.readback.state is not RunState.PAUSED:
             return first
         return await self._write_verified(
             [Command("STP", "", self.address)],
-            lambda s: s.state in (RunState.STOPPED, RunState.ALARM),
+            _is_stopped,
             "stopped",
         )
 
@@ -352,6 +352,13 @@ class NewEraPumpDriver(Driver):
             vtbi_ml=target or None,
             volume_infused_ml=infused,
         )
+
+
+def _is_stopped(status: PumpStatus) -> bool:
+    """Stopped, or stopped in alarm (a pump running in reverse is not stopped)."""
+    if status.state is RunState.ALARM:
+        return AlarmCode.WITHDRAWING not in status.alarms
+    return status.state is RunState.STOPPED
 
 
 def _identity(address: int, version: str) -> Identity:

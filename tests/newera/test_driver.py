@@ -420,3 +420,19 @@ async def test_watchdog_configured_before_connect_is_applied_at_connect(
         assert sim.pumps[1].safe_timeout_s == 30
     finally:
         await driver.close()
+
+
+@pytest.mark.asyncio
+async def test_withdrawing_pump_is_flagged_and_start_turns_it_forward(
+    sim: NewEraSimulator, pump0: NewEraPumpDriver
+) -> None:
+    """Running in reverse (W) is not infusing: alarm state with 'withdrawing'; start sets INF."""
+    pump = sim.pumps[0]
+    pump.direction = "WDR"
+    pump.front_panel_run()
+    status = await pump0.read_status()
+    assert status.state is RunState.ALARM
+    assert status.alarms == {AlarmCode.WITHDRAWING}
+    result = await pump0.start()
+    assert result.outcome is Outcome.APPLIED
+    assert (pump.direction, pump.status) == ("INF", Status.INFUSING)
