@@ -32,6 +32,21 @@ def _add_data_dir(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_newera_options(sp: argparse.ArgumentParser) -> None:
+    """Options of ``sim newera`` beyond the shared ones."""
+    sp.add_argument("--address", type=int, default=0, help="first pump address (0-99)")
+    sp.add_argument("--pumps", type=int, default=1, help="pumps daisy-chained on the port")
+    sp.add_argument("--diameter", default="26.59", metavar="MM", help="syringe diameter")
+    sp.add_argument("--rate", default="0", metavar="ML_H", help="initial rate, mL/h")
+    sp.add_argument("--running", action="store_true", help="start infusing")
+    sp.add_argument("--vtbi", default="0", metavar="ML", help="volume target (0 = none)")
+    sp.add_argument("--baud", type=int, default=19200, help="serial baud rate")
+    sp.add_argument("--no-reset-alarm", action="store_true", help="do not hold A?R at power-on")
+    sp.add_argument(
+        "--emulate-wire", action="store_true", help="pace replies at the baud rate (bench)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser; subcommands set ``args.target`` to 'module:function'."""
     parser = argparse.ArgumentParser(
@@ -75,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--faults", nargs="*", default=[], metavar="FAULT", help="faults at start")
         sp.add_argument("--scenario", metavar="PATH", help="scenario TOML file")
         sp.add_argument("--speed", type=float, default=1.0, metavar="X", help="clock speed")
+        if kind == "newera":
+            _add_newera_options(sp)
         sp.set_defaults(target=target)
 
     p = sub.add_parser("check", help="check a request (JSON on stdin) -> verdict JSON on stdout")

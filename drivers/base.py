@@ -49,6 +49,7 @@ class AlarmCode(enum.Enum):
     PROGRAM_ERROR = "program_error"  # New Era A?E
     PHASE_OUT_OF_RANGE = "phase_out_of_range"  # New Era A?O
     HEARTBEAT_FROZEN = "heartbeat_frozen"  # detected by the driver, not reported by the device
+    WITHDRAWING = "withdrawing"  # New Era W: the pump runs in reverse (not delivering)
 
 
 class Outcome(enum.Enum):

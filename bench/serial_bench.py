@@ -1,0 +1,138 @@
+"""Bench `serial`: New Era transaction time vs the wire time of its bytes (DESIGN.md section 9).
+
+Runs the simulator in its own process on one end of a socat pty pair (``--emulate-wire``: it
+paces each reply by the time its command and reply bytes take at the baud rate, as a real
+RS-232 line does), then times, side by side on the other end:
+
+* ``driver``: ``NewEraPort.transact`` (locking, framing, reply checks) of a ``RAT`` query;
+* ``raw``: the same bytes written and read back with plain pyserial-asyncio-fast.
+
+Prints one JSON object; ``ratio_driver_vs_wire`` (median) is the figure with a 1.5 target.
+Usage: ``python bench/serial_bench.py [--n 200] [--baud 19200] [--no-emulate-wire]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import selectors
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import serial_asyncio_fast
+import structlog
+
+from drivers.newera.frames import Command, Reply, Status, encode_command, encode_reply
+from drivers.newera.port import NewEraPort
+
+TARGET_RATIO = 1.5
+
+
+def _wait_for(proc: subprocess.Popen[bytes], needle: bytes, stream: int, timeout: float) -> None:
+    seen = b""
+    deadline = time.monotonic() + timeout
+    with selectors.DefaultSelector() as sel:
+        sel.register(stream, selectors.EVENT_READ)
+        while needle not in seen:
+            left = deadline - time.monotonic()
+            if left <= 0 or proc.poll() is not None or not sel.select(left):
+                raise RuntimeError(f"process did not print {needle!r}: {seen!r}")
+            seen += os.read(stream, 4096)
+
+
+def _stats(samples: list[float]) -> dict[str, float]:
+    ordered = sorted(samples)
+    return {
+        "p50_ms": round(statistics.median(ordered) * 1000, 3),
+        "p99_ms": round(ordered[int(len(ordered) * 0.99) - 1] * 1000, 3),
+        "mean_ms": round(statistics.fmean(ordered) * 1000, 3),
+    }
+
+
+async def _measure(path: str, n: int, baud: int) -> dict[str, object]:
+    command = Command("RAT", "", 0)
+    wire_bytes = len(encode_command(command, safe=False)) + len(
+        encode_reply(Reply(0, Status.INFUSING, "9.000MH"), safe=False)
+    )
+    wire_s = wire_bytes * 10 / baud  # 8N1: 10 bits per byte
+
+    port = NewEraPort(path, baudrate=baud, timeout_s=1.0)
+    driver: list[float] = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        await port.transact(command, safe=False)
+        driver.append(time.perf_counter() - t0)
+    await port.close()
+
+    reader, writer = await serial_asyncio_fast.open_serial_connection(
+        loop=asyncio.get_running_loop(), url=path, baudrate=baud
+    )
+    raw: list[float] = []
+    request = encode_command(command, safe=False)
+    for _ in range(n):
+        t0 = time.perf_counter()
+        writer.write(request)
+        await reader.readuntil(b"\x03")
+        raw.append(time.perf_counter() - t0)
+    writer.close()
+
+    d, r = _stats(driver), _stats(raw)
+    return {
+        "bench": "serial",
+        "transactions": n,
+        "baud": baud,
+        "bytes_per_transaction": wire_bytes,
+        "wire_ms": round(wire_s * 1000, 3),
+        "driver": d,
+        "raw": r,
+        "ratio_driver_vs_wire": round(d["p50_ms"] / (wire_s * 1000), 3),
+        "ratio_raw_vs_wire": round(r["p50_ms"] / (wire_s * 1000), 3),
+        "ratio_driver_vs_raw": round(d["p50_ms"] / r["p50_ms"], 3),
+        "target_ratio_vs_wire": TARGET_RATIO,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=200)
+    parser.add_argument("--baud", type=int, default=19200)
+    parser.add_argument("--no-emulate-wire", action="store_true")
+    args = parser.parse_args()
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))  # JSON on stdout
+    with tempfile.TemporaryDirectory() as tmp:
+        a, b = Path(tmp) / "tty-a", Path(tmp) / "tty-b"
+        socat = subprocess.Popen(
+            ["socat", "-d", "-d", f"pty,raw,echo=0,link={a}", f"pty,raw,echo=0,link={b}"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        sim_cmd = [sys.executable, "-m", "daemon.cli", "sim", "newera", "--serial", str(a)]
+        sim_cmd += ["--baud", str(args.baud), "--rate", "9", "--running", "--no-reset-alarm"]
+        if not args.no_emulate_wire:
+            sim_cmd.append("--emulate-wire")
+        sim: subprocess.Popen[bytes] | None = None
+        try:
+            assert socat.stderr is not None
+            _wait_for(socat, b"starting data transfer loop", socat.stderr.fileno(), 10)
+            sim = subprocess.Popen(sim_cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            assert sim.stdout is not None
+            _wait_for(sim, b"serving", sim.stdout.fileno(), 20)
+            result = asyncio.run(_measure(str(b), args.n, args.baud))
+            result["emulated_wire"] = not args.no_emulate_wire
+        finally:
+            for proc in (sim, socat):
+                if proc is not None:
+                    proc.terminate()
+                    proc.wait(timeout=10)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,6 @@
+"""New Era NE-500/NE-1000-family syringe pumps over RS-232 (DESIGN.md section 4.2)."""
+
+from drivers.newera.driver import NewEraPumpDriver
+from drivers.newera.port import NewEraPort
+
+__all__ = ["NewEraPort", "NewEraPumpDriver"]

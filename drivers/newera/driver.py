@@ -1,0 +1,366 @@
+"""Driver for New Era NE-500/NE-1000-family syringe pumps (RS-232, basic and safe mode).
+
+Outcome semantics (DESIGN.md section 4): every write is followed by a read-back.
+
+* ``applied``: the read-back shows what was asked (also when the write's own reply was lost
+  but the read-back proves it executed);
+* ``failed``: the pump refused (``?OOR``, ``?NA``, ...), reported an alarm in place of executing
+  the command, or nothing could be sent (port down); the read-back, when it could be taken,
+  shows the state unchanged;
+* ``uncertain``: no answer and no read-back that proves the result. Nothing is ever re-sent.
+
+**Pause and stop.** The pump has a single ``STP`` command: it *pauses* a pumping program
+(status ``P``, resumable with ``RUN``) and *stops* a paused one (status ``S``). :meth:`pause`
+sends ``STP`` once and expects ``P``; :meth:`stop` sends ``STP`` and, if the pump then reads
+back ``P``, a second ``STP``, and expects ``S``. Both report exactly what the pump reads back.
+
+**Alarms.** The pump reports an alarm once, in the reply to the next command (``A?R``,
+``A?S``, ``A?T``, ``A?E``, ``A?O``). The driver latches it: :attr:`PumpStatus.alarms` keeps it
+and the state reads ``alarm`` until the pump is pumping again or :meth:`acknowledge_alarms`.
+
+**Safe mode.** :meth:`configure_watchdog` sends ``SAF<n>``; with n > 0 all further traffic
+uses CRC-checked safe packets and the pump stops with ``A?T`` when no valid packet arrives for
+n seconds. The driver does not run a timer of its own: the channel's polls keep the link alive,
+so a dead or hung gateway stops the pump. Poll at least every n/2 seconds.
+
+**Capabilities** are derived from the syringe diameter read with ``DIA`` at :meth:`connect`
+(see :mod:`drivers.newera.syringe` for the plunger-speed assumption). The resolution is
+0.01 mL/h below 100 mL/h; above, the 4-digit format limits it (``encode_rate`` picks the unit
+with the least rounding, and the read-back reports the value actually held).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from decimal import Decimal
+
+import structlog
+
+from drivers.base import (
+    AlarmCode,
+    Capabilities,
+    ConnectionState,
+    Driver,
+    Identity,
+    Outcome,
+    PumpStatus,
+    RunState,
+    WriteResult,
+)
+from drivers.errors import DeviceRejected, DeviceTimeout, DriverError, FrameError
+from drivers.newera.errors import REJECTIONS, PortUnavailable
+from drivers.newera.frames import Command, Reply, Status
+from drivers.newera.numbers import RateUnit, VolumeUnit, encode_rate, parse_float
+from drivers.newera.port import (
+    DEFAULT_BAUD,
+    DEFAULT_TIMEOUT_S,
+    NewEraPort,
+    release_port,
+    shared_port,
+)
+from drivers.newera.syringe import rate_limits
+
+log = structlog.get_logger("drivers.newera")
+
+MAX_WATCHDOG_S = 255
+RESOLUTION_ML_H = Decimal("0.01")
+
+_RUN_STATES = {
+    Status.INFUSING: RunState.INFUSING,
+    Status.PURGING: RunState.INFUSING,
+    Status.WITHDRAWING: RunState.ALARM,  # running in reverse: not delivering
+    Status.STOPPED: RunState.STOPPED,
+    Status.PAUSED: RunState.PAUSED,
+    Status.PAUSE_PHASE: RunState.PAUSED,
+    Status.USER_WAIT: RunState.PAUSED,
+}
+
+
+class AlarmReported(DeviceRejected):
+    """The pump reported a latched alarm in place of executing the command."""
+
+
+class NewEraPumpDriver(Driver):
+    """One pump (address 0-99) on a New Era serial line shared with its daisy-chain peers."""
+
+    kind = "newera"
+
+    def __init__(
+        self,
+        url: str,
+        address: int = 0,
+        *,
+        port: NewEraPort | None = None,
+        baudrate: int = DEFAULT_BAUD,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        watchdog_s: int = 0,
+        offline_after: int = 3,
+    ) -> None:
+        if not 0 <= address <= 99:
+            raise ValueError(f"New Era address must be 0..99, got {address}")
+        self.url = url
+        self.address = address
+        self._port = port
+        self._baudrate = baudrate
+        self._timeout_s = timeout_s
+        self._watchdog_s = watchdog_s
+        self._offline_after = offline_after
+        self._safe = False
+        self._failures = 0
+        self._state = ConnectionState.OFFLINE
+        self._alarms: set[AlarmCode] = set()
+        self._diameter: Decimal | None = None
+        self._identity: Identity | None = None
+        self._registered = False
+
+    # -- Driver contract ----------------------------------------------------------------------
+
+    @property
+    def connection(self) -> ConnectionState:
+        if self._port is not None and self._port.state is not ConnectionState.ONLINE:
+            return self._port.state
+        return self._state
+
+    @property
+    def safe_mode(self) -> bool:
+        """Whether traffic to this pump uses safe-mode packets."""
+        return self._safe
+
+    @property
+    def capabilities(self) -> Capabilities:
+        if self._diameter is None:
+            raise DriverError(f"pump {self.address:02d}: capabilities unknown before connect()")
+        low, high = rate_limits(self._diameter)
+        return Capabilities(
+            min_rate_ml_h=low,
+            max_rate_ml_h=high,
+            resolution_ml_h=RESOLUTION_ML_H,
+            supports_watchdog=True,
+            supports_vtbi=True,
+        )
+
+    async def connect(self) -> None:
+        """Open the shared port, find the pump's mode, read diameter and version."""
+        if self._port is None:
+            self._port = shared_port(self.url, baudrate=self._baudrate, timeout_s=self._timeout_s)
+        if not self._registered:
+            self._port.users += 1
+            self._registered = True
+        self._state = ConnectionState.CONNECTING
+        await self._probe_mode()
+        self._diameter = parse_float((await self._read("DIA")).data)
+        self._identity = _identity(self.address, (await self._read("VER")).data)
+        if self._watchdog_s:
+            await self.configure_watchdog(self._watchdog_s)
+
+    async def close(self) -> None:
+        if self._port is not None and self._registered:
+            self._registered = False
+            await release_port(self._port)
+        self._state = ConnectionState.OFFLINE
+
+    async def identity(self) -> Identity:
+        if self._identity is None:
+            self._identity = _identity(self.address, (await self._read("VER")).data)
+        return self._identity
+
+    async def read_status(self) -> PumpStatus:
+        """``RAT`` (rate), ``DIS`` (volume dispensed) and ``VOL`` (target); status of the last."""
+        rat = await self._read("RAT")
+        dis = await self._read("DIS")
+        vol = await self._read("VOL")
+        return self._status(rat, dis, vol)
+
+    async def set_rate(self, rate_ml_h: Decimal) -> WriteResult:
+        """``RAT <float><unit>``, then read back; see the module doc for the outcomes."""
+        text, unit = encode_rate(rate_ml_h)
+        expected = Decimal(text) * unit.ml_h
+        return await self._write_verified(
+            [Command("RAT", text + unit.value, self.address)],
+            lambda s: s.rate_ml_h == expected,
+            f"rate {expected} mL/h",
+        )
+
+    async def start(self) -> WriteResult:
+        """``DIR INF`` then ``RUN``; applied when the pump reads back infusing."""
+        return await self._write_verified(
+            [Command("DIR", "INF", self.address), Command("RUN", "", self.address)],
+            lambda s: s.state is RunState.INFUSING,
+            "infusing",
+        )
+
+    async def stop(self) -> WriteResult:
+        """``STP`` (and a second ``STP`` if the first only paused); applied when stopped."""
+        first = await self._write_verified(
+            [Command("STP", "", self.address)],
+            _is_stopped,
+            "stopped",
+        )
+        if first.readback is None or first.readback.state is not RunState.PAUSED:
+            return first
+        return await self._write_verified(
+            [Command("STP", "", self.address)],
+            _is_stopped,
+            "stopped",
+        )
+
+    async def pause(self) -> WriteResult:
+        """``STP`` once while pumping (the pump's pause); a stopped pump cannot be paused."""
+        now = await self.read_status()
+        if now.state is RunState.PAUSED:
+            return WriteResult(Outcome.APPLIED, now, detail="already paused")
+        if now.state is not RunState.INFUSING:
+            return WriteResult(Outcome.FAILED, now, detail=f"pump is {now.state.value}")
+        return await self._write_verified(
+            [Command("STP", "", self.address)], lambda s: s.state is RunState.PAUSED, "paused"
+        )
+
+    async def acknowledge_alarms(self) -> WriteResult:
+        """Clear the driver's latch (the pump clears an alarm itself once reported)."""
+        self._alarms.clear()
+        return WriteResult(Outcome.APPLIED, await self.read_status())
+
+    async def configure_watchdog(self, timeout_s: int) -> None:
+        """``SAF<n>``: n > 0 enters safe mode with an n-second comm timeout, 0 leaves it.
+
+        Before :meth:`connect` the value is remembered and applied by ``connect``.
+        """
+        if not 0 <= timeout_s <= MAX_WATCHDOG_S:
+            raise DriverError(f"safe-mode timeout must be 0..{MAX_WATCHDOG_S} s, got {timeout_s}")
+        if not self._registered:
+            self._watchdog_s = timeout_s
+            return
+        command = Command("SAF", str(timeout_s), self.address)
+        try:
+            await self._execute(command)
+        except (DeviceTimeout, FrameError):
+            await self._probe_mode()  # the reply was lost: find out which mode it is in
+            raise
+        self._safe = timeout_s > 0
+        self._watchdog_s = timeout_s
+        log.info("newera safe mode", address=self.address, timeout_s=timeout_s)
+
+    # -- internals ----------------------------------------------------------------------------
+
+    async def _transact(self, command: Command, *, safe: bool | None = None) -> Reply:
+        assert self._port is not None, "connect() first"
+        try:
+            reply = await self._port.transact(command, safe=self._safe if safe is None else safe)
+        except PortUnavailable:
+            self._state = ConnectionState.OFFLINE
+            raise
+        except (DeviceTimeout, FrameError):
+            self._failures += 1
+            if self._failures >= self._offline_after:
+                self._state = ConnectionState.OFFLINE
+            raise
+        self._failures = 0
+        self._state = ConnectionState.ONLINE
+        if reply.alarm is not None:
+            self._alarms.add(reply.alarm.code)
+            log.warning("newera alarm", address=self.address, alarm=reply.alarm.meaning)
+        if reply.error is not None:
+            raise REJECTIONS[reply.error](self.address, command.text())
+        return reply
+
+    async def _probe_mode(self) -> None:
+        """Status query in the current mode, else in the other; adopt the one that answers."""
+        try:
+            await self._transact(Command("", "", self.address))
+        except (DeviceTimeout, FrameError) as first:
+            try:
+                await self._transact(Command("", "", self.address), safe=not self._safe)
+            except (DeviceTimeout, FrameError):
+                raise first from None
+            self._safe = not self._safe
+
+    async def _read(self, name: str) -> Reply:
+        """A query; re-asked once when the pump answered with an alarm instead of data."""
+        command = Command(name, "", self.address)
+        reply = await self._transact(command)
+        if reply.alarm is not None:
+            reply = await self._transact(command)
+        return reply
+
+    async def _execute(self, command: Command) -> Reply:
+        reply = await self._transact(command)
+        if reply.alarm is not None:
+            raise AlarmReported(
+                f"pump {self.address:02d} reported {reply.alarm.meaning} instead of "
+                f"executing {command.text()!r}"
+            )
+        return reply
+
+    async def _write_verified(
+        self, commands: list[Command], ok: Callable[[PumpStatus], bool], goal: str
+    ) -> WriteResult:
+        answered: bool | None = True
+        detail = ""
+        for command in commands:
+            try:
+                await self._execute(command)
+            except PortUnavailable as exc:
+                return WriteResult(Outcome.FAILED, None, detail=f"not sent: {exc}")
+            except DeviceRejected as exc:
+                answered, detail = False, str(exc)
+                break
+            except (DeviceTimeout, FrameError) as exc:
+                answered, detail = None, str(exc)
+                break
+        try:
+            readback = await self.read_status()
+        except DriverError as exc:
+            return WriteResult(
+                Outcome.UNCERTAIN if answered is not False else Outcome.FAILED,
+                None,
+                detail=f"{detail or 'written'}; read-back failed: {exc}",
+            )
+        if answered is False:
+            return WriteResult(Outcome.FAILED, readback, detail=detail)
+        if ok(readback):
+            lost = f" (reply lost: {detail}; read-back confirms)" if answered is None else ""
+            return WriteResult(Outcome.APPLIED, readback, detail=f"{goal}{lost}")
+        why = "no valid reply" if answered is None else "pump accepted"
+        return WriteResult(
+            Outcome.UNCERTAIN, readback, detail=f"{why} but read-back is not {goal}: {detail}"
+        )
+
+    def _status(self, rat: Reply, dis: Reply, vol: Reply) -> PumpStatus:
+        status = vol.status if vol.alarm is None else Status.STOPPED
+        running = status in (Status.INFUSING, Status.WITHDRAWING, Status.PURGING)
+        if running:
+            self._alarms.clear()  # pumping again: the latched alarm is over
+        alarms = set(self._alarms)
+        if status is Status.WITHDRAWING:
+            alarms.add(AlarmCode.WITHDRAWING)
+        state = _RUN_STATES[status]
+        if alarms and not running:
+            state = RunState.ALARM
+        try:
+            rate = parse_float(rat.data[:-2]) * RateUnit(rat.data[-2:]).ml_h
+            infused_text = dis.data[1:].split("W", 1)[0]
+            dis_unit = VolumeUnit(dis.data[-2:])
+            infused = parse_float(infused_text) * dis_unit.ml
+            vol_unit = VolumeUnit(vol.data[-2:])
+            target = parse_float(vol.data[:-2]) * vol_unit.ml
+        except ValueError as exc:
+            raise FrameError(f"pump {self.address:02d}: unreadable status data: {exc}") from exc
+        return PumpStatus(
+            state=state,
+            rate_ml_h=rate,
+            alarms=frozenset(alarms),
+            vtbi_ml=target or None,
+            volume_infused_ml=infused,
+        )
+
+
+def _is_stopped(status: PumpStatus) -> bool:
+    """Stopped, or stopped in alarm (a pump running in reverse is not stopped)."""
+    if status.state is RunState.ALARM:
+        return AlarmCode.WITHDRAWING not in status.alarms
+    return status.state is RunState.STOPPED
+
+
+def _identity(address: int, version: str) -> Identity:
+    model, _, firmware = version.partition("V")
+    return Identity(model=model or version, serial=f"address-{address:02d}", firmware=firmware)

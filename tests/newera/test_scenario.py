@@ -1,0 +1,64 @@
+"""Scenario files and --faults specs drive the simulated pump as documented."""
+
+from __future__ import annotations
+
+import asyncio
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from drivers.newera.frames import Alarm, Status
+from sim_devices.newera_pump import Fault
+from sim_devices.newera_scenario import (
+    ScenarioError,
+    apply_fault_spec,
+    check_events,
+    load_scenario,
+    play,
+)
+from sim_devices.newera_server import NewEraSimulator, PumpSetup
+
+STALL = Path(__file__).resolve().parents[2] / "sim_devices" / "scenarios" / "newera-stall.toml"
+
+
+@pytest.mark.asyncio
+async def test_shipped_stall_scenario_plays_on_the_accelerated_clock() -> None:
+    """Stall at 120 s, keypad RUN at 180 s, keypad rate 6 mL/h at 240 s (simulated)."""
+    pumps, events = load_scenario(STALL)
+    sim = NewEraSimulator(pumps, speed=2400)
+    check_events(sim, events, str(STALL))
+    pump = sim.pumps[0]
+    assert (pump.rate_ml_h, pump.status) == (9, Status.INFUSING)
+    async with sim.serving("tcp://127.0.0.1:0"):
+        player = asyncio.create_task(play(sim, events, str(STALL)), name="scenario")
+        await sim.wait_until(lambda: pump.alarm is Alarm.STALLED, within_s=2)
+        assert pump.status is Status.STOPPED
+        await player
+    assert (pump.rate_ml_h, pump.status) == (Decimal(6), Status.INFUSING)
+
+
+def test_fault_specs_name_pump_value_and_problems() -> None:
+    """NAME[=VALUE][@ADDRESS]; unknown names or pumps are refused with the spec named."""
+    sim = NewEraSimulator([PumpSetup(address=0), PumpSetup(address=1)])
+    apply_fault_spec(sim, "slow=1.5@1")
+    assert sim.pumps[1].reply_delay_s == 1.5
+    assert Fault.SLOW in sim.pumps[1].faults
+    apply_fault_spec(sim, "stall")
+    assert sim.pumps[0].alarm is Alarm.STALLED
+    with pytest.raises(ScenarioError, match="unknown fault 'melt'"):
+        apply_fault_spec(sim, "melt")
+    with pytest.raises(ScenarioError, match="no simulated pump at address 7"):
+        apply_fault_spec(sim, "garble@7")
+
+
+def test_bad_scenario_file_is_refused_before_serving(tmp_path: Path) -> None:
+    """An event without 'at_s' or with an unknown action names the entry."""
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[events]]\naction = "stall"\n')
+    with pytest.raises(ScenarioError, match=r"events\[0\]: needs 'at_s'"):
+        load_scenario(bad)
+    bad.write_text('[[events]]\nat_s = 1\naction = "explode"\n')
+    _, events = load_scenario(bad)
+    with pytest.raises(ScenarioError, match="unknown action 'explode'"):
+        check_events(NewEraSimulator(), events, str(bad))

@@ -1,0 +1,65 @@
+"""Driver and simulator over a real socat pty pair (pyserial-asyncio-fast on both ends)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from drivers.base import AlarmCode, Outcome, RunState
+from drivers.newera import NewEraPumpDriver
+from drivers.newera.frames import Status
+from sim_devices.newera_server import NewEraSimulator, PumpSetup
+from tests.support.procs import PtyPair
+
+
+@pytest.mark.asyncio
+async def test_driver_talks_to_two_pumps_over_a_pty_pair(pty_pair: PtyPair) -> None:
+    """Status, rate read-back and stop work over a serial line with two daisy-chained pumps."""
+    sim = NewEraSimulator(
+        [
+            PumpSetup(address=0, rate_ml_h=Decimal(9), running=True, reset_alarm=False),
+            PumpSetup(address=1, reset_alarm=True),
+        ],
+        speed=10,
+    )
+    async with sim.serving(str(pty_pair.a)):
+        a = NewEraPumpDriver(str(pty_pair.b), 0, timeout_s=0.5)
+        b = NewEraPumpDriver(str(pty_pair.b), 1, timeout_s=0.5)
+        await a.connect()
+        await b.connect()
+        try:
+            status = await a.read_status()
+            assert (status.state, status.rate_ml_h) == (RunState.INFUSING, 9)
+            assert (await b.read_status()).alarms == {AlarmCode.DEVICE_RESET}
+            result = await a.set_rate(Decimal("0.05"))
+            assert result.outcome is Outcome.APPLIED
+            assert sim.pumps[0].rate_ml_h == Decimal("0.05")
+            assert (await a.stop()).outcome is Outcome.APPLIED
+            assert sim.pumps[0].status is Status.STOPPED
+            assert sim.pumps[1].rate_ml_h == 0
+        finally:
+            await a.close()
+            await b.close()
+
+
+@pytest.mark.asyncio
+async def test_safe_mode_over_a_pty_stops_the_pump_when_the_gateway_goes_silent(
+    pty_pair: PtyPair,
+) -> None:
+    """SAF1 over the serial line: the pump keeps infusing while polled, stops with A?T after."""
+    sim = NewEraSimulator(
+        [PumpSetup(rate_ml_h=Decimal(9), running=True, reset_alarm=False)], speed=10
+    )
+    pump = sim.pumps[0]
+    async with sim.serving(str(pty_pair.a)):
+        driver = NewEraPumpDriver(str(pty_pair.b), 0, timeout_s=0.5, watchdog_s=1)
+        await driver.connect()
+        try:
+            assert driver.safe_mode
+            assert (await driver.read_status()).state is RunState.INFUSING
+            await sim.wait_until(lambda: pump.status is Status.STOPPED, within_s=2.0)
+            status = await driver.read_status()
+            assert status.alarms == {AlarmCode.COMM_TIMEOUT}
+        finally:
+            await driver.close()
