@@ -75,6 +75,26 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--faults", nargs="*", default=[], metavar="FAULT", help="faults at start")
         sp.add_argument("--scenario", metavar="PATH", help="scenario TOML file")
         sp.add_argument("--speed", type=float, default=1.0, metavar="X", help="clock speed")
+        if kind == "monitor":
+            where.add_argument(
+                "--to", metavar="URL", help="gateway listener (default tcp://127.0.0.1:2575)"
+            )
+            sp.add_argument("--bed", default="bed-1", metavar="ID", help="bed id sent in PV1-3")
+            sp.add_argument(
+                "--interval", type=float, default=2.0, metavar="S", help="seconds between messages"
+            )
+            sp.add_argument(
+                "--coding", choices=("MDC", "LN"), default="MDC", help="OBX code system"
+            )
+            sp.add_argument(
+                "--seed", type=int, metavar="N", help="noise seed (default: the scenario's)"
+            )
+            sp.add_argument(
+                "--count",
+                type=int,
+                metavar="N",
+                help="stop after N messages; exit 1 on any unexpected ACK",
+            )
         sp.set_defaults(target=target)
 
     p = sub.add_parser("check", help="check a request (JSON on stdin) -> verdict JSON on stdout")
