@@ -46,28 +46,33 @@ async def _main(monitor: Monitor, args: argparse.Namespace) -> None:
         task.cancel()
 
 
+def _build(args: argparse.Namespace) -> Monitor:
+    """The monitor the options describe; ValueError names a bad option."""
+    if args.count is not None and args.count < 1:
+        raise ValueError("--count must be >= 1")
+    faults = _faults(args.faults)
+    scenario = load_scenario(args.scenario or "demo")
+    scheduled = [(at_s, MonitorFault.parse(name)) for at_s, name in scenario.faults]
+    clock = SimClock(speed=args.speed)
+    return Monitor(
+        scenario.model(seed=args.seed),
+        dose_source=lambda: scenario.doses_at(clock.now()),
+        bed=args.bed,
+        clock=clock,
+        interval_s=args.interval,
+        coding=args.coding,
+        faults=faults,
+        scheduled_faults=scheduled,
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the simulated monitor until Ctrl-C (or ``--count`` messages)."""
     if args.serial:
         sys.stderr.write("infusiond sim monitor: HL7/MLLP runs over TCP; use --to or --listen\n")
         return 2
     try:
-        faults = _faults(args.faults)
-        scenario = load_scenario(args.scenario or "demo")
-        scheduled = [(at_s, MonitorFault.parse(name)) for at_s, name in scenario.faults]
-        clock = SimClock(speed=args.speed)
-        if args.count is not None and args.count < 1:
-            raise ValueError("--count must be >= 1")
-        monitor = Monitor(
-            scenario.model(seed=args.seed),
-            dose_source=lambda: scenario.doses_at(clock.now()),
-            bed=args.bed,
-            clock=clock,
-            interval_s=args.interval,
-            coding=args.coding,
-            faults=faults,
-            scheduled_faults=scheduled,
-        )
+        monitor = _build(args)
     except ValueError as exc:
         sys.stderr.write(f"infusiond sim monitor: {exc}\n")
         return 2
