@@ -67,6 +67,25 @@ class Doses:
     norepinephrine_ug_kg_min: float = 0.0
     vasopressin_u_min: float = 0.0  # [USP'U]/min
 
+    @classmethod
+    def from_pump_rates(
+        cls,
+        *,
+        weight_kg: float,
+        norepinephrine_ml_h: float = 0.0,
+        norepinephrine_ug_ml: float = 4.0,
+        vasopressin_ml_h: float = 0.0,
+        vasopressin_u_ml: float = 0.2,
+    ) -> Doses:
+        """Doses from pump rates (DESIGN 3.1): 52.5 mL/h of 4 ug/mL at 70 kg = 0.05 ug/kg/min;
+        9.0 mL/h of 0.2 [USP'U]/mL = 0.03 [USP'U]/min."""
+        if weight_kg <= 0:
+            raise ValueError(f"weight_kg must be > 0, got {weight_kg}")
+        return cls(
+            norepinephrine_ug_kg_min=norepinephrine_ml_h * norepinephrine_ug_ml / 60.0 / weight_kg,
+            vasopressin_u_min=vasopressin_ml_h * vasopressin_u_ml / 60.0,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class ParamChange:

@@ -57,10 +57,10 @@ class VitalsListener:
         log.info("hl7.listening", url=self.url)
 
     def _make_protocol(self) -> asyncio.Protocol:
-        protocol = MllpReceiverProtocol(self.config, self.stats, self._lost)
         if len(self._connections) >= self.max_connections:
             log.warning("hl7.too_many_connections", limit=self.max_connections)
             return _Refuse()
+        protocol = MllpReceiverProtocol(self.config, self.stats, self._lost)
         self._connections.add(protocol)
         return protocol
 

@@ -49,7 +49,12 @@ class ReceiverStats:
 
 @dataclass(frozen=True, slots=True)
 class ReceiverConfig:
-    """What every connection of one listener/client shares."""
+    """What every connection of one listener/client shares.
+
+    ``on_sample`` runs in the event loop before the AA is sent; it must be quick and must not
+    raise (an exception closes that one connection, never the listener). ``now`` supplies the
+    ACK timestamp and the reference for rejecting far-future observation times.
+    """
 
     on_sample: SampleCallback
     now: Now = utc_now

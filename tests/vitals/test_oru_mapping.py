@@ -50,6 +50,11 @@ LOINC_UCUM = (
 )
 
 
+PRINTABLE = st.characters(
+    min_codepoint=33, max_codepoint=0x2FFF, exclude_categories=("Cs", "Zs", "Cc")
+)
+
+
 def _parse(text: str) -> object:
     return parse_oru(text.encode(), now=NOW)
 
@@ -279,6 +284,39 @@ def test_build_then_parse_round_trips(coding: str) -> None:
     assert {p: (o.value, o.at) for p, o in sample.observations.items()} == values
     assert sample.bed == "bed^1"  # escaped on the way out, unescaped on the way in
     assert sample.control_id == "x|1"
+
+
+@given(
+    values=st.fixed_dictionaries(
+        {
+            Parameter.MAP: st.integers(0, 400),
+            Parameter.HR: st.decimals(0, 400, places=1),
+            Parameter.SPO2: st.integers(0, 100),
+        }
+    ),
+    bed=st.text(alphabet=PRINTABLE, min_size=1, max_size=20),
+    control_id=st.text(alphabet=PRINTABLE, min_size=1, max_size=20),
+    coding=st.sampled_from(["MDC", "LN"]),
+)
+@settings(max_examples=200)
+def test_any_plausible_reading_round_trips(
+    values: dict[Parameter, Decimal | int], bed: str, control_id: str, coding: str
+) -> None:
+    """Any in-range values, any bed text and control id (delimiters included) survive
+    build -> parse unchanged."""
+    payload = build_oru(
+        control_id=control_id,
+        sent_at=NOW,
+        values={p: (v, NOW) for p, v in values.items()},
+        bed=bed,
+        coding=coding,
+    )
+    sample = parse_oru(payload, now=NOW)
+    assert {p: o.value for p, o in sample.observations.items()} == {
+        p: Decimal(v) for p, v in values.items()
+    }
+    assert sample.control_id == control_id
+    assert sample.bed == bed
 
 
 @given(st.text(max_size=300))

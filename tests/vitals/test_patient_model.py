@@ -70,6 +70,15 @@ def test_response_saturates_at_high_doses() -> None:
     assert steady_state_map(p, Doses(100.0, 0)) < p.baseline_map + p.ne_emax
 
 
+def test_doses_from_the_demo_pump_rates() -> None:
+    """52.5 mL/h of 4 ug/mL at 70 kg and 9.0 mL/h of 0.2 [USP'U]/mL are the demo doses."""
+    doses = Doses.from_pump_rates(weight_kg=70, norepinephrine_ml_h=52.5, vasopressin_ml_h=9.0)
+    assert doses.norepinephrine_ug_kg_min == pytest.approx(0.05)
+    assert doses.vasopressin_u_min == pytest.approx(0.03)
+    with pytest.raises(ValueError, match="weight_kg"):
+        Doses.from_pump_rates(weight_kg=0)
+
+
 def test_vasopressin_adds_to_norepinephrine() -> None:
     """Vasopressin raises MAP on top of the same norepinephrine dose."""
     p = PatientParams()
