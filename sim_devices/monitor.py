@@ -296,7 +296,17 @@ class Monitor:
             expected=result.expected.value,
             text=ack.text or None,
             fault=result.fault.value if result.fault else None,
-            map=round(reading.map) if reading else None,
+            **(
+                {
+                    "map": round(reading.map),
+                    "sbp": round(reading.sbp),
+                    "dbp": round(reading.dbp),
+                    "hr": round(reading.hr),
+                    "spo2": round(reading.spo2),
+                }
+                if reading
+                else {}
+            ),
         )
         if self.on_ack is not None:
             self.on_ack(result)
