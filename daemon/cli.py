@@ -121,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("watch", help="live terminal view of every pump and bed")
     p.add_argument("--broker", default="mqtt://127.0.0.1:1883", metavar="URL")
     p.add_argument("--gateway", default="+", metavar="ID", help="gateway id (default: all)")
+    p.add_argument("--once", action="store_true", help="print one frame of retained state, exit")
     p.set_defaults(target="daemon.watch:run")
     return parser
 
