@@ -64,12 +64,13 @@ class VitalsState:
         """Keep each parameter's newest observation; True if any value is new.
 
         An observation older than the one held (a late or replayed message) is ignored, so a
-        stale value can never overwrite a fresher one.
+        stale value can never overwrite a fresher one; one with the same time but another
+        value (a correction) replaces it.
         """
         changed = False
         for parameter, obs in sample.observations.items():
             current = self._latest.get(parameter)
-            if current is None or obs.at > current.at:
+            if current is None or obs.at > current.at or (obs.at == current.at and obs != current):
                 self._latest[parameter] = obs
                 changed = True
         if changed:

@@ -142,6 +142,8 @@ class Monitor:
     ) -> None:
         if interval_s <= 0:
             raise ValueError("interval_s must be > 0")
+        if coding not in ("MDC", "LN"):
+            raise ValueError(f"coding must be 'MDC' or 'LN', got {coding!r}")
         self.model = model
         self.dose_source = dose_source
         self.bed = bed

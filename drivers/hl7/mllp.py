@@ -134,6 +134,8 @@ class MllpDecoder:
                 pos = self._skip(data, pos, out)
             else:
                 pos = self._collect(data, pos, out)
+        if self._state is _State.HUNT:
+            self._flush_skipped(out, DiscardReason.OUTSIDE_FRAME)
         return out
 
     def _flush_skipped(self, out: list[MllpFrame | Discarded], reason: DiscardReason) -> None:

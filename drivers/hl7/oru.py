@@ -129,6 +129,29 @@ def _time(
         ) from None
 
 
+def _numeric_text(message: hl7.Message, obx: hl7.Segment, value_type: str, occ: int) -> str:
+    """OBX-5 as text; an SN (comparator^number) must be a plain or '=' number."""
+    if value_type != "SN":
+        return _first(message, obx, 5)
+    parts = _components(message, obx, 5)
+    comparator = parts[0].strip() if parts else ""
+    if comparator not in ("", "="):
+        raise MessageError(
+            f"OBX[{occ}]-5 structured value with comparator {comparator!r} is not a reading",
+            segment="OBX",
+            occurrence=occ,
+            field=5,
+        )
+    if len(parts) > 2 and any(p.strip() for p in parts[2:]):
+        raise MessageError(
+            f"OBX[{occ}]-5 structured value is a range or ratio, not a reading",
+            segment="OBX",
+            occurrence=occ,
+            field=5,
+        )
+    return parts[1].strip() if len(parts) > 1 else ""
+
+
 def _value(
     raw: str, entry: CodeEntry, unit_parts: list[str], *, tables: CodeTables, occ: int
 ) -> tuple[Decimal, str]:
@@ -316,7 +339,11 @@ def _read(
                 field=2,
             )
         value, unit = _value(
-            _first(message, obx, 5), entry, _components(message, obx, 6), tables=tables, occ=occ
+            _numeric_text(message, obx, value_type, occ),
+            entry,
+            _components(message, obx, 6),
+            tables=tables,
+            occ=occ,
         )
         at = _time(message, obx, 14, occurrence=occ, assume_tz=assume_tz) or obr_time or sent_at
         if at is None:

@@ -54,6 +54,8 @@ class ReceiverConfig:
     ``on_sample`` runs in the event loop before the AA is sent; it must be quick and must not
     raise (an exception closes that one connection, never the listener). ``now`` supplies the
     ACK timestamp and the reference for rejecting far-future observation times.
+    ``idle_timeout_s`` closes a connection that sent nothing for that long (a silent peer
+    would otherwise hold one of the listener's connection slots forever); None disables it.
     """
 
     on_sample: SampleCallback
@@ -62,6 +64,7 @@ class ReceiverConfig:
     tables: CodeTables | None = None
     application: str = "INFUSIOND"
     facility: str = "GATEWAY"
+    idle_timeout_s: float | None = 300.0
 
 
 class _AckIds:
@@ -92,6 +95,7 @@ class MllpReceiverProtocol(asyncio.Protocol):
         self._on_lost = on_lost
         self._decoder = MllpDecoder(config.max_frame)
         self._transport: asyncio.Transport | None = None
+        self._idle: asyncio.TimerHandle | None = None
         self.peer = "?"
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -101,9 +105,24 @@ class MllpReceiverProtocol(asyncio.Protocol):
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self._stats.connections += 1
         log.info("hl7.connection_made", peer=self.peer)
+        self._arm_idle_timer()
+
+    def _arm_idle_timer(self) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+        timeout = self._config.idle_timeout_s
+        if timeout is not None and self._transport is not None:
+            self._idle = asyncio.get_running_loop().call_later(timeout, self._idle_expired)
+
+    def _idle_expired(self) -> None:
+        log.warning("hl7.idle_timeout", peer=self.peer, timeout_s=self._config.idle_timeout_s)
+        self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         log.info("hl7.connection_lost", peer=self.peer, error=str(exc) if exc else None)
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
         self._transport = None
         if self._on_lost is not None:
             self._on_lost(self, exc)
@@ -122,6 +141,7 @@ class MllpReceiverProtocol(asyncio.Protocol):
             self._transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
+        self._arm_idle_timer()
         for item in self._decoder.feed(data):
             if isinstance(item, MllpFrame):
                 self._handle(item.payload)

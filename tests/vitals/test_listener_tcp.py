@@ -179,6 +179,16 @@ async def test_connections_over_the_limit_are_closed(
 
 
 @pytest.mark.asyncio
+async def test_silent_peer_is_disconnected_after_the_idle_timeout() -> None:
+    """A connection that sends nothing for idle_timeout_s is closed, freeing its slot."""
+    config = ReceiverConfig(on_sample=lambda s: None, idle_timeout_s=0.1)
+    async with VitalsListener(config, port=0) as server:
+        peer = await _connect(server)
+        assert await asyncio.wait_for(peer.reader.read(100), 5) == b""
+        await peer.close()
+
+
+@pytest.mark.asyncio
 async def test_client_mode_connects_to_a_gateway_and_acks_what_it_pushes() -> None:
     """In client mode the daemon dials the monitor gateway, receives ORU and answers AA."""
     acks: asyncio.Queue[Ack] = asyncio.Queue()

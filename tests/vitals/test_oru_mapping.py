@@ -253,6 +253,24 @@ def test_bad_messages_raise_an_error_naming_segment_and_field(
     assert error.code is code
 
 
+def test_structured_numeric_values() -> None:
+    """SN '=^80' is a reading; SN with a comparator ('>^80') is refused naming OBX-5."""
+    ok = MDC_CUFF.replace("OBX|3|NM|", "OBX|3|SN|").replace("|80|", "|=^80|")
+    assert parse_oru(ok.encode(), now=NOW).observations[Parameter.MAP].value == 80
+    bad = MDC_CUFF.replace("OBX|3|NM|", "OBX|3|SN|").replace("|80|", "|>^80|")
+    error = _error(bad)
+    assert "comparator '>'" in error.text
+    assert error.location == "OBX^3^5"
+
+
+@given(st.text(alphabet="|^~\\&\r#xX0OBXMSH", max_size=60))
+@settings(max_examples=300)
+def test_fuzzed_msh_headers_only_raise_message_error(tail: str) -> None:
+    """Whatever follows 'MSH', the parser answers with MessageError or a sample, nothing else."""
+    with contextlib.suppress(MessageError):
+        parse_oru(("MSH" + tail).encode(), now=NOW)
+
+
 def test_message_with_only_unknown_codes_is_an_error() -> None:
     """An ORU whose OBX carry no vital this gateway tracks is answered as an error."""
     head = MDC_CUFF.split("OBX|1", maxsplit=1)[0]

@@ -69,9 +69,11 @@ def test_older_observation_never_overwrites_a_newer_one() -> None:
     assert state.update(_sample(T0, map=75))
     assert not state.update(_sample(T0 - timedelta(minutes=20), map=50))
     assert not state.update(_sample(T0, map=75))  # same time again: nothing new
+    assert state.update(_sample(T0, map=76))  # same time, corrected value: replaces
+    assert not state.update(_sample(T0, map=76))
     latest = state.latest(Parameter.MAP)
     assert latest is not None
-    assert latest.value == 75
+    assert latest.value == 76
 
 
 def test_check_vitals_gives_bp_and_hr_for_the_rule_engine() -> None:
