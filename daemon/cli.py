@@ -32,6 +32,32 @@ def _add_data_dir(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_monitor_options(
+    p: argparse.ArgumentParser, where: argparse._MutuallyExclusiveGroup
+) -> None:
+    """Options of ``sim monitor`` beyond the common simulator ones (sim_devices.monitor_cli)."""
+    where.add_argument(
+        "--to", metavar="URL", help="gateway listener (default tcp://127.0.0.1:2575)"
+    )
+    p.add_argument("--bed", default="bed-1", metavar="ID", help="bed id sent in PV1-3")
+    p.add_argument(
+        "--interval", type=float, default=2.0, metavar="S", help="seconds between messages"
+    )
+    p.add_argument("--coding", choices=("MDC", "LN"), default="MDC", help="OBX code system")
+    p.add_argument("--seed", type=int, metavar="N", help="noise seed (default: the scenario's)")
+    p.add_argument(
+        "--count",
+        type=int,
+        metavar="N",
+        help="stop after N messages; exit 1 on any unexpected ACK",
+    )
+    p.add_argument(
+        "--interactive",
+        action="store_true",
+        help="read fault names from stdin while running (one per line)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser; subcommands set ``args.target`` to 'module:function'."""
     parser = argparse.ArgumentParser(
@@ -76,25 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--scenario", metavar="PATH", help="scenario TOML file")
         sp.add_argument("--speed", type=float, default=1.0, metavar="X", help="clock speed")
         if kind == "monitor":
-            where.add_argument(
-                "--to", metavar="URL", help="gateway listener (default tcp://127.0.0.1:2575)"
-            )
-            sp.add_argument("--bed", default="bed-1", metavar="ID", help="bed id sent in PV1-3")
-            sp.add_argument(
-                "--interval", type=float, default=2.0, metavar="S", help="seconds between messages"
-            )
-            sp.add_argument(
-                "--coding", choices=("MDC", "LN"), default="MDC", help="OBX code system"
-            )
-            sp.add_argument(
-                "--seed", type=int, metavar="N", help="noise seed (default: the scenario's)"
-            )
-            sp.add_argument(
-                "--count",
-                type=int,
-                metavar="N",
-                help="stop after N messages; exit 1 on any unexpected ACK",
-            )
+            _add_monitor_options(sp, where)
         sp.set_defaults(target=target)
 
     p = sub.add_parser("check", help="check a request (JSON on stdin) -> verdict JSON on stdout")

@@ -115,9 +115,8 @@ class MllpDecoder:
     def feed(self, data: bytes) -> list[MllpFrame | Discarded]:
         """Consume ``data``; return frames completed and bytes discarded, in order."""
         out: list[MllpFrame | Discarded] = []
-        view = memoryview(data)
         pos = 0
-        n = len(view)
+        n = len(data)
         while pos < n:
             if self._state is _State.HUNT:
                 start = data.find(START_BLOCK, pos)

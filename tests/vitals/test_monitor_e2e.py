@@ -168,6 +168,36 @@ async def test_sim_monitor_cli_sends_and_checks_acks() -> None:
     assert b"monitor.ack" in out
 
 
+@pytest.mark.asyncio
+async def test_sim_monitor_cli_takes_faults_on_stdin_at_run_time() -> None:
+    """--interactive: a fault name typed while running makes the next message get an AE."""
+    async with VitalsListener(ReceiverConfig(on_sample=lambda s: None), port=0) as listener:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "daemon.cli", "sim", "monitor", "--to", listener.url,
+            "--interval", "0.05", "--interactive",
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        assert proc.stdin is not None
+        assert proc.stdout is not None
+        try:
+            async with asyncio.timeout(30):
+                while b"monitor.ack" not in await proc.stdout.readline():
+                    pass
+                proc.stdin.write(b"bogus\nmissing-obx\n")
+                await proc.stdin.drain()
+                seen = b""
+                while b"ack=AE" not in seen:
+                    line = await proc.stdout.readline()
+                    assert line, "monitor exited"
+                    seen += line
+        finally:
+            proc.terminate()
+            await proc.wait()
+    assert b"unknown monitor fault 'bogus'" in seen
+    assert b"no OBX segment" in seen
+    assert listener.stats.errors == 1
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
