@@ -53,7 +53,7 @@ class CodeTables:
     """Lookups built from ``codes.toml``."""
 
     by_system_code: Mapping[tuple[str, str], CodeEntry]
-    by_code: Mapping[str, CodeEntry]
+    by_code: Mapping[str, CodeEntry]  # codes, and MDC reference ids (MDC_...)
     units: Sequence[UnitEntry]
 
     def find_code(self, components: Sequence[str]) -> CodeEntry | None:
@@ -67,8 +67,9 @@ class CodeTables:
             entry = (
                 self.by_system_code.get((sys_name, ident)) if sys_name else self.by_code.get(ident)
             )
-            if entry is None and text.strip():
-                entry = self.by_code.get(text.strip())  # identifier given as MDC reference id
+            for name in (ident, text.strip()):  # an MDC reference id such as MDC_PRESS_CUFF_MEAN
+                if entry is None and sys_name in ("MDC", "") and name.startswith("MDC_"):
+                    entry = self.by_code.get(name)
             if entry is not None:
                 return entry
         return None
@@ -104,7 +105,8 @@ def _build(raw: Mapping[str, Any]) -> CodeTables:
                 raise ValueError(f"codes.toml: duplicate code {entry.tag}")
             by_system_code[key] = entry
             by_code[entry.code] = entry
-            by_code[entry.name] = entry
+            if entry.name.startswith("MDC_"):
+                by_code[entry.name] = entry
     units = [
         UnitEntry(
             ucum=row["ucum"],

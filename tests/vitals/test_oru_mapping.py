@@ -111,6 +111,27 @@ def test_invasive_pressure_wins_over_cuff_in_the_same_message() -> None:
     assert sample.observations[Parameter.MAP].code == "MDC:150039"
 
 
+@pytest.mark.parametrize(
+    ("obx3", "expected"),
+    [
+        ("MDC_PRESS_CUFF_MEAN^^MDC", "MDC:150303"),  # reference id instead of the number
+        ("999999^MDC_PRESS_BLD_ART_ABP_MEAN^MDC", "MDC:150039"),  # unknown number, known id
+        ("X1^Local MAP^99LOCAL^8478-0^Mean blood pressure^LN", "LN:8478-0"),  # alternate code
+        ("8478-0^^", "LN:8478-0"),  # no coding system given
+    ],
+)
+def test_obx3_is_matched_on_codes_ids_and_alternates(obx3: str, expected: str) -> None:
+    """OBX-3 maps by code, by MDC reference id, or by its alternate identifier."""
+    text = MDC_CUFF.replace("150303^MDC_PRESS_CUFF_MEAN^MDC", obx3)
+    assert parse_oru(text.encode(), now=NOW).observations[Parameter.MAP].code == expected
+
+
+def test_display_text_alone_does_not_map() -> None:
+    """A local code whose display text reads like a vital is not guessed at."""
+    text = MDC_CUFF.replace("150303^MDC_PRESS_CUFF_MEAN^MDC", "X1^Mean blood pressure^99LOCAL")
+    assert Parameter.MAP not in parse_oru(text.encode(), now=NOW).observations
+
+
 def test_observation_that_cannot_be_obtained_is_skipped() -> None:
     """OBX-11 status X (cannot be obtained) with an empty value is ignored, not an error."""
     text = MDC_CUFF.replace(
