@@ -47,6 +47,32 @@ def _add_newera_options(sp: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_monitor_options(
+    p: argparse.ArgumentParser, where: argparse._MutuallyExclusiveGroup
+) -> None:
+    """Options of ``sim monitor`` beyond the common simulator ones (sim_devices.monitor_cli)."""
+    where.add_argument(
+        "--to", metavar="URL", help="gateway listener (default tcp://127.0.0.1:2575)"
+    )
+    p.add_argument("--bed", default="bed-1", metavar="ID", help="bed id sent in PV1-3")
+    p.add_argument(
+        "--interval", type=float, default=2.0, metavar="S", help="seconds between messages"
+    )
+    p.add_argument("--coding", choices=("MDC", "LN"), default="MDC", help="OBX code system")
+    p.add_argument("--seed", type=int, metavar="N", help="noise seed (default: the scenario's)")
+    p.add_argument(
+        "--count",
+        type=int,
+        metavar="N",
+        help="stop after N messages; exit 1 on any unexpected ACK",
+    )
+    p.add_argument(
+        "--interactive",
+        action="store_true",
+        help="read fault names from stdin while running (one per line)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser; subcommands set ``args.target`` to 'module:function'."""
     parser = argparse.ArgumentParser(
@@ -92,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--speed", type=float, default=1.0, metavar="X", help="clock speed")
         if kind == "newera":
             _add_newera_options(sp)
+        elif kind == "monitor":
+            _add_monitor_options(sp, where)
         sp.set_defaults(target=target)
 
     p = sub.add_parser("check", help="check a request (JSON on stdin) -> verdict JSON on stdout")
@@ -118,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("watch", help="live terminal view of every pump and bed")
     p.add_argument("--broker", default="mqtt://127.0.0.1:1883", metavar="URL")
     p.add_argument("--gateway", default="+", metavar="ID", help="gateway id (default: all)")
+    p.add_argument("--once", action="store_true", help="print one frame of retained state, exit")
     p.set_defaults(target="daemon.watch:run")
     return parser
 

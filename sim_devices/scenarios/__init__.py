@@ -1,0 +1,1 @@
+"""Shipped patient scenarios (TOML), loaded by ``sim_devices.scenario.load_scenario``."""

@@ -1,0 +1,106 @@
+"""Daemon vitals state: the exact vitals.state data shape, staleness by age, newest wins."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
+
+import pytest
+
+from daemon.vitals import VitalsBoard, VitalsState, rfc3339_ms
+from drivers.hl7 import Observation, Parameter, VitalsSample
+
+T0 = datetime(2026, 11, 26, 12, 0, 0, 123456, tzinfo=UTC)
+
+
+def _sample(at: datetime, bed: str | None = "bed-1", **values: float) -> VitalsSample:
+    units = {"map": "mm[Hg]", "sbp": "mm[Hg]", "dbp": "mm[Hg]", "hr": "/min", "spo2": "%"}
+    return VitalsSample(
+        source="hl7:MON",
+        control_id="c",
+        bed=bed,
+        observations={
+            Parameter(k): Observation(Decimal(str(v)), units[k], at) for k, v in values.items()
+        },
+    )
+
+
+def test_snapshot_has_the_exact_public_shape() -> None:
+    """Each parameter is {value, unit, at} (RFC 3339 Z, ms) or null, plus source."""
+    state = VitalsState("bed-1")
+    state.update(_sample(T0, map=75, sbp=105, dbp=60.5, hr=88))
+    assert state.snapshot(T0 + timedelta(seconds=5)) == {
+        "map": {"value": 75, "unit": "mm[Hg]", "at": "2026-11-26T12:00:00.123Z"},
+        "sbp": {"value": 105, "unit": "mm[Hg]", "at": "2026-11-26T12:00:00.123Z"},
+        "dbp": {"value": 60.5, "unit": "mm[Hg]", "at": "2026-11-26T12:00:00.123Z"},
+        "hr": {"value": 88, "unit": "/min", "at": "2026-11-26T12:00:00.123Z"},
+        "spo2": None,
+        "source": "hl7:MON",
+    }
+
+
+def test_value_older_than_stale_after_is_marked_stale() -> None:
+    """At exactly stale_after_s a value is fresh; one second later it carries stale: true."""
+    state = VitalsState("bed-1")  # default 900 s
+    state.update(_sample(T0, map=75))
+    state.update(_sample(T0 + timedelta(seconds=600), hr=90))
+    at_limit = state.snapshot(T0 + timedelta(seconds=900))
+    assert "stale" not in at_limit["map"]
+    later = state.snapshot(T0 + timedelta(seconds=901))
+    assert later["map"]["stale"] is True
+    assert "stale" not in later["hr"]
+    assert state.is_stale(Parameter.MAP, T0 + timedelta(seconds=901))
+    assert state.is_stale(Parameter.SPO2, T0)  # never received counts as stale
+    assert state.age_s(Parameter.HR, T0 + timedelta(seconds=700)) == pytest.approx(100)
+
+
+def test_custom_stale_after() -> None:
+    """stale_after_s is configurable and must be positive."""
+    state = VitalsState("bed-1", stale_after_s=30)
+    state.update(_sample(T0, map=75))
+    assert state.snapshot(T0 + timedelta(seconds=31))["map"]["stale"] is True
+    with pytest.raises(ValueError, match="stale_after_s"):
+        VitalsState("bed-1", stale_after_s=0)
+
+
+def test_older_observation_never_overwrites_a_newer_one() -> None:
+    """A late message does not replace fresher values; update reports whether anything is new."""
+    state = VitalsState("bed-1")
+    assert state.update(_sample(T0, map=75))
+    assert not state.update(_sample(T0 - timedelta(minutes=20), map=50))
+    assert not state.update(_sample(T0, map=75))  # same time again: nothing new
+    assert state.update(_sample(T0, map=76))  # same time, corrected value: replaces
+    assert not state.update(_sample(T0, map=76))
+    latest = state.latest(Parameter.MAP)
+    assert latest is not None
+    assert latest.value == 76
+
+
+def test_check_vitals_gives_bp_and_hr_for_the_rule_engine() -> None:
+    """check_vitals() is the check request's vitals: map/sbp/dbp/hr present, never spo2."""
+    state = VitalsState("bed-1")
+    assert state.check_vitals() is None
+    state.update(_sample(T0, map=64, sbp=95, spo2=97))
+    assert state.check_vitals() == {
+        "map": {"value": 64, "unit": "mm[Hg]", "at": "2026-11-26T12:00:00.123Z"},
+        "sbp": {"value": 95, "unit": "mm[Hg]", "at": "2026-11-26T12:00:00.123Z"},
+    }
+
+
+def test_board_routes_by_bed_then_default() -> None:
+    """Samples go to their PV1 bed when configured, else to the default bed, else nowhere."""
+    board = VitalsBoard(["bed-1", "bed-2"], default_bed="bed-1")
+    assert board.update(_sample(T0, bed="bed-2", map=70)) == "bed-2"
+    assert board.update(_sample(T0, bed="ICU-9", map=71)) == "bed-1"
+    assert board.update(_sample(T0, bed=None, hr=80)) == "bed-1"
+    assert VitalsBoard(["bed-1"]).update(_sample(T0, bed="elsewhere", map=1)) is None
+    with pytest.raises(ValueError, match="not a configured bed"):
+        VitalsBoard(["bed-1"], default_bed="bed-3")
+
+
+def test_rfc3339_needs_aware_times_and_converts_to_utc() -> None:
+    """Times are rendered in UTC with a Z and milliseconds."""
+    plus2 = datetime(2026, 1, 1, 2, 0, tzinfo=timezone(timedelta(hours=2)))
+    assert rfc3339_ms(plus2) == "2026-01-01T00:00:00.000Z"
+    with pytest.raises(ValueError, match="aware"):
+        rfc3339_ms(datetime(2026, 1, 1))  # naive on purpose
