@@ -31,6 +31,8 @@ class Kind(enum.StrEnum):
         return f"infusiond.{self.value}/1"
 
 
+SCHEMA_IDS = tuple(kind.schema for kind in Kind)  # what bridge/info lists under "schemas"
+
 BRIDGE_ONLINE = b'{"state":"online"}'
 BRIDGE_OFFLINE = b'{"state":"offline"}'
 
