@@ -490,8 +490,12 @@ class Journal:
         return VerifyReport(rows)
 
 
-def _loads_payload(text: str) -> dict[str, Any]:
-    value = json.loads(text)
+def _loads_payload(text: object) -> dict[str, Any]:
+    """The stored payload; a tampered, unparseable one is shown raw instead of crashing."""
+    try:
+        value = json.loads(text) if isinstance(text, str) else text
+    except json.JSONDecodeError:
+        return {"unparseable": text}
     return value if isinstance(value, dict) else {"value": value}
 
 

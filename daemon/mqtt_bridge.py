@@ -144,9 +144,7 @@ class MqttBridge:
     def publish_retained(self, topic: str, payload: bytes) -> None:
         """Publish ``payload`` retained (QoS 1) on ``topic`` now if connected, and after every
         reconnect. Only the latest payload per topic is kept (a burst during an outage
-        collapses into one message)."""
-        if self._retained.get(topic) == payload and topic not in self._dirty:
-            return
+        collapses into one message). An empty payload clears the topic at the broker."""
         self._retained[topic] = payload
         self._dirty[topic] = None
         self._retained_changed.set()

@@ -332,3 +332,56 @@ def test_power_cut_during_a_burst_loses_at_most_the_unacknowledged_tail(tmp_path
         assert [r.payload["seq"] for r in events] == list(range(1, journal.current_seq() + 1))
     finally:
         journal.close()
+
+
+def test_cli_verify_and_export_work_while_another_process_writes(tmp_path: Path) -> None:
+    """`infusiond journal verify|export` (separate processes, read-only) succeed during a
+    burst of writes by the daemon's writer process."""
+    root = Path(__file__).resolve().parents[2]
+    writer = subprocess.Popen(
+        [sys.executable, "-m", "tests.daemon.journal_writer_child", str(tmp_path)],
+        cwd=root,
+        stdout=subprocess.PIPE,
+    )
+    assert writer.stdout is not None
+    try:
+        assert int(writer.stdout.readline()) > 0  # the writer is writing
+        cli = [sys.executable, "-m", "daemon.cli", "journal"]
+        for _ in range(3):
+            verify = subprocess.run(
+                [*cli, "verify", "--data-dir", str(tmp_path)],
+                check=False,
+                capture_output=True,
+                text=True,
+            )
+            assert verify.returncode == 0, verify.stderr
+            assert ": ok, " in verify.stdout
+        export = subprocess.run(
+            [*cli, "export", "--data-dir", str(tmp_path)],
+            check=False,
+            capture_output=True,
+            text=True,
+        )
+        assert export.returncode == 0, export.stderr
+        rows = [json.loads(line) for line in export.stdout.splitlines()]
+        assert [r["n"] for r in rows] == list(range(1, len(rows) + 1))
+        assert writer.poll() is None  # still writing all along
+    finally:
+        os.kill(writer.pid, signal.SIGKILL)
+        writer.wait()
+        writer.stdout.close()
+
+
+@pytest.mark.asyncio
+async def test_export_survives_a_tampered_unparseable_payload(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A payload edited into invalid JSON is exported raw (and verify names the row)."""
+    async with await AsyncJournal.open(tmp_path, gateway_id="gw") as journal:
+        await _fill(journal, 2)
+    _tamper(tmp_path, "UPDATE journal SET payload='{broken' WHERE n=2")
+    assert main(["journal", "export", "--data-dir", str(tmp_path)]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert lines[1]["payload"] == {"unparseable": "{broken"}
+    assert main(["journal", "verify", "--data-dir", str(tmp_path)]) == 1
+    assert "row 2" in capsys.readouterr().err
