@@ -17,6 +17,23 @@ with capped exponential backoff and jitter. While connected it:
   and, when the command carried one, to its MQTT v5 response topic with its correlation data.
 
 Sockets have TCP_NODELAY set: results and states are small and latency-bound.
+
+Wiring (inside the supervisor's TaskGroup)::
+
+    journal = await AsyncJournal.open(cfg.data_dir, gateway_id=cfg.gateway_id)
+    bridge = MqttBridge(cfg.broker, gateway_id=cfg.gateway_id, client_id=cfg.client_id,
+                        outbox=journal)
+    tg.create_task(bridge.run(), name="mqtt-bridge")
+    bridge.publish_retained(bridge.topics.pump_state("pump-1"), encode(envelope(
+        Kind.PUMP_STATE, gateway=..., session=journal.session, seq=journal.seq,
+        ts=utc_now(), data=state)))
+    await journal.record_event("pump-1", {"type": "rate_changed", ...})  # the bridge publishes it
+    async for incoming in bridge.commands():
+        parsed = parse_command(incoming.payload, now=utc_now(), retained=incoming.retain)
+        ...
+        bridge.send_result(incoming.pump_id, payload, response_topic=incoming.response_topic,
+                           correlation_data=incoming.correlation_data)
+    # shutdown: bridge.stop(); await the task; await journal.aclose()
 """
 
 from __future__ import annotations

@@ -422,3 +422,49 @@ async def test_tls_connection_with_the_configured_ca(tmp_path: Path, journal: As
             assert bridge.tcp_nodelay() is True
     finally:
         broker.stop()
+
+
+@pytest.mark.asyncio
+async def test_results_sent_during_an_outage_are_published_after_it_in_order(
+    mosquitto: Mosquitto, journal: AsyncJournal
+) -> None:
+    """Command results queued while the link is down go out, in order, once it is back."""
+    result_topic = f"infusiond/{GW}/pump/pump-1/command/result"
+    async with (
+        cuttable_link(mosquitto.port) as link,
+        observer(mosquitto.port, result_topic) as obs,
+        running_bridge(BrokerConfig(url=link.url), journal) as (bridge, _),
+    ):
+        await link.cut()
+        async with asyncio.timeout(WAIT_S):
+            await bridge.wait_state(BridgeState.BACKOFF)
+        for phase in ("accepted", "applied"):
+            bridge.send_result("pump-1", json.dumps({"phase": phase}).encode())
+        await link.restore()
+        first = await receive(obs, on(result_topic))
+        second = await receive(obs, on(result_topic))
+        assert [json.loads(m.payload)["phase"] for m in (first, second)] == ["accepted", "applied"]
+
+
+@pytest.mark.asyncio
+async def test_stop_while_the_broker_is_unreachable_returns_promptly(
+    journal: AsyncJournal,
+) -> None:
+    """With no broker, the bridge backs off; stop() ends run() without waiting the delay."""
+    with socket.socket() as probe:  # a port with nothing listening
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    bridge = MqttBridge(
+        BrokerConfig(url=f"mqtt://127.0.0.1:{port}"),
+        gateway_id=GW,
+        client_id="x",
+        outbox=journal,
+        backoff=Backoff(initial_s=30, maximum_s=30),
+    )
+    task = asyncio.create_task(bridge.run(), name="bridge-under-test")
+    async with asyncio.timeout(WAIT_S):
+        await bridge.wait_state(BridgeState.BACKOFF)
+        assert bridge.stats.last_error is not None
+        bridge.stop()
+        await task
+    assert bridge.state is BridgeState.STOPPED
