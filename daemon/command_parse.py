@@ -139,8 +139,6 @@ class Command(_Strict):
     program: Program | None = None
     confirm: Confirm | None = None
 
-    model_config = ConfigDict(strict=True, extra="forbid", frozen=True, populate_by_name=True)
-
     @field_validator("issued_at", mode="before")
     @classmethod
     def _rfc3339(cls, value: object) -> datetime:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import json
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from daemon.timefmt import format_ts
@@ -37,10 +38,29 @@ BRIDGE_ONLINE = b'{"state":"online"}'
 BRIDGE_OFFLINE = b'{"state":"offline"}'
 
 
+def _json_default(value: object) -> object:
+    """Our value types as JSON: Decimal -> number, aware datetime -> RFC 3339, Enum -> value."""
+    if isinstance(value, Decimal):
+        if not value.is_finite():
+            raise ValueError(f"non-finite Decimal {value} is not JSON")
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, datetime):
+        return format_ts(value)
+    if isinstance(value, enum.Enum):
+        return value.value
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
 def encode(obj: Any) -> bytes:
-    """Compact deterministic JSON bytes; raises ``ValueError`` on NaN/Infinity."""
+    """Compact deterministic JSON bytes (sorted keys, UTF-8); Decimal, datetime and Enum
+    values are converted; raises ``ValueError`` on NaN/Infinity."""
     return json.dumps(
-        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        obj,
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+        allow_nan=False,
+        default=_json_default,
     ).encode()
 
 

@@ -141,6 +141,7 @@ def test_unreadable_payload_is_bad_json_with_null_id(raw: bytes, needle: str) ->
         (cmd(surprise=1), "surprise", "unknown field"),
         (cmd(by={"clinician": "dr-a", "role": "x"}), "by.role", "unknown field"),
         (cmd(schema="infusiond.pump.command/2"), "schema", "Input should be"),
+        (cmd(schema_="infusiond.pump.command/1"), "schema_", "unknown field"),
         (cmd(action="set_rate", dose=None), "rate", "required for action set_rate"),
         (cmd(action="stop"), "dose", "not allowed for action stop"),
         (cmd(program={"drug": "x"}), "program.concentration", "required"),

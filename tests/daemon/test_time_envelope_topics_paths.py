@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -115,3 +116,15 @@ def test_default_data_dir_follows_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path:
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert default_data_dir() == tmp_path / "home" / ".local" / "state" / "infusiond"
     assert journal_path(tmp_path).name == "journal.sqlite3"
+
+
+def test_encode_converts_decimal_datetime_and_enums() -> None:
+    """Driver values (Decimal mL/h, aware datetimes, enums) encode as contract JSON."""
+    at = datetime(2026, 11, 26, 17, 18, 0, 5000, tzinfo=UTC)
+    assert encode(
+        {"rate": Decimal("52.50"), "n": Decimal(3), "at": at, "kind": Kind.PUMP_EVENT}
+    ) == (b'{"at":"2026-11-26T17:18:00.005Z","kind":"pump.event","n":3,"rate":52.5}')
+    with pytest.raises(ValueError, match="non-finite"):
+        encode({"rate": Decimal("NaN")})
+    with pytest.raises(TypeError, match="set is not JSON"):
+        encode({"x": {1}})
