@@ -452,6 +452,12 @@ class Journal:
         ):
             yield JournalRow(n, ts, kind, pid, _loads_payload(payload), prev, digest)
 
+    def export(self) -> Iterator[dict[str, Any]]:
+        """Every row as a dict (``journal export``), from one consistent snapshot."""
+        with self.snapshot():
+            for row in self.rows():
+                yield row.to_dict()
+
     def verify(self) -> VerifyReport:
         """Walk the whole chain; the report names the first broken row."""
         with self.snapshot():

@@ -30,10 +30,9 @@ def run(args: argparse.Namespace) -> int:
                 f"journal {journal.path}: ok, {report.rows} rows, session {journal.session}\n"
             )
             return EXIT_OK
-        with journal.snapshot():
-            for row in journal.rows():
-                sys.stdout.write(json.dumps(row.to_dict(), ensure_ascii=False, sort_keys=True))
-                sys.stdout.write("\n")
+        for row in journal.export():
+            sys.stdout.write(json.dumps(row, ensure_ascii=False, sort_keys=True))
+            sys.stdout.write("\n")
         return EXIT_OK
     finally:
         journal.close()
