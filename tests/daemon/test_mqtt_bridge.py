@@ -468,3 +468,24 @@ async def test_stop_while_the_broker_is_unreachable_returns_promptly(
         bridge.stop()
         await task
     assert bridge.state is BridgeState.STOPPED
+
+
+@pytest.mark.asyncio
+async def test_events_left_in_the_outbox_by_a_previous_run_are_published_on_start(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """Events journaled before a daemon restart but never acknowledged are published, in
+    order, by the next run's bridge, and seq continues after them."""
+    data_dir = tmp_path / "restart"
+    async with await AsyncJournal.open(data_dir, gateway_id=GW) as first_run:
+        for i in range(3):
+            await first_run.record_event("pump-1", {"type": "delivery_started", "i": i})
+    events = f"infusiond/{GW}/pump/+/event"
+    async with (
+        await AsyncJournal.open(data_dir, gateway_id=GW) as second_run,
+        observer(mosquitto.port, events) as obs,
+        running_bridge(broker_cfg(mosquitto), second_run),
+    ):
+        await second_run.record_event("pump-1", {"type": "delivery_stopped"})
+        seqs = [json.loads((await receive(obs)).payload)["seq"] for _ in range(4)]
+        assert seqs == [1, 2, 3, 4]
