@@ -1,0 +1,368 @@
+"""From raw MQTT command bytes to a validated :class:`Command` or a :class:`Rejection`
+(DESIGN.md sections 6 and 6.1), and the builders of ``pump.command.result`` data.
+
+Order of checks, each answering with its own error code:
+
+1. ``too_large``: more than 16 KiB, checked on the byte count before anything is parsed.
+2. ``retained``: a retained message is never executed, whatever it contains.
+3. ``bad_json``: not UTF-8, not JSON, or empty.
+4. ``bad_request``: not an object, duplicate keys, nesting deeper than the schema, wrong or
+   missing fields, unknown fields, NaN/Infinity, negative or out-of-range numbers, an
+   ``issued_at`` more than :data:`MAX_CLOCK_SKEW_S` in the future (the sender's clock is wrong:
+   that is a bad request, not an expired one). The message names the field.
+5. ``expired``: ``issued_at + ttl_s`` is before ``now``.
+
+``now`` is an argument: nothing here reads the clock. Rejections carry the command id when one
+could be read (a string of at most 64 characters), else ``None``.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from daemon.timefmt import format_ts, parse_ts
+
+MAX_COMMAND_BYTES = 16 * 1024
+MAX_ID_CHARS = 64
+MAX_DEPTH = 4  # command -> program -> dose -> value is the deepest legitimate nesting
+MAX_CLOCK_SKEW_S = 10.0
+MAX_TTL_S = 3600.0
+MAX_QUANTITY = 1_000_000.0
+COMMAND_SCHEMA = "infusiond.pump.command/1"
+
+
+class ErrorCode(enum.StrEnum):
+    """The ``error.code`` values of the contract."""
+
+    BAD_JSON = "bad_json"
+    BAD_REQUEST = "bad_request"
+    UNKNOWN_PUMP = "unknown_pump"
+    EXPIRED = "expired"
+    CONTROL_DISABLED = "control_disabled"
+    NOT_AUTHORIZED = "not_authorized"
+    BUSY = "busy"
+    TOO_LARGE = "too_large"
+    RETAINED = "retained"
+
+
+class Phase(enum.StrEnum):
+    """Result phases, in lifecycle order, plus ``duplicate``."""
+
+    REJECTED = "rejected"
+    NEEDS_CONFIRMATION = "needs_confirmation"
+    ACCEPTED = "accepted"
+    APPLIED = "applied"
+    FAILED = "failed"
+    UNCERTAIN = "uncertain"
+    DUPLICATE = "duplicate"
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A command refused before the gate: answer ``rejected`` with ``error``."""
+
+    id: str | None
+    code: ErrorCode
+    message: str
+
+    def error(self) -> dict[str, str]:
+        return {"code": self.code.value, "message": self.message}
+
+
+# -- the command model -------------------------------------------------------------------
+
+Text = Annotated[str, StringConstraints(min_length=1, max_length=64, strip_whitespace=False)]
+Reason = Annotated[str, StringConstraints(min_length=1, max_length=500)]
+Unit = Annotated[str, StringConstraints(min_length=1, max_length=32)]
+Amount = Annotated[float, Field(ge=0, le=MAX_QUANTITY, allow_inf_nan=False)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+
+class Quantity(_Strict):
+    """``{"value", "unit"}``; the unit is checked by the drug library, not here."""
+
+    value: Amount
+    unit: Unit
+
+
+class By(_Strict):
+    clinician: Text
+
+
+class Confirm(_Strict):
+    token: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    reason: Reason
+
+
+class Program(_Strict):
+    drug: Text
+    concentration: Quantity
+    diluent: Text
+    route: Literal["central", "peripheral"]
+    profile: Text
+    weight_kg: Annotated[float, Field(gt=0, le=1000, allow_inf_nan=False)] | None = None
+    dose: Quantity
+    vtbi: Quantity | None = None
+
+
+Action = Literal["set_dose", "set_rate", "start", "stop", "pause", "program"]
+
+
+class Command(_Strict):
+    """A validated ``infusiond.pump.command/1`` (``schema_`` is the optional ``schema`` key)."""
+
+    schema_: Literal["infusiond.pump.command/1"] | None = Field(default=None, alias="schema")
+    id: Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_CHARS)]
+    issued_at: datetime
+    ttl_s: Annotated[float, Field(gt=0, le=MAX_TTL_S, allow_inf_nan=False)] = 30.0
+    by: By
+    action: Action
+    dose: Quantity | None = None
+    rate: Quantity | None = None
+    program: Program | None = None
+    confirm: Confirm | None = None
+
+    @field_validator("issued_at", mode="before")
+    @classmethod
+    def _rfc3339(cls, value: object) -> datetime:
+        if not isinstance(value, str):
+            raise ValueError("must be an RFC 3339 string with a zone")  # noqa: TRY004
+        return parse_ts(value)
+
+    @model_validator(mode="after")
+    def _action_fields(self) -> Self:
+        needs = {"set_dose": "dose", "set_rate": "rate", "program": "program"}
+        wanted = needs.get(self.action)
+        for name in ("dose", "rate", "program"):
+            present = getattr(self, name) is not None
+            if name == wanted and not present:
+                raise ValueError(f"{name}: required for action {self.action}")
+            if name != wanted and present:
+                raise ValueError(f"{name}: not allowed for action {self.action}")
+        return self
+
+    @property
+    def expires_at(self) -> datetime:
+        return self.issued_at + timedelta(seconds=self.ttl_s)
+
+    def to_json(self) -> dict[str, Any]:
+        """The command as JSON-able data (for the journal)."""
+        data = self.model_dump(mode="json", by_alias=True, exclude_none=True)
+        data["issued_at"] = format_ts(self.issued_at)
+        return data
+
+
+# -- parsing -----------------------------------------------------------------------------
+
+
+class _DuplicateKeyError(ValueError):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise _DuplicateKeyError(key)
+        result[key] = value
+    return result
+
+
+def _too_deep(value: Any, limit: int) -> str | None:
+    """The path of the first container nested deeper than ``limit``, else None (iterative)."""
+    stack: list[tuple[Any, str, int]] = [(value, "", 0)]
+    while stack:
+        node, path, depth = stack.pop()
+        if isinstance(node, dict | list):
+            if depth >= limit:
+                return path or "(root)"
+            items = node.items() if isinstance(node, dict) else enumerate(node)
+            for key, child in items:
+                stack.append((child, f"{path}.{key}" if path else str(key), depth + 1))
+    return None
+
+
+def _readable_id(obj: Any) -> str | None:
+    if isinstance(obj, dict):
+        cid = obj.get("id")
+        if isinstance(cid, str) and 0 < len(cid) <= MAX_ID_CHARS:
+            return cid
+    return None
+
+
+def _describe(exc: ValidationError) -> str:
+    err = exc.errors(include_url=False)[0]
+    loc = ".".join(str(p) for p in err["loc"])
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    if not loc and ":" in msg:  # model-level validator already names the field
+        return msg
+    if err["type"] == "missing":
+        return f"{loc}: required field missing"
+    if err["type"] == "extra_forbidden":
+        return f"{loc}: unknown field"
+    return f"{loc or 'command'}: {msg}"
+
+
+def parse_command(
+    payload: bytes,
+    *,
+    now: datetime,
+    retained: bool = False,
+    max_skew_s: float = MAX_CLOCK_SKEW_S,
+) -> Command | Rejection:
+    """Validate one command payload; never raises for any input bytes."""
+    if len(payload) > MAX_COMMAND_BYTES:
+        return Rejection(
+            None,
+            ErrorCode.TOO_LARGE,
+            f"payload is {len(payload)} bytes; the limit is {MAX_COMMAND_BYTES}",
+        )
+    obj: Any = None
+    json_error: str | None = None
+    duplicate_key: str | None = None
+    too_deep = False
+    try:
+        text = payload.decode("utf-8")
+        obj = json.loads(text, object_pairs_hook=_no_duplicates)
+    except UnicodeDecodeError as exc:
+        json_error = f"payload is not UTF-8 (byte {exc.start})"
+    except _DuplicateKeyError as exc:
+        duplicate_key = str(exc)
+    except json.JSONDecodeError as exc:
+        json_error = f"not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+    except RecursionError:  # the C scanner's guard against nesting bombs
+        too_deep = True
+    if not payload.strip():
+        json_error = "empty payload"
+    cid = _readable_id(obj)
+    if retained:
+        return Rejection(cid, ErrorCode.RETAINED, "retained commands are never executed")
+    if duplicate_key is not None:
+        return Rejection(None, ErrorCode.BAD_REQUEST, f"{duplicate_key}: duplicate key")
+    if too_deep:
+        return Rejection(
+            None, ErrorCode.BAD_REQUEST, f"command: nested deeper than {MAX_DEPTH} levels"
+        )
+    if json_error is not None:
+        return Rejection(None, ErrorCode.BAD_JSON, json_error)
+    if not isinstance(obj, dict):
+        return Rejection(None, ErrorCode.BAD_REQUEST, "command: must be a JSON object")
+    deep = _too_deep(obj, MAX_DEPTH)
+    if deep is not None:
+        return Rejection(cid, ErrorCode.BAD_REQUEST, f"{deep}: nested too deeply")
+    try:
+        command = Command.model_validate(obj)
+    except ValidationError as exc:
+        return Rejection(cid, ErrorCode.BAD_REQUEST, _describe(exc))
+    except (ValueError, OverflowError) as exc:  # e.g. an int too large for a float
+        return Rejection(cid, ErrorCode.BAD_REQUEST, f"command: {exc}")
+    ahead = (command.issued_at - now).total_seconds()
+    if ahead > max_skew_s:
+        return Rejection(
+            command.id,
+            ErrorCode.BAD_REQUEST,
+            f"issued_at: {ahead:.1f} s in the future (clock skew allowance {max_skew_s:g} s)",
+        )
+    if now > command.expires_at:
+        late = (now - command.expires_at).total_seconds()
+        return Rejection(
+            command.id,
+            ErrorCode.EXPIRED,
+            f"expired {late:.1f} s ago (issued_at {format_ts(command.issued_at)}"
+            f" + ttl_s {command.ttl_s:g})",
+        )
+    return command
+
+
+# -- result data builders ----------------------------------------------------------------
+# Each returns the ``data`` of a ``pump.command.result`` envelope.
+
+
+def rejected(
+    command_id: str | None,
+    *,
+    error: Rejection | dict[str, str] | None = None,
+    verdict: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """``rejected`` with ``error`` (bad request, expired...) or a reject ``verdict``."""
+    if (error is None) == (verdict is None):
+        raise ValueError("rejected() needs exactly one of error or verdict")
+    data: dict[str, Any] = {"id": command_id, "phase": Phase.REJECTED.value}
+    if error is not None:
+        data["error"] = error.error() if isinstance(error, Rejection) else error
+    else:
+        data["verdict"] = verdict
+    return data
+
+
+def error_body(code: ErrorCode, message: str) -> dict[str, str]:
+    """``{"code", "message"}`` for errors found after parsing (unknown_pump, busy...)."""
+    return {"code": code.value, "message": message}
+
+
+def needs_confirmation(
+    command_id: str, *, verdict: dict[str, Any], confirm_token: str, expires_at: datetime
+) -> dict[str, Any]:
+    """The gate asks for a confirmation; resend with ``confirm`` {token, reason}."""
+    return {
+        "id": command_id,
+        "phase": Phase.NEEDS_CONFIRMATION.value,
+        "verdict": verdict,
+        "confirm_token": confirm_token,
+        "confirm_expires_at": format_ts(expires_at),
+    }
+
+
+def accepted(command_id: str, *, verdict: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Passed the gate and sent to the device."""
+    data: dict[str, Any] = {"id": command_id, "phase": Phase.ACCEPTED.value}
+    if verdict is not None:
+        data["verdict"] = verdict
+    return data
+
+
+def applied(command_id: str, *, readback: dict[str, Any]) -> dict[str, Any]:
+    """The device's read-back matches."""
+    return {"id": command_id, "phase": Phase.APPLIED.value, "readback": readback}
+
+
+def failed(
+    command_id: str, *, error: dict[str, str], readback: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The device refused; verified unchanged."""
+    data: dict[str, Any] = {"id": command_id, "phase": Phase.FAILED.value, "error": error}
+    if readback is not None:
+        data["readback"] = readback
+    return data
+
+
+def uncertain(command_id: str, *, error: dict[str, str]) -> dict[str, Any]:
+    """No answer from the device; reconciled on the next poll and reported by event."""
+    return {"id": command_id, "phase": Phase.UNCERTAIN.value, "error": error}
+
+
+def duplicate(command_id: str, *, first: dict[str, Any]) -> dict[str, Any]:
+    """A repeated id: never re-executed; ``first`` is the first outcome."""
+    return {"id": command_id, "phase": Phase.DUPLICATE.value, "first": first}
+
+
+def outcome_of(result: dict[str, Any]) -> dict[str, Any]:
+    """``{"phase", "verdict"?, "error"?}`` of a result: what a duplicate will be told."""
+    return {k: result[k] for k in ("phase", "verdict", "error") if k in result}

@@ -1,0 +1,347 @@
+"""The daemon's configuration: a TOML file plus ``INFUSIOND_*`` environment overrides.
+
+Environment variables override the file; nested keys use ``__``
+(``INFUSIOND_BROKER__URL=mqtts://broker:8883``, ``INFUSIOND_CONTROL__ENABLED=true``); lists take
+JSON (``INFUSIOND_CONTROL__ALLOWLIST='["dr-a"]'``). Any invalid value raises
+:class:`daemon.errors.ConfigError` whose message names the offending key (and the environment
+variable, when the value came from one). Unknown keys are errors too: a typo must not silently
+fall back to a default at a bedside.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal, Self
+from urllib.parse import urlsplit
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    FilePath,
+    SecretStr,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
+
+from daemon.errors import ConfigError
+from daemon.paths import default_data_dir
+from daemon.topics import TOPIC_ID_PATTERN
+
+ENV_PREFIX = "INFUSIOND_"
+ENV_NESTED = "__"
+
+TopicId = Annotated[str, StringConstraints(pattern=TOPIC_ID_PATTERN)]
+Name = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+PositiveSeconds = Annotated[float, Field(gt=0, le=86_400, allow_inf_nan=False)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _host_port(url: str, schemes: dict[str, int | None]) -> tuple[str, str, int]:
+    """Split ``scheme://host:port`` (no path, no query) or raise ValueError saying what is wrong."""
+    parts = urlsplit(url)
+    if parts.scheme not in schemes:
+        raise ValueError(f"scheme must be one of {', '.join(s + '://' for s in schemes)}")
+    if not parts.hostname:
+        raise ValueError("host missing")
+    if parts.path not in {"", "/"} or parts.query or parts.fragment:
+        raise ValueError("must be scheme://host[:port] with no path or query")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError("port must be a number in 1..65535") from None
+    port = port if port is not None else schemes[parts.scheme]
+    if port is None:
+        raise ValueError("port missing")
+    return parts.scheme, parts.hostname, port
+
+
+class TlsConfig(_Section):
+    """Client TLS for ``mqtts://``: CA bundle, optional client certificate and key."""
+
+    ca_file: FilePath | None = None
+    cert_file: FilePath | None = None
+    key_file: FilePath | None = None
+
+    @model_validator(mode="after")
+    def _pair(self) -> Self:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file: cert_file and key_file go together")
+        return self
+
+
+class BrokerConfig(_Section):
+    """MQTT broker connection (MQTT v5)."""
+
+    url: str = "mqtt://127.0.0.1:1883"
+    username: Name | None = None
+    password: SecretStr | None = None
+    tls: TlsConfig | None = None
+    keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
+    client_id: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        _host_port(value, {"mqtt": 1883, "mqtts": 8883})
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.password is not None and self.username is None:
+            raise ValueError("username: required when a password is set")
+        if self.tls is not None and not self.uses_tls:
+            raise ValueError("tls: only valid with an mqtts:// url")
+        return self
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.url.startswith("mqtts://")
+
+    @property
+    def host(self) -> str:
+        return _host_port(self.url, {"mqtt": 1883, "mqtts": 8883})[1]
+
+    @property
+    def port(self) -> int:
+        return _host_port(self.url, {"mqtt": 1883, "mqtts": 8883})[2]
+
+
+class ControlConfig(_Section):
+    """Remote control: off unless enabled, and then only for the allowlisted sources."""
+
+    enabled: bool = False
+    allowlist: list[Name] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _allowlist_when_enabled(self) -> Self:
+        if self.enabled and not self.allowlist:
+            raise ValueError("allowlist: must not be empty when control is enabled")
+        return self
+
+
+class VitalsSource(_Section):
+    """One HL7 v2 (MLLP) source: ``listen`` for monitors that connect to us, or ``connect``."""
+
+    listen: str | None = None
+    connect: str | None = None
+    bed: TopicId
+    stale_after_s: PositiveSeconds = 900.0
+    publish_every_s: PositiveSeconds = 5.0
+
+    @field_validator("listen", "connect")
+    @classmethod
+    def _mllp_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            _host_port(value, {"mllp": None, "tcp": None})
+        return value
+
+    @model_validator(mode="after")
+    def _one_endpoint(self) -> Self:
+        if (self.listen is None) == (self.connect is None):
+            raise ValueError("listen: give exactly one of listen or connect")
+        return self
+
+
+class Concentration(_Section):
+    value: Annotated[float, Field(gt=0, le=1_000_000, allow_inf_nan=False)]
+    unit: Annotated[str, StringConstraints(min_length=1, max_length=32)]
+
+
+class PumpConfig(_Section):
+    """One pump channel: how to reach it and what it infuses."""
+
+    id: TopicId
+    driver: Literal["modbus", "newera"]
+    url: Annotated[str, StringConstraints(min_length=1, max_length=256)]
+    unit_id: Annotated[int, Field(ge=1, le=247)] | None = None
+    address: Annotated[int, Field(ge=0, le=99)] | None = None
+    baudrate: Annotated[int, Field(ge=300, le=921_600)] | None = None
+    map: Name | None = None
+    poll_period_s: PositiveSeconds = 1.0
+    publish_every_s: PositiveSeconds = 10.0
+    bed: TopicId | None = None
+    drug: Name
+    concentration: Concentration
+    diluent: Name
+    route: Literal["central", "peripheral"]
+    line_shares: list[Name] = Field(default_factory=list)
+    library_profile: Name
+    weight_kg: Annotated[float, Field(gt=0, le=1000, allow_inf_nan=False)] | None = None
+    baseline_sbp: Annotated[float, Field(ge=40, le=300, allow_inf_nan=False)] | None = None
+    chronic_hypertension: bool = False
+    watchdog_s: Annotated[int, Field(ge=1, le=65_535)] | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _transport(cls, value: str) -> str:
+        if value.startswith("/"):
+            return value  # a serial device path
+        _host_port(value, {"tcp": None, "socket": None})
+        return value
+
+    @model_validator(mode="after")
+    def _per_driver(self) -> Self:
+        if self.driver == "modbus":
+            if self.address is not None:
+                raise ValueError("address: only for newera pumps (modbus uses unit_id)")
+            if self.url.startswith("socket://"):
+                raise ValueError("url: modbus pumps use tcp://host:port or a serial path")
+        else:
+            if self.unit_id is not None or self.map is not None:
+                name = "unit_id" if self.unit_id is not None else "map"
+                raise ValueError(f"{name}: only for modbus pumps")
+            if self.url.startswith("tcp://"):
+                raise ValueError("url: newera pumps use socket://host:port or a serial path")
+        return self
+
+    @property
+    def modbus_unit_id(self) -> int:
+        return self.unit_id if self.unit_id is not None else 1
+
+    @property
+    def register_map(self) -> str:
+        return self.map if self.map is not None else "generic-pump-v1"
+
+    @property
+    def newera_address(self) -> int:
+        return self.address if self.address is not None else 0
+
+
+class Config(BaseSettings):
+    """The whole configuration (see ``systemd/infusiond.example.toml``)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=ENV_NESTED,
+        extra="forbid",
+        frozen=True,
+        case_sensitive=False,
+    )
+
+    gateway_id: TopicId
+    data_dir: Path = Field(default_factory=default_data_dir)
+    library: FilePath | None = None
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    broker: BrokerConfig = Field(default_factory=BrokerConfig)
+    control: ControlConfig = Field(default_factory=ControlConfig)
+    vitals: list[VitalsSource] = Field(default_factory=list)
+    pumps: list[PumpConfig] = Field(default_factory=list)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """The environment overrides the file (passed as init values); nothing else is read."""
+        del settings_cls, dotenv_settings, file_secret_settings
+        return env_settings, init_settings
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> Self:
+        for name, ids in (
+            ("pumps", [p.id for p in self.pumps]),
+            ("vitals", [v.bed for v in self.vitals]),
+        ):
+            seen: set[str] = set()
+            for index, item in enumerate(ids):
+                if item in seen:
+                    key = "id" if name == "pumps" else "bed"
+                    raise ValueError(f"{name}[{index}].{key}: {item!r} is used twice")
+                seen.add(item)
+        return self
+
+    @property
+    def client_id(self) -> str:
+        return self.broker.client_id or f"infusiond-{self.gateway_id}"
+
+    def pump(self, pump_id: str) -> PumpConfig | None:
+        return next((p for p in self.pumps if p.id == pump_id), None)
+
+
+_NAMED = re.compile(r"^[A-Za-z_][\w.\[\]]*: ")
+
+
+def _key_name(loc: tuple[int | str, ...]) -> str:
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text or "config"
+
+
+def _env_name(loc: tuple[int | str, ...], env: dict[str, str]) -> str | None:
+    """The environment variable that supplied ``loc`` (or its enclosing list), if any."""
+    names = [str(p) for p in loc]
+    for cut in range(len(names), 0, -1):
+        if any(isinstance(p, int) for p in loc[:cut]):
+            continue
+        candidate = (ENV_PREFIX + ENV_NESTED.join(names[:cut])).upper()
+        if candidate in env:
+            return candidate
+    return None
+
+
+def _describe(exc: ValidationError, source: str) -> str:
+    env = {k.upper(): v for k, v in os.environ.items() if k.upper().startswith(ENV_PREFIX)}
+    problems = []
+    for err in exc.errors(include_url=False):
+        loc = tuple(err["loc"])
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        key = _key_name(loc)
+        if _NAMED.match(msg):
+            # a model validator that names a field of its own section
+            inner, msg = msg.split(": ", 1)
+            key = inner if not key or key == "config" else f"{key}.{inner}"
+            loc = (*loc, *inner.split("."))
+        if err["type"] == "missing":
+            msg = "required key missing"
+        elif err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        where = _env_name(loc, env)
+        origin = f" (from {where})" if where else ""
+        problems.append(f"{key}{origin}: {msg}")
+    return f"invalid configuration in {source}: " + "; ".join(problems)
+
+
+def load_config(path: Path | None) -> Config:
+    """Read ``path`` (TOML) and the environment; raise ConfigError naming the bad key."""
+    data: dict[str, Any] = {}
+    source = "the environment"
+    if path is not None:
+        source = str(path)
+        try:
+            with path.open("rb") as handle:
+                data = tomllib.load(handle)
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} not found") from None
+        except OSError as exc:
+            raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    try:
+        return Config(**data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, source)) from None
+    except SettingsError as exc:  # an environment value that is not valid JSON for its key
+        raise ConfigError(f"invalid configuration in the environment: {exc}") from None

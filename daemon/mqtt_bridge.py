@@ -1,0 +1,430 @@
+"""The MQTT bridge (DESIGN.md section 6) on aiomqtt 2.x, MQTT v5.
+
+One long-running task (:meth:`MqttBridge.run`) keeps a connection to the broker, reconnecting
+with capped exponential backoff and jitter. While connected it:
+
+- publishes ``bridge/state`` ``{"state":"online"}`` retained QoS 1; the last will is
+  ``{"state":"offline"}`` retained QoS 1 with no will delay, so the broker announces a crash
+  at once; a clean stop (or cancellation) publishes ``offline`` itself before disconnecting;
+- subscribes to ``pump/+/command`` with retain-as-published, so a retained command is seen as
+  retained (and never executed);
+- publishes retained payloads given to :meth:`publish_retained` (the latest per topic, kept in
+  memory and republished after every reconnect);
+- publishes events from the durable outbox in ``seq`` order, QoS 1, deleting each from the
+  outbox only after its PUBACK (at-least-once: after a connection loss in the middle of a
+  batch, an event may be delivered twice with the same ``seq``);
+- publishes command results queued with :meth:`send_result` to ``pump/<id>/command/result``
+  and, when the command carried one, to its MQTT v5 response topic with its correlation data.
+
+Sockets have TCP_NODELAY set: results and states are small and latency-bound.
+
+Wiring (inside the supervisor's TaskGroup)::
+
+    journal = await AsyncJournal.open(cfg.data_dir, gateway_id=cfg.gateway_id)
+    bridge = MqttBridge(cfg.broker, gateway_id=cfg.gateway_id, client_id=cfg.client_id,
+                        outbox=journal)
+    tg.create_task(bridge.run(), name="mqtt-bridge")
+    bridge.publish_retained(bridge.topics.pump_state("pump-1"), encode(envelope(
+        Kind.PUMP_STATE, gateway=..., session=journal.session, seq=journal.seq,
+        ts=utc_now(), data=state)))
+    await journal.record_event("pump-1", {"type": "rate_changed", ...})  # the bridge publishes it
+    async for incoming in bridge.commands():
+        parsed = parse_command(incoming.payload, now=utc_now(), retained=incoming.retain)
+        ...
+        bridge.send_result(incoming.pump_id, payload, response_topic=incoming.response_topic,
+                           correlation_data=incoming.correlation_data)
+    # shutdown: bridge.stop(); await the task; await journal.aclose()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import enum
+import itertools
+import socket
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+import aiomqtt
+import structlog
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from daemon.config import BrokerConfig
+from daemon.envelope import BRIDGE_OFFLINE, BRIDGE_ONLINE
+from daemon.journal import OutboxItem
+from daemon.topics import Topics
+from drivers.backoff import Backoff
+
+log = structlog.get_logger("infusiond.mqtt")
+
+MAX_INCOMING_PACKET = 256 * 1024  # the broker drops bigger packets for us; commands cap at 16 KiB
+OFFLINE_TIMEOUT_S = 2.0
+MAX_RESPONSE_TOPIC = 256
+
+
+class Outbox(Protocol):
+    """What the bridge needs from the journal (``daemon.journal.AsyncJournal`` provides it)."""
+
+    outbox_changed: asyncio.Event
+
+    async def outbox_pending(self, limit: int = ...) -> list[OutboxItem]: ...
+
+    async def outbox_ack(self, seqs: Iterable[int]) -> int: ...
+
+
+class BridgeState(enum.Enum):
+    CONNECTING = "connecting"
+    ONLINE = "online"
+    BACKOFF = "backoff"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True)
+class IncomingCommand:
+    """A message on ``pump/<pump_id>/command``, unparsed (see ``daemon.command_parse``)."""
+
+    pump_id: str
+    payload: bytes
+    retain: bool
+    response_topic: str | None
+    correlation_data: bytes | None
+
+
+@dataclass(frozen=True)
+class _Result:
+    number: int
+    pump_id: str
+    payload: bytes
+    response_topic: str | None
+    correlation_data: bytes | None
+
+
+class _StopRequested(Exception):
+    pass
+
+
+@dataclass
+class _Stats:
+    connections: int = 0
+    events_published: int = 0
+    results_published: int = 0
+    retained_published: int = 0
+    commands_dropped: int = 0
+    last_error: str | None = None
+
+
+class MqttBridge:
+    """The gateway's MQTT connection. Run :meth:`run` as a named task; :meth:`stop` ends it."""
+
+    def __init__(
+        self,
+        broker: BrokerConfig,
+        *,
+        gateway_id: str,
+        client_id: str,
+        outbox: Outbox,
+        backoff: Backoff | None = None,
+        command_queue_size: int = 1024,
+        max_queued_results: int = 1000,
+        outbox_batch: int = 100,
+        timeout_s: float = 10.0,
+    ) -> None:
+        self.topics = Topics(gateway_id)
+        self._broker = broker
+        self._client_id = client_id
+        self._outbox = outbox
+        self._backoff = backoff or Backoff(initial_s=0.2, maximum_s=30.0)
+        self._commands: asyncio.Queue[IncomingCommand] = asyncio.Queue(command_queue_size)
+        self._results: collections.deque[_Result] = collections.deque()
+        self._max_queued_results = max_queued_results
+        self._result_numbers = itertools.count(1)
+        self._results_changed = asyncio.Event()
+        self._retained: dict[str, bytes] = {}
+        self._dirty: dict[str, None] = {}  # ordered set of retained topics to (re)publish
+        self._retained_changed = asyncio.Event()
+        self._outbox_batch = outbox_batch
+        self._timeout_s = timeout_s  # CONNACK, SUBACK and PUBACK waits
+        self._stop = asyncio.Event()
+        self._client: aiomqtt.Client | None = None
+        self.online = asyncio.Event()
+        self.state = BridgeState.STOPPED
+        self.stats = _Stats()
+        self._state_changed = asyncio.Condition()
+
+    # -- public API --------------------------------------------------------------------------
+
+    def publish_retained(self, topic: str, payload: bytes) -> None:
+        """Publish ``payload`` retained (QoS 1) on ``topic`` now if connected, and after every
+        reconnect. Only the latest payload per topic is kept (a burst during an outage
+        collapses into one message). An empty payload clears the topic at the broker."""
+        self._retained[topic] = payload
+        self._dirty[topic] = None
+        self._retained_changed.set()
+
+    def send_result(
+        self,
+        pump_id: str,
+        payload: bytes,
+        *,
+        response_topic: str | None = None,
+        correlation_data: bytes | None = None,
+    ) -> None:
+        """Queue a command result (QoS 1, not retained) on ``pump/<id>/command/result`` and, if
+        given and safe, on ``response_topic`` too, both carrying ``correlation_data``.
+
+        Results are kept in memory (bounded) while the broker is unreachable, in order."""
+        if response_topic is not None and not self._usable_response_topic(response_topic):
+            log.warning("ignoring unusable response topic", topic=response_topic[:80])
+            response_topic = None
+        if len(self._results) >= self._max_queued_results:
+            dropped = self._results.popleft()
+            log.warning("result queue full; oldest result dropped", pump_id=dropped.pump_id)
+        number = next(self._result_numbers)
+        self._results.append(_Result(number, pump_id, payload, response_topic, correlation_data))
+        self._results_changed.set()
+
+    async def commands(self) -> AsyncIterator[IncomingCommand]:
+        """Incoming commands, in arrival order, across reconnects."""
+        while True:
+            yield await self._commands.get()
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to publish ``offline``, disconnect cleanly and return."""
+        self._stop.set()
+
+    async def wait_state(self, state: BridgeState, *, connections: int = 0) -> None:
+        """Wait until the bridge is in ``state`` (and has connected at least ``connections``
+        times): an event for tests and for the supervisor's readiness."""
+        async with self._state_changed:
+            await self._state_changed.wait_for(
+                lambda: self.state is state and self.stats.connections >= connections
+            )
+
+    def tcp_nodelay(self) -> bool | None:
+        """TCP_NODELAY on the live socket (None when not connected)."""
+        client = self._client  # aiomqtt has no public socket accessor; paho's is public
+        sock = client._client.socket() if client is not None else None
+        if not isinstance(sock, socket.socket):
+            return None
+        return bool(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+    # -- connection loop ---------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Connect, serve, reconnect with backoff; returns after :meth:`stop`."""
+        try:
+            while not self._stop.is_set():
+                await self._set_state(BridgeState.CONNECTING)
+                try:
+                    await self._connection()
+                except aiomqtt.MqttError as exc:
+                    self.stats.last_error = str(exc)
+                    log.warning("mqtt connection lost or refused", error=str(exc))
+                if self._stop.is_set():
+                    break
+                await self._set_state(BridgeState.BACKOFF)
+                delay = self._backoff.next_delay()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self._stop.wait()
+        finally:
+            self.online.clear()
+            self.state = BridgeState.STOPPED
+            async with self._state_changed:
+                self._state_changed.notify_all()
+
+    async def _set_state(self, state: BridgeState) -> None:
+        self.state = state
+        if state is BridgeState.ONLINE:
+            self.online.set()
+        else:
+            self.online.clear()
+        async with self._state_changed:
+            self._state_changed.notify_all()
+
+    def _make_client(self) -> aiomqtt.Client:
+        broker = self._broker
+        tls = None
+        if broker.uses_tls:
+            files = broker.tls
+            tls = aiomqtt.TLSParameters(
+                ca_certs=str(files.ca_file) if files and files.ca_file else None,
+                certfile=str(files.cert_file) if files and files.cert_file else None,
+                keyfile=str(files.key_file) if files and files.key_file else None,
+            )
+        connect_props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        connect_props.MaximumPacketSize = MAX_INCOMING_PACKET
+        client = aiomqtt.Client(
+            broker.host,
+            broker.port,
+            username=broker.username,
+            password=broker.password.get_secret_value() if broker.password else None,
+            identifier=self._client_id,
+            protocol=aiomqtt.ProtocolVersion.V5,
+            will=aiomqtt.Will(self.topics.bridge_state, BRIDGE_OFFLINE, qos=1, retain=True),
+            keepalive=broker.keepalive_s,
+            clean_start=True,
+            properties=connect_props,
+            tls_params=tls,
+            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+            timeout=self._timeout_s,
+        )
+        # Batches of QoS 1 publishes are normal here; aiomqtt warns above 10 by default.
+        client.pending_calls_threshold = 4 * self._outbox_batch
+        return client
+
+    async def _connection(self) -> None:
+        client = self._make_client()
+        async with client:
+            self._client = client
+            try:
+                await client.subscribe(
+                    self.topics.command_filter,
+                    options=SubscribeOptions(qos=1, retainAsPublished=True),
+                )
+                await client.publish(self.topics.bridge_state, BRIDGE_ONLINE, qos=1, retain=True)
+                self._backoff.reset()
+                self.stats.connections += 1
+                for topic in self._retained:
+                    self._dirty[topic] = None
+                log.info("mqtt online", host=self._broker.host, port=self._broker.port)
+                await self._set_state(BridgeState.ONLINE)
+                try:
+                    await self._serve(client)
+                finally:
+                    await self._say_offline(client)
+            finally:
+                self._client = None
+                self.online.clear()
+
+    async def _say_offline(self, client: aiomqtt.Client) -> None:
+        """Best effort on the way out; if the link is gone, the broker sends the will."""
+        with contextlib.suppress(aiomqtt.MqttError):
+            await client.publish(
+                self.topics.bridge_state,
+                BRIDGE_OFFLINE,
+                qos=1,
+                retain=True,
+                timeout=OFFLINE_TIMEOUT_S,
+            )
+
+    async def _serve(self, client: aiomqtt.Client) -> None:
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._read(client), name="mqtt-read")
+                tg.create_task(self._retained_loop(client), name="mqtt-retained")
+                tg.create_task(self._outbox_loop(client), name="mqtt-outbox")
+                tg.create_task(self._results_loop(client), name="mqtt-results")
+                tg.create_task(self._until_stop(), name="mqtt-stop")
+        except BaseExceptionGroup as group:
+            lost, rest = group.split(aiomqtt.MqttError)
+            if rest is not None:
+                _, rest = rest.split(_StopRequested)
+            if rest is not None:
+                raise rest from None
+            if lost is not None and not self._stop.is_set():
+                raise lost.exceptions[0] from None
+
+    async def _until_stop(self) -> None:
+        await self._stop.wait()
+        raise _StopRequested
+
+    # -- per-connection tasks ----------------------------------------------------------------
+
+    async def _read(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            pump_id = self.topics.pump_id_of_command(message.topic.value)
+            if pump_id is None:
+                continue
+            props = message.properties
+            response = getattr(props, "ResponseTopic", None) if props is not None else None
+            correlation = getattr(props, "CorrelationData", None) if props is not None else None
+            payload = message.payload
+            incoming = IncomingCommand(
+                pump_id=pump_id,
+                payload=payload if isinstance(payload, bytes) else str(payload).encode(),
+                retain=bool(message.retain),
+                response_topic=response if isinstance(response, str) else None,
+                correlation_data=bytes(correlation) if correlation is not None else None,
+            )
+            try:
+                self._commands.put_nowait(incoming)
+            except asyncio.QueueFull:
+                self.stats.commands_dropped += 1
+                log.warning("command queue full; command dropped", pump_id=pump_id)
+
+    async def _retained_loop(self, client: aiomqtt.Client) -> None:
+        while True:
+            self._retained_changed.clear()
+            if not self._dirty:
+                await self._retained_changed.wait()
+                continue
+            batch = list(self._dirty)
+            self._dirty.clear()
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    for topic in batch:
+                        tg.create_task(
+                            client.publish(topic, self._retained[topic], qos=1, retain=True),
+                            name="mqtt-publish-retained",
+                        )
+            except BaseException:
+                for topic in batch:  # republish them on the next connection
+                    self._dirty[topic] = None
+                raise
+            self.stats.retained_published += len(batch)
+
+    async def _outbox_loop(self, client: aiomqtt.Client) -> None:
+        while True:
+            self._outbox.outbox_changed.clear()
+            items = await self._outbox.outbox_pending(limit=self._outbox_batch)
+            if not items:
+                await self._outbox.outbox_changed.wait()
+                continue
+            async with asyncio.TaskGroup() as tg:  # PUBLISHes go out in seq order
+                for item in items:
+                    tg.create_task(
+                        client.publish(item.topic, item.payload, qos=1),
+                        name="mqtt-publish-event",
+                    )
+            await self._outbox.outbox_ack([item.seq for item in items])
+            self.stats.events_published += len(items)
+
+    async def _results_loop(self, client: aiomqtt.Client) -> None:
+        while True:
+            self._results_changed.clear()
+            if not self._results:
+                await self._results_changed.wait()
+                continue
+            batch = list(self._results)
+            async with asyncio.TaskGroup() as tg:
+                for result in batch:
+                    props: Properties | None = None
+                    if result.correlation_data is not None:
+                        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+                        props.CorrelationData = result.correlation_data
+                    topics = [self.topics.pump_command_result(result.pump_id)]
+                    if result.response_topic and result.response_topic not in topics:
+                        topics.append(result.response_topic)
+                    for topic in topics:
+                        tg.create_task(
+                            client.publish(topic, result.payload, qos=1, properties=props),
+                            name="mqtt-publish-result",
+                        )
+            last = batch[-1].number
+            while self._results and self._results[0].number <= last:
+                self._results.popleft()
+            self.stats.results_published += len(batch)
+
+    def _usable_response_topic(self, topic: str) -> bool:
+        return (
+            0 < len(topic) <= MAX_RESPONSE_TOPIC
+            and not any(ch in topic for ch in "+#\x00")
+            and not topic.startswith("$")
+            and not self.topics.is_own_command_topic(topic)
+        )

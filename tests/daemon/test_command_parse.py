@@ -1,0 +1,306 @@
+"""Command parsing: every error code of DESIGN 6/6.1, field-naming messages, and no input
+that makes the parser raise."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from daemon.command_parse import (
+    MAX_COMMAND_BYTES,
+    Command,
+    ErrorCode,
+    Rejection,
+    accepted,
+    applied,
+    duplicate,
+    error_body,
+    failed,
+    needs_confirmation,
+    outcome_of,
+    parse_command,
+    rejected,
+    uncertain,
+)
+
+NOW = datetime(2026, 11, 26, 17, 30, 0, tzinfo=UTC)
+
+
+def cmd(**overrides: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "id": "c-1",
+        "issued_at": "2026-11-26T17:29:50.000Z",
+        "ttl_s": 30,
+        "by": {"clinician": "dr-a"},
+        "action": "set_dose",
+        "dose": {"value": 0.06, "unit": "ug/kg/min"},
+    }
+    base.update(overrides)
+    return {k: v for k, v in base.items() if v is not None}
+
+
+def parse(obj: Any, *, retained: bool = False, now: datetime = NOW) -> Command | Rejection:
+    raw = obj if isinstance(obj, bytes) else json.dumps(obj).encode()
+    return parse_command(raw, now=now, retained=retained)
+
+
+def rejection(obj: Any, **kw: Any) -> Rejection:
+    result = parse(obj, **kw)
+    assert isinstance(result, Rejection), result
+    return result
+
+
+def test_a_valid_command_parses_with_aware_utc_time() -> None:
+    """A well-formed set_dose becomes a Command; issued_at is UTC-aware; expiry is computed."""
+    command = parse(cmd(schema="infusiond.pump.command/1"))
+    assert isinstance(command, Command)
+    assert command.dose is not None
+    assert command.dose.value == 0.06
+    assert command.issued_at == datetime(2026, 11, 26, 17, 29, 50, tzinfo=UTC)
+    assert command.expires_at == command.issued_at + timedelta(seconds=30)
+    assert command.to_json()["issued_at"] == "2026-11-26T17:29:50.000Z"
+    assert command.to_json()["schema"] == "infusiond.pump.command/1"
+
+
+def test_every_action_with_its_fields_parses() -> None:
+    """set_rate, start/stop/pause, program and a confirmation resend are all accepted shapes."""
+    program = {
+        "drug": "norepinephrine",
+        "concentration": {"value": 4, "unit": "ug/mL"},
+        "diluent": "D5W",
+        "route": "central",
+        "profile": "adult-icu",
+        "weight_kg": 70,
+        "dose": {"value": 0.05, "unit": "ug/kg/min"},
+        "vtbi": {"value": 250, "unit": "mL"},
+    }
+    shapes = [
+        cmd(action="set_rate", dose=None, rate={"value": 63.0, "unit": "mL/h"}),
+        cmd(action="start", dose=None),
+        cmd(action="stop", dose=None),
+        cmd(action="pause", dose=None),
+        cmd(action="program", dose=None, program=program),
+        cmd(confirm={"token": "t0k", "reason": "MAP 58 despite fluids"}),
+    ]
+    for shape in shapes:
+        assert isinstance(parse(shape), Command), shape
+
+
+def test_too_large_is_checked_before_parsing_and_has_no_id() -> None:
+    """A payload over 16 KiB is too_large with id null, even when it is valid JSON with an id."""
+    big = json.dumps(cmd(pad="x" * MAX_COMMAND_BYTES)).encode()
+    r = rejection(big)
+    assert r.code is ErrorCode.TOO_LARGE
+    assert r.id is None
+    assert str(MAX_COMMAND_BYTES) in r.message
+    assert rejection(b"\xff" * (MAX_COMMAND_BYTES + 1)).code is ErrorCode.TOO_LARGE
+    assert parse_command(b" " * MAX_COMMAND_BYTES, now=NOW).code is ErrorCode.BAD_JSON  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("raw", "needle"),
+    [
+        (b"", "empty payload"),
+        (b"   ", "empty payload"),
+        (b"\xff\xfe{}", "not UTF-8"),
+        (b'{"id": "c-1",', "not JSON"),
+        (b"{'id': 'c-1'}", "not JSON"),
+    ],
+)
+def test_unreadable_payload_is_bad_json_with_null_id(raw: bytes, needle: str) -> None:
+    """Non-UTF-8, truncated or non-JSON payloads answer bad_json with id null."""
+    r = rejection(raw)
+    assert r.code is ErrorCode.BAD_JSON
+    assert r.id is None
+    assert needle in r.message
+
+
+@pytest.mark.parametrize(
+    ("obj", "field", "text"),
+    [
+        (cmd(id=None), "id", "required"),
+        (cmd(issued_at=None), "issued_at", "required"),
+        (cmd(by=None), "by", "required"),
+        (cmd(action="explode"), "action", "Input should be"),
+        (cmd(dose={"value": -0.01, "unit": "ug/kg/min"}), "dose.value", "greater than or equal"),
+        (cmd(dose={"value": 1e12, "unit": "ug/kg/min"}), "dose.value", "less than or equal"),
+        (cmd(dose={"value": "0.06", "unit": "ug/kg/min"}), "dose.value", "valid number"),
+        (cmd(dose={"value": True, "unit": "ug/kg/min"}), "dose.value", "valid number"),
+        (cmd(dose={"value": 0.06}), "dose.unit", "required"),
+        (cmd(ttl_s=0), "ttl_s", "greater than 0"),
+        (cmd(ttl_s=10**6), "ttl_s", "less than or equal"),
+        (cmd(id="x" * 65), "id", "at most 64"),
+        (cmd(id=17), "id", "valid string"),
+        (cmd(issued_at="2026-11-26T17:29:50"), "issued_at", "with a zone"),
+        (cmd(issued_at=1764178190), "issued_at", "RFC 3339"),
+        (cmd(surprise=1), "surprise", "unknown field"),
+        (cmd(by={"clinician": "dr-a", "role": "x"}), "by.role", "unknown field"),
+        (cmd(schema="infusiond.pump.command/2"), "schema", "Input should be"),
+        (cmd(schema_="infusiond.pump.command/1"), "schema_", "unknown field"),
+        (cmd(action="set_rate", dose=None), "rate", "required for action set_rate"),
+        (cmd(action="stop"), "dose", "not allowed for action stop"),
+        (cmd(program={"drug": "x"}), "program.concentration", "required"),
+        (cmd(confirm={"token": "t"}), "confirm.reason", "required"),
+    ],
+)
+def test_schema_violations_are_bad_request_naming_the_field(
+    obj: dict[str, Any], field: str, text: str
+) -> None:
+    """Wrong type, range, missing or unknown field: bad_request whose message names it."""
+    r = rejection(obj)
+    assert r.code is ErrorCode.BAD_REQUEST
+    assert r.message.startswith(f"{field}:"), r.message
+    assert text in r.message
+
+
+@pytest.mark.parametrize(
+    ("raw", "field"),
+    [
+        (json.dumps(cmd()).replace("0.06", "NaN"), "dose.value"),
+        (json.dumps(cmd()).replace("0.06", "Infinity"), "dose.value"),
+        (json.dumps(cmd()).replace("0.06", "-Infinity"), "dose.value"),
+        (json.dumps(cmd()).replace("0.06", "1e400"), "dose.value"),
+        (json.dumps(cmd()).replace("0.06", "1" + "0" * 400), "dose.value"),
+        ('{"id": "a", "id": "b"}', "id"),
+        ("[1, 2]", "command"),
+        ('"just a string"', "command"),
+        ("[" * 5000 + "]" * 5000, "command"),
+        ('{"a":' * 2500 + "1" + "}" * 2500, "command"),
+        (json.dumps(cmd(by={"clinician": {"a": {"b": {"c": 1}}}})), "by.clinician.a.b"),
+    ],
+)
+def test_nan_infinity_huge_duplicates_and_nesting_bombs_are_bad_request(
+    raw: str, field: str
+) -> None:
+    """NaN/Infinity/overflowing numbers, duplicate keys, non-objects and bombs: bad_request."""
+    r = rejection(raw.encode())
+    assert r.code is ErrorCode.BAD_REQUEST
+    assert r.message.startswith(f"{field}:"), r.message
+
+
+def test_bad_request_carries_the_id_when_readable() -> None:
+    """A schema error still answers with the command's id so the sender can match it."""
+    assert rejection(cmd(ttl_s=-1)).id == "c-1"
+
+
+def test_expired_when_issued_at_plus_ttl_is_past() -> None:
+    """issued_at + ttl_s before now -> expired; exactly at the boundary is still valid."""
+    r = rejection(cmd(issued_at="2026-11-26T17:29:00.000Z", ttl_s=30))
+    assert r.code is ErrorCode.EXPIRED
+    assert r.id == "c-1"
+    assert "30.0 s ago" in r.message
+    edge = cmd(issued_at="2026-11-26T17:29:30.000Z", ttl_s=30)
+    assert isinstance(parse(edge), Command)
+
+
+def test_issued_in_the_future_beyond_skew_is_bad_request() -> None:
+    """A command from more than 10 s in the future means a wrong clock: bad_request issued_at."""
+    assert isinstance(parse(cmd(issued_at="2026-11-26T17:30:09.000Z")), Command)
+    r = rejection(cmd(issued_at="2026-11-26T17:31:00.000Z"))
+    assert r.code is ErrorCode.BAD_REQUEST
+    assert r.message.startswith("issued_at:")
+    assert "in the future" in r.message
+
+
+def test_retained_commands_are_never_executed() -> None:
+    """A valid command that arrives retained is rejected 'retained', id kept when readable."""
+    r = rejection(cmd(), retained=True)
+    assert r.code is ErrorCode.RETAINED
+    assert r.id == "c-1"
+    assert rejection(b"garbage", retained=True).code is ErrorCode.RETAINED
+
+
+def test_offsets_are_normalised_to_utc() -> None:
+    """An issued_at with an offset is converted to UTC before expiry is computed."""
+    command = parse(cmd(issued_at="2026-11-26T18:29:50.000+01:00"))
+    assert isinstance(command, Command)
+    assert command.issued_at == datetime(2026, 11, 26, 17, 29, 50, tzinfo=UTC)
+
+
+def test_result_builders_produce_the_contract_shapes() -> None:
+    """Builders give {id, phase, verdict?, error?, readback?}; duplicate carries first."""
+    verdict = {"verdict": "reject", "findings": [{"rule": "HARD_MAX"}]}
+    r = rejection(b"{")
+    assert rejected(None, error=r) == {
+        "id": None,
+        "phase": "rejected",
+        "error": {"code": "bad_json", "message": r.message},
+    }
+    assert rejected("c", verdict=verdict)["verdict"] == verdict
+    with pytest.raises(ValueError, match="exactly one"):
+        rejected("c")
+    busy = rejected("c", error=error_body(ErrorCode.BUSY, "pump-1 is executing c-0"))
+    assert busy["error"]["code"] == "busy"
+    confirm = needs_confirmation("c", verdict=verdict, confirm_token="tok", expires_at=NOW)
+    assert confirm["confirm_token"] == "tok"
+    assert confirm["confirm_expires_at"] == "2026-11-26T17:30:00.000Z"
+    assert accepted("c") == {"id": "c", "phase": "accepted"}
+    assert applied("c", readback={"rate": 1})["readback"] == {"rate": 1}
+    assert failed("c", error={"code": "device_rejected", "message": "m"})["phase"] == "failed"
+    assert uncertain("c", error={"code": "device_timeout", "message": "m"})["phase"] == "uncertain"
+    first = outcome_of(busy)
+    assert first == {"phase": "rejected", "error": busy["error"]}
+    assert duplicate("c", first=first) == {"id": "c", "phase": "duplicate", "first": first}
+
+
+# -- properties ----------------------------------------------------------------------------
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=80),
+    lambda children: (
+        st.lists(children, max_size=5)
+        | st.dictionaries(
+            st.sampled_from(["id", "issued_at", "ttl_s", "by", "action", "dose", "rate", "x"])
+            | st.text(max_size=10),
+            children,
+            max_size=6,
+        )
+    ),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(raw=st.binary(max_size=MAX_COMMAND_BYTES + 64), retained=st.booleans())
+def test_arbitrary_bytes_never_raise(raw: bytes, retained: bool) -> None:
+    """Any bytes give a Command or a Rejection with a contract error code; nothing raises."""
+    result = parse_command(raw, now=NOW, retained=retained)
+    if isinstance(result, Rejection):
+        assert result.code in ErrorCode
+        assert result.message
+        if retained:
+            assert result.code in {ErrorCode.RETAINED, ErrorCode.TOO_LARGE}
+
+
+@settings(max_examples=300, deadline=None)
+@given(obj=json_values)
+def test_arbitrary_json_never_raises(obj: Any) -> None:
+    """Any JSON value (NaN and Infinity included) gives a Command or a Rejection."""
+    raw = json.dumps(obj).encode()
+    result = parse_command(raw, now=NOW)
+    assert isinstance(result, Command | Rejection)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    field=st.sampled_from(["id", "issued_at", "ttl_s", "by", "action", "dose"]),
+    value=json_values,
+)
+def test_mutating_one_field_is_either_valid_or_names_a_field(field: str, value: Any) -> None:
+    """Replacing one field by any JSON value never raises; a bad_request names some field."""
+    obj = cmd()
+    obj[field] = value
+    result = parse_command(json.dumps(obj).encode(), now=NOW)
+    if isinstance(result, Rejection):
+        assert result.code in {ErrorCode.BAD_REQUEST, ErrorCode.EXPIRED}
+        if result.code is ErrorCode.BAD_REQUEST:
+            assert ":" in result.message

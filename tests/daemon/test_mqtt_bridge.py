@@ -1,0 +1,491 @@
+"""The MQTT bridge against a real mosquitto: state and last will, retained republish, outbox
+replay after an outage, response topics, retained commands, TCP_NODELAY, credentials, TLS."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import pwd
+import socket
+import subprocess
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import aiomqtt
+import pytest
+import pytest_asyncio
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+from pydantic import SecretStr
+
+from daemon.config import BrokerConfig, TlsConfig
+from daemon.journal import AsyncJournal
+from daemon.mqtt_bridge import BridgeState, MqttBridge
+from drivers.backoff import Backoff
+from tests.daemon.netcut import cuttable_link
+from tests.support.procs import Mosquitto
+
+GW = "gw"
+STATE_TOPIC = f"infusiond/{GW}/bridge/state"
+WAIT_S = 10.0
+# Run as root, mosquitto drops to the `mosquitto` user, which cannot read files in pytest's
+# private tmp dirs; a test broker may keep the invoking user instead.
+STAY_USER = [f"user {pwd.getpwuid(os.geteuid()).pw_name}"]
+
+
+def fast_backoff() -> Backoff:
+    return Backoff(initial_s=0.05, maximum_s=0.3)
+
+
+@contextlib.asynccontextmanager
+async def running_bridge(
+    broker: BrokerConfig, journal: AsyncJournal, *, wait_online: bool = True
+) -> AsyncIterator[tuple[MqttBridge, asyncio.Task[None]]]:
+    bridge = MqttBridge(
+        broker, gateway_id=GW, client_id="infusiond-test", outbox=journal, backoff=fast_backoff()
+    )
+    task = asyncio.create_task(bridge.run(), name="bridge-under-test")
+    try:
+        if wait_online:
+            async with asyncio.timeout(WAIT_S):
+                await bridge.wait_state(BridgeState.ONLINE, connections=1)
+        yield bridge, task
+    finally:
+        bridge.stop()
+        async with asyncio.timeout(WAIT_S):
+            await task
+
+
+@contextlib.asynccontextmanager
+async def observer(
+    port: int, *topics: str, identifier: str | None = None, persistent: bool = False
+) -> AsyncIterator[aiomqtt.Client]:
+    props = None
+    if persistent:
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 600
+    client = aiomqtt.Client(
+        "127.0.0.1",
+        port,
+        identifier=identifier,
+        protocol=aiomqtt.ProtocolVersion.V5,
+        clean_start=not persistent,
+        properties=props,
+    )
+    async with client:
+        for topic in topics:
+            await client.subscribe(topic, options=SubscribeOptions(qos=1, retainAsPublished=True))
+        yield client
+
+
+async def receive(
+    client: aiomqtt.Client, match: Callable[[aiomqtt.Message], bool] = lambda m: True
+) -> aiomqtt.Message:
+    async with asyncio.timeout(WAIT_S):
+        async for message in client.messages:
+            if match(message):
+                return message
+    raise AssertionError("message iterator ended")
+
+
+def on(topic: str, payload: bytes | None = None) -> Callable[[aiomqtt.Message], bool]:
+    return lambda m: m.topic.value == topic and (payload is None or m.payload == payload)
+
+
+@pytest_asyncio.fixture
+async def journal(tmp_path: Path) -> AsyncIterator[AsyncJournal]:
+    async with await AsyncJournal.open(tmp_path / "data", gateway_id=GW) as j:
+        yield j
+
+
+def broker_cfg(mosquitto: Mosquitto) -> BrokerConfig:
+    return BrokerConfig(url=mosquitto.url, keepalive_s=10)
+
+
+@pytest.mark.parametrize("how", ["stop", "cancel"])
+@pytest.mark.asyncio
+async def test_online_is_retained_and_a_clean_exit_publishes_offline(
+    mosquitto: Mosquitto, journal: AsyncJournal, how: str
+) -> None:
+    """bridge/state is retained online while connected; stop() or cancellation says offline."""
+    bridge = MqttBridge(
+        broker_cfg(mosquitto), gateway_id=GW, client_id="c1", outbox=journal, backoff=fast_backoff()
+    )
+    task = asyncio.create_task(bridge.run(), name="bridge-under-test")
+    async with asyncio.timeout(WAIT_S):
+        await bridge.wait_state(BridgeState.ONLINE, connections=1)
+    async with observer(mosquitto.port, STATE_TOPIC) as obs:
+        first = await receive(obs, on(STATE_TOPIC))
+        assert first.payload == b'{"state":"online"}'
+        assert first.retain
+        if how == "stop":
+            bridge.stop()
+            await task
+        else:
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        offline = await receive(obs, on(STATE_TOPIC))
+        assert offline.payload == b'{"state":"offline"}'
+        assert offline.retain
+    async with observer(mosquitto.port, STATE_TOPIC) as late:
+        assert (await receive(late, on(STATE_TOPIC))).payload == b'{"state":"offline"}'
+
+
+@pytest.mark.asyncio
+async def test_last_will_announces_offline_when_the_connection_dies_then_it_reconnects(
+    mosquitto: Mosquitto, journal: AsyncJournal
+) -> None:
+    """Killing the bridge's TCP connection (no DISCONNECT) makes the broker publish the
+    retained offline will at once; the bridge then reconnects and says online again."""
+    async with (
+        running_bridge(broker_cfg(mosquitto), journal) as (bridge, _),
+        observer(mosquitto.port, STATE_TOPIC) as obs,
+    ):
+        assert (await receive(obs, on(STATE_TOPIC))).payload == b'{"state":"online"}'
+        assert bridge._client is not None
+        sock = bridge._client._client.socket()
+        assert isinstance(sock, socket.socket)
+        sock.shutdown(socket.SHUT_RDWR)  # abnormal loss: the broker sees EOF, no DISCONNECT
+        will = await receive(obs, on(STATE_TOPIC))
+        assert will.payload == b'{"state":"offline"}'
+        assert will.retain
+        back = await receive(obs, on(STATE_TOPIC))
+        assert back.payload == b'{"state":"online"}'
+        async with asyncio.timeout(WAIT_S):
+            await bridge.wait_state(BridgeState.ONLINE, connections=2)
+
+
+@pytest.mark.asyncio
+async def test_client_socket_has_tcp_nodelay(mosquitto: Mosquitto, journal: AsyncJournal) -> None:
+    """Regression: the connected socket has TCP_NODELAY set (results are latency-bound)."""
+    async with running_bridge(broker_cfg(mosquitto), journal) as (bridge, _):
+        assert bridge.tcp_nodelay() is True
+        assert bridge._client is not None
+        raw = bridge._client._client.socket()
+        assert isinstance(raw, socket.socket)
+        assert raw.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    assert bridge.tcp_nodelay() is None
+
+
+@pytest.mark.asyncio
+async def test_retained_state_is_republished_after_a_broker_restart(
+    mosquitto: Mosquitto, journal: AsyncJournal
+) -> None:
+    """A broker that lost its retained store gets the latest state again on reconnect, and
+    a state set during the outage is the one published."""
+    topic = f"infusiond/{GW}/pump/pump-1/state"
+    async with running_bridge(broker_cfg(mosquitto), journal) as (bridge, _):
+        bridge.publish_retained(topic, b'{"v":1}')
+        async with observer(mosquitto.port, topic) as obs:
+            assert (await receive(obs, on(topic))).payload == b'{"v":1}'
+        mosquitto.stop()
+        (mosquitto.workdir / "mosquitto.db").unlink(missing_ok=True)  # forget retained msgs
+        bridge.publish_retained(topic, b'{"v":2}')
+        bridge.publish_retained(topic, b'{"v":3}')  # latest wins
+        mosquitto.start()
+        async with asyncio.timeout(WAIT_S):
+            await bridge.wait_state(BridgeState.ONLINE, connections=2)
+        async with observer(mosquitto.port, topic, STATE_TOPIC) as obs:
+            got = await receive(obs, on(topic))
+            assert got.payload == b'{"v":3}'
+            assert got.retain
+            assert (await receive(obs, on(STATE_TOPIC))).payload == b'{"state":"online"}'
+
+
+@pytest.mark.asyncio
+async def test_events_written_during_an_outage_are_published_after_it_gapless(
+    mosquitto: Mosquitto, journal: AsyncJournal
+) -> None:
+    """Events recorded while the gateway's link to the broker is cut wait in the outbox and are
+    published in seq order once it is back: a subscriber sees 1..N with no gap and no loss,
+    and the broker announced the outage with the last will."""
+    events = f"infusiond/{GW}/pump/+/event"
+    seen: list[int] = []
+    async with (
+        cuttable_link(mosquitto.port) as link,
+        observer(mosquitto.port, events) as obs,
+        observer(mosquitto.port, STATE_TOPIC) as state,
+    ):
+        cfg = BrokerConfig(url=link.url, keepalive_s=10)
+        async with running_bridge(cfg, journal) as (bridge, _):
+            assert (await receive(state, on(STATE_TOPIC))).payload == b'{"state":"online"}'
+            for i in range(5):
+                await journal.record_event(f"pump-{i % 2}", {"type": "rate_changed", "i": i})
+            await link.cut()
+            assert (await receive(state, on(STATE_TOPIC))).payload == b'{"state":"offline"}'
+            async with asyncio.timeout(WAIT_S):
+                await bridge.wait_state(BridgeState.BACKOFF)
+            for i in range(5, 40):
+                await journal.record_event(f"pump-{i % 2}", {"type": "rate_changed", "i": i})
+            await link.restore()
+            async with asyncio.timeout(WAIT_S):
+                async for message in obs.messages:
+                    body = json.loads(message.payload)
+                    assert body["schema"] == "infusiond.pump.event/1"
+                    assert body["session"] == journal.session
+                    seen.append(body["seq"])
+                    if body["seq"] == 40:
+                        break
+            async with asyncio.timeout(WAIT_S):  # the ack follows the PUBACK: poll its effect
+                while await journal.outbox_pending():
+                    await asyncio.sleep(0.01)
+    # Events 1-5 may have been in flight when the link was cut: at-least-once, same seq.
+    assert sorted(set(seen)) == list(range(1, 41))
+    assert seen[-35:] == list(range(6, 41))
+
+
+@pytest.mark.asyncio
+async def test_response_topic_and_correlation_data_are_honoured(
+    mosquitto: Mosquitto, journal: AsyncJournal
+) -> None:
+    """A command's MQTT v5 response topic and correlation data reach the bridge, and the
+    result goes to the standard result topic and to the response topic with that data."""
+    cmd_topic = f"infusiond/{GW}/pump/pump-1/command"
+    result_topic = f"infusiond/{GW}/pump/pump-1/command/result"
+    async with running_bridge(broker_cfg(mosquitto), journal) as (bridge, _):
+        commands = bridge.commands()
+        async with observer(mosquitto.port, "app/replies/#", result_topic) as app:
+            props = Properties(PacketTypes.PUBLISH)
+            props.ResponseTopic = "app/replies/42"
+            props.CorrelationData = b"\x00corr"
+            await app.publish(cmd_topic, b'{"id":"c-1"}', qos=1, properties=props)
+            async with asyncio.timeout(WAIT_S):
+                incoming = await anext(commands)
+            assert incoming.pump_id == "pump-1"
+            assert incoming.payload == b'{"id":"c-1"}'
+            assert incoming.retain is False
+            assert incoming.response_topic == "app/replies/42"
+            assert incoming.correlation_data == b"\x00corr"
+            bridge.send_result(
+                "pump-1",
+                b'{"phase":"accepted"}',
+                response_topic=incoming.response_topic,
+                correlation_data=incoming.correlation_data,
+            )
+            got = {}
+            for _ in range(2):
+                message = await receive(app)
+                got[message.topic.value] = message
+            assert set(got) == {"app/replies/42", result_topic}
+            for message in got.values():
+                assert message.payload == b'{"phase":"accepted"}'
+                assert message.properties is not None
+                assert message.properties.CorrelationData == b"\x00corr"
+
+
+@pytest.mark.asyncio
+async def test_unsafe_response_topics_are_refused(journal: AsyncJournal) -> None:
+    """Wildcards, $SYS and our own command topics (a feedback loop) are never replied to."""
+    bridge = MqttBridge(BrokerConfig(), gateway_id=GW, client_id="x", outbox=journal)
+    assert bridge._usable_response_topic("app/replies/1")
+    for bad in ("", "a/+/b", "a/#", "$SYS/x", f"infusiond/{GW}/pump/p/command", "x" * 300):
+        assert not bridge._usable_response_topic(bad), bad
+
+
+@pytest.mark.asyncio
+async def test_retained_commands_arrive_flagged_retained(
+    mosquitto: Mosquitto, journal: AsyncJournal
+) -> None:
+    """A command retained at the broker before we connect, and a live retained one, both
+    arrive with retain=True (retain-as-published); a normal one with retain=False."""
+    cmd_topic = f"infusiond/{GW}/pump/pump-2/command"
+    async with observer(mosquitto.port) as app:
+        await app.publish(cmd_topic, b"stale", qos=1, retain=True)
+        async with running_bridge(broker_cfg(mosquitto), journal) as (bridge, _):
+            commands = bridge.commands()
+            async with asyncio.timeout(WAIT_S):
+                stored = await anext(commands)
+                assert (stored.payload, stored.retain) == (b"stale", True)
+                await app.publish(cmd_topic, b"live", qos=1)
+                live = await anext(commands)
+                assert (live.payload, live.retain) == (b"live", False)
+                await app.publish(cmd_topic, b"live-retained", qos=1, retain=True)
+                live_retained = await anext(commands)
+                assert (live_retained.payload, live_retained.retain) == (b"live-retained", True)
+
+
+@pytest.mark.asyncio
+async def test_oversized_commands_still_arrive_so_they_can_be_answered_too_large(
+    mosquitto: Mosquitto, journal: AsyncJournal
+) -> None:
+    """A 20 KiB command is delivered (under the 256 KiB packet cap) for a too_large answer."""
+    async with running_bridge(broker_cfg(mosquitto), journal) as (bridge, _):
+        commands = bridge.commands()
+        async with observer(mosquitto.port) as app:
+            await app.publish(f"infusiond/{GW}/pump/p/command", b"x" * 20_480, qos=1)
+            async with asyncio.timeout(WAIT_S):
+                incoming = await anext(commands)
+        assert len(incoming.payload) == 20_480
+
+
+@pytest.mark.asyncio
+async def test_username_and_password_from_config(tmp_path: Path, journal: AsyncJournal) -> None:
+    """With a password file on the broker, a wrong password keeps the bridge backing off
+    (error recorded, password never in it); the right one brings it online."""
+    passwd = tmp_path / "passwd"
+    subprocess.run(
+        ["mosquitto_passwd", "-b", "-c", str(passwd), "gw-user", "right-pw"],
+        check=True,
+        capture_output=True,
+    )
+    passwd.chmod(0o600)
+    broker = Mosquitto(tmp_path / "auth", extra_conf=[*STAY_USER, f"password_file {passwd}"])
+    broker.start()
+    try:
+        wrong = BrokerConfig(url=broker.url, username="gw-user", password=SecretStr("wrong-pw"))
+        async with running_bridge(wrong, journal, wait_online=False) as (bridge, _):
+            async with asyncio.timeout(WAIT_S):
+                await bridge.wait_state(BridgeState.BACKOFF)
+            assert bridge.stats.connections == 0
+            assert bridge.stats.last_error is not None
+            assert "wrong-pw" not in bridge.stats.last_error
+        right = BrokerConfig(url=broker.url, username="gw-user", password=SecretStr("right-pw"))
+        async with running_bridge(right, journal) as (bridge, _):
+            assert bridge.stats.connections == 1
+    finally:
+        broker.stop()
+
+
+def _make_tls_files(directory: Path) -> tuple[Path, Path, Path]:
+    ca_key, ca_crt = directory / "ca.key", directory / "ca.pem"
+    key, csr, crt = directory / "server.key", directory / "server.csr", directory / "server.pem"
+    ext = directory / "san.ext"
+    ext.write_text("subjectAltName=IP:127.0.0.1\n")
+    steps = [
+        [
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            ca_key,
+            "-out",
+            ca_crt,
+            "-days",
+            "1",
+            "-subj",
+            "/CN=infusiond-test-ca",
+        ],
+        [
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            key,
+            "-out",
+            csr,
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+        [
+            "x509",
+            "-req",
+            "-in",
+            csr,
+            "-CA",
+            ca_crt,
+            "-CAkey",
+            ca_key,
+            "-CAcreateserial",
+            "-out",
+            crt,
+            "-days",
+            "1",
+            "-extfile",
+            ext,
+        ],
+    ]
+    for step in steps:
+        subprocess.run(["openssl", *map(str, step)], check=True, capture_output=True)
+    return ca_crt, crt, key
+
+
+@pytest.mark.asyncio
+async def test_tls_connection_with_the_configured_ca(tmp_path: Path, journal: AsyncJournal) -> None:
+    """mqtts:// with the CA from config connects to a TLS listener, TCP_NODELAY still set."""
+    ca, crt, key = _make_tls_files(tmp_path)
+    broker = Mosquitto(
+        tmp_path / "tls",
+        extra_conf=STAY_USER,
+        listener_conf=[f"cafile {ca}", f"certfile {crt}", f"keyfile {key}"],
+    )
+    broker.start()
+    try:
+        cfg = BrokerConfig(url=f"mqtts://127.0.0.1:{broker.port}", tls=TlsConfig(ca_file=ca))
+        async with running_bridge(cfg, journal) as (bridge, _):
+            assert bridge.tcp_nodelay() is True
+    finally:
+        broker.stop()
+
+
+@pytest.mark.asyncio
+async def test_results_sent_during_an_outage_are_published_after_it_in_order(
+    mosquitto: Mosquitto, journal: AsyncJournal
+) -> None:
+    """Command results queued while the link is down go out, in order, once it is back."""
+    result_topic = f"infusiond/{GW}/pump/pump-1/command/result"
+    async with (
+        cuttable_link(mosquitto.port) as link,
+        observer(mosquitto.port, result_topic) as obs,
+        running_bridge(BrokerConfig(url=link.url), journal) as (bridge, _),
+    ):
+        await link.cut()
+        async with asyncio.timeout(WAIT_S):
+            await bridge.wait_state(BridgeState.BACKOFF)
+        for phase in ("accepted", "applied"):
+            bridge.send_result("pump-1", json.dumps({"phase": phase}).encode())
+        await link.restore()
+        first = await receive(obs, on(result_topic))
+        second = await receive(obs, on(result_topic))
+        assert [json.loads(m.payload)["phase"] for m in (first, second)] == ["accepted", "applied"]
+
+
+@pytest.mark.asyncio
+async def test_stop_while_the_broker_is_unreachable_returns_promptly(
+    journal: AsyncJournal,
+) -> None:
+    """With no broker, the bridge backs off; stop() ends run() without waiting the delay."""
+    with socket.socket() as probe:  # a port with nothing listening
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    bridge = MqttBridge(
+        BrokerConfig(url=f"mqtt://127.0.0.1:{port}"),
+        gateway_id=GW,
+        client_id="x",
+        outbox=journal,
+        backoff=Backoff(initial_s=30, maximum_s=30),
+    )
+    task = asyncio.create_task(bridge.run(), name="bridge-under-test")
+    async with asyncio.timeout(WAIT_S):
+        await bridge.wait_state(BridgeState.BACKOFF)
+        assert bridge.stats.last_error is not None
+        bridge.stop()
+        await task
+    assert bridge.state is BridgeState.STOPPED
+
+
+@pytest.mark.asyncio
+async def test_events_left_in_the_outbox_by_a_previous_run_are_published_on_start(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """Events journaled before a daemon restart but never acknowledged are published, in
+    order, by the next run's bridge, and seq continues after them."""
+    data_dir = tmp_path / "restart"
+    async with await AsyncJournal.open(data_dir, gateway_id=GW) as first_run:
+        for i in range(3):
+            await first_run.record_event("pump-1", {"type": "delivery_started", "i": i})
+    events = f"infusiond/{GW}/pump/+/event"
+    async with (
+        await AsyncJournal.open(data_dir, gateway_id=GW) as second_run,
+        observer(mosquitto.port, events) as obs,
+        running_bridge(broker_cfg(mosquitto), second_run),
+    ):
+        await second_run.record_event("pump-1", {"type": "delivery_stopped"})
+        seqs = [json.loads((await receive(obs)).payload)["seq"] for _ in range(4)]
+        assert seqs == [1, 2, 3, 4]
