@@ -19,7 +19,8 @@ async def test_status_identity_and_capabilities_come_from_the_device(rig: Rig) -
     assert status.rate_ml_h == Decimal("52.50")
     assert status.alarms == frozenset()
     assert status.battery_pct == 100
-    assert status.vtbi_ml is not None and status.vtbi_ml <= 250
+    assert status.vtbi_ml is not None
+    assert status.vtbi_ml <= 250
     ident = await rig.driver.identity()
     assert (ident.model, ident.serial, ident.firmware) == ("SIM-GP1", "SN0001", "103")
     caps = rig.driver.capabilities
@@ -42,7 +43,8 @@ async def test_set_rate_is_applied_and_the_pump_delivers_it(rig: Rig) -> None:
     """A rate within the device range is confirmed by executed_seq and read back."""
     result = await rig.driver.set_rate(Decimal("63.00"))
     assert result.outcome is Outcome.APPLIED
-    assert result.readback is not None and result.readback.rate_ml_h == Decimal("63.00")
+    assert result.readback is not None
+    assert result.readback.rate_ml_h == Decimal("63.00")
     pump = rig.sim.pump(1)
     assert pump.delivered_rate_ml_h == Decimal("63.00")
     assert pump.executed_seq == pump.command_seq != 0
@@ -51,10 +53,11 @@ async def test_set_rate_is_applied_and_the_pump_delivers_it(rig: Rig) -> None:
 @pytest.mark.asyncio
 async def test_rate_above_device_max_fails_and_is_verified_unchanged(rig: Rig) -> None:
     """last_result 1 (out of device range) -> failed, and the read-back shows the old rate."""
-    result = await rig.driver.set_rate(Decimal("1500"))
+    result = await rig.driver.set_rate(Decimal(1500))
     assert result.outcome is Outcome.FAILED
     assert result.extra["reason"] == "out_of_range"
-    assert result.readback is not None and result.readback.rate_ml_h == Decimal("52.50")
+    assert result.readback is not None
+    assert result.readback.rate_ml_h == Decimal("52.50")
     assert rig.sim.pump(1).rate == Decimal("52.5")
 
 
@@ -64,7 +67,7 @@ async def test_rate_outside_the_map_range_is_refused_before_sending(rig: Rig) ->
     writes = rig.sim.pump(1).writes
     with pytest.raises(DriverError, match=r"rate_setpoint \(holding register 20-21\)"):
         await rig.driver.set_rate(Decimal("12345.67"))
-    with pytest.raises(DriverError, match="multiple of the resolution 0.01"):
+    with pytest.raises(DriverError, match=r"multiple of the resolution 0\.01"):
         await rig.driver.set_rate(Decimal("1.005"))
     assert rig.sim.pump(1).writes == writes
 
@@ -79,7 +82,8 @@ async def test_stop_pause_start_follow_the_state_rules(rig: Rig) -> None:
     assert paused.extra["reason"] == "not_allowed"
     started = await rig.driver.start()
     assert started.outcome is Outcome.APPLIED
-    assert started.readback is not None and started.readback.state is RunState.INFUSING
+    assert started.readback is not None
+    assert started.readback.state is RunState.INFUSING
     assert (await rig.driver.pause()).outcome is Outcome.APPLIED
     assert rig.sim.pump(1).delivered_rate_ml_h == 0
 
@@ -104,7 +108,8 @@ async def test_clear_volume_is_refused_while_infusing(rig: Rig) -> None:
     await rig.driver.stop()
     result = await rig.driver.clear_volume()
     assert result.outcome is Outcome.APPLIED
-    assert result.readback is not None and result.readback.volume_infused_ml == 0
+    assert result.readback is not None
+    assert result.readback.volume_infused_ml == 0
 
 
 @pytest.mark.asyncio
@@ -115,7 +120,7 @@ async def test_no_answer_to_a_write_is_uncertain_and_never_resent(rig: Rig) -> N
     writes_before = pump.writes
     rig.sim.inject("no_answer", unit=1)
     with pytest.raises(DriverError, match="not sent"):
-        await rig.driver.set_rate(Decimal("60"))  # the pre-read gets no answer: nothing sent
+        await rig.driver.set_rate(Decimal(60))  # the pre-read gets no answer: nothing sent
     assert pump.writes == writes_before
     assert rig.driver.connection is ConnectionState.OFFLINE
 

@@ -178,4 +178,5 @@ async def test_vtbi_counts_down_raises_near_end_then_stops() -> None:
         assert status.state is RunState.STOPPED
         assert status.volume_infused_ml == Decimal("10.00")
         assert status.vtbi_ml == 0
-        assert status.battery_pct is not None and status.battery_pct < 100
+        assert status.battery_pct is not None
+        assert status.battery_pct < 100
