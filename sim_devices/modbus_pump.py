@@ -171,6 +171,9 @@ class PumpModel:
         self.comm_timeout_s = c.comm_timeout_s
         if self.rate > c.max_rate_ml_h:
             raise ValueError(f"initial rate {self.rate} above max rate {c.max_rate_ml_h}")
+        missing = {"ok", "out_of_range", "not_allowed"} - set(self.regmap.results.values())
+        if missing:
+            raise ValueError(f"profile {self.regmap.name}: [results] lacks {sorted(missing)}")
         self.regmap.encode(self._values())  # fail early on an out-of-map initial state
 
     @property
@@ -279,28 +282,27 @@ class PumpModel:
 
     # -- commands ----------------------------------------------------------------------------
 
-    def execute(self, code: int) -> int:
-        """Run a command; returns last_result (0 ok, 1 out of range, 2 not allowed)."""
+    def execute(self, code: int) -> str:
+        """Run a command; returns the result name (ok, out_of_range, not_allowed)."""
         names = {v: k for k, v in self.regmap.commands.items()}
         name = names.get(code, "none" if code == 0 else "unknown")
-        ok, out_of_range, not_allowed = 0, 1, 2
         blocked = bool(self.alarms & STOPPING_ALARMS)
         if name == "none":
-            return ok
+            return "ok"
         if name == "start":
             if blocked or self.rate <= 0:
-                return not_allowed
+                return "not_allowed"
             self.state = "infusing"
         elif name == "stop":
             if self.state != "alarm":
                 self.state = "stopped"
         elif name == "pause":
             if self.state not in ("infusing", "paused"):
-                return not_allowed
+                return "not_allowed"
             self.state = "paused"
         elif name == "clear_volume":
             if self.state == "infusing":
-                return not_allowed
+                return "not_allowed"
             self.volume = Decimal(0)
         elif name == "acknowledge_alarms":
             self.alarms = {a for a in self.alarms if a in self.causes}
@@ -310,13 +312,13 @@ class PumpModel:
                 self.state = "stopped"
         elif name == "apply_rate":
             if self.setpoint > self.config.max_rate_ml_h:
-                return out_of_range
+                return "out_of_range"
             if self.state == "infusing" and self.setpoint <= 0:
-                return not_allowed
+                return "not_allowed"
             self.rate = self.setpoint
         else:
-            return not_allowed
-        return ok
+            return "not_allowed"
+        return "ok"
 
     # -- registers ---------------------------------------------------------------------------
 
@@ -388,7 +390,9 @@ class PumpModel:
         if any(n in decoded for n in WATCHDOG_FIELDS):
             self.last_feed_real = real_now
         if "command_seq" in decoded:
-            self.last_result = self.execute(self.command)
+            outcome = self.execute(self.command)
+            codes = {name: raw for raw, name in self.regmap.results.items()}
+            self.last_result = codes[outcome]
             self.executed_seq = self.command_seq
         return decoded
 

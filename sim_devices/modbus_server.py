@@ -17,6 +17,7 @@ any register-map profile (generic-pump-v1 by default). Every client write is log
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 from collections.abc import AsyncIterator, Sequence
@@ -39,7 +40,18 @@ from sim_devices.modbus_pump import Fault, FaultSpec, PumpConfig, PumpModel, Sim
 
 log = structlog.get_logger("infusiond.sim.modbus")
 
+REQUEST_LOG_SIZE = 10_000
 ANY_UNIT = 0  # pymodbus: device id 0 catches every unit id not configured
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One request a pump answered (kept in ``ModbusPumpSimulator.requests``)."""
+
+    unit: int
+    function_code: int
+    address: int
+    count: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +87,8 @@ class ModbusPumpSimulator:
         for pump in self.pumps.values():
             pump.last_feed_real = real
         self.served: Served | None = None
+        #: the most recent requests answered, oldest first (bounded)
+        self.requests: collections.deque[Request] = collections.deque(maxlen=REQUEST_LOG_SIZE)
         self._rtu = False
 
     # -- the runtime API ---------------------------------------------------------------------
@@ -160,7 +174,7 @@ class ModbusPumpSimulator:
         function_code: int,
         start_address: int,
         address: int,
-        _count: int,
+        count: int,
         registers: list[int],
         values: list[int] | list[bool] | None,
     ) -> ExcCodes | None:
@@ -172,6 +186,7 @@ class ModbusPumpSimulator:
         if pump.comm.busy:
             return ExcCodes.DEVICE_BUSY
         pump.advance(self.clock.now(), self._real_now())
+        self.requests.append(Request(pump.unit_id, function_code, address, count))
         if values is not None:
             words = [int(v) for v in values]
             try:

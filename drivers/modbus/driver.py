@@ -92,7 +92,7 @@ class ModbusPumpDriver(Driver):
         self._confirm_reads = max(1, confirm_reads)
         self._heartbeat_polls = heartbeat_polls
         self._heartbeat_min_s = heartbeat_min_s
-        self._registry = registry or DEFAULT_REGISTRY
+        self._registry = registry if registry is not None else DEFAULT_REGISTRY
         self._backoff = backoff
         self._clock = clock
         self._bus: ModbusBus | None = None
