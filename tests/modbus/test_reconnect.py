@@ -54,7 +54,7 @@ async def test_driver_reconnects_after_the_simulator_restarts_on_the_same_port()
             await driver.read_status()
         assert driver.connection is ConnectionState.OFFLINE
         assert driver.connection_reason
-        with pytest.raises(DriverError, match="cannot connect|offline"):
+        with pytest.raises(DriverError, match=r"cannot connect|offline"):
             await driver.read_status()  # nobody listens: connect refused, backoff grows
         async with sim.serving(url):
             await _until_online(driver)
@@ -73,10 +73,10 @@ async def test_reconnect_attempts_wait_for_the_backoff() -> None:
     backoff = Backoff(initial_s=30.0, maximum_s=60.0, rng=lambda: 0.0)
     driver = ModbusPumpDriver(url, 1, registry=BusRegistry(), timeout_s=0.3, backoff=backoff)
     try:
-        with pytest.raises(DriverError, match="cannot connect; next attempt in 30.0 s"):
+        with pytest.raises(DriverError, match=r"cannot connect; next attempt in 30\.0 s"):
             await driver.connect()
         assert driver.connection is ConnectionState.OFFLINE
-        with pytest.raises(DriverError, match="offline.*next reconnect attempt in"):
+        with pytest.raises(DriverError, match=r"offline.*next reconnect attempt in"):
             await driver.read_status()
         assert backoff.attempts == 1  # the second call did not try to connect
     finally:

@@ -41,10 +41,10 @@ async def test_driver_runs_a_pump_with_another_vendors_map() -> None:
             applied = await driver.set_rate(Decimal("63.5"))
             assert applied.outcome is Outcome.APPLIED
             assert sim.pump(1).rate == Decimal("63.5")
-            refused = await driver.set_rate(Decimal("1100"))
+            refused = await driver.set_rate(Decimal(1100))
             assert refused.outcome is Outcome.FAILED
             assert refused.extra["reason"] == "out_of_range"
-            with pytest.raises(DriverError, match="resolution 0.1"):
+            with pytest.raises(DriverError, match=r"resolution 0\.1"):
                 await driver.set_rate(Decimal("63.55"))
 
             sim.inject("door_open", unit=1)
