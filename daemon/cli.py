@@ -32,6 +32,19 @@ def _add_data_dir(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_modbus_sim_options(sp: argparse.ArgumentParser) -> None:
+    """Options of the Modbus pump simulator (sim_devices/modbus_cli.py)."""
+    sp.add_argument("--pumps", type=int, default=1, metavar="N", help="pumps (units 1..N)")
+    sp.add_argument("--unit-ids", metavar="LIST", help="explicit unit ids, e.g. 1,2,7")
+    sp.add_argument("--profile", default="generic-pump-v1", metavar="NAME|PATH")
+    sp.add_argument("--status", default="stopped", choices=("stopped", "infusing", "paused"))
+    sp.add_argument("--rate", default="0", metavar="ML_H", help="initial rate, mL/h")
+    sp.add_argument("--vtbi", default="0", metavar="ML", help="initial VTBI (0 = none)")
+    sp.add_argument("--volume", default="0", metavar="ML", help="volume already infused")
+    sp.add_argument("--max-rate", default="999.99", metavar="ML_H", help="device limit")
+    sp.add_argument("--baudrate", type=int, default=19200, help="RTU baud rate")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser; subcommands set ``args.target`` to 'module:function'."""
     parser = argparse.ArgumentParser(
@@ -76,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--scenario", metavar="PATH", help="scenario TOML file")
         sp.add_argument("--speed", type=float, default=1.0, metavar="X", help="clock speed")
         sp.set_defaults(target=target)
+        if kind == "modbus":
+            _add_modbus_sim_options(sp)
 
     p = sub.add_parser("check", help="check a request (JSON on stdin) -> verdict JSON on stdout")
     p.add_argument("--library", metavar="PATH", help="drug library (default: shipped example)")

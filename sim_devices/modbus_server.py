@@ -35,6 +35,7 @@ from pymodbus.simulator import DataType, SimData, SimDevice
 
 from drivers.modbus.bus import LinkKind, parse_url
 from drivers.modbus.regmap import RegisterMap, Table, load_profile
+from protocol.errors import InfusiondError
 from sim_devices.clock import SimClock
 from sim_devices.modbus_pump import Fault, FaultSpec, PumpConfig, PumpModel, SimWriteError
 
@@ -42,6 +43,10 @@ log = structlog.get_logger("infusiond.sim.modbus")
 
 REQUEST_LOG_SIZE = 10_000
 ANY_UNIT = 0  # pymodbus: device id 0 catches every unit id not configured
+
+
+class SimulatorError(InfusiondError):
+    """The simulator cannot serve (port in use, serial device missing)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,7 +274,10 @@ class ModbusPumpSimulator:
                 address=(address.host, address.port),
                 **common,  # type: ignore[arg-type]
             )
-        await server.serve_forever(background=True)
+        try:
+            await server.serve_forever(background=True)
+        except RuntimeError as exc:  # pymodbus: "Could not start listen"
+            raise SimulatorError(f"cannot serve Modbus on {url}: {exc}") from None
         try:
             effective = url
             if address.kind is not LinkKind.RTU_SERIAL:
