@@ -54,6 +54,7 @@ class Fault(enum.Enum):
     WRONG_UNIT = "wrong_unit"  # answers carry another unit id
     SHORT_ANSWER = "short_answer"  # read answers carry one register less than asked
     BUSY = "busy"  # answers every request with exception 6 (device busy)
+    LOST_ANSWER = "lost_answer"  # writes execute but their answers are lost on the wire
 
 
 ALARM_FAULTS = {
@@ -131,6 +132,7 @@ class CommFaults:
     wrong_unit: bool = False
     short_answer: bool = False
     busy: bool = False
+    lost_answer: bool = False
 
 
 @dataclass
@@ -250,6 +252,8 @@ class PumpModel:
             self.comm.short_answer = True
         elif fault is Fault.BUSY:
             self.comm.busy = True
+        elif fault is Fault.LOST_ANSWER:
+            self.comm.lost_answer = True
 
     def clear(self, fault: Fault) -> None:
         """Remove a fault's cause. Latched alarms stay until acknowledged (command 5)."""
@@ -270,6 +274,8 @@ class PumpModel:
             self.comm.short_answer = False
         elif fault is Fault.BUSY:
             self.comm.busy = False
+        elif fault is Fault.LOST_ANSWER:
+            self.comm.lost_answer = False
 
     def _power_reset(self, real_now: float) -> None:
         self.state = "stopped"

@@ -42,6 +42,7 @@ from sim_devices.modbus_pump import Fault, FaultSpec, PumpConfig, PumpModel, Sim
 log = structlog.get_logger("infusiond.sim.modbus")
 
 REQUEST_LOG_SIZE = 10_000
+WRITE_FUNCTIONS = frozenset({6, 16})
 ANY_UNIT = 0  # pymodbus: device id 0 catches every unit id not configured
 
 
@@ -95,6 +96,7 @@ class ModbusPumpSimulator:
         #: the most recent requests answered, oldest first (bounded)
         self.requests: collections.deque[Request] = collections.deque(maxlen=REQUEST_LOG_SIZE)
         self._rtu = False
+        self._line = asyncio.Lock()  # an RTU line answers one request at a time
 
     # -- the runtime API ---------------------------------------------------------------------
 
@@ -183,7 +185,28 @@ class ModbusPumpSimulator:
         registers: list[int],
         values: list[int] | list[bool] | None,
     ) -> ExcCodes | None:
-        """Called by pymodbus for every request to ``pump``; refreshes or applies registers."""
+        """Called by pymodbus for every request to ``pump``; refreshes or applies registers.
+
+        On an RTU line requests are handled one at a time, as a real device does."""
+        if not self._rtu:
+            return await self._handle(
+                pump, function_code, start_address, address, count, registers, values
+            )
+        async with self._line:
+            return await self._handle(
+                pump, function_code, start_address, address, count, registers, values
+            )
+
+    async def _handle(  # noqa: PLR0917 - same arguments as _action
+        self,
+        pump: PumpModel,
+        function_code: int,
+        start_address: int,
+        address: int,
+        count: int,
+        registers: list[int],
+        values: list[int] | list[bool] | None,
+    ) -> ExcCodes | None:
         if pump.comm.no_answer:
             raise NoSuchIdException(f"unit {pump.unit_id} does not answer (fault)")
         if pump.comm.delay_s:
@@ -223,14 +246,19 @@ class ModbusPumpSimulator:
         return None
 
     def _trace_packet(self, sending: bool, data: bytes) -> bytes:  # noqa: FBT001 - pymodbus API
-        """Fault WRONG_UNIT: rewrite the unit id of an outgoing answer."""
+        """Faults on outgoing answers: WRONG_UNIT rewrites the unit id, LOST_ANSWER drops
+        the answer to a write (the write itself was executed)."""
         if not sending or not data:
             return data
         pos = 0 if self._rtu else 6
-        if len(data) <= pos:
+        if len(data) <= pos + 1:
             return data
         pump = self.pumps.get(data[pos])
-        if pump is None or not pump.comm.wrong_unit:
+        if pump is None:
+            return data
+        if pump.comm.lost_answer and data[pos + 1] in WRITE_FUNCTIONS:
+            return b""
+        if not pump.comm.wrong_unit:
             return data
         frame = bytearray(data)
         frame[pos] = (data[pos] % 247) + 1

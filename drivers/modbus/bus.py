@@ -106,6 +106,7 @@ class ModbusBus:
         self._next_attempt = 0.0
         self._expect_unit = 0
         self._foreign_unit: int | None = None
+        self._quiet_until = 0.0
         self._client = self._make_client()
 
     def _make_client(self) -> AsyncModbusTcpClient | AsyncModbusSerialClient:
@@ -216,6 +217,11 @@ class ModbusBus:
         self, what: str, unit: int, call: Callable[[], Awaitable[ModbusPDU]]
     ) -> ModbusPDU:
         await self.ensure_connected()
+        # RTU frames carry no transaction id: after a timeout, let a late answer pass (it is
+        # discarded) before the next request, so it cannot be taken for that request's answer.
+        quiet = self._quiet_until - self._clock()
+        if quiet > 0:
+            await asyncio.sleep(quiet)
         self._expect_unit, self._foreign_unit = unit, None
         try:
             async with asyncio.timeout(self.timeout_s * 2 + 1):
@@ -228,6 +234,8 @@ class ModbusBus:
                 ) from None
             if not self._client.connected:
                 self.mark_lost(f"connection lost during {what}")
+            if self.address.rtu:
+                self._quiet_until = self._clock() + self.timeout_s
             raise DeviceTimeout(
                 f"{self.address.url} unit {unit} {what}: no answer within {self.timeout_s} s"
             ) from exc

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import tomllib
 from decimal import Decimal
 
 import pytest
 
 from drivers.base import AlarmCode, ConnectionState, Outcome, RunState
 from drivers.errors import DriverError
+from drivers.modbus import parse_profile
+from drivers.modbus.regmap import PROFILES_DIR
 from tests.modbus.conftest import Rig
 
 
@@ -152,5 +155,43 @@ async def test_polls_feed_the_watchdog(rig: Rig) -> None:
         await driver.read_status()
         assert rig.sim.pump(1).writes == feeds + 1
         assert rig.sim.pump(1).state == "infusing"
+    finally:
+        await driver.close()
+
+
+@pytest.mark.asyncio
+async def test_lost_answer_to_a_write_is_uncertain_and_reconciled_by_the_next_poll(
+    rig: Rig,
+) -> None:
+    """The pump executes the write but its answer is lost: outcome uncertain, the write went
+    out exactly once (no blind resend), and the next poll shows what really happened."""
+    pump = rig.sim.pump(1)
+    writes = pump.writes
+    rig.sim.inject("lost_answer", unit=1)
+    result = await rig.driver.set_rate(Decimal("58.00"))
+    assert result.outcome is Outcome.UNCERTAIN
+    assert "not resent" in result.detail
+    assert pump.writes == writes + 1
+    rig.sim.clear("lost_answer", unit=1)
+    assert (await rig.driver.read_status()).rate_ml_h == Decimal("58.00")
+
+
+@pytest.mark.asyncio
+async def test_write_refused_with_an_exception_is_failed_and_verified_unchanged(
+    rig: Rig,
+) -> None:
+    """A device answering exception 3 to the command write -> failed, read back unchanged.
+    (The driver's map here claims pause = 9, a code this pump does not know.)"""
+    data = tomllib.loads((PROFILES_DIR / "generic-pump-v1.toml").read_text())
+    data["commands"]["pause"] = 9
+    data["registers"]["command"]["max"] = 9
+    driver = rig.make_driver(1, profile=parse_profile(data))
+    await driver.connect()
+    try:
+        result = await driver.pause()
+        assert result.outcome is Outcome.FAILED
+        assert "exception response 3 (ILLEGAL_VALUE)" in result.detail
+        assert result.readback is not None
+        assert result.readback.state is RunState.INFUSING
     finally:
         await driver.close()

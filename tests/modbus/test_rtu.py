@@ -80,3 +80,22 @@ async def test_rtu_status_faults_and_silent_units(pty_pair: PtyPair) -> None:
         finally:
             await ghost.close()
             await driver.close()
+
+
+@pytest.mark.asyncio
+async def test_late_rtu_answer_is_not_taken_for_the_next_request(pty_pair: PtyPair) -> None:
+    """RTU has no transaction id: after a timeout the driver lets the late answer pass, so
+    the next request (another register block) gets its own answer, not the stale one."""
+    sim = ModbusPumpSimulator([demo_pump(1)])
+    async with sim.serving(str(pty_pair.a)):
+        driver = ModbusPumpDriver(str(pty_pair.b), 1, registry=BusRegistry(), timeout_s=0.2)
+        await driver.connect()
+        try:
+            sim.inject("slow_answer", 0.3, unit=1)
+            with pytest.raises(DeviceTimeout):
+                await driver.read_status()
+            sim.clear("slow_answer", unit=1)
+            assert (await driver.identity()).model == "SIM-GP1"
+            assert (await driver.read_status()).state is RunState.INFUSING
+        finally:
+            await driver.close()
