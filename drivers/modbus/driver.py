@@ -39,7 +39,7 @@ from drivers.base import (
 )
 from drivers.errors import DeviceRejected, DeviceTimeout, DriverError, FrameError
 from drivers.modbus.bus import DEFAULT_REGISTRY, BusRegistry, ModbusBus
-from drivers.modbus.regmap import RegisterMap, Span, Value, load_profile
+from drivers.modbus.regmap import Decoder, RegisterMap, Span, Value, load_profile
 
 log = structlog.get_logger("infusiond.drivers.modbus")
 
@@ -98,10 +98,8 @@ class ModbusPumpDriver(Driver):
         self._bus: ModbusBus | None = None
         self._state = ConnectionState.CONNECTING
         self._reason = "not connected yet"
-        self._status_names = tuple(n for n in STATUS_FIELDS if n in self.map)
-        self._status_plan = self.map.plan_reads(self._status_names)
-        self._identity_names = tuple(n for n in IDENTITY_FIELDS if n in self.map)
-        self._identity_plan = self.map.plan_reads(self._identity_names)
+        self._status = self.map.decoder(n for n in STATUS_FIELDS if n in self.map)
+        self._identity = self.map.decoder(n for n in IDENTITY_FIELDS if n in self.map)
         self._max_rate: Decimal | None = None
         self._hb_value: int | None = None
         self._hb_since = 0.0
@@ -129,7 +127,7 @@ class ModbusPumpDriver(Driver):
     @property
     def status_plan(self) -> tuple[Span, ...]:
         """The read requests of one poll (one per span)."""
-        return self._status_plan
+        return self._status.spans
 
     @property
     def capabilities(self) -> Capabilities:
@@ -178,11 +176,11 @@ class ModbusPumpDriver(Driver):
 
     # -- reads -----------------------------------------------------------------------------
 
-    async def _read(self, plan: tuple[Span, ...], names: tuple[str, ...]) -> dict[str, Value]:
-        """Read and decode ``names`` (bus lock held by the caller); tracks the link state."""
+    async def _read(self, decoder: Decoder) -> dict[str, Value]:
+        """Read and decode one plan (bus lock held by the caller); tracks the link state."""
         bus = self._require_bus()
         try:
-            blocks = {span: await bus.read(span, self.unit_id) for span in plan}
+            blocks = [await bus.read(span, self.unit_id) for span in decoder.spans]
         except DeviceTimeout as exc:
             self._set_state(ConnectionState.OFFLINE, f"no answer from unit {self.unit_id}")
             raise exc from None
@@ -199,13 +197,13 @@ class ModbusPumpDriver(Driver):
             raise exc from None
         self._set_state(ConnectionState.ONLINE, "answering")
         try:
-            return self.map.decode(names, blocks)
+            return decoder.decode(blocks)
         except FrameError as exc:
             raise FrameError(f"unit {self.unit_id}: {exc}") from None
 
     async def identity(self) -> Identity:
         async with self._require_bus().lock:
-            values = await self._read(self._identity_plan, self._identity_names)
+            values = await self._read(self._identity)
         if "max_rate" in values:
             self._max_rate = _decimal(values["max_rate"])
         return Identity(
@@ -216,7 +214,7 @@ class ModbusPumpDriver(Driver):
 
     async def read_status(self) -> PumpStatus:
         async with self._require_bus().lock:
-            values = await self._read(self._status_plan, self._status_names)
+            values = await self._read(self._status)
             await self._feed_watchdog()
         return self._to_status(values, track_heartbeat=True)
 
@@ -263,7 +261,7 @@ class ModbusPumpDriver(Driver):
         bus = self._require_bus()
         async with bus.lock:
             await bus.write(field.address, words, self.unit_id)
-            back = await self._read(self.map.plan_reads(["comm_timeout_s"]), ("comm_timeout_s",))
+            back = await self._read(self.map.decoder(["comm_timeout_s"]))
         if back["comm_timeout_s"] != timeout_s:
             raise DriverError(
                 f"unit {self.unit_id} {field.where}: wrote {timeout_s}, reads back "
@@ -353,7 +351,7 @@ class ModbusPumpDriver(Driver):
         bus = self._require_bus()
         async with bus.lock:
             try:
-                before_values = await self._read(self._status_plan, self._status_names)
+                before_values = await self._read(self._status)
             except DriverError as exc:
                 raise DriverError(f"{name} not sent: {exc}") from None
             before = self._to_status(before_values, track_heartbeat=False)
@@ -384,9 +382,7 @@ class ModbusPumpDriver(Driver):
 
     async def _refused_write(self, name: str, before: PumpStatus, why: str) -> WriteResult:
         try:
-            after = self._to_status(
-                await self._read(self._status_plan, self._status_names), track_heartbeat=False
-            )
+            after = self._to_status(await self._read(self._status), track_heartbeat=False)
         except DriverError as exc:
             return WriteResult(Outcome.UNCERTAIN, detail=f"{name}: {why}; read-back: {exc}")
         if _same_delivery(before, after):
@@ -408,7 +404,7 @@ class ModbusPumpDriver(Driver):
             if attempt:
                 await asyncio.sleep(CONFIRM_INTERVAL_S)
             try:
-                values = await self._read(self._status_plan, self._status_names)
+                values = await self._read(self._status)
             except DriverError as exc:
                 return WriteResult(
                     Outcome.UNCERTAIN,

@@ -17,7 +17,7 @@ import itertools
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -73,6 +73,16 @@ class Field:
     minimum: Decimal | None = None
     maximum: Decimal | None = None
     bits: Mapping[int, str] = field(default_factory=dict)  # bitfield: bit -> name
+    # valid raw integer range, derived from minimum/maximum and scale (checked before scaling)
+    raw_min: int = field(init=False, default=0)
+    raw_max: int = field(init=False, default=0)
+
+    def __post_init__(self) -> None:
+        top = 0xFFFF if self.type is not RegType.U32 else 0xFFFFFFFF
+        lo = 0 if self.minimum is None else max(0, int(_ceil(self.minimum / self.scale)))
+        hi = top if self.maximum is None else min(top, int(_floor(self.maximum / self.scale)))
+        object.__setattr__(self, "raw_min", lo)
+        object.__setattr__(self, "raw_max", hi)
 
     @property
     def end(self) -> int:
@@ -105,9 +115,12 @@ class Field:
         if self.type is RegType.BITFIELD:
             return self._decode_bits(words[0])
         raw = words[0] if self.type is RegType.U16 else _join_u32(words, order)
-        value = Decimal(raw) * self.scale
-        self._check_range(value, raw)
-        return value if self.scaled else raw
+        if not self.raw_min <= raw <= self.raw_max:
+            raise FrameError(
+                f"{self.where}: value {Decimal(raw) * self.scale} (raw {raw}) outside the "
+                f"valid range {self.minimum}..{self.maximum}"
+            )
+        return Decimal(raw) * self.scale if self.scale != 1 else raw
 
     def _decode_ascii(self, words: Sequence[int]) -> str:
         data = b"".join(w.to_bytes(2, "big") for w in words).rstrip(b"\x00 ")
@@ -124,15 +137,6 @@ class Field:
         if unknown:
             raise FrameError(f"{self.where}: value {word:#06x} sets undefined bit(s) {unknown}")
         return frozenset(name for b, name in self.bits.items() if word >> b & 1)
-
-    def _check_range(self, value: Decimal, raw: int) -> None:
-        if (self.minimum is not None and value < self.minimum) or (
-            self.maximum is not None and value > self.maximum
-        ):
-            raise FrameError(
-                f"{self.where}: value {value} (raw {raw}) outside the valid range "
-                f"{self.minimum}..{self.maximum}"
-            )
 
     # -- encoding --------------------------------------------------------------------------
 
@@ -186,6 +190,14 @@ class Field:
         return word
 
 
+def _ceil(value: Decimal) -> Decimal:
+    return value.to_integral_value(rounding=ROUND_CEILING)
+
+
+def _floor(value: Decimal) -> Decimal:
+    return value.to_integral_value(rounding=ROUND_FLOOR)
+
+
 def _join_u32(words: Sequence[int], order: WordOrder) -> int:
     hi, lo = (words[0], words[1]) if order is WordOrder.BIG else (words[1], words[0])
     return hi << 16 | lo
@@ -207,6 +219,30 @@ class Span:
     @property
     def end(self) -> int:
         return self.address + self.count
+
+
+@dataclass(frozen=True, slots=True)
+class Decoder:
+    """A precomputed read plan: which span and offset holds each field (for fast polls)."""
+
+    spans: tuple[Span, ...]
+    slots: tuple[tuple[Field, int, int], ...]  # (field, span index, offset in span)
+    order: WordOrder
+
+    def decode(self, blocks: Sequence[Sequence[int]]) -> dict[str, Value]:
+        """Decode the answers to ``spans`` (same order); FrameError on any bad length/value."""
+        if len(blocks) != len(self.spans):
+            raise FrameError(f"expected {len(self.spans)} register blocks, got {len(blocks)}")
+        for span, words in zip(self.spans, blocks, strict=True):
+            if len(words) != span.count:
+                raise FrameError(
+                    f"{span.table.value} registers {span.address}-{span.end - 1}: "
+                    f"asked for {span.count} registers, the answer has {len(words)}"
+                )
+        return {
+            f.name: f.decode(blocks[i][offset : offset + f.words], self.order)
+            for f, i, offset in self.slots
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,32 +290,32 @@ class RegisterMap:
                 spans.append(current)
         return tuple(spans)
 
-    def decode(
-        self, names: Iterable[str], blocks: Mapping[Span, Sequence[int]]
-    ) -> dict[str, Value]:
-        """Decode ``names`` from blocks read per :meth:`plan_reads` (checked for length)."""
-        out: dict[str, Value] = {}
-        for block, words in blocks.items():
-            if len(words) != block.count:
-                raise FrameError(
-                    f"{block.table.value} registers {block.address}-{block.end - 1}: "
-                    f"asked for {block.count} registers, the answer has {len(words)}"
-                )
-        for name in names:
+    def decoder(self, names: Iterable[str], spans: Sequence[Span] | None = None) -> Decoder:
+        """A :class:`Decoder` for ``names`` over ``spans`` (default: :meth:`plan_reads`)."""
+        wanted = tuple(names)
+        plan = tuple(spans) if spans is not None else self.plan_reads(wanted)
+        slots = []
+        for name in wanted:
             f = self[name]
-            span = next(
+            index = next(
                 (
-                    s
-                    for s in blocks
+                    i
+                    for i, s in enumerate(plan)
                     if s.table is f.table and s.address <= f.address and f.end <= s.end
                 ),
                 None,
             )
-            if span is None:
+            if index is None:
                 raise DriverError(f"{f.where}: not covered by the registers read")
-            offset = f.address - span.address
-            out[name] = f.decode(blocks[span][offset : offset + f.words], self.word_order)
-        return out
+            slots.append((f, index, f.address - plan[index].address))
+        return Decoder(plan, tuple(slots), self.word_order)
+
+    def decode(
+        self, names: Iterable[str], blocks: Mapping[Span, Sequence[int]]
+    ) -> dict[str, Value]:
+        """Decode ``names`` from blocks keyed by the span they answer (lengths checked)."""
+        spans = tuple(blocks)
+        return self.decoder(names, spans).decode([blocks[s] for s in spans])
 
     def encode(self, values: Mapping[str, Value]) -> dict[int, int]:
         """Encode named values into ``{address: word}`` (checks every value's range)."""
