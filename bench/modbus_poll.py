@@ -38,8 +38,16 @@ def _free_port() -> int:
 def _start_simulator(port: int) -> subprocess.Popen[bytes]:
     sim_args = ["--status", "infusing", "--rate", "52.5"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "daemon.cli", "sim", "modbus", "--listen", f"tcp://127.0.0.1:{port}"]
-        + sim_args,
+        [
+            sys.executable,
+            "-m",
+            "daemon.cli",
+            "sim",
+            "modbus",
+            "--listen",
+            f"tcp://127.0.0.1:{port}",
+            *sim_args,
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
     )
