@@ -99,3 +99,18 @@ async def test_late_rtu_answer_is_not_taken_for_the_next_request(pty_pair: PtyPa
             assert (await driver.read_status()).state is RunState.INFUSING
         finally:
             await driver.close()
+
+
+@pytest.mark.asyncio
+async def test_rtu_framing_over_a_socket_url() -> None:
+    """`socket://host:port` (the pyserial URL form) carries RTU frames over TCP, both ways."""
+    sim = ModbusPumpSimulator([demo_pump(3)])
+    async with sim.serving("socket://127.0.0.1:0") as served:
+        assert served.url.startswith("socket://127.0.0.1:")
+        driver = ModbusPumpDriver(served.url, 3, registry=BusRegistry(), timeout_s=0.5)
+        await driver.connect()
+        try:
+            assert (await driver.set_rate(Decimal("12.34"))).outcome is Outcome.APPLIED
+            assert sim.pump(3).rate == Decimal("12.34")
+        finally:
+            await driver.close()
