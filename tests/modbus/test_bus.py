@@ -53,5 +53,5 @@ async def test_registry_shares_one_bus_per_url_and_closes_with_the_last_user() -
 
 
 def test_unit_id_outside_the_modbus_range_is_refused() -> None:
-    with pytest.raises(DriverError, match="unit id 0 outside 1..247"):
+    with pytest.raises(DriverError, match=r"unit id 0 outside 1\.\.247"):
         ModbusPumpDriver("tcp://127.0.0.1:5020", 0, registry=BusRegistry())

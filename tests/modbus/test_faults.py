@@ -186,6 +186,6 @@ async def test_vtbi_counts_down_raises_near_end_then_stops() -> None:
 async def test_command_never_confirmed_is_uncertain(rig: Rig) -> None:
     """A hung pump that takes the write but never shows executed_seq -> uncertain."""
     rig.sim.inject("frozen", unit=1)
-    result = await rig.driver.set_rate(Decimal("30"))
+    result = await rig.driver.set_rate(Decimal(30))
     assert result.outcome.value == "uncertain"
     assert "executed_seq still" in result.detail
