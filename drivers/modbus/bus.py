@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 import structlog
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.constants import ExcCodes
-from pymodbus.exceptions import ConnectionException, ModbusIOException
+from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 from pymodbus.framer import FramerType
 from pymodbus.pdu import ModbusPDU
 
@@ -242,6 +242,8 @@ class ModbusBus:
         except ConnectionException as exc:
             self.mark_lost(f"connection lost: {exc}")
             raise DriverError(f"{self.address.url} unit {unit} {what}: not connected") from exc
+        except ModbusException as exc:  # any other pymodbus failure: a driver error, never a crash
+            raise DriverError(f"{self.address.url} unit {unit} {what}: {exc}") from exc
         self._set_state(ConnectionState.ONLINE, "connected")
         if pdu.isError():
             code = pdu.exception_code

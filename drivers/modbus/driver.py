@@ -295,8 +295,11 @@ class ModbusPumpDriver(Driver):
         )
 
     async def stop(self) -> WriteResult:
+        # a pump in alarm accepts stop and stays in alarm: either way nothing is delivered
         return await self._command(
-            "stop", check=lambda s: s.state is RunState.STOPPED, expected="stopped"
+            "stop",
+            check=lambda s: s.state in (RunState.STOPPED, RunState.ALARM),
+            expected="stopped",
         )
 
     async def pause(self) -> WriteResult:

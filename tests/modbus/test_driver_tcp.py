@@ -195,3 +195,12 @@ async def test_write_refused_with_an_exception_is_failed_and_verified_unchanged(
         assert result.readback.state is RunState.INFUSING
     finally:
         await driver.close()
+
+
+@pytest.mark.asyncio
+async def test_stop_of_a_pump_in_alarm_is_applied(rig: Rig) -> None:
+    """Stop on an alarmed pump is accepted: it stays in alarm and delivers nothing."""
+    rig.sim.inject("empty", unit=1)
+    result = await rig.driver.stop()
+    assert result.outcome is Outcome.APPLIED
+    assert rig.sim.pump(1).delivered_rate_ml_h == 0
