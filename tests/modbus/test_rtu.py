@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from decimal import Decimal
 
 import pytest
@@ -12,7 +14,7 @@ from drivers.errors import DeviceTimeout
 from drivers.modbus import BusRegistry, ModbusPumpDriver
 from sim_devices.modbus_server import ModbusPumpSimulator
 from tests.modbus.conftest import demo_pump, fast_backoff
-from tests.support.procs import PtyPair
+from tests.support.procs import PtyPair, wait_for_line
 
 WRITE_MULTIPLE = 16
 
@@ -114,3 +116,31 @@ async def test_rtu_framing_over_a_socket_url() -> None:
             assert sim.pump(3).rate == Decimal("12.34")
         finally:
             await driver.close()
+
+
+@pytest.mark.asyncio
+async def test_cli_simulator_on_a_serial_path(pty_pair: PtyPair) -> None:
+    """`infusiond sim modbus --serial PATH --pumps 2 --faults 2:occlusion` serves RTU."""
+    cmd = [sys.executable, "-m", "daemon.cli", "sim", "modbus", "--serial", str(pty_pair.a)]
+    opts = ["--pumps", "2", "--status", "infusing", "--rate", "52.5", "--faults", "2:occlusion"]
+    proc = subprocess.Popen([*cmd, *opts], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    registry = BusRegistry()
+    try:
+        wait_for_line(proc, b"modbus simulator serving", 20)
+        one = ModbusPumpDriver(str(pty_pair.b), 1, registry=registry, timeout_s=1.0)
+        two = ModbusPumpDriver(str(pty_pair.b), 2, registry=registry, timeout_s=1.0)
+        await one.connect()
+        await two.connect()
+        try:
+            assert (await one.read_status()).state is RunState.INFUSING
+            status = await two.read_status()
+            assert status.state is RunState.ALARM
+            assert status.alarms == {AlarmCode.OCCLUSION}
+        finally:
+            await one.close()
+            await two.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        if proc.stderr is not None:
+            proc.stderr.close()
