@@ -43,6 +43,9 @@ def _add_modbus_sim_options(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--volume", default="0", metavar="ML", help="volume already infused")
     sp.add_argument("--max-rate", default="999.99", metavar="ML_H", help="device limit")
     sp.add_argument("--baudrate", type=int, default=19200, help="RTU baud rate")
+    sp.add_argument(
+        "--port-per-pump", action="store_true", help="pump k as unit 1 on port BASE+k-1"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

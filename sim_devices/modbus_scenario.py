@@ -21,12 +21,12 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
+from sim_devices.clock import SimClock
 from sim_devices.modbus_pump import Fault
-from sim_devices.modbus_server import ModbusPumpSimulator
 
 log = structlog.get_logger("infusiond.sim.modbus")
 
@@ -97,7 +97,20 @@ def _event(path: Path, index: int, raw: Any) -> ScenarioEvent:
     )
 
 
-async def play(sim: ModbusPumpSimulator, scenario: Scenario) -> None:
+class FaultTarget(Protocol):
+    """What a scenario acts on: a simulator, or a bank of one-pump simulators."""
+
+    @property
+    def clock(self) -> SimClock: ...
+
+    def inject(
+        self, fault: Fault | str, arg: float | None = None, *, unit: int | None = None
+    ) -> None: ...
+
+    def clear(self, fault: Fault | str, *, unit: int | None = None) -> None: ...
+
+
+async def play(sim: FaultTarget, scenario: Scenario) -> None:
     """Apply the scenario's events at their simulated times (run it as a named task)."""
     log.info("scenario started", scenario=scenario.name, events=len(scenario.events))
     for event in scenario.events:

@@ -3,6 +3,7 @@ against the in-process simulator and against `infusiond sim modbus` started from
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -110,3 +111,48 @@ def test_cli_rejects_a_bad_fault_naming_it() -> None:
     assert done.returncode == 2
     assert b"unknown fault 'gremlins'" in done.stderr
     assert b"occlusion" in done.stderr
+
+
+@pytest.mark.asyncio
+async def test_cli_port_per_pump_serves_one_device_per_port() -> None:
+    """`--pumps 2 --port-per-pump`: pump k is unit 1 on port BASE+k-1; `2:` faults pump 2."""
+    base = free_port()
+    while True:  # two consecutive free ports
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", base + 1))
+                break
+            except OSError:
+                base = free_port()
+    cmd = [sys.executable, "-m", "daemon.cli", "sim", "modbus"]
+    opts = ["--listen", f"tcp://127.0.0.1:{base}", "--pumps", "2", "--port-per-pump"]
+    opts += ["--status", "infusing", "--rate", "10", "--faults", "2:door_open"]
+    proc = subprocess.Popen([*cmd, *opts], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_for_line(proc, f"url=tcp://127.0.0.1:{base + 1}".encode(), 20)
+        states = []
+        for port in (base, base + 1):
+            client = AsyncModbusTcpClient("127.0.0.1", port=port, timeout=2, retries=0)
+            assert await client.connect()
+            try:
+                rr = await client.read_holding_registers(1, count=2, device_id=1)
+                states.append(rr.registers)
+            finally:
+                client.close()
+        assert states == [[1, 0], [3, 1 << 3]]  # pump 1 infusing; pump 2 alarm, door open
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+
+def test_cli_rejects_a_fault_for_a_pump_that_does_not_exist() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "daemon.cli", "sim", "modbus", "--faults", "5:occlusion"],
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert b"pump(s) [5]; pumps are [1]" in done.stderr
