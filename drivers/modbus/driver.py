@@ -213,9 +213,16 @@ class ModbusPumpDriver(Driver):
         )
 
     async def read_status(self) -> PumpStatus:
+        """One poll. Also keeps the device configured: re-arms the comm watchdog if the pump
+        lost it (power reset) and reads max_rate once if connect() could not."""
         async with self._require_bus().lock:
             values = await self._read(self._status)
-            await self._feed_watchdog()
+            await self._keep_watchdog(values.get("comm_timeout_s"))
+        if self._max_rate is None and "max_rate" in self.map:
+            try:
+                await self.identity()
+            except DriverError as exc:  # the status is good; identity is retried next poll
+                log.warning("identity not read", url=self.url, unit=self.unit_id, error=str(exc))
         return self._to_status(values, track_heartbeat=True)
 
     def _to_status(self, values: Mapping[str, Value], *, track_heartbeat: bool) -> PumpStatus:
@@ -271,12 +278,26 @@ class ModbusPumpDriver(Driver):
         self._last_feed = self._clock()
         log.info("watchdog configured", url=self.url, unit=self.unit_id, timeout_s=timeout_s)
 
-    async def _feed_watchdog(self) -> None:
-        if not self._watchdog_s or self._clock() - self._last_feed < self._watchdog_s / 3:
+    async def _keep_watchdog(self, device_timeout: Value | None) -> None:
+        """Re-arm a watchdog the pump forgot; feed it every third of its timeout."""
+        if not self._watchdog_s:
             return
-        field = self.map["command"]
-        await self._require_bus().write(field.address, [0], self.unit_id)
-        self._last_feed = self._clock()
+        bus = self._require_bus()
+        if device_timeout is not None and device_timeout != self._watchdog_s:
+            log.warning(
+                "pump lost its watchdog setting; re-arming",
+                url=self.url,
+                unit=self.unit_id,
+                device_value=str(device_timeout),
+                timeout_s=self._watchdog_s,
+            )
+            field = self.map["comm_timeout_s"]
+            await bus.write(
+                field.address, field.encode(self._watchdog_s, self.map.word_order), self.unit_id
+            )
+        if self._clock() - self._last_feed >= self._watchdog_s / 3:
+            await bus.write(self.map["command"].address, [0], self.unit_id)
+            self._last_feed = self._clock()
 
     # -- confirmed commands ----------------------------------------------------------------
 

@@ -204,3 +204,29 @@ async def test_stop_of_a_pump_in_alarm_is_applied(rig: Rig) -> None:
     result = await rig.driver.stop()
     assert result.outcome is Outcome.APPLIED
     assert rig.sim.pump(1).delivered_rate_ml_h == 0
+
+
+@pytest.mark.asyncio
+async def test_watchdog_is_re_armed_after_a_power_reset(rig: Rig) -> None:
+    """A pump that rebooted (register 11 back to 0) gets its watchdog back on the next poll."""
+    await rig.driver.configure_watchdog(30)
+    rig.sim.inject("power_reset", unit=1)
+    assert rig.sim.pump(1).comm_timeout_s == 0
+    await rig.driver.read_status()
+    assert rig.sim.pump(1).comm_timeout_s == 30
+
+
+@pytest.mark.asyncio
+async def test_max_rate_is_read_once_the_pump_answers(rig: Rig) -> None:
+    """If connect() could not read identity, the first successful poll fills capabilities."""
+    rig.sim.inject("no_answer", unit=2)
+    driver = rig.make_driver(2)
+    with pytest.raises(DriverError):
+        await driver.connect()
+    try:
+        assert driver.capabilities.max_rate_ml_h == Decimal("9999.99")  # the map's limit
+        rig.sim.clear("no_answer", unit=2)
+        await driver.read_status()
+        assert driver.capabilities.max_rate_ml_h == Decimal("999.99")  # the device's
+    finally:
+        await driver.close()
