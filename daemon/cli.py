@@ -73,6 +73,22 @@ def _add_monitor_options(
     )
 
 
+def _add_modbus_sim_options(sp: argparse.ArgumentParser) -> None:
+    """Options of the Modbus pump simulator (sim_devices/modbus_cli.py)."""
+    sp.add_argument("--pumps", type=int, default=1, metavar="N", help="pumps (units 1..N)")
+    sp.add_argument("--unit-ids", metavar="LIST", help="explicit unit ids, e.g. 1,2,7")
+    sp.add_argument("--profile", default="generic-pump-v1", metavar="NAME|PATH")
+    sp.add_argument("--status", default="stopped", choices=("stopped", "infusing", "paused"))
+    sp.add_argument("--rate", default="0", metavar="ML_H", help="initial rate, mL/h")
+    sp.add_argument("--vtbi", default="0", metavar="ML", help="initial VTBI (0 = none)")
+    sp.add_argument("--volume", default="0", metavar="ML", help="volume already infused")
+    sp.add_argument("--max-rate", default="999.99", metavar="ML_H", help="device limit")
+    sp.add_argument("--baudrate", type=int, default=19200, help="RTU baud rate")
+    sp.add_argument(
+        "--port-per-pump", action="store_true", help="pump k as unit 1 on port BASE+k-1"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser; subcommands set ``args.target`` to 'module:function'."""
     parser = argparse.ArgumentParser(
@@ -121,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
         elif kind == "monitor":
             _add_monitor_options(sp, where)
         sp.set_defaults(target=target)
+        if kind == "modbus":
+            _add_modbus_sim_options(sp)
 
     p = sub.add_parser("check", help="check a request (JSON on stdin) -> verdict JSON on stdout")
     p.add_argument("--library", metavar="PATH", help="drug library (default: shipped example)")

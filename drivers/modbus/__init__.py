@@ -1,0 +1,34 @@
+"""Modbus TCP/RTU pump driver driven by declarative register-map profiles (DESIGN.md 4.1)."""
+
+from drivers.modbus.bus import DEFAULT_REGISTRY, BusRegistry, ModbusBus, parse_url
+from drivers.modbus.driver import ModbusPumpDriver
+from drivers.modbus.regmap import (
+    Field,
+    ProfileError,
+    RegisterMap,
+    RegType,
+    Span,
+    Table,
+    Value,
+    WordOrder,
+    load_profile,
+    parse_profile,
+)
+
+__all__ = [
+    "DEFAULT_REGISTRY",
+    "BusRegistry",
+    "Field",
+    "ModbusBus",
+    "ModbusPumpDriver",
+    "ProfileError",
+    "RegType",
+    "RegisterMap",
+    "Span",
+    "Table",
+    "Value",
+    "WordOrder",
+    "load_profile",
+    "parse_profile",
+    "parse_url",
+]
