@@ -245,8 +245,14 @@ class Drug(_Model):
         return overrides
 
     def severity_of(self, rule: str) -> Severity:
-        """This drug's severity for ``rule`` (override or the shipped default)."""
-        return self.severity.get(rule) or DEFAULT_SEVERITY[rule]
+        """This drug's severity for ``rule``: ``severity`` override, else ``step_up.severity``
+        for STEP_UP_WINDOW, else the shipped default of the rule catalogue."""
+        override = self.severity.get(rule)
+        if override is not None:
+            return override
+        if rule == "STEP_UP_WINDOW" and self.step_up is not None:
+            return self.step_up.severity
+        return DEFAULT_SEVERITY[rule]
 
 
 class Profile(_Model):
@@ -340,7 +346,9 @@ def load_library_bytes(data: bytes, source: str) -> Library:
     try:
         library = Library.model_validate(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
+        errors = exc.errors()
+        # A misspelt key also makes the real key "missing": name the typo first.
+        first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
         where = describe_location(raw, first["loc"])
         more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
         raise LibraryError(f"{source}: {where}: {_error_text(first)}{more}") from None

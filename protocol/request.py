@@ -232,7 +232,7 @@ _MESSAGES: Final = {
 def describe_validation_error(exc: ValidationError) -> str:
     """One line naming the first bad field and what is wrong with it."""
     errors = exc.errors(include_url=False)
-    first = errors[0]
+    first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     loc = tuple(first["loc"])
     # Union members (e.g. Amount | None) add the member type to the loc; drop those.
     loc = tuple(s for s in loc if not (isinstance(s, str) and s[:1].isupper()))
