@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import tomllib
+from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Final, Self
@@ -38,7 +39,6 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -285,8 +285,8 @@ class Example(_Model):
         return self
 
 
-class Library(_Model):
-    """A whole library; build it with :func:`load_library` or :func:`load_library_bytes`."""
+class LibraryFile(_Model):
+    """The shape of a library file (DESIGN 3.2), as validated by pydantic."""
 
     name: Name
     version: Name
@@ -294,30 +294,30 @@ class Library(_Model):
     profiles: tuple[Profile, ...] = Field(min_length=1)
     examples: tuple[Example, ...] = ()
 
-    _identity: LibraryIdentity | None = PrivateAttr(default=None)
-    _profiles: dict[str, Profile] = PrivateAttr(default_factory=dict)
-    _drugs: dict[tuple[str, str], Drug] = PrivateAttr(default_factory=dict)
-    _source: str = PrivateAttr(default="<library>")
 
-    @property
-    def identity(self) -> LibraryIdentity:
-        """Name, version and sha256 of the file bytes this library was loaded from."""
-        if self._identity is None:
-            raise LibraryError("library was not built by load_library*: it has no identity")
-        return self._identity
+@dataclass(frozen=True, slots=True)
+class Library:
+    """A loaded, indexed library; build it with :func:`load_library` or
+    :func:`load_library_bytes`. A plain frozen dataclass (not a pydantic model) so that the
+    per-request lookups are plain attribute and dict accesses."""
 
-    @property
-    def source(self) -> str:
-        """The file (or label) the library was loaded from."""
-        return self._source
+    name: str
+    version: str
+    description: str
+    profiles: tuple[Profile, ...]
+    examples: tuple[Example, ...]
+    identity: LibraryIdentity
+    source: str
+    _profile_index: dict[str, Profile] = field(repr=False, compare=False)
+    _drug_index: dict[tuple[str, str], Drug] = field(repr=False, compare=False)
 
     def profile(self, profile_id: str) -> Profile | None:
         """The profile with this id (case-insensitive), or ``None``."""
-        return self._profiles.get(key(profile_id))
+        return self._profile_index.get(key(profile_id))
 
     def drug(self, profile_id: str, drug: str) -> Drug | None:
         """The drug entry in this profile (both case-insensitive), or ``None``."""
-        return self._drugs.get((key(profile_id), key(drug)))
+        return self._drug_index.get((key(profile_id), key(drug)))
 
 
 def load_library(path: str | Path) -> Library:
@@ -344,7 +344,7 @@ def load_library_bytes(data: bytes, source: str) -> Library:
     except tomllib.TOMLDecodeError as exc:
         raise LibraryError(f"{source}: invalid TOML: {exc}") from exc
     try:
-        library = Library.model_validate(raw)
+        parsed = LibraryFile.model_validate(raw)
     except ValidationError as exc:
         errors = exc.errors()
         # A misspelt key also makes the real key "missing": name the typo first.
@@ -352,18 +352,28 @@ def load_library_bytes(data: bytes, source: str) -> Library:
         where = describe_location(raw, first["loc"])
         more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
         raise LibraryError(f"{source}: {where}: {_error_text(first)}{more}") from None
-    _index(library, source)
-    library._identity = LibraryIdentity(
-        name=library.name, version=library.version, sha256=hashlib.sha256(data).hexdigest()
+    profiles, drugs = _index(parsed, source)
+    return Library(
+        name=parsed.name,
+        version=parsed.version,
+        description=parsed.description,
+        profiles=parsed.profiles,
+        examples=parsed.examples,
+        identity=LibraryIdentity(
+            name=parsed.name, version=parsed.version, sha256=hashlib.sha256(data).hexdigest()
+        ),
+        source=source,
+        _profile_index=profiles,
+        _drug_index=drugs,
     )
-    library._source = source
-    return library
 
 
-def _index(library: Library, source: str) -> None:
+def _index(
+    parsed: LibraryFile, source: str
+) -> tuple[dict[str, Profile], dict[tuple[str, str], Drug]]:
     profiles: dict[str, Profile] = {}
     drugs: dict[tuple[str, str], Drug] = {}
-    for profile in library.profiles:
+    for profile in parsed.profiles:
         pk = key(profile.id)
         if pk in profiles:
             raise LibraryError(f"{source}: profile {profile.id!r}: field 'id': defined twice")
@@ -376,8 +386,7 @@ def _index(library: Library, source: str) -> None:
                     "field 'drug': defined twice in this profile"
                 )
             drugs[dk] = drug
-    library._profiles = profiles
-    library._drugs = drugs
+    return profiles, drugs
 
 
 def _error_text(error: Any) -> str:

@@ -185,9 +185,19 @@ def parse_request(data: Any) -> CheckRequest:
 
 
 def parse_request_json(text: str | bytes) -> CheckRequest:
-    """Decode and validate a request from JSON text (capped at 64 KiB)."""
+    """Decode and validate a request from JSON text (capped at 64 KiB).
+
+    Valid requests take pydantic-core's one-pass JSON validation; anything it refuses is
+    re-parsed with :func:`json.loads` (which also reads NaN/Infinity, so they are reported as
+    ``<field>: must be a finite number``) to produce the field-naming error.
+    """
     if len(text) > MAX_REQUEST_BYTES:
         raise RequestError(f"request: larger than {MAX_REQUEST_BYTES} bytes")
+    try:
+        # Fast path: pydantic-core parses and validates in one pass (about twice as fast).
+        return CheckRequest.model_validate_json(text)
+    except ValidationError:
+        pass  # slow path below: json.loads + validate, for a message naming the field
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
