@@ -15,6 +15,12 @@ Rate rounding: ``rate = round_half_up(exact_rate / resolution) * resolution`` wi
 ``resolution`` (default 0.01 mL/h), so the rate differs from the exact one by at most half a
 step. Dose limits are judged on the requested dose; for a request given as a rate, on the dose
 that the rounded rate delivers. A zero dose or rate is a stop (rate 0).
+
+A stop is never rejected: a rejected request leaves the running infusion as it was, and no rule
+may keep an infusion running against a clinician's stop. So for a stop only ABRUPT_STOP
+(confirm) is judged; bag, line, weight and unit rules are skipped, and a stop of a drug or
+profile the library does not know is accepted with an advisory UNKNOWN_DRUG/UNKNOWN_PROFILE
+finding.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ from protocol.units import (
     rate_to_dose,
     rate_unit,
 )
-from protocol.verdict import Finding, Outcome, Verdict, outcome_of
+from protocol.verdict import Finding, LibraryIdentity, Outcome, Severity, Verdict, outcome_of
 
 _ZERO: Final = Decimal(0)
 
@@ -49,6 +55,7 @@ def round_rate(rate: Decimal, resolution: Decimal = DEFAULT_RESOLUTION) -> Decim
 def evaluate(library: Library, request: CheckRequest) -> Verdict:
     """Judge one check request against the library; never raises for a well-formed request."""
     identity = library.identity
+    stopping = _is_stop(request)
     profile = library.profile(request.profile)
     if profile is None:
         known = ", ".join(p.id for p in library.profiles)
@@ -56,6 +63,7 @@ def evaluate(library: Library, request: CheckRequest) -> Verdict:
             library,
             "UNKNOWN_PROFILE",
             f"profile {request.profile!r} is not in the drug library (known: {known})",
+            stopping=stopping,
         )
     drug = library.drug(request.profile, request.infusion.drug)
     if drug is None:
@@ -63,10 +71,13 @@ def evaluate(library: Library, request: CheckRequest) -> Verdict:
         return _early(
             library,
             "UNKNOWN_DRUG",
-            f"{request.infusion.drug!r} is not in the {profile.id} drug library "
-            f"(known: {known}); it cannot be checked",
+            f"{request.infusion.drug!r} is not in the {profile.id} drug library (known: {known})",
+            stopping=stopping,
         )
     ctx = Context(request, profile, drug, dose_unit(drug.dose_unit), request.patient.weight_kg)
+    if stopping:
+        _judge_stop(ctx)
+        return _verdict(ctx, identity)
     _resolve_concentration(ctx)
     current_ok = _resolve_current(ctx)
     exact_rate = _resolve_requested(ctx)
@@ -90,6 +101,10 @@ def evaluate(library: Library, request: CheckRequest) -> Verdict:
         cross.check_first_line(ctx)
         cross.check_duplicate(ctx)
 
+    return _verdict(ctx, identity)
+
+
+def _verdict(ctx: Context, identity: LibraryIdentity) -> Verdict:
     findings = tuple(sorted(ctx.findings, key=lambda f: (-f.severity.rank, f.rule, f.message)))
     return Verdict(
         outcome=outcome_of(findings),
@@ -100,9 +115,38 @@ def evaluate(library: Library, request: CheckRequest) -> Verdict:
     )
 
 
-def _early(library: Library, rule: str, message: str) -> Verdict:
-    finding = Finding(rule, DEFAULT_SEVERITY[rule], message)
+def _is_stop(request: CheckRequest) -> bool:
+    """``action: stop``, or a requested dose or rate of exactly zero."""
+    requested = request.requested
+    return (
+        requested.action == "stop"
+        or (requested.dose is not None and requested.dose.value == 0)
+        or (requested.rate is not None and requested.rate.value == 0)
+    )
+
+
+def _early(library: Library, rule: str, message: str, *, stopping: bool) -> Verdict:
+    if stopping:
+        finding = Finding(rule, Severity.ADVISORY, f"{message}; stopping is allowed")
+        return Verdict(Outcome.ACCEPT, _ZERO, None, (finding,), library.identity)
+    finding = Finding(rule, DEFAULT_SEVERITY[rule], f"{message}; it cannot be checked")
     return Verdict(Outcome.REJECT, None, None, (finding,), library.identity)
+
+
+def _judge_stop(ctx: Context) -> None:
+    """A stop: rate 0, and only the taper rule (when the running dose can be read)."""
+    pump = ctx.request.pump
+    ctx.stop = True
+    ctx.new = _ZERO
+    ctx.rate = _ZERO * (pump.resolution if pump is not None else DEFAULT_RESOLUTION)
+    current = ctx.request.current
+    if current is None:
+        return
+    try:
+        ctx.current = convert_dose(current.value, dose_unit(current.unit), ctx.unit, ctx.weight)
+    except UnitError:
+        return  # cannot judge the taper; a stop is never rejected for a unit
+    history.check_abrupt_stop(ctx)
 
 
 def _weight_missing(ctx: Context, why: str) -> None:
@@ -162,14 +206,6 @@ def _resolve_requested(ctx: Context) -> Decimal | None:
     requested = ctx.request.requested
     pump = ctx.request.pump
     resolution = pump.resolution if pump is not None else DEFAULT_RESOLUTION
-    if requested.action == "stop" or (
-        (requested.dose is not None and requested.dose.value == 0)
-        or (requested.rate is not None and requested.rate.value == 0)
-    ):
-        ctx.stop = True
-        ctx.new = _ZERO
-        ctx.rate = _ZERO * resolution
-        return _ZERO
     can_rate = ctx.conc_base is not None and ctx.conc_unit is not None
     if ctx.unit.per_kg and ctx.weight is None:
         _weight_missing(ctx, f"to give {ctx.name} in {ctx.unit.code}")

@@ -35,9 +35,9 @@ from protocol.units import ALIASES
 MAX_REQUEST_BYTES: Final = 64 * 1024
 DEFAULT_RESOLUTION: Final = Decimal("0.01")
 
-Finite = Annotated[Decimal, Field(allow_inf_nan=False)]
-NonNegative = Annotated[Decimal, Field(ge=0, allow_inf_nan=False)]
-Positive = Annotated[Decimal, Field(gt=0, allow_inf_nan=False)]
+# Caps far beyond any real value keep every number finite when written back as a JSON float.
+NonNegative = Annotated[Decimal, Field(ge=0, le=1_000_000, allow_inf_nan=False)]
+Positive = Annotated[Decimal, Field(gt=0, le=1_000_000, allow_inf_nan=False)]
 Name = Annotated[str, Field(min_length=1, max_length=100)]
 Unit = Annotated[str, Field(min_length=1, max_length=32)]
 
@@ -63,8 +63,8 @@ class Concentration(_Model):
 class Patient(_Model):
     """The patient: weight (needed for weight-based doses), baseline SBP, chronic hypertension."""
 
-    weight_kg: Positive | None = None
-    baseline_sbp: Positive | None = None
+    weight_kg: Annotated[Decimal, Field(gt=0, le=1000, allow_inf_nan=False)] | None = None
+    baseline_sbp: Annotated[Decimal, Field(gt=0, le=400, allow_inf_nan=False)] | None = None
     chronic_hypertension: bool = False
 
 

@@ -23,6 +23,26 @@ class Severity(Enum):
         """Position in the order info < advisory < confirm < reject."""
         return _RANK[self]
 
+    def __lt__(self, other: object) -> bool:
+        if not isinstance(other, Severity):
+            return NotImplemented
+        return _RANK[self] < _RANK[other]
+
+    def __le__(self, other: object) -> bool:
+        if not isinstance(other, Severity):
+            return NotImplemented
+        return _RANK[self] <= _RANK[other]
+
+    def __gt__(self, other: object) -> bool:
+        if not isinstance(other, Severity):
+            return NotImplemented
+        return _RANK[self] > _RANK[other]
+
+    def __ge__(self, other: object) -> bool:
+        if not isinstance(other, Severity):
+            return NotImplemented
+        return _RANK[self] >= _RANK[other]
+
 
 _RANK: Final = {Severity.INFO: 0, Severity.ADVISORY: 1, Severity.CONFIRM: 2, Severity.REJECT: 3}
 

@@ -4,7 +4,8 @@
   verdict is exactly the most severe finding;
 * the verdict is deterministic and independent of key order and of the order of
   ``history``, ``other_infusions`` and ``line_shares``;
-* the engine never raises on a well-formed request; rates sit on the pump resolution grid.
+* the engine never raises on a well-formed request; rates sit on the pump resolution grid;
+* a stop is never rejected and always yields rate 0.
 """
 
 from __future__ import annotations
@@ -163,8 +164,9 @@ def test_reject_findings_always_reject_and_verdict_is_the_worst(req: dict[str, A
         resolution = Decimal(str(req.get("pump", {}).get("resolution", 0.01)))
         assert verdict.rate % resolution == 0
         assert verdict.rate >= 0
-    if req["requested"].get("action") == "stop" and verdict.rate is not None:
+    if req["requested"].get("action") == "stop":
         assert verdict.rate == 0
+        assert verdict.verdict != "reject"  # a stop is never rejected
 
 
 @settings(max_examples=200)

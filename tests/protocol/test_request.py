@@ -106,3 +106,16 @@ def test_aliases_accepted_for_vitals_units() -> None:
     r = make()
     r["vitals"]["map"]["unit"] = "mmHg"
     assert parse_request(r).vitals is not None
+
+
+def test_numbers_are_capped() -> None:
+    """Absurd magnitudes are refused (every number must survive a round trip to a JSON float)."""
+    r = make()
+    r["requested"]["dose"]["value"] = 1e300
+    with pytest.raises(RequestError, match=r"requested\.dose\.value: must be <= 1000000"):
+        parse_request(r)
+    with pytest.raises(RequestError, match=r"requested\.dose\.value: must be a finite number"):
+        parse_request_json(json.dumps(make()).replace('"value": 0.06', '"value": 1e400'))
+    r = make(weight=2000)
+    with pytest.raises(RequestError, match=r"patient\.weight_kg: must be <= 1000"):
+        parse_request(r)

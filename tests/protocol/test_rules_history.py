@@ -115,3 +115,30 @@ def test_stop_yields_rate_zero() -> None:
     assert out["rate"] == {"value": 0.0, "unit": "mL/h"}
     assert out["dose"] == {"value": 0.0, "unit": "ug/kg/min"}
     assert verdict.verdict == "accept"
+
+
+def test_stop_is_never_rejected() -> None:
+    """A stop goes through even with a forbidden diluent, a bad line, an odd weight, an
+    unknown unit or drug: rejecting it would keep the infusion running."""
+    messy = make(
+        current="0.04",
+        stop=True,
+        diluent="NS",
+        line_shares=["alkaline"],
+        weight=10,
+        conc=(500, "ug/mL"),
+        route="peripheral",
+    )
+    verdict = check(messy)
+    assert verdict.verdict == "accept"
+    assert verdict.rate == 0
+    assert verdict.findings == ()
+    unknown = check(make(drug="milrinone", stop=True))
+    assert unknown.verdict == "accept"
+    assert unknown.rate == 0
+    assert [(f.rule, f.severity) for f in unknown.findings] == [("UNKNOWN_DRUG", Severity.ADVISORY)]
+    odd_unit = make(stop=True)
+    odd_unit["current"] = {"value": 3, "unit": "furlongs"}
+    assert check(odd_unit).verdict == "accept"
+    # The taper rule still applies to a stop: confirm, not reject.
+    assert check(make(current="0.2", stop=True, diluent="NS")).verdict == "confirm"
