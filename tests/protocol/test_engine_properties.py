@@ -177,3 +177,72 @@ def test_verdict_is_deterministic_and_order_independent(req: dict[str, Any], see
     again = evaluate(shipped(), parse_request(req)).to_dict()
     shuffled = evaluate(shipped(), parse_request(_reordered(req, random.Random(seed)))).to_dict()
     assert first == again == shuffled
+
+
+ENTRIES = [(p.id, d.drug) for p in shipped().profiles for d in p.drugs]
+
+
+def _titration(profile: str, drug: str, value: Decimal) -> dict[str, Any]:
+    entry = shipped().drug(profile, drug)
+    assert entry is not None
+    std = entry.concentrations[0]
+    cur = {"value": float(entry.soft.min), "unit": entry.dose_unit}
+    return {
+        "now": ts(0),
+        "profile": profile,
+        "patient": {"weight_kg": 20 if profile == "pediatric-icu" else 70},
+        "infusion": {
+            "drug": drug,
+            "concentration": {"value": float(std.value), "unit": std.unit},
+            "diluent": entry.diluents.allowed[0],
+            "route": "central",
+        },
+        "current": cur,
+        "requested": {"dose": {"value": float(value), "unit": entry.dose_unit}},
+    }
+
+
+@settings(max_examples=200)
+@given(entry=st.sampled_from(ENTRIES), t=st.decimals(min_value=0, max_value=1, places=6))
+def test_doses_inside_soft_range_pass_the_limit_rules(entry: tuple[str, str], t: Decimal) -> None:
+    """Any dose within [soft.min, soft.max] (ends included) has no HARD_*/SOFT_* finding."""
+    profile, drug = entry
+    lib_entry = shipped().drug(profile, drug)
+    assert lib_entry is not None
+    soft = lib_entry.soft
+    value = soft.min + (soft.max - soft.min) * t
+    value = Decimal(str(float(value)))  # what a JSON client would send
+    if value == 0:
+        return
+    verdict = evaluate(shipped(), parse_request(_titration(profile, drug, value)))
+    assert not {f.rule for f in verdict.findings} & {"HARD_MAX", "HARD_MIN", "SOFT_MAX", "SOFT_MIN"}
+
+
+@settings(max_examples=200)
+@given(entry=st.sampled_from(ENTRIES), over=st.decimals(min_value="0.0001", max_value=10, places=4))
+def test_doses_above_hard_max_are_rejected(entry: tuple[str, str], over: Decimal) -> None:
+    """Any dose above the hard maximum is HARD_MAX and the verdict is reject."""
+    profile, drug = entry
+    lib_entry = shipped().drug(profile, drug)
+    assert lib_entry is not None
+    value = lib_entry.hard.max * (1 + over / 100)
+    verdict = evaluate(shipped(), parse_request(_titration(profile, drug, value)))
+    assert "HARD_MAX" in {f.rule for f in verdict.findings}
+    assert verdict.verdict == "reject"
+
+
+@settings(max_examples=200)
+@given(entry=st.sampled_from(ENTRIES), cents=st.integers(1, 99_999))
+def test_rate_requests_round_trip(entry: tuple[str, str], cents: int) -> None:
+    """A rate on the 0.01 mL/h grid comes back unchanged after rate -> dose -> rate."""
+    profile, drug = entry
+    req = _titration(profile, drug, Decimal(1))
+    rate = Decimal(cents) / 100
+    req["requested"] = {"rate": {"value": float(rate), "unit": "mL/h"}}
+    verdict = evaluate(shipped(), parse_request(req))
+    assert verdict.rate == rate
+    assert verdict.dose is not None
+    again = dict(
+        req, requested={"dose": {"value": str(verdict.dose.value), "unit": verdict.dose.unit}}
+    )
+    assert evaluate(shipped(), parse_request(again)).rate == rate
