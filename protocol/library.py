@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -92,12 +93,12 @@ class Range(_Model):
         return self
 
 
-def _unit_check(convert: Any, unit: str) -> str:
+def _unit_check(canonicalise: Callable[[str], str], unit: str) -> str:
+    """The canonical code of ``unit``; a UnitError becomes a pydantic error on the field."""
     try:
-        row = convert(unit)
+        return canonicalise(unit)
     except UnitError as exc:
         raise ValueError(str(exc)) from None
-    return row if isinstance(row, str) else str(row.code)
 
 
 class DoseQuantity(_Model):
@@ -109,7 +110,7 @@ class DoseQuantity(_Model):
     @field_validator("unit")
     @classmethod
     def _unit(cls, unit: str) -> str:
-        return _unit_check(dose_unit, unit)
+        return _unit_check(lambda u: dose_unit(u).code, unit)
 
 
 class ConcentrationQuantity(_Model):
@@ -121,7 +122,7 @@ class ConcentrationQuantity(_Model):
     @field_validator("unit")
     @classmethod
     def _unit(cls, unit: str) -> str:
-        return _unit_check(concentration_unit, unit)
+        return _unit_check(lambda u: concentration_unit(u).code, unit)
 
 
 class RateQuantity(_Model):
@@ -232,7 +233,7 @@ class Drug(_Model):
     @field_validator("dose_unit")
     @classmethod
     def _dose_unit(cls, unit: str) -> str:
-        return _unit_check(dose_unit, unit)
+        return _unit_check(lambda u: dose_unit(u).code, unit)
 
     @field_validator("severity")
     @classmethod
