@@ -1,0 +1,94 @@
+"""Benchmark ``check``: verdicts per second from protocol/ vs ``json.loads`` of the same request.
+
+Run: ``.venv/bin/python -m bench.check_bench [--seconds S]``. Prints one JSON object:
+``{"bench": "check", "verdicts_per_s", "json_loads_per_s", "ratio", "target_per_s", "ok"}``
+where ``ratio`` = json_loads_per_s / verdicts_per_s (how many json.loads fit in one verdict)
+and a verdict is the whole path of ``infusiond check`` minus process start: decode the JSON,
+validate the request, evaluate every rule, build the verdict JSON text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable
+
+from protocol.engine import evaluate
+from protocol.library import DEFAULT_LIBRARY_PATH, load_library
+from protocol.request import parse_request_json
+
+TARGET_PER_S = 10_000
+
+# The demo titration (DESIGN 6.1) with a history, vitals and another channel: a typical request.
+REQUEST = json.dumps(
+    {
+        "now": "2026-11-26T10:00:00Z",
+        "profile": "adult-icu",
+        "patient": {"weight_kg": 70, "baseline_sbp": 150, "chronic_hypertension": False},
+        "infusion": {
+            "drug": "norepinephrine",
+            "concentration": {"value": 4, "unit": "ug/mL"},
+            "diluent": "D5W",
+            "route": "central",
+            "line_shares": ["heparin"],
+        },
+        "current": {"value": 0.05, "unit": "ug/kg/min"},
+        "requested": {"dose": {"value": 0.06, "unit": "ug/kg/min"}},
+        "history": [
+            {"at": "2026-11-26T08:00:00Z", "dose": {"value": 0.08, "unit": "ug/kg/min"}},
+            {"at": "2026-11-26T09:30:00Z", "dose": {"value": 0.05, "unit": "ug/kg/min"}},
+        ],
+        "vitals": {
+            "map": {"value": 75, "unit": "mm[Hg]", "at": "2026-11-26T09:58:00Z"},
+            "sbp": {"value": 105, "unit": "mm[Hg]", "at": "2026-11-26T09:58:00Z"},
+            "hr": {"value": 92, "unit": "/min", "at": "2026-11-26T09:58:00Z"},
+        },
+        "other_infusions": [{"drug": "vasopressin", "dose": {"value": 0.03, "unit": "U/min"}}],
+    }
+)
+
+
+def _rate(fn: Callable[[], object], seconds: float) -> float:
+    """Calls per second of ``fn`` over about ``seconds`` of wall time."""
+    for _ in range(200):  # warm up caches
+        fn()
+    n, batch = 0, 500
+    start = time.perf_counter()
+    while True:
+        for _ in range(batch):
+            fn()
+        n += batch
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds:
+            return n / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=2.0, help="time per measurement")
+    args = parser.parse_args()
+    library = load_library(DEFAULT_LIBRARY_PATH)
+
+    def verdict() -> str:
+        return json.dumps(evaluate(library, parse_request_json(REQUEST)).to_dict())
+
+    assert json.loads(verdict())["verdict"] == "accept"
+    baseline = _rate(lambda: json.loads(REQUEST), args.seconds)
+    verdicts = _rate(verdict, args.seconds)
+    print(
+        json.dumps(
+            {
+                "bench": "check",
+                "verdicts_per_s": round(verdicts),
+                "json_loads_per_s": round(baseline),
+                "ratio": round(baseline / verdicts, 2),
+                "target_per_s": TARGET_PER_S,
+                "ok": verdicts >= TARGET_PER_S,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

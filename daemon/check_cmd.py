@@ -1,0 +1,34 @@
+"""``infusiond check``: one check request (JSON) on stdin -> the verdict JSON on stdout.
+
+Exit 0 for any verdict (accept, confirm and reject are all answers); exit 2 with a message on
+stderr naming the field when the input is not valid JSON or not a valid request. A library
+that cannot be loaded is an InfusiondError, reported by ``daemon.cli`` with exit 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from protocol.engine import evaluate
+from protocol.errors import RequestError
+from protocol.library import DEFAULT_LIBRARY_PATH, load_library
+from protocol.request import MAX_REQUEST_BYTES, parse_request_json
+
+EXIT_OK = 0
+EXIT_BAD_INPUT = 2
+
+
+def run(args: argparse.Namespace) -> int:
+    """Read stdin, judge the request with the library, print the verdict."""
+    library = load_library(args.library or DEFAULT_LIBRARY_PATH)
+    data = sys.stdin.buffer.read(MAX_REQUEST_BYTES + 1)
+    try:
+        request = parse_request_json(data)
+    except RequestError as exc:
+        sys.stderr.write(f"infusiond check: {exc}\n")
+        return EXIT_BAD_INPUT
+    verdict = evaluate(library, request)
+    sys.stdout.write(json.dumps(verdict.to_dict(), ensure_ascii=False) + "\n")
+    return EXIT_OK

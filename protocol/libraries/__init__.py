@@ -1,0 +1,1 @@
+"""Shipped example drug libraries (TOML data files; a package so that wheels include them)."""

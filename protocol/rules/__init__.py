@@ -1,0 +1,1 @@
+"""Rule families of the engine (one module per family) and the rule catalogue."""

@@ -1,0 +1,104 @@
+"""The per-request state every rule reads: resolved profile/drug, canonical doses, findings.
+
+The engine builds one :class:`Context` per request after resolving units; rule functions take
+it, read what they need and call :meth:`Context.add`. Nothing here is shared between requests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from protocol.library import Drug, Profile, key
+from protocol.request import Amount, CheckRequest
+from protocol.units import (
+    ConcentrationUnit,
+    DoseUnit,
+    UnitError,
+    close,
+    convert_dose,
+    dose_unit,
+)
+from protocol.verdict import Finding, Quantity, fmt
+
+
+@dataclass(slots=True)
+class Context:
+    """Everything the rules need about one request; ``new`` is the requested canonical dose.
+
+    ``current`` is ``None`` for a new infusion; ``stop`` is true for ``action: stop`` and for a
+    requested dose or rate of zero.
+    """
+
+    request: CheckRequest
+    profile: Profile
+    drug: Drug
+    unit: DoseUnit
+    weight: Decimal | None
+    conc_base: Decimal | None = None  # base amount (ug or USP units) per mL
+    conc_unit: ConcentrationUnit | None = None
+    current: Decimal | None = None
+    new: Decimal | None = None
+    stop: bool = False
+    rate: Decimal | None = None
+    findings: list[Finding] = field(default_factory=list)
+    _seen: set[tuple[str, str]] = field(default_factory=set)
+
+    @property
+    def name(self) -> str:
+        """The drug as the library spells it."""
+        return self.drug.drug
+
+    def q(self, value: Decimal) -> Quantity:
+        """A dose quantity in the drug's canonical unit."""
+        return Quantity(value, self.unit.code)
+
+    def dose_text(self, value: Decimal) -> str:
+        """``0.06 ug/kg/min``."""
+        return f"{fmt(value)} {self.unit.code}"
+
+    def add(
+        self,
+        rule: str,
+        message: str,
+        limit: Quantity | None = None,
+        observed: Quantity | None = None,
+    ) -> None:
+        """Record a finding with this drug's severity for ``rule`` (once per rule and message)."""
+        marker = (rule, message)
+        if marker in self._seen:
+            return
+        self._seen.add(marker)
+        self.findings.append(Finding(rule, self.drug.severity_of(rule), message, limit, observed))
+
+    @property
+    def base(self) -> Decimal:
+        """The dose running now (0 for a new infusion)."""
+        return self.current if self.current is not None else Decimal(0)
+
+    @property
+    def increase(self) -> bool:
+        """The request raises the dose (starting an infusion counts as raising it from 0)."""
+        return self.new is not None and self.new > self.base and not close(self.new, self.base)
+
+    @property
+    def decrease(self) -> bool:
+        """The request lowers a running dose (a stop included)."""
+        return (
+            self.new is not None
+            and self.current is not None
+            and self.new < self.current
+            and not close(self.new, self.current)
+        )
+
+    def other_dose(self, other: Amount, target: DoseUnit) -> Decimal | None:
+        """Another channel's dose in ``target`` units, or ``None`` if it cannot be converted."""
+        try:
+            return convert_dose(other.value, dose_unit(other.unit), target, self.weight)
+        except UnitError:
+            return None
+
+    def others_named(self, drug: str) -> list[Amount | None]:
+        """Doses of the other infusions of ``drug`` (``None`` where no dose was given)."""
+        wanted = key(drug)
+        return [o.dose for o in self.request.other_infusions if key(o.drug) == wanted]

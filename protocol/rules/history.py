@@ -1,0 +1,111 @@
+"""Time-window rules over this infusion's history: TITRATION_INTERVAL, STEP_UP_WINDOW and
+ABRUPT_STOP. ``now`` comes from the request; nothing here reads a clock.
+
+History entries are sorted by time (then dose) before use, so their order in the request does
+not matter.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from decimal import Decimal
+
+from protocol.request import HistoryEntry
+from protocol.rules.context import Context
+from protocol.units import UnitError, convert_dose, dose_unit, le
+from protocol.verdict import Quantity, fmt
+
+_MINUTE = Decimal(60)
+
+
+def _sorted(ctx: Context) -> list[HistoryEntry]:
+    return sorted(ctx.request.history, key=lambda h: (h.at, h.dose.value, h.dose.unit))
+
+
+def check_titration_interval(ctx: Context) -> None:
+    """TITRATION_INTERVAL (advisory): a change sooner than the minimum interval after the last."""
+    interval = ctx.drug.min_titration_interval_min
+    if interval is None or ctx.current is None or ctx.stop or not ctx.request.history:
+        return
+    if not (ctx.increase or ctx.decrease):
+        return
+    last = max(h.at for h in ctx.request.history)
+    elapsed_s = Decimal((ctx.request.now - last).total_seconds())
+    if elapsed_s >= interval * _MINUTE:
+        return
+    elapsed_min = elapsed_s / _MINUTE
+    ctx.add(
+        "TITRATION_INTERVAL",
+        f"the last {ctx.name} change was {fmt(elapsed_min)} min ago; wait at least "
+        f"{fmt(interval)} min between changes and check the blood pressure first",
+        limit=Quantity(interval, "min"),
+        observed=Quantity(elapsed_min.quantize(Decimal("0.1")), "min"),
+    )
+
+
+def check_step_up(ctx: Context) -> None:
+    """STEP_UP_WINDOW: the total increase within the window exceeds the allowed step.
+
+    The increase is measured from the lowest dose in effect at any time in the window (the
+    dose at the window's start, every change within it, and the current dose; 0 for a new
+    infusion), so splitting a big step into small ones does not get around it.
+    """
+    rule = ctx.drug.step_up
+    new = ctx.new
+    if rule is None or new is None or not ctx.increase:
+        return
+    window_start = ctx.request.now - timedelta(seconds=float(rule.window_h * 3600))
+    lows: list[Decimal] = [ctx.base]
+    at_start: Decimal | None = None
+    for index, entry in enumerate(_sorted(ctx)):
+        dose = _history_dose(ctx, index, entry)
+        if dose is None:
+            return
+        if entry.at <= window_start:
+            at_start = dose
+        elif entry.at <= ctx.request.now:
+            lows.append(dose)
+    if at_start is not None:
+        lows.append(at_start)
+    lowest = min(lows)
+    total = new - lowest
+    if le(total, rule.max_increase):
+        return
+    ctx.add(
+        "STEP_UP_WINDOW",
+        f"{ctx.name} would rise by {ctx.dose_text(total)} within {fmt(rule.window_h)} h "
+        f"(from {ctx.dose_text(lowest)} to {ctx.dose_text(new)}); at most "
+        f"+{ctx.dose_text(rule.max_increase)} per {fmt(rule.window_h)} h ({ctx.profile.id})",
+        limit=ctx.q(rule.max_increase),
+        observed=ctx.q(total),
+    )
+
+
+def _history_dose(ctx: Context, index: int, entry: HistoryEntry) -> Decimal | None:
+    try:
+        return convert_dose(entry.dose.value, dose_unit(entry.dose.unit), ctx.unit, ctx.weight)
+    except UnitError as exc:
+        rule = "WEIGHT_REQUIRED" if "weight" in str(exc) else "UNIT_MISMATCH"
+        ctx.add(rule, f"history[{index}].dose: {exc}")
+        return None
+
+
+def check_abrupt_stop(ctx: Context) -> None:
+    """ABRUPT_STOP: stopping, or dropping by more than the taper fraction, from a high dose."""
+    taper, current, new = ctx.drug.taper, ctx.current, ctx.new
+    if taper is None or current is None or new is None or not ctx.decrease:
+        return
+    if le(current, taper.stop_from_above):
+        return
+    drop = (current - new) / current
+    if not ctx.stop and le(drop, taper.max_drop_fraction):
+        return
+    what = "stopping" if ctx.stop else f"dropping to {ctx.dose_text(new)}"
+    ctx.add(
+        "ABRUPT_STOP",
+        f"{what} from {ctx.dose_text(current)} is an abrupt withdrawal of {ctx.name}; taper "
+        f"by at most {fmt(taper.max_drop_fraction * 100)}% per step above "
+        f"{ctx.dose_text(taper.stop_from_above)}",
+        limit=Quantity(taper.max_drop_fraction * 100, "%"),
+        observed=Quantity(drop * 100, "%"),
+    )

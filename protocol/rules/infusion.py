@@ -1,0 +1,90 @@
+"""Bag, line and patient rules: CONC_ROUTE_MAX, CONC_NOT_STANDARD, DILUENT_FORBIDDEN,
+INCOMPATIBLE_LINE, WEIGHT_RANGE. They need no dose, so they run even when it is unresolved."""
+
+from __future__ import annotations
+
+from protocol.library import key
+from protocol.rules.context import Context
+from protocol.units import CONCENTRATION_UNITS, close, le, within
+from protocol.verdict import Quantity, fmt
+
+
+def check_concentration(ctx: Context) -> None:
+    """CONC_ROUTE_MAX above the route's maximum; CONC_NOT_STANDARD if not a standard bag."""
+    if ctx.conc_base is None or ctx.conc_unit is None:
+        return
+    given = ctx.request.infusion.concentration
+    observed = Quantity(given.value, ctx.conc_unit.code)
+    route = ctx.request.infusion.route
+    limit = ctx.drug.max_concentration.central
+    if route == "peripheral":
+        limit = ctx.drug.max_concentration.peripheral
+    if limit is not None:
+        limit_base = limit.value * CONCENTRATION_UNITS[limit.unit].factor
+        if not le(ctx.conc_base, limit_base):
+            ctx.add(
+                "CONC_ROUTE_MAX",
+                f"{ctx.name} {fmt(given.value)} {ctx.conc_unit.code} is above the maximum "
+                f"concentration for a {route} line ({fmt(limit.value)} {limit.unit}); "
+                "use a weaker bag or a central line",
+                limit=Quantity(limit.value, limit.unit),
+                observed=observed,
+            )
+    standards = ctx.drug.concentrations
+    if not any(
+        close(ctx.conc_base, s.value * CONCENTRATION_UNITS[s.unit].factor) for s in standards
+    ):
+        listed = ", ".join(f"{fmt(s.value)} {s.unit}" for s in standards)
+        ctx.add(
+            "CONC_NOT_STANDARD",
+            f"{ctx.name} {fmt(given.value)} {ctx.conc_unit.code} is not a standard "
+            f"concentration (standard: {listed}); check the bag label",
+            observed=observed,
+        )
+
+
+def check_diluent(ctx: Context) -> None:
+    """DILUENT_FORBIDDEN: the diluent is forbidden, or not among the allowed ones."""
+    diluent = ctx.request.infusion.diluent
+    rules = ctx.drug.diluents
+    dk = key(diluent)
+    if any(key(d) == dk for d in rules.forbidden):
+        ctx.add(
+            "DILUENT_FORBIDDEN",
+            f"{ctx.name} must not be diluted in {diluent}"
+            + (f"; use {' or '.join(rules.allowed)}" if rules.allowed else ""),
+        )
+    elif rules.allowed and not any(key(d) == dk for d in rules.allowed):
+        ctx.add(
+            "DILUENT_FORBIDDEN",
+            f"{diluent} is not an allowed diluent for {ctx.name}; use {' or '.join(rules.allowed)}",
+        )
+
+
+def check_line(ctx: Context) -> None:
+    """INCOMPATIBLE_LINE: the line is shared with something this drug must not meet."""
+    incompatible = {key(x): x for x in ctx.drug.incompatible}
+    hits = sorted({s for s in ctx.request.infusion.line_shares if key(s) in incompatible}, key=key)
+    if hits:
+        ctx.add(
+            "INCOMPATIBLE_LINE",
+            f"{ctx.name} shares its line with {', '.join(hits)}, which inactivates it "
+            "or is incompatible; use a separate line",
+        )
+
+
+def check_weight_range(ctx: Context) -> None:
+    """WEIGHT_RANGE: a stated weight outside the profile's range (wrong profile or typo)."""
+    limits = ctx.profile.weight_kg
+    weight = ctx.weight
+    if limits is None or weight is None or within(weight, limits.min, limits.max):
+        return
+    side = "above" if weight > limits.max else "below"
+    bound = limits.max if side == "above" else limits.min
+    ctx.add(
+        "WEIGHT_RANGE",
+        f"weight {fmt(weight)} kg is {side} the {ctx.profile.id} range "
+        f"({fmt(limits.min)}-{fmt(limits.max)} kg); check the weight and the profile",
+        limit=Quantity(bound, "kg"),
+        observed=Quantity(weight, "kg"),
+    )

@@ -1,0 +1,1 @@
+"""Tests of protocol/: units, drug library, consistency checker, rule engine, CLI."""
