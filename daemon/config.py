@@ -85,9 +85,18 @@ class TlsConfig(_Section):
 
 
 class BrokerConfig(_Section):
-    """MQTT broker connection (MQTT v5)."""
+    """MQTT broker connection (MQTT v5; 3.1.1 only for brokers without v5, e.g. the demo's)."""
 
     url: str = "mqtt://127.0.0.1:1883"
+    protocol: Literal["5", "3.1.1"] = Field(
+        default="5",
+        description=(
+            "MQTT protocol version. Keep 5 in production: with 3.1.1 the broker clears the "
+            "retain flag of live messages, so a retained command published while the daemon is "
+            "subscribed cannot be recognised (it is still refused after a reconnect), and "
+            "response_topic/correlation_data are not available."
+        ),
+    )
     username: Name | None = None
     password: SecretStr | None = None
     tls: TlsConfig | None = None

@@ -50,6 +50,7 @@ from typing import Protocol
 
 import aiomqtt
 import structlog
+from paho.mqtt.client import MQTT_CLEAN_START_FIRST_ONLY
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
@@ -257,18 +258,22 @@ class MqttBridge:
                 certfile=str(files.cert_file) if files and files.cert_file else None,
                 keyfile=str(files.key_file) if files and files.key_file else None,
             )
-        connect_props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        connect_props.MaximumPacketSize = MAX_INCOMING_PACKET
+        v5 = broker.protocol == "5"
+        connect_props: Properties | None = None
+        if v5:
+            connect_props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            connect_props.MaximumPacketSize = MAX_INCOMING_PACKET
         client = aiomqtt.Client(
             broker.host,
             broker.port,
             username=broker.username,
             password=broker.password.get_secret_value() if broker.password else None,
             identifier=self._client_id,
-            protocol=aiomqtt.ProtocolVersion.V5,
+            protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
             will=aiomqtt.Will(self.topics.bridge_state, BRIDGE_OFFLINE, qos=1, retain=True),
             keepalive=broker.keepalive_s,
-            clean_start=True,
+            clean_start=True if v5 else MQTT_CLEAN_START_FIRST_ONLY,
+            clean_session=None if v5 else True,
             properties=connect_props,
             tls_params=tls,
             socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
@@ -283,10 +288,13 @@ class MqttBridge:
         async with client:
             self._client = client
             try:
-                await client.subscribe(
-                    self.topics.command_filter,
-                    options=SubscribeOptions(qos=1, retainAsPublished=True),
-                )
+                if self._broker.protocol == "5":
+                    await client.subscribe(
+                        self.topics.command_filter,
+                        options=SubscribeOptions(qos=1, retainAsPublished=True),
+                    )
+                else:  # 3.1.1: retain is only seen on messages stored before we subscribed
+                    await client.subscribe(self.topics.command_filter, qos=1)
                 await client.publish(self.topics.bridge_state, BRIDGE_ONLINE, qos=1, retain=True)
                 self._backoff.reset()
                 self.stats.connections += 1
@@ -405,7 +413,7 @@ class MqttBridge:
             async with asyncio.TaskGroup() as tg:
                 for result in batch:
                     props: Properties | None = None
-                    if result.correlation_data is not None:
+                    if result.correlation_data is not None and self._broker.protocol == "5":
                         props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
                         props.CorrelationData = result.correlation_data
                     topics = [self.topics.pump_command_result(result.pump_id)]

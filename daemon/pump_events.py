@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from daemon.timefmt import format_ts
 from drivers.base import AlarmCode, ConnectionState, PumpStatus, RunState
 
 #: IEC 60601-1-8 style priorities for device alarms (daemon-raised ones are set where raised).
@@ -53,7 +55,33 @@ class Observation:
     status: PumpStatus | None
 
 
-def diff(before: Observation, after: Observation, dose_of: DoseOf) -> list[dict[str, Any]]:
+def alarm_event(
+    kind: str, code: str, priority: str, since: datetime, message: str | None = None
+) -> dict[str, Any]:
+    """``alarm_raised`` / ``alarm_cleared`` with the alarm object of the public schema."""
+    alarm: dict[str, Any] = {"code": code, "priority": priority, "since": format_ts(since)}
+    if message:
+        alarm["message"] = message
+    return {"type": kind, "alarm": alarm}
+
+
+def connection_event(
+    previous: ConnectionState, now_state: ConnectionState, reason: str | None = None
+) -> dict[str, Any]:
+    """``connection_changed``: the new ``connection``, the ``previous`` one, and why."""
+    event: dict[str, Any] = {
+        "type": "connection_changed",
+        "connection": now_state.value,
+        "previous": previous.value,
+    }
+    if reason:
+        event["reason"] = reason
+    return event
+
+
+def diff(
+    before: Observation, after: Observation, dose_of: DoseOf, now: datetime
+) -> list[dict[str, Any]]:
     """Events implied by the change from ``before`` to ``after`` (empty when nothing changed).
 
     Order: connection, alarms cleared, alarms raised, delivery, rate, volume. A rate change
@@ -62,13 +90,7 @@ def diff(before: Observation, after: Observation, dose_of: DoseOf) -> list[dict[
     """
     events: list[dict[str, Any]] = []
     if before.connection is not after.connection:
-        events.append(
-            {
-                "type": "connection_changed",
-                "from": before.connection.value,
-                "to": after.connection.value,
-            }
-        )
+        events.append(connection_event(before.connection, after.connection))
     old, new = before.status, after.status
     if new is None:
         return events
@@ -78,7 +100,7 @@ def diff(before: Observation, after: Observation, dose_of: DoseOf) -> list[dict[
         ("alarm_raised", new.alarms - old_alarms),
     ):
         events.extend(
-            {"type": kind, "code": code.value, "priority": ALARM_PRIORITY[code]}
+            alarm_event(kind, code.value, ALARM_PRIORITY[code], now)
             for code in sorted(codes, key=lambda a: a.value)
         )
     if old is None:

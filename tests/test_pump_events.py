@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -9,6 +10,7 @@ from daemon.pump_events import Observation, diff, rate_changed_event
 from drivers.base import AlarmCode, ConnectionState, PumpStatus, RunState
 
 ON = ConnectionState.ONLINE
+NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 
 
 def dose_of(rate: Decimal) -> dict[str, Any]:
@@ -32,7 +34,7 @@ def types(events: list[dict[str, Any]]) -> list[str]:
 def test_identical_snapshots_yield_no_event() -> None:
     """Polling an unchanged pump produces nothing to publish."""
     s = status()
-    assert diff(Observation(ON, s), Observation(ON, s), dose_of) == []
+    assert diff(Observation(ON, s), Observation(ON, s), dose_of, NOW) == []
 
 
 def test_front_panel_rate_change_is_one_device_sourced_event() -> None:
@@ -41,6 +43,7 @@ def test_front_panel_rate_change_is_one_device_sourced_event() -> None:
         Observation(ON, status()),
         Observation(ON, status(rate_ml_h=Decimal("63.0"))),
         dose_of,
+        NOW,
     )
     assert types(events) == ["rate_changed"]
     assert events[0]["source"] == "device"
@@ -55,33 +58,39 @@ def test_alarm_raise_and_clear_in_a_deterministic_order() -> None:
     after = status(
         state=RunState.ALARM, alarms=frozenset({AlarmCode.OCCLUSION, AlarmCode.AIR_IN_LINE})
     )
-    events = diff(Observation(ON, before), Observation(ON, after), dose_of)
-    assert [(e["type"], e.get("code")) for e in events] == [
+    events = diff(Observation(ON, before), Observation(ON, after), dose_of, NOW)
+    assert [(e["type"], e.get("alarm", {}).get("code")) for e in events] == [
         ("alarm_cleared", "near_end"),
         ("alarm_raised", "air_in_line"),
         ("alarm_raised", "occlusion"),
         ("delivery_stopped", None),
     ]
-    assert events[1]["priority"] == "high"
+    assert events[1]["alarm"] == {
+        "code": "air_in_line",
+        "priority": "high",
+        "since": "2026-11-26T12:00:00.000Z",
+    }
 
 
 def test_start_stop_and_volume_clear() -> None:
     """Stopped->infusing starts delivery; a volume reset to 0 is volume_cleared."""
     stopped = status(state=RunState.STOPPED)
-    events = diff(Observation(ON, stopped), Observation(ON, status()), dose_of)
+    events = diff(Observation(ON, stopped), Observation(ON, status()), dose_of, NOW)
     assert types(events) == ["delivery_started"]
     cleared = status(state=RunState.STOPPED, volume_infused_ml=Decimal(0))
-    events = diff(Observation(ON, stopped), Observation(ON, cleared), dose_of)
+    events = diff(Observation(ON, stopped), Observation(ON, cleared), dose_of, NOW)
     assert types(events) == ["volume_cleared"]
 
 
 def test_connection_change_and_first_snapshot() -> None:
     """The first snapshot after connecting reports the connection and any active alarm only."""
     first = status(alarms=frozenset({AlarmCode.LOW_BATTERY}))
-    events = diff(Observation(ConnectionState.CONNECTING, None), Observation(ON, first), dose_of)
+    events = diff(
+        Observation(ConnectionState.CONNECTING, None), Observation(ON, first), dose_of, NOW
+    )
     assert types(events) == ["connection_changed", "alarm_raised"]
-    assert events[0]["from"] == "connecting"
-    assert events[0]["to"] == "online"
+    assert events[0]["previous"] == "connecting"
+    assert events[0]["connection"] == "online"
 
 
 def test_command_rate_change_event_carries_the_command_id() -> None:

@@ -1,0 +1,414 @@
+"""One channel per pump: poll, derive events, publish state, execute verified commands.
+
+A channel owns its driver. It polls at ``poll_period_s``, turns each new snapshot into events
+(:mod:`daemon.pump_events`), publishes the retained ``pump.state`` whenever it changes and at
+least every ``publish_every_s``, and reconnects with capped backoff when the link drops. Polls
+and commands never overlap: both run under the channel's lock, and a command that finds the
+lock taken is answered ``busy`` by the gate (one command at a time per pump).
+
+Rate changes observed at the device are handed to ``observe`` (the gate's library check); a
+change the library would reject raises the daemon-side ``out_of_library`` alarm.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Protocol
+
+import structlog
+
+from daemon.pump_events import (
+    ALARM_PRIORITY,
+    Observation,
+    alarm_event,
+    connection_event,
+    diff,
+    rate_changed_event,
+    rate_obj,
+    volume_obj,
+)
+from daemon.timefmt import format_ts
+from drivers.backoff import Backoff
+from drivers.base import ConnectionState, Driver, Identity, Outcome, PumpStatus, WriteResult
+from drivers.errors import DriverError
+
+log = structlog.get_logger("infusiond.channel")
+
+OUT_OF_LIBRARY = "out_of_library"
+OFFLINE_ALARM = "comm_lost"
+HISTORY_LEN = 64
+_REFRESH_ONLY = frozenset({"last_poll", "volume_infused", "battery"})
+
+
+class Action(enum.Enum):
+    """What a verified command asks the device to do."""
+
+    SET_RATE = "set_rate"
+    START = "start"
+    STOP = "stop"
+    PAUSE = "pause"
+
+
+@dataclass(frozen=True, slots=True)
+class Program:
+    """What is in the bag and for whom: the context every rate is checked against."""
+
+    drug: str
+    concentration: Decimal
+    concentration_unit: str
+    dose_unit: str
+    diluent: str
+    route: str
+    profile: str
+    weight_kg: Decimal | None = None
+    line_shares: tuple[str, ...] = ()
+    bed: str | None = None
+    baseline_sbp: Decimal | None = None
+    chronic_hypertension: bool = False
+
+
+class Hub(Protocol):
+    """Where a channel sends what it learns (journal + MQTT, provided by the service)."""
+
+    def now(self) -> datetime: ...
+
+    async def emit_event(self, pump_id: str, data: dict[str, Any]) -> None: ...
+
+    async def publish_state(self, pump_id: str, data: dict[str, Any]) -> None: ...
+
+
+DoseConverter = Callable[[Program, Decimal], Decimal | None]
+"""rate mL/h -> dose in ``program.dose_unit`` (None when it cannot be computed)."""
+
+ObserveCheck = Callable[["Channel", Decimal, Decimal], Awaitable[dict[str, Any] | None]]
+"""(channel, old rate, new rate) -> a reject verdict dict when the library rejects the rate."""
+
+
+@dataclass
+class ChannelConfig:
+    """Timing of one channel."""
+
+    poll_period_s: float = 1.0
+    publish_every_s: float = 10.0
+    offline_after_failures: int = 2
+    watchdog_s: int = 0
+
+
+@dataclass
+class DoseRecord:
+    """One applied dose change, for the rule engine's history."""
+
+    at: datetime
+    dose: Decimal
+
+
+@dataclass
+class _Latched:
+    code: str
+    priority: str
+    since: datetime
+
+
+@dataclass
+class Channel:
+    """The live state and loop of one pump."""
+
+    pump_id: str
+    driver: Driver
+    program: Program
+    hub: Hub
+    dose_of: DoseConverter
+    observe: ObserveCheck | None = None
+    config: ChannelConfig = field(default_factory=ChannelConfig)
+    connection: ConnectionState = ConnectionState.CONNECTING
+    status: PumpStatus | None = None
+    identity: Identity | None = None
+    last_poll: datetime | None = None
+    history: deque[DoseRecord] = field(default_factory=lambda: deque(maxlen=HISTORY_LEN))
+    first_poll_done: asyncio.Event = field(default_factory=asyncio.Event)
+    last_progress: float = field(default_factory=time.monotonic)
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _alarm_since: dict[str, _Latched] = field(default_factory=dict)
+    _last_state: dict[str, Any] | None = None
+    _last_state_publish: float = 0.0
+    _failures: int = 0
+    _uncertain: tuple[str, Decimal, Decimal] | None = None  # (command id, old, wanted rate)
+
+    # -- derived values ---------------------------------------------------------------------
+
+    def dose_obj(self, rate_ml_h: Decimal) -> dict[str, Any] | None:
+        """The public dose object for a rate under the current program."""
+        dose = self.dose_of(self.program, rate_ml_h)
+        if dose is None:
+            return None
+        return {"value": float(round(dose, 6)), "unit": self.program.dose_unit}
+
+    @property
+    def busy(self) -> bool:
+        """True while a poll or a command holds the channel."""
+        return self._lock.locked()
+
+    def current_dose(self) -> Decimal | None:
+        """The running dose (None when stopped or unknown)."""
+        if self.status is None or self.status.state.value != "infusing":
+            return None
+        return self.dose_of(self.program, self.status.rate_ml_h)
+
+    # -- state payload ----------------------------------------------------------------------
+
+    def state_data(self) -> dict[str, Any]:
+        """The ``pump.state`` data (DESIGN.md section 6)."""
+        s = self.status
+        p = self.program
+        return {
+            "pump_id": self.pump_id,
+            "connection": self.connection.value,
+            "status": s.state.value if s else None,
+            "rate": rate_obj(s.rate_ml_h) if s else None,
+            "dose": self.dose_obj(s.rate_ml_h) if s else None,
+            "drug": p.drug,
+            "concentration": {"value": float(p.concentration), "unit": p.concentration_unit},
+            "diluent": p.diluent,
+            "route": p.route,
+            "profile": p.profile,
+            "weight_kg": float(p.weight_kg) if p.weight_kg is not None else None,
+            "bed": p.bed,
+            # a VTBI of 0 means "no volume limit" on these devices: published as null
+            "vtbi": volume_obj(s.vtbi_ml) if s and s.vtbi_ml else None,
+            "volume_infused": volume_obj(s.volume_infused_ml) if s else None,
+            "battery": s.battery_pct if s else None,
+            "alarms": [
+                {"code": a.code, "priority": a.priority, "since": format_ts(a.since)}
+                for a in sorted(self._alarm_since.values(), key=lambda a: a.code)
+            ],
+            "device": {
+                "driver": self.driver.kind,
+                "model": self.identity.model if self.identity else None,
+                "serial": self.identity.serial if self.identity else None,
+                "firmware": self.identity.firmware if self.identity else None,
+            },
+            "last_poll": format_ts(self.last_poll) if self.last_poll else None,
+        }
+
+    async def publish_state(self, *, force: bool = False) -> None:
+        """Publish the retained state if it changed, or if the refresh period has passed."""
+        data = self.state_data()
+        # Volume and battery move with every poll: they ride along with real changes and the
+        # periodic refresh instead of making every poll a publish.
+        comparable = {k: v for k, v in data.items() if k not in _REFRESH_ONLY}
+        stale = time.monotonic() - self._last_state_publish >= self.config.publish_every_s
+        if force or stale or comparable != self._last_state:
+            self._last_state = comparable
+            self._last_state_publish = time.monotonic()
+            await self.hub.publish_state(self.pump_id, data)
+
+    # -- alarms raised by the daemon --------------------------------------------------------
+
+    async def _set_daemon_alarm(self, code: str, *, active: bool, message: str = "") -> None:
+        present = self._alarm_since.get(code)
+        if active and present is None:
+            now = self.hub.now()
+            self._alarm_since[code] = _Latched(code, "high", now)
+            await self.hub.emit_event(
+                self.pump_id, alarm_event("alarm_raised", code, "high", now, message)
+            )
+        elif not active and present is not None:
+            del self._alarm_since[code]
+            await self.hub.emit_event(
+                self.pump_id, alarm_event("alarm_cleared", code, "high", present.since)
+            )
+
+    def _sync_device_alarms(self, status: PumpStatus, now: datetime) -> None:
+        device_codes = {a.value for a in status.alarms}
+        for code in list(self._alarm_since):
+            if code not in device_codes and code not in (OUT_OF_LIBRARY, OFFLINE_ALARM):
+                del self._alarm_since[code]
+        for alarm in status.alarms:
+            if alarm.value not in self._alarm_since:
+                self._alarm_since[alarm.value] = _Latched(alarm.value, ALARM_PRIORITY[alarm], now)
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Poll forever; reconnect with capped backoff. Cancel to stop."""
+        backoff = Backoff(initial_s=0.2, maximum_s=10.0)
+        await self.publish_state(force=True)
+        while True:
+            if self.connection is not ConnectionState.ONLINE:
+                if not await self._try_connect():
+                    self.first_poll_done.set()
+                    self.last_progress = time.monotonic()
+                    await asyncio.sleep(backoff.next_delay())
+                    continue
+                backoff.reset()
+            started = time.monotonic()
+            await self.poll_once()
+            self.first_poll_done.set()
+            self.last_progress = time.monotonic()
+            elapsed = time.monotonic() - started
+            await asyncio.sleep(max(0.0, self.config.poll_period_s - elapsed))
+
+    async def _try_connect(self) -> bool:
+        try:
+            await self.driver.connect()
+            self.identity = await self.driver.identity()
+            if self.config.watchdog_s:
+                await self.driver.configure_watchdog(self.config.watchdog_s)
+        except DriverError as exc:
+            log.info("pump_connect_failed", pump=self.pump_id, error=str(exc))
+            await self._go_offline(str(exc))
+            return False
+        return True
+
+    async def _go_offline(self, reason: str) -> None:
+        if self.connection is ConnectionState.OFFLINE:
+            return
+        before = self.connection
+        self.connection = ConnectionState.OFFLINE
+        await self.hub.emit_event(
+            self.pump_id, connection_event(before, ConnectionState.OFFLINE, reason)
+        )
+        await self._set_daemon_alarm(
+            OFFLINE_ALARM, active=True, message=f"no answer from the pump: {reason}"
+        )
+        await self.publish_state()
+
+    async def poll_once(self) -> None:
+        """One poll: read, diff, publish. DriverErrors count towards going offline."""
+        async with self._lock:
+            try:
+                status = await self.driver.read_status()
+            except DriverError as exc:
+                self._failures += 1
+                log.warning("pump_poll_failed", pump=self.pump_id, error=str(exc))
+                if self._failures >= self.config.offline_after_failures:
+                    await self._go_offline(str(exc))
+                    with contextlib.suppress(DriverError):
+                        await self.driver.close()
+                return
+            await self._absorb(status)
+        await self.publish_state()
+
+    async def _absorb(self, status: PumpStatus) -> None:
+        """Take a fresh snapshot: events, alarms, reconciliation of an uncertain write."""
+        now = self.hub.now()
+        self._failures = 0
+        self.last_poll = now
+        before = Observation(self.connection, self.status)
+        old_status = self.status
+        if self.connection is not ConnectionState.ONLINE:
+            await self._set_daemon_alarm(OFFLINE_ALARM, active=False)
+        self.connection = ConnectionState.ONLINE
+        self._sync_device_alarms(status, now)
+        self.status = status
+        events = diff(before, Observation(ConnectionState.ONLINE, status), self.dose_obj, now)
+        device_change: tuple[Decimal, Decimal] | None = None
+        for event in events:
+            if event["type"] == "rate_changed" and old_status is not None:
+                if self._uncertain is not None:
+                    cmd_id, _old, wanted = self._uncertain
+                    if status.rate_ml_h == wanted:
+                        event["source"] = "command"
+                        event["command_id"] = cmd_id
+                        event["reconciled"] = True
+                        self._record_history(now, status.rate_ml_h)
+                        self._uncertain = None
+                    else:
+                        device_change = (old_status.rate_ml_h, status.rate_ml_h)
+                else:
+                    device_change = (old_status.rate_ml_h, status.rate_ml_h)
+            await self.hub.emit_event(self.pump_id, event)
+        if self._uncertain is not None and old_status is not None:
+            # still unchanged after the uncertain write: it did not happen
+            cmd_id, old, wanted = self._uncertain
+            if status.rate_ml_h == old:
+                log.info("uncertain_command_not_applied", pump=self.pump_id, command=cmd_id)
+                self._uncertain = None
+        if device_change is not None:
+            self._record_history(now, device_change[1])
+            await self._check_observed(*device_change)
+
+    async def _check_observed(self, old: Decimal, new: Decimal) -> None:
+        if self.observe is None:
+            return
+        verdict = await self.observe(self, old, new)
+        if verdict is not None:
+            await self.hub.emit_event(
+                self.pump_id,
+                {
+                    "type": "out_of_library_observed",
+                    "rate": rate_obj(new),
+                    "dose": self.dose_obj(new),
+                    "verdict": verdict,
+                },
+            )
+        await self._set_daemon_alarm(
+            OUT_OF_LIBRARY,
+            active=verdict is not None,
+            message="rate set at the pump is outside the drug library",
+        )
+
+    def _record_history(self, at: datetime, rate: Decimal) -> None:
+        dose = self.dose_of(self.program, rate)
+        if dose is not None:
+            self.history.append(DoseRecord(at, dose))
+
+    # -- commands ---------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[None]:
+        """Hold the channel for one command (the gate answers ``busy`` when taken)."""
+        async with self._lock:
+            yield
+
+    async def execute(
+        self, action: Action, command_id: str, rate_ml_h: Decimal | None = None
+    ) -> WriteResult:
+        """Run a verified write; caller holds :meth:`exclusive`. Emits the one rate_changed."""
+        old = self.status
+        if action is Action.SET_RATE:
+            if rate_ml_h is None:
+                raise ValueError("SET_RATE needs a rate")
+            result = await self.driver.set_rate(rate_ml_h)
+        elif action is Action.START:
+            result = await self.driver.start()
+        elif action is Action.STOP:
+            result = await self.driver.stop()
+        else:
+            result = await self.driver.pause()
+        if result.outcome is Outcome.UNCERTAIN and old is not None and rate_ml_h is not None:
+            self._uncertain = (command_id, old.rate_ml_h, rate_ml_h)
+        if result.readback is not None:
+            now = self.hub.now()
+            if (
+                result.outcome is Outcome.APPLIED
+                and old is not None
+                and result.readback.rate_ml_h != old.rate_ml_h
+            ):
+                await self.hub.emit_event(
+                    self.pump_id,
+                    rate_changed_event(
+                        old.rate_ml_h,
+                        result.readback.rate_ml_h,
+                        self.dose_obj,
+                        command_id=command_id,
+                    ),
+                )
+                self._record_history(now, result.readback.rate_ml_h)
+                # the commanded rate is in library by construction: clear a stale alarm
+                await self._set_daemon_alarm(OUT_OF_LIBRARY, active=False)
+                self.status = replace(old, rate_ml_h=result.readback.rate_ml_h)
+            await self._absorb(result.readback)
+        return result
+
+    def set_program(self, program: Program) -> None:
+        """Replace the program (after a verified ``program`` command)."""
+        self.program = program

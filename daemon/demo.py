@@ -1,0 +1,297 @@
+"""``infusiond demo``: the fixed, documented bedside of DESIGN.md section 6, in one process.
+
+Started together, stopped together (Ctrl-C):
+
+- an embedded MQTT broker (amqtt, loopback) unless ``--broker mqtt://host:port`` is given;
+- ``pump-1``: Modbus TCP simulator, norepinephrine 4 ug/mL in D5W (central), profile adult-icu,
+  70 kg, infusing 0.05 ug/kg/min = 52.5 mL/h;
+- ``pump-2``: New Era simulator over a TCP socket, vasopressin 0.2 [USP'U]/mL, 0.03 [USP'U]/min
+  = 9.0 mL/h;
+- ``pump-3``... (``--pumps N``): further norepinephrine pumps on the same Modbus simulator (unit
+  ids 3..N), each on its own bed (``bed-3``...) so they are not duplicates of pump-1;
+- ``bed-1``: a simulated monitor sending HL7 ORU^R01 over MLLP to the daemon, from a patient
+  model that responds to pump-1 and pump-2 as they really deliver;
+- the daemon itself, with remote control enabled for these simulated pumps (any clinician id).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, TextIO
+
+from daemon.config import Config
+from daemon.embedded_broker import embedded_broker
+from daemon.gateway import Gateway
+from daemon.logging_setup import configure_logging
+from daemon.paths import default_data_dir
+from sim_devices.clock import SimClock
+from sim_devices.modbus_pump import PumpConfig as ModbusPumpSetup
+from sim_devices.modbus_server import ModbusPumpSimulator
+from sim_devices.monitor import Monitor
+from sim_devices.newera_pump import PumpSetup as NewEraPumpSetup
+from sim_devices.newera_server import NewEraSimulator
+from sim_devices.patient_model import Doses
+from sim_devices.scenario import load_scenario
+
+WEIGHT_KG = 70
+NE_UG_ML = 4
+VP_U_ML = Decimal("0.2")
+HOST = "127.0.0.1"
+ANY_CLINICIAN = "*"
+
+
+def free_port() -> int:
+    """A loopback TCP port that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass(frozen=True, slots=True)
+class DemoEndpoints:
+    """What the demo is listening on (printed, and used by tests)."""
+
+    broker_url: str
+    broker_ws_url: str | None
+    gateway_id: str
+    data_dir: Path
+    modbus_url: str
+    newera_url: str
+    vitals_url: str
+
+
+def demo_config(
+    *,
+    gateway_id: str,
+    data_dir: Path,
+    broker_url: str,
+    protocol: str,
+    modbus_url: str,
+    newera_url: str,
+    vitals_url: str,
+    pumps: int,
+) -> Config:
+    """The daemon configuration of the demo bedside."""
+    norepinephrine: dict[str, Any] = {
+        "drug": "norepinephrine",
+        "concentration": {"value": NE_UG_ML, "unit": "ug/mL"},
+        "diluent": "D5W",
+        "route": "central",
+        "library_profile": "adult-icu",
+        "weight_kg": WEIGHT_KG,
+    }
+    pump_list: list[dict[str, Any]] = [
+        {
+            "id": "pump-1",
+            "driver": "modbus",
+            "url": modbus_url,
+            "unit_id": 1,
+            "bed": "bed-1",
+            **norepinephrine,
+        },
+        {
+            "id": "pump-2",
+            "driver": "newera",
+            "url": newera_url,
+            "address": 0,
+            "bed": "bed-1",
+            "drug": "vasopressin",
+            "concentration": {"value": float(VP_U_ML), "unit": "[USP'U]/mL"},
+            "diluent": "D5W",
+            "route": "central",
+            "library_profile": "adult-icu",
+            "weight_kg": WEIGHT_KG,
+        },
+    ]
+    pump_list.extend(
+        {
+            "id": f"pump-{k}",
+            "driver": "modbus",
+            "url": modbus_url,
+            "unit_id": k,
+            "bed": f"bed-{k}",
+            **norepinephrine,
+        }
+        for k in range(3, pumps + 1)
+    )
+    return Config(
+        gateway_id=gateway_id,
+        data_dir=data_dir,
+        broker={"url": broker_url, "protocol": protocol},
+        control={"enabled": True, "allowlist": [ANY_CLINICIAN]},
+        vitals=[{"listen": vitals_url, "bed": "bed-1"}],
+        pumps=pump_list,
+    )
+
+
+@contextlib.asynccontextmanager
+async def running_demo(
+    *,
+    gateway_id: str = "demo",
+    data_dir: Path | None = None,
+    broker: str = "embedded",
+    pumps: int = 2,
+    speed: float = 1.0,
+) -> AsyncIterator[tuple[DemoEndpoints, Gateway]]:
+    """Run the whole demo bedside in this event loop; yields once the daemon is ready."""
+    if pumps < 2:
+        raise ValueError("--pumps must be at least 2 (pump-1 and pump-2 are the fixed bedside)")
+    data = data_dir if data_dir is not None else default_data_dir() / "demo"
+    clock = SimClock(speed=speed)
+    modbus = ModbusPumpSimulator(
+        [ModbusPumpSetup(unit_id=1, status="infusing", rate_ml_h=Decimal("52.5"))]
+        + [
+            ModbusPumpSetup(unit_id=k, status="infusing", rate_ml_h=Decimal("52.5"))
+            for k in range(3, pumps + 1)
+        ],
+        clock=clock,
+    )
+    newera = NewEraSimulator(
+        [NewEraPumpSetup(address=0, rate_ml_h=Decimal("9.0"), running=True, reset_alarm=False)],
+        clock=clock,
+    )
+    scenario = load_scenario("demo")
+
+    def doses() -> Doses:
+        return Doses.from_pump_rates(
+            weight_kg=WEIGHT_KG,
+            norepinephrine_ml_h=float(modbus.pump(1).delivered_rate_ml_h),
+            norepinephrine_ug_ml=NE_UG_ML,
+            vasopressin_ml_h=float(newera.pumps[0].delivering_ml_h),
+            vasopressin_u_ml=float(VP_U_ML),
+        )
+
+    monitor = Monitor(scenario.model(), dose_source=doses, bed="bed-1", clock=clock)
+    async with contextlib.AsyncExitStack() as stack:
+        if broker == "embedded":
+            mqtt = await stack.enter_async_context(
+                embedded_broker(HOST, free_port(), ws_port=free_port())
+            )
+            broker_url, ws_url, protocol = mqtt.url, mqtt.ws_url, "3.1.1"
+        else:
+            broker_url, ws_url, protocol = broker, None, "5"
+        served = await stack.enter_async_context(modbus.serving(f"tcp://{HOST}:0"))
+        await stack.enter_async_context(newera.serving(f"tcp://{HOST}:0"))
+        endpoints = DemoEndpoints(
+            broker_url=broker_url,
+            broker_ws_url=ws_url,
+            gateway_id=gateway_id,
+            data_dir=data,
+            modbus_url=served.url,
+            newera_url=f"socket://{HOST}:{newera.port}",
+            vitals_url=f"tcp://{HOST}:{free_port()}",
+        )
+        gateway = Gateway(
+            demo_config(
+                gateway_id=gateway_id,
+                data_dir=data,
+                broker_url=broker_url,
+                protocol=protocol,
+                modbus_url=endpoints.modbus_url,
+                newera_url=endpoints.newera_url,
+                vitals_url=endpoints.vitals_url,
+                pumps=pumps,
+            )
+        )
+        async with asyncio.TaskGroup() as tg:
+            gw_task = tg.create_task(gateway.run(), name="gateway")
+            ready = tg.create_task(gateway.ready.wait(), name="gateway-ready")
+            await asyncio.wait({gw_task, ready}, return_when=asyncio.FIRST_COMPLETED)
+            if gw_task.done():
+                ready.cancel()
+                gw_task.result()  # raises the gateway's error
+                return
+            monitor_task = tg.create_task(monitor.run(endpoints.vitals_url), name="monitor")
+            try:
+                yield endpoints, gateway
+            finally:
+                monitor_task.cancel()
+                gateway.stop()
+
+
+def banner(ep: DemoEndpoints, pumps: int, out: TextIO) -> None:
+    """What to subscribe to and a ready-to-paste titration, printed at start."""
+    host, _, port = ep.broker_url.removeprefix("mqtt://").rpartition(":")
+    root = f"infusiond/{ep.gateway_id}"
+    command = (
+        '{"id":"titrate-\'$(date +%s%N)\'","issued_at":"\'$(date -u +%Y-%m-%dT%H:%M:%S.000Z)\'",'
+        '"ttl_s":30,"by":{"clinician":"demo-nurse"},"action":"set_dose",'
+        '"dose":{"value":0.06,"unit":"ug/kg/min"}}'
+    )
+    lines = [
+        "infusiond demo - simulated bedside (NOT a medical device; not for clinical use)",
+        "",
+        f"  broker      {ep.broker_url}"
+        + (f"   (WebSocket {ep.broker_ws_url})" if ep.broker_ws_url else ""),
+        f"  gateway     {ep.gateway_id}   journal in {ep.data_dir}",
+        (
+            f"  pump-1      Modbus TCP {ep.modbus_url}  norepinephrine 4 ug/mL, 70 kg, "
+            "0.05 ug/kg/min = 52.5 mL/h"
+        ),
+        (
+            f"  pump-2      New Era {ep.newera_url}  vasopressin 0.2 [USP'U]/mL, "
+            "0.03 [USP'U]/min = 9.0 mL/h"
+        ),
+        *(
+            f"  pump-{k}      Modbus TCP unit {k}  norepinephrine (bed-{k})"
+            for k in range(3, pumps + 1)
+        ),
+        f"  bed-1       HL7 ORU^R01 over MLLP -> {ep.vitals_url}",
+        "",
+        "Watch everything:",
+        f"  mosquitto_sub -h {host} -p {port} -t '{root}/#' -v",
+        f"  infusiond watch --broker {ep.broker_url} --gateway {ep.gateway_id}",
+        "",
+        "Titrate pump-1 to 0.06 ug/kg/min (= 63.0 mL/h; answered accepted, then applied):",
+        f"  mosquitto_pub -h {host} -p {port} -q 1 -t '{root}/pump/pump-1/command' -m '{command}'",
+        "and read the answers on:",
+        f"  mosquitto_sub -h {host} -p {port} -t '{root}/pump/+/command/result' -v",
+        "",
+        "Ctrl-C stops everything.",
+    ]
+    out.write("\n".join(lines) + "\n")
+    out.flush()
+
+
+async def _main(args: argparse.Namespace) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with running_demo(
+        gateway_id=args.gateway_id,
+        data_dir=Path(args.data_dir) if args.data_dir else None,
+        broker=args.broker,
+        pumps=args.pumps,
+        speed=args.speed,
+    ) as (endpoints, _gateway):
+        banner(endpoints, args.pumps, sys.stdout)
+        await stop.wait()
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``infusiond demo``."""
+    if args.pumps < 2:
+        print("infusiond: error: --pumps must be at least 2", file=sys.stderr)  # noqa: T201
+        return 2
+    if not args.speed > 0:
+        print("infusiond: error: --speed must be > 0", file=sys.stderr)  # noqa: T201
+        return 2
+    if args.broker != "embedded" and not args.broker.startswith("mqtt://"):
+        print(  # noqa: T201
+            "infusiond: error: --broker must be 'embedded' or mqtt://HOST:PORT", file=sys.stderr
+        )
+        return 2
+    configure_logging("warning", stream=sys.stderr)
+    asyncio.run(_main(args))
+    return 0

@@ -1,0 +1,57 @@
+"""The demo's embedded MQTT broker (amqtt, MQTT 3.1.1), on loopback only.
+
+Production uses mosquitto (see ``systemd/mosquitto.conf``); this exists so that ``infusiond
+demo`` needs nothing installed. amqtt speaks MQTT 3.1.1 only, so the demo's daemon connects with
+``broker.protocol = "3.1.1"``. A WebSocket listener is offered for the web dashboard.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from amqtt.broker import Broker
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddedBroker:
+    """Where the running embedded broker listens."""
+
+    host: str
+    port: int
+    ws_port: int | None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
+
+    @property
+    def ws_url(self) -> str | None:
+        return None if self.ws_port is None else f"ws://{self.host}:{self.ws_port}/"
+
+
+@contextlib.asynccontextmanager
+async def embedded_broker(
+    host: str, port: int, ws_port: int | None = None
+) -> AsyncIterator[EmbeddedBroker]:
+    """Start amqtt on ``host:port`` (and ``ws_port`` for WebSockets); stop it on exit."""
+    listeners: dict[str, dict[str, object]] = {
+        "default": {"type": "tcp", "bind": f"{host}:{port}"},
+    }
+    if ws_port is not None:
+        listeners["ws"] = {"type": "ws", "bind": f"{host}:{ws_port}"}
+    config = {
+        "listeners": listeners,
+        "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
+    }
+    # amqtt logs every connection at INFO through stdlib logging; keep the demo readable.
+    logging.getLogger("amqtt").setLevel(logging.WARNING)
+    logging.getLogger("transitions").setLevel(logging.WARNING)
+    broker = Broker(config)
+    await broker.start()
+    try:
+        yield EmbeddedBroker(host, port, ws_port)
+    finally:
+        await broker.shutdown()

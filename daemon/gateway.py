@@ -1,0 +1,359 @@
+"""The gateway: builds every part from a :class:`Config` and supervises them.
+
+One ``asyncio.TaskGroup`` holds named tasks: the MQTT bridge, one supervised task per pump
+channel (a crashing channel is restarted with capped backoff and reported; it never takes the
+others down), one per vitals source plus the vitals publisher, the command dispatcher and the
+systemd notifier (``READY=1`` once every pump has been polled once, ``WATCHDOG=1`` only while
+every channel loop is making progress).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from importlib.metadata import version as package_version
+from typing import Any
+
+import structlog
+
+from daemon.channel import Channel, ChannelConfig, Program
+from daemon.config import Config, PumpConfig, VitalsSource
+from daemon.envelope import SCHEMA_IDS, Kind, encode, envelope
+from daemon.errors import ConfigError
+from daemon.gate import Control, Gate, ReplyTo
+from daemon.journal import AsyncJournal
+from daemon.mqtt_bridge import MqttBridge
+from daemon.sdnotify import Notifier
+from daemon.timefmt import utc_now
+from daemon.vitals import VitalsBoard
+from drivers.backoff import Backoff
+from drivers.base import Driver
+from drivers.hl7 import ReceiverConfig, VitalsClient, VitalsListener, VitalsSample
+from drivers.modbus import ModbusPumpDriver
+from drivers.newera import NewEraPumpDriver
+from protocol.consistency import check_library
+from protocol.errors import LibraryError
+from protocol.library import DEFAULT_LIBRARY_PATH, Library, load_library
+from protocol.units import UnitError, concentration_unit, dose_unit, rate_to_dose
+
+log = structlog.get_logger("infusiond.gateway")
+
+#: a channel that made no progress for this long (beyond its poll period) stops the watchdog
+STALL_GRACE_S = 15.0
+
+
+def load_checked_library(cfg: Config) -> Library:
+    """Load the configured (or shipped) library and refuse it if it is inconsistent."""
+    library = load_library(cfg.library or DEFAULT_LIBRARY_PATH)
+    problems = check_library(library)
+    if problems:
+        lines = "; ".join(f"{p.rule}: {p.message}" for p in problems)
+        raise LibraryError(f"drug library {library.source} is inconsistent: {lines}")
+    return library
+
+
+def make_driver(pump: PumpConfig) -> Driver:
+    """The driver for one configured pump."""
+    if pump.driver == "modbus":
+        return ModbusPumpDriver(pump.url, pump.modbus_unit_id, profile=pump.register_map)
+    return NewEraPumpDriver(pump.url, pump.newera_address, baudrate=pump.baudrate or 19200)
+
+
+def program_of(pump: PumpConfig, library: Library, index: int) -> Program:
+    """The channel program from config, checked against the library (profile, drug, units)."""
+    where = f"pumps[{index}]"
+    if library.profile(pump.library_profile) is None:
+        known = ", ".join(p.id for p in library.profiles)
+        raise ConfigError(
+            f"{where}.library_profile: {pump.library_profile!r} is not a profile of the drug "
+            f"library (known: {known})"
+        )
+    drug = library.drug(pump.library_profile, pump.drug)
+    if drug is None:
+        raise ConfigError(
+            f"{where}.drug: {pump.drug!r} is not in library profile {pump.library_profile!r}"
+        )
+    try:
+        conc_unit = concentration_unit(pump.concentration.unit)
+    except UnitError as exc:
+        raise ConfigError(f"{where}.concentration.unit: {exc}") from None
+    return Program(
+        drug=drug.drug,
+        concentration=Decimal(str(pump.concentration.value)),
+        concentration_unit=conc_unit.code,
+        dose_unit=drug.dose_unit,
+        diluent=pump.diluent,
+        route=pump.route,
+        profile=pump.library_profile,
+        weight_kg=Decimal(str(pump.weight_kg)) if pump.weight_kg is not None else None,
+        line_shares=tuple(pump.line_shares),
+        bed=pump.bed,
+        baseline_sbp=Decimal(str(pump.baseline_sbp)) if pump.baseline_sbp is not None else None,
+        chronic_hypertension=pump.chronic_hypertension,
+    )
+
+
+def dose_at(program: Program, rate_ml_h: Decimal) -> Decimal | None:
+    """The dose (in the program's dose unit) delivered at ``rate_ml_h``; None if not computable."""
+    try:
+        return rate_to_dose(
+            rate_ml_h,
+            dose_unit(program.dose_unit),
+            program.concentration,
+            concentration_unit(program.concentration_unit),
+            program.weight_kg,
+        )
+    except UnitError:
+        return None
+
+
+@dataclass
+class Gateway:
+    """Everything one ``infusiond run`` owns. Use :meth:`run` inside ``asyncio.run``."""
+
+    config: Config
+    driver_factory: Callable[[PumpConfig], Driver] = make_driver
+    notifier: Notifier = field(default_factory=Notifier)
+    library: Library = field(init=False)
+    journal: AsyncJournal = field(init=False)
+    bridge: MqttBridge = field(init=False)
+    gate: Gate = field(init=False)
+    channels: dict[str, Channel] = field(default_factory=dict, init=False)
+    boards: dict[str, VitalsBoard] = field(default_factory=dict, init=False)
+    listeners: list[VitalsListener] = field(default_factory=list, init=False)
+    ready: asyncio.Event = field(default_factory=asyncio.Event, init=False)
+    _stop: asyncio.Event = field(default_factory=asyncio.Event, init=False)
+    _started_at: datetime = field(default_factory=utc_now, init=False)
+
+    # -- the Hub the channels talk to --------------------------------------------------------
+
+    def now(self) -> datetime:
+        """Wall-clock time for payloads and rules (UTC)."""
+        return utc_now()
+
+    async def emit_event(self, pump_id: str, data: dict[str, Any]) -> None:
+        """Journal the event with the next seq and queue it (the bridge publishes it)."""
+        await self.journal.record_event(pump_id, {**data, "pump_id": pump_id})
+
+    async def publish_state(self, pump_id: str, data: dict[str, Any]) -> None:
+        """Publish the retained ``pump.state``."""
+        self._publish_retained(self.bridge.topics.pump_state(pump_id), Kind.PUMP_STATE, data)
+
+    def _publish_retained(self, topic: str, kind: Kind, data: dict[str, Any]) -> None:
+        body = envelope(
+            kind,
+            gateway=self.config.gateway_id,
+            session=self.journal.session,
+            seq=self.journal.seq,
+            ts=utc_now(),
+            data=data,
+        )
+        self.bridge.publish_retained(topic, encode(body))
+
+    async def _send_result(self, pump_id: str, data: dict[str, Any], reply: ReplyTo | None) -> None:
+        body = envelope(
+            Kind.PUMP_COMMAND_RESULT,
+            gateway=self.config.gateway_id,
+            session=self.journal.session,
+            seq=self.journal.seq,
+            ts=utc_now(),
+            data=data,
+        )
+        self.bridge.send_result(
+            pump_id,
+            encode(body),
+            response_topic=reply.response_topic if reply else None,
+            correlation_data=reply.correlation_data if reply else None,
+        )
+
+    # -- building ------------------------------------------------------------------------------
+
+    async def _build(self) -> None:
+        cfg = self.config
+        self.library = load_checked_library(cfg)
+        programs = [program_of(p, self.library, i) for i, p in enumerate(cfg.pumps)]
+        self.journal = await AsyncJournal.open(cfg.data_dir, gateway_id=cfg.gateway_id)
+        self.bridge = MqttBridge(
+            cfg.broker, gateway_id=cfg.gateway_id, client_id=cfg.client_id, outbox=self.journal
+        )
+        for source in cfg.vitals:
+            self.boards[source.bed] = VitalsBoard(
+                [source.bed], default_bed=source.bed, stale_after_s=source.stale_after_s
+            )
+        self.gate = Gate(
+            library=self.library,
+            channels=self.channels,
+            journal=self.journal,
+            send_result=self._send_result,
+            now=utc_now,
+            vitals_for=self._vitals_for,
+            control=Control(cfg.control.enabled, frozenset(cfg.control.allowlist)),
+        )
+        for pump, program in zip(cfg.pumps, programs, strict=True):
+            self.channels[pump.id] = Channel(
+                pump_id=pump.id,
+                driver=self.driver_factory(pump),
+                program=program,
+                hub=self,
+                dose_of=dose_at,
+                observe=self.gate.observe,
+                config=ChannelConfig(
+                    poll_period_s=pump.poll_period_s,
+                    publish_every_s=pump.publish_every_s,
+                    watchdog_s=pump.watchdog_s or 0,
+                ),
+            )
+
+    def _vitals_for(self, bed: str | None) -> dict[str, Any] | None:
+        board = self.boards.get(bed) if bed is not None else None
+        return board.beds[bed].check_vitals() if board is not None and bed is not None else None
+
+    def _bridge_info(self) -> dict[str, Any]:
+        return {
+            "version": package_version("infusiond"),
+            "session": self.journal.session,
+            "started_at": self._started_at,
+            "library": self.library.identity.to_dict(),
+            "pumps": [
+                {
+                    "id": p.id,
+                    "driver": p.driver,
+                    "bed": p.bed,
+                    "drug": self.channels[p.id].program.drug,
+                    "profile": p.library_profile,
+                }
+                for p in self.config.pumps
+            ],
+            "beds": [v.bed for v in self.config.vitals],
+            "control_enabled": self.config.control.enabled,
+            "schemas": list(SCHEMA_IDS),
+        }
+
+    # -- running -------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to shut down cleanly."""
+        self._stop.set()
+
+    async def run(self) -> None:
+        """Build, run until :meth:`stop` (or cancellation), then shut down cleanly."""
+        await self._build()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                bridge_task = tg.create_task(self.bridge.run(), name="mqtt-bridge")
+                self._publish_retained(
+                    self.bridge.topics.bridge_info, Kind.BRIDGE_INFO, self._bridge_info()
+                )
+                workers: list[asyncio.Task[None]] = [
+                    tg.create_task(self._supervise(f"channel:{pid}", ch.run), name=f"channel:{pid}")
+                    for pid, ch in self.channels.items()
+                ]
+                workers.extend(
+                    tg.create_task(self._vitals_source(source), name=f"vitals:{source.bed}")
+                    for source in self.config.vitals
+                )
+                workers.append(tg.create_task(self._dispatch_commands(), name="commands"))
+                workers.append(tg.create_task(self._notify_systemd(), name="sd-notify"))
+                await self._stop.wait()
+                log.info("gateway_stopping")
+                self.notifier.notify(STOPPING="1")
+                for task in workers:
+                    task.cancel()
+                await self.gate.drain()
+                self.bridge.stop()
+                await bridge_task
+        finally:
+            for channel in self.channels.values():
+                with contextlib.suppress(Exception):
+                    await channel.driver.close()
+            for listener in self.listeners:
+                await listener.close()
+            await self.journal.aclose()
+            self.notifier.close()
+
+    async def _supervise(self, name: str, body: Callable[[], Awaitable[None]]) -> None:
+        """Run ``body`` forever; restart it with capped backoff if it crashes."""
+        backoff = Backoff(initial_s=0.5, maximum_s=30.0)
+        while True:
+            started = time.monotonic()
+            try:
+                await body()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the supervisor is the one place that catches everything
+                log.exception("task_crashed", task=name)
+            else:
+                return
+            if time.monotonic() - started > 60:
+                backoff.reset()
+            await asyncio.sleep(backoff.next_delay())
+
+    async def _dispatch_commands(self) -> None:
+        async for incoming in self.bridge.commands():
+            reply = (
+                ReplyTo(incoming.response_topic, incoming.correlation_data)
+                if incoming.response_topic
+                else None
+            )
+            self.gate.submit(
+                incoming.pump_id, incoming.payload, retained=incoming.retain, reply=reply
+            )
+
+    async def _vitals_source(self, source: VitalsSource) -> None:
+        board = self.boards[source.bed]
+        bed = source.bed
+
+        def on_sample(sample: VitalsSample) -> None:
+            if board.update(sample) is not None:
+                self._publish_vitals(bed)
+
+        receiver = ReceiverConfig(on_sample=on_sample)
+        url = source.listen or source.connect or ""
+        host, _, port = url.split("://", 1)[1].rpartition(":")
+        if source.listen is not None:
+            listener = VitalsListener(receiver, host=host, port=int(port))
+            await listener.start()
+            self.listeners.append(listener)
+        else:
+            client = VitalsClient(receiver, host=host, port=int(port))
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(client.run(), name=f"vitals-client:{bed}")
+                await self._republish_vitals(bed, source.publish_every_s)
+            return
+        await self._republish_vitals(bed, source.publish_every_s)
+
+    async def _republish_vitals(self, bed: str, every_s: float) -> None:
+        while True:
+            self._publish_vitals(bed)
+            await asyncio.sleep(every_s)
+
+    def _publish_vitals(self, bed: str) -> None:
+        data = self.boards[bed].beds[bed].snapshot(utc_now())
+        self._publish_retained(self.bridge.topics.vitals_state(bed), Kind.VITALS_STATE, data)
+
+    async def _notify_systemd(self) -> None:
+        await asyncio.gather(*(c.first_poll_done.wait() for c in self.channels.values()))
+        self.ready.set()
+        self.notifier.notify(READY="1", STATUS=f"{len(self.channels)} pump(s) polled")
+        log.info("gateway_ready", pumps=len(self.channels))
+        interval = self.notifier.watchdog_interval_s()
+        if interval is None:
+            return
+        while True:
+            if self._channels_alive():
+                self.notifier.notify(WATCHDOG="1")
+            else:
+                log.warning("watchdog_withheld", reason="a channel loop is not making progress")
+            await asyncio.sleep(interval)
+
+    def _channels_alive(self) -> bool:
+        now = time.monotonic()
+        return all(
+            now - c.last_progress <= c.config.poll_period_s + STALL_GRACE_S
+            for c in self.channels.values()
+        )

@@ -1,0 +1,33 @@
+"""``infusiond run --config PATH``: the gateway service (what systemd starts)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+from pathlib import Path
+
+from daemon.config import Config, load_config
+from daemon.gateway import Gateway
+from daemon.logging_setup import configure_logging
+
+
+async def serve(config: Config) -> None:
+    """Run a gateway until SIGTERM/SIGINT, then stop it cleanly."""
+    gateway = Gateway(config)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, gateway.stop)
+    try:
+        await gateway.run()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``infusiond run``; configuration errors name the key (exit 1)."""
+    config = load_config(Path(args.config))
+    configure_logging(config.log_level)
+    asyncio.run(serve(config))
+    return 0
