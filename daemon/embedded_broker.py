@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from amqtt.broker import Broker
+from amqtt.session import Session
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +33,21 @@ class EmbeddedBroker:
         return None if self.ws_port is None else f"ws://{self.host}:{self.ws_port}/"
 
 
+class _Broker(Broker):  # type: ignore[misc]  # amqtt ships no type information
+    """amqtt 0.12 with one fix: on every CONNECT, amqtt sends the new client the retained
+    messages of *every* filter any client ever subscribed to (it loops over the broker-wide
+    subscription table, not the session's). A client subscribed to ``.../command/result``
+    would receive retained pump states. Retained messages are only sent for filters that this
+    session really holds."""
+
+    async def _publish_retained_messages_for_subscription(
+        self, subscription: tuple[str, int], session: Session
+    ) -> None:
+        holders = self._subscriptions.get(subscription[0], [])
+        if any(held.client_id == session.client_id for held, _qos in holders):
+            await super()._publish_retained_messages_for_subscription(subscription, session)
+
+
 @contextlib.asynccontextmanager
 async def embedded_broker(
     host: str, port: int, ws_port: int | None = None
@@ -49,7 +65,7 @@ async def embedded_broker(
     # amqtt logs every connection at INFO through stdlib logging; keep the demo readable.
     logging.getLogger("amqtt").setLevel(logging.WARNING)
     logging.getLogger("transitions").setLevel(logging.WARNING)
-    broker = Broker(config)
+    broker = _Broker(config)
     await broker.start()
     try:
         yield EmbeddedBroker(host, port, ws_port)

@@ -1,0 +1,39 @@
+"""The demo's embedded broker (amqtt) relays, retains, and sends retained messages only for the
+subscriber's own filters (works around an amqtt 0.12 bug)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiomqtt
+import pytest
+
+from daemon.embedded_broker import embedded_broker
+from tests.support.procs import free_port
+
+V311 = aiomqtt.ProtocolVersion.V311
+
+
+@pytest.mark.asyncio
+async def test_a_new_client_gets_only_retained_messages_of_its_own_filters() -> None:
+    """After c1 subscribed to r/+/state, c2 subscribing to r/a/result gets no retained state."""
+    port = free_port()
+    async with (
+        embedded_broker("127.0.0.1", port) as broker,
+        aiomqtt.Client("127.0.0.1", port, protocol=V311, identifier="pub") as p,
+    ):
+        await p.publish("r/a/state", b"s1", qos=1, retain=True)
+        async with aiomqtt.Client("127.0.0.1", broker.port, protocol=V311, identifier="c1") as c1:
+            await c1.subscribe("r/+/state", qos=1)
+            first = await anext(c1.messages)
+            assert (first.topic.value, first.payload, first.retain) == (
+                "r/a/state",
+                b"s1",
+                True,
+            )
+        async with aiomqtt.Client("127.0.0.1", broker.port, protocol=V311, identifier="c2") as c2:
+            await c2.subscribe("r/a/result", qos=1)
+            await p.publish("r/a/result", b"res", qos=1)
+            async with asyncio.timeout(5):
+                got = await anext(c2.messages)
+            assert (got.topic.value, got.payload) == ("r/a/result", b"res")
