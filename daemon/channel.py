@@ -134,6 +134,7 @@ class Channel:
     last_poll: datetime | None = None
     history: deque[DoseRecord] = field(default_factory=lambda: deque(maxlen=HISTORY_LEN))
     first_poll_done: asyncio.Event = field(default_factory=asyncio.Event)
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
     last_progress: float = field(default_factory=time.monotonic)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _alarm_since: dict[str, _Latched] = field(default_factory=dict)
@@ -238,15 +239,20 @@ class Channel:
     # -- the loop ---------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Poll forever; reconnect with capped backoff. Cancel to stop."""
+        """Poll until :meth:`stop`; reconnect with capped backoff.
+
+        Stopping is a flag checked between polls, not only cancellation: on Python 3.11 a
+        cancellation that lands while a driver's ``asyncio.wait_for`` completes can be lost
+        (pymodbus uses it), and a shutdown must never depend on that race.
+        """
         backoff = Backoff(initial_s=0.2, maximum_s=10.0)
         await self.publish_state(force=True)
-        while True:
+        while not self.stopping.is_set():
             if self.connection is not ConnectionState.ONLINE:
                 if not await self._try_connect():
                     self.first_poll_done.set()
                     self.last_progress = time.monotonic()
-                    await asyncio.sleep(backoff.next_delay())
+                    await self._pause(backoff.next_delay())
                     continue
                 backoff.reset()
             started = time.monotonic()
@@ -254,7 +260,16 @@ class Channel:
             self.first_poll_done.set()
             self.last_progress = time.monotonic()
             elapsed = time.monotonic() - started
-            await asyncio.sleep(max(0.0, self.config.poll_period_s - elapsed))
+            await self._pause(max(0.0, self.config.poll_period_s - elapsed))
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to return after the current poll."""
+        self.stopping.set()
+
+    async def _pause(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self.stopping.wait()
 
     async def _try_connect(self) -> bool:
         try:

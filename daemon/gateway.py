@@ -262,6 +262,8 @@ class Gateway:
                 await self._stop.wait()
                 log.info("gateway_stopping")
                 self.notifier.notify(STOPPING="1")
+                for channel in self.channels.values():
+                    channel.stop()
                 for task in workers:
                     task.cancel()
                 await self.gate.drain()

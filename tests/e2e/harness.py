@@ -12,6 +12,7 @@ import contextlib
 import itertools
 import json
 import socket
+import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -274,8 +275,25 @@ async def running_bedside(
             finally:
                 mon.cancel()
                 gateway.stop()
-                await gw_task
+                try:
+                    async with asyncio.timeout(WAIT_S):
+                        await asyncio.shield(gw_task)
+                except TimeoutError:
+                    dump_tasks()
+                    raise
                 reader.cancel()
+
+
+def dump_tasks() -> None:
+    """Print every task's stack (diagnostics for a shutdown that hangs)."""
+    for task in asyncio.all_tasks():
+        print(f"--- task {task.get_name()}", file=sys.stderr)
+        coro: Any = task.get_coro()
+        while coro is not None:
+            frame = getattr(coro, "cr_frame", None) or getattr(coro, "ag_frame", None)
+            if frame is not None:
+                print(f"    {frame.f_code.co_filename}:{frame.f_lineno}", file=sys.stderr)
+            coro = getattr(coro, "cr_await", None) or getattr(coro, "ag_await", None)
 
 
 def old_timestamp(seconds: float) -> str:
