@@ -210,6 +210,7 @@ class Gate:
             result = await channel.execute(plan.action, cmd.id, rate)
             if result.outcome is Outcome.APPLIED and plan.program is not None:
                 channel.set_program(plan.program)
+                await self._emit(pump_id, program_changed(cmd.id, plan.program))
         if result.outcome is Outcome.APPLIED:
             answer = applied(cmd.id, readback=self._readback(channel, result.readback))
         elif result.outcome is Outcome.FAILED:
@@ -429,6 +430,26 @@ class Gate:
             pump_id=channel.pump_id,
         )
         return data
+
+
+def program_changed(command_id: str, program: Program) -> dict[str, Any]:
+    """The ``program_changed`` event: what the pump now infuses, and for whom."""
+    return {
+        "type": "program_changed",
+        "command_id": command_id,
+        "program": {
+            "drug": program.drug,
+            "concentration": {
+                "value": float(program.concentration),
+                "unit": program.concentration_unit,
+            },
+            "dose_unit": program.dose_unit,
+            "diluent": program.diluent,
+            "route": program.route,
+            "profile": program.profile,
+            "weight_kg": float(program.weight_kg) if program.weight_kg is not None else None,
+        },
+    }
 
 
 @dataclass(frozen=True, slots=True)

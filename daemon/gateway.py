@@ -21,15 +21,15 @@ from typing import Any
 
 import structlog
 
-from daemon.channel import Channel, ChannelConfig, Program
+from daemon.channel import HISTORY_LEN, Channel, ChannelConfig, DoseRecord, Program
 from daemon.config import Config, PumpConfig, VitalsSource
 from daemon.envelope import SCHEMA_IDS, Kind, encode, envelope
 from daemon.errors import ConfigError
 from daemon.gate import Control, Gate, ReplyTo
-from daemon.journal import AsyncJournal
+from daemon.journal import AsyncJournal, JournalKind
 from daemon.mqtt_bridge import MqttBridge
 from daemon.sdnotify import Notifier
-from daemon.timefmt import utc_now
+from daemon.timefmt import parse_ts, utc_now
 from daemon.vitals import VitalsBoard
 from drivers.backoff import Backoff
 from drivers.base import Driver
@@ -209,6 +209,22 @@ class Gateway:
                 ),
             )
 
+    async def _seed_history(self) -> None:
+        """Reload each pump's recent dose changes from the journal, so the time-window rules
+        (titration interval, hepatorenal step-up) hold across a restart."""
+        for pump_id, channel in self.channels.items():
+            rows = await self.journal.rows(pump_id=pump_id, kinds=[JournalKind.EVENT])
+            for row in rows[-4 * HISTORY_LEN :]:
+                event = row.payload.get("event", {})
+                dose = (
+                    (event.get("to") or {}).get("dose")
+                    if event.get("type") == "rate_changed"
+                    else None
+                )
+                if not dose or dose.get("unit") != channel.program.dose_unit:
+                    continue
+                channel.history.append(DoseRecord(parse_ts(row.ts), Decimal(str(dose["value"]))))
+
     def _vitals_for(self, bed: str | None) -> dict[str, Any] | None:
         board = self.boards.get(bed) if bed is not None else None
         return board.beds[bed].check_vitals() if board is not None and bed is not None else None
@@ -243,6 +259,7 @@ class Gateway:
     async def run(self) -> None:
         """Build, run until :meth:`stop` (or cancellation), then shut down cleanly."""
         await self._build()
+        await self._seed_history()
         try:
             async with asyncio.TaskGroup() as tg:
                 bridge_task = tg.create_task(self.bridge.run(), name="mqtt-bridge")

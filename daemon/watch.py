@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import secrets
 import sys
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -276,7 +278,14 @@ async def collect(
     backoff = backoff or Backoff(initial_s=0.5, maximum_s=10.0)
     while True:
         try:
-            async with aiomqtt.Client(host, port, protocol=aiomqtt.ProtocolVersion.V5) as client:
+            # MQTT 3.1.1 on purpose: watch only reads, and the demo's embedded broker (amqtt)
+            # speaks nothing newer. An explicit id: amqtt would merge empty-id sessions.
+            async with aiomqtt.Client(
+                host,
+                port,
+                protocol=aiomqtt.ProtocolVersion.V311,
+                identifier=f"infusiond-watch-{os.getpid()}-{secrets.token_hex(3)}",
+            ) as client:
                 backoff.reset()
                 await client.subscribe(f"infusiond/{gateway}/#", qos=1)
                 async for message in client.messages:

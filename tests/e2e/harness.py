@@ -272,6 +272,17 @@ async def running_bedside(
                         )
                     )
                 yield Bedside(broker, modbus, newera, gateway, watch, config)
+                # every enveloped payload published during the test matches its schema
+                for message in list(watch.messages):
+                    if message.payload.startswith(b"{") and message.topic.rsplit("/", 1)[-1] in (
+                        "state",
+                        "info",
+                        "event",
+                        "result",
+                    ):
+                        payload = message.json()
+                        if "schema" in payload:
+                            validate(payload)
             finally:
                 mon.cancel()
                 gateway.stop()

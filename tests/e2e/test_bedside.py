@@ -326,3 +326,62 @@ async def test_retained_state_is_republished_after_a_broker_restart(
                         if wanted <= seen:
                             break
         assert wanted <= seen, f"missing: {wanted - seen}"
+
+
+async def test_stop_start_and_program_a_new_infusion(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    """Stopping from 0.05 ug/kg/min (the taper threshold, inclusive) needs no confirmation; a
+    stopped pump can be programmed with a new infusion, and start resumes delivery; each step is
+    read back from the device."""
+    async with running_bedside(tmp_path, mosquitto) as bed:
+        stop = command(action="stop")
+        await bed.watch.send("pump-1", stop)
+        stopped = await bed.watch.result(stop["id"], "applied")
+        assert stopped["readback"]["status"] == "stopped"
+        assert bed.modbus.pump(1).state == "stopped"
+        await bed.watch.event("pump-1", "delivery_stopped")
+        program = command(
+            action="program",
+            program={
+                "drug": "norepinephrine",
+                "concentration": {"value": 16, "unit": "ug/mL"},
+                "diluent": "D5W",
+                "route": "central",
+                "profile": "adult-icu",
+                "weight_kg": 80,
+                "dose": {"value": 0.03, "unit": "ug/kg/min"},
+            },
+        )
+        await bed.watch.send("pump-1", program)
+        programmed = await bed.watch.result(program["id"], "applied")
+        # 0.03 ug/kg/min x 80 kg = 2.4 ug/min at 16 ug/mL = 9.0 mL/h
+        assert programmed["readback"]["rate"] == {"value": 9.0, "unit": "mL/h"}
+        changed = await bed.watch.event("pump-1", "program_changed")
+        assert changed["program"]["concentration"] == {"value": 16.0, "unit": "ug/mL"}
+        start = command(action="start")
+        await bed.watch.send("pump-1", start)
+        started = await bed.watch.result(start["id"], "applied")
+        assert started["readback"]["status"] == "infusing"
+        await bed.watch.event("pump-1", "delivery_started")
+        state = await bed.watch.wait_for(
+            lambda m: (
+                m.topic.endswith("pump-1/state")
+                and m.json()["data"]["status"] == "infusing"
+                and m.json()["data"]["concentration"]["value"] == 16.0
+            )
+        )
+        assert state.json()["data"]["dose"] == {"value": 0.03, "unit": "ug/kg/min"}
+
+
+async def test_abrupt_stop_from_a_higher_dose_needs_confirmation(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    """From 0.08 ug/kg/min a stop is an abrupt withdrawal: confirm first, pump keeps running."""
+    async with running_bedside(tmp_path, mosquitto) as bed:
+        up = command(dose=dose(0.08))
+        await bed.watch.send("pump-1", up)
+        await bed.watch.result(up["id"], "applied")
+        stop = command(action="stop")
+        await bed.watch.send("pump-1", stop)
+        asked = await bed.watch.result(stop["id"], "needs_confirmation")
+        assert "ABRUPT_STOP" in {f["rule"] for f in asked["verdict"]["findings"]}
+        assert bed.modbus.pump(1).state == "infusing"
