@@ -739,8 +739,10 @@
     model.gateway = gateway;
     model.brokerState = "connecting";
     const clientId = "infusiond-web-" + randomId().slice(4, 16);
+    // MQTT 3.1.1: the demo's embedded amqtt broker speaks nothing newer, and the page needs no
+    // v5 feature (results are matched by command id on .../command/result).
     client = mqtt.connect(url, {
-      protocolVersion: 5,
+      protocolVersion: 4,
       clientId,
       clean: true,
       keepalive: 30,

@@ -20,6 +20,7 @@ from typing import Any
 
 import aiomqtt
 import pytest
+from amqtt.broker import Broker
 from jsonschema import Draft202012Validator
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
@@ -253,10 +254,11 @@ class Responder:
 
 
 @contextlib.asynccontextmanager
-async def dashboard(broker: Mosquitto, ws_port: int, tmp_path: Path) -> AsyncIterator[Page]:
-    """Retained bedside published, page served and opened until the pump rows render."""
+async def dashboard(broker_port: int, ws_port: int, tmp_path: Path) -> AsyncIterator[Page]:
+    """Retained bedside published (MQTT 3.1.1, which every broker speaks), page served and
+    opened until the pump rows render."""
     async with (
-        aiomqtt.Client("127.0.0.1", broker.port, protocol=aiomqtt.ProtocolVersion.V5) as client,
+        aiomqtt.Client("127.0.0.1", broker_port) as client,
         WebServer(broker_ws_url=f"ws://127.0.0.1:{ws_port}/", gateway=GATEWAY) as srv,
         chromium_page(tmp_path) as page,
     ):
@@ -271,7 +273,7 @@ async def dashboard(broker: Mosquitto, ws_port: int, tmp_path: Path) -> AsyncIte
 
 
 def row_text(selector: str) -> str:
-    return f"document.querySelector({json.dumps(selector)})?.innerText ?? ''"
+    return f"(document.querySelector({json.dumps(selector)})?.innerText ?? '')"
 
 
 @pytest.mark.asyncio
@@ -281,7 +283,7 @@ async def test_page_shows_every_pump_and_bed_with_units_and_marks_stale_vitals(
     """Retained pump and vitals states render as rows with units; stale vitals are flagged;
     the MAP trend and dose history draw; a full-page screenshot is a real PNG."""
     broker, ws_port = ws_broker
-    async with dashboard(broker, ws_port, tmp_path) as page:
+    async with dashboard(broker.port, ws_port, tmp_path) as page:
         pump1 = await page.evaluate(row_text('tr[data-pump="pump-1"]'))
         pump2 = await page.evaluate(row_text('tr[data-pump="pump-2"]'))
         for expected in ("pump-1", "online", "infusing", "norepinephrine", "0.05 ug/kg/min",
@@ -338,7 +340,7 @@ async def test_titration_shows_findings_asks_for_a_reason_and_follows_to_applied
     ):
         responder = Responder(client)
         task = tg.create_task(responder.run(), name="responder")
-        async with dashboard(broker, ws_port, tmp_path) as page:
+        async with dashboard(broker.port, ws_port, tmp_path) as page:
             await page.wait_for("!document.getElementById('t-send').disabled")
             assert await page.evaluate("document.getElementById('t-unit').innerText") == "ug/kg/min"
 
@@ -408,3 +410,39 @@ async def test_titration_shows_findings_asks_for_a_reason_and_follows_to_applied
     assert second.confirm.token == TOKEN
     assert second.confirm.reason == "MAP 88 but lactate rising; per attending"
     assert abs((utc_now() - first.issued_at).total_seconds()) < 60
+
+
+@contextlib.asynccontextmanager
+async def embedded_broker() -> AsyncIterator[tuple[int, int]]:
+    """amqtt, as ``infusiond demo`` embeds it: a TCP and a WebSocket listener on loopback."""
+    tcp_port, ws_port = free_port(), free_port()
+    config = {
+        "listeners": {
+            "default": {"type": "tcp", "bind": f"127.0.0.1:{tcp_port}"},
+            "ws": {"type": "ws", "bind": f"127.0.0.1:{ws_port}"},
+        },
+        "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
+    }
+    broker = Broker(config)
+    await broker.start()
+    try:
+        yield tcp_port, ws_port
+    finally:
+        await broker.shutdown()
+
+
+@pytest.mark.asyncio
+async def test_page_works_against_the_embedded_amqtt_broker(tmp_path: Path) -> None:
+    """The demo's embedded broker (amqtt, MQTT 3.1.1 only) serves the page over its WebSocket
+    listener just as mosquitto does."""
+    async with (
+        embedded_broker() as (tcp_port, ws_port),
+        dashboard(tcp_port, ws_port, tmp_path) as page,
+    ):
+        assert "52.5 mL/h" in await page.evaluate(row_text('tr[data-pump="pump-1"]'))
+        assert "0.03 U/min" in await page.evaluate(row_text('tr[data-pump="pump-2"]'))
+        await page.wait_for(row_text('tr[data-bed="bed-1"]') + ".includes('88 mmHg')")
+        assert "broker: connected" in await page.evaluate(
+            "document.querySelector('header').innerText"
+        )
+        assert page.console_errors == []
