@@ -297,6 +297,8 @@ async def test_page_shows_every_pump_and_bed_with_units_and_marks_stale_vitals(
             "document.querySelector('#map-trends polyline')?.getAttribute('points')"
             ".split(' ').length === 6"
         )
+        # the series ends with the current reading (already drawn from the retained message)
+        await page.wait_for(row_text('tr[data-bed="bed-1"]') + ".includes('88 mmHg')")
         bed1 = await page.evaluate(row_text('tr[data-bed="bed-1"]'))
         bed2 = await page.evaluate(row_text('tr[data-bed="bed-2"]'))
         for expected in ("88 mmHg", "124 mmHg", "72 mmHg", "96 /min", "97 %", "SIM-MONITOR"):
