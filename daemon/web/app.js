@@ -281,6 +281,14 @@
     }
   }
 
+  // Each cell gets its column's name, shown by the stacked (narrow-screen) table layout.
+  function labelCells(table) {
+    const names = [...table.tHead.rows[0].cells].map((th) => th.textContent);
+    for (const row of table.tBodies[0].rows) {
+      [...row.cells].forEach((td, i) => td.setAttribute("data-label", names[i] ?? ""));
+    }
+  }
+
   function badge(text, kind) {
     return el("span", { class: `badge badge-${kind}`, text });
   }
@@ -341,6 +349,7 @@
       );
     }
     $("pump-rows").replaceChildren(...rows);
+    labelCells($("pumps"));
     $("no-pumps").hidden = rows.length > 0;
   }
 
@@ -383,6 +392,7 @@
       );
     }
     $("bed-rows").replaceChildren(...rows);
+    labelCells($("beds"));
     $("no-beds").hidden = rows.length > 0;
   }
 

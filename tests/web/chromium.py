@@ -114,6 +114,13 @@ class Page:
                 {"type": kind, "x": x, "y": y, "button": "left", "clickCount": 1},
             )
 
+    async def set_viewport(self, width: int, height: int, *, mobile: bool = False) -> None:
+        """Emulate a screen of ``width`` x ``height`` CSS pixels (a laptop, a tablet)."""
+        await self.call(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": mobile},
+        )
+
     async def screenshot(self, path: Path) -> bytes:
         """A PNG of the whole page, written to ``path``."""
         metrics = await self.call("Page.getLayoutMetrics")
@@ -201,10 +208,7 @@ async def chromium_page(workdir: Path, width: int = 1280, height: int = 900) -> 
                 pages[page.session] = page
                 for domain in ("Page", "Runtime", "Log"):
                     await page.call(f"{domain}.enable")
-                await page.call(
-                    "Emulation.setDeviceMetricsOverride",
-                    {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
-                )
+                await page.set_viewport(width, height)
                 yield page
             finally:
                 reader.cancel()

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import json
 import shutil
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -157,11 +157,62 @@ async def publish_map_series(
         await client.publish(f"infusiond/{GATEWAY}/vitals/bed-1/state", payload, qos=1, retain=True)
 
 
+def rate_of(dose: float) -> float:
+    """pump-1: ug/kg/min x 70 kg x 60 min/h / 4 ug/mL = mL/h."""
+    return round(dose * 70 * 60 / 4, 3)
+
+
+def confirm_verdict(dose: float) -> dict[str, Any]:
+    """An increase while MAP is above target: confirm, plus an advisory."""
+    return {
+        "verdict": "confirm",
+        "rate": {"value": rate_of(dose), "unit": "mL/h"},
+        "dose": {"value": dose, "unit": "ug/kg/min"},
+        "findings": [
+            {
+                "rule": "MAP_ABOVE_TARGET",
+                "severity": "confirm",
+                "message": "increase while MAP 88 mm[Hg] is above the target 85 mm[Hg]",
+                "limit": {"value": 85, "unit": "mm[Hg]"},
+                "observed": {"value": 88, "unit": "mm[Hg]"},
+            },
+            {
+                "rule": "TITRATION_INTERVAL",
+                "severity": "advisory",
+                "message": "last change 2 min ago; the library suggests at least 5 min",
+                "limit": {"value": 5, "unit": "min"},
+                "observed": {"value": 2, "unit": "min"},
+            },
+        ],
+        "library": LIBRARY,
+    }
+
+
+def confirm_then_apply(command: Command) -> list[dict[str, Any]]:
+    """The gate's answers for a confirm verdict: ask first; apply the confirmed resend."""
+    assert command.dose is not None
+    verdict = confirm_verdict(command.dose.value)
+    if command.confirm is None:
+        expires = utc_now() + timedelta(seconds=120)
+        return [
+            needs_confirmation(command.id, verdict=verdict, confirm_token=TOKEN, expires_at=expires)
+        ]
+    if command.confirm.token != TOKEN:
+        return [rejected_result(command.id, error={"code": "bad_request", "message": "token"})]
+    readback = {"rate": verdict["rate"], "status": "infusing"}
+    return [accepted(command.id, verdict=verdict), applied(command.id, readback=readback)]
+
+
+Script = Callable[[Command], list[dict[str, Any]]]
+
+
 @dataclass
 class Responder:
-    """Answers set_dose commands like the daemon's gate would for a MAP_ABOVE_TARGET case."""
+    """Plays the daemon's command side: parses each command with the daemon's own parser,
+    publishes the results ``script`` gives, and after ``applied`` the event and new state."""
 
     client: aiomqtt.Client
+    script: Script
     commands: list[tuple[Command, bool]] = field(default_factory=list)
     raw: list[dict[str, Any]] = field(default_factory=list)
     seq: int = 41
@@ -181,49 +232,12 @@ class Responder:
                 await self._answer(result_topic, rejected_result(command.id, error=command))
                 continue
             self.commands.append((command, message.retain))
-            assert command.dose is not None
-            verdict = self.verdict(command.dose.value)
-            if command.confirm is None:
-                data = needs_confirmation(
-                    command.id,
-                    verdict=verdict,
-                    confirm_token=TOKEN,
-                    expires_at=utc_now() + timedelta(seconds=120),
-                )
+            for data in self.script(command):
                 await self._answer(result_topic, data)
-            elif command.confirm.token == TOKEN:
-                await self._answer(result_topic, accepted(command.id, verdict=verdict))
-                rate = verdict["rate"]
-                await self._answer(
-                    result_topic, applied(command.id, readback={"rate": rate, "status": "infusing"})
-                )
-                await self._applied(pump, command.dose.value, rate["value"], command.id)
-
-    @staticmethod
-    def verdict(dose: float) -> dict[str, Any]:
-        rate = round(dose * 70 * 60 / 4, 3)  # ug/kg/min * kg * min/h / (ug/mL) = mL/h
-        return {
-            "verdict": "confirm",
-            "rate": {"value": rate, "unit": "mL/h"},
-            "dose": {"value": dose, "unit": "ug/kg/min"},
-            "findings": [
-                {
-                    "rule": "MAP_ABOVE_TARGET",
-                    "severity": "confirm",
-                    "message": "increase while MAP 88 mm[Hg] is above the target 85 mm[Hg]",
-                    "limit": {"value": 85, "unit": "mm[Hg]"},
-                    "observed": {"value": 88, "unit": "mm[Hg]"},
-                },
-                {
-                    "rule": "TITRATION_INTERVAL",
-                    "severity": "advisory",
-                    "message": "last change 2 min ago; the library suggests at least 5 min",
-                    "limit": {"value": 5, "unit": "min"},
-                    "observed": {"value": 2, "unit": "min"},
-                },
-            ],
-            "library": LIBRARY,
-        }
+                if data["phase"] == "applied":
+                    assert command.dose is not None
+                    dose = command.dose.value
+                    await self._applied(pump, dose, rate_of(dose), command.id)
 
     async def _answer(self, topic: str, data: dict[str, Any]) -> None:
         payload = wrapped(Kind.PUMP_COMMAND_RESULT, data, seq=self.seq)
@@ -325,6 +339,12 @@ async def test_page_shows_every_pump_and_bed_with_units_and_marks_stale_vitals(
         assert width >= 1200
         assert height >= 900
         assert len(png) > 50_000  # a rendered page, not a blank one
+
+        # a tablet in portrait: the page reflows to one column, nothing wider than the screen
+        await page.set_viewport(800, 1280, mobile=True)
+        await page.wait_for("document.documentElement.clientWidth === 800")
+        assert await page.evaluate("document.documentElement.scrollWidth") <= 800
+        await page.screenshot(tmp_path / "tablet.png")
         assert page.console_errors == []
 
 
@@ -340,7 +360,7 @@ async def test_titration_shows_findings_asks_for_a_reason_and_follows_to_applied
         aiomqtt.Client("127.0.0.1", broker.port, protocol=aiomqtt.ProtocolVersion.V5) as client,
         asyncio.TaskGroup() as tg,
     ):
-        responder = Responder(client)
+        responder = Responder(client, confirm_then_apply)
         task = tg.create_task(responder.run(), name="responder")
         async with dashboard(broker.port, ws_port, tmp_path) as page:
             await page.wait_for("!document.getElementById('t-send').disabled")
@@ -448,3 +468,79 @@ async def test_page_works_against_the_embedded_amqtt_broker(tmp_path: Path) -> N
             "document.querySelector('header').innerText"
         )
         assert page.console_errors == []
+
+
+def reject_cancel_disabled(command: Command) -> list[dict[str, Any]]:
+    """Above the hard maximum: reject; 0.2: ask to confirm; anything else: control disabled."""
+    assert command.dose is not None
+    dose = command.dose.value
+    if dose > 3:
+        verdict = {
+            "verdict": "reject",
+            "rate": {"value": rate_of(dose), "unit": "mL/h"},
+            "dose": {"value": dose, "unit": "ug/kg/min"},
+            "findings": [
+                {
+                    "rule": "HARD_MAX",
+                    "severity": "reject",
+                    "message": f"{dose:g} ug/kg/min is above the hard maximum 3 ug/kg/min",
+                    "limit": {"value": 3.0, "unit": "ug/kg/min"},
+                    "observed": {"value": dose, "unit": "ug/kg/min"},
+                }
+            ],
+            "library": LIBRARY,
+        }
+        return [rejected_result(command.id, verdict=verdict)]
+    if dose == 0.2:
+        return confirm_then_apply(command)
+    error = {"code": "control_disabled", "message": "remote control is disabled in the config"}
+    return [rejected_result(command.id, error=error)]
+
+
+@pytest.mark.asyncio
+async def test_rejections_show_why_and_a_cancelled_confirmation_sends_nothing(
+    ws_broker: tuple[Mosquitto, int], tmp_path: Path
+) -> None:
+    """A reject verdict shows its findings and offers no override; cancelling a confirmation
+    sends nothing more; an error answer shows its code and message."""
+    broker, ws_port = ws_broker
+    async with (
+        aiomqtt.Client("127.0.0.1", broker.port, protocol=aiomqtt.ProtocolVersion.V5) as client,
+        asyncio.TaskGroup() as tg,
+    ):
+        responder = Responder(client, reject_cancel_disabled)
+        task = tg.create_task(responder.run(), name="responder")
+        async with dashboard(broker.port, ws_port, tmp_path) as page:
+            await page.wait_for("!document.getElementById('t-send').disabled")
+            await page.type_into("t-clinician", "dr-b")
+            phase = "document.getElementById('t-phase').dataset.phase"
+
+            await page.type_into("t-dose", "4")
+            await page.click("t-send")
+            await page.wait_for(f"{phase} === 'rejected'")
+            findings = await page.evaluate("document.getElementById('t-findings').innerText")
+            assert "HARD_MAX" in findings
+            assert "3 ug/kg/min" in findings
+            assert "4 ug/kg/min" in findings
+            assert await page.evaluate("document.getElementById('t-confirm').hidden")
+            trail = await page.evaluate("document.getElementById('t-trail').innerText")
+            assert "nothing reached the pump" in trail
+
+            await page.type_into("t-dose", "0.2")
+            await page.click("t-send")
+            await page.wait_for(f"{phase} === 'needs_confirmation'")
+            await page.click("t-cancel")
+            await page.wait_for(f"{phase} === 'cancelled'")
+            assert await page.evaluate("document.getElementById('t-confirm').hidden")
+
+            await page.type_into("t-dose", "0.06")
+            await page.click("t-send")
+            await page.wait_for(f"{phase} === 'rejected'")
+            trail = await page.evaluate("document.getElementById('t-trail').innerText")
+            assert "control_disabled: remote control is disabled in the config" in trail
+            assert await page.evaluate("document.getElementById('t-findings').hidden")
+            assert "0.05 ug/kg/min" in await page.evaluate(row_text('tr[data-pump="pump-1"]'))
+            assert page.console_errors == []
+        task.cancel()
+    assert [c.dose.value for c, _ in responder.commands if c.dose] == [4.0, 0.2, 0.06]
+    assert all(c.confirm is None for c, _ in responder.commands)
