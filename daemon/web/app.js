@@ -28,6 +28,7 @@
     gateway: null,
     broker: null,
     brokerState: "loading",
+    disconnectedAt: null, // when the broker connection was lost (ms), null while connected
     bridge: "?",
     info: null,
     seq: null,
@@ -307,6 +308,16 @@
     $("library").title = lib ? `sha256 ${lib.sha256}` : "drug library in use";
     $("seq").textContent = `seq ${model.seq ?? "?"}`;
     $("clock").textContent = `${new Date(now).toISOString().slice(11, 19)} UTC`;
+    const banner = $("banner");
+    if (model.disconnectedAt !== null) {
+      banner.hidden = false;
+      banner.textContent = `Not connected to the broker since ${new Date(model.disconnectedAt).toISOString().slice(11, 19)} UTC: everything below is the last known state.`;
+    } else if (model.bridge === "offline") {
+      banner.hidden = false;
+      banner.textContent = `infusiond on gateway ${model.gateway} is offline: pump and bed values below are the last it published.`;
+    } else {
+      banner.hidden = true;
+    }
     const problems = $("problems");
     problems.hidden = model.problems === 0;
     problems.textContent = `${model.problems} bad message(s); last: ${model.lastProblem}`;
@@ -759,17 +770,21 @@
       reconnectPeriod: 2000,
       connectTimeout: 10000,
     });
+    const lost = () => {
+      if (model.disconnectedAt === null && model.brokerState === "connected") model.disconnectedAt = Date.now();
+    };
     client.on("connect", () => {
       model.brokerState = "connected";
+      model.disconnectedAt = null;
       model.lastEventSeq = null;
       client.subscribe(`infusiond/${gateway}/#`, { qos: 1 }, (err) => {
         if (err) problem(`subscribe failed: ${err.message}`);
       });
       scheduleRender();
     });
-    client.on("reconnect", () => { model.brokerState = "reconnecting"; scheduleRender(); });
-    client.on("offline", () => { model.brokerState = "offline"; scheduleRender(); });
-    client.on("close", () => { if (model.brokerState === "connected") model.brokerState = "disconnected"; scheduleRender(); });
+    client.on("reconnect", () => { lost(); model.brokerState = "reconnecting"; scheduleRender(); });
+    client.on("offline", () => { lost(); model.brokerState = "offline"; scheduleRender(); });
+    client.on("close", () => { lost(); if (model.brokerState === "connected") model.brokerState = "disconnected"; scheduleRender(); });
     client.on("error", (err) => { model.brokerState = `error (${err.message})`; scheduleRender(); });
     client.on("message", (topic, payload) => {
       try {

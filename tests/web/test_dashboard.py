@@ -347,6 +347,13 @@ async def test_page_shows_every_pump_and_bed_with_units_and_marks_stale_vitals(
         await page.screenshot(tmp_path / "tablet.png")
         assert page.console_errors == []
 
+        # the broker goes away: the page says its values are frozen, and forbids sending
+        broker.stop()
+        banner = await page.wait_for("document.getElementById('banner').innerText")
+        assert "Not connected to the broker since" in banner
+        await page.wait_for("document.getElementById('t-send').disabled")
+        assert "last known state" in banner
+
 
 @pytest.mark.asyncio
 async def test_titration_shows_findings_asks_for_a_reason_and_follows_to_applied(
@@ -464,9 +471,17 @@ async def test_page_works_against_the_embedded_amqtt_broker(tmp_path: Path) -> N
         assert "52.5 mL/h" in await page.evaluate(row_text('tr[data-pump="pump-1"]'))
         assert "0.03 U/min" in await page.evaluate(row_text('tr[data-pump="pump-2"]'))
         await page.wait_for(row_text('tr[data-bed="bed-1"]') + ".includes('88 mmHg')")
-        assert "broker: connected" in await page.evaluate(
-            "document.querySelector('header').innerText"
-        )
+        header = "document.querySelector('header').innerText"
+        assert "broker: connected" in await page.evaluate(header)
+        assert await page.evaluate("document.getElementById('banner').hidden")
+
+        # the daemon's last will: the page says the values are no longer live
+        async with aiomqtt.Client("127.0.0.1", tcp_port) as client:
+            topic = f"infusiond/{GATEWAY}/bridge/state"
+            await client.publish(topic, b'{"state":"offline"}', qos=1, retain=True)
+        banner = await page.wait_for("document.getElementById('banner').innerText")
+        assert "infusiond on gateway demo is offline" in banner
+        assert "bridge offline" in await page.evaluate(header)
         assert page.console_errors == []
 
 
