@@ -547,6 +547,7 @@
     uncertain: "uncertain: no answer from the pump; it will be reconciled",
     duplicate: "duplicate: this id was already handled",
     timeout: "no answer from the gateway",
+    not_sent: "not sent: the broker refused the publish",
   };
 
   const titration = {
@@ -626,22 +627,31 @@
       const topic = `infusiond/${model.gateway}/pump/${flow.pump}/command`;
       client.publish(topic, JSON.stringify(command), { qos: 1, retain: false }, (err) => {
         if (err) {
-          flow.phase = "failed";
+          if (flow.timer) clearTimeout(flow.timer);
+          flow.phase = "not_sent";
           flow.error = { code: "publish", message: String(err.message || err) };
-          flow.trail.push(`publish failed: ${flow.error.message}`);
+          flow.trail.push(`${command.id}: not sent: ${flow.error.message}`);
           this.renderStatus();
+          scheduleRender();
         }
       });
-      if (flow.timer) clearTimeout(flow.timer);
-      flow.timer = setTimeout(() => {
-        if (flow === this.flow && flow.phase === "sent") {
-          flow.phase = "timeout";
-          flow.trail.push(`no result within ${TTL_S} s: is infusiond running and remote control enabled?`);
-          this.renderStatus();
-        }
-      }, TTL_S * 1000);
+      this.arm(flow, "sent", `no result within ${TTL_S} s: is infusiond running and remote control enabled?`);
       this.renderStatus();
       scheduleRender();
+    },
+
+    // If the flow still waits in ``phase`` after TTL_S, say so (and let the clinician go on).
+    arm(flow, phase, text) {
+      if (flow.timer) clearTimeout(flow.timer);
+      flow.timer = setTimeout(() => {
+        flow.timer = null;
+        if (flow === this.flow && flow.phase === phase) {
+          flow.phase = "timeout";
+          flow.trail.push(text);
+          this.renderStatus();
+          scheduleRender();
+        }
+      }, TTL_S * 1000);
     },
 
     onResult(pump, data) {
@@ -667,7 +677,9 @@
         line += ` — pump reads ${fmtQty(data.readback.rate)}${data.readback.status ? `, ${data.readback.status}` : ""}`;
       }
       flow.trail.push(line);
-      if (phase !== "accepted" && flow.timer) {
+      if (phase === "accepted") {
+        this.arm(flow, "accepted", `no outcome within ${TTL_S} s of acceptance: check the pump and the events below`);
+      } else if (flow.timer) {
         clearTimeout(flow.timer);
         flow.timer = null;
       }

@@ -24,7 +24,16 @@ from amqtt.broker import Broker
 from jsonschema import Draft202012Validator
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from daemon.command_parse import Command, accepted, applied, needs_confirmation, parse_command
+from daemon.command_parse import (
+    Command,
+    accepted,
+    applied,
+    duplicate,
+    failed,
+    needs_confirmation,
+    parse_command,
+    uncertain,
+)
 from daemon.command_parse import rejected as rejected_result
 from daemon.envelope import Kind, encode, envelope
 from daemon.timefmt import format_ts, utc_now
@@ -559,3 +568,49 @@ async def test_rejections_show_why_and_a_cancelled_confirmation_sends_nothing(
         task.cancel()
     assert [c.dose.value for c, _ in responder.commands if c.dose] == [4.0, 0.2, 0.06]
     assert all(c.confirm is None for c, _ in responder.commands)
+
+
+def device_outcomes(command: Command) -> list[dict[str, Any]]:
+    """The outcomes after the gate: the pump refuses, the pump is silent, the id was seen."""
+    assert command.dose is not None
+    verdict = {**confirm_verdict(command.dose.value), "verdict": "accept", "findings": []}
+    if command.dose.value == 0.07:
+        error = {"code": "device_rejected", "message": "pump refused the rate; verified unchanged"}
+        return [accepted(command.id, verdict=verdict), failed(command.id, error=error)]
+    if command.dose.value == 0.09:
+        error = {"code": "device_timeout", "message": "no answer from the pump within 2 s"}
+        return [accepted(command.id, verdict=verdict), uncertain(command.id, error=error)]
+    return [duplicate(command.id, first={"phase": "applied"})]
+
+
+@pytest.mark.asyncio
+async def test_failed_uncertain_and_duplicate_outcomes_are_shown_as_such(
+    ws_broker: tuple[Mosquitto, int], tmp_path: Path
+) -> None:
+    """After "accepted", a refusal, a silent pump and a duplicate id each end the flow with
+    their own phase and the gateway's explanation."""
+    broker, ws_port = ws_broker
+    async with (
+        aiomqtt.Client("127.0.0.1", broker.port, protocol=aiomqtt.ProtocolVersion.V5) as client,
+        asyncio.TaskGroup() as tg,
+    ):
+        responder = Responder(client, device_outcomes)
+        task = tg.create_task(responder.run(), name="responder")
+        async with dashboard(broker.port, ws_port, tmp_path) as page:
+            await page.wait_for("!document.getElementById('t-send').disabled")
+            await page.type_into("t-clinician", "dr-c")
+            phase = "document.getElementById('t-phase').dataset.phase"
+            trail = "document.getElementById('t-trail').innerText"
+            for dose, expected, text in (
+                ("0.07", "failed", "device_rejected: pump refused the rate"),
+                ("0.09", "uncertain", "device_timeout: no answer from the pump within 2 s"),
+                ("0.1", "duplicate", "first outcome: applied"),
+            ):
+                await page.wait_for("!document.getElementById('t-send').disabled")
+                await page.type_into("t-dose", dose)
+                await page.click("t-send")
+                await page.wait_for(f"{phase} === {json.dumps(expected)}")
+                assert text in await page.evaluate(trail)
+            assert page.console_errors == []
+        task.cancel()
+    assert len(responder.commands) == 3
