@@ -767,10 +767,14 @@
     }
   }
 
-  function connect(url, gateway) {
+  // MQTT 3.1.1 CONNACK codes that no retry will cure: ask the user for credentials instead.
+  const REFUSED_LOGIN = { 4: "bad username or password", 5: "not authorized" };
+
+  function connect(url, gateway, credentials) {
     model.broker = url;
     model.gateway = gateway;
     model.brokerState = "connecting";
+    $("login").hidden = true;
     const clientId = "infusiond-web-" + randomId().slice(4, 16);
     // MQTT 3.1.1: the demo's embedded amqtt broker speaks nothing newer, and the page needs no
     // v5 feature (results are matched by command id on .../command/result).
@@ -781,7 +785,9 @@
       keepalive: 30,
       reconnectPeriod: 2000,
       connectTimeout: 10000,
+      ...(credentials || {}),
     });
+    const current = client;
     const lost = () => {
       if (model.disconnectedAt === null && model.brokerState === "connected") model.disconnectedAt = Date.now();
     };
@@ -794,10 +800,23 @@
       });
       scheduleRender();
     });
-    client.on("reconnect", () => { lost(); model.brokerState = "reconnecting"; scheduleRender(); });
-    client.on("offline", () => { lost(); model.brokerState = "offline"; scheduleRender(); });
+    const refused = () => model.brokerState.startsWith("refused");
+    client.on("reconnect", () => { lost(); if (!refused()) model.brokerState = "reconnecting"; scheduleRender(); });
+    client.on("offline", () => { lost(); if (!refused()) model.brokerState = "offline"; scheduleRender(); });
     client.on("close", () => { lost(); if (model.brokerState === "connected") model.brokerState = "disconnected"; scheduleRender(); });
-    client.on("error", (err) => { model.brokerState = `error (${err.message})`; scheduleRender(); });
+    client.on("error", (err) => {
+      if (err && err.code in REFUSED_LOGIN) {
+        current.end(true); // credentials are asked for once, not retried every 2 s
+        model.brokerState = `refused: ${REFUSED_LOGIN[err.code]}`;
+        $("login-text").textContent = credentials
+          ? `The broker refused these credentials (${REFUSED_LOGIN[err.code]}).`
+          : "The broker requires a username and password.";
+        $("login").hidden = false;
+      } else if (!model.brokerState.startsWith("refused")) {
+        model.brokerState = `error (${err.message})`;
+      }
+      scheduleRender();
+    });
     client.on("message", (topic, payload) => {
       try {
         apply(topic, payload instanceof Uint8Array ? payload : new TextEncoder().encode(String(payload)));
@@ -812,6 +831,14 @@
     $("t-pump").addEventListener("change", () => titration.renderForm());
     $("t-confirm-send").addEventListener("click", () => titration.confirm());
     $("t-cancel").addEventListener("click", () => titration.cancel());
+    $("login").addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      const username = $("login-user").value;
+      const password = $("login-password").value;
+      $("login-password").value = ""; // kept by the MQTT client only, never stored
+      connect(model.broker, model.gateway, { username, password });
+      scheduleRender();
+    });
     setInterval(scheduleRender, 1000); // ages tick even when nothing arrives
     const params = new URLSearchParams(location.search);
     let config = {};

@@ -11,7 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import pwd
 import shutil
+import subprocess
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -614,3 +617,56 @@ async def test_failed_uncertain_and_duplicate_outcomes_are_shown_as_such(
             assert page.console_errors == []
         task.cancel()
     assert len(responder.commands) == 3
+
+
+@pytest.mark.asyncio
+async def test_a_broker_that_requires_a_login_gets_one_from_the_user(tmp_path: Path) -> None:
+    """A broker with a password file refuses the anonymous page: the page asks for credentials
+    once (no retry loop), says so when they are wrong, and connects with the right ones."""
+    passwd = tmp_path / "passwd"
+    subprocess.run(
+        ["mosquitto_passwd", "-b", "-c", str(passwd), "nurse-1", "right-pw"],
+        check=True,
+        capture_output=True,
+    )
+    passwd.chmod(0o600)
+    ws_port = free_port()
+    # as root mosquitto would drop to its own user, which cannot read pytest's private tmp dir
+    stay = f"user {pwd.getpwuid(os.geteuid()).pw_name}"
+    ws_listener = [f"listener {ws_port} 127.0.0.1", "protocol websockets"]
+    broker = Mosquitto(
+        tmp_path / "auth", extra_conf=[stay, f"password_file {passwd}", *ws_listener]
+    )
+    broker.start()
+    try:
+        async with aiomqtt.Client(
+            "127.0.0.1", broker.port, username="nurse-1", password="right-pw"
+        ) as client:
+            await publish_bedside(client, utc_now())
+        async with (
+            WebServer(broker_ws_url=f"ws://127.0.0.1:{ws_port}/", gateway=GATEWAY) as srv,
+            chromium_page(tmp_path) as page,
+        ):
+            await navigate(page, srv.url)
+            login = "document.getElementById('login')"
+            await page.wait_for(f"!{login}.hidden")
+            assert "requires a username and password" in await page.evaluate(f"{login}.innerText")
+            header = "document.querySelector('header').innerText"
+            assert "refused: not authorized" in await page.evaluate(header)
+
+            await page.type_into("login-user", "nurse-1")
+            await page.type_into("login-password", "wrong-pw")
+            await page.click("login-send")
+            await page.wait_for(f"{login}.innerText.includes('refused these credentials')")
+            await page.screenshot(tmp_path / "login.png")
+
+            await page.type_into("login-password", "right-pw")
+            await page.click("login-send")
+            await page.wait_for(
+                "document.querySelectorAll('#pump-rows tr[data-pump]').length === 2"
+            )
+            assert await page.evaluate(f"{login}.hidden")
+            assert await page.evaluate("document.getElementById('login-password').value") == ""
+            assert "broker: connected" in await page.evaluate(header)
+    finally:
+        broker.stop()
