@@ -21,6 +21,7 @@
   const LATE_POLL_MS = 10000;
   const TTL_S = 30;
   const LOOPBACK = new Set(["127.0.0.1", "localhost", "::1", "[::1]"]);
+  const TOPIC_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/; // gateway, pump and bed ids (DESIGN 6)
 
   const $ = (id) => document.getElementById(id);
 
@@ -852,6 +853,10 @@
     const gateway = params.get("gateway") || config.gateway;
     if (!url || !gateway) {
       model.brokerState = "not configured (?broker=ws://host:port&gateway=ID)";
+      return scheduleRender();
+    }
+    if (!TOPIC_ID.test(gateway)) {
+      model.brokerState = `gateway id ${JSON.stringify(gateway)} is not a valid topic level`;
       return scheduleRender();
     }
     if (typeof mqtt === "undefined") {
