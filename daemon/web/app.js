@@ -710,6 +710,7 @@
     },
 
     renderStatus() {
+      this.renderForm(); // the Send button follows the flow at once, not at the next frame
       const flow = this.flow;
       const box = $("command-status");
       box.hidden = !flow;

@@ -553,12 +553,14 @@ async def test_rejections_show_why_and_a_cancelled_confirmation_sends_nothing(
             trail = await page.evaluate("document.getElementById('t-trail').innerText")
             assert "nothing reached the pump" in trail
 
+            await page.wait_for("!document.getElementById('t-send').disabled")
             await page.type_into("t-dose", "0.2")
             await page.click("t-send")
             await page.wait_for(f"{phase} === 'needs_confirmation'")
             await page.click("t-cancel")
             await page.wait_for(f"{phase} === 'cancelled'")
             assert await page.evaluate("document.getElementById('t-confirm').hidden")
+            await page.wait_for("!document.getElementById('t-send').disabled")
 
             await page.type_into("t-dose", "0.06")
             await page.click("t-send")
