@@ -198,7 +198,7 @@
     const kind = String(data.type ?? "?");
     if (Number.isInteger(body.seq)) {
       if (model.lastEventSeq !== null && body.seq > model.lastEventSeq + 1) {
-        addEvent(body.ts, "", "gap", `events ${model.lastEventSeq + 1}–${body.seq - 1} were not received`, "gap");
+        addEvent(body.ts, "", "gap", `events ${model.lastEventSeq + 1}-${body.seq - 1} were not received`, "gap");
       }
       model.lastEventSeq = Math.max(model.lastEventSeq ?? 0, body.seq);
     }
@@ -509,8 +509,11 @@
     const items = model.events.map((e) =>
       el("li", { class: e.cls || null },
         el("time", { text: clockOf(e.ts) }),
-        e.who ? el("b", { text: `${e.who} ` }) : null,
+        " ",
+        e.who ? el("b", { text: e.who }) : null,
+        e.who ? " " : null,
         el("span", { class: "kind", text: e.kind }),
+        " ",
         e.detail,
       ),
     );

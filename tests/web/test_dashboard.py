@@ -487,6 +487,24 @@ async def test_page_works_against_the_embedded_amqtt_broker(tmp_path: Path) -> N
         assert "broker: connected" in await page.evaluate(header)
         assert await page.evaluate("document.getElementById('banner').hidden")
 
+        # events are listed newest first; a jump in seq is shown as a gap
+        now = utc_now()
+        alarm = {"code": "occlusion", "priority": "high", "since": format_ts(now)}
+        raised = {"type": "alarm_raised", "pump_id": "pump-2", "alarm": alarm}
+        online = {"type": "connection_changed", "pump_id": "pump-2", "connection": "offline"}
+        async with aiomqtt.Client("127.0.0.1", tcp_port) as client:
+            topic = f"infusiond/{GATEWAY}/pump/pump-2/event"
+            await client.publish(topic, wrapped(Kind.PUMP_EVENT, raised, seq=50), qos=1)
+            await client.publish(topic, wrapped(Kind.PUMP_EVENT, online, seq=53), qos=1)
+        events = await page.wait_for(
+            "[...document.querySelectorAll('#events li')].map(li => li.innerText)"
+            ".filter(t => !t.includes('command')).length === 3"
+            " && [...document.querySelectorAll('#events li')].map(li => li.innerText)"
+        )
+        assert "connection changed offline" in events[0]
+        assert "events 51-52 were not received" in events[1]
+        assert "alarm raised HIGH occlusion" in events[2]
+
         # the daemon's last will: the page says the values are no longer live
         async with aiomqtt.Client("127.0.0.1", tcp_port) as client:
             topic = f"infusiond/{GATEWAY}/bridge/state"
