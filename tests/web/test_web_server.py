@@ -180,3 +180,9 @@ def test_vendored_mqtt_client_keeps_its_licence_and_version() -> None:
     assert "MQTT.js 5.16.0" in head
     assert "The MIT License (MIT)" in head
     assert "Permission is hereby granted" in head
+
+
+def test_a_package_without_index_html_is_a_config_error() -> None:
+    """Missing package data (e.g. a wheel built without it) fails at start, naming the file."""
+    with pytest.raises(ConfigError, match=r"tests\.web: index\.html is missing"):
+        load_assets("tests.web")
