@@ -89,6 +89,28 @@ def _add_modbus_sim_options(sp: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_demo_options(p: argparse.ArgumentParser) -> None:
+    """Options of ``infusiond demo`` (daemon/demo.py)."""
+    p.add_argument(
+        "--broker",
+        default="embedded",
+        metavar="embedded|mqtt://HOST:PORT",
+        help="use an embedded broker (default) or an existing one",
+    )
+    p.add_argument("--gateway-id", default="demo", metavar="ID")
+    _add_data_dir(p)
+    p.add_argument("--pumps", type=int, default=2, metavar="N", help="number of pumps (>= 2)")
+    p.add_argument("--speed", type=float, default=1.0, metavar="X", help="simulated clock speed")
+    p.add_argument(
+        "--broker-ws",
+        metavar="ws://HOST:PORT/",
+        help="WebSocket URL of an external --broker, for the web dashboard",
+    )
+    p.add_argument(
+        "--web-port", type=int, default=0, metavar="PORT", help="dashboard port (default: any)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser; subcommands set ``args.target`` to 'module:function'."""
     parser = argparse.ArgumentParser(
@@ -106,16 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(target="daemon.service:run")
 
     p = sub.add_parser("demo", help="simulated bedside + daemon + embedded broker, in one command")
-    p.add_argument(
-        "--broker",
-        default="embedded",
-        metavar="embedded|mqtt://HOST:PORT",
-        help="use an embedded broker (default) or an existing one",
-    )
-    p.add_argument("--gateway-id", default="demo", metavar="ID")
-    _add_data_dir(p)
-    p.add_argument("--pumps", type=int, default=2, metavar="N", help="number of pumps (>= 2)")
-    p.add_argument("--speed", type=float, default=1.0, metavar="X", help="simulated clock speed")
+    _add_demo_options(p)
     p.set_defaults(target="daemon.demo:run")
 
     p = sub.add_parser("sim", help="run a device simulator (pumps, patient monitor)")

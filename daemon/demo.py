@@ -33,6 +33,7 @@ from daemon.embedded_broker import embedded_broker
 from daemon.gateway import Gateway
 from daemon.logging_setup import configure_logging
 from daemon.paths import default_data_dir
+from daemon.web_server import WebServer
 from sim_devices.clock import SimClock
 from sim_devices.modbus_pump import PumpConfig as ModbusPumpSetup
 from sim_devices.modbus_server import ModbusPumpSimulator
@@ -57,6 +58,16 @@ def free_port() -> int:
         return port
 
 
+def preferred_port(port: int) -> int:
+    """``port`` if it is free on loopback (the documented default), else any free port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((HOST, port))
+        except OSError:
+            return free_port()
+    return port
+
+
 @dataclass(frozen=True, slots=True)
 class DemoEndpoints:
     """What the demo is listening on (printed, and used by tests)."""
@@ -68,6 +79,7 @@ class DemoEndpoints:
     modbus_url: str
     newera_url: str
     vitals_url: str
+    dashboard_url: str | None = None
 
 
 def demo_config(
@@ -142,6 +154,8 @@ async def running_demo(
     broker: str = "embedded",
     pumps: int = 2,
     speed: float = 1.0,
+    broker_ws: str | None = None,
+    web_port: int = 0,
 ) -> AsyncIterator[tuple[DemoEndpoints, Gateway]]:
     """Run the whole demo bedside in this event loop; yields once the daemon is ready."""
     if pumps < 2:
@@ -175,11 +189,17 @@ async def running_demo(
     async with contextlib.AsyncExitStack() as stack:
         if broker == "embedded":
             mqtt = await stack.enter_async_context(
-                embedded_broker(HOST, free_port(), ws_port=free_port())
+                embedded_broker(HOST, preferred_port(1883), ws_port=preferred_port(9001))
             )
             broker_url, ws_url, protocol = mqtt.url, mqtt.ws_url, "3.1.1"
         else:
-            broker_url, ws_url, protocol = broker, None, "5"
+            broker_url, ws_url, protocol = broker, broker_ws, "5"
+        dashboard: str | None = None
+        if ws_url is not None:
+            web = await stack.enter_async_context(
+                WebServer(HOST, web_port, broker_ws_url=ws_url, gateway=gateway_id)
+            )
+            dashboard = web.url
         served = await stack.enter_async_context(modbus.serving(f"tcp://{HOST}:0"))
         await stack.enter_async_context(newera.serving(f"tcp://{HOST}:0"))
         endpoints = DemoEndpoints(
@@ -190,6 +210,7 @@ async def running_demo(
             modbus_url=served.url,
             newera_url=f"socket://{HOST}:{newera.port}",
             vitals_url=f"tcp://{HOST}:{free_port()}",
+            dashboard_url=dashboard,
         )
         gateway = Gateway(
             demo_config(
@@ -248,6 +269,11 @@ def banner(ep: DemoEndpoints, pumps: int, out: TextIO) -> None:
         ),
         f"  bed-1       HL7 ORU^R01 over MLLP -> {ep.vitals_url}",
         "",
+        *(
+            [f"Dashboard: {ep.dashboard_url}  (open it in a browser on this machine)", ""]
+            if ep.dashboard_url
+            else []
+        ),
         "Watch everything:",
         f"  mosquitto_sub -h {host} -p {port} -t '{root}/#' -v",
         f"  infusiond watch --broker {ep.broker_url} --gateway {ep.gateway_id}",
@@ -274,6 +300,8 @@ async def _main(args: argparse.Namespace) -> None:
         broker=args.broker,
         pumps=args.pumps,
         speed=args.speed,
+        broker_ws=args.broker_ws,
+        web_port=args.web_port,
     ) as (endpoints, _gateway):
         banner(endpoints, args.pumps, sys.stdout)
         await stop.wait()

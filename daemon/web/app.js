@@ -389,7 +389,7 @@
     for (const id of [...model.beds.keys()].sort()) {
       const { data, received } = model.beds.get(id);
       const silent = now - received > SILENT_AFTER_MS;
-      const source = data.source || {};
+      const source = typeof data.source === "string" ? data.source : "";
       rows.push(
         el("tr", { "data-bed": id, class: silent ? "silent" : null },
           el("td", {}, el("b", { text: id })),
@@ -399,7 +399,7 @@
           vitalCell(data, "hr", now),
           vitalCell(data, "spo2", now),
           el("td", { class: silent ? "late" : null, text: silent ? `no update for ${fmtAge(now - received)}` : `${fmtAge(now - received)} ago` }),
-          el("td", { text: [source.sending_application, source.protocol].filter(Boolean).join(" · ") || "—" }),
+          el("td", { text: source.replace(/^hl7:/, "") ? source.replace(/^hl7:/, "") + " · HL7" : "—" }),
         ),
       );
     }

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +81,11 @@ async def test_demo_bedside_titration_and_rejection_as_printed(tmp_path: Path) -
         banner = read_banner(proc)
         port = int(re.search(r"mqtt://127\.0\.0\.1:(\d+)", banner).group(1))  # type: ignore[union-attr]
         assert "pump-3" in banner
+        dashboard = re.search(r"Dashboard: (http://\S+)", banner).group(1)  # type: ignore[union-attr]
+        with urllib.request.urlopen(dashboard + "config.json", timeout=10) as reply:
+            config = json.load(reply)
+        assert config["gateway"] == "demo"
+        assert config["broker_ws_url"].startswith("ws://127.0.0.1:")
         states = await collect(port, "infusiond/demo/+/+/state", 4)
         by_topic = {t: p["data"] for t, p in states}
         pump1 = by_topic["infusiond/demo/pump/pump-1/state"]

@@ -119,7 +119,7 @@ def vitals(bed: str, at: datetime, map_: float, *, stale: bool = False) -> dict[
         "dbp": reading(map_ - 16, "mm[Hg]"),
         "hr": reading(96, "/min"),
         "spo2": None if stale else reading(97, "%"),
-        "source": {"protocol": "hl7v2-mllp", "sending_application": "SIM-MONITOR"},
+        "source": "hl7:SIM-MONITOR",
     }
 
 
