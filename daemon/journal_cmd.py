@@ -12,6 +12,7 @@ from daemon.paths import default_data_dir, journal_path
 
 EXIT_OK = 0
 EXIT_BROKEN = 1
+PROGRESS_EVERY = 5000
 
 
 def run(args: argparse.Namespace) -> int:
@@ -30,9 +31,15 @@ def run(args: argparse.Namespace) -> int:
                 f"journal {journal.path}: ok, {report.rows} rows, session {journal.session}\n"
             )
             return EXIT_OK
-        for row in journal.export():
+        progress = sys.stderr.isatty()  # a person is watching: show how far the export is
+        count = 0
+        for count, row in enumerate(journal.export(), start=1):
             sys.stdout.write(json.dumps(row, ensure_ascii=False, sort_keys=True))
             sys.stdout.write("\n")
+            if progress and count % PROGRESS_EVERY == 0:
+                sys.stderr.write(f"\rexported {count} rows")
+        if progress:
+            sys.stderr.write(f"\rexported {count} rows from {journal.path}\n")
         return EXIT_OK
     finally:
         journal.close()
