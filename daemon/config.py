@@ -38,6 +38,7 @@ from pydantic_settings import (
 from daemon.errors import ConfigError
 from daemon.paths import default_data_dir
 from daemon.topics import TOPIC_ID_PATTERN
+from protocol.request import field_path
 
 ENV_PREFIX = "INFUSIOND_"
 ENV_NESTED = "__"
@@ -290,13 +291,7 @@ _NAMED = re.compile(r"^[A-Za-z_][\w.\[\]]*: ")
 
 
 def _key_name(loc: tuple[int | str, ...]) -> str:
-    text = ""
-    for part in loc:
-        if isinstance(part, int):
-            text += f"[{part}]"
-        else:
-            text += f".{part}" if text else str(part)
-    return text or "config"
+    return field_path(loc) if loc else "config"
 
 
 def _env_name(loc: tuple[int | str, ...], env: dict[str, str]) -> str | None:
