@@ -44,6 +44,7 @@ from daemon.command_parse import (
     uncertain,
 )
 from daemon.journal import AsyncJournal, JournalKind
+from daemon.signing import SignaturePolicy
 from daemon.timefmt import format_ts
 from drivers.base import Outcome, PumpStatus
 from protocol.engine import evaluate
@@ -75,6 +76,7 @@ class Control:
 
     enabled: bool = False
     allowlist: frozenset[str] = frozenset()
+    signatures: SignaturePolicy = field(default_factory=SignaturePolicy)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +108,9 @@ class Gate:
     ) -> None:
         """Take one raw command; answers are published by tasks this gate keeps."""
         now = self.now()
-        parsed = parse_command(payload, now=now, retained=retained)
+        parsed = parse_command(
+            payload, now=now, retained=retained, signatures=self.control.signatures
+        )
         if isinstance(parsed, Rejection):
             self._answer(pump_id, rejected(parsed.id, error=parsed), reply, parsed.message)
             return
