@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 from collections.abc import AsyncIterator
 from datetime import datetime
@@ -66,7 +67,7 @@ async def poll_times(gateway: Gateway, pump: str) -> AsyncIterator[list[datetime
 
 
 def gaps(times: list[datetime]) -> list[float]:
-    return [(b - a).total_seconds() for a, b in zip(times, times[1:], strict=False)]
+    return [(b - a).total_seconds() for a, b in itertools.pairwise(times)]
 
 
 async def state_of(p: Probe, pump: str, connection: str, after: int) -> Message:
