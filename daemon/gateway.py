@@ -265,6 +265,9 @@ class Gateway:
                     for source in self.config.vitals
                 )
                 workers.append(tg.create_task(self._dispatch_commands(), name="commands"))
+                workers.append(
+                    tg.create_task(self.gate.reconcile_interrupted(), name="reconcile-commands")
+                )
                 workers.append(tg.create_task(self._notify_systemd(), name="sd-notify"))
                 await self._stop.wait()
                 log.info("gateway_stopping")
