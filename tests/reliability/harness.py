@@ -267,6 +267,19 @@ class Probe:
         return msg.data
 
 
+async def pumps_online(
+    p: Probe, after: int = 0, pumps: tuple[str, ...] = ("pump-1", "pump-2")
+) -> None:
+    """Wait until the gateway has published each pump's state as ``online``."""
+    for pump in pumps:
+        await p.wait_for(
+            lambda m, pump=pump: (
+                m.topic == f"{ROOT}/pump/{pump}/state" and m.json["data"]["connection"] == "online"
+            ),
+            after=after,
+        )
+
+
 @contextlib.asynccontextmanager
 async def probe(
     url: str,

@@ -27,11 +27,11 @@ from tests.reliability.harness import (
     NE_RATE,
     NE_RATE_UP,
     REPO,
-    Probe,
     bedside,
     command,
     daemon_process,
     probe,
+    pumps_online,
     running_gateway,
     simulators,
     write_toml,
@@ -72,16 +72,6 @@ def journal_facts(data_dir: Path) -> tuple[str, int, dict[str, str | None]]:
         journal.close()
 
 
-async def online(p: Probe, after: int = 0) -> None:
-    for pump in ("pump-1", "pump-2"):
-        await p.wait_for(
-            lambda m, pump=pump: (
-                m.topic.endswith(f"pump/{pump}/state") and m.data["connection"] == "online"
-            ),
-            after=after,
-        )
-
-
 @pytest.mark.slow
 @pytest.mark.asyncio
 async def test_sigkill_mid_command_then_restart_reconciles_and_never_re_executes(
@@ -93,7 +83,7 @@ async def test_sigkill_mid_command_then_restart_reconciles_and_never_re_executes
         config = write_toml(tmp_path / "infusiond.toml", cfg)
         async with probe(mosquitto.url) as p:
             with daemon_process(config, tmp_path / "run1.log") as first:
-                await online(p)
+                await pumps_online(p)
                 info = await p.wait_for(lambda m: m.topic.endswith("bridge/info"))
                 session = info.json["session"]
                 bench.modbus.inject("slow_answer", SLOW_S, unit=1)
@@ -120,7 +110,7 @@ async def test_sigkill_mid_command_then_restart_reconciles_and_never_re_executes
 
             mark = len(p.messages)
             with daemon_process(config, tmp_path / "run2.log"):
-                await online(p, after=mark)
+                await pumps_online(p, after=mark)
                 info = await p.wait_for(lambda m: m.topic.endswith("bridge/info"), after=mark)
                 assert info.json["session"] == session
                 # the interrupted command is reconciled from the device and reported
