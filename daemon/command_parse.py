@@ -61,6 +61,7 @@ class ErrorCode(enum.StrEnum):
     TOO_LARGE = "too_large"
     RETAINED = "retained"
     BAD_SIGNATURE = "bad_signature"
+    JOURNAL_UNAVAILABLE = "journal_unavailable"  # the gateway cannot record: it refuses
 
 
 class Phase(enum.StrEnum):

@@ -43,7 +43,7 @@ from daemon.command_parse import (
     rejected,
     uncertain,
 )
-from daemon.journal import AsyncJournal, InterruptedCommand, JournalKind
+from daemon.journal import AsyncJournal, InterruptedCommand, JournalError, JournalKind
 from daemon.signing import SignaturePolicy
 from daemon.timefmt import format_ts
 from drivers.base import ConnectionState, Outcome, PumpStatus
@@ -152,7 +152,10 @@ class Gate:
         task.add_done_callback(self._answers.discard)
 
     async def _refuse(self, pump_id: str, data: dict[str, Any], reply: ReplyTo | None) -> None:
-        await self.journal.append(JournalKind.COMMAND, {"pump": pump_id, "answer": data})
+        try:
+            await self.journal.append(JournalKind.COMMAND, {"pump": pump_id, "answer": data})
+        except JournalError as exc:  # the refusal still goes out: nothing was executed
+            log.critical("journal_unavailable", pump=pump_id, id=data.get("id"), error=str(exc))
         await self.send_result(pump_id, data, reply)
 
     async def drain(self) -> None:
@@ -166,9 +169,19 @@ class Gate:
     async def _run(self, pump_id: str, cmd: Command, reply: ReplyTo | None) -> None:
         channel = self.channels[pump_id]
         now = self.now()
-        claim = await self.journal.claim_command(
-            cmd.id, pump_id=pump_id, command=cmd.to_json(), ts=now
-        )
+        try:
+            claim = await self.journal.claim_command(
+                cmd.id, pump_id=pump_id, command=cmd.to_json(), ts=now
+            )
+        except JournalError as exc:  # no journal, no command: refuse, never execute
+            log.critical("journal_unavailable", pump=pump_id, id=cmd.id, error=str(exc))
+            error = error_body(
+                ErrorCode.JOURNAL_UNAVAILABLE,
+                "the gateway cannot write its journal (disk full or read-only?); "
+                "commands are refused until it can",
+            )
+            await self.send_result(pump_id, rejected(cmd.id, error=error), reply)
+            return
         if not claim.is_new:
             first = claim.first or {}
             resumable = first.get("phase") == Phase.NEEDS_CONFIRMATION and cmd.confirm

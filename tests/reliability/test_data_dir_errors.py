@@ -16,7 +16,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.reliability.harness import REPO, write_toml
+from tests.reliability.harness import (
+    NE_RATE_UP,
+    REPO,
+    bedside,
+    command,
+    probe,
+    running_gateway,
+    simulators,
+    write_toml,
+)
+from tests.support.procs import Mosquitto
 
 
 def run_daemon(
@@ -102,3 +112,37 @@ def test_a_data_dir_holding_something_that_is_not_a_journal_is_refused_clearly(
     data.mkdir()
     (data / "journal.sqlite3").write_bytes(b"this is not sqlite" * 100)
     assert_clear_failure(run_daemon(tmp_path, data), "journal.sqlite3")
+
+
+@pytest.mark.skipif(shutil.which("chattr") is None, reason="needs chattr (e2fsprogs)")
+@pytest.mark.asyncio
+async def test_a_journal_that_becomes_read_only_at_run_time_refuses_commands_until_writable(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """No journal, no command: when the journal files become unwritable while running (as when
+    the filesystem is remounted read-only after an I/O error), a command is answered
+    ``rejected`` with ``journal_unavailable`` and never reaches the pump; once the files are
+    writable again, commands are served."""
+    data = tmp_path / "data"
+    async with simulators() as bench:
+        cfg = bedside(bench, broker_url=mosquitto.url, data_dir=data)
+        async with running_gateway(cfg), probe(mosquitto.url) as p:
+            # the database and its WAL; not the -shm index, which SQLite maps into memory (a
+            # write to a mapped page of an immutable file is a SIGBUS, not an error)
+            files = [data / "journal.sqlite3", data / "journal.sqlite3-wal"]
+            try:
+                with contextlib.ExitStack() as stack:
+                    for f in files:
+                        stack.enter_context(immutable(f))
+                    refused = command()
+                    await p.send("pump-1", refused)
+                    data_ = await p.result(refused["id"])
+                    assert data_["phase"] == "rejected"
+                    assert data_["error"]["code"] == "journal_unavailable"
+                    assert bench.modbus.pump(1).writes == 0
+            except subprocess.CalledProcessError:
+                pytest.skip("this filesystem does not support chattr +i")
+            served = command()
+            await p.send("pump-1", served)
+            await p.result(served["id"], "applied")
+            assert bench.rate("pump-1") == NE_RATE_UP
