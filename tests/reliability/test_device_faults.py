@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import statistics
 import time
 from collections.abc import AsyncIterator
 from datetime import datetime
@@ -149,8 +150,8 @@ async def test_a_slow_or_dead_pump_does_not_delay_the_other_pumps_polling(
     mosquitto: Mosquitto, tmp_path: Path, fault: str
 ) -> None:
     """While the Modbus pump answers after 2 s (beyond its timeout) or not at all, the New Era
-    pump on its own link keeps being polled at its period: no gap in its poll timestamps
-    exceeds the period by more than 300 ms."""
+    pump on its own link keeps being polled at its period: its median poll gap is the period,
+    and no gap is as long as the period plus the slow pump's request timeout."""
     async with simulators() as bench:
         cfg = bedside(
             bench, broker_url=mosquitto.url, data_dir=tmp_path / "data", poll_period_s=POLL_S
@@ -165,5 +166,8 @@ async def test_a_slow_or_dead_pump_does_not_delay_the_other_pumps_polling(
                 # and a while longer, while pump-1 is retried with backoff
                 await asyncio.sleep(2.0)  # a measurement window, not synchronisation
             assert len(polls) >= 6
-            assert max(gaps(polls)) <= POLL_S + 0.3, gaps(polls)
+            # had pump-2 waited behind pump-1, each gap would be at least the period plus
+            # pump-1's 1 s request timeout
+            assert max(gaps(polls)) < POLL_S + MODBUS_TIMEOUT_S, gaps(polls)
+            assert statistics.median(gaps(polls)) <= POLL_S + 0.15, gaps(polls)
             assert gateway.channels["pump-2"].connection.value == "online"

@@ -35,7 +35,6 @@ from tests.support.procs import Mosquitto
 
 KEY = "k1-secret-0123456789abcdef"
 OTHER_KEY = "another-secret-0123456789"
-NOW = datetime.now(UTC)
 
 
 def policy(require: bool = True) -> SignaturePolicy:
@@ -56,7 +55,9 @@ def test_a_validly_signed_command_parses_and_key_order_does_not_matter() -> None
     """Signed by a client that orders keys differently: the canonical form makes it verify."""
     body = sign(command(), kid="k1", key=KEY.encode())
     shuffled = dict(reversed(list(body.items())))
-    parsed = parse_command(json.dumps(shuffled).encode(), now=NOW, signatures=policy())
+    parsed = parse_command(
+        json.dumps(shuffled).encode(), now=datetime.now(UTC), signatures=policy()
+    )
     assert isinstance(parsed, Command)
 
 
@@ -77,7 +78,7 @@ def test_a_validly_signed_command_parses_and_key_order_does_not_matter() -> None
 )
 def test_bad_signatures_are_rejected_with_a_specific_message(mutate: Any, message: str) -> None:
     body = mutate(sign(command(), kid="k1", key=KEY.encode()))
-    parsed = parse_command(json.dumps(body).encode(), now=NOW, signatures=policy())
+    parsed = parse_command(json.dumps(body).encode(), now=datetime.now(UTC), signatures=policy())
     assert isinstance(parsed, Rejection)
     assert parsed.code is ErrorCode.BAD_SIGNATURE
     assert message in parsed.message
@@ -87,10 +88,11 @@ def test_bad_signatures_are_rejected_with_a_specific_message(mutate: Any, messag
 def test_without_require_signature_unsigned_commands_pass_but_a_bad_sig_does_not() -> None:
     lax = policy(require=False)
     assert isinstance(
-        parse_command(json.dumps(command()).encode(), now=NOW, signatures=lax), Command
+        parse_command(json.dumps(command()).encode(), now=datetime.now(UTC), signatures=lax),
+        Command,
     )
     forged = {**command(), "sig": {"kid": "k1", "hmac": "a" * 64}}
-    parsed = parse_command(json.dumps(forged).encode(), now=NOW, signatures=lax)
+    parsed = parse_command(json.dumps(forged).encode(), now=datetime.now(UTC), signatures=lax)
     assert isinstance(parsed, Rejection)
     assert parsed.code is ErrorCode.BAD_SIGNATURE
 
@@ -103,7 +105,7 @@ def test_any_single_hex_digit_change_of_the_mac_is_rejected(rate: float, flip: i
     mac = body["sig"]["hmac"]
     digit = "0" if mac[flip] != "0" else "1"
     body["sig"]["hmac"] = mac[:flip] + digit + mac[flip + 1 :]
-    parsed = parse_command(json.dumps(body).encode(), now=NOW, signatures=policy())
+    parsed = parse_command(json.dumps(body).encode(), now=datetime.now(UTC), signatures=policy())
     assert isinstance(parsed, Rejection)
     assert parsed.code is ErrorCode.BAD_SIGNATURE
 
