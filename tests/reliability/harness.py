@@ -29,6 +29,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from daemon.config import Config
 from daemon.gateway import Gateway
+from daemon.mqtt_bridge import BridgeState
 from sim_devices.clock import SimClock
 from sim_devices.modbus_pump import PumpConfig as ModbusPumpSetup
 from sim_devices.modbus_server import ModbusPumpSimulator
@@ -324,7 +325,8 @@ async def probe(
 
 @contextlib.asynccontextmanager
 async def running_gateway(config: Mapping[str, Any]) -> AsyncIterator[Gateway]:
-    """An in-process gateway, yielded once every pump has been polled once."""
+    """An in-process gateway, yielded once every pump has been polled once and the MQTT bridge
+    is online (subscribed to commands)."""
     gateway = Gateway(Config(**config))
     task = asyncio.create_task(gateway.run(), name="gateway-under-test")
     ready = asyncio.create_task(gateway.ready.wait(), name="gateway-ready")
@@ -333,6 +335,8 @@ async def running_gateway(config: Mapping[str, Any]) -> AsyncIterator[Gateway]:
             await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
         if task.done():
             task.result()
+        async with asyncio.timeout(WAIT_S):  # subscribed to commands, retained state sent
+            await gateway.bridge.wait_state(BridgeState.ONLINE, connections=1)
         yield gateway
     finally:
         ready.cancel()

@@ -110,7 +110,11 @@ async def test_a_silent_pump_is_offline_after_two_failed_polls_with_an_alarm_and
             state = await state_of(p, "pump-1", "online", mark)
             assert "comm_lost" not in [a["code"] for a in state.data["alarms"]]
             # pump-2 never noticed
-            assert not [m for m in p.messages if event("pump-2", "connection_changed")(m)]
+            assert not [
+                m
+                for m in p.messages
+                if event("pump-2", "connection_changed", connection="offline")(m)
+            ]
 
 
 @pytest.mark.asyncio
@@ -156,15 +160,15 @@ async def test_a_slow_or_dead_pump_does_not_delay_the_other_pumps_polling(
         cfg = bedside(
             bench, broker_url=mosquitto.url, data_dir=tmp_path / "data", poll_period_s=POLL_S
         )
-        async with running_gateway(cfg) as gateway, probe(mosquitto.url) as p:
-            mark = len(p.messages)
-            async with poll_times(gateway, "pump-2") as polls:
-                bench.modbus.inject(fault, 2.0 if fault == "slow_answer" else None, unit=1)
-                await p.wait_for(
-                    event("pump-1", "connection_changed", connection="offline"), after=mark
-                )
-                # and a while longer, while pump-1 is retried with backoff
-                await asyncio.sleep(2.0)  # a measurement window, not synchronisation
+        async with running_gateway(cfg) as gateway:
+            bench.modbus.inject(fault, 2.0 if fault == "slow_answer" else None, unit=1)
+            async with (
+                poll_times(gateway, "pump-2") as polls,
+                poll_times(gateway, "pump-1") as slow_polls,
+            ):
+                await asyncio.sleep(3.0)  # a measurement window, not synchronisation
+            # pump-1 really was slow or silent: hardly a successful poll in the window
+            assert len(slow_polls) <= 3, slow_polls
             assert len(polls) >= 6
             # had pump-2 waited behind pump-1, each gap would be at least the period plus
             # pump-1's 1 s request timeout
