@@ -175,3 +175,28 @@ async def test_an_interrupted_command_the_device_did_not_take_is_reported_failed
             assert (await p.result(cmd["id"], "duplicate"))["first"]["phase"] == "failed"
         assert bench.modbus.pump(1).writes == 0
         assert bench.rate("pump-1") == NE_RATE
+
+
+@pytest.mark.asyncio
+async def test_an_interrupted_command_on_a_pump_that_cannot_be_read_is_reported_uncertain(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """After a restart the pump does not answer: the interrupted command cannot be settled
+    from the device, so it is reported ``uncertain`` (code ``interrupted``), not retried."""
+    data_dir = tmp_path / "data"
+    cmd = command()
+    journal = await AsyncJournal.open(data_dir, gateway_id=GW)
+    await journal.claim_command(cmd["id"], pump_id="pump-1", command=cmd)
+    verdict = {"verdict": "accept", "rate": {"value": float(NE_RATE_UP), "unit": "mL/h"}}
+    await journal.set_command_outcome(
+        cmd["id"], {"phase": "accepted", "verdict": verdict}, pump_id="pump-1"
+    )
+    await journal.aclose()
+    async with simulators() as bench, probe(mosquitto.url) as p:
+        bench.modbus.inject("no_answer", unit=1)
+        cfg = bedside(bench, broker_url=mosquitto.url, data_dir=data_dir)
+        async with running_gateway(cfg):
+            done = await p.result(cmd["id"], "uncertain")
+            assert done["reconciled"] is True
+            assert done["error"]["code"] == "interrupted"
+        assert bench.modbus.pump(1).writes == 0
