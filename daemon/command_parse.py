@@ -10,7 +10,9 @@ Order of checks, each answering with its own error code:
    missing fields, unknown fields, NaN/Infinity, negative or out-of-range numbers, an
    ``issued_at`` more than :data:`MAX_CLOCK_SKEW_S` in the future (the sender's clock is wrong:
    that is a bad request, not an expired one). The message names the field.
-5. ``expired``: ``issued_at + ttl_s`` is before ``now``.
+5. ``bad_signature``: the ``sig`` does not verify, or is missing where signatures are required
+   (:mod:`daemon.signing`).
+6. ``expired``: ``issued_at + ttl_s`` is before ``now``.
 
 ``now`` is an argument: nothing here reads the clock. Rejections carry the command id when one
 could be read (a string of at most 64 characters), else ``None``.
@@ -34,6 +36,7 @@ from pydantic import (
     model_validator,
 )
 
+from daemon.signing import SignaturePolicy
 from daemon.timefmt import format_ts, parse_ts
 
 MAX_COMMAND_BYTES = 16 * 1024
@@ -57,6 +60,8 @@ class ErrorCode(enum.StrEnum):
     BUSY = "busy"
     TOO_LARGE = "too_large"
     RETAINED = "retained"
+    BAD_SIGNATURE = "bad_signature"
+    JOURNAL_UNAVAILABLE = "journal_unavailable"  # the gateway cannot record: it refuses
 
 
 class Phase(enum.StrEnum):
@@ -111,6 +116,13 @@ class Confirm(_Strict):
     reason: Reason
 
 
+class Signature(_Strict):
+    """``{"kid", "hmac"}``: HMAC-SHA256 of the canonical command (see daemon.signing)."""
+
+    kid: Text
+    hmac: Annotated[str, StringConstraints(pattern=r"^[0-9a-fA-F]{64}$")]
+
+
 class Program(_Strict):
     drug: Text
     concentration: Quantity
@@ -138,6 +150,7 @@ class Command(_Strict):
     rate: Quantity | None = None
     program: Program | None = None
     confirm: Confirm | None = None
+    sig: Signature | None = None
 
     @field_validator("issued_at", mode="before")
     @classmethod
@@ -226,6 +239,7 @@ def parse_command(
     now: datetime,
     retained: bool = False,
     max_skew_s: float = MAX_CLOCK_SKEW_S,
+    signatures: SignaturePolicy | None = None,
 ) -> Command | Rejection:
     """Validate one command payload; never raises for any input bytes."""
     if len(payload) > MAX_COMMAND_BYTES:
@@ -273,6 +287,9 @@ def parse_command(
         return Rejection(cid, ErrorCode.BAD_REQUEST, _describe(exc))
     except (ValueError, OverflowError) as exc:  # e.g. an int too large for a float
         return Rejection(cid, ErrorCode.BAD_REQUEST, f"command: {exc}")
+    bad_sig = (signatures or SignaturePolicy()).check(obj)
+    if bad_sig is not None:
+        return Rejection(command.id, ErrorCode.BAD_SIGNATURE, bad_sig)
     ahead = (command.issued_at - now).total_seconds()
     if ahead > max_skew_s:
         return Rejection(

@@ -136,11 +136,21 @@ class ControlConfig(_Section):
 
     enabled: bool = False
     allowlist: list[Name] = Field(default_factory=list)
+    keys: dict[Name, Annotated[str, StringConstraints(min_length=1, max_length=4096)]] = Field(
+        default_factory=dict,
+        description=(
+            'HMAC keys for signed commands, by key id: "env:NAME" (environment variable) or the '
+            "path of a file holding the key (see daemon.signing). Never the key itself."
+        ),
+    )
+    require_signature: bool = False
 
     @model_validator(mode="after")
     def _allowlist_when_enabled(self) -> Self:
         if self.enabled and not self.allowlist:
             raise ValueError("allowlist: must not be empty when control is enabled")
+        if self.require_signature and not self.keys:
+            raise ValueError("keys: required when require_signature is true")
         return self
 
 

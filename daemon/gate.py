@@ -43,9 +43,10 @@ from daemon.command_parse import (
     rejected,
     uncertain,
 )
-from daemon.journal import AsyncJournal, JournalKind
+from daemon.journal import AsyncJournal, InterruptedCommand, JournalError, JournalKind
+from daemon.signing import SignaturePolicy
 from daemon.timefmt import format_ts
-from drivers.base import Outcome, PumpStatus
+from drivers.base import ConnectionState, Outcome, PumpStatus
 from protocol.engine import evaluate
 from protocol.errors import RequestError
 from protocol.library import Library
@@ -75,6 +76,7 @@ class Control:
 
     enabled: bool = False
     allowlist: frozenset[str] = frozenset()
+    signatures: SignaturePolicy = field(default_factory=SignaturePolicy)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +108,9 @@ class Gate:
     ) -> None:
         """Take one raw command; answers are published by tasks this gate keeps."""
         now = self.now()
-        parsed = parse_command(payload, now=now, retained=retained)
+        parsed = parse_command(
+            payload, now=now, retained=retained, signatures=self.control.signatures
+        )
         if isinstance(parsed, Rejection):
             self._answer(pump_id, rejected(parsed.id, error=parsed), reply, parsed.message)
             return
@@ -148,7 +152,10 @@ class Gate:
         task.add_done_callback(self._answers.discard)
 
     async def _refuse(self, pump_id: str, data: dict[str, Any], reply: ReplyTo | None) -> None:
-        await self.journal.append(JournalKind.COMMAND, {"pump": pump_id, "answer": data})
+        try:
+            await self.journal.append(JournalKind.COMMAND, {"pump": pump_id, "answer": data})
+        except JournalError as exc:  # the refusal still goes out: nothing was executed
+            log.critical("journal_unavailable", pump=pump_id, id=data.get("id"), error=str(exc))
         await self.send_result(pump_id, data, reply)
 
     async def drain(self) -> None:
@@ -162,9 +169,19 @@ class Gate:
     async def _run(self, pump_id: str, cmd: Command, reply: ReplyTo | None) -> None:
         channel = self.channels[pump_id]
         now = self.now()
-        claim = await self.journal.claim_command(
-            cmd.id, pump_id=pump_id, command=cmd.to_json(), ts=now
-        )
+        try:
+            claim = await self.journal.claim_command(
+                cmd.id, pump_id=pump_id, command=cmd.to_json(), ts=now
+            )
+        except JournalError as exc:  # no journal, no command: refuse, never execute
+            log.critical("journal_unavailable", pump=pump_id, id=cmd.id, error=str(exc))
+            error = error_body(
+                ErrorCode.JOURNAL_UNAVAILABLE,
+                "the gateway cannot write its journal (disk full or read-only?); "
+                "commands are refused until it can",
+            )
+            await self.send_result(pump_id, rejected(cmd.id, error=error), reply)
+            return
         if not claim.is_new:
             first = claim.first or {}
             resumable = first.get("phase") == Phase.NEEDS_CONFIRMATION and cmd.confirm
@@ -298,6 +315,59 @@ class Gate:
             "rate": {"value": float(status.rate_ml_h), "unit": "mL/h"},
             "dose": channel.dose_obj(status.rate_ml_h),
         }
+
+    # -- after a restart ---------------------------------------------------------------------
+
+    async def reconcile_interrupted(self) -> None:
+        """Settle commands a crash left at ``accepted`` (sent, never verified) from what each
+        device shows after its first poll: ``applied`` or ``failed`` (code ``interrupted``),
+        ``uncertain`` if the pump cannot be read. Nothing is sent to a device again; the result
+        carries ``"reconciled": true`` and becomes what a duplicate of the id is told."""
+        for item in await self.journal.interrupted_commands():
+            channel = self.channels.get(item.pump_id or "")
+            if channel is None or item.pump_id is None:
+                continue
+            await channel.first_poll_done.wait()
+            answer = {**self._settle(channel, item), "reconciled": True}
+            log.info(
+                "command_reconciled", pump=item.pump_id, id=item.command_id, phase=answer["phase"]
+            )
+            await self.journal.set_command_outcome(
+                item.command_id, outcome_of(answer), pump_id=item.pump_id
+            )
+            await self.send_result(item.pump_id, answer, None)
+
+    def _settle(self, channel: Channel, item: InterruptedCommand) -> dict[str, Any]:
+        status = channel.status
+        cid = item.command_id
+        if status is None or channel.connection is not ConnectionState.ONLINE:
+            return uncertain(
+                cid,
+                error={
+                    "code": "interrupted",
+                    "message": "the gateway restarted during the write and the pump cannot be "
+                    "read; check the pump",
+                },
+            )
+        action = (item.command or {}).get("action")
+        state = status.state.value
+        target = ((item.outcome.get("verdict") or {}).get("rate") or {}).get("value")
+        took = {
+            "stop": state in ("stopped", "alarm"),
+            "pause": state == "paused",
+            "start": state == "infusing",
+        }.get(str(action), target is not None and float(status.rate_ml_h) == float(target))
+        readback = self._readback(channel, status)
+        if took:
+            return applied(cid, readback=readback)
+        return failed(
+            cid,
+            error={
+                "code": "interrupted",
+                "message": "the gateway restarted during the write; the device did not take it",
+            },
+            readback=readback,
+        )
 
     # -- building check requests -----------------------------------------------------------
 

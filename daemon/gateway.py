@@ -29,6 +29,7 @@ from daemon.gate import Control, Gate, ReplyTo
 from daemon.journal import AsyncJournal, JournalKind
 from daemon.mqtt_bridge import MqttBridge
 from daemon.sdnotify import Notifier
+from daemon.signing import SignaturePolicy
 from daemon.timefmt import parse_ts, utc_now
 from daemon.vitals import VitalsBoard
 from drivers.backoff import Backoff
@@ -192,7 +193,13 @@ class Gateway:
             send_result=self._send_result,
             now=utc_now,
             vitals_for=self._vitals_for,
-            control=Control(cfg.control.enabled, frozenset(cfg.control.allowlist)),
+            control=Control(
+                cfg.control.enabled,
+                frozenset(cfg.control.allowlist),
+                SignaturePolicy.from_config(
+                    cfg.control.keys, require=cfg.control.require_signature
+                ),
+            ),
         )
         for pump, program in zip(cfg.pumps, programs, strict=True):
             self.channels[pump.id] = Channel(
@@ -275,6 +282,9 @@ class Gateway:
                     for source in self.config.vitals
                 )
                 workers.append(tg.create_task(self._dispatch_commands(), name="commands"))
+                workers.append(
+                    tg.create_task(self.gate.reconcile_interrupted(), name="reconcile-commands")
+                )
                 workers.append(tg.create_task(self._notify_systemd(), name="sd-notify"))
                 await self._stop.wait()
                 log.info("gateway_stopping")

@@ -139,6 +139,17 @@ class OutboxItem:
 
 
 @dataclass(frozen=True)
+class InterruptedCommand:
+    """A command whose last recorded outcome is ``accepted``: it was sent to a device but no
+    verified result was recorded (the process stopped in between)."""
+
+    command_id: str
+    pump_id: str | None
+    outcome: dict[str, Any]
+    command: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
 class CommandClaim:
     """Answer of :meth:`Journal.claim_command`: ``first`` is None for a new id.
 
@@ -413,6 +424,29 @@ class Journal:
         )
         return self.append(kind, {"id": command_id, "outcome": outcome}, ts=ts, pump_id=pump_id)
 
+    def interrupted_commands(self) -> list[InterruptedCommand]:
+        """Commands left at ``accepted`` (see :class:`InterruptedCommand`), oldest first, with
+        the command as received (scanned from that pump's command rows: rare, at start only)."""
+        found: list[InterruptedCommand] = []
+        for cid, pump_id, first in self._conn.execute(
+            "SELECT id, pump_id, first FROM commands WHERE first LIKE '%accepted%'"
+            " ORDER BY received_at"
+        ):
+            outcome = _loads_payload(first)
+            if outcome.get("phase") != "accepted":
+                continue
+            command: dict[str, Any] | None = None
+            for (payload,) in self._conn.execute(
+                "SELECT payload FROM journal WHERE kind = ? AND pump_id IS ? ORDER BY n",
+                (JournalKind.COMMAND.value, pump_id),
+            ):
+                row = _loads_payload(payload)
+                if row.get("id") == cid and isinstance(row.get("command"), dict):
+                    command = row["command"]
+                    break
+            found.append(InterruptedCommand(cid, pump_id, outcome, command))
+        return found
+
     def outbox_ack(self, seqs: Iterable[int]) -> int:
         """Delete acknowledged events from the outbox; returns how many were there."""
         self._require_transaction()
@@ -683,6 +717,10 @@ class AsyncJournal:
                 command_id, outcome, pump_id=pump_id, ts=when, kind=kind
             )
         )
+
+    async def interrupted_commands(self) -> list[InterruptedCommand]:
+        """Commands a crash left at ``accepted`` (see :meth:`Journal.interrupted_commands`)."""
+        return await self._submit(Journal.interrupted_commands)
 
     async def outbox_pending(self, limit: int = 1000) -> list[OutboxItem]:
         """Unacknowledged events, oldest first."""

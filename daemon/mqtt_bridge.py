@@ -57,7 +57,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from daemon.config import BrokerConfig
 from daemon.envelope import BRIDGE_OFFLINE, BRIDGE_ONLINE
-from daemon.journal import OutboxItem
+from daemon.journal import JournalError, OutboxItem
 from daemon.topics import Topics
 from drivers.backoff import Backoff
 
@@ -65,6 +65,7 @@ log = structlog.get_logger("infusiond.mqtt")
 
 MAX_INCOMING_PACKET = 256 * 1024  # the broker drops bigger packets for us; commands cap at 16 KiB
 OFFLINE_TIMEOUT_S = 2.0
+OUTBOX_RETRY_S = 1.0  # after a journal error (disk full, read-only): retry, never spin
 MAX_RESPONSE_TOPIC = 256
 
 
@@ -390,7 +391,12 @@ class MqttBridge:
     async def _outbox_loop(self, client: aiomqtt.Client) -> None:
         while True:
             self._outbox.outbox_changed.clear()
-            items = await self._outbox.outbox_pending(limit=self._outbox_batch)
+            try:
+                items = await self._outbox.outbox_pending(limit=self._outbox_batch)
+            except JournalError as exc:  # disk full / read-only: keep the connection, retry
+                log.warning("outbox unreadable; retrying", error=str(exc))
+                await asyncio.sleep(OUTBOX_RETRY_S)
+                continue
             if not items:
                 await self._outbox.outbox_changed.wait()
                 continue
@@ -400,7 +406,12 @@ class MqttBridge:
                         client.publish(item.topic, item.payload, qos=1),
                         name="mqtt-publish-event",
                     )
-            await self._outbox.outbox_ack([item.seq for item in items])
+            try:
+                await self._outbox.outbox_ack([item.seq for item in items])
+            except JournalError as exc:  # they stay queued: published again, same seq
+                log.warning("outbox ack not recorded; retrying", error=str(exc))
+                await asyncio.sleep(OUTBOX_RETRY_S)
+                continue
             self.stats.events_published += len(items)
 
     async def _results_loop(self, client: aiomqtt.Client) -> None:

@@ -1,0 +1,133 @@
+"""Command flood: 1,000 commands per second at one pump (3 s by default, ``INFUSIOND_FLOOD_S=10``
+for the issue's full 10 s), against the daemon as a real subprocess. It stays responsive
+(retained state of both pumps keeps being published at its period, a command after the flood
+is served at once), answers the excess ``busy`` or with its bad-input error, and its memory
+stays bounded (RSS from /proc)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+import time
+from collections import Counter
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from tests.reliability.harness import (
+    NE_RATE_UP,
+    bedside,
+    command,
+    daemon_process,
+    probe,
+    pumps_online,
+    simulators,
+    write_toml,
+)
+from tests.support.procs import Mosquitto
+
+FLOOD_S = float(os.environ.get("INFUSIOND_FLOOD_S", "3"))
+PER_SECOND = 1000
+TICK_S = 0.01
+# the bench's pump.state refresh: publish_every_s 2.0, checked at each 0.5 s poll
+STATE_PERIOD_S = 2.0 + 0.5
+RSS_GROWTH_LIMIT_KIB = 64 * 1024
+
+
+@pytest.mark.slow
+@pytest.mark.asyncio
+async def test_a_command_flood_is_answered_busy_and_the_daemon_stays_responsive_and_bounded(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """Valid set_rate commands (new ids) plus 10 % garbage at 1,000/s: the excess is answered
+    busy, the garbage bad_request; both pumps' states keep their period; RSS grows < 64 MiB;
+    right after, a new command is served."""
+    async with simulators() as bench:
+        cfg = bedside(bench, broker_url=mosquitto.url, data_dir=tmp_path / "data")
+        config = write_toml(tmp_path / "infusiond.toml", cfg)
+        with daemon_process(config, tmp_path / "daemon.log") as daemon:
+            async with probe(mosquitto.url) as p, probe(mosquitto.url, "none/#") as attacker:
+                await pumps_online(p)
+                warm = command(cid="warm-up")
+                await p.send("pump-1", warm)
+                await p.result("warm-up", "applied")
+                rss_before = daemon.rss_kib()
+                rss_peak = rss_before
+
+                flood_start = len(p.messages)
+                started = time.monotonic()
+                sent = 0
+                topic = "infusiond/rel-gw/pump/pump-1/command"
+                while (elapsed := time.monotonic() - started) < FLOOD_S:
+                    due = int(elapsed * PER_SECOND) - sent
+                    for _ in range(max(0, due)):
+                        sent += 1
+                        body = (
+                            b'{"id": 7}'  # every tenth is garbage
+                            if sent % 10 == 0
+                            else json.dumps(command(cid=f"flood-{sent}")).encode()
+                        )
+                        await attacker.client.publish(topic, body, qos=0)
+                    if sent % 200 < 10:
+                        rss_peak = max(rss_peak, daemon.rss_kib())
+                    await asyncio.sleep(TICK_S)
+                flood_end = len(p.messages)
+                flood_s = time.monotonic() - started
+
+                # responsive right after: a fresh command is served
+                after = command(cid="after-flood", rate={"value": 60.0, "unit": "mL/h"})
+                t0 = time.monotonic()
+                deadline = t0 + 20
+                while True:  # it may still be draining the flood: retry while busy
+                    mark = len(p.messages)
+                    await p.send("pump-1", after | {"id": f"after-{int(time.monotonic() * 1e3)}"})
+                    data = await p.wait_for(
+                        lambda m: (
+                            m.topic.endswith("pump-1/command/result")
+                            and str(m.data.get("id", "")).startswith("after-")
+                        ),
+                        after=mark,
+                    )
+                    if data.data["phase"] != "rejected":
+                        break
+                    assert data.data["error"]["code"] == "busy"
+                    assert time.monotonic() < deadline, "still busy 20 s after the flood"
+                    await asyncio.sleep(0.2)
+                rss_after = daemon.rss_kib()
+                assert daemon.proc is not None
+                assert daemon.proc.poll() is None
+
+            window = p.messages[flood_start:flood_end]
+            results = [m.data for m in window if m.topic.endswith("pump-1/command/result")]
+            phases = Counter(
+                r["phase"]
+                if r["phase"] != "rejected"
+                else r["error"]["code"]
+                if "error" in r
+                else "verdict"
+                for r in results
+            )
+            # the publisher shares 2 loaded cores with everything else: accept a flood that
+            # reached at least half the target rate
+            assert sent >= PER_SECOND * FLOOD_S * 0.5, sent
+            assert phases["busy"] > sent / 4, phases
+            assert phases["bad_request"] > 0, phases
+            assert set(phases) <= {"busy", "bad_request", "accepted", "applied", "duplicate"}, (
+                phases
+            )
+            for pump in ("pump-1", "pump-2"):
+                during = [m for m in window if m.topic.endswith(f"pump/{pump}/state")]
+                assert len(during) >= int(flood_s / STATE_PERIOD_S), (pump, during)
+                stamps = [
+                    datetime.fromisoformat(m.json["ts"])
+                    for m in p.messages
+                    if m.topic.endswith(f"pump/{pump}/state")
+                ]
+                gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(stamps)]
+                assert max(gaps) <= STATE_PERIOD_S + 0.5, (pump, gaps)
+            assert rss_peak - rss_before < RSS_GROWTH_LIMIT_KIB, (rss_before, rss_peak)
+            assert rss_after - rss_before < RSS_GROWTH_LIMIT_KIB, (rss_before, rss_after)
+            assert bench.rate("pump-1") in {NE_RATE_UP, 60}
