@@ -252,6 +252,7 @@ class Channel:
                 if not await self._try_connect():
                     self.first_poll_done.set()
                     self.last_progress = time.monotonic()
+                    await self.publish_state()  # keeps the retained state's refresh period
                     await self._pause(backoff.next_delay())
                     continue
                 backoff.reset()

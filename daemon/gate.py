@@ -119,7 +119,7 @@ class Gate:
             self._answer(pump_id, rejected(parsed.id, error=error), reply, error["message"])
             return
         task = asyncio.get_running_loop().create_task(
-            self._run(pump_id, parsed, reply), name=f"command:{pump_id}:{parsed.id}"
+            self._run_guarded(pump_id, parsed, reply), name=f"command:{pump_id}:{parsed.id}"
         )
         self._inflight[pump_id] = task
         task.add_done_callback(lambda _t: self._inflight.pop(pump_id, None))
@@ -166,7 +166,23 @@ class Gate:
 
     # -- the checked path ---------------------------------------------------------------------
 
-    async def _run(self, pump_id: str, cmd: Command, reply: ReplyTo | None) -> None:
+    async def _run_guarded(self, pump_id: str, cmd: Command, reply: ReplyTo | None) -> None:
+        """:meth:`_run`, and an answer even when the journal fails half way: before the write
+        ``rejected`` (nothing was executed), after it ``uncertain`` (the poll reconciles)."""
+        accepted_sent: set[str] = set()
+        try:
+            await self._run(pump_id, cmd, reply, accepted_sent)
+        except JournalError as exc:
+            log.critical("journal_unavailable", pump=pump_id, id=cmd.id, error=str(exc))
+            body = error_body(ErrorCode.JOURNAL_UNAVAILABLE, f"journal write failed: {exc}")
+            answer = (
+                uncertain(cmd.id, error=body) if accepted_sent else rejected(cmd.id, error=body)
+            )
+            await self.send_result(pump_id, answer, reply)
+
+    async def _run(
+        self, pump_id: str, cmd: Command, reply: ReplyTo | None, accepted_sent: set[str]
+    ) -> None:
         channel = self.channels[pump_id]
         now = self.now()
         try:
@@ -223,6 +239,7 @@ class Gate:
             )
             return
         await self._progress(pump_id, cmd, accepted(cmd.id, verdict=verdict_json), reply)
+        accepted_sent.add(cmd.id)
         async with channel.exclusive():
             result = await channel.execute(plan.action, cmd.id, rate)
             if result.outcome is Outcome.APPLIED and plan.program is not None:
