@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from daemon.poll_stats import LATENESS
 from daemon.pump_events import (
     ALARM_PRIORITY,
     Observation,
@@ -241,8 +242,10 @@ class Channel:
         """Poll forever; reconnect with capped backoff. Cancel to stop."""
         backoff = Backoff(initial_s=0.2, maximum_s=10.0)
         await self.publish_state(force=True)
+        due: float | None = None  # when the next poll should start (bench lateness only)
         while True:
             if self.connection is not ConnectionState.ONLINE:
+                due = None
                 if not await self._try_connect():
                     self.first_poll_done.set()
                     self.last_progress = time.monotonic()
@@ -250,6 +253,9 @@ class Channel:
                     continue
                 backoff.reset()
             started = time.monotonic()
+            if LATENESS is not None and due is not None:
+                LATENESS.record(started - due)
+            due = started + self.config.poll_period_s
             await self.poll_once()
             self.first_poll_done.set()
             self.last_progress = time.monotonic()

@@ -1,0 +1,53 @@
+"""Poll lateness for benchmarks: off unless ``$INFUSIOND_BENCH_STATS`` names a file.
+
+When enabled, every channel records how late each poll started against its schedule (the
+previous start plus the poll period) into one process-wide histogram with 1 ms buckets; on
+SIGUSR1 the service writes the histogram as JSON to that file (by rename, so a reader never
+sees half a file). ``bench/scale.py`` reads it. Disabled, :data:`LATENESS` is None and a
+channel pays one ``is None`` test per poll.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+ENV_VAR = "INFUSIOND_BENCH_STATS"
+BUCKETS = 10_000  # 1 ms each; the last one collects everything >= 10 s
+
+
+class LatenessHistogram:
+    """Counts of poll lateness in 1 ms buckets (negative lateness counts as 0)."""
+
+    def __init__(self) -> None:
+        self.counts = [0] * BUCKETS
+        self.total = 0
+
+    def record(self, late_s: float) -> None:
+        bucket = int(late_s * 1000) if late_s > 0 else 0
+        self.counts[bucket if bucket < BUCKETS else BUCKETS - 1] += 1
+        self.total += 1
+
+    def snapshot(self) -> dict[str, Any]:
+        """``{"total": n, "ms": {bucket_ms: count, ...}}`` with empty buckets left out."""
+        return {
+            "total": self.total,
+            "ms": {str(ms): n for ms, n in enumerate(self.counts) if n},
+        }
+
+    def dump(self, path: Path) -> None:
+        """Write :meth:`snapshot` to ``path`` atomically."""
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.snapshot()))
+        tmp.replace(path)
+
+
+def _from_env() -> tuple[LatenessHistogram | None, Path | None]:
+    target = os.environ.get(ENV_VAR)
+    return (LatenessHistogram(), Path(target)) if target else (None, None)
+
+
+#: the process-wide histogram, or None when the benchmark hook is off (the default)
+LATENESS, STATS_PATH = _from_env()
