@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 from collections.abc import Callable
 from typing import Any
@@ -53,19 +54,30 @@ REQUEST = json.dumps(
 )
 
 
-def _rate(fn: Callable[[], object], seconds: float) -> float:
-    """Calls per second of ``fn`` over about ``seconds`` of wall time."""
+def _rates(
+    baseline: Callable[[], object], subject: Callable[[], object], seconds: float
+) -> tuple[float, float]:
+    """Calls per second of both, measured in alternating chunks over about ``2 * seconds`` so a
+    load change on a shared machine hits both alike; the median chunk rate of each."""
     for _ in range(200):  # warm up caches
-        fn()
-    n, batch = 0, 500
-    start = time.perf_counter()
-    while True:
-        for _ in range(batch):
-            fn()
-        n += batch
-        elapsed = time.perf_counter() - start
-        if elapsed >= seconds:
-            return n / elapsed
+        baseline()
+        subject()
+    base_rates: list[float] = []
+    subject_rates: list[float] = []
+    chunk = seconds / 10
+    end = time.perf_counter() + 2 * seconds
+    while time.perf_counter() < end or len(base_rates) < 3:
+        for fn, rates in ((baseline, base_rates), (subject, subject_rates)):
+            n, start = 0, time.perf_counter()
+            while True:
+                for _ in range(100):
+                    fn()
+                n += 100
+                elapsed = time.perf_counter() - start
+                if elapsed >= chunk:
+                    rates.append(n / elapsed)
+                    break
+    return statistics.median(base_rates), statistics.median(subject_rates)
 
 
 def measure(*, quick: bool = False, seconds: float | None = None) -> dict[str, Any]:
@@ -77,8 +89,7 @@ def measure(*, quick: bool = False, seconds: float | None = None) -> dict[str, A
         return json.dumps(evaluate(library, parse_request_json(REQUEST)).to_dict())
 
     assert json.loads(verdict())["verdict"] == "accept"
-    baseline = _rate(lambda: json.loads(REQUEST), span)
-    verdicts = _rate(verdict, span)
+    baseline, verdicts = _rates(lambda: json.loads(REQUEST), verdict, span)
     share = verdicts / baseline
     return {
         "bench": "check",

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import enum
 import time
+import zlib
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
@@ -116,6 +117,11 @@ class _Latched:
     code: str
     priority: str
     since: datetime
+
+
+def refresh_phase(pump_id: str) -> float:
+    """A stable fraction in [0, 1) per pump id: where in the refresh period its refresh falls."""
+    return zlib.crc32(pump_id.encode()) / 2**32
 
 
 @dataclass
@@ -242,6 +248,10 @@ class Channel:
         """Poll forever; reconnect with capped backoff. Cancel to stop."""
         backoff = Backoff(initial_s=0.2, maximum_s=10.0)
         await self.publish_state(force=True)
+        # Spread the periodic refreshes of many pumps over the refresh period (a fixed phase per
+        # pump id) instead of having them all fall due in the same poll round: a burst of
+        # hundreds of state publishes delays every poll scheduled around it (docs/performance.md).
+        self._last_state_publish -= refresh_phase(self.pump_id) * self.config.publish_every_s
         due: float | None = None  # when the next poll should start (bench lateness only)
         while True:
             if self.connection is not ConnectionState.ONLINE:

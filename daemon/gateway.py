@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -339,6 +340,9 @@ class Gateway:
     async def _notify_systemd(self) -> None:
         await asyncio.gather(*(c.first_poll_done.wait() for c in self.channels.values()))
         self.ready.set()
+        # Everything built so far (modules, library, channels) lives as long as the process:
+        # keep it out of later collections, whose full passes otherwise stall every channel.
+        gc.freeze()
         self.notifier.notify(READY="1", STATUS=f"{len(self.channels)} pump(s) polled")
         log.info("gateway_ready", pumps=len(self.channels))
         interval = self.notifier.watchdog_interval_s()

@@ -3,14 +3,16 @@
 When enabled, every channel records how late each poll started against its schedule (the
 previous start plus the poll period) into one process-wide histogram with 1 ms buckets; on
 SIGUSR1 the service writes the histogram as JSON to that file (by rename, so a reader never
-sees half a file). ``bench/scale.py`` reads it. Disabled, :data:`LATENESS` is None and a
-channel pays one ``is None`` test per poll.
+sees half a file). ``bench/scale.py`` reads it. Garbage-collector pauses are timed too.
+Disabled, :data:`LATENESS` is None and a channel pays one ``is None`` test per poll.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +21,29 @@ BUCKETS = 10_000  # 1 ms each; the last one collects everything >= 10 s
 
 
 class LatenessHistogram:
-    """Counts of poll lateness in 1 ms buckets (negative lateness counts as 0)."""
+    """Counts of poll lateness in 1 ms buckets (negative lateness counts as 0), plus the
+    garbage collector's pauses per generation (a full collection stops the event loop)."""
 
     def __init__(self) -> None:
         self.counts = [0] * BUCKETS
         self.total = 0
+        self.gc_pauses: dict[str, list[float]] = {"0": [0, 0.0], "1": [0, 0.0], "2": [0, 0.0]}
+        self.gc_max_ms = 0.0
+        self._gc_started = 0.0
+
+    def watch_gc(self) -> None:
+        """Time every collection (count and total ms per generation, longest pause)."""
+        gc.callbacks.append(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+            return
+        ms = (time.perf_counter() - self._gc_started) * 1000
+        entry = self.gc_pauses[str(info["generation"])]
+        entry[0] += 1
+        entry[1] += ms
+        self.gc_max_ms = max(self.gc_max_ms, ms)
 
     def record(self, late_s: float) -> None:
         bucket = int(late_s * 1000) if late_s > 0 else 0
@@ -35,6 +55,10 @@ class LatenessHistogram:
         return {
             "total": self.total,
             "ms": {str(ms): n for ms, n in enumerate(self.counts) if n},
+            "gc": {
+                "pauses": {g: [n, round(ms, 3)] for g, (n, ms) in self.gc_pauses.items()},
+                "max_ms": round(self.gc_max_ms, 3),
+            },
         }
 
     def dump(self, path: Path) -> None:
@@ -46,7 +70,11 @@ class LatenessHistogram:
 
 def _from_env() -> tuple[LatenessHistogram | None, Path | None]:
     target = os.environ.get(ENV_VAR)
-    return (LatenessHistogram(), Path(target)) if target else (None, None)
+    if not target:
+        return None, None
+    histogram = LatenessHistogram()
+    histogram.watch_gc()
+    return histogram, Path(target)
 
 
 #: the process-wide histogram, or None when the benchmark hook is off (the default)
