@@ -7,6 +7,9 @@ Baseline, measured in the same run and interleaved sample by sample with the dae
 * ``modbus_write_read``: a raw pymodbus write of one holding register plus a read of the status
   block, on the same simulator process (another unit id).
 
+For context (not part of the baseline) it also times ``journal_commit``: one durable SQLite commit
+through :class:`daemon.journal.AsyncJournal` on the same disk; the daemon's path has five.
+
 ``baseline = mqtt_echo + modbus_write_read`` (p50 with p50, p99 with p99). The daemon runs as
 ``infusiond run --config`` with remote control on and an allowlist; commands are sent one at a
 time (a pump takes one command at a time) and alternate 0.05 <-> 0.06 ug/kg/min of
@@ -34,6 +37,7 @@ import aiomqtt
 from pymodbus.client import AsyncModbusTcpClient
 
 from bench.harness import Daemon, broker, modbus_sims, progress, summary_ms, write_config
+from daemon.journal import AsyncJournal, JournalKind
 from drivers.modbus.regmap import load_profile
 
 GATEWAY = "bench-rtt"
@@ -78,13 +82,17 @@ async def _echo_peer(port: int, ready: asyncio.Event) -> None:
             await b.publish("bench/pong", message.payload, qos=1)
 
 
-async def _measure(port: int, sim_url: str, n: int) -> dict[str, Any]:
+async def _measure(port: int, sim_url: str, n: int, probe_dir: Path) -> dict[str, Any]:
     regmap = load_profile("generic-pump-v1")
     status = regmap.decoder(["status", "rate", "executed_seq", "last_result"]).spans[0]
     command_reg = regmap["command"].address  # writing 0 = "no command", as the watchdog feed
     host_port = sim_url.removeprefix("tcp://").rsplit(":", 1)
     raw = AsyncModbusTcpClient(host_port[0], port=int(host_port[1]), retries=0)
     await raw.connect()
+    # Context, not baseline: one durable journal commit on the same disk as the daemon's journal
+    # (the daemon makes five, one after the other, on the way to ``applied``).
+    journal = await AsyncJournal.open(probe_dir, gateway_id="bench-probe")
+    commits: list[float] = []
     echo: list[float] = []
     modbus: list[float] = []
     daemon: list[float] = []
@@ -136,10 +144,14 @@ async def _measure(port: int, sim_url: str, n: int) -> dict[str, Any]:
                     echo.append(t1 - t0)
                     modbus.append(t2 - t1)
                     daemon.append(t3 - t2)
+                t4 = time.perf_counter()
+                await journal.append(JournalKind.COMMAND, {"probe": i})
+                commits.append(time.perf_counter() - t4)
                 if i and i % 100 == 0:
                     progress(f"command_rtt: {i}/{n + 5} commands")
         peer.cancel()
     raw.close()
+    await journal.aclose()
     e, m, d = summary_ms(echo), summary_ms(modbus), summary_ms(daemon)
     base50 = e["p50_ms"] + m["p50_ms"]
     base99 = e["p99_ms"] + m["p99_ms"]
@@ -151,6 +163,7 @@ async def _measure(port: int, sim_url: str, n: int) -> dict[str, Any]:
         "daemon": d,
         "mqtt_echo": e,
         "modbus_write_read": m,
+        "journal_commit": summary_ms(commits),
         "rows": [
             {
                 "figure": "command_rtt p50: command -> applied",
@@ -190,7 +203,7 @@ def measure(*, quick: bool = False, n: int | None = None) -> dict[str, Any]:
             daemon = Daemon(config, work / "daemon")
             try:
                 daemon.wait_ready()
-                return asyncio.run(_measure(mqtt.port, sims.endpoints[0][0], count))
+                return asyncio.run(_measure(mqtt.port, sims.endpoints[0][0], count, work / "probe"))
             finally:
                 daemon.close()
 

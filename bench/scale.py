@@ -1,14 +1,15 @@
 """Bench ``scale``: how many pumps one daemon process polls at 1 Hz within budget.
 
 Budget (target: >= 1000 pumps): p99 poll lateness <= 100 ms and <= 1 core. The simulators run in
-other processes (:data:`bench.harness.UNITS_PER_SIM` Modbus unit ids per process, so pumps on one
-simulator share one TCP connection, as pumps on one RTU line or gateway do). For each step N the
-bench starts a daemon with N pumps, waits for READY=1 and a warm-up, then measures over a window:
+other processes, :data:`bench.harness.UNITS_PER_SIM` Modbus unit ids each; pumps on one
+simulator share one TCP connection and one bus lock, as pumps behind one Modbus gateway or on
+one RTU line do. For each step N the bench starts a daemon with N pumps,
+waits for READY=1 and a warm-up, then measures over a window:
 
 * poll lateness: the daemon's own histogram (``INFUSIOND_BENCH_STATS``, read on SIGUSR1): how
   late each poll started against its schedule (previous start + poll period), window only;
 * CPU: utime + stime from ``/proc/<pid>/stat`` over the window (1.0 = one core);
-* RSS at the end of the window.
+* RSS at the end of the window, and the garbage collector's pauses in the window.
 
 The ramp stops at the first step over budget. ``python -m bench.scale [--quick] [--steps 50,100]``
 """
@@ -85,6 +86,8 @@ def _step(
     polls = h1["total"] - h0["total"]
     p50, p99 = window_quantile(h0, h1, 0.5), window_quantile(h0, h1, 0.99)
     cores = cpu_share(s0, s1)
+    gc0, gc1 = h0["gc"]["pauses"], h1["gc"]["pauses"]
+    full_gcs = gc1["2"][0] - gc0["2"][0]
     ok = p99 is not None and p99 <= TARGET_P99_MS and cores <= TARGET_CORES
     return {
         "pumps": n,
@@ -95,6 +98,9 @@ def _step(
         "lateness_p99_ms": p99,
         "cpu_cores": round(cores, 3),
         "rss_mb": round(s1.rss_kb / 1024, 1),
+        "full_gc_pauses": full_gcs,
+        "full_gc_ms": round(gc1["2"][1] - gc0["2"][1], 1),
+        "gc_max_pause_since_start_ms": h1["gc"]["max_ms"],
         "within_budget": ok,
     }
 
