@@ -51,7 +51,7 @@ async def _seen_states(port: int, expected: int, timeout: float) -> dict[str, se
 
 def measure(*, quick: bool = False, per_gateway: int | None = None) -> dict[str, Any]:
     n = per_gateway or (25 if quick else 250)
-    window = 5.0 if quick else 15.0
+    warmup, window = (1.0, 5.0) if quick else (5.0, 15.0)
     with tempfile.TemporaryDirectory(prefix="bench-ward-") as tmp:
         work = Path(tmp)
         with broker(work) as mqtt, modbus_sims(2 * n) as sims:
@@ -72,6 +72,7 @@ def measure(*, quick: bool = False, per_gateway: int | None = None) -> dict[str,
                 ready = [d.wait_ready(timeout=120) for d in daemons]
                 progress(f"ward: both gateways ready ({n} pumps each)")
                 seen = asyncio.run(_seen_states(mqtt.port, 2 * n, timeout=30))
+                time.sleep(warmup)  # let start-up settle, as in bench/scale.py
                 h0 = [d.poll_stats() for d in daemons]
                 s0 = [sample(d.pid) for d in daemons]
                 time.sleep(window)  # the measurement window
