@@ -185,11 +185,13 @@ def write_config(
 
 @dataclass(frozen=True)
 class ProcSample:
-    """CPU seconds (user + system) and resident memory of one process at one instant."""
+    """CPU seconds (user + system), resident memory, and the seconds its main thread (the event
+    loop) has spent runnable but waiting for a CPU, of one process at one instant."""
 
     at: float
     cpu_s: float
     rss_kb: int
+    runqueue_wait_s: float
 
 
 def sample(pid: int) -> ProcSample:
@@ -199,12 +201,18 @@ def sample(pid: int) -> ProcSample:
     fields = stat[stat.rindex(")") + 2 :].split()
     cpu = (int(fields[11]) + int(fields[12])) / CLK_TCK
     resident = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
-    return ProcSample(at, cpu, resident * PAGE_KB)
+    waited_ns = int(Path(f"/proc/{pid}/schedstat").read_text().split()[1])
+    return ProcSample(at, cpu, resident * PAGE_KB, waited_ns / 1e9)
 
 
 def cpu_share(a: ProcSample, b: ProcSample) -> float:
     """Cores used between two samples (1.0 = one core fully busy)."""
     return (b.cpu_s - a.cpu_s) / (b.at - a.at)
+
+
+def starved_share(a: ProcSample, b: ProcSample) -> float:
+    """Share of wall time the event loop was ready to run but had no CPU (machine overload)."""
+    return (b.runqueue_wait_s - a.runqueue_wait_s) / (b.at - a.at)
 
 
 class Daemon:

@@ -8,7 +8,9 @@ waits for READY=1 and a warm-up, then measures over a window:
 
 * poll lateness: the daemon's own histogram (``INFUSIOND_BENCH_STATS``, read on SIGUSR1): how
   late each poll started against its schedule (previous start + poll period), window only;
-* CPU: utime + stime from ``/proc/<pid>/stat`` over the window (1.0 = one core);
+* CPU: utime + stime from ``/proc/<pid>/stat`` over the window (1.0 = one core), and the share
+  of the window the event loop was runnable but waiting for a CPU (``/proc/<pid>/schedstat``:
+  the machine, not the daemon, was the bottleneck then);
 * RSS at the end of the window, and the garbage collector's pauses in the window.
 
 The ramp stops at the first step over budget. ``python -m bench.scale [--quick] [--steps 50,100]``
@@ -31,6 +33,7 @@ from bench.harness import (
     modbus_sims,
     progress,
     sample,
+    starved_share,
     write_config,
 )
 
@@ -97,6 +100,7 @@ def _step(
         "lateness_p50_ms": p50,
         "lateness_p99_ms": p99,
         "cpu_cores": round(cores, 3),
+        "waiting_for_cpu": round(starved_share(s0, s1), 3),
         "rss_mb": round(s1.rss_kb / 1024, 1),
         "full_gc_pauses": full_gcs,
         "full_gc_ms": round(gc1["2"][1] - gc0["2"][1], 1),
@@ -119,7 +123,8 @@ def measure(*, quick: bool = False, steps: tuple[int, ...] | None = None) -> dic
                 result = _step(n, mqtt.url, sims.endpoints, step_dir, warmup, window)
                 progress(
                     f"scale: {n} pumps: lateness p99 {result['lateness_p99_ms']} ms, "
-                    f"{result['cpu_cores']} core, {result['polls_per_s']} polls/s, "
+                    f"{result['cpu_cores']} core (waiting for a CPU {result['waiting_for_cpu']}), "
+                    f"{result['polls_per_s']} polls/s, "
                     f"RSS {result['rss_mb']} MB"
                 )
                 results.append(result)

@@ -23,7 +23,16 @@ from typing import Any
 
 import aiomqtt
 
-from bench.harness import Daemon, broker, cpu_share, modbus_sims, progress, sample, write_config
+from bench.harness import (
+    Daemon,
+    broker,
+    cpu_share,
+    modbus_sims,
+    progress,
+    sample,
+    starved_share,
+    write_config,
+)
 from bench.scale import window_quantile
 
 GATEWAYS = ("ward-a", "ward-b")
@@ -88,6 +97,7 @@ def measure(*, quick: bool = False, per_gateway: int | None = None) -> dict[str,
             "states_seen": len(seen.get(gateway, ())),
             "lateness_p99_ms": window_quantile(h0[i], h1[i], 0.99),
             "cpu_cores": round(cpu_share(s0[i], s1[i]), 3),
+            "waiting_for_cpu": round(starved_share(s0[i], s1[i]), 3),
             "rss_mb": round(s1[i].rss_kb / 1024, 1),
         }
         for i, gateway in enumerate(GATEWAYS)

@@ -340,11 +340,13 @@ class Gateway:
     async def _notify_systemd(self) -> None:
         await asyncio.gather(*(c.first_poll_done.wait() for c in self.channels.values()))
         self.ready.set()
-        # Everything built so far (modules, library, channels) lives as long as the process:
-        # keep it out of later collections, whose full passes otherwise stall every channel.
-        gc.freeze()
         self.notifier.notify(READY="1", STATUS=f"{len(self.channels)} pump(s) polled")
         log.info("gateway_ready", pumps=len(self.channels))
+        # Everything built so far (modules, library, channels) lives as long as the process:
+        # keep it out of later collections, whose full passes otherwise stall every channel
+        # (docs/performance.md). Collect first so that no start-up garbage is frozen with it.
+        gc.collect()
+        gc.freeze()
         interval = self.notifier.watchdog_interval_s()
         if interval is None:
             return
