@@ -49,7 +49,7 @@ def test_quick_bench_prints_one_json_object_with_every_row_and_a_table() -> None
     assert report["all_met"] == all(r["met"] for r in rows)
     rtt = report["results"]["command_rtt"]
     assert rtt["phases"] == {"applied": rtt["commands"] + 5}  # every command applied
-    assert rtt["daemon"]["p50_ms"] < 40.0
+    assert rtt["daemon"]["p50_ms"] < 60.0  # Nagle would add >= 40 ms per hop; a busy disk ~15
     stderr = done.stderr.decode()
     assert "check: verdicts per second" in stderr
     assert "| met" in stderr
