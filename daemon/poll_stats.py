@@ -58,6 +58,7 @@ class LatenessHistogram:
             "gc": {
                 "pauses": {g: [n, round(ms, 3)] for g, (n, ms) in self.gc_pauses.items()},
                 "max_ms": round(self.gc_max_ms, 3),
+                "frozen": gc.get_freeze_count(),  # objects kept out of collections
             },
         }
 

@@ -15,6 +15,7 @@ import pytest
 from bench.__main__ import table
 from bench.harness import Daemon, modbus_sims, write_config
 from bench.scale import window_quantile
+from daemon.channel import refresh_phase
 from daemon.poll_stats import LatenessHistogram
 from tests.support.procs import Mosquitto
 
@@ -112,7 +113,8 @@ def test_daemon_dumps_poll_lateness_on_sigusr1_when_enabled(
     mosquitto: Mosquitto, tmp_path: Path
 ) -> None:
     """A real ``infusiond run`` with INFUSIOND_BENCH_STATS writes its lateness histogram (one
-    count per scheduled poll) to that file on SIGUSR1; the count grows as it polls."""
+    count per scheduled poll) to that file on SIGUSR1; the count grows as it polls. The dump also
+    shows the start-up heap frozen out of garbage collection after READY=1."""
     with modbus_sims(1) as sims:
         config = write_config(
             tmp_path / "infusiond.toml",
@@ -135,3 +137,14 @@ def test_daemon_dumps_poll_lateness_on_sigusr1_when_enabled(
     assert later["total"] >= first["total"] + 3
     assert sum(later["ms"].values()) == later["total"]
     assert set(later["gc"]["pauses"]) == {"0", "1", "2"}  # collections are timed too
+    assert later["gc"]["frozen"] > 10_000  # start-up objects frozen after READY=1
+
+
+def test_refresh_phases_spread_a_ward_over_the_refresh_period() -> None:
+    """Periodic state refreshes of 1000 pumps are spread over the period (no burst): each
+    tenth of it gets 5-15% of the pumps, and a pump's phase is stable across restarts."""
+    phases = [refresh_phase(f"pump-{i}") for i in range(1, 1001)]
+    assert all(0 <= p < 1 for p in phases)
+    per_tenth = [sum(1 for p in phases if k / 10 <= p < (k + 1) / 10) for k in range(10)]
+    assert all(50 <= n <= 150 for n in per_tenth), per_tenth
+    assert refresh_phase("pump-7") == phases[6]
