@@ -124,25 +124,42 @@ class SimFarm:
         self.procs.clear()
 
 
+def _spawn_sim(count: int, ports_in_use: set[int]) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    while port in ports_in_use:  # free_port() may hand out a port another sim is about to bind
+        port = free_port()
+    ports_in_use.add(port)
+    url = f"tcp://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "daemon.cli", "sim", "modbus", "--listen", url]
+    cmd += ["--pumps", str(count), "--status", "infusing", "--rate", "52.5"]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL), url
+
+
 @contextlib.contextmanager
 def modbus_sims(pumps: int, *, per_process: int = UNITS_PER_SIM) -> Iterator[SimFarm]:
-    """``pumps`` simulated pumps infusing at 52.5 mL/h, ``per_process`` unit ids per process."""
+    """``pumps`` simulated pumps infusing at 52.5 mL/h, ``per_process`` unit ids per process.
+
+    The processes start in parallel; one that dies before its banner (its port was taken by
+    someone else between our probe and its bind) is started again on another port, twice."""
     farm = SimFarm()
+    ports: set[int] = set()
     try:
-        left = pumps
-        while left > 0:
-            count = min(left, per_process)
-            port = free_port()
-            url = f"tcp://127.0.0.1:{port}"
-            cmd = [sys.executable, "-m", "daemon.cli", "sim", "modbus", "--listen", url]
-            cmd += ["--pumps", str(count), "--status", "infusing", "--rate", "52.5"]
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-            farm.procs.append(proc)
-            farm.endpoints.extend((url, unit) for unit in range(1, count + 1))
-            left -= count
-        for proc in farm.procs:
-            assert proc.stdout is not None
-            _read_until(proc.stdout.fileno(), b"serving", proc, 30)
+        counts = [min(per_process, pumps - start) for start in range(0, pumps, per_process)]
+        started = [_spawn_sim(count, ports) for count in counts]
+        farm.procs.extend(proc for proc, _ in started)
+        for index, count in enumerate(counts):
+            for attempt in range(3):
+                proc = started[index][0]
+                assert proc.stdout is not None
+                try:
+                    _read_until(proc.stdout.fileno(), b"serving", proc, 30)
+                    break
+                except RuntimeError:
+                    if attempt == 2 or proc.poll() is None:
+                        raise
+                    started[index] = _spawn_sim(count, ports)
+                    farm.procs.append(started[index][0])
+            farm.endpoints.extend((started[index][1], unit) for unit in range(1, count + 1))
         yield farm
     finally:
         farm.close()
