@@ -9,6 +9,7 @@ Disabled, :data:`LATENESS` is None and a channel pays one ``is None`` test per p
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
 import os
@@ -30,6 +31,7 @@ class LatenessHistogram:
         self.gc_pauses: dict[str, list[float]] = {"0": [0, 0.0], "1": [0, 0.0], "2": [0, 0.0]}
         self.gc_max_ms = 0.0
         self._gc_started = 0.0
+        self._writing: asyncio.Future[None] | None = None
 
     def watch_gc(self) -> None:
         """Time every collection (count and total ms per generation, longest pause)."""
@@ -63,10 +65,21 @@ class LatenessHistogram:
         }
 
     def dump(self, path: Path) -> None:
-        """Write :meth:`snapshot` to ``path`` atomically."""
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.snapshot()))
-        tmp.replace(path)
+        """Write :meth:`snapshot` to ``path`` atomically (blocking: not on the event loop)."""
+        _write_atomic(path, json.dumps(self.snapshot()))
+
+    def dump_soon(self, path: Path) -> None:
+        """The SIGUSR1 handler, on the event loop: take the snapshot now, write it from a worker
+        thread (a write to a busy disk must not delay the polls being measured)."""
+        text = json.dumps(self.snapshot())
+        loop = asyncio.get_running_loop()
+        self._writing = loop.run_in_executor(None, _write_atomic, path, text)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def _from_env() -> tuple[LatenessHistogram | None, Path | None]:

@@ -20,7 +20,7 @@ async def serve(config: Config) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, gateway.stop)
     if LATENESS is not None and STATS_PATH is not None:  # benchmark hook, off by default
-        loop.add_signal_handler(signal.SIGUSR1, LATENESS.dump, STATS_PATH)
+        loop.add_signal_handler(signal.SIGUSR1, LATENESS.dump_soon, STATS_PATH)
     try:
         await gateway.run()
     finally:
