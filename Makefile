@@ -24,7 +24,7 @@ test-fast: venv
 	$(VENV)/pytest -m "not slow" $(PYTEST_ARGS)
 
 bench: venv
-	$(VENV)/python -m bench $(ARGS)
+	@$(VENV)/python -m bench $(ARGS)
 
 # Regenerate requirements.lock after changing dependencies in pyproject.toml.
 lock:

@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import serial_asyncio_fast
 import structlog
@@ -55,7 +56,7 @@ def _stats(samples: list[float]) -> dict[str, float]:
     }
 
 
-async def _measure(path: str, n: int, baud: int) -> dict[str, object]:
+async def _measure(path: str, n: int, baud: int) -> dict[str, Any]:
     command = Command("RAT", "", 0)
     wire_bytes = len(encode_command(command, safe=False)) + len(
         encode_reply(Reply(0, Status.INFUSING, "9.000MH"), safe=False)
@@ -95,7 +96,54 @@ async def _measure(path: str, n: int, baud: int) -> dict[str, object]:
         "ratio_raw_vs_wire": round(r["p50_ms"] / (wire_s * 1000), 3),
         "ratio_driver_vs_raw": round(d["p50_ms"] / r["p50_ms"], 3),
         "target_ratio_vs_wire": TARGET_RATIO,
+        "rows": [
+            {
+                "figure": f"serial: New Era transaction (RAT, {baud} baud, p50)",
+                "value": d["p50_ms"],
+                "unit": "ms",
+                "baseline": round(wire_s * 1000, 3),
+                "ratio": round(d["p50_ms"] / (wire_s * 1000), 3),
+                "target": f"<= {TARGET_RATIO:g}x",
+                "met": d["p50_ms"] / (wire_s * 1000) <= TARGET_RATIO,
+            }
+        ],
     }
+
+
+def measure(
+    *, quick: bool = False, n: int | None = None, baud: int = 19200, emulate_wire: bool = True
+) -> dict[str, Any]:
+    """Start socat and the simulator process, time both paths, stop them."""
+    count = n if n is not None else (40 if quick else 200)
+    with tempfile.TemporaryDirectory() as tmp:
+        a, b = Path(tmp) / "tty-a", Path(tmp) / "tty-b"
+        socat = subprocess.Popen(
+            ["socat", "-d", "-d", f"pty,raw,echo=0,link={a}", f"pty,raw,echo=0,link={b}"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        sim_cmd = [sys.executable, "-m", "daemon.cli", "sim", "newera", "--serial", str(a)]
+        sim_cmd += ["--baud", str(baud), "--rate", "9", "--running", "--no-reset-alarm"]
+        if emulate_wire:
+            sim_cmd.append("--emulate-wire")
+        sim: subprocess.Popen[bytes] | None = None
+        try:
+            assert socat.stderr is not None
+            _wait_for(socat, b"starting data transfer loop", socat.stderr.fileno(), 10)
+            sim = subprocess.Popen(sim_cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            assert sim.stdout is not None
+            _wait_for(sim, b"serving", sim.stdout.fileno(), 20)
+            result = asyncio.run(_measure(str(b), count, baud))
+            result["emulated_wire"] = emulate_wire
+        finally:
+            for proc in (sim, socat):
+                if proc is not None:
+                    proc.terminate()
+                    proc.wait(timeout=10)
+                    for stream in (proc.stdout, proc.stderr):
+                        if stream is not None:
+                            stream.close()
+    return result
 
 
 def main() -> int:
@@ -105,31 +153,7 @@ def main() -> int:
     parser.add_argument("--no-emulate-wire", action="store_true")
     args = parser.parse_args()
     structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))  # JSON on stdout
-    with tempfile.TemporaryDirectory() as tmp:
-        a, b = Path(tmp) / "tty-a", Path(tmp) / "tty-b"
-        socat = subprocess.Popen(
-            ["socat", "-d", "-d", f"pty,raw,echo=0,link={a}", f"pty,raw,echo=0,link={b}"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        sim_cmd = [sys.executable, "-m", "daemon.cli", "sim", "newera", "--serial", str(a)]
-        sim_cmd += ["--baud", str(args.baud), "--rate", "9", "--running", "--no-reset-alarm"]
-        if not args.no_emulate_wire:
-            sim_cmd.append("--emulate-wire")
-        sim: subprocess.Popen[bytes] | None = None
-        try:
-            assert socat.stderr is not None
-            _wait_for(socat, b"starting data transfer loop", socat.stderr.fileno(), 10)
-            sim = subprocess.Popen(sim_cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-            assert sim.stdout is not None
-            _wait_for(sim, b"serving", sim.stdout.fileno(), 20)
-            result = asyncio.run(_measure(str(b), args.n, args.baud))
-            result["emulated_wire"] = not args.no_emulate_wire
-        finally:
-            for proc in (sim, socat):
-                if proc is not None:
-                    proc.terminate()
-                    proc.wait(timeout=10)
+    result = measure(n=args.n, baud=args.baud, emulate_wire=not args.no_emulate_wire)
     print(json.dumps(result, indent=2))
     return 0
 

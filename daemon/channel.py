@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import enum
 import time
+import zlib
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
@@ -25,6 +26,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from daemon.poll_stats import LATENESS
 from daemon.pump_events import (
     ALARM_PRIORITY,
     Observation,
@@ -115,6 +117,11 @@ class _Latched:
     code: str
     priority: str
     since: datetime
+
+
+def refresh_phase(pump_id: str) -> float:
+    """A stable fraction in [0, 1) per pump id: where in the refresh period its refresh falls."""
+    return zlib.crc32(pump_id.encode()) / 2**32
 
 
 @dataclass
@@ -247,8 +254,14 @@ class Channel:
         """
         backoff = Backoff(initial_s=0.2, maximum_s=10.0)
         await self.publish_state(force=True)
+        # Spread the periodic refreshes of many pumps over the refresh period (a fixed phase per
+        # pump id) instead of having them all fall due in the same poll round: a burst of
+        # hundreds of state publishes delays every poll scheduled around it (docs/performance.md).
+        self._last_state_publish -= refresh_phase(self.pump_id) * self.config.publish_every_s
+        due: float | None = None  # when the next poll should start (bench lateness only)
         while not self.stopping.is_set():
             if self.connection is not ConnectionState.ONLINE:
+                due = None
                 if not await self._try_connect():
                     self.first_poll_done.set()
                     self.last_progress = time.monotonic()
@@ -257,6 +270,9 @@ class Channel:
                     continue
                 backoff.reset()
             started = time.monotonic()
+            if LATENESS is not None and due is not None:
+                LATENESS.record(started - due)
+            due = started + self.config.poll_period_s
             await self.poll_once()
             self.first_poll_done.set()
             self.last_progress = time.monotonic()

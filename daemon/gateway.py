@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -370,6 +371,11 @@ class Gateway:
         self.ready.set()
         self.notifier.notify(READY="1", STATUS=f"{len(self.channels)} pump(s) polled")
         log.info("gateway_ready", pumps=len(self.channels))
+        # Everything built so far (modules, library, channels) lives as long as the process:
+        # keep it out of later collections, whose full passes otherwise stall every channel
+        # (docs/performance.md). Collect first so that no start-up garbage is frozen with it.
+        gc.collect()
+        gc.freeze()
         interval = self.notifier.watchdog_interval_s()
         if interval is None:
             return

@@ -10,6 +10,7 @@ from pathlib import Path
 from daemon.config import Config, load_config
 from daemon.gateway import Gateway
 from daemon.logging_setup import configure_logging
+from daemon.poll_stats import LATENESS, STATS_PATH
 
 
 async def serve(config: Config) -> None:
@@ -18,6 +19,8 @@ async def serve(config: Config) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, gateway.stop)
+    if LATENESS is not None and STATS_PATH is not None:  # benchmark hook, off by default
+        loop.add_signal_handler(signal.SIGUSR1, LATENESS.dump_soon, STATS_PATH)
     try:
         await gateway.run()
     finally:
