@@ -111,6 +111,20 @@ def _add_demo_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_replay_parser(jsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``infusiond journal replay`` (daemon/replay.py)."""
+    sp = jsub.add_parser("replay", help="publish a recorded session's events again, at their pace")
+    _add_data_dir(sp)
+    sp.add_argument("--from", dest="from_file", metavar="FILE", help="a `journal export` file")
+    sp.add_argument("--broker", default="mqtt://127.0.0.1:1883", metavar="mqtt://HOST:PORT")
+    sp.add_argument("--gateway", default="replay", metavar="ID", help="gateway id to publish as")
+    sp.add_argument("--speed", type=float, default=1.0, metavar="X", help="time compression")
+    sp.add_argument(
+        "--max-gap", type=float, default=5.0, metavar="S", help="longest pause between events"
+    )
+    sp.set_defaults(target="daemon.replay:run")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser; subcommands set ``args.target`` to 'module:function'."""
     parser = argparse.ArgumentParser(
@@ -173,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp = jsub.add_parser(action, help=helptext)
         _add_data_dir(sp)
         sp.set_defaults(target="daemon.journal_cmd:run")
+    _add_replay_parser(jsub)
 
     p = sub.add_parser("watch", help="live terminal view of every pump and bed")
     p.add_argument("--broker", default="mqtt://127.0.0.1:1883", metavar="URL")

@@ -112,6 +112,6 @@ def test_every_infusiond_invocation_exists_in_the_parser(where: str, words: str)
 def test_a_made_up_subcommand_is_caught() -> None:
     """The checker itself refuses a subcommand and an option that do not exist."""
     with pytest.raises(AssertionError):
-        check_invocation("journal replay")
+        check_invocation("journal rewind")
     with pytest.raises(AssertionError):
         check_invocation("sim modbus --no-such-option")
