@@ -1,9 +1,13 @@
 # The README's two commands are `make demo` and `make test`; everything bootstraps itself.
 VENV := .venv/bin
-.PHONY: venv demo test test-fast lint typecheck bench lock clean
+.PHONY: venv venv-test demo test test-fast lint typecheck bench lock clean
 
 venv:
 	@bash scripts/bootstrap.sh
+
+# The tests also need Chromium (the web dashboard's browser test).
+venv-test:
+	@bash scripts/bootstrap.sh --test
 
 demo: venv
 	$(VENV)/infusiond demo $(ARGS)
@@ -16,11 +20,14 @@ typecheck: venv
 	$(VENV)/mypy
 
 # Full suite: lint, types, every test including the slow fault/outage ones.
-test: lint typecheck
+test: venv-test
+	$(VENV)/ruff check .
+	$(VENV)/ruff format --check .
+	$(VENV)/mypy
 	$(VENV)/pytest $(PYTEST_ARGS)
 
 # Everyday loop: skips tests marked slow.
-test-fast: venv
+test-fast: venv-test
 	$(VENV)/pytest -m "not slow" $(PYTEST_ARGS)
 
 bench: venv

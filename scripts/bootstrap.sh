@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Creates .venv from requirements.lock (hash-checked) and makes sure the system tools the
-# tests and the demo use (mosquitto, mosquitto-clients, socat) are present. Idempotent and quick
-# when nothing changed: the venv is rebuilt only when the lock file or pyproject.toml change.
+# Creates .venv from requirements.lock (hash-checked) and makes sure the system tools the demo
+# and the tests use (mosquitto, mosquitto-clients, socat; with --test also Chromium for the web
+# dashboard's browser test) are present. Idempotent and quick when nothing changed: the venv is
+# rebuilt only when the lock file or pyproject.toml change.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,7 +10,9 @@ need=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 command -v mosquitto_pub >/dev/null 2>&1 || need+=(mosquitto-clients)
 command -v socat >/dev/null 2>&1 || need+=(socat)
-command -v chromium >/dev/null 2>&1 || need+=(chromium fonts-dejavu-core)
+if [ "${1:-}" = "--test" ]; then
+  command -v chromium >/dev/null 2>&1 || need+=(chromium fonts-dejavu-core)
+fi
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "bootstrap: installing ${need[*]} with apt-get" >&2
