@@ -19,6 +19,8 @@ from typing import Any
 import aiomqtt
 import pytest
 
+from tests.e2e.harness import validate
+
 _n = itertools.count(1)
 
 
@@ -87,6 +89,10 @@ async def test_demo_bedside_titration_and_rejection_as_printed(tmp_path: Path) -
         assert config["gateway"] == "demo"
         assert config["broker_ws_url"].startswith("ws://127.0.0.1:")
         states = await collect(port, "infusiond/demo/+/+/state", 4)
+        everything = await collect(port, "infusiond/demo/#", 12)
+        for _topic, payload in everything:  # every payload the demo publishes matches its schema
+            if "schema" in payload:
+                validate(payload)
         by_topic = {t: p["data"] for t, p in states}
         pump1 = by_topic["infusiond/demo/pump/pump-1/state"]
         assert pump1["rate"] == {"value": 52.5, "unit": "mL/h"}
