@@ -92,10 +92,10 @@ class BrokerConfig(_Section):
     protocol: Literal["5", "3.1.1"] = Field(
         default="5",
         description=(
-            "MQTT protocol version. Keep 5 in production: with 3.1.1 the broker clears the "
-            "retain flag of live messages, so a retained command published while the daemon is "
-            "subscribed cannot be recognised (it is still refused after a reconnect), and "
-            "response_topic/correlation_data are not available."
+            "MQTT protocol version. Keep 5 in production: with 3.1.1 a standard broker clears "
+            "the retain flag of live messages, so a retained command published while the daemon "
+            "is subscribed cannot be recognised (the demo's embedded broker keeps the flag; "
+            "other 3.1.1 brokers do not), and response_topic/correlation_data are not available."
         ),
     )
     username: Name | None = None

@@ -37,3 +37,32 @@ async def test_a_new_client_gets_only_retained_messages_of_its_own_filters() -> 
             async with asyncio.timeout(5):
                 got = await anext(c2.messages)
             assert (got.topic.value, got.payload) == ("r/a/result", b"res")
+
+
+@pytest.mark.asyncio
+async def test_a_retained_publish_reaches_live_subscribers_flagged_as_retained() -> None:
+    """Retain-as-published: the demo daemon can see (and refuse) a retained command."""
+    port = free_port()
+    async with (
+        embedded_broker("127.0.0.1", port),
+        aiomqtt.Client("127.0.0.1", port, protocol=V311, identifier="sub") as sub,
+        aiomqtt.Client("127.0.0.1", port, protocol=V311, identifier="pub") as pub,
+    ):
+        await sub.subscribe("gw/pump/+/command", qos=1)
+        await pub.publish("gw/pump/p1/command", b"live", qos=1)
+        await pub.publish("gw/pump/p1/command", b"kept", qos=1, retain=True)
+        async with asyncio.timeout(5):
+            first = await anext(sub.messages)
+            second = await anext(sub.messages)
+        assert (first.payload, first.retain) == (b"live", False)
+        assert (second.payload, second.retain) == (b"kept", True)
+    async with (
+        embedded_broker("127.0.0.1", port),
+        aiomqtt.Client("127.0.0.1", port, protocol=V311, identifier="pub2") as pub,
+    ):
+        await pub.publish("gw/pump/p1/command", b"stored", qos=1, retain=True)
+        async with aiomqtt.Client("127.0.0.1", port, protocol=V311, identifier="late") as late:
+            await late.subscribe("gw/pump/+/command", qos=1)
+            async with asyncio.timeout(5):
+                stored = await anext(late.messages)
+            assert (stored.payload, stored.retain) == (b"stored", True)

@@ -123,6 +123,18 @@ async def test_demo_bedside_titration_and_rejection_as_printed(tmp_path: Path) -
         ((_t, rejected),) = await results
         assert rejected["data"]["phase"] == "rejected"
         assert "HARD_MAX" in {f["rule"] for f in rejected["data"]["verdict"]["findings"]}
+        kept = {**over, "id": "kept-1", "dose": {"value": 0.07, "unit": "ug/kg/min"}}
+        results = asyncio.create_task(collect(port, "infusiond/demo/pump/pump-1/command/result", 1))
+        await asyncio.sleep(0.5)
+        async with aiomqtt.Client(
+            "127.0.0.1", port, protocol=aiomqtt.ProtocolVersion.V311, identifier="t-kept"
+        ) as client:
+            topic = "infusiond/demo/pump/pump-1/command"
+            await client.publish(topic, json.dumps(kept), qos=1, retain=True)
+            ((_t, refused),) = await results
+            await client.publish(topic, b"", qos=1, retain=True)  # clear it
+        assert refused["data"]["phase"] == "rejected"
+        assert refused["data"]["error"]["code"] == "retained"
         state = await collect(port, "infusiond/demo/pump/pump-1/state", 1)
         assert state[0][1]["data"]["rate"]["value"] == 63.0
     finally:
