@@ -193,16 +193,17 @@ class Gate:
             plan = self._plan(channel, cmd, now)
         except RequestError as exc:
             plan = exc
-        verdict = evaluate(self.library, plan.request) if isinstance(plan, _Plan) else None
-        outright = (
-            isinstance(plan, _Plan)
-            and verdict is not None
-            and verdict.verdict == "accept"
-            and (plan.action is not Action.SET_RATE or verdict.rate is not None)
-        )
+        verdict: Verdict | None = None
+        outright: tuple[_Plan, Verdict] | None = None
+        if isinstance(plan, _Plan):
+            verdict = evaluate(self.library, plan.request)
+            if verdict.verdict == "accept" and (
+                plan.action is not Action.SET_RATE or verdict.rate is not None
+            ):
+                outright = (plan, verdict)
+        answer = accepted(cmd.id, verdict=outright[1].to_dict()) if outright else {}
         try:
-            if outright and verdict is not None:
-                answer = accepted(cmd.id, verdict=verdict.to_dict())
+            if outright:
                 claim = await self.journal.admit_command(
                     cmd.id,
                     pump_id=pump_id,
@@ -224,11 +225,11 @@ class Gate:
             )
             await self.send_result(pump_id, rejected(cmd.id, error=error), reply)
             return
-        if claim.is_new and outright and isinstance(plan, _Plan) and verdict is not None:
+        if claim.is_new and outright:
             # claim, verdict and accepted are durable together: the write may go ahead
             await self.send_result(pump_id, answer, reply)
             accepted_sent.add(cmd.id)
-            await self._execute(pump_id, cmd, plan, verdict, reply)
+            await self._execute(pump_id, cmd, *outright, reply)
             return
         if not claim.is_new:
             first = claim.first or {}
