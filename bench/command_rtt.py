@@ -8,7 +8,8 @@ Baseline, measured in the same run and interleaved sample by sample with the dae
   block, on the same simulator process (another unit id).
 
 For context (not part of the baseline) it also times ``journal_commit``: one durable SQLite commit
-through :class:`daemon.journal.AsyncJournal` on the same disk; the daemon's path has five.
+through :class:`daemon.journal.AsyncJournal` on the same disk; the daemon's path has two
+(claim + verdict + ``accepted``, then the events + ``applied``: docs/performance.md).
 
 ``baseline = mqtt_echo + modbus_write_read`` (p50 with p50, p99 with p99). The daemon runs as
 ``infusiond run --config`` with remote control on and an allowlist; commands are sent one at a
@@ -90,7 +91,7 @@ async def _measure(port: int, sim_url: str, n: int, probe_dir: Path) -> dict[str
     raw = AsyncModbusTcpClient(host_port[0], port=int(host_port[1]), retries=0)
     await raw.connect()
     # Context, not baseline: one durable journal commit on the same disk as the daemon's journal
-    # (the daemon makes five, one after the other, on the way to ``applied``).
+    # (the daemon makes two, one after the other, on the way to ``applied``).
     journal = await AsyncJournal.open(probe_dir, gateway_id="bench-probe")
     commits: list[float] = []
     echo: list[float] = []

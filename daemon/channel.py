@@ -149,6 +149,7 @@ class Channel:
     _last_state_publish: float = 0.0
     _failures: int = 0
     _uncertain: tuple[str, Decimal, Decimal] | None = None  # (command id, old, wanted rate)
+    _deferred: list[dict[str, Any]] | None = None  # events held back during execute(events=...)
 
     # -- derived values ---------------------------------------------------------------------
 
@@ -218,6 +219,14 @@ class Channel:
             self._last_state_publish = time.monotonic()
             await self.hub.publish_state(self.pump_id, data)
 
+    async def _emit(self, event: dict[str, Any]) -> None:
+        """Send an event to the hub, or hold it for the caller of :meth:`execute` to journal
+        together with the command's outcome."""
+        if self._deferred is not None:
+            self._deferred.append(event)
+        else:
+            await self.hub.emit_event(self.pump_id, event)
+
     # -- alarms raised by the daemon --------------------------------------------------------
 
     async def _set_daemon_alarm(self, code: str, *, active: bool, message: str = "") -> None:
@@ -225,14 +234,10 @@ class Channel:
         if active and present is None:
             now = self.hub.now()
             self._alarm_since[code] = _Latched(code, "high", now)
-            await self.hub.emit_event(
-                self.pump_id, alarm_event("alarm_raised", code, "high", now, message)
-            )
+            await self._emit(alarm_event("alarm_raised", code, "high", now, message))
         elif not active and present is not None:
             del self._alarm_since[code]
-            await self.hub.emit_event(
-                self.pump_id, alarm_event("alarm_cleared", code, "high", present.since)
-            )
+            await self._emit(alarm_event("alarm_cleared", code, "high", present.since))
 
     def _sync_device_alarms(self, status: PumpStatus, now: datetime) -> None:
         device_codes = {a.value for a in status.alarms}
@@ -305,9 +310,7 @@ class Channel:
             return
         before = self.connection
         self.connection = ConnectionState.OFFLINE
-        await self.hub.emit_event(
-            self.pump_id, connection_event(before, ConnectionState.OFFLINE, reason)
-        )
+        await self._emit(connection_event(before, ConnectionState.OFFLINE, reason))
         await self._set_daemon_alarm(
             OFFLINE_ALARM, active=True, message=f"no answer from the pump: {reason}"
         )
@@ -357,7 +360,7 @@ class Channel:
                         device_change = (old_status.rate_ml_h, status.rate_ml_h)
                 else:
                     device_change = (old_status.rate_ml_h, status.rate_ml_h)
-            await self.hub.emit_event(self.pump_id, event)
+            await self._emit(event)
         if self._uncertain is not None and old_status is not None:
             # still unchanged after the uncertain write: it did not happen
             cmd_id, old, wanted = self._uncertain
@@ -373,8 +376,7 @@ class Channel:
             return
         verdict = await self.observe(self, old, new)
         if verdict is not None:
-            await self.hub.emit_event(
-                self.pump_id,
+            await self._emit(
                 {
                     "type": "out_of_library_observed",
                     "rate": rate_obj(new),
@@ -402,9 +404,29 @@ class Channel:
             yield
 
     async def execute(
-        self, action: Action, command_id: str, rate_ml_h: Decimal | None = None
+        self,
+        action: Action,
+        command_id: str,
+        rate_ml_h: Decimal | None = None,
+        *,
+        events: list[dict[str, Any]] | None = None,
     ) -> WriteResult:
-        """Run a verified write; caller holds :meth:`exclusive`. Emits the one rate_changed."""
+        """Run a verified write; caller holds :meth:`exclusive`. Causes the one rate_changed.
+
+        The events the write causes (the ``rate_changed``, alarms cleared, changes seen in the
+        read-back) go to the hub, or, when ``events`` is given, are appended to it in order
+        instead: the caller then journals them with the command's outcome in one transaction
+        (and must do so before releasing :meth:`exclusive`, so that their seqs stay in order).
+        """
+        self._deferred = events
+        try:
+            return await self._execute(action, command_id, rate_ml_h)
+        finally:
+            self._deferred = None
+
+    async def _execute(
+        self, action: Action, command_id: str, rate_ml_h: Decimal | None
+    ) -> WriteResult:
         old = self.status
         if action is Action.SET_RATE:
             if rate_ml_h is None:
@@ -425,8 +447,7 @@ class Channel:
                 and old is not None
                 and result.readback.rate_ml_h != old.rate_ml_h
             ):
-                await self.hub.emit_event(
-                    self.pump_id,
+                await self._emit(
                     rate_changed_event(
                         old.rate_ml_h,
                         result.readback.rate_ml_h,

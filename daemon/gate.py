@@ -185,10 +185,37 @@ class Gate:
     ) -> None:
         channel = self.channels[pump_id]
         now = self.now()
+        # The check is pure and fast: decide before claiming, so that a command the library
+        # accepts outright is claimed, its verdict and its ``accepted`` journaled in ONE durable
+        # transaction (docs/performance.md). Anything else takes the step-by-step path below.
+        plan: _Plan | RequestError
         try:
-            claim = await self.journal.claim_command(
-                cmd.id, pump_id=pump_id, command=cmd.to_json(), ts=now
-            )
+            plan = self._plan(channel, cmd, now)
+        except RequestError as exc:
+            plan = exc
+        verdict: Verdict | None = None
+        outright: tuple[_Plan, Verdict] | None = None
+        if isinstance(plan, _Plan):
+            verdict = evaluate(self.library, plan.request)
+            if verdict.verdict == "accept" and (
+                plan.action is not Action.SET_RATE or verdict.rate is not None
+            ):
+                outright = (plan, verdict)
+        answer = accepted(cmd.id, verdict=outright[1].to_dict()) if outright else {}
+        try:
+            if outright:
+                claim = await self.journal.admit_command(
+                    cmd.id,
+                    pump_id=pump_id,
+                    command=cmd.to_json(),
+                    verdict=answer["verdict"],
+                    outcome=outcome_of(answer),
+                    ts=now,
+                )
+            else:
+                claim = await self.journal.claim_command(
+                    cmd.id, pump_id=pump_id, command=cmd.to_json(), ts=now
+                )
         except JournalError as exc:  # no journal, no command: refuse, never execute
             log.critical("journal_unavailable", pump=pump_id, id=cmd.id, error=str(exc))
             error = error_body(
@@ -198,23 +225,27 @@ class Gate:
             )
             await self.send_result(pump_id, rejected(cmd.id, error=error), reply)
             return
+        if claim.is_new and outright:
+            # claim, verdict and accepted are durable together: the write may go ahead
+            await self.send_result(pump_id, answer, reply)
+            accepted_sent.add(cmd.id)
+            await self._execute(pump_id, cmd, *outright, reply)
+            return
         if not claim.is_new:
             first = claim.first or {}
             resumable = first.get("phase") == Phase.NEEDS_CONFIRMATION and cmd.confirm
             if not resumable:
                 await self.send_result(pump_id, duplicate(cmd.id, first=first), reply)
                 return
-        try:
-            plan = self._plan(channel, cmd, now)
-        except RequestError as exc:
+        if isinstance(plan, RequestError):
             await self._finish(
                 pump_id,
                 cmd,
-                rejected(cmd.id, error=error_body(ErrorCode.BAD_REQUEST, str(exc))),
+                rejected(cmd.id, error=error_body(ErrorCode.BAD_REQUEST, str(plan))),
                 reply,
             )
             return
-        verdict = evaluate(self.library, plan.request)
+        verdict = verdict or evaluate(self.library, plan.request)
         verdict_json = verdict.to_dict()
         await self.journal.append(
             JournalKind.VERDICT, {"id": cmd.id, "verdict": verdict_json}, pump_id=pump_id
@@ -229,8 +260,7 @@ class Gate:
             pump_id, cmd, plan, verdict, reply
         ):
             return
-        rate = verdict.rate if plan.action is Action.SET_RATE else None
-        if plan.action is Action.SET_RATE and rate is None:
+        if plan.action is Action.SET_RATE and verdict.rate is None:
             await self._finish(
                 pump_id,
                 cmd,
@@ -240,25 +270,44 @@ class Gate:
             return
         await self._progress(pump_id, cmd, accepted(cmd.id, verdict=verdict_json), reply)
         accepted_sent.add(cmd.id)
+        await self._execute(pump_id, cmd, plan, verdict, reply)
+
+    async def _execute(
+        self, pump_id: str, cmd: Command, plan: _Plan, verdict: Verdict, reply: ReplyTo | None
+    ) -> None:
+        """The verified write of an accepted command, then its events and its final outcome
+        journaled in ONE transaction (still under the channel's lock, so a poll's events cannot
+        take seqs in between) before the answer is published."""
+        channel = self.channels[pump_id]
+        rate = verdict.rate if plan.action is Action.SET_RATE else None
+        events: list[dict[str, Any]] = []
         async with channel.exclusive():
-            result = await channel.execute(plan.action, cmd.id, rate)
+            result = await channel.execute(plan.action, cmd.id, rate, events=events)
             if result.outcome is Outcome.APPLIED and plan.program is not None:
                 channel.set_program(plan.program)
-                await self._emit(pump_id, program_changed(cmd.id, plan.program))
-        if result.outcome is Outcome.APPLIED:
-            answer = applied(cmd.id, readback=self._readback(channel, result.readback))
-        elif result.outcome is Outcome.FAILED:
-            answer = failed(
+                events.append(program_changed(cmd.id, plan.program))
+            if result.outcome is Outcome.APPLIED:
+                answer = applied(cmd.id, readback=self._readback(channel, result.readback))
+            elif result.outcome is Outcome.FAILED:
+                answer = failed(
+                    cmd.id,
+                    error={"code": "device_rejected", "message": result.detail or "device refused"},
+                    readback=self._readback(channel, result.readback) if result.readback else None,
+                )
+            else:
+                answer = uncertain(
+                    cmd.id,
+                    error={"code": "device_timeout", "message": result.detail or "no answer"},
+                )
+            log.info("command_result", pump=pump_id, id=cmd.id, phase=answer["phase"])
+            await self.journal.settle_command(
                 cmd.id,
-                error={"code": "device_rejected", "message": result.detail or "device refused"},
-                readback=self._readback(channel, result.readback) if result.readback else None,
+                outcome_of(answer),
+                pump_id=pump_id,
+                # what the hub's emit_event would journal: the event with its pump id
+                events=[{**event, "pump_id": pump_id} for event in events],
             )
-        else:
-            answer = uncertain(
-                cmd.id,
-                error={"code": "device_timeout", "message": result.detail or "no answer"},
-            )
-        await self._finish(pump_id, cmd, answer, reply)
+        await self.send_result(pump_id, answer, reply)
         await channel.publish_state()
 
     async def _confirmed(

@@ -424,6 +424,46 @@ class Journal:
         )
         return self.append(kind, {"id": command_id, "outcome": outcome}, ts=ts, pump_id=pump_id)
 
+    def admit_command(
+        self,
+        command_id: str,
+        *,
+        pump_id: str | None,
+        command: dict[str, Any],
+        verdict: dict[str, Any],
+        outcome: dict[str, Any],
+        ts: datetime,
+    ) -> CommandClaim:
+        """Claim a command whose verdict (already evaluated) lets it go ahead: the command row,
+        then, for a new id only, the verdict row and the ``outcome`` (``accepted``) row.
+
+        One call, one transaction: nothing may reach the device before all three are durable,
+        and none of them without the others. A repeated id writes only its ``duplicate``
+        command row (as :meth:`claim_command`); the caller then decides as for any repeat.
+        """
+        claim = self.claim_command(command_id, pump_id=pump_id, command=command, ts=ts)
+        if claim.is_new:
+            self.append(
+                JournalKind.VERDICT, {"id": command_id, "verdict": verdict}, ts=ts, pump_id=pump_id
+            )
+            self.set_command_outcome(command_id, outcome, pump_id=pump_id, ts=ts)
+        return claim
+
+    def settle_command(
+        self,
+        command_id: str,
+        outcome: dict[str, Any],
+        *,
+        pump_id: str,
+        events: list[dict[str, Any]],
+        ts: datetime,
+    ) -> list[OutboxItem]:
+        """Record the events a command caused (each with the next seq, in order), then its
+        final outcome: one transaction, so no outcome is durable without its events."""
+        items = [self.record_event(pump_id, data, ts=ts) for data in events]
+        self.set_command_outcome(command_id, outcome, pump_id=pump_id, ts=ts)
+        return items
+
     def interrupted_commands(self) -> list[InterruptedCommand]:
         """Commands left at ``accepted`` (see :class:`InterruptedCommand`), oldest first, with
         the command as received (scanned from that pump's command rows: rare, at start only)."""
@@ -563,6 +603,9 @@ class AsyncJournal:
         self._queue: queue.SimpleQueue[_Job | object] = queue.SimpleQueue()
         self._seq = 0
         self._closed = False
+        # transactions committed so far (each is one fsync under synchronous=FULL); written by
+        # the writer thread only, read by tests and diagnostics
+        self.commits = 0
         self.outbox_changed = asyncio.Event()
         self._thread = threading.Thread(target=self._run, name="journal-writer", daemon=True)
 
@@ -647,6 +690,7 @@ class AsyncJournal:
                 conn.execute("RELEASE job")
                 outcomes.append((job, value, None))
             conn.execute("COMMIT")
+            self.commits += 1
         except sqlite3.Error as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
@@ -717,6 +761,51 @@ class AsyncJournal:
                 command_id, outcome, pump_id=pump_id, ts=when, kind=kind
             )
         )
+
+    async def admit_command(
+        self,
+        command_id: str,
+        *,
+        pump_id: str | None,
+        command: dict[str, Any],
+        verdict: dict[str, Any],
+        outcome: dict[str, Any],
+        ts: datetime | None = None,
+    ) -> CommandClaim:
+        """Claim + verdict + ``accepted`` outcome as one job, hence one transaction (see
+        :meth:`Journal.admit_command`)."""
+        when = ts or utc_now()
+        return await self._submit(
+            lambda j: j.admit_command(
+                command_id,
+                pump_id=pump_id,
+                command=command,
+                verdict=verdict,
+                outcome=outcome,
+                ts=when,
+            )
+        )
+
+    async def settle_command(
+        self,
+        command_id: str,
+        outcome: dict[str, Any],
+        *,
+        pump_id: str,
+        events: list[dict[str, Any]],
+        ts: datetime | None = None,
+    ) -> list[OutboxItem]:
+        """The command's events and final outcome as one job, hence one transaction (see
+        :meth:`Journal.settle_command`); the events are then queued for publication."""
+        when = ts or utc_now()
+        wanted = list(events)
+        items = await self._submit(
+            lambda j: j.settle_command(command_id, outcome, pump_id=pump_id, events=wanted, ts=when)
+        )
+        if items:
+            self._seq = max(self._seq, items[-1].seq)
+            self.outbox_changed.set()
+        return items
 
     async def interrupted_commands(self) -> list[InterruptedCommand]:
         """Commands a crash left at ``accepted`` (see :meth:`Journal.interrupted_commands`)."""

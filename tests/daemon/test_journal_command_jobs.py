@@ -1,0 +1,117 @@
+"""The command path's combined journal jobs: each is ONE durable transaction, all or nothing.
+
+``admit_command`` (claim + verdict + ``accepted``) and ``settle_command`` (the command's events +
+its final outcome) exist so that an accepted command costs two sequential commits instead of
+five (docs/performance.md); these tests hold them to that and to the journal's guarantees.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from daemon.journal import AsyncJournal, JournalKind
+
+pytestmark = pytest.mark.asyncio
+
+VERDICT = {"verdict": "accept", "rate": {"value": 63.0, "unit": "mL/h"}, "findings": []}
+ACCEPTED = {"phase": "accepted", "verdict": VERDICT}
+
+
+async def test_admit_writes_claim_verdict_and_accepted_in_one_commit(tmp_path: Path) -> None:
+    """A new id: command, verdict and accepted rows, in that order, committed once."""
+    async with await AsyncJournal.open(tmp_path, gateway_id="gw") as journal:
+        before = journal.commits
+        claim = await journal.admit_command(
+            "c-1",
+            pump_id="pump-1",
+            command={"action": "set_dose"},
+            verdict=VERDICT,
+            outcome=ACCEPTED,
+        )
+        assert claim.is_new
+        assert journal.commits == before + 1
+        rows = await journal.rows()
+        assert [(r.kind, r.payload) for r in rows] == [
+            ("command", {"id": "c-1", "command": {"action": "set_dose"}, "duplicate": False}),
+            ("verdict", {"id": "c-1", "verdict": VERDICT}),
+            ("command", {"id": "c-1", "outcome": ACCEPTED}),
+        ]
+        # a duplicate of it is told the recorded outcome
+        again = await journal.claim_command("c-1", pump_id="pump-1", command={})
+        assert again.first == ACCEPTED
+        assert (await journal.verify()).ok
+
+
+async def test_admit_of_a_repeated_id_writes_only_its_duplicate_row(tmp_path: Path) -> None:
+    """A known id is not claimed again: no verdict, no accepted, the first outcome unchanged."""
+    async with await AsyncJournal.open(tmp_path, gateway_id="gw") as journal:
+        await journal.claim_command("c-1", pump_id="pump-1", command={})
+        await journal.set_command_outcome("c-1", {"phase": "applied"}, pump_id="pump-1")
+        n = len(await journal.rows())
+        claim = await journal.admit_command(
+            "c-1", pump_id="pump-1", command={}, verdict=VERDICT, outcome=ACCEPTED
+        )
+        assert claim.first == {"phase": "applied"}
+        added = (await journal.rows())[n:]
+        assert [(r.kind, r.payload["duplicate"]) for r in added] == [("command", True)]
+        assert (await journal.claim_command("c-1", pump_id="p", command={})).first == {
+            "phase": "applied"
+        }
+
+
+async def test_admit_that_fails_half_way_leaves_nothing(tmp_path: Path) -> None:
+    """No journal, no command: an unencodable verdict undoes the claim too (id still new)."""
+    async with await AsyncJournal.open(tmp_path, gateway_id="gw") as journal:
+        with pytest.raises(ValueError, match="JSON"):
+            await journal.admit_command(
+                "c-1",
+                pump_id="pump-1",
+                command={},
+                verdict={"bad": float("nan")},
+                outcome=ACCEPTED,
+            )
+        assert await journal.rows() == []
+        assert (await journal.claim_command("c-1", pump_id="pump-1", command={})).is_new
+
+
+async def test_settle_writes_events_then_outcome_in_one_commit(tmp_path: Path) -> None:
+    """The events get consecutive seqs in order, the outcome follows; one commit; outbox fed."""
+    async with await AsyncJournal.open(tmp_path, gateway_id="gw") as journal:
+        await journal.claim_command("c-1", pump_id="pump-1", command={})
+        journal.outbox_changed.clear()
+        before = journal.commits
+        events = [{"type": "rate_changed", "command_id": "c-1"}, {"type": "program_changed"}]
+        items = await journal.settle_command(
+            "c-1", {"phase": "applied"}, pump_id="pump-1", events=events
+        )
+        assert journal.commits == before + 1
+        assert [i.seq for i in items] == [1, 2]
+        assert journal.seq == 2
+        assert journal.outbox_changed.is_set()
+        assert [i.seq for i in await journal.outbox_pending()] == [1, 2]
+        tail = (await journal.rows())[-3:]
+        assert [(r.kind, r.payload.get("seq")) for r in tail] == [
+            (JournalKind.EVENT.value, 1),
+            (JournalKind.EVENT.value, 2),
+            (JournalKind.COMMAND.value, None),
+        ]
+        assert tail[2].payload == {"id": "c-1", "outcome": {"phase": "applied"}}
+
+
+async def test_settle_that_fails_keeps_neither_events_nor_outcome(tmp_path: Path) -> None:
+    """An outcome is never durable without its events (nor events without it): no seq used."""
+    async with await AsyncJournal.open(tmp_path, gateway_id="gw") as journal:
+        await journal.claim_command("c-1", pump_id="pump-1", command={})
+        with pytest.raises(ValueError, match="JSON"):
+            await journal.settle_command(
+                "c-1",
+                {"phase": "applied", "bad": float("nan")},
+                pump_id="pump-1",
+                events=[{"type": "rate_changed"}],
+            )
+        assert journal.seq == 0
+        assert await journal.outbox_pending() == []
+        assert [r.kind for r in await journal.rows()] == ["command"]
+        assert (await journal.claim_command("c-1", pump_id="pump-1", command={})).first == {}
