@@ -149,6 +149,11 @@ class Channel:
     _last_state_publish: float = 0.0
     _failures: int = 0
     _uncertain: tuple[str, Decimal, Decimal] | None = None  # (command id, old, wanted rate)
+    #: the last rate journaled before a restart, and the rates that commands interrupted by it
+    #: were writing (rate -> command id): the first snapshot after the restart is compared to
+    #: them, so a change made while the daemon was down is still reported, and attributed.
+    rate_before_restart: Decimal | None = None
+    interrupted_writes: dict[Decimal, str] = field(default_factory=dict)
     _deferred: list[dict[str, Any]] | None = None  # events held back during execute(events=...)
 
     # -- derived values ---------------------------------------------------------------------
@@ -367,9 +372,35 @@ class Channel:
             if status.rate_ml_h == old:
                 log.info("uncertain_command_not_applied", pump=self.pump_id, command=cmd_id)
                 self._uncertain = None
+        if old_status is None and self.rate_before_restart is not None:
+            device_change = await self._compare_with_before_restart(status.rate_ml_h, now)
         if device_change is not None:
             self._record_history(now, device_change[1])
             await self._check_observed(*device_change)
+
+    async def _compare_with_before_restart(
+        self, rate: Decimal, now: datetime
+    ) -> tuple[Decimal, Decimal] | None:
+        """Report a rate that changed while the daemon was down (once, at the first snapshot):
+        by the interrupted command that wrote it, else as a change made at the device."""
+        before, self.rate_before_restart = self.rate_before_restart, None
+        writes, self.interrupted_writes = self.interrupted_writes, {}
+        if before is None or rate == before:
+            return None
+        command_id = writes.get(rate)
+        event = rate_changed_event(
+            before,
+            rate,
+            self.dose_obj,
+            source="command" if command_id else "device",
+            command_id=command_id,
+        )
+        event["while_disconnected"] = True
+        await self._emit(event)
+        if command_id is not None:
+            self._record_history(now, rate)
+            return None
+        return (before, rate)
 
     async def _check_observed(self, old: Decimal, new: Decimal) -> None:
         if self.observe is None:

@@ -219,9 +219,21 @@ class Gateway:
 
     async def _seed_history(self) -> None:
         """Reload each pump's recent dose changes from the journal, so the time-window rules
-        (titration interval, hepatorenal step-up) hold across a restart."""
+        (titration interval, hepatorenal step-up) hold across a restart; and its last known
+        rate and interrupted writes, so a change made while the daemon was down is reported."""
+        for item in await self.journal.interrupted_commands():
+            channel = self.channels.get(item.pump_id or "")
+            target = ((item.outcome.get("verdict") or {}).get("rate") or {}).get("value")
+            if channel is not None and target is not None:
+                channel.interrupted_writes[Decimal(str(target))] = item.command_id
         for pump_id, channel in self.channels.items():
             rows = await self.journal.rows(pump_id=pump_id, kinds=[JournalKind.EVENT])
+            for row in reversed(rows):
+                event = row.payload.get("event", {})
+                known = (event.get("to") or {}).get("rate") or event.get("rate")
+                if event.get("type") in ("rate_changed", "connection_changed") and known:
+                    channel.rate_before_restart = Decimal(str(known["value"]))
+                    break
             for row in rows[-4 * HISTORY_LEN :]:
                 event = row.payload.get("event", {})
                 dose = (

@@ -90,7 +90,10 @@ def diff(
     """
     events: list[dict[str, Any]] = []
     if before.connection is not after.connection:
-        events.append(connection_event(before.connection, after.connection))
+        event = connection_event(before.connection, after.connection)
+        if after.status is not None:  # the rate at (re)connection: a restart compares to it
+            event["rate"] = rate_obj(after.status.rate_ml_h)
+        events.append(event)
     old, new = before.status, after.status
     if new is None:
         return events

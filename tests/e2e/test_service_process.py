@@ -108,8 +108,9 @@ async def next_payload(client: aiomqtt.Client, topic: str, predicate: object = N
 
 @pytest.mark.asyncio
 async def test_ready_last_will_and_restart_continuity(tmp_path: Path, mosquitto: Mosquitto) -> None:
-    """READY=1 after the first poll; SIGKILL -> broker publishes offline; restart keeps the
-    session, continues seq, and the journal verifies."""
+    """READY=1 after the first poll; SIGKILL -> broker publishes offline; a change made at the
+    pump meanwhile is reported after the restart; the session is kept, seq continues, and the
+    journal verifies."""
     sim = ModbusPumpSimulator([ModbusSetup(unit_id=1, status="infusing", rate_ml_h=Decimal(21))])
     async with sim.serving("tcp://127.0.0.1:0") as served:
         data_dir = tmp_path / "data"
@@ -136,9 +137,19 @@ async def test_ready_last_will_and_restart_continuity(tmp_path: Path, mosquitto:
             finally:
                 first.close()
             (tmp_path / "notify.sock").unlink()
+            sim.inject("front_panel_rate", 30)  # changed at the pump while the daemon is down
             second = Daemon(config, tmp_path)
             try:
                 await second.notification("READY")
+                missed = await next_payload(
+                    sub,
+                    f"{ROOT}/pump/pump-1/event",
+                    lambda p: p["data"]["type"] == "rate_changed",
+                )
+                assert missed["data"]["source"] == "device"
+                assert missed["data"]["while_disconnected"] is True
+                assert missed["data"]["from"]["rate"]["value"] == 21.0
+                assert missed["data"]["to"]["rate"]["value"] == 30.0
                 sim.inject("front_panel_rate", 42)
                 event = await next_payload(
                     sub,
@@ -146,7 +157,8 @@ async def test_ready_last_will_and_restart_continuity(tmp_path: Path, mosquitto:
                     lambda p: p["data"]["type"] == "rate_changed",
                 )
                 assert event["session"] == session
-                assert event["seq"] > seq
+                assert event["seq"] > missed["seq"] > seq
+                assert event["data"]["from"]["rate"]["value"] == 30.0
                 second.proc.send_signal(signal.SIGTERM)
                 assert second.proc.wait(timeout=15) == 0
                 bye = await next_payload(sub, f"{ROOT}/bridge/state")

@@ -130,6 +130,17 @@ async def test_sigkill_mid_command_then_restart_reconciles_and_never_re_executes
                     after=mark,
                 )
                 assert state.data["rate"]["value"] == float(NE_RATE_UP)
+                # the change it made is reported once, by its id, though it crossed the restart
+                crossed = await p.wait_for(
+                    lambda m: (
+                        m.topic.endswith("pump/pump-1/event")
+                        and m.data["type"] == "rate_changed"
+                        and m.data.get("command_id") == cmd["id"]
+                    ),
+                    after=mark,
+                )
+                assert crossed.data["while_disconnected"] is True
+                assert crossed.data["to"]["rate"]["value"] == float(NE_RATE_UP)
                 # resending it executes nothing
                 await p.send("pump-1", cmd)
                 dup = await p.result(cmd["id"], "duplicate", after=mark)
@@ -138,7 +149,9 @@ async def test_sigkill_mid_command_then_restart_reconciles_and_never_re_executes
                 bench.modbus.inject("front_panel_rate", 52.5, unit=1)
                 ev = await p.wait_for(
                     lambda m: (
-                        m.topic.endswith("pump/pump-1/event") and m.data["type"] == "rate_changed"
+                        m.topic.endswith("pump/pump-1/event")
+                        and m.data["type"] == "rate_changed"
+                        and m.data.get("source") == "device"
                     ),
                     after=mark,
                 )
