@@ -160,7 +160,7 @@ async def running_demo(
     """Run the whole demo bedside in this event loop; yields once the daemon is ready."""
     if pumps < 2:
         raise ValueError("--pumps must be at least 2 (pump-1 and pump-2 are the fixed bedside)")
-    data = data_dir if data_dir is not None else default_data_dir() / "demo"
+    data = data_dir if data_dir is not None else default_data_dir()
     clock = SimClock(speed=speed)
     modbus = ModbusPumpSimulator(
         [ModbusPumpSetup(unit_id=1, status="infusing", rate_ml_h=Decimal("52.5"))]
