@@ -240,6 +240,12 @@ async def running_demo(
                 gateway.stop()
 
 
+def _self_command() -> str:
+    """How this program was invoked (``.venv/bin/infusiond`` from ``make demo``)."""
+    argv0 = sys.argv[0]
+    return argv0 if Path(argv0).name == "infusiond" else "infusiond"
+
+
 def banner(ep: DemoEndpoints, pumps: int, out: TextIO) -> None:
     """What to subscribe to and a ready-to-paste titration, printed at start."""
     host, _, port = ep.broker_url.removeprefix("mqtt://").rpartition(":")
@@ -276,7 +282,7 @@ def banner(ep: DemoEndpoints, pumps: int, out: TextIO) -> None:
         ),
         "Watch everything:",
         f"  mosquitto_sub -h {host} -p {port} -t '{root}/#' -v",
-        f"  infusiond watch --broker {ep.broker_url} --gateway {ep.gateway_id}",
+        f"  {_self_command()} watch --broker {ep.broker_url} --gateway {ep.gateway_id}",
         "",
         "Titrate pump-1 to 0.06 ug/kg/min (= 63.0 mL/h; answered accepted, then applied):",
         f"  mosquitto_pub -h {host} -p {port} -q 1 -t '{root}/pump/pump-1/command' -m '{command}'",

@@ -40,5 +40,10 @@ quiet_pip() {  # this machine's pip config names extra indexes that may not exis
 }
 quiet_pip install -q --upgrade "pip>=24,<27"
 quiet_pip install -q --require-hashes -r requirements.lock
-quiet_pip install -q --no-deps -e .
+# setuptools prints pages of deprecation notes while building the editable install: keep them
+# out of the way and show them only if the install fails.
+if ! quiet_pip install -q --no-deps -e . 2> .venv/install.log; then
+  cat .venv/install.log >&2
+  exit 1
+fi
 echo "$want" > "$stamp"
