@@ -56,17 +56,17 @@ def evaluate(library: Library, request: CheckRequest) -> Verdict:
     """Judge one check request against the library; never raises for a well-formed request."""
     identity = library.identity
     stopping = _is_stop(request)
-    profile = library.profile(request.profile)
-    if profile is None:
-        known = ", ".join(p.id for p in library.profiles)
-        return _early(
-            library,
-            "UNKNOWN_PROFILE",
-            f"profile {request.profile!r} is not in the drug library (known: {known})",
-            stopping=stopping,
-        )
-    drug = library.drug(request.profile, request.infusion.drug)
-    if drug is None:
+    facts = library.facts(request.profile, request.infusion.drug)
+    if facts is None:
+        profile = library.profile(request.profile)
+        if profile is None:
+            known = ", ".join(p.id for p in library.profiles)
+            return _early(
+                library,
+                "UNKNOWN_PROFILE",
+                f"profile {request.profile!r} is not in the drug library (known: {known})",
+                stopping=stopping,
+            )
         known = ", ".join(d.drug for d in profile.drugs)
         return _early(
             library,
@@ -74,7 +74,7 @@ def evaluate(library: Library, request: CheckRequest) -> Verdict:
             f"{request.infusion.drug!r} is not in the {profile.id} drug library (known: {known})",
             stopping=stopping,
         )
-    ctx = Context(request, profile, drug, dose_unit(drug.dose_unit), request.patient.weight_kg)
+    ctx = Context(request, facts.profile, facts.drug, facts.unit, request.patient.weight_kg, facts)
     if stopping:
         _judge_stop(ctx)
         return _verdict(ctx, identity)
@@ -105,14 +105,22 @@ def evaluate(library: Library, request: CheckRequest) -> Verdict:
 
 
 def _verdict(ctx: Context, identity: LibraryIdentity) -> Verdict:
-    findings = tuple(sorted(ctx.findings, key=lambda f: (-f.severity.rank, f.rule, f.message)))
+    if ctx.findings:
+        findings = tuple(sorted(ctx.findings, key=_finding_order))
+        outcome = outcome_of(findings)
+    else:
+        findings, outcome = (), Outcome.ACCEPT
     return Verdict(
-        outcome=outcome_of(findings),
+        outcome=outcome,
         rate=ctx.rate,
         dose=None if ctx.new is None else ctx.q(ctx.new),
         findings=findings,
         library=identity,
     )
+
+
+def _finding_order(finding: Finding) -> tuple[int, str, str]:
+    return (-finding.severity.rank, finding.rule, finding.message)
 
 
 def _is_stop(request: CheckRequest) -> bool:

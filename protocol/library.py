@@ -32,6 +32,7 @@ import hashlib
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Final, Self
@@ -48,6 +49,8 @@ from pydantic import (
 from protocol.errors import LibraryError
 from protocol.rules.catalog import DEFAULT_SEVERITY, FIXED
 from protocol.units import (
+    CONCENTRATION_UNITS,
+    DoseUnit,
     UnitError,
     concentration_unit,
     dose_unit,
@@ -297,6 +300,55 @@ class LibraryFile(_Model):
 
 
 @dataclass(frozen=True, slots=True)
+class DrugFacts:
+    """What the rules need of one (profile, drug), derived once when the library is loaded so
+    no request recomputes it: the unit row, names as match keys, concentrations in base units.
+
+    ``route_max`` maps a route to its maximum concentration and that maximum in base amounts
+    per mL; ``standard_bases`` are the standard concentrations in base amounts per mL.
+    """
+
+    profile: Profile
+    drug: Drug
+    unit: DoseUnit
+    key: str
+    vitals_max_age: timedelta
+    route_max: dict[str, tuple[ConcentrationQuantity, Decimal]]
+    standard_bases: tuple[Decimal, ...]
+    forbidden_diluents: frozenset[str]
+    allowed_diluents: frozenset[str]
+    incompatible: dict[str, str]
+    first_line_alternatives: frozenset[str]
+
+
+def drug_facts(profile: Profile, drug: Drug) -> DrugFacts:
+    """Derive the :class:`DrugFacts` of ``drug`` in ``profile`` (units are already canonical)."""
+    route_max = {
+        route: (limit, limit.value * CONCENTRATION_UNITS[limit.unit].factor)
+        for route, limit in (
+            ("central", drug.max_concentration.central),
+            ("peripheral", drug.max_concentration.peripheral),
+        )
+        if limit is not None
+    }
+    return DrugFacts(
+        profile=profile,
+        drug=drug,
+        unit=dose_unit(drug.dose_unit),
+        key=key(drug.drug),
+        vitals_max_age=timedelta(minutes=float(profile.vitals_max_age_min)),
+        route_max=route_max,
+        standard_bases=tuple(
+            s.value * CONCENTRATION_UNITS[s.unit].factor for s in drug.concentrations
+        ),
+        forbidden_diluents=frozenset(key(d) for d in drug.diluents.forbidden),
+        allowed_diluents=frozenset(key(d) for d in drug.diluents.allowed),
+        incompatible={key(x): x for x in drug.incompatible},
+        first_line_alternatives=frozenset(key(a) for a in drug.first_line_alternatives),
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class Library:
     """A loaded, indexed library; build it with :func:`load_library` or
     :func:`load_library_bytes`. A plain frozen dataclass (not a pydantic model) so that the
@@ -311,6 +363,7 @@ class Library:
     source: str
     _profile_index: dict[str, Profile] = field(repr=False, compare=False)
     _drug_index: dict[tuple[str, str], Drug] = field(repr=False, compare=False)
+    _facts_index: dict[tuple[str, str], DrugFacts] = field(repr=False, compare=False)
 
     def profile(self, profile_id: str) -> Profile | None:
         """The profile with this id (case-insensitive), or ``None``."""
@@ -319,6 +372,10 @@ class Library:
     def drug(self, profile_id: str, drug: str) -> Drug | None:
         """The drug entry in this profile (both case-insensitive), or ``None``."""
         return self._drug_index.get((key(profile_id), key(drug)))
+
+    def facts(self, profile_id: str, drug: str) -> DrugFacts | None:
+        """The derived :class:`DrugFacts` of this drug in this profile, or ``None``."""
+        return self._facts_index.get((key(profile_id), key(drug)))
 
 
 def load_library(path: str | Path) -> Library:
@@ -366,6 +423,7 @@ def load_library_bytes(data: bytes, source: str) -> Library:
         source=source,
         _profile_index=profiles,
         _drug_index=drugs,
+        _facts_index={dk: drug_facts(profiles[dk[0]], drug) for dk, drug in drugs.items()},
     )
 
 

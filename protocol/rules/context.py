@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from protocol.library import Drug, Profile, key
+from protocol.library import Drug, DrugFacts, Profile, key
 from protocol.request import Amount, CheckRequest
 from protocol.units import (
     ConcentrationUnit,
@@ -35,6 +35,7 @@ class Context:
     drug: Drug
     unit: DoseUnit
     weight: Decimal | None
+    facts: DrugFacts
     conc_base: Decimal | None = None  # base amount (ug or USP units) per mL
     conc_unit: ConcentrationUnit | None = None
     current: Decimal | None = None
@@ -43,6 +44,8 @@ class Context:
     rate: Decimal | None = None
     findings: list[Finding] = field(default_factory=list)
     _seen: set[tuple[str, str]] = field(default_factory=set)
+    # (new, current, increase, decrease) of the last comparison: the rules ask several times.
+    _moves: tuple[Decimal | None, Decimal | None, bool, bool] | None = None
 
     @property
     def name(self) -> str:
@@ -79,17 +82,26 @@ class Context:
     @property
     def increase(self) -> bool:
         """The request raises the dose (starting an infusion counts as raising it from 0)."""
-        return self.new is not None and self.new > self.base and not close(self.new, self.base)
+        return self._compare()[2]
 
     @property
     def decrease(self) -> bool:
         """The request lowers a running dose (a stop included)."""
-        return (
-            self.new is not None
-            and self.current is not None
-            and self.new < self.current
-            and not close(self.new, self.current)
+        return self._compare()[3]
+
+    def _compare(self) -> tuple[Decimal | None, Decimal | None, bool, bool]:
+        new, current, moves = self.new, self.current, self._moves
+        if moves is not None and moves[0] is new and moves[1] is current:
+            return moves
+        base = self.base
+        moves = (
+            new,
+            current,
+            new is not None and new > base and not close(new, base),
+            new is not None and current is not None and new < current and not close(new, current),
         )
+        self._moves = moves
+        return moves
 
     def other_dose(self, other: Amount, target: DoseUnit) -> Decimal | None:
         """Another channel's dose in ``target`` units, or ``None`` if it cannot be converted."""
@@ -100,5 +112,5 @@ class Context:
 
     def others_named(self, drug: str) -> list[Amount | None]:
         """Doses of the other infusions of ``drug`` (``None`` where no dose was given)."""
-        wanted = key(drug)
+        wanted = self.facts.key if drug == self.drug.drug else key(drug)
         return [o.dose for o in self.request.other_infusions if key(o.drug) == wanted]

@@ -8,7 +8,6 @@ comparisons, so a MAP equal to a target is on target: 85 is not "above 85", 65 n
 
 from __future__ import annotations
 
-from datetime import timedelta
 from decimal import Decimal
 
 from protocol.library import key
@@ -23,8 +22,7 @@ _BP = "mm[Hg]"
 def _fresh(ctx: Context, reading: Reading | None) -> Decimal | None:
     if reading is None:
         return None
-    max_age = timedelta(minutes=float(ctx.profile.vitals_max_age_min))
-    if ctx.request.now - reading.at > max_age:
+    if ctx.request.now - reading.at > ctx.facts.vitals_max_age:
         return None
     return reading.value
 
