@@ -25,7 +25,6 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
-    field_validator,
     model_validator,
 )
 
@@ -104,16 +103,15 @@ _BP: Final = "mm[Hg]"
 
 
 class Reading(_Model):
-    """One vital sign: value, unit, time of measurement."""
+    """One vital sign: value, unit, time of measurement (the unit is canonicalised by
+    :class:`Vitals`, e.g. ``mmHg`` -> ``mm[Hg]``)."""
 
     value: NonNegative
     unit: Unit
     at: AwareDatetime
 
-    @field_validator("unit")
-    @classmethod
-    def _canonical(cls, unit: str) -> str:
-        return ALIASES.get(unit, unit)
+
+_VITAL_UNITS: Final = (("map", _BP), ("sbp", _BP), ("dbp", _BP), ("hr", "/min"), ("spo2", "%"))
 
 
 class Vitals(_Model):
@@ -127,12 +125,18 @@ class Vitals(_Model):
 
     @model_validator(mode="after")
     def _units(self) -> Self:
-        for name, expected in (("map", _BP), ("sbp", _BP), ("dbp", _BP), ("hr", "/min")):
+        # One validator for all readings (rather than one per Reading: each is a Python call).
+        for name, expected in _VITAL_UNITS:
             reading: Reading | None = getattr(self, name)
-            if reading is not None and reading.unit != expected:
-                raise ValueError(f"{name}.unit must be {expected!r}, not {reading.unit!r}")
-        if self.spo2 is not None and self.spo2.unit != "%":
-            raise ValueError(f"spo2.unit must be '%', not {self.spo2.unit!r}")
+            if reading is None:
+                continue
+            unit = reading.unit
+            if unit != expected:
+                unit = ALIASES.get(unit, unit)
+                if unit != expected:
+                    raise ValueError(f"{name}.unit must be {expected!r}, not {unit!r}")
+                # Frozen model: store the canonical spelling the way pydantic's own init does.
+                object.__setattr__(reading, "unit", unit)
         return self
 
 
