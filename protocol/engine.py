@@ -110,13 +110,9 @@ def _verdict(ctx: Context, identity: LibraryIdentity) -> Verdict:
         outcome = outcome_of(findings)
     else:
         findings, outcome = (), Outcome.ACCEPT
-    return Verdict(
-        outcome=outcome,
-        rate=ctx.rate,
-        dose=None if ctx.new is None else ctx.q(ctx.new),
-        findings=findings,
-        library=identity,
-    )
+    # Positional: a frozen dataclass's keyword construction is measurably slower per verdict.
+    dose = None if ctx.new is None else ctx.q(ctx.new)
+    return Verdict(outcome, ctx.rate, dose, findings, identity)
 
 
 def _finding_order(finding: Finding) -> tuple[int, str, str]:

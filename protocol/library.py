@@ -375,7 +375,12 @@ class Library:
 
     def facts(self, profile_id: str, drug: str) -> DrugFacts | None:
         """The derived :class:`DrugFacts` of this drug in this profile, or ``None``."""
-        return self._facts_index.get((key(profile_id), key(drug)))
+        # The index also holds the names exactly as the library spells them, so the usual
+        # request needs no key() normalisation.
+        found = self._facts_index.get((profile_id, drug))
+        if found is None:
+            found = self._facts_index.get((key(profile_id), key(drug)))
+        return found
 
 
 def load_library(path: str | Path) -> Library:
@@ -423,7 +428,7 @@ def load_library_bytes(data: bytes, source: str) -> Library:
         source=source,
         _profile_index=profiles,
         _drug_index=drugs,
-        _facts_index={dk: drug_facts(profiles[dk[0]], drug) for dk, drug in drugs.items()},
+        _facts_index=_facts(profiles, drugs),
     )
 
 
@@ -446,6 +451,18 @@ def _index(
                 )
             drugs[dk] = drug
     return profiles, drugs
+
+
+def _facts(
+    profiles: dict[str, Profile], drugs: dict[tuple[str, str], Drug]
+) -> dict[tuple[str, str], DrugFacts]:
+    """Facts by (key(profile), key(drug)) and by the names exactly as the library spells them."""
+    out: dict[tuple[str, str], DrugFacts] = {}
+    for (pk, dk), drug in drugs.items():
+        facts = drug_facts(profiles[pk], drug)
+        out[(pk, dk)] = facts
+        out.setdefault((facts.profile.id, drug.drug), facts)
+    return out
 
 
 def _error_text(error: Any) -> str:

@@ -14,7 +14,6 @@ def check_concentration(ctx: Context) -> None:
     if ctx.conc_base is None or ctx.conc_unit is None:
         return
     given = ctx.request.infusion.concentration
-    observed = Quantity(given.value, ctx.conc_unit.code)
     route = ctx.request.infusion.route
     facts = ctx.facts
     route_max = facts.route_max.get(route)
@@ -27,17 +26,18 @@ def check_concentration(ctx: Context) -> None:
                 f"concentration for a {route} line ({fmt(limit.value)} {limit.unit}); "
                 "use a weaker bag or a central line",
                 limit=Quantity(limit.value, limit.unit),
-                observed=observed,
+                observed=Quantity(given.value, ctx.conc_unit.code),
             )
     conc_base = ctx.conc_base
-    if not any(close(conc_base, base) for base in facts.standard_bases):
+    bases = facts.standard_bases
+    if conc_base not in bases and not any(close(conc_base, base) for base in bases):
         standards = ctx.drug.concentrations
         listed = ", ".join(f"{fmt(s.value)} {s.unit}" for s in standards)
         ctx.add(
             "CONC_NOT_STANDARD",
             f"{ctx.name} {fmt(given.value)} {ctx.conc_unit.code} is not a standard "
             f"concentration (standard: {listed}); check the bag label",
-            observed=observed,
+            observed=Quantity(given.value, ctx.conc_unit.code),
         )
 
 
@@ -64,8 +64,9 @@ def check_line(ctx: Context) -> None:
     incompatible = ctx.facts.incompatible
     if not incompatible:
         return
-    hits = sorted({s for s in ctx.request.infusion.line_shares if key(s) in incompatible}, key=key)
-    if hits:
+    shared = {s for s in ctx.request.infusion.line_shares if key(s) in incompatible}
+    if shared:
+        hits = sorted(shared, key=key)
         ctx.add(
             "INCOMPATIBLE_LINE",
             f"{ctx.name} shares its line with {', '.join(hits)}, which inactivates it "
