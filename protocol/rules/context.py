@@ -82,17 +82,22 @@ class Context:
     @property
     def increase(self) -> bool:
         """The request raises the dose (starting an infusion counts as raising it from 0)."""
-        return self._compare()[2]
+        moves = self._moves
+        if moves is None or moves[0] is not self.new or moves[1] is not self.current:
+            moves = self._compare()
+        return moves[2]
 
     @property
     def decrease(self) -> bool:
         """The request lowers a running dose (a stop included)."""
-        return self._compare()[3]
+        moves = self._moves
+        if moves is None or moves[0] is not self.new or moves[1] is not self.current:
+            moves = self._compare()
+        return moves[3]
 
     def _compare(self) -> tuple[Decimal | None, Decimal | None, bool, bool]:
-        new, current, moves = self.new, self.current, self._moves
-        if moves is not None and moves[0] is new and moves[1] is current:
-            return moves
+        """Compare ``new`` with the running dose once per (new, current) pair."""
+        new, current = self.new, self.current
         base = self.base
         moves = (
             new,
