@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from decimal import Decimal
-from typing import Annotated, Any, Final, Literal, Self
+from typing import Annotated, Any, Final, Literal, Self, cast
 
 from pydantic import (
     AwareDatetime,
@@ -86,7 +86,7 @@ class Requested(_Model):
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Self:
-        given = sum(x is not None for x in (self.dose, self.rate, self.action))
+        given = (self.dose is not None) + (self.rate is not None) + (self.action is not None)
         if given != 1:
             raise ValueError('give exactly one of "dose", "rate" or "action": "stop"')
         return self
@@ -176,6 +176,9 @@ class CheckRequest(_Model):
     pump: Pump | None = None
 
 
+_JSON_VALIDATOR: Final = CheckRequest.__pydantic_validator__
+
+
 def parse_request(data: Any) -> CheckRequest:
     """Validate a decoded JSON object into a :class:`CheckRequest`; RequestError names the field."""
     if isinstance(data, CheckRequest):
@@ -198,8 +201,10 @@ def parse_request_json(text: str | bytes) -> CheckRequest:
     if len(text) > MAX_REQUEST_BYTES:
         raise RequestError(f"request: larger than {MAX_REQUEST_BYTES} bytes")
     try:
-        # Fast path: pydantic-core parses and validates in one pass (about twice as fast).
-        return CheckRequest.model_validate_json(text)
+        # Fast path: pydantic-core parses and validates in one pass (about twice as fast). The
+        # model's own validator is called directly: model_validate_json only adds a Python
+        # frame and an argument check around it (~0.3 us of a ~35 us verdict).
+        return cast(CheckRequest, _JSON_VALIDATOR.validate_json(text))
     except ValidationError:
         pass  # slow path below: json.loads + validate, for a message naming the field
     try:
