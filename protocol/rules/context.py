@@ -21,6 +21,8 @@ from protocol.units import (
 )
 from protocol.verdict import Finding, Quantity, fmt
 
+_ZERO = Decimal(0)
+
 
 @dataclass(slots=True)
 class Context:
@@ -77,7 +79,7 @@ class Context:
     @property
     def base(self) -> Decimal:
         """The dose running now (0 for a new infusion)."""
-        return self.current if self.current is not None else Decimal(0)
+        return self.current if self.current is not None else _ZERO
 
     @property
     def increase(self) -> bool:
@@ -98,13 +100,16 @@ class Context:
     def _compare(self) -> tuple[Decimal | None, Decimal | None, bool, bool]:
         """Compare ``new`` with the running dose once per (new, current) pair."""
         new, current = self.new, self.current
-        base = self.base
-        moves = (
-            new,
-            current,
-            new is not None and new > base and not close(new, base),
-            new is not None and current is not None and new < current and not close(new, current),
-        )
+        if new is None:
+            moves: tuple[Decimal | None, Decimal | None, bool, bool] = (new, current, False, False)
+        else:
+            base = current if current is not None else _ZERO
+            moves = (
+                new,
+                current,
+                new > base and not close(new, base),
+                current is not None and new < current and not close(new, current),
+            )
         self._moves = moves
         return moves
 
