@@ -179,6 +179,8 @@ def _resolve_concentration(ctx: Context) -> None:
 
 
 def _to_canonical(ctx: Context, amount: Amount, field: str) -> Decimal | None:
+    if amount.unit == ctx.unit.code:
+        return amount.value  # already the canonical unit: what convert_dose would return
     try:
         unit = dose_unit(amount.unit)
     except UnitError as exc:
