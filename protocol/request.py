@@ -135,8 +135,8 @@ class Vitals(_Model):
                 unit = ALIASES.get(unit, unit)
                 if unit != expected:
                     raise ValueError(f"{name}.unit must be {expected!r}, not {unit!r}")
-                # Frozen model: store the canonical spelling the way pydantic's own init does.
-                object.__setattr__(reading, "unit", unit)
+                # Only this new (frozen) Vitals is changed, never a Reading that may be shared.
+                object.__setattr__(self, name, reading.model_copy(update={"unit": unit}))
         return self
 
 
