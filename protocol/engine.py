@@ -56,17 +56,17 @@ def evaluate(library: Library, request: CheckRequest) -> Verdict:
     """Judge one check request against the library; never raises for a well-formed request."""
     identity = library.identity
     stopping = _is_stop(request)
-    profile = library.profile(request.profile)
-    if profile is None:
-        known = ", ".join(p.id for p in library.profiles)
-        return _early(
-            library,
-            "UNKNOWN_PROFILE",
-            f"profile {request.profile!r} is not in the drug library (known: {known})",
-            stopping=stopping,
-        )
-    drug = library.drug(request.profile, request.infusion.drug)
-    if drug is None:
+    facts = library.facts(request.profile, request.infusion.drug)
+    if facts is None:
+        profile = library.profile(request.profile)
+        if profile is None:
+            known = ", ".join(p.id for p in library.profiles)
+            return _early(
+                library,
+                "UNKNOWN_PROFILE",
+                f"profile {request.profile!r} is not in the drug library (known: {known})",
+                stopping=stopping,
+            )
         known = ", ".join(d.drug for d in profile.drugs)
         return _early(
             library,
@@ -74,7 +74,7 @@ def evaluate(library: Library, request: CheckRequest) -> Verdict:
             f"{request.infusion.drug!r} is not in the {profile.id} drug library (known: {known})",
             stopping=stopping,
         )
-    ctx = Context(request, profile, drug, dose_unit(drug.dose_unit), request.patient.weight_kg)
+    ctx = Context(request, facts.profile, facts.drug, facts.unit, request.patient.weight_kg, facts)
     if stopping:
         _judge_stop(ctx)
         return _verdict(ctx, identity)
@@ -105,14 +105,18 @@ def evaluate(library: Library, request: CheckRequest) -> Verdict:
 
 
 def _verdict(ctx: Context, identity: LibraryIdentity) -> Verdict:
-    findings = tuple(sorted(ctx.findings, key=lambda f: (-f.severity.rank, f.rule, f.message)))
-    return Verdict(
-        outcome=outcome_of(findings),
-        rate=ctx.rate,
-        dose=None if ctx.new is None else ctx.q(ctx.new),
-        findings=findings,
-        library=identity,
-    )
+    if ctx.findings:
+        findings = tuple(sorted(ctx.findings, key=_finding_order))
+        outcome = outcome_of(findings)
+    else:
+        findings, outcome = (), Outcome.ACCEPT
+    # Positional: a frozen dataclass's keyword construction is measurably slower per verdict.
+    dose = None if ctx.new is None else ctx.q(ctx.new)
+    return Verdict(outcome, ctx.rate, dose, findings, identity)
+
+
+def _finding_order(finding: Finding) -> tuple[int, str, str]:
+    return (-finding.severity.rank, finding.rule, finding.message)
 
 
 def _is_stop(request: CheckRequest) -> bool:
@@ -175,6 +179,8 @@ def _resolve_concentration(ctx: Context) -> None:
 
 
 def _to_canonical(ctx: Context, amount: Amount, field: str) -> Decimal | None:
+    if amount.unit == ctx.unit.code:
+        return amount.value  # already the canonical unit: what convert_dose would return
     try:
         unit = dose_unit(amount.unit)
     except UnitError as exc:

@@ -32,6 +32,7 @@ import hashlib
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Final, Self
@@ -48,6 +49,8 @@ from pydantic import (
 from protocol.errors import LibraryError
 from protocol.rules.catalog import DEFAULT_SEVERITY, FIXED
 from protocol.units import (
+    CONCENTRATION_UNITS,
+    DoseUnit,
     UnitError,
     concentration_unit,
     dose_unit,
@@ -297,6 +300,55 @@ class LibraryFile(_Model):
 
 
 @dataclass(frozen=True, slots=True)
+class DrugFacts:
+    """What the rules need of one (profile, drug), derived once when the library is loaded so
+    no request recomputes it: the unit row, names as match keys, concentrations in base units.
+
+    ``route_max`` maps a route to its maximum concentration and that maximum in base amounts
+    per mL; ``standard_bases`` are the standard concentrations in base amounts per mL.
+    """
+
+    profile: Profile
+    drug: Drug
+    unit: DoseUnit
+    key: str
+    vitals_max_age: timedelta
+    route_max: dict[str, tuple[ConcentrationQuantity, Decimal]]
+    standard_bases: tuple[Decimal, ...]
+    forbidden_diluents: frozenset[str]
+    allowed_diluents: frozenset[str]
+    incompatible: dict[str, str]
+    first_line_alternatives: frozenset[str]
+
+
+def drug_facts(profile: Profile, drug: Drug) -> DrugFacts:
+    """Derive the :class:`DrugFacts` of ``drug`` in ``profile`` (units are already canonical)."""
+    route_max = {
+        route: (limit, limit.value * CONCENTRATION_UNITS[limit.unit].factor)
+        for route, limit in (
+            ("central", drug.max_concentration.central),
+            ("peripheral", drug.max_concentration.peripheral),
+        )
+        if limit is not None
+    }
+    return DrugFacts(
+        profile=profile,
+        drug=drug,
+        unit=dose_unit(drug.dose_unit),
+        key=key(drug.drug),
+        vitals_max_age=timedelta(minutes=float(profile.vitals_max_age_min)),
+        route_max=route_max,
+        standard_bases=tuple(
+            s.value * CONCENTRATION_UNITS[s.unit].factor for s in drug.concentrations
+        ),
+        forbidden_diluents=frozenset(key(d) for d in drug.diluents.forbidden),
+        allowed_diluents=frozenset(key(d) for d in drug.diluents.allowed),
+        incompatible={key(x): x for x in drug.incompatible},
+        first_line_alternatives=frozenset(key(a) for a in drug.first_line_alternatives),
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class Library:
     """A loaded, indexed library; build it with :func:`load_library` or
     :func:`load_library_bytes`. A plain frozen dataclass (not a pydantic model) so that the
@@ -311,6 +363,7 @@ class Library:
     source: str
     _profile_index: dict[str, Profile] = field(repr=False, compare=False)
     _drug_index: dict[tuple[str, str], Drug] = field(repr=False, compare=False)
+    _facts_index: dict[tuple[str, str], DrugFacts] = field(repr=False, compare=False)
 
     def profile(self, profile_id: str) -> Profile | None:
         """The profile with this id (case-insensitive), or ``None``."""
@@ -319,6 +372,15 @@ class Library:
     def drug(self, profile_id: str, drug: str) -> Drug | None:
         """The drug entry in this profile (both case-insensitive), or ``None``."""
         return self._drug_index.get((key(profile_id), key(drug)))
+
+    def facts(self, profile_id: str, drug: str) -> DrugFacts | None:
+        """The derived :class:`DrugFacts` of this drug in this profile, or ``None``."""
+        # The index also holds the names exactly as the library spells them, so the usual
+        # request needs no key() normalisation.
+        found = self._facts_index.get((profile_id, drug))
+        if found is None:
+            found = self._facts_index.get((key(profile_id), key(drug)))
+        return found
 
 
 def load_library(path: str | Path) -> Library:
@@ -366,6 +428,7 @@ def load_library_bytes(data: bytes, source: str) -> Library:
         source=source,
         _profile_index=profiles,
         _drug_index=drugs,
+        _facts_index=_facts(profiles, drugs),
     )
 
 
@@ -388,6 +451,18 @@ def _index(
                 )
             drugs[dk] = drug
     return profiles, drugs
+
+
+def _facts(
+    profiles: dict[str, Profile], drugs: dict[tuple[str, str], Drug]
+) -> dict[tuple[str, str], DrugFacts]:
+    """Facts by (key(profile), key(drug)) and by the names exactly as the library spells them."""
+    out: dict[tuple[str, str], DrugFacts] = {}
+    for (pk, dk), drug in drugs.items():
+        facts = drug_facts(profiles[pk], drug)
+        out[(pk, dk)] = facts
+        out.setdefault((facts.profile.id, drug.drug), facts)
+    return out
 
 
 def _error_text(error: Any) -> str:

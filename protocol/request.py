@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from decimal import Decimal
-from typing import Annotated, Any, Final, Literal, Self
+from typing import Annotated, Any, Final, Literal, Self, cast
 
 from pydantic import (
     AwareDatetime,
@@ -25,7 +25,6 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
-    field_validator,
     model_validator,
 )
 
@@ -87,7 +86,7 @@ class Requested(_Model):
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Self:
-        given = sum(x is not None for x in (self.dose, self.rate, self.action))
+        given = (self.dose is not None) + (self.rate is not None) + (self.action is not None)
         if given != 1:
             raise ValueError('give exactly one of "dose", "rate" or "action": "stop"')
         return self
@@ -104,16 +103,15 @@ _BP: Final = "mm[Hg]"
 
 
 class Reading(_Model):
-    """One vital sign: value, unit, time of measurement."""
+    """One vital sign: value, unit, time of measurement (the unit is canonicalised by
+    :class:`Vitals`, e.g. ``mmHg`` -> ``mm[Hg]``)."""
 
     value: NonNegative
     unit: Unit
     at: AwareDatetime
 
-    @field_validator("unit")
-    @classmethod
-    def _canonical(cls, unit: str) -> str:
-        return ALIASES.get(unit, unit)
+
+_VITAL_UNITS: Final = (("map", _BP), ("sbp", _BP), ("dbp", _BP), ("hr", "/min"), ("spo2", "%"))
 
 
 class Vitals(_Model):
@@ -127,12 +125,18 @@ class Vitals(_Model):
 
     @model_validator(mode="after")
     def _units(self) -> Self:
-        for name, expected in (("map", _BP), ("sbp", _BP), ("dbp", _BP), ("hr", "/min")):
+        # One validator for all readings (rather than one per Reading: each is a Python call).
+        for name, expected in _VITAL_UNITS:
             reading: Reading | None = getattr(self, name)
-            if reading is not None and reading.unit != expected:
-                raise ValueError(f"{name}.unit must be {expected!r}, not {reading.unit!r}")
-        if self.spo2 is not None and self.spo2.unit != "%":
-            raise ValueError(f"spo2.unit must be '%', not {self.spo2.unit!r}")
+            if reading is None:
+                continue
+            unit = reading.unit
+            if unit != expected:
+                unit = ALIASES.get(unit, unit)
+                if unit != expected:
+                    raise ValueError(f"{name}.unit must be {expected!r}, not {unit!r}")
+                # Only this new (frozen) Vitals is changed, never a Reading that may be shared.
+                object.__setattr__(self, name, reading.model_copy(update={"unit": unit}))
         return self
 
 
@@ -172,6 +176,9 @@ class CheckRequest(_Model):
     pump: Pump | None = None
 
 
+_JSON_VALIDATOR: Final = CheckRequest.__pydantic_validator__
+
+
 def parse_request(data: Any) -> CheckRequest:
     """Validate a decoded JSON object into a :class:`CheckRequest`; RequestError names the field."""
     if isinstance(data, CheckRequest):
@@ -194,8 +201,10 @@ def parse_request_json(text: str | bytes) -> CheckRequest:
     if len(text) > MAX_REQUEST_BYTES:
         raise RequestError(f"request: larger than {MAX_REQUEST_BYTES} bytes")
     try:
-        # Fast path: pydantic-core parses and validates in one pass (about twice as fast).
-        return CheckRequest.model_validate_json(text)
+        # Fast path: pydantic-core parses and validates in one pass (about twice as fast). The
+        # model's own validator is called directly: model_validate_json only adds a Python
+        # frame and an argument check around it (~0.3 us of a ~35 us verdict).
+        return cast(CheckRequest, _JSON_VALIDATOR.validate_json(text))
     except ValidationError:
         pass  # slow path below: json.loads + validate, for a message naming the field
     try:

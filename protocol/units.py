@@ -243,25 +243,28 @@ def rate_to_dose(
     return per_min * unit.minutes / (unit.factor * _weight_factor(unit, weight_kg))
 
 
-def _slack(a: Decimal, b: Decimal) -> Decimal:
-    return REL_TOL * max(abs(a), abs(b))
+# The comparisons below spell out the slack ``REL_TOL * max(|a|, |b|)`` instead of calling a
+# helper: they run dozens of times per verdict (docs/performance.md, check).
 
 
 def le(a: Decimal, b: Decimal) -> bool:
     """``a <= b``, inclusive, tolerating a relative difference of 1e-9."""
-    return a <= b or a - b <= _slack(a, b)
+    return a <= b or a - b <= REL_TOL * max(abs(a), abs(b))
 
 
 def ge(a: Decimal, b: Decimal) -> bool:
     """``a >= b``, inclusive, tolerating a relative difference of 1e-9."""
-    return le(b, a)
+    return b <= a or b - a <= REL_TOL * max(abs(b), abs(a))  # le(b, a), inlined
 
 
 def close(a: Decimal, b: Decimal) -> bool:
     """``a`` and ``b`` are equal within a relative tolerance of 1e-9."""
-    return abs(a - b) <= _slack(a, b)
+    return a == b or abs(a - b) <= REL_TOL * max(abs(a), abs(b))
 
 
 def within(value: Decimal, low: Decimal, high: Decimal) -> bool:
     """``low <= value <= high``, both ends inclusive and tolerant to float noise."""
-    return ge(value, low) and le(value, high)
+    # ge(value, low) and le(value, high), inlined.
+    return (low <= value or low - value <= REL_TOL * max(abs(low), abs(value))) and (
+        value <= high or value - high <= REL_TOL * max(abs(value), abs(high))
+    )

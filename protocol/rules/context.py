@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from protocol.library import Drug, Profile, key
+from protocol.library import Drug, DrugFacts, Profile, key
 from protocol.request import Amount, CheckRequest
 from protocol.units import (
     ConcentrationUnit,
@@ -20,6 +20,8 @@ from protocol.units import (
     dose_unit,
 )
 from protocol.verdict import Finding, Quantity, fmt
+
+_ZERO = Decimal(0)
 
 
 @dataclass(slots=True)
@@ -35,6 +37,7 @@ class Context:
     drug: Drug
     unit: DoseUnit
     weight: Decimal | None
+    facts: DrugFacts
     conc_base: Decimal | None = None  # base amount (ug or USP units) per mL
     conc_unit: ConcentrationUnit | None = None
     current: Decimal | None = None
@@ -43,6 +46,8 @@ class Context:
     rate: Decimal | None = None
     findings: list[Finding] = field(default_factory=list)
     _seen: set[tuple[str, str]] = field(default_factory=set)
+    # (new, current, increase, decrease) of the last comparison: the rules ask several times.
+    _moves: tuple[Decimal | None, Decimal | None, bool, bool] | None = None
 
     @property
     def name(self) -> str:
@@ -74,22 +79,39 @@ class Context:
     @property
     def base(self) -> Decimal:
         """The dose running now (0 for a new infusion)."""
-        return self.current if self.current is not None else Decimal(0)
+        return self.current if self.current is not None else _ZERO
 
     @property
     def increase(self) -> bool:
         """The request raises the dose (starting an infusion counts as raising it from 0)."""
-        return self.new is not None and self.new > self.base and not close(self.new, self.base)
+        moves = self._moves
+        if moves is None or moves[0] is not self.new or moves[1] is not self.current:
+            moves = self._compare()
+        return moves[2]
 
     @property
     def decrease(self) -> bool:
         """The request lowers a running dose (a stop included)."""
-        return (
-            self.new is not None
-            and self.current is not None
-            and self.new < self.current
-            and not close(self.new, self.current)
-        )
+        moves = self._moves
+        if moves is None or moves[0] is not self.new or moves[1] is not self.current:
+            moves = self._compare()
+        return moves[3]
+
+    def _compare(self) -> tuple[Decimal | None, Decimal | None, bool, bool]:
+        """Compare ``new`` with the running dose once per (new, current) pair."""
+        new, current = self.new, self.current
+        if new is None:
+            moves: tuple[Decimal | None, Decimal | None, bool, bool] = (new, current, False, False)
+        else:
+            base = current if current is not None else _ZERO
+            moves = (
+                new,
+                current,
+                new > base and not close(new, base),
+                current is not None and new < current and not close(new, current),
+            )
+        self._moves = moves
+        return moves
 
     def other_dose(self, other: Amount, target: DoseUnit) -> Decimal | None:
         """Another channel's dose in ``target`` units, or ``None`` if it cannot be converted."""
@@ -100,5 +122,5 @@ class Context:
 
     def others_named(self, drug: str) -> list[Amount | None]:
         """Doses of the other infusions of ``drug`` (``None`` where no dose was given)."""
-        wanted = key(drug)
+        wanted = self.facts.key if drug == self.drug.drug else key(drug)
         return [o.dose for o in self.request.other_infusions if key(o.drug) == wanted]

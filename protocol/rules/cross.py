@@ -48,7 +48,7 @@ def check_first_line(ctx: Context) -> None:
     """NOT_FIRST_LINE: starting a second-line agent while no first-line alternative runs."""
     if ctx.drug.first_line or ctx.current is not None or ctx.stop or ctx.new is None:
         return
-    alternatives = {key(a) for a in ctx.drug.first_line_alternatives}
+    alternatives = ctx.facts.first_line_alternatives
     for other in ctx.request.other_infusions:
         if key(other.drug) in alternatives and (other.dose is None or other.dose.value > 0):
             return

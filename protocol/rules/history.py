@@ -30,7 +30,11 @@ def check_titration_interval(ctx: Context) -> None:
     if not (ctx.increase or ctx.decrease):
         return
     last = max(h.at for h in ctx.request.history)
-    elapsed_s = Decimal((ctx.request.now - last).total_seconds())
+    elapsed = ctx.request.now - last
+    if elapsed.microseconds:
+        elapsed_s = Decimal(elapsed.total_seconds())
+    else:  # whole seconds: the same exact value, without converting a float
+        elapsed_s = Decimal(elapsed.days * 86400 + elapsed.seconds)
     if elapsed_s >= interval * _MINUTE:
         return
     elapsed_min = elapsed_s / _MINUTE

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from protocol.library import key
 from protocol.rules.context import Context
-from protocol.units import CONCENTRATION_UNITS, close, le, within
+from protocol.units import close, le, within
 from protocol.verdict import Quantity, fmt
 
 
@@ -14,13 +14,11 @@ def check_concentration(ctx: Context) -> None:
     if ctx.conc_base is None or ctx.conc_unit is None:
         return
     given = ctx.request.infusion.concentration
-    observed = Quantity(given.value, ctx.conc_unit.code)
     route = ctx.request.infusion.route
-    limit = ctx.drug.max_concentration.central
-    if route == "peripheral":
-        limit = ctx.drug.max_concentration.peripheral
-    if limit is not None:
-        limit_base = limit.value * CONCENTRATION_UNITS[limit.unit].factor
+    facts = ctx.facts
+    route_max = facts.route_max.get(route)
+    if route_max is not None:
+        limit, limit_base = route_max
         if not le(ctx.conc_base, limit_base):
             ctx.add(
                 "CONC_ROUTE_MAX",
@@ -28,18 +26,18 @@ def check_concentration(ctx: Context) -> None:
                 f"concentration for a {route} line ({fmt(limit.value)} {limit.unit}); "
                 "use a weaker bag or a central line",
                 limit=Quantity(limit.value, limit.unit),
-                observed=observed,
+                observed=Quantity(given.value, ctx.conc_unit.code),
             )
-    standards = ctx.drug.concentrations
-    if not any(
-        close(ctx.conc_base, s.value * CONCENTRATION_UNITS[s.unit].factor) for s in standards
-    ):
+    conc_base = ctx.conc_base
+    bases = facts.standard_bases
+    if conc_base not in bases and not any(close(conc_base, base) for base in bases):
+        standards = ctx.drug.concentrations
         listed = ", ".join(f"{fmt(s.value)} {s.unit}" for s in standards)
         ctx.add(
             "CONC_NOT_STANDARD",
             f"{ctx.name} {fmt(given.value)} {ctx.conc_unit.code} is not a standard "
             f"concentration (standard: {listed}); check the bag label",
-            observed=observed,
+            observed=Quantity(given.value, ctx.conc_unit.code),
         )
 
 
@@ -48,13 +46,13 @@ def check_diluent(ctx: Context) -> None:
     diluent = ctx.request.infusion.diluent
     rules = ctx.drug.diluents
     dk = key(diluent)
-    if any(key(d) == dk for d in rules.forbidden):
+    if dk in ctx.facts.forbidden_diluents:
         ctx.add(
             "DILUENT_FORBIDDEN",
             f"{ctx.name} must not be diluted in {diluent}"
             + (f"; use {' or '.join(rules.allowed)}" if rules.allowed else ""),
         )
-    elif rules.allowed and not any(key(d) == dk for d in rules.allowed):
+    elif rules.allowed and dk not in ctx.facts.allowed_diluents:
         ctx.add(
             "DILUENT_FORBIDDEN",
             f"{diluent} is not an allowed diluent for {ctx.name}; use {' or '.join(rules.allowed)}",
@@ -63,9 +61,12 @@ def check_diluent(ctx: Context) -> None:
 
 def check_line(ctx: Context) -> None:
     """INCOMPATIBLE_LINE: the line is shared with something this drug must not meet."""
-    incompatible = {key(x): x for x in ctx.drug.incompatible}
-    hits = sorted({s for s in ctx.request.infusion.line_shares if key(s) in incompatible}, key=key)
-    if hits:
+    incompatible = ctx.facts.incompatible
+    if not incompatible:
+        return
+    shared = {s for s in ctx.request.infusion.line_shares if key(s) in incompatible}
+    if shared:
+        hits = sorted(shared, key=key)
         ctx.add(
             "INCOMPATIBLE_LINE",
             f"{ctx.name} shares its line with {', '.join(hits)}, which inactivates it "

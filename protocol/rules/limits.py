@@ -23,14 +23,13 @@ def check_dose_limits(ctx: Context) -> None:
     if new is None or ctx.stop:
         return
     hard, soft, pid = ctx.drug.hard, ctx.drug.soft, ctx.profile.id
-    observed = ctx.q(new)
     if not le(new, hard.max):
         ctx.add(
             "HARD_MAX",
             f"{ctx.name} {ctx.dose_text(new)} is above the hard maximum of "
             f"{ctx.dose_text(hard.max)} ({pid}); this dose cannot be given",
             limit=ctx.q(hard.max),
-            observed=observed,
+            observed=ctx.q(new),
         )
     elif not le(new, soft.max):
         ctx.add(
@@ -38,7 +37,7 @@ def check_dose_limits(ctx: Context) -> None:
             f"{ctx.name} {ctx.dose_text(new)} is above the usual maximum of "
             f"{ctx.dose_text(soft.max)} ({pid}); confirm to proceed",
             limit=ctx.q(soft.max),
-            observed=observed,
+            observed=ctx.q(new),
         )
     if not ge(new, hard.min):
         ctx.add(
@@ -46,7 +45,7 @@ def check_dose_limits(ctx: Context) -> None:
             f"{ctx.name} {ctx.dose_text(new)} is below the hard minimum of "
             f"{ctx.dose_text(hard.min)} ({pid}); this dose cannot be given",
             limit=ctx.q(hard.min),
-            observed=observed,
+            observed=ctx.q(new),
         )
     elif not ge(new, soft.min):
         ctx.add(
@@ -54,7 +53,7 @@ def check_dose_limits(ctx: Context) -> None:
             f"{ctx.name} {ctx.dose_text(new)} is below the usual minimum of "
             f"{ctx.dose_text(soft.min)} ({pid}); confirm to proceed",
             limit=ctx.q(soft.min),
-            observed=observed,
+            observed=ctx.q(new),
         )
 
 

@@ -8,7 +8,7 @@ comparisons, so a MAP equal to a target is on target: 85 is not "above 85", 65 n
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 from protocol.library import key
@@ -20,11 +20,8 @@ from protocol.verdict import Quantity, fmt
 _BP = "mm[Hg]"
 
 
-def _fresh(ctx: Context, reading: Reading | None) -> Decimal | None:
-    if reading is None:
-        return None
-    max_age = timedelta(minutes=float(ctx.profile.vitals_max_age_min))
-    if ctx.request.now - reading.at > max_age:
+def _fresh(reading: Reading | None, now: datetime, max_age: timedelta) -> Decimal | None:
+    if reading is None or now - reading.at > max_age:
         return None
     return reading.value
 
@@ -34,8 +31,12 @@ def check_vitals(ctx: Context) -> None:
     if ctx.new is None or ctx.stop:
         return
     vitals = ctx.request.vitals
-    map_ = _fresh(ctx, vitals.map) if vitals else None
-    sbp = _fresh(ctx, vitals.sbp) if vitals else None
+    if vitals is None:
+        map_ = sbp = None
+    else:
+        now, max_age = ctx.request.now, ctx.facts.vitals_max_age
+        map_ = _fresh(vitals.map, now, max_age)
+        sbp = _fresh(vitals.sbp, now, max_age)
     if map_ is None and sbp is None:
         ctx.add(
             "VITALS_STALE",

@@ -198,3 +198,30 @@ def test_severity_override_applies() -> None:
     hr = lib.drug("hepatorenal", "norepinephrine")
     assert hr is not None
     assert hr.severity_of("STEP_UP_WINDOW") is Severity.CONFIRM
+
+
+def test_drug_facts_are_found_by_any_spelling_and_derived_from_the_entry() -> None:
+    """The per-(profile, drug) facts the rules use are the same object whether the request
+    spells the names as the library does or in another case/with spaces, ``None`` for an
+    unknown pair, and hold the entry's data in base units and as match keys."""
+    library = load_library(DEFAULT_LIBRARY_PATH)
+    facts = library.facts("adult-icu", "norepinephrine")
+    assert facts is not None
+    assert library.facts(" ADULT-ICU ", "Norepinephrine ") is facts
+    assert library.facts("adult-icu", "nope") is None
+    assert library.facts("nope", "norepinephrine") is None
+    assert facts.drug is library.drug("adult-icu", "norepinephrine")
+    assert facts.profile is library.profile("adult-icu")
+    assert facts.unit.code == facts.drug.dose_unit
+    assert facts.key == "norepinephrine"
+    assert facts.vitals_max_age.total_seconds() == float(facts.profile.vitals_max_age_min) * 60
+    peripheral, peripheral_base = facts.route_max["peripheral"]
+    assert (peripheral.value, peripheral.unit, peripheral_base) == (D(16), "ug/mL", D(16))
+    assert facts.route_max["central"][1] == D(64)
+    assert facts.standard_bases == tuple(c.value for c in facts.drug.concentrations)
+    assert facts.forbidden_diluents == {"ns"}
+    assert facts.allowed_diluents == {"d5w", "d5ns"}
+    assert facts.incompatible == {
+        "sodium-bicarbonate": "sodium-bicarbonate",
+        "alkaline": "alkaline",
+    }

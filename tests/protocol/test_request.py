@@ -108,6 +108,20 @@ def test_aliases_accepted_for_vitals_units() -> None:
     assert parse_request(r).vitals is not None
 
 
+def test_vitals_unit_aliases_are_canonicalised_and_wrong_units_named() -> None:
+    """An alias becomes the canonical code (from a dict and from JSON text alike), and a unit
+    that is wrong even after canonicalisation is named with its canonical spelling."""
+    r = make()
+    r["vitals"]["map"]["unit"] = "mmHg"
+    for parsed in (parse_request(r), parse_request_json(json.dumps(r))):
+        assert parsed.vitals is not None
+        assert parsed.vitals.map is not None
+        assert parsed.vitals.map.unit == "mm[Hg]"
+    r["vitals"]["hr"] = {"value": 90, "unit": "mmHg", "at": r["vitals"]["map"]["at"]}
+    with pytest.raises(RequestError, match=r"hr\.unit must be '/min', not 'mm\[Hg\]'"):
+        parse_request_json(json.dumps(r))
+
+
 def test_numbers_are_capped() -> None:
     """Absurd magnitudes are refused (every number must survive a round trip to a JSON float)."""
     r = make()

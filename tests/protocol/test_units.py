@@ -179,3 +179,36 @@ def test_concentration_round_trip(value: Decimal) -> None:
     """ug/mL -> mg/mL -> ug/mL is exact."""
     ug, mg = concentration_unit("ug/mL"), concentration_unit("mg/mL")
     assert convert_concentration(convert_concentration(value, ug, mg), mg, ug) == value
+
+
+_DECIMALS = st.decimals(
+    min_value=-1_000_000, max_value=1_000_000, allow_nan=False, allow_infinity=False, places=12
+)
+
+
+@given(_DECIMALS, _DECIMALS, _DECIMALS)
+def test_tolerant_comparisons_follow_their_definition(a: Decimal, b: Decimal, c: Decimal) -> None:
+    """le/ge/close/within are exactly "within a relative 1e-9 of the other side", inclusive,
+    with ge(a, b) == le(b, a) and within(v, lo, hi) == ge(v, lo) and le(v, hi)."""
+    tol = Decimal("1e-9")
+
+    def ref_le(x: Decimal, y: Decimal) -> bool:
+        return x <= y or x - y <= tol * max(abs(x), abs(y))
+
+    assert le(a, b) == ref_le(a, b)
+    assert ge(a, b) == ref_le(b, a)
+    assert close(a, b) == (abs(a - b) <= tol * max(abs(a), abs(b)))
+    assert within(a, b, c) == (ref_le(b, a) and ref_le(a, c))
+    assert le(a, a)
+    assert ge(a, a)
+    assert close(a, a)
+
+
+@given(_DECIMALS, st.integers(min_value=-30, max_value=30))
+def test_tolerant_comparisons_at_the_tolerance_edge(a: Decimal, k: int) -> None:
+    """Near the 1e-9 edge (b = a + k * 1e-10 * a) the comparisons still follow the definition."""
+    b = a + a * k * Decimal("1e-10")
+    tol = Decimal("1e-9")
+    assert le(b, a) == (b <= a or b - a <= tol * max(abs(b), abs(a)))
+    assert ge(a, b) == le(b, a)
+    assert close(a, b) == (abs(a - b) <= tol * max(abs(a), abs(b)))
