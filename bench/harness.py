@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import selectors
 import signal
 import socket
 import statistics
@@ -22,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.support.procs import Mosquitto, free_port
+from tests.support.procs import Mosquitto, free_port, wait_for_line
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
@@ -64,21 +63,6 @@ def summary_ms(samples: Sequence[float]) -> dict[str, float]:
         "mean_ms": round(statistics.fmean(samples) * 1000, 3),
         "n": len(samples),
     }
-
-
-def _read_until(stream: int, needle: bytes, proc: subprocess.Popen[bytes], timeout: float) -> None:
-    seen = b""
-    deadline = time.monotonic() + timeout
-    with selectors.DefaultSelector() as sel:
-        sel.register(stream, selectors.EVENT_READ)
-        while needle not in seen:
-            left = deadline - time.monotonic()
-            if left <= 0 or proc.poll() is not None or not sel.select(left):
-                raise RuntimeError(f"process did not print {needle!r}: {seen[-500:]!r}")
-            chunk = os.read(stream, 4096)
-            if not chunk:
-                raise RuntimeError(f"process closed its output: {seen[-500:]!r}")
-            seen += chunk
 
 
 def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
@@ -152,7 +136,7 @@ def modbus_sims(pumps: int, *, per_process: int = UNITS_PER_SIM) -> Iterator[Sim
                 proc = started[index][0]
                 assert proc.stdout is not None
                 try:
-                    _read_until(proc.stdout.fileno(), b"serving", proc, 30)
+                    wait_for_line(proc, b"serving", 30, proc.stdout)
                     break
                 except RuntimeError:
                     if attempt == 2 or proc.poll() is None:

@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import selectors
 import statistics
 import subprocess
 import sys
@@ -31,20 +29,9 @@ import structlog
 
 from drivers.newera.frames import Command, Reply, Status, encode_command, encode_reply
 from drivers.newera.port import NewEraPort
+from tests.support.procs import wait_for_line
 
 TARGET_RATIO = 1.5
-
-
-def _wait_for(proc: subprocess.Popen[bytes], needle: bytes, stream: int, timeout: float) -> None:
-    seen = b""
-    deadline = time.monotonic() + timeout
-    with selectors.DefaultSelector() as sel:
-        sel.register(stream, selectors.EVENT_READ)
-        while needle not in seen:
-            left = deadline - time.monotonic()
-            if left <= 0 or proc.poll() is not None or not sel.select(left):
-                raise RuntimeError(f"process did not print {needle!r}: {seen!r}")
-            seen += os.read(stream, 4096)
 
 
 def _stats(samples: list[float]) -> dict[str, float]:
@@ -129,10 +116,10 @@ def measure(
         sim: subprocess.Popen[bytes] | None = None
         try:
             assert socat.stderr is not None
-            _wait_for(socat, b"starting data transfer loop", socat.stderr.fileno(), 10)
+            wait_for_line(socat, b"starting data transfer loop", 10)
             sim = subprocess.Popen(sim_cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
             assert sim.stdout is not None
-            _wait_for(sim, b"serving", sim.stdout.fileno(), 20)
+            wait_for_line(sim, b"serving", 20, sim.stdout)
             result = asyncio.run(_measure(str(b), count, baud))
             result["emulated_wire"] = emulate_wire
         finally:

@@ -5,13 +5,10 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import os
 import re
-import selectors
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -20,30 +17,14 @@ import aiomqtt
 import pytest
 
 from tests.e2e.harness import validate
+from tests.support.procs import wait_for_line
 
 _n = itertools.count(1)
 
 
 def read_banner(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> str:
     """stdout up to the banner's last line (the demo prints it once the daemon is ready)."""
-    assert proc.stdout is not None
-    text = b""
-    deadline = time.monotonic() + timeout
-    sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
-    try:
-        while b"Ctrl-C stops everything." not in text:
-            left = deadline - time.monotonic()
-            if left <= 0 or proc.poll() is not None:
-                raise AssertionError(f"no banner; got:\n{text.decode()}")
-            if sel.select(left):
-                chunk = os.read(proc.stdout.fileno(), 65536)
-                if not chunk:
-                    raise AssertionError(f"demo closed stdout:\n{text.decode()}")
-                text += chunk
-    finally:
-        sel.close()
-    return text.decode()
+    return wait_for_line(proc, b"Ctrl-C stops everything.", timeout, proc.stdout).decode()
 
 
 async def collect(port: int, topic: str, want: int, timeout: float = 20.0) -> list[Any]:

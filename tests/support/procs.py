@@ -14,6 +14,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 READY_TIMEOUT_S = 10.0
@@ -27,25 +28,36 @@ def free_port() -> int:
         return port
 
 
-def wait_for_line(proc: subprocess.Popen[bytes], needle: bytes, timeout: float) -> bytes:
-    """Read ``proc.stderr`` until a line containing ``needle`` appears; returns what was read."""
-    assert proc.stderr is not None
+def wait_for_line(
+    proc: subprocess.Popen[bytes],
+    needle: bytes,
+    timeout: float,
+    stream: IO[bytes] | None = None,
+) -> bytes:
+    """Read ``stream`` (default ``proc.stderr``) until ``needle`` appears; returns what was read.
+
+    Raises RuntimeError (with the output so far) if the process exits, closes the stream or
+    does not print ``needle`` within ``timeout`` seconds.
+    """
+    source = stream if stream is not None else proc.stderr
+    assert source is not None
     seen = b""
     deadline = time.monotonic() + timeout
-    sel = selectors.DefaultSelector()
-    sel.register(proc.stderr, selectors.EVENT_READ)
-    try:
+    with selectors.DefaultSelector() as sel:
+        sel.register(source, selectors.EVENT_READ)
         while needle not in seen:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or proc.poll() is not None:
-                raise RuntimeError(f"process did not log {needle!r}; log so far:\n{seen.decode()}")
+                raise RuntimeError(
+                    f"process did not print {needle!r}; output so far:\n{seen.decode()}"
+                )
             if sel.select(remaining):
-                chunk = os.read(proc.stderr.fileno(), 4096)
+                chunk = os.read(source.fileno(), 4096)
                 if not chunk:
-                    raise RuntimeError(f"process closed stderr; log so far:\n{seen.decode()}")
+                    raise RuntimeError(
+                        f"process closed its output; output so far:\n{seen.decode()}"
+                    )
                 seen += chunk
-    finally:
-        sel.close()
     return seen
 
 
