@@ -4,7 +4,8 @@ A channel owns its driver. It polls at ``poll_period_s``, turns each new snapsho
 (:mod:`daemon.pump_events`), publishes the retained ``pump.state`` whenever it changes and at
 least every ``publish_every_s``, and reconnects with capped backoff when the link drops. Polls
 and commands never overlap: both run under the channel's lock, and a command that finds the
-lock taken is answered ``busy`` by the gate (one command at a time per pump).
+lock taken waits for the poll; the gate answers ``busy`` to a second command while one is in
+flight (one command at a time per pump).
 
 Rate changes observed at the device are handed to ``observe`` (the gate's library check); a
 change the library would reject raises the daemon-side ``out_of_library`` alarm.
@@ -164,11 +165,6 @@ class Channel:
         if dose is None:
             return None
         return {"value": float(round(dose, 6)), "unit": self.program.dose_unit}
-
-    @property
-    def busy(self) -> bool:
-        """True while a poll or a command holds the channel."""
-        return self._lock.locked()
 
     def current_dose(self) -> Decimal | None:
         """The running dose (None when stopped or unknown)."""
