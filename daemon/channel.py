@@ -19,7 +19,7 @@ import enum
 import time
 import zlib
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from daemon.journal import JournalError
 from daemon.poll_stats import LATENESS
 from daemon.pump_events import (
     ALARM_PRIORITY,
@@ -78,6 +79,56 @@ class Program:
     chronic_hypertension: bool = False
 
 
+def program_changed(command_id: str, program: Program) -> dict[str, Any]:
+    """The ``program_changed`` event: what the pump now infuses, and for whom. It carries every
+    field of the program, so that a restart rebuilds the program from the journal
+    (:func:`program_from_event`) instead of from the configuration file."""
+    return {
+        "type": "program_changed",
+        "command_id": command_id,
+        "program": {
+            "drug": program.drug,
+            "concentration": {
+                "value": float(program.concentration),
+                "unit": program.concentration_unit,
+            },
+            "dose_unit": program.dose_unit,
+            "diluent": program.diluent,
+            "route": program.route,
+            "profile": program.profile,
+            "weight_kg": float(program.weight_kg) if program.weight_kg is not None else None,
+            "line_shares": list(program.line_shares),
+            "bed": program.bed,
+            "baseline_sbp": str(program.baseline_sbp) if program.baseline_sbp is not None else None,
+            "chronic_hypertension": program.chronic_hypertension,
+        },
+    }
+
+
+def program_from_event(event: dict[str, Any], seed: Program) -> Program:
+    """The program a journaled ``program_changed`` event set; fields an older event did not
+    carry come from ``seed`` (the bed's context from the configuration). Raises ValueError
+    (or a subclass) on an event that does not describe a program."""
+    data = event["program"]
+    conc = data["concentration"]
+    weight = data.get("weight_kg")
+    baseline = data.get("baseline_sbp", seed.baseline_sbp)
+    return Program(
+        drug=str(data["drug"]),
+        concentration=Decimal(str(conc["value"])),
+        concentration_unit=str(conc["unit"]),
+        dose_unit=str(data["dose_unit"]),
+        diluent=str(data["diluent"]),
+        route=str(data["route"]),
+        profile=str(data["profile"]),
+        weight_kg=Decimal(str(weight)) if weight is not None else None,
+        line_shares=tuple(data.get("line_shares", seed.line_shares)),
+        bed=data.get("bed", seed.bed),
+        baseline_sbp=Decimal(str(baseline)) if baseline is not None else None,
+        chronic_hypertension=bool(data.get("chronic_hypertension", seed.chronic_hypertension)),
+    )
+
+
 class Hub(Protocol):
     """Where a channel sends what it learns (journal + MQTT, provided by the service)."""
 
@@ -85,14 +136,19 @@ class Hub(Protocol):
 
     async def emit_event(self, pump_id: str, data: dict[str, Any]) -> None: ...
 
+    async def emit_events(self, pump_id: str, events: list[dict[str, Any]]) -> None:
+        """Journal ``events`` in order in ONE transaction (all or none), then queue them."""
+        ...
+
     async def publish_state(self, pump_id: str, data: dict[str, Any]) -> None: ...
 
 
 DoseConverter = Callable[[Program, Decimal], Decimal | None]
 """rate mL/h -> dose in ``program.dose_unit`` (None when it cannot be computed)."""
 
-ObserveCheck = Callable[["Channel", Decimal, Decimal], Awaitable[dict[str, Any] | None]]
-"""(channel, old rate, new rate) -> a reject verdict dict when the library rejects the rate."""
+ObserveCheck = Callable[["Channel", Decimal, Decimal], dict[str, Any] | None]
+"""(channel, old rate, new rate) -> the verdict dict when the library would not accept the change
+outright (any finding of severity confirm or reject), else None. Pure: journals nothing."""
 
 
 @dataclass
@@ -118,6 +174,23 @@ class _Latched:
     code: str
     priority: str
     since: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Saved:
+    """What a transition may change, kept to undo it when its journal write fails."""
+
+    connection: ConnectionState
+    status: PumpStatus | None
+    last_poll: datetime | None
+    alarms: dict[str, _Latched]
+    history: tuple[DoseRecord, ...]
+    uncertain: tuple[str, Decimal, Decimal] | None
+    uncertain_program: Program | None
+    failures: int
+    program: Program
+    rate_before_restart: Decimal | None
+    interrupted_writes: dict[Decimal, str]
 
 
 def refresh_phase(pump_id: str) -> float:
@@ -150,12 +223,16 @@ class Channel:
     _last_state_publish: float = 0.0
     _failures: int = 0
     _uncertain: tuple[str, Decimal, Decimal] | None = None  # (command id, old, wanted rate)
+    _uncertain_program: Program | None = None  # the program an uncertain command would set
     #: the last rate journaled before a restart, and the rates that commands interrupted by it
     #: were writing (rate -> command id): the first snapshot after the restart is compared to
     #: them, so a change made while the daemon was down is still reported, and attributed.
     rate_before_restart: Decimal | None = None
     interrupted_writes: dict[Decimal, str] = field(default_factory=dict)
     _deferred: list[dict[str, Any]] | None = None  # events held back during execute(events=...)
+    _pending: list[dict[str, Any]] | None = None  # events of the transition in progress
+    #: True while the last transition could not be journaled (state shows the last journaled truth)
+    journal_behind: bool = False
 
     # -- derived values ---------------------------------------------------------------------
 
@@ -221,12 +298,70 @@ class Channel:
             await self.hub.publish_state(self.pump_id, data)
 
     async def _emit(self, event: dict[str, Any]) -> None:
-        """Send an event to the hub, or hold it for the caller of :meth:`execute` to journal
-        together with the command's outcome."""
+        """Queue an event of the transition in progress (journaled when it ends), or hold it
+        for the caller of :meth:`execute` to journal together with the command's outcome."""
         if self._deferred is not None:
             self._deferred.append(event)
+        elif self._pending is not None:
+            self._pending.append(event)
         else:
-            await self.hub.emit_event(self.pump_id, event)
+            await self.hub.emit_events(self.pump_id, [event])
+
+    # -- journal first, state second --------------------------------------------------------
+
+    def save(self) -> Saved:
+        """The state a transition may change (see :meth:`restore`)."""
+        return Saved(
+            self.connection,
+            self.status,
+            self.last_poll,
+            dict(self._alarm_since),
+            tuple(self.history),
+            self._uncertain,
+            self._uncertain_program,
+            self._failures,
+            self.program,
+            self.rate_before_restart,
+            dict(self.interrupted_writes),
+        )
+
+    def restore(self, saved: Saved) -> None:
+        """Undo a transition whose events could not be journaled: the channel shows the last
+        journaled truth again, so the next poll derives (and journals) the same change anew."""
+        self.connection = saved.connection
+        self.status = saved.status
+        self.last_poll = saved.last_poll
+        self._alarm_since = dict(saved.alarms)
+        self.history.clear()
+        self.history.extend(saved.history)
+        self._uncertain = saved.uncertain
+        self._uncertain_program = saved.uncertain_program
+        self._failures = saved.failures
+        self.program = saved.program
+        self.rate_before_restart = saved.rate_before_restart
+        self.interrupted_writes = dict(saved.interrupted_writes)
+
+    @contextlib.asynccontextmanager
+    async def _transition(self) -> AsyncIterator[None]:
+        """Every state change inside is journaled first (its events in one transaction at the
+        end) and kept second: when the journal write fails, the change is undone
+        (:meth:`restore`) and JournalError propagates. Inside :meth:`execute` the events go to
+        the caller instead, who journals them with the command's outcome."""
+        if self._deferred is not None or self._pending is not None:
+            yield
+            return
+        saved = self.save()
+        self._pending = []
+        try:
+            yield
+            events = self._pending
+            self._pending = None
+            if events:
+                await self.hub.emit_events(self.pump_id, events)
+        except BaseException:
+            self._pending = None
+            self.restore(saved)
+            raise
 
     # -- alarms raised by the daemon --------------------------------------------------------
 
@@ -309,32 +444,56 @@ class Channel:
     async def _go_offline(self, reason: str) -> None:
         if self.connection is ConnectionState.OFFLINE:
             return
-        before = self.connection
-        self.connection = ConnectionState.OFFLINE
-        await self._emit(connection_event(before, ConnectionState.OFFLINE, reason))
-        await self._set_daemon_alarm(
-            OFFLINE_ALARM, active=True, message=f"no answer from the pump: {reason}"
-        )
+        try:
+            async with self._transition():
+                before = self.connection
+                self.connection = ConnectionState.OFFLINE
+                await self._emit(connection_event(before, ConnectionState.OFFLINE, reason))
+                await self._set_daemon_alarm(
+                    OFFLINE_ALARM, active=True, message=f"no answer from the pump: {reason}"
+                )
+        except JournalError as exc:
+            self._journal_failed(exc)
         await self.publish_state()
 
+    def _journal_failed(self, exc: JournalError) -> None:
+        self.journal_behind = True
+        log.critical("journal_unavailable", pump=self.pump_id, error=str(exc))
+
     async def poll_once(self) -> None:
-        """One poll: read, diff, publish. DriverErrors count towards going offline."""
+        """One poll: read, diff, journal, publish. DriverErrors count towards going offline.
+
+        Whatever the driver raises is a failed poll: a driver bug (a reply it cannot map) must
+        read as an unreadable pump, never as a crash loop that leaves the last state published
+        with a fresh ``last_poll``."""
         async with self._lock:
             try:
                 status = await self.driver.read_status()
-            except DriverError as exc:
+            except Exception as exc:
+                if not isinstance(exc, DriverError):
+                    log.exception("pump_driver_fault", pump=self.pump_id)
                 self._failures += 1
                 log.warning("pump_poll_failed", pump=self.pump_id, error=str(exc))
                 if self._failures >= self.config.offline_after_failures:
-                    await self._go_offline(str(exc))
+                    await self._go_offline(str(exc) or type(exc).__name__)
                     with contextlib.suppress(DriverError):
                         await self.driver.close()
                 return
-            await self._absorb(status)
+            try:
+                await self._absorb(status)
+            except JournalError as exc:
+                self._journal_failed(exc)
+            else:
+                self.journal_behind = False
         await self.publish_state()
 
     async def _absorb(self, status: PumpStatus) -> None:
-        """Take a fresh snapshot: events, alarms, reconciliation of an uncertain write."""
+        """Take a fresh snapshot: events, alarms, reconciliation of an uncertain write; all of
+        it journaled before it is kept (raises JournalError, state unchanged, when it cannot)."""
+        async with self._transition():
+            await self._absorb_unjournaled(status)
+
+    async def _absorb_unjournaled(self, status: PumpStatus) -> None:
         now = self.hub.now()
         self._failures = 0
         self.last_poll = now
@@ -347,11 +506,19 @@ class Channel:
         self.status = status
         events = diff(before, Observation(ConnectionState.ONLINE, status), self.dose_obj, now)
         device_change: tuple[Decimal, Decimal] | None = None
-        for event in events:
+        for derived in events:
+            event = derived
             if event["type"] == "rate_changed" and old_status is not None:
                 if self._uncertain is not None:
                     cmd_id, _old, wanted = self._uncertain
                     if status.rate_ml_h == wanted:
+                        program, self._uncertain_program = self._uncertain_program, None
+                        if program is not None:  # its dose is that of the new program
+                            self.program = program
+                            await self._emit(program_changed(cmd_id, program))
+                            event = rate_changed_event(
+                                old_status.rate_ml_h, status.rate_ml_h, self.dose_obj
+                            )
                         event["source"] = "command"
                         event["command_id"] = cmd_id
                         event["reconciled"] = True
@@ -368,6 +535,7 @@ class Channel:
             if status.rate_ml_h == old:
                 log.info("uncertain_command_not_applied", pump=self.pump_id, command=cmd_id)
                 self._uncertain = None
+                self._uncertain_program = None
         if old_status is None and self.rate_before_restart is not None:
             device_change = await self._compare_with_before_restart(status.rate_ml_h, now)
         if device_change is not None:
@@ -399,15 +567,18 @@ class Channel:
         return (before, rate)
 
     async def _check_observed(self, old: Decimal, new: Decimal) -> None:
+        """Judge a change seen at the device by the same rules as a command: any finding of
+        severity confirm or reject raises ``out_of_library_observed`` with those findings."""
         if self.observe is None:
             return
-        verdict = await self.observe(self, old, new)
+        verdict = self.observe(self, old, new)
         if verdict is not None:
             await self._emit(
                 {
                     "type": "out_of_library_observed",
                     "rate": rate_obj(new),
                     "dose": self.dose_obj(new),
+                    "from": {"rate": rate_obj(old), "dose": self.dose_obj(old)},
                     "verdict": verdict,
                 },
             )
@@ -488,6 +659,20 @@ class Channel:
                 self.status = replace(old, rate_ml_h=result.readback.rate_ml_h)
             await self._absorb(result.readback)
         return result
+
+    def expect_uncertain(
+        self,
+        command_id: str,
+        old_rate: Decimal | None,
+        rate: Decimal | None,
+        program: Program | None,
+    ) -> None:
+        """A write that may or may not have reached the device: the next snapshot that shows
+        ``rate`` is attributed to ``command_id`` (reconciled), with its ``program``."""
+        if old_rate is None or rate is None:
+            return
+        self._uncertain = (command_id, old_rate, rate)
+        self._uncertain_program = program
 
     def set_program(self, program: Program) -> None:
         """Replace the program (after a verified ``program`` command)."""

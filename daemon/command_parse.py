@@ -61,6 +61,8 @@ class ErrorCode(enum.StrEnum):
     TOO_LARGE = "too_large"
     RETAINED = "retained"
     BAD_SIGNATURE = "bad_signature"
+    ID_CONFLICT = "id_conflict"  # a known id with another payload or pump
+    INTERNAL_ERROR = "internal_error"  # a gateway fault: the command was not executed
     JOURNAL_UNAVAILABLE = "journal_unavailable"  # the gateway cannot record: it refuses
 
 

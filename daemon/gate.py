@@ -12,11 +12,25 @@ seen before (journal) -> check request built from the channel's context -> verdi
 
 Admission errors (unknown pump, control disabled, not authorized, busy) are journaled but do
 not claim the command id: nothing was executed, so the sender may retry with the same id.
+
+Commands to one pump are checked one after the other (a per-pump lock, at most
+``MAX_WAITING`` waiting); ``busy`` means a write is in progress at that pump, never that a
+previous command was merely checked or rejected. An accepted command always ends: whatever the
+driver raises or however long it hangs (``COMMAND_DEADLINE_S``), the answer is ``applied`` only
+with a matching read-back, ``failed`` only when the device is verified unchanged, else
+``uncertain`` (reconciled from the next poll and reported by event).
+
+Ids are unique per gateway: the same id with the same payload (``fingerprint``) is a
+``duplicate`` whose ``first`` names the pump; with another payload or pump it is ``rejected``
+with ``id_conflict``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
+import hashlib
+import json
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -26,7 +40,7 @@ from typing import Any
 
 import structlog
 
-from daemon.channel import Action, Channel, Program
+from daemon.channel import Action, Channel, Program, program_changed
 from daemon.command_parse import (
     Command,
     ErrorCode,
@@ -46,7 +60,8 @@ from daemon.command_parse import (
 from daemon.journal import AsyncJournal, InterruptedCommand, JournalError, JournalKind
 from daemon.signing import SignaturePolicy
 from daemon.timefmt import format_ts
-from drivers.base import ConnectionState, Outcome, PumpStatus
+from drivers.base import ConnectionState, Outcome, PumpStatus, RunState, WriteResult
+from drivers.errors import DriverError
 from protocol.engine import evaluate
 from protocol.errors import RequestError
 from protocol.library import Library
@@ -56,6 +71,38 @@ from protocol.verdict import Verdict
 log = structlog.get_logger("infusiond.gate")
 
 CONFIRM_TTL = timedelta(seconds=120)
+#: an accepted command ends within this long, whatever the driver does (then ``uncertain``)
+COMMAND_DEADLINE_S = 30.0
+#: commands waiting for their pump's check; more are answered ``busy`` at once (flood bound)
+MAX_WAITING = 8
+#: keys of a stored outcome that are ours, not the contract's ``first``
+_PRIVATE_OUTCOME_KEYS = ("fingerprint", "before")
+#: command fields that do not make it another command (a retry; a confirmation, which another
+#: clinician may give)
+_NOT_IN_FINGERPRINT = frozenset({"confirm", "issued_at", "ttl_s", "signature", "schema", "by"})
+
+
+class CommandPhase(enum.Enum):
+    """Where one command is in its life (the result phases of the contract)."""
+
+    CHECKING = "checking"
+    ACCEPTED = "accepted"
+    APPLIED = "applied"
+    FAILED = "failed"
+    UNCERTAIN = "uncertain"
+
+
+def fingerprint(command: dict[str, Any]) -> str:
+    """What makes two commands with one id the same command (payload, not delivery)."""
+    kept = {k: v for k, v in command.items() if k not in _NOT_IN_FINGERPRINT}
+    text = json.dumps(kept, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def public_first(outcome: dict[str, Any]) -> dict[str, Any]:
+    """The stored outcome as a duplicate is told it: phase, verdict, error and pump."""
+    return {k: v for k, v in outcome.items() if k not in _PRIVATE_OUTCOME_KEYS}
+
 
 ResultSink = Callable[[str, dict[str, Any], "ReplyTo | None"], Awaitable[None]]
 VitalsLookup = Callable[[str | None], dict[str, Any] | None]
@@ -97,9 +144,16 @@ class Gate:
     now: Callable[[], datetime]
     vitals_for: VitalsLookup = lambda _bed: None
     control: Control = field(default_factory=Control)
-    _inflight: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _answers: set[asyncio.Task[None]] = field(default_factory=set)
     _tokens: dict[str, _Pending] = field(default_factory=dict)
+    _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    _waiting: dict[str, int] = field(default_factory=dict)
+    #: pump -> the command being written there (accepted, not yet settled)
+    _writing: dict[str, str] = field(default_factory=dict)
+    #: pumps whose command interrupted by a restart is not settled yet (answered busy)
+    reconciling: set[str] = field(default_factory=set)
+    _interrupted: list[InterruptedCommand] = field(default_factory=list)
 
     # -- admission (synchronous, so that busy is decided in arrival order) -------------------
 
@@ -118,11 +172,12 @@ class Gate:
         if error is not None:
             self._answer(pump_id, rejected(parsed.id, error=error), reply, error["message"])
             return
+        self._waiting[pump_id] = self._waiting.get(pump_id, 0) + 1
         task = asyncio.get_running_loop().create_task(
             self._run_guarded(pump_id, parsed, reply), name=f"command:{pump_id}:{parsed.id}"
         )
-        self._inflight[pump_id] = task
-        task.add_done_callback(lambda _t: self._inflight.pop(pump_id, None))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _admission_error(self, pump_id: str, cmd: Command) -> dict[str, str] | None:
         if pump_id not in self.channels:
@@ -137,9 +192,23 @@ class Gate:
                 ErrorCode.NOT_AUTHORIZED,
                 f"by.clinician {cmd.by.clinician!r} is not allowed to command pumps here",
             )
-        if pump_id in self._inflight:
+        return self._busy(pump_id) or (
+            error_body(ErrorCode.BUSY, f"pump {pump_id}: too many commands waiting; retry later")
+            if self._waiting.get(pump_id, 0) >= MAX_WAITING
+            else None
+        )
+
+    def _busy(self, pump_id: str) -> dict[str, str] | None:
+        writing = self._writing.get(pump_id)
+        if writing is not None:
             return error_body(
-                ErrorCode.BUSY, f"pump {pump_id} is executing another command; retry later"
+                ErrorCode.BUSY,
+                f"pump {pump_id} is executing command {writing!r}; retry when it has ended",
+            )
+        if pump_id in self.reconciling:
+            return error_body(
+                ErrorCode.BUSY,
+                f"pump {pump_id} is settling a command interrupted by a restart; retry shortly",
             )
         return None
 
@@ -160,18 +229,31 @@ class Gate:
 
     async def drain(self) -> None:
         """Wait for every command and answer in progress (used at shutdown and in tests)."""
-        pending = [*self._inflight.values(), *self._answers]
+        pending = [*self._tasks, *self._answers]
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
 
     # -- the checked path ---------------------------------------------------------------------
 
     async def _run_guarded(self, pump_id: str, cmd: Command, reply: ReplyTo | None) -> None:
-        """:meth:`_run`, and an answer even when the journal fails half way: before the write
-        ``rejected`` (nothing was executed), after it ``uncertain`` (the poll reconciles)."""
+        """Check under the pump's lock, then write after releasing it (so that a command
+        arriving meanwhile is answered ``busy`` at once), and an answer whatever goes wrong half
+        way: before the write ``rejected`` (nothing was executed), after it ``uncertain`` (the
+        poll reconciles). This task is the supervisor of one command: it catches everything."""
         accepted_sent: set[str] = set()
+        lock = self._locks.setdefault(pump_id, asyncio.Lock())
+        waiting = True
         try:
-            await self._run(pump_id, cmd, reply, accepted_sent)
+            async with lock:
+                self._waiting[pump_id] -= 1
+                waiting = False
+                busy = self._busy(pump_id)
+                if busy is not None:
+                    self._answer(pump_id, rejected(cmd.id, error=busy), reply, busy["message"])
+                    return
+                job = await self._run(pump_id, cmd, reply, accepted_sent)
+            if job is not None:
+                await self._execute(job)
         except JournalError as exc:
             log.critical("journal_unavailable", pump=pump_id, id=cmd.id, error=str(exc))
             body = error_body(ErrorCode.JOURNAL_UNAVAILABLE, f"journal write failed: {exc}")
@@ -179,12 +261,29 @@ class Gate:
                 uncertain(cmd.id, error=body) if accepted_sent else rejected(cmd.id, error=body)
             )
             await self.send_result(pump_id, answer, reply)
+        except Exception as exc:
+            log.exception("command_crashed", pump=pump_id, id=cmd.id)
+            body = error_body(ErrorCode.INTERNAL_ERROR, f"gateway fault: {type(exc).__name__}")
+            answer = (
+                uncertain(cmd.id, error=body) if accepted_sent else rejected(cmd.id, error=body)
+            )
+            await self.send_result(pump_id, answer, reply)
+        finally:
+            if waiting:
+                self._waiting[pump_id] -= 1
+            if self._writing.get(pump_id) == cmd.id:
+                del self._writing[pump_id]
 
     async def _run(
         self, pump_id: str, cmd: Command, reply: ReplyTo | None, accepted_sent: set[str]
-    ) -> None:
+    ) -> _Execution | None:
+        """Check one command (under the pump's lock). Returns the write to perform once the
+        lock is released, or None when the command ended here (rejected, confirmation asked,
+        duplicate...)."""
         channel = self.channels[pump_id]
         now = self.now()
+        command_json = cmd.to_json()
+        fp = fingerprint(command_json)
         # The check is pure and fast: decide before claiming, so that a command the library
         # accepts outright is claimed, its verdict and its ``accepted`` journaled in ONE durable
         # transaction (docs/performance.md). Anything else takes the step-by-step path below.
@@ -202,19 +301,20 @@ class Gate:
             ):
                 outright = (plan, verdict)
         answer = accepted(cmd.id, verdict=outright[1].to_dict()) if outright else {}
+        before = _device_before(channel)
         try:
             if outright:
                 claim = await self.journal.admit_command(
                     cmd.id,
                     pump_id=pump_id,
-                    command=cmd.to_json(),
+                    command=command_json,
                     verdict=answer["verdict"],
-                    outcome=outcome_of(answer),
+                    outcome=self._stored(pump_id, fp, answer, before),
                     ts=now,
                 )
             else:
                 claim = await self.journal.claim_command(
-                    cmd.id, pump_id=pump_id, command=cmd.to_json(), ts=now
+                    cmd.id, pump_id=pump_id, command=command_json, ts=now
                 )
         except JournalError as exc:  # no journal, no command: refuse, never execute
             log.critical("journal_unavailable", pump=pump_id, id=cmd.id, error=str(exc))
@@ -224,94 +324,220 @@ class Gate:
                 "commands are refused until it can",
             )
             await self.send_result(pump_id, rejected(cmd.id, error=error), reply)
-            return
+            return None
         if claim.is_new and outright:
             # claim, verdict and accepted are durable together: the write may go ahead
+            self._writing[pump_id] = cmd.id
             await self.send_result(pump_id, answer, reply)
             accepted_sent.add(cmd.id)
-            await self._execute(pump_id, cmd, *outright, reply)
-            return
+            return _Execution(pump_id, cmd, fp, *outright, reply, before)
         if not claim.is_new:
             first = claim.first or {}
+            if self._id_conflict(pump_id, cmd, fp, first, reply):
+                return None
             resumable = first.get("phase") == Phase.NEEDS_CONFIRMATION and cmd.confirm
             if not resumable:
-                await self.send_result(pump_id, duplicate(cmd.id, first=first), reply)
-                return
+                await self.send_result(pump_id, duplicate(cmd.id, first=public_first(first)), reply)
+                return None
+        return await self._check_stepwise(
+            pump_id=pump_id,
+            cmd=cmd,
+            fp=fp,
+            plan=plan,
+            verdict=verdict,
+            reply=reply,
+            accepted_sent=accepted_sent,
+        )
+
+    async def _check_stepwise(
+        self,
+        *,
+        pump_id: str,
+        cmd: Command,
+        fp: str,
+        plan: _Plan | RequestError,
+        verdict: Verdict | None,
+        reply: ReplyTo | None,
+        accepted_sent: set[str],
+    ) -> _Execution | None:
+        """Every command not accepted outright: its verdict, then reject, confirmation asked,
+        override, or accepted (each step journaled before it is answered)."""
+        before = _device_before(self.channels[pump_id])
         if isinstance(plan, RequestError):
             await self._finish(
                 pump_id,
                 cmd,
+                fp,
                 rejected(cmd.id, error=error_body(ErrorCode.BAD_REQUEST, str(plan))),
                 reply,
             )
-            return
+            return None
         verdict = verdict or evaluate(self.library, plan.request)
         verdict_json = verdict.to_dict()
         await self.journal.append(
             JournalKind.VERDICT, {"id": cmd.id, "verdict": verdict_json}, pump_id=pump_id
         )
         if verdict.verdict == "reject":
-            await self._finish(pump_id, cmd, rejected(cmd.id, verdict=verdict_json), reply)
+            await self._finish(pump_id, cmd, fp, rejected(cmd.id, verdict=verdict_json), reply)
             await self._emit(
                 pump_id, {"type": "command_rejected", "command_id": cmd.id, "verdict": verdict_json}
             )
-            return
+            return None
         if verdict.verdict == "confirm" and not await self._confirmed(
-            pump_id, cmd, plan, verdict, reply
+            pump_id=pump_id, cmd=cmd, fp=fp, plan=plan, verdict=verdict, reply=reply
         ):
-            return
+            return None
         if plan.action is Action.SET_RATE and verdict.rate is None:
             await self._finish(
                 pump_id,
                 cmd,
+                fp,
                 rejected(cmd.id, error=error_body(ErrorCode.BAD_REQUEST, "no rate computed")),
                 reply,
             )
-            return
-        await self._progress(pump_id, cmd, accepted(cmd.id, verdict=verdict_json), reply)
+            return None
+        answer = accepted(cmd.id, verdict=verdict_json)
+        await self.journal.set_command_outcome(
+            cmd.id, self._stored(pump_id, fp, answer, before), pump_id=pump_id
+        )
+        self._writing[pump_id] = cmd.id
+        await self.send_result(pump_id, answer, reply)
         accepted_sent.add(cmd.id)
-        await self._execute(pump_id, cmd, plan, verdict, reply)
+        return _Execution(pump_id, cmd, fp, plan, verdict, reply, before)
 
-    async def _execute(
-        self, pump_id: str, cmd: Command, plan: _Plan, verdict: Verdict, reply: ReplyTo | None
-    ) -> None:
+    def _id_conflict(
+        self,
+        pump_id: str,
+        cmd: Command,
+        fp: str,
+        first: dict[str, Any],
+        reply: ReplyTo | None,
+    ) -> bool:
+        """Answer ``id_conflict`` when a known id comes with another payload or pump."""
+        first_pump = first.get("pump")
+        first_fp = first.get("fingerprint")
+        other_pump = first_pump is not None and first_pump != pump_id
+        other_payload = bool(first_fp) and first_fp != fp
+        if not (other_pump or other_payload):
+            return False
+        what = f"pump {first_pump}" if other_pump else "another payload"
+        message = (
+            f"id: {cmd.id!r} was already used for {what} (first command on pump "
+            f"{first_pump}, phase {first.get('phase')}); ids are unique per gateway"
+        )
+        self._answer(
+            pump_id,
+            rejected(cmd.id, error=error_body(ErrorCode.ID_CONFLICT, message)),
+            reply,
+            message,
+        )
+        return True
+
+    @staticmethod
+    def _stored(
+        pump_id: str,
+        fp: str,
+        answer: dict[str, Any],
+        before: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """The outcome kept for a command id: what a duplicate is told, plus the pump, the
+        payload's fingerprint and (once accepted) the device's state before the write."""
+        stored = {**outcome_of(answer), "pump": pump_id, "fingerprint": fp}
+        if before is not None:
+            stored["before"] = before
+        return stored
+
+    async def _execute(self, job: _Execution) -> None:
         """The verified write of an accepted command, then its events and its final outcome
         journaled in ONE transaction (still under the channel's lock, so a poll's events cannot
-        take seqs in between) before the answer is published."""
+        take seqs in between) before the answer is published. Always ends the command."""
+        pump_id, cmd, plan, verdict = job.pump_id, job.cmd, job.plan, job.verdict
         channel = self.channels[pump_id]
         rate = verdict.rate if plan.action is Action.SET_RATE else None
         events: list[dict[str, Any]] = []
         async with channel.exclusive():
-            result = await channel.execute(plan.action, cmd.id, rate, events=events)
+            saved = channel.save()
+            old_rate = channel.status.rate_ml_h if channel.status is not None else None
+            result = await self._write(channel, plan.action, cmd.id, rate, events)
+            if result.outcome is not Outcome.APPLIED or not _matches(plan.action, rate, result):
+                if result.outcome is Outcome.APPLIED:  # a driver that says so without proof
+                    result = WriteResult(
+                        Outcome.UNCERTAIN, result.readback, "read-back does not match the command"
+                    )
+                if result.outcome is Outcome.UNCERTAIN:
+                    channel.restore(saved)
+                    events.clear()
+                    channel.expect_uncertain(cmd.id, old_rate, rate, plan.program)
             if result.outcome is Outcome.APPLIED and plan.program is not None:
                 channel.set_program(plan.program)
                 events.append(program_changed(cmd.id, plan.program))
-            if result.outcome is Outcome.APPLIED:
-                answer = applied(cmd.id, readback=self._readback(channel, result.readback))
-            elif result.outcome is Outcome.FAILED:
-                answer = failed(
-                    cmd.id,
-                    error={"code": "device_rejected", "message": result.detail or "device refused"},
-                    readback=self._readback(channel, result.readback) if result.readback else None,
-                )
-            else:
-                answer = uncertain(
-                    cmd.id,
-                    error={"code": "device_timeout", "message": result.detail or "no answer"},
-                )
+            answer = self._answer_for(channel, cmd.id, result)
             log.info("command_result", pump=pump_id, id=cmd.id, phase=answer["phase"])
-            await self.journal.settle_command(
-                cmd.id,
-                outcome_of(answer),
-                pump_id=pump_id,
-                # what the hub's emit_event would journal: the event with its pump id
-                events=[{**event, "pump_id": pump_id} for event in events],
-            )
-        await self.send_result(pump_id, answer, reply)
+            try:
+                await self.journal.settle_command(
+                    cmd.id,
+                    self._stored(pump_id, job.fingerprint, answer, job.before),
+                    pump_id=pump_id,
+                    # what the hub's emit_event would journal: the event with its pump id
+                    events=[{**event, "pump_id": pump_id} for event in events],
+                )
+            except JournalError:
+                # nothing of it is durable: show the last journaled truth again; the next poll
+                # sees the change and attributes it to this command (reconciled)
+                channel.restore(saved)
+                if result.outcome is Outcome.APPLIED:
+                    channel.expect_uncertain(cmd.id, old_rate, rate, plan.program)
+                raise
+            finally:
+                self._writing.pop(pump_id, None)
+        await self.send_result(pump_id, answer, job.reply)
         await channel.publish_state()
 
+    async def _write(
+        self,
+        channel: Channel,
+        action: Action,
+        command_id: str,
+        rate: Decimal | None,
+        events: list[dict[str, Any]],
+    ) -> WriteResult:
+        """The driver's write, bounded in time; whatever it raises becomes ``uncertain`` (the
+        write may have reached the device) unless the driver said nothing was sent."""
+        try:
+            async with asyncio.timeout(COMMAND_DEADLINE_S):
+                return await channel.execute(action, command_id, rate, events=events)
+        except TimeoutError:
+            detail = f"no verified answer within {COMMAND_DEADLINE_S:g} s"
+        except DriverError as exc:
+            detail = f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # a driver bug must still end the command
+            log.exception("driver_fault", pump=channel.pump_id, id=command_id)
+            detail = f"driver fault: {type(exc).__name__}"
+        return WriteResult(Outcome.UNCERTAIN, None, detail)
+
+    def _answer_for(self, channel: Channel, command_id: str, result: WriteResult) -> dict[str, Any]:
+        if result.outcome is Outcome.APPLIED:
+            return applied(command_id, readback=self._readback(channel, result.readback))
+        if result.outcome is Outcome.FAILED:
+            return failed(
+                command_id,
+                error={"code": "device_rejected", "message": result.detail or "device refused"},
+                readback=self._readback(channel, result.readback) if result.readback else None,
+            )
+        return uncertain(
+            command_id,
+            error={"code": "device_timeout", "message": result.detail or "no answer"},
+        )
+
     async def _confirmed(
-        self, pump_id: str, cmd: Command, plan: _Plan, verdict: Verdict, reply: ReplyTo | None
+        self,
+        *,
+        pump_id: str,
+        cmd: Command,
+        fp: str,
+        plan: _Plan,
+        verdict: Verdict,
+        reply: ReplyTo | None,
     ) -> bool:
         """True when a valid confirmation overrides the confirm-level findings."""
         now = self.now()
@@ -324,6 +550,7 @@ class Gate:
             await self._finish(
                 pump_id,
                 cmd,
+                fp,
                 needs_confirmation(
                     cmd.id, verdict=verdict_json, confirm_token=token, expires_at=expires
                 ),
@@ -338,7 +565,11 @@ class Gate:
                 else "confirm.token: was issued for a different command"
             )
             await self._finish(
-                pump_id, cmd, rejected(cmd.id, error=error_body(ErrorCode.BAD_REQUEST, why)), reply
+                pump_id,
+                cmd,
+                fp,
+                rejected(cmd.id, error=error_body(ErrorCode.BAD_REQUEST, why)),
+                reply,
             )
             return False
         del self._tokens[cmd.confirm.token]
@@ -357,17 +588,14 @@ class Gate:
         for token in [t for t, p in self._tokens.items() if p.expires < now]:
             del self._tokens[token]
 
-    async def _progress(
-        self, pump_id: str, cmd: Command, data: dict[str, Any], reply: ReplyTo | None
-    ) -> None:
-        await self.journal.set_command_outcome(cmd.id, outcome_of(data), pump_id=pump_id)
-        await self.send_result(pump_id, data, reply)
-
     async def _finish(
-        self, pump_id: str, cmd: Command, data: dict[str, Any], reply: ReplyTo | None
+        self, pump_id: str, cmd: Command, fp: str, data: dict[str, Any], reply: ReplyTo | None
     ) -> None:
         log.info("command_result", pump=pump_id, id=cmd.id, phase=data["phase"])
-        await self._progress(pump_id, cmd, data, reply)
+        await self.journal.set_command_outcome(
+            cmd.id, self._stored(pump_id, fp, data), pump_id=pump_id
+        )
+        await self.send_result(pump_id, data, reply)
 
     async def _emit(self, pump_id: str, event: dict[str, Any]) -> None:
         await self.channels[pump_id].hub.emit_event(pump_id, event)
@@ -384,24 +612,65 @@ class Gate:
 
     # -- after a restart ---------------------------------------------------------------------
 
+    async def load_interrupted(self) -> None:
+        """Read the commands a crash left at ``accepted`` (before any command is admitted):
+        their pumps answer ``busy`` until :meth:`reconcile_interrupted` has settled them."""
+        self._interrupted = [
+            item
+            for item in await self.journal.interrupted_commands()
+            if item.pump_id is not None and item.pump_id in self.channels
+        ]
+        self.reconciling.update(item.pump_id for item in self._interrupted if item.pump_id)
+
     async def reconcile_interrupted(self) -> None:
-        """Settle commands a crash left at ``accepted`` (sent, never verified) from what each
-        device shows after its first poll: ``applied`` or ``failed`` (code ``interrupted``),
-        ``uncertain`` if the pump cannot be read. Nothing is sent to a device again; the result
-        carries ``"reconciled": true`` and becomes what a duplicate of the id is told."""
-        for item in await self.journal.interrupted_commands():
-            channel = self.channels.get(item.pump_id or "")
-            if channel is None or item.pump_id is None:
-                continue
-            await channel.first_poll_done.wait()
-            answer = {**self._settle(channel, item), "reconciled": True}
-            log.info(
-                "command_reconciled", pump=item.pump_id, id=item.command_id, phase=answer["phase"]
-            )
-            await self.journal.set_command_outcome(
-                item.command_id, outcome_of(answer), pump_id=item.pump_id
-            )
-            await self.send_result(item.pump_id, answer, None)
+        """Settle commands a crash left at ``accepted`` (sent or not, never verified) from what
+        each device shows after its first poll, compared with what it showed before the write
+        (journaled with ``accepted``): ``applied`` only when the device moved from its state
+        before to the commanded one; ``failed`` (code ``interrupted``) when it is verified
+        unchanged; ``uncertain`` when it cannot be read or shows something else. Nothing is
+        sent to a device again; the result carries ``"reconciled": true`` and becomes what a
+        duplicate of the id is told."""
+        try:
+            for item in self._interrupted:
+                pump_id = item.pump_id or ""
+                channel = self.channels[pump_id]
+                await channel.first_poll_done.wait()
+                answer = {**self._settle(channel, item), "reconciled": True}
+                log.info(
+                    "command_reconciled", pump=pump_id, id=item.command_id, phase=answer["phase"]
+                )
+                program = self._interrupted_program(channel, item)
+                if answer["phase"] == Phase.APPLIED and program is not None:
+                    channel.set_program(program)
+                    await self._emit(pump_id, program_changed(item.command_id, program))
+                    answer = {**answer, "readback": self._readback(channel, channel.status)}
+                stored = self._stored(
+                    pump_id,
+                    str(
+                        item.outcome.get("fingerprint")
+                        or (fingerprint(item.command) if item.command else "")
+                    ),
+                    answer,
+                    item.outcome.get("before"),
+                )
+                await self.journal.set_command_outcome(item.command_id, stored, pump_id=pump_id)
+                self.reconciling.discard(pump_id)
+                await self.send_result(pump_id, answer, None)
+        finally:
+            self._interrupted = []
+
+    def _interrupted_program(self, channel: Channel, item: InterruptedCommand) -> Program | None:
+        """The program an interrupted ``program`` command would have set (None otherwise)."""
+        command = item.command or {}
+        if command.get("action") != "program":
+            return None
+        try:
+            cmd = Command.model_validate(command)
+        except ValueError:
+            return None
+        if cmd.program is None:
+            return None
+        return self._program_of(channel.program, cmd)
 
     def _settle(self, channel: Channel, item: InterruptedCommand) -> dict[str, Any]:
         status = channel.status
@@ -415,24 +684,45 @@ class Gate:
                     "read; check the pump",
                 },
             )
-        action = (item.command or {}).get("action")
-        state = status.state.value
-        target = ((item.outcome.get("verdict") or {}).get("rate") or {}).get("value")
-        took = {
-            "stop": state in ("stopped", "alarm"),
-            "pause": state == "paused",
-            "start": state == "infusing",
-        }.get(str(action), target is not None and float(status.rate_ml_h) == float(target))
         readback = self._readback(channel, status)
+        before = item.outcome.get("before")
+        action = str((item.command or {}).get("action"))
+        found = ((item.outcome.get("verdict") or {}).get("rate") or {}).get("value")
+        target = float(found) if isinstance(found, int | float) else None
+        if not isinstance(before, dict):
+            # written by a version that did not record the device's state before the write:
+            # a device at the target may have been there already, so it never proves the write
+            before = {}
+        was_state, was_rate = before.get("status"), before.get("rate")
+        state = status.state.value
+        rate = float(status.rate_ml_h)
+        wanted_state = {"stop": "stopped", "pause": "paused", "start": "infusing"}.get(action)
+        if wanted_state is not None:
+            took = state == wanted_state and was_state is not None and was_state != wanted_state
+            unchanged = state == was_state if was_state is not None else state != wanted_state
+        else:
+            at_target = target is not None and rate == target
+            took = at_target and was_rate is not None and was_rate != target
+            unchanged = rate == float(was_rate) if was_rate is not None else not at_target
         if took:
             return applied(cid, readback=readback)
-        return failed(
+        if unchanged:
+            return failed(
+                cid,
+                error={
+                    "code": "interrupted",
+                    "message": "the gateway restarted before it could verify the write and the "
+                    "pump shows no change made by it: not reported applied",
+                },
+                readback=readback,
+            )
+        return uncertain(
             cid,
             error={
                 "code": "interrupted",
-                "message": "the gateway restarted during the write; the device did not take it",
+                "message": "the gateway restarted during the write and the pump now shows "
+                "neither its state before nor the commanded one; check the pump",
             },
-            readback=readback,
         )
 
     # -- building check requests -----------------------------------------------------------
@@ -461,20 +751,7 @@ class Gate:
                 raise RequestError(
                     "program: the pump is infusing; stop it before programming a new infusion"
                 )
-            new_program = Program(
-                drug=p.drug,
-                concentration=Decimal(str(p.concentration.value)),
-                concentration_unit=p.concentration.unit,
-                dose_unit=self._dose_unit(p.profile, p.drug, p.dose.unit),
-                diluent=p.diluent,
-                route=p.route,
-                profile=p.profile,
-                weight_kg=Decimal(str(p.weight_kg)) if p.weight_kg is not None else None,
-                line_shares=program.line_shares,
-                bed=program.bed,
-                baseline_sbp=program.baseline_sbp,
-                chronic_hypertension=program.chronic_hypertension,
-            )
+            new_program = self._program_of(program, cmd)
             program = new_program
             current = None
             requested = {"dose": {"value": p.dose.value, "unit": p.dose.unit}}
@@ -483,6 +760,26 @@ class Gate:
         request = self.build_request(channel, program, now, current, requested)
         fingerprint = f"{cmd.action}|{requested}|{cmd.program.model_dump() if cmd.program else ''}"
         return _Plan(action, parse_request(request), fingerprint, new_program)
+
+    def _program_of(self, running: Program, cmd: Command) -> Program:
+        """The program a ``program`` command sets (the bed's context stays that of ``running``)."""
+        p = cmd.program
+        if p is None:  # pragma: no cover - command_parse guarantees it for action program
+            raise RequestError("program: missing")
+        return Program(
+            drug=p.drug,
+            concentration=Decimal(str(p.concentration.value)),
+            concentration_unit=p.concentration.unit,
+            dose_unit=self._dose_unit(p.profile, p.drug, p.dose.unit),
+            diluent=p.diluent,
+            route=p.route,
+            profile=p.profile,
+            weight_kg=Decimal(str(p.weight_kg)) if p.weight_kg is not None else None,
+            line_shares=running.line_shares,
+            bed=running.bed,
+            baseline_sbp=running.baseline_sbp,
+            chronic_hypertension=running.chronic_hypertension,
+        )
 
     def _dose_unit(self, profile: str, drug: str, fallback: str) -> str:
         entry = self.library.drug(profile, drug)
@@ -546,8 +843,10 @@ class Gate:
             },
         }
 
-    async def observe(self, channel: Channel, old: Decimal, new: Decimal) -> dict[str, Any] | None:
-        """Check a rate seen at the device; returns the verdict when the library rejects it."""
+    def observe(self, channel: Channel, old: Decimal, new: Decimal) -> dict[str, Any] | None:
+        """Judge a rate seen at the device by the rules of a command (``current`` = the rate
+        before it). Returns the verdict, its findings cut to those of severity confirm or
+        reject, when there is any; None when the library would accept the change outright."""
         current = channel.dose_of(channel.program, old)
         request = self.build_request(
             channel,
@@ -557,35 +856,11 @@ class Gate:
             {"rate": {"value": str(new), "unit": "mL/h"}},
         )
         verdict = evaluate(self.library, parse_request(request))
-        if verdict.verdict != "reject":
-            return None
         data = verdict.to_dict()
-        await self.journal.append(
-            JournalKind.ALARM,
-            {"type": "out_of_library_observed", "rate": float(new), "verdict": data},
-            pump_id=channel.pump_id,
-        )
-        return data
-
-
-def program_changed(command_id: str, program: Program) -> dict[str, Any]:
-    """The ``program_changed`` event: what the pump now infuses, and for whom."""
-    return {
-        "type": "program_changed",
-        "command_id": command_id,
-        "program": {
-            "drug": program.drug,
-            "concentration": {
-                "value": float(program.concentration),
-                "unit": program.concentration_unit,
-            },
-            "dose_unit": program.dose_unit,
-            "diluent": program.diluent,
-            "route": program.route,
-            "profile": program.profile,
-            "weight_kg": float(program.weight_kg) if program.weight_kg is not None else None,
-        },
-    }
+        serious = [f for f in data["findings"] if f["severity"] in ("confirm", "reject")]
+        if not serious:
+            return None
+        return {**data, "findings": serious}
 
 
 @dataclass(frozen=True, slots=True)
@@ -594,3 +869,40 @@ class _Plan:
     request: Any
     fingerprint: str
     program: Program | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Execution:
+    """An accepted command, ready for its write (once the pump's check lock is released)."""
+
+    pump_id: str
+    cmd: Command
+    fingerprint: str
+    plan: _Plan
+    verdict: Verdict
+    reply: ReplyTo | None
+    before: dict[str, Any] | None
+
+
+def _device_before(channel: Channel) -> dict[str, Any] | None:
+    """What the device showed before a write (journaled with ``accepted``): a restart settles
+    the command by comparing the device with it, never by the target alone."""
+    status = channel.status
+    if status is None:
+        return None
+    return {"status": status.state.value, "rate": float(status.rate_ml_h)}
+
+
+def _matches(action: Action, rate: Decimal | None, result: WriteResult) -> bool:
+    """True when the read-back shows what the command asked for."""
+    readback = result.readback
+    if readback is None:
+        return False
+    if action is Action.SET_RATE:
+        return rate is not None and readback.rate_ml_h == rate
+    wanted = {
+        Action.START: RunState.INFUSING,
+        Action.STOP: RunState.STOPPED,
+        Action.PAUSE: RunState.PAUSED,
+    }[action]
+    return readback.state is wanted

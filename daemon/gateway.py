@@ -22,12 +22,19 @@ from typing import Any
 
 import structlog
 
-from daemon.channel import HISTORY_LEN, Channel, ChannelConfig, DoseRecord, Program
+from daemon.channel import (
+    HISTORY_LEN,
+    Channel,
+    ChannelConfig,
+    DoseRecord,
+    Program,
+    program_from_event,
+)
 from daemon.config import Config, PumpConfig, VitalsSource
 from daemon.envelope import SCHEMA_IDS, Kind, encode, envelope
 from daemon.errors import ConfigError
 from daemon.gate import Control, Gate, ReplyTo
-from daemon.journal import AsyncJournal, JournalKind
+from daemon.journal import AsyncJournal, JournalError, JournalKind, JournalRow
 from daemon.mqtt_bridge import MqttBridge
 from daemon.sdnotify import Notifier
 from daemon.signing import SignaturePolicy
@@ -142,6 +149,10 @@ class Gateway:
         """Journal the event with the next seq and queue it (the bridge publishes it)."""
         await self.journal.record_event(pump_id, {**data, "pump_id": pump_id})
 
+    async def emit_events(self, pump_id: str, events: list[dict[str, Any]]) -> None:
+        """Journal the events (one transaction, consecutive seqs) and queue them."""
+        await self.journal.record_events(pump_id, [{**e, "pump_id": pump_id} for e in events])
+
     async def publish_state(self, pump_id: str, data: dict[str, Any]) -> None:
         """Publish the retained ``pump.state``."""
         self._publish_retained(self.bridge.topics.pump_state(pump_id), Kind.PUMP_STATE, data)
@@ -217,10 +228,14 @@ class Gateway:
                 ),
             )
 
-    async def _seed_history(self) -> None:
-        """Reload each pump's recent dose changes from the journal, so the time-window rules
-        (titration interval, hepatorenal step-up) hold across a restart; and its last known
-        rate and interrupted writes, so a change made while the daemon was down is reported."""
+    async def _recover(self) -> None:
+        """Rebuild each pump's truth from the journal before anything runs: its program (the
+        configuration only seeds a pump the journal has never seen), its last known rate and
+        the writes a crash interrupted (so a change made while the daemon was down is reported,
+        and attributed), and its recent dose changes (so the time-window rules hold across a
+        restart). Commands interrupted by the crash are loaded for reconciliation; their pumps
+        answer ``busy`` until settled."""
+        await self.gate.load_interrupted()
         for item in await self.journal.interrupted_commands():
             channel = self.channels.get(item.pump_id or "")
             target = ((item.outcome.get("verdict") or {}).get("rate") or {}).get("value")
@@ -228,6 +243,7 @@ class Gateway:
                 channel.interrupted_writes[Decimal(str(target))] = item.command_id
         for pump_id, channel in self.channels.items():
             rows = await self.journal.rows(pump_id=pump_id, kinds=[JournalKind.EVENT])
+            self._recover_program(channel, rows)
             for row in reversed(rows):
                 event = row.payload.get("event", {})
                 known = (event.get("to") or {}).get("rate") or event.get("rate")
@@ -245,6 +261,34 @@ class Gateway:
                     continue
                 channel.history.append(DoseRecord(parse_ts(row.ts), Decimal(str(dose["value"]))))
 
+    def _recover_program(self, channel: Channel, rows: list[JournalRow]) -> None:
+        """The program of the pump's latest journaled ``program_changed`` (if any)."""
+        for row in reversed(rows):
+            event = row.payload.get("event", {})
+            if event.get("type") != "program_changed":
+                continue
+            try:
+                program = program_from_event(event, channel.program)
+            except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
+                # a journaled program we cannot read: refuse to guess, keep none of the config
+                raise JournalError(
+                    f"journal row {row.n}: program_changed of pump {channel.pump_id} is "
+                    f"unreadable ({exc}); refusing to start with a guessed program"
+                ) from None
+            if program != channel.program:
+                log.warning(
+                    "pump_program_from_journal",
+                    pump=channel.pump_id,
+                    drug=program.drug,
+                    concentration=str(program.concentration),
+                    unit=program.concentration_unit,
+                    profile=program.profile,
+                    configured_drug=channel.program.drug,
+                    configured_concentration=str(channel.program.concentration),
+                )
+            channel.program = program
+            return
+
     def _vitals_for(self, bed: str | None) -> dict[str, Any] | None:
         board = self.boards.get(bed) if bed is not None else None
         return board.beds[bed].check_vitals() if board is not None and bed is not None else None
@@ -261,7 +305,7 @@ class Gateway:
                     "driver": p.driver,
                     "bed": p.bed,
                     "drug": self.channels[p.id].program.drug,
-                    "profile": p.library_profile,
+                    "profile": self.channels[p.id].program.profile,
                 }
                 for p in self.config.pumps
             ],
@@ -279,7 +323,7 @@ class Gateway:
     async def run(self) -> None:
         """Build, run until :meth:`stop` (or cancellation), then shut down cleanly."""
         await self._build()
-        await self._seed_history()
+        await self._recover()
         try:
             async with asyncio.TaskGroup() as tg:
                 bridge_task = tg.create_task(self.bridge.run(), name="mqtt-bridge")

@@ -731,6 +731,20 @@ class AsyncJournal:
         self.outbox_changed.set()
         return item
 
+    async def record_events(
+        self, pump_id: str, events: list[dict[str, Any]], *, ts: datetime | None = None
+    ) -> list[OutboxItem]:
+        """Journal several events (consecutive seqs) as one job: all of them or none."""
+        when = ts or utc_now()
+        wanted = list(events)
+        items = await self._submit(
+            lambda j: [j.record_event(pump_id, data, ts=when) for data in wanted]
+        )
+        if items:
+            self._seq = max(self._seq, items[-1].seq)
+            self.outbox_changed.set()
+        return items
+
     async def claim_command(
         self,
         command_id: str,
