@@ -146,11 +146,6 @@ class MllpReceiverProtocol(asyncio.Protocol):
         )
         self.close()
 
-    @property
-    def buffered(self) -> int:
-        """Bytes held for this connection's incomplete frame (at most ``max_frame + 1``)."""
-        return self._decoder.buffered
-
     def connection_lost(self, exc: Exception | None) -> None:
         log.info("hl7.connection_lost", peer=self.peer, error=str(exc) if exc else None)
         if self._idle is not None:
