@@ -1,7 +1,16 @@
 """Daemon-side vitals: the latest value of each parameter per bed, its age and staleness.
 
 Pure: no clock reads, no I/O. The caller passes ``now`` (aware datetime) and feeds every
-:class:`drivers.hl7.VitalsSample` the listener accepts. Two outputs:
+:class:`drivers.hl7.VitalsSample` the listener accepts.
+
+The monitor's clock is not trusted further than the gateway's: a reading is held with the
+time ``min(its stamp, the gateway's receipt)``. That time orders readings, dates the published
+``at`` and the rule engine's ``at``, and decides staleness; so a reading stamped ahead (the
+listener refuses more than 60 s ahead, see ``ReceiverConfig.max_future_s``) neither pins the
+state against the monitor's later readings nor stays "fresh" longer than it has been held, and
+a late or replayed one (stamped before what is held) never replaces a fresher value.
+
+Two outputs:
 
 - :meth:`VitalsState.snapshot` -> the ``data`` of ``vitals/<bed_id>/state`` (DESIGN 6):
   ``{"map"|"sbp"|"dbp"|"hr"|"spo2": {"value", "unit", "at"} | null, "source"}``, each value
@@ -16,7 +25,7 @@ Publication cadence (on every new reading and at least every 5 s) belongs to the
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -63,12 +72,20 @@ class VitalsState:
     def update(self, sample: VitalsSample) -> bool:
         """Keep each parameter's newest observation; True if any value is new.
 
-        An observation older than the one held (a late or replayed message) is ignored, so a
+        Each observation is held at ``min(stamp, sample.received_at)`` (the clamp). One whose
+        clamped time is before the held one's (a late or replayed message) is ignored, so a
         stale value can never overwrite a fresher one; one with the same time but another
-        value (a correction) replaces it.
+        value (a correction, or two readings in the same instant) replaces it. Because the
+        held time is never after the receipt, a later-arriving reading stamped at or after
+        that receipt always replaces it, however far ahead the held one was stamped.
         """
         changed = False
-        for parameter, obs in sample.observations.items():
+        for parameter, stamped in sample.observations.items():
+            obs = (
+                replace(stamped, at=sample.received_at)
+                if stamped.at > sample.received_at
+                else stamped
+            )
             current = self._latest.get(parameter)
             if current is None or obs.at > current.at or (obs.at == current.at and obs != current):
                 self._latest[parameter] = obs
@@ -78,7 +95,7 @@ class VitalsState:
         return changed
 
     def latest(self, parameter: Parameter) -> Observation | None:
-        """The newest observation of ``parameter`` (None if never received)."""
+        """The newest observation of ``parameter``, at its clamped time (None if never)."""
         return self._latest.get(parameter)
 
     def age_s(self, parameter: Parameter, now: datetime) -> float | None:
@@ -109,8 +126,9 @@ class VitalsState:
     def check_vitals(self) -> dict[str, Any] | None:
         """The check request's ``vitals`` ({map, sbp, dbp, hr} present ones) or None.
 
-        Values are passed with their observation time whatever their age: the rule engine
-        judges staleness (VITALS_STALE) against the request's ``now``.
+        Values are passed with their clamped observation time (never after the gateway
+        received them) whatever their age: the rule engine judges staleness (VITALS_STALE)
+        against the request's ``now``, so a reading stamped ahead cannot pass for fresh.
         """
         data = {
             p.value: _value_dict(obs)

@@ -15,7 +15,9 @@ is wall-clock seconds between messages. Messages are built with the driver's own
 Faults (one-shot; queued by CLI flag, scenario file or :meth:`Monitor.inject` at run time):
 ``drop-connection`` (close right after sending, before the ACK), ``garbled`` (a non-numeric
 MAP value; AE expected), ``missing-obx`` (an ORU without OBX; AE expected), ``stale-timestamps``
-(observation times one hour old; AA expected, the gateway marks the values stale) and
+(observation times one hour old; AA expected, the gateway marks the values stale),
+``future-timestamps`` (observation times five minutes ahead, as a monitor with a wrong clock or
+a spoofer sends them; AE expected, the gateway refuses more than 60 s of skew) and
 ``truncated`` (half a frame, then the next message; the gateway resynchronises, no ACK).
 """
 
@@ -51,6 +53,7 @@ from sim_devices.patient_model import Doses, PatientModel, VitalsReading
 log = structlog.get_logger(__name__)
 
 STALE_AGE = timedelta(hours=1)
+FUTURE_SKEW = timedelta(minutes=5)
 
 
 class MonitorFault(enum.Enum):
@@ -60,6 +63,7 @@ class MonitorFault(enum.Enum):
     GARBLED = "garbled"
     MISSING_OBX = "missing-obx"
     STALE_TIMESTAMPS = "stale-timestamps"
+    FUTURE_TIMESTAMPS = "future-timestamps"
     TRUNCATED = "truncated"
 
     @classmethod
@@ -179,7 +183,11 @@ class Monitor:
         reading = self.model.advance(self.clock.now(), self.dose_source())
         self.last_reading = reading
         sent_at = self.wall_clock()
-        at = sent_at - STALE_AGE if fault is MonitorFault.STALE_TIMESTAMPS else sent_at
+        at = sent_at
+        if fault is MonitorFault.STALE_TIMESTAMPS:
+            at = sent_at - STALE_AGE
+        elif fault is MonitorFault.FUTURE_TIMESTAMPS:
+            at = sent_at + FUTURE_SKEW
         values: dict[Parameter, tuple[Decimal, datetime]] = {}
         if fault is not MonitorFault.MISSING_OBX:
             values = {
@@ -203,7 +211,7 @@ class Monitor:
         if fault is MonitorFault.GARBLED:
             payload = payload.replace(f"||{values[Parameter.MAP][0]}|".encode(), b"||7#?4|", 1)
             expected = AckCode.AE
-        elif fault is MonitorFault.MISSING_OBX:
+        elif fault in (MonitorFault.MISSING_OBX, MonitorFault.FUTURE_TIMESTAMPS):
             expected = AckCode.AE
         return control_id, payload, expected
 

@@ -7,7 +7,8 @@ name (``demo``, ``septic-shock-refractory``, ``hypertensive-overshoot``); withou
 simulators the scenario's dose schedule drives the patient. ``--faults`` are applied to the
 first messages, in order; with ``--interactive`` each line typed on stdin (a fault name) is
 applied to the next message at run time. ``--count N`` stops after N acknowledged messages
-and exits 1 if any ACK was not the one expected (AA, or AE for a garbled / OBX-less message).
+and exits 1 if any ACK was not the one expected (AA, or AE for a garbled, OBX-less or
+future-stamped message).
 """
 
 from __future__ import annotations

@@ -4,22 +4,31 @@ subscriber's own filters (works around an amqtt 0.12 bug)."""
 from __future__ import annotations
 
 import asyncio
+from contextlib import AbstractAsyncContextManager
 
 import aiomqtt
 import pytest
+from amqtt.errors import BrokerError
 
-from daemon.embedded_broker import embedded_broker
-from tests.support.procs import free_port
+from daemon.embedded_broker import EmbeddedBroker, embedded_broker
+from tests.support.procs import retry_address_in_use
 
 V311 = aiomqtt.ProtocolVersion.V311
+
+
+def loopback_broker() -> AbstractAsyncContextManager[tuple[EmbeddedBroker, int]]:
+    """The embedded broker on a free loopback port (amqtt takes a fixed port here: a port
+    taken between choosing and binding it is retried on another)."""
+    return retry_address_in_use(
+        lambda port: embedded_broker("127.0.0.1", port), errors=(BrokerError,)
+    )
 
 
 @pytest.mark.asyncio
 async def test_a_new_client_gets_only_retained_messages_of_its_own_filters() -> None:
     """After c1 subscribed to r/+/state, c2 subscribing to r/a/result gets no retained state."""
-    port = free_port()
     async with (
-        embedded_broker("127.0.0.1", port) as broker,
+        loopback_broker() as (broker, port),
         aiomqtt.Client("127.0.0.1", port, protocol=V311, identifier="pub") as p,
     ):
         await p.publish("r/a/state", b"s1", qos=1, retain=True)
@@ -42,9 +51,8 @@ async def test_a_new_client_gets_only_retained_messages_of_its_own_filters() -> 
 @pytest.mark.asyncio
 async def test_a_retained_publish_reaches_live_subscribers_flagged_as_retained() -> None:
     """Retain-as-published: the demo daemon can see (and refuse) a retained command."""
-    port = free_port()
     async with (
-        embedded_broker("127.0.0.1", port),
+        loopback_broker() as (_, port),
         aiomqtt.Client("127.0.0.1", port, protocol=V311, identifier="sub") as sub,
         aiomqtt.Client("127.0.0.1", port, protocol=V311, identifier="pub") as pub,
     ):
@@ -57,7 +65,7 @@ async def test_a_retained_publish_reaches_live_subscribers_flagged_as_retained()
         assert (first.payload, first.retain) == (b"live", False)
         assert (second.payload, second.retain) == (b"kept", True)
     async with (
-        embedded_broker("127.0.0.1", port),
+        loopback_broker() as (_, port),
         aiomqtt.Client("127.0.0.1", port, protocol=V311, identifier="pub2") as pub,
     ):
         await pub.publish("gw/pump/p1/command", b"stored", qos=1, retain=True)

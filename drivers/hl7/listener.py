@@ -1,8 +1,15 @@
 """The daemon side of DESIGN 4.3 in its default mode: listen for monitor connections.
 
 ``async with VitalsListener(on_sample, host=..., port=0) as listener:`` binds (``port=0``
-picks a free port, see :attr:`VitalsListener.port`), accepts up to ``max_connections``
+picks a free port, see :attr:`VitalsListener.port`), holds up to ``max_connections``
 monitors, and acknowledges every message. Nothing a peer sends can stop the listener.
+
+Slots cannot be starved: when every slot is held, a new connection evicts the longest-idle
+peer at once (peers that never completed a frame first, then the one whose last complete frame
+is oldest), so a monitor that is sending is never the one pushed out by sockets that only sit
+there; and ``ReceiverConfig.idle_timeout_s`` closes a peer that completes no frame for that
+long, however many stray bytes it trickles. Each connection's buffer is capped at
+``ReceiverConfig.max_frame``.
 """
 
 from __future__ import annotations
@@ -30,6 +37,8 @@ class VitalsListener:
         port: int = DEFAULT_PORT,
         max_connections: int = 16,
     ) -> None:
+        if max_connections < 1:
+            raise ValueError(f"max_connections must be >= 1, got {max_connections}")
         self.config = config
         self.host = host
         self._port = port
@@ -56,13 +65,31 @@ class VitalsListener:
         self._server = await loop.create_server(self._make_protocol, self.host, self._port)
         log.info("hl7.listening", url=self.url)
 
+    @property
+    def connections(self) -> int:
+        """Connections holding a slot now."""
+        return len(self._connections)
+
     def _make_protocol(self) -> asyncio.Protocol:
         if len(self._connections) >= self.max_connections:
-            log.warning("hl7.too_many_connections", limit=self.max_connections)
-            return _Refuse()
+            self._evict_longest_idle()
         protocol = MllpReceiverProtocol(self.config, self.stats, self._lost)
         self._connections.add(protocol)
         return protocol
+
+    def _evict_longest_idle(self) -> None:
+        """Free a slot: close the peer that never sent a frame, else the longest since one."""
+        victim = min(self._connections, key=lambda p: (p.frames > 0, p.last_frame_at, p.serial))
+        self._connections.discard(victim)
+        self.stats.evicted += 1
+        log.warning(
+            "hl7.evicted_idle_peer",
+            peer=victim.peer,
+            limit=self.max_connections,
+            frames=victim.frames,
+            idle_s=round(asyncio.get_running_loop().time() - victim.last_frame_at, 3),
+        )
+        victim.close()
 
     def _lost(self, protocol: MllpReceiverProtocol, _exc: Exception | None) -> None:
         self._connections.discard(protocol)
@@ -97,10 +124,3 @@ class VitalsListener:
         tb: TracebackType | None,
     ) -> None:
         await self.close()
-
-
-class _Refuse(asyncio.Protocol):
-    """Closes a connection over the limit at once."""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport.close()

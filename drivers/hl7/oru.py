@@ -26,8 +26,10 @@ _NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)$")
 _SKIPPED_STATUS = frozenset({"X", "D", "W"})  # cannot be obtained, deleted, wrong
 _NUMERIC_TYPES = frozenset({"NM", "SN", ""})
 
-#: how far in the future an observation time may lie (clock skew between monitor and gateway)
-DEFAULT_MAX_FUTURE_S = 300.0
+#: how far ahead of the gateway's clock an observation time may lie (clock skew between monitor
+#: and gateway); a reading stamped further ahead is refused, one within it is accepted and the
+#: daemon takes it to be no newer than its receipt (see ``VitalsSample.received_at``)
+DEFAULT_MAX_FUTURE_S = 60.0
 
 
 def _decode(payload: bytes) -> str:
@@ -231,8 +233,10 @@ def parse_oru(
 
     Raises :class:`MessageError` (segment, field, HL7 error code) for anything that cannot be
     accepted: not HL7, not ORU^R01, MSH-9/10/11/12 missing, no vitals OBX, a non-numeric or
-    implausible value, an unknown or wrong unit, a bad or far-future timestamp. OBX with
-    unknown codes, or with result status X/D/W, are ignored.
+    implausible value, an unknown or wrong unit, a bad timestamp, or one more than
+    ``max_future_s`` ahead of ``now`` (the AE names the field the time came from and the skew).
+    OBX with unknown codes, or with result status X/D/W, are ignored. ``now`` is the gateway's
+    clock at receipt and becomes the sample's ``received_at``.
     """
     tables = tables or code_tables()
     text = _decode(payload)
@@ -313,6 +317,12 @@ def _read(
     obrs = _segments(message, "OBR")
     if obrs:
         obr_time = _time(message, obrs[0], 7, assume_tz=assume_tz)
+    # where an OBX without OBX-14 takes its time from, for the error location
+    fallback: tuple[datetime, str, int] | None = None
+    if obr_time is not None:
+        fallback = (obr_time, "OBR", 7)
+    elif sent_at is not None:
+        fallback = (sent_at, "MSH", 7)
 
     obxs = _segments(message, "OBX")
     if not obxs:
@@ -345,8 +355,12 @@ def _read(
             tables=tables,
             occ=occ,
         )
-        at = _time(message, obx, 14, occurrence=occ, assume_tz=assume_tz) or obr_time or sent_at
-        if at is None:
+        stamped = _time(message, obx, 14, occurrence=occ, assume_tz=assume_tz)
+        if stamped is not None:
+            at, segment, seg_occ, field = stamped, "OBX", occ, 14
+        elif fallback is not None:
+            (at, segment, field), seg_occ = fallback, 1
+        else:
             raise MessageError(
                 f"OBX[{occ}]-14 observation time missing (and no OBR-7 or MSH-7)",
                 segment="OBX",
@@ -355,12 +369,15 @@ def _read(
                 code=Hl7ErrorCode.REQUIRED_FIELD_MISSING,
             )
         if at > horizon:
+            skew = round((at - now).total_seconds(), 3)
+            label = f"OBX[{occ}]-14" if segment == "OBX" else f"{segment}-{field} (for OBX[{occ}])"
             raise MessageError(
-                f"OBX[{occ}]-14 observation time {at.isoformat()} is more than "
-                f"{max_future_s:g} s in the future",
-                segment="OBX",
-                occurrence=occ,
-                field=14,
+                f"{label} observation time {at.isoformat()} of "
+                f"{entry.parameter.value.upper()} is {skew:g} s ahead of the gateway clock "
+                f"(limit {max_future_s:g} s)",
+                segment=segment,
+                occurrence=seg_occ,
+                field=field,
             )
         previous = chosen.get(entry.parameter)
         if previous is None or entry.rank < previous[0]:
@@ -378,6 +395,7 @@ def _read(
         bed=bed,
         patient_id=patient_id,
         sent_at=sent_at,
+        received_at=now,
     )
 
 

@@ -22,7 +22,7 @@ from drivers.hl7.ack import build_ack, peek_header
 from drivers.hl7.codes import CodeTables
 from drivers.hl7.errors import Hl7ErrorCode, MessageError
 from drivers.hl7.mllp import DEFAULT_MAX_FRAME, Discarded, DiscardReason, MllpDecoder, MllpFrame
-from drivers.hl7.oru import parse_oru
+from drivers.hl7.oru import DEFAULT_MAX_FUTURE_S, parse_oru
 from drivers.hl7.sample import VitalsSample
 
 log = structlog.get_logger(__name__)
@@ -45,6 +45,7 @@ class ReceiverStats:
     accepted: int = 0  # answered AA
     errors: int = 0  # answered AE
     discarded_bytes: int = 0
+    evicted: int = 0  # idle peers closed to make room for a new connection
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,10 +53,12 @@ class ReceiverConfig:
     """What every connection of one listener/client shares.
 
     ``on_sample`` runs in the event loop before the AA is sent; it must be quick and must not
-    raise (an exception closes that one connection, never the listener). ``now`` supplies the
-    ACK timestamp and the reference for rejecting far-future observation times.
-    ``idle_timeout_s`` closes a connection that sent nothing for that long (a silent peer
-    would otherwise hold one of the listener's connection slots forever); None disables it.
+    raise (an exception closes that one connection, never the listener). ``now`` is the
+    gateway's clock (injectable): read once per message, it stamps the ACK, becomes the
+    sample's ``received_at`` and is the reference for refusing observation times more than
+    ``max_future_s`` ahead. ``idle_timeout_s`` closes a connection that has not completed a
+    frame for that long: bytes trickled without ever finishing a message do not keep it open
+    (such a peer would otherwise hold one of the listener's slots forever); None disables it.
     """
 
     on_sample: SampleCallback
@@ -65,6 +68,13 @@ class ReceiverConfig:
     application: str = "INFUSIOND"
     facility: str = "GATEWAY"
     idle_timeout_s: float | None = 300.0
+    max_future_s: float = DEFAULT_MAX_FUTURE_S
+
+    def __post_init__(self) -> None:
+        if not self.max_future_s >= 0:
+            raise ValueError(f"max_future_s must be >= 0, got {self.max_future_s}")
+        if self.idle_timeout_s is not None and not self.idle_timeout_s > 0:
+            raise ValueError(f"idle_timeout_s must be > 0 or None, got {self.idle_timeout_s}")
 
 
 class _AckIds:
@@ -79,6 +89,7 @@ class _AckIds:
 
 
 _ACK_IDS = _AckIds()
+_SERIALS = itertools.count()
 
 
 class MllpReceiverProtocol(asyncio.Protocol):
@@ -97,13 +108,24 @@ class MllpReceiverProtocol(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._idle: asyncio.TimerHandle | None = None
         self.peer = "?"
+        #: event-loop time of the last complete frame (of the connection until the first)
+        self.last_frame_at = asyncio.get_running_loop().time()
+        self._closed = False
+        #: complete frames received on this connection
+        self.frames = 0
+        #: creation order (breaks ties between peers idle since the same instant)
+        self.serial = next(_SERIALS)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)  # stream sockets only
         self._transport = transport
+        if self._closed:  # closed (evicted) before the connection was even made
+            transport.close()
+            return
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self._stats.connections += 1
+        self.last_frame_at = asyncio.get_running_loop().time()
         log.info("hl7.connection_made", peer=self.peer)
         self._arm_idle_timer()
 
@@ -115,7 +137,13 @@ class MllpReceiverProtocol(asyncio.Protocol):
             self._idle = asyncio.get_running_loop().call_later(timeout, self._idle_expired)
 
     def _idle_expired(self) -> None:
-        log.warning("hl7.idle_timeout", peer=self.peer, timeout_s=self._config.idle_timeout_s)
+        log.warning(
+            "hl7.idle_timeout",
+            peer=self.peer,
+            timeout_s=self._config.idle_timeout_s,
+            frames=self.frames,
+            buffered=self._decoder.buffered,
+        )
         self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -128,7 +156,8 @@ class MllpReceiverProtocol(asyncio.Protocol):
             self._on_lost(self, exc)
 
     def close(self) -> None:
-        """Close this connection (idempotent)."""
+        """Close this connection (idempotent; also before the connection is made)."""
+        self._closed = True
         if self._transport is not None:
             self._transport.close()
 
@@ -141,9 +170,11 @@ class MllpReceiverProtocol(asyncio.Protocol):
             self._transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
-        self._arm_idle_timer()
         for item in self._decoder.feed(data):
             if isinstance(item, MllpFrame):
+                self.last_frame_at = asyncio.get_running_loop().time()
+                self.frames += 1
+                self._arm_idle_timer()  # only a complete frame counts as activity
                 self._handle(item.payload)
             else:
                 self._discarded(item)
@@ -157,19 +188,25 @@ class MllpReceiverProtocol(asyncio.Protocol):
                 code=Hl7ErrorCode.APPLICATION_ERROR,
             )
             self._stats.messages += 1
-            self._answer(b"", error)
+            self._answer(b"", error, self._config.now())
 
     def _handle(self, payload: bytes) -> None:
         self._stats.messages += 1
+        now = self._config.now()
         try:
-            sample = parse_oru(payload, now=self._config.now(), tables=self._config.tables)
+            sample = parse_oru(
+                payload,
+                now=now,
+                tables=self._config.tables,
+                max_future_s=self._config.max_future_s,
+            )
         except MessageError as exc:
-            self._answer(payload, exc)
+            self._answer(payload, exc, now)
             return
         self._config.on_sample(sample)
-        self._answer(payload, None)
+        self._answer(payload, None, now)
 
-    def _answer(self, payload: bytes, error: MessageError | None) -> None:
+    def _answer(self, payload: bytes, error: MessageError | None, now: datetime) -> None:
         header = peek_header(payload)
         if error is None:
             self._stats.accepted += 1
@@ -185,7 +222,7 @@ class MllpReceiverProtocol(asyncio.Protocol):
             )
         ack = build_ack(
             header,
-            now=self._config.now(),
+            now=now,
             ack_control_id=_ACK_IDS.next(),
             error=error,
             application=self._config.application,

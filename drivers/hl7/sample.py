@@ -46,6 +46,8 @@ class VitalsSample:
     ``bed`` comes from PV1-3 (bed component, else point of care), ``patient_id`` from PID-3;
     either may be ``None`` when the sender does not fill it (the daemon then maps the source to
     a configured bed). ``source`` names the sender (``hl7:<MSH-3>``), ``control_id`` is MSH-10.
+    ``received_at`` is the gateway's clock when the message arrived: an observation is never
+    taken to be newer than that, whatever its stamp says (the monitor's clock is not trusted).
     """
 
     source: str
@@ -54,3 +56,4 @@ class VitalsSample:
     bed: str | None = None
     patient_id: str | None = None
     sent_at: datetime | None = None  # MSH-7
+    received_at: datetime = field(kw_only=True)  # the gateway's clock at receipt

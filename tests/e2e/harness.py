@@ -34,7 +34,7 @@ from sim_devices.newera_pump import PumpSetup as NewEraSetup
 from sim_devices.newera_server import NewEraSimulator
 from sim_devices.patient_model import Doses
 from sim_devices.scenario import load_scenario
-from tests.support.procs import Mosquitto, free_port
+from tests.support.procs import Mosquitto
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "docs" / "schemas"
 WAIT_S = 15.0
@@ -171,7 +171,7 @@ def bedside_config(
     broker_url: str,
     modbus_url: str,
     newera_url: str,
-    vitals_port: int,
+    vitals_port: int = 0,
     control: dict[str, Any] | None = None,
     poll_period_s: float = 0.25,
 ) -> Config:
@@ -234,7 +234,6 @@ async def running_bedside(
         )
 
     monitor = Monitor(load_scenario("demo").model(), dose_source=doses, clock=clock, interval_s=1.0)
-    vitals_port = free_port()
     async with contextlib.AsyncExitStack() as stack:
         served = await stack.enter_async_context(modbus.serving("tcp://127.0.0.1:0"))
         await stack.enter_async_context(newera.serving("tcp://127.0.0.1:0"))
@@ -243,7 +242,6 @@ async def running_bedside(
             broker_url=broker.url,
             modbus_url=served.url,
             newera_url=f"socket://127.0.0.1:{newera.port}",
-            vitals_port=vitals_port,
             control=control,
         )
         client = aiomqtt.Client(
@@ -260,10 +258,11 @@ async def running_bedside(
         async with asyncio.TaskGroup() as tg:
             reader = tg.create_task(watch.pump_messages(), name="watcher")
             gw_task = tg.create_task(gateway.run(), name="gateway")
-            mon = tg.create_task(monitor.run(f"tcp://127.0.0.1:{vitals_port}"), name="monitor")
+            mon: asyncio.Task[None] | None = None
             try:
                 async with asyncio.timeout(WAIT_S):
                     await gateway.ready.wait()
+                mon = tg.create_task(monitor.run(vitals_url(gateway)), name="monitor")
                 for pump in ("pump-1", "pump-2"):
                     await watch.wait_for(
                         lambda m, p=pump: (
@@ -284,7 +283,8 @@ async def running_bedside(
                         if "schema" in payload:
                             validate(payload)
             finally:
-                mon.cancel()
+                if mon is not None:
+                    mon.cancel()
                 gateway.stop()
                 try:
                     async with asyncio.timeout(WAIT_S):
@@ -293,6 +293,16 @@ async def running_bedside(
                     dump_tasks()
                     raise
                 reader.cancel()
+
+
+def vitals_url(gateway: Gateway) -> str:
+    """Where the gateway's vitals listener is bound (configured with port 0: the OS picks).
+
+    The listener binds as soon as the gateway runs, a few loop turns before the first pump poll
+    can complete, so it is bound once ``gateway.ready`` is set.
+    """
+    assert len(gateway.listeners) == 1, "the vitals listener is not bound at gateway.ready"
+    return gateway.listeners[0].url
 
 
 def dump_tasks() -> None:

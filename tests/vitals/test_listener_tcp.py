@@ -162,20 +162,48 @@ async def test_abrupt_disconnect_mid_frame_does_not_affect_other_connections(
 
 
 @pytest.mark.asyncio
-async def test_connections_over_the_limit_are_closed(
+async def test_a_connection_over_the_limit_evicts_the_peer_idle_longest(
     listener: tuple[VitalsListener, asyncio.Queue[VitalsSample]],
 ) -> None:
-    """The fifth simultaneous connection (limit 4) is closed at once; the first four work."""
+    """With all 4 slots held, a fifth connection is served and the peer whose last frame is
+    oldest is closed; the other three keep working."""
     server, _ = listener
     peers = [await _connect(server) for _ in range(4)]
     for i, peer in enumerate(peers):
         await peer.send(MllpFrame(_oru(f"p{i}")).serialize())
         assert (await peer.ack()).code is AckCode.AA
     extra = await _connect(server)
-    assert await asyncio.wait_for(extra.reader.read(100), 5) == b""
-    for peer in peers:
+    await extra.send(MllpFrame(_oru("x-1")).serialize())
+    assert (await extra.ack()).code is AckCode.AA
+    assert await asyncio.wait_for(peers[0].reader.read(100), 5) == b""
+    for i, peer in enumerate(peers[1:], start=1):
+        await peer.send(MllpFrame(_oru(f"again-{i}")).serialize())
+        assert (await peer.ack()).control_id == f"again-{i}"
+    assert (server.connections, server.stats.evicted) == (4, 1)
+    for peer in (*peers, extra):
         await peer.close()
-    await extra.close()
+
+
+@pytest.mark.asyncio
+async def test_peer_trickling_bytes_without_a_frame_is_closed_after_the_idle_timeout() -> None:
+    """Stray bytes do not count as activity: a peer that keeps sending one byte at a time but
+    never completes a frame is closed once idle_timeout_s passes without a frame."""
+    config = ReceiverConfig(on_sample=lambda s: None, idle_timeout_s=0.3)
+    async with VitalsListener(config, port=0) as server:
+        peer = await _connect(server)
+        await peer.send(b"\x0bMSH|")  # the start of a frame that never ends
+
+        async def trickle() -> None:
+            while not peer.writer.is_closing():
+                peer.writer.write(b"x")
+                await asyncio.sleep(0.05)  # the trickle's pace, not a synchronisation
+
+        async with asyncio.TaskGroup() as tg:
+            dripping = tg.create_task(trickle(), name="trickle")
+            assert await asyncio.wait_for(peer.reader.read(100), 5) == b""
+            dripping.cancel()
+        await peer.close()
+        assert server.connections == 0
 
 
 @pytest.mark.asyncio

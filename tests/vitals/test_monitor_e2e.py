@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import sys
 from datetime import UTC, datetime
 
@@ -74,8 +75,9 @@ async def test_monitor_feeds_the_listener_and_map_is_in_the_demo_range() -> None
 
 @pytest.mark.asyncio
 async def test_faults_get_the_expected_acks_and_the_stream_recovers() -> None:
-    """garbled/missing-obx -> AE naming the problem; stale -> AA but stale; truncated and
-    drop-connection are survived and followed by AA on the (new) connection."""
+    """garbled/missing-obx/future-timestamps -> AE naming the problem and nothing applied;
+    stale -> AA but stale; truncated and drop-connection are survived and followed by AA on
+    the (new) connection."""
     state = VitalsState("bed-1")
     results: asyncio.Queue[AckResult] = asyncio.Queue()
     monitor = _monitor(
@@ -83,6 +85,7 @@ async def test_faults_get_the_expected_acks_and_the_stream_recovers() -> None:
         faults=[
             MonitorFault.GARBLED,
             MonitorFault.MISSING_OBX,
+            MonitorFault.FUTURE_TIMESTAMPS,
             MonitorFault.TRUNCATED,
             MonitorFault.STALE_TIMESTAMPS,
             MonitorFault.DROP_CONNECTION,
@@ -91,7 +94,9 @@ async def test_faults_get_the_expected_acks_and_the_stream_recovers() -> None:
     config = ReceiverConfig(on_sample=state.update)
     async with VitalsListener(config, port=0) as listener, asyncio.TaskGroup() as tg:
         task = tg.create_task(monitor.run(listener.url), name="monitor")
-        garbled, missing, stale = await _take(results, 3)
+        garbled, missing, future = await _take(results, 3)
+        assert state.latest(Parameter.MAP) is None  # nothing of the three was applied
+        (stale,) = await _take(results, 1)
         assert state.snapshot(datetime.now(UTC))["map"]["stale"] is True
         after_drop = await _take(results, 2)
         task.cancel()
@@ -99,9 +104,15 @@ async def test_faults_get_the_expected_acks_and_the_stream_recovers() -> None:
     assert "value '7#?4' of MAP is not numeric" in garbled.ack.text
     assert missing.ack.code is AckCode.AE
     assert "no OBX segment" in missing.ack.text
+    assert (future.ack.code, future.ack.location) == (AckCode.AE, "OBX^1^14")
+    skew = re.search(
+        r"of MAP is ([0-9.]+) s ahead of the gateway clock \(limit 60 s\)", future.ack.text
+    )
+    assert skew is not None, future.ack.text
+    assert 299 < float(skew.group(1)) <= 300  # 5 min ahead of the monitor's clock at sending
     assert (stale.ack.code, stale.fault) == (AckCode.AA, MonitorFault.STALE_TIMESTAMPS)
     assert all(r.ack.code is AckCode.AA and r.fault is None for r in after_drop)
-    assert all(r.as_expected for r in (garbled, missing, stale, *after_drop))
+    assert all(r.as_expected for r in (garbled, missing, future, stale, *after_drop))
     assert monitor.stats.connections == 2
     assert listener.stats.discarded_bytes > 0  # the truncated half frame
     assert "stale" not in state.snapshot(datetime.now(UTC))["map"]

@@ -235,7 +235,7 @@ def test_observation_that_cannot_be_obtained_is_skipped() -> None:
             lambda t: t.replace("20261126115958+0000\rOBX|5", "20261126140000+0000\rOBX|5"),
             "OBX^4^14",
             Hl7ErrorCode.DATA_TYPE,
-            "in the future",
+            "of HR is 7200 s ahead of the gateway clock (limit 60 s)",
         ),
         (
             lambda t: t.split("OBX|1")[0],
@@ -387,3 +387,40 @@ def test_dtm_parsing_is_strict_and_keeps_offsets() -> None:
         with pytest.raises(ValueError, match=r"DTM|valid|range"):
             parse_dtm(bad)
     assert format_dtm(NOW) == "20261126120000.000+0000"
+
+
+def _stamped(ahead_s: float, *, obx_time: bool = True) -> bytes:
+    at = NOW + timedelta(seconds=ahead_s)
+    payload = build_oru(control_id="f-1", sent_at=NOW, values={Parameter.MAP: (50, at)})
+    if not obx_time:  # the OBX carries no OBX-14: the time comes from OBR-7
+        payload = payload.replace(f"|||{format_dtm(at)}".encode(), b"").replace(
+            f"|||{format_dtm(NOW)}\r".encode(), f"|||{format_dtm(at)}\r".encode()
+        )
+    return payload
+
+
+def test_a_reading_60_s_ahead_is_accepted_and_carries_the_receipt_time() -> None:
+    """The skew limit is inclusive; the sample records the gateway clock it was read at."""
+    sample = parse_oru(_stamped(60), now=NOW)
+    assert sample.observations[Parameter.MAP].at == NOW + timedelta(seconds=60)
+    assert sample.received_at == NOW
+
+
+@pytest.mark.parametrize(
+    ("obx_time", "location", "words"),
+    [
+        (True, "OBX^1^14", "OBX[1]-14 observation time 2026-11-26T12:04:50+00:00 of MAP is 290 s"),
+        (False, "OBR^1^7", "OBR-7 (for OBX[1]) observation time 2026-11-26T12:04:50+00:00"),
+    ],
+)
+def test_a_reading_stamped_more_than_60_s_ahead_is_refused_naming_field_and_skew(
+    obx_time: bool, location: str, words: str
+) -> None:
+    """290 s ahead (the hostile tester's message) is refused; the error names the field the
+    time came from, the skew and the limit."""
+    error = _error(_stamped(290, obx_time=obx_time).decode())
+    assert error.location == location
+    assert words in error.text
+    assert "290 s ahead of the gateway clock (limit 60 s)" in error.text
+    just_over = _error(_stamped(60.5).decode())
+    assert "60.5 s ahead of the gateway clock (limit 60 s)" in just_over.text

@@ -13,7 +13,14 @@ from drivers.hl7 import Observation, Parameter, VitalsSample
 T0 = datetime(2026, 11, 26, 12, 0, 0, 123456, tzinfo=UTC)
 
 
-def _sample(at: datetime, bed: str | None = "bed-1", **values: float) -> VitalsSample:
+def _sample(
+    at: datetime,
+    bed: str | None = "bed-1",
+    *,
+    received_at: datetime | None = None,
+    **values: float,
+) -> VitalsSample:
+    """A sample stamped ``at``, received by the gateway at ``received_at`` (default: ``at``)."""
     units = {"map": "mm[Hg]", "sbp": "mm[Hg]", "dbp": "mm[Hg]", "hr": "/min", "spo2": "%"}
     return VitalsSample(
         source="hl7:MON",
@@ -22,6 +29,7 @@ def _sample(at: datetime, bed: str | None = "bed-1", **values: float) -> VitalsS
         observations={
             Parameter(k): Observation(Decimal(str(v)), units[k], at) for k, v in values.items()
         },
+        received_at=at if received_at is None else received_at,
     )
 
 
@@ -74,6 +82,33 @@ def test_older_observation_never_overwrites_a_newer_one() -> None:
     latest = state.latest(Parameter.MAP)
     assert latest is not None
     assert latest.value == 76
+
+
+def test_reading_stamped_ahead_is_held_at_its_receipt_and_a_later_reading_replaces_it() -> None:
+    """MAP 50 stamped 50 s ahead, received at T0, is held (published, checked) at T0; the
+    monitor's MAP 75 stamped T0+1 s and received then replaces it at once."""
+    state = VitalsState("bed-1")
+    assert state.update(_sample(T0 + timedelta(seconds=50), received_at=T0, map=50))
+    assert state.snapshot(T0)["map"]["at"] == rfc3339_ms(T0)
+    assert state.check_vitals() == {"map": {"value": 50, "unit": "mm[Hg]", "at": rfc3339_ms(T0)}}
+    real = T0 + timedelta(seconds=1)
+    assert state.update(_sample(real, received_at=real, map=75))
+    latest = state.latest(Parameter.MAP)
+    assert latest is not None
+    assert (latest.value, latest.at) == (75, real)
+
+
+def test_reading_stamped_ahead_goes_stale_counted_from_its_receipt() -> None:
+    """Staleness runs from min(stamp, receipt): a value stamped 50 s ahead is stale 901 s after
+    it arrived, not 951 s; a value stamped 10 min before its receipt is aged from its stamp."""
+    ahead = VitalsState("bed-1")
+    ahead.update(_sample(T0 + timedelta(seconds=50), received_at=T0, map=50))
+    assert ahead.snapshot(T0 + timedelta(seconds=901))["map"]["stale"] is True
+    assert ahead.age_s(Parameter.MAP, T0 + timedelta(seconds=901)) == pytest.approx(901)
+    late = VitalsState("bed-1")
+    late.update(_sample(T0 - timedelta(minutes=10), received_at=T0, map=70))
+    assert late.age_s(Parameter.MAP, T0) == pytest.approx(600)
+    assert late.snapshot(T0 + timedelta(seconds=301))["map"]["stale"] is True
 
 
 def test_check_vitals_gives_bp_and_hr_for_the_rule_engine() -> None:

@@ -41,7 +41,7 @@ from daemon.command_parse import rejected as rejected_result
 from daemon.envelope import Kind, encode, envelope
 from daemon.timefmt import format_ts, utc_now
 from daemon.web_server import WebServer
-from tests.support.procs import Mosquitto, free_port
+from tests.support.procs import Mosquitto
 from tests.web.chromium import CHROMIUM, Page, chromium_page, navigate
 
 pytestmark = pytest.mark.skipif(
@@ -126,13 +126,10 @@ def vitals(bed: str, at: datetime, map_: float, *, stale: bool = False) -> dict[
 @pytest.fixture
 def ws_broker(tmp_path: Path) -> Iterator[tuple[Mosquitto, int]]:
     """mosquitto with a second, WebSocket listener on loopback; yields (broker, ws port)."""
-    ws_port = free_port()
-    broker = Mosquitto(
-        tmp_path / "mosquitto", extra_conf=[f"listener {ws_port} 127.0.0.1", "protocol websockets"]
-    )
-    broker.start()
+    broker = Mosquitto(tmp_path / "mosquitto", websockets=True)
+    broker.start()  # on ports taken meanwhile, mosquitto is restarted on new ones
     try:
-        yield broker, ws_port
+        yield broker, broker.ws_port
     finally:
         broker.stop()
 
@@ -455,19 +452,24 @@ async def test_titration_shows_findings_asks_for_a_reason_and_follows_to_applied
 
 @contextlib.asynccontextmanager
 async def embedded_broker() -> AsyncIterator[tuple[int, int]]:
-    """amqtt, as ``infusiond demo`` embeds it: a TCP and a WebSocket listener on loopback."""
-    tcp_port, ws_port = free_port(), free_port()
+    """amqtt, as ``infusiond demo`` embeds it: a TCP and a WebSocket listener on loopback,
+    each bound to port 0; yields the ports they got."""
     config = {
         "listeners": {
-            "default": {"type": "tcp", "bind": f"127.0.0.1:{tcp_port}"},
-            "ws": {"type": "ws", "bind": f"127.0.0.1:{ws_port}"},
+            "default": {"type": "tcp", "bind": "127.0.0.1:0"},
+            "ws": {"type": "ws", "bind": "127.0.0.1:0"},
         },
         "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
     }
     broker = Broker(config)
     await broker.start()
     try:
-        yield tcp_port, ws_port
+        # amqtt has no public accessor for its listening sockets (0.12)
+        bound = {
+            name: server.instance.sockets[0].getsockname()[1]
+            for name, server in broker._servers.items()
+        }
+        yield bound["default"], bound["ws"]
     finally:
         await broker.shutdown()
 
@@ -650,14 +652,13 @@ async def test_a_broker_that_requires_a_login_gets_one_from_the_user(tmp_path: P
         capture_output=True,
     )
     passwd.chmod(0o600)
-    ws_port = free_port()
     # as root mosquitto would drop to its own user, which cannot read pytest's private tmp dir
     stay = f"user {pwd.getpwuid(os.geteuid()).pw_name}"
-    ws_listener = [f"listener {ws_port} 127.0.0.1", "protocol websockets"]
     broker = Mosquitto(
-        tmp_path / "auth", extra_conf=[stay, f"password_file {passwd}", *ws_listener]
+        tmp_path / "auth", extra_conf=[stay, f"password_file {passwd}"], websockets=True
     )
     broker.start()
+    ws_port = broker.ws_port
     try:
         async with aiomqtt.Client(
             "127.0.0.1", broker.port, username="nurse-1", password="right-pw"
