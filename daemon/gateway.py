@@ -136,6 +136,8 @@ class Gateway:
     boards: dict[str, VitalsBoard] = field(default_factory=dict, init=False)
     listeners: list[VitalsListener] = field(default_factory=list, init=False)
     ready: asyncio.Event = field(default_factory=asyncio.Event, init=False)
+    #: set once every vitals listener is bound: READY means a monitor can connect
+    vitals_bound: asyncio.Event = field(default_factory=asyncio.Event, init=False)
     _stop: asyncio.Event = field(default_factory=asyncio.Event, init=False)
     _started_at: datetime = field(default_factory=utc_now, init=False)
 
@@ -405,6 +407,8 @@ class Gateway:
             listener = VitalsListener(receiver, host=host, port=int(port))
             await listener.start()
             self.listeners.append(listener)
+            if len(self.listeners) == sum(1 for v in self.config.vitals if v.listen is not None):
+                self.vitals_bound.set()
         else:
             client = VitalsClient(receiver, host=host, port=int(port))
             async with asyncio.TaskGroup() as tg:
@@ -423,7 +427,11 @@ class Gateway:
         self._publish_retained(self.bridge.topics.vitals_state(bed), Kind.VITALS_STATE, data)
 
     async def _notify_systemd(self) -> None:
-        await asyncio.gather(*(c.first_poll_done.wait() for c in self.channels.values()))
+        if not any(v.listen is not None for v in self.config.vitals):
+            self.vitals_bound.set()
+        await asyncio.gather(
+            self.vitals_bound.wait(), *(c.first_poll_done.wait() for c in self.channels.values())
+        )
         self.ready.set()
         self.notifier.notify(READY="1", STATUS=f"{len(self.channels)} pump(s) polled")
         log.info("gateway_ready", pumps=len(self.channels))
