@@ -381,7 +381,14 @@ class ReplyStream(_Stream):
 
 
 class CommandStream(_Stream):
-    """Reader of commands (simulator side): safe packets start with STX, basic lines end in CR."""
+    """Reader of commands (simulator side): safe packets start with STX, basic lines end in CR.
+
+    A bad safe packet never eats the frame after it (a basic line has no STX to resync on):
+    the bytes dropped are those of the bad packet only -- its whole length when the length byte
+    leads to an ETX, else up to its first ETX or the next STX, else its stated length -- and
+    what follows is parsed afresh. A packet whose length byte promises more bytes than ever
+    come is given up as soon as a complete frame follows it.
+    """
 
     def pop(self) -> CommandFrame | None:
         """The next whole command frame, None if more bytes are needed; FrameError as above."""
@@ -391,16 +398,7 @@ class CommandStream(_Stream):
         if not self._buf:
             return None
         if self._buf[0] == STX:
-            try:
-                packet, rest = SafePacket.deserialize(bytes(self._buf))
-            except TruncatedFrame:
-                self._skip_bogus_start()
-                return None
-            except FrameError:
-                self._drop_bad_frame()
-                raise
-            self._buf = bytearray(rest)
-            return packet
+            return self._pop_packet()
         stx = self._buf.find(STX, 0, MAX_COMMAND + 1)
         cr = self._buf.find(CR, 0, MAX_COMMAND + 1)
         if stx >= 0 and (cr < 0 or stx < cr):
@@ -417,12 +415,71 @@ class CommandStream(_Stream):
         self._buf = bytearray(rest)
         return line
 
+    def _pop_packet(self) -> SafePacket | None:
+        data = bytes(self._buf)
+        try:
+            packet, rest = SafePacket.deserialize(data)
+        except TruncatedFrame:
+            self._skip_bogus_start()
+            self._skip_to_line_after_etx()
+            return None
+        except FrameError:
+            end = _bad_packet_end(data)
+            if end is None:
+                return None  # neither its end nor anything after it has arrived yet
+            del self._buf[:end]
+            raise
+        self._buf = bytearray(rest)
+        return packet
+
+    def _skip_to_line_after_etx(self) -> None:
+        """An incomplete packet followed by ETX and a whole basic line: the packet was bogus."""
+        data = bytes(self._buf)
+        etx = data.find(ETX, 2)
+        while etx > 0:
+            rest = data[etx + 1 :]
+            if rest[:1] not in (b"", b"\r", bytes([STX])):  # a non-empty line, not a packet
+                try:
+                    BasicCommandFrame.deserialize(rest)
+                except FrameError:
+                    pass
+                else:
+                    del self._buf[: etx + 1]
+                    raise FrameError(
+                        f"discarded {etx + 1} bytes of an incomplete packet: {data[:16]!r}"
+                    )
+            etx = data.find(ETX, etx + 1)
+
     def _discard_line(self) -> None:
         cr = self._buf.find(CR)
         if cr < 0:
             self._buf.clear()
         else:
             del self._buf[: cr + 1]
+
+
+def _bad_packet_end(data: bytes) -> int | None:
+    """Where a bad safe packet at the head of ``data`` most likely ends (None: not yet known).
+
+    Its stated length when that leads to an ETX (bad CRC); else its first ETX or the next STX,
+    whichever comes first (a corrupt length byte); else, when the stated length is plausible
+    and that many bytes are there, that length (a corrupt ETX). Never past the next STX.
+    """
+    nxt = data.find(STX, 1)
+    length = data[1] if len(data) > 1 else 0
+    total = 1 + length
+    stated = MIN_SAFE_LEN <= length <= MAX_SAFE_LEN and len(data) >= total
+    if stated and data[total - 1] == ETX and (nxt < 0 or nxt >= total):
+        return total
+    etx = data.find(ETX, 2)
+    ends = [i for i in (nxt, etx + 1 if etx > 0 else -1) if i > 0]
+    if ends:
+        return min(ends)
+    if stated:
+        return total
+    if len(data) > MAX_SAFE_LEN + 1:
+        return MAX_SAFE_LEN + 1  # longer than any packet: drop that much, parse the rest
+    return None
 
 
 def command_of(frame: CommandFrame) -> Command:
