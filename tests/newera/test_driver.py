@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
 from decimal import Decimal
 
 import pytest
@@ -17,7 +18,6 @@ from drivers.newera.frames import Alarm, Status
 from sim_devices.newera_pump import Fault
 from sim_devices.newera_server import NewEraSimulator, PumpSetup
 from tests.newera.conftest import FAST_TIMEOUT_S
-from tests.support.procs import free_port
 
 
 @pytest.mark.asyncio
@@ -391,13 +391,15 @@ async def test_unwritable_rates_are_refused_before_anything_is_sent(
 @pytest.mark.asyncio
 async def test_unreachable_port_is_offline_and_backs_off() -> None:
     """Nothing listening: connect raises PortUnavailable naming the URL; retries back off."""
-    url = f"socket://127.0.0.1:{free_port()}"
-    driver = NewEraPumpDriver(url, 0, timeout_s=FAST_TIMEOUT_S)
-    with pytest.raises(PortUnavailable, match=re.escape(f"cannot open {url}")):
-        await driver.connect()
-    assert driver.connection is ConnectionState.OFFLINE
-    with pytest.raises(PortUnavailable, match="next reconnect attempt in"):
-        await driver.read_status()
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as closed:
+        closed.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+        url = f"socket://127.0.0.1:{closed.getsockname()[1]}"
+        driver = NewEraPumpDriver(url, 0, timeout_s=FAST_TIMEOUT_S)
+        with pytest.raises(PortUnavailable, match=re.escape(f"cannot open {url}")):
+            await driver.connect()
+        assert driver.connection is ConnectionState.OFFLINE
+        with pytest.raises(PortUnavailable, match="next reconnect attempt in"):
+            await driver.read_status()
     bad = NewEraPumpDriver("nonsense://x", 0)
     with pytest.raises(PortUnavailable, match="cannot open nonsense://x"):
         await bad.connect()
