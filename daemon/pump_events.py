@@ -41,6 +41,8 @@ ALARM_PRIORITY = AlarmPriorities(
         AlarmCode.STALLED: "high",
         # running in reverse draws from the patient's line: nothing is delivered
         AlarmCode.WITHDRAWING: "high",
+        # delivering at the maximum rate: the dose is not the programmed one
+        AlarmCode.PURGING: "high",
         AlarmCode.DOOR_OPEN: "medium",
         AlarmCode.DEVICE_RESET: "medium",
         AlarmCode.PROGRAM_ERROR: "medium",
