@@ -115,9 +115,10 @@ def test_every_alarm_code_has_a_priority_of_its_own(code: AlarmCode) -> None:
     assert ALARM_PRIORITY[code] in {"high", "medium", "low"}
 
 
-def test_withdrawing_is_a_high_priority_alarm() -> None:
-    """A pump running in reverse draws from the patient's line: raised at high priority."""
-    assert ALARM_PRIORITY[AlarmCode.WITHDRAWING] == "high"
+@pytest.mark.parametrize("code", [AlarmCode.WITHDRAWING, AlarmCode.PURGING])
+def test_running_but_not_infusing_is_a_high_priority_alarm(code: AlarmCode) -> None:
+    """Running in reverse (draws from the line) or purging (at the maximum rate): high."""
+    assert ALARM_PRIORITY[code] == "high"
 
 
 def test_a_code_missing_from_the_table_is_high_and_never_raises() -> None:
