@@ -57,6 +57,7 @@ class Fault(enum.Enum):
     # the command is executed, yet answered with ``reject_with`` (?OOR, ?NA, ... or A?R, A?S ...)
     REFUSE_BUT_APPLY = "refuse-but-apply"
     HANG_UP = "hang-up"  # the command is executed, then the line drops without a reply
+    NOISE = "noise"  # a corrupted copy of the reply (bad character / bad CRC) comes first
 
 
 #: what ``reject_with`` may be: an error code in the data, or an alarm in place of the status

@@ -4,7 +4,7 @@ Fault spec (``--faults``): ``NAME[=VALUE][/COMMAND][@ADDRESS]``, e.g. ``stall@1`
 ``slow=2.5``, ``garble``, ``refuse-but-apply=?OOR/RAT``. ``stall`` and ``reset`` happen once at
 start; the reply faults (``silence``, ``drop-reply``, ``garble``, ``truncate``,
 ``wrong-address``, ``overlong``, ``slow=SECONDS``, ``reject=CODE``, ``refuse-but-apply=CODE``,
-``hang-up``) stay armed. ``CODE`` is an error reply (``?OOR``, ``?NA``, ...) or an alarm
+``hang-up``, ``noise``) stay armed. ``CODE`` is an error reply (``?OOR``, ``?NA``, ...) or an alarm
 (``A?R``, ``A?S``, ...); ``reject`` does not execute the command, ``refuse-but-apply`` does.
 ``/COMMAND`` limits a fault to the replies to that command sent as a write (``/RAT``: rate
 changes, not rate queries). Scenario file (TOML): optional ``[[pumps]]`` initial states and

@@ -227,6 +227,9 @@ class NewEraSimulator:
         if pump.take_fault(Fault.GARBLE, command):
             i = 3 if len(wire) > 4 else len(wire) // 2
             wire = wire[:i] + bytes([wire[i] ^ 0x40]) + wire[i + 1 :]
+        if pump.take_fault(Fault.NOISE, command):
+            i = 3 if len(wire) > 4 else len(wire) // 2
+            wire = wire[:i] + bytes([wire[i] ^ 0x40]) + wire[i + 1 :] + wire
         if pump.take_fault(Fault.TRUNCATE, command):
             wire = wire[:-2]
         if pump.take_fault(Fault.OVERLONG, command):
