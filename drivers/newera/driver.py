@@ -6,9 +6,11 @@ Outcome semantics: every write reads the pump before (the *pre-read*) and after 
 * ``applied``: the read-back shows what was asked -- also when the write's own reply was lost,
   or when the pump answered ``?OOR``/``?NA``/an alarm yet executed the command anyway (the
   detail then says what it answered);
-* ``failed``: either nothing was sent (the port is down, the pre-read failed, or the value
-  cannot be written; the detail starts with ``not sent:``), or the pump refused (an error code
-  or an alarm in reply) *and* the read-back shows rate and run state exactly as before;
+* ``failed``: either no byte of the write went out (the port is down or not connected, the
+  pre-read failed, the value cannot be written, or -- for :meth:`pause` -- the pump is not
+  infusing; the detail starts with ``not sent:``), or the pump refused (an error code or an
+  alarm in reply) *and* the read-back shows rate and run state (the pump's own status letter,
+  not the driver's alarm latch) exactly as before;
 * ``uncertain``: anything else -- no valid reply and a read-back that does not show the change,
   a refusal followed by a read-back that shows some other change, or no read-back at all.
   Nothing is ever re-sent; the channel reconciles on its next poll.
@@ -18,7 +20,8 @@ Writes never raise: every device fault ends in one of the three outcomes.
 **Pause and stop.** The pump has a single ``STP`` command: it *pauses* a pumping program
 (status ``P``, resumable with ``RUN``) and *stops* a paused one (status ``S``). :meth:`pause`
 sends ``STP`` once and expects ``P``; :meth:`stop` sends ``STP`` and, if the pump then reads
-back ``P``, a second ``STP``, and expects ``S``. Both report exactly what the pump reads back.
+back ``P`` (whatever it answered to the first), a second ``STP``, and expects ``S``. Both
+report exactly what the pump reads back.
 
 **Status letters.** ``I`` is infusing; ``S`` stopped; ``P`` (paused), ``T`` (a pause phase of
 a program) and ``U`` (waiting for the user) are paused: nothing is delivered. ``W`` (withdrawing:
