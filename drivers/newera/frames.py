@@ -387,8 +387,16 @@ class CommandStream(_Stream):
     the bytes dropped are those of the bad packet only -- its whole length when the length byte
     leads to an ETX, else up to its first ETX or the next STX, else its stated length -- and
     what follows is parsed afresh. A packet whose length byte promises more bytes than ever
-    come is given up as soon as a complete frame follows it.
+    come is given up as soon as a complete frame follows it. If the guess stops short of the
+    bad packet's real end (a corrupt length byte, a CRC byte equal to ETX or STX), the line that
+    follows starts with the packet's tail: that line is resumed after its last byte that is not
+    printable ASCII (the packet's ETX, CRC or length byte) instead of being discarded whole --
+    only right after a bad packet, so that a corrupted basic line is never cut into a command.
     """
+
+    def __init__(self, cap: int = STREAM_CAP) -> None:
+        super().__init__(cap)
+        self._after_bad_packet = False
 
     def pop(self) -> CommandFrame | None:
         """The next whole command frame, None if more bytes are needed; FrameError as above."""
@@ -412,6 +420,7 @@ class CommandStream(_Stream):
         except FrameError:
             self._discard_line()
             raise
+        self._after_bad_packet = False
         self._buf = bytearray(rest)
         return line
 
@@ -424,11 +433,10 @@ class CommandStream(_Stream):
             self._skip_to_line_after_etx()
             return None
         except FrameError:
-            end = _bad_packet_end(data)
-            if end is None:
-                return None  # neither its end nor anything after it has arrived yet
-            del self._buf[:end]
+            del self._buf[: _bad_packet_end(data)]
+            self._after_bad_packet = True
             raise
+        self._after_bad_packet = False
         self._buf = bytearray(rest)
         return packet
 
@@ -452,34 +460,51 @@ class CommandStream(_Stream):
 
     def _discard_line(self) -> None:
         cr = self._buf.find(CR)
+        if self._after_bad_packet:  # the tail of the bad packet: resume after its last bad byte
+            self._after_bad_packet = False
+            line = bytes(self._buf[: cr if 0 <= cr <= MAX_COMMAND else MAX_COMMAND + 1])
+            last = max((i for i, b in enumerate(line) if not 0x20 <= b <= 0x7E), default=-1)
+            if last >= 0:
+                del self._buf[: last + 1]
+                return
         if cr < 0:
             self._buf.clear()
         else:
             del self._buf[: cr + 1]
 
 
-def _bad_packet_end(data: bytes) -> int | None:
-    """Where a bad safe packet at the head of ``data`` most likely ends (None: not yet known).
+def _bad_packet_end(data: bytes) -> int:
+    """Where a bad safe packet at the head of ``data`` most likely ends.
 
-    Its stated length when that leads to an ETX (bad CRC); else its first ETX or the next STX,
-    whichever comes first (a corrupt length byte); else, when the stated length is plausible
-    and that many bytes are there, that length (a corrupt ETX). Never past the next STX.
+    In order: a later STX that starts a whole valid packet (the head was noise); the stated
+    length when it leads to an ETX (a bad CRC); an ETX that closes a CRC-valid payload (only the
+    length byte was corrupt); the stated length when plausible and that many bytes are there
+    (a corrupt ETX); the first ETX or next STX (both length and ETX unusable); else just after
+    the STX (a stray STX, e.g. a CRC byte of a packet cut short).
     """
     nxt = data.find(STX, 1)
+    while nxt > 0:
+        try:
+            SafePacket.deserialize(data[nxt:])
+        except FrameError:
+            nxt = data.find(STX, nxt + 1)
+            continue
+        return nxt
     length = data[1] if len(data) > 1 else 0
     total = 1 + length
     stated = MIN_SAFE_LEN <= length <= MAX_SAFE_LEN and len(data) >= total
-    if stated and data[total - 1] == ETX and (nxt < 0 or nxt >= total):
+    if stated and data[total - 1] == ETX:
         return total
-    etx = data.find(ETX, 2)
-    ends = [i for i in (nxt, etx + 1 if etx > 0 else -1) if i > 0]
-    if ends:
-        return min(ends)
+    etx = data.find(ETX, 1)  # a length byte equal to ETX is the end of something
+    while 0 < etx <= MAX_SAFE_LEN:
+        if etx >= 4 and crc16_xmodem(data[2 : etx - 2]) == int.from_bytes(data[etx - 2 : etx]):
+            return etx + 1
+        etx = data.find(ETX, etx + 1)
     if stated:
         return total
-    if len(data) > MAX_SAFE_LEN + 1:
-        return MAX_SAFE_LEN + 1  # longer than any packet: drop that much, parse the rest
-    return None
+    nxt, etx = data.find(STX, 1), data.find(ETX, 1)
+    ends = [i for i in (nxt, etx + 1 if etx > 0 else -1) if i > 0]
+    return min(ends) if ends else 1
 
 
 def command_of(frame: CommandFrame) -> Command:
