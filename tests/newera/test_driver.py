@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 
 from drivers.backoff import Backoff
-from drivers.base import AlarmCode, ConnectionState, Outcome, RunState, WriteResult
+from drivers.base import AlarmCode, ConnectionState, Outcome, PumpStatus, RunState, WriteResult
 from drivers.errors import DeviceTimeout, DriverError, FrameError
 from drivers.newera import NewEraPort, NewEraPumpDriver
+from drivers.newera.driver import _Answer, _judge, _Sent, _Snapshot
 from drivers.newera.errors import PortUnavailable
 from drivers.newera.frames import Alarm, Status
 from sim_devices.newera_pump import Fault
@@ -623,3 +624,33 @@ async def test_pause_of_a_silent_pump_is_failed_not_sent(
     assert result.detail.startswith("not sent: pre-read failed: no reply from pump 00")
     sim.pumps[0].clear_faults()
     assert sim.pumps[0].status is Status.INFUSING
+
+
+def _snap(rate: str, device: RunState) -> _Snapshot:
+    return _Snapshot(PumpStatus(state=device, rate_ml_h=Decimal(rate)), device)
+
+
+@pytest.mark.parametrize(
+    ("answer", "after", "outcome"),
+    [
+        (_Answer.ACCEPTED, _snap("12", RunState.INFUSING), Outcome.APPLIED),
+        (_Answer.REFUSED, _snap("12", RunState.INFUSING), Outcome.APPLIED),
+        (_Answer.LOST, _snap("12", RunState.INFUSING), Outcome.APPLIED),
+        (_Answer.REFUSED, _snap("9", RunState.INFUSING), Outcome.FAILED),
+        (_Answer.REFUSED, _snap("9", RunState.PAUSED), Outcome.UNCERTAIN),
+        (_Answer.REFUSED, _snap("10", RunState.INFUSING), Outcome.UNCERTAIN),
+        (_Answer.LOST, _snap("9", RunState.INFUSING), Outcome.UNCERTAIN),
+        (_Answer.ACCEPTED, _snap("9", RunState.INFUSING), Outcome.UNCERTAIN),
+    ],
+)
+def test_the_read_back_decides_the_outcome_of_a_rate_write(
+    answer: _Answer, after: _Snapshot, outcome: Outcome
+) -> None:
+    """Decision table of a write of 12 mL/h to a pump infusing 9: the read-back showing 12 is
+    applied whatever the answer; failed needs a refusal *and* rate and state unchanged; any
+    other read-back (paused, another rate, no answer, accepted but unchanged) is uncertain."""
+    before = _snap("9", RunState.INFUSING)
+    sent = _Sent(sent=True, answer=answer, detail="pump said so")
+    result = _judge(before, after, sent, lambda s: s.status.rate_ml_h == 12, "rate 12 mL/h")
+    assert result.outcome is outcome, result.detail
+    assert result.readback == after.status
