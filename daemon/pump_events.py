@@ -16,22 +16,41 @@ from typing import Any
 from daemon.timefmt import format_ts
 from drivers.base import AlarmCode, ConnectionState, PumpStatus, RunState
 
+
+class AlarmPriorities(dict[AlarmCode, str]):
+    """Priority of each device alarm; a code missing from the table is ``high``, never KeyError.
+
+    A pump or driver that reports an alarm this table does not list (a new driver, a new code)
+    must still raise it, and at the most urgent priority: failing safe beats crashing the poll.
+    """
+
+    def __missing__(self, code: AlarmCode) -> str:
+        return "high"
+
+
 #: IEC 60601-1-8 style priorities for device alarms (daemon-raised ones are set where raised).
-ALARM_PRIORITY: dict[AlarmCode, str] = {
-    AlarmCode.OCCLUSION: "high",
-    AlarmCode.AIR_IN_LINE: "high",
-    AlarmCode.EMPTY: "high",
-    AlarmCode.COMM_TIMEOUT: "high",
-    AlarmCode.HARDWARE_FAULT: "high",
-    AlarmCode.HEARTBEAT_FROZEN: "high",
-    AlarmCode.STALLED: "high",
-    AlarmCode.DOOR_OPEN: "medium",
-    AlarmCode.DEVICE_RESET: "medium",
-    AlarmCode.PROGRAM_ERROR: "medium",
-    AlarmCode.PHASE_OUT_OF_RANGE: "medium",
-    AlarmCode.NEAR_END: "low",
-    AlarmCode.LOW_BATTERY: "low",
-}
+#: Every :class:`AlarmCode` is listed (a test iterates the enum); see AlarmPriorities for others.
+ALARM_PRIORITY = AlarmPriorities(
+    {
+        AlarmCode.OCCLUSION: "high",
+        AlarmCode.AIR_IN_LINE: "high",
+        AlarmCode.EMPTY: "high",
+        AlarmCode.COMM_TIMEOUT: "high",
+        AlarmCode.HARDWARE_FAULT: "high",
+        AlarmCode.HEARTBEAT_FROZEN: "high",
+        AlarmCode.STALLED: "high",
+        # running in reverse draws from the patient's line: nothing is delivered
+        AlarmCode.WITHDRAWING: "high",
+        # delivering at the maximum rate: the dose is not the programmed one
+        AlarmCode.PURGING: "high",
+        AlarmCode.DOOR_OPEN: "medium",
+        AlarmCode.DEVICE_RESET: "medium",
+        AlarmCode.PROGRAM_ERROR: "medium",
+        AlarmCode.PHASE_OUT_OF_RANGE: "medium",
+        AlarmCode.NEAR_END: "low",
+        AlarmCode.LOW_BATTERY: "low",
+    }
+)
 
 DoseOf = Callable[[Decimal], dict[str, Any] | None]
 """Maps a rate in mL/h to the public dose object ``{"value", "unit"}`` (None if unknown)."""

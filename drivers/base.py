@@ -50,6 +50,7 @@ class AlarmCode(enum.Enum):
     PHASE_OUT_OF_RANGE = "phase_out_of_range"  # New Era A?O
     HEARTBEAT_FROZEN = "heartbeat_frozen"  # detected by the driver, not reported by the device
     WITHDRAWING = "withdrawing"  # New Era W: the pump runs in reverse (not delivering)
+    PURGING = "purging"  # New Era X: running at the purge rate, not the programmed one
 
 
 class Outcome(enum.Enum):

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from drivers.newera.commands import COMMANDS
-from drivers.newera.frames import Alarm, Command, Reply, Status
+from drivers.newera.frames import ERROR_CODES, Alarm, Command, Reply, Status
 from drivers.newera.numbers import (
     RateUnit,
     VolumeUnit,
@@ -54,6 +54,14 @@ class Fault(enum.Enum):
     OVERLONG = "overlong"  # the reply is a run of bytes that never ends in ETX
     SLOW = "slow"  # the reply is sent after ``reply_delay_s`` (real seconds)
     REJECT = "reject"  # the command is answered with ``reject_with`` (e.g. ?IGN), not executed
+    # the command is executed, yet answered with ``reject_with`` (?OOR, ?NA, ... or A?R, A?S ...)
+    REFUSE_BUT_APPLY = "refuse-but-apply"
+    HANG_UP = "hang-up"  # the command is executed, then the line drops without a reply
+    NOISE = "noise"  # a corrupted copy of the reply (bad character / bad CRC) comes first
+
+
+#: what ``reject_with`` may be: an error code in the data, or an alarm in place of the status
+REFUSALS = (*ERROR_CODES, *(f"A?{alarm.value}" for alarm in Alarm))
 
 
 @dataclass(frozen=True)
@@ -87,6 +95,7 @@ class NewEraPumpModel:
     safe_timeout_s: int = 0
     last_valid_packet: float = 0.0
     faults: dict[Fault, int | None] = field(default_factory=dict)
+    fault_on: dict[Fault, str] = field(default_factory=dict)
     reply_delay_s: float = 0.0
     reject_with: str = "?IGN"
     commands_seen: int = 0
@@ -168,21 +177,37 @@ class NewEraPumpModel:
     def front_panel_stop(self) -> None:
         self.status = Status.STOPPED
 
-    def inject(self, fault: Fault, count: int | None = None) -> None:
-        """Arm a reply fault for ``count`` replies (None: until :meth:`clear_faults`)."""
+    def inject(self, fault: Fault, count: int | None = None, *, on: str | None = None) -> None:
+        """Arm a reply fault for ``count`` replies (None: until :meth:`clear_faults`).
+
+        ``on`` (a command name such as ``RAT``, ``RUN``, ``STP``) restricts the fault to the
+        replies to that command sent as a write (with parameters, or an action): queries and
+        other commands pass untouched and do not use up ``count``.
+        """
+        if on is not None and on.upper() not in COMMANDS:
+            raise ValueError(f"fault {fault.value!r}: unknown command {on!r}")
         self.faults[fault] = count
+        if on is None:
+            self.fault_on.pop(fault, None)
+        else:
+            self.fault_on[fault] = on.upper()
 
     def clear_faults(self) -> None:
         self.faults.clear()
+        self.fault_on.clear()
 
-    def take_fault(self, fault: Fault) -> bool:
-        """True when ``fault`` applies to this reply (and consume one count)."""
+    def take_fault(self, fault: Fault, command: Command | None = None) -> bool:
+        """True when ``fault`` applies to the reply to ``command`` (and consume one count)."""
         if fault not in self.faults:
+            return False
+        on = self.fault_on.get(fault)
+        if on is not None and (command is None or command.name != on or not is_write(command)):
             return False
         left = self.faults[fault]
         if left is not None:
             if left <= 1:
                 del self.faults[fault]
+                self.fault_on.pop(fault, None)
             else:
                 self.faults[fault] = left - 1
         return True
@@ -200,17 +225,24 @@ class NewEraPumpModel:
         if self.alarm is not None:
             alarm, self.alarm = self.alarm, None
             return Reply(self.address, Status.ALARM, alarm=alarm)
-        if self.take_fault(Fault.REJECT):
-            return self._reply(self.reject_with)
+        if self.take_fault(Fault.REJECT, command):
+            return self._refusal()
+        refuse = self.take_fault(Fault.REFUSE_BUT_APPLY, command)
         spec = COMMANDS.get(command.name)
         if spec is None or not spec.accepts(command.params):
             return self._reply("?")
         handler = getattr(self, f"_cmd_{command.name or 'status'}".lower())
         data: str = handler(command.params)
-        return self._reply(data)
+        return self._refusal() if refuse else self._reply(data)
 
     def _reply(self, data: str) -> Reply:
         return Reply(self.address, self.status, data=data)
+
+    def _refusal(self) -> Reply:
+        """``reject_with`` as a reply: an error code, or an alarm in place of the status."""
+        if self.reject_with.startswith("A?"):
+            return Reply(self.address, Status.ALARM, alarm=Alarm(self.reject_with[2:]))
+        return self._reply(self.reject_with)
 
     def _running(self) -> bool:
         return self.status in (Status.INFUSING, Status.WITHDRAWING, Status.PURGING)
@@ -307,6 +339,12 @@ class NewEraPumpModel:
         self.safe_timeout_s = value
         self.last_valid_packet = self.now
         return ""
+
+
+def is_write(command: Command) -> bool:
+    """Whether ``command`` sets something or acts (as opposed to a query of a value)."""
+    spec = COMMANDS.get(command.name)
+    return bool(command.params) or spec is None or spec.query is None
 
 
 def _parse(text: str) -> Decimal | None:

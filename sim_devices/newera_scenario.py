@@ -1,12 +1,17 @@
 """Faults and timed events for the New Era simulator: CLI fault specs and scenario files.
 
-Fault spec (``--faults``): ``NAME[=VALUE][@ADDRESS]``, e.g. ``stall@1``, ``slow=2.5``,
-``garble``. ``stall`` and ``reset`` happen once at start; the reply faults (``silence``,
-``drop-reply``, ``garble``, ``truncate``, ``wrong-address``, ``overlong``, ``slow=SECONDS``)
-stay armed. Scenario file (TOML): optional ``[[pumps]]`` initial states and ``[[events]]``
-with ``at_s`` (simulated seconds), ``pump`` (address, default 0) and ``action`` among
-``stall``, ``reset``, ``rate`` (``value`` mL/h, as at the keypad), ``run``, ``stop``,
-``fault`` (``fault`` name, optional ``count``) and ``clear-faults``.
+Fault spec (``--faults``): ``NAME[=VALUE][/COMMAND][@ADDRESS]``, e.g. ``stall@1``,
+``slow=2.5``, ``garble``, ``refuse-but-apply=?OOR/RAT``. ``stall`` and ``reset`` happen once at
+start; the reply faults (``silence``, ``drop-reply``, ``garble``, ``truncate``,
+``wrong-address``, ``overlong``, ``slow=SECONDS``, ``reject=CODE``, ``refuse-but-apply=CODE``,
+``hang-up``, ``noise``) stay armed. ``CODE`` is an error reply (``?OOR``, ``?NA``, ...) or an alarm
+(``A?R``, ``A?S``, ...); ``reject`` does not execute the command, ``refuse-but-apply`` does.
+``/COMMAND`` limits a fault to the replies to that command sent as a write (``/RAT``: rate
+changes, not rate queries). Scenario file (TOML): optional ``[[pumps]]`` initial states and
+``[[events]]`` with ``at_s`` (simulated seconds), ``pump`` (address, default 0) and ``action``
+among ``stall``, ``reset``, ``rate`` (``value`` mL/h, as at the keypad), ``run``, ``stop``,
+``fault`` (``fault`` name with its ``=VALUE``, optional ``count`` and ``on`` command) and
+``clear-faults``.
 """
 
 from __future__ import annotations
@@ -18,9 +23,10 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-from drivers.newera.frames import ERROR_CODES, Alarm
+from drivers.newera.commands import COMMANDS
+from drivers.newera.frames import Alarm
 from protocol.errors import InfusiondError
-from sim_devices.newera_pump import Fault, NewEraPumpModel, PumpSetup
+from sim_devices.newera_pump import REFUSALS, Fault, NewEraPumpModel, PumpSetup
 from sim_devices.newera_server import NewEraSimulator
 
 EVENTS = ("stall", "reset")
@@ -37,6 +43,7 @@ class Event:
     action: str
     value: str = ""
     count: int | None = None
+    on: str = ""
 
 
 def _pump(sim: NewEraSimulator, address: int, where: str) -> NewEraPumpModel:
@@ -49,6 +56,7 @@ def _pump(sim: NewEraSimulator, address: int, where: str) -> NewEraPumpModel:
 def apply_fault_spec(sim: NewEraSimulator, spec: str) -> None:
     """Apply one ``--faults`` entry."""
     body, _, addr = spec.partition("@")
+    body, _, on = body.partition("/")
     name = body.partition("=")[0]
     try:
         address = int(addr) if addr else 0
@@ -57,7 +65,7 @@ def apply_fault_spec(sim: NewEraSimulator, spec: str) -> None:
     if name in EVENTS:
         apply_event(sim, Event(0.0, address, name), spec)
     else:
-        apply_event(sim, Event(0.0, address, "fault", body), spec)
+        apply_event(sim, Event(0.0, address, "fault", body, on=on), spec)
 
 
 def apply_event(sim: NewEraSimulator, event: Event, where: str) -> None:
@@ -90,11 +98,14 @@ def _arm(pump: NewEraPumpModel, event: Event, where: str) -> None:
         raise ScenarioError(f"{where}: unknown fault {name!r} (known: {names})") from None
     if fault is Fault.SLOW:
         pump.reply_delay_s = float(_decimal(value or "1", where, "slow seconds"))
-    if fault is Fault.REJECT:
-        if value and value not in ERROR_CODES:
-            raise ScenarioError(f"{where}: reject code {value!r} is not one of {ERROR_CODES}")
+    if fault in (Fault.REJECT, Fault.REFUSE_BUT_APPLY):
+        if value and value not in REFUSALS:
+            raise ScenarioError(f"{where}: {name} code {value!r} is not one of {REFUSALS}")
         pump.reject_with = value or "?IGN"
-    pump.inject(fault, event.count)
+    on = event.on.upper()
+    if on and on not in COMMANDS:
+        raise ScenarioError(f"{where}: fault {name!r} on unknown command {event.on!r}")
+    pump.inject(fault, event.count, on=on or None)
 
 
 def _decimal(text: str, where: str, what: str) -> Decimal:
@@ -136,6 +147,7 @@ def load_scenario(path: Path) -> tuple[list[PumpSetup], list[Event]]:
                 action=str(row["action"]),
                 value=str(value),
                 count=row.get("count"),
+                on=str(row.get("on", "")),
             )
         )
     return pumps, sorted(events, key=lambda e: e.at_s)
@@ -152,9 +164,14 @@ def check_events(sim: NewEraSimulator, events: list[Event], where: str) -> None:
             raise ScenarioError(f"{at}: unknown action {event.action!r} (known: {ACTIONS})")
         _pump(sim, event.pump, at)
         if event.action == "fault":
-            name = event.value.partition("=")[0]
+            name, _, value = event.value.partition("=")
             if name not in {f.value for f in Fault}:
                 raise ScenarioError(f"{at}: unknown fault {name!r}")
+            refusal = name in (Fault.REJECT.value, Fault.REFUSE_BUT_APPLY.value)
+            if refusal and value and value not in REFUSALS:
+                raise ScenarioError(f"{at}: {name} code {value!r} is not one of {REFUSALS}")
+            if event.on and event.on.upper() not in COMMANDS:
+                raise ScenarioError(f"{at}: fault {name!r} on unknown command {event.on!r}")
 
 
 async def play(sim: NewEraSimulator, events: list[Event], where: str) -> None:

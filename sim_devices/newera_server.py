@@ -28,6 +28,7 @@ import structlog
 from drivers.errors import FrameError
 from drivers.newera.frames import (
     STX,
+    Command,
     CommandStream,
     Reply,
     SafePacket,
@@ -187,21 +188,25 @@ class NewEraSimulator:
                     await self._answer_bad_packet(writer)
                     continue
                 pump = self.pumps.get(0 if command.address is None else command.address)
-                if pump is None or pump.take_fault(Fault.SILENCE):
+                if pump is None or pump.take_fault(Fault.SILENCE, command):
                     continue
                 safe_in = isinstance(frame, SafePacket)
                 safe_out = safe_in or pump.safe_timeout_s > 0
                 reply = pump.handle(command, self.clock.now(), safe=safe_in)
                 await self._notify()
+                if pump.take_fault(Fault.HANG_UP, command):
+                    log.info("newera simulator hangs up", address=pump.address)
+                    writer.close()  # executed; the line drops before the reply
+                    return
                 in_len = len(frame.serialize())
-                await self._send(writer, pump, reply, safe=safe_out, in_len=in_len)
+                await self._send(writer, pump, reply, command, safe=safe_out, in_len=in_len)
 
     async def _answer_bad_packet(self, writer: asyncio.StreamWriter) -> None:
         """A bad packet is answered ``?COM`` by the first pump in safe mode, if any."""
         for pump in sorted(self.pumps.values(), key=lambda p: p.address):
             if pump.safe_timeout_s:
                 reply = Reply(pump.address, pump.status, data="?COM")
-                await self._send(writer, pump, reply, safe=True, in_len=0)
+                await self._send(writer, pump, reply, None, safe=True, in_len=0)
                 return
 
     async def _send(
@@ -209,23 +214,27 @@ class NewEraSimulator:
         writer: asyncio.StreamWriter,
         pump: NewEraPumpModel,
         reply: Reply,
+        command: Command | None,
         *,
         safe: bool,
         in_len: int,
     ) -> None:
-        if pump.take_fault(Fault.DROP_REPLY):
+        if pump.take_fault(Fault.DROP_REPLY, command):
             return
-        if pump.take_fault(Fault.WRONG_ADDRESS):
+        if pump.take_fault(Fault.WRONG_ADDRESS, command):
             reply = Reply((reply.address + 1) % 100, reply.status, reply.data, reply.alarm)
         wire = encode_reply(reply, safe=safe)
-        if pump.take_fault(Fault.GARBLE):
+        if pump.take_fault(Fault.GARBLE, command):
             i = 3 if len(wire) > 4 else len(wire) // 2
             wire = wire[:i] + bytes([wire[i] ^ 0x40]) + wire[i + 1 :]
-        if pump.take_fault(Fault.TRUNCATE):
+        if pump.take_fault(Fault.NOISE, command):
+            i = 3 if len(wire) > 4 else len(wire) // 2
+            wire = wire[:i] + bytes([wire[i] ^ 0x40]) + wire[i + 1 :] + wire
+        if pump.take_fault(Fault.TRUNCATE, command):
             wire = wire[:-2]
-        if pump.take_fault(Fault.OVERLONG):
+        if pump.take_fault(Fault.OVERLONG, command):
             wire = bytes([STX]) + b"00S" + b"9" * 200
-        if pump.take_fault(Fault.SLOW):
+        if pump.take_fault(Fault.SLOW, command):
             await asyncio.sleep(pump.reply_delay_s)
         if self.emulate_wire_time:
             await asyncio.sleep((in_len + len(wire)) * 10 / self.baudrate)

@@ -6,7 +6,15 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from daemon.pump_events import Observation, diff, rate_changed_event
+import pytest
+
+from daemon.pump_events import (
+    ALARM_PRIORITY,
+    AlarmPriorities,
+    Observation,
+    diff,
+    rate_changed_event,
+)
 from drivers.base import AlarmCode, ConnectionState, PumpStatus, RunState
 
 ON = ConnectionState.ONLINE
@@ -98,3 +106,35 @@ def test_command_rate_change_event_carries_the_command_id() -> None:
     event = rate_changed_event(Decimal(21), Decimal("63.0"), dose_of, command_id="c-1")
     assert event["command_id"] == "c-1"
     assert event["source"] == "command"
+
+
+@pytest.mark.parametrize("code", list(AlarmCode))
+def test_every_alarm_code_has_a_priority_of_its_own(code: AlarmCode) -> None:
+    """The table lists every AlarmCode explicitly (not only through the fail-safe default)."""
+    assert code in ALARM_PRIORITY
+    assert ALARM_PRIORITY[code] in {"high", "medium", "low"}
+
+
+@pytest.mark.parametrize("code", [AlarmCode.WITHDRAWING, AlarmCode.PURGING])
+def test_running_but_not_infusing_is_a_high_priority_alarm(code: AlarmCode) -> None:
+    """Running in reverse (draws from the line) or purging (at the maximum rate): high."""
+    assert ALARM_PRIORITY[code] == "high"
+
+
+def test_a_code_missing_from_the_table_is_high_and_never_raises() -> None:
+    """A lookup of a code the table lacks answers high (fail safe) instead of KeyError."""
+    partial = AlarmPriorities({AlarmCode.NEAR_END: "low"})
+    assert partial[AlarmCode.NEAR_END] == "low"
+    assert partial[AlarmCode.WITHDRAWING] == "high"
+    assert AlarmCode.WITHDRAWING not in partial  # the lookup does not insert it
+
+
+def test_withdrawing_pump_raises_its_alarm_and_stops_delivery() -> None:
+    """Infusing -> withdrawing: alarm_raised(withdrawing, high) and delivery_stopped, no crash."""
+    before = status()
+    after = status(state=RunState.ALARM, alarms=frozenset({AlarmCode.WITHDRAWING}))
+    events = diff(Observation(ON, before), Observation(ON, after), dose_of, NOW)
+    assert types(events) == ["alarm_raised", "delivery_stopped"]
+    assert events[0]["alarm"]["code"] == "withdrawing"
+    assert events[0]["alarm"]["priority"] == "high"
+    assert events[1]["status"] == "alarm"

@@ -1,18 +1,34 @@
 """Driver for New Era NE-500/NE-1000-family syringe pumps (RS-232, basic and safe mode).
 
-Outcome semantics (DESIGN.md section 4): every write is followed by a read-back.
+Outcome semantics: every write reads the pump before (the *pre-read*) and after (the
+*read-back*), and the outcome is decided by what the read-back shows, not by the reply alone:
 
-* ``applied``: the read-back shows what was asked (also when the write's own reply was lost
-  but the read-back proves it executed);
-* ``failed``: the pump refused (``?OOR``, ``?NA``, ...), reported an alarm in place of executing
-  the command, or nothing could be sent (port down); the read-back, when it could be taken,
-  shows the state unchanged;
-* ``uncertain``: no answer and no read-back that proves the result. Nothing is ever re-sent.
+* ``applied``: the read-back shows what was asked -- also when the write's own reply was lost,
+  or when the pump answered ``?OOR``/``?NA``/an alarm yet executed the command anyway (the
+  detail then says what it answered);
+* ``failed``: either no byte of the write went out (the port is down or not connected, the
+  pre-read failed, the value cannot be written, or -- for :meth:`pause` -- the pump is not
+  infusing; the detail starts with ``not sent:``), or the pump refused (an error code or an
+  alarm in reply) *and* the read-back shows rate and run state (the pump's own status letter,
+  not the driver's alarm latch) exactly as before;
+* ``uncertain``: anything else -- no valid reply and a read-back that does not show the change,
+  a refusal followed by a read-back that shows some other change, or no read-back at all.
+  Nothing is ever re-sent; the channel reconciles on its next poll.
+
+Writes never raise: every device fault ends in one of the three outcomes.
 
 **Pause and stop.** The pump has a single ``STP`` command: it *pauses* a pumping program
 (status ``P``, resumable with ``RUN``) and *stops* a paused one (status ``S``). :meth:`pause`
 sends ``STP`` once and expects ``P``; :meth:`stop` sends ``STP`` and, if the pump then reads
-back ``P``, a second ``STP``, and expects ``S``. Both report exactly what the pump reads back.
+back ``P`` (whatever it answered to the first), a second ``STP``, and expects ``S``. Both
+report exactly what the pump reads back.
+
+**Status letters.** ``I`` is infusing; ``S`` stopped; ``P`` (paused), ``T`` (a pause phase of
+a program) and ``U`` (waiting for the user) are paused: nothing is delivered. ``W`` (withdrawing:
+the motor runs in reverse and draws from the line) and ``X`` (purging: running at the maximum
+rate, not the programmed one) are *not* reported as infusing: the state is ``alarm`` with the
+alarm ``withdrawing`` or ``purging``, since the gateway cannot vouch for what reaches the patient.
+Any other letter, or an alarm letter other than R/S/T/E/O, is a :class:`FrameError`.
 
 **Alarms.** The pump reports an alarm once, in the reply to the next command (``A?R``,
 ``A?S``, ``A?T``, ``A?E``, ``A?O``). The driver latches it: :attr:`PumpStatus.alarms` keeps it
@@ -31,7 +47,9 @@ with the least rounding, and the read-back reports the value actually held).
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable
+from dataclasses import dataclass
 from decimal import Decimal
 
 import structlog
@@ -48,7 +66,7 @@ from drivers.base import (
     WriteResult,
 )
 from drivers.errors import DeviceRejected, DeviceTimeout, DriverError, FrameError
-from drivers.newera.errors import REJECTIONS, PortUnavailable
+from drivers.newera.errors import REJECTIONS, NotRepresentable, PortUnavailable
 from drivers.newera.frames import Command, Reply, Status
 from drivers.newera.numbers import RateUnit, VolumeUnit, encode_rate, parse_float
 from drivers.newera.port import (
@@ -65,14 +83,21 @@ log = structlog.get_logger("drivers.newera")
 MAX_WATCHDOG_S = 255
 RESOLUTION_ML_H = Decimal("0.01")
 
-_RUN_STATES = {
+#: run state of every status letter (a test iterates Status); see the module doc
+RUN_STATES = {
     Status.INFUSING: RunState.INFUSING,
-    Status.PURGING: RunState.INFUSING,
+    Status.PURGING: RunState.ALARM,  # running at the purge rate, not the programmed one
     Status.WITHDRAWING: RunState.ALARM,  # running in reverse: not delivering
     Status.STOPPED: RunState.STOPPED,
     Status.PAUSED: RunState.PAUSED,
     Status.PAUSE_PHASE: RunState.PAUSED,
     Status.USER_WAIT: RunState.PAUSED,
+    Status.ALARM: RunState.ALARM,
+}
+#: the alarm a status letter itself stands for (the pump is running, but not infusing)
+STATUS_ALARMS = {
+    Status.WITHDRAWING: AlarmCode.WITHDRAWING,
+    Status.PURGING: AlarmCode.PURGING,
 }
 
 
@@ -148,7 +173,11 @@ class NewEraPumpDriver(Driver):
             self._registered = True
         self._state = ConnectionState.CONNECTING
         await self._probe_mode()
-        self._diameter = parse_float((await self._read("DIA")).data)
+        dia = (await self._read("DIA")).data
+        try:
+            self._diameter = parse_float(dia)
+        except ValueError as exc:
+            raise FrameError(f"pump {self.address:02d}: unreadable diameter: {exc}") from exc
         self._identity = _identity(self.address, (await self._read("VER")).data)
         if self._watchdog_s:
             await self.configure_watchdog(self._watchdog_s)
@@ -166,18 +195,18 @@ class NewEraPumpDriver(Driver):
 
     async def read_status(self) -> PumpStatus:
         """``RAT`` (rate), ``DIS`` (volume dispensed) and ``VOL`` (target); status of the last."""
-        rat = await self._read("RAT")
-        dis = await self._read("DIS")
-        vol = await self._read("VOL")
-        return self._status(rat, dis, vol)
+        return (await self._snapshot()).status
 
     async def set_rate(self, rate_ml_h: Decimal) -> WriteResult:
         """``RAT <float><unit>``, then read back; see the module doc for the outcomes."""
-        text, unit = encode_rate(rate_ml_h)
+        try:
+            text, unit = encode_rate(rate_ml_h)
+        except NotRepresentable as exc:
+            return _not_sent(str(exc))
         expected = Decimal(text) * unit.ml_h
         return await self._write_verified(
             [Command("RAT", text + unit.value, self.address)],
-            lambda s: s.rate_ml_h == expected,
+            lambda s: s.status.rate_ml_h == expected,
             f"rate {expected} mL/h",
         )
 
@@ -185,40 +214,50 @@ class NewEraPumpDriver(Driver):
         """``DIR INF`` then ``RUN``; applied when the pump reads back infusing."""
         return await self._write_verified(
             [Command("DIR", "INF", self.address), Command("RUN", "", self.address)],
-            lambda s: s.state is RunState.INFUSING,
+            lambda s: s.device_state is RunState.INFUSING,
             "infusing",
         )
 
     async def stop(self) -> WriteResult:
         """``STP`` (and a second ``STP`` if the first only paused); applied when stopped."""
-        first = await self._write_verified(
-            [Command("STP", "", self.address)],
-            _is_stopped,
-            "stopped",
-        )
-        if first.readback is None or first.readback.state is not RunState.PAUSED:
-            return first
         return await self._write_verified(
             [Command("STP", "", self.address)],
-            _is_stopped,
+            lambda s: s.device_state is RunState.STOPPED,
             "stopped",
+            again=lambda s: s.device_state is RunState.PAUSED,
         )
 
     async def pause(self) -> WriteResult:
         """``STP`` once while pumping (the pump's pause); a stopped pump cannot be paused."""
-        now = await self.read_status()
-        if now.state is RunState.PAUSED:
-            return WriteResult(Outcome.APPLIED, now, detail="already paused")
-        if now.state is not RunState.INFUSING:
-            return WriteResult(Outcome.FAILED, now, detail=f"pump is {now.state.value}")
+
+        def precheck(now: _Snapshot) -> WriteResult | None:
+            if now.device_state is RunState.PAUSED:
+                return WriteResult(Outcome.APPLIED, now.status, detail="already paused")
+            if now.device_state is not RunState.INFUSING:
+                return _not_sent(f"pump is {now.status.state.value}", now.status)
+            return None
+
         return await self._write_verified(
-            [Command("STP", "", self.address)], lambda s: s.state is RunState.PAUSED, "paused"
+            [Command("STP", "", self.address)],
+            lambda s: s.device_state is RunState.PAUSED,
+            "paused",
+            precheck=precheck,
         )
 
     async def acknowledge_alarms(self) -> WriteResult:
-        """Clear the driver's latch (the pump clears an alarm itself once reported)."""
+        """Clear the driver's latch (the pump clears an alarm itself once reported).
+
+        Only queries go to the pump; if they fail, the latch is kept and the result is
+        ``failed`` ("not sent").
+        """
+        latched = set(self._alarms)
         self._alarms.clear()
-        return WriteResult(Outcome.APPLIED, await self.read_status())
+        try:
+            status = await self.read_status()
+        except DriverError as exc:
+            self._alarms |= latched
+            return _not_sent(f"read failed: {exc}")
+        return WriteResult(Outcome.APPLIED, status)
 
     async def configure_watchdog(self, timeout_s: int) -> None:
         """``SAF<n>``: n > 0 enters safe mode with an n-second comm timeout, 0 leaves it.
@@ -243,7 +282,8 @@ class NewEraPumpDriver(Driver):
     # -- internals ----------------------------------------------------------------------------
 
     async def _transact(self, command: Command, *, safe: bool | None = None) -> Reply:
-        assert self._port is not None, "connect() first"
+        if self._port is None:
+            raise PortUnavailable(f"pump {self.address:02d}: not connected (connect() first)")
         try:
             reply = await self._port.transact(command, safe=self._safe if safe is None else safe)
         except PortUnavailable:
@@ -291,51 +331,73 @@ class NewEraPumpDriver(Driver):
             )
         return reply
 
-    async def _write_verified(
-        self, commands: list[Command], ok: Callable[[PumpStatus], bool], goal: str
-    ) -> WriteResult:
-        answered: bool | None = True
-        detail = ""
+    async def _send(self, commands: list[Command]) -> _Sent:
+        """Send ``commands`` in order; stop at the first one not answered as executed."""
+        sent = False
         for command in commands:
             try:
                 await self._execute(command)
             except PortUnavailable as exc:
-                return WriteResult(Outcome.FAILED, None, detail=f"not sent: {exc}")
+                if not sent:
+                    return _Sent(sent=False, answer=_Answer.NONE, detail=str(exc))
+                return _Sent(sent=True, answer=_Answer.LOST, detail=str(exc))
             except DeviceRejected as exc:
-                answered, detail = False, str(exc)
-                break
+                return _Sent(sent=True, answer=_Answer.REFUSED, detail=str(exc))
             except (DeviceTimeout, FrameError) as exc:
-                answered, detail = None, str(exc)
-                break
-        try:
-            readback = await self.read_status()
-        except DriverError as exc:
-            return WriteResult(
-                Outcome.UNCERTAIN if answered is not False else Outcome.FAILED,
-                None,
-                detail=f"{detail or 'written'}; read-back failed: {exc}",
-            )
-        if answered is False:
-            return WriteResult(Outcome.FAILED, readback, detail=detail)
-        if ok(readback):
-            lost = f" (reply lost: {detail}; read-back confirms)" if answered is None else ""
-            return WriteResult(Outcome.APPLIED, readback, detail=f"{goal}{lost}")
-        why = "no valid reply" if answered is None else "pump accepted"
-        return WriteResult(
-            Outcome.UNCERTAIN, readback, detail=f"{why} but read-back is not {goal}: {detail}"
-        )
+                return _Sent(sent=True, answer=_Answer.LOST, detail=str(exc))
+            sent = True
+        return _Sent(sent=True, answer=_Answer.ACCEPTED)
 
-    def _status(self, rat: Reply, dis: Reply, vol: Reply) -> PumpStatus:
+    async def _write_verified(
+        self,
+        commands: list[Command],
+        ok: Callable[[_Snapshot], bool],
+        goal: str,
+        *,
+        precheck: Callable[[_Snapshot], WriteResult | None] | None = None,
+        again: Callable[[_Snapshot], bool] | None = None,
+    ) -> WriteResult:
+        """Pre-read, write, read back, judge (module doc).
+
+        ``again``: when the read-back is not the goal but satisfies ``again``, the commands are
+        sent once more and read back again (``STP`` on a pump that the first one only paused);
+        the read-back, never the lost or refused reply, decides this.
+        """
+        try:
+            before = await self._snapshot()
+        except DriverError as exc:
+            return _not_sent(f"pre-read failed: {exc}")
+        if precheck is not None and (early := precheck(before)) is not None:
+            return early
+        sent = await self._send(commands)
+        if not sent.sent:
+            return _not_sent(sent.detail, before.status)
+        try:
+            after = await self._snapshot()
+            if again is not None and not ok(after) and again(after):
+                sent = await self._send(commands)
+                after = await self._snapshot()
+        except DriverError as exc:
+            what = sent.detail or "sent"
+            return WriteResult(Outcome.UNCERTAIN, None, detail=f"{what}; read-back failed: {exc}")
+        return _judge(before, after, sent, ok, goal)
+
+    async def _snapshot(self) -> _Snapshot:
+        rat = await self._read("RAT")
+        dis = await self._read("DIS")
+        vol = await self._read("VOL")
+        return self._status(rat, dis, vol)
+
+    def _status(self, rat: Reply, dis: Reply, vol: Reply) -> _Snapshot:
         status = vol.status if vol.alarm is None else Status.STOPPED
         running = status in (Status.INFUSING, Status.WITHDRAWING, Status.PURGING)
         if running:
             self._alarms.clear()  # pumping again: the latched alarm is over
         alarms = set(self._alarms)
-        if status is Status.WITHDRAWING:
-            alarms.add(AlarmCode.WITHDRAWING)
-        state = _RUN_STATES[status]
-        if alarms and not running:
-            state = RunState.ALARM
+        if (own := STATUS_ALARMS.get(status)) is not None:
+            alarms.add(own)
+        device_state = RUN_STATES[status]
+        state = RunState.ALARM if alarms else device_state
         try:
             rate = parse_float(rat.data[:-2]) * RateUnit(rat.data[-2:]).ml_h
             infused_text = dis.data[1:].split("W", 1)[0]
@@ -345,20 +407,81 @@ class NewEraPumpDriver(Driver):
             target = parse_float(vol.data[:-2]) * vol_unit.ml
         except ValueError as exc:
             raise FrameError(f"pump {self.address:02d}: unreadable status data: {exc}") from exc
-        return PumpStatus(
-            state=state,
-            rate_ml_h=rate,
-            alarms=frozenset(alarms),
-            vtbi_ml=target or None,
-            volume_infused_ml=infused,
+        return _Snapshot(
+            PumpStatus(
+                state=state,
+                rate_ml_h=rate,
+                alarms=frozenset(alarms),
+                vtbi_ml=target or None,
+                volume_infused_ml=infused,
+            ),
+            device_state,
         )
 
 
-def _is_stopped(status: PumpStatus) -> bool:
-    """Stopped, or stopped in alarm (a pump running in reverse is not stopped)."""
-    if status.state is RunState.ALARM:
-        return AlarmCode.WITHDRAWING not in status.alarms
-    return status.state is RunState.STOPPED
+class _Answer(enum.Enum):
+    """How the pump answered a write."""
+
+    NONE = "nothing sent"
+    ACCEPTED = "accepted"
+    REFUSED = "refused"  # an error code or an alarm in reply
+    LOST = "no valid reply"
+
+
+@dataclass(frozen=True, slots=True)
+class _Sent:
+    sent: bool  # whether any byte of the write went out
+    answer: _Answer
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class _Snapshot:
+    status: PumpStatus
+    device_state: RunState  # what the status letter says, before the alarm latch overlay
+
+
+def _not_sent(why: str, status: PumpStatus | None = None) -> WriteResult:
+    return WriteResult(Outcome.FAILED, status, detail=f"not sent: {why}")
+
+
+def _judge(
+    before: _Snapshot,
+    after: _Snapshot,
+    sent: _Sent,
+    ok: Callable[[_Snapshot], bool],
+    goal: str,
+) -> WriteResult:
+    """The outcome of a write that went out, from the read-back (see the module doc)."""
+    readback = after.status
+    if ok(after):
+        if sent.answer is _Answer.REFUSED:
+            note = f" (the pump answered: {sent.detail}; the read-back shows it applied)"
+        elif sent.answer is _Answer.LOST:
+            note = f" (reply lost: {sent.detail}; read-back confirms)"
+        else:
+            note = ""
+        return WriteResult(Outcome.APPLIED, readback, detail=f"{goal}{note}")
+    unchanged = (
+        readback.rate_ml_h == before.status.rate_ml_h and after.device_state is before.device_state
+    )
+    if sent.answer is _Answer.REFUSED and unchanged:
+        return WriteResult(
+            Outcome.FAILED,
+            readback,
+            detail=f"{sent.detail}; read-back shows rate and state unchanged",
+        )
+    shows = f"rate {readback.rate_ml_h} mL/h, {after.device_state.value}"
+    if sent.answer is _Answer.ACCEPTED:
+        why = "pump accepted"
+    else:
+        why = f"{sent.answer.value}: {sent.detail}"
+    changed = "unchanged" if unchanged else "changed"
+    return WriteResult(
+        Outcome.UNCERTAIN,
+        readback,
+        detail=f"{why}, but the read-back ({shows}, {changed}) is not {goal}",
+    )
 
 
 def _identity(address: int, version: str) -> Identity:

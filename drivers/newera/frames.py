@@ -381,7 +381,22 @@ class ReplyStream(_Stream):
 
 
 class CommandStream(_Stream):
-    """Reader of commands (simulator side): safe packets start with STX, basic lines end in CR."""
+    """Reader of commands (simulator side): safe packets start with STX, basic lines end in CR.
+
+    A bad safe packet never eats the frame after it (a basic line has no STX to resync on):
+    the bytes dropped are those of the bad packet only -- its whole length when the length byte
+    leads to an ETX, else up to its first ETX or the next STX, else its stated length -- and
+    what follows is parsed afresh. A packet whose length byte promises more bytes than ever
+    come is given up as soon as a complete frame follows it. If the guess stops short of the
+    bad packet's real end (a corrupt length byte, a CRC byte equal to ETX or STX), the line that
+    follows starts with the packet's tail: that line is resumed after its last byte that is not
+    printable ASCII (the packet's ETX, CRC or length byte) instead of being discarded whole --
+    only right after a bad packet, so that a corrupted basic line is never cut into a command.
+    """
+
+    def __init__(self, cap: int = STREAM_CAP) -> None:
+        super().__init__(cap)
+        self._after_bad_packet = False
 
     def pop(self) -> CommandFrame | None:
         """The next whole command frame, None if more bytes are needed; FrameError as above."""
@@ -391,16 +406,7 @@ class CommandStream(_Stream):
         if not self._buf:
             return None
         if self._buf[0] == STX:
-            try:
-                packet, rest = SafePacket.deserialize(bytes(self._buf))
-            except TruncatedFrame:
-                self._skip_bogus_start()
-                return None
-            except FrameError:
-                self._drop_bad_frame()
-                raise
-            self._buf = bytearray(rest)
-            return packet
+            return self._pop_packet()
         stx = self._buf.find(STX, 0, MAX_COMMAND + 1)
         cr = self._buf.find(CR, 0, MAX_COMMAND + 1)
         if stx >= 0 and (cr < 0 or stx < cr):
@@ -414,15 +420,91 @@ class CommandStream(_Stream):
         except FrameError:
             self._discard_line()
             raise
+        self._after_bad_packet = False
         self._buf = bytearray(rest)
         return line
 
+    def _pop_packet(self) -> SafePacket | None:
+        data = bytes(self._buf)
+        try:
+            packet, rest = SafePacket.deserialize(data)
+        except TruncatedFrame:
+            self._skip_bogus_start()
+            self._skip_to_line_after_etx()
+            return None
+        except FrameError:
+            del self._buf[: _bad_packet_end(data)]
+            self._after_bad_packet = True
+            raise
+        self._after_bad_packet = False
+        self._buf = bytearray(rest)
+        return packet
+
+    def _skip_to_line_after_etx(self) -> None:
+        """An incomplete packet followed by ETX and a whole basic line: the packet was bogus."""
+        data = bytes(self._buf)
+        etx = data.find(ETX, 2)
+        while etx > 0:
+            rest = data[etx + 1 :]
+            if rest[:1] not in (b"", b"\r", bytes([STX])):  # a non-empty line, not a packet
+                try:
+                    BasicCommandFrame.deserialize(rest)
+                except FrameError:
+                    pass
+                else:
+                    del self._buf[: etx + 1]
+                    raise FrameError(
+                        f"discarded {etx + 1} bytes of an incomplete packet: {data[:16]!r}"
+                    )
+            etx = data.find(ETX, etx + 1)
+
     def _discard_line(self) -> None:
         cr = self._buf.find(CR)
+        if self._after_bad_packet:  # the tail of the bad packet: resume after its last bad byte
+            self._after_bad_packet = False
+            line = bytes(self._buf[: cr if 0 <= cr <= MAX_COMMAND else MAX_COMMAND + 1])
+            last = max((i for i, b in enumerate(line) if not 0x20 <= b <= 0x7E), default=-1)
+            if last >= 0:
+                del self._buf[: last + 1]
+                return
         if cr < 0:
             self._buf.clear()
         else:
             del self._buf[: cr + 1]
+
+
+def _bad_packet_end(data: bytes) -> int:
+    """Where a bad safe packet at the head of ``data`` most likely ends.
+
+    In order: a later STX that starts a whole valid packet (the head was noise); the stated
+    length when it leads to an ETX (a bad CRC); an ETX that closes a CRC-valid payload (only the
+    length byte was corrupt); the stated length when plausible and that many bytes are there
+    (a corrupt ETX); the first ETX or next STX (both length and ETX unusable); else just after
+    the STX (a stray STX, e.g. a CRC byte of a packet cut short).
+    """
+    nxt = data.find(STX, 1)
+    while nxt > 0:
+        try:
+            SafePacket.deserialize(data[nxt:])
+        except FrameError:
+            nxt = data.find(STX, nxt + 1)
+            continue
+        return nxt
+    length = data[1] if len(data) > 1 else 0
+    total = 1 + length
+    stated = MIN_SAFE_LEN <= length <= MAX_SAFE_LEN and len(data) >= total
+    if stated and data[total - 1] == ETX:
+        return total
+    etx = data.find(ETX, 1)  # a length byte equal to ETX is the end of something
+    while 0 < etx <= MAX_SAFE_LEN:
+        if etx >= 4 and crc16_xmodem(data[2 : etx - 2]) == int.from_bytes(data[etx - 2 : etx]):
+            return etx + 1
+        etx = data.find(ETX, etx + 1)
+    if stated:
+        return total
+    nxt, etx = data.find(STX, 1), data.find(ETX, 1)
+    ends = [i for i in (nxt, etx + 1 if etx > 0 else -1) if i > 0]
+    return min(ends) if ends else 1
 
 
 def command_of(frame: CommandFrame) -> Command:

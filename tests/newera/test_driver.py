@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
+import socket
+from collections.abc import Callable, Coroutine
 from decimal import Decimal
+from typing import Any
 
 import pytest
 
 from drivers.backoff import Backoff
-from drivers.base import AlarmCode, ConnectionState, Outcome, RunState
+from drivers.base import AlarmCode, ConnectionState, Outcome, PumpStatus, RunState, WriteResult
 from drivers.errors import DeviceTimeout, DriverError, FrameError
 from drivers.newera import NewEraPort, NewEraPumpDriver
-from drivers.newera.errors import NotRepresentable, PortUnavailable
+from drivers.newera.driver import _Answer, _judge, _Sent, _Snapshot
+from drivers.newera.errors import PortUnavailable
 from drivers.newera.frames import Alarm, Status
 from sim_devices.newera_pump import Fault
 from sim_devices.newera_server import NewEraSimulator, PumpSetup
 from tests.newera.conftest import FAST_TIMEOUT_S
-from tests.support.procs import free_port
 
 
 @pytest.mark.asyncio
@@ -65,29 +69,84 @@ async def test_out_of_range_rate_fails_and_is_verified_unchanged(
     assert sim.pumps[0].rate_ml_h == 9
 
 
+REFUSALS = [
+    ("?", "not recognised"),
+    ("?NA", "not applicable"),
+    ("?OOR", "out of range"),
+    ("?COM", "invalid communications packet"),
+    ("?IGN", "ignored"),
+    ("A?R", "reset"),
+    ("A?S", "stalled"),
+    ("A?E", "program error"),
+]
+
+
 @pytest.mark.asyncio
-@pytest.mark.parametrize(
-    ("code", "meaning"),
-    [
-        ("?", "not recognised"),
-        ("?NA", "not applicable"),
-        ("?OOR", "out of range"),
-        ("?COM", "invalid communications packet"),
-        ("?IGN", "ignored"),
-    ],
-)
-async def test_every_device_error_fails_the_write_with_its_meaning(
+@pytest.mark.parametrize(("code", "meaning"), REFUSALS)
+async def test_a_refusal_verified_unchanged_is_failed_with_its_meaning(
     sim: NewEraSimulator, pump0: NewEraPumpDriver, code: str, meaning: str
 ) -> None:
-    """Each error reply is a DeviceRejected naming its meaning; the rate stays as read back."""
+    """Every error code or alarm in reply to RAT, with the pump really unchanged: failed,
+    naming the meaning, with a read-back showing the old rate and state."""
     sim.pumps[0].reject_with = code
-    sim.pumps[0].inject(Fault.REJECT, count=1)
+    sim.pumps[0].inject(Fault.REJECT, count=1, on="RAT")
     result = await pump0.set_rate(Decimal(12))
     assert result.outcome is Outcome.FAILED
     assert meaning in result.detail
+    assert "unchanged" in result.detail
     assert result.readback is not None
-    assert result.readback.rate_ml_h == 9
+    assert (result.readback.rate_ml_h, result.readback.state) == (9, RunState.INFUSING)
     assert sim.pumps[0].rate_ml_h == 9
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(("code", "meaning"), REFUSALS)
+async def test_a_refusal_the_pump_applied_anyway_is_applied(
+    sim: NewEraSimulator, pump0: NewEraPumpDriver, code: str, meaning: str
+) -> None:
+    """The pump answers RAT with an error or an alarm yet changes the rate: the read-back
+    decides, so the write is applied (never failed), and the detail says what it answered."""
+    sim.pumps[0].reject_with = code
+    sim.pumps[0].inject(Fault.REFUSE_BUT_APPLY, count=1, on="RAT")
+    result = await pump0.set_rate(Decimal(12))
+    assert result.outcome is Outcome.APPLIED
+    assert meaning in result.detail
+    assert "shows it applied" in result.detail
+    assert result.readback is not None
+    assert result.readback.rate_ml_h == 12
+    assert sim.pumps[0].rate_ml_h == 12
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("code", ["?NA", "A?R"])
+async def test_stop_refused_but_executed_twice_is_applied(
+    sim: NewEraSimulator, pump0: NewEraPumpDriver, code: str
+) -> None:
+    """Both STPs of a stop answered with a refusal, both executed: the pump reads back
+    stopped, so stop is applied; the second STP is sent because the read-back said paused."""
+    pump = sim.pumps[0]
+    pump.reject_with = code
+    pump.inject(Fault.REFUSE_BUT_APPLY, count=2, on="STP")
+    result = await pump0.stop()
+    assert result.outcome is Outcome.APPLIED
+    assert pump.status is Status.STOPPED
+    assert Fault.REFUSE_BUT_APPLY not in pump.faults  # both STPs went out
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("action", ["start", "pause"])
+async def test_start_and_pause_refused_but_executed_are_applied(
+    sim: NewEraSimulator, pump0: NewEraPumpDriver, action: str
+) -> None:
+    """RUN (from paused) or STP (from infusing) answered ?NA yet executed: applied."""
+    pump = sim.pumps[0]
+    if action == "start":
+        await pump0.pause()
+    pump.reject_with = "?NA"
+    pump.inject(Fault.REFUSE_BUT_APPLY, count=1, on="RUN" if action == "start" else "STP")
+    result = await (pump0.start() if action == "start" else pump0.pause())
+    assert result.outcome is Outcome.APPLIED, result.detail
+    assert pump.status is (Status.INFUSING if action == "start" else Status.PAUSED)
 
 
 @pytest.mark.asyncio
@@ -126,17 +185,35 @@ async def test_power_on_reset_alarm_is_seen_at_connect() -> None:
 
 
 @pytest.mark.asyncio
-async def test_write_answered_by_an_alarm_fails_without_resend(
+async def test_write_answered_by_an_alarm_is_never_resent(
     sim: NewEraSimulator, pump0: NewEraPumpDriver
 ) -> None:
-    """A stall reported in reply to RAT means RAT was not executed: failed, never re-sent."""
-    sim.pumps[0].raise_alarm(Alarm.STALLED)
+    """A stall reported in reply to RAT (not executed): failed, and RAT went out once only:
+    three pre-read queries, RAT, three read-back queries."""
+    pump = sim.pumps[0]
+    pump.reject_with = "A?S"
+    pump.inject(Fault.REJECT, count=1, on="RAT")
+    seen = pump.commands_seen
     result = await pump0.set_rate(Decimal(12))
     assert result.outcome is Outcome.FAILED
     assert "stalled" in result.detail
-    assert sim.pumps[0].rate_ml_h == 9
+    assert pump.rate_ml_h == 9
+    assert pump.commands_seen == seen + 3 + 1 + 3
+
+
+@pytest.mark.asyncio
+async def test_a_latched_alarm_is_taken_by_the_pre_read_and_the_write_then_runs(
+    sim: NewEraSimulator, pump0: NewEraPumpDriver
+) -> None:
+    """A stalled pump reports A?S to the pre-read; the rate change then executes (the pump
+    is stopped, not refusing), is applied, and the stall stays latched in the read-back."""
+    sim.pumps[0].raise_alarm(Alarm.STALLED)
+    result = await pump0.set_rate(Decimal(12))
+    assert result.outcome is Outcome.APPLIED
+    assert sim.pumps[0].rate_ml_h == 12
     assert result.readback is not None
     assert result.readback.alarms == {AlarmCode.STALLED}
+    assert result.readback.state is RunState.ALARM
 
 
 @pytest.mark.asyncio
@@ -150,6 +227,7 @@ async def test_pause_stop_start_use_stp_and_run_faithfully(
     assert (stopped.outcome, sim.pumps[0].status) == (Outcome.APPLIED, Status.STOPPED)
     refused = await pump0.pause()
     assert refused.outcome is Outcome.FAILED
+    assert refused.detail == "not sent: pump is stopped"
     assert sim.pumps[0].status is Status.STOPPED
     started = await pump0.start()
     assert (started.outcome, sim.pumps[0].status) == (Outcome.APPLIED, Status.INFUSING)
@@ -198,17 +276,57 @@ async def test_bad_replies_raise_clear_driver_errors(
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize("fault", [Fault.GARBLE, Fault.DROP_REPLY, Fault.WRONG_ADDRESS])
-async def test_rate_is_never_assumed_changed_without_read_back(
+async def test_write_is_not_sent_when_the_pre_read_fails(
     sim: NewEraSimulator, pump0: NewEraPumpDriver, fault: Fault
 ) -> None:
-    """No valid answer to RAT nor to the read-back: uncertain, no read-back, nothing re-sent."""
+    """No valid answer to the pre-read: failed "not sent", and the pump never saw RAT."""
     sim.pumps[0].inject(fault)
     seen = sim.pumps[0].commands_seen
     result = await pump0.set_rate(Decimal(12))
-    assert result.outcome is Outcome.UNCERTAIN
+    assert result.outcome is Outcome.FAILED
+    assert result.detail.startswith("not sent: pre-read failed")
+    assert sim.pumps[0].commands_seen == seen + 1  # the first query only
+    assert sim.pumps[0].rate_ml_h == 9
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("action", ["set_rate", "start", "stop", "pause"])
+async def test_link_dropping_after_the_write_is_uncertain(
+    sim: NewEraSimulator, pump0: NewEraPumpDriver, action: str
+) -> None:
+    """The pump executes the write and the line drops before any reply: no read-back can be
+    taken, so the outcome is uncertain (never failed, never raised), nothing is re-sent."""
+    pump = sim.pumps[0]
+    if action == "start":
+        pump.front_panel_stop()
+    on = {"set_rate": "RAT", "start": "RUN", "stop": "STP", "pause": "STP"}[action]
+    pump.inject(Fault.HANG_UP, count=1, on=on)
+    call = {
+        "set_rate": lambda: pump0.set_rate(Decimal(12)),
+        "start": pump0.start,
+        "stop": pump0.stop,
+        "pause": pump0.pause,
+    }[action]
+    result = await call()
+    assert result.outcome is Outcome.UNCERTAIN, result.detail
     assert result.readback is None
     assert "read-back failed" in result.detail
-    assert sim.pumps[0].commands_seen == seen + 2  # RAT once, then one read-back attempt
+    assert Fault.HANG_UP not in pump.faults  # the write reached the pump
+
+
+@pytest.mark.asyncio
+async def test_no_reply_and_an_unchanged_read_back_is_uncertain(
+    sim: NewEraSimulator, pump0: NewEraPumpDriver
+) -> None:
+    """RAT lost on the way (the pump never executes it, never answers): the pump did not say
+    no, so the write is uncertain, with the read-back (rate unchanged) attached."""
+    sim.pumps[0].inject(Fault.SILENCE, count=1, on="RAT")
+    result = await pump0.set_rate(Decimal(12))
+    assert result.outcome is Outcome.UNCERTAIN
+    assert "no valid reply" in result.detail
+    assert "unchanged" in result.detail
+    assert result.readback is not None
+    assert result.readback.rate_ml_h == 9
 
 
 @pytest.mark.asyncio
@@ -216,7 +334,7 @@ async def test_lost_reply_with_matching_read_back_is_applied(
     sim: NewEraSimulator, pump0: NewEraPumpDriver
 ) -> None:
     """When only the write's reply is lost, the read-back proves the rate: applied, and said so."""
-    sim.pumps[0].inject(Fault.GARBLE, count=1)
+    sim.pumps[0].inject(Fault.GARBLE, count=1, on="RAT")
     result = await pump0.set_rate(Decimal(12))
     assert result.outcome is Outcome.APPLIED
     assert "reply lost" in result.detail
@@ -381,23 +499,29 @@ async def test_tcp_and_socket_urls_share_one_port(sim: NewEraSimulator) -> None:
 async def test_unwritable_rates_are_refused_before_anything_is_sent(
     sim: NewEraSimulator, pump0: NewEraPumpDriver, rate: str
 ) -> None:
-    """A rate the 4-digit format cannot carry raises NotRepresentable; the pump sees nothing."""
+    """A rate the 4-digit format cannot carry: failed "not sent", and the pump sees nothing."""
     seen = sim.pumps[0].commands_seen
-    with pytest.raises(NotRepresentable, match="cannot be written"):
-        await pump0.set_rate(Decimal(rate))
+    result = await pump0.set_rate(Decimal(rate))
+    assert result.outcome is Outcome.FAILED
+    assert result.readback is None
+    assert re.fullmatch(
+        r"not sent: rate \S+ mL/h cannot be written in any New Era unit", result.detail
+    )
     assert sim.pumps[0].commands_seen == seen
 
 
 @pytest.mark.asyncio
 async def test_unreachable_port_is_offline_and_backs_off() -> None:
     """Nothing listening: connect raises PortUnavailable naming the URL; retries back off."""
-    url = f"socket://127.0.0.1:{free_port()}"
-    driver = NewEraPumpDriver(url, 0, timeout_s=FAST_TIMEOUT_S)
-    with pytest.raises(PortUnavailable, match=re.escape(f"cannot open {url}")):
-        await driver.connect()
-    assert driver.connection is ConnectionState.OFFLINE
-    with pytest.raises(PortUnavailable, match="next reconnect attempt in"):
-        await driver.read_status()
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as closed:
+        closed.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+        url = f"socket://127.0.0.1:{closed.getsockname()[1]}"
+        driver = NewEraPumpDriver(url, 0, timeout_s=FAST_TIMEOUT_S)
+        with pytest.raises(PortUnavailable, match=re.escape(f"cannot open {url}")):
+            await driver.connect()
+        assert driver.connection is ConnectionState.OFFLINE
+        with pytest.raises(PortUnavailable, match="next reconnect attempt in"):
+            await driver.read_status()
     bad = NewEraPumpDriver("nonsense://x", 0)
     with pytest.raises(PortUnavailable, match="cannot open nonsense://x"):
         await bad.connect()
@@ -436,3 +560,97 @@ async def test_withdrawing_pump_is_flagged_and_start_turns_it_forward(
     result = await pump0.start()
     assert result.outcome is Outcome.APPLIED
     assert (pump.direction, pump.status) == ("INF", Status.INFUSING)
+
+
+WRITES = ["set_rate", "start", "stop", "pause", "acknowledge_alarms"]
+
+
+def write_call(driver: NewEraPumpDriver, action: str) -> Coroutine[Any, Any, WriteResult]:
+    if action == "set_rate":
+        return driver.set_rate(Decimal(12))
+    method: Callable[[], Coroutine[Any, Any, WriteResult]] = getattr(driver, action)
+    return method()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("action", WRITES)
+async def test_writes_on_a_dead_link_fail_as_not_sent_and_never_raise(action: str) -> None:
+    """The pump's line is gone (simulator closed): every write returns failed "not sent: ..."
+    instead of raising, and says why; nothing reached a pump."""
+    simulator = NewEraSimulator([PumpSetup(rate_ml_h=Decimal(9), running=True, reset_alarm=False)])
+    async with simulator.serving("tcp://127.0.0.1:0"):
+        port = NewEraPort(
+            simulator.url, timeout_s=FAST_TIMEOUT_S, backoff=Backoff(initial_s=5, maximum_s=5)
+        )
+        driver = NewEraPumpDriver(simulator.url, port=port, timeout_s=FAST_TIMEOUT_S)
+        await driver.connect()
+        seen = simulator.pumps[0].commands_seen
+    try:
+        with contextlib.suppress(DriverError):
+            await driver.read_status()  # notices the dropped line
+        result = await write_call(driver, action)
+    finally:
+        await driver.close()
+    assert result.outcome is Outcome.FAILED
+    assert result.detail.startswith("not sent: "), result.detail
+    assert "offline" in result.detail or "closed" in result.detail
+    assert simulator.pumps[0].commands_seen == seen
+    assert simulator.pumps[0].rate_ml_h == 9
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("action", WRITES)
+async def test_writes_before_connect_fail_as_not_sent(sim: NewEraSimulator, action: str) -> None:
+    """A driver that was never connected answers every write failed "not sent" (no assert,
+    no exception), and the pump sees nothing."""
+    driver = NewEraPumpDriver(sim.url, 0, timeout_s=FAST_TIMEOUT_S)
+    seen = sim.pumps[0].commands_seen
+    result = await write_call(driver, action)
+    assert result.outcome is Outcome.FAILED
+    assert "not sent: " in result.detail
+    assert "not connected" in result.detail
+    assert sim.pumps[0].commands_seen == seen
+
+
+@pytest.mark.asyncio
+async def test_pause_of_a_silent_pump_is_failed_not_sent(
+    sim: NewEraSimulator, pump0: NewEraPumpDriver
+) -> None:
+    """The reported case: pause while the pump does not answer returned a DriverError; now
+    the pre-read fails, nothing is written, and pause says so in its result."""
+    sim.pumps[0].inject(Fault.SILENCE)
+    result = await pump0.pause()
+    assert result.outcome is Outcome.FAILED
+    assert result.detail.startswith("not sent: pre-read failed: no reply from pump 00")
+    sim.pumps[0].clear_faults()
+    assert sim.pumps[0].status is Status.INFUSING
+
+
+def _snap(rate: str, device: RunState) -> _Snapshot:
+    return _Snapshot(PumpStatus(state=device, rate_ml_h=Decimal(rate)), device)
+
+
+@pytest.mark.parametrize(
+    ("answer", "after", "outcome"),
+    [
+        (_Answer.ACCEPTED, _snap("12", RunState.INFUSING), Outcome.APPLIED),
+        (_Answer.REFUSED, _snap("12", RunState.INFUSING), Outcome.APPLIED),
+        (_Answer.LOST, _snap("12", RunState.INFUSING), Outcome.APPLIED),
+        (_Answer.REFUSED, _snap("9", RunState.INFUSING), Outcome.FAILED),
+        (_Answer.REFUSED, _snap("9", RunState.PAUSED), Outcome.UNCERTAIN),
+        (_Answer.REFUSED, _snap("10", RunState.INFUSING), Outcome.UNCERTAIN),
+        (_Answer.LOST, _snap("9", RunState.INFUSING), Outcome.UNCERTAIN),
+        (_Answer.ACCEPTED, _snap("9", RunState.INFUSING), Outcome.UNCERTAIN),
+    ],
+)
+def test_the_read_back_decides_the_outcome_of_a_rate_write(
+    answer: _Answer, after: _Snapshot, outcome: Outcome
+) -> None:
+    """Decision table of a write of 12 mL/h to a pump infusing 9: the read-back showing 12 is
+    applied whatever the answer; failed needs a refusal *and* rate and state unchanged; any
+    other read-back (paused, another rate, no answer, accepted but unchanged) is uncertain."""
+    before = _snap("9", RunState.INFUSING)
+    sent = _Sent(sent=True, answer=answer, detail="pump said so")
+    result = _judge(before, after, sent, lambda s: s.status.rate_ml_h == 12, "rate 12 mL/h")
+    assert result.outcome is outcome, result.detail
+    assert result.readback == after.status

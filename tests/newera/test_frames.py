@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from decimal import Decimal
 
 import pytest
@@ -299,3 +300,125 @@ def test_encode_rate_examples_and_limits() -> None:
     assert encode_rate(Decimal("0.0007")) == ("0.700", RateUnit.UL_H)
     with pytest.raises(NotRepresentable, match="cannot be written"):
         encode_rate(Decimal(10**7))
+
+
+def _decoded_commands(stream: CommandStream, limit: int) -> list[Command]:
+    """Pop until the stream wants more bytes, skipping the FrameErrors it reports."""
+    found: list[Command] = []
+    for _ in range(limit):
+        try:
+            frame = stream.pop()
+            if frame is None:
+                break
+            found.append(command_of(frame))
+        except FrameError:
+            continue
+    return found
+
+
+command_texts = st.builds(
+    lambda addr, name, params: Command(name, params, addr).text(),
+    st.none() | st.integers(0, 99),
+    st.sampled_from(sorted(n for n in COMMANDS if n)),
+    st.sampled_from(["", "9.0MH", "INF", "12"]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.binary(min_size=0, max_size=30).map(lambda b: b.replace(b"\r", b"").replace(b"\x02", b"")),
+    st.integers(min_value=0, max_value=200),
+    st.integers(min_value=1, max_value=255),
+    command_texts,
+    st.booleans(),
+)
+def test_a_garbled_packet_never_eats_the_command_after_it(
+    payload: bytes, where: int, flip: int, text: str, next_safe: bool
+) -> None:
+    """A safe packet with any one byte after its STX corrupted (payload, CRC, length or ETX),
+    followed at once by a valid basic line or safe packet: the valid command is decoded."""
+    packet = bytearray(SafePacket(payload).serialize())
+    i = 1 + where % (len(packet) - 1)
+    packet[i] ^= flip
+    if packet[i] == 0x02:  # a new STX is a new frame start, not a corruption of this one
+        packet[i] ^= 0x80
+    good = encode_command(Command.parse(text), safe=next_safe)
+    stream = CommandStream()
+    stream.feed(bytes(packet) + good)
+    found = _decoded_commands(stream, len(packet) + 4)
+    assert found[-1:] == [Command.parse(text)]
+    assert len(stream) == 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.binary(min_size=1, max_size=100),
+    st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789. ", max_size=20),
+)
+def test_garbage_then_a_safe_packet_decodes_the_packet(garbage: bytes, text: str) -> None:
+    """Any bytes (cut-short packets, bogus length bytes, noise) before a valid safe packet:
+    the packet is decoded, and the buffer holds nothing after it."""
+    stream = CommandStream()
+    good = SafePacket(text.encode()).serialize()
+    stream.feed(garbage + good)
+    found = _decoded_commands(stream, len(garbage) + 4)
+    assert found[-1:] == [Command.parse(text)]
+    assert len(stream) == 0
+
+
+@pytest.mark.parametrize(
+    ("name", "corrupt"),
+    [
+        ("bad CRC", lambda p: p[:-3] + bytes([p[-3] ^ 0x10]) + p[-2:]),
+        ("garbled payload", lambda p: p[:3] + b"X" + p[4:]),
+        ("bad length byte", lambda p: p[:1] + b"\x01" + p[2:]),
+        ("length too long", lambda p: p[:1] + bytes([p[1] + 20]) + p[2:]),
+        ("lost ETX", lambda p: p[:-1] + b"Z"),
+    ],
+)
+def test_basic_rat_right_after_a_corrupted_packet_is_decoded(
+    name: str, corrupt: Callable[[bytes], bytes]
+) -> None:
+    """The reported case: a corrupted SAF0 packet then `RAT\\r` in one read -> RAT is decoded
+    (after one FrameError for the bad packet)."""
+    stream = CommandStream()
+    stream.feed(corrupt(SAF0_PACKET) + b"RAT\r")
+    errors = 0
+    frames = []
+    for _ in range(6):
+        try:
+            frame = stream.pop()
+        except FrameError:
+            errors += 1
+            continue
+        if frame is None:
+            break
+        frames.append(command_of(frame))
+    assert frames == [Command("RAT")], name
+    assert errors >= 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    replies, st.integers(min_value=0, max_value=200), st.integers(1, 255), replies, st.booleans()
+)
+def test_a_garbled_reply_never_eats_the_reply_after_it(
+    bad: Reply, where: int, flip: int, reply: Reply, safe: bool
+) -> None:
+    """Driver side: a reply with one byte after its STX corrupted, then a good reply in the
+    same read: the good reply is decoded."""
+    wire = bytearray(encode_reply(bad, safe=safe))
+    i = 1 + where % (len(wire) - 1)
+    wire[i] ^= flip
+    stream = ReplyStream()
+    stream.feed(bytes(wire) + encode_reply(reply, safe=safe))
+    found: list[Reply] = []
+    for _ in range(len(wire) + 4):
+        try:
+            frame = stream.pop(safe=safe)
+        except FrameError:
+            continue
+        if frame is None:
+            break
+        found.append(reply_of(frame))
+    assert found[-1:] == [reply]

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import selectors
+import re
 import subprocess
 import sys
 from decimal import Decimal
@@ -12,7 +11,7 @@ from decimal import Decimal
 import pytest
 
 from sim_devices.newera_server import NewEraSimulator, PumpSetup
-from tests.support.procs import free_port
+from tests.support.procs import wait_for_line
 
 SAF0_PACKET = bytes.fromhex("02 08 53 41 46 30 55 43 03")
 
@@ -92,7 +91,6 @@ async def test_terminal_safe_mode_packets_and_the_saf0_rescue_packet() -> None:
 
 def test_cli_serves_a_terminal_until_terminated() -> None:
     """`infusiond sim newera --listen ...` logs its URL, answers bytes, and exits 0 on SIGTERM."""
-    port = free_port()
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -101,7 +99,7 @@ def test_cli_serves_a_terminal_until_terminated() -> None:
             "sim",
             "newera",
             "--listen",
-            f"tcp://127.0.0.1:{port}",
+            "tcp://127.0.0.1:0",  # the simulator binds any free port and logs it
             "--rate",
             "9.0",
             "--running",
@@ -116,14 +114,12 @@ def test_cli_serves_a_terminal_until_terminated() -> None:
     )
     try:
         assert proc.stdout is not None
-        seen = b""
-        with selectors.DefaultSelector() as sel:
-            sel.register(proc.stdout, selectors.EVENT_READ)
-            while b"serving" not in seen:
-                assert sel.select(10), f"simulator did not start: {seen!r}"
-                chunk = os.read(proc.stdout.fileno(), 4096)
-                assert chunk, f"simulator exited: {seen!r}"
-                seen += chunk
+        seen = wait_for_line(proc, b"serving", timeout=10, stream=proc.stdout)
+        if b"\n" not in seen[seen.index(b"serving") :]:  # the URL is on the same line
+            seen += wait_for_line(proc, b"\n", timeout=10, stream=proc.stdout)
+        found = re.search(rb"socket://127\.0\.0\.1:(\d+)", seen)
+        assert found is not None, f"no URL in the simulator's log line: {seen!r}"
+        port = int(found.group(1))
 
         async def talk() -> tuple[bytes, bytes]:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -144,3 +140,38 @@ def test_cli_serves_a_terminal_until_terminated() -> None:
         assert proc.wait(timeout=10) == 0
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("in_safe_mode", [False, True])
+async def test_basic_command_right_after_a_corrupted_packet_is_answered(
+    in_safe_mode: bool,
+) -> None:
+    """A SAF0 packet with a bad CRC and `RAT\\r` in one write: the bad packet is refused (?COM
+    when the pump is in safe mode) and the basic RAT that follows is still answered."""
+    sim = NewEraSimulator([PumpSetup(rate_ml_h=Decimal(9), reset_alarm=False)])
+    if in_safe_mode:
+        sim.pumps[0].safe_timeout_s = 60
+    corrupted = bytearray(SAF0_PACKET)
+    corrupted[-2] ^= 0x01  # CRC low byte
+    async with sim.serving("tcp://127.0.0.1:0"):
+        reader, writer = await asyncio.open_connection("127.0.0.1", sim.port)
+        try:
+            writer.write(bytes(corrupted) + b"RAT\r")
+            await writer.drain()
+            async with asyncio.timeout(2):
+                if in_safe_mode:
+                    head = await reader.readexactly(2)
+                    com = head + await reader.readexactly(head[1] - 1)
+                    assert com == safe_packet(b"00S?COM")
+                    # a basic command to a pump in safe mode is answered ?COM, in a packet
+                    head = await reader.readexactly(2)
+                    rat = head + await reader.readexactly(head[1] - 1)
+                    assert rat == safe_packet(b"00S?COM")
+                else:
+                    assert await reader.readuntil(b"\x03") == b"\x0200S9.000MH\x03"
+        finally:
+            writer.close()
+            await writer.wait_closed()
+    assert sim.frame_errors == 1
+    assert sim.pumps[0].safe_timeout_s == (60 if in_safe_mode else 0)

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from drivers.base import Outcome
+from drivers.newera import NewEraPumpDriver
 from drivers.newera.frames import Alarm, Status
 from sim_devices.newera_pump import Fault
 from sim_devices.newera_scenario import (
@@ -61,4 +63,57 @@ def test_bad_scenario_file_is_refused_before_serving(tmp_path: Path) -> None:
     bad.write_text('[[events]]\nat_s = 1\naction = "explode"\n')
     _, events = load_scenario(bad)
     with pytest.raises(ScenarioError, match="unknown action 'explode'"):
+        check_events(NewEraSimulator(), events, str(bad))
+
+
+REFUSE = STALL.with_name("newera-refuse-but-apply.toml")
+
+
+@pytest.mark.asyncio
+async def test_shipped_refuse_but_apply_scenario_makes_rate_changes_applied() -> None:
+    """The shipped scenario answers every rate change ?OOR yet applies it; the driver reports
+    applied (the read-back shows the rate), and rate queries are left alone."""
+    pumps, events = load_scenario(REFUSE)
+    sim = NewEraSimulator(pumps, speed=10)
+    check_events(sim, events, str(REFUSE))
+    async with sim.serving("tcp://127.0.0.1:0"):
+        await play(sim, events, str(REFUSE))
+        driver = NewEraPumpDriver(sim.url, 0, timeout_s=0.25)
+        await driver.connect()
+        try:
+            for rate in (Decimal(12), Decimal("7.5")):
+                result = await driver.set_rate(rate)
+                assert result.outcome is Outcome.APPLIED
+                assert "?OOR" in result.detail
+                assert sim.pumps[0].rate_ml_h == rate
+        finally:
+            await driver.close()
+
+
+def test_refusal_fault_specs_take_a_code_and_a_command() -> None:
+    """NAME=CODE/COMMAND@ADDRESS arms a refusal for that command's writes on that pump; a code
+    or command the pump does not have is refused, naming it."""
+    sim = NewEraSimulator([PumpSetup(address=0), PumpSetup(address=1)])
+    apply_fault_spec(sim, "refuse-but-apply=A?R/rat@1")
+    pump = sim.pumps[1]
+    assert (pump.reject_with, pump.fault_on) == ("A?R", {Fault.REFUSE_BUT_APPLY: "RAT"})
+    assert pump.faults == {Fault.REFUSE_BUT_APPLY: None}
+    apply_fault_spec(sim, "reject=?NA")
+    assert (sim.pumps[0].reject_with, sim.pumps[0].fault_on) == ("?NA", {})
+    with pytest.raises(ScenarioError, match=r"refuse-but-apply code '\?XYZ' is not one of"):
+        apply_fault_spec(sim, "refuse-but-apply=?XYZ")
+    with pytest.raises(ScenarioError, match="fault 'hang-up' on unknown command 'FOO'"):
+        apply_fault_spec(sim, "hang-up/FOO")
+
+
+def test_scenario_fault_events_are_checked_before_serving(tmp_path: Path) -> None:
+    """A fault event with an unknown refusal code or command is refused before serving."""
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[events]]\nat_s = 1\naction = "fault"\nfault = "reject=A?Q"\n')
+    _, events = load_scenario(bad)
+    with pytest.raises(ScenarioError, match=r"events\[0\]: reject code 'A\?Q'"):
+        check_events(NewEraSimulator(), events, str(bad))
+    bad.write_text('[[events]]\nat_s = 1\naction = "fault"\nfault = "garble"\non = "XYZ"\n')
+    _, events = load_scenario(bad)
+    with pytest.raises(ScenarioError, match="on unknown command 'XYZ'"):
         check_events(NewEraSimulator(), events, str(bad))

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 from decimal import Decimal
 
 import pytest
+import serial_asyncio_fast
 
 from drivers.base import AlarmCode, Outcome, RunState
 from drivers.newera import NewEraPumpDriver
 from drivers.newera.frames import Status
+from sim_devices.newera_pump import Fault
 from sim_devices.newera_server import NewEraSimulator, PumpSetup
+from tests.newera.test_raw_client import SAF0_PACKET
 from tests.support.procs import PtyPair
 
 
@@ -63,3 +67,53 @@ async def test_safe_mode_over_a_pty_stops_the_pump_when_the_gateway_goes_silent(
             assert status.alarms == {AlarmCode.COMM_TIMEOUT}
         finally:
             await driver.close()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("safe", [False, True], ids=["basic", "safe-mode"])
+async def test_driver_reads_the_good_reply_after_a_garbled_one_on_a_pty(
+    pty_pair: PtyPair, safe: bool
+) -> None:
+    """The pump sends a corrupted copy of each reply (bad character or bad CRC) right before
+    the good one: the driver's reply reader parses the bytes after the bad frame afresh, so
+    every query and write still gets its answer."""
+    sim = NewEraSimulator(
+        [PumpSetup(rate_ml_h=Decimal(9), running=True, reset_alarm=False)], speed=10
+    )
+    pump = sim.pumps[0]
+    async with sim.serving(str(pty_pair.a)):
+        driver = NewEraPumpDriver(str(pty_pair.b), 0, timeout_s=0.5, watchdog_s=30 if safe else 0)
+        await driver.connect()
+        try:
+            assert driver.safe_mode is safe
+            pump.inject(Fault.NOISE)
+            assert (await driver.read_status()).rate_ml_h == 9
+            result = await driver.set_rate(Decimal(12))
+            assert result.outcome is Outcome.APPLIED
+            assert "reply lost" not in result.detail
+            assert pump.rate_ml_h == 12
+        finally:
+            pump.clear_faults()
+            await driver.close()
+
+
+@pytest.mark.asyncio
+async def test_basic_command_after_a_corrupted_packet_is_answered_on_a_pty(
+    pty_pair: PtyPair,
+) -> None:
+    """On the serial line: a SAF0 packet with a bad CRC and `RAT\\r` in one write -- the pump
+    does not switch modes and answers RAT."""
+    sim = NewEraSimulator([PumpSetup(rate_ml_h=Decimal(9), reset_alarm=False)])
+    corrupted = bytearray(SAF0_PACKET)
+    corrupted[3] ^= 0x01
+    async with sim.serving(str(pty_pair.a)):
+        reader, writer = await serial_asyncio_fast.open_serial_connection(
+            url=str(pty_pair.b), baudrate=19200
+        )
+        try:
+            writer.write(bytes(corrupted) + b"RAT\r")
+            async with asyncio.timeout(2):
+                assert await reader.readuntil(b"\x03") == b"\x0200S9.000MH\x03"
+        finally:
+            writer.close()
+    assert sim.frame_errors == 1
