@@ -27,6 +27,7 @@ from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.constants import ExcCodes
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 from pymodbus.framer import FramerType
+from pymodbus.framer.rtu import FramerRTU
 from pymodbus.pdu import ModbusPDU
 
 from drivers.backoff import Backoff
@@ -35,6 +36,10 @@ from drivers.errors import DeviceRejected, DeviceTimeout, DriverError, FrameErro
 from drivers.modbus.regmap import Span, Table
 
 log = structlog.get_logger("infusiond.drivers.modbus")
+
+MBAP_HEADER = 6  # transaction id, protocol id, length: the length counts the bytes after it
+MBAP_MIN_FRAME = 9  # header, unit id, function code, one byte of data
+RTU_MIN_FRAME = 5  # unit id, function code, one byte of data, CRC
 
 
 class LinkKind(enum.Enum):
@@ -106,7 +111,11 @@ class ModbusBus:
         self._next_attempt = 0.0
         self._expect_unit = 0
         self._foreign_unit: int | None = None
+        self._received = 0  # bytes of the answer seen so far (framed or not)
         self._quiet_until = 0.0
+        #: frames handed to the transport so far: a caller compares it before and after a
+        #: request to know whether that request may have reached the device
+        self.frames_sent = 0
         self._client = self._make_client()
 
     def _make_client(self) -> AsyncModbusTcpClient | AsyncModbusSerialClient:
@@ -130,12 +139,33 @@ class ModbusBus:
         )
 
     def _trace_packet(self, sending: bool, data: bytes) -> bytes:  # noqa: FBT001 - pymodbus API
-        """Notice answers that carry another unit id (pymodbus silently skips them)."""
-        if not sending and data:
-            pos = 0 if self.address.rtu else 6
-            if len(data) > pos and data[pos] != self._expect_unit:
-                self._foreign_unit = data[pos]
+        """Count frames sent; notice answers that are well-formed frames from another unit id
+        (pymodbus silently skips them) and bytes that form no frame at all."""
+        if sending:
+            self.frames_sent += 1
+            return data
+        self._received = max(self._received, len(data))
+        unit = self._frame_unit(data)
+        if unit is not None and unit != self._expect_unit:
+            self._foreign_unit = unit
         return data
+
+    def _start_request(self, unit: int) -> None:
+        """Forget what the previous answer looked like."""
+        self._expect_unit, self._foreign_unit, self._received = unit, None, 0
+
+    def _frame_unit(self, data: bytes) -> int | None:
+        """The unit id of a complete, well-formed frame at the start of ``data``, else None."""
+        if self.address.rtu:
+            crc = int.from_bytes(data[-2:], "big")
+            if len(data) >= RTU_MIN_FRAME and FramerRTU.check_CRC(data[:-2], crc):
+                return data[0]
+            return None
+        if len(data) < MBAP_MIN_FRAME or data[2:4] != b"\0\0":
+            return None
+        if len(data) < MBAP_HEADER + int.from_bytes(data[4:6], "big"):
+            return None
+        return data[6]
 
     @property
     def connected(self) -> bool:
@@ -222,7 +252,7 @@ class ModbusBus:
         quiet = self._quiet_until - self._clock()
         if quiet > 0:
             await asyncio.sleep(quiet)
-        self._expect_unit, self._foreign_unit = unit, None
+        self._start_request(unit)
         try:
             async with asyncio.timeout(self.timeout_s * 2 + 1):
                 pdu = await call()
@@ -234,6 +264,13 @@ class ModbusBus:
                 ) from None
             if not self._client.connected:
                 self.mark_lost(f"connection lost during {what}")
+            if self._received:
+                received = self._received
+                self.abandon(f"garbage on the link during {what}")
+                raise FrameError(
+                    f"{self.address.url} unit {unit} {what}: {received} bytes received within "
+                    f"{self.timeout_s} s, but no valid answer frame"
+                ) from None
             if self.address.rtu:
                 self._quiet_until = self._clock() + self.timeout_s
             raise DeviceTimeout(
@@ -256,6 +293,16 @@ class ModbusBus:
                 f"{self.address.url} unit {unit} {what}: the answer came from unit id {pdu.dev_id}"
             )
         return pdu
+
+    def abandon(self, reason: str) -> None:
+        """A request ended without its answer, and bytes may still be on the way (a late,
+        trickling or garbled answer). A TCP stream is then out of step: drop the connection
+        so that the next request starts on a clean one. An RTU line is let go quiet for one
+        timeout instead, so that the late bytes pass before the next request."""
+        if self.address.rtu:
+            self._quiet_until = self._clock() + self.timeout_s
+        elif self._client.connected:
+            self.mark_lost(reason)
 
     def close(self) -> None:
         self._client.close()
