@@ -55,6 +55,9 @@ class Fault(enum.Enum):
     SHORT_ANSWER = "short_answer"  # read answers carry one register less than asked
     BUSY = "busy"  # answers every request with exception 6 (device busy)
     LOST_ANSWER = "lost_answer"  # writes execute but their answers are lost on the wire
+    GARBAGE = "garbage"  # every answer is replaced by bytes that form no frame
+    MISEXECUTE = "misexecute"  # apply_rate reports ok but runs ARG mL/h (default a tenth)
+    REFUSE_BUT_APPLY = "refuse_but_apply"  # commands execute, yet last_result says not allowed
 
 
 ALARM_FAULTS = {
@@ -133,6 +136,16 @@ class CommFaults:
     short_answer: bool = False
     busy: bool = False
     lost_answer: bool = False
+    garbage: bool = False
+
+
+@dataclass
+class Misbehaviour:
+    """How the pump's firmware misbehaves when it executes commands."""
+
+    misexecute: bool = False
+    misexecute_rate: Decimal | None = None  # None: a tenth of the setpoint
+    refuse_but_apply: bool = False
 
 
 @dataclass
@@ -158,6 +171,7 @@ class PumpModel:
     boot_at: float = 0.0
     last_feed_real: float = 0.0
     comm: CommFaults = field(default_factory=CommFaults)
+    firmware: Misbehaviour = field(default_factory=Misbehaviour)
     frozen_image: dict[Table, dict[int, int]] | None = None
     overrides: dict[int, int] = field(default_factory=dict)  # raw holding/input overrides
     writes: int = 0
@@ -254,6 +268,15 @@ class PumpModel:
             self.comm.busy = True
         elif fault is Fault.LOST_ANSWER:
             self.comm.lost_answer = True
+        elif fault is Fault.GARBAGE:
+            self.comm.garbage = True
+        elif fault is Fault.MISEXECUTE:
+            self.firmware.misexecute = True
+            self.firmware.misexecute_rate = (
+                None if arg is None else Decimal(str(arg)).quantize(CENT, ROUND_DOWN)
+            )
+        elif fault is Fault.REFUSE_BUT_APPLY:
+            self.firmware.refuse_but_apply = True
 
     def clear(self, fault: Fault) -> None:
         """Remove a fault's cause. Latched alarms stay until acknowledged (command 5)."""
@@ -276,6 +299,12 @@ class PumpModel:
             self.comm.busy = False
         elif fault is Fault.LOST_ANSWER:
             self.comm.lost_answer = False
+        elif fault is Fault.GARBAGE:
+            self.comm.garbage = False
+        elif fault is Fault.MISEXECUTE:
+            self.firmware.misexecute = False
+        elif fault is Fault.REFUSE_BUT_APPLY:
+            self.firmware.refuse_but_apply = False
 
     def _power_reset(self, real_now: float) -> None:
         self.state = "stopped"
@@ -322,6 +351,11 @@ class PumpModel:
             if self.state == "infusing" and self.setpoint <= 0:
                 return "not_allowed"
             self.rate = self.setpoint
+            if self.firmware.misexecute:
+                wrong = self.firmware.misexecute_rate
+                self.rate = (
+                    (self.setpoint / 10).quantize(CENT, ROUND_DOWN) if wrong is None else wrong
+                )
         else:
             return "not_allowed"
         return "ok"
@@ -397,6 +431,8 @@ class PumpModel:
             self.last_feed_real = real_now
         if "command_seq" in decoded:
             outcome = self.execute(self.command)
+            if self.firmware.refuse_but_apply and outcome == "ok":
+                outcome = "not_allowed"
             codes = {name: raw for raw, name in self.regmap.results.items()}
             self.last_result = codes[outcome]
             self.executed_seq = self.command_seq

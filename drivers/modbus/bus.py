@@ -269,7 +269,7 @@ class ModbusBus:
                 self.abandon(f"garbage on the link during {what}")
                 raise FrameError(
                     f"{self.address.url} unit {unit} {what}: {received} bytes received within "
-                    f"{self.timeout_s} s, but no valid answer frame"
+                    f"{self.timeout_s} s, but no complete valid answer frame"
                 ) from None
             if self.address.rtu:
                 self._quiet_until = self._clock() + self.timeout_s
