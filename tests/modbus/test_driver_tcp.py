@@ -77,6 +77,17 @@ async def test_rate_outside_the_map_range_is_refused_before_sending(rig: Rig) ->
     assert too_fine.outcome is Outcome.FAILED
     assert too_fine.detail.startswith("not sent: ")
     assert "multiple of the resolution 0.01" in too_fine.detail
+    for bad, why in [
+        ("NaN", "is not a finite number"),
+        ("sNaN", "is not a finite number"),
+        ("-Infinity", "is not a finite number"),
+        ("1E+999999", "does not fit a u32"),
+        ("-0.01", "does not fit a u32"),
+    ]:
+        result = await rig.driver.set_rate(Decimal(bad))
+        assert result.outcome is Outcome.FAILED
+        assert result.detail.startswith("not sent: ")
+        assert f"rate_setpoint (holding register 20-21): value {bad} {why}" in result.detail
     assert len(rig.sim.requests) == requests
 
 
