@@ -9,6 +9,13 @@ Reconnects are driven by use: when the link is down, an operation first waits fo
 attempt allowed by a capped exponential backoff with jitter, so a dead device costs nothing
 between attempts and never blocks other pumps for longer than one connect timeout.
 
+A request that gets no valid answer is told apart: silence (DeviceTimeout), a well-formed
+answer from another unit id (FrameError naming it), or bytes that form no complete frame in
+time: garbage or a trickle (FrameError). After garbage, a trickle or an abandoned request a TCP
+stream is out of step, so the connection is dropped and the next use reconnects; an RTU line is
+left quiet for one timeout instead. ``frames_sent`` counts frames handed to the transport, so a
+caller knows whether a write may have reached the device.
+
 URLs: ``tcp://host:port`` (Modbus TCP), ``socket://host:port`` (RTU framing over a TCP socket,
 the pyserial URL form), or a serial device path (``/dev/ttyUSB0``, a pty) for Modbus RTU.
 """
