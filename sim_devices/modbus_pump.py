@@ -34,6 +34,8 @@ STOPPING_ALARMS = frozenset(
     {"occlusion", "air_in_line", "empty", "door_open", "hardware_fault", "comm_timeout"}
 )
 WATCHDOG_FIELDS = ("rate_setpoint", "command", "command_seq")
+GATEWAY_NO_RESPONSE = 11  # Modbus exception: the device behind a gateway did not answer
+EXCEPTION_CODES = frozenset({1, 2, 3, 4, 5, 6, 7, 8, 10, 11})  # defined by the Modbus spec
 
 
 class Fault(enum.Enum):
@@ -58,6 +60,7 @@ class Fault(enum.Enum):
     GARBAGE = "garbage"  # every answer is replaced by bytes that form no frame
     MISEXECUTE = "misexecute"  # apply_rate reports ok but runs ARG mL/h (default a tenth)
     REFUSE_BUT_APPLY = "refuse_but_apply"  # commands execute, yet last_result says not allowed
+    WRITE_EXCEPTION = "write_exception"  # writes execute, then exception ARG (default 11) answers
 
 
 ALARM_FAULTS = {
@@ -137,6 +140,7 @@ class CommFaults:
     busy: bool = False
     lost_answer: bool = False
     garbage: bool = False
+    write_exception: int = 0  # 0: none; else the exception code that answers executed writes
 
 
 @dataclass
@@ -277,6 +281,14 @@ class PumpModel:
             )
         elif fault is Fault.REFUSE_BUT_APPLY:
             self.firmware.refuse_but_apply = True
+        elif fault is Fault.WRITE_EXCEPTION:
+            code = int(arg) if arg is not None else GATEWAY_NO_RESPONSE
+            if code not in EXCEPTION_CODES:
+                raise ValueError(
+                    f"write_exception: {code} is not a Modbus exception code "
+                    f"{sorted(EXCEPTION_CODES)}"
+                )
+            self.comm.write_exception = code
 
     def clear(self, fault: Fault) -> None:
         """Remove a fault's cause. Latched alarms stay until acknowledged (command 5)."""
@@ -305,6 +317,8 @@ class PumpModel:
             self.firmware.misexecute = False
         elif fault is Fault.REFUSE_BUT_APPLY:
             self.firmware.refuse_but_apply = False
+        elif fault is Fault.WRITE_EXCEPTION:
+            self.comm.write_exception = 0
 
     def _power_reset(self, real_now: float) -> None:
         self.state = "stopped"

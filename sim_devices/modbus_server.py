@@ -240,6 +240,8 @@ class ModbusPumpSimulator:
                 status=pump.state,
                 rate=str(pump.rate),
             )
+            if pump.comm.write_exception:
+                return ExcCodes(pump.comm.write_exception)
         table = Table.INPUT if function_code == 4 else Table.HOLDING
         image = pump.image()[table]
         for i in range(len(registers)):

@@ -44,6 +44,17 @@ from drivers.modbus.regmap import Span, Table
 
 log = structlog.get_logger("infusiond.drivers.modbus")
 
+#: exception codes that mean the request was refused without being acted on
+NOT_PERFORMED = frozenset(
+    {
+        ExcCodes.ILLEGAL_FUNCTION,
+        ExcCodes.ILLEGAL_ADDRESS,
+        ExcCodes.ILLEGAL_VALUE,
+        ExcCodes.DEVICE_BUSY,
+        ExcCodes.NEGATIVE_ACKNOWLEDGE,
+        ExcCodes.GATEWAY_PATH_UNAVIABLE,
+    }
+)
 MBAP_HEADER = 6  # transaction id, protocol id, length: the length counts the bytes after it
 MBAP_MIN_FRAME = 9  # header, unit id, function code, one byte of data
 RTU_MIN_FRAME = 5  # unit id, function code, one byte of data, CRC
@@ -290,11 +301,7 @@ class ModbusBus:
             raise DriverError(f"{self.address.url} unit {unit} {what}: {exc}") from exc
         self._set_state(ConnectionState.ONLINE, "connected")
         if pdu.isError():
-            code = pdu.exception_code
-            name = ExcCodes(code).name if code in ExcCodes._value2member_map_ else "unknown"
-            raise DeviceRejected(
-                f"{self.address.url} unit {unit} {what}: exception response {code} ({name})"
-            )
+            raise _exception_response(f"{self.address.url} unit {unit} {what}", pdu.exception_code)
         if pdu.dev_id != unit and not (self.address.kind is LinkKind.TCP and pdu.dev_id == 0):
             raise FrameError(
                 f"{self.address.url} unit {unit} {what}: the answer came from unit id {pdu.dev_id}"
@@ -314,6 +321,20 @@ class ModbusBus:
     def close(self) -> None:
         self._client.close()
         self._set_state(ConnectionState.OFFLINE, "closed")
+
+
+def _exception_response(where: str, code: int) -> DriverError:
+    """The error for an exception response. Only codes that say the request was not acted on
+    are a refusal (DeviceRejected); 11 means the device behind a gateway did not answer
+    (DeviceTimeout); any other (device failure, acknowledge, parity, unknown) may have acted,
+    so it is a plain DriverError: a write answered so is never taken as refused."""
+    name = ExcCodes(code).name if code in ExcCodes._value2member_map_ else "unknown"
+    text = f"{where}: exception response {code} ({name})"
+    if code in NOT_PERFORMED:
+        return DeviceRejected(text)
+    if code == ExcCodes.GATEWAY_NO_RESPONSE:
+        return DeviceTimeout(f"{text}: the device behind the gateway did not answer")
+    return DriverError(f"{text}: the request may have been acted on")
 
 
 class BusRegistry:

@@ -316,3 +316,43 @@ async def test_a_trickled_poll_past_the_deadline_is_a_device_timeout_naming_it()
             await driver.read_status()
         link.faults.clear()
         assert (await driver.read_status()).rate_ml_h == Decimal("52.50")
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("code", "name"),
+    [
+        (4, "DEVICE_FAILURE"),
+        (5, "ACKNOWLEDGE"),
+        (8, "MEMORY_PARITY_ERROR"),
+        (11, "GATEWAY_NO_RESPONSE"),
+    ],
+)
+async def test_an_exception_that_may_have_acted_is_uncertain_not_refused(
+    code: int, name: str
+) -> None:
+    """Exception 4 (failed while acting), 5 (will act later), 8 or 11 (the device behind a
+    gateway did not answer) to the write: the write may have taken effect, so ``uncertain``
+    even though the rate did change, never ``failed``."""
+    sim = ModbusPumpSimulator([demo_pump(1)])
+    async with proxied(sim) as (_link, driver, _registry):
+        sim.inject("write_exception", code, unit=1)
+        result = await driver.set_rate(NEW_RATE)
+        assert result.outcome is Outcome.UNCERTAIN, result.detail
+        assert f"exception response {code} ({name})" in result.detail
+        assert sim.pump(1).rate == NEW_RATE
+        assert writes_on_the_wire(sim) == 1
+
+
+@pytest.mark.asyncio
+async def test_a_write_refused_with_busy_yet_applied_is_applied() -> None:
+    """Exception 6 (busy: "not acted on") to the write, but the read-back shows the new rate:
+    the read-back wins, ``applied``, and the detail keeps the device's word."""
+    sim = ModbusPumpSimulator([demo_pump(1)])
+    async with proxied(sim) as (_link, driver, _registry):
+        sim.inject("write_exception", 6, unit=1)
+        result = await driver.set_rate(NEW_RATE)
+        assert result.outcome is Outcome.APPLIED, result.detail
+        assert "exception response 6 (DEVICE_BUSY)" in result.detail
+        assert result.readback is not None
+        assert result.readback.rate_ml_h == NEW_RATE
