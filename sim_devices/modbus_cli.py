@@ -7,7 +7,8 @@ Examples::
     infusiond sim modbus --scenario sim_devices/scenarios/modbus-occlusion.toml --speed 10
     infusiond sim modbus --listen tcp://127.0.0.1:5020 --pumps 3 --port-per-pump
 
-With ``--port-per-pump`` pump k answers as unit 1 on port BASE+k-1 (one device per port), and
+With ``--port-per-pump`` pump k answers as unit 1 on port BASE+k-1 (one device per port), or,
+with port 0 (``--listen tcp://127.0.0.1:0``), on a port the OS picks for each pump (printed);
 ``k:FAULT`` / scenario ``unit = k`` address pump k.
 
 It prints what it serves (URL, unit ids, map) on stdout and logs every register write
@@ -29,10 +30,10 @@ from drivers.modbus.bus import LinkKind, parse_url
 from sim_devices.clock import SimClock
 from sim_devices.modbus_pump import Fault, FaultSpec, PumpConfig
 from sim_devices.modbus_scenario import Scenario, ScenarioError, load_scenario, play
-from sim_devices.modbus_server import ModbusPumpSimulator
+from sim_devices.modbus_server import ModbusPumpSimulator, SimulatorError
 
 DEFAULT_LISTEN = "tcp://127.0.0.1:5020"
-EXIT_OK, EXIT_USAGE = 0, 2
+EXIT_OK, EXIT_CANNOT_SERVE, EXIT_USAGE = 0, 1, 2
 
 
 class UsageError(ValueError):
@@ -135,12 +136,15 @@ def build_simulators(
 
 
 def _urls(url: str, count: int) -> list[str]:
-    """``count`` consecutive ports from ``url``'s (port-per-pump mode)."""
+    """``count`` consecutive ports from ``url``'s (port-per-pump mode); port 0: each pump on a
+    port of its own that the OS picks."""
     if count == 1:
         return [url]
     address = parse_url(url)
-    if address.kind is LinkKind.RTU_SERIAL or address.port == 0:
-        raise UsageError("--port-per-pump needs --listen with an explicit port")
+    if address.kind is LinkKind.RTU_SERIAL:
+        raise UsageError("--port-per-pump needs --listen with a TCP URL")
+    if address.port == 0:
+        return [url] * count
     return [f"{address.kind.value}://{address.host}:{address.port + i}" for i in range(count)]
 
 
@@ -202,5 +206,9 @@ def run(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, stop.set)
         await serve(sims, url, faults, scenario, stop)
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except SimulatorError as exc:  # port in use, serial device missing: one line, no traceback
+        sys.stderr.write(f"infusiond sim modbus: {exc}\n")
+        return EXIT_CANNOT_SERVE
     return EXIT_OK

@@ -34,6 +34,8 @@ STOPPING_ALARMS = frozenset(
     {"occlusion", "air_in_line", "empty", "door_open", "hardware_fault", "comm_timeout"}
 )
 WATCHDOG_FIELDS = ("rate_setpoint", "command", "command_seq")
+GATEWAY_NO_RESPONSE = 11  # Modbus exception: the device behind a gateway did not answer
+EXCEPTION_CODES = frozenset({1, 2, 3, 4, 5, 6, 7, 8, 10, 11})  # defined by the Modbus spec
 
 
 class Fault(enum.Enum):
@@ -55,6 +57,10 @@ class Fault(enum.Enum):
     SHORT_ANSWER = "short_answer"  # read answers carry one register less than asked
     BUSY = "busy"  # answers every request with exception 6 (device busy)
     LOST_ANSWER = "lost_answer"  # writes execute but their answers are lost on the wire
+    GARBAGE = "garbage"  # every answer is replaced by bytes that form no frame
+    MISEXECUTE = "misexecute"  # apply_rate reports ok but runs ARG mL/h (default a tenth)
+    REFUSE_BUT_APPLY = "refuse_but_apply"  # commands execute, yet last_result says not allowed
+    WRITE_EXCEPTION = "write_exception"  # writes execute, then exception ARG (default 11) answers
 
 
 ALARM_FAULTS = {
@@ -133,6 +139,17 @@ class CommFaults:
     short_answer: bool = False
     busy: bool = False
     lost_answer: bool = False
+    garbage: bool = False
+    write_exception: int = 0  # 0: none; else the exception code that answers executed writes
+
+
+@dataclass
+class Misbehaviour:
+    """How the pump's firmware misbehaves when it executes commands."""
+
+    misexecute: bool = False
+    misexecute_rate: Decimal | None = None  # None: a tenth of the setpoint
+    refuse_but_apply: bool = False
 
 
 @dataclass
@@ -158,6 +175,7 @@ class PumpModel:
     boot_at: float = 0.0
     last_feed_real: float = 0.0
     comm: CommFaults = field(default_factory=CommFaults)
+    firmware: Misbehaviour = field(default_factory=Misbehaviour)
     frozen_image: dict[Table, dict[int, int]] | None = None
     overrides: dict[int, int] = field(default_factory=dict)  # raw holding/input overrides
     writes: int = 0
@@ -254,6 +272,23 @@ class PumpModel:
             self.comm.busy = True
         elif fault is Fault.LOST_ANSWER:
             self.comm.lost_answer = True
+        elif fault is Fault.GARBAGE:
+            self.comm.garbage = True
+        elif fault is Fault.MISEXECUTE:
+            self.firmware.misexecute = True
+            self.firmware.misexecute_rate = (
+                None if arg is None else Decimal(str(arg)).quantize(CENT, ROUND_DOWN)
+            )
+        elif fault is Fault.REFUSE_BUT_APPLY:
+            self.firmware.refuse_but_apply = True
+        elif fault is Fault.WRITE_EXCEPTION:
+            code = int(arg) if arg is not None else GATEWAY_NO_RESPONSE
+            if code not in EXCEPTION_CODES:
+                raise ValueError(
+                    f"write_exception: {code} is not a Modbus exception code "
+                    f"{sorted(EXCEPTION_CODES)}"
+                )
+            self.comm.write_exception = code
 
     def clear(self, fault: Fault) -> None:
         """Remove a fault's cause. Latched alarms stay until acknowledged (command 5)."""
@@ -276,6 +311,14 @@ class PumpModel:
             self.comm.busy = False
         elif fault is Fault.LOST_ANSWER:
             self.comm.lost_answer = False
+        elif fault is Fault.GARBAGE:
+            self.comm.garbage = False
+        elif fault is Fault.MISEXECUTE:
+            self.firmware.misexecute = False
+        elif fault is Fault.REFUSE_BUT_APPLY:
+            self.firmware.refuse_but_apply = False
+        elif fault is Fault.WRITE_EXCEPTION:
+            self.comm.write_exception = 0
 
     def _power_reset(self, real_now: float) -> None:
         self.state = "stopped"
@@ -322,6 +365,11 @@ class PumpModel:
             if self.state == "infusing" and self.setpoint <= 0:
                 return "not_allowed"
             self.rate = self.setpoint
+            if self.firmware.misexecute:
+                wrong = self.firmware.misexecute_rate
+                self.rate = (
+                    (self.setpoint / 10).quantize(CENT, ROUND_DOWN) if wrong is None else wrong
+                )
         else:
             return "not_allowed"
         return "ok"
@@ -397,6 +445,8 @@ class PumpModel:
             self.last_feed_real = real_now
         if "command_seq" in decoded:
             outcome = self.execute(self.command)
+            if self.firmware.refuse_but_apply and outcome == "ok":
+                outcome = "not_allowed"
             codes = {name: raw for raw, name in self.regmap.results.items()}
             self.last_result = codes[outcome]
             self.executed_seq = self.command_seq

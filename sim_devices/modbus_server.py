@@ -43,6 +43,7 @@ log = structlog.get_logger("infusiond.sim.modbus")
 
 REQUEST_LOG_SIZE = 10_000
 WRITE_FUNCTIONS = frozenset({6, 16})
+GARBAGE_MASK = 0xA5  # XORed into every byte of an answer by the GARBAGE fault
 ANY_UNIT = 0  # pymodbus: device id 0 catches every unit id not configured
 
 
@@ -239,6 +240,8 @@ class ModbusPumpSimulator:
                 status=pump.state,
                 rate=str(pump.rate),
             )
+            if pump.comm.write_exception:
+                return ExcCodes(pump.comm.write_exception)
         table = Table.INPUT if function_code == 4 else Table.HOLDING
         image = pump.image()[table]
         for i in range(len(registers)):
@@ -247,7 +250,8 @@ class ModbusPumpSimulator:
 
     def _trace_packet(self, sending: bool, data: bytes) -> bytes:  # noqa: FBT001 - pymodbus API
         """Faults on outgoing answers: WRONG_UNIT rewrites the unit id, LOST_ANSWER drops
-        the answer to a write (the write itself was executed)."""
+        the answer to a write (the write itself was executed), GARBAGE scrambles every byte
+        (no frame: a bad protocol id over TCP, a bad CRC over RTU)."""
         if not sending or not data:
             return data
         pos = 0 if self._rtu else 6
@@ -258,6 +262,8 @@ class ModbusPumpSimulator:
             return data
         if pump.comm.lost_answer and data[pos + 1] in WRITE_FUNCTIONS:
             return b""
+        if pump.comm.garbage:
+            return bytes(b ^ GARBAGE_MASK for b in data)
         if not pump.comm.wrong_unit:
             return data
         frame = bytearray(data)

@@ -9,6 +9,13 @@ Reconnects are driven by use: when the link is down, an operation first waits fo
 attempt allowed by a capped exponential backoff with jitter, so a dead device costs nothing
 between attempts and never blocks other pumps for longer than one connect timeout.
 
+A request that gets no valid answer is told apart: silence (DeviceTimeout), a well-formed
+answer from another unit id (FrameError naming it), or bytes that form no complete frame in
+time: garbage or a trickle (FrameError). After garbage, a trickle or an abandoned request a TCP
+stream is out of step, so the connection is dropped and the next use reconnects; an RTU line is
+left quiet for one timeout instead. ``frames_sent`` counts frames handed to the transport, so a
+caller knows whether a write may have reached the device.
+
 URLs: ``tcp://host:port`` (Modbus TCP), ``socket://host:port`` (RTU framing over a TCP socket,
 the pyserial URL form), or a serial device path (``/dev/ttyUSB0``, a pty) for Modbus RTU.
 """
@@ -27,6 +34,7 @@ from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.constants import ExcCodes
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 from pymodbus.framer import FramerType
+from pymodbus.framer.rtu import FramerRTU
 from pymodbus.pdu import ModbusPDU
 
 from drivers.backoff import Backoff
@@ -35,6 +43,21 @@ from drivers.errors import DeviceRejected, DeviceTimeout, DriverError, FrameErro
 from drivers.modbus.regmap import Span, Table
 
 log = structlog.get_logger("infusiond.drivers.modbus")
+
+#: exception codes that mean the request was refused without being acted on
+NOT_PERFORMED = frozenset(
+    {
+        ExcCodes.ILLEGAL_FUNCTION,
+        ExcCodes.ILLEGAL_ADDRESS,
+        ExcCodes.ILLEGAL_VALUE,
+        ExcCodes.DEVICE_BUSY,
+        ExcCodes.NEGATIVE_ACKNOWLEDGE,
+        ExcCodes.GATEWAY_PATH_UNAVIABLE,
+    }
+)
+MBAP_HEADER = 6  # transaction id, protocol id, length: the length counts the bytes after it
+MBAP_MIN_FRAME = 9  # header, unit id, function code, one byte of data
+RTU_MIN_FRAME = 5  # unit id, function code, one byte of data, CRC
 
 
 class LinkKind(enum.Enum):
@@ -106,7 +129,11 @@ class ModbusBus:
         self._next_attempt = 0.0
         self._expect_unit = 0
         self._foreign_unit: int | None = None
+        self._received = 0  # bytes of the answer seen so far (framed or not)
         self._quiet_until = 0.0
+        #: frames handed to the transport so far: a caller compares it before and after a
+        #: request to know whether that request may have reached the device
+        self.frames_sent = 0
         self._client = self._make_client()
 
     def _make_client(self) -> AsyncModbusTcpClient | AsyncModbusSerialClient:
@@ -130,12 +157,33 @@ class ModbusBus:
         )
 
     def _trace_packet(self, sending: bool, data: bytes) -> bytes:  # noqa: FBT001 - pymodbus API
-        """Notice answers that carry another unit id (pymodbus silently skips them)."""
-        if not sending and data:
-            pos = 0 if self.address.rtu else 6
-            if len(data) > pos and data[pos] != self._expect_unit:
-                self._foreign_unit = data[pos]
+        """Count frames sent; notice answers that are well-formed frames from another unit id
+        (pymodbus silently skips them) and bytes that form no frame at all."""
+        if sending:
+            self.frames_sent += 1
+            return data
+        self._received = max(self._received, len(data))
+        unit = self._frame_unit(data)
+        if unit is not None and unit != self._expect_unit:
+            self._foreign_unit = unit
         return data
+
+    def _start_request(self, unit: int) -> None:
+        """Forget what the previous answer looked like."""
+        self._expect_unit, self._foreign_unit, self._received = unit, None, 0
+
+    def _frame_unit(self, data: bytes) -> int | None:
+        """The unit id of a complete, well-formed frame at the start of ``data``, else None."""
+        if self.address.rtu:
+            crc = int.from_bytes(data[-2:], "big")
+            if len(data) >= RTU_MIN_FRAME and FramerRTU.check_CRC(data[:-2], crc):
+                return data[0]
+            return None
+        if len(data) < MBAP_MIN_FRAME or data[2:4] != b"\0\0":
+            return None
+        if len(data) < MBAP_HEADER + int.from_bytes(data[4:6], "big"):
+            return None
+        return data[6]
 
     @property
     def connected(self) -> bool:
@@ -222,7 +270,7 @@ class ModbusBus:
         quiet = self._quiet_until - self._clock()
         if quiet > 0:
             await asyncio.sleep(quiet)
-        self._expect_unit, self._foreign_unit = unit, None
+        self._start_request(unit)
         try:
             async with asyncio.timeout(self.timeout_s * 2 + 1):
                 pdu = await call()
@@ -234,6 +282,13 @@ class ModbusBus:
                 ) from None
             if not self._client.connected:
                 self.mark_lost(f"connection lost during {what}")
+            if self._received:
+                received = self._received
+                self.abandon(f"garbage on the link during {what}")
+                raise FrameError(
+                    f"{self.address.url} unit {unit} {what}: {received} bytes received within "
+                    f"{self.timeout_s} s, but no complete valid answer frame"
+                ) from None
             if self.address.rtu:
                 self._quiet_until = self._clock() + self.timeout_s
             raise DeviceTimeout(
@@ -246,20 +301,40 @@ class ModbusBus:
             raise DriverError(f"{self.address.url} unit {unit} {what}: {exc}") from exc
         self._set_state(ConnectionState.ONLINE, "connected")
         if pdu.isError():
-            code = pdu.exception_code
-            name = ExcCodes(code).name if code in ExcCodes._value2member_map_ else "unknown"
-            raise DeviceRejected(
-                f"{self.address.url} unit {unit} {what}: exception response {code} ({name})"
-            )
+            raise _exception_response(f"{self.address.url} unit {unit} {what}", pdu.exception_code)
         if pdu.dev_id != unit and not (self.address.kind is LinkKind.TCP and pdu.dev_id == 0):
             raise FrameError(
                 f"{self.address.url} unit {unit} {what}: the answer came from unit id {pdu.dev_id}"
             )
         return pdu
 
+    def abandon(self, reason: str) -> None:
+        """A request ended without its answer, and bytes may still be on the way (a late,
+        trickling or garbled answer). A TCP stream is then out of step: drop the connection
+        so that the next request starts on a clean one. An RTU line is let go quiet for one
+        timeout instead, so that the late bytes pass before the next request."""
+        if self.address.rtu:
+            self._quiet_until = self._clock() + self.timeout_s
+        elif self._client.connected:
+            self.mark_lost(reason)
+
     def close(self) -> None:
         self._client.close()
         self._set_state(ConnectionState.OFFLINE, "closed")
+
+
+def _exception_response(where: str, code: int) -> DriverError:
+    """The error for an exception response. Only codes that say the request was not acted on
+    are a refusal (DeviceRejected); 11 means the device behind a gateway did not answer
+    (DeviceTimeout); any other (device failure, acknowledge, parity, unknown) may have acted,
+    so it is a plain DriverError: a write answered so is never taken as refused."""
+    name = ExcCodes(code).name if code in ExcCodes._value2member_map_ else "unknown"
+    text = f"{where}: exception response {code} ({name})"
+    if code in NOT_PERFORMED:
+        return DeviceRejected(text)
+    if code == ExcCodes.GATEWAY_NO_RESPONSE:
+        return DeviceTimeout(f"{text}: the device behind the gateway did not answer")
+    return DriverError(f"{text}: the request may have been acted on")
 
 
 class BusRegistry:

@@ -8,18 +8,27 @@ Commands are confirmed: under the bus lock the driver reads the status block (to
 ``command_seq`` last, then reads back until ``executed_seq`` echoes the sequence number:
 
 * ``last_result`` ok and the read-back shows the requested rate/state -> ``applied``;
-* ``last_result`` "out of range"/"not allowed" and rate/state unchanged -> ``failed``;
-* no answer (to the write or the read-back) -> ``uncertain``; the write is never resent.
+* the device refused (``last_result`` not ok, or an exception response to the write): ``failed``
+  only if the read-back proves rate and state unchanged, ``applied`` if it shows the requested
+  change all the same, ``uncertain`` otherwise;
+* no answer, garbage, a wrong unit id or a timeout after the write went out, or a failed
+  read-back -> ``uncertain``; the write is never resent;
+* nothing sent (offline, a value outside the map's range, the pre-read failed) -> ``failed``
+  with a detail starting ``not sent:`` and the reason.
 
-Methods raise :class:`DriverError` when nothing was sent (offline, a value outside the map's
-range, no answer to the pre-read). Every read value is range-checked by the map codec.
+Write methods never raise for a device or transport fault. Every transaction (a poll, a command)
+holds the bus for at most ``transaction_s`` (default four request timeouts): a pump that answers
+slowly or trickles its bytes cannot starve the other pumps of a bus. Every read value is
+range-checked by the map codec.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
@@ -59,6 +68,9 @@ STATUS_FIELDS = (
 IDENTITY_FIELDS = ("model", "serial", "firmware", "max_rate")
 RESULT_OK = "ok"
 CONFIRM_INTERVAL_S = 0.02
+#: default transaction deadline, in request timeouts: one transaction holds the bus for at most
+#: this long (a command is a pre-read, the write and its confirmation reads)
+TRANSACTION_TIMEOUTS = 4
 
 
 class ModbusPumpDriver(Driver):
@@ -73,6 +85,7 @@ class ModbusPumpDriver(Driver):
         *,
         profile: RegisterMap | str | Path = "generic-pump-v1",
         timeout_s: float = 1.0,
+        transaction_s: float | None = None,
         baudrate: int = 19200,
         confirm_reads: int = 5,
         heartbeat_polls: int = 3,
@@ -88,6 +101,9 @@ class ModbusPumpDriver(Driver):
         self.map = profile if isinstance(profile, RegisterMap) else load_profile(profile)
         self._check_profile()
         self._timeout_s = timeout_s
+        self._transaction_s = (
+            transaction_s if transaction_s is not None else timeout_s * TRANSACTION_TIMEOUTS
+        )
         self._baudrate = baudrate
         self._confirm_reads = max(1, confirm_reads)
         self._heartbeat_polls = heartbeat_polls
@@ -174,6 +190,24 @@ class ModbusPumpDriver(Driver):
             raise DriverError(f"{self.url} unit {self.unit_id}: not connected (call connect())")
         return self._bus
 
+    @contextlib.asynccontextmanager
+    async def _transaction(self, what: str) -> AsyncIterator[ModbusBus]:
+        """Hold the bus for one transaction, bounded by the transaction deadline: a device
+        that answers slowly (or trickles its bytes) cannot keep the bus from the other pumps.
+        Past the deadline the request in flight is abandoned and DeviceTimeout is raised."""
+        bus = self._require_bus()
+        async with bus.lock:
+            try:
+                async with asyncio.timeout(self._transaction_s):
+                    yield bus
+            except TimeoutError:
+                bus.abandon(f"unit {self.unit_id} {what}: transaction deadline passed")
+                self._set_state(ConnectionState.OFFLINE, f"unit {self.unit_id} too slow")
+                raise DeviceTimeout(
+                    f"{self.url} unit {self.unit_id} {what}: not complete within the "
+                    f"transaction deadline of {self._transaction_s} s"
+                ) from None
+
     # -- reads -----------------------------------------------------------------------------
 
     async def _read(self, decoder: Decoder) -> dict[str, Value]:
@@ -202,7 +236,7 @@ class ModbusPumpDriver(Driver):
             raise FrameError(f"unit {self.unit_id}: {exc}") from None
 
     async def identity(self) -> Identity:
-        async with self._require_bus().lock:
+        async with self._transaction("identity"):
             values = await self._read(self._identity)
         if "max_rate" in values:
             self._max_rate = _decimal(values["max_rate"])
@@ -215,7 +249,7 @@ class ModbusPumpDriver(Driver):
     async def read_status(self) -> PumpStatus:
         """One poll. Also keeps the device configured: re-arms the comm watchdog if the pump
         lost it (power reset) and reads max_rate once if connect() could not."""
-        async with self._require_bus().lock:
+        async with self._transaction("status poll"):
             values = await self._read(self._status)
             await self._keep_watchdog(values.get("comm_timeout_s"))
         if self._max_rate is None and "max_rate" in self.map:
@@ -265,8 +299,7 @@ class ModbusPumpDriver(Driver):
             raise DriverError(f"profile {self.map.name} has no comm_timeout_s register")
         field = self.map["comm_timeout_s"]
         words = field.encode(timeout_s, self.map.word_order)
-        bus = self._require_bus()
-        async with bus.lock:
+        async with self._transaction("configure watchdog") as bus:
             await bus.write(field.address, words, self.unit_id)
             back = await self._read(self.map.decoder(["comm_timeout_s"]))
         if back["comm_timeout_s"] != timeout_s:
@@ -366,74 +399,95 @@ class ModbusPumpDriver(Driver):
         expected: str,
         setpoint: Decimal | None = None,
     ) -> WriteResult:
-        code = self.map.command(name)
-        values: dict[str, Value] = {"command": code}
-        if setpoint is not None:
-            values["rate_setpoint"] = setpoint
-        values["command_seq"] = 0
-        self._write_groups(values)  # range-check everything before anything is sent
-        bus = self._require_bus()
-        async with bus.lock:
-            try:
-                before_values = await self._read(self._status)
-            except DriverError as exc:
-                raise DriverError(f"{name} not sent: {exc}") from None
-            before = self._to_status(before_values, track_heartbeat=False)
-            seq = (_int(before_values["executed_seq"]) + 1) & 0xFFFF or 1
-            values["command_seq"] = seq
-            log.info(
-                "modbus command",
+        """One confirmed command. Never raises for a device or transport fault: nothing sent
+        -> ``failed`` ("not sent: ..."); sent and not confirmed -> ``uncertain``."""
+        try:
+            values: dict[str, Value] = {"command": self.map.command(name)}
+            if setpoint is not None:
+                values["rate_setpoint"] = setpoint
+            values["command_seq"] = 0
+            self._write_groups(values)  # range-check everything before anything is sent
+            bus = self._require_bus()
+        except DriverError as exc:
+            return _not_sent(name, expected, exc)
+        attempt = _Attempt(name, expected, check, values)
+        try:
+            async with self._transaction(name) as locked:
+                return await self._exchange(locked, attempt)
+        except DriverError as exc:
+            if attempt.frames_at_write is None or bus.frames_sent == attempt.frames_at_write:
+                return _not_sent(name, expected, exc)
+            return WriteResult(
+                Outcome.UNCERTAIN,
+                detail=f"{name} ({expected}, seq {attempt.seq}) sent, not confirmed: {exc}; "
+                "outcome unknown, not resent",
+            )
+
+    async def _exchange(self, bus: ModbusBus, attempt: _Attempt) -> WriteResult:
+        """Pre-read, write (``command_seq`` last), confirm; bus lock and deadline held by the
+        caller. A DriverError out of here is mapped by whether the write went out."""
+        name, values = attempt.name, attempt.values
+        before_values = await self._read(self._status)
+        before = self._to_status(before_values, track_heartbeat=False)
+        attempt.seq = (_int(before_values["executed_seq"]) + 1) & 0xFFFF or 1
+        values["command_seq"] = attempt.seq
+        setpoint = values.get("rate_setpoint")
+        log.info(
+            "modbus command",
+            url=self.url,
+            unit=self.unit_id,
+            command=name,
+            code=values["command"],
+            seq=attempt.seq,
+            setpoint=str(setpoint) if setpoint is not None else None,
+        )
+        attempt.frames_at_write = bus.frames_sent
+        try:
+            for address, words in self._write_groups(values):
+                await bus.write(address, words, self.unit_id)
+        except DeviceRejected as exc:
+            return await self._refused_write(attempt, before, str(exc))
+        if self._watchdog_s:
+            self._last_feed = self._clock()
+        return await self._confirm(attempt, before)
+
+    def _judge_refusal(
+        self, attempt: _Attempt, before: PumpStatus, after: PumpStatus, detail: str
+    ) -> WriteResult:
+        """The device said no: ``failed`` only if the read-back proves nothing changed;
+        ``applied`` if it shows the requested change all the same; else ``uncertain``."""
+        if _same_delivery(before, after):
+            return WriteResult(Outcome.FAILED, readback=after, detail=detail)
+        if attempt.check(after):
+            log.warning(
+                "device refused a command but applied it",
                 url=self.url,
                 unit=self.unit_id,
-                command=name,
-                code=code,
-                seq=seq,
-                setpoint=str(setpoint) if setpoint is not None else None,
+                command=attempt.name,
+                detail=detail,
             )
-            try:
-                for address, words in self._write_groups(values):
-                    await bus.write(address, words, self.unit_id)
-            except DeviceRejected as exc:
-                return await self._refused_write(name, before, str(exc))
-            except DriverError as exc:
-                return WriteResult(
-                    Outcome.UNCERTAIN,
-                    detail=f"{name} (seq {seq}): {exc}; outcome unknown, not resent",
-                )
-            if self._watchdog_s:
-                self._last_feed = self._clock()
-            return await self._confirm(name, seq, before, check, expected)
-
-    async def _refused_write(self, name: str, before: PumpStatus, why: str) -> WriteResult:
-        try:
-            after = self._to_status(await self._read(self._status), track_heartbeat=False)
-        except DriverError as exc:
-            return WriteResult(Outcome.UNCERTAIN, detail=f"{name}: {why}; read-back: {exc}")
-        if _same_delivery(before, after):
-            return WriteResult(Outcome.FAILED, readback=after, detail=f"{name} refused: {why}")
+            return WriteResult(
+                Outcome.APPLIED,
+                readback=after,
+                detail=f"{detail}; yet the read-back shows {attempt.expected}",
+            )
         return WriteResult(
-            Outcome.UNCERTAIN, readback=after, detail=f"{name}: {why}; but the pump changed"
+            Outcome.UNCERTAIN,
+            readback=after,
+            detail=f"{detail}; but the pump changed and the read-back is not {attempt.expected}",
         )
 
-    async def _confirm(
-        self,
-        name: str,
-        seq: int,
-        before: PumpStatus,
-        check: Callable[[PumpStatus], bool],
-        expected: str,
-    ) -> WriteResult:
+    async def _refused_write(self, attempt: _Attempt, before: PumpStatus, why: str) -> WriteResult:
+        after = self._to_status(await self._read(self._status), track_heartbeat=False)
+        return self._judge_refusal(attempt, before, after, f"{attempt.name} refused: {why}")
+
+    async def _confirm(self, attempt: _Attempt, before: PumpStatus) -> WriteResult:
+        name, seq = attempt.name, attempt.seq
         values: dict[str, Value] = {}
-        for attempt in range(self._confirm_reads):
-            if attempt:
-                await asyncio.sleep(CONFIRM_INTERVAL_S)
-            try:
-                values = await self._read(self._status)
-            except DriverError as exc:
-                return WriteResult(
-                    Outcome.UNCERTAIN,
-                    detail=f"{name} (seq {seq}) sent; read-back failed: {exc}",
-                )
+        for n in range(self._confirm_reads):
+            if n:
+                await asyncio.sleep(CONFIRM_INTERVAL_S)  # give the device time to execute
+            values = await self._read(self._status)
             if values["executed_seq"] == seq:
                 break
         else:
@@ -445,21 +499,39 @@ class ModbusPumpDriver(Driver):
         after = self._to_status(values, track_heartbeat=False)
         result = self.map.result_name(_int(values["last_result"]))
         if result == RESULT_OK:
-            if check(after):
-                return WriteResult(Outcome.APPLIED, readback=after, detail=f"{name}: {expected}")
+            if attempt.check(after):
+                return WriteResult(
+                    Outcome.APPLIED, readback=after, detail=f"{name}: {attempt.expected}"
+                )
             return WriteResult(
                 Outcome.UNCERTAIN,
                 readback=after,
-                detail=f"{name} executed but the read-back is not {expected}",
+                detail=f"{name} executed but the read-back is not {attempt.expected}",
             )
         detail = f"{name} refused by the device: {result} (last_result {values['last_result']})"
-        if _same_delivery(before, after):
+        judged = self._judge_refusal(attempt, before, after, detail)
+        if judged.outcome is Outcome.FAILED:
             return WriteResult(
                 Outcome.FAILED, readback=after, detail=detail, extra={"reason": result}
             )
-        return WriteResult(
-            Outcome.UNCERTAIN, readback=after, detail=f"{detail}; but the pump changed"
-        )
+        return judged
+
+
+@dataclass(slots=True)
+class _Attempt:
+    """What one command is doing, shared between its steps (mutable: the seq is learnt from
+    the pre-read, and the frame count marks when the write started)."""
+
+    name: str
+    expected: str
+    check: Callable[[PumpStatus], bool]
+    values: dict[str, Value]
+    seq: int | None = None
+    frames_at_write: int | None = None  # the bus's frame count when the write started
+
+
+def _not_sent(name: str, expected: str, exc: DriverError) -> WriteResult:
+    return WriteResult(Outcome.FAILED, detail=f"not sent: {name} ({expected}): {exc}")
 
 
 def _same_delivery(a: PumpStatus, b: PumpStatus) -> bool:

@@ -153,15 +153,17 @@ class Field:
         if isinstance(value, str | frozenset | set | bool):
             raise DriverError(f"{self.where}: expected a number, got {value!r}")
         number = Decimal(value)
+        if not number.is_finite():
+            raise DriverError(f"{self.where}: value {number} is not a finite number")
+        limit = 0xFFFF if self.type is RegType.U16 else 0xFFFFFFFF
+        if not 0 <= number <= limit * self.scale:  # before dividing: no decimal overflow
+            raise DriverError(f"{self.where}: value {number} does not fit a {self.type.value}")
         raw_dec = number / self.scale
         if raw_dec != raw_dec.to_integral_value():
             raise DriverError(
                 f"{self.where}: value {number} is not a multiple of the resolution {self.scale}"
             )
         raw = int(raw_dec)
-        limit = 0xFFFF if self.type is RegType.U16 else 0xFFFFFFFF
-        if not 0 <= raw <= limit:
-            raise DriverError(f"{self.where}: value {number} does not fit a {self.type.value}")
         if (self.minimum is not None and number < self.minimum) or (
             self.maximum is not None and number > self.maximum
         ):

@@ -66,13 +66,29 @@ async def test_rate_above_device_max_fails_and_is_verified_unchanged(rig: Rig) -
 
 @pytest.mark.asyncio
 async def test_rate_outside_the_map_range_is_refused_before_sending(rig: Rig) -> None:
-    """A value the map cannot encode raises DriverError naming the register; nothing is sent."""
-    writes = rig.sim.pump(1).writes
-    with pytest.raises(DriverError, match=r"rate_setpoint \(holding register 20-21\)"):
-        await rig.driver.set_rate(Decimal("12345.67"))
-    with pytest.raises(DriverError, match=r"multiple of the resolution 0\.01"):
-        await rig.driver.set_rate(Decimal("1.005"))
-    assert rig.sim.pump(1).writes == writes
+    """A value the map cannot encode is ``failed`` "not sent", naming the register and the
+    limit; nothing is sent (not even the pre-read)."""
+    requests = len(rig.sim.requests)
+    too_big = await rig.driver.set_rate(Decimal("12345.67"))
+    assert too_big.outcome is Outcome.FAILED
+    assert too_big.detail.startswith("not sent: apply_rate (rate 12345.67 mL/h): ")
+    assert "rate_setpoint (holding register 20-21)" in too_big.detail
+    too_fine = await rig.driver.set_rate(Decimal("1.005"))
+    assert too_fine.outcome is Outcome.FAILED
+    assert too_fine.detail.startswith("not sent: ")
+    assert "multiple of the resolution 0.01" in too_fine.detail
+    for bad, why in [
+        ("NaN", "is not a finite number"),
+        ("sNaN", "is not a finite number"),
+        ("-Infinity", "is not a finite number"),
+        ("1E+999999", "does not fit a u32"),
+        ("-0.01", "does not fit a u32"),
+    ]:
+        result = await rig.driver.set_rate(Decimal(bad))
+        assert result.outcome is Outcome.FAILED
+        assert result.detail.startswith("not sent: ")
+        assert f"rate_setpoint (holding register 20-21): value {bad} {why}" in result.detail
+    assert len(rig.sim.requests) == requests
 
 
 @pytest.mark.asyncio
@@ -116,14 +132,17 @@ async def test_clear_volume_is_refused_while_infusing(rig: Rig) -> None:
 
 
 @pytest.mark.asyncio
-async def test_no_answer_to_a_write_is_uncertain_and_never_resent(rig: Rig) -> None:
-    """A silent pump makes the outcome uncertain; the write is sent at most once."""
+async def test_silent_pump_gets_nothing_sent_and_the_command_fails_not_sent(rig: Rig) -> None:
+    """A pump silent at the pre-read: the write is never sent, the outcome is ``failed``
+    with a detail starting "not sent:" and the reason, and the link is offline."""
     await rig.driver.read_status()
     pump = rig.sim.pump(1)
     writes_before = pump.writes
     rig.sim.inject("no_answer", unit=1)
-    with pytest.raises(DriverError, match="not sent"):
-        await rig.driver.set_rate(Decimal(60))  # the pre-read gets no answer: nothing sent
+    result = await rig.driver.set_rate(Decimal(60))  # the pre-read gets no answer
+    assert result.outcome is Outcome.FAILED
+    assert result.detail.startswith("not sent: ")
+    assert "no answer within" in result.detail
     assert pump.writes == writes_before
     assert rig.driver.connection is ConnectionState.OFFLINE
 

@@ -144,3 +144,36 @@ async def test_cli_simulator_on_a_serial_path(pty_pair: PtyPair) -> None:
         proc.wait(timeout=10)
         if proc.stderr is not None:
             proc.stderr.close()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("fault", "reason"),
+    [
+        ("garbage", "but no complete valid answer frame"),
+        ("wrong_unit", "the answer came from unit id 2"),
+        ("no_answer", "no answer within 0.3 s"),
+    ],
+)
+async def test_rtu_pre_read_fault_sends_nothing_and_the_line_recovers(
+    pty_pair: PtyPair, fault: str, reason: str
+) -> None:
+    """Over RTU too: a pre-read answered with bad-CRC garbage, by another unit id (valid CRC)
+    or not at all -> ``failed`` "not sent" naming it, no write on the line; once the pump
+    behaves, the next command on the same line is applied."""
+    sim = ModbusPumpSimulator([demo_pump(1)])
+    async with sim.serving(str(pty_pair.a)):
+        driver = ModbusPumpDriver(str(pty_pair.b), 1, registry=BusRegistry(), timeout_s=0.3)
+        await driver.connect()
+        try:
+            sim.inject(fault, unit=1)
+            result = await driver.set_rate(Decimal("40.00"))
+            assert result.outcome is Outcome.FAILED
+            assert result.detail.startswith("not sent: apply_rate")
+            assert reason in result.detail
+            assert sim.pump(1).writes == 0
+            sim.clear(fault, unit=1)
+            assert (await driver.set_rate(Decimal("40.00"))).outcome is Outcome.APPLIED
+            assert sim.pump(1).writes == 1
+        finally:
+            await driver.close()

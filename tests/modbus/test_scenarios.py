@@ -63,3 +63,15 @@ def test_fault_names_are_the_cli_spelling() -> None:
     assert FaultSpec.parse("2:slow-answer=1.5") == FaultSpec(Fault.SLOW_ANSWER, 1.5, 2)
     with pytest.raises(ValueError, match="needs =RATE"):
         FaultSpec.parse("front_panel_rate")
+
+
+@pytest.mark.asyncio
+async def test_bad_firmware_scenario_ends_with_a_pump_that_behaves_again() -> None:
+    """The bad-firmware scenario injects garbage, misexecute and refuse-but-apply and clears
+    each: at its end a command is applied as asked."""
+    sim = ModbusPumpSimulator([demo_pump(1)], speed=5000)
+    async with serve_rig(sim) as rig:
+        await play(sim, load_scenario(SCENARIOS / "modbus-bad-firmware.toml"))
+        result = await rig.driver.set_rate(Decimal("61.00"))
+        assert result.outcome.value == "applied"
+        assert sim.pump(1).rate == Decimal("61.00")

@@ -9,7 +9,6 @@ import pytest
 from pymodbus.client import AsyncModbusTcpClient
 
 from drivers.base import AlarmCode, Outcome, RunState
-from drivers.errors import DriverError
 from drivers.modbus import BusRegistry, ModbusPumpDriver, Table, WordOrder, load_profile
 from sim_devices.modbus_server import ModbusPumpSimulator
 from tests.modbus.conftest import demo_pump
@@ -44,8 +43,10 @@ async def test_driver_runs_a_pump_with_another_vendors_map() -> None:
             refused = await driver.set_rate(Decimal(1100))
             assert refused.outcome is Outcome.FAILED
             assert refused.extra["reason"] == "out_of_range"
-            with pytest.raises(DriverError, match=r"resolution 0\.1"):
-                await driver.set_rate(Decimal("63.55"))
+            too_fine = await driver.set_rate(Decimal("63.55"))
+            assert too_fine.outcome is Outcome.FAILED
+            assert too_fine.detail.startswith("not sent: ")
+            assert "resolution 0.1" in too_fine.detail
 
             sim.inject("door_open", unit=1)
             status = await driver.read_status()

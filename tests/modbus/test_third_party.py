@@ -3,6 +3,7 @@ against the in-process simulator and against `infusiond sim modbus` started from
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from pymodbus.client import AsyncModbusTcpClient
 
 from sim_devices.modbus_server import ModbusPumpSimulator
 from tests.modbus.conftest import demo_pump
-from tests.support.procs import free_port, wait_for_line
+from tests.support.procs import wait_for_line
 
 
 async def _exercise_documented_map(port: int, expect_rate: int) -> None:
@@ -62,19 +63,34 @@ async def test_plain_pymodbus_client_sees_the_documented_map() -> None:
     assert sim.pump(1).rate == Decimal("63.00")
 
 
+def _banner(proc: subprocess.Popen[bytes], lines: int) -> str:
+    """The first ``lines`` lines the CLI prints on stdout ("serving ... on URL ...")."""
+    assert proc.stdout is not None
+    seen = wait_for_line(proc, b"\n", 20, stream=proc.stdout)
+    while seen.count(b"\n") < lines:
+        seen += wait_for_line(proc, b"\n", 20, stream=proc.stdout)
+    return seen.decode()
+
+
+def _ports(banner: str) -> list[int]:
+    """The ports the CLI says it serves on (it binds port 0 and reports what it got)."""
+    return [int(p) for p in re.findall(r" on tcp://127\.0\.0\.1:(\d+) ", banner)]
+
+
 @pytest.fixture
-def cli_sim() -> Iterator[tuple[subprocess.Popen[bytes], int]]:
-    port = free_port()
+def cli_sim() -> Iterator[tuple[subprocess.Popen[bytes], int, str]]:
+    """`infusiond sim modbus` on a port the OS picks, read back from what it prints."""
     args = ["--status", "infusing", "--rate", "52.5", "--vtbi", "250", "--pumps", "2"]
-    listen = ["--listen", f"tcp://127.0.0.1:{port}"]
+    listen = ["--listen", "tcp://127.0.0.1:0"]
     proc = subprocess.Popen(
         [sys.executable, "-m", "daemon.cli", "sim", "modbus", *listen, *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
     try:
-        wait_for_line(proc, b"modbus simulator serving", 20)
-        yield proc, port
+        banner = _banner(proc, 1)
+        (port,) = _ports(banner)
+        yield proc, port, banner
     finally:
         proc.terminate()
         proc.wait(timeout=10)
@@ -85,19 +101,17 @@ def cli_sim() -> Iterator[tuple[subprocess.Popen[bytes], int]]:
 
 @pytest.mark.asyncio
 async def test_cli_simulator_prints_what_it_serves_and_logs_writes(
-    cli_sim: tuple[subprocess.Popen[bytes], int],
+    cli_sim: tuple[subprocess.Popen[bytes], int, str],
 ) -> None:
     """`infusiond sim modbus --listen` serves the map, prints URL/units/map, logs writes."""
-    proc, port = cli_sim
+    proc, port, banner = cli_sim
+    assert f"serving generic-pump-v1 on tcp://127.0.0.1:{port} unit ids 1,2" in banner
     await _exercise_documented_map(port, 5250)
     log = wait_for_line(proc, b"last_result=1", 10)
     assert b"register write" in log
     assert b"values=[0, 6300, 6, 7]" in log
     proc.terminate()
     assert proc.wait(timeout=10) == 0
-    assert proc.stdout is not None
-    banner = proc.stdout.read().decode()
-    assert f"serving generic-pump-v1 on tcp://127.0.0.1:{port} unit ids 1,2" in banner
 
 
 def test_cli_rejects_a_bad_fault_naming_it() -> None:
@@ -115,23 +129,17 @@ def test_cli_rejects_a_bad_fault_naming_it() -> None:
 
 @pytest.mark.asyncio
 async def test_cli_port_per_pump_serves_one_device_per_port() -> None:
-    """`--pumps 2 --port-per-pump`: pump k is unit 1 on port BASE+k-1; `2:` faults pump 2."""
-    base = free_port()
-    while True:  # two consecutive free ports
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", base + 1))
-                break
-            except OSError:
-                base = free_port()
+    """`--pumps 2 --port-per-pump` on port 0: each pump is unit 1 on a port of its own, both
+    printed; `2:` faults pump 2."""
     cmd = [sys.executable, "-m", "daemon.cli", "sim", "modbus"]
-    opts = ["--listen", f"tcp://127.0.0.1:{base}", "--pumps", "2", "--port-per-pump"]
+    opts = ["--listen", "tcp://127.0.0.1:0", "--pumps", "2", "--port-per-pump"]
     opts += ["--status", "infusing", "--rate", "10", "--faults", "2:door_open"]
-    proc = subprocess.Popen([*cmd, *opts], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen([*cmd, *opts], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     try:
-        wait_for_line(proc, f"url=tcp://127.0.0.1:{base + 1}".encode(), 20)
+        ports = _ports(_banner(proc, 2))
+        assert len(set(ports)) == 2
         states = []
-        for port in (base, base + 1):
+        for port in ports:
             client = AsyncModbusTcpClient("127.0.0.1", port=port, timeout=2, retries=0)
             assert await client.connect()
             try:
@@ -143,8 +151,25 @@ async def test_cli_port_per_pump_serves_one_device_per_port() -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
-        if proc.stderr is not None:
-            proc.stderr.close()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def test_cli_reports_a_port_in_use_in_one_line() -> None:
+    """A port another process holds: exit 1 with one line naming the URL, no traceback."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        url = f"tcp://127.0.0.1:{holder.getsockname()[1]}"
+        done = subprocess.run(
+            [sys.executable, "-m", "daemon.cli", "sim", "modbus", "--listen", url],
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+    assert done.returncode == 1
+    assert f"infusiond sim modbus: cannot serve Modbus on {url}".encode() in done.stderr
+    assert b"Traceback" not in done.stderr
 
 
 def test_cli_rejects_a_fault_for_a_pump_that_does_not_exist() -> None:
