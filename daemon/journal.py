@@ -351,15 +351,18 @@ class Journal:
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA busy_timeout=5000")
             conn.execute("BEGIN IMMEDIATE")
-            created = _create_or_migrate(conn, gateway_id)
+            created = _create_or_migrate(conn, gateway_id, path)
             conn.execute("COMMIT")
         except sqlite3.DatabaseError as exc:
             conn.close()
             raise JournalError(f"journal {path} is not usable: {exc}") from None
+        except JournalError:
+            conn.close()  # rolls the open transaction back: nothing of a foreign file changed
+            raise
         if mode != "wal":
             conn.close()
             raise JournalError(f"journal {path}: cannot switch to WAL mode (got {mode})")
-        journal = cls(
+        return cls(
             conn,
             path,
             topics=Topics(gateway_id),
@@ -367,11 +370,6 @@ class Journal:
             lock=lock,
             retention=retention,
         )
-        found = journal._meta("format")
-        if found != FORMAT:
-            journal._conn.close()
-            raise JournalError(f"journal {path} has format {found!r}, expected {FORMAT!r}")
-        return journal
 
     @classmethod
     def open_readonly(cls, path: Path) -> Journal:
@@ -953,9 +951,10 @@ def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
     return {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
 
 
-def _create_or_migrate(conn: sqlite3.Connection, gateway_id: str) -> bool:
+def _create_or_migrate(conn: sqlite3.Connection, gateway_id: str, path: Path) -> bool:
     """Create the tables (a new file; True) or bring an older file's up to date (False), then
-    the indexes: inside the caller's transaction."""
+    the indexes: inside the caller's transaction. A file of another format is refused before
+    anything in it is changed."""
     for statement in _statements(_TABLES):
         conn.execute(statement)
     created = conn.execute("SELECT value FROM meta WHERE key='session'").fetchone() is None
@@ -973,6 +972,10 @@ def _create_or_migrate(conn: sqlite3.Connection, gateway_id: str) -> bool:
             ],
         )
     else:
+        row = conn.execute("SELECT value FROM meta WHERE key='format'").fetchone()
+        found = row[0] if row is not None else None
+        if found != FORMAT:
+            raise JournalError(f"journal {path} has format {found!r}, expected {FORMAT!r}")
         if "event_type" not in _columns(conn, "journal"):
             for statement in _statements(_MIGRATE_EVENT_TYPE):
                 conn.execute(statement)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from daemon.cli import main
-from daemon.journal import FORMAT, GENESIS_HASH, AsyncJournal, Journal, row_hash
+from daemon.journal import FORMAT, GENESIS_HASH, AsyncJournal, Journal, JournalError, row_hash
 from daemon.paths import journal_path
 
 T0 = datetime(2026, 11, 26, 8, 0, tzinfo=UTC)
@@ -273,3 +275,30 @@ def test_verify_detects_an_event_type_column_that_disagrees_with_the_payload(
     assert report.first_bad == 1
     assert report.reason is not None
     assert "event_type" in report.reason
+
+
+def test_a_journal_of_another_format_is_refused_and_left_unchanged(tmp_path: Path) -> None:
+    """A file naming another format (a newer version's) is not migrated: JournalError naming
+    the file and both formats, and its tables are exactly as they were."""
+    write_legacy_journal(tmp_path)
+    with sqlite3.connect(journal_path(tmp_path)) as conn:
+        conn.execute("UPDATE meta SET value='infusiond.journal/9' WHERE key='format'")
+    with pytest.raises(JournalError, match=r"journal\.sqlite3 has format 'infusiond\.journal/9'"):
+        Journal.open(tmp_path, gateway_id="gw")
+    with sqlite3.connect(journal_path(tmp_path)) as conn:
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(journal)")}
+    assert "event_type" not in columns
+    # the refused open did not keep the data dir locked: another process can take it
+    taken = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, pathlib, daemon.paths as p; p.lock_data_dir(pathlib.Path(sys.argv[1]))",
+            str(tmp_path),
+        ],
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert taken.returncode == 0, taken.stderr
