@@ -411,8 +411,9 @@ class Journal:
                 self._conn.execute("ROLLBACK")
 
     def begin(self) -> None:
-        """BEGIN IMMEDIATE (after abandoning a transaction a failed ROLLBACK left open)."""
-        self.rollback()
+        """BEGIN IMMEDIATE; JournalError if it fails or a transaction is already open."""
+        if self._conn.in_transaction:
+            raise JournalError(f"journal {self.path}: a transaction is already open")
         try:
             self._conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
@@ -1114,6 +1115,7 @@ class AsyncJournal:
         conn = journal._conn
         outcomes: list[tuple[_Job, Any, BaseException | None]] = []
         try:
+            journal.rollback()  # in case a failed ROLLBACK left the last batch's open
             journal.begin()
             for job in batch:
                 conn.execute("SAVEPOINT job")

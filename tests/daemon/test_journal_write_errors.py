@@ -17,6 +17,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ import pytest
 from daemon.journal import AsyncJournal, Journal, JournalError, JournalKind
 
 ROOT = Path(__file__).resolve().parents[2]
+T0 = datetime(2026, 11, 26, 8, 0, tzinfo=UTC)
 
 
 def run_child(data_dir: Path, mode: str) -> dict[str, Any]:
@@ -111,3 +113,20 @@ async def test_an_sqlite_error_inside_a_batch_fails_the_whole_batch_and_the_writ
         assert [r.n for r in await journal.rows()] == [1]
         assert (await journal.record_event("pump-1", {"type": "alarm_raised"})).seq == 2
         assert (await journal.verify()).ok
+
+
+def test_a_nested_transaction_is_refused_without_losing_the_outer_one(tmp_path: Path) -> None:
+    """Opening a transaction inside another is a JournalError; the outer one still commits."""
+    journal = Journal.open(tmp_path, gateway_id="gw")
+    try:
+        with journal.transaction():
+            journal.record_event("pump-1", {"type": "rate_changed"}, ts=T0)
+            with (
+                pytest.raises(JournalError, match="a transaction is already open"),
+                journal.transaction(),
+            ):
+                pass
+        assert journal.current_seq() == 1
+        assert [r.n for r in journal.rows()] == [1]
+    finally:
+        journal.close()
