@@ -7,10 +7,16 @@ One SQLite file in WAL mode holds four tables:
               carries ``hash = sha256(prev_hash + canonical row bytes)``, with ``prev_hash`` the
               hash of row ``n-1`` (64 zeros for row 1). ``meta.head_n``/``meta.head_hash`` are
               updated in the same transaction, so deleting rows at the tail is detected too.
+              ``event_type`` (an event row's ``type``, outside the hashed bytes; verify checks it
+              against the payload) is indexed by (pump, type, n) and (pump, type, ts): the state
+              a restart needs is a few index lookups, whatever the journal's length.
 ``meta``      ``session`` (random, created with the file and never changed), ``seq`` (the last
-              ``pump.event`` sequence number handed out; never reused), the chain head.
+              ``pump.event`` sequence number handed out; never reused), the chain head, and
+              the retention anchor (``n``/``hash`` of the last pruned row; the chain starts
+              after it).
 ``commands``  command ids with their first outcome, so a repeated id is answered ``duplicate``
-              across restarts.
+              across restarts, and the command as received with its ``phase``, so the commands a
+              crash left at ``accepted`` are one indexed query.
 ``outbox``    events written in the same transaction as their journal row and ``seq``
               increment, deleted after the broker's PUBACK, replayed in ``seq`` order.
 
@@ -24,6 +30,10 @@ transaction.
 :class:`Journal` is the synchronous core (its writing methods must run inside
 :meth:`Journal.transaction`); :class:`AsyncJournal` is the facade the daemon uses: one dedicated
 writer thread owns the connection, so SQLite never blocks the event loop.
+
+Retention (:meth:`Journal.prune`) removes a prefix of the chain in bounded steps, after writing
+``checkpoint`` rows that carry each pump's newest event of every type. Opening for writing holds
+the data dir's lock (:func:`daemon.paths.lock_data_dir`): one daemon per journal.
 """
 
 from __future__ import annotations
