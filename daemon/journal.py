@@ -744,6 +744,8 @@ class Journal:
         outcome is still ``accepted`` or not yet recorded. The outbox is never touched.
         """
         self._require_transaction()
+        if max_rows < 1:
+            raise ValueError(f"max_rows must be at least 1, got {max_rows}")
         cutoff = format_ts(now - self.retention)
         commands_deleted = self._conn.execute(
             "DELETE FROM commands WHERE id IN (SELECT id FROM commands INDEXED BY"

@@ -137,6 +137,8 @@ def test_nothing_within_retention_is_removed(journal: Journal) -> None:
         report = journal.prune(NOW)
     assert (report.deleted, report.more, report.anchor) == (0, False, 0)
     assert list(journal.rows()) == rows
+    with journal.transaction(), pytest.raises(ValueError, match="max_rows must be at least 1"):
+        journal.prune(NOW, max_rows=0)
 
 
 def test_the_prefix_stops_at_the_first_row_within_retention(journal: Journal) -> None:
