@@ -27,6 +27,7 @@ import structlog
 from bench import (
     check_bench,
     command_rtt,
+    journal_startup,
     memory,
     modbus_poll,
     scale,
@@ -45,6 +46,7 @@ BENCHES: dict[str, Measure] = {
     "serial": serial_bench.measure,
     "command_rtt": command_rtt.measure,
     "startup": startup.measure,
+    "journal_startup": journal_startup.measure,
     "memory": memory.measure,
     "ward": ward_split.measure,
     "scale": scale.measure,

@@ -36,6 +36,7 @@ from pydantic_settings import (
 )
 
 from daemon.errors import ConfigError
+from daemon.journal import DEFAULT_RETENTION_DAYS
 from daemon.paths import default_data_dir
 from daemon.topics import TOPIC_ID_PATTERN
 from protocol.request import field_path
@@ -242,6 +243,21 @@ class PumpConfig(_Section):
         return self.address if self.address is not None else 0
 
 
+class JournalConfig(_Section):
+    """The journal (hash-chained SQLite in ``data_dir``) and how long it keeps rows."""
+
+    retention_days: Annotated[int, Field(ge=1, le=36_500)] = Field(
+        default=DEFAULT_RETENTION_DAYS,
+        description=(
+            "Rows older than this many days are removed, oldest first, at start and then "
+            "hourly, a bounded batch at a time. The chain still verifies: it starts from a "
+            "recorded anchor. Each pump's latest event of every type is kept in a checkpoint "
+            "row, a command still awaiting its result is never forgotten, and undelivered "
+            "events (the outbox) are never removed."
+        ),
+    )
+
+
 class Config(BaseSettings):
     """The whole configuration (see ``systemd/infusiond.example.toml``)."""
 
@@ -261,6 +277,7 @@ class Config(BaseSettings):
     control: ControlConfig = Field(default_factory=ControlConfig)
     vitals: list[VitalsSource] = Field(default_factory=list)
     pumps: list[PumpConfig] = Field(default_factory=list)
+    journal: JournalConfig = Field(default_factory=JournalConfig)
 
     @classmethod
     def settings_customise_sources(

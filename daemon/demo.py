@@ -32,7 +32,7 @@ from daemon.config import Config
 from daemon.embedded_broker import embedded_broker
 from daemon.gateway import Gateway
 from daemon.logging_setup import configure_logging
-from daemon.paths import default_data_dir
+from daemon.paths import default_data_dir, lock_data_dir
 from daemon.web_server import WebServer
 from sim_devices.clock import SimClock
 from sim_devices.modbus_pump import PumpConfig as ModbusPumpSetup
@@ -327,5 +327,7 @@ def run(args: argparse.Namespace) -> int:
         )
         return 2
     configure_logging("warning", stream=sys.stderr)
-    asyncio.run(_main(args))
+    data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
+    with lock_data_dir(data_dir):  # one daemon per journal: refuse before starting anything
+        asyncio.run(_main(args))
     return 0

@@ -7,10 +7,16 @@ One SQLite file in WAL mode holds four tables:
               carries ``hash = sha256(prev_hash + canonical row bytes)``, with ``prev_hash`` the
               hash of row ``n-1`` (64 zeros for row 1). ``meta.head_n``/``meta.head_hash`` are
               updated in the same transaction, so deleting rows at the tail is detected too.
+              ``event_type`` (an event row's ``type``, outside the hashed bytes; verify checks it
+              against the payload) is indexed by (pump, type, n) and (pump, type, ts): the state
+              a restart needs is a few index lookups, whatever the journal's length.
 ``meta``      ``session`` (random, created with the file and never changed), ``seq`` (the last
-              ``pump.event`` sequence number handed out; never reused), the chain head.
+              ``pump.event`` sequence number handed out; never reused), the chain head, and
+              the retention anchor (``n``/``hash`` of the last pruned row; the chain starts
+              after it).
 ``commands``  command ids with their first outcome, so a repeated id is answered ``duplicate``
-              across restarts.
+              across restarts, and the command as received with its ``phase``, so the commands a
+              crash left at ``accepted`` are one indexed query.
 ``outbox``    events written in the same transaction as their journal row and ``seq``
               increment, deleted after the broker's PUBACK, replayed in ``seq`` order.
 
@@ -24,6 +30,10 @@ transaction.
 :class:`Journal` is the synchronous core (its writing methods must run inside
 :meth:`Journal.transaction`); :class:`AsyncJournal` is the facade the daemon uses: one dedicated
 writer thread owns the connection, so SQLite never blocks the event loop.
+
+Retention (:meth:`Journal.prune`) removes a prefix of the chain in bounded steps, after writing
+``checkpoint`` rows that carry each pump's newest event of every type. Opening for writing holds
+the data dir's lock (:func:`daemon.paths.lock_data_dir`): one daemon per journal.
 """
 
 from __future__ import annotations
@@ -37,14 +47,14 @@ import queue
 import secrets
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
 from daemon.envelope import Kind, encode, envelope
-from daemon.paths import ensure_writable_dir, journal_path
+from daemon.paths import DataDirLock, journal_path, lock_data_dir
 from daemon.timefmt import format_ts, utc_now
 from daemon.topics import Topics
 from protocol.errors import InfusiondError
@@ -53,7 +63,15 @@ FORMAT = "infusiond.journal/1"
 GENESIS_HASH = "0" * 64
 _T = TypeVar("_T")
 
-_SCHEMA = """
+DEFAULT_RETENTION_DAYS = 90
+#: journal rows one :meth:`Journal.prune` call removes at most (a few tens of ms of work)
+PRUNE_BATCH = 5000
+_AUTO_VACUUM_INCREMENTAL = 2
+
+# Tables first, then (after migrating an older file's tables) the indexes. ``event_type`` is
+# the ``type`` of an EVENT row's event, derived from the payload when written (not part of the
+# hashed bytes, so old journals still verify; verify checks it against the payload).
+_TABLES = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS journal (
     n INTEGER PRIMARY KEY,
@@ -62,21 +80,71 @@ CREATE TABLE IF NOT EXISTS journal (
     pump_id TEXT,
     payload TEXT NOT NULL,
     prev_hash TEXT NOT NULL,
-    hash TEXT NOT NULL
+    hash TEXT NOT NULL,
+    event_type TEXT
 );
-CREATE INDEX IF NOT EXISTS journal_pump_kind ON journal (pump_id, kind, n);
 CREATE TABLE IF NOT EXISTS commands (
     id TEXT PRIMARY KEY,
     pump_id TEXT,
     received_at TEXT NOT NULL,
-    first TEXT
+    first TEXT,
+    command TEXT,
+    phase TEXT
 );
 CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY,
     topic TEXT NOT NULL,
     payload BLOB NOT NULL
-);
+)
 """
+_INDEXES = """
+CREATE INDEX IF NOT EXISTS journal_pump_kind ON journal (pump_id, kind, n);
+CREATE INDEX IF NOT EXISTS journal_event_latest ON journal (pump_id, event_type, n)
+    WHERE event_type IS NOT NULL;
+CREATE INDEX IF NOT EXISTS journal_event_time ON journal (pump_id, event_type, ts)
+    WHERE event_type IS NOT NULL;
+CREATE INDEX IF NOT EXISTS commands_unsettled ON commands (received_at)
+    WHERE phase = 'accepted';
+CREATE INDEX IF NOT EXISTS commands_received ON commands (received_at)
+"""
+# An infusiond.journal/1 file written before ``event_type`` and the commands' ``command`` and
+# ``phase`` existed: add the columns and fill them from the rows (once, at the first open).
+_MIGRATE_EVENT_TYPE = """
+ALTER TABLE journal ADD COLUMN event_type TEXT;
+UPDATE journal SET event_type = json_extract(payload, '$.event.type')
+    WHERE kind = 'event' AND json_valid(payload)
+    AND json_type(payload, '$.event.type') = 'text'
+"""
+_MIGRATE_COMMANDS = """
+ALTER TABLE commands ADD COLUMN command TEXT;
+ALTER TABLE commands ADD COLUMN phase TEXT;
+UPDATE commands SET phase = json_extract(first, '$.phase')
+    WHERE json_valid(first) AND json_type(first, '$.phase') = 'text';
+UPDATE commands SET command = (
+    SELECT json_extract(j.payload, '$.command') FROM journal AS j
+    WHERE j.kind = 'command' AND j.pump_id IS commands.pump_id AND json_valid(j.payload)
+    AND json_extract(j.payload, '$.id') = commands.id
+    AND json_type(j.payload, '$.command') = 'object'
+    ORDER BY j.n LIMIT 1
+) WHERE phase = 'accepted'
+"""
+
+
+# every row in order, with the event type its payload gives (verify compares it to the column)
+_VERIFY_TYPED = """
+SELECT n, ts, kind, pump_id, payload, prev_hash, hash, event_type,
+    CASE WHEN kind = 'event' AND json_valid(payload)
+    AND json_type(payload, '$.event.type') = 'text'
+    THEN json_extract(payload, '$.event.type') END
+FROM journal ORDER BY n
+"""
+_VERIFY_LEGACY = """
+SELECT n, ts, kind, pump_id, payload, prev_hash, hash, NULL, NULL FROM journal ORDER BY n
+"""
+
+
+def _statements(script: str) -> list[str]:
+    return [part.strip() for part in script.split(";") if part.strip()]
 
 
 class JournalKind(enum.StrEnum):
@@ -88,6 +156,10 @@ class JournalKind(enum.StrEnum):
     EVENT = "event"
     ALARM = "alarm"
     STATE = "state"
+    CHECKPOINT = "checkpoint"
+    """Written by :meth:`Journal.prune`: with a pump id, the newest event of each type that the
+    pruned rows held (so state rebuilt from the journal survives retention); without one, the
+    anchor (``n`` and ``hash`` of the last pruned row) that the chain now starts from."""
 
 
 class JournalError(InfusiondError):
@@ -128,6 +200,19 @@ class JournalRow:
             "hash": self.hash,
         }
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JournalRow:
+        """The row back from :meth:`to_dict` (as a checkpoint row carries it)."""
+        return cls(
+            int(data["n"]),
+            str(data["ts"]),
+            str(data["kind"]),
+            data["pump_id"],
+            data["payload"],
+            str(data["prev_hash"]),
+            str(data["hash"]),
+        )
+
 
 @dataclass(frozen=True)
 class OutboxItem:
@@ -166,6 +251,17 @@ class CommandClaim:
 
 
 @dataclass(frozen=True)
+class PruneReport:
+    """What one :meth:`Journal.prune` call did. ``more``: rows past retention remain (the call
+    stopped at its batch size); call again."""
+
+    deleted: int
+    commands_deleted: int
+    anchor: int
+    more: bool
+
+
+@dataclass(frozen=True)
 class VerifyReport:
     """Result of walking the chain."""
 
@@ -173,6 +269,8 @@ class VerifyReport:
     first_bad: int | None = None
     reason: str | None = None
     head_ok: bool = True
+    #: the chain starts after row ``anchor`` (rows up to it were removed by retention)
+    anchor: int = 0
 
     @property
     def ok(self) -> bool:
@@ -194,7 +292,13 @@ def row_hash(
 
 
 class Journal:
-    """Synchronous journal on one SQLite connection (not thread-safe: one owner thread)."""
+    """Synchronous journal on one SQLite connection (not thread-safe: one owner thread).
+
+    Every write method runs inside :meth:`transaction` (or an :class:`AsyncJournal` job); any
+    SQLite error of a write (disk full, I/O error, file-size limit, read-only file) surfaces as
+    :class:`JournalError` with the transaction rolled back, so the file and everything read
+    from it (``seq``, the chain head) stay as they were, and the next write can succeed.
+    """
 
     def __init__(
         self,
@@ -203,66 +307,84 @@ class Journal:
         *,
         topics: Topics | None,
         created_anew: bool,
+        lock: DataDirLock | None = None,
+        retention: timedelta = timedelta(days=DEFAULT_RETENTION_DAYS),
     ) -> None:
         self._conn = conn
         self.path = path
         self._topics = topics
+        self._lock = lock
         self.created_anew = created_anew
+        self.retention = retention
         self.session = self._meta("session")
 
     # -- opening -------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, data_dir: Path, *, gateway_id: str) -> Journal:
+    def open(
+        cls,
+        data_dir: Path,
+        *,
+        gateway_id: str,
+        retention_days: int = DEFAULT_RETENTION_DAYS,
+    ) -> Journal:
         """Open (creating it if needed) the journal in ``data_dir`` for writing.
 
-        Raises :class:`daemon.paths.DataDirError` when ``data_dir`` is not writable and
-        :class:`JournalError` when the file is not an infusiond journal.
+        Takes the data dir's lock for as long as the journal is open (one daemon per journal).
+        Reads only the ``meta`` table: start-up cost does not grow with the journal (an older
+        file is migrated once, on its first open by this version). Raises
+        :class:`daemon.paths.DataDirError` when ``data_dir`` is not writable or another
+        process holds it, and :class:`JournalError` when the file is not an infusiond journal.
         """
-        ensure_writable_dir(data_dir)
+        if retention_days < 1:
+            raise JournalError(f"journal retention must be at least 1 day, got {retention_days}")
+        lock = lock_data_dir(data_dir)
+        try:
+            return cls._open_locked(data_dir, gateway_id, lock, timedelta(days=retention_days))
+        except BaseException:
+            lock.release()
+            raise
+
+    @classmethod
+    def _open_locked(
+        cls, data_dir: Path, gateway_id: str, lock: DataDirLock, retention: timedelta
+    ) -> Journal:
         path = journal_path(data_dir)
         try:
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
             raise JournalError(f"cannot open journal {path}: {exc}") from None
         try:
+            # freed pages go back to the file system (prune); takes effect on a new file only
+            conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA busy_timeout=5000")
             conn.execute("BEGIN IMMEDIATE")
-            for statement in filter(None, (part.strip() for part in _SCHEMA.split(";"))):
-                conn.execute(statement)
-            created = conn.execute("SELECT value FROM meta WHERE key='session'").fetchone() is None
-            if created:
-                conn.executemany(
-                    "INSERT INTO meta (key, value) VALUES (?, ?)",
-                    [
-                        ("format", FORMAT),
-                        ("session", secrets.token_hex(8)),
-                        ("created_at", format_ts(utc_now())),
-                        ("gateway", gateway_id),
-                        ("seq", "0"),
-                        ("head_n", "0"),
-                        ("head_hash", GENESIS_HASH),
-                    ],
-                )
+            created = _create_or_migrate(conn, gateway_id, path)
             conn.execute("COMMIT")
         except sqlite3.DatabaseError as exc:
             conn.close()
             raise JournalError(f"journal {path} is not usable: {exc}") from None
+        except JournalError:
+            conn.close()  # rolls the open transaction back: nothing of a foreign file changed
+            raise
         if mode != "wal":
             conn.close()
             raise JournalError(f"journal {path}: cannot switch to WAL mode (got {mode})")
-        journal = cls(conn, path, topics=Topics(gateway_id), created_anew=created)
-        found = journal._meta("format")
-        if found != FORMAT:
-            journal.close()
-            raise JournalError(f"journal {path} has format {found!r}, expected {FORMAT!r}")
-        return journal
+        return cls(
+            conn,
+            path,
+            topics=Topics(gateway_id),
+            created_anew=created,
+            lock=lock,
+            retention=retention,
+        )
 
     @classmethod
     def open_readonly(cls, path: Path) -> Journal:
-        """Open an existing journal read-only (safe while the daemon writes it: WAL)."""
+        """Open an existing journal read-only (safe while the daemon writes it: WAL; takes
+        no lock)."""
         if not path.is_file():
             raise JournalError(f"no journal at {path}")
         try:
@@ -278,20 +400,57 @@ class Journal:
             raise JournalError(f"journal {path} is not readable: {exc}") from None
 
     def close(self) -> None:
-        self._conn.close()
+        """Close the file and give the data dir's lock up."""
+        try:
+            self._conn.close()
+        finally:
+            if self._lock is not None:
+                self._lock.release()
 
     # -- transactions ----------------------------------------------------------------------
 
+    def write_error(self, exc: sqlite3.Error) -> JournalError:
+        """The :class:`JournalError` a failed write raises (names the file and the cause)."""
+        return JournalError(f"journal {self.path}: write failed: {exc}")
+
+    def rollback(self) -> None:
+        """Abandon the open transaction, if any. SQLite may already have rolled it back (after
+        a full disk or an I/O error); if even ROLLBACK fails, the next BEGIN retries it."""
+        if self._conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.execute("ROLLBACK")
+
+    def begin(self) -> None:
+        """BEGIN IMMEDIATE; JournalError if it fails or a transaction is already open."""
+        if self._conn.in_transaction:
+            raise JournalError(f"journal {self.path}: a transaction is already open")
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise self.write_error(exc) from None
+
+    def commit(self) -> None:
+        """COMMIT, or roll back and raise JournalError: nothing of the transaction stays."""
+        try:
+            self._conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self.rollback()
+            raise self.write_error(exc) from None
+
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
-        """One write transaction (BEGIN IMMEDIATE ... COMMIT, rolled back on error)."""
-        self._conn.execute("BEGIN IMMEDIATE")
+        """One write transaction (BEGIN IMMEDIATE ... COMMIT, rolled back on error; an SQLite
+        error inside it or at COMMIT is raised as :class:`JournalError`)."""
+        self.begin()
         try:
             yield
+        except sqlite3.Error as exc:
+            self.rollback()
+            raise self.write_error(exc) from None
         except BaseException:
-            self._conn.execute("ROLLBACK")
+            self.rollback()
             raise
-        self._conn.execute("COMMIT")
+        self.commit()
 
     @contextlib.contextmanager
     def snapshot(self) -> Iterator[None]:
@@ -327,20 +486,30 @@ class Journal:
         pump_id: str | None = None,
     ) -> JournalRow:
         """Append one chained row (inside a transaction)."""
+        return self._append(kind, payload, ts=format_ts(ts), pump_id=pump_id)
+
+    def _append(
+        self,
+        kind: JournalKind,
+        payload: dict[str, Any],
+        *,
+        ts: str,
+        pump_id: str | None,
+        event_type: str | None = None,
+    ) -> JournalRow:
         self._require_transaction()
         n = int(self._meta("head_n")) + 1
         prev = self._meta("head_hash")
-        ts_text = format_ts(ts)
         payload_text = encode(payload).decode()
-        digest = row_hash(prev, n, ts_text, kind.value, pump_id, payload_text=payload_text)
+        digest = row_hash(prev, n, ts, kind.value, pump_id, payload_text=payload_text)
         self._conn.execute(
-            "INSERT INTO journal (n, ts, kind, pump_id, payload, prev_hash, hash)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (n, ts_text, kind.value, pump_id, payload_text, prev, digest),
+            "INSERT INTO journal (n, ts, kind, pump_id, payload, prev_hash, hash, event_type)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (n, ts, kind.value, pump_id, payload_text, prev, digest, event_type),
         )
         self._set_meta("head_n", str(n))
         self._set_meta("head_hash", digest)
-        return JournalRow(n, ts_text, kind.value, pump_id, payload, prev, digest)
+        return JournalRow(n, ts, kind.value, pump_id, payload, prev, digest)
 
     def current_seq(self) -> int:
         """The seq of the latest ``pump.event`` (0 before the first)."""
@@ -353,7 +522,14 @@ class Journal:
             raise JournalError("journal opened read-only")
         seq = self.current_seq() + 1
         self._set_meta("seq", str(seq))
-        self.append(JournalKind.EVENT, {"seq": seq, "event": data}, ts=ts, pump_id=pump_id)
+        event_type = data.get("type")
+        self._append(
+            JournalKind.EVENT,
+            {"seq": seq, "event": data},
+            ts=format_ts(ts),
+            pump_id=pump_id,
+            event_type=event_type if isinstance(event_type, str) else None,
+        )
         body = envelope(
             Kind.PUMP_EVENT,
             gateway=self._topics.gateway_id,
@@ -379,8 +555,9 @@ class Journal:
     ) -> CommandClaim:
         """Journal an incoming command and claim its id.
 
-        A new id is stored (outcome not yet known). A known id is not claimed again: the
-        answer carries its recorded first outcome, and the journal row says ``duplicate``.
+        A new id is stored with the command as received (outcome not yet known). A known id is
+        not claimed again: the answer carries its recorded first outcome, and the journal row
+        says ``duplicate``.
         """
         self._require_transaction()
         row = self._conn.execute("SELECT first FROM commands WHERE id=?", (command_id,)).fetchone()
@@ -395,8 +572,9 @@ class Journal:
             first: dict[str, Any] = json.loads(row[0]) if row[0] is not None else {}
             return CommandClaim(command_id, first)
         self._conn.execute(
-            "INSERT INTO commands (id, pump_id, received_at, first) VALUES (?, ?, ?, NULL)",
-            (command_id, pump_id, format_ts(ts)),
+            "INSERT INTO commands (id, pump_id, received_at, first, command, phase)"
+            " VALUES (?, ?, ?, NULL, ?, NULL)",
+            (command_id, pump_id, format_ts(ts), encode(command).decode()),
         )
         return CommandClaim(command_id, None)
 
@@ -417,10 +595,11 @@ class Journal:
         """
         self._require_transaction()
         text = encode(outcome).decode()
+        phase = outcome.get("phase")
         self._conn.execute(
-            "INSERT INTO commands (id, pump_id, received_at, first) VALUES (?, ?, ?, ?)"
-            " ON CONFLICT(id) DO UPDATE SET first=excluded.first",
-            (command_id, pump_id, format_ts(ts), text),
+            "INSERT INTO commands (id, pump_id, received_at, first, phase) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT(id) DO UPDATE SET first=excluded.first, phase=excluded.phase",
+            (command_id, pump_id, format_ts(ts), text, phase if isinstance(phase, str) else None),
         )
         return self.append(kind, {"id": command_id, "outcome": outcome}, ts=ts, pump_id=pump_id)
 
@@ -466,26 +645,201 @@ class Journal:
 
     def interrupted_commands(self) -> list[InterruptedCommand]:
         """Commands left at ``accepted`` (see :class:`InterruptedCommand`), oldest first, with
-        the command as received (scanned from that pump's command rows: rare, at start only)."""
-        found: list[InterruptedCommand] = []
-        for cid, pump_id, first in self._conn.execute(
-            "SELECT id, pump_id, first FROM commands WHERE first LIKE '%accepted%'"
-            " ORDER BY received_at"
-        ):
-            outcome = _loads_payload(first)
-            if outcome.get("phase") != "accepted":
-                continue
-            command: dict[str, Any] | None = None
-            for (payload,) in self._conn.execute(
-                "SELECT payload FROM journal WHERE kind = ? AND pump_id IS ? ORDER BY n",
-                (JournalKind.COMMAND.value, pump_id),
-            ):
-                row = _loads_payload(payload)
-                if row.get("id") == cid and isinstance(row.get("command"), dict):
-                    command = row["command"]
-                    break
-            found.append(InterruptedCommand(cid, pump_id, outcome, command))
+        the command as received: one indexed query, however long the journal."""
+        return [
+            InterruptedCommand(cid, pump_id, _loads_payload(first), _loads_command(command))
+            for cid, pump_id, first, command in self._conn.execute(
+                "SELECT id, pump_id, first, command FROM commands INDEXED BY commands_unsettled"
+                " WHERE phase = 'accepted' ORDER BY received_at"
+            )
+        ]
+
+    # -- state queries (what a restart rebuilds each pump from) ---------------------------
+
+    def latest_events(self, pump_id: str, types: Collection[str]) -> dict[str, JournalRow]:
+        """The newest EVENT row of each of ``types`` (the event's ``type``) for ``pump_id``;
+        types never seen are absent. One index lookup per type. When retention has removed
+        every row of a type, the row comes from the pump's newest checkpoint, unchanged (same
+        ``n``, ``ts``, payload and hashes as when it was live)."""
+        found: dict[str, JournalRow] = {}
+        for event_type in dict.fromkeys(types):
+            row = self._conn.execute(
+                "SELECT n, ts, kind, pump_id, payload, prev_hash, hash"
+                " FROM journal INDEXED BY journal_event_latest"
+                " WHERE pump_id = ? AND event_type = ? ORDER BY n DESC LIMIT 1",
+                (pump_id, event_type),
+            ).fetchone()
+            if row is not None:
+                found[event_type] = _row(row)
+        missing = [t for t in dict.fromkeys(types) if t not in found]
+        if missing:
+            carried = self._checkpoint(pump_id)
+            for event_type in missing:
+                if event_type in carried:
+                    found[event_type] = carried[event_type]
         return found
+
+    def recent_events(
+        self, pump_id: str, types: Collection[str], *, since: datetime, limit: int
+    ) -> list[JournalRow]:
+        """EVENT rows of ``types`` for ``pump_id`` with ``ts >= since``: the ``limit`` newest
+        (by time, then journal order), returned oldest first. At most ``limit`` rows are read
+        per type, through an index on (pump, type, time)."""
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit}")
+        start = format_ts(since)
+        rows: list[JournalRow] = []
+        for event_type in dict.fromkeys(types):
+            rows.extend(
+                _row(row)
+                for row in self._conn.execute(
+                    "SELECT n, ts, kind, pump_id, payload, prev_hash, hash"
+                    " FROM journal INDEXED BY journal_event_time"
+                    " WHERE pump_id = ? AND event_type = ? AND ts >= ?"
+                    " ORDER BY ts DESC, n DESC LIMIT ?",
+                    (pump_id, event_type, start, limit),
+                )
+            )
+        rows.sort(key=lambda r: (r.ts, r.n))
+        return rows[-limit:]
+
+    def _checkpoint(self, pump_id: str) -> dict[str, JournalRow]:
+        """The event rows the pump's newest checkpoint carries, by type (empty: none)."""
+        row = self._conn.execute(
+            "SELECT payload FROM journal INDEXED BY journal_pump_kind"
+            " WHERE pump_id = ? AND kind = ? ORDER BY n DESC LIMIT 1",
+            (pump_id, JournalKind.CHECKPOINT.value),
+        ).fetchone()
+        if row is None:
+            return {}
+        latest = _loads_payload(row[0]).get("latest")
+        if not isinstance(latest, dict):
+            return {}
+        return {t: JournalRow.from_dict(data) for t, data in latest.items()}
+
+    # -- retention -------------------------------------------------------------------------
+
+    def anchor(self) -> tuple[int, str]:
+        """``(n, hash)`` of the last row removed by retention (``(0, GENESIS_HASH)``: none,
+        also for a file no version with retention has opened for writing yet)."""
+        rows = dict(
+            self._conn.execute(
+                "SELECT key, value FROM meta WHERE key IN ('anchor_n', 'anchor_hash')"
+            )
+        )
+        return int(rows.get("anchor_n", "0")), str(rows.get("anchor_hash", GENESIS_HASH))
+
+    def prune(self, now: datetime, *, max_rows: int = PRUNE_BATCH) -> PruneReport:
+        """Remove at most ``max_rows`` of the oldest rows older than the retention (inside a
+        transaction), so that one call never holds the writer for long; ``more`` says whether
+        to call again.
+
+        Only a prefix of the chain is removed: it ends before the first row that is still
+        within retention. Before it goes, each pump that had events in it gets a
+        ``checkpoint`` row carrying the newest row of each event type (from the prefix, or
+        carried forward from its previous checkpoint), so :meth:`latest_events` answers as
+        before; a last ``checkpoint`` row without pump records the new anchor (``n`` and
+        ``hash`` of the last removed row), which ``meta`` also holds and :meth:`verify` starts
+        from. Command ids older than the retention are forgotten too, except those whose
+        outcome is still ``accepted`` or not yet recorded. The outbox is never touched.
+        """
+        self._require_transaction()
+        if max_rows < 1:
+            raise ValueError(f"max_rows must be at least 1, got {max_rows}")
+        cutoff = format_ts(now - self.retention)
+        commands_deleted = self._conn.execute(
+            "DELETE FROM commands WHERE id IN (SELECT id FROM commands INDEXED BY"
+            " commands_received WHERE received_at < ? AND phase IS NOT NULL"
+            " AND phase != 'accepted' LIMIT ?)",
+            (cutoff, max_rows),
+        ).rowcount
+        anchor_n, _ = self.anchor()
+        last: tuple[int, str] | None = None
+        more = False
+        for index, (n, ts, digest) in enumerate(
+            self._conn.execute(
+                "SELECT n, ts, hash FROM journal WHERE n > ? ORDER BY n LIMIT ?",
+                (anchor_n, max_rows + 1),
+            ).fetchall()
+        ):
+            if not isinstance(ts, str) or ts >= cutoff:
+                break
+            if index == max_rows:
+                more = True
+                break
+            last = (n, digest)
+        if last is None:
+            return PruneReport(0, commands_deleted, anchor_n, more=False)
+        last_n, last_hash = last
+        carried = self._carry_forward(anchor_n, last_n)
+        deleted = self._conn.execute(
+            "DELETE FROM journal WHERE n > ? AND n <= ?", (anchor_n, last_n)
+        ).rowcount
+        self._set_meta("anchor_n", str(last_n))
+        self._set_meta("anchor_hash", last_hash)
+        through = {"n": last_n, "hash": last_hash}
+        stamp = format_ts(now)
+        for pump_id, latest in sorted(carried.items()):
+            self._append(
+                JournalKind.CHECKPOINT,
+                {"pruned_through": through, "latest": latest},
+                ts=stamp,
+                pump_id=pump_id,
+            )
+        self._append(
+            JournalKind.CHECKPOINT,
+            {"pruned_through": through, "retention_days": self.retention.days},
+            ts=stamp,
+            pump_id=None,
+        )
+        self._release_free_pages()
+        return PruneReport(deleted, commands_deleted, last_n, more=more)
+
+    def _release_free_pages(self) -> None:
+        """Hand the pages freed by pruning back to the file system (auto_vacuum=INCREMENTAL;
+        the file shrinks at the next WAL checkpoint). Each step of ``incremental_vacuum``
+        frees one page, and Python's sqlite3 does not step a statement that returns no
+        columns: so one execution per page, on one cursor (each re-execution resets it)."""
+        (mode,) = self._conn.execute("PRAGMA auto_vacuum").fetchone()
+        if mode != _AUTO_VACUUM_INCREMENTAL:
+            return  # a file created before this version: freed pages are reused, not returned
+        (free,) = self._conn.execute("PRAGMA freelist_count").fetchone()
+        cursor = self._conn.cursor()
+        try:
+            for _ in range(free):
+                cursor.execute("PRAGMA incremental_vacuum(1)")
+        finally:
+            cursor.close()
+
+    def _carry_forward(self, after: int, through: int) -> dict[str, dict[str, Any]]:
+        """For each pump with events or checkpoints in rows ``(after, through]``: the newest row
+        of each event type as of ``through`` (``to_dict`` form), from those rows or the pump's
+        newest checkpoint."""
+        newest: dict[str, dict[str, int]] = {}
+        for pump_id, event_type, n in self._conn.execute(
+            "SELECT pump_id, event_type, max(n) FROM journal WHERE n > ? AND n <= ?"
+            " AND event_type IS NOT NULL AND pump_id IS NOT NULL GROUP BY pump_id, event_type",
+            (after, through),
+        ):
+            newest.setdefault(pump_id, {})[event_type] = n
+        for (pump_id,) in self._conn.execute(
+            "SELECT DISTINCT pump_id FROM journal WHERE n > ? AND n <= ? AND kind = ?"
+            " AND pump_id IS NOT NULL",
+            (after, through, JournalKind.CHECKPOINT.value),
+        ):
+            newest.setdefault(pump_id, {})
+        carried: dict[str, dict[str, Any]] = {}
+        for pump_id, by_type in newest.items():
+            latest = {t: row.to_dict() for t, row in self._checkpoint(pump_id).items()}
+            for event_type, n in by_type.items():
+                row = self._conn.execute(
+                    "SELECT n, ts, kind, pump_id, payload, prev_hash, hash"
+                    " FROM journal WHERE n = ?",
+                    (n,),
+                ).fetchone()
+                latest[event_type] = _row(row).to_dict()
+            carried[pump_id] = latest
+        return carried
 
     def outbox_ack(self, seqs: Iterable[int]) -> int:
         """Delete acknowledged events from the outbox; returns how many were there."""
@@ -538,36 +892,116 @@ class Journal:
             return self._verify()
 
     def _verify(self) -> VerifyReport:
-        prev = GENESIS_HASH
-        expected_n = 1
-        cur = self._conn.execute(
-            "SELECT n, ts, kind, pump_id, payload, prev_hash, hash FROM journal ORDER BY n"
-        )
-        for n, ts, kind, pid, payload, prev_hash, digest in cur:
+        anchor_n, prev = self.anchor()
+        expected_n = anchor_n + 1
+        # a file written before event_type existed (read-only here, so not migrated yet)
+        typed_file = "event_type" in _columns(self._conn, "journal")
+        cur = self._conn.execute(_VERIFY_TYPED if typed_file else _VERIFY_LEGACY)
+        confirmed = anchor_n == 0
+        for n, ts, kind, pid, payload, prev_hash, digest, event_type, typed in cur:
+            found = n - 1 - anchor_n
             if n != expected_n:
-                return VerifyReport(expected_n - 1, expected_n, f"row {expected_n} is missing")
+                return VerifyReport(
+                    found, expected_n, f"row {expected_n} is missing", anchor=anchor_n
+                )
             if prev_hash != prev:
-                return VerifyReport(n - 1, n, "prev_hash does not match the previous row's hash")
+                return VerifyReport(
+                    found, n, "prev_hash does not match the previous row's hash", anchor=anchor_n
+                )
             if not isinstance(payload, str) or not all(
                 isinstance(v, str) for v in (ts, kind, prev_hash, digest)
             ):
-                return VerifyReport(n - 1, n, "a column has the wrong type")
+                return VerifyReport(found, n, "a column has the wrong type", anchor=anchor_n)
             if row_hash(prev_hash, n, ts, kind, pid, payload_text=payload) != digest:
-                return VerifyReport(n - 1, n, "hash does not match the row's content")
+                return VerifyReport(
+                    found, n, "hash does not match the row's content", anchor=anchor_n
+                )
+            if typed_file and event_type != typed:
+                return VerifyReport(
+                    found, n, "event_type does not match the payload's event type", anchor=anchor_n
+                )
+            if kind == JournalKind.CHECKPOINT.value and pid is None:
+                through = _loads_payload(payload).get("pruned_through")
+                confirmed = through == {"n": anchor_n, "hash": self._meta("anchor_hash")}
             prev = digest
             expected_n += 1
-        rows = expected_n - 1
+        rows = expected_n - 1 - anchor_n
+        if not confirmed:
+            return VerifyReport(
+                rows,
+                anchor_n,
+                f"the chain starts after row {anchor_n} but no checkpoint row records that"
+                " anchor (rows removed at the start or anchor altered)",
+                anchor=anchor_n,
+            )
         head_n, head_hash = int(self._meta("head_n")), self._meta("head_hash")
-        if head_n != rows or head_hash != prev:
-            bad = rows + 1 if head_n > rows else head_n + 1
+        if head_n != expected_n - 1 or head_hash != prev:
+            last = expected_n - 1
+            bad = last + 1 if head_n > last else head_n + 1
             return VerifyReport(
                 rows,
                 bad,
-                f"chain head says {head_n} rows but {rows} are present (rows removed at the end"
-                " or head altered)",
+                f"chain head says {head_n} rows but the chain ends at row {last} (rows removed"
+                " at the end or head altered)",
                 head_ok=False,
+                anchor=anchor_n,
             )
-        return VerifyReport(rows)
+        return VerifyReport(rows, anchor=anchor_n)
+
+
+def _row(row: tuple[Any, ...]) -> JournalRow:
+    n, ts, kind, pump_id, payload, prev_hash, digest = row
+    return JournalRow(n, ts, kind, pump_id, _loads_payload(payload), prev_hash, digest)
+
+
+def _loads_command(text: object) -> dict[str, Any] | None:
+    """A stored command as received; None when not recorded (a command claimed by an older
+    version whose journal row could not be found at migration)."""
+    return _loads_payload(text) if isinstance(text, str) else None
+
+
+def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
+    return {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+
+
+def _create_or_migrate(conn: sqlite3.Connection, gateway_id: str, path: Path) -> bool:
+    """Create the tables (a new file; True) or bring an older file's up to date (False), then
+    the indexes: inside the caller's transaction. A file of another format is refused before
+    anything in it is changed."""
+    for statement in _statements(_TABLES):
+        conn.execute(statement)
+    created = conn.execute("SELECT value FROM meta WHERE key='session'").fetchone() is None
+    if created:
+        conn.executemany(
+            "INSERT INTO meta (key, value) VALUES (?, ?)",
+            [
+                ("format", FORMAT),
+                ("session", secrets.token_hex(8)),
+                ("created_at", format_ts(utc_now())),
+                ("gateway", gateway_id),
+                ("seq", "0"),
+                ("head_n", "0"),
+                ("head_hash", GENESIS_HASH),
+            ],
+        )
+    else:
+        row = conn.execute("SELECT value FROM meta WHERE key='format'").fetchone()
+        found = row[0] if row is not None else None
+        if found != FORMAT:
+            raise JournalError(f"journal {path} has format {found!r}, expected {FORMAT!r}")
+        if "event_type" not in _columns(conn, "journal"):
+            for statement in _statements(_MIGRATE_EVENT_TYPE):
+                conn.execute(statement)
+        if "phase" not in _columns(conn, "commands"):
+            for statement in _statements(_MIGRATE_COMMANDS):
+                conn.execute(statement)
+    conn.executemany(
+        "INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)",
+        [("anchor_n", "0"), ("anchor_hash", GENESIS_HASH)],
+    )
+    for statement in _statements(_INDEXES):
+        conn.execute(statement)
+    return created
 
 
 def _loads_payload(text: object) -> dict[str, Any]:
@@ -610,9 +1044,19 @@ class AsyncJournal:
         self._thread = threading.Thread(target=self._run, name="journal-writer", daemon=True)
 
     @classmethod
-    async def open(cls, data_dir: Path, *, gateway_id: str, max_batch: int = 256) -> Self:
-        """Open or create the journal in ``data_dir`` (raises DataDirError / JournalError)."""
-        journal = await asyncio.to_thread(Journal.open, data_dir, gateway_id=gateway_id)
+    async def open(
+        cls,
+        data_dir: Path,
+        *,
+        gateway_id: str,
+        max_batch: int = 256,
+        retention_days: int = DEFAULT_RETENTION_DAYS,
+    ) -> Self:
+        """Open or create the journal in ``data_dir`` (raises DataDirError / JournalError);
+        see :meth:`Journal.open`."""
+        journal = await asyncio.to_thread(
+            Journal.open, data_dir, gateway_id=gateway_id, retention_days=retention_days
+        )
         self = cls(journal, asyncio.get_running_loop(), max_batch)
         self._thread.start()
         self._seq = await self._submit(Journal.current_seq)
@@ -674,14 +1118,23 @@ class AsyncJournal:
         self._journal.close()
 
     def _execute(self, batch: list[_Job]) -> None:
-        conn = self._journal._conn
+        """Run ``batch`` in one transaction, each job in its own savepoint. A job's own error
+        (a payload that cannot be encoded...) undoes that job only. An SQLite error (full disk,
+        I/O error, read-only file...) undoes the whole transaction, since SQLite may already
+        have rolled it back: every job of the batch fails with JournalError, and nothing of it
+        is in the file. Either way this thread goes on with the next batch."""
+        journal = self._journal
+        conn = journal._conn
         outcomes: list[tuple[_Job, Any, BaseException | None]] = []
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            journal.rollback()  # in case a failed ROLLBACK left the last batch's open
+            journal.begin()
             for job in batch:
                 conn.execute("SAVEPOINT job")
                 try:
-                    value = job.fn(self._journal)
+                    value = job.fn(journal)
+                except sqlite3.Error:
+                    raise
                 except Exception as exc:  # noqa: BLE001 - forwarded to the awaiting caller
                     conn.execute("ROLLBACK TO job")
                     conn.execute("RELEASE job")
@@ -689,13 +1142,14 @@ class AsyncJournal:
                     continue
                 conn.execute("RELEASE job")
                 outcomes.append((job, value, None))
-            conn.execute("COMMIT")
+            journal.commit()
             self.commits += 1
         except sqlite3.Error as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            failure = JournalError(f"journal {self._journal.path}: write failed: {exc}")
+            journal.rollback()
+            failure = journal.write_error(exc)
             outcomes = [(job, None, failure) for job in batch]
+        except JournalError as exc:  # BEGIN or COMMIT failed (already rolled back)
+            outcomes = [(job, None, exc) for job in batch]
         for job, value, error in outcomes:
             with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is waiting
                 self._loop.call_soon_threadsafe(_resolve, job.future, value, error)
@@ -824,6 +1278,26 @@ class AsyncJournal:
     async def interrupted_commands(self) -> list[InterruptedCommand]:
         """Commands a crash left at ``accepted`` (see :meth:`Journal.interrupted_commands`)."""
         return await self._submit(Journal.interrupted_commands)
+
+    async def latest_events(self, pump_id: str, types: Collection[str]) -> dict[str, JournalRow]:
+        """The newest event of each type for a pump (see :meth:`Journal.latest_events`)."""
+        wanted = list(types)
+        return await self._submit(lambda j: j.latest_events(pump_id, wanted))
+
+    async def recent_events(
+        self, pump_id: str, types: Collection[str], *, since: datetime, limit: int
+    ) -> list[JournalRow]:
+        """A pump's events of some types since a time, oldest first (see
+        :meth:`Journal.recent_events`)."""
+        wanted = list(types)
+        return await self._submit(
+            lambda j: j.recent_events(pump_id, wanted, since=since, limit=limit)
+        )
+
+    async def prune(self, now: datetime, *, max_rows: int = PRUNE_BATCH) -> PruneReport:
+        """One bounded step of retention (see :meth:`Journal.prune`): call at start and then
+        periodically (hourly), again at once while ``more``; other jobs run in between."""
+        return await self._submit(lambda j: j.prune(now, max_rows=max_rows))
 
     async def outbox_pending(self, limit: int = 1000) -> list[OutboxItem]:
         """Unacknowledged events, oldest first."""

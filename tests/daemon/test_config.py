@@ -196,3 +196,30 @@ def test_newera_pump_defaults_and_checks(tmp_path: Path) -> None:
         write(tmp_path, 'gateway_id = "gw"\n' + text.replace("weight_kg", "unit_id = 2\nweight_kg"))
     )
     assert isinstance(config, Config)
+
+
+def test_journal_retention_defaults_to_90_days(tmp_path: Path) -> None:
+    """Without a [journal] section the journal keeps 90 days."""
+    assert load_config(write(tmp_path, 'gateway_id = "gw"\n')).journal.retention_days == 90
+
+
+@pytest.mark.parametrize("days", ["0", "-3", "36501", "1.5", '"ninety"'])
+def test_journal_retention_out_of_range_or_not_an_integer_names_the_key(
+    tmp_path: Path, days: str
+) -> None:
+    """A retention below 1 day, above 100 years, or not an integer fails naming the key."""
+    message = error_of(write(tmp_path, f'gateway_id = "gw"\n[journal]\nretention_days = {days}\n'))
+    assert "journal.retention_days" in message
+
+
+def test_journal_retention_from_the_environment_names_the_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """INFUSIOND_JOURNAL__RETENTION_DAYS overrides the file; a bad value names the variable."""
+    path = write(tmp_path, 'gateway_id = "gw"\n[journal]\nretention_days = 30\n')
+    monkeypatch.setenv("INFUSIOND_JOURNAL__RETENTION_DAYS", "7")
+    assert load_config(path).journal.retention_days == 7
+    monkeypatch.setenv("INFUSIOND_JOURNAL__RETENTION_DAYS", "0")
+    message = error_of(path)
+    assert "journal.retention_days (from INFUSIOND_JOURNAL__RETENTION_DAYS)" in message
+    assert "greater than or equal to 1" in message
