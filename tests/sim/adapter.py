@@ -10,7 +10,8 @@ gateway's public outputs (results, events, the journal file).
   duration of a run: the journal's writer thread (jobs run inline on the loop thread, through
   the real ``AsyncJournal._execute``, so batching, savepoints and error mapping are the real
   ones), the journal's own clock, and the gateway's ``gc.freeze`` (a once-per-process
-  optimisation that would keep every simulated gateway alive forever).
+  optimisation that would keep every simulated gateway alive forever); the shipped library
+  is loaded once per process instead of at every start.
 - :class:`JournalFaults`: write faults at exact statements of the journal's transactions.
 - :func:`command_of_current_task`: which command a driver call belongs to (the gate runs each
   command in a task named ``command:<pump>:<id>``).
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import sqlite3
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -34,6 +36,7 @@ from daemon.config import Config
 from daemon.gateway import Gateway
 from daemon.journal import AsyncJournal, Journal, JournalError, JournalKind, _Job
 from drivers.base import Driver
+from protocol.library import Library
 
 _WRITES = ("INSERT", "UPDATE", "DELETE")
 
@@ -127,6 +130,16 @@ class _NoGc:
         return None
 
 
+@functools.cache
+def shipped_library() -> Library:
+    """The shipped drug library, loaded and checked once per process (it is immutable)."""
+    return daemon.gateway.load_checked_library(Config(gateway_id="sim"))
+
+
+def _shipped_library_for(_cfg: Config) -> Library:
+    return shipped_library()
+
+
 @contextlib.contextmanager
 def simulated_process(faults: JournalFaults, clock: Callable[[], datetime]) -> Iterator[None]:
     """Patch what cannot run under virtual time (see the module docstring)."""
@@ -135,6 +148,7 @@ def simulated_process(faults: JournalFaults, clock: Callable[[], datetime]) -> I
         mock.patch.object(daemon.gateway, "AsyncJournal", journal_class),
         mock.patch.object(daemon.journal, "utc_now", clock),
         mock.patch.object(daemon.gateway, "gc", _NoGc),
+        mock.patch.object(daemon.gateway, "load_checked_library", _shipped_library_for),
     ):
         yield
 

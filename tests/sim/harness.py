@@ -12,7 +12,9 @@ is replayed with ``make fuzz SEED=<seed>`` and reported with its :func:`shrink`-
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import multiprocessing
 import random
 import tempfile
 from collections.abc import Callable, Sequence
@@ -26,20 +28,22 @@ from structlog.testing import capture_logs
 
 from daemon.channel import Program
 from daemon.config import Config
-from daemon.gateway import Gateway, load_checked_library
+from daemon.gateway import Gateway
 from daemon.timefmt import format_ts
 from drivers.base import AlarmCode, RunState
 from tests.sim.adapter import (
     JournalFaults,
     build_gateway,
     command_of_current_task,
+    shipped_library,
     simulated_process,
 )
 from tests.sim.fakes import CrashPoint, LinkFault, SimBridge, SimBroker, SimDriver, SimPump
 from tests.sim.invariants import Monitor, Sent, Violation
 from tests.sim.vclock import VirtualTimeDeadlock, VirtualTimeLoop
 
-SETTLE_S = 45.0  # after the schedule: every fault healed, then this long before the final checks
+SETTLE_S = 20.0  # after the schedule: every fault healed, then this long before the final checks
+DEFAULT_LENGTH = 12
 STOP_TIMEOUT_S = 120.0
 SCRATCH = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
 
@@ -238,7 +242,7 @@ Step = (
 _DOSES = [0.005, 0.02, 0.03, 0.04, 0.045, 0.05, 0.06, 0.1, 0.5, 1.5, 3.0, 3.2]
 _RATES = [0.05, 1.0, 3.28, 9.0, 12.0, 52.5, 63.0, 150.0, 999.99, 1000.0, 3500.0]
 _PANEL = ["0.5", "2.0", "30.0", "60.0", "120.0", "3500.0"]
-_WAITS = [0.01, 0.3, 1.0, 2.5, 6.0, 15.0]
+_WAITS = [0.01, 0.3, 1.0, 2.5, 6.0]
 
 
 def generate(seed: int, length: int) -> list[Step]:
@@ -334,6 +338,7 @@ class _Run:
     pumps: dict[str, SimPump] = field(default_factory=dict)
     broker: SimBroker = field(default_factory=lambda: SimBroker("sim"))
     monitor: Monitor = field(init=False)
+    config: Config = field(init=False)
     gateway: Gateway | None = None
     run_task: asyncio.Task[None] | None = None
     crash_requested: asyncio.Event = field(default_factory=asyncio.Event)
@@ -341,9 +346,8 @@ class _Run:
     sent_order: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.monitor = Monitor(
-            load_checked_library(sim_config(self.data_dir)), initial_bags(), self.data_dir
-        )
+        self.config = sim_config(self.data_dir)
+        self.monitor = Monitor(shipped_library(), initial_bags(), self.data_dir)
         for pid, setup in PUMPS.items():
             self.pumps[pid] = SimPump(
                 pid,
@@ -375,7 +379,7 @@ class _Run:
             for pid, pump in self.pumps.items()
         }
         self.gateway = build_gateway(
-            sim_config(self.data_dir),
+            self.config,
             drivers=drivers,
             bridge_factory=lambda journal: SimBridge(self.broker, journal, self.loop.time),
             clock=self.loop.wall_clock,
@@ -635,22 +639,55 @@ def run_seed(seed: int, length: int, *, minimise: bool = True) -> Failure | None
     return Failure(seed, tuple(steps), violation)
 
 
+def _probe(job: tuple[int, int]) -> tuple[int, str, str] | None:
+    """Run one seed without shrinking (in a worker process): (seed, code, message) or None."""
+    seed, length = job
+    violation = run_schedule(generate(seed, length), seed=seed)
+    return None if violation is None else (seed, violation.code, str(violation))
+
+
 def campaign(
-    first_seed: int,
-    count: int,
+    seeds: Sequence[int],
     length: int,
     *,
-    progress: Callable[[int, Failure | None], None] | None = None,
+    workers: int = 1,
+    progress: Callable[[int, str | None], None] | None = None,
     stop_after: int | None = None,
-) -> list[Failure]:
-    """Run ``count`` seeds from ``first_seed``; failures are shrunk."""
-    failures: list[Failure] = []
-    for seed in range(first_seed, first_seed + count):
-        failure = run_seed(seed, length)
-        if failure is not None:
-            failures.append(failure)
-        if progress is not None:
-            progress(seed, failure)
-        if stop_after is not None and len(failures) >= stop_after:
-            break
-    return failures
+    minimise: int = 1,
+) -> CampaignResult:
+    """Run every seed (in ``workers`` processes); the first ``minimise`` failures are shrunk."""
+    found: list[tuple[int, str, str]] = []
+    jobs = [(seed, length) for seed in seeds]
+    with contextlib.ExitStack() as stack:
+        if workers > 1:
+            context = multiprocessing.get_context("spawn")
+            pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=context)
+            stack.callback(pool.shutdown, wait=True, cancel_futures=True)
+            results = pool.map(_probe, jobs, chunksize=25)
+        else:
+            results = map(_probe, jobs)
+        for (seed, _), result in zip(jobs, results, strict=True):
+            if result is not None:
+                found.append(result)
+            if progress is not None:
+                progress(seed, None if result is None else result[2])
+            if stop_after is not None and len(found) >= stop_after:
+                break
+    shrunk = [run_seed(seed, length) for seed, _code, _message in found[:minimise]]
+    return CampaignResult(
+        [(seed, message) for seed, _code, message in found], [f for f in shrunk if f is not None]
+    )
+
+
+@dataclass(frozen=True)
+class CampaignResult:
+    """Every failing seed with its violation, and the first ones shrunk."""
+
+    failing: list[tuple[int, str]]
+    shrunk: list[Failure]
+
+    def describe(self, limit: int = 10) -> str:
+        lines = [f"{len(self.failing)} schedule(s) broke an invariant:"]
+        lines.extend(f"  seed {seed}: {message}" for seed, message in self.failing[:limit])
+        lines.extend(failure.describe() for failure in self.shrunk)
+        return "\n".join(lines)
