@@ -54,6 +54,7 @@ class JournalFaults:
     count: int = 0
     message: str = "database or disk is full"
     failed: list[str] = field(default_factory=list)
+    _dirty: bool = False  # the open transaction has written something
 
     def arm(self, point: str, skip: int, count: int, message: str) -> None:
         self.point, self.skip, self.count, self.message = point, skip, count, message
@@ -62,8 +63,16 @@ class JournalFaults:
         self.count = 0
 
     def check(self, sql: str) -> None:
+        """Called before each statement; raises the armed error at the chosen point. A COMMIT
+        fails only when its transaction wrote something (as SQLITE_FULL would)."""
         verb = sql.lstrip().split(None, 1)[0].upper()
+        if verb in ("BEGIN", "ROLLBACK"):
+            self._dirty = False
         kind = "write" if verb in _WRITES else "commit" if verb == "COMMIT" else None
+        if kind == "commit" and not self._dirty:
+            return
+        if kind == "write":
+            self._dirty = True
         if kind != self.point or self.count <= 0:
             return
         if self.skip > 0:

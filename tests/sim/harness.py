@@ -42,8 +42,8 @@ from tests.sim.fakes import CrashPoint, LinkFault, SimBridge, SimBroker, SimDriv
 from tests.sim.invariants import Monitor, Sent, Violation
 from tests.sim.vclock import VirtualTimeDeadlock, VirtualTimeLoop
 
-SETTLE_S = 20.0  # after the schedule: every fault healed, then this long before the final checks
-DEFAULT_LENGTH = 12
+SETTLE_S = 15.0  # after the schedule: every fault healed, then this long before the final checks
+DEFAULT_LENGTH = 10
 STOP_TIMEOUT_S = 120.0
 SCRATCH = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
 
@@ -366,6 +366,20 @@ class _Run:
         name = task.get_name() if isinstance(task, asyncio.Task) else repr(task)[:60]
         self.loop_errors.append(f"{context.get('message')} in {name}: {exc!r}")
 
+    def trace(self) -> list[str]:
+        results = [
+            f"{r.at:.3f} {r.pump_id} result "
+            + repr(sorted((k, v) for k, v in r.data.items() if k != "confirm_token"))
+            for r in self.broker.results
+        ]
+        writes = [
+            f"{w.at:.3f} {pid} write {w.op} {w.value} -> {w.rate} by {w.command_id}"
+            for pid, pump in self.pumps.items()
+            for w in pump.writes
+        ]
+        events = [f"event {sorted(e.items())!r}" for e in self.broker.events]
+        return results + writes + events
+
     # -- the gateway's life --------------------------------------------------------------
 
     def _start(self) -> None:
@@ -583,28 +597,40 @@ class Failure:
     seed: int
     steps: tuple[Step, ...]
     violation: Violation
+    length: int | None = None  # the generated length (None: a hand-written schedule)
 
     def describe(self) -> str:
         lines = [f"seed {self.seed}: {self.violation}", "schedule:"]
         lines.extend(f"  {n:2d}. {step!r}" for n, step in enumerate(self.steps))
-        lines.append(f"replay: make fuzz SEED={self.seed}  (or SIM_SEED={self.seed} pytest ...)")
+        if self.length is not None:
+            lines.append(f"replay: make fuzz SEED={self.seed} LENGTH={self.length}")
         return "\n".join(lines)
 
 
-def run_schedule(steps: Sequence[Step], *, seed: int = 0) -> Violation | None:
-    """Run one schedule on a fresh data dir; the first broken invariant, or None."""
+def run_schedule(
+    steps: Sequence[Step], *, seed: int = 0, trace: list[str] | None = None
+) -> Violation | None:
+    """Run one schedule on a fresh data dir; the first broken invariant, or None.
+
+    ``trace`` (if given) receives what the gateway did, in order: every result it emitted
+    (virtual time, pump, data without the random confirm token), every write that reached a
+    pump, every event it published: two runs of one schedule give the same trace."""
     loop = VirtualTimeLoop()
     try:
         with tempfile.TemporaryDirectory(prefix="infusiond-sim-", dir=SCRATCH) as tmp:
             run = _Run(steps, Path(tmp) / "data", loop, seed)
-            with simulated_process(run.faults, loop.wall_clock), capture_logs():
-                try:
-                    loop.run_until_complete(run.main())
-                except Violation as violation:
-                    return violation
-                except VirtualTimeDeadlock as exc:
-                    return Violation("I5", f"the gateway deadlocked: {exc}")
-            return None
+            try:
+                with simulated_process(run.faults, loop.wall_clock), capture_logs():
+                    try:
+                        loop.run_until_complete(run.main())
+                    except Violation as violation:
+                        return violation
+                    except VirtualTimeDeadlock as exc:
+                        return Violation("I5", f"the gateway deadlocked: {exc}")
+                return None
+            finally:
+                if trace is not None:
+                    trace.extend(run.trace())
     finally:
         loop.close()
 
@@ -636,7 +662,7 @@ def run_seed(seed: int, length: int, *, minimise: bool = True) -> Failure | None
     if minimise:
         steps = shrink(steps, violation.code, seed=seed)
         violation = run_schedule(steps, seed=seed) or violation
-    return Failure(seed, tuple(steps), violation)
+    return Failure(seed, tuple(steps), violation, length)
 
 
 def _probe(job: tuple[int, int]) -> tuple[int, str, str] | None:
