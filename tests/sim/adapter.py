@@ -7,7 +7,9 @@ gateway's public outputs (results, events, the journal file).
 - :func:`build_gateway`: the real :class:`daemon.gateway.Gateway` on sim drivers, a sim bridge
   and the virtual wall clock (through its ``driver_factory``/``bridge_factory``/``clock`` seams).
 - :func:`simulated_process`: what cannot run as is under virtual time, replaced for the
-  duration of a run: the journal's writer thread (jobs run inline on the loop thread, through
+  duration of a run: ``time.monotonic`` in the channel and the gateway (poll pacing, publish
+  refresh, supervisor backoff: real elapsed time would make runs differ), the journal's writer
+  thread (jobs run inline on the loop thread, through
   the real ``AsyncJournal._execute``, so batching, savepoints and error mapping are the real
   ones), the journal's own clock, and the gateway's ``gc.freeze`` (a once-per-process
   optimisation that would keep every simulated gateway alive forever); the shipped library
@@ -30,6 +32,7 @@ from pathlib import Path
 from typing import Any, Self
 from unittest import mock
 
+import daemon.channel
 import daemon.gateway
 import daemon.journal
 from daemon.config import Config
@@ -149,11 +152,23 @@ def _shipped_library_for(_cfg: Config) -> Library:
     return shipped_library()
 
 
+@dataclass(frozen=True)
+class _MonotonicOnly:
+    """Stands for the ``time`` module in daemon modules that only read ``time.monotonic``."""
+
+    monotonic: Callable[[], float]
+
+
 @contextlib.contextmanager
-def simulated_process(faults: JournalFaults, clock: Callable[[], datetime]) -> Iterator[None]:
+def simulated_process(
+    faults: JournalFaults, clock: Callable[[], datetime], monotonic: Callable[[], float]
+) -> Iterator[None]:
     """Patch what cannot run under virtual time (see the module docstring)."""
     journal_class = type("SimJournal", (_InlineJournal,), {"faults": faults})
+    virtual_time = _MonotonicOnly(monotonic)
     with (
+        mock.patch.object(daemon.channel, "time", virtual_time),
+        mock.patch.object(daemon.gateway, "time", virtual_time),
         mock.patch.object(daemon.gateway, "AsyncJournal", journal_class),
         mock.patch.object(daemon.journal, "utc_now", clock),
         mock.patch.object(daemon.gateway, "gc", _NoGc),

@@ -620,7 +620,7 @@ def run_schedule(
         with tempfile.TemporaryDirectory(prefix="infusiond-sim-", dir=SCRATCH) as tmp:
             run = _Run(steps, Path(tmp) / "data", loop, seed)
             try:
-                with simulated_process(run.faults, loop.wall_clock), capture_logs():
+                with simulated_process(run.faults, loop.wall_clock, loop.time), capture_logs():
                     try:
                         loop.run_until_complete(run.main())
                     except Violation as violation:
