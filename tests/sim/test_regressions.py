@@ -213,3 +213,65 @@ def test_the_harness_catches_a_gateway_that_writes_an_out_of_library_rate() -> N
     monitor.on_write(pump, Write(0.0, "set_rate", Decimal(3500), Decimal(3500), "rogue"))
     with pytest.raises(Violation, match=r"^I1: command rogue wrote pump-1: 3500 mL/h"):
         monitor.raise_first()
+
+
+# -- found by the campaign (not among the three reported bugs) --------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=Violation,
+    reason="I4: AlarmCode.WITHDRAWING has no entry in daemon.pump_events.ALARM_PRIORITY: every"
+    " poll of a pump running in reverse dies with KeyError before its events are journaled",
+)
+def test_a_pump_running_in_reverse_still_has_its_rate_changes_journaled() -> None:
+    """New Era 'W' (withdrawing) raises an alarm; a rate set at the panel meanwhile is still
+    journaled as rate_changed."""
+    holds(
+        [
+            DeviceEvent("pump-1", "withdrawing"),
+            Panel("pump-1", Decimal("30.0")),
+            Wait(3),
+        ],
+        known="I4",
+    )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=Violation,
+    reason="I4: a rate set at the panel just before a start is seen in the start's read-back,"
+    " journaled as the command's own rate_changed and never judged (no out_of_library_observed)",
+)
+def test_a_panel_rate_seen_in_a_start_read_back_is_judged_not_credited_to_the_command() -> None:
+    """3,500 mL/h of vasopressin set at the panel as a start command arrives (norepinephrine
+    first raised to 0.95 ug/kg/min, so that the start needs no confirmation): the gateway reads
+    the rate back after the start and must report it as out of library."""
+    holds(
+        [
+            Send("pump-1", "set_rate", "f2-rate", value=999.99),
+            Wait(6),
+            Send("pump-2", "start", "f2-start"),
+            Panel("pump-2", Decimal(3500)),
+            Wait(3),
+        ],
+        known="I4",
+    )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=Violation,
+    reason="I5: an sqlite3 error inside a journal job reaches the caller raw (not JournalError):"
+    " the gate's refusal task dies and the expired command is never answered",
+)
+def test_a_refusal_is_answered_even_when_the_journal_cannot_write_it() -> None:
+    """An expired command while INSERTs fail with 'disk I/O error': it is still answered."""
+    holds(
+        [
+            JournalFault("write", skip=0, count=4, message="disk I/O error"),
+            Send("pump-1", "pause", "f3-expired", age_s=45.0),
+            Wait(1),
+        ],
+        known="I5",
+    )
