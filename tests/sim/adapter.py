@@ -15,6 +15,8 @@ gateway's public outputs (results, events, the journal file).
   optimisation that would keep every simulated gateway alive forever); the shipped library
   is loaded once per process instead of at every start.
 - :class:`JournalFaults`: write faults at exact statements of the journal's transactions.
+- :func:`make_program`/:func:`dose_at`: the bag hung, as the gateway's channels describe it,
+  and the dose it delivers at a rate (the harness's ground truth uses the same units code).
 - :func:`command_of_current_task`: which command a driver call belongs to (the gate runs each
   command in a task named ``command:<pump>:<id>``).
 """
@@ -28,6 +30,7 @@ import sqlite3
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Self
 from unittest import mock
@@ -35,13 +38,58 @@ from unittest import mock
 import daemon.channel
 import daemon.gateway
 import daemon.journal
+from daemon.channel import Program
 from daemon.config import Config
-from daemon.gateway import Gateway
+from daemon.gateway import Gateway, dose_at
 from daemon.journal import AsyncJournal, Journal, JournalError, JournalKind, _Job
+from daemon.mqtt_bridge import IncomingCommand
+from daemon.topics import Topics
 from drivers.base import Driver
 from protocol.library import Library
 
+__all__ = [
+    "IncomingCommand",
+    "JournalError",
+    "JournalFaults",
+    "Program",
+    "Topics",
+    "build_gateway",
+    "command_of_current_task",
+    "dose_at",
+    "journal_events",
+    "journal_head",
+    "journal_verify",
+    "make_program",
+    "shipped_library",
+    "simulated_process",
+]
+
 _WRITES = ("INSERT", "UPDATE", "DELETE")
+
+
+def make_program(
+    drug: str,
+    concentration: str,
+    concentration_unit: str,
+    dose_unit: str,
+    diluent: str,
+    route: str,
+    *,
+    weight_kg: int = 70,
+    bed: str = "bed-1",
+) -> Program:
+    """A bag of ``drug`` for a patient of ``weight_kg`` in profile adult-icu."""
+    return Program(
+        drug=drug,
+        concentration=Decimal(concentration),
+        concentration_unit=concentration_unit,
+        dose_unit=dose_unit,
+        diluent=diluent,
+        route=route,
+        profile="adult-icu",
+        weight_kg=Decimal(weight_kg),
+        bed=bed,
+    )
 
 
 @dataclass

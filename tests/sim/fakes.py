@@ -25,9 +25,6 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from daemon.journal import JournalError
-from daemon.mqtt_bridge import IncomingCommand
-from daemon.topics import Topics
 from drivers.base import (
     AlarmCode,
     Capabilities,
@@ -40,6 +37,7 @@ from drivers.base import (
     WriteResult,
 )
 from drivers.errors import DeviceTimeout, DriverError, FrameError
+from tests.sim.adapter import IncomingCommand, JournalError, Topics
 
 IO_S = 0.02  # virtual time of one exchange with a pump
 TIMEOUT_S = 1.0  # what a silent pump costs the driver before it gives up

@@ -26,15 +26,16 @@ from typing import Any
 
 from structlog.testing import capture_logs
 
-from daemon.channel import Program
 from daemon.config import Config
 from daemon.gateway import Gateway
 from daemon.timefmt import format_ts
 from drivers.base import AlarmCode, RunState
 from tests.sim.adapter import (
     JournalFaults,
+    Program,
     build_gateway,
     command_of_current_task,
+    make_program,
     shipped_library,
     simulated_process,
 )
@@ -100,26 +101,10 @@ def sim_config(data_dir: Path) -> Config:
     )
 
 
-def _program(
-    drug: str, conc: str, conc_unit: str, dose_unit: str, diluent: str, route: str
-) -> Program:
-    return Program(
-        drug=drug,
-        concentration=Decimal(conc),
-        concentration_unit=conc_unit,
-        dose_unit=dose_unit,
-        diluent=diluent,
-        route=route,
-        profile="adult-icu",
-        weight_kg=Decimal(70),
-        bed="bed-1",
-    )
-
-
 def initial_bags() -> dict[str, Program]:
     units = {"norepinephrine": "ug/kg/min", "vasopressin": "[USP'U]/min"}
     return {
-        pid: _program(
+        pid: make_program(
             s["drug"],
             str(s["concentration"]["value"]),
             s["concentration"]["unit"],
@@ -157,9 +142,11 @@ class Confirm:
 
 @dataclass(frozen=True)
 class Resend:
-    """Send an earlier command again, same id and content (a client retry)."""
+    """Send an earlier command again with the same id: the same content (a client retry) or,
+    with ``conflict``, to the other pump (an id clash): neither may run it a second time."""
 
     index: int
+    conflict: bool = False
 
 
 @dataclass(frozen=True)
@@ -288,7 +275,7 @@ def generate(seed: int, length: int) -> list[Step]:
         elif kind == "confirm":
             steps.append(Confirm(pump, cid, same_id=rng.random() < 0.3))
         elif kind == "resend":
-            steps.append(Resend(rng.randrange(1000)))
+            steps.append(Resend(rng.randrange(1000), conflict=rng.random() < 0.3))
         elif kind == "wait":
             steps.append(Wait(rng.choice(_WAITS)))
         elif kind == "fault":
@@ -488,7 +475,7 @@ class _Run:
             body["rate"] = {"value": step.value, "unit": "mL/h"}
         elif step.action == "program" and step.program is not None:
             drug, conc, conc_unit, dose_unit, diluent, route, dose = PROGRAMS[step.program]
-            program = _program(drug, conc, conc_unit, dose_unit, diluent, route)
+            program = make_program(drug, conc, conc_unit, dose_unit, diluent, route)
             body["program"] = {
                 "drug": drug,
                 "concentration": {"value": float(conc), "unit": conc_unit},
@@ -525,7 +512,10 @@ class _Run:
         elif isinstance(step, Resend):
             if self.sent_order:
                 first = self.monitor.sent[self.sent_order[step.index % len(self.sent_order)]]
-                self.broker.send_command(first.pump_id, self._fresh(first.body))
+                pump = first.pump_id
+                if step.conflict:
+                    pump = next(p for p in sorted(PUMPS) if p != first.pump_id)
+                self.broker.send_command(pump, self._fresh(first.body))
         elif isinstance(step, Wait):
             await self._wait(step.seconds)
         elif isinstance(step, Fault):

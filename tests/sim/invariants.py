@@ -24,10 +24,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from daemon.channel import Program
-from daemon.gateway import dose_at
 from protocol.library import Library
-from tests.sim.adapter import journal_events, journal_head, journal_verify
+from tests.sim.adapter import Program, dose_at, journal_events, journal_head, journal_verify
 from tests.sim.fakes import CAPS, Emitted, SimPump, Write
 
 END_GRACE_S = 30.0  # beyond the command's ttl, how long an accepted command may stay open

@@ -4,10 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import time
+from decimal import Decimal
 
 import pytest
 
-from tests.sim.harness import generate, run_schedule
+from tests.sim.fakes import CrashPoint, LinkFault
+from tests.sim.harness import (
+    CrashAt,
+    Fault,
+    Heal,
+    Panel,
+    Restart,
+    Send,
+    Wait,
+    generate,
+    run_schedule,
+)
 from tests.sim.vclock import EPOCH, VirtualTimeDeadlock, VirtualTimeLoop
 
 
@@ -80,12 +92,27 @@ def test_a_loop_with_nothing_to_do_and_no_timer_is_reported_as_a_deadlock() -> N
 
 
 def test_one_seed_replays_the_same_run_twice() -> None:
-    """Determinism: the same schedule gives the same results, writes and events, at the same
-    virtual times (what makes `make fuzz SEED=n` a replay)."""
-    seed = 11  # 30 steps: commands, writes, restarts and faults
+    """Determinism: a seed gives the same schedule, and a schedule the same results, writes
+    and events at the same virtual times (what makes `make fuzz SEED=n` a replay)."""
+    assert generate(11, 30) == generate(11, 30)
+    schedule = [
+        Send("pump-1", "set_dose", "d-1", value=0.06),
+        Wait(2),
+        Panel("pump-2", Decimal("6.0")),
+        CrashAt("pump-1", CrashPoint.AFTER_WRITE),
+        Send("pump-1", "set_rate", "d-2", value=60.0),
+        Wait(3),
+        Fault("pump-2", LinkFault.SILENT),
+        Send("pump-2", "set_dose", "d-3", value=0.02),
+        Wait(4),
+        Heal("pump-2"),
+        Restart(),
+        Send("pump-1", "stop", "d-4"),
+        Wait(2),
+    ]
     first: list[str] = []
     second: list[str] = []
-    outcome = [run_schedule(generate(seed, 30), seed=seed, trace=t) for t in (first, second)]
-    assert str(outcome[0]) == str(outcome[1])
+    outcomes = [run_schedule(schedule, trace=trace) for trace in (first, second)]
+    assert str(outcomes[0]) == str(outcomes[1])
     assert sum(" write " in line for line in first) >= 3
     assert first == second
