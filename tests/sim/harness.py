@@ -269,6 +269,8 @@ def generate(seed: int, length: int) -> list[Step]:
             elif action == "set_rate":
                 steps.append(Send(pump, action, cid, value=rng.choice(_RATES), age_s=age))
             elif action == "program":
+                if rng.random() < 0.6:  # the clinician's flow: stop, then program the new bag
+                    steps.extend([Send(pump, "stop", f"{cid}-stop"), Wait(0.3)])
                 steps.append(Send(pump, action, cid, program=rng.choice(sorted(PROGRAMS))))
             else:
                 steps.append(Send(pump, action, cid, age_s=age))

@@ -19,11 +19,13 @@ SCHEDULES = 2000
 @pytest.mark.xfail(
     strict=True,
     raises=Violation,
-    reason="today's core breaks I2 (restart forgets the program; never-sent commands reconciled"
-    " applied), I3 (DriverError escapes command tasks), I4 (device changes lost during journal"
-    " faults; the 'withdrawing' alarm has no priority and kills the poll; a panel rate read back"
-    " by a start is credited to the command, never judged), I5 (raw sqlite3 errors escape"
-    " AsyncJournal jobs): see the xfail tests of test_regressions.py, one per cause",
+    reason="today's core breaks I1 (a start before the first poll after a restart is checked"
+    " as 0 mL/h; a dose at the hard max is rounded up past it), I2 (a restart forgets the"
+    " program; never-sent commands are reconciled applied), I3 (DriverError escapes command"
+    " tasks), I4 (device changes lost during journal faults; the 'withdrawing' alarm kills the"
+    " poll; a panel rate read back by a start is never judged), I5 (raw sqlite3 errors escape"
+    " journal jobs; a journal fault while reconciling stops the gateway): one xfail test per"
+    " cause in test_regressions.py",
 )
 def test_random_fault_schedules_keep_every_safety_invariant() -> None:
     """2,000 schedules of commands, restarts, crashes, device, broker and journal faults: no

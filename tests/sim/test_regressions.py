@@ -19,6 +19,7 @@ from tests.sim.adapter import shipped_library
 from tests.sim.fakes import CrashPoint, LinkFault, SimPump, Write
 from tests.sim.harness import (
     Broker,
+    Confirm,
     CrashAt,
     DeviceEvent,
     Failure,
@@ -272,6 +273,75 @@ def test_a_refusal_is_answered_even_when_the_journal_cannot_write_it() -> None:
             JournalFault("write", skip=0, count=4, message="disk I/O error"),
             Send("pump-1", "pause", "f3-expired", age_s=45.0),
             Wait(1),
+        ],
+        known="I5",
+    )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=Violation,
+    reason="I1: after a restart, a start that arrives before the pump's first poll is checked"
+    " as 0 mL/h (accept) and starts the 3,500 mL/h set at the panel: 290x vasopressin's hard max",
+)
+def test_a_start_before_the_first_poll_after_a_restart_is_checked_against_the_real_rate() -> None:
+    """Vasopressin stopped, 3,500 mL/h set at the panel and seen, the daemon restarts, a start
+    arrives at once: the pump must not be started at an out-of-library rate."""
+    holds(
+        [
+            Send("pump-2", "stop", "f4-stop"),
+            Wait(2),
+            Panel("pump-2", Decimal(3500)),
+            Wait(2),
+            Restart(),
+            Send("pump-2", "start", "f4-start"),
+            Wait(2),
+        ],
+        known="I1",
+    )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=Violation,
+    reason="I1: the rate for a dose at the hard maximum is rounded to the nearest pump step, not"
+    " toward safety: 3 ug/kg/min at 64 ug/mL, 70 kg is 196.875 mL/h, written as 196.88 (3.00008)",
+)
+def test_a_dose_at_the_hard_maximum_is_rounded_toward_safety_before_it_is_written() -> None:
+    """norepinephrine 64 ug/mL, set_dose 3.0 ug/kg/min (the hard max) confirmed over SOFT_MAX:
+    the pump gets 196.87 mL/h, never 196.88."""
+    holds(
+        [
+            Send("pump-1", "stop", "f5-stop"),
+            Wait(0.3),
+            Send("pump-1", "program", "f5-program", program="ne64"),
+            Wait(1),
+            Send("pump-1", "set_dose", "f5-dose", value=3.0),
+            Wait(1),
+            Confirm("pump-1", "f5-confirm"),
+            Wait(1),
+        ],
+        known="I1",
+    )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=Violation,
+    reason="I5: after a crash, a journal write error while reconciling an interrupted command"
+    " escapes the reconcile task and takes the whole gateway down",
+)
+def test_a_journal_fault_while_reconciling_after_a_crash_does_not_stop_the_gateway() -> None:
+    """A stop whose outcome could not be committed stays 'accepted'; the daemon crashes and,
+    restarted, cannot commit the reconciled outcome: it keeps running and retries."""
+    holds(
+        [
+            JournalFault("commit", skip=1, count=1),
+            Send("pump-2", "stop", "f6-stop"),
+            Wait(0.3),
+            Restart(crash=True),
+            JournalFault("commit", skip=0, count=4, message="disk I/O error"),
+            Wait(2.5),
         ],
         known="I5",
     )
