@@ -1,6 +1,6 @@
 # The README's two commands are `make demo` and `make test`; everything bootstraps itself.
 VENV := .venv/bin
-.PHONY: venv venv-test demo test test-fast lint typecheck bench lock clean
+.PHONY: venv venv-test demo test test-fast lint typecheck bench fuzz lock clean
 
 venv:
 	@bash scripts/bootstrap.sh
@@ -29,6 +29,16 @@ test: venv-test
 # Everyday loop: skips tests marked slow.
 test-fast: venv-test
 	$(VENV)/pytest -m "not slow" $(PYTEST_ARGS)
+
+# Fault-simulation campaign against the real gateway in virtual time (tests/sim):
+# `make fuzz` runs COUNT seeded schedules from a random first seed (or from SEED);
+# `make fuzz SEED=n` alone replays seed n and prints its verdict and minimal schedule.
+COUNT ?=
+SEED ?=
+LENGTH ?= 10
+WORKERS ?= 2
+fuzz: venv-test
+	$(VENV)/python -m tests.sim.fuzz $(if $(SEED),--seed $(SEED)) $(if $(COUNT),--count $(COUNT)) --length $(LENGTH) --workers $(WORKERS)
 
 bench: venv
 	@$(VENV)/python -m bench $(ARGS)

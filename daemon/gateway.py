@@ -107,6 +107,13 @@ def program_of(pump: PumpConfig, library: Library, index: int) -> Program:
     )
 
 
+def mqtt_bridge(cfg: Config, journal: AsyncJournal) -> MqttBridge:
+    """The gateway's MQTT bridge for ``cfg`` (the default ``Gateway.bridge_factory``)."""
+    return MqttBridge(
+        cfg.broker, gateway_id=cfg.gateway_id, client_id=cfg.client_id, outbox=journal
+    )
+
+
 def dose_at(program: Program, rate_ml_h: Decimal) -> Decimal | None:
     """The dose (in the program's dose unit) delivered at ``rate_ml_h``; None if not computable."""
     try:
@@ -128,6 +135,9 @@ class Gateway:
     config: Config
     driver_factory: Callable[[PumpConfig], Driver] = make_driver
     notifier: Notifier = field(default_factory=Notifier)
+    #: seams for tests: the MQTT side and the wall clock (payload times, rules, expiry)
+    bridge_factory: Callable[[Config, AsyncJournal], MqttBridge] = mqtt_bridge
+    clock: Callable[[], datetime] = utc_now
     library: Library = field(init=False)
     journal: AsyncJournal = field(init=False)
     bridge: MqttBridge = field(init=False)
@@ -145,7 +155,7 @@ class Gateway:
 
     def now(self) -> datetime:
         """Wall-clock time for payloads and rules (UTC)."""
-        return utc_now()
+        return self.clock()
 
     async def emit_event(self, pump_id: str, data: dict[str, Any]) -> None:
         """Journal the event with the next seq and queue it (the bridge publishes it)."""
@@ -165,7 +175,7 @@ class Gateway:
             gateway=self.config.gateway_id,
             session=self.journal.session,
             seq=self.journal.seq,
-            ts=utc_now(),
+            ts=self.clock(),
             data=data,
         )
         self.bridge.publish_retained(topic, encode(body))
@@ -176,7 +186,7 @@ class Gateway:
             gateway=self.config.gateway_id,
             session=self.journal.session,
             seq=self.journal.seq,
-            ts=utc_now(),
+            ts=self.clock(),
             data=data,
         )
         self.bridge.send_result(
@@ -193,9 +203,7 @@ class Gateway:
         self.library = load_checked_library(cfg)
         programs = [program_of(p, self.library, i) for i, p in enumerate(cfg.pumps)]
         self.journal = await AsyncJournal.open(cfg.data_dir, gateway_id=cfg.gateway_id)
-        self.bridge = MqttBridge(
-            cfg.broker, gateway_id=cfg.gateway_id, client_id=cfg.client_id, outbox=self.journal
-        )
+        self.bridge = self.bridge_factory(cfg, self.journal)
         for source in cfg.vitals:
             self.boards[source.bed] = VitalsBoard(
                 [source.bed], default_bed=source.bed, stale_after_s=source.stale_after_s
@@ -205,7 +213,7 @@ class Gateway:
             channels=self.channels,
             journal=self.journal,
             send_result=self._send_result,
-            now=utc_now,
+            now=self.clock,
             vitals_for=self._vitals_for,
             control=Control(
                 cfg.control.enabled,
@@ -423,7 +431,7 @@ class Gateway:
             await asyncio.sleep(every_s)
 
     def _publish_vitals(self, bed: str) -> None:
-        data = self.boards[bed].beds[bed].snapshot(utc_now())
+        data = self.boards[bed].beds[bed].snapshot(self.clock())
         self._publish_retained(self.bridge.topics.vitals_state(bed), Kind.VITALS_STATE, data)
 
     async def _notify_systemd(self) -> None:

@@ -1,0 +1,268 @@
+"""The safety invariants the simulator checks, from the devices' truth and the gateway's
+public outputs (command results, the journal).
+
+I1  no rate outside the library's hard limits (for the bag really hung: the last program the
+    clinician saw ``applied``) or outside the pump's range reaches a pump through the gateway.
+I2  ``applied`` only after a write that reached the device and a matching read-back, and the
+    dose it reports is the dose of the bag really hung at the rate read back.
+I3  every accepted command ends (applied | failed | uncertain, after a restart by
+    reconciliation) within its ttl plus a grace period; no command is written to a device
+    twice, and nothing is written that no command asked for.
+I4  every rate change made at the device that the gateway saw is journaled as a
+    ``rate_changed`` event, plus ``out_of_library_observed`` when the new rate is outside the
+    library's hard limits or the pump's range (across journal faults and restarts).
+I5  the gateway does not exit, and none of its tasks dies unhandled, on a peer's fault.
+I6  ``journal verify`` passes.
+
+A broken invariant raises :class:`Violation`; its message starts with the invariant's id.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from protocol.library import Library
+from tests.sim.adapter import Program, dose_at, journal_events, journal_head, journal_verify
+from tests.sim.fakes import CAPS, Emitted, SimPump, Write
+
+END_GRACE_S = 30.0  # beyond the command's ttl, how long an accepted command may stay open
+FINAL_PHASES = frozenset({"applied", "failed", "uncertain"})
+
+
+class Violation(AssertionError):
+    """A safety invariant does not hold; ``code`` is I1..I6."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+
+
+@dataclass
+class Sent:
+    """A command as the harness sent it."""
+
+    pump_id: str
+    body: dict[str, Any]
+    at: float
+    program: Program | None  # the bag a ``program`` command is for
+
+
+@dataclass
+class PanelChange:
+    """A rate set at the pump's front panel."""
+
+    pump_id: str
+    rate: Decimal
+    at: float
+    journal_head: int
+    out_of_library: bool
+    seen: bool = False
+
+
+@dataclass
+class Monitor:
+    """Collects what happens and checks I1-I6 against it."""
+
+    library: Library
+    bag: dict[str, Program]
+    data_dir: Path
+    sent: dict[str, Sent] = field(default_factory=dict)
+    accepted: dict[str, float] = field(default_factory=dict)
+    ended: dict[str, str] = field(default_factory=dict)
+    panel: list[PanelChange] = field(default_factory=list)
+    last_restart: float = 0.0
+    writes_by_command: dict[str, list[Write]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    violations: list[Violation] = field(default_factory=list)
+
+    # -- judging doses -----------------------------------------------------------------------
+
+    def outside_library(self, program: Program, rate: Decimal) -> str | None:
+        """Why ``rate`` of ``program`` is outside the hard limits or the pump's range."""
+        if not CAPS.min_rate_ml_h <= rate <= CAPS.max_rate_ml_h:
+            return (
+                f"{rate} mL/h is outside the pump's range {CAPS.min_rate_ml_h}-{CAPS.max_rate_ml_h}"
+            )
+        drug = self.library.drug(program.profile, program.drug)
+        dose = dose_at(program, rate)
+        if drug is None or dose is None:
+            return f"{program.drug} at {rate} mL/h cannot be judged by the library"
+        if not drug.hard.min <= dose <= drug.hard.max:
+            return (
+                f"{rate} mL/h of {program.drug} {program.concentration} "
+                f"{program.concentration_unit} is {dose:.5f} {program.dose_unit}, outside the "
+                f"hard limits {drug.hard.min}-{drug.hard.max}"
+            )
+        return None
+
+    # -- hooks -------------------------------------------------------------------------------
+
+    def on_send(self, sent_id: str, sent: Sent) -> None:
+        self.sent.setdefault(sent_id, sent)
+
+    def on_panel(self, pump: SimPump, rate: Decimal, at: float) -> int:
+        why = self.outside_library(self.bag[pump.pump_id], rate)
+        self.panel.append(
+            PanelChange(pump.pump_id, rate, at, journal_head(self.data_dir), why is not None)
+        )
+        return len(self.panel) - 1
+
+    def on_seen(self, pump: SimPump, _status: object) -> None:
+        if pump.panel_change is not None:
+            self.panel[pump.panel_change].seen = True
+
+    def on_write(self, pump: SimPump, write: Write) -> None:
+        """Called inside the gateway's driver call: a violation is kept, not raised there."""
+        try:
+            self._on_write(pump, write)
+        except Violation as violation:
+            self.violations.append(violation)
+
+    def on_result(self, result: Emitted, pumps: dict[str, SimPump]) -> None:
+        """Called inside the gateway's send_result: a violation is kept, not raised there."""
+        try:
+            self._on_result(result, pumps)
+        except Violation as violation:
+            self.violations.append(violation)
+
+    def raise_first(self) -> None:
+        if self.violations:
+            raise self.violations[0]
+
+    def _on_write(self, pump: SimPump, write: Write) -> None:
+        cid = write.command_id
+        if cid is None:
+            raise Violation(
+                "I3", f"{pump.pump_id}: {write.op} written at t={write.at:.2f} by no command"
+            )
+        earlier = self.writes_by_command.setdefault(cid, [])
+        earlier.append(write)
+        if len(earlier) > 1:
+            ops = ", ".join(w.op for w in earlier)
+            raise Violation("I3", f"command {cid} was written to {pump.pump_id} twice ({ops})")
+        sent = self.sent.get(cid)
+        program = sent.program if sent is not None and sent.program else self.bag[pump.pump_id]
+        if write.op == "set_rate" and write.value is not None:
+            why = self.outside_library(program, write.value)
+            if why is not None:
+                raise Violation("I1", f"command {cid} wrote {pump.pump_id}: {why}")
+        if write.op == "start":
+            why = self.outside_library(program, write.rate)
+            if why is not None and pump.panel_change is not None:
+                change = self.panel[pump.panel_change]
+                if not change.seen:  # set at the panel after the gateway's last read
+                    self.notes.append(f"start {cid} raced a panel change: {why}")
+                    return
+            if why is not None:
+                raise Violation("I1", f"command {cid} started {pump.pump_id}: {why}")
+
+    def _on_result(self, result: Emitted, pumps: dict[str, SimPump]) -> None:
+        data = result.data
+        cid = data.get("id")
+        phase = data.get("phase")
+        if not isinstance(cid, str) or cid not in self.sent:
+            return
+        if phase == "accepted":
+            self.accepted.setdefault(cid, result.at)
+        elif phase in FINAL_PHASES:
+            self.ended[cid] = str(phase)
+            if phase == "applied":
+                self._check_applied(cid, data, pumps[result.pump_id])
+
+    def _check_applied(self, cid: str, data: dict[str, Any], pump: SimPump) -> None:
+        sent = self.sent[cid]
+        writes = self.writes_by_command.get(cid, [])
+        how = "reconciled as applied" if data.get("reconciled") else "applied"
+        if not writes:
+            raise Violation(
+                "I2",
+                f"command {cid} ({sent.body['action']}) {how} but never reached {pump.pump_id}",
+            )
+        readback = data.get("readback") or {}
+        rate = (readback.get("rate") or {}).get("value")
+        if rate is None:
+            raise Violation("I2", f"command {cid} {how} without a read-back rate")
+        read = Decimal(str(rate))
+        write = writes[0]
+        if write.op == "set_rate" and write.value is not None and read != write.value:
+            raise Violation(
+                "I2",
+                f"command {cid} {how} with read-back {read} mL/h but it wrote {write.value} mL/h",
+            )
+        program = sent.program if sent.program is not None else self.bag[pump.pump_id]
+        truth = dose_at(program, read)
+        dose = readback.get("dose") or {}
+        reported = dose.get("value")
+        if truth is None or reported is None or dose.get("unit") != program.dose_unit:
+            raise Violation(
+                "I2",
+                f"command {cid} {how}: dose {dose or None} but {pump.pump_id} runs "
+                f"{program.drug} {program.concentration} {program.concentration_unit}",
+            )
+        if abs(Decimal(str(reported)) - truth) > Decimal("1e-6") * max(truth, Decimal(1)):
+            raise Violation(
+                "I2",
+                f"command {cid} {how} at {read} mL/h reporting {reported} {program.dose_unit}, "
+                f"but the bag hung ({program.drug} {program.concentration} "
+                f"{program.concentration_unit}) delivers {truth:.6f} {program.dose_unit}",
+            )
+        if sent.program is not None:
+            self.bag[pump.pump_id] = sent.program
+
+    # -- checks ------------------------------------------------------------------------------
+
+    def check_deadlines(self, now: float, *, final: bool = False) -> None:
+        for cid, at in self.accepted.items():
+            if cid in self.ended:
+                continue
+            ttl = float(self.sent[cid].body.get("ttl_s", 30))
+            deadline = max(at, self.last_restart) + ttl + END_GRACE_S
+            if final or now > deadline:
+                raise Violation(
+                    "I3",
+                    f"command {cid} ({self.sent[cid].body['action']} on {self.sent[cid].pump_id})"
+                    f" accepted at t={at:.2f} has no applied/failed/uncertain at t={now:.2f}",
+                )
+
+    def check_journal(self) -> None:
+        broken = journal_verify(self.data_dir)
+        if broken is not None:
+            raise Violation("I6", f"journal verify fails: {broken}")
+
+    def check_panel_changes(self) -> None:
+        if not any(change.seen for change in self.panel):
+            return
+        events = journal_events(self.data_dir)
+        for change in self.panel:
+            if not change.seen:
+                continue
+            later = [e for e in events if e.n > change.journal_head and e.pump_id == change.pump_id]
+            changed = any(
+                e.event.get("type") == "rate_changed" and _rate(e.event.get("to")) == change.rate
+                for e in later
+            )
+            if not changed:
+                raise Violation(
+                    "I4",
+                    f"{change.pump_id}: rate set to {change.rate} mL/h at the pump at "
+                    f"t={change.at:.2f}, read by the gateway, never journaled as rate_changed",
+                )
+            judged = any(
+                e.event.get("type") == "out_of_library_observed" and _rate(e.event) == change.rate
+                for e in later
+            )
+            if change.out_of_library and not judged:
+                raise Violation(
+                    "I4",
+                    f"{change.pump_id}: rate {change.rate} mL/h set at the pump at "
+                    f"t={change.at:.2f} is outside the library; no out_of_library_observed",
+                )
+
+
+def _rate(obj: Any) -> Decimal | None:
+    rate = (obj or {}).get("rate") if isinstance(obj, dict) else None
+    value = rate.get("value") if isinstance(rate, dict) else None
+    return None if value is None else Decimal(str(value))

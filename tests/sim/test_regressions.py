@@ -1,0 +1,344 @@
+"""Targeted fault schedules: one per safety bug a hostile tester found, plus controls.
+
+Each regression schedule is the shortest story of its bug. Until the core fixes land they break
+the named invariant (the test is an expected failure, strict: it fails if it breaks another
+invariant, and it must be un-marked once the fix makes it pass). The controls exercise the same
+faults in ways the gateway already handles, so that the harness is known not to cry wolf.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from drivers.base import RunState
+from tests.sim.adapter import shipped_library
+from tests.sim.fakes import CrashPoint, LinkFault, SimPump, Write
+from tests.sim.harness import (
+    Broker,
+    Confirm,
+    CrashAt,
+    DeviceEvent,
+    Failure,
+    Fault,
+    Heal,
+    JournalFault,
+    JournalHeal,
+    Panel,
+    Restart,
+    Send,
+    Step,
+    Wait,
+    initial_bags,
+    run_schedule,
+)
+from tests.sim.invariants import Monitor, Sent, Violation
+
+
+def holds(steps: Sequence[Step], *, known: str | None = None) -> None:
+    """Run the schedule; raise its Violation (with the schedule) if an invariant breaks.
+
+    ``known``: the invariant this schedule is known to break before its fix; breaking any other
+    one is a plain test failure, never an expected one."""
+    violation = run_schedule(steps)
+    if violation is None:
+        return
+    report = Failure(0, tuple(steps), violation).describe()
+    if known is not None and violation.code != known:
+        pytest.fail(f"expected {known} to be the broken invariant, got:\n{report}")
+    raise Violation(violation.code, report)
+
+
+# -- (1) a restart forgets the program ---------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=Violation,
+    reason="I2: after a restart the gateway computes doses with the configured program (4 ug/mL)"
+    " instead of the 64 ug/mL bag programmed before it: 63 mL/h applied and reported as 0.06",
+)
+def test_a_restart_keeps_the_program_so_a_titration_after_it_is_dosed_for_the_bag_hung() -> None:
+    """stop, program norepinephrine 64 ug/mL, start, restart the daemon, set_dose 0.06
+    ug/kg/min: the pump must get the rate for 64 ug/mL, and the reported dose be the truth."""
+    holds(
+        [
+            Send("pump-1", "stop", "b1-stop"),
+            Wait(2),
+            Send("pump-1", "program", "b1-program", program="ne64"),
+            Wait(2),
+            Send("pump-1", "start", "b1-start"),
+            Wait(2),
+            Restart(),
+            Wait(3),
+            Send("pump-1", "set_dose", "b1-dose", value=0.06),
+            Wait(3),
+        ],
+        known="I2",
+    )
+
+
+# -- (2) commands that never end, or end as applied without having been sent ----------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=Violation,
+    reason="I3: a DriverError raised by the pre-read of a write escapes the command task; the"
+    " client saw accepted and never anything after",
+)
+def test_a_command_to_a_pump_that_does_not_answer_its_pre_read_still_ends() -> None:
+    """A write whose pre-read times out (nothing sent) ends failed/uncertain, not silence."""
+    holds(
+        [
+            Fault("pump-1", LinkFault.PREREAD_FAILS),
+            Send("pump-1", "set_dose", "b2-dose", value=0.06),
+            Wait(5),
+            Heal("pump-1"),
+            Wait(5),
+        ],
+        known="I3",
+    )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=Violation,
+    reason="I2: after a crash before the write, reconciliation reports applied because the pump"
+    " happens to run the commanded rate, though the command never reached it",
+)
+def test_a_command_interrupted_before_its_write_is_never_reconciled_as_applied() -> None:
+    """The daemon dies before set_dose 0.05 reaches the pump (which already runs 52.5 mL/h =
+    0.05): after the restart the command must not be reported applied."""
+    holds(
+        [
+            CrashAt("pump-1", CrashPoint.BEFORE_WRITE),
+            Send("pump-1", "set_dose", "b2-dose", value=0.05),
+            Wait(5),
+        ],
+        known="I2",
+    )
+
+
+# -- (3) a device change during a journal fault is lost --------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=Violation,
+    reason="I4: a front-panel change seen while the journal cannot commit is absorbed into the"
+    " channel's state before its event is durable, so it is never journaled nor judged",
+)
+def test_a_front_panel_change_during_a_journal_fault_is_journaled_and_judged_once_it_recovers() -> (
+    None
+):
+    """3,500 mL/h set at the pump while three commits fail with 'database or disk is full':
+    once the journal recovers, rate_changed and out_of_library_observed are journaled."""
+    holds(
+        [
+            Panel("pump-1", Decimal(3500)),
+            JournalFault("commit", skip=0, count=3),
+            Wait(3),
+            JournalHeal(),
+            Wait(5),
+        ],
+        known="I4",
+    )
+
+
+# -- controls: the same kinds of faults, handled today ----------------------------------------
+
+
+def test_titration_outage_restarts_and_a_silent_pump_keep_every_invariant() -> None:
+    """Accepted titrations, a front-panel change within the library, a broker outage with a
+    command queued, a clean restart, a crash, and a pump silent for 3 s: nothing breaks."""
+    holds(
+        [
+            Send("pump-1", "set_dose", "c-dose", value=0.06),
+            Wait(2),
+            Panel("pump-2", Decimal("6.0")),
+            Wait(2),
+            Broker(up=False),
+            Send("pump-1", "set_rate", "c-rate", value=60.0),
+            Wait(3),
+            Broker(up=True),
+            Wait(2),
+            Restart(),
+            Wait(2),
+            Restart(crash=True),
+            Wait(3),
+            Fault("pump-1", LinkFault.SILENT),
+            Wait(3),
+            Heal("pump-1"),
+            Wait(3),
+        ]
+    )
+
+
+def test_rejected_and_refused_writes_and_a_crash_after_the_write_keep_every_invariant() -> None:
+    """An out-of-library dose (rejected), a write the pump refuses (failed), a read-back that
+    times out (uncertain), a crash after a write reached the pump (reconciled), an occlusion
+    alarm, and a power reset: every accepted command ends, nothing out of library is written."""
+    holds(
+        [
+            Send("pump-1", "set_dose", "c-hard", value=3.2),
+            Wait(1),
+            Fault("pump-1", LinkFault.REFUSE),
+            Send("pump-1", "set_dose", "c-refused", value=0.06),
+            Wait(1),
+            Fault("pump-1", LinkFault.READBACK_LOST),
+            Send("pump-1", "set_dose", "c-lost", value=0.045),
+            Wait(3),
+            Heal("pump-1"),
+            CrashAt("pump-2", CrashPoint.AFTER_WRITE),
+            Send("pump-2", "set_dose", "c-crash", value=0.02),
+            Wait(3),
+            DeviceEvent("pump-1", "occlusion"),
+            Wait(2),
+            DeviceEvent("pump-2", "power_reset"),
+            Wait(2),
+        ]
+    )
+
+
+def test_the_harness_catches_a_gateway_that_writes_an_out_of_library_rate() -> None:
+    """Sanity of I1: the check fires when a write beyond the hard limits reaches a pump (here
+    the harness itself plays a rogue command through the monitor)."""
+
+    monitor = Monitor(shipped_library(), initial_bags(), Path("/nonexistent"))
+    monitor.on_send("rogue", Sent("pump-1", {"action": "set_rate"}, 0.0, None))
+    pump = SimPump("pump-1", RunState.INFUSING, Decimal("52.5"))
+    monitor.on_write(pump, Write(0.0, "set_rate", Decimal(3500), Decimal(3500), "rogue"))
+    with pytest.raises(Violation, match=r"^I1: command rogue wrote pump-1: 3500 mL/h"):
+        monitor.raise_first()
+
+
+# -- found by the campaign (not among the three reported bugs) --------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=Violation,
+    reason="I4: AlarmCode.WITHDRAWING has no entry in daemon.pump_events.ALARM_PRIORITY: every"
+    " poll of a pump running in reverse dies with KeyError before its events are journaled",
+)
+def test_a_pump_running_in_reverse_still_has_its_rate_changes_journaled() -> None:
+    """New Era 'W' (withdrawing) raises an alarm; a rate set at the panel meanwhile is still
+    journaled as rate_changed."""
+    holds(
+        [
+            DeviceEvent("pump-1", "withdrawing"),
+            Panel("pump-1", Decimal("30.0")),
+            Wait(3),
+        ],
+        known="I4",
+    )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=Violation,
+    reason="I4: a rate set at the panel just before a stop/pause/start is seen in that command's"
+    " read-back, journaled as the command's own rate_changed and never judged against the library",
+)
+def test_a_panel_rate_seen_in_a_stop_read_back_is_judged_not_credited_to_the_command() -> None:
+    """3,500 mL/h of norepinephrine set at the panel as a stop arrives: the stop reads it back;
+    the gateway must report it as out of library, not as the stop's own change."""
+    holds(
+        [
+            Panel("pump-1", Decimal(3500)),
+            Send("pump-1", "stop", "f2-stop"),
+            Wait(3),
+        ],
+        known="I4",
+    )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=Violation,
+    reason="I5: an sqlite3 error inside a journal job reaches the caller raw (not JournalError):"
+    " the gate's refusal task dies and the expired command is never answered",
+)
+def test_a_refusal_is_answered_even_when_the_journal_cannot_write_it() -> None:
+    """An expired command while INSERTs fail with 'disk I/O error': it is still answered."""
+    holds(
+        [
+            JournalFault("write", skip=0, count=4, message="disk I/O error"),
+            Send("pump-1", "pause", "f3-expired", age_s=45.0),
+            Wait(1),
+        ],
+        known="I5",
+    )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=Violation,
+    reason="I1: after a restart, a start that arrives before the pump's first poll is checked"
+    " as 0 mL/h (accept) and starts the 3,500 mL/h set at the panel: 290x vasopressin's hard max",
+)
+def test_a_start_before_the_first_poll_after_a_restart_is_checked_against_the_real_rate() -> None:
+    """Vasopressin stopped, 3,500 mL/h set at the panel and seen, the daemon restarts, a start
+    arrives at once: the pump must not be started at an out-of-library rate."""
+    holds(
+        [
+            Send("pump-2", "stop", "f4-stop"),
+            Wait(2),
+            Panel("pump-2", Decimal(3500)),
+            Wait(2),
+            Restart(),
+            Send("pump-2", "start", "f4-start"),
+            Wait(2),
+        ],
+        known="I1",
+    )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=Violation,
+    reason="I1: the rate for a dose at the hard maximum is rounded to the nearest pump step, not"
+    " toward safety: 3 ug/kg/min at 64 ug/mL, 70 kg is 196.875 mL/h, written as 196.88 (3.00008)",
+)
+def test_a_dose_at_the_hard_maximum_is_rounded_toward_safety_before_it_is_written() -> None:
+    """norepinephrine 64 ug/mL, set_dose 3.0 ug/kg/min (the hard max) confirmed over SOFT_MAX:
+    the pump gets 196.87 mL/h, never 196.88."""
+    holds(
+        [
+            Send("pump-1", "stop", "f5-stop"),
+            Wait(0.3),
+            Send("pump-1", "program", "f5-program", program="ne64"),
+            Wait(1),
+            Send("pump-1", "set_dose", "f5-dose", value=3.0),
+            Wait(1),
+            Confirm("pump-1", "f5-confirm"),
+            Wait(1),
+        ],
+        known="I1",
+    )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=Violation,
+    reason="I5: after a crash, a journal write error while reconciling an interrupted command"
+    " escapes the reconcile task and takes the whole gateway down",
+)
+def test_a_journal_fault_while_reconciling_after_a_crash_does_not_stop_the_gateway() -> None:
+    """A stop whose outcome could not be committed stays 'accepted'; the daemon crashes and,
+    restarted, cannot commit the reconciled outcome: it keeps running and retries."""
+    holds(
+        [
+            JournalFault("commit", skip=1, count=1),
+            Send("pump-2", "stop", "f6-stop"),
+            Wait(0.3),
+            Restart(crash=True),
+            JournalFault("commit", skip=0, count=4, message="disk I/O error"),
+            Wait(2.5),
+        ],
+        known="I5",
+    )
