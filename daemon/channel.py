@@ -611,6 +611,9 @@ class Channel:
     ) -> WriteResult:
         """Run a verified write; caller holds :meth:`exclusive`. Causes the one rate_changed.
 
+        Only a ``set_rate`` can change the rate: a rate that a start, stop or pause reads back
+        differently was changed at the device, and is judged as such (never credited).
+
         The events the write causes (the ``rate_changed``, alarms cleared, changes seen in the
         read-back) go to the hub, or, when ``events`` is given, are appended to it in order
         instead: the caller then journals them with the command's outcome in one transaction
@@ -641,7 +644,8 @@ class Channel:
         if result.readback is not None:
             now = self.hub.now()
             if (
-                result.outcome is Outcome.APPLIED
+                action is Action.SET_RATE
+                and result.outcome is Outcome.APPLIED
                 and old is not None
                 and result.readback.rate_ml_h != old.rate_ml_h
             ):

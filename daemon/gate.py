@@ -60,6 +60,7 @@ from daemon.command_parse import (
 from daemon.journal import AsyncJournal, InterruptedCommand, JournalError, JournalKind
 from daemon.signing import SignaturePolicy
 from daemon.timefmt import format_ts
+from drivers.backoff import Backoff
 from drivers.base import ConnectionState, Outcome, PumpStatus, RunState, WriteResult
 from drivers.errors import DriverError
 from protocol.engine import evaluate
@@ -204,6 +205,13 @@ class Gate:
             return error_body(
                 ErrorCode.BUSY,
                 f"pump {pump_id} is executing command {writing!r}; retry when it has ended",
+            )
+        channel = self.channels[pump_id]
+        if channel.status is None or channel.connection is not ConnectionState.ONLINE:
+            return error_body(
+                ErrorCode.BUSY,
+                f"pump {pump_id} is {channel.connection.value}: its state has not been read "
+                "since the gateway started or it stopped answering; nothing was sent",
             )
         if pump_id in self.reconciling:
             return error_body(
@@ -632,32 +640,48 @@ class Gate:
         duplicate of the id is told."""
         try:
             for item in self._interrupted:
-                pump_id = item.pump_id or ""
-                channel = self.channels[pump_id]
-                await channel.first_poll_done.wait()
-                answer = {**self._settle(channel, item), "reconciled": True}
-                log.info(
-                    "command_reconciled", pump=pump_id, id=item.command_id, phase=answer["phase"]
-                )
-                program = self._interrupted_program(channel, item)
-                if answer["phase"] == Phase.APPLIED and program is not None:
-                    channel.set_program(program)
-                    await self._emit(pump_id, program_changed(item.command_id, program))
-                    answer = {**answer, "readback": self._readback(channel, channel.status)}
-                stored = self._stored(
-                    pump_id,
-                    str(
-                        item.outcome.get("fingerprint")
-                        or (fingerprint(item.command) if item.command else "")
-                    ),
-                    answer,
-                    item.outcome.get("before"),
-                )
-                await self.journal.set_command_outcome(item.command_id, stored, pump_id=pump_id)
-                self.reconciling.discard(pump_id)
-                await self.send_result(pump_id, answer, None)
+                backoff = Backoff(initial_s=0.5, maximum_s=30.0)
+                while True:
+                    try:
+                        await self._reconcile_one(item)
+                        break
+                    except JournalError as exc:  # the pump stays busy; try again
+                        log.critical(
+                            "journal_unavailable",
+                            pump=item.pump_id,
+                            id=item.command_id,
+                            error=str(exc),
+                        )
+                        await asyncio.sleep(backoff.next_delay())
         finally:
             self._interrupted = []
+
+    async def _reconcile_one(self, item: InterruptedCommand) -> None:
+        pump_id = item.pump_id or ""
+        channel = self.channels[pump_id]
+        await channel.first_poll_done.wait()
+        answer = {**self._settle(channel, item), "reconciled": True}
+        program = self._interrupted_program(channel, item)
+        events = []
+        if answer["phase"] == Phase.APPLIED and program is not None:
+            events.append({**program_changed(item.command_id, program), "pump_id": pump_id})
+        stored = self._stored(
+            pump_id,
+            str(
+                item.outcome.get("fingerprint")
+                or (fingerprint(item.command) if item.command else "")
+            ),
+            answer,
+            item.outcome.get("before"),
+        )
+        # the outcome and the program it set: durable together, then kept
+        await self.journal.settle_command(item.command_id, stored, pump_id=pump_id, events=events)
+        if events and program is not None:
+            channel.set_program(program)
+            answer = {**answer, "readback": self._readback(channel, channel.status)}
+        log.info("command_reconciled", pump=pump_id, id=item.command_id, phase=answer["phase"])
+        self.reconciling.discard(pump_id)
+        await self.send_result(pump_id, answer, None)
 
     def _interrupted_program(self, channel: Channel, item: InterruptedCommand) -> Program | None:
         """The program an interrupted ``program`` command would have set (None otherwise)."""

@@ -15,7 +15,7 @@ import gc
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from importlib.metadata import version as package_version
 from typing import Any
@@ -34,7 +34,7 @@ from daemon.config import Config, PumpConfig, VitalsSource
 from daemon.envelope import SCHEMA_IDS, Kind, encode, envelope
 from daemon.errors import ConfigError
 from daemon.gate import Control, Gate, ReplyTo
-from daemon.journal import AsyncJournal, JournalError, JournalKind, JournalRow
+from daemon.journal import AsyncJournal, JournalError, JournalRow
 from daemon.mqtt_bridge import MqttBridge
 from daemon.sdnotify import Notifier
 from daemon.signing import SignaturePolicy
@@ -54,6 +54,10 @@ log = structlog.get_logger("infusiond.gateway")
 
 #: a channel that made no progress for this long (beyond its poll period) stops the watchdog
 STALL_GRACE_S = 15.0
+#: how far back a restart reloads dose changes for the time-window rules (step-up window: 4 h)
+HISTORY_WINDOW = timedelta(hours=24)
+#: how often retention prunes the journal (and once at start)
+PRUNE_EVERY_S = 3600.0
 
 
 def load_checked_library(cfg: Config) -> Library:
@@ -202,7 +206,9 @@ class Gateway:
         cfg = self.config
         self.library = load_checked_library(cfg)
         programs = [program_of(p, self.library, i) for i, p in enumerate(cfg.pumps)]
-        self.journal = await AsyncJournal.open(cfg.data_dir, gateway_id=cfg.gateway_id)
+        self.journal = await AsyncJournal.open(
+            cfg.data_dir, gateway_id=cfg.gateway_id, retention_days=cfg.journal.retention_days
+        )
         self.bridge = self.bridge_factory(cfg, self.journal)
         for source in cfg.vitals:
             self.boards[source.bed] = VitalsBoard(
@@ -251,53 +257,62 @@ class Gateway:
             target = ((item.outcome.get("verdict") or {}).get("rate") or {}).get("value")
             if channel is not None and target is not None:
                 channel.interrupted_writes[Decimal(str(target))] = item.command_id
-        for pump_id, channel in self.channels.items():
-            rows = await self.journal.rows(pump_id=pump_id, kinds=[JournalKind.EVENT])
-            self._recover_program(channel, rows)
-            for row in reversed(rows):
-                event = row.payload.get("event", {})
-                known = (event.get("to") or {}).get("rate") or event.get("rate")
-                if event.get("type") in ("rate_changed", "connection_changed") and known:
-                    channel.rate_before_restart = Decimal(str(known["value"]))
-                    break
-            for row in rows[-4 * HISTORY_LEN :]:
-                event = row.payload.get("event", {})
-                dose = (
-                    (event.get("to") or {}).get("dose")
-                    if event.get("type") == "rate_changed"
-                    else None
-                )
-                if not dose or dose.get("unit") != channel.program.dose_unit:
-                    continue
-                channel.history.append(DoseRecord(parse_ts(row.ts), Decimal(str(dose["value"]))))
+        for channel in self.channels.values():
+            await self._recover_pump(channel)
 
-    def _recover_program(self, channel: Channel, rows: list[JournalRow]) -> None:
-        """The program of the pump's latest journaled ``program_changed`` (if any)."""
-        for row in reversed(rows):
+    async def _recover_pump(self, channel: Channel) -> None:
+        """One pump's program, last known rate and recent dose history, by indexed queries
+        (start-up cost does not grow with the journal)."""
+        latest = await self.journal.latest_events(
+            channel.pump_id, ["program_changed", "rate_changed", "connection_changed"]
+        )
+        program_row = latest.get("program_changed")
+        if program_row is not None:
+            self._recover_program(channel, program_row)
+        for row in sorted(latest.values(), key=lambda r: r.n, reverse=True):
             event = row.payload.get("event", {})
-            if event.get("type") != "program_changed":
+            known = (event.get("to") or {}).get("rate") or event.get("rate")
+            if event.get("type") in ("rate_changed", "connection_changed") and known:
+                channel.rate_before_restart = Decimal(str(known["value"]))
+                break
+        rows = await self.journal.recent_events(
+            channel.pump_id,
+            ["rate_changed"],
+            since=self.clock() - HISTORY_WINDOW,
+            limit=HISTORY_LEN,
+        )
+        for row in rows:
+            if program_row is not None and row.n < program_row.n:
+                continue  # a dose of the program before this one
+            event = row.payload.get("event", {})
+            dose = (event.get("to") or {}).get("dose")
+            if not dose or dose.get("unit") != channel.program.dose_unit:
                 continue
-            try:
-                program = program_from_event(event, channel.program)
-            except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
-                # a journaled program we cannot read: refuse to guess, keep none of the config
-                raise JournalError(
-                    f"journal row {row.n}: program_changed of pump {channel.pump_id} is "
-                    f"unreadable ({exc}); refusing to start with a guessed program"
-                ) from None
-            if program != channel.program:
-                log.warning(
-                    "pump_program_from_journal",
-                    pump=channel.pump_id,
-                    drug=program.drug,
-                    concentration=str(program.concentration),
-                    unit=program.concentration_unit,
-                    profile=program.profile,
-                    configured_drug=channel.program.drug,
-                    configured_concentration=str(channel.program.concentration),
-                )
-            channel.program = program
-            return
+            channel.history.append(DoseRecord(parse_ts(row.ts), Decimal(str(dose["value"]))))
+
+    def _recover_program(self, channel: Channel, row: JournalRow) -> None:
+        """The program of the pump's latest journaled ``program_changed``."""
+        event = row.payload.get("event", {})
+        try:
+            program = program_from_event(event, channel.program)
+        except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
+            # a journaled program we cannot read: refuse to guess (the config is older)
+            raise JournalError(
+                f"journal row {row.n}: program_changed of pump {channel.pump_id} is "
+                f"unreadable ({exc}); refusing to start with a guessed program"
+            ) from None
+        if program != channel.program:
+            log.warning(
+                "pump_program_from_journal",
+                pump=channel.pump_id,
+                drug=program.drug,
+                concentration=str(program.concentration),
+                unit=program.concentration_unit,
+                profile=program.profile,
+                configured_drug=channel.program.drug,
+                configured_concentration=str(channel.program.concentration),
+            )
+        channel.program = program
 
     def _vitals_for(self, bed: str | None) -> dict[str, Any] | None:
         board = self.boards.get(bed) if bed is not None else None
@@ -353,6 +368,7 @@ class Gateway:
                     tg.create_task(self.gate.reconcile_interrupted(), name="reconcile-commands")
                 )
                 workers.append(tg.create_task(self._notify_systemd(), name="sd-notify"))
+                workers.append(tg.create_task(self._prune_journal(), name="journal-retention"))
                 await self._stop.wait()
                 log.info("gateway_stopping")
                 self.notifier.notify(STOPPING="1")
@@ -388,6 +404,19 @@ class Gateway:
             if time.monotonic() - started > 60:
                 backoff.reset()
             await asyncio.sleep(backoff.next_delay())
+
+    async def _prune_journal(self) -> None:
+        """Apply the journal's retention at start and then every hour, in bounded steps (each
+        its own short transaction, so commands are never held up for long). A journal that
+        cannot be written now is tried again at the next round; it never stops the gateway."""
+        while True:
+            more = True
+            try:
+                while more:
+                    more = (await self.journal.prune(self.clock())).more
+            except JournalError as exc:
+                log.warning("journal_prune_failed", error=str(exc))
+            await asyncio.sleep(PRUNE_EVERY_S)
 
     async def _dispatch_commands(self) -> None:
         async for incoming in self.bridge.commands():
