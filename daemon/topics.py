@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 
 # Ids become topic levels: no wildcards, no separators, no control characters.
 TOPIC_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 _TOPIC_ID = re.compile(TOPIC_ID_PATTERN)
+
+
+CAPPED_ID_CHARS = 64
+
+
+def capped_id(value: str) -> str:
+    """An id taken from a topic, as logs and the journal show it: itself when at most 64
+    characters, else its first 64 characters plus its length and a hash of the whole (two long
+    ids stay distinct; a 60,000-character id costs about 120 bytes, not 60 KB)."""
+    if len(value) <= CAPPED_ID_CHARS:
+        return value
+    digest = hashlib.sha256(value.encode("utf-8", "backslashreplace")).hexdigest()[:16]
+    return f"{value[:CAPPED_ID_CHARS]}...[{len(value)} chars, sha256:{digest}]"
 
 
 def is_topic_id(value: str) -> bool:

@@ -8,9 +8,10 @@ import contextlib
 import json
 import os
 import pwd
+import signal
 import socket
 import subprocess
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import aiomqtt
@@ -278,12 +279,68 @@ async def test_response_topic_and_correlation_data_are_honoured(
 
 
 @pytest.mark.asyncio
-async def test_unsafe_response_topics_are_refused(journal: AsyncJournal) -> None:
-    """Wildcards, $SYS and our own command topics (a feedback loop) are never replied to."""
+async def test_response_topics_are_honoured_only_outside_the_infusiond_tree(
+    journal: AsyncJournal,
+) -> None:
+    """A response topic is usable only outside infusiond/ (any gateway's state, event, bridge,
+    vitals or command topics are refused), without wildcards, $ or NUL, at most 256 bytes;
+    each refusal says why."""
     bridge = MqttBridge(BrokerConfig(), gateway_id=GW, client_id="x", outbox=journal)
-    assert bridge._usable_response_topic("app/replies/1")
-    for bad in ("", "a/+/b", "a/#", "$SYS/x", f"infusiond/{GW}/pump/p/command", "x" * 300):
-        assert not bridge._usable_response_topic(bad), bad
+    for good in ("app/replies/1", "infusiond-replies/titration-app/7", "infusiondx/a"):
+        assert bridge.response_topic_problem(good) is None, good
+    refused = {
+        "": "bytes",
+        "x" * 257: "bytes",
+        "é" * 129: "bytes",  # 258 bytes of UTF-8
+        "a/+/b": "wildcard",
+        "a/#": "wildcard",
+        "a/\x00": "NUL",
+        "$SYS/x": "$",
+        "reply/\ud800": "UTF-8",
+        f"infusiond/{GW}/pump/p/command": "infusiond/",
+        f"infusiond/{GW}/pump/pump-1/state": "infusiond/",
+        f"infusiond/{GW}/pump/pump-1/event": "infusiond/",
+        f"infusiond/{GW}/bridge/state": "infusiond/",
+        f"infusiond/{GW}/vitals/bed-1/state": "infusiond/",
+        "infusiond/other-gw/pump/pump-1/command": "infusiond/",
+        "infusiond": "infusiond/",
+    }
+    for bad, why in refused.items():
+        problem = bridge.response_topic_problem(bad)
+        assert problem is not None, bad
+        assert why in problem, (bad, problem)
+
+
+@pytest.mark.asyncio
+async def test_a_response_topic_into_the_gateway_tree_is_ignored_and_the_answer_says_so(
+    mosquitto: Mosquitto, journal: AsyncJournal
+) -> None:
+    """Regression: a command whose response topic is the gateway's own pump state (or another
+    gateway's command topic) gets its result on .../command/result only, with the user property
+    response-topic-ignored naming why; nothing is published on the abused topic."""
+    result_topic = f"infusiond/{GW}/pump/pump-1/command/result"
+    abused = [f"infusiond/{GW}/pump/pump-1/state", "infusiond/other-gw/pump/pump-1/command"]
+    async with (
+        running_bridge(broker_cfg(mosquitto), journal) as (bridge, _),
+        observer(mosquitto.port, "infusiond/#") as app,
+    ):
+        for target in abused:
+            bridge.send_result("pump-1", b'{"phase":"rejected"}', response_topic=target)
+        bridge.send_result("pump-1", b'{"phase":"last"}')
+        got = []
+        async with asyncio.timeout(WAIT_S):
+            async for message in app.messages:
+                if message.topic.value != STATE_TOPIC:  # the bridge's own, retained
+                    got.append(message)
+                if message.payload == b'{"phase":"last"}':
+                    break
+        assert [m.topic.value for m in got] == [result_topic] * 3
+        for message in got[:2]:
+            assert message.properties is not None
+            (name, why), *_ = message.properties.UserProperty
+            assert name == "response-topic-ignored"
+            assert "under infusiond/" in why
+        assert bridge.stats.response_topics_ignored == 2
 
 
 @pytest.mark.asyncio
@@ -489,3 +546,66 @@ async def test_events_left_in_the_outbox_by_a_previous_run_are_published_on_star
         await second_run.record_event("pump-1", {"type": "delivery_stopped"})
         seqs = [json.loads((await receive(obs)).payload)["seq"] for _ in range(4)]
         assert seqs == [1, 2, 3, 4]
+
+
+@contextlib.contextmanager
+def frozen(broker: Mosquitto) -> Iterator[None]:
+    """The broker process stopped (SIGSTOP): connections stay open, nothing is answered."""
+    assert broker.proc is not None
+    broker.proc.send_signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        broker.proc.send_signal(signal.SIGCONT)
+
+
+@pytest.mark.asyncio
+async def test_a_frozen_broker_ends_only_the_connection_and_the_bridge_comes_back(
+    mosquitto: Mosquitto, journal: AsyncJournal
+) -> None:
+    """Regression: with the broker SIGSTOPped while retained states are being published, the
+    PUBACK waits time out together (an exception group of timeouts), and reconnect attempts
+    get no CONNACK; run() survives all of it. After SIGCONT the bridge is online again:
+    bridge/state is retained online and each retained topic holds its latest payload."""
+    topics = [f"infusiond/{GW}/pump/pump-{i}/state" for i in range(4)]
+    bridge = MqttBridge(
+        broker_cfg(mosquitto),
+        gateway_id=GW,
+        client_id="freeze",
+        outbox=journal,
+        backoff=fast_backoff(),
+        timeout_s=1.0,
+    )
+    task = asyncio.create_task(bridge.run(), name="bridge-under-test")
+    try:
+        async with asyncio.timeout(WAIT_S):
+            await bridge.wait_state(BridgeState.ONLINE, connections=1)
+        with frozen(mosquitto):
+            for topic in topics:  # several PUBLISHes in flight: their timeouts come as a group
+                bridge.publish_retained(topic, b'{"v":1}')
+            async with asyncio.timeout(WAIT_S):
+                await bridge.wait_state(BridgeState.BACKOFF)  # the first fault: a timeout group
+                await bridge.wait_state(BridgeState.CONNECTING)
+                await bridge.wait_state(BridgeState.BACKOFF)  # a reconnect got no CONNACK
+            assert not task.done()
+            assert bridge.stats.link_faults >= 2
+            assert bridge.stats.last_error is not None
+            for topic in topics:
+                bridge.publish_retained(topic, b'{"v":2}')  # latest wins after the freeze
+        async with asyncio.timeout(3 * WAIT_S):
+            await bridge.wait_state(BridgeState.ONLINE, connections=2)
+        async with observer(mosquitto.port, STATE_TOPIC, *topics) as obs:
+            latest: dict[str, bytes] = {}
+            async with asyncio.timeout(3 * WAIT_S):
+                async for message in obs.messages:  # stale attempts may bounce it: eventually
+                    latest[message.topic.value] = message.payload
+                    if len(latest) == len(topics) + 1 and set(latest.values()) == {
+                        b'{"v":2}',
+                        b'{"state":"online"}',
+                    }:
+                        break
+        assert not task.done()
+    finally:
+        bridge.stop()
+        async with asyncio.timeout(WAIT_S):
+            await task
