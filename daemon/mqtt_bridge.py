@@ -26,8 +26,9 @@ While connected it:
   is ignored: the result goes to ``.../command/result`` only and carries the MQTT v5 user
   property ``response-topic-ignored`` saying why.
 
-Every queue is bounded and every drop counted in :attr:`MqttBridge.stats`: incoming messages
-(the client's own queue and the command queue), queued results (the oldest dropped first).
+Every queue is bounded and every drop counted in :attr:`MqttBridge.stats`: incoming commands
+(taken from paho's callback straight into the command queue), queued results (the oldest
+dropped first).
 
 Sockets have TCP_NODELAY set: results and states are small and latency-bound.
 
@@ -63,7 +64,7 @@ from typing import Protocol
 
 import aiomqtt
 import structlog
-from paho.mqtt.client import MQTT_CLEAN_START_FIRST_ONLY
+from paho.mqtt.client import MQTT_CLEAN_START_FIRST_ONLY, MQTTMessage
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
@@ -83,7 +84,6 @@ MAX_RESPONSE_TOPIC = 256  # bytes of UTF-8
 MAX_TOPIC_BYTES = 65_535  # MQTT's limit; paho raises on a longer topic
 RESERVED_ROOT = "infusiond"  # the product's own tree: never a response topic
 RESPONSE_IGNORED = "response-topic-ignored"  # user property on a result whose topic was ignored
-MAX_QUEUED_INCOMING = 4096  # the MQTT client's queue, ahead of the command queue
 # What a broker or the link to it can do to a connection: each ends that connection only.
 LINK_FAULTS: tuple[type[Exception], ...] = (aiomqtt.MqttError, OSError, TimeoutError)
 
@@ -344,8 +344,10 @@ class MqttBridge:
             tls_params=tls,
             socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
             timeout=self._timeout_s,
-            max_queued_incoming_messages=MAX_QUEUED_INCOMING,
         )
+        # Messages go straight from paho to the bounded command queue (see _on_message);
+        # aiomqtt's own queue and iterator cost a task and a future per message.
+        client._client.on_message = self._on_message
         # Batches of QoS 1 publishes are normal here; aiomqtt warns above 10 by default.
         client.pending_calls_threshold = 4 * self._outbox_batch
         return client
@@ -408,7 +410,7 @@ class MqttBridge:
     async def _serve(self, client: aiomqtt.Client) -> None:
         try:
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(self._read(client), name="mqtt-read")
+                tg.create_task(self._watch(client), name="mqtt-watch")
                 tg.create_task(self._retained_loop(client), name="mqtt-retained")
                 tg.create_task(self._outbox_loop(client), name="mqtt-outbox")
                 tg.create_task(self._results_loop(client), name="mqtt-results")
@@ -426,32 +428,45 @@ class MqttBridge:
 
     # -- per-connection tasks ----------------------------------------------------------------
 
-    async def _read(self, client: aiomqtt.Client) -> None:
-        async for message in client.messages:
-            pump_id = self.topics.pump_id_of_command(message.topic.value)
-            if pump_id is None:
-                continue
-            props = message.properties
-            response = getattr(props, "ResponseTopic", None) if props is not None else None
-            correlation = getattr(props, "CorrelationData", None) if props is not None else None
-            payload = message.payload
-            incoming = IncomingCommand(
-                pump_id=pump_id,
-                payload=payload if isinstance(payload, bytes) else str(payload).encode(),
-                retain=bool(message.retain),
-                response_topic=response if isinstance(response, str) else None,
-                correlation_data=bytes(correlation) if isinstance(correlation, bytes) else None,
-            )
-            try:
-                self._commands.put_nowait(incoming)
-            except asyncio.QueueFull:
-                self.stats.commands_dropped += 1
-                if _rarely(self.stats.commands_dropped):
-                    log.warning(
-                        "command queue full; command dropped",
-                        pump_id=capped_id(pump_id),
-                        dropped=self.stats.commands_dropped,
-                    )
+    async def _watch(self, client: aiomqtt.Client) -> None:
+        """Raise when the connection is lost (the client's message iterator does; messages
+        themselves never reach it: :meth:`_on_message` takes them first)."""
+        async for _ in client.messages:
+            pass
+
+    def _on_message(self, _client: object, _userdata: object, message: MQTTMessage) -> None:
+        """paho's message callback, in the event loop's reader: one message to the bounded
+        command queue, with no task, future or copy per message (a flood of thousands per
+        second must cost little more than its bytes)."""
+        try:
+            topic = message.topic
+        except UnicodeDecodeError:  # a broker validates topics; a broken one could not
+            self.stats.commands_dropped += 1
+            return
+        pump_id = self.topics.pump_id_of_command(topic)
+        if pump_id is None:
+            return
+        props = message.properties
+        response = getattr(props, "ResponseTopic", None) if props is not None else None
+        correlation = getattr(props, "CorrelationData", None) if props is not None else None
+        payload = message.payload
+        incoming = IncomingCommand(
+            pump_id=pump_id,
+            payload=payload if isinstance(payload, bytes) else bytes(payload),
+            retain=bool(message.retain),
+            response_topic=response if isinstance(response, str) else None,
+            correlation_data=bytes(correlation) if isinstance(correlation, bytes) else None,
+        )
+        try:
+            self._commands.put_nowait(incoming)
+        except asyncio.QueueFull:
+            self.stats.commands_dropped += 1
+            if _rarely(self.stats.commands_dropped):
+                log.warning(
+                    "command queue full; command dropped",
+                    pump_id=capped_id(pump_id),
+                    dropped=self.stats.commands_dropped,
+                )
 
     async def _retained_loop(self, client: aiomqtt.Client) -> None:
         while True:

@@ -7,8 +7,10 @@ stays bounded (RSS from /proc)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
+import math
 import os
 import time
 from collections import Counter
@@ -17,8 +19,11 @@ from pathlib import Path
 
 import pytest
 
+from daemon.journal import Journal, JournalKind
+from daemon.paths import journal_path
 from tests.reliability.harness import (
     NE_RATE_UP,
+    ROOT,
     bedside,
     command,
     daemon_process,
@@ -131,3 +136,129 @@ async def test_a_command_flood_is_answered_busy_and_the_daemon_stays_responsive_
             assert rss_peak - rss_before < RSS_GROWTH_LIMIT_KIB, (rss_before, rss_peak)
             assert rss_after - rss_before < RSS_GROWTH_LIMIT_KIB, (rss_before, rss_after)
             assert bench.rate("pump-1") in {NE_RATE_UP, 60}
+
+
+GARBAGE_PER_SECOND = 2000
+GARBAGE_S = float(os.environ.get("INFUSIOND_GARBAGE_S", "5"))
+ANSWER_WITHIN_S = 1.0
+# daemon/refusals.py: per 1 s window, 50 rows of their own plus one summary row per error code
+REFUSAL_ROWS_PER_WINDOW = 50 + 5
+
+
+def _garbage(n: int) -> tuple[str, bytes]:
+    """The n-th garbage message: (pump id, payload), mostly aimed at pump-1 itself."""
+    kind = n % 5
+    if n % 100 == 0:  # a 2,000-character pump id: capped in the journal and the logs
+        return "p" * 2000, b"{}"
+    if kind == 0:
+        return "pump-1", b"{not json"
+    if kind == 1:
+        return "pump-1", b'{"id": 7}'
+    if kind == 2:
+        return "pump-1", json.dumps(command(cid="\ud800")).encode()
+    if kind == 3:
+        return "ghost", json.dumps(command(cid=f"g-{n}")).encode()
+    return "pump-1", b""
+
+
+def refusal_rows(data_dir: Path) -> int:
+    journal = Journal.open_readonly(journal_path(data_dir))
+    try:
+        rows = list(journal.rows(kinds=[JournalKind.COMMAND]))
+    finally:
+        journal.close()
+    return sum(1 for row in rows if "answer" in row.payload or "refusals" in row.payload)
+
+
+@pytest.mark.slow
+@pytest.mark.asyncio
+async def test_legitimate_commands_are_answered_within_a_second_during_a_garbage_flood(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """2,000 garbage messages per second (bad JSON, bad types, lone-surrogate ids, unknown and
+    2,000-character pump ids) for 5 s against the daemon as a real process: each legitimate
+    set_rate sent meanwhile to the same pump gets its first answer within 1 s, the journal
+    gains a bounded number of refusal rows per second (not one per message), RSS stays within
+    32 MiB of where it started, and the daemon is still running."""
+    data_dir = tmp_path / "data"
+    async with simulators() as bench:
+        cfg = bedside(bench, broker_url=mosquitto.url, data_dir=data_dir)
+        config = write_toml(tmp_path / "infusiond.toml", cfg)
+        with daemon_process(config, tmp_path / "daemon.log") as daemon:
+            async with probe(mosquitto.url) as first:
+                await pumps_online(first)
+            results = f"{ROOT}/pump/pump-1/command/result"
+            async with (
+                probe(mosquitto.url, results) as p,
+                probe(mosquitto.url, "none/#") as attacker,
+            ):
+                await p.send("pump-1", command(cid="warm-up"))
+                await p.result("warm-up", "applied")
+                rss_before = rss_peak = daemon.rss_kib()
+                rows_before = refusal_rows(data_dir)
+                sent = 0
+                stop = asyncio.Event()
+
+                async def flood() -> None:
+                    nonlocal sent
+                    started = time.monotonic()
+                    while (elapsed := time.monotonic() - started) < GARBAGE_S:
+                        for _ in range(max(0, int(elapsed * GARBAGE_PER_SECOND) - sent)):
+                            pump, body = _garbage(sent)
+                            sent += 1
+                            await attacker.client.publish(
+                                f"{ROOT}/pump/{pump}/command", body, qos=0
+                            )
+                        await asyncio.sleep(TICK_S)  # pacing the flood, not synchronising
+                    stop.set()
+
+                latencies: list[float] = []
+                flooding = asyncio.create_task(flood(), name="garbage-flood")
+                started = time.monotonic()
+                try:
+                    rates = itertools.cycle([60.0, 63.0])
+                    while not stop.is_set():
+                        cid = f"legit-{len(latencies)}"
+                        mark = len(p.messages)
+                        body = command(cid=cid, rate={"value": next(rates), "unit": "mL/h"})
+                        t0 = time.monotonic()
+                        await p.send("pump-1", body)
+                        first_answer = await p.result(cid, after=mark)
+                        latencies.append(time.monotonic() - t0)
+                        assert first_answer["phase"] != "rejected" or "verdict" in first_answer, (
+                            first_answer
+                        )
+                        await p.wait_for(  # the command is over (not busy) before the next one
+                            lambda m, cid=cid: (
+                                m.data.get("id") == cid
+                                and m.data["phase"]
+                                in {
+                                    "applied",
+                                    "failed",
+                                    "uncertain",
+                                    "rejected",
+                                    "needs_confirmation",
+                                }
+                            ),
+                            after=mark,
+                        )
+                        rss_peak = max(rss_peak, daemon.rss_kib())
+                        with contextlib.suppress(TimeoutError):  # a pause between commands
+                            async with asyncio.timeout(0.2):
+                                await stop.wait()
+                finally:
+                    await flooding
+                flood_s = time.monotonic() - started
+                rss_after = daemon.rss_kib()
+                rows_grown = refusal_rows(data_dir) - rows_before
+                refused = [m for m in p.messages if m.data.get("phase") == "rejected"]
+                assert daemon.proc is not None
+                assert daemon.proc.poll() is None
+
+    assert sent >= GARBAGE_PER_SECOND * GARBAGE_S * 0.5, sent
+    assert len(latencies) >= 3, latencies
+    assert max(latencies) <= ANSWER_WITHIN_S, latencies
+    assert refused, "the garbage was answered too"
+    assert rows_grown <= (math.ceil(flood_s) + 2) * REFUSAL_ROWS_PER_WINDOW, (rows_grown, sent)
+    assert rss_peak - rss_before < 32 * 1024, (rss_before, rss_peak)
+    assert rss_after - rss_before < 32 * 1024, (rss_before, rss_after)
