@@ -1,8 +1,13 @@
-"""Command flood: 1,000 commands per second at one pump (3 s by default, ``INFUSIOND_FLOOD_S=10``
-for the issue's full 10 s), against the daemon as a real subprocess. It stays responsive
-(retained state of both pumps keeps being published at its period, a command after the flood
-is served at once), answers the excess ``busy`` or with its bad-input error, and its memory
-stays bounded (RSS from /proc)."""
+"""Floods against the daemon as a real subprocess and a real mosquitto.
+
+1. Commands: 1,000 per second at one pump (3 s by default, ``INFUSIOND_FLOOD_S=10`` for the
+   issue's full 10 s). It stays responsive (retained state of both pumps keeps being published
+   at its period, a command after the flood is served at once), answers the excess ``busy`` or
+   with its bad-input error (refusal answers are rate-limited: up to 500 per second), and its
+   memory stays bounded (RSS from /proc).
+2. Garbage: 2,000 messages per second (``INFUSIOND_GARBAGE_S``, 5 s by default) while a
+   client titrates the same pump: every legitimate command is answered within 1 s, refusals
+   add a bounded number of journal rows per second, memory stays bounded."""
 
 from __future__ import annotations
 
