@@ -145,8 +145,6 @@ class RefusalDesk:
         this call started it (the caller keeps the reference), else None."""
         self._roll()
         self.stats.refused += 1
-        data = _short(data)
-        shown = capped_id(pump_id)
         journal = self._journaled < self.limits.journal_per_window
         answer = (
             self._answered < self.limits.answers_per_window
@@ -154,18 +152,22 @@ class RefusalDesk:
         )
         if journal and answer:
             self._journaled += 1
-            log.info("command_refused", pump=shown, id=data.get("id"), reason=why[:200])
+            log.info(
+                "command_refused", pump=capped_id(pump_id), id=data.get("id"), reason=why[:200]
+            )
         else:
             tally = self._tallies.setdefault(_code(data), _Tally())
             tally.count += 1
-            if len(tally.pumps) < MAX_SAMPLE_PUMPS and shown not in tally.pumps:
-                tally.pumps.append(shown)
+            if len(tally.pumps) < MAX_SAMPLE_PUMPS:  # cap (and hash) only the few named
+                shown = capped_id(pump_id)
+                if shown not in tally.pumps:
+                    tally.pumps.append(shown)
             if not answer:
                 tally.unanswered += 1
                 self.stats.unanswered += 1
         if answer:
             self._answered += 1
-            self._queue.append(_Work(pump_id, data, reply, journal=journal and answer))
+            self._queue.append(_Work(pump_id, _short(data), reply, journal=journal))
         self._wake.set()
         if self._worker is None or self._worker.done():
             self._worker = asyncio.get_running_loop().create_task(self._work(), name="refusals")
@@ -177,11 +179,6 @@ class RefusalDesk:
         the window to run out): for shutdown and tests."""
         self._window_start = -math.inf
         self._wake.set()
-
-    @property
-    def worker(self) -> asyncio.Task[None] | None:
-        """The worker task while it runs."""
-        return self._worker
 
     # -- windows -------------------------------------------------------------------------------
 

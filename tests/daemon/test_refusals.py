@@ -14,6 +14,7 @@ import pytest_asyncio
 from daemon.command_parse import ErrorCode, error_body, rejected
 from daemon.journal import AsyncJournal, JournalKind
 from daemon.refusals import MAX_MESSAGE_CHARS, RefusalDesk, RefusalLimits
+from daemon.topics import capped_id
 
 WAIT_S = 10.0
 
@@ -163,3 +164,16 @@ def test_limits_are_checked() -> None:
         RefusalLimits(journal_per_window=10, answers_per_window=5)
     with pytest.raises(ValueError, match="window_s"):
         RefusalLimits(window_s=0)
+
+
+def test_capped_ids_are_short_distinct_and_leave_normal_ids_alone() -> None:
+    """A topic id over 64 characters is shown as its first 64, its length and a hash: two
+    long ids with the same start stay distinct; an ordinary id is unchanged."""
+    a, b = "x" * 60_000 + "a", "x" * 60_000 + "b"
+    assert capped_id("pump-1") == "pump-1"
+    assert capped_id("p" * 64) == "p" * 64
+    assert capped_id(a) != capped_id(b)
+    assert capped_id(a).startswith("x" * 64)
+    assert "60001 chars" in capped_id(a)
+    assert len(capped_id(a)) < 120
+    assert capped_id("\ud800" * 100).encode("utf-8", "strict")
