@@ -354,22 +354,28 @@ class MqttBridge:
 
     async def _connection(self) -> None:
         client = self._make_client()
-        async with client:
-            self._client = client
-            try:
-                await self._handshake(client)
-                await self._serve(client)
-            except asyncio.CancelledError:
-                await self._say_offline(client)
-                raise
-            except BaseException:  # a fault: the link is suspect, do not wait on it
-                self._abort(client)
-                raise
-            else:
-                await self._say_offline(client)
-            finally:
-                self._client = None
-                self.online.clear()
+        try:
+            async with client:
+                self._client = client
+                try:
+                    await self._handshake(client)
+                    await self._serve(client)
+                except asyncio.CancelledError:
+                    await self._say_offline(client)
+                    raise
+                except BaseException:  # a fault: the link is suspect, do not wait on it
+                    self._abort(client)
+                    raise
+                else:
+                    await self._say_offline(client)
+                finally:
+                    self._client = None
+                    self.online.clear()
+        except asyncio.CancelledError:
+            raise
+        except BaseException:  # the CONNECT failed too (no CONNACK): aiomqtt leaves its socket
+            self._abort(client)
+            raise
 
     async def _handshake(self, client: aiomqtt.Client) -> None:
         if self._broker.protocol == "5":

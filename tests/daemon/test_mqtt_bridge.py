@@ -609,3 +609,26 @@ async def test_a_frozen_broker_ends_only_the_connection_and_the_bridge_comes_bac
         bridge.stop()
         async with asyncio.timeout(WAIT_S):
             await task
+
+
+@pytest.mark.asyncio
+async def test_stop_while_the_broker_is_frozen_returns_without_waiting_for_timeouts(
+    mosquitto: Mosquitto, journal: AsyncJournal
+) -> None:
+    """With the broker SIGSTOPped, stop() tries to say offline for at most 2 s and leaves
+    (paho closes its side after DISCONNECT): run() returns within 5 s, not after the 10 s
+    PUBACK/DISCONNECT timeouts."""
+    bridge = MqttBridge(
+        broker_cfg(mosquitto), gateway_id=GW, client_id="frozen-stop", outbox=journal
+    )
+    task = asyncio.create_task(bridge.run(), name="bridge-under-test")
+    async with asyncio.timeout(WAIT_S):
+        await bridge.wait_state(BridgeState.ONLINE, connections=1)
+    with frozen(mosquitto):
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        bridge.stop()
+        async with asyncio.timeout(WAIT_S):
+            await task
+        assert loop.time() - started < 5.0
+    assert bridge.state is BridgeState.STOPPED
