@@ -67,8 +67,8 @@ class RefusalLimits:
     (a refusal journaled one by one is always answered)."""
 
     window_s: float = 1.0
-    journal_per_window: int = 50
-    answers_per_window: int = 500
+    journal_per_window: int = 20
+    answers_per_window: int = 250
     queue_size: int = 1024
 
     def __post_init__(self) -> None:
