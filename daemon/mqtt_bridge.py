@@ -348,8 +348,12 @@ class MqttBridge:
         # Messages go straight from paho to the bounded command queue (see _on_message);
         # aiomqtt's own queue and iterator cost a task and a future per message.
         client._client.on_message = self._on_message
-        # Batches of QoS 1 publishes are normal here; aiomqtt warns above 10 by default.
-        client.pending_calls_threshold = 4 * self._outbox_batch
+        # Batches of QoS 1 publishes are normal here; aiomqtt warns (once per publish!) above
+        # 10 by default. Warn only beyond what our bounded queues can have in flight at once:
+        # a batch of events, a batch of results (two topics each) and every retained topic.
+        client.pending_calls_threshold = (
+            self._outbox_batch + 2 * self._max_queued_results + len(self._retained) + 10
+        )
         return client
 
     async def _connection(self) -> None:

@@ -632,3 +632,37 @@ async def test_stop_while_the_broker_is_frozen_returns_without_waiting_for_timeo
             await task
         assert loop.time() - started < 5.0
     assert bridge.state is BridgeState.STOPPED
+
+
+@pytest.mark.asyncio
+async def test_the_command_queue_is_bounded_and_drops_are_counted(
+    mosquitto: Mosquitto, journal: AsyncJournal
+) -> None:
+    """With nobody consuming, 50 commands against a queue of 10: the first 10 are kept in
+    order, the other 40 are dropped and counted; memory does not grow with the backlog."""
+    bridge = MqttBridge(
+        broker_cfg(mosquitto),
+        gateway_id=GW,
+        client_id="bounded",
+        outbox=journal,
+        backoff=fast_backoff(),
+        command_queue_size=10,
+    )
+    task = asyncio.create_task(bridge.run(), name="bridge-under-test")
+    try:
+        async with asyncio.timeout(WAIT_S):
+            await bridge.wait_state(BridgeState.ONLINE, connections=1)
+        async with observer(mosquitto.port) as app:
+            for i in range(50):
+                await app.publish(f"infusiond/{GW}/pump/p/command", f"{i}".encode(), qos=1)
+            async with asyncio.timeout(WAIT_S):  # a counter has no event: poll it
+                while bridge.stats.commands_dropped < 40:
+                    await asyncio.sleep(0.01)
+        commands = bridge.commands()
+        kept = [(await anext(commands)).payload for _ in range(10)]
+        assert kept == [f"{i}".encode() for i in range(10)]
+        assert bridge.stats.commands_dropped == 40
+    finally:
+        bridge.stop()
+        async with asyncio.timeout(WAIT_S):
+            await task
