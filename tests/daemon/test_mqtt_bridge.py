@@ -666,3 +666,55 @@ async def test_the_command_queue_is_bounded_and_drops_are_counted(
         bridge.stop()
         async with asyncio.timeout(WAIT_S):
             await task
+
+
+@pytest.mark.parametrize(
+    ("name", "reply"),
+    [
+        ("garbage instead of CONNACK", b"\x00\xff\xff\xff\xff\x7f"),
+        ("CONNACK then a reserved packet type", b"\x20\x03\x00\x00\x00" + b"\x00\x00"),
+    ],
+)
+@pytest.mark.asyncio
+async def test_a_broker_speaking_garbage_costs_a_retry_never_the_bridge(
+    journal: AsyncJournal, name: str, reply: bytes
+) -> None:
+    """A peer on the broker's port that answers CONNECT with garbage (or a CONNACK followed by
+    a packet of a reserved type): each attempt ends as a link fault and the bridge backs off
+    and tries again; run() keeps running until stop()."""
+    attempts = 0
+
+    async def peer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal attempts
+        attempts += 1
+        await reader.read(1024)  # the CONNECT
+        writer.write(reply)
+        await writer.drain()
+        await reader.read(1024)  # hold the connection until the client gives up
+        writer.close()
+
+    server = await asyncio.start_server(peer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    bridge = MqttBridge(
+        BrokerConfig(url=f"mqtt://127.0.0.1:{port}"),
+        gateway_id=GW,
+        client_id="garbage",
+        outbox=journal,
+        backoff=fast_backoff(),
+        timeout_s=0.5,
+    )
+    task = asyncio.create_task(bridge.run(), name="bridge-under-test")
+    try:
+        async with asyncio.timeout(WAIT_S):
+            for _ in range(2):
+                await bridge.wait_state(BridgeState.BACKOFF)
+                await bridge.wait_state(BridgeState.CONNECTING)
+        assert not task.done(), name
+        assert attempts >= 2
+        assert bridge.stats.link_faults >= 2
+    finally:
+        bridge.stop()
+        async with asyncio.timeout(WAIT_S):
+            await task
+        server.close()
+        await server.wait_closed()
