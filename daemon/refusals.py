@@ -8,7 +8,10 @@ gate's checked path, not this one). So, per window of ``window_s`` (1 s by defau
 - the first ``journal_per_window`` refusals are journaled one row each (``{"pump", "answer"}``,
   as before), logged, and answered;
 - the next ones, up to ``answers_per_window`` in all, are answered but not journaled one by
-  one: they are counted per error code;
+  one: they are counted per error code. Refusals without a command id (bad JSON, too large...)
+  may take only the first ``anonymous_answers_per_window`` of those answers, so that a flood of
+  garbage leaves room to answer a client's own refused command (``busy``...), which it can
+  match by its id;
 - the rest are neither answered nor journaled one by one: counted as ``unanswered``;
 - when the window ends, one summary row per error code with a count is journaled
   (``{"refusals": {"code", "count", "unanswered", "from", "to", "pumps"}}``) and logged.
@@ -69,12 +72,17 @@ class RefusalLimits:
     window_s: float = 1.0
     journal_per_window: int = 20
     answers_per_window: int = 250
+    anonymous_answers_per_window: int = 100  # of those, to refusals without an id
     queue_size: int = 1024
 
     def __post_init__(self) -> None:
         if not 0 < self.journal_per_window <= self.answers_per_window <= self.queue_size:
             raise ValueError(
                 "RefusalLimits needs 0 < journal_per_window <= answers_per_window <= queue_size"
+            )
+        if not 0 < self.anonymous_answers_per_window <= self.answers_per_window:
+            raise ValueError(
+                "RefusalLimits needs 0 < anonymous_answers_per_window <= answers_per_window"
             )
         if self.window_s <= 0:
             raise ValueError("RefusalLimits needs window_s > 0")
@@ -146,10 +154,12 @@ class RefusalDesk:
         self._roll()
         self.stats.refused += 1
         journal = self._journaled < self.limits.journal_per_window
-        answer = (
-            self._answered < self.limits.answers_per_window
-            and len(self._queue) < self.limits.queue_size
+        budget = (
+            self.limits.answers_per_window
+            if data.get("id") is not None
+            else self.limits.anonymous_answers_per_window
         )
+        answer = self._answered < budget and len(self._queue) < self.limits.queue_size
         if journal and answer:
             self._journaled += 1
             log.info(

@@ -142,7 +142,10 @@ async def test_a_huge_pump_id_is_capped_in_the_summary_and_its_message_is_cut(
     """A 60,000-character pump id (a topic allows it): its answer still goes to that pump's
     topic, but the error message is cut to 512 characters and the summary names the id capped
     (64 characters plus its length and a hash)."""
-    rig = Desk(journal, RefusalLimits(journal_per_window=1, answers_per_window=10))
+    limits = RefusalLimits(
+        journal_per_window=1, answers_per_window=10, anonymous_answers_per_window=10
+    )
+    rig = Desk(journal, limits)
     huge = "p" * 60_000
     message = f"no pump {huge!r} on this gateway"
     for _ in range(3):
@@ -157,11 +160,30 @@ async def test_a_huge_pump_id_is_capped_in_the_summary_and_its_message_is_cut(
     assert len(shown) < 120
 
 
+@pytest.mark.asyncio
+async def test_a_garbage_flood_leaves_room_to_answer_refusals_that_carry_an_id(
+    journal: AsyncJournal,
+) -> None:
+    """1,000 id-less refusals (bad JSON) take at most 100 of the window's 250 answers, so a
+    client's own busy refusals (with their ids) in the same window are still answered."""
+    rig = Desk(journal, RefusalLimits())
+    for _ in range(1000):
+        rig.refuse("pump-1", bad_json())
+    for i in range(5):
+        rig.refuse("pump-1", busy(f"mine-{i}"))
+    await rig.settle()
+    ids = [data["id"] for _, data in rig.answers]
+    assert ids.count(None) == 100
+    assert ids[-5:] == [f"mine-{i}" for i in range(5)]
+
+
 def test_limits_are_checked() -> None:
     """A journal budget above the answer budget (a journaled refusal left unanswered) or a
     zero window is refused at construction."""
     with pytest.raises(ValueError, match="journal_per_window"):
         RefusalLimits(journal_per_window=10, answers_per_window=5)
+    with pytest.raises(ValueError, match="anonymous"):
+        RefusalLimits(answers_per_window=50, anonymous_answers_per_window=60)
     with pytest.raises(ValueError, match="window_s"):
         RefusalLimits(window_s=0)
 
