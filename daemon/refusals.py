@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import math
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -233,17 +234,15 @@ class RefusalDesk:
                 self._wake.clear()
                 remaining = self.limits.window_s - (self._clock() - self._window_start)
                 if remaining > 0:
-                    try:
+                    with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(remaining):
                             await self._wake.wait()
-                    except TimeoutError:
-                        pass
             else:
                 return
 
     async def _perform(self, batch: list[_Work]) -> None:
-        """Journal-and-answer the first refusals of the window together (one group commit),
-        then answer the others, in arrival order."""
+        """Journal-and-answer the window's first refusals together (the journal commits them
+        as one group), then answer the others in arrival order."""
         async with asyncio.TaskGroup() as tg:
             for work in batch:
                 if work.journal:
