@@ -24,7 +24,9 @@ While connected it:
   never make the gateway publish on its own state, event, bridge or vitals topics, nor on any
   gateway's command topics): at most 256 bytes, no wildcards, no ``$`` prefix. An unusable one
   is ignored: the result goes to ``.../command/result`` only and carries the MQTT v5 user
-  property ``response-topic-ignored`` saying why.
+  property ``response-topic-ignored`` saying why. Correlation data longer than 1 KiB is not
+  copied (every result would repeat it: an amplifier) and the user property
+  ``correlation-data-ignored`` says so.
 
 Every queue is bounded and every drop counted in :attr:`MqttBridge.stats`: incoming commands
 (taken from paho's callback straight into the command queue), queued results (the oldest
@@ -84,6 +86,8 @@ MAX_RESPONSE_TOPIC = 256  # bytes of UTF-8
 MAX_TOPIC_BYTES = 65_535  # MQTT's limit; paho raises on a longer topic
 RESERVED_ROOT = "infusiond"  # the product's own tree: never a response topic
 RESPONSE_IGNORED = "response-topic-ignored"  # user property on a result whose topic was ignored
+CORRELATION_IGNORED = "correlation-data-ignored"  # user property: the data was too long
+MAX_CORRELATION_BYTES = 1024
 # What a broker or the link to it can do to a connection: each ends that connection only.
 LINK_FAULTS: tuple[type[Exception], ...] = (aiomqtt.MqttError, OSError, TimeoutError)
 
@@ -123,7 +127,7 @@ class _Result:
     payload: bytes
     response_topic: str | None
     correlation_data: bytes | None
-    response_ignored: str | None  # why the command's response topic was not used
+    notes: tuple[tuple[str, str], ...]  # MQTT v5 user properties: what was ignored, and why
 
 
 class _StopRequested(Exception):
@@ -210,7 +214,10 @@ class MqttBridge:
             self.stats.results_dropped += 1  # no MQTT topic can name that pump
             log.warning("result dropped: pump id too long for a topic", pump_id=capped_id(pump_id))
             return
-        ignored: str | None = None
+        notes: list[tuple[str, str]] = []
+        if correlation_data is not None and len(correlation_data) > MAX_CORRELATION_BYTES:
+            notes.append((CORRELATION_IGNORED, f"longer than {MAX_CORRELATION_BYTES} bytes"))
+            correlation_data = None
         if response_topic is not None:
             ignored = self.response_topic_problem(response_topic)
             if ignored is not None:
@@ -221,6 +228,7 @@ class MqttBridge:
                         why=ignored,
                         ignored=self.stats.response_topics_ignored,
                     )
+                notes.append((RESPONSE_IGNORED, ignored))
                 response_topic = None
         if len(self._results) >= self._max_queued_results:
             self._results.popleft()
@@ -229,7 +237,7 @@ class MqttBridge:
                 log.warning("result queue full; oldest dropped", dropped=self.stats.results_dropped)
         number = next(self._result_numbers)
         self._results.append(
-            _Result(number, topic, payload, response_topic, correlation_data, ignored)
+            _Result(number, topic, payload, response_topic, correlation_data, tuple(notes))
         )
         self._results_changed.set()
 
@@ -554,15 +562,15 @@ class MqttBridge:
 
 
 def _result_properties(result: _Result) -> Properties | None:
-    """MQTT v5 PUBLISH properties of a result: correlation data, and why its response topic
-    was ignored (None when there is neither: the common, fast case)."""
-    if result.correlation_data is None and result.response_ignored is None:
+    """MQTT v5 PUBLISH properties of a result: correlation data, and what of the command's
+    properties was ignored and why (None when there is neither: the common, fast case)."""
+    if result.correlation_data is None and not result.notes:
         return None
     props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
     if result.correlation_data is not None:
         props.CorrelationData = result.correlation_data
-    if result.response_ignored is not None:
-        props.UserProperty = [(RESPONSE_IGNORED, result.response_ignored)]
+    if result.notes:
+        props.UserProperty = list(result.notes)
     return props
 
 

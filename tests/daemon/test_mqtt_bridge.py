@@ -317,7 +317,8 @@ async def test_a_response_topic_into_the_gateway_tree_is_ignored_and_the_answer_
 ) -> None:
     """Regression: a command whose response topic is the gateway's own pump state (or another
     gateway's command topic) gets its result on .../command/result only, with the user property
-    response-topic-ignored naming why; nothing is published on the abused topic."""
+    response-topic-ignored naming why; nothing is published on the abused topic. Correlation
+    data over 1 KiB is not copied onto results (correlation-data-ignored says so)."""
     result_topic = f"infusiond/{GW}/pump/pump-1/command/result"
     abused = [f"infusiond/{GW}/pump/pump-1/state", "infusiond/other-gw/pump/pump-1/command"]
     async with (
@@ -326,7 +327,7 @@ async def test_a_response_topic_into_the_gateway_tree_is_ignored_and_the_answer_
     ):
         for target in abused:
             bridge.send_result("pump-1", b'{"phase":"rejected"}', response_topic=target)
-        bridge.send_result("pump-1", b'{"phase":"last"}')
+        bridge.send_result("pump-1", b'{"phase":"last"}', correlation_data=b"c" * 1025)
         got = []
         async with asyncio.timeout(WAIT_S):
             async for message in app.messages:
@@ -340,6 +341,10 @@ async def test_a_response_topic_into_the_gateway_tree_is_ignored_and_the_answer_
             (name, why), *_ = message.properties.UserProperty
             assert name == "response-topic-ignored"
             assert "under infusiond/" in why
+        last = got[2].properties
+        assert last is not None
+        assert not hasattr(last, "CorrelationData")  # 1,025 bytes: not copied onto results
+        assert last.UserProperty == [("correlation-data-ignored", "longer than 1024 bytes")]
         assert bridge.stats.response_topics_ignored == 2
 
 
