@@ -60,6 +60,7 @@ import contextlib
 import enum
 import itertools
 import socket
+import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Protocol
@@ -81,6 +82,9 @@ log = structlog.get_logger("infusiond.mqtt")
 
 MAX_INCOMING_PACKET = 256 * 1024  # the broker drops bigger packets for us; commands cap at 16 KiB
 OFFLINE_TIMEOUT_S = 2.0
+# A connection that lasted this long resets the backoff; one that failed sooner (a broker that
+# accepts and then drops or kicks us at once) keeps it growing: no reconnect storm.
+STABLE_S = 10.0
 OUTBOX_RETRY_S = 1.0  # after a journal error (disk full, read-only): retry, never spin
 MAX_RESPONSE_TOPIC = 256  # bytes of UTF-8
 MAX_TOPIC_BYTES = 65_535  # MQTT's limit; paho raises on a longer topic
@@ -168,6 +172,7 @@ class MqttBridge:
         self._client_id = client_id
         self._outbox = outbox
         self._backoff = backoff or Backoff(initial_s=0.2, maximum_s=30.0)
+        self._online_since: float | None = None  # monotonic time of the last handshake
         self._commands: asyncio.Queue[IncomingCommand] = asyncio.Queue(command_queue_size)
         self._results: collections.deque[_Result] = collections.deque()
         self._max_queued_results = max_queued_results
@@ -303,6 +308,10 @@ class MqttBridge:
                 if self._stop.is_set():
                     break
                 await self._set_state(BridgeState.BACKOFF)
+                if self._online_since is not None:  # it had come up: was it stable?
+                    if time.monotonic() - self._online_since >= STABLE_S:
+                        self._backoff.reset()
+                    self._online_since = None
                 delay = self._backoff.next_delay()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(delay):
@@ -398,7 +407,7 @@ class MqttBridge:
         else:  # 3.1.1: retain is only seen on messages stored before we subscribed
             await client.subscribe(self.topics.command_filter, qos=1)
         await client.publish(self.topics.bridge_state, BRIDGE_ONLINE, qos=1, retain=True)
-        self._backoff.reset()
+        self._online_since = time.monotonic()
         self.stats.connections += 1
         for topic in self._retained:
             self._dirty[topic] = None

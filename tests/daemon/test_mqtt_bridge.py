@@ -723,3 +723,47 @@ async def test_a_broker_speaking_garbage_costs_a_retry_never_the_bridge(
             await task
         server.close()
         await server.wait_closed()
+
+
+@pytest.mark.asyncio
+async def test_a_broker_that_drops_each_connection_at_once_gets_growing_backoff(
+    journal: AsyncJournal,
+) -> None:
+    """A peer that accepts (CONNACK, SUBACK, PUBACK) and then closes at once: the bridge comes
+    online every time, but since no connection lasts, its backoff keeps growing (0.05, 0.1,
+    0.2, 0.4, 0.4 s without jitter): six connections take over a second, not a storm."""
+
+    async def peer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1024)  # CONNECT
+        writer.write(b"\x20\x03\x00\x00\x00")  # CONNACK, success, no properties
+        await reader.read(1024)  # SUBSCRIBE (packet id 1)
+        writer.write(b"\x90\x04\x00\x01\x00\x01")  # SUBACK, QoS 1 granted
+        await reader.read(1024)  # PUBLISH bridge/state online (packet id 2)
+        writer.write(b"\x40\x02\x00\x02")  # PUBACK
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(peer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    bridge = MqttBridge(
+        BrokerConfig(url=f"mqtt://127.0.0.1:{port}"),
+        gateway_id=GW,
+        client_id="flapping",
+        outbox=journal,
+        backoff=Backoff(initial_s=0.05, maximum_s=0.4, jitter=0),
+        timeout_s=2.0,
+    )
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    task = asyncio.create_task(bridge.run(), name="bridge-under-test")
+    try:
+        async with asyncio.timeout(WAIT_S):
+            await bridge.wait_state(BridgeState.ONLINE, connections=6)
+        assert loop.time() - started >= 0.05 + 0.1 + 0.2 + 0.4 + 0.4 - 0.05
+        assert not task.done()
+    finally:
+        bridge.stop()
+        async with asyncio.timeout(WAIT_S):
+            await task
+        server.close()
+        await server.wait_closed()
