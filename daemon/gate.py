@@ -101,8 +101,8 @@ class Gate:
     control: Control = field(default_factory=Control)
     _inflight: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     _answers: set[asyncio.Task[None]] = field(default_factory=set)
+    _refusals: RefusalDesk | None = None  # made on the first refusal (daemon/refusals.py)
     _tokens: dict[str, _Pending] = field(default_factory=dict)
-    _refusals: RefusalDesk | None = None
 
     # -- admission (synchronous, so that busy is decided in arrival order) -------------------
 
