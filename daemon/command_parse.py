@@ -6,7 +6,9 @@ Order of checks, each answering with its own error code:
 1. ``too_large``: more than 16 KiB, checked on the byte count before anything is parsed.
 2. ``retained``: a retained message is never executed, whatever it contains.
 3. ``bad_json``: not UTF-8, not JSON, or empty.
-4. ``bad_request``: not an object, duplicate keys, nesting deeper than the schema, wrong or
+4. ``bad_request``: not an object, duplicate keys, nesting deeper than the schema, a string
+   (key or value) that cannot be encoded as UTF-8 (a lone surrogate such as ``"\\ud800"``: it
+   could be neither journaled nor answered), wrong or
    missing fields, unknown fields, NaN/Infinity, negative or out-of-range numbers, an
    ``issued_at`` more than :data:`MAX_CLOCK_SKEW_S` in the future (the sender's clock is wrong:
    that is a bad request, not an expired one). The message names the field.
@@ -15,7 +17,8 @@ Order of checks, each answering with its own error code:
 6. ``expired``: ``issued_at + ttl_s`` is before ``now``.
 
 ``now`` is an argument: nothing here reads the clock. Rejections carry the command id when one
-could be read (a string of at most 64 characters), else ``None``.
+could be read (a UTF-8-encodable string of at most 64 characters), else ``None``; their
+messages are always encodable (anything taken from the input is escaped and shortened).
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ MAX_DEPTH = 4  # command -> program -> dose -> value is the deepest legitimate n
 MAX_CLOCK_SKEW_S = 10.0
 MAX_TTL_S = 3600.0
 MAX_QUANTITY = 1_000_000.0
+MAX_SHOWN_CHARS = 64  # a key or path from the input, as quoted in a message
 COMMAND_SCHEMA = "infusiond.pump.command/1"
 
 
@@ -87,7 +91,23 @@ class Rejection:
     message: str
 
     def error(self) -> dict[str, str]:
-        return {"code": self.code.value, "message": self.message}
+        return {"code": self.code.value, "message": encodable(self.message)}
+
+
+def encodable(text: str) -> str:
+    """``text`` with anything UTF-8 cannot encode (lone surrogates) backslash-escaped."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
+def shown(text: str) -> str:
+    """A key or path from the input as a message quotes it: encodable, at most
+    :data:`MAX_SHOWN_CHARS` characters (then an ellipsis)."""
+    safe = encodable(text)
+    return safe if len(safe) <= MAX_SHOWN_CHARS else safe[: MAX_SHOWN_CHARS - 1] + "\u2026"
 
 
 # -- the command model -------------------------------------------------------------------
@@ -217,14 +237,37 @@ def _too_deep(value: Any, limit: int) -> str | None:
 def _readable_id(obj: Any) -> str | None:
     if isinstance(obj, dict):
         cid = obj.get("id")
-        if isinstance(cid, str) and 0 < len(cid) <= MAX_ID_CHARS:
+        if isinstance(cid, str) and 0 < len(cid) <= MAX_ID_CHARS and encodable(cid) == cid:
             return cid
+    return None
+
+
+def _unencodable(value: Any) -> tuple[str, str] | None:
+    """``(path, what)`` of the first key or string that UTF-8 cannot encode (a lone
+    surrogate from a ``\\ud800`` escape), else None. Iterative; call it on shallow data."""
+    stack: list[tuple[Any, str]] = [(value, "")]
+    while stack:
+        node, path = stack.pop()
+        if isinstance(node, str) and encodable(node) != node:
+            return path or "(root)", "value"
+        items = (
+            node.items()
+            if isinstance(node, dict)
+            else enumerate(node)
+            if isinstance(node, list)
+            else ()
+        )
+        for key, child in items:
+            where = f"{path}.{key}" if path else str(key)
+            if isinstance(key, str) and encodable(key) != key:
+                return where, "key"
+            stack.append((child, where))
     return None
 
 
 def _describe(exc: ValidationError) -> str:
     err = exc.errors(include_url=False)[0]
-    loc = ".".join(str(p) for p in err["loc"])
+    loc = shown(".".join(str(p) for p in err["loc"]))
     msg = str(err["msg"]).removeprefix("Value error, ")
     if not loc and ":" in msg:  # model-level validator already names the field
         return msg
@@ -271,7 +314,7 @@ def parse_command(
     if retained:
         return Rejection(cid, ErrorCode.RETAINED, "retained commands are never executed")
     if duplicate_key is not None:
-        return Rejection(None, ErrorCode.BAD_REQUEST, f"{duplicate_key}: duplicate key")
+        return Rejection(None, ErrorCode.BAD_REQUEST, f"{shown(duplicate_key)}: duplicate key")
     if too_deep:
         return Rejection(
             None, ErrorCode.BAD_REQUEST, f"command: nested deeper than {MAX_DEPTH} levels"
@@ -282,7 +325,16 @@ def parse_command(
         return Rejection(None, ErrorCode.BAD_REQUEST, "command: must be a JSON object")
     deep = _too_deep(obj, MAX_DEPTH)
     if deep is not None:
-        return Rejection(cid, ErrorCode.BAD_REQUEST, f"{deep}: nested too deeply")
+        return Rejection(cid, ErrorCode.BAD_REQUEST, f"{shown(deep)}: nested too deeply")
+    bad_text = _unencodable(obj)
+    if bad_text is not None:
+        where, what = bad_text
+        return Rejection(
+            cid,
+            ErrorCode.BAD_REQUEST,
+            f"{shown(where)}: the {what} is not valid Unicode text (a lone surrogate cannot be"
+            " encoded as UTF-8)",
+        )
     try:
         command = Command.model_validate(obj)
     except ValidationError as exc:

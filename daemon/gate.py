@@ -58,8 +58,10 @@ from daemon.command_parse import (
     uncertain,
 )
 from daemon.journal import AsyncJournal, InterruptedCommand, JournalError, JournalKind
+from daemon.refusals import RefusalDesk
 from daemon.signing import SignaturePolicy
 from daemon.timefmt import format_ts
+from daemon.topics import capped_id
 from drivers.backoff import Backoff
 from drivers.base import ConnectionState, Outcome, PumpStatus, RunState, WriteResult
 from drivers.errors import DriverError
@@ -147,6 +149,7 @@ class Gate:
     control: Control = field(default_factory=Control)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _answers: set[asyncio.Task[None]] = field(default_factory=set)
+    _refusals: RefusalDesk | None = None  # made on the first refusal (daemon/refusals.py)
     _tokens: dict[str, _Pending] = field(default_factory=dict)
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     _waiting: dict[str, int] = field(default_factory=dict)
@@ -221,18 +224,24 @@ class Gate:
         return None
 
     def _answer(self, pump_id: str, data: dict[str, Any], reply: ReplyTo | None, why: str) -> None:
-        log.info("command_refused", pump=pump_id, id=data.get("id"), reason=why)
-        task = asyncio.get_running_loop().create_task(
-            self._refuse(pump_id, data, reply), name=f"answer:{pump_id}"
-        )
-        self._answers.add(task)
-        task.add_done_callback(self._answers.discard)
+        # Refusals go through one rate-limited desk (daemon/refusals.py), never a task each.
+        if self._refusals is None:
+            self._refusals = RefusalDesk(
+                journal=self.journal, refuse_one=self._refuse, answer=self.send_result
+            )
+        worker = self._refusals.refuse(pump_id, data, reply, why)
+        if worker is not None:
+            self._answers.add(worker)
+            worker.add_done_callback(self._answers.discard)
 
     async def _refuse(self, pump_id: str, data: dict[str, Any], reply: ReplyTo | None) -> None:
+        shown = capped_id(pump_id)  # a topic can carry a 65,000-character pump id
         try:
-            await self.journal.append(JournalKind.COMMAND, {"pump": pump_id, "answer": data})
+            await self.journal.append(
+                JournalKind.COMMAND, {"pump": shown, "answer": data}, pump_id=shown
+            )
         except JournalError as exc:  # the refusal still goes out: nothing was executed
-            log.critical("journal_unavailable", pump=pump_id, id=data.get("id"), error=str(exc))
+            log.critical("journal_unavailable", pump=shown, id=data.get("id"), error=str(exc))
         await self.send_result(pump_id, data, reply)
 
     async def drain(self) -> None:

@@ -1,7 +1,12 @@
 """The MQTT bridge (DESIGN.md section 6) on aiomqtt 2.x, MQTT v5.
 
 One long-running task (:meth:`MqttBridge.run`) keeps a connection to the broker, reconnecting
-with capped exponential backoff and jitter. While connected it:
+with capped exponential backoff and jitter. Whatever the broker or the link does (refuses,
+resets, freezes so that CONNACK/SUBACK/PUBACK waits time out, sends garbage), the fault ends
+only that connection, never :meth:`run`: timeouts and their exception groups included, the
+socket is aborted at once (no waiting for a DISCONNECT a frozen broker will not read) and the
+bridge connects again, republishing ``bridge/state`` online and every retained payload.
+While connected it:
 
 - publishes ``bridge/state`` ``{"state":"online"}`` retained QoS 1; the last will is
   ``{"state":"offline"}`` retained QoS 1 with no will delay, so the broker announces a crash
@@ -14,7 +19,18 @@ with capped exponential backoff and jitter. While connected it:
   outbox only after its PUBACK (at-least-once: after a connection loss in the middle of a
   batch, an event may be delivered twice with the same ``seq``);
 - publishes command results queued with :meth:`send_result` to ``pump/<id>/command/result``
-  and, when the command carried one, to its MQTT v5 response topic with its correlation data.
+  and, when the command carried a usable one, to its MQTT v5 response topic with its
+  correlation data. A response topic is usable only outside ``infusiond/`` (so a command can
+  never make the gateway publish on its own state, event, bridge or vitals topics, nor on any
+  gateway's command topics): at most 256 bytes, no wildcards, no ``$`` prefix. An unusable one
+  is ignored: the result goes to ``.../command/result`` only and carries the MQTT v5 user
+  property ``response-topic-ignored`` saying why. Correlation data longer than 1 KiB is not
+  copied (every result would repeat it: an amplifier) and the user property
+  ``correlation-data-ignored`` says so.
+
+Every queue is bounded and every drop counted in :attr:`MqttBridge.stats`: incoming commands
+(taken from paho's callback straight into the command queue), queued results (the oldest
+dropped first).
 
 Sockets have TCP_NODELAY set: results and states are small and latency-bound.
 
@@ -44,13 +60,14 @@ import contextlib
 import enum
 import itertools
 import socket
+import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
 import aiomqtt
 import structlog
-from paho.mqtt.client import MQTT_CLEAN_START_FIRST_ONLY
+from paho.mqtt.client import MQTT_CLEAN_START_FIRST_ONLY, MQTTMessage
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
@@ -58,15 +75,25 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from daemon.config import BrokerConfig
 from daemon.envelope import BRIDGE_OFFLINE, BRIDGE_ONLINE
 from daemon.journal import JournalError, OutboxItem
-from daemon.topics import Topics
+from daemon.topics import Topics, capped_id
 from drivers.backoff import Backoff
 
 log = structlog.get_logger("infusiond.mqtt")
 
 MAX_INCOMING_PACKET = 256 * 1024  # the broker drops bigger packets for us; commands cap at 16 KiB
 OFFLINE_TIMEOUT_S = 2.0
+# A connection that lasted this long resets the backoff; one that failed sooner (a broker that
+# accepts and then drops or kicks us at once) keeps it growing: no reconnect storm.
+STABLE_S = 10.0
 OUTBOX_RETRY_S = 1.0  # after a journal error (disk full, read-only): retry, never spin
-MAX_RESPONSE_TOPIC = 256
+MAX_RESPONSE_TOPIC = 256  # bytes of UTF-8
+MAX_TOPIC_BYTES = 65_535  # MQTT's limit; paho raises on a longer topic
+RESERVED_ROOT = "infusiond"  # the product's own tree: never a response topic
+RESPONSE_IGNORED = "response-topic-ignored"  # user property on a result whose topic was ignored
+CORRELATION_IGNORED = "correlation-data-ignored"  # user property: the data was too long
+MAX_CORRELATION_BYTES = 1024
+# What a broker or the link to it can do to a connection: each ends that connection only.
+LINK_FAULTS: tuple[type[Exception], ...] = (aiomqtt.MqttError, OSError, TimeoutError)
 
 
 class Outbox(Protocol):
@@ -100,10 +127,11 @@ class IncomingCommand:
 @dataclass(frozen=True)
 class _Result:
     number: int
-    pump_id: str
+    topic: str
     payload: bytes
     response_topic: str | None
     correlation_data: bytes | None
+    notes: tuple[tuple[str, str], ...]  # MQTT v5 user properties: what was ignored, and why
 
 
 class _StopRequested(Exception):
@@ -117,6 +145,9 @@ class _Stats:
     results_published: int = 0
     retained_published: int = 0
     commands_dropped: int = 0
+    results_dropped: int = 0
+    response_topics_ignored: int = 0
+    link_faults: int = 0
     last_error: str | None = None
 
 
@@ -141,6 +172,7 @@ class MqttBridge:
         self._client_id = client_id
         self._outbox = outbox
         self._backoff = backoff or Backoff(initial_s=0.2, maximum_s=30.0)
+        self._online_since: float | None = None  # monotonic time of the last handshake
         self._commands: asyncio.Queue[IncomingCommand] = asyncio.Queue(command_queue_size)
         self._results: collections.deque[_Result] = collections.deque()
         self._max_queued_results = max_queued_results
@@ -177,18 +209,58 @@ class MqttBridge:
         correlation_data: bytes | None = None,
     ) -> None:
         """Queue a command result (QoS 1, not retained) on ``pump/<id>/command/result`` and, if
-        given and safe, on ``response_topic`` too, both carrying ``correlation_data``.
+        given and usable (see the module docstring), on ``response_topic`` too, both carrying
+        ``correlation_data``. Never blocks, never raises.
 
-        Results are kept in memory (bounded) while the broker is unreachable, in order."""
-        if response_topic is not None and not self._usable_response_topic(response_topic):
-            log.warning("ignoring unusable response topic", topic=response_topic[:80])
-            response_topic = None
+        Results are kept in memory while the broker is unreachable, in order, at most
+        ``max_queued_results`` of them: beyond that the oldest is dropped (and counted)."""
+        topic = self.topics.pump_command_result(pump_id)
+        if len(topic.encode("utf-8", "replace")) > MAX_TOPIC_BYTES:
+            self.stats.results_dropped += 1  # no MQTT topic can name that pump
+            log.warning("result dropped: pump id too long for a topic", pump_id=capped_id(pump_id))
+            return
+        notes: list[tuple[str, str]] = []
+        if correlation_data is not None and len(correlation_data) > MAX_CORRELATION_BYTES:
+            notes.append((CORRELATION_IGNORED, f"longer than {MAX_CORRELATION_BYTES} bytes"))
+            correlation_data = None
+        if response_topic is not None:
+            ignored = self.response_topic_problem(response_topic)
+            if ignored is not None:
+                self.stats.response_topics_ignored += 1
+                if _rarely(self.stats.response_topics_ignored):
+                    log.warning(
+                        "response topic ignored",
+                        why=ignored,
+                        ignored=self.stats.response_topics_ignored,
+                    )
+                notes.append((RESPONSE_IGNORED, ignored))
+                response_topic = None
         if len(self._results) >= self._max_queued_results:
-            dropped = self._results.popleft()
-            log.warning("result queue full; oldest result dropped", pump_id=dropped.pump_id)
+            self._results.popleft()
+            self.stats.results_dropped += 1
+            if _rarely(self.stats.results_dropped):
+                log.warning("result queue full; oldest dropped", dropped=self.stats.results_dropped)
         number = next(self._result_numbers)
-        self._results.append(_Result(number, pump_id, payload, response_topic, correlation_data))
+        self._results.append(
+            _Result(number, topic, payload, response_topic, correlation_data, tuple(notes))
+        )
         self._results_changed.set()
+
+    def response_topic_problem(self, topic: str) -> str | None:
+        """Why ``topic`` cannot be used as a response topic, or None when it can."""
+        try:
+            size = len(topic.encode("utf-8"))
+        except UnicodeEncodeError:
+            return "not valid UTF-8"
+        if not 0 < size <= MAX_RESPONSE_TOPIC:
+            return f"must be 1 to {MAX_RESPONSE_TOPIC} bytes"
+        if any(ch in topic for ch in "+#\x00"):
+            return "contains a wildcard or NUL"
+        if topic.startswith("$"):
+            return "starts with $"
+        if topic.split("/", 1)[0] == RESERVED_ROOT:
+            return f"is under {RESERVED_ROOT}/ (the gateways' own topics)"
+        return None
 
     async def commands(self) -> AsyncIterator[IncomingCommand]:
         """Incoming commands, in arrival order, across reconnects."""
@@ -224,12 +296,22 @@ class MqttBridge:
                 await self._set_state(BridgeState.CONNECTING)
                 try:
                     await self._connection()
-                except aiomqtt.MqttError as exc:
-                    self.stats.last_error = str(exc)
-                    log.warning("mqtt connection lost or refused", error=str(exc))
+                except* LINK_FAULTS as group:  # one fault or a group of them (e.g. timeouts)
+                    first = _first_leaf(group)
+                    self.stats.link_faults += 1
+                    self.stats.last_error = f"{type(first).__name__}: {first}"
+                    log.warning(
+                        "mqtt connection lost or refused",
+                        error=self.stats.last_error,
+                        faults=len(_leaves(group)),
+                    )
                 if self._stop.is_set():
                     break
                 await self._set_state(BridgeState.BACKOFF)
+                if self._online_since is not None:  # it had come up: was it stable?
+                    if time.monotonic() - self._online_since >= STABLE_S:
+                        self._backoff.reset()
+                    self._online_since = None
                 delay = self._backoff.next_delay()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(delay):
@@ -280,36 +362,66 @@ class MqttBridge:
             socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
             timeout=self._timeout_s,
         )
-        # Batches of QoS 1 publishes are normal here; aiomqtt warns above 10 by default.
-        client.pending_calls_threshold = 4 * self._outbox_batch
+        # Messages go straight from paho to the bounded command queue (see _on_message);
+        # aiomqtt's own queue and iterator cost a task and a future per message.
+        client._client.on_message = self._on_message
+        # Batches of QoS 1 publishes are normal here; aiomqtt warns (once per publish!) above
+        # 10 by default. Warn only beyond what our bounded queues can have in flight at once:
+        # a batch of events, a batch of results (two topics each) and every retained topic.
+        client.pending_calls_threshold = (
+            self._outbox_batch + 2 * self._max_queued_results + len(self._retained) + 10
+        )
         return client
 
     async def _connection(self) -> None:
         client = self._make_client()
-        async with client:
-            self._client = client
-            try:
-                if self._broker.protocol == "5":
-                    await client.subscribe(
-                        self.topics.command_filter,
-                        options=SubscribeOptions(qos=1, retainAsPublished=True),
-                    )
-                else:  # 3.1.1: retain is only seen on messages stored before we subscribed
-                    await client.subscribe(self.topics.command_filter, qos=1)
-                await client.publish(self.topics.bridge_state, BRIDGE_ONLINE, qos=1, retain=True)
-                self._backoff.reset()
-                self.stats.connections += 1
-                for topic in self._retained:
-                    self._dirty[topic] = None
-                log.info("mqtt online", host=self._broker.host, port=self._broker.port)
-                await self._set_state(BridgeState.ONLINE)
+        try:
+            async with client:
+                self._client = client
                 try:
+                    await self._handshake(client)
                     await self._serve(client)
-                finally:
+                except asyncio.CancelledError:
                     await self._say_offline(client)
-            finally:
-                self._client = None
-                self.online.clear()
+                    raise
+                except BaseException:  # a fault: the link is suspect, do not wait on it
+                    self._abort(client)
+                    raise
+                else:
+                    await self._say_offline(client)
+                finally:
+                    self._client = None
+                    self.online.clear()
+        except asyncio.CancelledError:
+            raise
+        except BaseException:  # the CONNECT failed too (no CONNACK): aiomqtt leaves its socket
+            self._abort(client)
+            raise
+
+    async def _handshake(self, client: aiomqtt.Client) -> None:
+        if self._broker.protocol == "5":
+            await client.subscribe(
+                self.topics.command_filter,
+                options=SubscribeOptions(qos=1, retainAsPublished=True),
+            )
+        else:  # 3.1.1: retain is only seen on messages stored before we subscribed
+            await client.subscribe(self.topics.command_filter, qos=1)
+        await client.publish(self.topics.bridge_state, BRIDGE_ONLINE, qos=1, retain=True)
+        self._online_since = time.monotonic()
+        self.stats.connections += 1
+        for topic in self._retained:
+            self._dirty[topic] = None
+        log.info("mqtt online", host=self._broker.host, port=self._broker.port)
+        await self._set_state(BridgeState.ONLINE)
+
+    @staticmethod
+    def _abort(client: aiomqtt.Client) -> None:
+        """Shut the socket down so that the client's exit sees the connection gone at once
+        (a frozen broker would never answer DISCONNECT: the exit would wait its timeout)."""
+        sock = client._client.socket()  # aiomqtt has no public socket accessor; paho's is public
+        if isinstance(sock, socket.socket):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
     async def _say_offline(self, client: aiomqtt.Client) -> None:
         """Best effort on the way out; if the link is gone, the broker sends the will."""
@@ -325,19 +437,17 @@ class MqttBridge:
     async def _serve(self, client: aiomqtt.Client) -> None:
         try:
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(self._read(client), name="mqtt-read")
+                tg.create_task(self._watch(client), name="mqtt-watch")
                 tg.create_task(self._retained_loop(client), name="mqtt-retained")
                 tg.create_task(self._outbox_loop(client), name="mqtt-outbox")
                 tg.create_task(self._results_loop(client), name="mqtt-results")
                 tg.create_task(self._until_stop(), name="mqtt-stop")
         except BaseExceptionGroup as group:
-            lost, rest = group.split(aiomqtt.MqttError)
-            if rest is not None:
-                _, rest = rest.split(_StopRequested)
+            _, rest = group.split(_StopRequested)
+            if rest is not None and self._stop.is_set():
+                _, rest = rest.split(LINK_FAULTS)  # the link failed as we were leaving anyway
             if rest is not None:
                 raise rest from None
-            if lost is not None and not self._stop.is_set():
-                raise lost.exceptions[0] from None
 
     async def _until_stop(self) -> None:
         await self._stop.wait()
@@ -345,27 +455,45 @@ class MqttBridge:
 
     # -- per-connection tasks ----------------------------------------------------------------
 
-    async def _read(self, client: aiomqtt.Client) -> None:
-        async for message in client.messages:
-            pump_id = self.topics.pump_id_of_command(message.topic.value)
-            if pump_id is None:
-                continue
-            props = message.properties
-            response = getattr(props, "ResponseTopic", None) if props is not None else None
-            correlation = getattr(props, "CorrelationData", None) if props is not None else None
-            payload = message.payload
-            incoming = IncomingCommand(
-                pump_id=pump_id,
-                payload=payload if isinstance(payload, bytes) else str(payload).encode(),
-                retain=bool(message.retain),
-                response_topic=response if isinstance(response, str) else None,
-                correlation_data=bytes(correlation) if correlation is not None else None,
-            )
-            try:
-                self._commands.put_nowait(incoming)
-            except asyncio.QueueFull:
-                self.stats.commands_dropped += 1
-                log.warning("command queue full; command dropped", pump_id=pump_id)
+    async def _watch(self, client: aiomqtt.Client) -> None:
+        """Raise when the connection is lost (the client's message iterator does; messages
+        themselves never reach it: :meth:`_on_message` takes them first)."""
+        async for _ in client.messages:
+            pass
+
+    def _on_message(self, _client: object, _userdata: object, message: MQTTMessage) -> None:
+        """paho's message callback, in the event loop's reader: one message to the bounded
+        command queue, with no task, future or copy per message (a flood of thousands per
+        second must cost little more than its bytes)."""
+        try:
+            topic = message.topic
+        except UnicodeDecodeError:  # a broker validates topics; a broken one could not
+            self.stats.commands_dropped += 1
+            return
+        pump_id = self.topics.pump_id_of_command(topic)
+        if pump_id is None:
+            return
+        props = message.properties
+        response = getattr(props, "ResponseTopic", None) if props is not None else None
+        correlation = getattr(props, "CorrelationData", None) if props is not None else None
+        payload = message.payload
+        incoming = IncomingCommand(
+            pump_id=pump_id,
+            payload=payload if isinstance(payload, bytes) else bytes(payload),
+            retain=bool(message.retain),
+            response_topic=response if isinstance(response, str) else None,
+            correlation_data=bytes(correlation) if isinstance(correlation, bytes) else None,
+        )
+        try:
+            self._commands.put_nowait(incoming)
+        except asyncio.QueueFull:
+            self.stats.commands_dropped += 1
+            if _rarely(self.stats.commands_dropped):
+                log.warning(
+                    "command queue full; command dropped",
+                    pump_id=capped_id(pump_id),
+                    dropped=self.stats.commands_dropped,
+                )
 
     async def _retained_loop(self, client: aiomqtt.Client) -> None:
         while True:
@@ -415,6 +543,7 @@ class MqttBridge:
             self.stats.events_published += len(items)
 
     async def _results_loop(self, client: aiomqtt.Client) -> None:
+        v5 = self._broker.protocol == "5"
         while True:
             self._results_changed.clear()
             if not self._results:
@@ -423,27 +552,48 @@ class MqttBridge:
             batch = list(self._results)
             async with asyncio.TaskGroup() as tg:
                 for result in batch:
-                    props: Properties | None = None
-                    if result.correlation_data is not None and self._broker.protocol == "5":
-                        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-                        props.CorrelationData = result.correlation_data
-                    topics = [self.topics.pump_command_result(result.pump_id)]
-                    if result.response_topic and result.response_topic not in topics:
-                        topics.append(result.response_topic)
-                    for topic in topics:
+                    props = _result_properties(result) if v5 else None
+                    tg.create_task(
+                        client.publish(result.topic, result.payload, qos=1, properties=props),
+                        name="mqtt-publish-result",
+                    )
+                    if result.response_topic and result.response_topic != result.topic:
                         tg.create_task(
-                            client.publish(topic, result.payload, qos=1, properties=props),
-                            name="mqtt-publish-result",
+                            client.publish(
+                                result.response_topic, result.payload, qos=1, properties=props
+                            ),
+                            name="mqtt-publish-response",
                         )
             last = batch[-1].number
             while self._results and self._results[0].number <= last:
                 self._results.popleft()
             self.stats.results_published += len(batch)
 
-    def _usable_response_topic(self, topic: str) -> bool:
-        return (
-            0 < len(topic) <= MAX_RESPONSE_TOPIC
-            and not any(ch in topic for ch in "+#\x00")
-            and not topic.startswith("$")
-            and not self.topics.is_own_command_topic(topic)
-        )
+
+def _result_properties(result: _Result) -> Properties | None:
+    """MQTT v5 PUBLISH properties of a result: correlation data, and what of the command's
+    properties was ignored and why (None when there is neither: the common, fast case)."""
+    if result.correlation_data is None and not result.notes:
+        return None
+    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    if result.correlation_data is not None:
+        props.CorrelationData = result.correlation_data
+    if result.notes:
+        props.UserProperty = list(result.notes)
+    return props
+
+
+def _rarely(count: int) -> bool:
+    """True for the 1st, 2nd, 4th, 8th... occurrence: a flood shows in the log without
+    flooding it."""
+    return count & (count - 1) == 0
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
+    return [exc]
+
+
+def _first_leaf(exc: BaseException) -> BaseException:
+    return _leaves(exc)[0]

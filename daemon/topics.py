@@ -2,12 +2,30 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 
 # Ids become topic levels: no wildcards, no separators, no control characters.
 TOPIC_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 _TOPIC_ID = re.compile(TOPIC_ID_PATTERN)
+
+
+CAPPED_ID_CHARS = 64
+
+
+def capped_id(value: str) -> str:
+    """An id taken from a topic, as logs and the journal show it: itself when at most 64
+    characters, else its first 64 characters plus its length and a hash of the whole (two long
+    ids stay distinct; a 60,000-character id costs about 120 bytes, not 60 KB). Anything UTF-8
+    cannot encode is backslash-escaped."""
+    if len(value) <= CAPPED_ID_CHARS and value.isascii():
+        return value
+    safe = value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if len(safe) <= CAPPED_ID_CHARS:
+        return safe
+    digest = hashlib.sha256(safe.encode("utf-8")).hexdigest()[:16]
+    return f"{safe[:CAPPED_ID_CHARS]}...[{len(value)} chars, sha256:{digest}]"
 
 
 def is_topic_id(value: str) -> bool:
@@ -64,7 +82,3 @@ class Topics:
             return None
         pump_id = topic[len(prefix) : -len("/command")]
         return pump_id if pump_id and "/" not in pump_id else None
-
-    def is_own_command_topic(self, topic: str) -> bool:
-        """True when publishing to ``topic`` would feed our own command subscription."""
-        return self.pump_id_of_command(topic) is not None

@@ -27,6 +27,7 @@ from daemon.command_parse import (
     rejected,
     uncertain,
 )
+from daemon.envelope import encode
 
 NOW = datetime(2026, 11, 26, 17, 30, 0, tzinfo=UTC)
 
@@ -304,3 +305,86 @@ def test_mutating_one_field_is_either_valid_or_names_a_field(field: str, value: 
         assert result.code in {ErrorCode.BAD_REQUEST, ErrorCode.EXPIRED}
         if result.code is ErrorCode.BAD_REQUEST:
             assert ":" in result.message
+
+
+LONE = "\ud800"  # a lone surrogate: valid in a JSON \u escape, impossible to encode as UTF-8
+
+PROGRAM = {
+    "drug": "norepinephrine",
+    "concentration": {"value": 4, "unit": "ug/mL"},
+    "diluent": "D5W",
+    "route": "central",
+    "profile": "adult-icu",
+    "dose": {"value": 0.05, "unit": "ug/kg/min"},
+}
+
+
+@pytest.mark.parametrize(
+    ("obj", "field"),
+    [
+        (cmd(id=LONE), "id"),
+        (cmd(id=f"c-{LONE}-2"), "id"),
+        (cmd(by={"clinician": LONE}), "by.clinician"),
+        (cmd(confirm={"token": "t", "reason": f"bp {LONE}"}), "confirm.reason"),
+        (cmd(confirm={"token": LONE, "reason": "r"}), "confirm.token"),
+        (cmd(dose={"value": 0.06, "unit": LONE}), "dose.unit"),
+        (cmd(action=LONE), "action"),
+        (cmd(issued_at=LONE), "issued_at"),
+        (cmd(schema=LONE), "schema"),
+        (cmd(action="program", dose=None, program={**PROGRAM, "drug": LONE}), "program.drug"),
+        (cmd(sig={"kid": LONE, "hmac": "0" * 64}), "sig.kid"),
+        (cmd(by={"clinician": "dr-a", LONE: "x"}), f"by.{LONE}"),
+    ],
+)
+def test_a_string_that_cannot_be_utf8_is_bad_request_naming_the_field(
+    obj: dict[str, Any], field: str
+) -> None:
+    """Regression: a lone surrogate (``"\\ud800"``) in the id, the clinician, the reason or any
+    other string or key is bad_request naming that field; the answer (id and message) is
+    encodable, so it can be journaled and published."""
+    r = rejection(obj)
+    assert r.code is ErrorCode.BAD_REQUEST
+    shown = field.encode("utf-8", "backslashreplace").decode()
+    assert r.message.startswith(f"{shown}:"), r.message
+    assert "lone surrogate" in r.message
+    assert r.id == (None if field == "id" else "c-1")
+    encode(rejected(r.id, error=r))  # what the journal and the bridge do: must not raise
+
+
+def test_keys_quoted_in_messages_are_escaped_and_shortened() -> None:
+    """A duplicate or unknown key with a lone surrogate or 5,000 characters is quoted escaped
+    and cut to 64 characters, so a message never carries unencodable or unbounded input."""
+    dup = rejection(f'{{"{"k" * 5000}": 1, "{"k" * 5000}": 2}}'.encode())
+    assert dup.message == "k" * 63 + "\u2026: duplicate key"
+    lone_dup = rejection(b'{"\\ud800": 1, "\\ud800": 2}')
+    assert lone_dup.message == "\\ud800: duplicate key"
+    unknown = rejection(cmd(**{"z" * 5000: 1}))
+    assert unknown.message.startswith("z" * 63 + "\u2026:")
+    assert "unknown field" in unknown.message
+
+
+text_with_surrogates = st.text(st.characters(codec=None, categories=["L", "N", "Cs"]), max_size=8)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    field=st.sampled_from(["id", "action", "ttl_s", "by", "dose", "confirm"]),
+    value=st.recursive(
+        st.none() | text_with_surrogates | st.integers(),
+        lambda children: (
+            st.lists(children, max_size=3)
+            | st.dictionaries(text_with_surrogates, children, max_size=3)
+        ),
+        max_leaves=8,
+    ),
+)
+def test_any_rejection_can_be_encoded_even_with_surrogates(field: str, value: Any) -> None:
+    """Whatever strings (surrogates included) a field holds, the parse result's answer
+    encodes as UTF-8 JSON: nothing can stop a refusal from being journaled and published."""
+    obj = cmd()
+    obj[field] = value
+    result = parse_command(json.dumps(obj).encode(), now=NOW)
+    if isinstance(result, Rejection):
+        encode(rejected(result.id, error=result))
+    else:
+        encode(result.to_json())

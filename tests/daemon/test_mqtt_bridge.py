@@ -8,9 +8,10 @@ import contextlib
 import json
 import os
 import pwd
+import signal
 import socket
 import subprocess
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import aiomqtt
@@ -278,12 +279,73 @@ async def test_response_topic_and_correlation_data_are_honoured(
 
 
 @pytest.mark.asyncio
-async def test_unsafe_response_topics_are_refused(journal: AsyncJournal) -> None:
-    """Wildcards, $SYS and our own command topics (a feedback loop) are never replied to."""
+async def test_response_topics_are_honoured_only_outside_the_infusiond_tree(
+    journal: AsyncJournal,
+) -> None:
+    """A response topic is usable only outside infusiond/ (any gateway's state, event, bridge,
+    vitals or command topics are refused), without wildcards, $ or NUL, at most 256 bytes;
+    each refusal says why."""
     bridge = MqttBridge(BrokerConfig(), gateway_id=GW, client_id="x", outbox=journal)
-    assert bridge._usable_response_topic("app/replies/1")
-    for bad in ("", "a/+/b", "a/#", "$SYS/x", f"infusiond/{GW}/pump/p/command", "x" * 300):
-        assert not bridge._usable_response_topic(bad), bad
+    for good in ("app/replies/1", "infusiond-replies/titration-app/7", "infusiondx/a"):
+        assert bridge.response_topic_problem(good) is None, good
+    refused = {
+        "": "bytes",
+        "x" * 257: "bytes",
+        "é" * 129: "bytes",  # 258 bytes of UTF-8
+        "a/+/b": "wildcard",
+        "a/#": "wildcard",
+        "a/\x00": "NUL",
+        "$SYS/x": "$",
+        "reply/\ud800": "UTF-8",
+        f"infusiond/{GW}/pump/p/command": "infusiond/",
+        f"infusiond/{GW}/pump/pump-1/state": "infusiond/",
+        f"infusiond/{GW}/pump/pump-1/event": "infusiond/",
+        f"infusiond/{GW}/bridge/state": "infusiond/",
+        f"infusiond/{GW}/vitals/bed-1/state": "infusiond/",
+        "infusiond/other-gw/pump/pump-1/command": "infusiond/",
+        "infusiond": "infusiond/",
+    }
+    for bad, why in refused.items():
+        problem = bridge.response_topic_problem(bad)
+        assert problem is not None, bad
+        assert why in problem, (bad, problem)
+
+
+@pytest.mark.asyncio
+async def test_a_response_topic_into_the_gateway_tree_is_ignored_and_the_answer_says_so(
+    mosquitto: Mosquitto, journal: AsyncJournal
+) -> None:
+    """Regression: a command whose response topic is the gateway's own pump state (or another
+    gateway's command topic) gets its result on .../command/result only, with the user property
+    response-topic-ignored naming why; nothing is published on the abused topic. Correlation
+    data over 1 KiB is not copied onto results (correlation-data-ignored says so)."""
+    result_topic = f"infusiond/{GW}/pump/pump-1/command/result"
+    abused = [f"infusiond/{GW}/pump/pump-1/state", "infusiond/other-gw/pump/pump-1/command"]
+    async with (
+        running_bridge(broker_cfg(mosquitto), journal) as (bridge, _),
+        observer(mosquitto.port, "infusiond/#") as app,
+    ):
+        for target in abused:
+            bridge.send_result("pump-1", b'{"phase":"rejected"}', response_topic=target)
+        bridge.send_result("pump-1", b'{"phase":"last"}', correlation_data=b"c" * 1025)
+        got = []
+        async with asyncio.timeout(WAIT_S):
+            async for message in app.messages:
+                if message.topic.value != STATE_TOPIC:  # the bridge's own, retained
+                    got.append(message)
+                if message.payload == b'{"phase":"last"}':
+                    break
+        assert [m.topic.value for m in got] == [result_topic] * 3
+        for message in got[:2]:
+            assert message.properties is not None
+            (name, why), *_ = message.properties.UserProperty
+            assert name == "response-topic-ignored"
+            assert "under infusiond/" in why
+        last = got[2].properties
+        assert last is not None
+        assert not hasattr(last, "CorrelationData")  # 1,025 bytes: not copied onto results
+        assert last.UserProperty == [("correlation-data-ignored", "longer than 1024 bytes")]
+        assert bridge.stats.response_topics_ignored == 2
 
 
 @pytest.mark.asyncio
@@ -489,3 +551,219 @@ async def test_events_left_in_the_outbox_by_a_previous_run_are_published_on_star
         await second_run.record_event("pump-1", {"type": "delivery_stopped"})
         seqs = [json.loads((await receive(obs)).payload)["seq"] for _ in range(4)]
         assert seqs == [1, 2, 3, 4]
+
+
+@contextlib.contextmanager
+def frozen(broker: Mosquitto) -> Iterator[None]:
+    """The broker process stopped (SIGSTOP): connections stay open, nothing is answered."""
+    assert broker.proc is not None
+    broker.proc.send_signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        broker.proc.send_signal(signal.SIGCONT)
+
+
+@pytest.mark.asyncio
+async def test_a_frozen_broker_ends_only_the_connection_and_the_bridge_comes_back(
+    mosquitto: Mosquitto, journal: AsyncJournal
+) -> None:
+    """Regression: with the broker SIGSTOPped while retained states are being published, the
+    PUBACK waits time out together (an exception group of timeouts), and reconnect attempts
+    get no CONNACK; run() survives all of it. After SIGCONT the bridge is online again:
+    bridge/state is retained online and each retained topic holds its latest payload."""
+    topics = [f"infusiond/{GW}/pump/pump-{i}/state" for i in range(4)]
+    bridge = MqttBridge(
+        broker_cfg(mosquitto),
+        gateway_id=GW,
+        client_id="freeze",
+        outbox=journal,
+        backoff=fast_backoff(),
+        timeout_s=1.0,
+    )
+    task = asyncio.create_task(bridge.run(), name="bridge-under-test")
+    try:
+        async with asyncio.timeout(WAIT_S):
+            await bridge.wait_state(BridgeState.ONLINE, connections=1)
+        with frozen(mosquitto):
+            for topic in topics:  # several PUBLISHes in flight: their timeouts come as a group
+                bridge.publish_retained(topic, b'{"v":1}')
+            async with asyncio.timeout(WAIT_S):
+                await bridge.wait_state(BridgeState.BACKOFF)  # the first fault: a timeout group
+                await bridge.wait_state(BridgeState.CONNECTING)
+                await bridge.wait_state(BridgeState.BACKOFF)  # a reconnect got no CONNACK
+            assert not task.done()
+            assert bridge.stats.link_faults >= 2
+            assert bridge.stats.last_error is not None
+            for topic in topics:
+                bridge.publish_retained(topic, b'{"v":2}')  # latest wins after the freeze
+        async with asyncio.timeout(3 * WAIT_S):
+            await bridge.wait_state(BridgeState.ONLINE, connections=2)
+        async with observer(mosquitto.port, STATE_TOPIC, *topics) as obs:
+            latest: dict[str, bytes] = {}
+            async with asyncio.timeout(3 * WAIT_S):
+                async for message in obs.messages:  # stale attempts may bounce it: eventually
+                    latest[message.topic.value] = message.payload
+                    if len(latest) == len(topics) + 1 and set(latest.values()) == {
+                        b'{"v":2}',
+                        b'{"state":"online"}',
+                    }:
+                        break
+        assert not task.done()
+    finally:
+        bridge.stop()
+        async with asyncio.timeout(WAIT_S):
+            await task
+
+
+@pytest.mark.asyncio
+async def test_stop_while_the_broker_is_frozen_returns_without_waiting_for_timeouts(
+    mosquitto: Mosquitto, journal: AsyncJournal
+) -> None:
+    """With the broker SIGSTOPped, stop() tries to say offline for at most 2 s and leaves
+    (paho closes its side after DISCONNECT): run() returns within 5 s, not after the 10 s
+    PUBACK/DISCONNECT timeouts."""
+    bridge = MqttBridge(
+        broker_cfg(mosquitto), gateway_id=GW, client_id="frozen-stop", outbox=journal
+    )
+    task = asyncio.create_task(bridge.run(), name="bridge-under-test")
+    async with asyncio.timeout(WAIT_S):
+        await bridge.wait_state(BridgeState.ONLINE, connections=1)
+    with frozen(mosquitto):
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        bridge.stop()
+        async with asyncio.timeout(WAIT_S):
+            await task
+        assert loop.time() - started < 5.0
+    assert bridge.state is BridgeState.STOPPED
+
+
+@pytest.mark.asyncio
+async def test_the_command_queue_is_bounded_and_drops_are_counted(
+    mosquitto: Mosquitto, journal: AsyncJournal
+) -> None:
+    """With nobody consuming, 50 commands against a queue of 10: the first 10 are kept in
+    order, the other 40 are dropped and counted; memory does not grow with the backlog."""
+    bridge = MqttBridge(
+        broker_cfg(mosquitto),
+        gateway_id=GW,
+        client_id="bounded",
+        outbox=journal,
+        backoff=fast_backoff(),
+        command_queue_size=10,
+    )
+    task = asyncio.create_task(bridge.run(), name="bridge-under-test")
+    try:
+        async with asyncio.timeout(WAIT_S):
+            await bridge.wait_state(BridgeState.ONLINE, connections=1)
+        async with observer(mosquitto.port) as app:
+            for i in range(50):
+                await app.publish(f"infusiond/{GW}/pump/p/command", f"{i}".encode(), qos=1)
+            async with asyncio.timeout(WAIT_S):  # a counter has no event: poll it
+                while bridge.stats.commands_dropped < 40:
+                    await asyncio.sleep(0.01)
+        commands = bridge.commands()
+        kept = [(await anext(commands)).payload for _ in range(10)]
+        assert kept == [f"{i}".encode() for i in range(10)]
+        assert bridge.stats.commands_dropped == 40
+    finally:
+        bridge.stop()
+        async with asyncio.timeout(WAIT_S):
+            await task
+
+
+@pytest.mark.parametrize(
+    ("name", "reply"),
+    [
+        ("garbage instead of CONNACK", b"\x00\xff\xff\xff\xff\x7f"),
+        ("CONNACK then a reserved packet type", b"\x20\x03\x00\x00\x00" + b"\x00\x00"),
+    ],
+)
+@pytest.mark.asyncio
+async def test_a_broker_speaking_garbage_costs_a_retry_never_the_bridge(
+    journal: AsyncJournal, name: str, reply: bytes
+) -> None:
+    """A peer on the broker's port that answers CONNECT with garbage (or a CONNACK followed by
+    a packet of a reserved type): each attempt ends as a link fault and the bridge backs off
+    and tries again; run() keeps running until stop()."""
+    attempts = 0
+
+    async def peer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal attempts
+        attempts += 1
+        await reader.read(1024)  # the CONNECT
+        writer.write(reply)
+        await writer.drain()
+        await reader.read(1024)  # hold the connection until the client gives up
+        writer.close()
+
+    server = await asyncio.start_server(peer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    bridge = MqttBridge(
+        BrokerConfig(url=f"mqtt://127.0.0.1:{port}"),
+        gateway_id=GW,
+        client_id="garbage",
+        outbox=journal,
+        backoff=fast_backoff(),
+        timeout_s=0.5,
+    )
+    task = asyncio.create_task(bridge.run(), name="bridge-under-test")
+    try:
+        async with asyncio.timeout(WAIT_S):
+            for _ in range(2):
+                await bridge.wait_state(BridgeState.BACKOFF)
+                await bridge.wait_state(BridgeState.CONNECTING)
+        assert not task.done(), name
+        assert attempts >= 2
+        assert bridge.stats.link_faults >= 2
+    finally:
+        bridge.stop()
+        async with asyncio.timeout(WAIT_S):
+            await task
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.mark.asyncio
+async def test_a_broker_that_drops_each_connection_at_once_gets_growing_backoff(
+    journal: AsyncJournal,
+) -> None:
+    """A peer that accepts (CONNACK, SUBACK, PUBACK) and then closes at once: the bridge comes
+    online every time, but since no connection lasts, its backoff keeps growing (0.05, 0.1,
+    0.2, 0.4, 0.4 s without jitter): six connections take over a second, not a storm."""
+
+    async def peer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1024)  # CONNECT
+        writer.write(b"\x20\x03\x00\x00\x00")  # CONNACK, success, no properties
+        await reader.read(1024)  # SUBSCRIBE (packet id 1)
+        writer.write(b"\x90\x04\x00\x01\x00\x01")  # SUBACK, QoS 1 granted
+        await reader.read(1024)  # PUBLISH bridge/state online (packet id 2)
+        writer.write(b"\x40\x02\x00\x02")  # PUBACK
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(peer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    bridge = MqttBridge(
+        BrokerConfig(url=f"mqtt://127.0.0.1:{port}"),
+        gateway_id=GW,
+        client_id="flapping",
+        outbox=journal,
+        backoff=Backoff(initial_s=0.05, maximum_s=0.4, jitter=0),
+        timeout_s=2.0,
+    )
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    task = asyncio.create_task(bridge.run(), name="bridge-under-test")
+    try:
+        async with asyncio.timeout(WAIT_S):
+            await bridge.wait_state(BridgeState.ONLINE, connections=6)
+        assert loop.time() - started >= 0.05 + 0.1 + 0.2 + 0.4 + 0.4 - 0.05
+        assert not task.done()
+    finally:
+        bridge.stop()
+        async with asyncio.timeout(WAIT_S):
+            await task
+        server.close()
+        await server.wait_closed()

@@ -10,10 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
+from daemon.journal import JournalKind
 from tests.reliability.harness import (
     NE_RATE,
     NE_RATE_UP,
+    ROOT,
     Probe,
     bedside,
     command,
@@ -230,3 +234,124 @@ async def test_a_ten_mebibyte_command_is_dropped_by_the_broker_and_the_gateway_s
             assert gateway.bridge.stats.connections == connections
             assert bench.modbus.pump(1).writes > 0
             assert bench.rate("pump-1") == NE_RATE_UP
+
+
+FINAL_OR_WAITING = {"applied", "rejected", "failed", "uncertain", "needs_confirmation"}
+LONE = "\ud800"  # a lone surrogate: a legal JSON escape that UTF-8 cannot encode
+
+
+@pytest.mark.asyncio
+async def test_lone_surrogates_are_answered_bad_request_naming_the_field_and_journaled(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """Regression: a command whose id (or clinician, or confirm reason) is "\\ud800" used to get
+    no answer and no journal row (UnicodeEncodeError). Each now gets bad_request naming the
+    field (the id answered as null when it is the id that is broken), a journal row holding that
+    answer, and the pump is untouched."""
+    cases = {
+        "id": command(cid=LONE),
+        "by.clinician": {**command(cid="lone-by"), "by": {"clinician": LONE}},
+        "confirm.reason": {**command(cid="lone-reason"), "confirm": {"token": "t", "reason": LONE}},
+    }
+    async with simulators() as bench:
+        cfg = bedside(bench, broker_url=mosquitto.url, data_dir=tmp_path / "data")
+        async with running_gateway(cfg) as gateway, probe(mosquitto.url) as p:
+            for field, body in cases.items():
+                data = await _answer(p, "pump-1", json.dumps(body).encode())
+                assert data["phase"] == "rejected", (field, data)
+                assert data["id"] == (None if field == "id" else body["id"])
+                assert data["error"]["code"] == "bad_request"
+                assert data["error"]["message"].startswith(f"{field}:"), data
+            await gateway.gate.drain()
+            rows = await gateway.journal.rows(kinds=[JournalKind.COMMAND])
+            answers = [r.payload["answer"] for r in rows if "answer" in r.payload]
+            assert [a["error"]["message"].split(":")[0] for a in answers] == list(cases)
+            assert bench.modbus.pump(1).writes == 0
+            assert bench.rate("pump-1") == NE_RATE
+
+
+@pytest.mark.asyncio
+async def test_a_response_topic_into_the_gateway_tree_is_not_published_to(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """Regression: a command whose MQTT v5 response topic is the gateway's own pump state, its
+    bridge state or another gateway's command topic gets its answers on .../command/result only
+    (saying so in the response-topic-ignored user property); nothing appears on the abused
+    topic. A response topic of the client's own (infusiond-replies/...) is honoured."""
+    abused = [
+        f"{ROOT}/pump/pump-1/state",
+        f"{ROOT}/bridge/state",
+        "infusiond/other-gw/pump/pump-1/command",
+    ]
+    async with simulators() as bench:
+        cfg = bedside(bench, broker_url=mosquitto.url, data_dir=tmp_path / "data")
+        async with (
+            running_gateway(cfg),
+            probe(mosquitto.url, "#") as p,
+        ):
+            for target in [*abused, "infusiond-replies/app-1/r"]:
+                body = command()
+                mark = len(p.messages)
+                props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+                props.ResponseTopic = target
+                props.CorrelationData = b"corr"
+                await p.client.publish(
+                    f"{ROOT}/pump/pump-1/command", json.dumps(body), qos=1, properties=props
+                )
+                final = await p.wait_for(
+                    lambda m, cid=body["id"]: (
+                        m.topic.endswith("pump-1/command/result")
+                        and m.data.get("id") == cid
+                        and m.data["phase"] in FINAL_OR_WAITING
+                    ),
+                    after=mark,
+                )
+                if target not in abused:
+                    await p.wait_for(
+                        lambda m, target=target, cid=body["id"]: (
+                            m.topic == target and m.data.get("id") == cid
+                        ),
+                        after=mark,
+                    )
+                assert final.json["data"]["id"] == body["id"]
+            # the honoured reply came last: anything sent to an abused topic has arrived by now
+            misdirected = [
+                m for m in p.messages if m.topic in abused and b"pump.command.result" in m.payload
+            ]
+            assert misdirected == []
+
+
+@pytest.mark.asyncio
+async def test_a_huge_pump_id_in_the_topic_costs_a_bounded_journal_row_and_no_crash(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """Regression: a 60,000-character pump id used to cost 99 KiB of journal per 1-byte message.
+    Each such command is answered unknown_pump on its own result topic with a message cut to
+    512 characters, and journaled in well under 1 KiB (the id capped to 64 characters plus its
+    length and a hash). A pump id so long that its result topic would exceed MQTT's 65,535
+    bytes cannot be answered: it is dropped and counted, and the gateway keeps serving."""
+    huge = "p" * 60_000
+    too_long = "q" * (65_535 - len(f"{ROOT}/pump//command"))
+    async with simulators() as bench:
+        cfg = bedside(bench, broker_url=mosquitto.url, data_dir=tmp_path / "data")
+        async with running_gateway(cfg) as gateway, probe(mosquitto.url) as p:
+            for _ in range(3):
+                data = await _answer(p, huge, b"x")
+                assert data["phase"] == "rejected"
+                assert data["error"]["code"] == "bad_json"
+            data = await _answer(p, huge, json.dumps(command()).encode())
+            assert data["error"]["code"] == "unknown_pump"
+            assert len(data["error"]["message"]) <= 512
+            await p.send(too_long, b"x")
+            good = command()
+            await p.send("pump-1", good)
+            await p.result(good["id"], "applied")
+            await gateway.gate.drain()
+            assert gateway.bridge.stats.results_dropped == 1
+            rows = await gateway.journal.rows(kinds=[JournalKind.COMMAND])
+            refusals = [r for r in rows if "answer" in r.payload]
+            assert len(refusals) == 5
+            for row in refusals:
+                assert len(json.dumps(row.payload)) + len(row.pump_id or "") < 1024, row
+                assert row.pump_id is not None
+                assert row.pump_id.startswith(huge[:64] if "p" in row.pump_id else too_long[:64])
