@@ -508,6 +508,12 @@ class Channel:
         device_change: tuple[Decimal, Decimal] | None = None
         for derived in events:
             event = derived
+            # starts and stops are dose changes too (the step-up window measures from the start
+            # of the infusion, at dose 0 before it): the history holds them
+            if event["type"] == "delivery_started":
+                self._record_history(now, status.rate_ml_h)
+            elif event["type"] == "delivery_stopped":
+                self.history.append(DoseRecord(now, Decimal(0)))
             if event["type"] == "rate_changed" and old_status is not None:
                 if self._uncertain is not None:
                     cmd_id, _old, wanted = self._uncertain

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import signal
 import socket
 import sys
@@ -209,7 +210,7 @@ async def running_demo(
             data_dir=data,
             modbus_url=served.url,
             newera_url=f"socket://{HOST}:{newera.port}",
-            vitals_url=f"tcp://{HOST}:{free_port()}",
+            vitals_url=f"tcp://{HOST}:0",  # the listener binds; its port is read back below
             dashboard_url=dashboard,
         )
         gateway = Gateway(
@@ -232,6 +233,8 @@ async def running_demo(
                 ready.cancel()
                 gw_task.result()  # raises the gateway's error
                 return
+            # READY means every vitals listener is bound: take the port the OS gave it
+            endpoints = dataclasses.replace(endpoints, vitals_url=gateway.listeners[0].url)
             monitor_task = tg.create_task(monitor.run(endpoints.vitals_url), name="monitor")
             try:
                 yield endpoints, gateway

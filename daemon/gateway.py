@@ -277,18 +277,30 @@ class Gateway:
                 break
         rows = await self.journal.recent_events(
             channel.pump_id,
-            ["rate_changed"],
+            ["rate_changed", "delivery_started", "delivery_stopped"],
             since=self.clock() - HISTORY_WINDOW,
             limit=HISTORY_LEN,
         )
         for row in rows:
             if program_row is not None and row.n < program_row.n:
                 continue  # a dose of the program before this one
-            event = row.payload.get("event", {})
-            dose = (event.get("to") or {}).get("dose")
-            if not dose or dose.get("unit") != channel.program.dose_unit:
-                continue
-            channel.history.append(DoseRecord(parse_ts(row.ts), Decimal(str(dose["value"]))))
+            dose = self._journaled_dose(channel, row.payload.get("event", {}))
+            if dose is not None:
+                channel.history.append(DoseRecord(parse_ts(row.ts), dose))
+
+    @staticmethod
+    def _journaled_dose(channel: Channel, event: dict[str, Any]) -> Decimal | None:
+        """The dose a journaled start, stop or rate change set (None: not this program's)."""
+        kind = event.get("type")
+        if kind == "delivery_stopped":
+            return Decimal(0)
+        if kind == "delivery_started":
+            rate = (event.get("rate") or {}).get("value")
+            return None if rate is None else dose_at(channel.program, Decimal(str(rate)))
+        dose = (event.get("to") or {}).get("dose")
+        if not dose or dose.get("unit") != channel.program.dose_unit:
+            return None
+        return Decimal(str(dose["value"]))
 
     def _recover_program(self, channel: Channel, row: JournalRow) -> None:
         """The program of the pump's latest journaled ``program_changed``."""
@@ -351,7 +363,10 @@ class Gateway:
         await self._recover()
         try:
             async with asyncio.TaskGroup() as tg:
-                bridge_task = tg.create_task(self.bridge.run(), name="mqtt-bridge")
+                # the bridge survives every peer fault itself; a bug in it is restarted too
+                bridge_task = tg.create_task(
+                    self._supervise("mqtt-bridge", self.bridge.run), name="mqtt-bridge"
+                )
                 self._publish_retained(
                     self.bridge.topics.bridge_info, Kind.BRIDGE_INFO, self._bridge_info()
                 )

@@ -268,3 +268,22 @@ async def test_a_rejected_command_does_not_hold_the_pump(
             assert "HARD_MAX" in {f["rule"] for f in rejected["verdict"]["findings"]}
             await p.result(fine["id"], "applied")
             assert bench.rate("pump-1") == NE_RATE_UP
+
+
+async def test_the_dose_history_survives_a_restart_for_the_time_window_rules(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """A titration, a restart, another titration at once: the second is judged against the
+    first (journaled dose history), so TITRATION_INTERVAL still flags it."""
+    data_dir = tmp_path / "data"
+    async with simulators() as bench, probe(mosquitto.url) as p:
+        cfg = bedside(bench, broker_url=mosquitto.url, data_dir=data_dir)
+        async with running_gateway(cfg):
+            await applied(p, "pump-1", command())
+        async with running_gateway(cfg) as gateway:
+            assert [float(h.dose) for h in gateway.channels["pump-1"].history][-1] == 0.06
+            again = command("set_dose", dose={"value": 0.07, "unit": "ug/kg/min"})
+            await p.send("pump-1", again)
+            accepted = await p.result(again["id"], "accepted")
+            rules = {f["rule"] for f in accepted["verdict"]["findings"]}
+            assert "TITRATION_INTERVAL" in rules
