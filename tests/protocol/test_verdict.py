@@ -30,11 +30,11 @@ def test_outcome_is_the_most_severe_finding() -> None:
 
 def test_verdict_json_shape() -> None:
     """Keys and value types are exactly those of DESIGN 3.4 and survive json.dumps."""
-    verdict = check(make(new="1.5", vitals_=None))  # SOFT_MAX + VITALS_STALE
+    verdict = check(make(new="1.5", conc=(16, "ug/mL"), vitals_=None))  # SOFT_MAX + VITALS_STALE
     out = json.loads(json.dumps(verdict.to_dict()))
     assert set(out) == {"verdict", "rate", "dose", "findings", "library"}
     assert out["verdict"] == "confirm"
-    assert out["rate"] == {"value": 1575.0, "unit": "mL/h"}
+    assert out["rate"] == {"value": 393.75, "unit": "mL/h"}
     assert out["dose"] == {"value": 1.5, "unit": "ug/kg/min"}
     assert [f["rule"] for f in out["findings"]] == ["SOFT_MAX", "VITALS_STALE"]
     soft = out["findings"][0]
