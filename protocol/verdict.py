@@ -129,6 +129,15 @@ class Verdict:
         """``"accept"``, ``"confirm"`` or ``"reject"``."""
         return self.outcome.value
 
+    def findings_at_least(self, severity: Severity) -> tuple[Finding, ...]:
+        """The findings of ``severity`` or worse, most severe first.
+
+        A rate change observed at the pump (front panel, another system) is judged as a
+        request by rate with ``current`` = the rate before it; the findings it must report
+        are ``verdict.findings_at_least(Severity.CONFIRM)`` (empty: nothing to report).
+        """
+        return tuple(f for f in self.findings if f.severity >= severity)
+
     def to_dict(self) -> dict[str, Any]:
         """Exactly the DESIGN 3.4 verdict JSON (``rate``/``dose`` null when not computable)."""
         return {
