@@ -55,3 +55,16 @@ def test_quantity_text_is_compact() -> None:
     assert str(Quantity(Decimal(1) / Decimal(3), "mL/h")) == "0.333333 mL/h"
     v = Verdict(Outcome.ACCEPT, None, None, (), check(make()).library)
     assert v.to_dict()["rate"] is None
+
+
+def test_findings_at_least_selects_what_an_observed_change_must_report() -> None:
+    """A front-panel drop judged as a request by rate: findings_at_least(CONFIRM) returns the
+    confirm and reject findings (most severe first) and leaves advisories out."""
+    # 0.05 -> 0.005 ug/kg/min (5.25 mL/h at 4 ug/mL), no recent BP: SOFT_MIN + VITALS_STALE.
+    verdict = check(make(rate=5.25, vitals_=None))
+    assert {f.rule for f in verdict.findings} == {"SOFT_MIN", "VITALS_STALE"}
+    assert [f.rule for f in verdict.findings_at_least(Severity.CONFIRM)] == ["SOFT_MIN"]
+    assert [f.rule for f in verdict.findings_at_least(Severity.REJECT)] == []
+    assert len(verdict.findings_at_least(Severity.INFO)) == 2
+    hard = check(make(rate=999.99, conc=(64, "ug/mL")))  # 15.2 ug/kg/min: HARD_MAX
+    assert hard.findings_at_least(Severity.CONFIRM)[0].rule == "HARD_MAX"
