@@ -78,15 +78,16 @@ def pump_ok(ctx: Context, rate: Decimal) -> bool:
 def check_dose_limits(ctx: Context) -> None:
     """HARD_* (reject) and SOFT_* (confirm) against the profile's limits for this drug.
 
-    Judged on the delivered dose; a requested dose outside the hard range is rejected even
-    when the rounded rate would deliver a dose inside it.
+    Judged on the delivered dose, except that a requested dose outside the hard range is
+    judged (and named) as requested: rounding never rescues a request, and the message shows
+    the dose that was asked for.
     """
     new = ctx.new
     if new is None or ctx.stop:
         return
     requested = ctx.requested
-    if requested is not None and not hard_ok(ctx, requested) and hard_ok(ctx, new):
-        new = requested  # rounding never rescues a request
+    if requested is not None and not hard_ok(ctx, requested):
+        new = requested
     hard, soft, pid = ctx.drug.hard, ctx.drug.soft, ctx.profile.id
     if not le(new, hard.max):
         ctx.add(

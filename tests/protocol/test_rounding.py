@@ -109,6 +109,9 @@ def test_rounding_never_rescues_a_hard_max() -> None:
     hard = next(f for f in verdict.findings if f.rule == "HARD_MAX")
     assert hard.limit is not None
     assert hard.limit.value == D("0.04")
+    assert hard.observed is not None
+    assert hard.observed.value == D("0.04004")  # the dose asked for is the one named
+    assert "0.04004 [USP'U]/min is above the hard maximum" in hard.message
     assert verdict.rate == D("2.41")
     assert check(back_as_rate(req, verdict)).verdict == "reject"
 
