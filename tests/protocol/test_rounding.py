@@ -219,6 +219,7 @@ def test_round_trip_sending_the_verdict_rate_back_gives_the_same_verdict(
     first = evaluate(shipped(), parse_request(req))
     assume(first.rate is not None and first.rate > 0)
     assume(not _below_one_step(req, first))
+    assume(first.rate <= 1_000_000)  # a request cannot ask for more (the field's cap)
     again = evaluate(shipped(), parse_request(back_as_rate(req, first)))
     assert again.verdict == first.verdict
     assert again.rate == first.rate
