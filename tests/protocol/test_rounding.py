@@ -265,3 +265,27 @@ def test_a_dose_inside_the_hard_range_is_delivered_inside_it(
     assert not rules(verdict) & {"HARD_MAX", "HARD_MIN"}
     assert verdict.rate is not None
     assert verdict.rate % D("0.01") == 0
+
+
+@pytest.mark.parametrize("conc", [4, 16, 32, 64])
+@pytest.mark.parametrize(
+    ("profile", "hard_max", "weight", "current"),
+    [("pediatric-icu", "5", 68.1, "4.5"), ("hepatorenal", "3", 70, "2.5")],
+)
+def test_the_hard_maximum_at_every_standard_bag_is_delivered_at_or_below_it(
+    profile: str, hard_max: str, weight: float, current: str, conc: int
+) -> None:
+    """Asking for exactly the hard maximum never yields a rate that delivers more, and that
+    rate sent back is not HARD_MAX (PUMP_RANGE may apply where the bag is too weak)."""
+    req = make(
+        profile=profile,
+        current=current,
+        new=hard_max,
+        weight=weight,
+        conc=(conc, "ug/mL"),
+    )  # running at ``current`` since 5 h ago (the builder's default history)
+    verdict = check(req)
+    assert verdict.dose is not None
+    assert verdict.dose.value <= D(hard_max)
+    assert "HARD_MAX" not in rules(verdict)
+    assert "HARD_MAX" not in rules(check(back_as_rate(req, verdict)))
