@@ -242,7 +242,7 @@ def _pump(library: Library, request: CheckRequest) -> tuple[Decimal, Decimal, De
     default = library.pump_default
     pump = request.pump
     if pump is None:
-        return default.min_rate, default.max_rate, default.resolution
+        return library.pump_limits
     return (
         default.min_rate if pump.min_rate is None else pump.min_rate,
         default.max_rate if pump.max_rate is None else pump.max_rate,

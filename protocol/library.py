@@ -401,6 +401,7 @@ class Library:
     source: str
     pump_default: PumpDefault
     vocabulary: Vocabulary
+    pump_limits: tuple[Decimal, Decimal, Decimal]  # pump_default as (min, max, resolution)
     _profile_index: dict[str, Profile] = field(repr=False, compare=False)
     _drug_index: dict[tuple[str, str], Drug] = field(repr=False, compare=False)
     _facts_index: dict[tuple[str, str], DrugFacts] = field(repr=False, compare=False)
@@ -478,6 +479,11 @@ def load_library_bytes(data: bytes, source: str, vocabulary: Vocabulary | None =
         source=source,
         pump_default=parsed.pump_default,
         vocabulary=vocab,
+        pump_limits=(
+            parsed.pump_default.min_rate,
+            parsed.pump_default.max_rate,
+            parsed.pump_default.resolution,
+        ),
         _profile_index=profiles,
         _drug_index=drugs,
         _facts_index=_facts(profiles, drugs, vocab),

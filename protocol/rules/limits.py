@@ -26,7 +26,8 @@ _ZERO = Decimal(0)
 def hard_ok(ctx: Context, dose: Decimal) -> bool:
     """``dose`` is within the hard range."""
     hard = ctx.drug.hard
-    return within(dose, hard.min, hard.max)
+    # Exact comparison first (the usual case); the tolerant one only near a bound.
+    return hard.min <= dose <= hard.max or within(dose, hard.min, hard.max)
 
 
 def soft_ok(ctx: Context, dose: Decimal) -> bool:
@@ -72,7 +73,9 @@ def maintenance_ok(ctx: Context, dose: Decimal) -> bool:
 
 def pump_ok(ctx: Context, rate: Decimal) -> bool:
     """``rate`` is one the pump can run: at least one step and its minimum, at most its max."""
-    return ge(rate, max(ctx.pump_min, ctx.resolution)) and le(rate, ctx.pump_max)
+    low = max(ctx.resolution, ctx.pump_min)
+    # Exact comparison first (the usual case); the tolerant one only near a bound.
+    return low <= rate <= ctx.pump_max or (ge(rate, low) and le(rate, ctx.pump_max))
 
 
 def check_dose_limits(ctx: Context) -> None:
