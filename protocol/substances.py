@@ -107,11 +107,6 @@ class Vocabulary:
         term = self._index.get(key)
         return key if term is None else term.id
 
-    def keys_of(self, ids: Iterable[str]) -> frozenset[str]:
-        """Every normalised name that resolves to one of these canonical ids."""
-        wanted = set(ids)
-        return frozenset(k for k, t in self._index.items() if t.id in wanted)
-
     def matching_keys(self, names: Iterable[str], *, classes_meet: bool) -> frozenset[str]:
         """Every normalised name that meets one of ``names`` (a library list).
 
