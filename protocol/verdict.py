@@ -111,9 +111,10 @@ class Finding:
 class Verdict:
     """The outcome of a check request.
 
-    ``rate`` is the pump rate in mL/h rounded to the pump resolution, ``dose`` the requested
-    dose in the drug's canonical unit; both are ``None`` when they cannot be computed (unknown
-    drug, unconvertible unit, missing weight), which only happens with a reject finding.
+    ``rate`` is the pump rate in mL/h at the pump's resolution (rounded toward safety),
+    ``dose`` the dose that rate delivers, in the drug's canonical unit; both are ``None`` when
+    they cannot be computed (unknown drug, unconvertible unit, missing weight), which only
+    happens with a reject finding.
     ``findings`` are sorted most severe first, then by rule id and message, so the verdict is
     deterministic.
     """

@@ -8,6 +8,8 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from protocol.errors import LibraryError
 from protocol.library import DEFAULT_LIBRARY_PATH, PumpDefault, load_library_bytes
@@ -86,3 +88,23 @@ def test_pump_default_is_validated() -> None:
     )
     with pytest.raises(LibraryError, match="pump_default"):
         load_library_bytes(text, "bad-pump")
+
+
+@settings(max_examples=200)
+@given(cents=st.integers(10, 99_999))
+def test_every_rate_the_default_pump_can_run_passes(cents: int) -> None:
+    """Property: without a pump, any rate on the 0.01 grid within 0.1-999.99 mL/h has no
+    PUMP_RANGE finding, and is the verdict's rate unchanged."""
+    rate = Decimal(cents) / 100
+    verdict = check(make(rate=float(rate), conc=(64, "ug/mL")))
+    assert "PUMP_RANGE" not in rules(verdict)
+    assert verdict.rate == rate
+
+
+@settings(max_examples=200)
+@given(rate=st.decimals(min_value="999.991", max_value=1_000_000, places=3))
+def test_every_rate_above_the_default_maximum_is_rejected(rate: Decimal) -> None:
+    """Property: without a pump, any rate above 999.99 mL/h is PUMP_RANGE (reject)."""
+    verdict = check(make(rate=float(rate), conc=(64, "ug/mL")))
+    assert "PUMP_RANGE" in rules(verdict)
+    assert verdict.verdict == "reject"
