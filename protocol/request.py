@@ -51,19 +51,23 @@ def _number(*, le: int, ge: int | None = None, gt: int | None = None) -> GetPyda
     """A finite Decimal within bounds: from JSON only a JSON number (no string, no boolean);
     from Python (trusted callers) also a Decimal, an int or a decimal string.
 
-    Both are pydantic-core schemas (no Python call per number): JSON goes through a strict
-    float (which refuses "0.05", true, NaN and infinities) and then the same Decimal check.
+    Both are pydantic-core schemas (no Python call per number). JSON goes through a strict
+    float, which refuses "0.05", true, NaN and infinities and checks the bounds cheaply, and
+    then becomes a Decimal through its shortest repr (0.05 -> Decimal("0.05")).
     """
-    decimal = core_schema.decimal_schema(
+    strict_json = core_schema.chain_schema(
+        [
+            core_schema.float_schema(strict=True, allow_inf_nan=False, ge=ge, gt=gt, le=le),
+            core_schema.decimal_schema(),
+        ]
+    )
+    python = core_schema.decimal_schema(
         ge=None if ge is None else Decimal(ge),
         gt=None if gt is None else Decimal(gt),
         le=Decimal(le),
         allow_inf_nan=False,
     )
-    strict_json = core_schema.chain_schema(
-        [core_schema.float_schema(strict=True, allow_inf_nan=False), decimal]
-    )
-    schema = core_schema.json_or_python_schema(json_schema=strict_json, python_schema=decimal)
+    schema = core_schema.json_or_python_schema(json_schema=strict_json, python_schema=python)
     return GetPydanticSchema(lambda _type, _handler: schema)
 
 
@@ -346,6 +350,8 @@ def describe_validation_error(exc: ValidationError) -> str:
             kind, "<"
         )
         bound = next(iter(ctx.values()), "")
+        if isinstance(bound, float) and bound.is_integer():
+            bound = int(bound)  # a JSON bound is a float: 1000000.0 -> 1000000
         text = f"must be {op} {bound}"
     elif kind == "too_long":
         text = f"must have at most {ctx.get('max_length')} items"

@@ -89,7 +89,7 @@ def check_dose_limits(ctx: Context) -> None:
     if new is None or ctx.stop:
         return
     requested = ctx.requested
-    if requested is not None and not hard_ok(ctx, requested):
+    if requested is not None and requested is not new and not hard_ok(ctx, requested):
         new = requested
     hard, soft, pid = ctx.drug.hard, ctx.drug.soft, ctx.profile.id
     if not le(new, hard.max):
@@ -189,6 +189,8 @@ def check_pump_range(ctx: Context) -> None:
     rate, exact = ctx.rate, ctx.exact_rate
     if rate is None or exact is None or ctx.stop:
         return
+    if rate is exact and ctx.resolution <= rate and ctx.pump_min <= rate <= ctx.pump_max:
+        return  # the usual case, without a call: an exact rate well inside the range
     if pump_ok(ctx, rate):
         if rate == exact or pump_ok(ctx, exact):
             return
