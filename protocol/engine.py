@@ -17,12 +17,13 @@ from the library's ``pump_default``.
 
 Rate rounding, toward safety. The rate is a multiple of the resolution: the exact rate when it
 is one, else one of the two steps around it (never 0: a positive request is never turned into
-a stop). The nearest step (halves up) is taken unless the other one keeps the delivered dose on
-the same side as the requested dose of more limits: every limit the rounding could cross is
-listed with a tier (the severity of its rule: reject, then confirm, then advisory) -- the pump
-range, the hard and soft ranges, the start range, the step-up window, the taper, the renal-dose
-cut-off and the maintenance range. A step that keeps every limit wins; else one that keeps the
-reject and confirm ones; else one that keeps the reject ones; else the nearest. So a dose
+a stop). Every limit the rounding could cross is listed with a tier (the severity of its rule
+for this drug: reject, confirm, advisory): the pump range, the hard and soft ranges, the start
+range, the step-up window, the taper, the renal-dose cut-off and the maintenance range. A step
+"keeps" a limit when its delivered dose is on the same side of it (inside or outside) as the
+requested dose. The first of these wins, trying the nearest step (halves up) before the other:
+a step that keeps every limit; one that keeps the reject and confirm ones; one that keeps the
+reject ones; else the nearest step. So a dose
 inside a limit stays inside (hepatorenal 3 mg/h at 64 ug/mL is 46.875 mL/h -> 46.87, never
 46.88 = 3.00032 mg/h), and a dose outside stays outside. The verdict's ``dose`` is the dose
 delivered at the rate, and the rules judge that dose; HARD_* and PUMP_RANGE also judge the
