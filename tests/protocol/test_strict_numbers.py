@@ -146,3 +146,18 @@ def test_check_cli_exits_2_naming_a_quoted_number() -> None:
     proc = infusiond("check", stdin=json_with(("pump", "max_rate"), "true"))
     assert proc.returncode == 2
     assert "pump.max_rate: must be a number, not true" in proc.stderr
+
+
+@pytest.mark.parametrize("kind", ["dose", "rate"])
+def test_a_number_that_underflows_to_zero_is_not_a_stop(kind: str) -> None:
+    """1e-400 reads as 0.0 in a float, and 0 means stop: it is bad input, not a stop."""
+    req = make(rate=1.0) if kind == "rate" else make()
+    text = json.dumps(req).replace(
+        json.dumps(req["requested"]), f'{{"{kind}": {{"value": 1e-400, "unit": "mL/h"}}}}'
+    )
+    if kind == "dose":
+        text = text.replace('"mL/h"}}', '"ug/kg/min"}}')
+    with pytest.raises(RequestError, match=rf"^requested\.{kind}\.value: 1E-400 is neither 0"):
+        parse_request_json(text)
+    stop = parse_request_json(text.replace("1e-400", "0.0"))
+    assert evaluate(shipped(), stop).rate == 0
