@@ -1,8 +1,10 @@
 """``infusiond check``: one check request (JSON) on stdin -> the verdict JSON on stdout.
 
 Exit 0 for any verdict (accept, confirm and reject are all answers); exit 2 with a message on
-stderr naming the field when the input is not valid JSON or not a valid request. A library
-that cannot be loaded is an InfusiondError, reported by ``daemon.cli`` with exit 1.
+stderr naming the field when the input is not valid JSON or not a valid request (a numeric field
+must be a JSON number: a quoted number, a boolean, NaN or an infinity is refused, nothing is
+coerced). A library that cannot be loaded is an InfusiondError, reported by ``daemon.cli`` with
+exit 1. The request, the verdict and the library format are described in docs/check.md.
 """
 
 from __future__ import annotations

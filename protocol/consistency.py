@@ -19,6 +19,9 @@ LIB_EXAMPLE_UNKNOWN        an example naming a profile or drug that does not exi
 LIB_EXAMPLE_UNIT           an example whose units cannot be converted (or lack a weight)
 LIB_EXAMPLE_RATE           an example that does not compute to its ``expect_rate``
 LIB_EXAMPLE_DOSE           an example that does not convert to its ``expect_dose``
+LIB_UNKNOWN_SUBSTANCE      a drug, diluent, incompatible, prerequisite, first-line or
+                           advised name that the substance vocabulary does not know
+                           (it could never match what a request names)
 ========================== ==========================================================
 """
 
@@ -28,6 +31,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from protocol.library import Drug, Example, Library, Profile, Range, RouteMax, key
+from protocol.substances import Vocabulary
 from protocol.units import (
     CONCENTRATION_UNITS,
     UnitError,
@@ -61,7 +65,8 @@ def check_library(library: Library) -> list[LibraryProblem]:
     problems: list[LibraryProblem] = []
     for profile in library.profiles:
         for drug in profile.drugs:
-            problems.extend(_check_drug(profile, drug))
+            problems.extend(_check_drug(profile, drug, library.vocabulary))
+            problems.extend(_check_substances(library.vocabulary, profile, drug))
     for index, example in enumerate(library.examples, start=1):
         problems.extend(_check_example(library, index, example))
     return problems
@@ -75,7 +80,7 @@ def _range(r: Range, unit: str) -> str:
     return f"{fmt(r.min)}-{fmt(r.max)} {unit}"
 
 
-def _check_drug(profile: Profile, drug: Drug) -> list[LibraryProblem]:
+def _check_drug(profile: Profile, drug: Drug, vocabulary: Vocabulary) -> list[LibraryProblem]:
     out: list[LibraryProblem] = []
     unit = drug.dose_unit
 
@@ -109,7 +114,7 @@ def _check_drug(profile: Profile, drug: Drug) -> list[LibraryProblem]:
                 field,
                 f"{fmt(value)} {unit} is above the hard maximum {fmt(hard.max)} {unit}",
             )
-    out.extend(_check_concentrations(profile, drug))
+    out.extend(_check_concentrations(profile, drug, vocabulary))
     out.extend(_check_references(profile, drug))
     return out
 
@@ -127,7 +132,9 @@ def _route_max_base(route_max: RouteMax) -> dict[str, Decimal]:
     return out
 
 
-def _check_concentrations(profile: Profile, drug: Drug) -> list[LibraryProblem]:
+def _check_concentrations(
+    profile: Profile, drug: Drug, vocabulary: Vocabulary
+) -> list[LibraryProblem]:
     out: list[LibraryProblem] = []
     amount = dose_unit(drug.dose_unit).amount
 
@@ -149,8 +156,8 @@ def _check_concentrations(profile: Profile, drug: Drug) -> list[LibraryProblem]:
             "max_concentration",
             "the peripheral maximum is above the central maximum",
         )
-    allowed = {key(d) for d in drug.diluents.allowed}
-    forbidden = {key(d) for d in drug.diluents.forbidden}
+    allowed = {vocabulary.ident(d) for d in drug.diluents.allowed}
+    forbidden = {vocabulary.ident(d) for d in drug.diluents.forbidden}
     for both in sorted(allowed & forbidden):
         add("LIB_DILUENT_CONFLICT", "diluents", f"{both!r} is both allowed and forbidden")
     for i, conc in enumerate(drug.concentrations):
@@ -171,7 +178,7 @@ def _check_concentrations(profile: Profile, drug: Drug) -> list[LibraryProblem]:
                 f"{fmt(conc.value)} {conc.unit} is above the maximum concentration of every route",
             )
         if conc.diluent is not None:
-            dk = key(conc.diluent)
+            dk = vocabulary.ident(conc.diluent)
             if dk in forbidden or (allowed and dk not in allowed):
                 add(
                     "LIB_DILUENT_CONFLICT",
@@ -215,6 +222,38 @@ def _check_references(profile: Profile, drug: Drug) -> list[LibraryProblem]:
     if advise is not None and key(advise) not in names:
         add("escalation.advise_drug", f"{advise!r} is not in this profile")
     return out
+
+
+def _substance_fields(drug: Drug) -> list[tuple[str, str]]:
+    """(field, name) for every substance name of a drug entry, in file order."""
+    fields = [("drug", drug.drug)]
+    fields += [
+        (f"concentrations[{i}].diluent", c.diluent or "") for i, c in enumerate(drug.concentrations)
+    ]
+    fields += [(f"diluents.allowed[{i}]", n) for i, n in enumerate(drug.diluents.allowed)]
+    fields += [(f"diluents.forbidden[{i}]", n) for i, n in enumerate(drug.diluents.forbidden)]
+    fields += [(f"incompatible[{i}]", n) for i, n in enumerate(drug.incompatible)]
+    if drug.prerequisite is not None:
+        fields.append(("prerequisite.drug", drug.prerequisite.drug))
+    fields += [
+        (f"first_line_alternatives[{i}]", n) for i, n in enumerate(drug.first_line_alternatives)
+    ]
+    if drug.escalation is not None and drug.escalation.advise_drug is not None:
+        fields.append(("escalation.advise_drug", drug.escalation.advise_drug))
+    return [(field, name) for field, name in fields if name]
+
+
+def _check_substances(vocabulary: Vocabulary, profile: Profile, drug: Drug) -> list[LibraryProblem]:
+    """LIB_UNKNOWN_SUBSTANCE for every name the vocabulary does not know."""
+    return [
+        LibraryProblem(
+            "LIB_UNKNOWN_SUBSTANCE",
+            f"{_where(profile, drug, field)}: {name!r} is not in the substance vocabulary "
+            f"({vocabulary.source}); use one of its names or add the substance there",
+        )
+        for field, name in _substance_fields(drug)
+        if not vocabulary.knows(name)
+    ]
 
 
 def _check_example(library: Library, index: int, example: Example) -> list[LibraryProblem]:

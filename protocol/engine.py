@@ -7,14 +7,29 @@ order of dicts or lists in the request. Steps:
 2. resolve units: the bag concentration, the running dose and the requested dose or rate are
    converted to the drug's canonical dose unit (UNIT_MISMATCH if impossible, WEIGHT_REQUIRED
    if a per-kg conversion has no weight);
-3. compute the pump rate and round it to the pump resolution;
-4. run every rule family (bag/line/patient, limits, history windows, vitals, other channels);
+3. compute the exact pump rate and round it to the pump's resolution, toward safety;
+4. run every rule family (bag/line/patient, limits, history windows, vitals, other channels)
+   on the dose delivered at the rounded rate;
 5. the verdict is the most severe finding: any reject-level finding makes it ``reject``.
 
-Rate rounding: ``rate = round_half_up(exact_rate / resolution) * resolution`` with the pump's
-``resolution`` (default 0.01 mL/h), so the rate differs from the exact one by at most half a
-step. Dose limits are judged on the requested dose; for a request given as a rate, on the dose
-that the rounded rate delivers. A zero dose or rate is a stop (rate 0).
+The pump is the request's ``pump`` (range and resolution in mL/h), each missing field taken
+from the library's ``pump_default``.
+
+Rate rounding, toward safety. The rate is a multiple of the resolution: the exact rate when it
+is one, else one of the two steps around it (never 0: a positive request is never turned into
+a stop). Every limit the rounding could cross is listed with a tier (the severity of its rule
+for this drug: reject, confirm, advisory): the pump range, the hard and soft ranges, the start
+range, the step-up window, the taper, the renal-dose cut-off and the maintenance range. A step
+"keeps" a limit when its delivered dose is on the same side of it (inside or outside) as the
+requested dose. The first of these wins, trying the nearest step (halves up) before the other:
+a step that keeps every limit; one that keeps the reject and confirm ones; one that keeps the
+reject ones; else the nearest step. So a dose
+inside a limit stays inside (hepatorenal 3 mg/h at 64 ug/mL is 46.875 mL/h -> 46.87, never
+46.88 = 3.00032 mg/h), and a dose outside stays outside. The verdict's ``dose`` is the dose
+delivered at the rate, and the rules judge that dose; HARD_* and PUMP_RANGE also judge the
+requested dose and the exact rate, so rounding never rescues a request. Sending the verdict's
+rate back as the request therefore gives the same verdict. A zero dose or rate is a stop
+(rate 0).
 
 A stop is never rejected: a rejected request leaves the running infusion as it was, and no rule
 may keep an infusion running against a clinician's stop. So for a stop only ABRUPT_STOP
@@ -25,7 +40,8 @@ finding.
 
 from __future__ import annotations
 
-from decimal import ROUND_HALF_UP, Decimal
+from collections.abc import Callable
+from decimal import ROUND_FLOOR, ROUND_HALF_UP, Decimal
 from typing import Final
 
 from protocol.library import Library
@@ -45,6 +61,12 @@ from protocol.units import (
 from protocol.verdict import Finding, LibraryIdentity, Outcome, Severity, Verdict, outcome_of
 
 _ZERO: Final = Decimal(0)
+_HALF: Final = Decimal("0.5")
+# Rounding tiers by the severity of the rule whose limit a step would cross.
+_TIER: Final = {Severity.REJECT: 0, Severity.CONFIRM: 1, Severity.ADVISORY: 2, Severity.INFO: 3}
+_ALL_TIERS: Final = (3, 1, 0)  # keep every limit; then reject + confirm; then reject only
+
+Limit = tuple[int, Callable[[Context, Decimal, Decimal], bool]]  # (tier, ok(ctx, rate, dose))
 
 
 def round_rate(rate: Decimal, resolution: Decimal = DEFAULT_RESOLUTION) -> Decimal:
@@ -74,13 +96,24 @@ def evaluate(library: Library, request: CheckRequest) -> Verdict:
             f"{request.infusion.drug!r} is not in the {profile.id} drug library (known: {known})",
             stopping=stopping,
         )
-    ctx = Context(request, facts.profile, facts.drug, facts.unit, request.patient.weight_kg, facts)
+    pump_min, pump_max, resolution = _pump(library, request)
+    ctx = Context(
+        request,
+        facts.profile,
+        facts.drug,
+        facts.unit,
+        request.patient.weight_kg,
+        facts,
+        pump_min,
+        pump_max,
+        resolution,
+    )
     if stopping:
         _judge_stop(ctx)
         return _verdict(ctx, identity)
     _resolve_concentration(ctx)
     current_ok = _resolve_current(ctx)
-    exact_rate = _resolve_requested(ctx)
+    _resolve_requested(ctx, current_ok=current_ok)
 
     infusion.check_concentration(ctx)
     infusion.check_diluent(ctx)
@@ -91,8 +124,7 @@ def evaluate(library: Library, request: CheckRequest) -> Verdict:
         limits.check_start_range(ctx)
         limits.check_maintenance(ctx)
         limits.check_renal_dose(ctx)
-        if exact_rate is not None:
-            limits.check_pump_range(ctx, exact_rate)
+        limits.check_pump_range(ctx)
         history.check_titration_interval(ctx)
         history.check_step_up(ctx)
         history.check_abrupt_stop(ctx)
@@ -139,10 +171,9 @@ def _early(library: Library, rule: str, message: str, *, stopping: bool) -> Verd
 
 def _judge_stop(ctx: Context) -> None:
     """A stop: rate 0, and only the taper rule (when the running dose can be read)."""
-    pump = ctx.request.pump
     ctx.stop = True
-    ctx.new = _ZERO
-    ctx.rate = _ZERO * (pump.resolution if pump is not None else DEFAULT_RESOLUTION)
+    ctx.new = ctx.requested = _ZERO
+    ctx.rate = _ZERO * ctx.resolution
     current = ctx.request.current
     if current is None:
         return
@@ -207,45 +238,93 @@ def _resolve_current(ctx: Context) -> bool:
     return ctx.current is not None
 
 
-def _resolve_requested(ctx: Context) -> Decimal | None:
-    """Set ``ctx.new``, ``ctx.stop`` and ``ctx.rate``; return the exact (unrounded) rate."""
+def _pump(library: Library, request: CheckRequest) -> tuple[Decimal, Decimal, Decimal]:
+    """(min_rate, max_rate, resolution) in mL/h: the request's pump, else the library's."""
+    default = library.pump_default
+    pump = request.pump
+    if pump is None:
+        return library.pump_limits
+    return (
+        default.min_rate if pump.min_rate is None else pump.min_rate,
+        default.max_rate if pump.max_rate is None else pump.max_rate,
+        default.resolution if pump.resolution is None else pump.resolution,
+    )
+
+
+def _resolve_requested(ctx: Context, *, current_ok: bool) -> None:
+    """Set ``requested``, ``exact_rate``, ``rate`` (rounded toward safety) and ``new``."""
     requested = ctx.request.requested
-    pump = ctx.request.pump
-    resolution = pump.resolution if pump is not None else DEFAULT_RESOLUTION
     can_rate = ctx.conc_base is not None and ctx.conc_unit is not None
     if ctx.unit.per_kg and ctx.weight is None:
         _weight_missing(ctx, f"to give {ctx.name} in {ctx.unit.code}")
         can_rate = False
+    conc = ctx.request.infusion.concentration.value
     if requested.dose is not None:
-        ctx.new = _to_canonical(ctx, requested.dose, "requested.dose")
-        if ctx.new is None or not can_rate:
-            return None
+        ctx.requested = ctx.new = _to_canonical(ctx, requested.dose, "requested.dose")
+        if ctx.requested is None or not can_rate:
+            return
         assert ctx.conc_unit is not None  # narrowed by can_rate
-        exact = dose_to_rate(
-            ctx.new,
-            ctx.unit,
-            ctx.request.infusion.concentration.value,
-            ctx.conc_unit,
-            ctx.weight,
-        )
-        ctx.rate = round_rate(exact, resolution)
+        exact = dose_to_rate(ctx.requested, ctx.unit, conc, ctx.conc_unit, ctx.weight)
+    else:
+        assert requested.rate is not None  # Requested holds exactly one
+        try:
+            rate_unit(requested.rate.unit)
+        except UnitError as exc:
+            ctx.add("UNIT_MISMATCH", f"requested.rate.unit: {exc}")
+            return
+        if not can_rate:
+            return
+        assert ctx.conc_unit is not None  # narrowed by can_rate
+        exact = requested.rate.value
+        ctx.requested = ctx.new = rate_to_dose(exact, ctx.unit, conc, ctx.conc_unit, ctx.weight)
+    ctx.exact_rate = exact
+    rate = _round_toward_safety(ctx, exact) if current_ok else round_rate(exact, ctx.resolution)
+    ctx.rate = rate
+    if rate != exact:
+        ctx.new = _delivered(ctx, rate)
+
+
+def _delivered(ctx: Context, rate: Decimal) -> Decimal:
+    """The canonical dose a pump rate delivers from this bag."""
+    assert ctx.conc_unit is not None  # only called once the rate is known
+    conc = ctx.request.infusion.concentration.value
+    return rate_to_dose(rate, ctx.unit, conc, ctx.conc_unit, ctx.weight)
+
+
+def _limits(ctx: Context) -> list[Limit]:
+    """Every limit the rounding may cross, with its tier (see the module docstring)."""
+    sev = ctx.drug.severity_of
+    soft = min(_TIER[sev("SOFT_MAX")], _TIER[sev("SOFT_MIN")])
+    return [
+        (0, lambda c, rate, _dose: limits.pump_ok(c, rate)),
+        (0, lambda c, _rate, dose: limits.hard_ok(c, dose)),
+        (soft, lambda c, _rate, dose: limits.soft_ok(c, dose)),
+        (_TIER[sev("START_RANGE")], lambda c, _rate, dose: limits.start_ok(c, dose)),
+        (_TIER[sev("STEP_UP_WINDOW")], lambda c, _rate, dose: history.step_up_ok(c, dose)),
+        (_TIER[sev("ABRUPT_STOP")], lambda c, _rate, dose: history.taper_ok(c, dose)),
+        (_TIER[sev("RENAL_DOSE_DOPAMINE")], lambda c, _rate, dose: limits.renal_ok(c, dose)),
+        (_TIER[sev("MAINTENANCE_RANGE")], lambda c, _rate, dose: limits.maintenance_ok(c, dose)),
+    ]
+
+
+def _round_toward_safety(ctx: Context, exact: Decimal) -> Decimal:
+    """The pump rate for an exact rate: see "Rate rounding, toward safety" above."""
+    resolution = ctx.resolution
+    steps = exact / resolution
+    below = steps.to_integral_value(rounding=ROUND_FLOOR)
+    if below == steps:
         return exact
-    assert requested.rate is not None  # Requested holds exactly one
-    try:
-        rate_unit(requested.rate.unit)
-    except UnitError as exc:
-        ctx.add("UNIT_MISMATCH", f"requested.rate.unit: {exc}")
-        return None
-    if not can_rate:
-        return None
-    assert ctx.conc_unit is not None  # narrowed by can_rate
-    exact = requested.rate.value
-    ctx.rate = round_rate(exact, resolution)
-    ctx.new = rate_to_dose(
-        ctx.rate,
-        ctx.unit,
-        ctx.request.infusion.concentration.value,
-        ctx.conc_unit,
-        ctx.weight,
-    )
-    return exact
+    low = below * resolution
+    high = low + resolution
+    if low <= 0:
+        return high  # never round a positive request down to a stop
+    nearest, other = (high, low) if steps - below >= _HALF else (low, high)
+    requested = ctx.requested
+    assert requested is not None  # set before the rate is rounded
+    sides = [(tier, ok, ok(ctx, exact, requested)) for tier, ok in _limits(ctx)]
+    candidates = ((nearest, _delivered(ctx, nearest)), (other, _delivered(ctx, other)))
+    for top in _ALL_TIERS:
+        for rate, dose in candidates:
+            if all(ok(ctx, rate, dose) is side for tier, ok, side in sides if tier <= top):
+                return rate
+    return nearest

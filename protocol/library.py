@@ -23,7 +23,14 @@ Fields beyond the DESIGN 3.2 example (all optional; defaults keep the rule off u
 * profile ``targets = {map_min, map_min_chronic_hypertension, map_max, sbp_below_baseline}``
   (defaults: the reference's 65 / 70 / 85 / 40 mmHg; an empty table turns the MAP rules off);
 * profile ``vitals_max_age_min`` (default 15) for VITALS_STALE;
-* example ``expect_dose`` (the same dose in another unit) and ``tolerance`` (relative).
+* example ``expect_dose`` (the same dose in another unit) and ``tolerance`` (relative);
+* top-level ``pump_default = {min_rate, max_rate, resolution}`` (mL/h): the pump assumed by a
+  check request that carries no ``pump`` (and for each field a ``pump`` leaves out); without it,
+  0.1-999.99 mL/h at 0.01 mL/h.
+
+Substance names (drug names, diluents, ``incompatible``, prerequisite and first-line drugs) are
+matched through the substance vocabulary (:mod:`protocol.substances`); the lookups are
+precomputed per drug when the library is loaded.
 """
 
 from __future__ import annotations
@@ -47,7 +54,8 @@ from pydantic import (
 )
 
 from protocol.errors import LibraryError
-from protocol.rules.catalog import DEFAULT_SEVERITY, FIXED
+from protocol.rules.catalog import AT_LEAST_CONFIRM, DEFAULT_SEVERITY, FIXED
+from protocol.substances import Vocabulary, shipped_vocabulary
 from protocol.units import (
     CONCENTRATION_UNITS,
     DoseUnit,
@@ -68,7 +76,10 @@ Name = Annotated[str, Field(min_length=1, max_length=200)]
 
 
 def key(name: str) -> str:
-    """How drug, profile, diluent and line names are matched: trimmed, case-insensitive."""
+    """How profile ids (and drug names within a profile) are matched: trimmed, case-insensitive.
+
+    Substance names (line shares, diluents, other infusions) go through the vocabulary instead.
+    """
     return name.strip().casefold()
 
 
@@ -246,6 +257,8 @@ class Drug(_Model):
                 raise ValueError(f"unknown rule id {rule!r}")
             if rule in FIXED and sev is not Severity.REJECT:
                 raise ValueError(f"{rule} is always reject and cannot be set to {sev.value}")
+            if rule in AT_LEAST_CONFIRM and sev < Severity.CONFIRM:
+                raise ValueError(f"{rule} is at least confirm and cannot be set to {sev.value}")
         return overrides
 
     def severity_of(self, rule: str) -> Severity:
@@ -289,12 +302,30 @@ class Example(_Model):
         return self
 
 
+MaxRate = Annotated[Decimal, Field(gt=0, le=1_000_000, allow_inf_nan=False)]
+
+
+class PumpDefault(_Model):
+    """The pump assumed when a check request names none: range and resolution in mL/h."""
+
+    min_rate: Annotated[Decimal, Field(ge=0, le=1_000_000, allow_inf_nan=False)] = Decimal("0.1")
+    max_rate: MaxRate = Decimal("999.99")
+    resolution: MaxRate = Decimal("0.01")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        if self.min_rate > self.max_rate:
+            raise ValueError(f"min_rate ({self.min_rate}) is above max_rate ({self.max_rate})")
+        return self
+
+
 class LibraryFile(_Model):
     """The shape of a library file (DESIGN 3.2), as validated by pydantic."""
 
     name: Name
     version: Name
     description: str = ""
+    pump_default: PumpDefault = PumpDefault()
     profiles: tuple[Profile, ...] = Field(min_length=1)
     examples: tuple[Example, ...] = ()
 
@@ -306,6 +337,9 @@ class DrugFacts:
 
     ``route_max`` maps a route to its maximum concentration and that maximum in base amounts
     per mL; ``standard_bases`` are the standard concentrations in base amounts per mL.
+    ``key`` and ``first_line_alternatives`` are vocabulary ids; ``forbidden_diluents``,
+    ``allowed_diluents`` and ``incompatible`` are the normalised names
+    (:func:`protocol.substances.normalise`) that meet the library's lists.
     """
 
     profile: Profile
@@ -317,11 +351,12 @@ class DrugFacts:
     standard_bases: tuple[Decimal, ...]
     forbidden_diluents: frozenset[str]
     allowed_diluents: frozenset[str]
-    incompatible: dict[str, str]
+    incompatible: frozenset[str]
     first_line_alternatives: frozenset[str]
+    vocabulary: Vocabulary
 
 
-def drug_facts(profile: Profile, drug: Drug) -> DrugFacts:
+def drug_facts(profile: Profile, drug: Drug, vocabulary: Vocabulary) -> DrugFacts:
     """Derive the :class:`DrugFacts` of ``drug`` in ``profile`` (units are already canonical)."""
     route_max = {
         route: (limit, limit.value * CONCENTRATION_UNITS[limit.unit].factor)
@@ -335,16 +370,19 @@ def drug_facts(profile: Profile, drug: Drug) -> DrugFacts:
         profile=profile,
         drug=drug,
         unit=dose_unit(drug.dose_unit),
-        key=key(drug.drug),
+        key=vocabulary.ident(drug.drug),
         vitals_max_age=timedelta(minutes=float(profile.vitals_max_age_min)),
         route_max=route_max,
         standard_bases=tuple(
             s.value * CONCENTRATION_UNITS[s.unit].factor for s in drug.concentrations
         ),
-        forbidden_diluents=frozenset(key(d) for d in drug.diluents.forbidden),
-        allowed_diluents=frozenset(key(d) for d in drug.diluents.allowed),
-        incompatible={key(x): x for x in drug.incompatible},
-        first_line_alternatives=frozenset(key(a) for a in drug.first_line_alternatives),
+        forbidden_diluents=vocabulary.matching_keys(drug.diluents.forbidden, classes_meet=True),
+        allowed_diluents=vocabulary.matching_keys(drug.diluents.allowed, classes_meet=False),
+        incompatible=vocabulary.matching_keys(drug.incompatible, classes_meet=True),
+        first_line_alternatives=frozenset(
+            vocabulary.ident(a) for a in drug.first_line_alternatives
+        ),
+        vocabulary=vocabulary,
     )
 
 
@@ -361,6 +399,9 @@ class Library:
     examples: tuple[Example, ...]
     identity: LibraryIdentity
     source: str
+    pump_default: PumpDefault
+    vocabulary: Vocabulary
+    pump_limits: tuple[Decimal, Decimal, Decimal]  # pump_default as (min, max, resolution)
     _profile_index: dict[str, Profile] = field(repr=False, compare=False)
     _drug_index: dict[tuple[str, str], Drug] = field(repr=False, compare=False)
     _facts_index: dict[tuple[str, str], DrugFacts] = field(repr=False, compare=False)
@@ -374,27 +415,36 @@ class Library:
         return self._drug_index.get((key(profile_id), key(drug)))
 
     def facts(self, profile_id: str, drug: str) -> DrugFacts | None:
-        """The derived :class:`DrugFacts` of this drug in this profile, or ``None``."""
+        """The derived :class:`DrugFacts` of this drug in this profile, or ``None``.
+
+        The drug may be named by any vocabulary synonym (``noradrenaline``).
+        """
         # The index also holds the names exactly as the library spells them, so the usual
         # request needs no key() normalisation.
         found = self._facts_index.get((profile_id, drug))
         if found is None:
-            found = self._facts_index.get((key(profile_id), key(drug)))
+            pk = key(profile_id)
+            found = self._facts_index.get((pk, key(drug)))
+            if found is None:
+                found = self._facts_index.get((pk, "\0" + self.vocabulary.ident(drug)))
         return found
 
 
-def load_library(path: str | Path) -> Library:
-    """Read, validate and index the library file at ``path``."""
+def load_library(path: str | Path, vocabulary: Vocabulary | None = None) -> Library:
+    """Read, validate and index the library file at ``path``.
+
+    Substance names are matched through ``vocabulary`` (default: the shipped one).
+    """
     p = Path(path)
     try:
         with p.open("rb") as fh:
             data = fh.read(MAX_LIBRARY_BYTES + 1)
     except OSError as exc:
         raise LibraryError(f"{p}: cannot read library file: {exc.strerror or exc}") from exc
-    return load_library_bytes(data, str(p))
+    return load_library_bytes(data, str(p), vocabulary)
 
 
-def load_library_bytes(data: bytes, source: str) -> Library:
+def load_library_bytes(data: bytes, source: str, vocabulary: Vocabulary | None = None) -> Library:
     """Validate and index a library from its file bytes; ``source`` names it in errors."""
     if len(data) > MAX_LIBRARY_BYTES:
         raise LibraryError(f"{source}: library file is larger than {MAX_LIBRARY_BYTES} bytes")
@@ -416,6 +466,7 @@ def load_library_bytes(data: bytes, source: str) -> Library:
         more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
         raise LibraryError(f"{source}: {where}: {_error_text(first)}{more}") from None
     profiles, drugs = _index(parsed, source)
+    vocab = vocabulary if vocabulary is not None else shipped_vocabulary()
     return Library(
         name=parsed.name,
         version=parsed.version,
@@ -426,9 +477,16 @@ def load_library_bytes(data: bytes, source: str) -> Library:
             name=parsed.name, version=parsed.version, sha256=hashlib.sha256(data).hexdigest()
         ),
         source=source,
+        pump_default=parsed.pump_default,
+        vocabulary=vocab,
+        pump_limits=(
+            parsed.pump_default.min_rate,
+            parsed.pump_default.max_rate,
+            parsed.pump_default.resolution,
+        ),
         _profile_index=profiles,
         _drug_index=drugs,
-        _facts_index=_facts(profiles, drugs),
+        _facts_index=_facts(profiles, drugs, vocab),
     )
 
 
@@ -454,14 +512,16 @@ def _index(
 
 
 def _facts(
-    profiles: dict[str, Profile], drugs: dict[tuple[str, str], Drug]
+    profiles: dict[str, Profile], drugs: dict[tuple[str, str], Drug], vocabulary: Vocabulary
 ) -> dict[tuple[str, str], DrugFacts]:
-    """Facts by (key(profile), key(drug)) and by the names exactly as the library spells them."""
+    """Facts by (key(profile), key(drug)), by the names exactly as the library spells them, and
+    by (key(profile), NUL + vocabulary id) for a drug named by a synonym."""
     out: dict[tuple[str, str], DrugFacts] = {}
     for (pk, dk), drug in drugs.items():
-        facts = drug_facts(profiles[pk], drug)
+        facts = drug_facts(profiles[pk], drug, vocabulary)
         out[(pk, dk)] = facts
         out.setdefault((facts.profile.id, drug.drug), facts)
+        out.setdefault((pk, "\0" + facts.key), facts)
     return out
 
 

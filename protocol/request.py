@@ -5,12 +5,22 @@ doses, rates, weights or concentrations are errors. Malformed input raises
 :class:`~protocol.errors.RequestError` whose message starts with the field path, e.g.
 ``requested.dose.value: must be a finite number`` or ``history[2].at: must have a time zone``.
 
+Two doors, one model:
+
+* untrusted input -- :func:`parse_request_json` (JSON text: ``infusiond check``, MQTT) and
+  :func:`parse_untrusted_request` (an already decoded JSON object): a numeric field must be a
+  JSON number. A string (``"value": "0.05"``), a boolean, NaN, an infinity or a value above
+  the field's cap (at most 1e6) is an error naming the field; nothing is coerced.
+* trusted internal callers -- :func:`parse_request` (a dict built in Python, e.g. by the
+  daemon's gate): numbers may also be :class:`~decimal.Decimal` objects (exact, preferred) or
+  decimal strings, which are read exactly. Booleans, NaN and infinities are refused here too.
+
 Dose and concentration units are kept as given here: an unconvertible unit is a UNIT_MISMATCH
 finding of the engine (the request is well-formed, the order is wrong), not a parse error.
 
-Beyond DESIGN 3.4, an optional ``pump`` object describes the device for PUMP_RANGE:
-``{"min_rate": 0.1, "max_rate": 999.9, "resolution": 0.01}``, all in mL/h (``min_rate``
-defaults to 0, ``max_rate`` to no limit, ``resolution`` to 0.01).
+The optional ``pump`` object describes the device: ``{"min_rate": 0.1, "max_rate": 999.99,
+"resolution": 0.01}``, all in mL/h. Each field left out (or the whole object) is taken from the
+library's ``pump_default``.
 """
 
 from __future__ import annotations
@@ -24,9 +34,11 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    GetPydanticSchema,
     ValidationError,
     model_validator,
 )
+from pydantic_core import core_schema
 
 from protocol.errors import RequestError
 from protocol.units import ALIASES
@@ -34,9 +46,34 @@ from protocol.units import ALIASES
 MAX_REQUEST_BYTES: Final = 64 * 1024
 DEFAULT_RESOLUTION: Final = Decimal("0.01")
 
+
+def _number(*, le: int, ge: int | None = None, gt: int | None = None) -> GetPydanticSchema:
+    """A finite Decimal within bounds: from JSON only a JSON number (no string, no boolean);
+    from Python (trusted callers) also a Decimal, an int or a decimal string.
+
+    Both are pydantic-core schemas (no Python call per number). JSON goes through a strict
+    float, which refuses "0.05", true, NaN and infinities and checks the bounds cheaply, and
+    then becomes a Decimal through its shortest repr (0.05 -> Decimal("0.05")).
+    """
+    strict_json = core_schema.chain_schema(
+        [
+            core_schema.float_schema(strict=True, allow_inf_nan=False, ge=ge, gt=gt, le=le),
+            core_schema.decimal_schema(),
+        ]
+    )
+    python = core_schema.decimal_schema(
+        ge=None if ge is None else Decimal(ge),
+        gt=None if gt is None else Decimal(gt),
+        le=Decimal(le),
+        allow_inf_nan=False,
+    )
+    schema = core_schema.json_or_python_schema(json_schema=strict_json, python_schema=python)
+    return GetPydanticSchema(lambda _type, _handler: schema)
+
+
 # Caps far beyond any real value keep every number finite when written back as a JSON float.
-NonNegative = Annotated[Decimal, Field(ge=0, le=1_000_000, allow_inf_nan=False)]
-Positive = Annotated[Decimal, Field(gt=0, le=1_000_000, allow_inf_nan=False)]
+NonNegative = Annotated[Decimal, _number(ge=0, le=1_000_000)]
+Positive = Annotated[Decimal, _number(gt=0, le=1_000_000)]
 Name = Annotated[str, Field(min_length=1, max_length=100)]
 Unit = Annotated[str, Field(min_length=1, max_length=32)]
 
@@ -62,8 +99,8 @@ class Concentration(_Model):
 class Patient(_Model):
     """The patient: weight (needed for weight-based doses), baseline SBP, chronic hypertension."""
 
-    weight_kg: Annotated[Decimal, Field(gt=0, le=1000, allow_inf_nan=False)] | None = None
-    baseline_sbp: Annotated[Decimal, Field(gt=0, le=400, allow_inf_nan=False)] | None = None
+    weight_kg: Annotated[Decimal, _number(gt=0, le=1000)] | None = None
+    baseline_sbp: Annotated[Decimal, _number(gt=0, le=400)] | None = None
     chronic_hypertension: bool = False
 
 
@@ -148,15 +185,20 @@ class OtherInfusion(_Model):
 
 
 class Pump(_Model):
-    """The pump's range and resolution, all in mL/h."""
+    """The pump's range and resolution, all in mL/h; a missing field comes from the library's
+    ``pump_default``."""
 
-    min_rate: NonNegative = Decimal(0)
+    min_rate: NonNegative | None = None
     max_rate: Positive | None = None
-    resolution: Positive = DEFAULT_RESOLUTION
+    resolution: Positive | None = None
 
     @model_validator(mode="after")
     def _ordered(self) -> Self:
-        if self.max_rate is not None and self.min_rate > self.max_rate:
+        if (
+            self.max_rate is not None
+            and self.min_rate is not None
+            and self.min_rate > self.max_rate
+        ):
             raise ValueError("min_rate is above max_rate")
         return self
 
@@ -178,9 +220,20 @@ class CheckRequest(_Model):
 
 _JSON_VALIDATOR: Final = CheckRequest.__pydantic_validator__
 
+#: Every key of the request whose value is a number (``value`` is numeric wherever it occurs).
+NUMERIC_KEYS: Final = frozenset(
+    {"value", "weight_kg", "baseline_sbp", "min_rate", "max_rate", "resolution"}
+)
+_MAX_DEPTH: Final = 8  # the request is 4 levels deep; deeper is refused by the model anyway
+
 
 def parse_request(data: Any) -> CheckRequest:
-    """Validate a decoded JSON object into a :class:`CheckRequest`; RequestError names the field."""
+    """Validate a request built by a trusted internal caller (the gate) into a CheckRequest.
+
+    Numbers may be Decimal (preferred: exact), int, float or a decimal string; RequestError
+    names the field. Input from outside infusiond goes through :func:`parse_untrusted_request`
+    or :func:`parse_request_json` instead.
+    """
     if isinstance(data, CheckRequest):
         return data
     if not isinstance(data, dict):
@@ -191,12 +244,42 @@ def parse_request(data: Any) -> CheckRequest:
         raise RequestError(describe_validation_error(exc)) from None
 
 
-def parse_request_json(text: str | bytes) -> CheckRequest:
-    """Decode and validate a request from JSON text (capped at 64 KiB).
+def parse_untrusted_request(data: Any) -> CheckRequest:
+    """Validate a decoded JSON object from outside: numbers must be numbers (no coercion)."""
+    if isinstance(data, dict):
+        _numbers_only(data, "", 0)
+    return parse_request(data)
 
-    Valid requests take pydantic-core's one-pass JSON validation; anything it refuses is
-    re-parsed with :func:`json.loads` (which also reads NaN/Infinity, so they are reported as
-    ``<field>: must be a finite number``) to produce the field-naming error.
+
+def _numbers_only(node: Any, path: str, depth: int) -> None:
+    """Raise RequestError at the first numeric field holding a non-number (str, bool)."""
+    if depth > _MAX_DEPTH:
+        return
+    if isinstance(node, dict):
+        for name, value in node.items():
+            where = f"{path}.{name}" if path else str(name)
+            if name in NUMERIC_KEYS and value is not None:
+                if isinstance(value, bool):
+                    raise RequestError(f"{where}: must be a number, not {str(value).lower()}")
+                if isinstance(value, str):
+                    shown = value if len(value) <= 20 else value[:20] + "..."
+                    raise RequestError(
+                        f"{where}: must be a number, not a string ({shown!r}); "
+                        "write it without quotes"
+                    )
+            _numbers_only(value, where, depth + 1)
+    elif isinstance(node, list):
+        for index, item in enumerate(node):
+            _numbers_only(item, f"{path}[{index}]", depth + 1)
+
+
+def parse_request_json(text: str | bytes) -> CheckRequest:
+    """Decode and validate a request from JSON text (capped at 64 KiB); numbers must be numbers.
+
+    Valid requests take pydantic-core's one-pass JSON validation (whose number fields accept
+    JSON numbers only); anything it refuses is re-parsed with :func:`json.loads` (which also
+    reads NaN/Infinity, so they are reported as ``<field>: must be a finite number``) and
+    checked by :func:`parse_untrusted_request` for the field-naming error.
     """
     if len(text) > MAX_REQUEST_BYTES:
         raise RequestError(f"request: larger than {MAX_REQUEST_BYTES} bytes")
@@ -204,9 +287,11 @@ def parse_request_json(text: str | bytes) -> CheckRequest:
         # Fast path: pydantic-core parses and validates in one pass (about twice as fast). The
         # model's own validator is called directly: model_validate_json only adds a Python
         # frame and an argument check around it (~0.3 us of a ~35 us verdict).
-        return cast(CheckRequest, _JSON_VALIDATOR.validate_json(text))
+        request = cast(CheckRequest, _JSON_VALIDATOR.validate_json(text))
     except ValidationError:
         pass  # slow path below: json.loads + validate, for a message naming the field
+    else:
+        return _zero_means_zero(request, text)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -215,7 +300,26 @@ def parse_request_json(text: str | bytes) -> CheckRequest:
         ) from None
     except UnicodeDecodeError as exc:
         raise RequestError(f"request: not UTF-8 at byte {exc.start}") from None
-    return parse_request(data)
+    except RecursionError:
+        raise RequestError("request: nested too deeply") from None
+    return _zero_means_zero(parse_untrusted_request(data), text)
+
+
+def _zero_means_zero(request: CheckRequest, text: str | bytes) -> CheckRequest:
+    """A requested dose or rate of 0 is a stop: make sure the text said 0, and not a number
+    too small for a float (``1e-400`` reads as 0.0). Only stops pay for the second parse."""
+    requested = request.requested
+    amount = requested.dose if requested.dose is not None else requested.rate
+    if amount is None or amount.value != 0:
+        return request
+    kind = "dose" if requested.dose is not None else "rate"
+    written = json.loads(text, parse_float=Decimal)["requested"][kind]["value"]
+    if written != 0:
+        raise RequestError(
+            f"requested.{kind}.value: {written} is neither 0 nor a {kind} a pump could run; "
+            'send 0 or {"action": "stop"} to stop'
+        )
+    return request
 
 
 def field_path(loc: tuple[int | str, ...]) -> str:
@@ -239,6 +343,7 @@ _MESSAGES: Final = {
     "datetime_type": "must be an RFC 3339 date-time string",
     "decimal_parsing": "must be a number",
     "decimal_type": "must be a number",
+    "float_type": "must be a number",
     "string_type": "must be a string",
     "bool_type": "must be true or false",
     "bool_parsing": "must be true or false",
@@ -264,6 +369,8 @@ def describe_validation_error(exc: ValidationError) -> str:
             kind, "<"
         )
         bound = next(iter(ctx.values()), "")
+        if isinstance(bound, float) and bound.is_integer():
+            bound = int(bound)  # a JSON bound is a float: 1000000.0 -> 1000000
         text = f"must be {op} {bound}"
     elif kind == "too_long":
         text = f"must have at most {ctx.get('max_length')} items"

@@ -225,8 +225,10 @@ def dose_to_rate(
     """Pump rate in mL/h: ``dose_per_min * 60 / concentration`` (DESIGN 3.1), exact."""
     if unit.amount is not concentration_unit.amount:
         raise UnitError(f"a {unit.code} dose cannot be given from a {concentration_unit.code} bag")
-    per_ml = concentration * concentration_unit.factor
-    return amount_per_min(value, unit, weight_kg) * SIXTY / per_ml
+    # One division at the end: the result is the correctly rounded quotient, so a rate that
+    # is exact (on the pump's grid) converts back to exactly the dose it came from.
+    numerator = value * unit.factor * _weight_factor(unit, weight_kg) * SIXTY
+    return numerator / (unit.minutes * concentration * concentration_unit.factor)
 
 
 def rate_to_dose(
@@ -239,8 +241,8 @@ def rate_to_dose(
     """The dose (in ``unit``) that a pump rate in mL/h delivers; inverse of :func:`dose_to_rate`."""
     if unit.amount is not concentration_unit.amount:
         raise UnitError(f"a {unit.code} dose cannot be given from a {concentration_unit.code} bag")
-    per_min = rate_ml_h * concentration * concentration_unit.factor / SIXTY
-    return per_min * unit.minutes / (unit.factor * _weight_factor(unit, weight_kg))
+    numerator = rate_ml_h * concentration * concentration_unit.factor * unit.minutes
+    return numerator / (SIXTY * unit.factor * _weight_factor(unit, weight_kg))
 
 
 # The comparisons below spell out the slack ``REL_TOL * max(|a|, |b|)`` instead of calling a

@@ -111,9 +111,10 @@ class Finding:
 class Verdict:
     """The outcome of a check request.
 
-    ``rate`` is the pump rate in mL/h rounded to the pump resolution, ``dose`` the requested
-    dose in the drug's canonical unit; both are ``None`` when they cannot be computed (unknown
-    drug, unconvertible unit, missing weight), which only happens with a reject finding.
+    ``rate`` is the pump rate in mL/h at the pump's resolution (rounded toward safety),
+    ``dose`` the dose that rate delivers, in the drug's canonical unit; both are ``None`` when
+    they cannot be computed (unknown drug, unconvertible unit, missing weight), which only
+    happens with a reject finding.
     ``findings`` are sorted most severe first, then by rule id and message, so the verdict is
     deterministic.
     """
@@ -128,6 +129,15 @@ class Verdict:
     def verdict(self) -> str:
         """``"accept"``, ``"confirm"`` or ``"reject"``."""
         return self.outcome.value
+
+    def findings_at_least(self, severity: Severity) -> tuple[Finding, ...]:
+        """The findings of ``severity`` or worse, most severe first.
+
+        A rate change observed at the pump (front panel, another system) is judged as a
+        request by rate with ``current`` = the rate before it; the findings it must report
+        are ``verdict.findings_at_least(Severity.CONFIRM)`` (empty: nothing to report).
+        """
+        return tuple(f for f in self.findings if f.severity >= severity)
 
     def to_dict(self) -> dict[str, Any]:
         """Exactly the DESIGN 3.4 verdict JSON (``rate``/``dose`` null when not computable)."""

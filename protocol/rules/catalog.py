@@ -4,6 +4,8 @@ Rule ids are a public contract (dashboards and the journal key on them); message
 people. A library may override the severity of a rule per drug (``severity = {RULE = "..."}``)
 except for the rules in :data:`FIXED`, whose reject can never be lowered: without a known drug,
 profile, unit, weight, pump range, diluent or concentration there is no safe rate to send.
+The rules in :data:`AT_LEAST_CONFIRM` may be raised to reject but never lowered below confirm:
+an input that the gate does not recognise is never accepted without a clinician.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ DEFAULT_SEVERITY: Final[dict[str, Severity]] = {
     "MAP_BELOW_TARGET": _C,
     "SBP_CEILING": _C,
     "DUPLICATE_DRUG": _C,
+    "LINE_SHARE_UNKNOWN": _C,
     "TITRATION_INTERVAL": _A,
     "ESCALATION_ADVISORY": _A,
     "VITALS_STALE": _A,
@@ -62,3 +65,5 @@ FIXED: Final = frozenset(
         "UNKNOWN_PROFILE",
     }
 )
+
+AT_LEAST_CONFIRM: Final = frozenset({"LINE_SHARE_UNKNOWN"})

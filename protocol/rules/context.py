@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from protocol.library import Drug, DrugFacts, Profile, key
+from protocol.library import Drug, DrugFacts, Profile
 from protocol.request import Amount, CheckRequest
 from protocol.units import (
     ConcentrationUnit,
@@ -26,10 +26,14 @@ _ZERO = Decimal(0)
 
 @dataclass(slots=True)
 class Context:
-    """Everything the rules need about one request; ``new`` is the requested canonical dose.
+    """Everything the rules need about one request, doses in the drug's canonical unit.
 
-    ``current`` is ``None`` for a new infusion; ``stop`` is true for ``action: stop`` and for a
-    requested dose or rate of zero.
+    ``requested`` is the dose asked for (for a request by rate, the dose of that exact rate);
+    ``new`` is the dose delivered at ``rate``, the pump rate rounded to the pump's resolution
+    (they are equal when the rate is not known). Every rule judges ``new``; the hard limits
+    also judge ``requested`` (rounding never rescues a request). ``current`` is ``None`` for
+    a new infusion; ``stop`` is true for ``action: stop`` and for a requested dose or rate of
+    zero. ``pump_min``/``pump_max``/``resolution`` are the pump's (request, else library).
     """
 
     request: CheckRequest
@@ -38,12 +42,21 @@ class Context:
     unit: DoseUnit
     weight: Decimal | None
     facts: DrugFacts
+    pump_min: Decimal
+    pump_max: Decimal
+    resolution: Decimal
     conc_base: Decimal | None = None  # base amount (ug or USP units) per mL
     conc_unit: ConcentrationUnit | None = None
     current: Decimal | None = None
+    requested: Decimal | None = None
     new: Decimal | None = None
     stop: bool = False
     rate: Decimal | None = None
+    exact_rate: Decimal | None = None
+    # (lowest dose in the window, allowed increase) of STEP_UP_WINDOW once computed (None if
+    # the rule does not apply or the history cannot be read); step_up_known says it was.
+    step_up: tuple[Decimal, Decimal] | None = None
+    step_up_known: bool = False
     findings: list[Finding] = field(default_factory=list)
     _seen: set[tuple[str, str]] = field(default_factory=set)
     # (new, current, increase, decrease) of the last comparison: the rules ask several times.
@@ -97,6 +110,11 @@ class Context:
             moves = self._compare()
         return moves[3]
 
+    def rises(self, dose: Decimal) -> bool:
+        """Whether ``dose`` is above the running dose (0 for a new infusion)."""
+        base = self.current if self.current is not None else _ZERO
+        return dose > base and not close(dose, base)
+
     def _compare(self) -> tuple[Decimal | None, Decimal | None, bool, bool]:
         """Compare ``new`` with the running dose once per (new, current) pair."""
         new, current = self.new, self.current
@@ -121,6 +139,8 @@ class Context:
             return None
 
     def others_named(self, drug: str) -> list[Amount | None]:
-        """Doses of the other infusions of ``drug`` (``None`` where no dose was given)."""
-        wanted = self.facts.key if drug == self.drug.drug else key(drug)
-        return [o.dose for o in self.request.other_infusions if key(o.drug) == wanted]
+        """Doses of the other infusions of ``drug``, matched through the substance vocabulary
+        (``noradrenaline`` is norepinephrine); ``None`` where no dose was given."""
+        ident = self.facts.vocabulary.ident
+        wanted = self.facts.key if drug == self.drug.drug else ident(drug)
+        return [o.dose for o in self.request.other_infusions if ident(o.drug) == wanted]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from protocol.library import key
 from protocol.rules.context import Context
 from protocol.units import dose_unit, ge
 from protocol.verdict import Quantity, fmt
@@ -49,8 +48,9 @@ def check_first_line(ctx: Context) -> None:
     if ctx.drug.first_line or ctx.current is not None or ctx.stop or ctx.new is None:
         return
     alternatives = ctx.facts.first_line_alternatives
+    ident = ctx.facts.vocabulary.ident
     for other in ctx.request.other_infusions:
-        if key(other.drug) in alternatives and (other.dose is None or other.dose.value > 0):
+        if ident(other.drug) in alternatives and (other.dose is None or other.dose.value > 0):
             return
     names = " or ".join(ctx.drug.first_line_alternatives) or "a first-line agent"
     reason = ctx.drug.first_line_reason or f"{ctx.name} is not a first-line agent"

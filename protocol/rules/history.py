@@ -12,10 +12,11 @@ from decimal import Decimal
 
 from protocol.request import HistoryEntry
 from protocol.rules.context import Context
-from protocol.units import UnitError, convert_dose, dose_unit, le
+from protocol.units import UnitError, close, convert_dose, dose_unit, le
 from protocol.verdict import Quantity, fmt
 
 _MINUTE = Decimal(60)
+_ZERO = Decimal(0)
 
 
 def _sorted(ctx: Context) -> list[HistoryEntry]:
@@ -47,34 +48,64 @@ def check_titration_interval(ctx: Context) -> None:
     )
 
 
-def check_step_up(ctx: Context) -> None:
-    """STEP_UP_WINDOW: the total increase within the window exceeds the allowed step.
+def step_up_window(ctx: Context) -> tuple[Decimal, Decimal] | None:
+    """(lowest dose that ran at any moment of the window, allowed increase) for STEP_UP_WINDOW,
+    or ``None`` when the drug has no step-up rule or the history cannot be read.
 
-    The increase is measured from the lowest dose in effect at any time in the window (the
-    dose at the window's start, every change within it, and the current dose; 0 for a new
-    infusion), so splitting a big step into small ones does not get around it.
+    The infusion started at its earliest ``history`` entry; before that it ran at 0, and a
+    request without history is a new start as far as this rule knows (every moment of the
+    window counts as 0). So the lowest dose is the minimum of: the dose in effect at the
+    window's start (0 if that is before the first entry), every dose set within the window,
+    and the current dose. Computed once per request.
     """
+    if ctx.step_up_known:
+        return ctx.step_up
+    ctx.step_up_known = True
     rule = ctx.drug.step_up
-    new = ctx.new
-    if rule is None or new is None or not ctx.increase:
-        return
-    window_start = ctx.request.now - timedelta(seconds=float(rule.window_h * 3600))
+    if rule is None:
+        return None
+    now = ctx.request.now
+    window_start = now - timedelta(seconds=float(rule.window_h * 3600))
     lows: list[Decimal] = [ctx.base]
-    at_start: Decimal | None = None
+    at_start = _ZERO  # before the first entry the infusion was not running
     for index, entry in enumerate(_sorted(ctx)):
         dose = _history_dose(ctx, index, entry)
         if dose is None:
-            return
+            return None
         if entry.at <= window_start:
             at_start = dose
-        elif entry.at <= ctx.request.now:
+        elif entry.at <= now:
             lows.append(dose)
-    if at_start is not None:
-        lows.append(at_start)
-    lowest = min(lows)
-    total = new - lowest
-    if le(total, rule.max_increase):
+    lows.append(at_start)
+    found = (min(lows), rule.max_increase)
+    ctx.step_up = found
+    return found
+
+
+def step_up_ok(ctx: Context, dose: Decimal) -> bool:
+    """``dose`` rises at most the allowed step above the window's lowest dose (or does not
+    rise at all)."""
+    if not ctx.rises(dose):
+        return True
+    window = step_up_window(ctx)
+    if window is None:
+        return True
+    lowest, step = window
+    return le(dose - lowest, step)
+
+
+def check_step_up(ctx: Context) -> None:
+    """STEP_UP_WINDOW: the dose would exceed the lowest dose that ran at any moment of the
+    window by more than the allowed step (see :func:`step_up_window`), so splitting a big step
+    into small ones, or lowering first and then raising further, does not get around it."""
+    rule = ctx.drug.step_up
+    new = ctx.new
+    if rule is None or new is None or not ctx.increase or step_up_ok(ctx, new):
         return
+    window = step_up_window(ctx)
+    assert window is not None  # step_up_ok is false only with a window
+    lowest = window[0]
+    total = new - lowest
     ctx.add(
         "STEP_UP_WINDOW",
         f"{ctx.name} would rise by {ctx.dose_text(total)} within {fmt(rule.window_h)} h "
@@ -94,6 +125,16 @@ def _history_dose(ctx: Context, index: int, entry: HistoryEntry) -> Decimal | No
         return None
 
 
+def taper_ok(ctx: Context, dose: Decimal) -> bool:
+    """Lowering a running dose to ``dose`` stays within the taper rule (or is no drop)."""
+    taper, current = ctx.drug.taper, ctx.current
+    if taper is None or current is None or not dose < current or close(dose, current):
+        return True
+    if le(current, taper.stop_from_above):
+        return True
+    return le((current - dose) / current, taper.max_drop_fraction)
+
+
 def check_abrupt_stop(ctx: Context) -> None:
     """ABRUPT_STOP: stopping, or dropping by more than the taper fraction, from a high dose."""
     taper, current, new = ctx.drug.taper, ctx.current, ctx.new
@@ -102,7 +143,7 @@ def check_abrupt_stop(ctx: Context) -> None:
     if le(current, taper.stop_from_above):
         return
     drop = (current - new) / current
-    if not ctx.stop and le(drop, taper.max_drop_fraction):
+    if not ctx.stop and taper_ok(ctx, new):
         return
     what = "stopping" if ctx.stop else f"dropping to {ctx.dose_text(new)}"
     ctx.add(

@@ -1,10 +1,18 @@
 """Bag, line and patient rules: CONC_ROUTE_MAX, CONC_NOT_STANDARD, DILUENT_FORBIDDEN,
-INCOMPATIBLE_LINE, WEIGHT_RANGE. They need no dose, so they run even when it is unresolved."""
+INCOMPATIBLE_LINE, LINE_SHARE_UNKNOWN, WEIGHT_RANGE. They need no dose, so they run even when
+it is unresolved.
+
+Diluents and line shares are matched through the substance vocabulary
+(:mod:`protocol.substances`): case, spaces, hyphens and underscores are ignored and synonyms
+resolve to one substance (``normal saline`` is ``NS``, ``NaHCO3`` is sodium bicarbonate, a
+member of the class ``alkaline``). What the vocabulary does not know is never taken as safe: an
+unknown diluent is not an allowed one, an unknown line share needs a confirmation.
+"""
 
 from __future__ import annotations
 
-from protocol.library import key
 from protocol.rules.context import Context
+from protocol.substances import normalise
 from protocol.units import close, le, within
 from protocol.verdict import Quantity, fmt
 
@@ -42,10 +50,10 @@ def check_concentration(ctx: Context) -> None:
 
 
 def check_diluent(ctx: Context) -> None:
-    """DILUENT_FORBIDDEN: the diluent is forbidden, or not among the allowed ones."""
+    """DILUENT_FORBIDDEN: the diluent is forbidden, not among the allowed ones, or unknown."""
     diluent = ctx.request.infusion.diluent
     rules = ctx.drug.diluents
-    dk = key(diluent)
+    dk = normalise(diluent)
     if dk in ctx.facts.forbidden_diluents:
         ctx.add(
             "DILUENT_FORBIDDEN",
@@ -57,20 +65,42 @@ def check_diluent(ctx: Context) -> None:
             "DILUENT_FORBIDDEN",
             f"{diluent} is not an allowed diluent for {ctx.name}; use {' or '.join(rules.allowed)}",
         )
+    elif not rules.allowed and not ctx.facts.vocabulary.knows(diluent):
+        ctx.add(
+            "DILUENT_FORBIDDEN",
+            f"{diluent!r} is not a known diluent, so it cannot be checked against {ctx.name}; "
+            "name the diluent (e.g. D5W, NS)",
+        )
 
 
 def check_line(ctx: Context) -> None:
-    """INCOMPATIBLE_LINE: the line is shared with something this drug must not meet."""
-    incompatible = ctx.facts.incompatible
-    if not incompatible:
+    """INCOMPATIBLE_LINE: the line is shared with something this drug must not meet (a listed
+    substance, a member of a listed class, or a class with a listed member); LINE_SHARE_UNKNOWN:
+    a line share the vocabulary does not know, which therefore cannot be checked."""
+    shares = ctx.request.infusion.line_shares
+    if not shares:
         return
-    shared = {s for s in ctx.request.infusion.line_shares if key(s) in incompatible}
-    if shared:
-        hits = sorted(shared, key=key)
+    incompatible = ctx.facts.incompatible
+    vocabulary = ctx.facts.vocabulary
+    hits: set[str] = set()
+    unknown: set[str] = set()
+    for share in shares:
+        sk = normalise(share)
+        if sk in incompatible:
+            hits.add(share)
+        elif not vocabulary.knows_key(sk):
+            unknown.add(share)
+    if hits:
         ctx.add(
             "INCOMPATIBLE_LINE",
-            f"{ctx.name} shares its line with {', '.join(hits)}, which inactivates it "
-            "or is incompatible; use a separate line",
+            f"{ctx.name} shares its line with {', '.join(sorted(hits, key=normalise))}, which "
+            "inactivates it or is incompatible; use a separate line",
+        )
+    for share in sorted(unknown, key=normalise):
+        ctx.add(
+            "LINE_SHARE_UNKNOWN",
+            f"the line is shared with {share!r}, which the substance list does not know, so its "
+            f"compatibility with {ctx.name} cannot be checked; check it, or use a separate line",
         )
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from protocol.library import key
 from protocol.request import Reading
 from protocol.rules.context import Context
 from protocol.units import ge, le
@@ -96,8 +95,9 @@ def _check_escalation(ctx: Context, map_: Decimal | None) -> None:
     if not ge(new, rule.at) or ge(map_, rule.map_below):
         return
     if rule.advise_drug is not None:
-        wanted = key(rule.advise_drug)
-        if any(key(o.drug) == wanted for o in ctx.request.other_infusions):
+        ident = ctx.facts.vocabulary.ident
+        wanted = ident(rule.advise_drug)
+        if any(ident(o.drug) == wanted for o in ctx.request.other_infusions):
             return
     ctx.add(
         "ESCALATION_ADVISORY",

@@ -1,8 +1,9 @@
 """Request builders for the protocol tests: a clean titration by default, one knob per rule.
 
 The default request (adult-icu norepinephrine 4 ug/mL D5W central, 70 kg, 0.05 -> 0.06
-ug/kg/min, MAP 75 / SBP 120 two minutes old, no history, no other channel) has no findings
-at all, so a test that turns one knob sees only the rule it is about.
+ug/kg/min, MAP 75 / SBP 120 two minutes old, running at the current dose since 5 h ago, no
+other channel) has no findings at all, so a test that turns one knob sees only the rule it is
+about. ``history=[]`` gives a running infusion without history.
 """
 
 from __future__ import annotations
@@ -99,7 +100,11 @@ def make(
             "line_shares": line_shares or [],
         },
         "current": None if cur is None else dose(cur, unit),
-        "history": history or [],
+        "history": (
+            history
+            if history is not None
+            else ([] if cur is None else [{"at": ts(300), "dose": dose(cur, unit)}])
+        ),
         "vitals": vitals() if vitals_ is _UNSET else vitals_,
         "other_infusions": others or [],
     }

@@ -219,9 +219,12 @@ def test_drug_facts_are_found_by_any_spelling_and_derived_from_the_entry() -> No
     assert (peripheral.value, peripheral.unit, peripheral_base) == (D(16), "ug/mL", D(16))
     assert facts.route_max["central"][1] == D(64)
     assert facts.standard_bases == tuple(c.value for c in facts.drug.concentrations)
-    assert facts.forbidden_diluents == {"ns"}
-    assert facts.allowed_diluents == {"d5w", "d5ns"}
-    assert facts.incompatible == {
-        "sodium-bicarbonate": "sodium-bicarbonate",
-        "alkaline": "alkaline",
-    }
+    # Name sets are the normalised spellings of every synonym (the vocabulary is precomputed).
+    assert {"ns", "normalsaline", "0.9%nacl", "nacl0.9%"} <= facts.forbidden_diluents
+    assert "d5w" not in facts.forbidden_diluents
+    assert {"d5w", "dextrose5%", "d5ns"} <= facts.allowed_diluents
+    assert "ns" not in facts.allowed_diluents
+    assert {"sodiumbicarbonate", "nahco3", "bicarb", "alkaline", "alkalinesolution", "tham"} <= (
+        facts.incompatible
+    )
+    assert "heparin" not in facts.incompatible

@@ -20,7 +20,7 @@ def test_titration_interval(profile: str, minutes: float, advised: bool) -> None
     """A change sooner than 5 min after the last one is an advisory; at 5 min it is fine."""
     unit = make(profile=profile)["current"]["unit"]
     cur = make(profile=profile)["current"]["value"]
-    req = make(profile=profile, history=[hist(60, str(cur), unit), hist(minutes, str(cur), unit)])
+    req = make(profile=profile, history=[hist(300, str(cur), unit), hist(minutes, str(cur), unit)])
     verdict = check(req)
     assert ("TITRATION_INTERVAL" in rules(verdict)) is advised
     if advised:
@@ -53,8 +53,8 @@ def test_step_up_window_from_dose_in_effect_at_window_start(new: str, rejected: 
 
 
 def test_step_up_window_counts_steps_within_the_window() -> None:
-    """0.5 (3 h ago) -> 1.0 (1 h ago) -> 1.5 now is +1.0 within 4 h: rejected."""
-    h = [hist(180, "0.5", MGH), hist(60, "1.0", MGH)]
+    """0.5 (since 5 h ago) -> 1.0 (1 h ago) -> 1.5 now is +1.0 within 4 h: rejected."""
+    h = [hist(300, "0.5", MGH), hist(60, "1.0", MGH)]
     verdict = check(make(profile=HR, current="1.0", new="1.5", history=h))
     assert "STEP_UP_WINDOW" in rules(verdict)
     finding = next(f for f in verdict.findings if f.rule == "STEP_UP_WINDOW")

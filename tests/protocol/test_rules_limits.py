@@ -77,12 +77,15 @@ def test_soft_min_boundary(profile: str) -> None:
 
 @pytest.mark.parametrize("profile", PROFILES)
 def test_start_range_boundaries(profile: str) -> None:
-    """A new infusion (current null) outside the start range needs confirmation."""
+    """A new infusion (current null) outside the start range needs confirmation; a range of
+    a single value (pediatric 0.1 ug/kg/min, hepatorenal 0.5 mg/h) is met within one pump
+    step (0.01 mL/h) of it, so only a dose more than one step away is outside."""
     start = _drug(profile).start
     assert start is not None
     for ok in (start.min, start.max):
         assert "START_RANGE" not in rules(check(make(profile=profile, current=None, new=ok)))
-    for bad in (below(start.min), above(start.max)):
+    eps = EPS if start.min < start.max else Decimal("0.01")
+    for bad in (start.min * (1 - eps), start.max * (1 + eps)):
         verdict = check(make(profile=profile, current=None, new=bad))
         assert "START_RANGE" in rules(verdict)
         assert verdict.verdict in {"confirm", "reject"}

@@ -30,11 +30,11 @@ def test_outcome_is_the_most_severe_finding() -> None:
 
 def test_verdict_json_shape() -> None:
     """Keys and value types are exactly those of DESIGN 3.4 and survive json.dumps."""
-    verdict = check(make(new="1.5", vitals_=None))  # SOFT_MAX + VITALS_STALE
+    verdict = check(make(new="1.5", conc=(16, "ug/mL"), vitals_=None))  # SOFT_MAX + VITALS_STALE
     out = json.loads(json.dumps(verdict.to_dict()))
     assert set(out) == {"verdict", "rate", "dose", "findings", "library"}
     assert out["verdict"] == "confirm"
-    assert out["rate"] == {"value": 1575.0, "unit": "mL/h"}
+    assert out["rate"] == {"value": 393.75, "unit": "mL/h"}
     assert out["dose"] == {"value": 1.5, "unit": "ug/kg/min"}
     assert [f["rule"] for f in out["findings"]] == ["SOFT_MAX", "VITALS_STALE"]
     soft = out["findings"][0]
@@ -55,3 +55,16 @@ def test_quantity_text_is_compact() -> None:
     assert str(Quantity(Decimal(1) / Decimal(3), "mL/h")) == "0.333333 mL/h"
     v = Verdict(Outcome.ACCEPT, None, None, (), check(make()).library)
     assert v.to_dict()["rate"] is None
+
+
+def test_findings_at_least_selects_what_an_observed_change_must_report() -> None:
+    """A front-panel drop judged as a request by rate: findings_at_least(CONFIRM) returns the
+    confirm and reject findings (most severe first) and leaves advisories out."""
+    # 0.05 -> 0.005 ug/kg/min (5.25 mL/h at 4 ug/mL), no recent BP: SOFT_MIN + VITALS_STALE.
+    verdict = check(make(rate=5.25, vitals_=None))
+    assert {f.rule for f in verdict.findings} == {"SOFT_MIN", "VITALS_STALE"}
+    assert [f.rule for f in verdict.findings_at_least(Severity.CONFIRM)] == ["SOFT_MIN"]
+    assert [f.rule for f in verdict.findings_at_least(Severity.REJECT)] == []
+    assert len(verdict.findings_at_least(Severity.INFO)) == 2
+    hard = check(make(rate=999.99, conc=(64, "ug/mL")))  # 15.2 ug/kg/min: HARD_MAX
+    assert hard.findings_at_least(Severity.CONFIRM)[0].rule == "HARD_MAX"
