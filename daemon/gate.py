@@ -776,7 +776,7 @@ class Gate:
         elif cmd.action == "start":
             action = Action.START
             rate = channel.status.rate_ml_h if channel.status else Decimal(0)
-            requested = {"rate": {"value": str(rate), "unit": "mL/h"}}
+            requested = {"rate": {"value": rate, "unit": "mL/h"}}
             current = None  # starting is a new infusion: START_RANGE applies
         elif cmd.action == "program" and cmd.program is not None:
             p = cmd.program
@@ -830,9 +830,9 @@ class Gate:
         caps = channel.driver.capabilities
         patient: dict[str, Any] = {"chronic_hypertension": program.chronic_hypertension}
         if program.weight_kg is not None:
-            patient["weight_kg"] = str(program.weight_kg)
+            patient["weight_kg"] = program.weight_kg
         if program.baseline_sbp is not None:
-            patient["baseline_sbp"] = str(program.baseline_sbp)
+            patient["baseline_sbp"] = program.baseline_sbp
         others = []
         for other in self.channels.values():
             if other is channel or other.program.bed != program.bed or program.bed is None:
@@ -842,7 +842,7 @@ class Gate:
                 others.append(
                     {
                         "drug": other.program.drug,
-                        "dose": {"value": str(dose), "unit": other.program.dose_unit},
+                        "dose": {"value": dose, "unit": other.program.dose_unit},
                     }
                 )
         return {
@@ -852,27 +852,25 @@ class Gate:
             "infusion": {
                 "drug": program.drug,
                 "concentration": {
-                    "value": str(program.concentration),
+                    "value": program.concentration,
                     "unit": program.concentration_unit,
                 },
                 "diluent": program.diluent,
                 "route": program.route,
                 "line_shares": list(program.line_shares),
             },
-            "current": (
-                None if current is None else {"value": str(current), "unit": program.dose_unit}
-            ),
+            "current": (None if current is None else {"value": current, "unit": program.dose_unit}),
             "requested": requested,
             "history": [
-                {"at": format_ts(h.at), "dose": {"value": str(h.dose), "unit": program.dose_unit}}
+                {"at": format_ts(h.at), "dose": {"value": h.dose, "unit": program.dose_unit}}
                 for h in channel.history
             ],
             "vitals": self.vitals_for(program.bed),
             "other_infusions": others,
             "pump": {
-                "min_rate": str(caps.min_rate_ml_h),
-                "max_rate": str(caps.max_rate_ml_h),
-                "resolution": str(caps.resolution_ml_h),
+                "min_rate": caps.min_rate_ml_h,
+                "max_rate": caps.max_rate_ml_h,
+                "resolution": caps.resolution_ml_h,
             },
         }
 
@@ -886,7 +884,7 @@ class Gate:
             channel.program,
             self.now(),
             current,
-            {"rate": {"value": str(new), "unit": "mL/h"}},
+            {"rate": {"value": new, "unit": "mL/h"}},
         )
         verdict = evaluate(self.library, parse_request(request))
         data = verdict.to_dict()
