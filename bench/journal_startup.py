@@ -66,6 +66,22 @@ RUNS = 5
 _BATCH = 50_000
 
 
+#: the bench daemon's pumps (bench.harness.PUMP_PROGRAM) as a program_changed carries them
+_PROGRAM = {
+    "drug": "norepinephrine",
+    "concentration": {"value": 4.0, "unit": "ug/mL"},
+    "dose_unit": "ug/kg/min",
+    "diluent": "D5W",
+    "route": "central",
+    "profile": "adult-icu",
+    "weight_kg": 70.0,
+    "line_shares": [],
+    "bed": None,
+    "baseline_sbp": None,
+    "chronic_hypertension": False,
+}
+
+
 def _event_rows(count: int, end: datetime) -> Iterator[tuple[Any, ...]]:
     """``count`` chained EVENT rows (as ``Journal.record_event`` writes them) ending at ``end``."""
     prev = GENESIS_HASH
@@ -74,7 +90,13 @@ def _event_rows(count: int, end: datetime) -> Iterator[tuple[Any, ...]]:
     for n in range(1, count + 1):
         pump_id = f"pump-{(n - 1) % PUMPS + 1}"
         event_type = "program_changed" if n % 5000 < PUMPS else _MIX[(n // PUMPS) % len(_MIX)]
-        data = {"type": event_type, "pump_id": pump_id, "rate": {"value": n % 500, "unit": "mL/h"}}
+        data: dict[str, Any] = {
+            "type": event_type,
+            "pump_id": pump_id,
+            "rate": {"value": n % 500, "unit": "mL/h"},
+        }
+        if event_type == "program_changed":  # what the gate journals: the whole program
+            data["program"] = _PROGRAM
         ts = format_ts(start + step * n)
         payload = encode({"seq": n, "event": data}).decode()
         canonical = json.dumps(
