@@ -33,7 +33,7 @@ import hashlib
 import json
 import secrets
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -86,13 +86,33 @@ _NOT_IN_FINGERPRINT = frozenset({"confirm", "issued_at", "ttl_s", "signature", "
 
 
 class CommandPhase(enum.Enum):
-    """Where one command is in its life (the result phases of the contract)."""
+    """Where an accepted command is in its life (the result phases of the contract)."""
 
-    CHECKING = "checking"
     ACCEPTED = "accepted"
     APPLIED = "applied"
     FAILED = "failed"
     UNCERTAIN = "uncertain"
+
+
+#: the only ends of an accepted command
+_ENDS = frozenset({CommandPhase.APPLIED, CommandPhase.FAILED, CommandPhase.UNCERTAIN})
+
+
+@dataclass(frozen=True, slots=True)
+class CommandLife:
+    """One accepted command between ``accepted`` and its end, with the deadline it must end by
+    (loop time). It holds its pump: a command arriving meanwhile is answered ``busy``."""
+
+    command_id: str
+    deadline: float
+    phase: CommandPhase = CommandPhase.ACCEPTED
+
+    def end(self, phase: str) -> CommandLife:
+        """The command ended in ``phase`` (a result phase); anything but an end is a bug."""
+        ended = CommandPhase(phase)
+        if self.phase is not CommandPhase.ACCEPTED or ended not in _ENDS:
+            raise ValueError(f"command {self.command_id}: {self.phase.value} -> {phase}")
+        return replace(self, phase=ended)
 
 
 def fingerprint(command: dict[str, Any]) -> str:
@@ -154,7 +174,7 @@ class Gate:
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     _waiting: dict[str, int] = field(default_factory=dict)
     #: pump -> the command being written there (accepted, not yet settled)
-    _writing: dict[str, str] = field(default_factory=dict)
+    _writing: dict[str, CommandLife] = field(default_factory=dict)
     #: pumps whose command interrupted by a restart is not settled yet (answered busy)
     reconciling: set[str] = field(default_factory=set)
     _interrupted: list[InterruptedCommand] = field(default_factory=list)
@@ -207,7 +227,8 @@ class Gate:
         if writing is not None:
             return error_body(
                 ErrorCode.BUSY,
-                f"pump {pump_id} is executing command {writing!r}; retry when it has ended",
+                f"pump {pump_id} is executing command {writing.command_id!r}; retry when it "
+                "has ended",
             )
         channel = self.channels[pump_id]
         if channel.status is None or channel.connection is not ConnectionState.ONLINE:
@@ -288,7 +309,8 @@ class Gate:
         finally:
             if waiting:
                 self._waiting[pump_id] -= 1
-            if self._writing.get(pump_id) == cmd.id:
+            life = self._writing.get(pump_id)
+            if life is not None and life.command_id == cmd.id:
                 del self._writing[pump_id]
 
     async def _run(
@@ -344,7 +366,7 @@ class Gate:
             return None
         if claim.is_new and outright:
             # claim, verdict and accepted are durable together: the write may go ahead
-            self._writing[pump_id] = cmd.id
+            self._writing[pump_id] = self._life(cmd.id)
             await self.send_result(pump_id, answer, reply)
             accepted_sent.add(cmd.id)
             return _Execution(pump_id, cmd, fp, *outright, reply, before)
@@ -417,7 +439,7 @@ class Gate:
         await self.journal.set_command_outcome(
             cmd.id, self._stored(pump_id, fp, answer, before), pump_id=pump_id
         )
-        self._writing[pump_id] = cmd.id
+        self._writing[pump_id] = self._life(cmd.id)
         await self.send_result(pump_id, answer, reply)
         accepted_sent.add(cmd.id)
         return _Execution(pump_id, cmd, fp, plan, verdict, reply, before)
@@ -449,6 +471,11 @@ class Gate:
             message,
         )
         return True
+
+    @staticmethod
+    def _life(command_id: str) -> CommandLife:
+        loop = asyncio.get_running_loop()
+        return CommandLife(command_id, loop.time() + COMMAND_DEADLINE_S)
 
     @staticmethod
     def _stored(
@@ -489,6 +516,7 @@ class Gate:
                 channel.set_program(plan.program)
                 events.append(program_changed(cmd.id, plan.program))
             answer = self._answer_for(channel, cmd.id, result)
+            self._writing[pump_id] = self._writing[pump_id].end(answer["phase"])
             log.info("command_result", pump=pump_id, id=cmd.id, phase=answer["phase"])
             try:
                 await self.journal.settle_command(
@@ -521,7 +549,7 @@ class Gate:
         """The driver's write, bounded in time; whatever it raises becomes ``uncertain`` (the
         write may have reached the device) unless the driver said nothing was sent."""
         try:
-            async with asyncio.timeout(COMMAND_DEADLINE_S):
+            async with asyncio.timeout_at(self._writing[channel.pump_id].deadline):
                 return await channel.execute(action, command_id, rate, events=events)
         except TimeoutError:
             detail = f"no verified answer within {COMMAND_DEADLINE_S:g} s"
