@@ -109,8 +109,8 @@ class CommandLife:
 
     def end(self, phase: str) -> CommandLife:
         """The command ended in ``phase`` (a result phase); anything but an end is a bug."""
-        ended = CommandPhase(phase)
-        if self.phase is not CommandPhase.ACCEPTED or ended not in _ENDS:
+        ended = next((p for p in _ENDS if p.value == phase), None)
+        if self.phase is not CommandPhase.ACCEPTED or ended is None:
             raise ValueError(f"command {self.command_id}: {self.phase.value} -> {phase}")
         return replace(self, phase=ended)
 
