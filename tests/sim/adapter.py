@@ -36,13 +36,22 @@ from typing import Any, Self
 from unittest import mock
 
 import daemon.channel
+import daemon.gate
 import daemon.gateway
 import daemon.journal
 from daemon.channel import Program
 from daemon.config import Config
 from daemon.gateway import Gateway, dose_at
-from daemon.journal import AsyncJournal, Journal, JournalError, JournalKind, _Job
+from daemon.journal import (
+    DEFAULT_RETENTION_DAYS,
+    AsyncJournal,
+    Journal,
+    JournalError,
+    JournalKind,
+    _Job,
+)
 from daemon.mqtt_bridge import IncomingCommand
+from daemon.refusals import RefusalDesk
 from daemon.topics import Topics
 from drivers.base import Driver
 from protocol.library import Library
@@ -160,8 +169,15 @@ class _InlineJournal(AsyncJournal):
     faults: JournalFaults = JournalFaults()
 
     @classmethod
-    async def open(cls, data_dir: Path, *, gateway_id: str, max_batch: int = 256) -> Self:
-        journal = Journal.open(data_dir, gateway_id=gateway_id)
+    async def open(
+        cls,
+        data_dir: Path,
+        *,
+        gateway_id: str,
+        max_batch: int = 256,
+        retention_days: int = DEFAULT_RETENTION_DAYS,
+    ) -> Self:
+        journal = Journal.open(data_dir, gateway_id=gateway_id, retention_days=retention_days)
         journal._conn = _FaultyConnection(journal._conn, cls.faults)  # type: ignore[assignment]
         self = cls(journal, asyncio.get_running_loop(), max_batch)
         self._seq = journal.current_seq()
@@ -219,6 +235,9 @@ def simulated_process(
         mock.patch.object(daemon.gateway, "time", virtual_time),
         mock.patch.object(daemon.gateway, "AsyncJournal", journal_class),
         mock.patch.object(daemon.journal, "utc_now", clock),
+        mock.patch.object(
+            daemon.gate, "RefusalDesk", functools.partial(RefusalDesk, clock=monotonic, now=clock)
+        ),
         mock.patch.object(daemon.gateway, "gc", _NoGc),
         mock.patch.object(daemon.gateway, "load_checked_library", _shipped_library_for),
     ):

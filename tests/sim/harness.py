@@ -336,7 +336,12 @@ class _Run:
 
     def __post_init__(self) -> None:
         self.config = sim_config(self.data_dir)
-        self.monitor = Monitor(shipped_library(), initial_bags(), self.data_dir)
+        self.monitor = Monitor(
+            shipped_library(),
+            initial_bags(),
+            self.data_dir,
+            journal_failures=lambda: len(self.faults.failed),
+        )
         for pid, setup in PUMPS.items():
             self.pumps[pid] = SimPump(
                 pid,
@@ -578,6 +583,13 @@ class _Run:
             await self._crash()
 
 
+def _answer(data: dict[str, Any]) -> str:
+    error = data.get("error")
+    code = error.get("code") if isinstance(error, dict) else None
+    phase = str(data.get("phase"))
+    return phase if code is None else f"{phase}:{code}"
+
+
 def _seconds(value: float) -> timedelta:
     return timedelta(seconds=value)
 
@@ -600,13 +612,19 @@ class Failure:
 
 
 def run_schedule(
-    steps: Sequence[Step], *, seed: int = 0, trace: list[str] | None = None
+    steps: Sequence[Step],
+    *,
+    seed: int = 0,
+    trace: list[str] | None = None,
+    answers: dict[str, list[str]] | None = None,
 ) -> Violation | None:
     """Run one schedule on a fresh data dir; the first broken invariant, or None.
 
     ``trace`` (if given) receives what the gateway did, in order: every result it emitted
     (virtual time, pump, data without the random confirm token), every write that reached a
-    pump, every event it published: two runs of one schedule give the same trace."""
+    pump, every event it published: two runs of one schedule give the same trace.
+    ``answers`` (if given) receives, per command id, its results in order: the phase, with the
+    error code after a colon when there is one (``"accepted"``, ``"rejected:busy"``)."""
     loop = VirtualTimeLoop()
     try:
         with tempfile.TemporaryDirectory(prefix="infusiond-sim-", dir=SCRATCH) as tmp:
@@ -623,6 +641,11 @@ def run_schedule(
             finally:
                 if trace is not None:
                     trace.extend(run.trace())
+                if answers is not None:
+                    for result in run.broker.results:
+                        cid = result.data.get("id")
+                        if isinstance(cid, str):
+                            answers.setdefault(cid, []).append(_answer(result.data))
     finally:
         loop.close()
 
