@@ -11,7 +11,8 @@ gateway's public outputs (results, events, the journal file).
   refresh, supervisor backoff: real elapsed time would make runs differ), the journal's writer
   thread (jobs run inline on the loop thread, through
   the real ``AsyncJournal._execute``, so batching, savepoints and error mapping are the real
-  ones), the journal's own clock, and the gateway's ``gc.freeze`` (a once-per-process
+  ones), the journal's own clock, the refusal desk's windows (its ``clock``/``now`` seams get
+  the virtual clocks), and the gateway's ``gc.freeze`` (a once-per-process
   optimisation that would keep every simulated gateway alive forever); the shipped library
   is loaded once per process instead of at every start.
 - :class:`JournalFaults`: write faults at exact statements of the journal's transactions.
@@ -67,6 +68,7 @@ __all__ = [
     "dose_at",
     "journal_events",
     "journal_head",
+    "journal_refusal_summaries",
     "journal_verify",
     "make_program",
     "shipped_library",
@@ -297,6 +299,20 @@ def journal_events(data_dir: Path) -> list[JournaledEvent]:
         return [
             JournaledEvent(row.n, row.pump_id, row.payload.get("event", {}))
             for row in journal.rows(kinds=[JournalKind.EVENT])
+        ]
+    finally:
+        journal.close()
+
+
+def journal_refusal_summaries(data_dir: Path) -> list[dict[str, Any]]:
+    """The refusal desk's summary rows (refusals answered or dropped beyond the window's
+    journal budget, counted per error code), in order."""
+    journal = Journal.open_readonly(daemon.journal.journal_path(data_dir))
+    try:
+        return [
+            row.payload["refusals"]
+            for row in journal.rows(kinds=[JournalKind.COMMAND])
+            if "refusals" in row.payload
         ]
     finally:
         journal.close()

@@ -617,6 +617,7 @@ def run_schedule(
     seed: int = 0,
     trace: list[str] | None = None,
     answers: dict[str, list[str]] | None = None,
+    on_finish: Callable[[Path], None] | None = None,
 ) -> Violation | None:
     """Run one schedule on a fresh data dir; the first broken invariant, or None.
 
@@ -624,7 +625,9 @@ def run_schedule(
     (virtual time, pump, data without the random confirm token), every write that reached a
     pump, every event it published: two runs of one schedule give the same trace.
     ``answers`` (if given) receives, per command id, its results in order: the phase, with the
-    error code after a colon when there is one (``"accepted"``, ``"rejected:busy"``)."""
+    error code after a colon when there is one (``"accepted"``, ``"rejected:busy"``).
+    ``on_finish`` (if given) is called with the data dir once the gateway is gone, before the
+    dir is removed (to read the journal)."""
     loop = VirtualTimeLoop()
     try:
         with tempfile.TemporaryDirectory(prefix="infusiond-sim-", dir=SCRATCH) as tmp:
@@ -641,6 +644,8 @@ def run_schedule(
             finally:
                 if trace is not None:
                     trace.extend(run.trace())
+                if on_finish is not None:
+                    on_finish(run.data_dir)
                 if answers is not None:
                     for result in run.broker.results:
                         cid = result.data.get("id")

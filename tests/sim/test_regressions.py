@@ -301,3 +301,56 @@ def test_a_journal_fault_while_reconciling_after_a_crash_does_not_stop_the_gatew
         ],
         answers={"f6-stop": ["accepted", "uncertain:journal_unavailable", "uncertain:interrupted"]},
     )
+
+
+# -- found by the campaign against the rebuilt core -------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=Violation,
+    reason="I4 (seeds 618, 650, 1145, 1507...): Gateway._recover_pump takes the pump's last known"
+    " rate from the newest rate_changed/connection_changed only (latest_events); when the newest"
+    " connection_changed is 'offline' (it carries no rate) and no rate_changed was ever"
+    " journaled, rate_before_restart stays None and the first poll after the restart is taken"
+    " as the baseline: a rate set at the pump while it was unreachable is never journaled nor"
+    " judged",
+)
+def test_a_rate_set_while_the_pump_was_unreachable_is_journaled_after_a_restart() -> None:
+    """pump-1 stops answering (offline), 3,500 mL/h of norepinephrine is set at its panel, the
+    daemon restarts and the pump answers again: rate_changed 52.5 -> 3,500 mL/h and
+    out_of_library_observed are journaled."""
+    holds(
+        [
+            Fault("pump-1", LinkFault.SILENT),
+            Wait(2.5),
+            Panel("pump-1", Decimal(3500)),
+            Restart(),
+            Heal("pump-1"),
+            Wait(3),
+        ],
+        known="I4",
+    )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=Violation,
+    reason="I3 (seed 1332): a command's final outcome is journaled (settle_command) and then"
+    " published by send_result, outside the durable outbox; a crash between the two leaves the"
+    " outcome journaled but never published, and after the restart reconcile_interrupted only"
+    " looks at commands still 'accepted': the client saw accepted and nothing after",
+)
+def test_a_final_answer_journaled_just_before_a_crash_is_still_published_after_it() -> None:
+    """pump-1's set_dose ends uncertain (its driver raises after the write) at the very moment
+    the process dies at pump-2's write: after the restart the client still gets the end."""
+    holds(
+        [
+            Fault("pump-1", LinkFault.RAISE_AFTER_WRITE),
+            CrashAt("pump-2", CrashPoint.AFTER_WRITE),
+            Send("pump-1", "set_dose", "g2-dose", value=0.045),
+            Send("pump-2", "stop", "g2-stop"),
+            Wait(0.3),
+        ],
+        known="I3",
+    )
