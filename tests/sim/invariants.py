@@ -7,7 +7,9 @@ I2  ``applied`` only after a write that reached the device and a matching read-b
     dose it reports is the dose of the bag really hung at the rate read back.
 I3  every accepted command ends (applied | failed | uncertain, after a restart by
     reconciliation) within its ttl plus a grace period; no command is written to a device
-    twice, and nothing is written that no command asked for.
+    twice, and nothing is written that no command asked for; a command is written only to
+    the pump it was accepted on, and one id is accepted on one pump only (a reused id on the
+    other pump never runs; an id refused ``busy`` was never taken, so it may run elsewhere).
 I4  every rate change made at the device that the gateway saw is journaled as a
     ``rate_changed`` event, plus ``out_of_library_observed`` when the new rate is outside the
     library's hard limits or the pump's range (across journal faults and restarts). "Saw" is
@@ -90,6 +92,8 @@ class Monitor:
     journal_failures: Callable[[], int] = lambda: 0
     sent: dict[str, Sent] = field(default_factory=dict)
     accepted: dict[str, float] = field(default_factory=dict)
+    #: the pump each command was accepted on (an id refused busy is free for another pump)
+    accepted_on: dict[str, str] = field(default_factory=dict)
     ended: dict[str, str] = field(default_factory=dict)
     panel: list[PanelChange] = field(default_factory=list)
     #: per pump: the panel change its rate comes from, the last rate the gateway read
@@ -177,12 +181,17 @@ class Monitor:
             )
         if write.op == "set_rate":
             self._replaced(pump.pump_id)
+        where = self.accepted_on.get(cid)
+        if where != pump.pump_id:  # an id clash ran, or a write nobody was told of
+            raise Violation(
+                "I3", f"command {cid} was written to {pump.pump_id} but accepted on {where}"
+            )
+        sent = self.sent.get(cid)
         earlier = self.writes_by_command.setdefault(cid, [])
         earlier.append(write)
         if len(earlier) > 1:
             ops = ", ".join(w.op for w in earlier)
             raise Violation("I3", f"command {cid} was written to {pump.pump_id} twice ({ops})")
-        sent = self.sent.get(cid)
         program = sent.program if sent is not None and sent.program else self.bag[pump.pump_id]
         if write.op == "set_rate" and write.value is not None:
             why = self.outside_library(program, write.value)
@@ -206,6 +215,11 @@ class Monitor:
             return
         if phase == "accepted":
             self.accepted.setdefault(cid, result.at)
+            first = self.accepted_on.setdefault(cid, result.pump_id)
+            if first != result.pump_id:
+                raise Violation(
+                    "I3", f"command {cid} was accepted on {first} and again on {result.pump_id}"
+                )
         elif phase in FINAL_PHASES:
             self.ended[cid] = str(phase)
             if phase == "applied":

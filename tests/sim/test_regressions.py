@@ -16,7 +16,7 @@ import pytest
 
 from drivers.base import RunState
 from tests.sim.adapter import shipped_library
-from tests.sim.fakes import CrashPoint, LinkFault, SimPump, Write
+from tests.sim.fakes import CrashPoint, Emitted, LinkFault, SimPump, Write
 from tests.sim.harness import (
     Broker,
     Confirm,
@@ -197,8 +197,23 @@ def test_the_harness_catches_a_gateway_that_writes_an_out_of_library_rate() -> N
     monitor = Monitor(shipped_library(), initial_bags(), Path("/nonexistent"))
     monitor.on_send("rogue", Sent("pump-1", {"action": "set_rate"}, 0.0, None))
     pump = SimPump("pump-1", RunState.INFUSING, Decimal("52.5"))
+    monitor.on_result(Emitted(0.0, "pump-1", {"id": "rogue", "phase": "accepted"}), {})
     monitor.on_write(pump, Write(0.0, "set_rate", Decimal(3500), Decimal(3500), "rogue"))
     with pytest.raises(Violation, match=r"^I1: command rogue wrote pump-1: 3500 mL/h"):
+        monitor.raise_first()
+
+
+def test_the_harness_catches_a_reused_id_that_runs_on_the_other_pump() -> None:
+    """Sanity of I3: an id accepted on pump-1 and then written to pump-2 (an id clash that
+    ran) is a violation, even though it is that id's first write."""
+
+    monitor = Monitor(shipped_library(), initial_bags(), Path("/nonexistent"))
+    monitor.on_send("clash", Sent("pump-1", {"action": "set_rate"}, 0.0, None))
+    pumps = {p: SimPump(p, RunState.INFUSING, Decimal("9.0")) for p in ("pump-1", "pump-2")}
+    monitor.on_result(Emitted(0.0, "pump-1", {"id": "clash", "phase": "accepted"}), pumps)
+    write = Write(0.0, "set_rate", Decimal(6), Decimal(6), "clash")
+    monitor.on_write(pumps["pump-2"], write)
+    with pytest.raises(Violation, match=r"^I3: command clash was written to pump-2 but accepted"):
         monitor.raise_first()
 
 
