@@ -293,8 +293,11 @@ def journal_head(data_dir: Path) -> int:
 
 
 def journal_events(data_dir: Path) -> list[JournaledEvent]:
-    """Every ``pump.event`` the journal holds, in order."""
-    journal = Journal.open_readonly(daemon.journal.journal_path(data_dir))
+    """Every ``pump.event`` the journal holds, in order (none before the journal exists)."""
+    path = daemon.journal.journal_path(data_dir)
+    if not path.exists():
+        return []
+    journal = Journal.open_readonly(path)
     try:
         return [
             JournaledEvent(row.n, row.pump_id, row.payload.get("event", {}))

@@ -474,7 +474,7 @@ class _Run:
             "by": {"clinician": "nurse-1"},
             "action": step.action,
         }
-        bag = self.monitor.bag[step.pump]
+        bag = self.monitor.current_bag(step.pump)
         program: Program | None = None
         if step.action == "set_dose":
             body["dose"] = {"value": step.value, "unit": bag.dose_unit}

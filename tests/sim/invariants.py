@@ -99,6 +99,8 @@ class Monitor:
     #: per pump: the panel change its rate comes from, the last rate the gateway read
     current_panel: dict[str, int] = field(default_factory=dict)
     last_read: dict[str, Decimal] = field(default_factory=dict)
+    #: the journal row of the last program_changed event taken into the bag
+    programs_read: int = 0
     last_restart: float = 0.0
     writes_by_command: dict[str, list[Write]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -124,6 +126,29 @@ class Monitor:
             )
         return None
 
+    def current_bag(self, pump_id: str) -> Program:
+        """The bag hung on the pump: the last program the clinician was told took effect, by
+        its ``applied`` answer or, for one answered ``uncertain``, by the ``program_changed``
+        event the gateway journals when a later read shows that the write did happen (the
+        contract's "uncertain: reconciled and reported by event"). Such an event must name a
+        program command of ours whose write reached this pump."""
+        events = journal_events(self.data_dir) if self.accepted else []
+        for event in events:
+            if event.n <= self.programs_read or event.event.get("type") != "program_changed":
+                continue
+            self.programs_read = event.n
+            cid = event.event.get("command_id")
+            sent = self.sent.get(cid) if isinstance(cid, str) else None
+            if sent is None or sent.program is None or event.pump_id is None:
+                continue
+            if not self.writes_by_command.get(cid) or self.accepted_on.get(cid) != event.pump_id:
+                raise Violation(
+                    "I2",
+                    f"{event.pump_id}: program_changed for command {cid}, which never reached it",
+                )
+            self.bag[event.pump_id] = sent.program
+        return self.bag[pump_id]
+
     # -- hooks -------------------------------------------------------------------------------
 
     def on_send(self, sent_id: str, sent: Sent) -> None:
@@ -131,7 +156,7 @@ class Monitor:
 
     def on_panel(self, pump: SimPump, rate: Decimal, at: float) -> int:
         self._replaced(pump.pump_id)
-        why = self.outside_library(self.bag[pump.pump_id], rate)
+        why = self.outside_library(self.current_bag(pump.pump_id), rate)
         self.panel.append(
             PanelChange(pump.pump_id, rate, at, journal_head(self.data_dir), why is not None)
         )
@@ -192,7 +217,9 @@ class Monitor:
         if len(earlier) > 1:
             ops = ", ".join(w.op for w in earlier)
             raise Violation("I3", f"command {cid} was written to {pump.pump_id} twice ({ops})")
-        program = sent.program if sent is not None and sent.program else self.bag[pump.pump_id]
+        program = (
+            sent.program if sent is not None and sent.program else self.current_bag(pump.pump_id)
+        )
         if write.op == "set_rate" and write.value is not None:
             why = self.outside_library(program, write.value)
             if why is not None:
@@ -245,7 +272,7 @@ class Monitor:
                 "I2",
                 f"command {cid} {how} with read-back {read} mL/h but it wrote {write.value} mL/h",
             )
-        program = sent.program if sent.program is not None else self.bag[pump.pump_id]
+        program = sent.program if sent.program is not None else self.current_bag(pump.pump_id)
         truth = dose_at(program, read)
         dose = readback.get("dose") or {}
         reported = dose.get("value")

@@ -1,9 +1,10 @@
 """Targeted fault schedules: one per safety bug a hostile tester found, plus controls.
 
-Each regression schedule is the shortest story of its bug. Until the core fixes land they break
-the named invariant (the test is an expected failure, strict: it fails if it breaks another
-invariant, and it must be un-marked once the fix makes it pass). The controls exercise the same
-faults in ways the gateway already handles, so that the harness is known not to cry wolf.
+Each regression schedule is the shortest story of its bug. While the bug is open the test is an
+expected failure (strict, ``raises=Violation``, and ``known`` names the invariant: breaking
+another one is a plain failure); once fixed it is un-marked and pins the answers that show the
+fix (so it cannot pass because its commands never ran). The controls exercise the same faults
+in ways the gateway already handles, so that the harness is known not to cry wolf.
 """
 
 from __future__ import annotations
@@ -135,7 +136,7 @@ def test_a_front_panel_change_during_a_journal_fault_is_journaled_and_judged_onc
     )
 
 
-# -- controls: the same kinds of faults, handled today ----------------------------------------
+# -- controls: the same kinds of faults, handled ----------------------------------------------
 
 
 def test_titration_outage_restarts_and_a_silent_pump_keep_every_invariant() -> None:
@@ -314,6 +315,8 @@ def test_a_journal_fault_while_reconciling_after_a_crash_does_not_stop_the_gatew
             JournalFault("commit", skip=0, count=4, message="disk I/O error"),
             Wait(2.5),
         ],
+        # the first commit the journal takes again is the reconciliation's, before any poll of
+        # the pump was journaled: it cannot tell what the pump shows, so uncertain (never applied)
         answers={"f6-stop": ["accepted", "uncertain:journal_unavailable", "uncertain:interrupted"]},
     )
 
@@ -351,7 +354,7 @@ def test_a_rate_set_while_the_pump_was_unreachable_is_journaled_after_a_restart(
 @pytest.mark.xfail(
     strict=True,
     raises=Violation,
-    reason="I3 (seed 1332): a command's final outcome is journaled (settle_command) and then"
+    reason="I3 (seeds 1332, 6818): a command's final outcome is journaled (settle_command) and then"
     " published by send_result, outside the durable outbox; a crash between the two leaves the"
     " outcome journaled but never published, and after the restart reconcile_interrupted only"
     " looks at commands still 'accepted': the client saw accepted and nothing after",
@@ -368,4 +371,30 @@ def test_a_final_answer_journaled_just_before_a_crash_is_still_published_after_i
             Wait(0.3),
         ],
         known="I3",
+    )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=Violation,
+    reason="I4 (seed 6484): Gate._execute drops everything an uncertain write read back"
+    " (channel.restore + events.clear) expecting the next poll to re-derive it, but a command"
+    " arriving before that poll is planned and written from the stale status: its applied"
+    " rate_changed starts from the old rate, the device change seen in the read-back is never"
+    " journaled nor judged, and the new command was checked against a rate the pump did not run",
+)
+def test_a_panel_rate_seen_in_an_uncertain_read_back_is_journaled_before_the_next_command() -> None:
+    """pump-1 in occlusion alarm; 3,500 mL/h set at its panel; a stop reads back 'alarm' (not
+    stopped: uncertain) with 3,500 mL/h; a set_dose follows before the next poll: the
+    3,500 mL/h change is journaled as rate_changed and judged out of library."""
+    holds(
+        [
+            DeviceEvent("pump-1", "occlusion"),
+            Wait(2.5),
+            Panel("pump-1", Decimal(3500)),
+            Send("pump-1", "stop", "g3-stop"),
+            Wait(0.3),
+            Send("pump-1", "set_dose", "g3-dose", value=0.04),
+        ],
+        known="I4",
     )
