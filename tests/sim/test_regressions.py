@@ -398,3 +398,27 @@ def test_a_panel_rate_seen_in_an_uncertain_read_back_is_journaled_before_the_nex
         ],
         known="I4",
     )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=Violation,
+    reason="I2 (seeds 14687, 16292, 17825): Gate._settle reconciles a command interrupted by a"
+    " crash as applied when the device moved from the 'before' journaled at acceptance to the"
+    " commanded state; but nothing journaled says whether the write was sent, and the device"
+    " may have moved by itself meanwhile (here a power reset stops the pump and raises"
+    " device_reset): a stop that never reached the pump is reported applied",
+)
+def test_a_stop_interrupted_before_its_write_is_not_applied_because_the_pump_reset() -> None:
+    """A stop is accepted, the process dies before writing it, and the pump power-cycles
+    (stopped, device_reset alarm) meanwhile: after the restart the stop is not reported
+    applied (it is failed or uncertain: the pump stopped by itself)."""
+    holds(
+        [
+            CrashAt("pump-2", CrashPoint.BEFORE_WRITE),
+            Send("pump-2", "stop", "g4-stop"),
+            DeviceEvent("pump-2", "power_reset"),
+            Wait(1),
+        ],
+        known="I2",
+    )
