@@ -11,7 +11,8 @@ gateway's public outputs (results, events, the journal file).
   refresh, supervisor backoff: real elapsed time would make runs differ), the journal's writer
   thread (jobs run inline on the loop thread, through
   the real ``AsyncJournal._execute``, so batching, savepoints and error mapping are the real
-  ones), the journal's own clock, and the gateway's ``gc.freeze`` (a once-per-process
+  ones), the journal's own clock, the refusal desk's windows (its ``clock``/``now`` seams get
+  the virtual clocks), and the gateway's ``gc.freeze`` (a once-per-process
   optimisation that would keep every simulated gateway alive forever); the shipped library
   is loaded once per process instead of at every start.
 - :class:`JournalFaults`: write faults at exact statements of the journal's transactions.
@@ -36,13 +37,22 @@ from typing import Any, Self
 from unittest import mock
 
 import daemon.channel
+import daemon.gate
 import daemon.gateway
 import daemon.journal
 from daemon.channel import Program
 from daemon.config import Config
 from daemon.gateway import Gateway, dose_at
-from daemon.journal import AsyncJournal, Journal, JournalError, JournalKind, _Job
+from daemon.journal import (
+    DEFAULT_RETENTION_DAYS,
+    AsyncJournal,
+    Journal,
+    JournalError,
+    JournalKind,
+    _Job,
+)
 from daemon.mqtt_bridge import IncomingCommand
+from daemon.refusals import RefusalDesk
 from daemon.topics import Topics
 from drivers.base import Driver
 from protocol.library import Library
@@ -58,6 +68,7 @@ __all__ = [
     "dose_at",
     "journal_events",
     "journal_head",
+    "journal_refusal_summaries",
     "journal_verify",
     "make_program",
     "shipped_library",
@@ -160,8 +171,15 @@ class _InlineJournal(AsyncJournal):
     faults: JournalFaults = JournalFaults()
 
     @classmethod
-    async def open(cls, data_dir: Path, *, gateway_id: str, max_batch: int = 256) -> Self:
-        journal = Journal.open(data_dir, gateway_id=gateway_id)
+    async def open(
+        cls,
+        data_dir: Path,
+        *,
+        gateway_id: str,
+        max_batch: int = 256,
+        retention_days: int = DEFAULT_RETENTION_DAYS,
+    ) -> Self:
+        journal = Journal.open(data_dir, gateway_id=gateway_id, retention_days=retention_days)
         journal._conn = _FaultyConnection(journal._conn, cls.faults)  # type: ignore[assignment]
         self = cls(journal, asyncio.get_running_loop(), max_batch)
         self._seq = journal.current_seq()
@@ -219,6 +237,9 @@ def simulated_process(
         mock.patch.object(daemon.gateway, "time", virtual_time),
         mock.patch.object(daemon.gateway, "AsyncJournal", journal_class),
         mock.patch.object(daemon.journal, "utc_now", clock),
+        mock.patch.object(
+            daemon.gate, "RefusalDesk", functools.partial(RefusalDesk, clock=monotonic, now=clock)
+        ),
         mock.patch.object(daemon.gateway, "gc", _NoGc),
         mock.patch.object(daemon.gateway, "load_checked_library", _shipped_library_for),
     ):
@@ -272,12 +293,29 @@ def journal_head(data_dir: Path) -> int:
 
 
 def journal_events(data_dir: Path) -> list[JournaledEvent]:
-    """Every ``pump.event`` the journal holds, in order."""
-    journal = Journal.open_readonly(daemon.journal.journal_path(data_dir))
+    """Every ``pump.event`` the journal holds, in order (none before the journal exists)."""
+    path = daemon.journal.journal_path(data_dir)
+    if not path.exists():
+        return []
+    journal = Journal.open_readonly(path)
     try:
         return [
             JournaledEvent(row.n, row.pump_id, row.payload.get("event", {}))
             for row in journal.rows(kinds=[JournalKind.EVENT])
+        ]
+    finally:
+        journal.close()
+
+
+def journal_refusal_summaries(data_dir: Path) -> list[dict[str, Any]]:
+    """The refusal desk's summary rows (refusals answered or dropped beyond the window's
+    journal budget, counted per error code), in order."""
+    journal = Journal.open_readonly(daemon.journal.journal_path(data_dir))
+    try:
+        return [
+            row.payload["refusals"]
+            for row in journal.rows(kinds=[JournalKind.COMMAND])
+            if "refusals" in row.payload
         ]
     finally:
         journal.close()

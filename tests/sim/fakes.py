@@ -4,9 +4,11 @@ broker the bridge talks to.
 :class:`SimPump` is the device (what really runs: state, rate, alarms) plus the fault the link
 or the firmware currently shows; :class:`SimDriver` speaks the driver contract of
 ``drivers/base.py`` to it: every write is pre-read, write, read-back, and reported ``applied``
-(read-back matches), ``failed`` (refused, verified unchanged) or ``uncertain`` (no answer, or a
-read-back that does not match); a failing pre-read raises ``DriverError`` (nothing sent), as the
-real drivers do. Every write that reaches the device is logged with the command that caused it.
+(read-back matches), ``failed`` (refused, verified unchanged; or ``"not sent: ..."`` when the
+pre-read fails) or ``uncertain`` (no answer, or a read-back that does not match); like the real
+drivers, it never raises for a device fault, except under ``LinkFault.RAISE_AFTER_WRITE`` (a
+driver bug the gate must still end as ``uncertain``). Every write that reaches the device is
+logged with the command that caused it.
 
 :class:`SimBroker` outlives gateway restarts (like a real broker with a persistent session):
 it holds commands until a bridge is connected and records every result, event and retained
@@ -203,7 +205,7 @@ class SimDriver(Driver):
                 await asyncio.sleep(TIMEOUT_S)
                 raise DeviceTimeout(f"{pump.pump_id}: no answer to the pre-read")
         except DriverError as exc:
-            raise DriverError(f"{op} not sent: {exc}") from None
+            return WriteResult(Outcome.FAILED, detail=f"not sent: {op}: {exc}")
         before = pump.status()
         if pump.fault is LinkFault.REFUSE or not self._allowed(op, rate):
             await asyncio.sleep(IO_S)

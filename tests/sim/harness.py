@@ -336,7 +336,12 @@ class _Run:
 
     def __post_init__(self) -> None:
         self.config = sim_config(self.data_dir)
-        self.monitor = Monitor(shipped_library(), initial_bags(), self.data_dir)
+        self.monitor = Monitor(
+            shipped_library(),
+            initial_bags(),
+            self.data_dir,
+            journal_failures=lambda: len(self.faults.failed),
+        )
         for pid, setup in PUMPS.items():
             self.pumps[pid] = SimPump(
                 pid,
@@ -469,7 +474,7 @@ class _Run:
             "by": {"clinician": "nurse-1"},
             "action": step.action,
         }
-        bag = self.monitor.bag[step.pump]
+        bag = self.monitor.current_bag(step.pump)
         program: Program | None = None
         if step.action == "set_dose":
             body["dose"] = {"value": step.value, "unit": bag.dose_unit}
@@ -578,6 +583,13 @@ class _Run:
             await self._crash()
 
 
+def _answer(data: dict[str, Any]) -> str:
+    error = data.get("error")
+    code = error.get("code") if isinstance(error, dict) else None
+    phase = str(data.get("phase"))
+    return phase if code is None else f"{phase}:{code}"
+
+
 def _seconds(value: float) -> timedelta:
     return timedelta(seconds=value)
 
@@ -600,13 +612,22 @@ class Failure:
 
 
 def run_schedule(
-    steps: Sequence[Step], *, seed: int = 0, trace: list[str] | None = None
+    steps: Sequence[Step],
+    *,
+    seed: int = 0,
+    trace: list[str] | None = None,
+    answers: dict[str, list[str]] | None = None,
+    on_finish: Callable[[Path], None] | None = None,
 ) -> Violation | None:
     """Run one schedule on a fresh data dir; the first broken invariant, or None.
 
     ``trace`` (if given) receives what the gateway did, in order: every result it emitted
     (virtual time, pump, data without the random confirm token), every write that reached a
-    pump, every event it published: two runs of one schedule give the same trace."""
+    pump, every event it published: two runs of one schedule give the same trace.
+    ``answers`` (if given) receives, per command id, its results in order: the phase, with the
+    error code after a colon when there is one (``"accepted"``, ``"rejected:busy"``).
+    ``on_finish`` (if given) is called with the data dir once the gateway is gone, before the
+    dir is removed (to read the journal)."""
     loop = VirtualTimeLoop()
     try:
         with tempfile.TemporaryDirectory(prefix="infusiond-sim-", dir=SCRATCH) as tmp:
@@ -623,6 +644,13 @@ def run_schedule(
             finally:
                 if trace is not None:
                     trace.extend(run.trace())
+                if on_finish is not None:
+                    on_finish(run.data_dir)
+                if answers is not None:
+                    for result in run.broker.results:
+                        cid = result.data.get("id")
+                        if isinstance(cid, str):
+                            answers.setdefault(cid, []).append(_answer(result.data))
     finally:
         loop.close()
 

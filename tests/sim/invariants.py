@@ -7,10 +7,17 @@ I2  ``applied`` only after a write that reached the device and a matching read-b
     dose it reports is the dose of the bag really hung at the rate read back.
 I3  every accepted command ends (applied | failed | uncertain, after a restart by
     reconciliation) within its ttl plus a grace period; no command is written to a device
-    twice, and nothing is written that no command asked for.
+    twice, and nothing is written that no command asked for; a command is written only to
+    the pump it was accepted on, and one id is accepted on one pump only (a reused id on the
+    other pump never runs; an id refused ``busy`` was never taken, so it may run elsewhere).
 I4  every rate change made at the device that the gateway saw is journaled as a
     ``rate_changed`` event, plus ``out_of_library_observed`` when the new rate is outside the
-    library's hard limits or the pump's range (across journal faults and restarts).
+    library's hard limits or the pump's range (across journal faults and restarts). "Saw" is
+    the gateway's view: a rate it reads equal to the last rate it read is no change (set at
+    the panel and back between two polls); and a change the journal refused when it was seen
+    (journal first, state second: the channel keeps the last journaled truth and re-derives
+    the change at the next poll) that the device replaced before that next poll can no longer
+    be journaled, so it is excused and noted, never silently.
 I5  the gateway does not exit, and none of its tasks dies unhandled, on a peer's fault.
 I6  ``journal verify`` passes.
 
@@ -19,11 +26,13 @@ A broken invariant raises :class:`Violation`; its message starts with the invari
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from drivers.base import PumpStatus
 from protocol.library import Library
 from tests.sim.adapter import Program, dose_at, journal_events, journal_head, journal_verify
 from tests.sim.fakes import CAPS, Emitted, SimPump, Write
@@ -60,6 +69,16 @@ class PanelChange:
     journal_head: int
     out_of_library: bool
     seen: bool = False
+    #: the gateway read this rate when it had last read the same one (no change in its view)
+    unchanged: bool = False
+    #: journal statements failed so far, when the gateway first read it / when it was replaced
+    failures_seen: int = 0
+    failures_replaced: int | None = None
+
+    @property
+    def lost_to_journal_fault(self) -> bool:
+        """Replaced at the device after the journal refused a write that followed its sight."""
+        return self.failures_replaced is not None and self.failures_replaced > self.failures_seen
 
 
 @dataclass
@@ -69,10 +88,19 @@ class Monitor:
     library: Library
     bag: dict[str, Program]
     data_dir: Path
+    #: how many journal statements the injected faults have failed so far
+    journal_failures: Callable[[], int] = lambda: 0
     sent: dict[str, Sent] = field(default_factory=dict)
     accepted: dict[str, float] = field(default_factory=dict)
+    #: the pump each command was accepted on (an id refused busy is free for another pump)
+    accepted_on: dict[str, str] = field(default_factory=dict)
     ended: dict[str, str] = field(default_factory=dict)
     panel: list[PanelChange] = field(default_factory=list)
+    #: per pump: the panel change its rate comes from, the last rate the gateway read
+    current_panel: dict[str, int] = field(default_factory=dict)
+    last_read: dict[str, Decimal] = field(default_factory=dict)
+    #: the journal row of the last program_changed event taken into the bag
+    programs_read: int = 0
     last_restart: float = 0.0
     writes_by_command: dict[str, list[Write]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -98,21 +126,59 @@ class Monitor:
             )
         return None
 
+    def current_bag(self, pump_id: str) -> Program:
+        """The bag hung on the pump: the last program the clinician was told took effect, by
+        its ``applied`` answer or, for one answered ``uncertain``, by the ``program_changed``
+        event the gateway journals when a later read shows that the write did happen (the
+        contract's "uncertain: reconciled and reported by event"). Such an event must name a
+        program command of ours whose write reached this pump."""
+        events = journal_events(self.data_dir) if self.accepted else []
+        for event in events:
+            if event.n <= self.programs_read or event.event.get("type") != "program_changed":
+                continue
+            self.programs_read = event.n
+            cid = event.event.get("command_id")
+            sent = self.sent.get(cid) if isinstance(cid, str) else None
+            if sent is None or sent.program is None or event.pump_id is None:
+                continue
+            if not self.writes_by_command.get(cid) or self.accepted_on.get(cid) != event.pump_id:
+                raise Violation(
+                    "I2",
+                    f"{event.pump_id}: program_changed for command {cid}, which never reached it",
+                )
+            self.bag[event.pump_id] = sent.program
+        return self.bag[pump_id]
+
     # -- hooks -------------------------------------------------------------------------------
 
     def on_send(self, sent_id: str, sent: Sent) -> None:
         self.sent.setdefault(sent_id, sent)
 
     def on_panel(self, pump: SimPump, rate: Decimal, at: float) -> int:
-        why = self.outside_library(self.bag[pump.pump_id], rate)
+        self._replaced(pump.pump_id)
+        why = self.outside_library(self.current_bag(pump.pump_id), rate)
         self.panel.append(
             PanelChange(pump.pump_id, rate, at, journal_head(self.data_dir), why is not None)
         )
+        self.current_panel[pump.pump_id] = len(self.panel) - 1
         return len(self.panel) - 1
 
-    def on_seen(self, pump: SimPump, _status: object) -> None:
-        if pump.panel_change is not None:
-            self.panel[pump.panel_change].seen = True
+    def on_seen(self, pump: SimPump, status: PumpStatus) -> None:
+        previous = self.last_read.get(pump.pump_id)
+        self.last_read[pump.pump_id] = status.rate_ml_h
+        if pump.panel_change is None:
+            return
+        change = self.panel[pump.panel_change]
+        if not change.seen:
+            change.seen = True
+            change.unchanged = previous == status.rate_ml_h
+            change.failures_seen = self.journal_failures()
+
+    def _replaced(self, pump_id: str) -> None:
+        """The pump's rate no longer comes from its last panel change."""
+        index = self.current_panel.pop(pump_id, None)
+        if index is not None:
+            self.panel[index].failures_replaced = self.journal_failures()
 
     def on_write(self, pump: SimPump, write: Write) -> None:
         """Called inside the gateway's driver call: a violation is kept, not raised there."""
@@ -138,13 +204,22 @@ class Monitor:
             raise Violation(
                 "I3", f"{pump.pump_id}: {write.op} written at t={write.at:.2f} by no command"
             )
+        if write.op == "set_rate":
+            self._replaced(pump.pump_id)
+        where = self.accepted_on.get(cid)
+        if where != pump.pump_id:  # an id clash ran, or a write nobody was told of
+            raise Violation(
+                "I3", f"command {cid} was written to {pump.pump_id} but accepted on {where}"
+            )
+        sent = self.sent.get(cid)
         earlier = self.writes_by_command.setdefault(cid, [])
         earlier.append(write)
         if len(earlier) > 1:
             ops = ", ".join(w.op for w in earlier)
             raise Violation("I3", f"command {cid} was written to {pump.pump_id} twice ({ops})")
-        sent = self.sent.get(cid)
-        program = sent.program if sent is not None and sent.program else self.bag[pump.pump_id]
+        program = (
+            sent.program if sent is not None and sent.program else self.current_bag(pump.pump_id)
+        )
         if write.op == "set_rate" and write.value is not None:
             why = self.outside_library(program, write.value)
             if why is not None:
@@ -167,6 +242,11 @@ class Monitor:
             return
         if phase == "accepted":
             self.accepted.setdefault(cid, result.at)
+            first = self.accepted_on.setdefault(cid, result.pump_id)
+            if first != result.pump_id:
+                raise Violation(
+                    "I3", f"command {cid} was accepted on {first} and again on {result.pump_id}"
+                )
         elif phase in FINAL_PHASES:
             self.ended[cid] = str(phase)
             if phase == "applied":
@@ -192,7 +272,7 @@ class Monitor:
                 "I2",
                 f"command {cid} {how} with read-back {read} mL/h but it wrote {write.value} mL/h",
             )
-        program = sent.program if sent.program is not None else self.bag[pump.pump_id]
+        program = sent.program if sent.program is not None else self.current_bag(pump.pump_id)
         truth = dose_at(program, read)
         dose = readback.get("dose") or {}
         reported = dose.get("value")
@@ -237,13 +317,16 @@ class Monitor:
             return
         events = journal_events(self.data_dir)
         for change in self.panel:
-            if not change.seen:
+            if not change.seen or change.unchanged:
                 continue
             later = [e for e in events if e.n > change.journal_head and e.pump_id == change.pump_id]
             changed = any(
                 e.event.get("type") == "rate_changed" and _rate(e.event.get("to")) == change.rate
                 for e in later
             )
+            if not changed and change.lost_to_journal_fault:
+                self.notes.append(f"{change} was replaced before the journal could take it")
+                continue
             if not changed:
                 raise Violation(
                     "I4",

@@ -16,16 +16,18 @@ from tests.sim.invariants import Violation
 SCHEDULES = 2000
 
 
+@pytest.mark.slow
 @pytest.mark.xfail(
     strict=True,
     raises=Violation,
-    reason="today's core breaks I1 (a start before the first poll after a restart is checked"
-    " as 0 mL/h; a dose at the hard max is rounded up past it), I2 (a restart forgets the"
-    " program; never-sent commands are reconciled applied), I3 (DriverError escapes command"
-    " tasks), I4 (device changes lost during journal faults; the 'withdrawing' alarm kills the"
-    " poll; a panel rate read back by a start is never judged), I5 (raw sqlite3 errors escape"
-    " journal jobs; a journal fault while reconciling stops the gateway): one xfail test per"
-    " cause in test_regressions.py",
+    reason="today's core still breaks I1 (seed 28: a dose at the hard max is rounded up past it,"
+    " protocol/), I4 (seeds 618, 650, 763, 1145, 1272, 1507, 1597, 1829: a restart after the"
+    " pump went offline loses its last known rate, so a change made meanwhile is never"
+    " journaled) and I3 (seed 1332: a final answer journaled just before a crash is never"
+    " published); seeds beyond 2,000 also find I4 seed 6484 (a device change seen in an"
+    " uncertain write's read-back is dropped) and I2 seed 16292 (a stop interrupted before its"
+    " write is reconciled applied because the pump stopped by itself): one xfail test per cause"
+    " in test_regressions.py",
 )
 def test_random_fault_schedules_keep_every_safety_invariant() -> None:
     """2,000 schedules of commands, restarts, crashes, device, broker and journal faults: no

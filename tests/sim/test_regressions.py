@@ -1,14 +1,15 @@
 """Targeted fault schedules: one per safety bug a hostile tester found, plus controls.
 
-Each regression schedule is the shortest story of its bug. Until the core fixes land they break
-the named invariant (the test is an expected failure, strict: it fails if it breaks another
-invariant, and it must be un-marked once the fix makes it pass). The controls exercise the same
-faults in ways the gateway already handles, so that the harness is known not to cry wolf.
+Each regression schedule is the shortest story of its bug. While the bug is open the test is an
+expected failure (strict, ``raises=Violation``, and ``known`` names the invariant: breaking
+another one is a plain failure); once fixed it is un-marked and pins the answers that show the
+fix (so it cannot pass because its commands never ran). The controls exercise the same faults
+in ways the gateway already handles, so that the harness is known not to cry wolf.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import pytest
 
 from drivers.base import RunState
 from tests.sim.adapter import shipped_library
-from tests.sim.fakes import CrashPoint, LinkFault, SimPump, Write
+from tests.sim.fakes import CrashPoint, Emitted, LinkFault, SimPump, Write
 from tests.sim.harness import (
     Broker,
     Confirm,
@@ -38,29 +39,33 @@ from tests.sim.harness import (
 from tests.sim.invariants import Monitor, Sent, Violation
 
 
-def holds(steps: Sequence[Step], *, known: str | None = None) -> None:
+def holds(
+    steps: Sequence[Step],
+    *,
+    known: str | None = None,
+    answers: Mapping[str, Sequence[str]] | None = None,
+) -> None:
     """Run the schedule; raise its Violation (with the schedule) if an invariant breaks.
 
     ``known``: the invariant this schedule is known to break before its fix; breaking any other
-    one is a plain test failure, never an expected one."""
-    violation = run_schedule(steps)
-    if violation is None:
-        return
-    report = Failure(0, tuple(steps), violation).describe()
-    if known is not None and violation.code != known:
-        pytest.fail(f"expected {known} to be the broken invariant, got:\n{report}")
-    raise Violation(violation.code, report)
+    one is a plain test failure, never an expected one. ``answers``: what the gateway must
+    have answered each of these command ids (the phases in order, an error code after a colon,
+    as :func:`run_schedule` reports them), so that a schedule passes for the right reason and
+    not because its commands never ran."""
+    got: dict[str, list[str]] = {}
+    violation = run_schedule(steps, answers=got)
+    if violation is not None:
+        report = Failure(0, tuple(steps), violation).describe()
+        if known is not None and violation.code != known:
+            pytest.fail(f"expected {known} to be the broken invariant, got:\n{report}")
+        raise Violation(violation.code, report)
+    for cid, expected in (answers or {}).items():
+        assert got.get(cid, []) == list(expected), f"{cid}: answered {got.get(cid)}"
 
 
 # -- (1) a restart forgets the program ---------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=Violation,
-    reason="I2: after a restart the gateway computes doses with the configured program (4 ug/mL)"
-    " instead of the 64 ug/mL bag programmed before it: 63 mL/h applied and reported as 0.06",
-)
 def test_a_restart_keeps_the_program_so_a_titration_after_it_is_dosed_for_the_bag_hung() -> None:
     """stop, program norepinephrine 64 ug/mL, start, restart the daemon, set_dose 0.06
     ug/kg/min: the pump must get the rate for 64 ug/mL, and the reported dose be the truth."""
@@ -77,21 +82,16 @@ def test_a_restart_keeps_the_program_so_a_titration_after_it_is_dosed_for_the_ba
             Send("pump-1", "set_dose", "b1-dose", value=0.06),
             Wait(3),
         ],
-        known="I2",
+        answers={"b1-dose": ["accepted", "applied"]},
     )
 
 
 # -- (2) commands that never end, or end as applied without having been sent ----------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=Violation,
-    reason="I3: a DriverError raised by the pre-read of a write escapes the command task; the"
-    " client saw accepted and never anything after",
-)
 def test_a_command_to_a_pump_that_does_not_answer_its_pre_read_still_ends() -> None:
-    """A write whose pre-read times out (nothing sent) ends failed/uncertain, not silence."""
+    """A write whose pre-read times out ends ``failed`` (the driver says nothing was sent),
+    not silence, and the pump is not written."""
     holds(
         [
             Fault("pump-1", LinkFault.PREREAD_FAILS),
@@ -100,38 +100,26 @@ def test_a_command_to_a_pump_that_does_not_answer_its_pre_read_still_ends() -> N
             Heal("pump-1"),
             Wait(5),
         ],
-        known="I3",
+        answers={"b2-dose": ["accepted", "failed:device_rejected"]},
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=Violation,
-    reason="I2: after a crash before the write, reconciliation reports applied because the pump"
-    " happens to run the commanded rate, though the command never reached it",
-)
 def test_a_command_interrupted_before_its_write_is_never_reconciled_as_applied() -> None:
     """The daemon dies before set_dose 0.05 reaches the pump (which already runs 52.5 mL/h =
-    0.05): after the restart the command must not be reported applied."""
+    0.05): after the restart the command is reconciled ``failed`` (interrupted), not applied."""
     holds(
         [
             CrashAt("pump-1", CrashPoint.BEFORE_WRITE),
             Send("pump-1", "set_dose", "b2-dose", value=0.05),
             Wait(5),
         ],
-        known="I2",
+        answers={"b2-dose": ["accepted", "failed:interrupted"]},
     )
 
 
 # -- (3) a device change during a journal fault is lost --------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=Violation,
-    reason="I4: a front-panel change seen while the journal cannot commit is absorbed into the"
-    " channel's state before its event is durable, so it is never journaled nor judged",
-)
 def test_a_front_panel_change_during_a_journal_fault_is_journaled_and_judged_once_it_recovers() -> (
     None
 ):
@@ -145,11 +133,10 @@ def test_a_front_panel_change_during_a_journal_fault_is_journaled_and_judged_onc
             JournalHeal(),
             Wait(5),
         ],
-        known="I4",
     )
 
 
-# -- controls: the same kinds of faults, handled today ----------------------------------------
+# -- controls: the same kinds of faults, handled ----------------------------------------------
 
 
 def test_titration_outage_restarts_and_a_silent_pump_keep_every_invariant() -> None:
@@ -211,20 +198,29 @@ def test_the_harness_catches_a_gateway_that_writes_an_out_of_library_rate() -> N
     monitor = Monitor(shipped_library(), initial_bags(), Path("/nonexistent"))
     monitor.on_send("rogue", Sent("pump-1", {"action": "set_rate"}, 0.0, None))
     pump = SimPump("pump-1", RunState.INFUSING, Decimal("52.5"))
+    monitor.on_result(Emitted(0.0, "pump-1", {"id": "rogue", "phase": "accepted"}), {})
     monitor.on_write(pump, Write(0.0, "set_rate", Decimal(3500), Decimal(3500), "rogue"))
     with pytest.raises(Violation, match=r"^I1: command rogue wrote pump-1: 3500 mL/h"):
+        monitor.raise_first()
+
+
+def test_the_harness_catches_a_reused_id_that_runs_on_the_other_pump() -> None:
+    """Sanity of I3: an id accepted on pump-1 and then written to pump-2 (an id clash that
+    ran) is a violation, even though it is that id's first write."""
+
+    monitor = Monitor(shipped_library(), initial_bags(), Path("/nonexistent"))
+    monitor.on_send("clash", Sent("pump-1", {"action": "set_rate"}, 0.0, None))
+    pumps = {p: SimPump(p, RunState.INFUSING, Decimal("9.0")) for p in ("pump-1", "pump-2")}
+    monitor.on_result(Emitted(0.0, "pump-1", {"id": "clash", "phase": "accepted"}), pumps)
+    write = Write(0.0, "set_rate", Decimal(6), Decimal(6), "clash")
+    monitor.on_write(pumps["pump-2"], write)
+    with pytest.raises(Violation, match=r"^I3: command clash was written to pump-2 but accepted"):
         monitor.raise_first()
 
 
 # -- found by the campaign (not among the three reported bugs) --------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=Violation,
-    reason="I4: AlarmCode.WITHDRAWING has no entry in daemon.pump_events.ALARM_PRIORITY: every"
-    " poll of a pump running in reverse dies with KeyError before its events are journaled",
-)
 def test_a_pump_running_in_reverse_still_has_its_rate_changes_journaled() -> None:
     """New Era 'W' (withdrawing) raises an alarm; a rate set at the panel meanwhile is still
     journaled as rate_changed."""
@@ -234,16 +230,9 @@ def test_a_pump_running_in_reverse_still_has_its_rate_changes_journaled() -> Non
             Panel("pump-1", Decimal("30.0")),
             Wait(3),
         ],
-        known="I4",
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=Violation,
-    reason="I4: a rate set at the panel just before a stop/pause/start is seen in that command's"
-    " read-back, journaled as the command's own rate_changed and never judged against the library",
-)
 def test_a_panel_rate_seen_in_a_stop_read_back_is_judged_not_credited_to_the_command() -> None:
     """3,500 mL/h of norepinephrine set at the panel as a stop arrives: the stop reads it back;
     the gateway must report it as out of library, not as the stop's own change."""
@@ -253,37 +242,27 @@ def test_a_panel_rate_seen_in_a_stop_read_back_is_judged_not_credited_to_the_com
             Send("pump-1", "stop", "f2-stop"),
             Wait(3),
         ],
-        known="I4",
+        answers={"f2-stop": ["accepted", "applied"]},
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=Violation,
-    reason="I5: an sqlite3 error inside a journal job reaches the caller raw (not JournalError):"
-    " the gate's refusal task dies and the expired command is never answered",
-)
 def test_a_refusal_is_answered_even_when_the_journal_cannot_write_it() -> None:
-    """An expired command while INSERTs fail with 'disk I/O error': it is still answered."""
+    """An expired command while INSERTs fail with 'disk I/O error': it is still answered
+    ``rejected`` (expired), and the gateway goes on."""
     holds(
         [
             JournalFault("write", skip=0, count=4, message="disk I/O error"),
             Send("pump-1", "pause", "f3-expired", age_s=45.0),
             Wait(1),
         ],
-        known="I5",
+        answers={"f3-expired": ["rejected:expired"]},
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=Violation,
-    reason="I1: after a restart, a start that arrives before the pump's first poll is checked"
-    " as 0 mL/h (accept) and starts the 3,500 mL/h set at the panel: 290x vasopressin's hard max",
-)
 def test_a_start_before_the_first_poll_after_a_restart_is_checked_against_the_real_rate() -> None:
     """Vasopressin stopped, 3,500 mL/h set at the panel and seen, the daemon restarts, a start
-    arrives at once: the pump must not be started at an out-of-library rate."""
+    arrives at once: it is answered ``busy`` (the pump has not been read yet) and nothing is
+    sent; the same start once the pump has been read is rejected by the library."""
     holds(
         [
             Send("pump-2", "stop", "f4-stop"),
@@ -293,8 +272,10 @@ def test_a_start_before_the_first_poll_after_a_restart_is_checked_against_the_re
             Restart(),
             Send("pump-2", "start", "f4-start"),
             Wait(2),
+            Send("pump-2", "start", "f4-start-again"),
+            Wait(2),
         ],
-        known="I1",
+        answers={"f4-start": ["rejected:busy"], "f4-start-again": ["rejected"]},
     )
 
 
@@ -322,12 +303,6 @@ def test_a_dose_at_the_hard_maximum_is_rounded_toward_safety_before_it_is_writte
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=Violation,
-    reason="I5: after a crash, a journal write error while reconciling an interrupted command"
-    " escapes the reconcile task and takes the whole gateway down",
-)
 def test_a_journal_fault_while_reconciling_after_a_crash_does_not_stop_the_gateway() -> None:
     """A stop whose outcome could not be committed stays 'accepted'; the daemon crashes and,
     restarted, cannot commit the reconciled outcome: it keeps running and retries."""
@@ -340,5 +315,110 @@ def test_a_journal_fault_while_reconciling_after_a_crash_does_not_stop_the_gatew
             JournalFault("commit", skip=0, count=4, message="disk I/O error"),
             Wait(2.5),
         ],
-        known="I5",
+        # the first commit the journal takes again is the reconciliation's, before any poll of
+        # the pump was journaled: it cannot tell what the pump shows, so uncertain (never applied)
+        answers={"f6-stop": ["accepted", "uncertain:journal_unavailable", "uncertain:interrupted"]},
+    )
+
+
+# -- found by the campaign against the rebuilt core -------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=Violation,
+    reason="I4 (seeds 618, 650, 1145, 1507...): Gateway._recover_pump takes the pump's last known"
+    " rate from the newest rate_changed/connection_changed only (latest_events); when the newest"
+    " connection_changed is 'offline' (it carries no rate) and no rate_changed was ever"
+    " journaled, rate_before_restart stays None and the first poll after the restart is taken"
+    " as the baseline: a rate set at the pump while it was unreachable is never journaled nor"
+    " judged",
+)
+def test_a_rate_set_while_the_pump_was_unreachable_is_journaled_after_a_restart() -> None:
+    """pump-1 stops answering (offline), 3,500 mL/h of norepinephrine is set at its panel, the
+    daemon restarts and the pump answers again: rate_changed 52.5 -> 3,500 mL/h and
+    out_of_library_observed are journaled."""
+    holds(
+        [
+            Fault("pump-1", LinkFault.SILENT),
+            Wait(2.5),
+            Panel("pump-1", Decimal(3500)),
+            Restart(),
+            Heal("pump-1"),
+            Wait(3),
+        ],
+        known="I4",
+    )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=Violation,
+    reason="I3 (seeds 1332, 6818): a command's final outcome is journaled (settle_command) and then"
+    " published by send_result, outside the durable outbox; a crash between the two leaves the"
+    " outcome journaled but never published, and after the restart reconcile_interrupted only"
+    " looks at commands still 'accepted': the client saw accepted and nothing after",
+)
+def test_a_final_answer_journaled_just_before_a_crash_is_still_published_after_it() -> None:
+    """pump-1's set_dose ends uncertain (its driver raises after the write) at the very moment
+    the process dies at pump-2's write: after the restart the client still gets the end."""
+    holds(
+        [
+            Fault("pump-1", LinkFault.RAISE_AFTER_WRITE),
+            CrashAt("pump-2", CrashPoint.AFTER_WRITE),
+            Send("pump-1", "set_dose", "g2-dose", value=0.045),
+            Send("pump-2", "stop", "g2-stop"),
+            Wait(0.3),
+        ],
+        known="I3",
+    )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=Violation,
+    reason="I4 (seed 6484): Gate._execute drops everything an uncertain write read back"
+    " (channel.restore + events.clear) expecting the next poll to re-derive it, but a command"
+    " arriving before that poll is planned and written from the stale status: its applied"
+    " rate_changed starts from the old rate, the device change seen in the read-back is never"
+    " journaled nor judged, and the new command was checked against a rate the pump did not run",
+)
+def test_a_panel_rate_seen_in_an_uncertain_read_back_is_journaled_before_the_next_command() -> None:
+    """pump-1 in occlusion alarm; 3,500 mL/h set at its panel; a stop reads back 'alarm' (not
+    stopped: uncertain) with 3,500 mL/h; a set_dose follows before the next poll: the
+    3,500 mL/h change is journaled as rate_changed and judged out of library."""
+    holds(
+        [
+            DeviceEvent("pump-1", "occlusion"),
+            Wait(2.5),
+            Panel("pump-1", Decimal(3500)),
+            Send("pump-1", "stop", "g3-stop"),
+            Wait(0.3),
+            Send("pump-1", "set_dose", "g3-dose", value=0.04),
+        ],
+        known="I4",
+    )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=Violation,
+    reason="I2 (seeds 14687, 16292, 17825): Gate._settle reconciles a command interrupted by a"
+    " crash as applied when the device moved from the 'before' journaled at acceptance to the"
+    " commanded state; but nothing journaled says whether the write was sent, and the device"
+    " may have moved by itself meanwhile (here a power reset stops the pump and raises"
+    " device_reset): a stop that never reached the pump is reported applied",
+)
+def test_a_stop_interrupted_before_its_write_is_not_applied_because_the_pump_reset() -> None:
+    """A stop is accepted, the process dies before writing it, and the pump power-cycles
+    (stopped, device_reset alarm) meanwhile: after the restart the stop is not reported
+    applied (it is failed or uncertain: the pump stopped by itself)."""
+    holds(
+        [
+            CrashAt("pump-2", CrashPoint.BEFORE_WRITE),
+            Send("pump-2", "stop", "g4-stop"),
+            DeviceEvent("pump-2", "power_reset"),
+            Wait(1),
+        ],
+        known="I2",
     )

@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import time
 from decimal import Decimal
+from pathlib import Path
+from typing import Any
 
 import pytest
 
+from tests.sim.adapter import journal_refusal_summaries
 from tests.sim.fakes import CrashPoint, LinkFault
 from tests.sim.harness import (
     CrashAt,
@@ -107,7 +110,8 @@ def test_one_seed_replays_the_same_run_twice() -> None:
         Wait(4),
         Heal("pump-2"),
         Restart(),
-        Send("pump-1", "stop", "d-4"),
+        Wait(2),  # a pump not read since the restart answers busy
+        Send("pump-1", "set_dose", "d-4", value=0.05),
         Wait(2),
     ]
     first: list[str] = []
@@ -116,3 +120,31 @@ def test_one_seed_replays_the_same_run_twice() -> None:
     assert str(outcomes[0]) == str(outcomes[1])
     assert sum(" write " in line for line in first) >= 3
     assert first == second
+
+
+def test_refusal_windows_run_on_virtual_time_so_a_flood_is_summarised_the_same_way_twice() -> None:
+    """Two floods of 25 expired commands 1.5 virtual seconds apart: every command is answered
+    ``rejected`` (expired); in each 1 s window the first 20 refusals are journaled one by one
+    and the other 5 become one summary row, closed when the window ends in virtual time; two
+    runs give the same answers and the same rows."""
+    flood = [
+        Send("pump-1", "pause", f"x{wave}-{n}", age_s=45.0) for wave in (1, 2) for n in range(25)
+    ]
+    schedule = [*flood[:25], Wait(1.5), *flood[25:], Wait(2)]
+    runs: list[tuple[dict[str, list[str]], list[dict[str, Any]]]] = []
+    for _ in range(2):
+        answers: dict[str, list[str]] = {}
+        summaries: list[dict[str, Any]] = []
+
+        def read(data_dir: Path, into: list[dict[str, Any]] = summaries) -> None:
+            into.extend(journal_refusal_summaries(data_dir))
+
+        assert run_schedule(schedule, answers=answers, on_finish=read) is None
+        runs.append((answers, summaries))
+    answers, summaries = runs[0]
+    assert answers == {step.cid: ["rejected:expired"] for step in flood}
+    assert [(s["code"], s["count"], s["unanswered"], s["from"], s["to"]) for s in summaries] == [
+        ("expired", 5, 0, "2026-03-01T08:00:02.000Z", "2026-03-01T08:00:03.000Z"),
+        ("expired", 5, 0, "2026-03-01T08:00:03.000Z", "2026-03-01T08:00:04.000Z"),
+    ]
+    assert runs[1] == runs[0]
