@@ -448,7 +448,10 @@ class Channel:
             async with self._transition():
                 before = self.connection
                 self.connection = ConnectionState.OFFLINE
-                await self._emit(connection_event(before, ConnectionState.OFFLINE, reason))
+                event = connection_event(before, ConnectionState.OFFLINE, reason)
+                if self.status is not None:  # the last rate known: a restart compares with it
+                    event["rate"] = rate_obj(self.status.rate_ml_h)
+                await self._emit(event)
                 await self._set_daemon_alarm(
                     OFFLINE_ALARM, active=True, message=f"no answer from the pump: {reason}"
                 )

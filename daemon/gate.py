@@ -76,10 +76,13 @@ log = structlog.get_logger("infusiond.gate")
 CONFIRM_TTL = timedelta(seconds=120)
 #: an accepted command ends within this long, whatever the driver does (then ``uncertain``)
 COMMAND_DEADLINE_S = 30.0
+#: after a restart, final results of commands received this recently are published again (a
+#: crash between journaling a result and publishing it must not leave a client at ``accepted``)
+RESULT_REPEAT_WINDOW = timedelta(minutes=5)
 #: commands waiting for their pump's check; more are answered ``busy`` at once (flood bound)
 MAX_WAITING = 8
 #: keys of a stored outcome that are ours, not the contract's ``first``
-_PRIVATE_OUTCOME_KEYS = ("fingerprint", "before")
+_PRIVATE_OUTCOME_KEYS = ("fingerprint", "before", "readback")
 #: command fields that do not make it another command (a retry; a confirmation, which another
 #: clinician may give)
 _NOT_IN_FINGERPRINT = frozenset({"confirm", "issued_at", "ttl_s", "signature", "schema", "by"})
@@ -178,6 +181,7 @@ class Gate:
     #: pumps whose command interrupted by a restart is not settled yet (answered busy)
     reconciling: set[str] = field(default_factory=set)
     _interrupted: list[InterruptedCommand] = field(default_factory=list)
+    _recent: list[InterruptedCommand] = field(default_factory=list)
 
     # -- admission (synchronous, so that busy is decided in arrival order) -------------------
 
@@ -278,7 +282,7 @@ class Gate:
         arriving meanwhile is answered ``busy`` at once), and an answer whatever goes wrong half
         way: before the write ``rejected`` (nothing was executed), after it ``uncertain`` (the
         poll reconciles). This task is the supervisor of one command: it catches everything."""
-        accepted_sent: set[str] = set()
+        held: list[CommandLife] = []  # the pump, once this command was accepted
         lock = self._locks.setdefault(pump_id, asyncio.Lock())
         waiting = True
         try:
@@ -289,32 +293,28 @@ class Gate:
                 if busy is not None:
                     self._answer(pump_id, rejected(cmd.id, error=busy), reply, busy["message"])
                     return
-                job = await self._run(pump_id, cmd, reply, accepted_sent)
+                job = await self._run(pump_id, cmd, reply, held)
             if job is not None:
                 await self._execute(job)
         except JournalError as exc:
             log.critical("journal_unavailable", pump=pump_id, id=cmd.id, error=str(exc))
             body = error_body(ErrorCode.JOURNAL_UNAVAILABLE, f"journal write failed: {exc}")
-            answer = (
-                uncertain(cmd.id, error=body) if accepted_sent else rejected(cmd.id, error=body)
-            )
+            answer = uncertain(cmd.id, error=body) if held else rejected(cmd.id, error=body)
             await self.send_result(pump_id, answer, reply)
         except Exception as exc:
             log.exception("command_crashed", pump=pump_id, id=cmd.id)
             body = error_body(ErrorCode.INTERNAL_ERROR, f"gateway fault: {type(exc).__name__}")
-            answer = (
-                uncertain(cmd.id, error=body) if accepted_sent else rejected(cmd.id, error=body)
-            )
+            answer = uncertain(cmd.id, error=body) if held else rejected(cmd.id, error=body)
             await self.send_result(pump_id, answer, reply)
         finally:
             if waiting:
                 self._waiting[pump_id] -= 1
-            life = self._writing.get(pump_id)
-            if life is not None and life.command_id == cmd.id:
+            # release the pump only if this command holds it (a repeated id does not)
+            if held and self._writing.get(pump_id) is held[0]:
                 del self._writing[pump_id]
 
     async def _run(
-        self, pump_id: str, cmd: Command, reply: ReplyTo | None, accepted_sent: set[str]
+        self, pump_id: str, cmd: Command, reply: ReplyTo | None, held: list[CommandLife]
     ) -> _Execution | None:
         """Check one command (under the pump's lock). Returns the write to perform once the
         lock is released, or None when the command ended here (rejected, confirmation asked,
@@ -366,9 +366,8 @@ class Gate:
             return None
         if claim.is_new and outright:
             # claim, verdict and accepted are durable together: the write may go ahead
-            self._writing[pump_id] = self._life(cmd.id)
+            held.append(self._hold(pump_id, cmd.id))
             await self.send_result(pump_id, answer, reply)
-            accepted_sent.add(cmd.id)
             return _Execution(pump_id, cmd, fp, *outright, reply, before)
         if not claim.is_new:
             first = claim.first or {}
@@ -385,7 +384,7 @@ class Gate:
             plan=plan,
             verdict=verdict,
             reply=reply,
-            accepted_sent=accepted_sent,
+            held=held,
         )
 
     async def _check_stepwise(
@@ -397,7 +396,7 @@ class Gate:
         plan: _Plan | RequestError,
         verdict: Verdict | None,
         reply: ReplyTo | None,
-        accepted_sent: set[str],
+        held: list[CommandLife],
     ) -> _Execution | None:
         """Every command not accepted outright: its verdict, then reject, confirmation asked,
         override, or accepted (each step journaled before it is answered)."""
@@ -439,9 +438,8 @@ class Gate:
         await self.journal.set_command_outcome(
             cmd.id, self._stored(pump_id, fp, answer, before), pump_id=pump_id
         )
-        self._writing[pump_id] = self._life(cmd.id)
+        held.append(self._hold(pump_id, cmd.id))
         await self.send_result(pump_id, answer, reply)
-        accepted_sent.add(cmd.id)
         return _Execution(pump_id, cmd, fp, plan, verdict, reply, before)
 
     def _id_conflict(
@@ -472,10 +470,11 @@ class Gate:
         )
         return True
 
-    @staticmethod
-    def _life(command_id: str) -> CommandLife:
-        loop = asyncio.get_running_loop()
-        return CommandLife(command_id, loop.time() + COMMAND_DEADLINE_S)
+    def _hold(self, pump_id: str, command_id: str) -> CommandLife:
+        """An accepted command takes its pump until it ends (others are answered busy)."""
+        life = CommandLife(command_id, asyncio.get_running_loop().time() + COMMAND_DEADLINE_S)
+        self._writing[pump_id] = life
+        return life
 
     @staticmethod
     def _stored(
@@ -487,6 +486,8 @@ class Gate:
         """The outcome kept for a command id: what a duplicate is told, plus the pump, the
         payload's fingerprint and (once accepted) the device's state before the write."""
         stored = {**outcome_of(answer), "pump": pump_id, "fingerprint": fp}
+        if "readback" in answer:  # for a final result repeated after a restart
+            stored["readback"] = answer["readback"]
         if before is not None:
             stored["before"] = before
         return stored
@@ -503,20 +504,23 @@ class Gate:
             saved = channel.save()
             old_rate = channel.status.rate_ml_h if channel.status is not None else None
             result = await self._write(channel, plan.action, cmd.id, rate, events)
-            if result.outcome is not Outcome.APPLIED or not _matches(plan.action, rate, result):
-                if result.outcome is Outcome.APPLIED:  # a driver that says so without proof
-                    result = WriteResult(
-                        Outcome.UNCERTAIN, result.readback, "read-back does not match the command"
-                    )
-                if result.outcome is Outcome.UNCERTAIN:
+            if result.outcome is Outcome.APPLIED and not _matches(plan.action, rate, result):
+                # a driver that says so without proof: what it absorbed credits the command
+                result = WriteResult(
+                    Outcome.UNCERTAIN, None, "read-back does not match the command"
+                )
+            if result.outcome is Outcome.UNCERTAIN:
+                if result.readback is None:  # nothing seen: the next poll decides
                     channel.restore(saved)
                     events.clear()
-                    channel.expect_uncertain(cmd.id, old_rate, rate, plan.program)
+                # else the channel absorbed what the read-back showed (journaled below, judged
+                # as a device change unless it is the commanded rate)
+                channel.expect_uncertain(cmd.id, old_rate, rate, plan.program)
             if result.outcome is Outcome.APPLIED and plan.program is not None:
                 channel.set_program(plan.program)
                 events.append(program_changed(cmd.id, plan.program))
             answer = self._answer_for(channel, cmd.id, result)
-            self._writing[pump_id] = self._writing[pump_id].end(answer["phase"])
+            self._writing[pump_id].end(answer["phase"])  # an accepted command ends once, here
             log.info("command_result", pump=pump_id, id=cmd.id, phase=answer["phase"])
             try:
                 await self.journal.settle_command(
@@ -666,6 +670,7 @@ class Gate:
             if item.pump_id is not None and item.pump_id in self.channels
         ]
         self.reconciling.update(item.pump_id for item in self._interrupted if item.pump_id)
+        self._recent = await self.journal.settled_since(self.now() - RESULT_REPEAT_WINDOW)
 
     async def reconcile_interrupted(self) -> None:
         """Settle commands a crash left at ``accepted`` (sent or not, never verified) from what
@@ -674,7 +679,18 @@ class Gate:
         before to the commanded one; ``failed`` (code ``interrupted``) when it is verified
         unchanged; ``uncertain`` when it cannot be read or shows something else. Nothing is
         sent to a device again; the result carries ``"reconciled": true`` and becomes what a
-        duplicate of the id is told."""
+        duplicate of the id is told.
+
+        First, the final results of the commands settled just before the restart are published
+        again (``"repeated": true``): one may have been journaled and never published."""
+        recent, self._recent = self._recent, []
+        for item in recent:
+            if item.pump_id in self.channels:
+                answer = {"id": item.command_id, **outcome_of(item.outcome)}
+                if "readback" in item.outcome:
+                    answer["readback"] = item.outcome["readback"]
+                answer["repeated"] = True
+                await self.send_result(item.pump_id or "", answer, None)
         try:
             for item in self._interrupted:
                 backoff = Backoff(initial_s=0.5, maximum_s=30.0)
@@ -757,6 +773,9 @@ class Gate:
         was_state, was_rate = before.get("status"), before.get("rate")
         state = status.state.value
         rate = float(status.rate_ml_h)
+        # an alarm raised since (a power reset, an occlusion...) can change the device by itself:
+        # then the change proves nothing about the write
+        new_alarms = sorted({a.value for a in status.alarms} - set(before.get("alarms") or []))
         wanted_state = {"stop": "stopped", "pause": "paused", "start": "infusing"}.get(action)
         if wanted_state is not None:
             took = state == wanted_state and was_state is not None and was_state != wanted_state
@@ -765,8 +784,18 @@ class Gate:
             at_target = target is not None and rate == target
             took = at_target and was_rate is not None and was_rate != target
             unchanged = rate == float(was_rate) if was_rate is not None else not at_target
-        if took:
+        if took and not new_alarms:
             return applied(cid, readback=readback)
+        if took:
+            return uncertain(
+                cid,
+                error={
+                    "code": "interrupted",
+                    "message": "the gateway restarted during the write; the pump shows the "
+                    f"commanded state but also raised {', '.join(new_alarms)}, which may have "
+                    "caused it: check the pump",
+                },
+            )
         if unchanged:
             return failed(
                 cid,
@@ -949,7 +978,11 @@ def _device_before(channel: Channel) -> dict[str, Any] | None:
     status = channel.status
     if status is None:
         return None
-    return {"status": status.state.value, "rate": float(status.rate_ml_h)}
+    return {
+        "status": status.state.value,
+        "rate": float(status.rate_ml_h),
+        "alarms": sorted(a.value for a in status.alarms),
+    }
 
 
 def _matches(action: Action, rate: Decimal | None, result: WriteResult) -> bool:

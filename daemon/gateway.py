@@ -264,15 +264,18 @@ class Gateway:
         """One pump's program, last known rate and recent dose history, by indexed queries
         (start-up cost does not grow with the journal)."""
         latest = await self.journal.latest_events(
-            channel.pump_id, ["program_changed", "rate_changed", "connection_changed"]
+            channel.pump_id,
+            ["program_changed", "rate_changed", "connection_changed", "delivery_started"],
         )
         program_row = latest.get("program_changed")
         if program_row is not None:
             self._recover_program(channel, program_row)
+        # the newest event that names the pump's rate (an offline connection_changed of an older
+        # version names none: an older rate_changed or delivery_started then does)
         for row in sorted(latest.values(), key=lambda r: r.n, reverse=True):
             event = row.payload.get("event", {})
             known = (event.get("to") or {}).get("rate") or event.get("rate")
-            if event.get("type") in ("rate_changed", "connection_changed") and known:
+            if event.get("type") != "program_changed" and known:
                 channel.rate_before_restart = Decimal(str(known["value"]))
                 break
         rows = await self.journal.recent_events(

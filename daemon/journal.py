@@ -654,6 +654,19 @@ class Journal:
             )
         ]
 
+    def settled_since(self, since: datetime) -> list[InterruptedCommand]:
+        """Commands received at or after ``since`` whose recorded outcome is final after an
+        ``accepted`` (applied, failed, uncertain), oldest first: after a crash, their result
+        may have been journaled but never published."""
+        return [
+            InterruptedCommand(cid, pump_id, _loads_payload(first), None)
+            for cid, pump_id, first in self._conn.execute(
+                "SELECT id, pump_id, first FROM commands WHERE received_at >= ?"
+                " AND phase IN ('applied', 'failed', 'uncertain') ORDER BY received_at",
+                (format_ts(since),),
+            )
+        ]
+
     # -- state queries (what a restart rebuilds each pump from) ---------------------------
 
     def latest_events(self, pump_id: str, types: Collection[str]) -> dict[str, JournalRow]:
@@ -1278,6 +1291,10 @@ class AsyncJournal:
     async def interrupted_commands(self) -> list[InterruptedCommand]:
         """Commands a crash left at ``accepted`` (see :meth:`Journal.interrupted_commands`)."""
         return await self._submit(Journal.interrupted_commands)
+
+    async def settled_since(self, since: datetime) -> list[InterruptedCommand]:
+        """Commands settled recently (see :meth:`Journal.settled_since`)."""
+        return await self._submit(lambda j: j.settled_since(since))
 
     async def latest_events(self, pump_id: str, types: Collection[str]) -> dict[str, JournalRow]:
         """The newest event of each type for a pump (see :meth:`Journal.latest_events`)."""

@@ -95,6 +95,7 @@ class Monitor:
     #: the pump each command was accepted on (an id refused busy is free for another pump)
     accepted_on: dict[str, str] = field(default_factory=dict)
     ended: dict[str, str] = field(default_factory=dict)
+    final_results: dict[str, dict[str, Any]] = field(default_factory=dict)
     panel: list[PanelChange] = field(default_factory=list)
     #: per pump: the panel change its rate comes from, the last rate the gateway read
     current_panel: dict[str, int] = field(default_factory=dict)
@@ -247,8 +248,22 @@ class Monitor:
                 raise Violation(
                     "I3", f"command {cid} was accepted on {first} and again on {result.pump_id}"
                 )
+        elif phase in FINAL_PHASES and data.get("repeated"):
+            # a final result published again after a restart: a copy of the latest one
+            # (checked when first published, or never published: then it ends the command now)
+            first = self.final_results.get(cid)
+            if first is not None and first != _final_copy(data):
+                raise Violation(
+                    "I2", f"command {cid}: repeated result {data} differs from the first {first}"
+                )
+            if first is None and phase == "applied":
+                self._check_applied(cid, data, pumps[result.pump_id])
+            self.final_results.setdefault(cid, _final_copy(data))
+            self.ended.setdefault(cid, str(phase))
         elif phase in FINAL_PHASES:
             self.ended[cid] = str(phase)
+            # the latest final result (a reconciled one supersedes an uncertain one)
+            self.final_results[cid] = _final_copy(data)
             if phase == "applied":
                 self._check_applied(cid, data, pumps[result.pump_id])
 
@@ -349,3 +364,8 @@ def _rate(obj: Any) -> Decimal | None:
     rate = (obj or {}).get("rate") if isinstance(obj, dict) else None
     value = rate.get("value") if isinstance(rate, dict) else None
     return None if value is None else Decimal(str(value))
+
+
+def _final_copy(data: dict[str, Any]) -> dict[str, Any]:
+    """What a repeated final result must repeat: phase, verdict, error, read-back."""
+    return {k: data.get(k) for k in ("phase", "verdict", "error", "readback")}

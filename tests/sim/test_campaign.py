@@ -17,18 +17,6 @@ SCHEDULES = 2000
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    raises=Violation,
-    reason="today's core still breaks I1 (seed 28: a dose at the hard max is rounded up past it,"
-    " protocol/), I4 (seeds 618, 650, 763, 1145, 1272, 1507, 1597, 1829: a restart after the"
-    " pump went offline loses its last known rate, so a change made meanwhile is never"
-    " journaled) and I3 (seed 1332: a final answer journaled just before a crash is never"
-    " published); seeds beyond 2,000 also find I4 seed 6484 (a device change seen in an"
-    " uncertain write's read-back is dropped) and I2 seed 16292 (a stop interrupted before its"
-    " write is reconciled applied because the pump stopped by itself): one xfail test per cause"
-    " in test_regressions.py",
-)
 def test_random_fault_schedules_keep_every_safety_invariant() -> None:
     """2,000 schedules of commands, restarts, crashes, device, broker and journal faults: no
     out-of-library write (I1), no false applied (I2), every command ends and is written once

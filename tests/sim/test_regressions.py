@@ -279,12 +279,6 @@ def test_a_start_before_the_first_poll_after_a_restart_is_checked_against_the_re
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=Violation,
-    reason="I1: the rate for a dose at the hard maximum is rounded to the nearest pump step, not"
-    " toward safety: 3 ug/kg/min at 64 ug/mL, 70 kg is 196.875 mL/h, written as 196.88 (3.00008)",
-)
 def test_a_dose_at_the_hard_maximum_is_rounded_toward_safety_before_it_is_written() -> None:
     """norepinephrine 64 ug/mL, set_dose 3.0 ug/kg/min (the hard max) confirmed over SOFT_MAX:
     the pump gets 196.87 mL/h, never 196.88."""
@@ -324,16 +318,6 @@ def test_a_journal_fault_while_reconciling_after_a_crash_does_not_stop_the_gatew
 # -- found by the campaign against the rebuilt core -------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=Violation,
-    reason="I4 (seeds 618, 650, 1145, 1507...): Gateway._recover_pump takes the pump's last known"
-    " rate from the newest rate_changed/connection_changed only (latest_events); when the newest"
-    " connection_changed is 'offline' (it carries no rate) and no rate_changed was ever"
-    " journaled, rate_before_restart stays None and the first poll after the restart is taken"
-    " as the baseline: a rate set at the pump while it was unreachable is never journaled nor"
-    " judged",
-)
 def test_a_rate_set_while_the_pump_was_unreachable_is_journaled_after_a_restart() -> None:
     """pump-1 stops answering (offline), 3,500 mL/h of norepinephrine is set at its panel, the
     daemon restarts and the pump answers again: rate_changed 52.5 -> 3,500 mL/h and
@@ -351,14 +335,6 @@ def test_a_rate_set_while_the_pump_was_unreachable_is_journaled_after_a_restart(
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=Violation,
-    reason="I3 (seeds 1332, 6818): a command's final outcome is journaled (settle_command) and then"
-    " published by send_result, outside the durable outbox; a crash between the two leaves the"
-    " outcome journaled but never published, and after the restart reconcile_interrupted only"
-    " looks at commands still 'accepted': the client saw accepted and nothing after",
-)
 def test_a_final_answer_journaled_just_before_a_crash_is_still_published_after_it() -> None:
     """pump-1's set_dose ends uncertain (its driver raises after the write) at the very moment
     the process dies at pump-2's write: after the restart the client still gets the end."""
@@ -374,15 +350,6 @@ def test_a_final_answer_journaled_just_before_a_crash_is_still_published_after_i
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=Violation,
-    reason="I4 (seed 6484): Gate._execute drops everything an uncertain write read back"
-    " (channel.restore + events.clear) expecting the next poll to re-derive it, but a command"
-    " arriving before that poll is planned and written from the stale status: its applied"
-    " rate_changed starts from the old rate, the device change seen in the read-back is never"
-    " journaled nor judged, and the new command was checked against a rate the pump did not run",
-)
 def test_a_panel_rate_seen_in_an_uncertain_read_back_is_journaled_before_the_next_command() -> None:
     """pump-1 in occlusion alarm; 3,500 mL/h set at its panel; a stop reads back 'alarm' (not
     stopped: uncertain) with 3,500 mL/h; a set_dose follows before the next poll: the
@@ -400,15 +367,6 @@ def test_a_panel_rate_seen_in_an_uncertain_read_back_is_journaled_before_the_nex
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=Violation,
-    reason="I2 (seeds 14687, 16292, 17825): Gate._settle reconciles a command interrupted by a"
-    " crash as applied when the device moved from the 'before' journaled at acceptance to the"
-    " commanded state; but nothing journaled says whether the write was sent, and the device"
-    " may have moved by itself meanwhile (here a power reset stops the pump and raises"
-    " device_reset): a stop that never reached the pump is reported applied",
-)
 def test_a_stop_interrupted_before_its_write_is_not_applied_because_the_pump_reset() -> None:
     """A stop is accepted, the process dies before writing it, and the pump power-cycles
     (stopped, device_reset alarm) meanwhile: after the restart the stop is not reported
