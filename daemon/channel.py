@@ -41,7 +41,15 @@ from daemon.pump_events import (
 )
 from daemon.timefmt import format_ts
 from drivers.backoff import Backoff
-from drivers.base import ConnectionState, Driver, Identity, Outcome, PumpStatus, WriteResult
+from drivers.base import (
+    ConnectionState,
+    Driver,
+    Identity,
+    Outcome,
+    PumpStatus,
+    RunState,
+    WriteResult,
+)
 from drivers.errors import DriverError
 
 log = structlog.get_logger("infusiond.channel")
@@ -449,8 +457,11 @@ class Channel:
                 before = self.connection
                 self.connection = ConnectionState.OFFLINE
                 event = connection_event(before, ConnectionState.OFFLINE, reason)
-                if self.status is not None:  # the last rate known: a restart compares with it
-                    event["rate"] = rate_obj(self.status.rate_ml_h)
+                # the last rate known (read now, or journaled before a restart and not read
+                # since): a restart compares the next reading with it
+                known = self.status.rate_ml_h if self.status else self.rate_before_restart
+                if known is not None:
+                    event["rate"] = rate_obj(known)
                 await self._emit(event)
                 await self._set_daemon_alarm(
                     OFFLINE_ALARM, active=True, message=f"no answer from the pump: {reason}"
@@ -547,6 +558,11 @@ class Channel:
                 self._uncertain_program = None
         if old_status is None and self.rate_before_restart is not None:
             device_change = await self._compare_with_before_restart(status.rate_ml_h, now)
+        elif old_status is None and status.state is RunState.INFUSING:
+            # first sight of a pump the journal knows no rate of: its connection event carries
+            # the rate, and the rate is judged as it runs (limits, not as a titration; not a
+            # dose change of the history: when it started is unknown)
+            await self._check_observed(status.rate_ml_h, status.rate_ml_h)
         if device_change is not None:
             self._record_history(now, device_change[1])
             await self._check_observed(*device_change)

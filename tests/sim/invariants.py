@@ -339,6 +339,19 @@ class Monitor:
                 e.event.get("type") == "rate_changed" and _rate(e.event.get("to")) == change.rate
                 for e in later
             )
+            if not changed:
+                # a pump whose rate the journal never knew: its first reading is journaled with
+                # the connection (connection_changed carries the rate) and judged as is
+                known_before = any(
+                    e.pump_id == change.pump_id
+                    and (_rate(e.event.get("to")) is not None or _rate(e.event) is not None)
+                    for e in events
+                    if e.n <= change.journal_head
+                )
+                changed = not known_before and any(
+                    e.event.get("type") == "connection_changed" and _rate(e.event) == change.rate
+                    for e in later
+                )
             if not changed and change.lost_to_journal_fault:
                 self.notes.append(f"{change} was replaced before the journal could take it")
                 continue

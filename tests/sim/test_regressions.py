@@ -380,3 +380,20 @@ def test_a_stop_interrupted_before_its_write_is_not_applied_because_the_pump_res
         ],
         known="I2",
     )
+
+
+def test_a_pump_not_read_in_one_run_keeps_its_last_known_rate_for_the_next() -> None:
+    """pump-2 is read once (9 mL/h), then answers with another unit id through a restart (never
+    read in that run), then the gateway crashes and the front panel sets 120 mL/h: the offline
+    event of the run that could not read it carried the last known rate forward, so the next
+    run reports 9 -> 120 as a change and judges it (found by the campaign, seed 2206)."""
+    holds(
+        [
+            Fault("pump-2", LinkFault.WRONG_UNIT),
+            Restart(),
+            Wait(1.0),
+            Restart(crash=True),
+            Panel("pump-2", Decimal("120.0")),
+        ],
+        known="I4",
+    )
