@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import statistics
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.support.procs import Mosquitto, free_port, wait_for_line
+from tests.support.procs import Mosquitto, wait_for_line
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
@@ -108,42 +109,33 @@ class SimFarm:
         self.procs.clear()
 
 
-def _spawn_sim(count: int, ports_in_use: set[int]) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    while port in ports_in_use:  # free_port() may hand out a port another sim is about to bind
-        port = free_port()
-    ports_in_use.add(port)
-    url = f"tcp://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "daemon.cli", "sim", "modbus", "--listen", url]
+def _spawn_sim(count: int) -> subprocess.Popen[bytes]:
+    """A simulator process listening on a port the OS picks (read back from its banner)."""
+    cmd = [sys.executable, "-m", "daemon.cli", "sim", "modbus", "--listen", "tcp://127.0.0.1:0"]
     cmd += ["--pumps", str(count), "--status", "infusing", "--rate", "52.5"]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL), url
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+
+
+_SERVING = re.compile(rb"serving \S+ on (tcp://\S+) unit ids")
 
 
 @contextlib.contextmanager
 def modbus_sims(pumps: int, *, per_process: int = UNITS_PER_SIM) -> Iterator[SimFarm]:
     """``pumps`` simulated pumps infusing at 52.5 mL/h, ``per_process`` unit ids per process.
 
-    The processes start in parallel; one that dies before its banner (its port was taken by
-    someone else between our probe and its bind) is started again on another port, twice."""
+    The processes start in parallel, each binding port 0; the URL is read from its banner."""
     farm = SimFarm()
-    ports: set[int] = set()
     try:
         counts = [min(per_process, pumps - start) for start in range(0, pumps, per_process)]
-        started = [_spawn_sim(count, ports) for count in counts]
-        farm.procs.extend(proc for proc, _ in started)
-        for index, count in enumerate(counts):
-            for attempt in range(3):
-                proc = started[index][0]
-                assert proc.stdout is not None
-                try:
-                    wait_for_line(proc, b"serving", 30, proc.stdout)
-                    break
-                except RuntimeError:
-                    if attempt == 2 or proc.poll() is None:
-                        raise
-                    started[index] = _spawn_sim(count, ports)
-                    farm.procs.append(started[index][0])
-            farm.endpoints.extend((started[index][1], unit) for unit in range(1, count + 1))
+        farm.procs.extend(_spawn_sim(count) for count in counts)
+        for proc, count in zip(farm.procs, counts, strict=True):
+            assert proc.stdout is not None
+            banner = wait_for_line(proc, b" unit ids", 30, proc.stdout)
+            found = _SERVING.search(banner)
+            if found is None:
+                raise RuntimeError(f"simulator banner without its URL: {banner!r}")
+            url = found.group(1).decode()
+            farm.endpoints.extend((url, unit) for unit in range(1, count + 1))
         yield farm
     finally:
         farm.close()

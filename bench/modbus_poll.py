@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
+import re
 import statistics
 import subprocess
 import sys
@@ -29,35 +29,18 @@ from drivers.modbus import BusRegistry, ModbusPumpDriver
 TARGET_RATIO = 1.3
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _start_simulator(port: int) -> subprocess.Popen[bytes]:
+def _start_simulator() -> tuple[subprocess.Popen[bytes], int]:
+    """A simulator process on a port the OS picks; the port is read from its banner."""
     sim_args = ["--status", "infusing", "--rate", "52.5"]
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "daemon.cli",
-            "sim",
-            "modbus",
-            "--listen",
-            f"tcp://127.0.0.1:{port}",
-            *sim_args,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-    )
+    cmd = [sys.executable, "-m", "daemon.cli", "sim", "modbus", "--listen", "tcp://127.0.0.1:0"]
+    proc = subprocess.Popen([*cmd, *sim_args], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     assert proc.stdout is not None
     line = proc.stdout.readline()  # the banner: printed once the port is bound
-    if not line.startswith(b"serving"):
+    found = re.match(rb"serving \S+ on tcp://127\.0\.0\.1:(\d+) ", line)
+    if found is None:
         proc.kill()
         raise RuntimeError(f"simulator did not start: {line!r}")
-    return proc
+    return proc, int(found.group(1))
 
 
 async def _measure(port: int, polls: int, rounds: int) -> dict[str, Any]:
@@ -114,8 +97,7 @@ async def _measure(port: int, polls: int, rounds: int) -> dict[str, Any]:
 
 def measure(*, quick: bool = False, polls: int = 25, rounds: int | None = None) -> dict[str, Any]:
     """Start a simulator process, time both paths side by side, stop it."""
-    port = _free_port()
-    proc = _start_simulator(port)
+    proc, port = _start_simulator()
     try:
         return asyncio.run(_measure(port, polls, rounds or (15 if quick else 60)))
     finally:
