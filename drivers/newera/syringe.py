@@ -23,6 +23,7 @@ MIN_PLUNGER_MM_H = Decimal("0.0421")
 MAX_PLUNGER_MM_H = Decimal(3060)
 UL_DIAMETER_MAX_MM = Decimal("14.0")
 
+
 def rate_limits(diameter_mm: Decimal) -> tuple[Decimal, Decimal]:
     """(min, max) rate in mL/h for this diameter; min rounded up, max down."""
     area = area_ml_per_mm(diameter_mm)
