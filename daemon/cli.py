@@ -54,7 +54,7 @@ def _add_phd_options(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--diameter", default="26.59", metavar="MM", help="syringe diameter")
     sp.add_argument("--rate", default="0", metavar="ML_H", help="initial infuse rate, mL/h")
     sp.add_argument("--running", action="store_true", help="start infusing")
-    sp.add_argument("--target", default="0", metavar="ML", help="target volume (0 = none)")
+    sp.add_argument("--target-volume", default="0", metavar="ML", help="target volume (0 = none)")
     sp.add_argument("--baud", type=int, default=9600, help="serial baud rate")
     sp.add_argument(
         "--emulate-wire", action="store_true", help="pace replies at the baud rate (bench)"

@@ -51,13 +51,13 @@ def _setups(args: argparse.Namespace) -> list[PumpSetup]:
                 diameter_mm=Decimal(args.diameter),
                 rate_ml_h=Decimal(args.rate),
                 running=bool(args.running),
-                target_ml=Decimal(args.target),
+                target_ml=Decimal(args.target_volume),
             )
             for i in range(count)
         ]
     except InvalidOperation:
         raise SystemExit(
-            "infusiond sim phd: --diameter, --rate and --target take numbers"
+            "infusiond sim phd: --diameter, --rate and --target-volume take numbers"
         ) from None
 
 

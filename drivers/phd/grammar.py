@@ -46,7 +46,7 @@ class Prompt(enum.Enum):
         return _PROMPT_TEXT[self]
 
 
-_PROMPT_TEXT = {Prompt(row["state"]): row["text"] for row in _RAW["prompts"]}
+_PROMPT_TEXT: dict[Prompt, str] = {Prompt(row["state"]): row["text"] for row in _RAW["prompts"]}
 _PROMPT_RE = re.compile(
     r"(?:(\d{1,2}))?("
     + "|".join(re.escape(t) for t in sorted(_PROMPT_TEXT.values(), key=len, reverse=True))
