@@ -83,6 +83,7 @@ class PhdPumpModel:
     reply_delay_s: float = 0.0
     reject_with: str = "Out of range"
     commands_seen: int = 0
+    writes: list[str] = field(default_factory=list)  # every write received, as sent
 
     def __post_init__(self) -> None:
         s = self.setup
@@ -188,6 +189,8 @@ class PhdPumpModel:
         """Execute one command received at ``now`` and answer it."""
         self.advance(now)
         self.commands_seen += 1
+        if is_write(command):
+            self.writes.append(command.text())
         if self.take_fault(Fault.REJECT, command):
             return self._reply(self.reject_with)
         refuse = self.take_fault(Fault.REFUSE_BUT_APPLY, command)
