@@ -114,6 +114,7 @@ def _add_demo_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gateway-id", default="demo", metavar="ID")
     _add_data_dir(p)
     p.add_argument("--pumps", type=int, default=2, metavar="N", help="number of pumps (>= 2)")
+    p.add_argument("--phd", action="store_true", help="add pump-phd, a PHD ULTRA pump chain")
     p.add_argument("--speed", type=float, default=1.0, metavar="X", help="simulated clock speed")
     p.add_argument(
         "--broker-ws",
