@@ -138,7 +138,8 @@ class ReplyReader:
         """The next whole reply, None until its prompt has arrived.
 
         Raises FrameError for each bad line (the lines collected so far are dropped with it, so
-        a reply missing a line is never assembled) and for a prompt of another address.
+        a reply missing a line is never assembled) and for a prompt naming another address; a
+        prompt naming none is the addressed pump's (only it answers a command).
         """
         while True:
             try:
@@ -166,10 +167,9 @@ class ReplyReader:
             return None
         self.stream.clear()
         lines, self._lines = tuple(self._lines), []
-        got = int(m.group(1)) if m.group(1) else 0
-        if got != address:
-            raise FrameError(f"prompt of pump {got:02d}, expected {address:02d}")
-        return Reply(got, _PROMPTS[m.group(2)], lines)
+        if m.group(1) is not None and int(m.group(1)) != address:
+            raise FrameError(f"prompt of pump {int(m.group(1)):02d}, expected {address:02d}")
+        return Reply(address, _PROMPTS[m.group(2)], lines)
 
 
 def check_reply(command: Command, reply: Reply) -> None:

@@ -138,7 +138,8 @@ def test_reader_accepts_cr_lf_variants_and_an_address_prefix_on_data_lines() -> 
 
 
 def test_reader_waits_for_a_whole_prompt_and_rejects_another_pumps() -> None:
-    """'1' is not yet a prompt of pump 12; '12>' is; pump 3's prompt is a FrameError."""
+    """'1' is not yet a prompt of pump 12; '12>' is, and so is a bare '>' (lenient: no address
+    on the reply); pump 3's prompt is a FrameError."""
     reader = ReplyReader()
     reader.stream.feed(b"\n1")
     assert reader.pop(12) is None
@@ -146,6 +147,10 @@ def test_reader_waits_for_a_whole_prompt_and_rejects_another_pumps() -> None:
     reply = reader.pop(12)
     assert reply is not None
     assert reply.prompt is Prompt.INFUSING
+    reader.stream.feed(b"\n>")
+    bare = reader.pop(12)
+    assert bare is not None
+    assert (bare.address, bare.prompt) == (12, Prompt.INFUSING)
     reader.stream.feed(b"\n3:")
     with pytest.raises(FrameError, match="prompt of pump 03, expected 12"):
         reader.pop(12)
