@@ -35,7 +35,6 @@ with the least rounding, and the read-back reports the value actually held).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from decimal import Decimal
 
 import structlog
@@ -43,8 +42,6 @@ import structlog
 from drivers.base import (
     AlarmCode,
     Capabilities,
-    ConnectionState,
-    Driver,
     Identity,
     Outcome,
     PumpStatus,
@@ -57,8 +54,8 @@ from drivers.newera.frames import Command, Reply, Status
 from drivers.newera.numbers import RateUnit, VolumeUnit, encode_rate, parse_float
 from drivers.newera.port import DEFAULT_BAUD, DEFAULT_TIMEOUT_S, NewEraPort
 from drivers.newera.syringe import rate_limits
-from drivers.serial.line import PortUnavailable, release_line, shared_line
-from drivers.serial.verify import Sent, Snapshot, not_sent, send_each, write_verified
+from drivers.serial.chain import ChainDriver
+from drivers.serial.verify import Snapshot, not_sent
 
 log = structlog.get_logger("drivers.newera")
 
@@ -87,7 +84,7 @@ class AlarmReported(DeviceRejected):
     """The pump reported a latched alarm in place of executing the command."""
 
 
-class NewEraPumpDriver(Driver):
+class NewEraPumpDriver(ChainDriver[NewEraPort, Command]):
     """One pump (address 0-99) on a New Era serial line shared with its daisy-chain peers."""
 
     kind = "newera"
@@ -103,30 +100,15 @@ class NewEraPumpDriver(Driver):
         watchdog_s: int = 0,
         offline_after: int = 3,
     ) -> None:
-        if not 0 <= address <= 99:
-            raise ValueError(f"New Era address must be 0..99, got {address}")
-        self.url = url
-        self.address = address
-        self._port = port
+        super().__init__(url, address, line=port, offline_after=offline_after)
         self._baudrate = baudrate
         self._timeout_s = timeout_s
         self._watchdog_s = watchdog_s
-        self._offline_after = offline_after
         self._safe = False
-        self._failures = 0
-        self._state = ConnectionState.OFFLINE
-        self._alarms: set[AlarmCode] = set()
         self._diameter: Decimal | None = None
         self._identity: Identity | None = None
-        self._registered = False
 
     # -- Driver contract ----------------------------------------------------------------------
-
-    @property
-    def connection(self) -> ConnectionState:
-        if self._port is not None and self._port.state is not ConnectionState.ONLINE:
-            return self._port.state
-        return self._state
 
     @property
     def safe_mode(self) -> bool:
@@ -148,14 +130,7 @@ class NewEraPumpDriver(Driver):
 
     async def connect(self) -> None:
         """Open the shared port, find the pump's mode, read diameter and version."""
-        if self._port is None:
-            self._port = shared_line(
-                NewEraPort, self.url, baudrate=self._baudrate, timeout_s=self._timeout_s
-            )
-        if not self._registered:
-            self._port.users += 1
-            self._registered = True
-        self._state = ConnectionState.CONNECTING
+        self._attach(NewEraPort, baudrate=self._baudrate, timeout_s=self._timeout_s)
         await self._probe_mode()
         dia = (await self._read("DIA")).data
         try:
@@ -165,12 +140,6 @@ class NewEraPumpDriver(Driver):
         self._identity = _identity(self.address, (await self._read("VER")).data)
         if self._watchdog_s:
             await self.configure_watchdog(self._watchdog_s)
-
-    async def close(self) -> None:
-        if self._port is not None and self._registered:
-            self._registered = False
-            await release_line(self._port)
-        self._state = ConnectionState.OFFLINE
 
     async def identity(self) -> Identity:
         if self._identity is None:
@@ -228,21 +197,6 @@ class NewEraPumpDriver(Driver):
             precheck=precheck,
         )
 
-    async def acknowledge_alarms(self) -> WriteResult:
-        """Clear the driver's latch (the pump clears an alarm itself once reported).
-
-        Only queries go to the pump; if they fail, the latch is kept and the result is
-        ``failed`` ("not sent").
-        """
-        latched = set(self._alarms)
-        self._alarms.clear()
-        try:
-            status = await self.read_status()
-        except DriverError as exc:
-            self._alarms |= latched
-            return not_sent(f"read failed: {exc}")
-        return WriteResult(Outcome.APPLIED, status)
-
     async def configure_watchdog(self, timeout_s: int) -> None:
         """``SAF<n>``: n > 0 enters safe mode with an n-second comm timeout, 0 leaves it.
 
@@ -266,20 +220,9 @@ class NewEraPumpDriver(Driver):
     # -- internals ----------------------------------------------------------------------------
 
     async def _transact(self, command: Command, *, safe: bool | None = None) -> Reply:
-        if self._port is None:
-            raise PortUnavailable(f"pump {self.address:02d}: not connected (connect() first)")
-        try:
-            reply = await self._port.transact(command, safe=self._safe if safe is None else safe)
-        except PortUnavailable:
-            self._state = ConnectionState.OFFLINE
-            raise
-        except (DeviceTimeout, FrameError):
-            self._failures += 1
-            if self._failures >= self._offline_after:
-                self._state = ConnectionState.OFFLINE
-            raise
-        self._failures = 0
-        self._state = ConnectionState.ONLINE
+        line = self._attached()
+        mode = self._safe if safe is None else safe
+        reply = await self._counted(line.transact(command, safe=mode))
         if reply.alarm is not None:
             self._alarms.add(reply.alarm.code)
             log.warning("newera alarm", address=self.address, alarm=reply.alarm.meaning)
@@ -314,22 +257,6 @@ class NewEraPumpDriver(Driver):
                 f"executing {command.text()!r}"
             )
         return reply
-
-    async def _write_verified(
-        self,
-        commands: list[Command],
-        ok: Callable[[Snapshot], bool],
-        goal: str,
-        *,
-        precheck: Callable[[Snapshot], WriteResult | None] | None = None,
-        again: Callable[[Snapshot], bool] | None = None,
-    ) -> WriteResult:
-        """:func:`drivers.serial.verify.write_verified` with these commands."""
-
-        async def send() -> Sent:
-            return await send_each(commands, self._execute)
-
-        return await write_verified(self._snapshot, send, ok, goal, precheck=precheck, again=again)
 
     async def _snapshot(self) -> Snapshot:
         rat = await self._read("RAT")

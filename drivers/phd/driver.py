@@ -26,7 +26,6 @@ written) a pump whose syringe or address is not the configured one.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 
 import structlog
@@ -34,15 +33,12 @@ import structlog
 from drivers.base import (
     AlarmCode,
     Capabilities,
-    ConnectionState,
-    Driver,
     Identity,
-    Outcome,
     PumpStatus,
     RunState,
     WriteResult,
 )
-from drivers.errors import DeviceTimeout, DriverError, FrameError
+from drivers.errors import DriverError, FrameError
 from drivers.phd.errors import PhdRejected
 from drivers.phd.grammar import (
     RATE_UNITS,
@@ -55,8 +51,8 @@ from drivers.phd.grammar import (
 )
 from drivers.phd.line import DEFAULT_BAUD, DEFAULT_TIMEOUT_S, PhdLine
 from drivers.phd.syringe import rate_limits, resolution, valid_diameter
-from drivers.serial.line import PortUnavailable, release_line, shared_line
-from drivers.serial.verify import Sent, Snapshot, not_sent, send_each, write_verified
+from drivers.serial.chain import ChainDriver
+from drivers.serial.verify import Snapshot, not_sent
 
 log = structlog.get_logger("drivers.phd")
 
@@ -73,7 +69,7 @@ RATE_MATCH_ML_H = Decimal("0.000001")
 MAX_RATE_ML_H = Decimal(100_000)
 
 
-class PhdPumpDriver(Driver):
+class PhdPumpDriver(ChainDriver[PhdLine, Command]):
     """One pump (address 0-99) on a PHD ULTRA pump chain shared with its peers."""
 
     kind = "phd"
@@ -89,33 +85,18 @@ class PhdPumpDriver(Driver):
         timeout_s: float = DEFAULT_TIMEOUT_S,
         offline_after: int = 3,
     ) -> None:
-        if not 0 <= address <= 99:
-            raise ValueError(f"PHD ULTRA address must be 0..99, got {address}")
+        super().__init__(url, address, line=line, offline_after=offline_after)
         if diameter_mm is not None and not valid_diameter(diameter_mm):
             raise ValueError(f"syringe diameter {diameter_mm} mm outside 0.1..45.0 mm")
-        self.url = url
-        self.address = address
         self._configured_diameter = diameter_mm
-        self._line = line
         self._baudrate = baudrate
         self._timeout_s = timeout_s
-        self._offline_after = offline_after
-        self._failures = 0
-        self._state = ConnectionState.OFFLINE
-        self._alarms: set[AlarmCode] = set()
         self._diameter: Decimal | None = None
         self._identity: Identity | None = None
-        self._registered = False
         self._last_volume_fl: int | None = None
         self._last_raw: RawStatus | None = None
 
     # -- Driver contract ----------------------------------------------------------------------
-
-    @property
-    def connection(self) -> ConnectionState:
-        if self._line is not None and self._line.state is not ConnectionState.ONLINE:
-            return self._line.state
-        return self._state
 
     @property
     def capabilities(self) -> Capabilities:
@@ -132,18 +113,11 @@ class PhdPumpDriver(Driver):
 
     async def connect(self) -> None:
         """Open the shared line; check address and syringe; read the version."""
-        if self._line is None:
-            self._line = shared_line(
-                PhdLine, self.url, baudrate=self._baudrate, timeout_s=self._timeout_s
-            )
-        if not self._registered:
-            self._line.users += 1
-            self._registered = True
-        self._state = ConnectionState.CONNECTING
-        said = (await self._transact(Command("address", "", self.address))).data
+        self._attach(PhdLine, baudrate=self._baudrate, timeout_s=self._timeout_s)
+        said = (await self._execute(Command("address", "", self.address))).data
         if int(said) != self.address:
             raise DriverError(f"pump at {self.address:02d} says its address is {said}")
-        text = (await self._transact(Command("diameter", "", self.address))).data
+        text = (await self._execute(Command("diameter", "", self.address))).data
         diameter = Decimal(text.removesuffix(" mm"))
         wanted = self._configured_diameter
         if wanted is not None and abs(diameter - wanted) > Decimal("0.001"):
@@ -155,12 +129,6 @@ class PhdPumpDriver(Driver):
             raise DriverError(f"pump {self.address:02d}: diameter {diameter} mm out of range")
         self._diameter = diameter
         self._identity = _identity(self.address, (await self._ver()).data)
-
-    async def close(self) -> None:
-        if self._line is not None and self._registered:
-            self._registered = False
-            await release_line(self._line)
-        self._state = ConnectionState.OFFLINE
 
     async def identity(self) -> Identity:
         if self._identity is None:
@@ -218,17 +186,6 @@ class PhdPumpDriver(Driver):
             precheck=precheck,
         )
 
-    async def acknowledge_alarms(self) -> WriteResult:
-        """Clear the driver's latch; only queries go to the pump."""
-        latched = set(self._alarms)
-        self._alarms.clear()
-        try:
-            status = await self.read_status()
-        except DriverError as exc:
-            self._alarms |= latched
-            return not_sent(f"read failed: {exc}")
-        return WriteResult(Outcome.APPLIED, status)
-
     # -- internals ----------------------------------------------------------------------------
 
     def _encode_rate(self, rate_ml_h: Decimal) -> str:
@@ -250,37 +207,12 @@ class PhdPumpDriver(Driver):
             return False
         return abs(status.rate_ml_h - expected) <= RATE_MATCH_ML_H
 
-    async def _write_verified(
-        self,
-        commands: list[Command],
-        ok: Callable[[Snapshot], bool],
-        goal: str,
-        *,
-        precheck: Callable[[Snapshot], WriteResult | None] | None = None,
-    ) -> WriteResult:
-        async def send() -> Sent:
-            return await send_each(commands, self._transact)
-
-        return await write_verified(self._snapshot, send, ok, goal, precheck=precheck)
-
     async def _ver(self) -> Reply:
-        return await self._transact(Command("ver", "", self.address))
+        return await self._execute(Command("ver", "", self.address))
 
-    async def _transact(self, command: Command) -> Reply:
-        if self._line is None:
-            raise PortUnavailable(f"pump {self.address:02d}: not connected (connect() first)")
-        try:
-            reply = await self._line.transact(command)
-        except PortUnavailable:
-            self._state = ConnectionState.OFFLINE
-            raise
-        except (DeviceTimeout, FrameError):
-            self._failures += 1
-            if self._failures >= self._offline_after:
-                self._state = ConnectionState.OFFLINE
-            raise
-        self._failures = 0
-        self._state = ConnectionState.ONLINE
+    async def _execute(self, command: Command) -> Reply:
+        """One transaction; an error line is a :class:`PhdRejected`, a stall prompt latched."""
+        reply = await self._counted(self._attached().transact(command))
         if reply.prompt is Prompt.STALLED:
             self._alarms.add(AlarmCode.STALLED)
         if reply.error is not None:
@@ -288,9 +220,9 @@ class PhdPumpDriver(Driver):
         return reply
 
     async def _snapshot(self) -> Snapshot:
-        rate = await self._transact(Command("irate", "", self.address))
-        raw = await self._transact(Command("status", "", self.address))
-        target = await self._transact(Command("tvolume", "", self.address))
+        rate = await self._execute(Command("irate", "", self.address))
+        raw = await self._execute(Command("status", "", self.address))
+        target = await self._execute(Command("tvolume", "", self.address))
         try:
             status = RawStatus.parse(raw.data)
             rate_ml_h = parse_quantity(rate.data, RATE_UNITS)

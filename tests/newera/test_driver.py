@@ -382,7 +382,7 @@ async def test_two_pumps_on_one_port_are_serialised_and_kept_apart(
     await a.connect()
     await b.connect()
     try:
-        assert a._port is b._port  # one transport, one lock
+        assert a._line is b._line  # one transport, one lock
         results = await asyncio.gather(
             *(d.set_rate(Decimal(r)) for d, r in ((a, "7.5"), (b, "3.25")) for _ in range(3))
         )
@@ -487,7 +487,7 @@ async def test_tcp_and_socket_urls_share_one_port(sim: NewEraSimulator) -> None:
     await a.connect()
     await b.connect()
     try:
-        assert a._port is b._port
+        assert a._line is b._line
         assert (await b.read_status()).rate_ml_h == 2
     finally:
         await a.close()
