@@ -12,6 +12,7 @@ reset) and ``panel-rate=ML_H`` (a front-panel rate change) happen once at start;
 ``slow=SECONDS``, ``reject=TEXT``, ``refuse-but-apply=TEXT``, ``hang-up``, ``noise``) stay
 armed. ``TEXT`` is one of the pump's error lines (``OOR``, ``NA``, ``?``, ``Out of range`` ...).
 ``/COMMAND`` limits a fault to that command sent as a write (``/irate``: rate changes).
+``--scenario FILE`` plays timed events (:mod:`sim_devices.phd_scenario`).
 
 A terminal on the other end (``socat - TCP:127.0.0.1:7010,crlf``) talks to it as to the pump:
 type ``ver`` or ``irat 9 ml/hr`` and Enter.
@@ -21,22 +22,27 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import signal
 from decimal import Decimal, InvalidOperation
+from pathlib import Path
 
 import structlog
 
-from protocol.errors import InfusiondError
-from sim_devices.phd_pump import Fault, PhdPumpModel, PumpSetup, refusal_text
+from sim_devices.phd_pump import PumpSetup
+from sim_devices.phd_scenario import (
+    EVENTS,
+    Event,
+    FaultSpecError,
+    apply_fault_spec,
+    check_events,
+    load_scenario,
+    play,
+)
 from sim_devices.phd_server import PhdSimulator
 
 log = structlog.get_logger("sim.phd")
 DEFAULT_LISTEN = "tcp://127.0.0.1:7010"
-EVENTS = ("stall", "reset", "panel-rate")
-
-
-class FaultSpecError(InfusiondError):
-    """A ``--faults`` entry is wrong; the message names it and the problem."""
 
 
 def _setups(args: argparse.Namespace) -> list[PumpSetup]:
@@ -61,60 +67,17 @@ def _setups(args: argparse.Namespace) -> list[PumpSetup]:
         ) from None
 
 
-def apply_fault_spec(sim: PhdSimulator, spec: str) -> None:
-    """Apply one ``--faults`` entry (see the module doc)."""
-    body, _, addr = spec.partition("@")
-    body, _, on = body.partition("/")
-    name, _, value = body.partition("=")
-    try:
-        address = int(addr) if addr else 0
-    except ValueError:
-        raise FaultSpecError(f"fault {spec!r}: address {addr!r} is not a number") from None
-    pump = sim.pumps.get(address)
-    if pump is None:
-        raise FaultSpecError(f"fault {spec!r}: no simulated pump at address {address}")
-    if name in EVENTS:
-        _event(pump, name, value, spec)
-        return
-    try:
-        fault = Fault(name)
-    except ValueError:
-        known = ", ".join([*EVENTS, *(f.value for f in Fault)])
-        raise FaultSpecError(f"fault {spec!r}: unknown fault {name!r} (known: {known})") from None
-    if value and fault not in (Fault.SLOW, Fault.REJECT, Fault.REFUSE_BUT_APPLY):
-        raise FaultSpecError(f"fault {spec!r}: {name} takes no value")
-    try:
-        if fault is Fault.SLOW:
-            pump.reply_delay_s = float(value or "1.0")
-        elif fault in (Fault.REJECT, Fault.REFUSE_BUT_APPLY):
-            pump.reject_with = refusal_text(value or "Out of range")
-        pump.inject(fault, None, on=on or None)
-    except ValueError as exc:
-        raise FaultSpecError(f"fault {spec!r}: {exc}") from None
-
-
-def _event(pump: PhdPumpModel, name: str, value: str, spec: str) -> None:
-    if name == "stall":
-        pump.stall()
-    elif name == "reset":
-        pump.power_reset()
-    else:
-        try:
-            pump.front_panel_rate(Decimal(value))
-        except InvalidOperation:
-            raise FaultSpecError(f"fault {spec!r}: panel-rate takes mL/h") from None
-
-
 async def serve(args: argparse.Namespace) -> int:
-    if args.scenario:
-        raise SystemExit("infusiond sim phd: --scenario is not supported; use --faults")
-    sim = PhdSimulator(
-        _setups(args),
-        speed=args.speed,
-        baudrate=int(args.baud),
-        emulate_wire_time=args.emulate_wire,
-    )
+    setups = _setups(args)
+    events: list[Event] = []
     try:
+        if args.scenario:
+            scenario_pumps, events = load_scenario(Path(args.scenario))
+            setups = scenario_pumps or setups
+        sim = PhdSimulator(
+            setups, speed=args.speed, baudrate=int(args.baud), emulate_wire_time=args.emulate_wire
+        )
+        check_events(sim, events, str(args.scenario))
         for spec in args.faults:
             for item in spec.split(","):
                 if item:
@@ -127,7 +90,18 @@ async def serve(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     async with sim.serving(listen):
-        await stop.wait()
+        player = asyncio.create_task(play(sim, events, str(args.scenario)), name="phd-scenario")
+        waiter = asyncio.create_task(stop.wait(), name="phd-sim-stop")
+        try:
+            await asyncio.wait({player, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            if player.done() and (exc := player.exception()) is not None:
+                raise exc
+            await waiter
+        finally:
+            for task in (player, waiter):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
     log.info("phd simulator stopped")
     return 0
 
@@ -135,3 +109,6 @@ async def serve(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     """Entry point used by ``daemon.cli``."""
     return asyncio.run(serve(args))
+
+
+__all__ = ["EVENTS", "run", "serve"]
