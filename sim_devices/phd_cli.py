@@ -94,8 +94,8 @@ async def serve(args: argparse.Namespace) -> int:
         waiter = asyncio.create_task(stop.wait(), name="phd-sim-stop")
         try:
             await asyncio.wait({player, waiter}, return_when=asyncio.FIRST_COMPLETED)
-            if player.done() and (exc := player.exception()) is not None:
-                raise exc
+            if player.done() and (failure := player.exception()) is not None:
+                raise failure
             await waiter
         finally:
             for task in (player, waiter):
