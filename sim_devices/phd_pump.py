@@ -12,8 +12,8 @@ stalled, ``T*`` target reached).
 * A stall stops the pump: the prompt is ``*`` and the ``status`` line has the ``S`` flag until
   the next ``irun``/``run``/``stop``.
 * A power reset stops the pump and zeroes the infused volume and time; settings are kept.
-* The ``status`` line reports, for the current direction, the motor rate in fL/s (truncated),
-  the infusing time in s and the infused volume in fL.
+* The ``status`` line reports, for the current direction, the motor rate in fL/s (truncated;
+  0 while the motor stands), the infusing time in s and the infused volume in fL.
 """
 
 from __future__ import annotations
@@ -270,7 +270,8 @@ class PhdPumpModel:
         return ""
 
     def _cmd_status(self, _args: str) -> str:
-        fl_s = (self.rate_ml_h * Decimal(10) ** 12 / 3600).to_integral_value(ROUND_FLOOR)
+        motor_ml_h = self.rate_ml_h if self._running() else Decimal(0)
+        fl_s = (motor_ml_h * Decimal(10) ** 12 / 3600).to_integral_value(ROUND_FLOOR)
         volume_fl = (self.infused_ml * Decimal(10) ** 12).to_integral_value(ROUND_FLOOR)
         return RawStatus(
             rate_fl_s=int(fl_s),

@@ -4,9 +4,9 @@ Writes follow the shared contract of :mod:`drivers.serial.verify`: pre-read, wri
 ``applied`` / ``failed`` / ``uncertain``; writes never raise. What is PHD-specific:
 
 **Snapshot.** ``irate`` (programmed infuse rate), ``status`` (the raw line: rate in fL/s, infused
-volume in fL, stall flag) and ``tvolume`` (target). A rate write is ``applied`` only when both
-``irate`` reads back the value written *and* the motor's own rate in the ``status`` line matches
-it: the pump keeps what it was told and runs at it.
+volume in fL, stall flag) and ``tvolume`` (target). A rate write is ``applied`` only when
+``irate`` reads back the value written *and*, while the pump infuses, the motor's own rate in
+the ``status`` line matches it: the pump keeps what it was told and runs at it.
 
 **State from the prompt.** Every reply ends in a prompt that carries the pump's state: ``>``
 infusing; ``:`` idle and ``T*`` target reached are stopped; ``<`` (withdrawing: the motor draws
@@ -147,7 +147,9 @@ class PhdPumpDriver(ChainDriver[PhdLine, Command]):
         expected = Decimal(text)
 
         def ok(s: Snapshot) -> bool:
-            return s.status.rate_ml_h == expected and self._motor_matches(expected)
+            if s.status.rate_ml_h != expected:
+                return False
+            return s.device_state is not RunState.INFUSING or self._motor_matches(expected)
 
         return await self._write_verified(
             [Command("irate", f"{text} ml/hr", self.address)], ok, f"rate {expected} mL/h"
@@ -202,6 +204,7 @@ class PhdPumpDriver(ChainDriver[PhdLine, Command]):
         return f"{rate_ml_h.quantize(step):f}"
 
     def _motor_matches(self, expected: Decimal) -> bool:
+        """Whether the motor rate of the read-back's ``status`` line is ``expected``."""
         status = self._last_raw
         if status is None or not status.infusing_direction:
             return False

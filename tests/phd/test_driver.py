@@ -75,6 +75,36 @@ async def test_set_rate_is_applied_after_irate_and_motor_read_back(
 
 
 @pytest.mark.asyncio
+async def test_a_motor_that_keeps_its_old_speed_makes_the_rate_write_uncertain(
+    sim: PhdSimulator, pump0: PhdPumpDriver
+) -> None:
+    """irate reads back 12 but the status line still shows the motor at 9 mL/h: the pump did
+    not do what it says, so the write is uncertain, never applied."""
+    pump = sim.pumps[0]
+    old_speed = pump._cmd_status("")
+    pump._cmd_status = lambda _args: old_speed  # type: ignore[method-assign]
+    result = await pump0.set_rate(Decimal(12))
+    assert result.outcome is Outcome.UNCERTAIN, result.detail
+    assert "is not rate 12.00 mL/h" in result.detail
+    assert pump.rate_ml_h == 12
+
+
+@pytest.mark.asyncio
+async def test_a_stopped_pump_takes_a_rate_on_the_irate_read_back_alone(
+    sim: PhdSimulator,
+) -> None:
+    """Pump 12 is stopped (motor at 0 fL/s): the irate read-back decides; applied."""
+    driver = PhdPumpDriver(sim.url, 12, timeout_s=FAST_TIMEOUT_S)
+    await driver.connect()
+    try:
+        result = await driver.set_rate(Decimal("3.5"))
+    finally:
+        await driver.close()
+    assert result.outcome is Outcome.APPLIED
+    assert sim.pumps[12].rate_ml_h == Decimal("3.5")
+
+
+@pytest.mark.asyncio
 async def test_out_of_range_rate_fails_and_is_verified_unchanged(
     sim: PhdSimulator, pump0: PhdPumpDriver
 ) -> None:

@@ -115,7 +115,7 @@ def test_sim_phd_process_serves_a_chain_with_start_faults() -> None:
 
         rate, stall = asyncio.run(talk())
         assert rate == b"\n9 ml/hr\r\n>"
-        assert re.fullmatch(rb"\n2500000000 \d+ \d+ i\.S\.I\r\n1\*", stall), stall
+        assert re.fullmatch(rb"\n0 \d+ \d+ i\.S\.I\r\n1\*", stall), stall  # motor stands
     finally:
         proc.terminate()
         assert proc.wait(timeout=10) == 0
