@@ -1,5 +1,4 @@
-"""Bench `serial`: each serial vendor's transaction time vs the wire time of its bytes
-(DESIGN.md section 9).
+"""Bench `serial`: each serial vendor's transaction time vs the wire time of its bytes.
 
 For each vendor (New Era, then Harvard Apparatus PHD ULTRA) the simulator runs in its own process
 on one end of a socat pty pair (``--emulate-wire``: it paces each reply by the time its command

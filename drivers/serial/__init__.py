@@ -1,5 +1,5 @@
 """What every serial pump protocol shares: one line per daisy chain, capped buffers, command
-tables as data and the write-verify judgement (DESIGN.md section 4, rule 10).
+tables as data, the resync-after-garbage rule and the write-verify judgement.
 
 A vendor folder (``drivers/newera``, ``drivers/phd``) keeps only its own framing, grammar and
 device facts; the transport, the line lock, the settle-after-failure rule, the backoff and the

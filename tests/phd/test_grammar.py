@@ -127,7 +127,7 @@ async def test_crlf_lf_and_cr_end_a_command_and_garbage_does_not_eat_the_next(
 
 
 def test_reader_accepts_cr_lf_variants_and_an_address_prefix_on_data_lines() -> None:
-    """Lenient in what it accepts (DESIGN 4.4): CR LF, LF CR or LF; 'addr:' on data lines."""
+    """Lenient in what it accepts: CR LF, LF CR or LF; an 'addr:' prefix on data lines."""
     for wire in (b"\r\n12:5 ml/hr\r\n12:", b"\n5 ml/hr\r\n12:", b"\n12: 5 ml/hr\n12:"):
         reader = ReplyReader()
         reader.stream.feed(wire)
