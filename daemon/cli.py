@@ -47,6 +47,20 @@ def _add_newera_options(sp: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_phd_options(sp: argparse.ArgumentParser) -> None:
+    """Options of ``sim phd`` beyond the shared ones (sim_devices.phd_cli)."""
+    sp.add_argument("--address", type=int, default=0, help="first pump address (0-99)")
+    sp.add_argument("--pumps", type=int, default=1, help="pumps on the chain (addresses follow)")
+    sp.add_argument("--diameter", default="26.59", metavar="MM", help="syringe diameter")
+    sp.add_argument("--rate", default="0", metavar="ML_H", help="initial infuse rate, mL/h")
+    sp.add_argument("--running", action="store_true", help="start infusing")
+    sp.add_argument("--target-volume", default="0", metavar="ML", help="target volume (0 = none)")
+    sp.add_argument("--baud", type=int, default=9600, help="serial baud rate")
+    sp.add_argument(
+        "--emulate-wire", action="store_true", help="pace replies at the baud rate (bench)"
+    )
+
+
 def _add_monitor_options(
     p: argparse.ArgumentParser, where: argparse._MutuallyExclusiveGroup
 ) -> None:
@@ -100,6 +114,7 @@ def _add_demo_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gateway-id", default="demo", metavar="ID")
     _add_data_dir(p)
     p.add_argument("--pumps", type=int, default=2, metavar="N", help="number of pumps (>= 2)")
+    p.add_argument("--phd", action="store_true", help="add pump-phd, a PHD ULTRA pump chain")
     p.add_argument("--speed", type=float, default=1.0, metavar="X", help="simulated clock speed")
     p.add_argument(
         "--broker-ws",
@@ -150,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     for kind, target, helptext in (
         ("modbus", "sim_devices.modbus_cli:run", "Modbus TCP/RTU pump (generic-pump-v1 map)"),
         ("newera", "sim_devices.newera_cli:run", "New Era NE-500 family serial syringe pump"),
+        ("phd", "sim_devices.phd_cli:run", "Harvard Apparatus PHD ULTRA pump chain (serial)"),
         ("monitor", "sim_devices.monitor_cli:run", "patient monitor sending HL7 ORU^R01 (MLLP)"),
     ):
         sp = simsub.add_parser(kind, help=helptext)
@@ -161,6 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--speed", type=float, default=1.0, metavar="X", help="clock speed")
         if kind == "newera":
             _add_newera_options(sp)
+        elif kind == "phd":
+            _add_phd_options(sp)
         elif kind == "monitor":
             _add_monitor_options(sp, where)
         sp.set_defaults(target=target)

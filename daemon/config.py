@@ -187,7 +187,7 @@ class PumpConfig(_Section):
     """One pump channel: how to reach it and what it infuses."""
 
     id: TopicId
-    driver: Literal["modbus", "newera"]
+    driver: Literal["modbus", "newera", "phd"]
     url: Annotated[str, StringConstraints(min_length=1, max_length=256)]
     unit_id: Annotated[int, Field(ge=1, le=247)] | None = None
     address: Annotated[int, Field(ge=0, le=99)] | None = None
@@ -206,6 +206,7 @@ class PumpConfig(_Section):
     baseline_sbp: Annotated[float, Field(ge=40, le=300, allow_inf_nan=False)] | None = None
     chronic_hypertension: bool = False
     watchdog_s: Annotated[int, Field(ge=1, le=65_535)] | None = None
+    syringe_diameter_mm: Annotated[float, Field(ge=0.1, le=45.0, allow_inf_nan=False)] | None = None
 
     @field_validator("url")
     @classmethod
@@ -219,7 +220,7 @@ class PumpConfig(_Section):
     def _per_driver(self) -> Self:
         if self.driver == "modbus":
             if self.address is not None:
-                raise ValueError("address: only for newera pumps (modbus uses unit_id)")
+                raise ValueError("address: only for newera and phd pumps (modbus uses unit_id)")
             if self.url.startswith("socket://"):
                 raise ValueError("url: modbus pumps use tcp://host:port or a serial path")
         else:
@@ -227,7 +228,16 @@ class PumpConfig(_Section):
                 name = "unit_id" if self.unit_id is not None else "map"
                 raise ValueError(f"{name}: only for modbus pumps")
             if self.url.startswith("tcp://"):
-                raise ValueError("url: newera pumps use socket://host:port or a serial path")
+                raise ValueError(
+                    f"url: {self.driver} pumps use socket://host:port or a serial path"
+                )
+        if (self.driver == "phd") != (self.syringe_diameter_mm is not None):
+            raise ValueError(
+                "syringe_diameter_mm: required for phd pumps (the pump's rate range follows "
+                "the syringe), and only for them"
+            )
+        if self.driver == "phd" and self.watchdog_s is not None:
+            raise ValueError("watchdog_s: a PHD ULTRA has no communication watchdog")
         return self
 
     @property

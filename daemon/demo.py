@@ -7,6 +7,9 @@ Started together, stopped together (Ctrl-C):
   70 kg, infusing 0.05 ug/kg/min = 52.5 mL/h;
 - ``pump-2``: New Era simulator over a TCP socket, vasopressin 0.2 [USP'U]/mL, 0.03 [USP'U]/min
   = 9.0 mL/h;
+- ``pump-phd`` (``--phd``): a Harvard Apparatus PHD ULTRA, address 1 on its own pump-chain
+  simulator over a TCP socket, 60 mL syringe (26.59 mm), norepinephrine 4 ug/mL on ``bed-phd``,
+  infusing 52.5 mL/h;
 - ``pump-3``... (``--pumps N``): further norepinephrine pumps on the same Modbus simulator (unit
   ids 3..N), each on its own bed (``bed-3``...) so they are not duplicates of pump-1;
 - ``bed-1``: a simulated monitor sending HL7 ORU^R01 over MLLP to the daemon, from a patient
@@ -42,6 +45,8 @@ from sim_devices.monitor import Monitor
 from sim_devices.newera_pump import PumpSetup as NewEraPumpSetup
 from sim_devices.newera_server import NewEraSimulator
 from sim_devices.patient_model import Doses
+from sim_devices.phd_pump import PumpSetup as PhdPumpSetup
+from sim_devices.phd_server import PhdSimulator
 from sim_devices.scenario import load_scenario
 
 WEIGHT_KG = 70
@@ -49,6 +54,8 @@ NE_UG_ML = 4
 VP_U_ML = Decimal("0.2")
 HOST = "127.0.0.1"
 ANY_CLINICIAN = "*"
+PHD_ADDRESS = 1
+PHD_DIAMETER_MM = Decimal("26.59")
 
 
 def free_port() -> int:
@@ -81,6 +88,7 @@ class DemoEndpoints:
     newera_url: str
     vitals_url: str
     dashboard_url: str | None = None
+    phd_url: str | None = None
 
 
 def demo_config(
@@ -93,6 +101,7 @@ def demo_config(
     newera_url: str,
     vitals_url: str,
     pumps: int,
+    phd_url: str | None = None,
 ) -> Config:
     """The daemon configuration of the demo bedside."""
     norepinephrine: dict[str, Any] = {
@@ -137,6 +146,18 @@ def demo_config(
         }
         for k in range(3, pumps + 1)
     )
+    if phd_url is not None:
+        pump_list.append(
+            {
+                "id": "pump-phd",
+                "driver": "phd",
+                "url": phd_url,
+                "address": PHD_ADDRESS,
+                "syringe_diameter_mm": float(PHD_DIAMETER_MM),
+                "bed": "bed-phd",
+                **norepinephrine,
+            }
+        )
     return Config(
         gateway_id=gateway_id,
         data_dir=data_dir,
@@ -157,6 +178,7 @@ async def running_demo(
     speed: float = 1.0,
     broker_ws: str | None = None,
     web_port: int = 0,
+    phd: bool = False,
 ) -> AsyncIterator[tuple[DemoEndpoints, Gateway]]:
     """Run the whole demo bedside in this event loop; yields once the daemon is ready."""
     if pumps < 2:
@@ -173,6 +195,17 @@ async def running_demo(
     )
     newera = NewEraSimulator(
         [NewEraPumpSetup(address=0, rate_ml_h=Decimal("9.0"), running=True, reset_alarm=False)],
+        clock=clock,
+    )
+    phd_chain = PhdSimulator(
+        [
+            PhdPumpSetup(
+                address=PHD_ADDRESS,
+                diameter_mm=PHD_DIAMETER_MM,
+                rate_ml_h=Decimal("52.5"),
+                running=True,
+            )
+        ],
         clock=clock,
     )
     scenario = load_scenario("demo")
@@ -203,6 +236,8 @@ async def running_demo(
             dashboard = web.url
         served = await stack.enter_async_context(modbus.serving(f"tcp://{HOST}:0"))
         await stack.enter_async_context(newera.serving(f"tcp://{HOST}:0"))
+        if phd:
+            await stack.enter_async_context(phd_chain.serving(f"tcp://{HOST}:0"))
         endpoints = DemoEndpoints(
             broker_url=broker_url,
             broker_ws_url=ws_url,
@@ -212,6 +247,7 @@ async def running_demo(
             newera_url=f"socket://{HOST}:{newera.port}",
             vitals_url=f"tcp://{HOST}:0",  # the listener binds; its port is read back below
             dashboard_url=dashboard,
+            phd_url=phd_chain.url if phd else None,
         )
         gateway = Gateway(
             demo_config(
@@ -223,6 +259,7 @@ async def running_demo(
                 newera_url=endpoints.newera_url,
                 vitals_url=endpoints.vitals_url,
                 pumps=pumps,
+                phd_url=endpoints.phd_url,
             )
         )
         async with asyncio.TaskGroup() as tg:
@@ -276,6 +313,16 @@ def banner(ep: DemoEndpoints, pumps: int, out: TextIO) -> None:
             f"  pump-{k}      Modbus TCP unit {k}  norepinephrine (bed-{k})"
             for k in range(3, pumps + 1)
         ),
+        *(
+            [
+                (
+                    f"  pump-phd    PHD ULTRA {ep.phd_url} address {PHD_ADDRESS}  "
+                    "norepinephrine 4 ug/mL (bed-phd), 52.5 mL/h"
+                )
+            ]
+            if ep.phd_url
+            else []
+        ),
         f"  bed-1       HL7 ORU^R01 over MLLP -> {ep.vitals_url}",
         "",
         *(
@@ -311,6 +358,7 @@ async def _main(args: argparse.Namespace) -> None:
         speed=args.speed,
         broker_ws=args.broker_ws,
         web_port=args.web_port,
+        phd=bool(getattr(args, "phd", False)),
     ) as (endpoints, _gateway):
         banner(endpoints, args.pumps, sys.stdout)
         await stop.wait()

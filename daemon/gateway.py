@@ -45,6 +45,7 @@ from drivers.base import Driver
 from drivers.hl7 import ReceiverConfig, VitalsClient, VitalsListener, VitalsSample
 from drivers.modbus import ModbusPumpDriver
 from drivers.newera import NewEraPumpDriver
+from drivers.phd import PhdPumpDriver
 from protocol.consistency import check_library
 from protocol.errors import LibraryError
 from protocol.library import DEFAULT_LIBRARY_PATH, Library, load_library
@@ -74,6 +75,13 @@ def make_driver(pump: PumpConfig) -> Driver:
     """The driver for one configured pump."""
     if pump.driver == "modbus":
         return ModbusPumpDriver(pump.url, pump.modbus_unit_id, profile=pump.register_map)
+    if pump.driver == "phd":
+        return PhdPumpDriver(
+            pump.url,
+            pump.newera_address,
+            diameter_mm=Decimal(str(pump.syringe_diameter_mm)),
+            baudrate=pump.baudrate or 9600,
+        )
     return NewEraPumpDriver(pump.url, pump.newera_address, baudrate=pump.baudrate or 19200)
 
 

@@ -59,12 +59,17 @@ FALLBACK: dict[str, str] = {
     "vitals[].stale_after_s": 'A value older than this is published with `"stale": true`.',
     "vitals[].publish_every_s": "Republish `vitals/<bed>/state` at least this often, seconds.",
     "pumps[].id": "Pump id: the topic level of `pump/<id>/...`.",
-    "pumps[].driver": "Wire protocol: `modbus` (TCP or RTU) or `newera` (RS-232).",
+    "pumps[].driver": "Wire protocol: `modbus` (TCP or RTU), `newera` (RS-232) or `phd` "
+    "(Harvard Apparatus PHD ULTRA pump chain, RS-232/USB).",
     "pumps[].url": "Transport: `tcp://host:port` (Modbus TCP), `socket://host:port` (New Era "
-    "over TCP), or a serial device path such as `/dev/ttyUSB0`.",
+    "or PHD ULTRA over TCP), or a serial device path such as `/dev/ttyUSB0`.",
     "pumps[].unit_id": "Modbus unit id (modbus only); default 1.",
-    "pumps[].address": "New Era pump address on the RS-232 chain (newera only); default 0.",
-    "pumps[].baudrate": "Serial baud rate (serial paths only); default 19200.",
+    "pumps[].address": "Pump address on the RS-232 chain (newera and phd); default 0.",
+    "pumps[].baudrate": "Serial baud rate (serial paths only); default 19200 (newera), "
+    "9600 (phd): it must match the pump's setting.",
+    "pumps[].syringe_diameter_mm": "Inside diameter of the loaded syringe (phd only, "
+    "required): the rate range follows from it, and the gateway refuses a pump whose own "
+    "`diameter` differs.",
     "pumps[].map": "Register-map profile (modbus only); default `generic-pump-v1`.",
     "pumps[].poll_period_s": "Seconds between two polls of the pump.",
     "pumps[].publish_every_s": "Republish `pump/<id>/state` at least this often, seconds.",
@@ -96,9 +101,11 @@ RULES: dict[str, str] = {
     "vitals[].listen": "exactly one of `listen` or `connect`",
     "vitals[].bed": "unique among `[[vitals]]`",
     "pumps[].id": "unique among `[[pumps]]`",
-    "pumps[].url": "modbus: `tcp://` or a path; newera: `socket://` or a path",
+    "pumps[].url": "modbus: `tcp://` or a path; newera, phd: `socket://` or a path",
     "pumps[].unit_id": "modbus only",
-    "pumps[].address": "newera only",
+    "pumps[].address": "newera and phd only",
+    "pumps[].syringe_diameter_mm": "required for phd, only for phd",
+    "pumps[].watchdog_s": "not for phd (no device watchdog)",
     "pumps[].map": "modbus only",
 }
 

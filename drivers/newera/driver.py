@@ -1,21 +1,9 @@
 """Driver for New Era NE-500/NE-1000-family syringe pumps (RS-232, basic and safe mode).
 
-Outcome semantics: every write reads the pump before (the *pre-read*) and after (the
-*read-back*), and the outcome is decided by what the read-back shows, not by the reply alone:
-
-* ``applied``: the read-back shows what was asked -- also when the write's own reply was lost,
-  or when the pump answered ``?OOR``/``?NA``/an alarm yet executed the command anyway (the
-  detail then says what it answered);
-* ``failed``: either no byte of the write went out (the port is down or not connected, the
-  pre-read failed, the value cannot be written, or -- for :meth:`pause` -- the pump is not
-  infusing; the detail starts with ``not sent:``), or the pump refused (an error code or an
-  alarm in reply) *and* the read-back shows rate and run state (the pump's own status letter,
-  not the driver's alarm latch) exactly as before;
-* ``uncertain``: anything else -- no valid reply and a read-back that does not show the change,
-  a refusal followed by a read-back that shows some other change, or no read-back at all.
-  Nothing is ever re-sent; the channel reconciles on its next poll.
-
-Writes never raise: every device fault ends in one of the three outcomes.
+Outcome semantics are the shared write contract of :mod:`drivers.serial.verify` (pre-read,
+write, read back; ``applied`` / ``failed`` / ``uncertain``; writes never raise). For
+:meth:`pause`, a pump that is not infusing is ``failed`` ("not sent"); a refusal is judged on
+rate and run state as the pump's own status letter shows them, not the driver's alarm latch.
 
 **Pause and stop.** The pump has a single ``STP`` command: it *pauses* a pumping program
 (status ``P``, resumable with ``RUN``) and *stops* a paused one (status ``S``). :meth:`pause`
@@ -47,9 +35,6 @@ with the least rounding, and the read-back reports the value actually held).
 
 from __future__ import annotations
 
-import enum
-from collections.abc import Callable
-from dataclasses import dataclass
 from decimal import Decimal
 
 import structlog
@@ -57,8 +42,6 @@ import structlog
 from drivers.base import (
     AlarmCode,
     Capabilities,
-    ConnectionState,
-    Driver,
     Identity,
     Outcome,
     PumpStatus,
@@ -66,17 +49,13 @@ from drivers.base import (
     WriteResult,
 )
 from drivers.errors import DeviceRejected, DeviceTimeout, DriverError, FrameError
-from drivers.newera.errors import REJECTIONS, NotRepresentable, PortUnavailable
+from drivers.newera.errors import REJECTIONS, NotRepresentable
 from drivers.newera.frames import Command, Reply, Status
 from drivers.newera.numbers import RateUnit, VolumeUnit, encode_rate, parse_float
-from drivers.newera.port import (
-    DEFAULT_BAUD,
-    DEFAULT_TIMEOUT_S,
-    NewEraPort,
-    release_port,
-    shared_port,
-)
+from drivers.newera.port import DEFAULT_BAUD, DEFAULT_TIMEOUT_S, NewEraPort
 from drivers.newera.syringe import rate_limits
+from drivers.serial.chain import ChainDriver
+from drivers.serial.verify import Snapshot, not_sent
 
 log = structlog.get_logger("drivers.newera")
 
@@ -105,7 +84,7 @@ class AlarmReported(DeviceRejected):
     """The pump reported a latched alarm in place of executing the command."""
 
 
-class NewEraPumpDriver(Driver):
+class NewEraPumpDriver(ChainDriver[NewEraPort, Command]):
     """One pump (address 0-99) on a New Era serial line shared with its daisy-chain peers."""
 
     kind = "newera"
@@ -121,30 +100,15 @@ class NewEraPumpDriver(Driver):
         watchdog_s: int = 0,
         offline_after: int = 3,
     ) -> None:
-        if not 0 <= address <= 99:
-            raise ValueError(f"New Era address must be 0..99, got {address}")
-        self.url = url
-        self.address = address
-        self._port = port
+        super().__init__(url, address, line=port, offline_after=offline_after)
         self._baudrate = baudrate
         self._timeout_s = timeout_s
         self._watchdog_s = watchdog_s
-        self._offline_after = offline_after
         self._safe = False
-        self._failures = 0
-        self._state = ConnectionState.OFFLINE
-        self._alarms: set[AlarmCode] = set()
         self._diameter: Decimal | None = None
         self._identity: Identity | None = None
-        self._registered = False
 
     # -- Driver contract ----------------------------------------------------------------------
-
-    @property
-    def connection(self) -> ConnectionState:
-        if self._port is not None and self._port.state is not ConnectionState.ONLINE:
-            return self._port.state
-        return self._state
 
     @property
     def safe_mode(self) -> bool:
@@ -166,12 +130,7 @@ class NewEraPumpDriver(Driver):
 
     async def connect(self) -> None:
         """Open the shared port, find the pump's mode, read diameter and version."""
-        if self._port is None:
-            self._port = shared_port(self.url, baudrate=self._baudrate, timeout_s=self._timeout_s)
-        if not self._registered:
-            self._port.users += 1
-            self._registered = True
-        self._state = ConnectionState.CONNECTING
+        self._attach(NewEraPort, baudrate=self._baudrate, timeout_s=self._timeout_s)
         await self._probe_mode()
         dia = (await self._read("DIA")).data
         try:
@@ -181,12 +140,6 @@ class NewEraPumpDriver(Driver):
         self._identity = _identity(self.address, (await self._read("VER")).data)
         if self._watchdog_s:
             await self.configure_watchdog(self._watchdog_s)
-
-    async def close(self) -> None:
-        if self._port is not None and self._registered:
-            self._registered = False
-            await release_port(self._port)
-        self._state = ConnectionState.OFFLINE
 
     async def identity(self) -> Identity:
         if self._identity is None:
@@ -202,7 +155,7 @@ class NewEraPumpDriver(Driver):
         try:
             text, unit = encode_rate(rate_ml_h)
         except NotRepresentable as exc:
-            return _not_sent(str(exc))
+            return not_sent(str(exc))
         expected = Decimal(text) * unit.ml_h
         return await self._write_verified(
             [Command("RAT", text + unit.value, self.address)],
@@ -230,11 +183,11 @@ class NewEraPumpDriver(Driver):
     async def pause(self) -> WriteResult:
         """``STP`` once while pumping (the pump's pause); a stopped pump cannot be paused."""
 
-        def precheck(now: _Snapshot) -> WriteResult | None:
+        def precheck(now: Snapshot) -> WriteResult | None:
             if now.device_state is RunState.PAUSED:
                 return WriteResult(Outcome.APPLIED, now.status, detail="already paused")
             if now.device_state is not RunState.INFUSING:
-                return _not_sent(f"pump is {now.status.state.value}", now.status)
+                return not_sent(f"pump is {now.status.state.value}", now.status)
             return None
 
         return await self._write_verified(
@@ -243,21 +196,6 @@ class NewEraPumpDriver(Driver):
             "paused",
             precheck=precheck,
         )
-
-    async def acknowledge_alarms(self) -> WriteResult:
-        """Clear the driver's latch (the pump clears an alarm itself once reported).
-
-        Only queries go to the pump; if they fail, the latch is kept and the result is
-        ``failed`` ("not sent").
-        """
-        latched = set(self._alarms)
-        self._alarms.clear()
-        try:
-            status = await self.read_status()
-        except DriverError as exc:
-            self._alarms |= latched
-            return _not_sent(f"read failed: {exc}")
-        return WriteResult(Outcome.APPLIED, status)
 
     async def configure_watchdog(self, timeout_s: int) -> None:
         """``SAF<n>``: n > 0 enters safe mode with an n-second comm timeout, 0 leaves it.
@@ -282,20 +220,9 @@ class NewEraPumpDriver(Driver):
     # -- internals ----------------------------------------------------------------------------
 
     async def _transact(self, command: Command, *, safe: bool | None = None) -> Reply:
-        if self._port is None:
-            raise PortUnavailable(f"pump {self.address:02d}: not connected (connect() first)")
-        try:
-            reply = await self._port.transact(command, safe=self._safe if safe is None else safe)
-        except PortUnavailable:
-            self._state = ConnectionState.OFFLINE
-            raise
-        except (DeviceTimeout, FrameError):
-            self._failures += 1
-            if self._failures >= self._offline_after:
-                self._state = ConnectionState.OFFLINE
-            raise
-        self._failures = 0
-        self._state = ConnectionState.ONLINE
+        line = self._attached()
+        mode = self._safe if safe is None else safe
+        reply = await self._counted(line.transact(command, safe=mode))
         if reply.alarm is not None:
             self._alarms.add(reply.alarm.code)
             log.warning("newera alarm", address=self.address, alarm=reply.alarm.meaning)
@@ -331,64 +258,13 @@ class NewEraPumpDriver(Driver):
             )
         return reply
 
-    async def _send(self, commands: list[Command]) -> _Sent:
-        """Send ``commands`` in order; stop at the first one not answered as executed."""
-        sent = False
-        for command in commands:
-            try:
-                await self._execute(command)
-            except PortUnavailable as exc:
-                if not sent:
-                    return _Sent(sent=False, answer=_Answer.NONE, detail=str(exc))
-                return _Sent(sent=True, answer=_Answer.LOST, detail=str(exc))
-            except DeviceRejected as exc:
-                return _Sent(sent=True, answer=_Answer.REFUSED, detail=str(exc))
-            except (DeviceTimeout, FrameError) as exc:
-                return _Sent(sent=True, answer=_Answer.LOST, detail=str(exc))
-            sent = True
-        return _Sent(sent=True, answer=_Answer.ACCEPTED)
-
-    async def _write_verified(
-        self,
-        commands: list[Command],
-        ok: Callable[[_Snapshot], bool],
-        goal: str,
-        *,
-        precheck: Callable[[_Snapshot], WriteResult | None] | None = None,
-        again: Callable[[_Snapshot], bool] | None = None,
-    ) -> WriteResult:
-        """Pre-read, write, read back, judge (module doc).
-
-        ``again``: when the read-back is not the goal but satisfies ``again``, the commands are
-        sent once more and read back again (``STP`` on a pump that the first one only paused);
-        the read-back, never the lost or refused reply, decides this.
-        """
-        try:
-            before = await self._snapshot()
-        except DriverError as exc:
-            return _not_sent(f"pre-read failed: {exc}")
-        if precheck is not None and (early := precheck(before)) is not None:
-            return early
-        sent = await self._send(commands)
-        if not sent.sent:
-            return _not_sent(sent.detail, before.status)
-        try:
-            after = await self._snapshot()
-            if again is not None and not ok(after) and again(after):
-                sent = await self._send(commands)
-                after = await self._snapshot()
-        except DriverError as exc:
-            what = sent.detail or "sent"
-            return WriteResult(Outcome.UNCERTAIN, None, detail=f"{what}; read-back failed: {exc}")
-        return _judge(before, after, sent, ok, goal)
-
-    async def _snapshot(self) -> _Snapshot:
+    async def _snapshot(self) -> Snapshot:
         rat = await self._read("RAT")
         dis = await self._read("DIS")
         vol = await self._read("VOL")
         return self._status(rat, dis, vol)
 
-    def _status(self, rat: Reply, dis: Reply, vol: Reply) -> _Snapshot:
+    def _status(self, rat: Reply, dis: Reply, vol: Reply) -> Snapshot:
         status = vol.status if vol.alarm is None else Status.STOPPED
         running = status in (Status.INFUSING, Status.WITHDRAWING, Status.PURGING)
         if running:
@@ -407,7 +283,7 @@ class NewEraPumpDriver(Driver):
             target = parse_float(vol.data[:-2]) * vol_unit.ml
         except ValueError as exc:
             raise FrameError(f"pump {self.address:02d}: unreadable status data: {exc}") from exc
-        return _Snapshot(
+        return Snapshot(
             PumpStatus(
                 state=state,
                 rate_ml_h=rate,
@@ -417,71 +293,6 @@ class NewEraPumpDriver(Driver):
             ),
             device_state,
         )
-
-
-class _Answer(enum.Enum):
-    """How the pump answered a write."""
-
-    NONE = "nothing sent"
-    ACCEPTED = "accepted"
-    REFUSED = "refused"  # an error code or an alarm in reply
-    LOST = "no valid reply"
-
-
-@dataclass(frozen=True, slots=True)
-class _Sent:
-    sent: bool  # whether any byte of the write went out
-    answer: _Answer
-    detail: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class _Snapshot:
-    status: PumpStatus
-    device_state: RunState  # what the status letter says, before the alarm latch overlay
-
-
-def _not_sent(why: str, status: PumpStatus | None = None) -> WriteResult:
-    return WriteResult(Outcome.FAILED, status, detail=f"not sent: {why}")
-
-
-def _judge(
-    before: _Snapshot,
-    after: _Snapshot,
-    sent: _Sent,
-    ok: Callable[[_Snapshot], bool],
-    goal: str,
-) -> WriteResult:
-    """The outcome of a write that went out, from the read-back (see the module doc)."""
-    readback = after.status
-    if ok(after):
-        if sent.answer is _Answer.REFUSED:
-            note = f" (the pump answered: {sent.detail}; the read-back shows it applied)"
-        elif sent.answer is _Answer.LOST:
-            note = f" (reply lost: {sent.detail}; read-back confirms)"
-        else:
-            note = ""
-        return WriteResult(Outcome.APPLIED, readback, detail=f"{goal}{note}")
-    unchanged = (
-        readback.rate_ml_h == before.status.rate_ml_h and after.device_state is before.device_state
-    )
-    if sent.answer is _Answer.REFUSED and unchanged:
-        return WriteResult(
-            Outcome.FAILED,
-            readback,
-            detail=f"{sent.detail}; read-back shows rate and state unchanged",
-        )
-    shows = f"rate {readback.rate_ml_h} mL/h, {after.device_state.value}"
-    if sent.answer is _Answer.ACCEPTED:
-        why = "pump accepted"
-    else:
-        why = f"{sent.answer.value}: {sent.detail}"
-    changed = "unchanged" if unchanged else "changed"
-    return WriteResult(
-        Outcome.UNCERTAIN,
-        readback,
-        detail=f"{why}, but the read-back ({shows}, {changed}) is not {goal}",
-    )
 
 
 def _identity(address: int, version: str) -> Identity:

@@ -55,7 +55,3 @@ REJECTIONS: dict[str, type[NewEraRejected]] = {
 
 class NotRepresentable(DriverError):
     """A value cannot be written in the pump's number format (at most 4 digits, one point)."""
-
-
-class PortUnavailable(DriverError):
-    """The serial line or socket is not open (reconnect backing off): nothing was sent."""

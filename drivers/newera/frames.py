@@ -25,6 +25,7 @@ from typing import ClassVar
 
 from drivers.base import AlarmCode
 from drivers.errors import FrameError
+from drivers.serial.buffer import CappedBuffer
 
 STX = 0x02
 ETX = 0x03
@@ -282,43 +283,13 @@ ReplyFrame = BasicReplyFrame | SafePacket
 CommandFrame = BasicCommandFrame | SafePacket
 
 
-class _Stream:
+class _Stream(CappedBuffer):
     """A capped byte buffer; subclasses pop frames from its head."""
 
     def __init__(self, cap: int = STREAM_CAP) -> None:
         if cap < MAX_SAFE_LEN + 1 or cap < MAX_BASIC_REPLY:
             raise ValueError(f"stream cap {cap} cannot hold one whole frame")
-        self.cap = cap
-        self._buf = bytearray()
-        self._dropped = 0
-
-    def __len__(self) -> int:
-        return len(self._buf)
-
-    def feed(self, data: bytes) -> None:
-        """Append received bytes; beyond the cap the oldest bytes are dropped (and reported)."""
-        if len(data) >= self.cap:
-            self._dropped += len(self._buf) + len(data) - self.cap
-            self._buf = bytearray(data[-self.cap :])
-            return
-        self._buf += data
-        excess = len(self._buf) - self.cap
-        if excess > 0:
-            del self._buf[:excess]
-            self._dropped += excess
-
-    def clear(self) -> None:
-        self._buf.clear()
-        self._dropped = 0
-
-    def pending(self) -> bytes:
-        """The bytes not yet consumed (for error messages on timeout)."""
-        return bytes(self._buf)
-
-    def _check_overflow(self) -> None:
-        if self._dropped:
-            n, self._dropped = self._dropped, 0
-            raise FrameError(f"receive buffer over {self.cap} bytes: dropped {n} oldest bytes")
+        super().__init__(cap)
 
     def _skip_bogus_start(self) -> None:
         """A length byte may promise bytes that never come (noise before a real packet).

@@ -15,19 +15,13 @@ from __future__ import annotations
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 
 from drivers.newera.numbers import VolumeUnit
+from drivers.serial.syringe import area_ml_per_mm
 
 MIN_DIAMETER_MM = Decimal("0.1")
 MAX_DIAMETER_MM = Decimal("50.0")
 MIN_PLUNGER_MM_H = Decimal("0.0421")
 MAX_PLUNGER_MM_H = Decimal(3060)
 UL_DIAMETER_MAX_MM = Decimal("14.0")
-_PI = Decimal("3.14159265358979")
-
-
-def area_ml_per_mm(diameter_mm: Decimal) -> Decimal:
-    """mL displaced per mm of plunger travel."""
-    radius = diameter_mm / 2
-    return _PI * radius * radius / 1000
 
 
 def rate_limits(diameter_mm: Decimal) -> tuple[Decimal, Decimal]:

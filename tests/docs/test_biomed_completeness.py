@@ -11,6 +11,8 @@ from sim_devices.modbus_pump import Fault as ModbusFault
 from sim_devices.monitor import MonitorFault
 from sim_devices.newera_pump import Fault as NewEraFault
 from sim_devices.newera_scenario import ACTIONS, EVENTS
+from sim_devices.phd_cli import EVENTS as PHD_EVENTS
+from sim_devices.phd_pump import Fault as PhdFault
 from sim_devices.scenario import shipped_scenarios
 from tests.docs.docs_text import DOCS
 
@@ -18,6 +20,7 @@ GUIDE = DOCS / "biomed-guide.md"
 SECTIONS = {
     "modbus": "## Modbus pump simulator",
     "newera": "## New Era syringe pump simulator",
+    "phd": "## PHD ULTRA syringe pump simulator",
     "monitor": "## Patient monitor simulator",
 }
 
@@ -54,6 +57,7 @@ def test_every_option_of_the_simulator_is_in_its_section(kind: str) -> None:
     [
         ("modbus", [f.value for f in ModbusFault]),
         ("newera", [f.value for f in NewEraFault] + list(EVENTS)),
+        ("phd", [f.value for f in PhdFault] + list(PHD_EVENTS)),
         ("monitor", [f.value for f in MonitorFault]),
     ],
 )

@@ -16,9 +16,9 @@ from drivers.backoff import Backoff
 from drivers.base import AlarmCode, ConnectionState, Outcome, PumpStatus, RunState, WriteResult
 from drivers.errors import DeviceTimeout, DriverError, FrameError
 from drivers.newera import NewEraPort, NewEraPumpDriver
-from drivers.newera.driver import _Answer, _judge, _Sent, _Snapshot
-from drivers.newera.errors import PortUnavailable
 from drivers.newera.frames import Alarm, Status
+from drivers.serial.line import PortUnavailable
+from drivers.serial.verify import Answer, Sent, Snapshot, judge
 from sim_devices.newera_pump import Fault
 from sim_devices.newera_server import NewEraSimulator, PumpSetup
 from tests.newera.conftest import FAST_TIMEOUT_S
@@ -382,7 +382,7 @@ async def test_two_pumps_on_one_port_are_serialised_and_kept_apart(
     await a.connect()
     await b.connect()
     try:
-        assert a._port is b._port  # one transport, one lock
+        assert a._line is b._line  # one transport, one lock
         results = await asyncio.gather(
             *(d.set_rate(Decimal(r)) for d, r in ((a, "7.5"), (b, "3.25")) for _ in range(3))
         )
@@ -487,7 +487,7 @@ async def test_tcp_and_socket_urls_share_one_port(sim: NewEraSimulator) -> None:
     await a.connect()
     await b.connect()
     try:
-        assert a._port is b._port
+        assert a._line is b._line
         assert (await b.read_status()).rate_ml_h == 2
     finally:
         await a.close()
@@ -626,31 +626,31 @@ async def test_pause_of_a_silent_pump_is_failed_not_sent(
     assert sim.pumps[0].status is Status.INFUSING
 
 
-def _snap(rate: str, device: RunState) -> _Snapshot:
-    return _Snapshot(PumpStatus(state=device, rate_ml_h=Decimal(rate)), device)
+def _snap(rate: str, device: RunState) -> Snapshot:
+    return Snapshot(PumpStatus(state=device, rate_ml_h=Decimal(rate)), device)
 
 
 @pytest.mark.parametrize(
     ("answer", "after", "outcome"),
     [
-        (_Answer.ACCEPTED, _snap("12", RunState.INFUSING), Outcome.APPLIED),
-        (_Answer.REFUSED, _snap("12", RunState.INFUSING), Outcome.APPLIED),
-        (_Answer.LOST, _snap("12", RunState.INFUSING), Outcome.APPLIED),
-        (_Answer.REFUSED, _snap("9", RunState.INFUSING), Outcome.FAILED),
-        (_Answer.REFUSED, _snap("9", RunState.PAUSED), Outcome.UNCERTAIN),
-        (_Answer.REFUSED, _snap("10", RunState.INFUSING), Outcome.UNCERTAIN),
-        (_Answer.LOST, _snap("9", RunState.INFUSING), Outcome.UNCERTAIN),
-        (_Answer.ACCEPTED, _snap("9", RunState.INFUSING), Outcome.UNCERTAIN),
+        (Answer.ACCEPTED, _snap("12", RunState.INFUSING), Outcome.APPLIED),
+        (Answer.REFUSED, _snap("12", RunState.INFUSING), Outcome.APPLIED),
+        (Answer.LOST, _snap("12", RunState.INFUSING), Outcome.APPLIED),
+        (Answer.REFUSED, _snap("9", RunState.INFUSING), Outcome.FAILED),
+        (Answer.REFUSED, _snap("9", RunState.PAUSED), Outcome.UNCERTAIN),
+        (Answer.REFUSED, _snap("10", RunState.INFUSING), Outcome.UNCERTAIN),
+        (Answer.LOST, _snap("9", RunState.INFUSING), Outcome.UNCERTAIN),
+        (Answer.ACCEPTED, _snap("9", RunState.INFUSING), Outcome.UNCERTAIN),
     ],
 )
 def test_the_read_back_decides_the_outcome_of_a_rate_write(
-    answer: _Answer, after: _Snapshot, outcome: Outcome
+    answer: Answer, after: Snapshot, outcome: Outcome
 ) -> None:
     """Decision table of a write of 12 mL/h to a pump infusing 9: the read-back showing 12 is
     applied whatever the answer; failed needs a refusal *and* rate and state unchanged; any
     other read-back (paused, another rate, no answer, accepted but unchanged) is uncertain."""
     before = _snap("9", RunState.INFUSING)
-    sent = _Sent(sent=True, answer=answer, detail="pump said so")
-    result = _judge(before, after, sent, lambda s: s.status.rate_ml_h == 12, "rate 12 mL/h")
+    sent = Sent(sent=True, answer=answer, detail="pump said so")
+    result = judge(before, after, sent, lambda s: s.status.rate_ml_h == 12, "rate 12 mL/h")
     assert result.outcome is outcome, result.detail
     assert result.readback == after.status

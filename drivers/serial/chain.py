@@ -1,0 +1,118 @@
+"""What a driver of one pump on a shared serial chain does the same for every vendor.
+
+A :class:`ChainDriver` attaches to the chain's one :class:`SerialLine` (``shared_line``), counts
+failed transactions (``offline_after`` in a row mark the pump offline; any answer brings it
+online), keeps the alarm latch that :meth:`acknowledge_alarms` clears, and runs every write
+through :func:`drivers.serial.verify.write_verified`. A vendor supplies ``_execute`` (one
+command answered as executed, else DriverError) and ``_snapshot`` (the read-back).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
+
+from drivers.base import AlarmCode, ConnectionState, Driver, Outcome, WriteResult
+from drivers.errors import DeviceTimeout, DriverError, FrameError
+from drivers.serial.line import PortUnavailable, SerialLine, release_line, shared_line
+from drivers.serial.verify import Sent, Snapshot, not_sent, send_each, write_verified
+
+L = TypeVar("L", bound=SerialLine)
+C = TypeVar("C")
+R = TypeVar("R")
+
+
+class ChainDriver(Driver, Generic[L, C]):
+    """One pump (address 0-99) on a serial chain shared with its peers."""
+
+    def __init__(self, url: str, address: int, *, line: L | None, offline_after: int) -> None:
+        if not 0 <= address <= 99:
+            raise ValueError(f"{self.kind} address must be 0..99, got {address}")
+        self.url = url
+        self.address = address
+        self._line = line
+        self._offline_after = offline_after
+        self._failures = 0
+        self._state = ConnectionState.OFFLINE
+        self._alarms: set[AlarmCode] = set()
+        self._registered = False
+
+    @property
+    def connection(self) -> ConnectionState:
+        if self._line is not None and self._line.state is not ConnectionState.ONLINE:
+            return self._line.state
+        return self._state
+
+    def _attach(self, kind: type[L], *, baudrate: int, timeout_s: float) -> L:
+        """The chain's shared line (created on first use), counted as used by this pump."""
+        if self._line is None:
+            self._line = shared_line(kind, self.url, baudrate=baudrate, timeout_s=timeout_s)
+        if not self._registered:
+            self._line.users += 1
+            self._registered = True
+        self._state = ConnectionState.CONNECTING
+        return self._line
+
+    def _attached(self) -> L:
+        """The line, or PortUnavailable ("not connected") before :meth:`connect`."""
+        if self._line is None:
+            raise PortUnavailable(f"pump {self.address:02d}: not connected (connect() first)")
+        return self._line
+
+    async def close(self) -> None:
+        if self._line is not None and self._registered:
+            self._registered = False
+            await release_line(self._line)
+        self._state = ConnectionState.OFFLINE
+
+    async def acknowledge_alarms(self) -> WriteResult:
+        """Clear the driver's latch; only queries go to the pump (latch kept if they fail)."""
+        latched = set(self._alarms)
+        self._alarms.clear()
+        try:
+            status = await self.read_status()
+        except DriverError as exc:
+            self._alarms |= latched
+            return not_sent(f"read failed: {exc}")
+        return WriteResult(Outcome.APPLIED, status)
+
+    async def _counted(self, exchange: Awaitable[R]) -> R:
+        """Await one transaction, keeping the failure count and the connection state."""
+        try:
+            result = await exchange
+        except PortUnavailable:
+            self._state = ConnectionState.OFFLINE
+            raise
+        except (DeviceTimeout, FrameError):
+            self._failures += 1
+            if self._failures >= self._offline_after:
+                self._state = ConnectionState.OFFLINE
+            raise
+        self._failures = 0
+        self._state = ConnectionState.ONLINE
+        return result
+
+    @abc.abstractmethod
+    async def _execute(self, command: C) -> object:
+        """Send one command; return when the pump answered it as executed, else DriverError."""
+
+    @abc.abstractmethod
+    async def _snapshot(self) -> Snapshot:
+        """Read the pump: the status and the device's own run state."""
+
+    async def _write_verified(
+        self,
+        commands: Sequence[C],
+        ok: Callable[[Snapshot], bool],
+        goal: str,
+        *,
+        precheck: Callable[[Snapshot], WriteResult | None] | None = None,
+        again: Callable[[Snapshot], bool] | None = None,
+    ) -> WriteResult:
+        """:func:`drivers.serial.verify.write_verified` of ``commands``."""
+
+        async def send() -> Sent:
+            return await send_each(commands, self._execute)
+
+        return await write_verified(self._snapshot, send, ok, goal, precheck=precheck, again=again)

@@ -1,0 +1,114 @@
+"""``infusiond sim phd``: run the PHD ULTRA pump-chain simulator until interrupted.
+
+Examples::
+
+    infusiond sim phd --listen tcp://127.0.0.1:7010 --rate 9 --running
+    infusiond sim phd --serial /tmp/tty-a --pumps 3 --faults slow=1.5@1 stall@2
+    infusiond sim phd --listen tcp://127.0.0.1:7010 --speed 60 --faults refuse-but-apply=OOR/irate
+
+Fault spec (``--faults``): ``NAME[=VALUE][/COMMAND][@ADDRESS]``. ``stall``, ``reset`` (power
+reset) and ``panel-rate=ML_H`` (a front-panel rate change) happen once at start; the reply faults
+(``silence``, ``drop-reply``, ``garble``, ``truncate``, ``wrong-address``, ``overlong``,
+``slow=SECONDS``, ``reject=TEXT``, ``refuse-but-apply=TEXT``, ``hang-up``, ``noise``) stay
+armed. ``TEXT`` is one of the pump's error lines (``OOR``, ``NA``, ``?``, ``Out of range`` ...).
+``/COMMAND`` limits a fault to that command sent as a write (``/irate``: rate changes).
+``--scenario FILE`` plays timed events (:mod:`sim_devices.phd_scenario`).
+
+A terminal on the other end (``socat - TCP:127.0.0.1:7010,crlf``) talks to it as to the pump:
+type ``ver`` or ``irat 9 ml/hr`` and Enter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+
+import structlog
+
+from sim_devices.phd_pump import PumpSetup
+from sim_devices.phd_scenario import (
+    EVENTS,
+    Event,
+    FaultSpecError,
+    apply_fault_spec,
+    check_events,
+    load_scenario,
+    play,
+)
+from sim_devices.phd_server import PhdSimulator
+
+log = structlog.get_logger("sim.phd")
+DEFAULT_LISTEN = "tcp://127.0.0.1:7010"
+
+
+def _setups(args: argparse.Namespace) -> list[PumpSetup]:
+    first = int(args.address)
+    count = int(args.pumps)
+    if not 0 <= first <= 99 or not 1 <= count <= 100 - first:
+        raise SystemExit(f"infusiond sim phd: addresses {first}..{first + count - 1} not in 0..99")
+    try:
+        return [
+            PumpSetup(
+                address=first + i,
+                diameter_mm=Decimal(args.diameter),
+                rate_ml_h=Decimal(args.rate),
+                running=bool(args.running),
+                target_ml=Decimal(args.target_volume),
+            )
+            for i in range(count)
+        ]
+    except InvalidOperation:
+        raise SystemExit(
+            "infusiond sim phd: --diameter, --rate and --target-volume take numbers"
+        ) from None
+
+
+async def serve(args: argparse.Namespace) -> int:
+    setups = _setups(args)
+    events: list[Event] = []
+    try:
+        if args.scenario:
+            scenario_pumps, events = load_scenario(Path(args.scenario))
+            setups = scenario_pumps or setups
+        sim = PhdSimulator(
+            setups, speed=args.speed, baudrate=int(args.baud), emulate_wire_time=args.emulate_wire
+        )
+        check_events(sim, events, str(args.scenario))
+        for spec in args.faults:
+            for item in spec.split(","):
+                if item:
+                    apply_fault_spec(sim, item)
+    except FaultSpecError as exc:
+        raise SystemExit(f"infusiond sim phd: {exc}") from None
+    listen = args.serial or args.listen or DEFAULT_LISTEN
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with sim.serving(listen):
+        player = asyncio.create_task(play(sim, events, str(args.scenario)), name="phd-scenario")
+        waiter = asyncio.create_task(stop.wait(), name="phd-sim-stop")
+        try:
+            await asyncio.wait({player, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            if player.done() and (failure := player.exception()) is not None:
+                raise failure
+            await waiter
+        finally:
+            for task in (player, waiter):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+    log.info("phd simulator stopped")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point used by ``daemon.cli``."""
+    return asyncio.run(serve(args))
+
+
+__all__ = ["EVENTS", "run", "serve"]
