@@ -23,9 +23,10 @@ from protocol.library import DEFAULT_LIBRARY_PATH, load_library
 from protocol.request import parse_request_json
 
 TARGET_PER_S = 10_000
-TARGET_SHARE = 0.2  # issue 8: verdicts/s >= 0.2x json.loads/s of the same request
+TARGET_SHARE = 0.2  # docs/performance.md: verdicts/s >= 0.2x json.loads/s of the same request
 
-# The demo titration (DESIGN 6.1) with a history, vitals and another channel: a typical request.
+# The demo titration (pump-1 to 0.06 ug/kg/min) with a history, vitals and another channel:
+# a typical request.
 REQUEST = json.dumps(
     {
         "now": "2026-11-26T10:00:00Z",

@@ -31,7 +31,7 @@ PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 #: loaded machine (docs/performance.md), 50 is a realistic Modbus-gateway size.
 UNITS_PER_SIM = 50
 
-#: the demo's pump-1 program (DESIGN.md 6): norepinephrine 4 ug/mL, adult-icu, 70 kg
+#: the demo's pump-1 program (docs/integration-guide.md): norepinephrine 4 ug/mL, adult-icu, 70 kg
 PUMP_PROGRAM = """\
 drug = "norepinephrine"
 concentration = {{ value = 4, unit = "ug/mL" }}

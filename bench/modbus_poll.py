@@ -6,7 +6,7 @@ both alike), and the medians of the chunk averages compared. Prints JSON:
 
     python -m bench.modbus_poll [--polls 25] [--rounds 60]
 
-Target (DESIGN.md section 9 / issue 4): ratio <= 1.3.
+Target (docs/performance.md): ratio <= 1.3.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 The daemon is spawned as ``infusiond run --config`` with ``NOTIFY_SOCKET`` pointing at a socket
 the bench listens on, exactly as systemd does; READY=1 comes after the first poll of every pump
-(DESIGN.md 6). For context the bench also times a bare interpreter start and the import of the
-daemon's modules, which are part of the figure.
+(docs/operator-guide.md). For context the bench also times a bare interpreter start and the
+import of the daemon's modules, which are part of the figure.
 
     python -m bench.startup [--quick]
 """

@@ -260,7 +260,7 @@ class Channel:
     # -- state payload ----------------------------------------------------------------------
 
     def state_data(self) -> dict[str, Any]:
-        """The ``pump.state`` data (DESIGN.md section 6)."""
+        """The ``pump.state`` data (docs/schemas/infusiond.pump.state-1.json)."""
         s = self.status
         p = self.program
         return {

@@ -1,4 +1,4 @@
-"""The ``infusiond`` command line (DESIGN.md section 6).
+"""The ``infusiond`` command line.
 
 This module only parses arguments and dispatches; each subcommand lives in its own module and
 is imported lazily, so ``infusiond check`` does not pay for importing pymodbus or aiomqtt.

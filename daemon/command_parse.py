@@ -1,5 +1,5 @@
 """From raw MQTT command bytes to a validated :class:`Command` or a :class:`Rejection`
-(DESIGN.md sections 6 and 6.1), and the builders of ``pump.command.result`` data.
+(docs/integration-guide.md, "Error codes"), and the builders of ``pump.command.result`` data.
 
 Order of checks, each answering with its own error code:
 

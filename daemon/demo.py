@@ -1,4 +1,4 @@
-"""``infusiond demo``: the fixed, documented bedside of DESIGN.md section 6, in one process.
+"""``infusiond demo``: the fixed demo bedside of docs/integration-guide.md, in one process.
 
 Started together, stopped together (Ctrl-C):
 

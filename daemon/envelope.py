@@ -1,4 +1,4 @@
-"""The envelope every published payload but ``bridge/state`` carries (DESIGN.md section 6).
+"""The envelope every published payload but ``bridge/state`` carries (docs/integration-guide.md).
 
 ``{"schema": "infusiond.<kind>/1", "gateway", "session", "seq", "ts", "data"}``, encoded as
 compact, deterministic JSON (sorted keys, no spaces, UTF-8, no NaN/Infinity), so equal payloads

@@ -1,6 +1,6 @@
 """The command gate: every rate change passes the drug library before it reaches a pump.
 
-Pipeline for one MQTT command (DESIGN.md section 6): parse (size, JSON, schema, expiry,
+Pipeline for one MQTT command (docs/integration-guide.md): parse (size, JSON, schema, expiry,
 retained) -> known pump -> remote control enabled -> clinician allowed -> not busy -> id not
 seen before (journal) -> check request built from the channel's context -> verdict:
 
@@ -883,7 +883,7 @@ class Gate:
         current: Decimal | None,
         requested: dict[str, Any],
     ) -> dict[str, Any]:
-        """The DESIGN 3.4 check request for ``channel`` (used for commands and observations)."""
+        """The check request (docs/check.md) for ``channel``, for commands and observations."""
         caps = channel.driver.capabilities
         patient: dict[str, Any] = {"chronic_hypertension": program.chronic_hypertension}
         if program.weight_kg is not None:

@@ -1,5 +1,5 @@
 """The hash-chained SQLite journal, the gateway's ``session``/``seq``, command-id dedupe and the
-durable event outbox (DESIGN.md section 6).
+durable event outbox (docs/reliability.md, docs/operator-guide.md).
 
 One SQLite file in WAL mode holds four tables:
 

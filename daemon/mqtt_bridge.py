@@ -1,4 +1,4 @@
-"""The MQTT bridge (DESIGN.md section 6) on aiomqtt 2.x, MQTT v5.
+"""The MQTT bridge (docs/asyncapi.yaml) on aiomqtt 2.x, MQTT v5.
 
 One long-running task (:meth:`MqttBridge.run`) keeps a connection to the broker, reconnecting
 with capped exponential backoff and jitter. Whatever the broker or the link does (refuses,

@@ -1,7 +1,8 @@
 """Pure derivation of pump events from two consecutive status snapshots.
 
 The channel polls a pump and hands the previous and the new :class:`PumpStatus` here; what comes
-back is the list of ``pump.event`` data dicts (DESIGN.md section 6) in a deterministic order.
+back is the list of ``pump.event`` data dicts (docs/schemas/infusiond.pump.event-1.json) in a
+deterministic order.
 No clock, no I/O: ``now`` and the dose conversion are arguments, so this is unit-testable.
 """
 

@@ -1,4 +1,4 @@
-"""The MQTT topic tree under ``infusiond/<gateway_id>/`` (DESIGN.md section 6)."""
+"""The MQTT topic tree under ``infusiond/<gateway_id>/`` (docs/asyncapi.yaml)."""
 
 from __future__ import annotations
 

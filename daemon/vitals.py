@@ -12,10 +12,10 @@ a late or replayed one (stamped before what is held) never replaces a fresher va
 
 Two outputs:
 
-- :meth:`VitalsState.snapshot` -> the ``data`` of ``vitals/<bed_id>/state`` (DESIGN 6):
+- :meth:`VitalsState.snapshot` -> the ``data`` of ``vitals/<bed_id>/state``:
   ``{"map"|"sbp"|"dbp"|"hr"|"spo2": {"value", "unit", "at"} | null, "source"}``, each value
   carrying ``"stale": true`` once older than ``stale_after_s`` (default 900 s = 15 min);
-- :meth:`VitalsState.check_vitals` -> the ``vitals`` of a check request (DESIGN 3.4):
+- :meth:`VitalsState.check_vitals` -> the ``vitals`` of a check request (docs/check.md):
   ``{"map", "sbp", "dbp", "hr"}`` each ``{"value", "unit", "at"}``, or None without any.
 
 Publication cadence (on every new reading and at least every 5 s) belongs to the MQTT bridge;
@@ -40,7 +40,7 @@ CHECK_PARAMETERS = (Parameter.MAP, Parameter.SBP, Parameter.DBP, Parameter.HR)
 
 
 def rfc3339_ms(value: datetime) -> str:
-    """``2026-11-26T12:00:00.000Z`` (DESIGN 6.1: RFC 3339, zone Z, milliseconds)."""
+    """``2026-11-26T12:00:00.000Z`` (RFC 3339, zone Z, milliseconds)."""
     if value.tzinfo is None:
         raise ValueError("rfc3339_ms needs an aware datetime")
     utc = value.astimezone(UTC)

@@ -2,8 +2,8 @@
 
 It subscribes to ``infusiond/<gateway>/#`` (every gateway by default) and shows the bridge
 state, one line per pump (``pump/<id>/state``), one per bed (``vitals/<bed>/state``) and the
-latest events and command results; it needs nothing from the daemon but the public contract of
-DESIGN 6, so it works against any gateway. Fits an 80x24 terminal for the demo bedside.
+latest events and command results; it needs nothing from the daemon but the public MQTT API
+(docs/asyncapi.yaml), so it works against any gateway. Fits an 80x24 terminal for the demo bedside.
 
 :class:`WatchModel` (pure: topic + payload in, no I/O) and :func:`render` (model + ``now`` in,
 a rich renderable out) are separate from the MQTT loop so that tests feed payloads directly.

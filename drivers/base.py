@@ -1,4 +1,4 @@
-"""The driver contract shared by every wire protocol (DESIGN.md section 4).
+"""The driver contract shared by every wire protocol.
 
 Drivers do I/O and framing only: no policy, no MQTT, no drug library. Every write is followed by
 a read-back and reported as a :class:`WriteResult` whose outcome is ``applied`` (read-back

@@ -1,4 +1,4 @@
-"""Consistency of a loaded library (``infusiond library check``, DESIGN.md 3.4).
+"""Consistency of a loaded library (``infusiond library check``, docs/check.md).
 
 The loader already guarantees the shape (types, known units, known rule ids). This module
 checks what a well-typed library can still get wrong, and recomputes every ``[[examples]]``

@@ -1,4 +1,4 @@
-"""The rule engine: ``evaluate(library, request) -> Verdict`` (DESIGN.md 3.4).
+"""The rule engine: ``evaluate(library, request) -> Verdict`` (docs/check.md).
 
 Pure and deterministic: no clock (``now`` is in the request), no I/O, no dependence on the
 order of dicts or lists in the request. Steps:

@@ -1,4 +1,4 @@
-"""The drug library (DESIGN.md 3.2): pydantic models, the TOML loader and the library identity.
+"""The drug library (docs/check.md): pydantic models, the TOML loader and the library identity.
 
 A library is data. The loader parses TOML with every float as an exact Decimal, validates the
 shape (unknown keys are errors, so a typo never silently disables a rule), canonicalises every
@@ -7,7 +7,8 @@ request. Errors are :class:`~protocol.errors.LibraryError` naming the file, the 
 drug and the field. Semantic consistency (start within soft, examples computing to their
 expected rate, ...) is the job of :mod:`protocol.consistency`.
 
-Fields beyond the DESIGN 3.2 example (all optional; defaults keep the rule off unless noted):
+Fields beyond the basic shape shown in docs/check.md (all optional; defaults keep the rule off
+unless noted):
 
 * drug ``maintenance`` range -> MAINTENANCE_RANGE advisory when a running infusion is titrated
   outside it;
@@ -220,7 +221,7 @@ REFERENCE_TARGETS: Final = Targets(
 
 
 class Drug(_Model):
-    """One drug in one profile (DESIGN 3.2 ``[[profiles.drugs]]``)."""
+    """One drug in one profile (``[[profiles.drugs]]``)."""
 
     drug: Name
     dose_unit: str
@@ -320,7 +321,7 @@ class PumpDefault(_Model):
 
 
 class LibraryFile(_Model):
-    """The shape of a library file (DESIGN 3.2), as validated by pydantic."""
+    """The shape of a library file, as validated by pydantic."""
 
     name: Name
     version: Name

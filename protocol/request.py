@@ -1,4 +1,4 @@
-"""The check request of DESIGN.md 3.4 as a pydantic model, and its parser.
+"""The check request (docs/check.md) as a pydantic model, and its parser.
 
 Numbers become exact Decimals (floats through their shortest repr); NaN, Infinity and negative
 doses, rates, weights or concentrations are errors. Malformed input raises
@@ -204,7 +204,7 @@ class Pump(_Model):
 
 
 class CheckRequest(_Model):
-    """DESIGN 3.4 check request (plus the optional ``pump``)."""
+    """The check request (including the optional ``pump``)."""
 
     now: AwareDatetime
     profile: Name

@@ -1,4 +1,4 @@
-"""Units of DESIGN.md 3.1: UCUM canonical codes, aliases and exact dose <-> pump-rate arithmetic.
+"""Units (docs/check.md): UCUM canonical codes, aliases and exact dose <-> pump-rate arithmetic.
 
 This is a small table-driven converter, not pint. pint (even with Decimal) parses unit strings
 and builds quantity objects on every call, which costs tens of microseconds per conversion; the
@@ -92,7 +92,7 @@ CONCENTRATION_UNITS: Final[dict[str, ConcentrationUnit]] = {
 
 OTHER_UNITS: Final = frozenset({"mL/h", "mL", "kg", "mm[Hg]", "/min", "%"})
 
-# DESIGN 3.1 aliases, plus the obvious spellings of the extra table rows.
+# The documented aliases (docs/check.md), plus the obvious spellings of the extra table rows.
 ALIASES: Final[dict[str, str]] = {
     "mcg/kg/min": "ug/kg/min",
     "µg/kg/min": "ug/kg/min",
@@ -131,7 +131,7 @@ ALIASES: Final[dict[str, str]] = {
 def canonical(unit: str) -> str:
     """The canonical UCUM code for ``unit`` (an alias or already canonical).
 
-    Raises :class:`UnitError` for a unit outside DESIGN 3.1's vocabulary.
+    Raises :class:`UnitError` for a unit outside the vocabulary of docs/check.md.
     """
     code = ALIASES.get(unit, unit)
     if code in DOSE_UNITS or code in CONCENTRATION_UNITS or code in OTHER_UNITS:
@@ -222,7 +222,7 @@ def dose_to_rate(
     concentration_unit: ConcentrationUnit,
     weight_kg: Decimal | None = None,
 ) -> Decimal:
-    """Pump rate in mL/h: ``dose_per_min * 60 / concentration`` (DESIGN 3.1), exact."""
+    """Pump rate in mL/h: ``dose_per_min * 60 / concentration``, exact."""
     if unit.amount is not concentration_unit.amount:
         raise UnitError(f"a {unit.code} dose cannot be given from a {concentration_unit.code} bag")
     # One division at the end: the result is the correctly rounded quotient, so a rate that

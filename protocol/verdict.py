@@ -1,4 +1,4 @@
-"""Severities, findings and the verdict of DESIGN.md 3.4, with their exact JSON shape."""
+"""Severities, findings and the verdict (docs/check.md), with their exact JSON shape."""
 
 from __future__ import annotations
 
@@ -94,7 +94,7 @@ class Finding:
     observed: Quantity | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """The DESIGN 3.4 finding object; ``limit``/``observed`` only when known."""
+        """The finding object of the verdict JSON; ``limit``/``observed`` only when known."""
         out: dict[str, Any] = {
             "rule": self.rule,
             "severity": self.severity.value,
@@ -140,7 +140,7 @@ class Verdict:
         return tuple(f for f in self.findings if f.severity >= severity)
 
     def to_dict(self) -> dict[str, Any]:
-        """Exactly the DESIGN 3.4 verdict JSON (``rate``/``dose`` null when not computable)."""
+        """Exactly the documented verdict JSON (``rate``/``dose`` null when not computable)."""
         return {
             "verdict": self.outcome.value,
             "rate": None if self.rate is None else {"value": _number(self.rate), "unit": ML_PER_H},

@@ -1,7 +1,7 @@
 """``infusiond sim monitor``: the simulated patient monitor as a command-line tool.
 
 ``--to tcp://HOST:PORT`` (default ``tcp://127.0.0.1:2575``) connects to a gateway's MLLP
-listener (the daemon's default mode, DESIGN 4.3); ``--listen tcp://HOST:PORT`` makes the
+listener (the daemon's default mode, ``[[vitals]] listen``); ``--listen tcp://HOST:PORT`` makes the
 monitor a server that a gateway in client mode dials. ``--scenario`` takes a file or a shipped
 name (``demo``, ``septic-shock-refractory``, ``hypertensive-overshoot``); without pump
 simulators the scenario's dose schedule drives the patient. ``--faults`` are applied to the

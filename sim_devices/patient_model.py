@@ -7,9 +7,10 @@ saturating Emax curve (``emax * C**h / (ec50**h + C**h)``). Vasopressin adds to 
 norepinephrine. SBP/DBP come from MAP and a pulse pressure, HR from a baroreflex slope, SpO2
 is stable. Noise is bounded (an AR(1) process of uniform draws never leaves ``+-bound``).
 
-Calibration (DESIGN 6.1): with the default parameters, norepinephrine 0.04-0.08 ug/kg/min
-plus vasopressin 0.03 [USP'U]/min hold MAP at 73.6-80.0 mmHg before noise (75.5 at the demo's
-0.05), and the MAP noise bound is 2 mmHg, so MAP stays within 65-85 mmHg.
+Calibration (the demo bedside, docs/integration-guide.md): with the default parameters,
+norepinephrine 0.04-0.08 ug/kg/min plus vasopressin 0.03 [USP'U]/min hold MAP at 73.6-80.0 mmHg
+before noise (75.5 at the demo's 0.05), and the MAP noise bound is 2 mmHg, so MAP stays within
+65-85 mmHg.
 """
 
 from __future__ import annotations
@@ -77,8 +78,8 @@ class Doses:
         vasopressin_ml_h: float = 0.0,
         vasopressin_u_ml: float = 0.2,
     ) -> Doses:
-        """Doses from pump rates (DESIGN 3.1): 52.5 mL/h of 4 ug/mL at 70 kg = 0.05 ug/kg/min;
-        9.0 mL/h of 0.2 [USP'U]/mL = 0.03 [USP'U]/min."""
+        """Doses from pump rates (dose per min = rate x concentration / 60): 52.5 mL/h of 4 ug/mL
+        at 70 kg = 0.05 ug/kg/min; 9.0 mL/h of 0.2 [USP'U]/mL = 0.03 [USP'U]/min."""
         if weight_kg <= 0:
             raise ValueError(f"weight_kg must be > 0, got {weight_kg}")
         return cls(

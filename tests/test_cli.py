@@ -14,7 +14,7 @@ def test_no_command_prints_help_and_exits_2(capsys: pytest.CaptureFixture[str]) 
 
 
 def test_help_lists_every_contract_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
-    """--help names every subcommand of DESIGN.md section 6."""
+    """--help names every subcommand (run, demo, sim, check, library, journal, watch)."""
     with pytest.raises(SystemExit) as exc:
         main(["--help"])
     assert exc.value.code == 0

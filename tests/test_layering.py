@@ -1,4 +1,4 @@
-"""The import direction of DESIGN.md section 1 holds, and protocol/ stays pure."""
+"""Imports flow one way (daemon -> sim_devices -> drivers -> protocol), and protocol/ stays pure."""
 
 from __future__ import annotations
 

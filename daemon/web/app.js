@@ -2,7 +2,7 @@
  * infusiond reference dashboard (no build step, no framework).
  *
  * Subscribes to infusiond/<gateway>/# over MQTT WebSockets (MQTT.js, vendored as mqtt.min.js)
- * and renders the public contract of DESIGN.md section 6: bridge state/info, pump/<id>/state,
+ * and renders the public MQTT API (docs/asyncapi.yaml): bridge state/info, pump/<id>/state,
  * pump/<id>/event, pump/<id>/command/result and vitals/<bed>/state. Sends set_dose titrations
  * (infusiond.pump.command/1) and follows their result phases, including the confirmation flow.
  *
@@ -21,7 +21,7 @@
   const LATE_POLL_MS = 10000;
   const TTL_S = 30;
   const LOOPBACK = new Set(["127.0.0.1", "localhost", "::1", "[::1]"]);
-  const TOPIC_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/; // gateway, pump and bed ids (DESIGN 6)
+  const TOPIC_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/; // gateway, pump and bed ids
 
   const $ = (id) => document.getElementById(id);
 

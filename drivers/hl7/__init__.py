@@ -1,4 +1,4 @@
-"""HL7 v2 vitals over MLLP (DESIGN.md 4.3): framing, ORU^R01 mapping, ACKs, listener, client.
+"""HL7 v2 vitals over MLLP: framing, ORU^R01 mapping, ACKs, listener, client.
 
 Drivers import only ``protocol.errors`` and their own code. Public API:
 

@@ -1,4 +1,4 @@
-"""The daemon side of DESIGN 4.3 in client mode: connect to a monitor gateway that sends.
+"""HL7 vitals in client mode (``[[vitals]] connect``): connect to a monitor gateway that sends.
 
 Some central-station gateways accept connections and push ORU^R01 to whoever connects. The
 client keeps one connection up, reconnecting with capped, jittered backoff, and acknowledges

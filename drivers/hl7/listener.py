@@ -1,4 +1,4 @@
-"""The daemon side of DESIGN 4.3 in its default mode: listen for monitor connections.
+"""HL7 vitals in the default mode (``[[vitals]] listen``): listen for monitor connections.
 
 ``async with VitalsListener(on_sample, host=..., port=0) as listener:`` binds (``port=0``
 picks a free port, see :attr:`VitalsListener.port`), holds up to ``max_connections``

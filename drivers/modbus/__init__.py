@@ -1,4 +1,4 @@
-"""Modbus TCP/RTU pump driver driven by declarative register-map profiles (DESIGN.md 4.1)."""
+"""Modbus TCP/RTU pump driver driven by declarative register-map profiles (drivers/profiles/)."""
 
 from drivers.modbus.bus import DEFAULT_REGISTRY, BusRegistry, ModbusBus, parse_url
 from drivers.modbus.driver import ModbusPumpDriver

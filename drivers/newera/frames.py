@@ -1,4 +1,4 @@
-"""New Era RS-232 frames (DESIGN.md section 4.2), shared by the driver and the simulator.
+"""New Era RS-232 frames (commands: drivers/newera/commands.toml), shared by driver and simulator.
 
 Pure: no I/O, no clock. Two framings exist on the same wire:
 

@@ -1,4 +1,4 @@
-"""Every rule id of DESIGN.md 3.4 with its severity in the shipped library.
+"""Every rule id (docs/check.md, "Rule ids") with its severity in the shipped library.
 
 Rule ids are a public contract (dashboards and the journal key on them); messages are for
 people. A library may override the severity of a rule per drug (``severity = {RULE = "..."}``)

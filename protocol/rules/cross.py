@@ -13,7 +13,7 @@ from protocol.verdict import Quantity, fmt
 def check_prerequisite(ctx: Context) -> None:
     """VASOPRESSIN_PREREQ: starting or increasing without the prerequisite drug at its dose.
 
-    Lowering or stopping needs no prerequisite (weaning, DESIGN 6.1). Another channel's dose
+    Lowering or stopping needs no prerequisite (weaning: the demo bedside). Another channel's dose
     that cannot be converted to the prerequisite's unit (e.g. no weight) does not count.
     """
     prereq = ctx.drug.prerequisite

@@ -1,4 +1,4 @@
-"""Command parsing: every error code of DESIGN 6/6.1, field-naming messages, and no input
+"""Command parsing: every documented error code, field-naming messages, and no input
 that makes the parser raise."""
 
 from __future__ import annotations

@@ -86,7 +86,7 @@ def test_schema_strings_and_bridge_state_payloads() -> None:
 
 
 def test_topic_tree() -> None:
-    """Topics follow DESIGN 6 under infusiond/<gateway_id>/."""
+    """Topics are the documented tree under infusiond/<gateway_id>/."""
     t = Topics("gw-1")
     assert t.bridge_state == "infusiond/gw-1/bridge/state"
     assert t.bridge_info == "infusiond/gw-1/bridge/info"

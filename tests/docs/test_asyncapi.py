@@ -1,4 +1,4 @@
-"""docs/asyncapi.yaml describes every DESIGN 6 topic with its QoS and retain flag."""
+"""docs/asyncapi.yaml describes every MQTT topic with its QoS and retain flag."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import yaml
 from tests.docs.docs_text import ASYNCAPI, SCHEMAS
 
 ROOT_ADDRESS = "infusiond/{gateway_id}/"
-# DESIGN.md section 6: topic -> (retained, QoS, the daemon's action)
+# The topic table of docs/integration-guide.md: topic -> (retained, QoS, the daemon's action)
 TOPICS = {
     "bridge/state": (True, 1, "send"),
     "bridge/info": (True, 1, "send"),
@@ -69,17 +69,17 @@ def test_is_asyncapi_3_with_demo_and_production_servers(doc: dict[str, Any]) -> 
         assert (will["qos"], will["retain"], will["message"]) == (1, True, '{"state":"offline"}')
 
 
-def test_every_design_topic_has_a_channel_and_nothing_else(doc: dict[str, Any]) -> None:
-    """The channels are exactly the topics of DESIGN 6, under infusiond/{gateway_id}/."""
+def test_every_documented_topic_has_a_channel_and_nothing_else(doc: dict[str, Any]) -> None:
+    """The channels are exactly the documented topics, under infusiond/{gateway_id}/."""
     addresses = {c["address"] for c in doc["channels"].values()}
     assert addresses == {ROOT_ADDRESS + t for t in TOPICS}
 
 
 @pytest.mark.parametrize("topic", sorted(TOPICS))
-def test_topic_operation_has_design_qos_retain_and_direction(
+def test_topic_operation_has_documented_qos_retain_and_direction(
     doc: dict[str, Any], topic: str
 ) -> None:
-    """Each topic has one operation from the daemon's point of view, with DESIGN's flags."""
+    """Each topic has one operation from the daemon's point of view, with its documented flags."""
     retained, qos, action = TOPICS[topic]
     name = next(n for n, c in doc["channels"].items() if c["address"] == ROOT_ADDRESS + topic)
     ops = [op for op in doc["operations"].values() if op["channel"]["$ref"] == f"#/channels/{name}"]

@@ -2,7 +2,7 @@
 
 The stand-in answers with the contract's own builders (daemon.command_parse, daemon.envelope),
 and every answer is checked against the result schema, so the example is exercised on the exact
-message shapes of DESIGN 6: accepted -> applied, and needs_confirmation -> confirmed re-send.
+documented message shapes: accepted -> applied, and needs_confirmation -> confirmed re-send.
 (The real gate and service are tested with the daemon; this test is about the example client.)
 """
 

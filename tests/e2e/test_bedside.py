@@ -1,4 +1,4 @@
-"""End to end: real mosquitto, real simulators, the real gateway (DESIGN.md section 6).
+"""End to end: real mosquitto, real simulators, the real gateway (the demo bedside).
 
 Every answer is read from MQTT as a client would, validated against the published JSON Schemas,
 and every "nothing changed" is checked at the simulated device itself.

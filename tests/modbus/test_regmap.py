@@ -33,7 +33,7 @@ MAPS = [GENERIC, ACME]
 
 
 def test_generic_profile_is_the_documented_map() -> None:
-    """DESIGN 4.1: addresses, types, scales and codes of generic-pump-v1."""
+    """Addresses, types, scales and codes of generic-pump-v1 are the documented ones."""
     m = GENERIC
     assert m.word_order is WordOrder.BIG
     expected = {

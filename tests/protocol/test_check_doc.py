@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from protocol.consistency import check_library
 from protocol.engine import evaluate
-from protocol.library import DEFAULT_LIBRARY_PATH
+from protocol.library import DEFAULT_LIBRARY_PATH, load_library_bytes
 from protocol.request import parse_request_json
 from tests.docs.docs_text import blocks, code_spans, prose
 from tests.docs.test_links_and_commands import check_invocation
@@ -74,8 +75,17 @@ def test_rounding_table_row(row: str) -> None:
 
 def test_toml_example_is_the_shipped_pump_default() -> None:
     """The pump_default line shown is the one in the shipped library."""
-    (toml,) = (b.text.strip() for b in blocks(DOC) if b.lang == "toml")
+    (toml,) = (b.text.strip() for b in blocks(DOC) if b.lang == "toml" and "pump_default" in b.text)
     assert toml in DEFAULT_LIBRARY_PATH.read_text(encoding="utf-8")
+
+
+def test_library_shape_example_loads_and_is_consistent() -> None:
+    """The library TOML shown loads and passes every `infusiond library check` consistency check,
+    including its [[examples]] row computing to the expected rate."""
+    (toml,) = (b.text for b in blocks(DOC) if b.lang == "toml" and "[[profiles]]" in b.text)
+    library = load_library_bytes(toml.encode(), "docs/check.md")
+    assert len(library.examples) == 1
+    assert check_library(library) == []
 
 
 def test_every_infusiond_command_exists() -> None:

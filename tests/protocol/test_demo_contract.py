@@ -1,4 +1,4 @@
-"""DESIGN 6.1 demo bedside and the DESIGN 3.1 worked example hold with the shipped library."""
+"""The demo bedside and the 21.0 mL/h worked example hold with the shipped library."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""The library loader: identity, every DESIGN 3.3 row in the shipped file, and errors that
-name the file, profile, drug and field."""
+"""The library loader: identity, the expected ranges and fields of the shipped file, and errors
+that name the file, profile, drug and field."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def test_shipped_file_says_it_is_an_example_not_for_clinical_use() -> None:
     assert "NOT FOR CLINICAL USE" in head
 
 
-# (profile, drug, unit, start, soft, hard) of DESIGN 3.3.
+# (profile, drug, unit, start, soft, hard) that the shipped example library must hold.
 ROWS = [
     ("adult-icu", "norepinephrine", "ug/kg/min", ("0.02", "0.05"), ("0.01", "1.0"), ("0", "3.0")),
     ("adult-icu", "vasopressin", "[USP'U]/min", ("0.03", "0.03"), ("0.01", "0.03"), ("0", "0.04")),
@@ -48,7 +48,7 @@ ROWS = [
 
 
 @pytest.mark.parametrize(("profile", "drug", "unit", "start", "soft", "hard"), ROWS)
-def test_design_3_3_rows(
+def test_shipped_library_holds_the_expected_ranges(
     profile: str,
     drug: str,
     unit: str,
@@ -56,7 +56,7 @@ def test_design_3_3_rows(
     soft: tuple[str, str],
     hard: tuple[str, str],
 ) -> None:
-    """Each DESIGN 3.3 row is in the shipped library with its unit and ranges."""
+    """Each expected (profile, drug) is in the shipped library with its unit and ranges."""
     entry = shipped().drug(profile, drug)
     assert entry is not None
     assert entry.dose_unit == unit
@@ -66,7 +66,7 @@ def test_design_3_3_rows(
     assert (entry.hard.min, entry.hard.max) == (D(hard[0]), D(hard[1]))
 
 
-def test_design_3_3_other_columns() -> None:
+def test_shipped_library_holds_the_other_expected_fields() -> None:
     """Escalation, taper, maintenance, step-up, weights, prerequisites, first-line flags."""
     lib = shipped()
     ne = lib.drug("adult-icu", "norepinephrine")
@@ -117,7 +117,7 @@ STANDARD = {
 
 
 def test_standard_concentrations_and_diluents() -> None:
-    """Every drug in every profile has DESIGN 3.3's standard bags and allowed diluents."""
+    """Every drug in every profile has its standard bags and allowed diluents."""
     for profile in shipped().profiles:
         for drug in profile.drugs:
             values, diluents = STANDARD[drug.drug]

@@ -1,4 +1,4 @@
-"""Units: canonical codes and aliases of DESIGN 3.1, exact conversions, tolerant limits."""
+"""Units: the documented canonical codes and aliases, exact conversions, tolerant limits."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from protocol.units import (
 
 D = Decimal
 
-DESIGN_ALIASES = {
+DOCUMENTED_ALIASES = {
     "ug/kg/min": ["mcg/kg/min", "µg/kg/min"],
     "ug/min": ["mcg/min", "µg/min"],
     "mg/h": ["mg/hr"],
@@ -41,10 +41,10 @@ PLAIN = ["mg/mL", "[USP'U]/mL", "mL", "kg", "mm[Hg]", "/min", "%"]
 
 
 @pytest.mark.parametrize(
-    ("alias", "code"), [(a, c) for c, aliases in DESIGN_ALIASES.items() for a in [c, *aliases]]
+    ("alias", "code"), [(a, c) for c, aliases in DOCUMENTED_ALIASES.items() for a in [c, *aliases]]
 )
-def test_design_aliases_canonicalise(alias: str, code: str) -> None:
-    """Every DESIGN 3.1 alias maps to its UCUM canonical code."""
+def test_documented_aliases_canonicalise(alias: str, code: str) -> None:
+    """Every documented alias maps to its UCUM canonical code."""
     assert canonical(alias) == code
 
 

@@ -1,4 +1,4 @@
-"""Severity order and the exact DESIGN 3.4 verdict JSON shape."""
+"""Severity order and the exact documented verdict JSON shape."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def test_outcome_is_the_most_severe_finding() -> None:
 
 
 def test_verdict_json_shape() -> None:
-    """Keys and value types are exactly those of DESIGN 3.4 and survive json.dumps."""
+    """Keys and value types are exactly the documented ones and survive json.dumps."""
     verdict = check(make(new="1.5", conc=(16, "ug/mL"), vitals_=None))  # SOFT_MAX + VITALS_STALE
     out = json.loads(json.dumps(verdict.to_dict()))
     assert set(out) == {"verdict", "rate", "dose", "findings", "library"}

@@ -1,4 +1,4 @@
-"""The patient model: calibrated for the demo (DESIGN 6.1), lagged, saturating, bounded noise;
+"""The patient model: calibrated for the demo (MAP 65-85), lagged, saturating, bounded noise;
 scenarios leave the 65-85 range as they are meant to."""
 
 from __future__ import annotations

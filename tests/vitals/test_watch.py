@@ -1,4 +1,4 @@
-"""`infusiond watch`: payloads of DESIGN 6 become a readable 80x24 view; bad input is counted."""
+"""`infusiond watch`: the gateway's payloads become a readable 80x24 view; bad input is counted."""
 
 from __future__ import annotations
 
