@@ -82,7 +82,7 @@ def test_library_check_ok_on_the_shipped_library() -> None:
     assert proc.returncode == 0, proc.stdout
     lines = proc.stdout.splitlines()
     assert len(lines) == 1
-    assert lines[0].startswith("OK: vasopressors-example 2026.11.1 sha256=")
+    assert lines[0].startswith("OK: vasopressors-example 2026.12.1 sha256=")
     explicit = infusiond("library", "check", str(DEFAULT_LIBRARY_PATH), "--json")
     assert explicit.returncode == 0
     out = json.loads(explicit.stdout)

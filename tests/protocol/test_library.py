@@ -22,7 +22,7 @@ def test_identity_is_name_version_and_sha256_of_the_bytes() -> None:
     """The identity is the file's name, version and the sha256 of its exact bytes."""
     ident = load_library(DEFAULT_LIBRARY_PATH).identity
     assert ident.name == "vasopressors-example"
-    assert ident.version == "2026.11.1"
+    assert ident.version == "2026.12.1"
     assert ident.sha256 == hashlib.sha256(SHIPPED_BYTES).hexdigest()
     changed = load_library_bytes(SHIPPED_BYTES + b"\n# comment\n", "x.toml").identity
     assert changed.sha256 != ident.sha256
