@@ -57,6 +57,8 @@ log = structlog.get_logger("infusiond.channel")
 OUT_OF_LIBRARY = "out_of_library"
 OFFLINE_ALARM = "comm_lost"
 HISTORY_LEN = 64
+#: snapshots kept while the journal cannot be written (each distinct one is reported later)
+BACKLOG_LEN = 64
 _REFRESH_ONLY = frozenset({"last_poll", "volume_infused", "battery"})
 
 
@@ -241,6 +243,8 @@ class Channel:
     _pending: list[dict[str, Any]] | None = None  # events of the transition in progress
     #: True while the last transition could not be journaled (state shows the last journaled truth)
     journal_behind: bool = False
+    #: snapshots read but not yet journaled (a journal fault), oldest first
+    _backlog: list[PumpStatus] = field(default_factory=list)
 
     # -- derived values ---------------------------------------------------------------------
 
@@ -493,13 +497,27 @@ class Channel:
                     with contextlib.suppress(DriverError):
                         await self.driver.close()
                 return
+            await self._absorb_in_order(status)
+        await self.publish_state()
+
+    async def _absorb_in_order(self, status: PumpStatus) -> None:
+        """Journal and keep ``status``, after every snapshot a journal fault held back (in the
+        order they were read): a change the pump made and undid while the journal could not
+        be written is still reported, once it can. The backlog is bounded: past
+        ``BACKLOG_LEN`` distinct snapshots the oldest are merged (their net change is kept)."""
+        backlog = self._backlog
+        if not backlog or backlog[-1] != status:
+            backlog.append(status)
+        while len(backlog) > BACKLOG_LEN:
+            del backlog[0]
+        while backlog:
             try:
-                await self._absorb(status)
+                await self._absorb(backlog[0])
             except JournalError as exc:
                 self._journal_failed(exc)
-            else:
-                self.journal_behind = False
-        await self.publish_state()
+                return
+            del backlog[0]
+        self.journal_behind = False
 
     async def _absorb(self, status: PumpStatus) -> None:
         """Take a fresh snapshot: events, alarms, reconciliation of an uncertain write; all of

@@ -63,7 +63,14 @@ from daemon.signing import SignaturePolicy
 from daemon.timefmt import format_ts
 from daemon.topics import capped_id
 from drivers.backoff import Backoff
-from drivers.base import ConnectionState, Outcome, PumpStatus, RunState, WriteResult
+from drivers.base import (
+    BeforeWrite,
+    ConnectionState,
+    Outcome,
+    PumpStatus,
+    RunState,
+    WriteResult,
+)
 from drivers.errors import DriverError
 from protocol.engine import evaluate
 from protocol.errors import RequestError
@@ -82,7 +89,7 @@ RESULT_REPEAT_WINDOW = timedelta(minutes=5)
 #: commands waiting for their pump's check; more are answered ``busy`` at once (flood bound)
 MAX_WAITING = 8
 #: keys of a stored outcome that are ours, not the contract's ``first``
-_PRIVATE_OUTCOME_KEYS = ("fingerprint", "before", "readback")
+_PRIVATE_OUTCOME_KEYS = ("fingerprint", "before", "readback", "sending")
 #: command fields that do not make it another command (a retry; a confirmation, which another
 #: clinician may give)
 _NOT_IN_FINGERPRINT = frozenset({"confirm", "issued_at", "ttl_s", "signature", "schema", "by"})
@@ -240,6 +247,12 @@ class Gate:
                 ErrorCode.BUSY,
                 f"pump {pump_id} is {channel.connection.value}: its state has not been read "
                 "since the gateway started or it stopped answering; nothing was sent",
+            )
+        if channel.journal_behind:
+            return error_body(
+                ErrorCode.BUSY,
+                f"pump {pump_id}: its latest reading is not journaled yet (journal unavailable); "
+                "nothing is checked against an older state",
             )
         if pump_id in self.reconciling:
             return error_body(
@@ -503,7 +516,11 @@ class Gate:
         async with channel.exclusive():
             saved = channel.save()
             old_rate = channel.status.rate_ml_h if channel.status is not None else None
-            result = await self._write(channel, plan.action, cmd.id, rate, events)
+            channel.driver.before_write = self._sending_marker(job)
+            try:
+                result = await self._write(channel, plan.action, cmd.id, rate, events)
+            finally:
+                channel.driver.before_write = None
             if result.outcome is Outcome.APPLIED and not _matches(plan.action, rate, result):
                 # a driver that says so without proof: what it absorbed credits the command
                 result = WriteResult(
@@ -542,6 +559,26 @@ class Gate:
         await self.send_result(pump_id, answer, job.reply)
         await channel.publish_state()
 
+    def _sending_marker(self, job: _Execution) -> BeforeWrite:
+        """What the driver awaits after its pre-read, before the write goes out: the journal
+        records (durably) that the write is being sent, so that a restart tells a command that
+        never reached the device (``failed``, not sent) from one that may have. When the journal
+        cannot take it, the driver sends nothing and the command ends ``failed``."""
+
+        async def mark() -> bool:
+            answer = accepted(job.cmd.id, verdict=job.verdict.to_dict())
+            stored = self._stored(job.pump_id, job.fingerprint, answer, job.before)
+            try:
+                await self.journal.set_command_outcome(
+                    job.cmd.id, {**stored, "sending": True}, pump_id=job.pump_id
+                )
+            except JournalError as exc:
+                log.critical("journal_unavailable", pump=job.pump_id, id=job.cmd.id, error=str(exc))
+                return False
+            return True
+
+        return mark
+
     async def _write(
         self,
         channel: Channel,
@@ -568,9 +605,10 @@ class Gate:
         if result.outcome is Outcome.APPLIED:
             return applied(command_id, readback=self._readback(channel, result.readback))
         if result.outcome is Outcome.FAILED:
+            code = "not_sent" if result.detail.startswith("not sent") else "device_rejected"
             return failed(
                 command_id,
-                error={"code": "device_rejected", "message": result.detail or "device refused"},
+                error={"code": code, "message": result.detail or "device refused"},
                 readback=self._readback(channel, result.readback) if result.readback else None,
             )
         return uncertain(
@@ -650,13 +688,22 @@ class Gate:
         await self.channels[pump_id].hub.emit_event(pump_id, event)
 
     @staticmethod
-    def _readback(channel: Channel, status: PumpStatus | None) -> dict[str, Any]:
+    def _readback(
+        channel: Channel, status: PumpStatus | None, program: Program | None = None
+    ) -> dict[str, Any]:
+        """The result's ``readback``; its dose under ``program`` (default: the channel's)."""
         if status is None:
             return {}
+        running = program or channel.program
+        dose = channel.dose_of(running, status.rate_ml_h)
         return {
             "status": status.state.value,
             "rate": {"value": float(status.rate_ml_h), "unit": "mL/h"},
-            "dose": channel.dose_obj(status.rate_ml_h),
+            "dose": (
+                None
+                if dose is None
+                else {"value": float(round(dose, 6)), "unit": running.dose_unit}
+            ),
         }
 
     # -- after a restart ---------------------------------------------------------------------
@@ -718,6 +765,7 @@ class Gate:
         events = []
         if answer["phase"] == Phase.APPLIED and program is not None:
             events.append({**program_changed(item.command_id, program), "pump_id": pump_id})
+            answer = {**answer, "readback": self._readback(channel, channel.status, program)}
         stored = self._stored(
             pump_id,
             str(
@@ -731,7 +779,6 @@ class Gate:
         await self.journal.settle_command(item.command_id, stored, pump_id=pump_id, events=events)
         if events and program is not None:
             channel.set_program(program)
-            answer = {**answer, "readback": self._readback(channel, channel.status)}
         log.info("command_reconciled", pump=pump_id, id=item.command_id, phase=answer["phase"])
         self.reconciling.discard(pump_id)
         await self.send_result(pump_id, answer, None)
@@ -770,6 +817,16 @@ class Gate:
             # written by a version that did not record the device's state before the write:
             # a device at the target may have been there already, so it never proves the write
             before = {}
+        if before and not item.outcome.get("sending"):
+            return failed(
+                cid,
+                error={
+                    "code": "interrupted",
+                    "message": "the gateway restarted before the write was sent: nothing "
+                    "reached the pump",
+                },
+                readback=readback,
+            )
         was_state, was_rate = before.get("status"), before.get("rate")
         state = status.state.value
         rate = float(status.rate_ml_h)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import abc
 import enum
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -104,11 +105,24 @@ class WriteResult:
     extra: dict[str, str] = field(default_factory=dict)
 
 
+#: awaited by a driver after the pre-read of a write and before the write's first byte goes
+#: out; False aborts the write (``failed``, "not sent: ..."). The gateway journals there that
+#: the write is being sent, so that a restart can tell a write that never left from one that may
+#: have.
+BeforeWrite = Callable[[], Awaitable[bool]]
+
+
 class Driver(abc.ABC):
     """One pump on one transport. Implementations serialise access per physical bus."""
 
     #: short driver name published in ``pump.state.device.driver`` ("modbus", "newera", ...)
     kind: str = "abstract"
+    #: set by the caller for the next write only (one write at a time per pump)
+    before_write: BeforeWrite | None = None
+
+    async def may_write(self) -> bool:
+        """Ask :attr:`before_write` (if set) whether the write may go out now."""
+        return self.before_write is None or await self.before_write()
 
     @property
     @abc.abstractmethod

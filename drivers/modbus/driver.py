@@ -441,6 +441,13 @@ class ModbusPumpDriver(Driver):
             seq=attempt.seq,
             setpoint=str(setpoint) if setpoint is not None else None,
         )
+        if not await self.may_write():
+            return WriteResult(
+                Outcome.FAILED,
+                readback=before,
+                detail=f"not sent: {name} ({attempt.expected}): the gateway could not record "
+                "the write",
+            )
         attempt.frames_at_write = bus.frames_sent
         try:
             for address, words in self._write_groups(values):

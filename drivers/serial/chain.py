@@ -115,4 +115,6 @@ class ChainDriver(Driver, Generic[L, C]):
         async def send() -> Sent:
             return await send_each(commands, self._execute)
 
-        return await write_verified(self._snapshot, send, ok, goal, precheck=precheck, again=again)
+        return await write_verified(
+            self._snapshot, send, ok, goal, precheck=precheck, again=again, may_write=self.may_write
+        )

@@ -2,7 +2,8 @@
 
 Each SQLite commit is an fsync (``synchronous=FULL``) on the command's critical path, so the
 gate groups its writes: claim + verdict + ``accepted`` in one transaction before the device
-write, the command's events + ``applied`` in one after it (docs/performance.md). The journal's
+write, the "sending" mark alone right before the write goes out, the command's events +
+``applied`` in one after it (docs/performance.md). The journal's
 writer is observed (not replaced) to see which rows each committed transaction carried.
 """
 
@@ -54,11 +55,13 @@ def shape(row: JournalRow) -> tuple[str, str | None, str | None]:
     return row.kind, p.get("outcome", {}).get("phase"), p.get("event", {}).get("type")
 
 
-async def test_an_applied_command_costs_two_commits(
+async def test_an_applied_command_costs_three_commits(
     tmp_path: Path, mosquitto: Mosquitto, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Command, verdict and accepted commit together before the write; the rate_changed event
-    and applied commit together after it: two sequential fsyncs instead of five."""
+    """Command, verdict and accepted commit together before the write; the "sending" mark
+    commits alone between the pre-read and the write (so that a restart tells a write that never
+    left from one that may have); the rate_changed event and applied commit together after it:
+    three sequential fsyncs (five before the grouping)."""
     async with running_bedside(tmp_path, mosquitto) as bed:
         transactions = record_transactions(bed.gateway.journal, monkeypatch)
         cmd = command(dose=dose(0.06))
@@ -69,6 +72,7 @@ async def test_an_applied_command_costs_two_commits(
         mine = [[shape(r) for r in rows if about(cmd["id"], r)] for rows in transactions]
         assert [t for t in mine if t] == [
             [("command", None, None), ("verdict", None, None), ("command", "accepted", None)],
+            [("command", "accepted", None)],  # the "sending" mark, after the pre-read
             [("event", None, "rate_changed"), ("command", "applied", None)],
         ]
         assert accepted["verdict"]["verdict"] == "accept"

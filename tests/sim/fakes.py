@@ -206,6 +206,8 @@ class SimDriver(Driver):
                 raise DeviceTimeout(f"{pump.pump_id}: no answer to the pre-read")
         except DriverError as exc:
             return WriteResult(Outcome.FAILED, detail=f"not sent: {op}: {exc}")
+        if not await self.may_write():  # the gateway records that the write is going out
+            return WriteResult(Outcome.FAILED, detail=f"not sent: {op}: not recorded")
         before = pump.status()
         if pump.fault is LinkFault.REFUSE or not self._allowed(op, rate):
             await asyncio.sleep(IO_S)

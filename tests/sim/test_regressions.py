@@ -100,7 +100,7 @@ def test_a_command_to_a_pump_that_does_not_answer_its_pre_read_still_ends() -> N
             Heal("pump-1"),
             Wait(5),
         ],
-        answers={"b2-dose": ["accepted", "failed:device_rejected"]},
+        answers={"b2-dose": ["accepted", "failed:not_sent"]},
     )
 
 
@@ -302,7 +302,8 @@ def test_a_journal_fault_while_reconciling_after_a_crash_does_not_stop_the_gatew
     restarted, cannot commit the reconciled outcome: it keeps running and retries."""
     holds(
         [
-            JournalFault("commit", skip=1, count=1),
+            # the 3rd commit: after claim+accepted and the "sending" mark, the stop's outcome
+            JournalFault("commit", skip=2, count=1),
             Send("pump-2", "stop", "f6-stop"),
             Wait(0.3),
             Restart(crash=True),
@@ -396,4 +397,52 @@ def test_a_pump_not_read_in_one_run_keeps_its_last_known_rate_for_the_next() -> 
             Panel("pump-2", Decimal("120.0")),
         ],
         known="I4",
+    )
+
+
+def test_a_command_is_not_checked_against_a_state_the_journal_could_not_take() -> None:
+    """The journal refuses writes while the front panel sets 3,500 mL/h: the poll cannot be
+    journaled, so the channel still shows 52.5 mL/h; a start sent then is answered busy, never
+    checked (and written) against that older state (campaign seed 26695)."""
+    holds(
+        [
+            JournalFault("write", 0, 4, "database or disk is full"),
+            Panel("pump-1", Decimal("3500.0")),
+            Wait(2.5),
+            Send("pump-1", "start", "j1-start"),
+        ],
+        known="I1",
+    )
+
+
+def test_a_change_undone_at_the_pump_during_a_journal_fault_is_still_reported() -> None:
+    """3,500 mL/h, then the journal fails while the panel goes to 0.5 and back to 3,500: the
+    excursion read during the fault is journaled, in order, once the journal takes writes
+    (campaign seed 26289)."""
+    holds(
+        [
+            Panel("pump-2", Decimal("3500.0")),
+            Wait(2.5),
+            JournalFault("write", 0, 4, "database or disk is full"),
+            Panel("pump-2", Decimal("0.5")),
+            Wait(2.5),
+            Panel("pump-2", Decimal("3500.0")),
+        ],
+        known="I4",
+    )
+
+
+def test_a_stop_that_never_left_is_not_applied_although_the_pump_stopped_by_itself() -> None:
+    """The gateway dies before the stop is sent while an occlusion stops the pump and is then
+    cleared: no "sending" mark was journaled (it comes after the pre-read), so after the
+    restart the stop is failed (not sent), never applied (campaign seed 26376)."""
+    holds(
+        [
+            CrashAt("pump-1", CrashPoint.BEFORE_WRITE),
+            DeviceEvent("pump-1", "occlusion"),
+            Send("pump-1", "stop", "k1-stop"),
+            DeviceEvent("pump-1", "clear"),
+            Wait(0.3),
+        ],
+        known="I2",
     )
