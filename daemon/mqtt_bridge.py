@@ -430,13 +430,14 @@ class MqttBridge:
 
     async def _handshake(self, client: aiomqtt.Client) -> None:
         if self._broker.protocol == "5":
-            for topic in (self.topics.command_filter, self.library_request_topic):
-                await client.subscribe(
-                    topic, options=SubscribeOptions(qos=1, retainAsPublished=True)
-                )
+            options = SubscribeOptions(qos=1, retainAsPublished=True)
+            await client.subscribe(
+                [(self.topics.command_filter, options), (self.library_request_topic, options)]
+            )
         else:  # 3.1.1: retain is only seen on messages stored before we subscribed
-            await client.subscribe(self.topics.command_filter, qos=1)
-            await client.subscribe(self.library_request_topic, qos=1)
+            await client.subscribe(
+                [(self.topics.command_filter, 1), (self.library_request_topic, 1)]
+            )
         await client.publish(self.topics.bridge_state, BRIDGE_ONLINE, qos=1, retain=True)
         self._online_since = time.monotonic()
         self.stats.connections += 1

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -40,11 +40,12 @@ from daemon.pharmacy.signing import (
 )
 from protocol.consistency import check_library
 from protocol.errors import LibraryError
-from protocol.library import Library, load_library_bytes
+from protocol.library import MAX_LIBRARY_BYTES, Library, load_library_bytes
 
 log = structlog.get_logger("infusiond.library")
 
-MAX_PUSH_BYTES = 256 * 1024
+#: under the MQTT packet cap (256 KiB), so an oversize push is answered, not dropped
+MAX_PUSH_BYTES = 128 * 1024
 MAX_ID_CHARS = 64
 SIGNATURE_SUFFIX = ".sig"
 EVENT_TYPE = "library_changed"
@@ -144,7 +145,7 @@ def read_library_file(path: Path) -> tuple[bytes, str | None]:
     """The library bytes and, when ``PATH.sig`` exists, its signature text (blocking I/O)."""
     try:
         with path.open("rb") as handle:
-            data = handle.read(MAX_PUSH_BYTES * 16 + 1)
+            data = handle.read(MAX_LIBRARY_BYTES + 1)
     except OSError as exc:
         raise LibraryRefused(str(path), [f"LIB_LOAD: cannot read: {exc.strerror}"]) from None
     sig = signature_path(path)
@@ -223,24 +224,55 @@ class LibraryReloader:
     install: Callable[[Library], None]
     uses: Callable[[], Mapping[str, Use]]
     now: Callable[[], datetime]
+    #: every finished attempt, in order: None when installed (or unchanged), else the refusal
+    outcomes: list[LibraryRefused | None] = field(default_factory=list)
     _lock: asyncio.Lock | None = None
+    _finished: asyncio.Condition | None = None
 
     def _serial(self) -> asyncio.Lock:
         if self._lock is None:
             self._lock = asyncio.Lock()
         return self._lock
 
+    def _condition(self) -> asyncio.Condition:
+        if self._finished is None:
+            self._finished = asyncio.Condition()
+        return self._finished
+
+    async def _record(self, outcome: LibraryRefused | None) -> None:
+        async with self._condition():
+            self.outcomes.append(outcome)
+            self._condition().notify_all()
+
+    async def wait_outcomes(self, count: int) -> list[LibraryRefused | None]:
+        """Wait until ``count`` attempts have finished (an event for tests and tools)."""
+        async with self._condition():
+            await self._condition().wait_for(lambda: len(self.outcomes) >= count)
+            return list(self.outcomes)
+
     async def reload_file(self, path: Path) -> Library:
         """Re-read ``path`` (and ``PATH.sig``) and run it; LibraryRefused keeps the old one."""
         async with self._serial():
             try:
-                data, signature = await asyncio.to_thread(read_library_file, path)
-            except SignatureError as exc:
-                raise LibraryRefused(str(path), [str(exc)]) from None
-            vetted = vet_library(
-                data, source=str(path), signature=signature, policy=self.policy, uses=self.uses()
-            )
-            await self._apply(vetted, via="sighup", by=None)
+                try:
+                    data, signature = await asyncio.to_thread(read_library_file, path)
+                except SignatureError as exc:
+                    raise LibraryRefused(str(path), [str(exc)]) from None
+                vetted = vet_library(
+                    data,
+                    source=str(path),
+                    signature=signature,
+                    policy=self.policy,
+                    uses=self.uses(),
+                )
+                await self._apply(vetted, via="sighup", by=None)
+            except LibraryRefused as exc:
+                await self._record(exc)
+                raise
+            except JournalError as exc:
+                await self._record(LibraryRefused(str(path), [f"journal: {exc}"]))
+                raise
+            await self._record(None)
             return vetted.library
 
     async def push(self, payload: bytes, *, retained: bool) -> dict[str, Any]:
@@ -260,12 +292,16 @@ class LibraryReloader:
                 await self._apply(vetted, via="mqtt", by=request.user)
         except PushError as exc:
             log.warning("library_push_refused", id=exc.request_id, code=exc.code, error=str(exc))
+            await self._record(LibraryRefused("push", [str(exc)]))
             return self._answer(exc.request_id, exc.code, str(exc), [str(exc)])
         except LibraryRefused as exc:
             log.warning("library_push_refused", id=request_id, reasons=list(exc.reasons))
+            await self._record(exc)
             return self._answer(request_id, "refused", str(exc), list(exc.reasons))
         except JournalError as exc:
+            await self._record(LibraryRefused("push", [f"journal: {exc}"]))
             return self._answer(request_id, "journal_unavailable", str(exc), [str(exc)])
+        await self._record(None)
         return {"id": request_id, "status": "ok", "library": self.current().identity.to_dict()}
 
     def _answer(
