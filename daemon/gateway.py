@@ -37,13 +37,14 @@ from daemon.config import Config, PumpConfig, VitalsSource
 from daemon.envelope import SCHEMA_IDS, Kind, encode, envelope
 from daemon.errors import ConfigError
 from daemon.gate import Control, Gate, ReplyTo
-from daemon.journal import AsyncJournal, JournalError, JournalRow
+from daemon.journal import AsyncJournal, JournalError, JournalKind, JournalRow
 from daemon.mqtt_bridge import MqttBridge
 from daemon.pharmacy.reload import (
     LibraryPolicy,
     LibraryRefused,
     LibraryReloader,
     Use,
+    programs_row,
     read_library_file,
     vet_library,
 )
@@ -450,6 +451,9 @@ class Gateway:
         """Build, run until :meth:`stop` (or cancellation), then shut down cleanly."""
         await self._build()
         await self._recover()
+        await self.journal.append(
+            JournalKind.STATE, programs_row(self.library, self._library_uses()), ts=self.clock()
+        )
         try:
             async with asyncio.TaskGroup() as tg:
                 # the bridge survives every peer fault itself; a bug in it is restarted too

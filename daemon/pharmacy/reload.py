@@ -136,6 +136,18 @@ def vet_library(
     return Vetted(library, signed_by)
 
 
+def programs_row(library: Library, uses: Mapping[str, Use]) -> dict[str, Any]:
+    """The journal row (kind ``state``) that names each pump's drug and profile and the
+    library in force: what the CQI report attributes commands and changes to."""
+    return {
+        "programs": {
+            pump_id: {"drug": u.drug, "profile": u.profile, "dose_unit": u.dose_unit}
+            for pump_id, u in uses.items()
+        },
+        "library": library.identity.to_dict(),
+    }
+
+
 def signature_path(path: Path) -> Path:
     """Where the signature of library file ``path`` lives: ``PATH.sig``."""
     return path.with_name(path.name + SIGNATURE_SUFFIX)
@@ -331,11 +343,12 @@ class LibraryReloader:
             event["by"] = by
         if vetted.signed_by is not None:
             event["signed_by"] = vetted.signed_by
-        pumps = list(self.uses())
+        uses = self.uses()
         when = self.now()
-        if pumps:
-            for pump_id in pumps:
-                await self.journal.record_event(pump_id, {**event, "pump_id": pump_id}, ts=when)
+        if uses:
+            for pump_id, use in uses.items():
+                data = {**event, "pump_id": pump_id, "drug": use.drug, "profile": use.profile}
+                await self.journal.record_event(pump_id, data, ts=when)
         else:
             await self.journal.append(JournalKind.STATE, {"event": event}, ts=when)
         self.install(vetted.library)
