@@ -71,6 +71,7 @@ class Ward:
     watch: Watcher
     client: aiomqtt.Client
     root: str
+    modbus: ModbusPumpSimulator
 
     async def push(
         self, body: dict[str, Any] | bytes, *, correlation: bytes = b"corr-1", retain: bool = False
@@ -138,7 +139,7 @@ async def running_ward(
                         and m.json()["data"]["connection"] == "online"
                     )
                 )
-                yield Ward(gateway, watch, client, root)
+                yield Ward(gateway, watch, client, root, modbus)
             finally:
                 gateway.stop()
                 try:
