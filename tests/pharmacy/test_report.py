@@ -9,6 +9,7 @@ import io
 import json
 import shutil
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -188,3 +189,53 @@ def test_report_refuses_a_bad_time_and_a_missing_journal(
     assert "--from: 'yesterday'" in capsys.readouterr().err
     assert main(["report", "--data-dir", str(tmp_path), "--format", "json"]) == 1
     assert "no journal" in capsys.readouterr().err
+
+
+def test_bench_journal_verifies_and_its_report_counts_what_was_generated(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The bench's synthetic 90-day journal is a valid chain; the report counts its known mix
+    (1 in 10 confirmed and overridden, 1 in 50 rejected then caught, a front-panel change and
+    an out-of-library observation every 25th) and --from/--to cut it to a window."""
+    from bench.report_bench import build_journal  # noqa: PLC0415 - bench code, this test only
+    from daemon.journal import Journal  # noqa: PLC0415
+
+    data = tmp_path / "data"
+    # the density of the 200k-row bench (about 40 s between rows): rejections get caught
+    build_journal(data, 5000, end=datetime(2026, 12, 1, tzinfo=UTC), span=timedelta(days=2))
+    journal = Journal.open_readonly(data / "journal.sqlite3")
+    try:
+        assert journal.verify().ok
+    finally:
+        journal.close()
+    capsys.readouterr()
+    assert main(["report", "--data-dir", str(data), "--format", "json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    total = by_key(report["summary"])[("(all)", "(all)")]
+    k = total["programmings"]
+    assert total["hard_rejections"] == k // 50
+    assert total["confirmations_asked"] == k // 10 - k // 50
+    assert total["overrides"] == total["confirmations_asked"]
+    assert total["catches"] == total["hard_rejections"]  # each is followed by an accepted dose
+    assert total["observed_outside_library"] == total["rate_changes_at_pump"]
+    assert (
+        main(
+            [
+                "report",
+                "--data-dir",
+                str(data),
+                "--format",
+                "json",
+                "--from",
+                "2026-11-01",
+                "--to",
+                "2026-11-02",
+            ]
+        )
+        == 0
+    )
+    day = json.loads(capsys.readouterr().out)
+    assert 0 < by_key(day["summary"])[("(all)", "(all)")]["programmings"] < k / 4
+    assert [d["date"] for d in day["daily"]] == ["2026-11-30"]
+    assert day["first_row"] >= "2026-11-30T00:00:00.000Z"
+    assert day["last_row"] < "2026-11-30T06:00:00.000Z"
