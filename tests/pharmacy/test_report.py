@@ -227,9 +227,9 @@ def test_bench_journal_verifies_and_its_report_counts_what_was_generated(
                 "--format",
                 "json",
                 "--from",
-                "2026-11-01",
+                "2026-11-30T00:00:00Z",
                 "--to",
-                "2026-11-02",
+                "2026-11-30T06:00:00Z",
             ]
         )
         == 0
