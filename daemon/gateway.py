@@ -40,6 +40,7 @@ from daemon.gate import Control, Gate, ReplyTo
 from daemon.journal import AsyncJournal, JournalError, JournalKind, JournalRow
 from daemon.mqtt_bridge import MqttBridge
 from daemon.pharmacy.reload import (
+    PROGRAMS_KEY,
     LibraryPolicy,
     LibraryRefused,
     LibraryReloader,
@@ -408,6 +409,20 @@ class Gateway:
             for pid, ch in self.channels.items()
         }
 
+    async def _journal_programs(self) -> None:
+        """Journal each pump's drug and profile and the library in force (what the CQI report
+        attributes commands to), when they differ from the last such row: a restart with the
+        same programs writes nothing. Never fatal: the report then shows them as unknown."""
+        row = programs_row(self.library, self._library_uses())
+        try:
+            known = await self.journal.rows(pump_id=PROGRAMS_KEY, kinds=[JournalKind.STATE])
+            if not known or known[-1].payload != row:
+                await self.journal.append(
+                    JournalKind.STATE, row, pump_id=PROGRAMS_KEY, ts=self.clock()
+                )
+        except JournalError as exc:
+            log.warning("programs_not_journaled", error=str(exc))
+
     def request_reload(self) -> None:
         """Re-read the library file soon (the SIGHUP handler)."""
         self._reload_wanted.set()
@@ -451,9 +466,7 @@ class Gateway:
         """Build, run until :meth:`stop` (or cancellation), then shut down cleanly."""
         await self._build()
         await self._recover()
-        await self.journal.append(
-            JournalKind.STATE, programs_row(self.library, self._library_uses()), ts=self.clock()
-        )
+        await self._journal_programs()
         try:
             async with asyncio.TaskGroup() as tg:
                 # the bridge survives every peer fault itself; a bug in it is restarted too

@@ -49,6 +49,8 @@ MAX_PUSH_BYTES = 128 * 1024
 MAX_ID_CHARS = 64
 SIGNATURE_SUFFIX = ".sig"
 EVENT_TYPE = "library_changed"
+#: the ``pump_id`` of the journal rows (kind ``state``) naming every pump's program
+PROGRAMS_KEY = "@programs"
 
 
 class LibraryRefused(LibraryError):
