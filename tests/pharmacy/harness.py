@@ -95,9 +95,15 @@ class Ward:
 
 @contextlib.asynccontextmanager
 async def running_ward(
-    tmp_path: Path, broker: Mosquitto, library: dict[str, Any]
+    tmp_path: Path,
+    broker: Mosquitto,
+    library: dict[str, Any],
+    *,
+    gateway_login: tuple[str, str] | None = None,
+    watcher_login: tuple[str, str] | None = None,
 ) -> AsyncIterator[Ward]:
-    """Simulators, a gateway with ``library`` as its [library] section, and a v5 watcher."""
+    """Simulators, a gateway with ``library`` as its [library] section, and a v5 watcher
+    (each logging in to the broker when a (username, password) is given)."""
     clock = SimClock()
     modbus = ModbusPumpSimulator(
         [ModbusSetup(unit_id=1, status="infusing", rate_ml_h=Decimal("52.5"))], clock=clock
@@ -115,12 +121,21 @@ async def running_ward(
             modbus_url=served.url,
             newera_url=f"socket://127.0.0.1:{newera.port}",
         )
-        config = Config(**{**base.model_dump(exclude={"library"}), "library": library})
+        fields = base.model_dump(exclude={"library"})
+        if gateway_login is not None:
+            fields["broker"] = {
+                "url": broker.url,
+                "username": gateway_login[0],
+                "password": gateway_login[1],
+            }
+        config = Config(**{**fields, "library": library})
         client = aiomqtt.Client(
             "127.0.0.1",
             broker.port,
             protocol=aiomqtt.ProtocolVersion.V5,
             socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+            username=watcher_login[0] if watcher_login else None,
+            password=watcher_login[1] if watcher_login else None,
         )
         await stack.enter_async_context(client)
         root = f"infusiond/{config.gateway_id}"
