@@ -14,7 +14,7 @@ MQTT push: ``bridge/request/library`` carries ``{"id", "by": {"user"}, "library"
 text>", "signature"?: "<base64>"}`` (at most :data:`MAX_PUSH_BYTES`, never retained); the answer
 on ``bridge/response/library`` is ``{"id", "status": "ok"|"error", "error"?: {"code", "message",
 "reasons"}, "library": {name, version, sha256}}`` where ``library`` is the one running after
-the request.
+the request. Refusals are journaled with their reasons (a ``state`` row under ``@library``).
 """
 
 from __future__ import annotations
@@ -51,6 +51,8 @@ SIGNATURE_SUFFIX = ".sig"
 EVENT_TYPE = "library_changed"
 #: the ``pump_id`` of the journal rows (kind ``state``) naming every pump's program
 PROGRAMS_KEY = "@programs"
+#: the ``pump_id`` of the journal rows (kind ``state``) recording refused libraries
+LIBRARY_KEY = "@library"
 
 
 class LibraryRefused(LibraryError):
@@ -254,6 +256,16 @@ class LibraryReloader:
         return self._finished
 
     async def _record(self, outcome: LibraryRefused | None) -> None:
+        if outcome is not None:  # the audit trail keeps refusals too (never fatal)
+            try:
+                await self.journal.append(
+                    JournalKind.STATE,
+                    {"library_refused": {"reasons": list(outcome.reasons)}},
+                    pump_id=LIBRARY_KEY,
+                    ts=self.now(),
+                )
+            except JournalError as exc:
+                log.warning("library_refusal_not_journaled", error=str(exc))
         async with self._condition():
             self.outcomes.append(outcome)
             self._condition().notify_all()

@@ -172,6 +172,16 @@ async def test_a_bad_push_is_refused_with_its_reasons_and_nothing_changes(
         assert (await titrate(ward, 0.06))["phase"] == "accepted"
         assert library_events(ward) == []
         assert set(info_versions(ward)) == {"2026.11.1"}
+        journal_path = ward.gateway.journal.path
+    journal = Journal.open_readonly(journal_path)
+    try:
+        refusals = [
+            r.payload["library_refused"]
+            for r in journal.rows(pump_id="@library", kinds=[JournalKind.STATE])
+        ]
+    finally:
+        journal.close()
+    assert [r["reasons"] for r in refusals] == [data["error"]["reasons"]]
 
 
 async def test_push_refusals_before_the_library_is_read(
