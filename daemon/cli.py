@@ -124,6 +124,9 @@ def _add_demo_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--web-port", type=int, default=0, metavar="PORT", help="dashboard port (default: any)"
     )
+    p.add_argument(
+        "--library", metavar="PATH", help="drug library file (SIGHUP re-reads it; default: shipped)"
+    )
 
 
 def _add_replay_parser(jsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -138,6 +141,37 @@ def _add_replay_parser(jsub: argparse._SubParsersAction[argparse.ArgumentParser]
         "--max-gap", type=float, default=5.0, metavar="S", help="longest pause between events"
     )
     sp.set_defaults(target="daemon.replay:run")
+
+
+def _add_pharmacy_parsers(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    libsub: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> None:
+    """``library sign|verify|diff`` and ``report`` (daemon/pharmacy/)."""
+    sp = libsub.add_parser("sign", help="sign a library file (Ed25519): writes LIB.sig")
+    sp.add_argument("key", metavar="KEY", help="private key, PKCS#8 PEM")
+    sp.add_argument("path", metavar="LIB", help="library file")
+    sp.add_argument("--out", metavar="PATH", help="signature file (default: LIB.sig)")
+    sp.set_defaults(target="daemon.library_cmd:sign")
+    sp = libsub.add_parser("verify", help="check a library's signature (exit 1 if it fails)")
+    sp.add_argument("pubkey", metavar="PUBKEY", help="public key, SubjectPublicKeyInfo PEM")
+    sp.add_argument("path", metavar="LIB", help="library file")
+    sp.add_argument("signature", metavar="SIG", help="signature file (base64)")
+    sp.set_defaults(target="daemon.library_cmd:verify")
+    sp = libsub.add_parser("diff", help="every limit, concentration... that changed, OLD -> NEW")
+    sp.add_argument("old", metavar="OLD")
+    sp.add_argument("new", metavar="NEW")
+    sp.add_argument("--json", action="store_true", help="machine-readable output")
+    sp.set_defaults(target="daemon.pharmacy.diff:run")
+
+    p = sub.add_parser("report", help="the pharmacy CQI report, from the journal (read-only)")
+    _add_data_dir(p)
+    p.add_argument("--from", dest="start", metavar="T", help="RFC 3339 or YYYY-MM-DD (inclusive)")
+    p.add_argument("--to", dest="end", metavar="T", help="RFC 3339 or YYYY-MM-DD (exclusive)")
+    p.add_argument("--format", choices=("html", "json", "csv"), default="html")
+    p.add_argument("--out", metavar="PATH", help="output file (default: stdout)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.set_defaults(target="daemon.pharmacy.report:run")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -195,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("path", nargs="?", metavar="PATH", help="default: the shipped example")
     sp.add_argument("--json", action="store_true", help="machine-readable output")
     sp.set_defaults(target="daemon.library_cmd:run")
+    _add_pharmacy_parsers(sub, libsub)
 
     p = sub.add_parser("journal", help="journal tools (safe while the daemon runs)")
     jsub = p.add_subparsers(dest="journal_cmd", metavar="ACTION", required=True)

@@ -268,6 +268,47 @@ class JournalConfig(_Section):
     )
 
 
+class LibraryConfig(_Section):
+    """The drug library: which file, and who may replace it while the daemon runs."""
+
+    path: FilePath | None = Field(
+        default=None,
+        description=(
+            "Drug library TOML file; without it the shipped example library is used. SIGHUP "
+            "re-reads it (and its signature, PATH.sig) without a restart."
+        ),
+    )
+    require_signature: bool = Field(
+        default=False,
+        description=(
+            "Accept only libraries signed (Ed25519) by one of trusted_keys: at start (PATH.sig), "
+            "on SIGHUP and over MQTT (bridge/request/library)."
+        ),
+    )
+    trusted_keys: list[FilePath] = Field(
+        default_factory=list,
+        description="Ed25519 public keys (SubjectPublicKeyInfo PEM files) that may sign libraries.",
+    )
+    push_allowlist: list[Name] = Field(
+        default_factory=list,
+        description=(
+            "Who may push a library over MQTT (the request's by.user); empty: MQTT push is off."
+        ),
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _path_alone(cls, value: Any) -> Any:
+        """``library = "PATH"`` (the older form) is ``[library] path = "PATH"``."""
+        return {"path": value} if isinstance(value, (str, Path)) else value
+
+    @model_validator(mode="after")
+    def _keys_when_required(self) -> Self:
+        if self.require_signature and not self.trusted_keys:
+            raise ValueError("trusted_keys: required when require_signature is true")
+        return self
+
+
 class Config(BaseSettings):
     """The whole configuration (see ``systemd/infusiond.example.toml``)."""
 
@@ -281,7 +322,7 @@ class Config(BaseSettings):
 
     gateway_id: TopicId
     data_dir: Path = Field(default_factory=default_data_dir)
-    library: FilePath | None = None
+    library: LibraryConfig | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     broker: BrokerConfig = Field(default_factory=BrokerConfig)
     control: ControlConfig = Field(default_factory=ControlConfig)

@@ -102,6 +102,7 @@ def demo_config(
     vitals_url: str,
     pumps: int,
     phd_url: str | None = None,
+    library: Path | None = None,
 ) -> Config:
     """The daemon configuration of the demo bedside."""
     norepinephrine: dict[str, Any] = {
@@ -163,6 +164,7 @@ def demo_config(
         data_dir=data_dir,
         broker={"url": broker_url, "protocol": protocol},
         control={"enabled": True, "allowlist": [ANY_CLINICIAN]},
+        library=None if library is None else {"path": library},
         vitals=[{"listen": vitals_url, "bed": "bed-1"}],
         pumps=pump_list,
     )
@@ -179,6 +181,7 @@ async def running_demo(
     broker_ws: str | None = None,
     web_port: int = 0,
     phd: bool = False,
+    library: Path | None = None,
 ) -> AsyncIterator[tuple[DemoEndpoints, Gateway]]:
     """Run the whole demo bedside in this event loop; yields once the daemon is ready."""
     if pumps < 2:
@@ -260,6 +263,7 @@ async def running_demo(
                 vitals_url=endpoints.vitals_url,
                 pumps=pumps,
                 phd_url=endpoints.phd_url,
+                library=library,
             )
         )
         async with asyncio.TaskGroup() as tg:
@@ -359,6 +363,7 @@ async def _main(args: argparse.Namespace) -> None:
         broker_ws=args.broker_ws,
         web_port=args.web_port,
         phd=bool(getattr(args, "phd", False)),
+        library=Path(args.library) if getattr(args, "library", None) else None,
     ) as (endpoints, _gateway):
         banner(endpoints, args.pumps, sys.stdout)
         await stop.wait()

@@ -25,6 +25,7 @@ class Kind(enum.StrEnum):
     PUMP_COMMAND_RESULT = "pump.command.result"
     VITALS_STATE = "vitals.state"
     PUMP_COMMAND = "pump.command"  # inbound only; commands may carry it
+    LIBRARY_RESPONSE = "bridge.library.response"  # answer to bridge/request/library
 
     @property
     def schema(self) -> str:

@@ -12,12 +12,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import signal
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 from importlib.metadata import version as package_version
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -34,8 +37,18 @@ from daemon.config import Config, PumpConfig, VitalsSource
 from daemon.envelope import SCHEMA_IDS, Kind, encode, envelope
 from daemon.errors import ConfigError
 from daemon.gate import Control, Gate, ReplyTo
-from daemon.journal import AsyncJournal, JournalError, JournalRow
+from daemon.journal import AsyncJournal, JournalError, JournalKind, JournalRow
 from daemon.mqtt_bridge import MqttBridge
+from daemon.pharmacy.reload import (
+    PROGRAMS_KEY,
+    LibraryPolicy,
+    LibraryRefused,
+    LibraryReloader,
+    Use,
+    programs_row,
+    read_library_file,
+    vet_library,
+)
 from daemon.sdnotify import Notifier
 from daemon.signing import SignaturePolicy
 from daemon.timefmt import parse_ts, utc_now
@@ -46,9 +59,7 @@ from drivers.hl7 import ReceiverConfig, VitalsClient, VitalsListener, VitalsSamp
 from drivers.modbus import ModbusPumpDriver
 from drivers.newera import NewEraPumpDriver
 from drivers.phd import PhdPumpDriver
-from protocol.consistency import check_library
-from protocol.errors import LibraryError
-from protocol.library import DEFAULT_LIBRARY_PATH, Library, load_library
+from protocol.library import DEFAULT_LIBRARY_PATH, Library
 from protocol.units import UnitError, concentration_unit, dose_unit, rate_to_dose
 
 log = structlog.get_logger("infusiond.gateway")
@@ -62,13 +73,21 @@ PRUNE_EVERY_S = 3600.0
 
 
 def load_checked_library(cfg: Config) -> Library:
-    """Load the configured (or shipped) library and refuse it if it is inconsistent."""
-    library = load_library(cfg.library or DEFAULT_LIBRARY_PATH)
-    problems = check_library(library)
-    if problems:
-        lines = "; ".join(f"{p.rule}: {p.message}" for p in problems)
-        raise LibraryError(f"drug library {library.source} is inconsistent: {lines}")
-    return library
+    """Load the configured (or shipped) library and refuse it if it is inconsistent, or
+    unsigned (or badly signed) when ``library.require_signature`` is set."""
+    path = library_path(cfg)
+    policy = LibraryPolicy.from_config(cfg.library)
+    data, signature = read_library_file(path)
+    if not (policy.keys or policy.require_signature):
+        signature = None  # no keys to check a signature file against: the file is the source
+    return vet_library(data, source=str(path), signature=signature, policy=policy, uses={}).library
+
+
+def library_path(cfg: Config) -> Path:
+    """The configured library file, or the shipped example."""
+    if cfg.library is not None and cfg.library.path is not None:
+        return cfg.library.path
+    return DEFAULT_LIBRARY_PATH
 
 
 def make_driver(pump: PumpConfig) -> Driver:
@@ -161,6 +180,9 @@ class Gateway:
     #: set once every vitals listener is bound: READY means a monitor can connect
     vitals_bound: asyncio.Event = field(default_factory=asyncio.Event, init=False)
     _stop: asyncio.Event = field(default_factory=asyncio.Event, init=False)
+    #: set by SIGHUP (:meth:`request_reload`): re-read the library file
+    _reload_wanted: asyncio.Event = field(default_factory=asyncio.Event, init=False)
+    reloader: LibraryReloader = field(init=False)
     _started_at: datetime = field(default_factory=utc_now, init=False)
 
     # -- the Hub the channels talk to --------------------------------------------------------
@@ -236,6 +258,14 @@ class Gateway:
                     cfg.control.keys, require=cfg.control.require_signature
                 ),
             ),
+        )
+        self.reloader = LibraryReloader(
+            policy=LibraryPolicy.from_config(cfg.library),
+            journal=self.journal,
+            current=lambda: self.library,
+            install=self._install_library,
+            uses=self._library_uses,
+            now=self.clock,
         )
         for pump, program in zip(cfg.pumps, programs, strict=True):
             self.channels[pump.id] = Channel(
@@ -362,6 +392,70 @@ class Gateway:
             "schemas": list(SCHEMA_IDS),
         }
 
+    # -- library hot reload ---------------------------------------------------------------------
+
+    def _install_library(self, library: Library) -> None:
+        """The swap: one assignment each, between two commands (the loop is single-threaded);
+        then ``bridge/info`` names the new library."""
+        self.library = library
+        self.gate.library = library
+        self._publish_retained(
+            self.bridge.topics.bridge_info, Kind.BRIDGE_INFO, self._bridge_info()
+        )
+
+    def _library_uses(self) -> dict[str, Use]:
+        return {
+            pid: Use(ch.program.profile, ch.program.drug, ch.program.dose_unit)
+            for pid, ch in self.channels.items()
+        }
+
+    async def _journal_programs(self) -> None:
+        """Journal each pump's drug and profile and the library in force (what the CQI report
+        attributes commands to), when they differ from the last such row: a restart with the
+        same programs writes nothing. Never fatal: the report then shows them as unknown."""
+        row = programs_row(self.library, self._library_uses())
+        try:
+            known = await self.journal.rows(pump_id=PROGRAMS_KEY, kinds=[JournalKind.STATE])
+            if not known or known[-1].payload != row:
+                await self.journal.append(
+                    JournalKind.STATE, row, pump_id=PROGRAMS_KEY, ts=self.clock()
+                )
+        except JournalError as exc:
+            log.warning("programs_not_journaled", error=str(exc))
+
+    def request_reload(self) -> None:
+        """Re-read the library file soon (the SIGHUP handler)."""
+        self._reload_wanted.set()
+
+    async def _reload_on_request(self) -> None:
+        while True:
+            await self._reload_wanted.wait()
+            self._reload_wanted.clear()
+            try:
+                library = await self.reloader.reload_file(library_path(self.config))
+            except (LibraryRefused, JournalError) as exc:
+                reasons = list(getattr(exc, "reasons", [str(exc)]))
+                log.warning("library_reload_refused", reasons=reasons)
+            else:
+                log.info("library_reloaded", version=library.version)
+
+    async def _serve_library_requests(self) -> None:
+        async for incoming in self.bridge.library_requests():
+            data = await self.reloader.push(incoming.payload, retained=incoming.retain)
+            body = envelope(
+                Kind.LIBRARY_RESPONSE,
+                gateway=self.config.gateway_id,
+                session=self.journal.session,
+                seq=self.journal.seq,
+                ts=self.clock(),
+                data=data,
+            )
+            self.bridge.send_library_response(
+                encode(body),
+                response_topic=incoming.response_topic,
+                correlation_data=incoming.correlation_data,
+            )
+
     # -- running -------------------------------------------------------------------------------
 
     def stop(self) -> None:
@@ -372,6 +466,7 @@ class Gateway:
         """Build, run until :meth:`stop` (or cancellation), then shut down cleanly."""
         await self._build()
         await self._recover()
+        await self._journal_programs()
         try:
             async with asyncio.TaskGroup() as tg:
                 # the bridge survives every peer fault itself; a bug in it is restarted too
@@ -395,6 +490,11 @@ class Gateway:
                 )
                 workers.append(tg.create_task(self._notify_systemd(), name="sd-notify"))
                 workers.append(tg.create_task(self._prune_journal(), name="journal-retention"))
+                workers.append(tg.create_task(self._reload_on_request(), name="library-reload"))
+                workers.append(
+                    tg.create_task(self._serve_library_requests(), name="library-requests")
+                )
+                self._install_sighup()
                 await self._stop.wait()
                 log.info("gateway_stopping")
                 self.notifier.notify(STOPPING="1")
@@ -406,6 +506,8 @@ class Gateway:
                 self.bridge.stop()
                 await bridge_task
         finally:
+            if threading.current_thread() is threading.main_thread():
+                asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
             for channel in self.channels.values():
                 with contextlib.suppress(Exception):
                     await channel.driver.close()
@@ -413,6 +515,13 @@ class Gateway:
                 await listener.close()
             await self.journal.aclose()
             self.notifier.close()
+
+    def _install_sighup(self) -> bool:
+        """SIGHUP re-reads the library (only the main thread may own signal handlers)."""
+        if threading.current_thread() is not threading.main_thread():
+            return False
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.request_reload)
+        return True
 
     async def _supervise(self, name: str, body: Callable[[], Awaitable[None]]) -> None:
         """Run ``body`` forever; restart it with capped backoff if it crashes."""

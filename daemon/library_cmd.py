@@ -15,6 +15,14 @@ import json
 import sys
 from pathlib import Path
 
+from daemon.pharmacy.signing import (
+    SignatureError,
+    load_private_key,
+    load_public_key,
+    read_signature_file,
+    sign_library,
+    verify_library,
+)
 from protocol.consistency import LibraryProblem, check_library
 from protocol.errors import LibraryError
 from protocol.library import DEFAULT_LIBRARY_PATH, Library, load_library
@@ -62,3 +70,34 @@ def run(args: argparse.Namespace) -> int:
             f"substances {vocab.version} sha256={vocab.sha256})\n"
         )
     return EXIT_PROBLEM if problems else EXIT_OK
+
+
+def _library_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise LibraryError(f"library {path} cannot be read: {exc.strerror}") from None
+
+
+def sign(args: argparse.Namespace) -> int:
+    """``library sign KEY LIB [--out SIG]``: write the base64 Ed25519 signature of LIB."""
+    path = Path(args.path)
+    key = load_private_key(Path(args.key))
+    signature = sign_library(key, _library_bytes(path))
+    out = Path(args.out) if args.out else path.with_name(path.name + ".sig")
+    out.write_text(signature + "\n", encoding="ascii")
+    sys.stdout.write(f"signed {path} -> {out}\n")
+    return EXIT_OK
+
+
+def verify(args: argparse.Namespace) -> int:
+    """``library verify PUBKEY LIB SIG``: exit 0 when SIG is PUBKEY's signature of LIB."""
+    path = Path(args.path)
+    trusted = load_public_key(Path(args.pubkey))
+    try:
+        verify_library([trusted], _library_bytes(path), read_signature_file(Path(args.signature)))
+    except SignatureError as exc:
+        sys.stdout.write(f"BAD: {path}: {exc}\n")
+        return EXIT_PROBLEM
+    sys.stdout.write(f"OK: {path} signed by key {trusted.fingerprint}\n")
+    return EXIT_OK

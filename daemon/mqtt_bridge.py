@@ -92,6 +92,8 @@ RESERVED_ROOT = "infusiond"  # the product's own tree: never a response topic
 RESPONSE_IGNORED = "response-topic-ignored"  # user property on a result whose topic was ignored
 CORRELATION_IGNORED = "correlation-data-ignored"  # user property: the data was too long
 MAX_CORRELATION_BYTES = 1024
+#: drug-library pushes waiting for the gateway (each is vetted in turn; a burst is refused)
+LIBRARY_QUEUE_SIZE = 16
 # What a broker or the link to it can do to a connection: each ends that connection only.
 LINK_FAULTS: tuple[type[Exception], ...] = (aiomqtt.MqttError, OSError, TimeoutError)
 
@@ -174,6 +176,9 @@ class MqttBridge:
         self._backoff = backoff or Backoff(initial_s=0.2, maximum_s=30.0)
         self._online_since: float | None = None  # monotonic time of the last handshake
         self._commands: asyncio.Queue[IncomingCommand] = asyncio.Queue(command_queue_size)
+        self.library_request_topic = f"{self.topics.root}/bridge/request/library"
+        self.library_response_topic = f"{self.topics.root}/bridge/response/library"
+        self._library_requests: asyncio.Queue[IncomingCommand] = asyncio.Queue(LIBRARY_QUEUE_SIZE)
         self._results: collections.deque[_Result] = collections.deque()
         self._max_queued_results = max_queued_results
         self._result_numbers = itertools.count(1)
@@ -219,6 +224,31 @@ class MqttBridge:
             self.stats.results_dropped += 1  # no MQTT topic can name that pump
             log.warning("result dropped: pump id too long for a topic", pump_id=capped_id(pump_id))
             return
+        self._queue_result(topic, payload, response_topic, correlation_data)
+
+    def send_library_response(
+        self,
+        payload: bytes,
+        *,
+        response_topic: str | None = None,
+        correlation_data: bytes | None = None,
+    ) -> None:
+        """Queue the answer to a library push on ``bridge/response/library`` (and on the
+        request's usable ``response_topic``), like a command result."""
+        self._queue_result(self.library_response_topic, payload, response_topic, correlation_data)
+
+    async def library_requests(self) -> AsyncIterator[IncomingCommand]:
+        """Messages on ``bridge/request/library``, in arrival order (``pump_id`` is empty)."""
+        while True:
+            yield await self._library_requests.get()
+
+    def _queue_result(
+        self,
+        topic: str,
+        payload: bytes,
+        response_topic: str | None,
+        correlation_data: bytes | None,
+    ) -> None:
         notes: list[tuple[str, str]] = []
         if correlation_data is not None and len(correlation_data) > MAX_CORRELATION_BYTES:
             notes.append((CORRELATION_IGNORED, f"longer than {MAX_CORRELATION_BYTES} bytes"))
@@ -400,12 +430,14 @@ class MqttBridge:
 
     async def _handshake(self, client: aiomqtt.Client) -> None:
         if self._broker.protocol == "5":
+            options = SubscribeOptions(qos=1, retainAsPublished=True)
             await client.subscribe(
-                self.topics.command_filter,
-                options=SubscribeOptions(qos=1, retainAsPublished=True),
+                [(self.topics.command_filter, options), (self.library_request_topic, options)]
             )
         else:  # 3.1.1: retain is only seen on messages stored before we subscribed
-            await client.subscribe(self.topics.command_filter, qos=1)
+            await client.subscribe(
+                [(self.topics.command_filter, 1), (self.library_request_topic, 1)]
+            )
         await client.publish(self.topics.bridge_state, BRIDGE_ONLINE, qos=1, retain=True)
         self._online_since = time.monotonic()
         self.stats.connections += 1
@@ -471,19 +503,23 @@ class MqttBridge:
             self.stats.commands_dropped += 1
             return
         pump_id = self.topics.pump_id_of_command(topic)
-        if pump_id is None:
+        library = topic == self.library_request_topic
+        if pump_id is None and not library:
             return
         props = message.properties
         response = getattr(props, "ResponseTopic", None) if props is not None else None
         correlation = getattr(props, "CorrelationData", None) if props is not None else None
         payload = message.payload
         incoming = IncomingCommand(
-            pump_id=pump_id,
+            pump_id=pump_id or "",
             payload=payload if isinstance(payload, bytes) else bytes(payload),
             retain=bool(message.retain),
             response_topic=response if isinstance(response, str) else None,
             correlation_data=bytes(correlation) if isinstance(correlation, bytes) else None,
         )
+        if library:
+            self._queue_library_request(incoming)
+            return
         try:
             self._commands.put_nowait(incoming)
         except asyncio.QueueFull:
@@ -491,9 +527,15 @@ class MqttBridge:
             if _rarely(self.stats.commands_dropped):
                 log.warning(
                     "command queue full; command dropped",
-                    pump_id=capped_id(pump_id),
+                    pump_id=capped_id(incoming.pump_id),
                     dropped=self.stats.commands_dropped,
                 )
+
+    def _queue_library_request(self, incoming: IncomingCommand) -> None:
+        try:
+            self._library_requests.put_nowait(incoming)
+        except asyncio.QueueFull:  # a burst of pushes: the later ones are dropped, and logged
+            log.warning("library request queue full; request dropped")
 
     async def _retained_loop(self, client: aiomqtt.Client) -> None:
         while True:

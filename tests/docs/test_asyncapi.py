@@ -22,6 +22,8 @@ TOPICS = {
     "pump/{pump_id}/command": (False, 1, "receive"),
     "pump/{pump_id}/command/result": (False, 1, "send"),
     "vitals/{bed_id}/state": (True, 1, "send"),
+    "bridge/request/library": (False, 1, "receive"),
+    "bridge/response/library": (False, 1, "send"),
 }
 
 

@@ -333,6 +333,15 @@ class SimBridge:
         while True:
             yield await self._commands.get()
 
+    async def library_requests(self) -> AsyncIterator[IncomingCommand]:
+        """No library pushes in the simulated ward (waits until cancelled)."""
+        await self._stop.wait()
+        await asyncio.Event().wait()
+        yield IncomingCommand("", b"", retain=False, response_topic=None, correlation_data=None)
+
+    def send_library_response(self, payload: bytes, **_props: object) -> None:
+        """Never called: no library pushes in the simulated ward."""
+
     def stop(self) -> None:
         self._stop.set()
         self.wake.set()
