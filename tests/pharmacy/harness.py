@@ -37,7 +37,7 @@ NE_SOFT = b"soft = { min = 0.01, max = 1.0 }"
 
 def variant(*, version: str, soft_max: str = "1.0", hard_max: str = "3.0") -> bytes:
     """The shipped library with another version and adult-icu norepinephrine limits."""
-    text = SHIPPED.replace(b'version = "2026.11.1"', f'version = "{version}"'.encode(), 1)
+    text = SHIPPED.replace(b'version = "2026.12.1"', f'version = "{version}"'.encode(), 1)
     text = text.replace(NE_SOFT, f"soft = {{ min = 0.01, max = {soft_max} }}".encode(), 1)
     return text.replace(
         b"hard = { min = 0.0, max = 3.0 }", f"hard = {{ min = 0.0, max = {hard_max} }}".encode(), 1

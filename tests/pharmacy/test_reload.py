@@ -78,29 +78,29 @@ async def test_signed_push_changes_the_next_verdict_bridge_info_and_is_journaled
     keys = Keys.make(tmp_path / "keys")
     async with running_ward(tmp_path, mosquitto, signed_config(tmp_path, keys)) as ward:
         assert (await titrate(ward, 0.06))["phase"] == "accepted"
-        new = variant(version="2026.12.1", soft_max="0.055")
+        new = variant(version="2027.1.1", soft_max="0.055")
         answer = await ward.push(push_body(new, keys, req="push-1"), correlation=b"c-42")
         validate({k: v for k, v in answer.items() if k != "_correlation"})
         assert answer["data"]["status"] == "ok", answer
         assert answer["data"]["id"] == "push-1"
-        assert answer["data"]["library"]["version"] == "2026.12.1"
+        assert answer["data"]["library"]["version"] == "2027.1.1"
         assert answer["_correlation"] == b"c-42"
         event = await ward.watch.event("pump-1", "library_changed")
-        assert event["from"]["version"] == "2026.11.1"
-        assert event["to"]["version"] == "2026.12.1"
+        assert event["from"]["version"] == "2026.12.1"
+        assert event["to"]["version"] == "2027.1.1"
         assert event["via"] == "mqtt"
         assert event["by"] == "pharm-1"
         assert event["signed_by"] == load_public_key(keys.public_path).fingerprint
         await ward.watch.wait_for(
             lambda m: (
                 m.topic.endswith("bridge/info")
-                and m.json()["data"]["library"]["version"] == "2026.12.1"
+                and m.json()["data"]["library"]["version"] == "2027.1.1"
             )
         )
         second = await titrate(ward, 0.065)
         assert second["phase"] == "needs_confirmation"
         assert "SOFT_MAX" in {f["rule"] for f in second["verdict"]["findings"]}
-        assert second["verdict"]["library"]["version"] == "2026.12.1"
+        assert second["verdict"]["library"]["version"] == "2027.1.1"
         journal_path = ward.gateway.journal.path
     journal = Journal.open_readonly(journal_path)
     try:
@@ -143,7 +143,7 @@ async def test_signed_push_changes_the_next_verdict_bridge_info_and_is_journaled
         ),
         pytest.param(
             lambda keys: push_body(
-                SHIPPED.replace(b'version = "2026.11.1"', b'version = "9"', 1).replace(
+                SHIPPED.replace(b'version = "2026.12.1"', b'version = "9"', 1).replace(
                     b'drug = "vasopressin"', b'drug = "vasopressin-x"', 1
                 ),
                 keys,
@@ -168,10 +168,10 @@ async def test_a_bad_push_is_refused_with_its_reasons_and_nothing_changes(
         assert data["status"] == "error"
         assert data["error"]["code"] == "refused"
         assert any(reason in r for r in data["error"]["reasons"]), data["error"]
-        assert data["library"]["version"] == "2026.11.1"
+        assert data["library"]["version"] == "2026.12.1"
         assert (await titrate(ward, 0.06))["phase"] == "accepted"
         assert library_events(ward) == []
-        assert set(info_versions(ward)) == {"2026.11.1"}
+        assert set(info_versions(ward)) == {"2026.12.1"}
         journal_path = ward.gateway.journal.path
     journal = Journal.open_readonly(journal_path)
     try:
@@ -190,7 +190,7 @@ async def test_push_refusals_before_the_library_is_read(
     """A user not in library.push_allowlist, a retained request, bad JSON and an oversize
     payload are each answered with their own error code; the library stays."""
     keys = Keys.make(tmp_path / "keys")
-    lib = variant(version="2026.12.1", soft_max="0.055")
+    lib = variant(version="2027.1.1", soft_max="0.055")
     async with running_ward(tmp_path, mosquitto, signed_config(tmp_path, keys)) as ward:
         intruder = await ward.push(push_body(lib, keys, req="p1", user="someone"))
         assert intruder["data"]["error"]["code"] == "not_authorized"
@@ -223,12 +223,12 @@ async def test_sighup_rereads_the_file_and_refuses_a_tampered_one(
         assert refused[0] is not None
         assert any("does not verify" in r for r in refused[0].reasons)
         assert library_events(ward) == []
-        assert ward.gateway.gate.library.version == "2026.11.1"
+        assert ward.gateway.gate.library.version == "2026.12.1"
         assert (await titrate(ward, 0.06))["phase"] == "accepted"
         path.with_name("library.toml.sig").write_text(keys.sign(new))
         os.kill(os.getpid(), signal.SIGHUP)
         event = await ward.watch.event("pump-1", "library_changed")
-        assert (event["from"]["version"], event["to"]["version"]) == ("2026.11.1", "2026.12.2")
+        assert (event["from"]["version"], event["to"]["version"]) == ("2026.12.1", "2026.12.2")
         assert event["via"] == "sighup"
         await ward.watch.wait_for(
             lambda m: (

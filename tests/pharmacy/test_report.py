@@ -118,7 +118,7 @@ async def test_report_counts_equal_the_scripted_session(
     }
     assert ne["library_compliance"] == 0.75
     assert ne["alerts_per_100"] == 50.0
-    assert ne["library_versions"] == ["vasopressors-example 2026.11.1"]
+    assert ne["library_versions"] == ["vasopressors-example 2026.12.1"]
     vp = rows[("vasopressin", "adult-icu")]
     assert (vp["programmings"], vp["accepted_outright"], vp["library_compliance"]) == (1, 1, 1.0)
     total = rows[("(all)", "(all)")]

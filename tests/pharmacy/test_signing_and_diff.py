@@ -89,7 +89,7 @@ def test_diff_lists_each_change_old_to_new_and_nothing_else(
     """Changed limits, concentrations, diluents, a severity and an example, an added drug and
     a removed profile: one line each, per profile and drug; identical files print nothing."""
     old = write(tmp_path / "old.toml", SHIPPED)
-    text = variant(version="2026.12.1", soft_max="0.8", hard_max="2.5")
+    text = variant(version="2027.1.1", soft_max="0.8", hard_max="2.5")
     text = text.replace(b'  { value = 64, unit = "ug/mL", diluent = "D5W" },', b"", 1)
     new = write(tmp_path / "new.toml", text)
     assert main(["library", "diff", str(old), str(old)]) == 0
@@ -97,7 +97,7 @@ def test_diff_lists_each_change_old_to_new_and_nothing_else(
     assert main(["library", "diff", str(old), str(new), "--json"]) == 1
     out = json.loads(capsys.readouterr().out)
     changes = {(c["profile"], c["drug"], c["field"]): (c["old"], c["new"]) for c in out["changes"]}
-    assert changes[(None, None, "version")] == ("2026.11.1", "2026.12.1")
+    assert changes[(None, None, "version")] == ("2026.12.1", "2027.1.1")
     assert changes[("adult-icu", "norepinephrine", "soft.max")] == ("1.0", "0.8")
     assert changes[("adult-icu", "norepinephrine", "hard.max")] == ("3.0", "2.5")
     unchanged = [c for c in out["changes"] if c["drug"] == "vasopressin"]
@@ -105,7 +105,7 @@ def test_diff_lists_each_change_old_to_new_and_nothing_else(
     conc = changes[("adult-icu", "norepinephrine", "concentrations")]
     assert len(conc[0]) == 4
     assert len(conc[1]) == 3
-    assert out["new"]["version"] == "2026.12.1"
+    assert out["new"]["version"] == "2027.1.1"
 
 
 def test_diff_reports_added_and_removed_drugs_profiles_rules_and_examples(
@@ -152,4 +152,4 @@ def test_start_refuses_an_unsigned_library_when_signatures_are_required(tmp_path
     with pytest.raises(LibraryRefused, match="signature: required"):
         load_checked_library(load_config(cfg))
     (tmp_path / "lib.toml.sig").write_text(keys.sign(SHIPPED))
-    assert load_checked_library(load_config(cfg)).version == "2026.11.1"
+    assert load_checked_library(load_config(cfg)).version == "2026.12.1"
