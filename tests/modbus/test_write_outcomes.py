@@ -356,3 +356,35 @@ async def test_a_write_refused_with_busy_yet_applied_is_applied() -> None:
         assert "exception response 6 (DEVICE_BUSY)" in result.detail
         assert result.readback is not None
         assert result.readback.rate_ml_h == NEW_RATE
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("method", sorted(WRITES))
+async def test_the_before_write_hook_runs_after_the_pre_read_and_can_stop_the_write(
+    method: str,
+) -> None:
+    """The gateway's hook is awaited after the pre-read and before any write frame: when it
+    answers False nothing is written (``failed``, "not sent"); when True the write goes out."""
+    sim = ModbusPumpSimulator([demo_pump(1)])
+    async with proxied(sim) as (_link, driver, _registry):
+        seen: list[int] = []
+
+        async def refuse() -> bool:
+            seen.append(sim.pump(1).writes)
+            return False
+
+        driver.before_write = refuse
+        result = await WRITES[method](driver)
+        assert seen == [0]
+        assert result.outcome is Outcome.FAILED
+        assert result.detail.startswith("not sent: ")
+        assert "could not record the write" in result.detail
+        assert sim.pump(1).writes == 0
+
+        async def allow() -> bool:
+            return True
+
+        driver.before_write = allow
+        result = await WRITES[method](driver)
+        assert result.outcome is not Outcome.FAILED or "not sent" not in result.detail
+        assert sim.pump(1).writes >= 1

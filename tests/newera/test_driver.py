@@ -654,3 +654,28 @@ def test_the_read_back_decides_the_outcome_of_a_rate_write(
     result = judge(before, after, sent, lambda s: s.status.rate_ml_h == 12, "rate 12 mL/h")
     assert result.outcome is outcome, result.detail
     assert result.readback == after.status
+
+
+@pytest.mark.asyncio
+async def test_the_before_write_hook_can_stop_a_write_after_the_pre_read(
+    sim: NewEraSimulator, pump0: NewEraPumpDriver
+) -> None:
+    """The gateway's hook runs after the pre-read, before RAT goes out: when it answers False
+    the rate is not sent (``failed``, "not sent") and the pump keeps its rate; when True the
+    write goes out and is applied."""
+
+    async def refuse() -> bool:
+        return False
+
+    async def allow() -> bool:
+        return True
+
+    pump0.before_write = refuse
+    result = await pump0.set_rate(Decimal(12))
+    assert result.outcome is Outcome.FAILED
+    assert result.detail.startswith("not sent: ")
+    assert sim.pumps[0].rate_ml_h == 9
+    pump0.before_write = allow
+    result = await pump0.set_rate(Decimal(12))
+    assert result.outcome is Outcome.APPLIED
+    assert sim.pumps[0].rate_ml_h == 12
