@@ -268,6 +268,38 @@ class JournalConfig(_Section):
     )
 
 
+class Hl7OutConfig(_Section):
+    """``[hl7_out]``: IHE PCD DEC, IPEC and ACM to the EHR / alarm manager (one MLLP link)."""
+
+    url: str
+    dec_period_s: PositiveSeconds = 60.0
+    ack_timeout_s: Annotated[float, Field(gt=0, le=300, allow_inf_nan=False)] = 10.0
+    receiving_application: Name = "EHR"
+    receiving_facility: Annotated[str, StringConstraints(max_length=64)] = ""
+    sending_facility: Annotated[str, StringConstraints(max_length=64)] = ""
+    max_frame: Annotated[int, Field(ge=1024, le=1024 * 1024)] = 64 * 1024
+
+    @field_validator("url")
+    @classmethod
+    def _mllp_url(cls, value: str) -> str:
+        _host_port(value, {"mllp": None, "tcp": None})
+        return value
+
+    @property
+    def host(self) -> str:
+        return _host_port(self.url, {"mllp": None, "tcp": None})[1]
+
+    @property
+    def port(self) -> int:
+        return _host_port(self.url, {"mllp": None, "tcp": None})[2]
+
+
+class BedConfig(_Section):
+    """``[beds.<id>]``: what the hospital knows about a bed (sent in PID-3)."""
+
+    patient_id: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
+
+
 class Config(BaseSettings):
     """The whole configuration (see ``systemd/infusiond.example.toml``)."""
 
@@ -288,6 +320,8 @@ class Config(BaseSettings):
     vitals: list[VitalsSource] = Field(default_factory=list)
     pumps: list[PumpConfig] = Field(default_factory=list)
     journal: JournalConfig = Field(default_factory=JournalConfig)
+    hl7_out: Hl7OutConfig | None = None
+    beds: dict[TopicId, BedConfig] = Field(default_factory=dict)
 
     @classmethod
     def settings_customise_sources(

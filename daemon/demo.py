@@ -39,6 +39,7 @@ from daemon.logging_setup import configure_logging
 from daemon.paths import default_data_dir, lock_data_dir
 from daemon.web_server import WebServer
 from sim_devices.clock import SimClock
+from sim_devices.ehr import EhrSimulator
 from sim_devices.modbus_pump import PumpConfig as ModbusPumpSetup
 from sim_devices.modbus_server import ModbusPumpSimulator
 from sim_devices.monitor import Monitor
@@ -89,6 +90,7 @@ class DemoEndpoints:
     vitals_url: str
     dashboard_url: str | None = None
     phd_url: str | None = None
+    hl7_out_url: str | None = None
 
 
 def demo_config(
@@ -102,6 +104,7 @@ def demo_config(
     vitals_url: str,
     pumps: int,
     phd_url: str | None = None,
+    hl7_out_url: str | None = None,
 ) -> Config:
     """The daemon configuration of the demo bedside."""
     norepinephrine: dict[str, Any] = {
@@ -165,6 +168,7 @@ def demo_config(
         control={"enabled": True, "allowlist": [ANY_CLINICIAN]},
         vitals=[{"listen": vitals_url, "bed": "bed-1"}],
         pumps=pump_list,
+        hl7_out={"url": hl7_out_url, "dec_period_s": 60.0} if hl7_out_url else None,
     )
 
 
@@ -179,8 +183,13 @@ async def running_demo(
     broker_ws: str | None = None,
     web_port: int = 0,
     phd: bool = False,
+    hl7_out: str | None = None,
+    ehr_sim: bool = False,
 ) -> AsyncIterator[tuple[DemoEndpoints, Gateway]]:
-    """Run the whole demo bedside in this event loop; yields once the daemon is ready."""
+    """Run the whole demo bedside in this event loop; yields once the daemon is ready.
+
+    ``hl7_out`` (``mllp://HOST:PORT``) sends DEC/IPEC/ACM to that EHR; ``ehr_sim`` runs the
+    simulated EHR here (printing one line per message) and sends to it."""
     if pumps < 2:
         raise ValueError("--pumps must be at least 2 (pump-1 and pump-2 are the fixed bedside)")
     data = data_dir if data_dir is not None else default_data_dir()
@@ -234,6 +243,11 @@ async def running_demo(
                 WebServer(HOST, web_port, broker_ws_url=ws_url, gateway=gateway_id)
             )
             dashboard = web.url
+        if ehr_sim and hl7_out is None:
+            ehr = EhrSimulator(host=HOST, on_message=lambda m: print(m.line(), flush=True))  # noqa: T201
+            await ehr.start()
+            stack.push_async_callback(ehr.stop)
+            hl7_out = f"mllp://{HOST}:{ehr.port}"
         served = await stack.enter_async_context(modbus.serving(f"tcp://{HOST}:0"))
         await stack.enter_async_context(newera.serving(f"tcp://{HOST}:0"))
         if phd:
@@ -248,6 +262,7 @@ async def running_demo(
             vitals_url=f"tcp://{HOST}:0",  # the listener binds; its port is read back below
             dashboard_url=dashboard,
             phd_url=phd_chain.url if phd else None,
+            hl7_out_url=hl7_out,
         )
         gateway = Gateway(
             demo_config(
@@ -260,6 +275,7 @@ async def running_demo(
                 vitals_url=endpoints.vitals_url,
                 pumps=pumps,
                 phd_url=endpoints.phd_url,
+                hl7_out_url=endpoints.hl7_out_url,
             )
         )
         async with asyncio.TaskGroup() as tg:
@@ -324,6 +340,11 @@ def banner(ep: DemoEndpoints, pumps: int, out: TextIO) -> None:
             else []
         ),
         f"  bed-1       HL7 ORU^R01 over MLLP -> {ep.vitals_url}",
+        *(
+            [f"  EHR         IHE PCD DEC/IPEC/ACM over MLLP -> {ep.hl7_out_url}"]
+            if ep.hl7_out_url
+            else []
+        ),
         "",
         *(
             [f"Dashboard: {ep.dashboard_url}  (open it in a browser on this machine)", ""]
@@ -359,6 +380,8 @@ async def _main(args: argparse.Namespace) -> None:
         broker_ws=args.broker_ws,
         web_port=args.web_port,
         phd=bool(getattr(args, "phd", False)),
+        hl7_out=getattr(args, "hl7_out", None),
+        ehr_sim=bool(getattr(args, "ehr_sim", False)),
     ) as (endpoints, _gateway):
         banner(endpoints, args.pumps, sys.stdout)
         await stop.wait()
@@ -375,6 +398,12 @@ def run(args: argparse.Namespace) -> int:
     if args.broker != "embedded" and not args.broker.startswith("mqtt://"):
         print(  # noqa: T201
             "infusiond: error: --broker must be 'embedded' or mqtt://HOST:PORT", file=sys.stderr
+        )
+        return 2
+    hl7_out = getattr(args, "hl7_out", None)
+    if hl7_out is not None and not hl7_out.startswith(("mllp://", "tcp://")):
+        print(  # noqa: T201
+            "infusiond: error: --hl7-out must be mllp://HOST:PORT", file=sys.stderr
         )
         return 2
     configure_logging("warning", stream=sys.stderr)

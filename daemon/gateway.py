@@ -34,6 +34,7 @@ from daemon.config import Config, PumpConfig, VitalsSource
 from daemon.envelope import SCHEMA_IDS, Kind, encode, envelope
 from daemon.errors import ConfigError
 from daemon.gate import Control, Gate, ReplyTo
+from daemon.ihe import outbound as ihe_outbound
 from daemon.journal import AsyncJournal, JournalError, JournalRow
 from daemon.mqtt_bridge import MqttBridge
 from daemon.sdnotify import Notifier
@@ -160,6 +161,8 @@ class Gateway:
     ready: asyncio.Event = field(default_factory=asyncio.Event, init=False)
     #: set once every vitals listener is bound: READY means a monitor can connect
     vitals_bound: asyncio.Event = field(default_factory=asyncio.Event, init=False)
+    #: IHE PCD DEC/IPEC/ACM to the EHR (``[hl7_out]``), None when not configured
+    hl7_out: ihe_outbound.Hl7Out | None = field(default=None, init=False)
     _stop: asyncio.Event = field(default_factory=asyncio.Event, init=False)
     _started_at: datetime = field(default_factory=utc_now, init=False)
 
@@ -179,6 +182,8 @@ class Gateway:
 
     async def publish_state(self, pump_id: str, data: dict[str, Any]) -> None:
         """Publish the retained ``pump.state``."""
+        if self.hl7_out is not None:
+            self.hl7_out.pump_state(pump_id, data)
         self._publish_retained(self.bridge.topics.pump_state(pump_id), Kind.PUMP_STATE, data)
 
     def _publish_retained(self, topic: str, kind: Kind, data: dict[str, Any]) -> None:
@@ -218,6 +223,9 @@ class Gateway:
             cfg.data_dir, gateway_id=cfg.gateway_id, retention_days=cfg.journal.retention_days
         )
         self.bridge = self.bridge_factory(cfg, self.journal)
+        self.hl7_out = ihe_outbound.from_config(cfg, self.journal, self.clock)
+        if self.hl7_out is not None:
+            await self.hl7_out.prepare()
         for source in cfg.vitals:
             self.boards[source.bed] = VitalsBoard(
                 [source.bed], default_bed=source.bed, stale_after_s=source.stale_after_s
@@ -395,6 +403,10 @@ class Gateway:
                 )
                 workers.append(tg.create_task(self._notify_systemd(), name="sd-notify"))
                 workers.append(tg.create_task(self._prune_journal(), name="journal-retention"))
+                if self.hl7_out is not None:
+                    workers.append(
+                        tg.create_task(self._supervise("hl7-out", self.hl7_out.run), name="hl7-out")
+                    )
                 await self._stop.wait()
                 log.info("gateway_stopping")
                 self.notifier.notify(STOPPING="1")
@@ -462,6 +474,8 @@ class Gateway:
         def on_sample(sample: VitalsSample) -> None:
             if board.update(sample) is not None:
                 self._publish_vitals(bed)
+                if self.hl7_out is not None:
+                    self.hl7_out.vitals(bed, board.beds[bed].snapshot(self.clock()))
 
         receiver = ReceiverConfig(on_sample=on_sample)
         url = source.listen or source.connect or ""

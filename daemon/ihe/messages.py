@@ -396,15 +396,11 @@ def ipec(
 _PRIORITY = {"high": "PH", "medium": "PM", "low": "PL"}
 
 
-def alarm_identity(pump_id: str, alarm: Mapping[str, Any]) -> str:
-    """One id for one alarm across raise and clear: pump, code and the time it was raised."""
-    return f"{pump_id}:{alarm.get('code')}:{alarm.get('since')}"
-
-
 def acm(
     event: Mapping[str, Any],
     *,
     pump_id: str,
+    alarm_id: str,
     control_id: str,
     now: datetime,
     at: datetime,
@@ -412,11 +408,12 @@ def acm(
     patient: Patient,
 ) -> bytes:
     """ACM (PCD-04) for one ``alarm_raised`` / ``alarm_cleared``: code, priority, phase, state,
-    source pump; OBR-3 carries the alarm's identity, the same for its raise and its clear."""
+    source pump; OBR-3 carries ``alarm_id``, the alarm's identity, the same for its raise and
+    its clear (the caller keeps it: see daemon/ihe/outbound.py)."""
     alarm: Mapping[str, Any] = event["alarm"]
     raised = event["type"] == "alarm_raised"
     t = terms().alarm
-    identity = escape(alarm_identity(pump_id, alarm))
+    identity = escape(alarm_id)
     lines = _header(Profile.ACM, endpoint, control_id, now) + _patient(patient)
     lines.append(_obr(1, control_id, t["event"].cwe(), at, filler=f"{identity}^INFUSIOND"))
     flags = _PRIORITY.get(str(alarm.get("priority")), "PM")

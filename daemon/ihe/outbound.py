@@ -21,11 +21,12 @@ import asyncio
 import contextlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 import structlog
 
+from daemon.config import Config
 from daemon.ihe import messages
 from daemon.ihe.messages import Endpoint, Patient
 from daemon.journal import AsyncJournal, Hl7Item, JournalRow
@@ -41,6 +42,9 @@ log = structlog.get_logger("infusiond.hl7_out")
 #: the pump.state fields a DEC reports; a change of any of them sends a DEC at once
 _DEC_PUMP_KEYS = ("connection", "status", "rate", "dose", "drug", "concentration", "vtbi")
 _READ_CHUNK = 4096
+#: how far back a clear looks for its raise in the journal (after a restart)
+ALARM_LOOKBACK = timedelta(days=7)
+ALARM_LOOKBACK_ROWS = 200
 
 
 class Hl7LinkError(InfusiondError):
@@ -99,6 +103,7 @@ class Hl7Out:
         self._dec_sent: dict[str, tuple[Any, ...]] = {}
         self._dec_due: set[str] = set()
         self._dec_wake = asyncio.Event()
+        self._alarms: dict[tuple[str, str], str] = {}
 
     async def prepare(self) -> None:
         """Read (or start) the event cursor; call before any event can be journaled."""
@@ -138,11 +143,34 @@ class Hl7Out:
             if not rows:
                 await added.wait()
                 continue
-            built = [m for row in rows for m in self._event_messages(row)]
+            built = [m for row in rows for m in await self._event_messages(row)]
             await self.journal.hl7_enqueue(built, cursor=rows[-1].n)
             self._cursor = rows[-1].n
 
-    def _event_messages(self, row: JournalRow) -> list[tuple[str, Callable[[str], bytes]]]:
+    async def _alarm_id(self, row: JournalRow, event: Mapping[str, Any]) -> str:
+        """One identity per alarm, from its raise to its clear: ``pump:code:n`` with ``n`` the
+        journal row of the raise (the events' ``since`` is not the same on both). After a
+        restart between the two, the raise is found in the journal."""
+        pump_id = row.pump_id or ""
+        code = str((event.get("alarm") or {}).get("code"))
+        key = (pump_id, code)
+        if event.get("type") == "alarm_raised":
+            self._alarms[key] = f"{pump_id}:{code}:{row.n}"
+            return self._alarms[key]
+        known = self._alarms.pop(key, None)
+        if known is not None:
+            return known
+        since = parse_ts(row.ts) - ALARM_LOOKBACK
+        raises = await self.journal.recent_events(
+            pump_id, ["alarm_raised"], since=since, limit=ALARM_LOOKBACK_ROWS
+        )
+        for raised in reversed(raises):
+            alarm = (raised.payload.get("event") or {}).get("alarm") or {}
+            if raised.n < row.n and alarm.get("code") == code:
+                return f"{pump_id}:{code}:{raised.n}"
+        return f"{pump_id}:{code}:{row.n}"  # raised before HL7 was enabled: the clear's own
+
+    async def _event_messages(self, row: JournalRow) -> list[tuple[str, Callable[[str], bytes]]]:
         event = row.payload.get("event")
         if not isinstance(event, dict) or row.pump_id is None:
             return []
@@ -170,12 +198,14 @@ class Hl7Out:
                 )
             ]
         if kind in messages.ACM_EVENTS:
+            alarm_id = await self._alarm_id(row, event)
             return [
                 (
                     "acm",
                     lambda cid: messages.acm(
                         event,
                         pump_id=pump_id,
+                        alarm_id=alarm_id,
                         control_id=cid,
                         now=now,
                         at=at,
@@ -360,3 +390,30 @@ def _read_ack(payload: bytes) -> Ack | None:
     except MessageError as exc:
         log.warning("hl7_out.bad_ack", error=exc.text)
         return None
+
+
+def from_config(cfg: Config, journal: AsyncJournal, clock: Callable[[], datetime]) -> Hl7Out | None:
+    """The gateway's :class:`Hl7Out` for ``[hl7_out]`` (None when it is not configured)."""
+    out = cfg.hl7_out
+    if out is None:
+        return None
+    settings = Hl7OutSettings(
+        host=out.host,
+        port=out.port,
+        dec_period_s=out.dec_period_s,
+        ack_timeout_s=out.ack_timeout_s,
+        max_frame=out.max_frame,
+        endpoint=Endpoint(
+            sending_application="INFUSIOND",
+            sending_facility=out.sending_facility or cfg.gateway_id,
+            receiving_application=out.receiving_application,
+            receiving_facility=out.receiving_facility,
+        ),
+    )
+
+    def patient_of(bed: str | None) -> Patient:
+        name = bed or "unassigned"
+        bed_cfg = cfg.beds.get(name)
+        return Patient(name, bed_cfg.patient_id if bed_cfg else None)
+
+    return Hl7Out(settings, journal, clock=clock, patient_of=patient_of)

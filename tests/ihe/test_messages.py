@@ -102,6 +102,7 @@ def build_all() -> dict[str, bytes]:
                 "alarm": {"code": "occlusion", "priority": "high", "since": "2026-12-06T01:29Z"},
             },
             pump_id="pump-1",
+            alarm_id="pump-1:occlusion:17",
             control_id="c-6",
             now=NOW,
             at=NOW,

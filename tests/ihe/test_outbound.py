@@ -76,7 +76,8 @@ async def test_events_become_ipec_and_acm_in_journal_order_with_one_alarm_identi
     assert ipec.value("rate_from") == "52.5"
     assert ipec.value("MDC_FLOW_FLUID_PUMP") == "63"
     assert ipec.value("command_id") == "cmd-1"
-    assert raised.filler == cleared.filler == "pump-1:occlusion:2026-12-06T01:29:00.000Z"
+    assert raised.filler == cleared.filler
+    assert raised.filler.startswith("pump-1:occlusion:")
     assert raised.value("MDC_ATTR_EVENT_PHASE") == "start"
     assert cleared.value("MDC_ATTR_EVENT_PHASE") == "end"
     assert raised.value("MDC_ATTR_ALARM_STATE") == "active"
