@@ -294,6 +294,29 @@ class Hl7OutConfig(_Section):
         return _host_port(self.url, {"mllp": None, "tcp": None})[2]
 
 
+class PivConfig(_Section):
+    """``[piv]``: IHE PCD PIV orders in (RGV^O15 over MLLP); they only ever become pending."""
+
+    listen: str
+    idle_timeout_s: PositiveSeconds = 300.0
+    max_connections: Annotated[int, Field(ge=1, le=256)] = 8
+    max_frame: Annotated[int, Field(ge=1024, le=1024 * 1024)] = 64 * 1024
+
+    @field_validator("listen")
+    @classmethod
+    def _mllp_url(cls, value: str) -> str:
+        _host_port(value, {"mllp": None, "tcp": None})
+        return value
+
+    @property
+    def host(self) -> str:
+        return _host_port(self.listen, {"mllp": None, "tcp": None})[1]
+
+    @property
+    def port(self) -> int:
+        return _host_port(self.listen, {"mllp": None, "tcp": None})[2]
+
+
 class BedConfig(_Section):
     """``[beds.<id>]``: what the hospital knows about a bed (sent in PID-3)."""
 
@@ -321,6 +344,7 @@ class Config(BaseSettings):
     pumps: list[PumpConfig] = Field(default_factory=list)
     journal: JournalConfig = Field(default_factory=JournalConfig)
     hl7_out: Hl7OutConfig | None = None
+    piv: PivConfig | None = None
     beds: dict[TopicId, BedConfig] = Field(default_factory=dict)
 
     @classmethod

@@ -35,6 +35,7 @@ from daemon.envelope import SCHEMA_IDS, Kind, encode, envelope
 from daemon.errors import ConfigError
 from daemon.gate import Control, Gate, ReplyTo
 from daemon.ihe import outbound as ihe_outbound
+from daemon.ihe.piv import PivListener
 from daemon.journal import AsyncJournal, JournalError, JournalRow
 from daemon.mqtt_bridge import MqttBridge
 from daemon.sdnotify import Notifier
@@ -163,6 +164,8 @@ class Gateway:
     vitals_bound: asyncio.Event = field(default_factory=asyncio.Event, init=False)
     #: IHE PCD DEC/IPEC/ACM to the EHR (``[hl7_out]``), None when not configured
     hl7_out: ihe_outbound.Hl7Out | None = field(default=None, init=False)
+    #: IHE PCD PIV orders in (``[piv]``), None when not configured
+    piv: PivListener | None = field(default=None, init=False)
     _stop: asyncio.Event = field(default_factory=asyncio.Event, init=False)
     _started_at: datetime = field(default_factory=utc_now, init=False)
 
@@ -245,6 +248,21 @@ class Gateway:
                 ),
             ),
         )
+        if cfg.piv is not None:
+            self.piv = PivListener(
+                host=cfg.piv.host,
+                port=cfg.piv.port,
+                submit=lambda pump_id, command, order_id: self.gate.submit_order(
+                    pump_id, command, order_id=order_id
+                ),
+                program_of=lambda pid: (
+                    self.channels[pid].state_data() if pid in self.channels else None
+                ),
+                clock=self.clock,
+                max_frame=cfg.piv.max_frame,
+                idle_timeout_s=cfg.piv.idle_timeout_s,
+                max_connections=cfg.piv.max_connections,
+            )
         for pump, program in zip(cfg.pumps, programs, strict=True):
             self.channels[pump.id] = Channel(
                 pump_id=pump.id,
@@ -381,6 +399,8 @@ class Gateway:
         await self._build()
         await self._recover()
         try:
+            if self.piv is not None:
+                await self.piv.start()
             async with asyncio.TaskGroup() as tg:
                 # the bridge survives every peer fault itself; a bug in it is restarted too
                 bridge_task = tg.create_task(
@@ -423,6 +443,8 @@ class Gateway:
                     await channel.driver.close()
             for listener in self.listeners:
                 await listener.close()
+            if self.piv is not None:
+                await self.piv.close()
             await self.journal.aclose()
             self.notifier.close()
 

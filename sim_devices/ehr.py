@@ -22,7 +22,7 @@ from typing import Any
 
 import structlog
 
-from drivers.hl7.ack import AckCode, build_ack, peek_header
+from drivers.hl7.ack import AckCode, build_ack, parse_ack, peek_header
 from drivers.hl7.errors import Hl7ErrorCode, MessageError
 from drivers.hl7.mllp import DEFAULT_MAX_FRAME, Discarded, MllpDecoder, MllpFrame
 
@@ -255,3 +255,26 @@ class EhrSimulator:
         if self.answer is AckCode.AR:
             ack = ack.replace(b"MSA|AE|", b"MSA|AR|", 1)
         return ack
+
+
+async def send_order(
+    host: str, port: int, payload: bytes, *, timeout_s: float = 10.0
+) -> tuple[AckCode, str, bytes]:
+    """Send one order (an RGV^O15) the way an EHR does and return the RRG^O16's MSA-1, its
+    text (MSA-3 / ERR-8) and the raw answer. Raises TimeoutError or MessageError."""
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(MllpFrame(payload).serialize())
+        await writer.drain()
+        decoder = MllpDecoder(DEFAULT_MAX_FRAME)
+        async with asyncio.timeout(timeout_s):
+            while chunk := await reader.read(_READ_CHUNK):
+                for out in decoder.feed(chunk):
+                    if isinstance(out, MllpFrame):
+                        ack = parse_ack(out.payload)
+                        return ack.code, ack.text, out.payload
+        raise MessageError("the gateway closed the connection without answering")
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()

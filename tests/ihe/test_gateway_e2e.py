@@ -11,16 +11,20 @@ import json
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 import pytest
 
-from daemon.config import Config, Hl7OutConfig
+from daemon.config import Config, Hl7OutConfig, PivConfig
 from daemon.gateway import Gateway
+from drivers.hl7.ack import AckCode
+from drivers.hl7.piv import build_rgv
 from sim_devices.clock import SimClock
-from sim_devices.ehr import EhrSimulator, Received
+from sim_devices.ehr import EhrSimulator, Received, send_order
 from sim_devices.modbus_pump import PumpConfig as ModbusSetup
 from sim_devices.modbus_server import ModbusPumpSimulator
 from sim_devices.newera_pump import PumpSetup as NewEraSetup
@@ -71,7 +75,8 @@ async def running_ward(tmp_path: Path, broker: Mosquitto) -> AsyncIterator[Ward]
             update={
                 "hl7_out": Hl7OutConfig(
                     url=f"mllp://127.0.0.1:{ehr.port}", dec_period_s=3600, ack_timeout_s=2
-                )
+                ),
+                "piv": PivConfig(listen="mllp://127.0.0.1:0"),
             }
         )
         client = await stack.enter_async_context(
@@ -149,3 +154,79 @@ async def test_titration_alarm_and_outage_reach_the_ehr(
     numbers = sorted(int(re.sub(r"^.*-", "", m.control_id)) for m in ehr.received)
     assert numbers == list(range(1, len(numbers) + 1))  # no control id lost, none twice
     assert ehr.duplicates == 0 or out.stats.resent > 0
+
+
+def order(order_id: str, value: str, *, pump_id: str = "pump-1") -> bytes:
+    return build_rgv(
+        control_id=f"msg-{order_id}",
+        now=datetime.now(UTC),
+        order_id=order_id,
+        pump_id=pump_id,
+        drug="norepinephrine",
+        concentration=("4", "ug/mL"),
+        dose=(value, "ug/kg/min"),
+        ordered_by="dr-2",
+        diluent="D5W",
+        weight_kg="70",
+        patient_id="MRN-1",
+        bed="bed-1",
+    )
+
+
+async def results(client: aiomqtt.Client, want: int) -> list[dict[str, Any]]:
+    got: list[dict[str, Any]] = []
+    async with asyncio.timeout(WAIT_S):
+        async for message in client.messages:
+            got.append(json.loads(message.payload)["data"])  # type: ignore[arg-type]
+            if len(got) >= want:
+                return got
+    return got
+
+
+async def test_piv_order_is_pending_until_confirmed_and_hard_limit_order_never_runs(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    """An order is answered AA and published as needs_confirmation (source piv, order id,
+    the command); the pump does not move until a clinician confirms, then it is applied and
+    charted. An order above the hard limit is AR with its rule id; an unknown pump is AE."""
+    async with running_ward(tmp_path, mosquitto) as ward:
+        piv = ward.gateway.piv
+        assert piv is not None
+        topic = f"infusiond/{ward.config.gateway_id}/pump/+/command/result"
+        await ward.client.subscribe(topic, qos=1)
+
+        code, text, raw = await send_order("127.0.0.1", piv.port, order("ORD-1", "0.06"))
+        assert (code, text) == (AckCode.AA, "")
+        assert b"RRG^O16^RRG_O16" in raw
+        assert b"|msg-ORD-1" in raw  # MSA-2 names the order message
+        (pending,) = await results(ward.client, 1)
+        assert pending["phase"] == "needs_confirmation"
+        assert (pending["source"], pending["order_id"]) == ("piv", "ORD-1")
+        # the order is for the running infusion: a titration, as an MQTT set_dose would be
+        assert pending["command"]["action"] == "set_dose"
+        assert pending["command"]["dose"] == {"value": 0.06, "unit": "ug/kg/min"}
+        assert ward.modbus.pump(1).rate == Decimal("52.5")  # nothing reached the pump
+
+        confirm = {
+            **pending["command"],
+            "confirm": {"token": pending["confirm_token"], "reason": "order ORD-1 checked"},
+        }
+        await ward.send("pump-1", confirm)
+        phases = [r["phase"] for r in await results(ward.client, 2)]
+        assert phases == ["accepted", "applied"]
+        assert ward.modbus.pump(1).rate == Decimal("63.00")
+        async with asyncio.timeout(WAIT_S):
+            await ward.ehr.wait_for(ipec_for(pending["id"]))  # type: ignore[arg-type]
+
+        code, text, _ = await send_order("127.0.0.1", piv.port, order("ORD-2", "5"))
+        assert code is AckCode.AR
+        assert "HARD_MAX" in text
+        (refused,) = await results(ward.client, 1)
+        assert (refused["phase"], refused["order_id"]) == ("rejected", "ORD-2")
+        assert ward.modbus.pump(1).rate == Decimal("63.00")
+
+        code, text, _ = await send_order(
+            "127.0.0.1", piv.port, order("ORD-3", "0.06", pump_id="pump-9")
+        )
+        assert code is AckCode.AE
+        assert "pump-9" in text
