@@ -209,7 +209,10 @@ class Monitor:
         )
         expected = AckCode.AA
         if fault is MonitorFault.GARBLED:
-            payload = payload.replace(f"||{values[Parameter.MAP][0]}|".encode(), b"||7#?4|", 1)
+            k = list(values).index(Parameter.MAP) + 1  # MAP's OBX-4 containment is 1.1.1.k
+            payload = payload.replace(
+                f"|1.1.1.{k}|{values[Parameter.MAP][0]}|".encode(), f"|1.1.1.{k}|7#?4|".encode(), 1
+            )
             expected = AckCode.AE
         elif fault in (MonitorFault.MISSING_OBX, MonitorFault.FUTURE_TIMESTAMPS):
             expected = AckCode.AE
