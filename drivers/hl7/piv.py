@@ -177,7 +177,7 @@ def parse_rgv(payload: bytes) -> PivOrder:
         control_id=control_id,
         order_id=_text(orc, "ORC", 2, label="placer order number"),
         pump_id=pump_id,
-        drug=_comp(rxg, 4, 1) or _text(rxg, "RXG", 4, label="drug (give code)"),
+        drug=_text(rxg, "RXG", 4, 1 if _comp(rxg, 4, 1) else 0, label="drug (give code)"),
         concentration=Amount(
             _number(rxg, "RXG", 17, label="concentration (give strength)"),
             _unit(rxg, "RXG", 18, label="concentration unit"),
