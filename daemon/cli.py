@@ -138,6 +138,13 @@ def _add_ehr_sim_parser(simsub: argparse._SubParsersAction[argparse.ArgumentPars
     sp.add_argument(
         "--answer", choices=["AA", "AE", "AR"], default="AA", help="ACK code to answer with"
     )
+    sp.add_argument(
+        "--order",
+        action="append",
+        metavar="KEY=VALUE,...",
+        help="send a PIV order (pump=,drug=,concentration=,dose=...) to --piv and exit",
+    )
+    sp.add_argument("--piv", metavar="mllp://HOST:PORT", help="the gateway's PIV listener")
     sp.set_defaults(target="sim_devices.ehr_cli:run")
 
 

@@ -91,6 +91,7 @@ class DemoEndpoints:
     dashboard_url: str | None = None
     phd_url: str | None = None
     hl7_out_url: str | None = None
+    piv_url: str | None = None
 
 
 def demo_config(
@@ -105,6 +106,7 @@ def demo_config(
     pumps: int,
     phd_url: str | None = None,
     hl7_out_url: str | None = None,
+    piv_url: str | None = None,
 ) -> Config:
     """The daemon configuration of the demo bedside."""
     norepinephrine: dict[str, Any] = {
@@ -169,6 +171,7 @@ def demo_config(
         vitals=[{"listen": vitals_url, "bed": "bed-1"}],
         pumps=pump_list,
         hl7_out={"url": hl7_out_url, "dec_period_s": 60.0} if hl7_out_url else None,
+        piv={"listen": piv_url} if piv_url else None,
     )
 
 
@@ -185,11 +188,13 @@ async def running_demo(
     phd: bool = False,
     hl7_out: str | None = None,
     ehr_sim: bool = False,
+    piv_listen: str | None = None,
 ) -> AsyncIterator[tuple[DemoEndpoints, Gateway]]:
     """Run the whole demo bedside in this event loop; yields once the daemon is ready.
 
     ``hl7_out`` (``mllp://HOST:PORT``) sends DEC/IPEC/ACM to that EHR; ``ehr_sim`` runs the
-    simulated EHR here (printing one line per message) and sends to it."""
+    simulated EHR here (printing one line per message) and sends to it; ``piv_listen``
+    (``mllp://HOST:PORT``, port 0: any) takes PIV orders, which only ever become pending."""
     if pumps < 2:
         raise ValueError("--pumps must be at least 2 (pump-1 and pump-2 are the fixed bedside)")
     data = data_dir if data_dir is not None else default_data_dir()
@@ -263,6 +268,7 @@ async def running_demo(
             dashboard_url=dashboard,
             phd_url=phd_chain.url if phd else None,
             hl7_out_url=hl7_out,
+            piv_url=piv_listen,
         )
         gateway = Gateway(
             demo_config(
@@ -276,6 +282,7 @@ async def running_demo(
                 pumps=pumps,
                 phd_url=endpoints.phd_url,
                 hl7_out_url=endpoints.hl7_out_url,
+                piv_url=endpoints.piv_url,
             )
         )
         async with asyncio.TaskGroup() as tg:
@@ -287,7 +294,11 @@ async def running_demo(
                 gw_task.result()  # raises the gateway's error
                 return
             # READY means every vitals listener is bound: take the port the OS gave it
-            endpoints = dataclasses.replace(endpoints, vitals_url=gateway.listeners[0].url)
+            endpoints = dataclasses.replace(
+                endpoints,
+                vitals_url=gateway.listeners[0].url,
+                piv_url=gateway.piv.url if gateway.piv is not None else None,
+            )
             monitor_task = tg.create_task(monitor.run(endpoints.vitals_url), name="monitor")
             try:
                 yield endpoints, gateway
@@ -345,6 +356,11 @@ def banner(ep: DemoEndpoints, pumps: int, out: TextIO) -> None:
             if ep.hl7_out_url
             else []
         ),
+        *(
+            [f"  PIV orders  RGV^O15 over MLLP <- {ep.piv_url}  (pending until confirmed)"]
+            if ep.piv_url
+            else []
+        ),
         "",
         *(
             [f"Dashboard: {ep.dashboard_url}  (open it in a browser on this machine)", ""]
@@ -382,6 +398,7 @@ async def _main(args: argparse.Namespace) -> None:
         phd=bool(getattr(args, "phd", False)),
         hl7_out=getattr(args, "hl7_out", None),
         ehr_sim=bool(getattr(args, "ehr_sim", False)),
+        piv_listen=getattr(args, "piv_listen", None),
     ) as (endpoints, _gateway):
         banner(endpoints, args.pumps, sys.stdout)
         await stop.wait()
@@ -400,12 +417,12 @@ def run(args: argparse.Namespace) -> int:
             "infusiond: error: --broker must be 'embedded' or mqtt://HOST:PORT", file=sys.stderr
         )
         return 2
-    hl7_out = getattr(args, "hl7_out", None)
-    if hl7_out is not None and not hl7_out.startswith(("mllp://", "tcp://")):
-        print(  # noqa: T201
-            "infusiond: error: --hl7-out must be mllp://HOST:PORT", file=sys.stderr
-        )
-        return 2
+    for flag in ("hl7_out", "piv_listen"):
+        url = getattr(args, flag, None)
+        if url is not None and not url.startswith(("mllp://", "tcp://")):
+            name = "--" + flag.replace("_", "-")
+            print(f"infusiond: error: {name} must be mllp://HOST:PORT", file=sys.stderr)  # noqa: T201
+            return 2
     configure_logging("warning", stream=sys.stderr)
     data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
     with lock_data_dir(data_dir):  # one daemon per journal: refuse before starting anything

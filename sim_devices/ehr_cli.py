@@ -4,6 +4,11 @@ Listens on ``--listen mllp://HOST:PORT`` (default ``mllp://127.0.0.1:2575``) for
 IPEC and ACM, answers each with ``--answer`` (AA by default; AE/AR to exercise a gateway's
 refusal handling), prints one line per message and, with ``--json PATH``, appends each as a
 JSON line to PATH. Runs until interrupted.
+
+``--order KEY=VALUE,...`` (repeatable) sends PIV orders (RGV^O15) to ``--piv URL`` instead, prints
+each RRG^O16 answer (MSA-1 and reason) and exits 0 only if every order was answered AA. Keys:
+``pump``, ``drug``, ``concentration`` (``4 ug/mL``), ``dose`` (``0.06 ug/kg/min``) are required;
+``id``, ``vtbi`` (``250 mL``), ``diluent``, ``by``, ``weight`` (kg), ``patient``, ``bed`` optional.
 """
 
 from __future__ import annotations
@@ -14,18 +19,73 @@ import contextlib
 import json
 import signal
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
 from drivers.hl7.ack import AckCode
-from sim_devices.ehr import EhrSimulator, Received
+from drivers.hl7.piv import build_rgv
+from sim_devices.ehr import EhrSimulator, Received, send_order
+
+_ORDER_KEYS = {"pump", "drug", "concentration", "dose", "id", "vtbi", "diluent", "by", "weight"}
+_ORDER_KEYS |= {"patient", "bed"}
+
+
+def parse_order(text: str, n: int) -> bytes:
+    """``pump=pump-1,drug=norepinephrine,concentration=4 ug/mL,dose=0.06 ug/kg/min`` -> RGV^O15.
+    Raises ValueError naming the key."""
+    fields: dict[str, str] = {}
+    for item in text.split(","):
+        key, eq, value = item.partition("=")
+        key = key.strip()
+        if not eq or key not in _ORDER_KEYS:
+            raise ValueError(f"--order {text!r}: {key!r} is not one of {sorted(_ORDER_KEYS)}")
+        fields[key] = value.strip()
+    for key in ("pump", "drug", "concentration", "dose"):
+        if not fields.get(key):
+            raise ValueError(f"--order {text!r}: {key}= is required")
+
+    def amount(key: str) -> tuple[str, str]:
+        value, _, unit = fields[key].partition(" ")
+        if not unit:
+            raise ValueError(f"--order {key}={fields[key]!r}: expected 'VALUE UNIT'")
+        return value, unit.strip()
+
+    now = datetime.now(UTC)
+    order_id = fields.get("id") or f"ORD-{now:%H%M%S}-{n}"
+    return build_rgv(
+        control_id=f"EHR-{order_id}",
+        now=now,
+        order_id=order_id,
+        pump_id=fields["pump"],
+        drug=fields["drug"],
+        concentration=amount("concentration"),
+        dose=amount("dose"),
+        ordered_by=fields.get("by", ""),
+        diluent=fields.get("diluent"),
+        vtbi=amount("vtbi") if "vtbi" in fields else None,
+        weight_kg=fields.get("weight"),
+        patient_id=fields.get("patient", ""),
+        bed=fields.get("bed", ""),
+    )
+
+
+async def _send_orders(url: str, orders: list[bytes]) -> int:
+    host, port = _endpoint(url)
+    worst = 0
+    for payload in orders:
+        code, text, _ = await send_order(host, port, payload)
+        print(f"RRG^O16 {code.value} {text}".rstrip(), flush=True)  # noqa: T201
+        worst = worst if code is AckCode.AA else 1
+    return worst
 
 
 def _endpoint(url: str) -> tuple[str, int]:
+    """``mllp://HOST:PORT`` -> (host, port); ValueError names the URL."""
     scheme, sep, rest = url.partition("://")
     host, colon, port = (rest if sep else url).rpartition(":")
     if (sep and scheme not in {"mllp", "tcp"}) or not colon or not host or not port.isdigit():
-        raise ValueError(f"--listen {url!r}: expected mllp://HOST:PORT")
+        raise ValueError(f"{url!r}: expected mllp://HOST:PORT")
     return host, int(port)
 
 
@@ -54,9 +114,14 @@ def run(args: argparse.Namespace) -> int:
     """Entry point of ``infusiond sim ehr``."""
     try:
         _endpoint(args.listen)
+        orders = [parse_order(text, n) for n, text in enumerate(args.order or [], start=1)]
+        if orders:
+            _endpoint(args.piv or "")
     except ValueError as exc:
         print(f"infusiond: error: {exc}", file=sys.stderr)  # noqa: T201
         return 2
+    if orders:
+        return asyncio.run(_send_orders(args.piv, orders))
     with contextlib.ExitStack() as stack:
         record = (
             stack.enter_context(Path(args.json).open("a", encoding="utf-8")) if args.json else None
