@@ -7,6 +7,7 @@ and fixed ids (tests/ihe/test_docs.py checks that the page shows exactly these b
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import TypedDict
 
 from daemon.ihe import messages
 from daemon.ihe.messages import Endpoint, Patient
@@ -17,6 +18,12 @@ AT = datetime(2026, 12, 6, 8, 30, tzinfo=UTC)
 ENDPOINT = Endpoint(sending_facility="icu-gw-1", receiving_application="EHR")
 PATIENT = Patient("bed-1", patient_id="MRN-0042")
 DEVICE = {"driver": "modbus", "model": "SIM-PUMP", "serial": "SN-1001", "firmware": "1.0"}
+
+
+class _Common(TypedDict):
+    now: datetime
+    endpoint: Endpoint
+    patient: Patient
 
 
 def sample_messages() -> dict[str, bytes]:
@@ -31,7 +38,7 @@ def sample_messages() -> dict[str, bytes]:
         "volume_infused": {"value": 12.4, "unit": "mL"},
         "device": DEVICE,
     }
-    common = {"now": AT, "endpoint": ENDPOINT, "patient": PATIENT}
+    common: _Common = {"now": AT, "endpoint": ENDPOINT, "patient": PATIENT}
     return {
         "dec-pump": messages.dec_pump(state, control_id="3f9a-101", **common),
         "dec-vitals": messages.dec_vitals(
