@@ -224,3 +224,46 @@ async def test_dec_is_sent_on_a_change_of_what_it_reports_not_on_every_poll(
     first = decs[0]
     assert first.profile_id == "IHE_PCD_001"
     assert first.value("MDC_DRUG_NAME_TYPE") == "norepinephrine"
+
+
+async def test_alarm_identity_survives_a_restart_between_raise_and_clear(tmp_path: Path) -> None:
+    """The clear of an alarm raised before a restart names the same alarm: the follower finds
+    the raise in the journal."""
+    data = tmp_path / "data"
+    ehr = EhrSimulator()
+    port = await ehr.start()
+    try:
+        async with await AsyncJournal.open(data, gateway_id="gw") as journal:
+            out = make_out(journal, port)
+            async with running(out):
+                await journal.record_events("pump-1", [alarm("alarm_raised")])
+                async with asyncio.timeout(10):
+                    await ehr.wait_for(lambda r: len(r) == 1)
+                    await out.drained.wait()
+        async with (
+            await AsyncJournal.open(data, gateway_id="gw") as journal,
+            running(make_out(journal, port)),
+        ):
+            await journal.record_events("pump-1", [alarm("alarm_cleared")])
+            async with asyncio.timeout(10):
+                await ehr.wait_for(lambda r: len(r) == 2)
+    finally:
+        await ehr.stop()
+    raised, cleared = ehr.received
+    assert raised.value("MDC_ATTR_EVENT_PHASE") == "start"
+    assert cleared.value("MDC_ATTR_EVENT_PHASE") == "end"
+    assert raised.filler == cleared.filler
+
+
+async def test_dec_is_repeated_every_period_without_a_change(
+    journal: AsyncJournal, ehr: EhrSimulator
+) -> None:
+    """With nothing changing, a DEC still goes out every dec_period_s."""
+    out = make_out(journal, ehr.port, dec_period_s=0.2)
+    async with running(out):
+        out.pump_state("pump-1", {"status": "stopped", "drug": "norepinephrine", "bed": "bed-1"})
+        async with asyncio.timeout(10):
+            await ehr.wait_for(lambda r: len(r) >= 3)
+    decs = ehr.of("DEC")
+    assert len(decs) >= 3
+    assert {d.value("MDC_PUMP_STAT") for d in decs} == {"stopped"}
