@@ -900,6 +900,19 @@ class Journal:
             )
         ]
 
+    def hl7_clinicians(self, command_ids: Collection[str]) -> dict[str, str]:
+        """``by.clinician`` of each known command id (who asked for a change, for IPEC)."""
+        found: dict[str, str] = {}
+        for command_id in command_ids:
+            row = self._conn.execute(
+                "SELECT json_extract(command, '$.by.clinician') FROM commands "
+                "WHERE id = ? AND json_valid(command)",
+                (command_id,),
+            ).fetchone()
+            if row is not None and isinstance(row[0], str):
+                found[command_id] = row[0]
+        return found
+
     def hl7_enqueue(
         self, messages: Sequence[tuple[str, Callable[[str], bytes]]], *, cursor: int | None
     ) -> list[str]:
@@ -1414,6 +1427,11 @@ class AsyncJournal:
     async def hl7_events_after(self, after: int, limit: int = 200) -> list[JournalRow]:
         """See :meth:`Journal.hl7_events_after`."""
         return await self._submit(lambda j: j.hl7_events_after(after, limit))
+
+    async def hl7_clinicians(self, command_ids: Collection[str]) -> dict[str, str]:
+        """See :meth:`Journal.hl7_clinicians`."""
+        wanted = list(command_ids)
+        return await self._submit(lambda j: j.hl7_clinicians(wanted))
 
     async def hl7_enqueue(
         self, messages: Sequence[tuple[str, Callable[[str], bytes]]], *, cursor: int | None

@@ -143,7 +143,13 @@ class Hl7Out:
             if not rows:
                 await added.wait()
                 continue
-            built = [m for row in rows for m in await self._event_messages(row)]
+            ids = {
+                str(e["command_id"])
+                for row in rows
+                if isinstance(e := row.payload.get("event"), dict) and e.get("command_id")
+            }
+            clinicians = await self.journal.hl7_clinicians(ids) if ids else {}
+            built = [m for row in rows for m in await self._event_messages(row, clinicians)]
             await self.journal.hl7_enqueue(built, cursor=rows[-1].n)
             self._cursor = rows[-1].n
 
@@ -170,10 +176,15 @@ class Hl7Out:
                 return f"{pump_id}:{code}:{raised.n}"
         return f"{pump_id}:{code}:{row.n}"  # raised before HL7 was enabled: the clear's own
 
-    async def _event_messages(self, row: JournalRow) -> list[tuple[str, Callable[[str], bytes]]]:
+    async def _event_messages(
+        self, row: JournalRow, clinicians: Mapping[str, str]
+    ) -> list[tuple[str, Callable[[str], bytes]]]:
         event = row.payload.get("event")
         if not isinstance(event, dict) or row.pump_id is None:
             return []
+        by = clinicians.get(str(event.get("command_id")))
+        if by and not event.get("clinician"):
+            event = {**event, "clinician": by}  # who asked for the change (the command's by)
         pump_id = row.pump_id
         kind = event.get("type")
         at = parse_ts(row.ts)

@@ -129,6 +129,7 @@ async def test_titration_alarm_and_outage_reach_the_ehr(
         ipec = next(m for m in ehr.of("IPEC") if m.value("command_id") == titrate["id"])
         assert ipec.subject == "MDC_EVT_PUMP_RATE_CHANGE"
         assert (ipec.value("rate_from"), ipec.value("MDC_FLOW_FLUID_PUMP")) == ("52.5", "63")
+        assert b"|nurse-1" in ipec.raw  # OBX-16: the clinician who asked for the change
 
         ward.modbus.inject("low_battery", unit=1)
         async with asyncio.timeout(WAIT_S):
