@@ -149,7 +149,11 @@ class Hl7Out:
                 if isinstance(e := row.payload.get("event"), dict) and e.get("command_id")
             }
             clinicians = await self.journal.hl7_clinicians(ids) if ids else {}
-            built = [m for row in rows for m in await self._event_messages(row, clinicians)]
+            built = [
+                m
+                for row in rows
+                for m in _buildable(await self._event_messages(row, clinicians), row.n)
+            ]
             await self.journal.hl7_enqueue(built, cursor=rows[-1].n)
             self._cursor = rows[-1].n
 
@@ -272,6 +276,7 @@ class Hl7Out:
                             ),
                         )
                     )
+            built = _buildable(built, None)
             if built:
                 await self.journal.hl7_enqueue(built, cursor=None)
 
@@ -393,6 +398,23 @@ def _dec(
 ) -> Callable[[str], bytes]:
     """Bind a DEC builder to its data; the journal supplies the control id."""
     return lambda cid: build(data, control_id=cid, now=now, endpoint=endpoint, patient=patient)
+
+
+def _buildable(
+    messages: list[tuple[str, Callable[[str], bytes]]], row: int | None
+) -> list[tuple[str, Callable[[str], bytes]]]:
+    """The messages that build: one that cannot (data the builders do not expect) is logged
+    and left out here, so that it never fails the journal transaction that stores the others
+    and moves the cursor (a stuck cursor would hold back every later message)."""
+    kept = []
+    for kind, build in messages:
+        try:
+            build("probe")
+        except (KeyError, TypeError, ValueError) as exc:
+            log.exception("hl7_out.unbuildable", kind=kind, journal_row=row, error=repr(exc))
+            continue
+        kept.append((kind, build))
+    return kept
 
 
 def _read_ack(payload: bytes) -> Ack | None:

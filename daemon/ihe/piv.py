@@ -29,6 +29,7 @@ from typing import Any
 
 import structlog
 
+from daemon.journal import JournalError
 from daemon.timefmt import format_ts
 from drivers.hl7.ack import AckCode, peek_header
 from drivers.hl7.errors import Hl7ErrorCode, MessageError
@@ -218,7 +219,11 @@ class PivListener:
                 code=AckCode.AE, text=text, error=Hl7ErrorCode.TABLE_VALUE_NOT_FOUND, **reply
             )
         command = order_command(order, program, now=now)
-        result = await self.submit(order.pump_id, command, order.order_id)
+        try:
+            result = await self.submit(order.pump_id, command, order.order_id)
+        except JournalError as exc:  # no journal, no order: refused, never executed
+            log.critical("piv.journal_unavailable", order=order.order_id, error=str(exc))
+            return build_rrg(code=AckCode.AE, text="the gateway cannot write its journal", **reply)
         code, text = answer_code(result)
         log.info("piv.order", order=order.order_id, pump=order.pump_id, ack=code.value, why=text)
         return build_rrg(code=code, text=text, **reply)

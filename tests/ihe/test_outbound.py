@@ -267,3 +267,19 @@ async def test_dec_is_repeated_every_period_without_a_change(
     decs = ehr.of("DEC")
     assert len(decs) >= 3
     assert {d.value("MDC_PUMP_STAT") for d in decs} == {"stopped"}
+
+
+async def test_an_event_that_cannot_be_built_does_not_hold_back_the_next(
+    journal: AsyncJournal, ehr: EhrSimulator
+) -> None:
+    """A journaled event whose data the builders do not expect (a rate given as a string) is
+    logged and skipped; the events after it still reach the EHR, in order."""
+    bad = rate_changed(63.0, "bad")
+    bad["to"] = {"rate": {"value": "63", "unit": "mL/h"}}
+    out = make_out(journal, ehr.port)
+    async with running(out):
+        await journal.record_events("pump-1", [bad, rate_changed(64.0, "good")])
+        async with asyncio.timeout(10):
+            await ehr.wait_for(lambda r: len(r) == 1)
+            await out.drained.wait()
+    assert [m.value("command_id") for m in ehr.received] == ["good"]
