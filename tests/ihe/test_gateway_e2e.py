@@ -231,3 +231,39 @@ async def test_piv_order_is_pending_until_confirmed_and_hard_limit_order_never_r
         )
         assert code is AckCode.AE
         assert "pump-9" in text
+
+
+async def test_piv_order_needing_a_confirmation_is_overridden_at_the_bedside_and_reported(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    """An order below the usual minimum gets a confirm-level verdict: still pending (AA), like
+    an accept-level one; the clinician's confirmation with a reason overrides it, the pump
+    follows, and the EHR receives the override (IPEC) with who and why."""
+    async with running_ward(tmp_path, mosquitto) as ward:
+        piv = ward.gateway.piv
+        assert piv is not None
+        topic = f"infusiond/{ward.config.gateway_id}/pump/+/command/result"
+        await ward.client.subscribe(topic, qos=1)
+        for order_id, value, expected_verdict in (
+            ("A", "0.06", "accept"),
+            ("B", "0.005", "confirm"),
+        ):
+            code, _, _ = await send_order("127.0.0.1", piv.port, order(order_id, value))
+            assert code is AckCode.AA
+            (pending,) = await results(ward.client, 1)
+            assert pending["verdict"]["verdict"] == expected_verdict, pending
+            confirm = {
+                **pending["command"],
+                "confirm": {"token": pending["confirm_token"], "reason": f"order {order_id} ok"},
+            }
+            await ward.send("pump-1", confirm)
+            assert [r["phase"] for r in await results(ward.client, 2)] == ["accepted", "applied"]
+        assert ward.modbus.pump(1).rate == Decimal("5.25")
+        async with asyncio.timeout(WAIT_S):
+            await ward.ehr.wait_for(
+                lambda r: any(m.subject == "MDC_EVT_PUMP_LIMIT_OVERRIDE" for m in r)
+            )
+        override = next(m for m in ward.ehr.received if m.subject == "MDC_EVT_PUMP_LIMIT_OVERRIDE")
+        assert override.value("reason") == "order B ok"
+        assert override.value("command_id") == "piv-B"
+        assert b"|dr-2" in override.raw
