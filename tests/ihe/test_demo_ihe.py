@@ -14,6 +14,9 @@ import aiomqtt
 import pytest
 
 from daemon.demo import running_demo
+from daemon.ihe.samples import sample_messages
+from drivers.hl7.ack import AckCode, parse_ack
+from drivers.hl7.mllp import MllpDecoder, MllpFrame
 from sim_devices.ehr import EhrSimulator
 from tests.e2e.harness import command, dose
 
@@ -81,3 +84,61 @@ async def test_demo_with_hl7_out_and_piv_listen(tmp_path: Path) -> None:
                 assert (data["phase"], data["order_id"]) == ("needs_confirmation", "ORD-9")
     finally:
         await ehr.stop()
+
+
+async def test_demo_ehr_sim_prints_one_line_per_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--ehr-sim`: the demo runs its own EHR simulator, sends to it, and it prints each DEC."""
+    async with running_demo(data_dir=tmp_path / "d", ehr_sim=True) as (endpoints, gateway):
+        assert endpoints.hl7_out_url is not None
+        out = gateway.hl7_out
+        assert out is not None
+        async with asyncio.timeout(20):
+            while out.stats.acked < 2:  # pump-1 and pump-2 are charted at start
+                await out.drained.wait()
+                await asyncio.sleep(0)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("DEC ")]
+    assert any("MDC_FLOW_FLUID_PUMP=52.5" in line for line in lines)
+
+
+async def test_sim_ehr_cli_acks_prints_and_records(tmp_path: Path) -> None:
+    """`infusiond sim ehr --listen URL --json FILE`: AA for each message, one line on stdout,
+    one JSON record in FILE."""
+    record = tmp_path / "ehr.jsonl"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "daemon.cli",
+        "sim",
+        "ehr",
+        "--listen",
+        "mllp://127.0.0.1:0",
+        "--json",
+        str(record),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    assert proc.stdout is not None
+    try:
+        async with asyncio.timeout(30):
+            banner = (await proc.stdout.readline()).decode()
+        port = int(banner.rsplit(":", 1)[1])
+        payload = sample_messages()["acm-raised"]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(MllpFrame(payload).serialize())
+        decoder = MllpDecoder()
+        async with asyncio.timeout(10):
+            frames: list[MllpFrame] = []
+            while not frames:
+                chunk = await reader.read(4096)
+                frames = [f for f in decoder.feed(chunk) if isinstance(f, MllpFrame)]
+            line = (await proc.stdout.readline()).decode()
+        writer.close()
+        ack = parse_ack(frames[0].payload)
+        assert (ack.code, ack.control_id) == (AckCode.AA, "3f9a-105")
+        assert line.startswith("ACM 3f9a-105 MRN-0042 MDC_EVT_ALARM")
+        assert json.loads(record.read_text().splitlines()[0])["profile"] == "ACM"
+    finally:
+        proc.terminate()
+        await proc.wait()
