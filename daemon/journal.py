@@ -231,6 +231,10 @@ class OutboxItem:
     payload: bytes
 
 
+#: refused (AE/AR) HL7 messages kept in ``hl7_outbox`` for inspection; older ones are dropped
+HL7_REFUSED_KEPT = 1000
+
+
 @dataclass(frozen=True)
 class Hl7Item:
     """One HL7 message waiting for the EHR's ACK (MSH-10 = ``control_id``)."""
@@ -938,13 +942,18 @@ class Journal:
 
     def hl7_settle(self, control_id: str, ack: str) -> None:
         """Record the EHR's answer: an ``AA`` message is deleted; an ``AE``/``AR`` one is kept
-        with its code (re-sending it would be refused again) for ``journal export``-style
-        inspection, and is no longer pending."""
+        with its code (re-sending it would be refused again) for inspection, and is no longer
+        pending; only the newest :data:`HL7_REFUSED_KEPT` refusals are kept."""
         self._require_transaction()
         if ack == "AA":
             self._conn.execute("DELETE FROM hl7_outbox WHERE control_id=?", (control_id,))
         else:
             self._conn.execute("UPDATE hl7_outbox SET ack=? WHERE control_id=?", (ack, control_id))
+            self._conn.execute(  # keep the newest HL7_REFUSED_KEPT refusals, not all forever
+                "DELETE FROM hl7_outbox WHERE ack IS NOT NULL AND n < ("
+                "SELECT n FROM hl7_outbox WHERE ack IS NOT NULL ORDER BY n DESC LIMIT 1 OFFSET ?)",
+                (HL7_REFUSED_KEPT - 1,),
+            )
 
     def hl7_pending(self, limit: int = 100) -> list[Hl7Item]:
         """Messages not yet acknowledged, oldest first (the order they must be sent in)."""
