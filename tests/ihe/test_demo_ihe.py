@@ -7,6 +7,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import re
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -19,11 +22,13 @@ from drivers.hl7.ack import AckCode, parse_ack
 from drivers.hl7.mllp import MllpDecoder, MllpFrame
 from sim_devices.ehr import EhrSimulator
 from tests.e2e.harness import command, dose
+from tests.support.procs import wait_for_line
 
-pytestmark = [pytest.mark.asyncio, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 _n = itertools.count(1)
 
 
+@pytest.mark.asyncio
 async def test_demo_with_hl7_out_and_piv_listen(tmp_path: Path) -> None:
     ehr = EhrSimulator()
     await ehr.start()
@@ -86,22 +91,34 @@ async def test_demo_with_hl7_out_and_piv_listen(tmp_path: Path) -> None:
         await ehr.stop()
 
 
-async def test_demo_ehr_sim_prints_one_line_per_message(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """`--ehr-sim`: the demo runs its own EHR simulator, sends to it, and it prints each DEC."""
-    async with running_demo(data_dir=tmp_path / "d", ehr_sim=True) as (endpoints, gateway):
-        assert endpoints.hl7_out_url is not None
-        out = gateway.hl7_out
-        assert out is not None
-        async with asyncio.timeout(20):
-            while out.stats.acked < 2:  # pump-1 and pump-2 are charted at start
-                await out.drained.wait()
-                await asyncio.sleep(0)
-    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("DEC ")]
-    assert any("MDC_FLOW_FLUID_PUMP=52.5" in line for line in lines)
+def test_demo_ehr_sim_prints_one_line_per_message(tmp_path: Path) -> None:
+    """`infusiond demo --ehr-sim`: the demo runs its own EHR simulator, sends to it, and the
+    simulator prints each message: pump-1's DEC with its rate shows up on stdout."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "daemon.cli", "demo", "--ehr-sim", "--data-dir", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert proc.stdout is not None
+        banner = wait_for_line(proc, b"Ctrl-C stops everything.", 60, proc.stdout)
+        assert b"EHR         IHE PCD DEC/IPEC/ACM over MLLP -> mllp://127.0.0.1:" in banner
+        seen = wait_for_line(proc, b"MDC_FLOW_FLUID_PUMP=52.5", 30, proc.stdout)
+        (line,) = [x for x in seen.splitlines() if b"MDC_FLOW_FLUID_PUMP=52.5" in x]
+        assert re.match(rb"DEC \S+ bed-1 MDC_DEV_PUMP_INFUS_VMD ", line), seen
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.close()
 
 
+@pytest.mark.asyncio
 async def test_sim_ehr_cli_acks_prints_and_records(tmp_path: Path) -> None:
     """`infusiond sim ehr --listen URL --json FILE`: AA for each message, one line on stdout,
     one JSON record in FILE."""
