@@ -27,6 +27,7 @@ import structlog
 from bench import (
     check_bench,
     command_rtt,
+    hl7_out,
     journal_startup,
     memory,
     modbus_poll,
@@ -49,6 +50,7 @@ BENCHES: dict[str, Measure] = {
     "startup": startup.measure,
     "journal_startup": journal_startup.measure,
     "report": report_bench.measure,
+    "hl7_out": hl7_out.measure,
     "memory": memory.measure,
     "ward": ward_split.measure,
     "scale": scale.measure,

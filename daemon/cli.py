@@ -127,6 +127,28 @@ def _add_demo_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--library", metavar="PATH", help="drug library file (SIGHUP re-reads it; default: shipped)"
     )
+    p.add_argument(
+        "--hl7-out", metavar="mllp://HOST:PORT", help="send IHE PCD DEC/IPEC/ACM to this EHR"
+    )
+    p.add_argument("--ehr-sim", action="store_true", help="run a simulated EHR here and send to it")
+
+
+def _add_ehr_sim_parser(simsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``infusiond sim ehr`` (sim_devices/ehr_cli.py)."""
+    sp = simsub.add_parser("ehr", help="simulated EHR / alarm manager (IHE PCD over MLLP)")
+    sp.add_argument("--listen", default="mllp://127.0.0.1:2575", metavar="URL")
+    sp.add_argument("--json", metavar="PATH", help="also append each message as JSON to PATH")
+    sp.add_argument(
+        "--answer", choices=["AA", "AE", "AR"], default="AA", help="ACK code to answer with"
+    )
+    sp.add_argument(
+        "--order",
+        action="append",
+        metavar="KEY=VALUE,...",
+        help="send a PIV order (pump=,drug=,concentration=,dose=...) to --piv and exit",
+    )
+    sp.add_argument("--piv", metavar="mllp://HOST:PORT", help="the gateway's PIV listener")
+    sp.set_defaults(target="sim_devices.ehr_cli:run")
 
 
 def _add_replay_parser(jsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -218,6 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.set_defaults(target=target)
         if kind == "modbus":
             _add_modbus_sim_options(sp)
+
+    _add_ehr_sim_parser(simsub)
 
     p = sub.add_parser("check", help="check a request (JSON on stdin) -> verdict JSON on stdout")
     p.add_argument("--library", metavar="PATH", help="drug library (default: shipped example)")

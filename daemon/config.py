@@ -309,6 +309,85 @@ class LibraryConfig(_Section):
         return self
 
 
+class Hl7OutConfig(_Section):
+    """``[hl7_out]``: IHE PCD DEC, IPEC and ACM to the EHR / alarm manager (one MLLP link)."""
+
+    url: str = Field(description="The EHR's MLLP endpoint, mllp://HOST:PORT (tcp:// also taken).")
+    dec_period_s: PositiveSeconds = Field(
+        default=60.0,
+        description="A DEC (PCD-01) for every pump and bed at least this often; a change of "
+        "what it reports sends one at once.",
+    )
+    ack_timeout_s: Annotated[float, Field(gt=0, le=300, allow_inf_nan=False)] = Field(
+        default=10.0,
+        description="No ACK within this: reconnect and send the same message again (same MSH-10).",
+    )
+    receiving_application: Name = Field(default="EHR", description="MSH-5 of every message.")
+    receiving_facility: Annotated[str, StringConstraints(max_length=64)] = Field(
+        default="", description="MSH-6 of every message."
+    )
+    sending_facility: Annotated[str, StringConstraints(max_length=64)] = Field(
+        default="", description="MSH-4 of every message (empty: the gateway id)."
+    )
+    max_frame: Annotated[int, Field(ge=1024, le=1024 * 1024)] = Field(
+        default=64 * 1024, description="Largest ACK accepted from the EHR, in bytes."
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _mllp_url(cls, value: str) -> str:
+        _host_port(value, {"mllp": None, "tcp": None})
+        return value
+
+    @property
+    def host(self) -> str:
+        return _host_port(self.url, {"mllp": None, "tcp": None})[1]
+
+    @property
+    def port(self) -> int:
+        return _host_port(self.url, {"mllp": None, "tcp": None})[2]
+
+
+class PivConfig(_Section):
+    """``[piv]``: IHE PCD PIV orders in (RGV^O15 over MLLP); they only ever become pending."""
+
+    listen: str = Field(
+        description="Where the EHR sends orders, mllp://HOST:PORT (port 0: any free port)."
+    )
+    idle_timeout_s: PositiveSeconds = Field(
+        default=300.0, description="A connection that completes no message for this long is closed."
+    )
+    max_connections: Annotated[int, Field(ge=1, le=256)] = Field(
+        default=8, description="Connections beyond this many are closed at once."
+    )
+    max_frame: Annotated[int, Field(ge=1024, le=1024 * 1024)] = Field(
+        default=64 * 1024,
+        description="Largest order accepted, in bytes; a bigger frame is skipped unread.",
+    )
+
+    @field_validator("listen")
+    @classmethod
+    def _mllp_url(cls, value: str) -> str:
+        _host_port(value, {"mllp": None, "tcp": None})
+        return value
+
+    @property
+    def host(self) -> str:
+        return _host_port(self.listen, {"mllp": None, "tcp": None})[1]
+
+    @property
+    def port(self) -> int:
+        return _host_port(self.listen, {"mllp": None, "tcp": None})[2]
+
+
+class BedConfig(_Section):
+    """``[beds.<id>]``: what the hospital knows about a bed (sent in PID-3)."""
+
+    patient_id: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = Field(
+        default=None, description="The patient's id sent in PID-3 (without it: the bed id)."
+    )
+
+
 class Config(BaseSettings):
     """The whole configuration (see ``systemd/infusiond.example.toml``)."""
 
@@ -329,6 +408,19 @@ class Config(BaseSettings):
     vitals: list[VitalsSource] = Field(default_factory=list)
     pumps: list[PumpConfig] = Field(default_factory=list)
     journal: JournalConfig = Field(default_factory=JournalConfig)
+    hl7_out: Hl7OutConfig | None = Field(
+        default=None,
+        description="IHE PCD DEC, IPEC and ACM to the EHR (docs/ehr-integration.md); off when "
+        "absent.",
+    )
+    piv: PivConfig | None = Field(
+        default=None,
+        description="IHE PCD PIV orders in; each becomes a pending program that a clinician "
+        "confirms. Off when absent.",
+    )
+    beds: dict[TopicId, BedConfig] = Field(
+        default_factory=dict, description="What the hospital knows about each bed, by bed id."
+    )
 
     @classmethod
     def settings_customise_sources(

@@ -39,6 +39,7 @@ from daemon.logging_setup import configure_logging
 from daemon.paths import default_data_dir, lock_data_dir
 from daemon.web_server import WebServer
 from sim_devices.clock import SimClock
+from sim_devices.ehr import EhrSimulator
 from sim_devices.modbus_pump import PumpConfig as ModbusPumpSetup
 from sim_devices.modbus_server import ModbusPumpSimulator
 from sim_devices.monitor import Monitor
@@ -89,6 +90,8 @@ class DemoEndpoints:
     vitals_url: str
     dashboard_url: str | None = None
     phd_url: str | None = None
+    hl7_out_url: str | None = None
+    piv_url: str | None = None
 
 
 def demo_config(
@@ -103,6 +106,8 @@ def demo_config(
     pumps: int,
     phd_url: str | None = None,
     library: Path | None = None,
+    hl7_out_url: str | None = None,
+    piv_url: str | None = None,
 ) -> Config:
     """The daemon configuration of the demo bedside."""
     norepinephrine: dict[str, Any] = {
@@ -167,6 +172,8 @@ def demo_config(
         library=None if library is None else {"path": library},
         vitals=[{"listen": vitals_url, "bed": "bed-1"}],
         pumps=pump_list,
+        hl7_out={"url": hl7_out_url, "dec_period_s": 60.0} if hl7_out_url else None,
+        piv={"listen": piv_url} if piv_url else None,
     )
 
 
@@ -182,8 +189,15 @@ async def running_demo(
     web_port: int = 0,
     phd: bool = False,
     library: Path | None = None,
+    hl7_out: str | None = None,
+    ehr_sim: bool = False,
+    piv_listen: str | None = None,
 ) -> AsyncIterator[tuple[DemoEndpoints, Gateway]]:
-    """Run the whole demo bedside in this event loop; yields once the daemon is ready."""
+    """Run the whole demo bedside in this event loop; yields once the daemon is ready.
+
+    ``hl7_out`` (``mllp://HOST:PORT``) sends DEC/IPEC/ACM to that EHR; ``ehr_sim`` runs the
+    simulated EHR here (printing one line per message) and sends to it; ``piv_listen``
+    (``mllp://HOST:PORT``, port 0: any) takes PIV orders, which only ever become pending."""
     if pumps < 2:
         raise ValueError("--pumps must be at least 2 (pump-1 and pump-2 are the fixed bedside)")
     data = data_dir if data_dir is not None else default_data_dir()
@@ -237,6 +251,11 @@ async def running_demo(
                 WebServer(HOST, web_port, broker_ws_url=ws_url, gateway=gateway_id)
             )
             dashboard = web.url
+        if ehr_sim and hl7_out is None:
+            ehr = EhrSimulator(host=HOST, on_message=lambda m: print(m.line(), flush=True))  # noqa: T201
+            await ehr.start()
+            stack.push_async_callback(ehr.stop)
+            hl7_out = f"mllp://{HOST}:{ehr.port}"
         served = await stack.enter_async_context(modbus.serving(f"tcp://{HOST}:0"))
         await stack.enter_async_context(newera.serving(f"tcp://{HOST}:0"))
         if phd:
@@ -251,6 +270,8 @@ async def running_demo(
             vitals_url=f"tcp://{HOST}:0",  # the listener binds; its port is read back below
             dashboard_url=dashboard,
             phd_url=phd_chain.url if phd else None,
+            hl7_out_url=hl7_out,
+            piv_url=piv_listen,
         )
         gateway = Gateway(
             demo_config(
@@ -264,6 +285,8 @@ async def running_demo(
                 pumps=pumps,
                 phd_url=endpoints.phd_url,
                 library=library,
+                hl7_out_url=endpoints.hl7_out_url,
+                piv_url=endpoints.piv_url,
             )
         )
         async with asyncio.TaskGroup() as tg:
@@ -275,7 +298,11 @@ async def running_demo(
                 gw_task.result()  # raises the gateway's error
                 return
             # READY means every vitals listener is bound: take the port the OS gave it
-            endpoints = dataclasses.replace(endpoints, vitals_url=gateway.listeners[0].url)
+            endpoints = dataclasses.replace(
+                endpoints,
+                vitals_url=gateway.listeners[0].url,
+                piv_url=gateway.piv.url if gateway.piv is not None else None,
+            )
             monitor_task = tg.create_task(monitor.run(endpoints.vitals_url), name="monitor")
             try:
                 yield endpoints, gateway
@@ -328,6 +355,16 @@ def banner(ep: DemoEndpoints, pumps: int, out: TextIO) -> None:
             else []
         ),
         f"  bed-1       HL7 ORU^R01 over MLLP -> {ep.vitals_url}",
+        *(
+            [f"  EHR         IHE PCD DEC/IPEC/ACM over MLLP -> {ep.hl7_out_url}"]
+            if ep.hl7_out_url
+            else []
+        ),
+        *(
+            [f"  PIV orders  RGV^O15 over MLLP <- {ep.piv_url}  (pending until confirmed)"]
+            if ep.piv_url
+            else []
+        ),
         "",
         *(
             [f"Dashboard: {ep.dashboard_url}  (open it in a browser on this machine)", ""]
@@ -364,6 +401,9 @@ async def _main(args: argparse.Namespace) -> None:
         web_port=args.web_port,
         phd=bool(getattr(args, "phd", False)),
         library=Path(args.library) if getattr(args, "library", None) else None,
+        hl7_out=getattr(args, "hl7_out", None),
+        ehr_sim=bool(getattr(args, "ehr_sim", False)),
+        piv_listen=getattr(args, "piv_listen", None),
     ) as (endpoints, _gateway):
         banner(endpoints, args.pumps, sys.stdout)
         await stop.wait()
@@ -382,6 +422,12 @@ def run(args: argparse.Namespace) -> int:
             "infusiond: error: --broker must be 'embedded' or mqtt://HOST:PORT", file=sys.stderr
         )
         return 2
+    for flag in ("hl7_out", "piv_listen"):
+        url = getattr(args, flag, None)
+        if url is not None and not url.startswith(("mllp://", "tcp://")):
+            name = "--" + flag.replace("_", "-")
+            print(f"infusiond: error: {name} must be mllp://HOST:PORT", file=sys.stderr)  # noqa: T201
+            return 2
     configure_logging("warning", stream=sys.stderr)
     data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
     with lock_data_dir(data_dir):  # one daemon per journal: refuse before starting anything

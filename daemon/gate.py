@@ -214,6 +214,63 @@ class Gate:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    async def submit_order(
+        self, pump_id: str, command: dict[str, Any], *, order_id: str
+    ) -> dict[str, Any]:
+        """A hospital order (IHE PCD PIV) as ``command``: the same parsing, admission and
+        verdict as an MQTT command, but it never reaches the pump. A verdict other than reject
+        becomes ``needs_confirmation`` (with a token, whatever the verdict) carrying
+        ``"source": "piv"``, the order id and the command to confirm; a reject is ``rejected``
+        with its findings. The answer is journaled, published and returned (for RRG^O16)."""
+        now = self.now()
+        tag = {"source": "piv", "order_id": order_id}
+        parsed = parse_command(json.dumps(command).encode(), now=now)
+        if isinstance(parsed, Rejection):
+            answer = rejected(parsed.id, error=parsed) | tag
+            self._answer(pump_id, answer, None, parsed.message)
+            return answer
+        error = self._admission_error(pump_id, parsed)
+        if error is not None:
+            answer = rejected(parsed.id, error=error) | tag
+            self._answer(pump_id, answer, None, error["message"])
+            return answer
+        command_json = parsed.to_json()
+        fp = fingerprint(command_json)
+        claim = await self.journal.claim_command(
+            parsed.id, pump_id=pump_id, command=command_json, ts=now
+        )
+        if not claim.is_new:
+            answer = duplicate(parsed.id, first=public_first(claim.first or {})) | tag
+            await self.send_result(pump_id, answer, None)
+            return answer
+        try:
+            plan = self._plan(self.channels[pump_id], parsed, now)
+        except RequestError as exc:
+            answer = rejected(parsed.id, error=error_body(ErrorCode.BAD_REQUEST, str(exc))) | tag
+            await self._finish(pump_id, parsed, fp, answer, None)
+            return answer
+        verdict = evaluate(self.library, plan.request)
+        verdict_json = verdict.to_dict()
+        await self.journal.append(
+            JournalKind.VERDICT, {"id": parsed.id, "verdict": verdict_json, **tag}, pump_id=pump_id
+        )
+        if verdict.verdict == "reject":
+            answer = rejected(parsed.id, verdict=verdict_json) | tag
+        else:
+            self._expire_tokens(now)
+            token = secrets.token_urlsafe(18)
+            expires = now + CONFIRM_TTL
+            self._tokens[token] = _Pending(pump_id, plan.fingerprint, expires)
+            answer = (
+                needs_confirmation(
+                    parsed.id, verdict=verdict_json, confirm_token=token, expires_at=expires
+                )
+                | tag
+                | {"command": command}
+            )
+        await self._finish(pump_id, parsed, fp, answer, None)
+        return answer
+
     def _admission_error(self, pump_id: str, cmd: Command) -> dict[str, str] | None:
         if pump_id not in self.channels:
             return error_body(ErrorCode.UNKNOWN_PUMP, f"no pump {pump_id!r} on this gateway")

@@ -37,6 +37,8 @@ from daemon.config import Config, PumpConfig, VitalsSource
 from daemon.envelope import SCHEMA_IDS, Kind, encode, envelope
 from daemon.errors import ConfigError
 from daemon.gate import Control, Gate, ReplyTo
+from daemon.ihe import outbound as ihe_outbound
+from daemon.ihe.piv import PivListener
 from daemon.journal import AsyncJournal, JournalError, JournalKind, JournalRow
 from daemon.mqtt_bridge import MqttBridge
 from daemon.pharmacy.reload import (
@@ -179,6 +181,10 @@ class Gateway:
     ready: asyncio.Event = field(default_factory=asyncio.Event, init=False)
     #: set once every vitals listener is bound: READY means a monitor can connect
     vitals_bound: asyncio.Event = field(default_factory=asyncio.Event, init=False)
+    #: IHE PCD DEC/IPEC/ACM to the EHR (``[hl7_out]``), None when not configured
+    hl7_out: ihe_outbound.Hl7Out | None = field(default=None, init=False)
+    #: IHE PCD PIV orders in (``[piv]``), None when not configured
+    piv: PivListener | None = field(default=None, init=False)
     _stop: asyncio.Event = field(default_factory=asyncio.Event, init=False)
     #: set by SIGHUP (:meth:`request_reload`): re-read the library file
     _reload_wanted: asyncio.Event = field(default_factory=asyncio.Event, init=False)
@@ -201,6 +207,8 @@ class Gateway:
 
     async def publish_state(self, pump_id: str, data: dict[str, Any]) -> None:
         """Publish the retained ``pump.state``."""
+        if self.hl7_out is not None:
+            self.hl7_out.pump_state(pump_id, data)
         self._publish_retained(self.bridge.topics.pump_state(pump_id), Kind.PUMP_STATE, data)
 
     def _publish_retained(self, topic: str, kind: Kind, data: dict[str, Any]) -> None:
@@ -240,6 +248,9 @@ class Gateway:
             cfg.data_dir, gateway_id=cfg.gateway_id, retention_days=cfg.journal.retention_days
         )
         self.bridge = self.bridge_factory(cfg, self.journal)
+        self.hl7_out = ihe_outbound.from_config(cfg, self.journal, self.clock)
+        if self.hl7_out is not None:
+            await self.hl7_out.prepare()
         for source in cfg.vitals:
             self.boards[source.bed] = VitalsBoard(
                 [source.bed], default_bed=source.bed, stale_after_s=source.stale_after_s
@@ -267,6 +278,21 @@ class Gateway:
             uses=self._library_uses,
             now=self.clock,
         )
+        if cfg.piv is not None:
+            self.piv = PivListener(
+                host=cfg.piv.host,
+                port=cfg.piv.port,
+                submit=lambda pump_id, command, order_id: self.gate.submit_order(
+                    pump_id, command, order_id=order_id
+                ),
+                program_of=lambda pid: (
+                    self.channels[pid].state_data() if pid in self.channels else None
+                ),
+                clock=self.clock,
+                max_frame=cfg.piv.max_frame,
+                idle_timeout_s=cfg.piv.idle_timeout_s,
+                max_connections=cfg.piv.max_connections,
+            )
         for pump, program in zip(cfg.pumps, programs, strict=True):
             self.channels[pump.id] = Channel(
                 pump_id=pump.id,
@@ -468,6 +494,8 @@ class Gateway:
         await self._recover()
         await self._journal_programs()
         try:
+            if self.piv is not None:
+                await self.piv.start()
             async with asyncio.TaskGroup() as tg:
                 # the bridge survives every peer fault itself; a bug in it is restarted too
                 bridge_task = tg.create_task(
@@ -495,6 +523,10 @@ class Gateway:
                     tg.create_task(self._serve_library_requests(), name="library-requests")
                 )
                 self._install_sighup()
+                if self.hl7_out is not None:
+                    workers.append(
+                        tg.create_task(self._supervise("hl7-out", self.hl7_out.run), name="hl7-out")
+                    )
                 await self._stop.wait()
                 log.info("gateway_stopping")
                 self.notifier.notify(STOPPING="1")
@@ -513,6 +545,8 @@ class Gateway:
                     await channel.driver.close()
             for listener in self.listeners:
                 await listener.close()
+            if self.piv is not None:
+                await self.piv.close()
             await self.journal.aclose()
             self.notifier.close()
 
@@ -571,6 +605,8 @@ class Gateway:
         def on_sample(sample: VitalsSample) -> None:
             if board.update(sample) is not None:
                 self._publish_vitals(bed)
+                if self.hl7_out is not None:
+                    self.hl7_out.vitals(bed, board.beds[bed].snapshot(self.clock()))
 
         receiver = ReceiverConfig(on_sample=on_sample)
         url = source.listen or source.connect or ""

@@ -47,7 +47,7 @@ import queue
 import secrets
 import sqlite3
 import threading
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -95,6 +95,13 @@ CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY,
     topic TEXT NOT NULL,
     payload BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS hl7_outbox (
+    n INTEGER PRIMARY KEY,
+    control_id TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    ack TEXT
 )
 """
 _INDEXES = """
@@ -105,7 +112,8 @@ CREATE INDEX IF NOT EXISTS journal_event_time ON journal (pump_id, event_type, t
     WHERE event_type IS NOT NULL;
 CREATE INDEX IF NOT EXISTS commands_unsettled ON commands (received_at)
     WHERE phase = 'accepted';
-CREATE INDEX IF NOT EXISTS commands_received ON commands (received_at)
+CREATE INDEX IF NOT EXISTS commands_received ON commands (received_at);
+CREATE INDEX IF NOT EXISTS hl7_outbox_pending ON hl7_outbox (n) WHERE ack IS NULL
 """
 # An infusiond.journal/1 file written before ``event_type`` and the commands' ``command`` and
 # ``phase`` existed: add the columns and fill them from the rows (once, at the first open).
@@ -220,6 +228,19 @@ class OutboxItem:
 
     seq: int
     topic: str
+    payload: bytes
+
+
+#: refused (AE/AR) HL7 messages kept in ``hl7_outbox`` for inspection; older ones are dropped
+HL7_REFUSED_KEPT = 1000
+
+
+@dataclass(frozen=True)
+class Hl7Item:
+    """One HL7 message waiting for the EHR's ACK (MSH-10 = ``control_id``)."""
+
+    control_id: str
+    kind: str  # "dec" | "ipec" | "acm"
     payload: bytes
 
 
@@ -860,6 +881,91 @@ class Journal:
         cur = self._conn.executemany("DELETE FROM outbox WHERE seq=?", [(s,) for s in seqs])
         return cur.rowcount
 
+    # -- HL7 outbox (IHE PCD messages to the EHR, daemon/ihe) --------------------------------
+
+    def hl7_start(self) -> int:
+        """The journal row after which events still have to become HL7 messages. The first
+        call on a journal starts at its head: history from before HL7 was enabled is not sent."""
+        self._require_transaction()
+        self._conn.execute(
+            "INSERT OR IGNORE INTO meta (key, value) VALUES ('hl7_cursor', ?)",
+            (self._meta("head_n"),),
+        )
+        return int(self._meta("hl7_cursor"))
+
+    def hl7_events_after(self, after: int, limit: int = 200) -> list[JournalRow]:
+        """Event rows after journal row ``after``, in order (the HL7 follower's input)."""
+        return [
+            _row(r)
+            for r in self._conn.execute(
+                "SELECT n, ts, kind, pump_id, payload, prev_hash, hash FROM journal "
+                "WHERE n > ? AND kind = 'event' ORDER BY n LIMIT ?",
+                (after, limit),
+            )
+        ]
+
+    def hl7_clinicians(self, command_ids: Collection[str]) -> dict[str, str]:
+        """``by.clinician`` of each known command id (who asked for a change, for IPEC)."""
+        found: dict[str, str] = {}
+        for command_id in command_ids:
+            row = self._conn.execute(
+                "SELECT json_extract(command, '$.by.clinician') FROM commands "
+                "WHERE id = ? AND json_valid(command)",
+                (command_id,),
+            ).fetchone()
+            if row is not None and isinstance(row[0], str):
+                found[command_id] = row[0]
+        return found
+
+    def hl7_enqueue(
+        self, messages: Sequence[tuple[str, Callable[[str], bytes]]], *, cursor: int | None
+    ) -> list[str]:
+        """Give each message the next control id (``<session>-<k>``, never reused), store it
+        and, in the same transaction, move the event cursor: an event becomes its messages
+        exactly once, even across a crash. Returns the control ids."""
+        self._require_transaction()
+        self._conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('hl7_msg', '0')")
+        k = int(self._meta("hl7_msg"))
+        ids: list[str] = []
+        for kind, build in messages:
+            k += 1
+            control_id = f"{self.session}-{k}"
+            self._conn.execute(
+                "INSERT INTO hl7_outbox (control_id, kind, payload) VALUES (?, ?, ?)",
+                (control_id, kind, build(control_id)),
+            )
+            ids.append(control_id)
+        self._set_meta("hl7_msg", str(k))
+        if cursor is not None:
+            self._set_meta("hl7_cursor", str(cursor))
+        return ids
+
+    def hl7_settle(self, control_id: str, ack: str) -> None:
+        """Record the EHR's answer: an ``AA`` message is deleted; an ``AE``/``AR`` one is kept
+        with its code (re-sending it would be refused again) for inspection, and is no longer
+        pending; only the newest :data:`HL7_REFUSED_KEPT` refusals are kept."""
+        self._require_transaction()
+        if ack == "AA":
+            self._conn.execute("DELETE FROM hl7_outbox WHERE control_id=?", (control_id,))
+        else:
+            self._conn.execute("UPDATE hl7_outbox SET ack=? WHERE control_id=?", (ack, control_id))
+            self._conn.execute(  # keep the newest HL7_REFUSED_KEPT refusals, not all forever
+                "DELETE FROM hl7_outbox WHERE ack IS NOT NULL AND n < ("
+                "SELECT n FROM hl7_outbox WHERE ack IS NOT NULL ORDER BY n DESC LIMIT 1 OFFSET ?)",
+                (HL7_REFUSED_KEPT - 1,),
+            )
+
+    def hl7_pending(self, limit: int = 100) -> list[Hl7Item]:
+        """Messages not yet acknowledged, oldest first (the order they must be sent in)."""
+        return [
+            Hl7Item(control_id, kind, bytes(payload))
+            for control_id, kind, payload in self._conn.execute(
+                "SELECT control_id, kind, payload FROM hl7_outbox WHERE ack IS NULL "
+                "ORDER BY n LIMIT ?",
+                (limit,),
+            )
+        ]
+
     # -- reading ---------------------------------------------------------------------------
 
     def outbox_pending(self, limit: int = 1000) -> list[OutboxItem]:
@@ -1054,6 +1160,10 @@ class AsyncJournal:
         # the writer thread only, read by tests and diagnostics
         self.commits = 0
         self.outbox_changed = asyncio.Event()
+        #: set when HL7 messages are queued (daemon/ihe waits on it)
+        self.hl7_changed = asyncio.Event()
+        #: set when events are journaled (the HL7 follower turns them into messages)
+        self.events_added = asyncio.Event()
         self._thread = threading.Thread(target=self._run, name="journal-writer", daemon=True)
 
     @classmethod
@@ -1196,6 +1306,7 @@ class AsyncJournal:
         item = await self._submit(lambda j: j.record_event(pump_id, data, ts=when))
         self._seq = max(self._seq, item.seq)
         self.outbox_changed.set()
+        self.events_added.set()
         return item
 
     async def record_events(
@@ -1210,6 +1321,7 @@ class AsyncJournal:
         if items:
             self._seq = max(self._seq, items[-1].seq)
             self.outbox_changed.set()
+            self.events_added.set()
         return items
 
     async def claim_command(
@@ -1286,6 +1398,7 @@ class AsyncJournal:
         if items:
             self._seq = max(self._seq, items[-1].seq)
             self.outbox_changed.set()
+            self.events_added.set()
         return items
 
     async def interrupted_commands(self) -> list[InterruptedCommand]:
@@ -1315,6 +1428,37 @@ class AsyncJournal:
         """One bounded step of retention (see :meth:`Journal.prune`): call at start and then
         periodically (hourly), again at once while ``more``; other jobs run in between."""
         return await self._submit(lambda j: j.prune(now, max_rows=max_rows))
+
+    async def hl7_start(self) -> int:
+        """See :meth:`Journal.hl7_start`."""
+        return await self._submit(lambda j: j.hl7_start())
+
+    async def hl7_events_after(self, after: int, limit: int = 200) -> list[JournalRow]:
+        """See :meth:`Journal.hl7_events_after`."""
+        return await self._submit(lambda j: j.hl7_events_after(after, limit))
+
+    async def hl7_clinicians(self, command_ids: Collection[str]) -> dict[str, str]:
+        """See :meth:`Journal.hl7_clinicians`."""
+        wanted = list(command_ids)
+        return await self._submit(lambda j: j.hl7_clinicians(wanted))
+
+    async def hl7_enqueue(
+        self, messages: Sequence[tuple[str, Callable[[str], bytes]]], *, cursor: int | None
+    ) -> list[str]:
+        """See :meth:`Journal.hl7_enqueue`; wakes the HL7 sender."""
+        wanted = list(messages)
+        ids = await self._submit(lambda j: j.hl7_enqueue(wanted, cursor=cursor))
+        if ids:
+            self.hl7_changed.set()
+        return ids
+
+    async def hl7_settle(self, control_id: str, ack: str) -> None:
+        """See :meth:`Journal.hl7_settle`."""
+        await self._submit(lambda j: j.hl7_settle(control_id, ack))
+
+    async def hl7_pending(self, limit: int = 100) -> list[Hl7Item]:
+        """See :meth:`Journal.hl7_pending`."""
+        return await self._submit(lambda j: j.hl7_pending(limit))
 
     async def outbox_pending(self, limit: int = 1000) -> list[OutboxItem]:
         """Unacknowledged events, oldest first."""

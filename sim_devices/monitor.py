@@ -209,7 +209,10 @@ class Monitor:
         )
         expected = AckCode.AA
         if fault is MonitorFault.GARBLED:
-            payload = payload.replace(f"||{values[Parameter.MAP][0]}|".encode(), b"||7#?4|", 1)
+            k = list(values).index(Parameter.MAP) + 1  # MAP's OBX-4 containment is 1.1.1.k
+            payload = payload.replace(
+                f"|1.1.1.{k}|{values[Parameter.MAP][0]}|".encode(), f"|1.1.1.{k}|7#?4|".encode(), 1
+            )
             expected = AckCode.AE
         elif fault in (MonitorFault.MISSING_OBX, MonitorFault.FUTURE_TIMESTAMPS):
             expected = AckCode.AE
@@ -220,9 +223,10 @@ class Monitor:
         host, port = parse_tcp_url(to_url)
         while True:
             try:
-                reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection(host, port), self.ack_timeout_s
-                )
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow the
+                # cancellation that stops the monitor when it lands as the connect completes
+                async with asyncio.timeout(self.ack_timeout_s):
+                    reader, writer = await asyncio.open_connection(host, port)
             except (OSError, TimeoutError) as exc:
                 delay = self.backoff.next_delay()
                 log.warning("monitor.connect_failed", url=to_url, error=str(exc), retry_s=delay)
@@ -276,7 +280,9 @@ class Monitor:
             log.info("monitor.fault", fault=fault.value, control_id=control_id)
             return False
         try:
-            ack = parse_ack(await asyncio.wait_for(acks.next(), self.ack_timeout_s))
+            async with asyncio.timeout(self.ack_timeout_s):
+                raw = await acks.next()
+            ack = parse_ack(raw)
         except TimeoutError:
             self.stats.no_ack += 1
             log.warning("monitor.no_ack", control_id=control_id, timeout_s=self.ack_timeout_s)

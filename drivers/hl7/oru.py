@@ -399,6 +399,10 @@ def _read(
     )
 
 
+#: IHE PCD DEC (PCD-01) profile id (MSH-21)
+PCD_01_PROFILE = "IHE_PCD_001^IHE PCD^1.3.6.1.4.1.19376.1.6.1.1.1^ISO"
+
+
 def build_oru(
     *,
     control_id: str,
@@ -411,7 +415,9 @@ def build_oru(
     coding: str = "MDC",
     tables: CodeTables | None = None,
 ) -> bytes:
-    """Build an ORU^R01 (v2.6) with MSH/PID/PV1/OBR and one OBX per value.
+    """Build an IHE PCD-01 ORU^R01 (v2.6): MSH-21 profile, PID (PID-3 the patient or bed id,
+    PID-5 ``^^^^^^U``), PV1, OBR and one OBX per value with its containment in OBX-4
+    (``1.1.1.k``: metric k of the monitor's first channel).
 
     ``coding`` is ``"MDC"`` (IEEE 11073 codes and MDC units, as monitor gateways send) or
     ``"LN"`` (LOINC codes with UCUM units). The simulator and tests use this; the codes come
@@ -423,10 +429,12 @@ def build_oru(
     msh = (
         f"MSH|^~\\&|{escape(sending_application)}|{escape(sending_facility)}|INFUSIOND|GATEWAY|"
         f"{format_dtm(sent_at)}||ORU^R01^ORU_R01|{escape(control_id)}|P|2.6|||NE|AL||UNICODE UTF-8"
+        f"|||{PCD_01_PROFILE}"
     )
+    patient = escape(patient_id or bed or "")
     lines = [
         msh,
-        f"PID|||{escape(patient_id or '')}",
+        f"PID|||{patient}||^^^^^^U" if patient else "PID|||^^^^^^U||^^^^^^U",
         f"PV1||I|ICU^^{escape(bed or '')}",
         f"OBR|1|||182777000^Monitoring of patient^SCT|||{format_dtm(sent_at)}",
     ]
@@ -440,7 +448,7 @@ def build_oru(
         )
         system = "MDC" if coding == "MDC" else "LN"
         lines.append(
-            f"OBX|{number}|NM|{entry.code}^{escape(entry.name)}^{system}||{value}|{unit_field}"
-            f"|||||R|||{format_dtm(at)}"
+            f"OBX|{number}|NM|{entry.code}^{escape(entry.name)}^{system}|1.1.1.{number}"
+            f"|{value}|{unit_field}|||||R|||{format_dtm(at)}"
         )
     return ("\r".join(lines) + "\r").encode("utf-8")

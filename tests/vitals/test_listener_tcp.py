@@ -35,7 +35,7 @@ def _oru(control_id: str, map_value: int | str = 74) -> bytes:
         values={Parameter.MAP: (Decimal(74), NOW), Parameter.HR: (Decimal(90), NOW)},
         bed="bed-1",
     )
-    return payload.replace(b"||74|", f"||{map_value}|".encode())
+    return payload.replace(b"|1.1.1.1|74|", f"|1.1.1.1|{map_value}|".encode())
 
 
 class Peer:

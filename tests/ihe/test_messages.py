@@ -1,0 +1,179 @@
+"""Every outbound IHE PCD message is valid HL7 v2.6 (hl7apy, strict) and says what the TF asks:
+MSH-21 profile, PID-5 present, containment in OBX-4, MDC ids in OBX-3, units in OBX-6."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hl7apy.consts import VALIDATION_LEVEL
+from hl7apy.parser import parse_message
+
+from daemon.ihe import messages
+from daemon.ihe.messages import Endpoint, Patient
+from sim_devices.ehr import summarise
+from tests.ihe.conftest import NOW
+
+STATE: dict[str, Any] = {
+    "status": "infusing",
+    "rate": {"value": 52.5, "unit": "mL/h"},
+    "dose": {"value": 0.05, "unit": "ug/kg/min"},
+    "drug": "norepinephrine",
+    "concentration": {"value": 4.0, "unit": "ug/mL"},
+    "vtbi": {"value": 250.0, "unit": "mL"},
+    "volume_infused": {"value": 1.25, "unit": "mL"},
+    "device": {"driver": "modbus", "model": "SIM-PUMP", "serial": "SN-7", "firmware": "1.0"},
+}
+EP = Endpoint(receiving_application="EHR")
+PT = Patient("bed-1", patient_id="MRN^42")  # a delimiter in an id must be escaped
+
+
+def validate_v26(payload: bytes) -> None:
+    """Strict hl7apy v2.6 validation. ORU^R40 / ORU^R42 share the ORU_R01 structure in the IHE
+    PCD TF; hl7apy's v2.6 tables do not define those trigger events, so their structure is
+    validated as ORU_R01 (every segment, field and data type of the message is checked)."""
+    text = payload.decode("utf-8").rstrip("\r")
+    for event in ("ORU^R40^ORU_R40", "ORU^R42^ORU_R42"):
+        text = text.replace(event, "ORU^R01^ORU_R01", 1)
+    message = parse_message(text, validation_level=VALIDATION_LEVEL.STRICT, find_groups=True)
+    assert message.validate()
+    assert message.msh.msh_12.value == "2.6"
+
+
+def build_all() -> dict[str, bytes]:
+    return {
+        "dec_pump": messages.dec_pump(STATE, control_id="c-1", now=NOW, endpoint=EP, patient=PT),
+        "dec_vitals": messages.dec_vitals(
+            {
+                "map": {"value": 72, "unit": "mm[Hg]", "at": "2026-12-06T01:29:59.000Z"},
+                "sbp": {"value": 110, "unit": "mm[Hg]", "at": "2026-12-06T01:29:59.000Z"},
+                "hr": {
+                    "value": 88,
+                    "unit": "/min",
+                    "at": "2026-12-06T01:29:59.000Z",
+                    "stale": True,
+                },
+                "spo2": None,
+            },
+            control_id="c-2",
+            now=NOW,
+            endpoint=EP,
+            patient=PT,
+        ),
+        "ipec_rate": messages.ipec(
+            {
+                "type": "rate_changed",
+                "from": {"rate": {"value": 52.5, "unit": "mL/h"}},
+                "to": {"rate": {"value": 63.0, "unit": "mL/h"}},
+                "source": "device",
+            },
+            control_id="c-3",
+            now=NOW,
+            at=NOW,
+            endpoint=EP,
+            patient=PT,
+            device=STATE["device"],
+        ),
+        "ipec_override": messages.ipec(
+            {
+                "type": "override_accepted",
+                "command_id": "cmd|7",
+                "clinician": "dr-lee",
+                "reason": "MAP 58 ^ rising lactate",
+                "findings": [{"rule": "SOFT_MAX", "severity": "confirm"}],
+            },
+            control_id="c-4",
+            now=NOW,
+            at=NOW,
+            endpoint=EP,
+            patient=PT,
+        ),
+        "ipec_paused": messages.ipec(
+            {"type": "delivery_stopped", "status": "paused"},
+            control_id="c-5",
+            now=NOW,
+            at=NOW,
+            endpoint=EP,
+            patient=PT,
+        ),
+        "acm": messages.acm(
+            {
+                "type": "alarm_raised",
+                "alarm": {"code": "occlusion", "priority": "high", "since": "2026-12-06T01:29Z"},
+            },
+            pump_id="pump-1",
+            alarm_id="pump-1:occlusion:17",
+            control_id="c-6",
+            now=NOW,
+            at=NOW,
+            endpoint=EP,
+            patient=PT,
+        ),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(build_all()))
+def test_every_outbound_message_validates_as_hl7_v26(name: str) -> None:
+    """Strict structure and data types, including escaped free text and ids."""
+    validate_v26(build_all()[name])
+
+
+def test_profiles_and_identity_fields_follow_the_tf() -> None:
+    """MSH-9/MSH-21 per transaction; PID-3 the (escaped) patient id; PID-5 ^^^^^^U."""
+    built = build_all()
+    expected = {
+        "dec_pump": ("ORU^R01^ORU_R01", "IHE_PCD_001"),
+        "ipec_rate": ("ORU^R42^ORU_R42", "IHE_PCD_IPEC_001"),
+        "acm": ("ORU^R40^ORU_R40", "IHE_PCD_ACM_001"),
+    }
+    for name, (mtype, profile) in expected.items():
+        received = summarise(built[name])
+        assert (received.message_type, received.profile_id) == (mtype, profile)
+        segments = built[name].decode().split("\r")
+        pid = next(s for s in segments if s.startswith("PID|"))
+        assert pid == "PID|||MRN\\S\\42^^^INFUSIOND^PI||^^^^^^U"
+
+
+def test_dec_pump_carries_each_metric_with_containment_units_and_device_identity() -> None:
+    """Channel metrics are 1.1.1.k under MDS 1 / VMD 1.1 / channel 1.1.1; rate and volumes use
+    MDC dimension codes, other units UCUM; OBX-18 names serial and model."""
+    received = summarise(build_all()["dec_pump"])
+    by_id = {o.ident: o for o in received.observations}
+    assert by_id["MDC_DEV_PUMP_INFUS_MDS"].sub_id == "1"
+    assert by_id["MDC_DEV_PUMP_INFUS_VMD"].sub_id == "1.1"
+    assert by_id["MDC_DEV_PUMP_INFUS_CHAN_DELIVERY"].sub_id == "1.1.1"
+    assert (by_id["MDC_FLOW_FLUID_PUMP"].value, by_id["MDC_FLOW_FLUID_PUMP"].unit) == (
+        "52.5",
+        "MDC_DIM_MILLI_L_PER_HR",
+    )
+    assert by_id["MDC_RATE_DOSE"].unit == "ug/kg/min"
+    assert by_id["MDC_VOL_FLUID_TBI"].value == "250"
+    assert by_id["MDC_VOL_FLUID_DELIV"].value == "1.25"
+    assert by_id["MDC_DRUG_NAME_TYPE"].value == "norepinephrine"
+    assert by_id["MDC_PUMP_STAT"].value == "infusing"
+    metrics = [o.sub_id for o in received.observations if o.sub_id.count(".") == 3]
+    assert metrics == [f"1.1.1.{k}" for k in range(1, len(metrics) + 1)]
+    mds = next(s for s in build_all()["dec_pump"].decode().split("\r") if "_MDS^MDC|1|" in s)
+    assert mds.endswith("|SN-7^SIM-PUMP")
+
+
+def test_dec_vitals_leaves_out_stale_and_missing_values() -> None:
+    """A stale or absent reading is not charted as current."""
+    received = summarise(build_all()["dec_vitals"])
+    idents = [o.ident for o in received.observations if o.value]
+    assert idents == ["MDC_PRESS_BLD_ART_ABP_MEAN", "MDC_PRESS_BLD_ART_ABP_SYS"]
+
+
+def test_override_ipec_carries_who_why_and_the_rules() -> None:
+    """OBX-16 the clinician; the reason and the overridden rule ids, escaped."""
+    payload = build_all()["ipec_override"]
+    received = summarise(payload)
+    assert received.value("reason") == "MAP 58 \\S\\ rising lactate"
+    assert received.value("rules") == "SOFT_MAX"
+    assert received.value("command_id") == "cmd\\F\\7"
+    assert b"|dr-lee" in payload
+
+
+def test_a_pause_is_its_own_ipec_event() -> None:
+    """delivery_stopped with status paused is reported as the pause event."""
+    assert summarise(build_all()["ipec_paused"]).subject == "MDC_EVT_PUMP_DELIV_PAUSE"
