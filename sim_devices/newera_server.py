@@ -32,7 +32,6 @@ from drivers.newera.frames import (
     command_of,
     encode_reply,
 )
-from sim_devices.clock import SimClock
 from sim_devices.newera_pump import Fault, NewEraPumpModel, PumpSetup
 from sim_devices.serial_server import SerialSimulator
 
@@ -46,22 +45,13 @@ class NewEraSimulator(SerialSimulator[PumpSetup, NewEraPumpModel]):
 
     vendor = "newera"
 
-    def __init__(
-        self,
-        pumps: Sequence[PumpSetup] = (PumpSetup(),),
-        *,
-        speed: float = 1.0,
-        clock: SimClock | None = None,
-        baudrate: int = DEFAULT_BAUD,
-        emulate_wire_time: bool = False,
-    ) -> None:
-        super().__init__(
-            pumps,
-            lambda setup, now: NewEraPumpModel(setup, now=now),
-            clock=clock if clock is not None else SimClock(speed=speed),
-            baudrate=baudrate,
-            emulate_wire_time=emulate_wire_time,
-        )
+    default_baud = DEFAULT_BAUD
+
+    def _default_setups(self) -> Sequence[PumpSetup]:
+        return (PumpSetup(),)
+
+    def _new_pump(self, setup: PumpSetup, now: float) -> NewEraPumpModel:
+        return NewEraPumpModel(setup, now=now)
 
     async def _serve_stream(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter

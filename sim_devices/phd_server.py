@@ -23,7 +23,6 @@ import structlog
 from drivers.errors import FrameError
 from drivers.phd.grammar import Command, Prompt, Reply
 from drivers.serial.lines import LineStream
-from sim_devices.clock import SimClock
 from sim_devices.phd_pump import Fault, PhdPumpModel, PumpSetup
 from sim_devices.serial_server import SerialSimulator
 
@@ -37,22 +36,13 @@ class PhdSimulator(SerialSimulator[PumpSetup, PhdPumpModel]):
 
     vendor = "phd"
 
-    def __init__(
-        self,
-        pumps: Sequence[PumpSetup] = (PumpSetup(),),
-        *,
-        speed: float = 1.0,
-        clock: SimClock | None = None,
-        baudrate: int = DEFAULT_BAUD,
-        emulate_wire_time: bool = False,
-    ) -> None:
-        super().__init__(
-            pumps,
-            lambda setup, now: PhdPumpModel(setup, now=now),
-            clock=clock if clock is not None else SimClock(speed=speed),
-            baudrate=baudrate,
-            emulate_wire_time=emulate_wire_time,
-        )
+    default_baud = DEFAULT_BAUD
+
+    def _default_setups(self) -> Sequence[PumpSetup]:
+        return (PumpSetup(),)
+
+    def _new_pump(self, setup: PumpSetup, now: float) -> PhdPumpModel:
+        return PhdPumpModel(setup, now=now)
 
     async def _serve_stream(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter

@@ -69,23 +69,25 @@ class SerialSimulator(abc.ABC, Generic[SetupT, ModelT]):
     """Pump models on one port, the simulated clock and the serving loop of a serial vendor."""
 
     vendor: ClassVar[str]
+    default_baud: ClassVar[int]
 
     def __init__(
         self,
-        pumps: Sequence[SetupT],
-        model: Callable[[SetupT, float], ModelT],
+        pumps: Sequence[SetupT] | None = None,
         *,
-        clock: SimClock,
-        baudrate: int,
-        emulate_wire_time: bool,
+        speed: float = 1.0,
+        clock: SimClock | None = None,
+        baudrate: int | None = None,
+        emulate_wire_time: bool = False,
     ) -> None:
-        self.clock = clock
+        """``pumps`` (default: one pump of the default setup) on a ``speed``-times clock."""
+        self.clock = clock if clock is not None else SimClock(speed=speed)
         self.pumps: dict[int, ModelT] = {}
-        for setup in pumps:
+        for setup in self._default_setups() if pumps is None else pumps:
             if setup.address in self.pumps:
                 raise ValueError(f"two simulated pumps at address {setup.address}")
-            self.pumps[setup.address] = model(setup, self.clock.now())
-        self.baudrate = baudrate
+            self.pumps[setup.address] = self._new_pump(setup, self.clock.now())
+        self.baudrate = self.default_baud if baudrate is None else baudrate
         self.emulate_wire_time = emulate_wire_time
         self.frame_errors = 0
         self.port = 0
@@ -147,6 +149,14 @@ class SerialSimulator(abc.ABC, Generic[SetupT, ModelT]):
         return self.clock.now()
 
     # -- for the vendor subclasses ------------------------------------------------------------
+
+    @abc.abstractmethod
+    def _default_setups(self) -> Sequence[SetupT]:
+        """The pumps simulated when none are given."""
+
+    @abc.abstractmethod
+    def _new_pump(self, setup: SetupT, now: float) -> ModelT:
+        """The model of a pump set up as ``setup``, powered on at simulated time ``now``."""
 
     @abc.abstractmethod
     async def _serve_stream(
