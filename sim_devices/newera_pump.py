@@ -37,6 +37,7 @@ from drivers.newera.numbers import (
     parse_float,
 )
 from drivers.newera.syringe import rate_limits, valid_diameter, volume_unit
+from sim_devices.serial_pump import FaultArming
 
 FIRMWARE = "NE1000V3.928"
 MAX_SAFE_TIMEOUT_S = 255
@@ -77,7 +78,7 @@ class PumpSetup:
 
 
 @dataclass
-class NewEraPumpModel:
+class NewEraPumpModel(FaultArming[Fault, Command]):
     """State of one pump. Call :meth:`advance` with the simulated time before reading state."""
 
     setup: PumpSetup
@@ -177,40 +178,15 @@ class NewEraPumpModel:
     def front_panel_stop(self) -> None:
         self.status = Status.STOPPED
 
-    def inject(self, fault: Fault, count: int | None = None, *, on: str | None = None) -> None:
-        """Arm a reply fault for ``count`` replies (None: until :meth:`clear_faults`).
+    # -- reply faults (FaultArming) -----------------------------------------------------------
 
-        ``on`` (a command name such as ``RAT``, ``RUN``, ``STP``) restricts the fault to the
-        replies to that command sent as a write (with parameters, or an action): queries and
-        other commands pass untouched and do not use up ``count``.
-        """
-        if on is not None and on.upper() not in COMMANDS:
-            raise ValueError(f"fault {fault.value!r}: unknown command {on!r}")
-        self.faults[fault] = count
-        if on is None:
-            self.fault_on.pop(fault, None)
-        else:
-            self.fault_on[fault] = on.upper()
+    command_names = COMMANDS
 
-    def clear_faults(self) -> None:
-        self.faults.clear()
-        self.fault_on.clear()
+    def command_key(self, name: str) -> str:
+        return name.upper()
 
-    def take_fault(self, fault: Fault, command: Command | None = None) -> bool:
-        """True when ``fault`` applies to the reply to ``command`` (and consume one count)."""
-        if fault not in self.faults:
-            return False
-        on = self.fault_on.get(fault)
-        if on is not None and (command is None or command.name != on or not is_write(command)):
-            return False
-        left = self.faults[fault]
-        if left is not None:
-            if left <= 1:
-                del self.faults[fault]
-                self.fault_on.pop(fault, None)
-            else:
-                self.faults[fault] = left - 1
-        return True
+    def is_write(self, command: Command) -> bool:
+        return is_write(command)
 
     # -- commands -----------------------------------------------------------------------------
 

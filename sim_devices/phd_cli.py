@@ -22,12 +22,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import signal
+import functools
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-
-import structlog
 
 from sim_devices.phd_pump import PumpSetup
 from sim_devices.phd_scenario import (
@@ -40,26 +37,25 @@ from sim_devices.phd_scenario import (
     play,
 )
 from sim_devices.phd_server import PhdSimulator
+from sim_devices.serial_cli import apply_fault_specs, chain_addresses, serve_until_signal
 
-log = structlog.get_logger("sim.phd")
 DEFAULT_LISTEN = "tcp://127.0.0.1:7010"
 
 
 def _setups(args: argparse.Namespace) -> list[PumpSetup]:
     first = int(args.address)
     count = int(args.pumps)
-    if not 0 <= first <= 99 or not 1 <= count <= 100 - first:
-        raise SystemExit(f"infusiond sim phd: addresses {first}..{first + count - 1} not in 0..99")
+    addresses = chain_addresses("phd", first, count)
     try:
         return [
             PumpSetup(
-                address=first + i,
+                address=address,
                 diameter_mm=Decimal(args.diameter),
                 rate_ml_h=Decimal(args.rate),
                 running=bool(args.running),
                 target_ml=Decimal(args.target_volume),
             )
-            for i in range(count)
+            for address in addresses
         ]
     except InvalidOperation:
         raise SystemExit(
@@ -78,31 +74,13 @@ async def serve(args: argparse.Namespace) -> int:
             setups, speed=args.speed, baudrate=int(args.baud), emulate_wire_time=args.emulate_wire
         )
         check_events(sim, events, str(args.scenario))
-        for spec in args.faults:
-            for item in spec.split(","):
-                if item:
-                    apply_fault_spec(sim, item)
+        apply_fault_specs(args.faults, functools.partial(apply_fault_spec, sim))
     except FaultSpecError as exc:
         raise SystemExit(f"infusiond sim phd: {exc}") from None
     listen = args.serial or args.listen or DEFAULT_LISTEN
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    async with sim.serving(listen):
-        player = asyncio.create_task(play(sim, events, str(args.scenario)), name="phd-scenario")
-        waiter = asyncio.create_task(stop.wait(), name="phd-sim-stop")
-        try:
-            await asyncio.wait({player, waiter}, return_when=asyncio.FIRST_COMPLETED)
-            if player.done() and (failure := player.exception()) is not None:
-                raise failure
-            await waiter
-        finally:
-            for task in (player, waiter):
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-    log.info("phd simulator stopped")
+    await serve_until_signal(
+        "phd", sim.serving(listen), functools.partial(play, sim, events, str(args.scenario))
+    )
     return 0
 
 

@@ -33,6 +33,7 @@ from drivers.phd.grammar import (
     Reply,
 )
 from drivers.phd.syringe import rate_limits, valid_diameter
+from sim_devices.serial_pump import FaultArming
 
 FIRMWARE = "PHD ULTRA 3.0.4"
 
@@ -65,7 +66,7 @@ class PumpSetup:
 
 
 @dataclass
-class PhdPumpModel:
+class PhdPumpModel(FaultArming[Fault, Command]):
     """State of one pump. Call :meth:`advance` with the simulated time before reading state."""
 
     setup: PumpSetup
@@ -149,39 +150,15 @@ class PhdPumpModel:
         self.stalled = False
         self.prompt = Prompt.IDLE
 
-    def inject(self, fault: Fault, count: int | None = None, *, on: str | None = None) -> None:
-        """Arm a reply fault for ``count`` replies (None: until :meth:`clear_faults`).
+    # -- reply faults (FaultArming) -----------------------------------------------------------
 
-        ``on`` (``irate``, ``irun``, ``stop`` ...) restricts it to that command sent as a write
-        (with arguments, or an action): queries and other commands pass untouched.
-        """
-        if on is not None and on not in COMMANDS:
-            raise ValueError(f"fault {fault.value!r}: unknown command {on!r}")
-        self.faults[fault] = count
-        if on is None:
-            self.fault_on.pop(fault, None)
-        else:
-            self.fault_on[fault] = on
+    command_names = COMMANDS
 
-    def clear_faults(self) -> None:
-        self.faults.clear()
-        self.fault_on.clear()
+    def command_key(self, name: str) -> str:
+        return name
 
-    def take_fault(self, fault: Fault, command: Command | None = None) -> bool:
-        """True when ``fault`` applies to the reply to ``command`` (and consume one count)."""
-        if fault not in self.faults:
-            return False
-        on = self.fault_on.get(fault)
-        if on is not None and (command is None or command.name != on or not is_write(command)):
-            return False
-        left = self.faults[fault]
-        if left is not None:
-            if left <= 1:
-                del self.faults[fault]
-                self.fault_on.pop(fault, None)
-            else:
-                self.faults[fault] = left - 1
-        return True
+    def is_write(self, command: Command) -> bool:
+        return is_write(command)
 
     # -- commands -----------------------------------------------------------------------------
 

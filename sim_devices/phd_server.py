@@ -16,124 +16,33 @@ are not printable ASCII is dropped and the next line is read afresh.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Sequence
 
-import serial_asyncio_fast
 import structlog
 
 from drivers.errors import FrameError
 from drivers.phd.grammar import Command, Prompt, Reply
 from drivers.serial.lines import LineStream
-from sim_devices.clock import SimClock
-from sim_devices.newera_server import _parse_listen
 from sim_devices.phd_pump import Fault, PhdPumpModel, PumpSetup
+from sim_devices.serial_server import SerialSimulator
 
 log = structlog.get_logger("sim.phd")
 
-TICK_S = 0.02  # real seconds between model updates (target volume reached)
 DEFAULT_BAUD = 9600
 
 
-class PhdSimulator:
-    """Pump models on one chain, an accelerated clock and the serving transport."""
+class PhdSimulator(SerialSimulator[PumpSetup, PhdPumpModel]):
+    """PHD ULTRA pump models on one chain, an accelerated clock and the serving transport."""
 
-    def __init__(
-        self,
-        pumps: Sequence[PumpSetup] = (PumpSetup(),),
-        *,
-        speed: float = 1.0,
-        clock: SimClock | None = None,
-        baudrate: int = DEFAULT_BAUD,
-        emulate_wire_time: bool = False,
-    ) -> None:
-        self.clock = clock if clock is not None else SimClock(speed=speed)
-        self.pumps: dict[int, PhdPumpModel] = {}
-        for setup in pumps:
-            if setup.address in self.pumps:
-                raise ValueError(f"two simulated pumps at address {setup.address}")
-            self.pumps[setup.address] = PhdPumpModel(setup, now=self.clock.now())
-        self.baudrate = baudrate
-        self.emulate_wire_time = emulate_wire_time
-        self.frame_errors = 0
-        self.port = 0
-        self.url = ""
-        self._changed = asyncio.Condition()
-        self._conn_tasks: set[asyncio.Task[None]] = set()
-        self._writers: set[asyncio.StreamWriter] = set()
+    vendor = "phd"
 
-    @contextlib.asynccontextmanager
-    async def serving(self, listen: str) -> AsyncIterator[PhdSimulator]:
-        """Serve on ``tcp://host:port`` (port 0 = any free one) or a serial device path."""
-        ep = _parse_listen(listen)
-        ticker = asyncio.create_task(self._tick(), name="phd-sim-tick")
-        server: asyncio.Server | None = None
-        serial_task: asyncio.Task[None] | None = None
-        try:
-            if ep.path:
-                reader, writer = await serial_asyncio_fast.open_serial_connection(
-                    loop=asyncio.get_running_loop(), url=ep.path, baudrate=self.baudrate
-                )
-                self._writers.add(writer)
-                serial_task = asyncio.create_task(
-                    self._serve_stream(reader, writer), name=f"phd-sim-serial:{ep.path}"
-                )
-                self.url = ep.path
-            else:
-                server = await asyncio.start_server(self._on_client, ep.host, ep.port)
-                self.port = server.sockets[0].getsockname()[1]
-                self.url = f"socket://{ep.host}:{self.port}"
-            log.info("phd simulator serving", url=self.url, pumps=sorted(self.pumps))
-            yield self
-        finally:
-            if server is not None:
-                server.close()
-            for writer in list(self._writers):
-                writer.close()
-            if serial_task is not None:
-                serial_task.cancel()
-            ticker.cancel()
-            await asyncio.gather(
-                ticker,
-                *(t for t in (serial_task,) if t),
-                *self._conn_tasks,
-                return_exceptions=True,
-            )
-            if server is not None:
-                await server.wait_closed()
+    default_baud = DEFAULT_BAUD
 
-    async def wait_until(self, predicate: Callable[[], bool], within_s: float) -> None:
-        """Wait (``within_s`` real seconds at most) until ``predicate()`` holds."""
-        async with asyncio.timeout(within_s), self._changed:
-            await self._changed.wait_for(predicate)
+    def _default_setups(self) -> Sequence[PumpSetup]:
+        return (PumpSetup(),)
 
-    async def _notify(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
-
-    async def _tick(self) -> None:
-        while True:
-            now = self.clock.now()
-            for pump in self.pumps.values():
-                pump.advance(now)
-            await self._notify()
-            await asyncio.sleep(TICK_S)
-
-    async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._conn_tasks.add(task)
-        self._writers.add(writer)
-        try:
-            await self._serve_stream(reader, writer)
-        except ConnectionError as exc:
-            log.info("phd simulator client gone", error=str(exc))
-        finally:
-            self._conn_tasks.discard(task)
-            self._writers.discard(writer)
-            writer.close()
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()
+    def _new_pump(self, setup: PumpSetup, now: float) -> PhdPumpModel:
+        return PhdPumpModel(setup, now=now)
 
     async def _serve_stream(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -198,12 +107,10 @@ class PhdSimulator:
             wire = wire[: -len(reply.prompt.text)]
         if pump.take_fault(Fault.OVERLONG, command):
             wire = b"\n" + b"9" * 300
-        if pump.take_fault(Fault.SLOW, command):
-            await asyncio.sleep(pump.reply_delay_s)
-        if self.emulate_wire_time:
-            await asyncio.sleep((in_len + len(wire)) * 10 / self.baudrate)
-        writer.write(wire)
-        await writer.drain()
+        slow = pump.take_fault(Fault.SLOW, command)
+        await self._write_reply(
+            writer, wire, delay_s=pump.reply_delay_s if slow else None, in_len=in_len
+        )
 
 
 def _corrupt(wire: bytes) -> bytes:

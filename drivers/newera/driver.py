@@ -41,7 +41,6 @@ import structlog
 
 from drivers.base import (
     AlarmCode,
-    Capabilities,
     Identity,
     Outcome,
     PumpStatus,
@@ -88,6 +87,7 @@ class NewEraPumpDriver(ChainDriver[NewEraPort, Command]):
     """One pump (address 0-99) on a New Era serial line shared with its daisy-chain peers."""
 
     kind = "newera"
+    supports_watchdog = True
 
     def __init__(
         self,
@@ -100,13 +100,16 @@ class NewEraPumpDriver(ChainDriver[NewEraPort, Command]):
         watchdog_s: int = 0,
         offline_after: int = 3,
     ) -> None:
-        super().__init__(url, address, line=port, offline_after=offline_after)
-        self._baudrate = baudrate
-        self._timeout_s = timeout_s
+        super().__init__(
+            url,
+            address,
+            line=port,
+            offline_after=offline_after,
+            baudrate=baudrate,
+            timeout_s=timeout_s,
+        )
         self._watchdog_s = watchdog_s
         self._safe = False
-        self._diameter: Decimal | None = None
-        self._identity: Identity | None = None
 
     # -- Driver contract ----------------------------------------------------------------------
 
@@ -115,36 +118,27 @@ class NewEraPumpDriver(ChainDriver[NewEraPort, Command]):
         """Whether traffic to this pump uses safe-mode packets."""
         return self._safe
 
-    @property
-    def capabilities(self) -> Capabilities:
-        if self._diameter is None:
-            raise DriverError(f"pump {self.address:02d}: capabilities unknown before connect()")
-        low, high = rate_limits(self._diameter)
-        return Capabilities(
-            min_rate_ml_h=low,
-            max_rate_ml_h=high,
-            resolution_ml_h=RESOLUTION_ML_H,
-            supports_watchdog=True,
-            supports_vtbi=True,
-        )
-
     async def connect(self) -> None:
         """Open the shared port, find the pump's mode, read diameter and version."""
-        self._attach(NewEraPort, baudrate=self._baudrate, timeout_s=self._timeout_s)
+        self._attach(NewEraPort)
         await self._probe_mode()
         dia = (await self._read("DIA")).data
         try:
             self._diameter = parse_float(dia)
         except ValueError as exc:
             raise FrameError(f"pump {self.address:02d}: unreadable diameter: {exc}") from exc
-        self._identity = _identity(self.address, (await self._read("VER")).data)
+        self._identity = await self._read_identity()
         if self._watchdog_s:
             await self.configure_watchdog(self._watchdog_s)
 
-    async def identity(self) -> Identity:
-        if self._identity is None:
-            self._identity = _identity(self.address, (await self._read("VER")).data)
-        return self._identity
+    async def _read_identity(self) -> Identity:
+        return _identity(self.address, (await self._read("VER")).data)
+
+    def _rate_limits(self, diameter_mm: Decimal) -> tuple[Decimal, Decimal]:
+        return rate_limits(diameter_mm)
+
+    def _resolution(self, _diameter_mm: Decimal) -> Decimal:
+        return RESOLUTION_ML_H  # the same step for every syringe
 
     async def read_status(self) -> PumpStatus:
         """``RAT`` (rate), ``DIS`` (volume dispensed) and ``VOL`` (target); status of the last."""

@@ -32,7 +32,6 @@ import structlog
 
 from drivers.base import (
     AlarmCode,
-    Capabilities,
     Identity,
     PumpStatus,
     RunState,
@@ -73,6 +72,7 @@ class PhdPumpDriver(ChainDriver[PhdLine, Command]):
     """One pump (address 0-99) on a PHD ULTRA pump chain shared with its peers."""
 
     kind = "phd"
+    supports_watchdog = False
 
     def __init__(
         self,
@@ -85,35 +85,25 @@ class PhdPumpDriver(ChainDriver[PhdLine, Command]):
         timeout_s: float = DEFAULT_TIMEOUT_S,
         offline_after: int = 3,
     ) -> None:
-        super().__init__(url, address, line=line, offline_after=offline_after)
+        super().__init__(
+            url,
+            address,
+            line=line,
+            offline_after=offline_after,
+            baudrate=baudrate,
+            timeout_s=timeout_s,
+        )
         if diameter_mm is not None and not valid_diameter(diameter_mm):
             raise ValueError(f"syringe diameter {diameter_mm} mm outside 0.1..45.0 mm")
         self._configured_diameter = diameter_mm
-        self._baudrate = baudrate
-        self._timeout_s = timeout_s
-        self._diameter: Decimal | None = None
-        self._identity: Identity | None = None
         self._last_volume_fl: int | None = None
         self._last_raw: RawStatus | None = None
 
     # -- Driver contract ----------------------------------------------------------------------
 
-    @property
-    def capabilities(self) -> Capabilities:
-        if self._diameter is None:
-            raise DriverError(f"pump {self.address:02d}: capabilities unknown before connect()")
-        low, high = rate_limits(self._diameter)
-        return Capabilities(
-            min_rate_ml_h=low,
-            max_rate_ml_h=high,
-            resolution_ml_h=resolution(self._diameter),
-            supports_watchdog=False,
-            supports_vtbi=True,
-        )
-
     async def connect(self) -> None:
         """Open the shared line; check address and syringe; read the version."""
-        self._attach(PhdLine, baudrate=self._baudrate, timeout_s=self._timeout_s)
+        self._attach(PhdLine)
         said = (await self._execute(Command("address", "", self.address))).data
         if int(said) != self.address:
             raise DriverError(f"pump at {self.address:02d} says its address is {said}")
@@ -128,12 +118,16 @@ class PhdPumpDriver(ChainDriver[PhdLine, Command]):
         if not valid_diameter(diameter):
             raise DriverError(f"pump {self.address:02d}: diameter {diameter} mm out of range")
         self._diameter = diameter
-        self._identity = _identity(self.address, (await self._ver()).data)
+        self._identity = await self._read_identity()
 
-    async def identity(self) -> Identity:
-        if self._identity is None:
-            self._identity = _identity(self.address, (await self._ver()).data)
-        return self._identity
+    async def _read_identity(self) -> Identity:
+        return _identity(self.address, (await self._ver()).data)
+
+    def _rate_limits(self, diameter_mm: Decimal) -> tuple[Decimal, Decimal]:
+        return rate_limits(diameter_mm)
+
+    def _resolution(self, diameter_mm: Decimal) -> Decimal:
+        return resolution(diameter_mm)
 
     async def read_status(self) -> PumpStatus:
         return (await self._snapshot()).status

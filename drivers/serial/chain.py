@@ -3,17 +3,28 @@
 A :class:`ChainDriver` attaches to the chain's one :class:`SerialLine` (``shared_line``), counts
 failed transactions (``offline_after`` in a row mark the pump offline; any answer brings it
 online), keeps the alarm latch that :meth:`acknowledge_alarms` clears, and runs every write
-through :func:`drivers.serial.verify.write_verified`. A vendor supplies ``_execute`` (one
-command answered as executed, else DriverError) and ``_snapshot`` (the read-back).
+through :func:`drivers.serial.verify.write_verified`. The capabilities follow from the syringe
+diameter read at connect. A vendor supplies ``_execute`` (one command answered as executed, else
+DriverError), ``_snapshot`` (the read-back), ``_read_identity`` and its syringe's rate limits and
+resolution.
 """
 
 from __future__ import annotations
 
 import abc
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Generic, TypeVar
+from decimal import Decimal
+from typing import ClassVar, Generic, TypeVar
 
-from drivers.base import AlarmCode, ConnectionState, Driver, Outcome, WriteResult
+from drivers.base import (
+    AlarmCode,
+    Capabilities,
+    ConnectionState,
+    Driver,
+    Identity,
+    Outcome,
+    WriteResult,
+)
 from drivers.errors import DeviceTimeout, DriverError, FrameError
 from drivers.serial.line import PortUnavailable, SerialLine, release_line, shared_line
 from drivers.serial.verify import Sent, Snapshot, not_sent, send_each, write_verified
@@ -26,7 +37,18 @@ R = TypeVar("R")
 class ChainDriver(Driver, Generic[L, C]):
     """One pump (address 0-99) on a serial chain shared with its peers."""
 
-    def __init__(self, url: str, address: int, *, line: L | None, offline_after: int) -> None:
+    supports_watchdog: ClassVar[bool]
+
+    def __init__(
+        self,
+        url: str,
+        address: int,
+        *,
+        line: L | None,
+        offline_after: int,
+        baudrate: int,
+        timeout_s: float,
+    ) -> None:
         if not 0 <= address <= 99:
             raise ValueError(f"{self.kind} address must be 0..99, got {address}")
         self.url = url
@@ -37,6 +59,10 @@ class ChainDriver(Driver, Generic[L, C]):
         self._state = ConnectionState.OFFLINE
         self._alarms: set[AlarmCode] = set()
         self._registered = False
+        self._baudrate = baudrate
+        self._timeout_s = timeout_s
+        self._diameter: Decimal | None = None  # read at connect
+        self._identity: Identity | None = None
 
     @property
     def connection(self) -> ConnectionState:
@@ -44,10 +70,30 @@ class ChainDriver(Driver, Generic[L, C]):
             return self._line.state
         return self._state
 
-    def _attach(self, kind: type[L], *, baudrate: int, timeout_s: float) -> L:
+    @property
+    def capabilities(self) -> Capabilities:
+        if self._diameter is None:
+            raise DriverError(f"pump {self.address:02d}: capabilities unknown before connect()")
+        low, high = self._rate_limits(self._diameter)
+        return Capabilities(
+            min_rate_ml_h=low,
+            max_rate_ml_h=high,
+            resolution_ml_h=self._resolution(self._diameter),
+            supports_watchdog=self.supports_watchdog,
+            supports_vtbi=True,
+        )
+
+    async def identity(self) -> Identity:
+        if self._identity is None:
+            self._identity = await self._read_identity()
+        return self._identity
+
+    def _attach(self, kind: type[L]) -> L:
         """The chain's shared line (created on first use), counted as used by this pump."""
         if self._line is None:
-            self._line = shared_line(kind, self.url, baudrate=baudrate, timeout_s=timeout_s)
+            self._line = shared_line(
+                kind, self.url, baudrate=self._baudrate, timeout_s=self._timeout_s
+            )
         if not self._registered:
             self._line.users += 1
             self._registered = True
@@ -100,6 +146,18 @@ class ChainDriver(Driver, Generic[L, C]):
     @abc.abstractmethod
     async def _snapshot(self) -> Snapshot:
         """Read the pump: the status and the device's own run state."""
+
+    @abc.abstractmethod
+    async def _read_identity(self) -> Identity:
+        """Ask the pump for its model and firmware."""
+
+    @abc.abstractmethod
+    def _rate_limits(self, diameter_mm: Decimal) -> tuple[Decimal, Decimal]:
+        """The lowest and highest rate (mL/h) the pump runs a syringe of this diameter at."""
+
+    @abc.abstractmethod
+    def _resolution(self, diameter_mm: Decimal) -> Decimal:
+        """The rate step (mL/h) the pump can set with a syringe of this diameter."""
 
     async def _write_verified(
         self,
