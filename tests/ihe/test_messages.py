@@ -11,6 +11,7 @@ from hl7apy.parser import parse_message
 
 from daemon.ihe import messages
 from daemon.ihe.messages import Endpoint, Patient
+from daemon.ihe.samples import sample_messages
 from sim_devices.ehr import summarise
 from tests.ihe.conftest import NOW
 
@@ -253,3 +254,17 @@ def test_acm_sends_the_seven_alert_facets_of_a_technical_alarm() -> None:
     ]
     assert obx[0][18] == "pump-1"
     assert all(len(f) <= 8 or not f[8] for f in obx)
+
+
+def test_piv_order_and_answer_carry_their_own_profile_oids() -> None:
+    """TF vol. 2 "MSH-21": PCD-03 RGV^O15 is 1.6.1.3.1, its RRG^O16 answer 1.6.1.3.2."""
+    samples = sample_messages()
+    oids = {
+        name: samples[name].decode().split("\r")[0].split("|")[20].split("^")[2]
+        for name in ("piv-order", "piv-answer-aa", "piv-answer-ar")
+    }
+    assert oids == {
+        "piv-order": "1.3.6.1.4.1.19376.1.6.1.3.1",
+        "piv-answer-aa": "1.3.6.1.4.1.19376.1.6.1.3.2",
+        "piv-answer-ar": "1.3.6.1.4.1.19376.1.6.1.3.2",
+    }
