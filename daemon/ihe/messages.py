@@ -431,9 +431,9 @@ def acm(
     """ACM (PCD-04) for one ``alarm_raised`` / ``alarm_cleared``, a technical alarm of the pump:
     the seven facets of TF vol. 2 table B.8.5-1 (event identification ``MDC_EVT_ALARM`` with the
     alarm in OBX-5 and the pump id in OBX-18, source the pump's MDS, phase, state, inactivation
-    state, priority, type ``ST``), OBX-4 ``1.0.0.0.n``. OBR-3 carries ``alarm_id``, the alarm's
-    identity, the same for its raise and its clear (the caller keeps it: see
-    daemon/ihe/outbound.py)."""
+    state (empty: unknown here), priority, type ``ST``), OBX-4 ``1.0.0.0.n``. OBR-3 carries
+    ``alarm_id``, the alarm's identity, the same for its raise and its clear (the caller keeps
+    it: see daemon/ihe/outbound.py)."""
     alarm: Mapping[str, Any] = event["alarm"]
     raised = event["type"] == "alarm_raised"
     t = terms().alarm
@@ -448,8 +448,9 @@ def acm(
         ("CWE", t["source"].cwe(), terms().devices["pump_mds"].cwe()),
         ("ST", t["phase"].cwe(), "start" if raised else "end"),
         ("ST", t["state"].cwe(), "active" if raised else "inactive"),
-        # the gateway does not silence pumps: their own audio/visual signals stay enabled
-        ("ST", t["inactivation"].cwe(), "enabled"),
+        # left empty (TF vol. 2 B.8.5 "Inactivation state facet": "This may be empty"): the
+        # gateway does not know whether the pump's audio is paused, so it does not claim it
+        ("ST", t["inactivation"].cwe(), ""),
         ("ST", t["priority"].cwe(), priority),
         ("ST", t["type"].cwe(), "ST"),  # technical alarm (table B.8.5-9)
     )

@@ -248,7 +248,7 @@ def test_acm_sends_the_seven_alert_facets_of_a_technical_alarm() -> None:
         ("68480", "1.0.0.0.2", "69985^MDC_DEV_PUMP_INFUS_MDS^MDC"),
         ("68481", "1.0.0.0.3", "start"),
         ("68482", "1.0.0.0.4", "active"),
-        ("68483", "1.0.0.0.5", "enabled"),
+        ("68483", "1.0.0.0.5", ""),  # unknown to the gateway: not claimed "enabled"
         ("68484", "1.0.0.0.6", "PH"),
         ("68485", "1.0.0.0.7", "ST"),
     ]
