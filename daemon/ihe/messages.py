@@ -11,11 +11,16 @@ component. hl7apy validates every message type in the tests (tests/ihe/test_mess
 strict HL7 v2.6 structure and data types; ORU^R40 and ORU^R42 are checked against the
 ORU_R01 structure they share (the v2.6 tables of hl7apy do not define the IHE trigger events).
 
-Layouts (IHE PCD TF vol. 2): MSH-21 names the IHE profile; PID-3 the patient (the bed id
-when no patient id is configured) and PID-5 ``^^^^^^U`` when the name is unknown; PV1-3 the
-bed; OBR-4 the device (DEC) or the event (IPEC, ACM); one OBX per device level (MDS ``1``,
-VMD ``1.1``, channel ``1.1.1``) carrying the model and serial in OBX-18, then one OBX per
-metric with its containment in OBX-4 (``1.1.1.k``), OBX-11 ``R`` (DEC) or ``F`` (events).
+Layouts (IHE PCD TF Rev. 8.0 vol. 2; IPEC supplement Rev. 1.5): MSH-21 names the IHE profile
+with the OID of TF vol. 2 "MSH-21 Message Profile Identifier" (IPEC: its section X.1.1); PID-3
+the patient (the bed id when no patient id is configured) and PID-5 ``^^^^^^U`` when the name
+is unknown; PV1-3 the bed; OBR-4 the device (DEC) or the event (IPEC, ACM); one OBX per device
+level in the dotted notation of vol. 2 appendix B.8 OBX-4 (MDS ``1.0.0.0``, VMD ``1.1.0.0``,
+channel ``1.1.1.0``), the MDS carrying the serial and model in OBX-18, then one OBX per metric
+(``1.1.1.k``; ``1.1.0.k`` under a VMD without a channel), OBX-11 ``R`` (DEC) or ``F`` (events).
+IPEC names its event in an MDS-level ``MDC_ATTR_EVT_COND`` OBX (IPEC X.1.2.2); ACM sends the
+seven alert facets of vol. 2 table B.8.5-1 as ``1.0.0.0.n`` (priority and type as their own
+OBX, not in OBX-8: the OBX-8 form is deprecated there).
 """
 
 from __future__ import annotations
@@ -44,8 +49,8 @@ class Profile(enum.Enum):
     """The three outbound transactions: message type (MSH-9) and IHE profile id (MSH-21)."""
 
     DEC = ("ORU^R01^ORU_R01", "IHE_PCD_001^IHE PCD^1.3.6.1.4.1.19376.1.6.1.1.1^ISO")
-    IPEC = ("ORU^R42^ORU_R42", "IHE_PCD_IPEC_001^IHE PCD^1.3.6.1.4.1.19376.1.6.1.10.1^ISO")
-    ACM = ("ORU^R40^ORU_R40", "IHE_PCD_ACM_001^IHE PCD^1.3.6.1.4.1.19376.1.6.4.4^ISO")
+    IPEC = ("ORU^R42^ORU_R01", "IHE_PCD_010^IHE PCD^1.3.6.1.4.1.19376.1.6.4.10^ISO")
+    ACM = ("ORU^R40^ORU_R40", "IHE_PCD_ACM_001^IHE PCD^1.3.6.1.4.1.19376.1.6.1.4.1^ISO")
 
     @property
     def message_type(self) -> str:
@@ -60,15 +65,17 @@ class Profile(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class Term:
-    """One MDC term: numeric code (``""`` when not known) and reference id."""
+    """One term: numeric code (``""`` when not published), reference id, coding system (MDC, or
+    :data:`LOCAL` for the gateway's own events, with its text as ``ref``)."""
 
     code: str
     ref: str
+    system: str = "MDC"
 
     def cwe(self) -> str:
-        """OBX-3 / OBR-4 / OBX-6 CWE: ``code^REF_ID^MDC`` (the reference id twice when the
-        numeric code is unknown)."""
-        return f"{self.code or self.ref}^{self.ref}^MDC"
+        """OBX-3 / OBR-4 / OBX-5 / OBX-6 CWE: ``code^REF_ID^MDC`` (the reference id twice when
+        the numeric code is not published)."""
+        return f"{self.code or self.ref}^{self.ref}^{self.system}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +97,10 @@ def terms() -> Terms:
     )
 
     def table(name: str) -> dict[str, Term]:
-        return {k: Term(str(v["code"]), str(v["ref"])) for k, v in raw[name].items()}
+        return {
+            k: Term(str(v["code"]), str(v["ref"]), str(v.get("system", "MDC")))
+            for k, v in raw[name].items()
+        }
 
     return Terms(table("devices"), table("pump"), table("units"), table("events"), table("alarm"))
 
@@ -208,16 +218,23 @@ def _equipment(device: Mapping[str, Any] | None) -> str:
     return f"{escape(str(serial))}^{escape(str(model))}" if serial or model else ""
 
 
-def _pump_device(n: int, state: Mapping[str, Any], at: datetime) -> tuple[list[str], int]:
-    """OBX for the pump's MDS, VMD and delivery channel (containment 1, 1.1, 1.1.1)."""
+def _pump_device(
+    n: int, state: Mapping[str, Any], at: datetime, mds_metrics: Sequence[tuple[str, str, str]] = ()
+) -> tuple[list[str], int]:
+    """OBX for the pump's MDS (``1.0.0.0``), its own metrics (``1.0.0.k``: value type,
+    identifier, value), VMD (``1.1.0.0``) and delivery channel (``1.1.1.0``), in the TF's
+    dictionary order."""
     devices = terms().devices
     equipment = _equipment(state.get("device"))
     rows = [
-        _obx(n, "", devices["pump_mds"].cwe(), "1", status="X", at=at, equipment=equipment),
-        _obx(n + 1, "", devices["pump_vmd"].cwe(), "1.1", status="X", at=at),
-        _obx(n + 2, "", devices["pump_channel"].cwe(), "1.1.1", status="X", at=at),
+        _obx(n, "", devices["pump_mds"].cwe(), "1.0.0.0", status="X", at=at, equipment=equipment)
     ]
-    return rows, n + 3
+    for k, (value_type, ident, value) in enumerate(mds_metrics, start=1):
+        rows.append(_obx(n + k, value_type, ident, f"1.0.0.{k}", value, status="F", at=at))
+    n += len(rows)
+    rows.append(_obx(n, "", devices["pump_vmd"].cwe(), "1.1.0.0", status="X", at=at))
+    rows.append(_obx(n + 1, "", devices["pump_channel"].cwe(), "1.1.1.0", status="X", at=at))
+    return rows, n + 2
 
 
 def _obr(n: int, control_id: str, universal: str, at: datetime, filler: str = "") -> str:
@@ -279,8 +296,8 @@ def dec_vitals(
     tables = code_tables()
     lines = _header(Profile.DEC, endpoint, control_id, now) + _patient(patient)
     lines.append(_obr(1, control_id, devices["monitor_mds"].cwe(), now))
-    lines.append(_obx(1, "", devices["monitor_mds"].cwe(), "1", status="X", at=now))
-    lines.append(_obx(2, "", devices["monitor_vmd"].cwe(), "1.1", status="X", at=now))
+    lines.append(_obx(1, "", devices["monitor_mds"].cwe(), "1.0.0.0", status="X", at=now))
+    lines.append(_obx(2, "", devices["monitor_vmd"].cwe(), "1.1.0.0", status="X", at=now))
     n = 3
     for k, parameter in enumerate(_VITALS, start=1):
         obs = snapshot.get(parameter.value)
@@ -293,7 +310,7 @@ def dec_vitals(
                 n,
                 "NM",
                 f"{entry.code}^{entry.name}^MDC",
-                f"1.1.1.{k}",
+                f"1.1.0.{k}",  # no channel level: TF vol. 2 B.8 OBX-4 ("1.2.0.1")
                 _number(obs["value"]),
                 unit=f"{unit.mdc}^{unit.mdc_name}^MDC",
                 at=parse_ts(str(obs["at"])),
@@ -334,11 +351,15 @@ def ipec(
     metric = terms().pump
     lines = _header(Profile.IPEC, endpoint, control_id, now) + _patient(patient)
     lines.append(_obr(1, control_id, term.cwe(), at))
-    rows, n = _pump_device(1, {"device": device}, at)
+    condition = ("CWE", terms().events["condition"].cwe(), term.cwe())
+    rows, n = _pump_device(1, {"device": device}, at, (condition,))
     lines += rows
     by = event.get("clinician") or ""
     observer = escape(str(by)) if by else ""
-    lines.append(_obx(n, "ST", term.cwe(), "1.1.1.1", escape(kind), status="F", at=at))
+    # the gateway's own name of the event: a pause and a stop are both MDC_EVT_PUMP_DELIV_STOP
+    lines.append(
+        _obx(n, "ST", f"event^Gateway event^{LOCAL}", "1.1.1.1", escape(kind), status="F", at=at)
+    )
     n += 1
     k = 1
 
@@ -392,7 +413,7 @@ def ipec(
     return _encode(lines)
 
 
-#: the gateway's alarm priorities -> OBX-8 (IHE PCD ACM: priority and type "SP"/"ST"/"SA")
+#: the gateway's alarm priorities -> MDC_ATTR_ALARM_PRIORITY values (TF vol. 2 table B.8.5-8)
 _PRIORITY = {"high": "PH", "medium": "PM", "low": "PL"}
 
 
@@ -407,23 +428,31 @@ def acm(
     endpoint: Endpoint,
     patient: Patient,
 ) -> bytes:
-    """ACM (PCD-04) for one ``alarm_raised`` / ``alarm_cleared``: code, priority, phase, state,
-    source pump; OBR-3 carries ``alarm_id``, the alarm's identity, the same for its raise and
-    its clear (the caller keeps it: see daemon/ihe/outbound.py)."""
+    """ACM (PCD-04) for one ``alarm_raised`` / ``alarm_cleared``, a technical alarm of the pump:
+    the seven facets of TF vol. 2 table B.8.5-1 (event identification ``MDC_EVT_ALARM`` with the
+    alarm in OBX-5 and the pump id in OBX-18, source the pump's MDS, phase, state, inactivation
+    state (empty: unknown here), priority, type ``ST``), OBX-4 ``1.0.0.0.n``. OBR-3 carries
+    ``alarm_id``, the alarm's identity, the same for its raise and its clear (the caller keeps
+    it: see daemon/ihe/outbound.py)."""
     alarm: Mapping[str, Any] = event["alarm"]
     raised = event["type"] == "alarm_raised"
     t = terms().alarm
     identity = escape(alarm_id)
     lines = _header(Profile.ACM, endpoint, control_id, now) + _patient(patient)
     lines.append(_obr(1, control_id, t["event"].cwe(), at, filler=f"{identity}^INFUSIOND"))
-    flags = _PRIORITY.get(str(alarm.get("priority")), "PM")
+    priority = _PRIORITY.get(str(alarm.get("priority")), "PM")
     code = escape(str(alarm.get("code")))
     text = escape(str(alarm.get("message") or alarm.get("code")))
     rows: Sequence[tuple[str, str, str]] = (
-        ("ST", f"{code}^{text}^{LOCAL}", text),
-        ("ST", t["source"].cwe(), escape(pump_id)),
+        ("CWE", t["event"].cwe(), f"{code}^{text}^{LOCAL}"),
+        ("CWE", t["source"].cwe(), terms().devices["pump_mds"].cwe()),
         ("ST", t["phase"].cwe(), "start" if raised else "end"),
         ("ST", t["state"].cwe(), "active" if raised else "inactive"),
+        # left empty (TF vol. 2 B.8.5 "Inactivation state facet": "This may be empty"): the
+        # gateway does not know whether the pump's audio is paused, so it does not claim it
+        ("ST", t["inactivation"].cwe(), ""),
+        ("ST", t["priority"].cwe(), priority),
+        ("ST", t["type"].cwe(), "ST"),  # technical alarm (table B.8.5-9)
     )
     for n, (value_type, ident, value) in enumerate(rows, start=1):
         lines.append(
@@ -431,11 +460,11 @@ def acm(
                 n,
                 value_type,
                 ident,
-                f"1.1.1.{n}",
+                f"1.0.0.0.{n}",
                 value,
                 status="F",
                 at=at,
-                flags=f"{flags}~SP" if n == 1 else "",
+                equipment=escape(pump_id) if n == 1 else "",
             )
         )
     return _encode(lines)

@@ -33,6 +33,8 @@ _PUMP_DEVICE = {"69985", "69986", "MDC_DEV_PUMP_INFUS_MDS", "MDC_DEV_PUMP_INFUS_
 _WEIGHT = {"68063", "MDC_ATTR_PT_WEIGHT"}
 _MAX_TEXT = 64
 PIV_PROFILE = "IHE_PCD_PIV_001^IHE PCD^1.3.6.1.4.1.19376.1.6.1.3.1^ISO"
+#: MSH-21 of the RRG^O16 answer: the TF assigns it its own OID (vol. 2, "MSH-21")
+PIV_ANSWER_PROFILE = "IHE_PCD_PIV_001^IHE PCD^1.3.6.1.4.1.19376.1.6.1.3.2^ISO"
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,7 +219,7 @@ def build_rrg(
         (
             f"MSH|^~\\&|INFUSIOND||{escape(receiving_application)}|"
             f"{escape(receiving_facility)}|{format_dtm(now)}||RRG^O16^RRG_O16|"
-            f"{escape(control_id)}|P|2.6|||NE|NE||UNICODE UTF-8|||{PIV_PROFILE}"
+            f"{escape(control_id)}|P|2.6|||NE|NE||UNICODE UTF-8|||{PIV_ANSWER_PROFILE}"
         ),
         f"MSA|{code.value}|{escape(answers)}"
         + (f"|{escape(text[:200])}" if code is not AckCode.AA and text else ""),

@@ -106,7 +106,7 @@ def acm(received: list[Received], phase: str) -> list[Received]:
         if m.profile == "ACM"
         and m.value("MDC_ATTR_EVENT_PHASE") == phase
         and m.subject == "MDC_EVT_ALARM"
-        and m.observations[0].ident == "low_battery"
+        and m.observations[0].value.startswith("low_battery^")
     ]
 
 
@@ -127,7 +127,7 @@ async def test_titration_alarm_and_outage_reach_the_ehr(
                 )
             )
         ipec = next(m for m in ehr.of("IPEC") if m.value("command_id") == titrate["id"])
-        assert ipec.subject == "MDC_EVT_PUMP_RATE_CHANGE"
+        assert ipec.subject == "rate_changed"
         assert (ipec.value("rate_from"), ipec.value("MDC_FLOW_FLUID_PUMP")) == ("52.5", "63")
         assert b"|nurse-1" in ipec.raw  # OBX-16: the clinician who asked for the change
 
@@ -260,10 +260,8 @@ async def test_piv_order_needing_a_confirmation_is_overridden_at_the_bedside_and
             assert [r["phase"] for r in await results(ward.client, 2)] == ["accepted", "applied"]
         assert ward.modbus.pump(1).rate == Decimal("5.25")
         async with asyncio.timeout(WAIT_S):
-            await ward.ehr.wait_for(
-                lambda r: any(m.subject == "MDC_EVT_PUMP_LIMIT_OVERRIDE" for m in r)
-            )
-        override = next(m for m in ward.ehr.received if m.subject == "MDC_EVT_PUMP_LIMIT_OVERRIDE")
+            await ward.ehr.wait_for(lambda r: any(m.subject == "override_accepted" for m in r))
+        override = next(m for m in ward.ehr.received if m.subject == "override_accepted")
         assert override.value("reason") == "order B ok"
         assert override.value("command_id") == "piv-B"
         assert b"|dr-2" in override.raw

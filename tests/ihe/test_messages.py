@@ -11,6 +11,7 @@ from hl7apy.parser import parse_message
 
 from daemon.ihe import messages
 from daemon.ihe.messages import Endpoint, Patient
+from daemon.ihe.samples import sample_messages
 from sim_devices.ehr import summarise
 from tests.ihe.conftest import NOW
 
@@ -33,7 +34,7 @@ def validate_v26(payload: bytes) -> None:
     PCD TF; hl7apy's v2.6 tables do not define those trigger events, so their structure is
     validated as ORU_R01 (every segment, field and data type of the message is checked)."""
     text = payload.decode("utf-8").rstrip("\r")
-    for event in ("ORU^R40^ORU_R40", "ORU^R42^ORU_R42"):
+    for event in ("ORU^R40^ORU_R40", "ORU^R42^ORU_R01"):
         text = text.replace(event, "ORU^R01^ORU_R01", 1)
     message = parse_message(text, validation_level=VALIDATION_LEVEL.STRICT, find_groups=True)
     assert message.validate()
@@ -119,29 +120,33 @@ def test_every_outbound_message_validates_as_hl7_v26(name: str) -> None:
 
 
 def test_profiles_and_identity_fields_follow_the_tf() -> None:
-    """MSH-9/MSH-21 per transaction; PID-3 the (escaped) patient id; PID-5 ^^^^^^U."""
+    """MSH-9 and the MSH-21 OID per transaction as the TF assigns them (PCD-01 1.6.1.1.1, PCD-04
+    1.6.1.4.1 in TF vol. 2 "MSH-21"; PCD-10 ORU^R42^ORU_R01 and 1.6.4.10 in IPEC X.1.1); PID-3
+    the (escaped) patient id; PID-5 ^^^^^^U."""
     built = build_all()
     expected = {
-        "dec_pump": ("ORU^R01^ORU_R01", "IHE_PCD_001"),
-        "ipec_rate": ("ORU^R42^ORU_R42", "IHE_PCD_IPEC_001"),
-        "acm": ("ORU^R40^ORU_R40", "IHE_PCD_ACM_001"),
+        "dec_pump": ("ORU^R01^ORU_R01", "IHE_PCD_001^IHE PCD^1.3.6.1.4.1.19376.1.6.1.1.1^ISO"),
+        "ipec_rate": ("ORU^R42^ORU_R01", "IHE_PCD_010^IHE PCD^1.3.6.1.4.1.19376.1.6.4.10^ISO"),
+        "acm": ("ORU^R40^ORU_R40", "IHE_PCD_ACM_001^IHE PCD^1.3.6.1.4.1.19376.1.6.1.4.1^ISO"),
     }
     for name, (mtype, profile) in expected.items():
-        received = summarise(built[name])
-        assert (received.message_type, received.profile_id) == (mtype, profile)
+        segments = built[name].decode().split("\r")
+        msh = segments[0].split("|")
+        assert (msh[8], msh[20]) == (mtype, profile)
         segments = built[name].decode().split("\r")
         pid = next(s for s in segments if s.startswith("PID|"))
         assert pid == "PID|||MRN\\S\\42^^^INFUSIOND^PI||^^^^^^U"
 
 
 def test_dec_pump_carries_each_metric_with_containment_units_and_device_identity() -> None:
-    """Channel metrics are 1.1.1.k under MDS 1 / VMD 1.1 / channel 1.1.1; rate and volumes use
-    MDC dimension codes, other units UCUM; OBX-18 names serial and model."""
+    """Channel metrics are 1.1.1.k under MDS 1.0.0.0 / VMD 1.1.0.0 / channel 1.1.1.0 (TF vol. 2
+    B.8 dotted notation); rate and volumes use MDC dimension codes, other units UCUM; OBX-18
+    names serial and model."""
     received = summarise(build_all()["dec_pump"])
     by_id = {o.ident: o for o in received.observations}
-    assert by_id["MDC_DEV_PUMP_INFUS_MDS"].sub_id == "1"
-    assert by_id["MDC_DEV_PUMP_INFUS_VMD"].sub_id == "1.1"
-    assert by_id["MDC_DEV_PUMP_INFUS_CHAN_DELIVERY"].sub_id == "1.1.1"
+    assert by_id["MDC_DEV_PUMP_INFUS_MDS"].sub_id == "1.0.0.0"
+    assert by_id["MDC_DEV_PUMP_INFUS_VMD"].sub_id == "1.1.0.0"
+    assert by_id["MDC_DEV_PUMP_INFUS_CHAN_DELIVERY"].sub_id == "1.1.1.0"
     assert (by_id["MDC_FLOW_FLUID_PUMP"].value, by_id["MDC_FLOW_FLUID_PUMP"].unit) == (
         "52.5",
         "MDC_DIM_MILLI_L_PER_HR",
@@ -151,9 +156,9 @@ def test_dec_pump_carries_each_metric_with_containment_units_and_device_identity
     assert by_id["MDC_VOL_FLUID_DELIV"].value == "1.25"
     assert by_id["MDC_DRUG_NAME_TYPE"].value == "norepinephrine"
     assert by_id["MDC_PUMP_STAT"].value == "infusing"
-    metrics = [o.sub_id for o in received.observations if o.sub_id.count(".") == 3]
+    metrics = [o.sub_id for o in received.observations if not o.sub_id.endswith(".0")]
     assert metrics == [f"1.1.1.{k}" for k in range(1, len(metrics) + 1)]
-    mds = next(s for s in build_all()["dec_pump"].decode().split("\r") if "_MDS^MDC|1|" in s)
+    mds = next(s for s in build_all()["dec_pump"].decode().split("\r") if "_MDS^MDC|1.0.0.0|" in s)
     assert mds.endswith("|SN-7^SIM-PUMP")
 
 
@@ -174,6 +179,92 @@ def test_override_ipec_carries_who_why_and_the_rules() -> None:
     assert b"|dr-lee" in payload
 
 
-def test_a_pause_is_its_own_ipec_event() -> None:
-    """delivery_stopped with status paused is reported as the pause event."""
-    assert summarise(build_all()["ipec_paused"]).subject == "MDC_EVT_PUMP_DELIV_PAUSE"
+def test_dec_pump_sends_the_published_mdc_codes() -> None:
+    """The numeric codes are those of TF vol. 3 table 7.1 and the IPEC example (MDC_PUMP_STAT
+    is 184508, not MDC_PUMP_MODE's 184504)."""
+    segments = build_all()["dec_pump"].decode().split("\r")
+    rows = [s.split("|") for s in segments]
+    codes = {f[3].split("^")[1]: f[3].split("^")[0] for f in rows if f[0] == "OBX"}
+    assert codes == {
+        "MDC_DEV_PUMP_INFUS_MDS": "69985",
+        "MDC_DEV_PUMP_INFUS_VMD": "69986",
+        "MDC_DEV_PUMP_INFUS_CHAN_DELIVERY": "126978",
+        "MDC_PUMP_STAT": "184508",
+        "MDC_FLOW_FLUID_PUMP": "157784",
+        "MDC_DRUG_NAME_TYPE": "184330",
+        "MDC_CONC_DRUG": "157760",
+        "MDC_RATE_DOSE": "157924",
+        "MDC_VOL_FLUID_TBI": "157884",
+        "MDC_VOL_FLUID_DELIV": "157864",
+    }
+
+
+def test_dec_vitals_metrics_sit_under_the_vmd_without_a_channel() -> None:
+    """Monitor MDS 69965 / VMD 69966; with no channel OBX the metrics are 1.1.0.k (TF vol. 2 B.8:
+    a VMD without channels has channel number 0)."""
+    segments = [s.split("|") for s in build_all()["dec_vitals"].decode().split("\r")]
+    obx = [(f[3].split("^")[0], f[4]) for f in segments if f[0] == "OBX"]
+    assert obx[:2] == [("69965", "1.0.0.0"), ("69966", "1.1.0.0")]
+    assert all(sub.startswith("1.1.0.") and sub != "1.1.0.0" for _, sub in obx[2:])
+
+
+def test_ipec_names_the_event_in_an_mds_level_event_condition() -> None:
+    """IPEC X.1.2.2: MDC_ATTR_EVT_COND at 1.0.0.1 carries the event, right after the MDS; the
+    TF's own events are MDC (start 197288), the gateway's others are local codes, never MDC."""
+    for name, event in (
+        ("ipec_rate", "rate_changed^Rate changed^99INFUSIOND"),
+        ("ipec_paused", "MDC_EVT_PUMP_DELIV_STOP^MDC_EVT_PUMP_DELIV_STOP^MDC"),
+    ):
+        segments = [s.split("|") for s in build_all()[name].decode().split("\r")]
+        obx = [f for f in segments if f[0] == "OBX"]
+        assert obx[0][4] == "1.0.0.0"
+        assert (obx[1][2], obx[1][3], obx[1][4], obx[1][5]) == (
+            "CWE",
+            "MDC_ATTR_EVT_COND^MDC_ATTR_EVT_COND^MDC",
+            "1.0.0.1",
+            event,
+        )
+    assert messages.terms().events["delivery_started"].cwe() == (
+        "197288^MDC_EVT_PUMP_DELIV_START^MDC"
+    )
+
+
+def test_a_pause_is_a_delivery_stop_told_apart_by_the_gateway_event() -> None:
+    """IPEC has no pause event: a pause is MDC_EVT_PUMP_DELIV_STOP, and the local "event"
+    observation says delivery_paused."""
+    received = summarise(build_all()["ipec_paused"])
+    assert received.subject == "MDC_EVT_PUMP_DELIV_STOP"
+    assert received.value("event") == "delivery_paused"
+
+
+def test_acm_sends_the_seven_alert_facets_of_a_technical_alarm() -> None:
+    """TF vol. 2 table B.8.5-1: event identification (MDC_EVT_ALARM, the alarm in OBX-5, the
+    pump in OBX-18), source (the pump's MDS), phase, state, inactivation state, priority and
+    type as separate OBX (not OBX-8), sub-ids 1.0.0.0.1..7; a pump alarm is technical (ST)."""
+    segments = [s.split("|") for s in build_all()["acm"].decode().split("\r")]
+    obx = [f for f in segments if f[0] == "OBX"]
+    assert [(f[3].split("^")[0], f[4], f[5]) for f in obx] == [
+        ("196616", "1.0.0.0.1", "occlusion^occlusion^99INFUSIOND"),
+        ("68480", "1.0.0.0.2", "69985^MDC_DEV_PUMP_INFUS_MDS^MDC"),
+        ("68481", "1.0.0.0.3", "start"),
+        ("68482", "1.0.0.0.4", "active"),
+        ("68483", "1.0.0.0.5", ""),  # unknown to the gateway: not claimed "enabled"
+        ("68484", "1.0.0.0.6", "PH"),
+        ("68485", "1.0.0.0.7", "ST"),
+    ]
+    assert obx[0][18] == "pump-1"
+    assert all(len(f) <= 8 or not f[8] for f in obx)
+
+
+def test_piv_order_and_answer_carry_their_own_profile_oids() -> None:
+    """TF vol. 2 "MSH-21": PCD-03 RGV^O15 is 1.6.1.3.1, its RRG^O16 answer 1.6.1.3.2."""
+    samples = sample_messages()
+    oids = {
+        name: samples[name].decode().split("\r")[0].split("|")[20].split("^")[2]
+        for name in ("piv-order", "piv-answer-aa", "piv-answer-ar")
+    }
+    assert oids == {
+        "piv-order": "1.3.6.1.4.1.19376.1.6.1.3.1",
+        "piv-answer-aa": "1.3.6.1.4.1.19376.1.6.1.3.2",
+        "piv-answer-ar": "1.3.6.1.4.1.19376.1.6.1.3.2",
+    }

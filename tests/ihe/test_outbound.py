@@ -72,7 +72,7 @@ async def test_events_become_ipec_and_acm_in_journal_order_with_one_alarm_identi
             await out.drained.wait()
     assert [m.profile for m in ehr.received] == ["IPEC", "ACM", "ACM"]
     ipec, raised, cleared = ehr.received
-    assert ipec.subject == "MDC_EVT_PUMP_RATE_CHANGE"
+    assert ipec.subject == "rate_changed"  # the TF has no rate-change event: a local code
     assert ipec.value("rate_from") == "52.5"
     assert ipec.value("MDC_FLOW_FLUID_PUMP") == "63"
     assert ipec.value("command_id") == "cmd-1"
@@ -82,8 +82,10 @@ async def test_events_become_ipec_and_acm_in_journal_order_with_one_alarm_identi
     assert cleared.value("MDC_ATTR_EVENT_PHASE") == "end"
     assert raised.value("MDC_ATTR_ALARM_STATE") == "active"
     assert cleared.value("MDC_ATTR_ALARM_STATE") == "inactive"
-    assert raised.observations[0].flags == "PH~SP"
-    assert raised.value("MDC_ATTR_ALERT_SOURCE") == "pump-1"
+    assert raised.value("MDC_ATTR_ALARM_PRIORITY") == "PH"
+    assert raised.value("MDC_ATTR_ALERT_TYPE") == "ST"
+    assert raised.value("MDC_ATTR_ALERT_SOURCE") == "69985^MDC_DEV_PUMP_INFUS_MDS^MDC"
+    assert raised.raw.split(b"\r")[4].endswith(b"|pump-1")  # OBX-18 of the event facet
     assert await journal.hl7_pending() == []
 
 
