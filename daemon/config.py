@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal, Self
 from urllib.parse import urlsplit
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -309,10 +310,39 @@ class LibraryConfig(_Section):
         return self
 
 
-class Hl7OutConfig(_Section):
+_MLLP_SCHEMES: dict[str, int | None] = {"mllp": None, "tcp": None}
+
+
+def _mllp_url(value: str) -> str:
+    _host_port(value, _MLLP_SCHEMES)
+    return value
+
+
+#: ``mllp://HOST:PORT`` (``tcp://`` also taken), checked when the config is read
+MllpUrl = Annotated[str, AfterValidator(_mllp_url)]
+
+
+class _MllpEndpoint(_Section):
+    """A section naming one MLLP endpoint (:meth:`_endpoint`): its host and port."""
+
+    def _endpoint(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def host(self) -> str:
+        return _host_port(self._endpoint(), _MLLP_SCHEMES)[1]
+
+    @property
+    def port(self) -> int:
+        return _host_port(self._endpoint(), _MLLP_SCHEMES)[2]
+
+
+class Hl7OutConfig(_MllpEndpoint):
     """``[hl7_out]``: IHE PCD DEC, IPEC and ACM to the EHR / alarm manager (one MLLP link)."""
 
-    url: str = Field(description="The EHR's MLLP endpoint, mllp://HOST:PORT (tcp:// also taken).")
+    url: MllpUrl = Field(
+        description="The EHR's MLLP endpoint, mllp://HOST:PORT (tcp:// also taken)."
+    )
     dec_period_s: PositiveSeconds = Field(
         default=60.0,
         description="A DEC (PCD-01) for every pump and bed at least this often; a change of "
@@ -333,25 +363,14 @@ class Hl7OutConfig(_Section):
         default=64 * 1024, description="Largest ACK accepted from the EHR, in bytes."
     )
 
-    @field_validator("url")
-    @classmethod
-    def _mllp_url(cls, value: str) -> str:
-        _host_port(value, {"mllp": None, "tcp": None})
-        return value
-
-    @property
-    def host(self) -> str:
-        return _host_port(self.url, {"mllp": None, "tcp": None})[1]
-
-    @property
-    def port(self) -> int:
-        return _host_port(self.url, {"mllp": None, "tcp": None})[2]
+    def _endpoint(self) -> str:
+        return self.url
 
 
-class PivConfig(_Section):
+class PivConfig(_MllpEndpoint):
     """``[piv]``: IHE PCD PIV orders in (RGV^O15 over MLLP); they only ever become pending."""
 
-    listen: str = Field(
+    listen: MllpUrl = Field(
         description="Where the EHR sends orders, mllp://HOST:PORT (port 0: any free port)."
     )
     idle_timeout_s: PositiveSeconds = Field(
@@ -365,19 +384,8 @@ class PivConfig(_Section):
         description="Largest order accepted, in bytes; a bigger frame is skipped unread.",
     )
 
-    @field_validator("listen")
-    @classmethod
-    def _mllp_url(cls, value: str) -> str:
-        _host_port(value, {"mllp": None, "tcp": None})
-        return value
-
-    @property
-    def host(self) -> str:
-        return _host_port(self.listen, {"mllp": None, "tcp": None})[1]
-
-    @property
-    def port(self) -> int:
-        return _host_port(self.listen, {"mllp": None, "tcp": None})[2]
+    def _endpoint(self) -> str:
+        return self.listen
 
 
 class BedConfig(_Section):
