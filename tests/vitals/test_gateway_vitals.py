@@ -3,16 +3,16 @@ make the published vitals or the dose checks run on a spoofed, future-stamped MA
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
-from drivers.hl7 import Ack, AckCode, MllpDecoder, MllpFrame, Parameter, build_oru, parse_ack
+from drivers.hl7 import Ack, AckCode, Parameter, build_oru
 from tests.e2e.harness import Message, command, dose, running_bedside, validate, vitals_url
 from tests.support.procs import Mosquitto
+from tests.vitals.mllp_peer import send_one
 
 WAIT_S = 15.0
 
@@ -20,20 +20,7 @@ WAIT_S = 15.0
 async def _send_one(url: str, payload: bytes) -> Ack:
     """One framed message on a fresh connection; its ACK."""
     host, _, port = url.removeprefix("tcp://").rpartition(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
-    decoder = MllpDecoder()
-    writer.write(MllpFrame(payload).serialize())
-    await writer.drain()
-    try:
-        while True:
-            chunk = await asyncio.wait_for(reader.read(4096), WAIT_S)
-            assert chunk, "connection closed before the ACK"
-            frames = [f for f in decoder.feed(chunk) if isinstance(f, MllpFrame)]
-            if frames:
-                return parse_ack(frames[0].payload)
-    finally:
-        writer.close()
-        await writer.wait_closed()
+    return await send_one(host, int(port), payload, timeout_s=WAIT_S)
 
 
 def _spoof(ahead_s: float, control_id: str) -> bytes:

@@ -21,19 +21,17 @@ from drivers.backoff import Backoff
 from drivers.hl7 import (
     Ack,
     AckCode,
-    MllpDecoder,
-    MllpFrame,
     Parameter,
     ReceiverConfig,
     VitalsListener,
     VitalsSample,
     build_oru,
-    parse_ack,
 )
 from sim_devices.clock import SimClock
 from sim_devices.monitor import AckResult, Monitor
 from sim_devices.patient_model import Doses
 from sim_devices.scenario import load_scenario
+from tests.vitals.mllp_peer import send_one
 
 T0 = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 WAIT_S = 5.0
@@ -88,20 +86,7 @@ def _monitor(clock: Clock, acks: asyncio.Queue[AckResult]) -> Monitor:
 
 async def _send_one(port: int, payload: bytes) -> Ack:
     """Send one framed message on a fresh connection and read its ACK."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    decoder = MllpDecoder()
-    writer.write(MllpFrame(payload).serialize())
-    await writer.drain()
-    try:
-        while True:
-            chunk = await asyncio.wait_for(reader.read(4096), WAIT_S)
-            assert chunk, "connection closed before the ACK"
-            frames = [f for f in decoder.feed(chunk) if isinstance(f, MllpFrame)]
-            if frames:
-                return parse_ack(frames[0].payload)
-    finally:
-        writer.close()
-        await writer.wait_closed()
+    return await send_one("127.0.0.1", port, payload, timeout_s=WAIT_S)
 
 
 def _spoof(stamp: datetime, map_value: int = 50) -> bytes:
