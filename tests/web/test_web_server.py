@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from daemon.errors import ConfigError
-from daemon.web_server import MAX_HEAD_BYTES, WebServer, load_assets, route
+from daemon.web_server import MAX_HEAD_BYTES, MAX_HEADERS, WebServer, load_assets
 
 WEB = Path(__file__).resolve().parents[2] / "daemon" / "web"
 WS_URL = "ws://127.0.0.1:9001/"
@@ -75,6 +75,7 @@ async def test_config_json_tells_the_page_the_broker_and_gateway() -> None:
         "broker_ws_url": "wss://gw.example:8884/mqtt",
         "gateway": "bed-7_gw",
     }
+    assert "default-src 'self'" in headers["content-security-policy"]
 
 
 @pytest.mark.asyncio
@@ -126,20 +127,29 @@ async def test_malformed_request_lines_are_400(raw: bytes) -> None:
 
 
 @pytest.mark.asyncio
-async def test_oversized_request_head_is_431_and_the_server_keeps_serving() -> None:
-    """A head over the cap is answered 431 without buffering it all; the next request works."""
+async def test_oversized_request_head_is_refused_and_the_server_keeps_serving() -> None:
+    """A header line over the cap is refused (400) by the parser before any handler runs,
+    without buffering it all; the next request works."""
     async with WebServer(broker_ws_url=WS_URL, gateway="demo") as srv:
         huge = b"GET / HTTP/1.1\r\nX-Pad: " + b"a" * (MAX_HEAD_BYTES * 2) + b"\r\n\r\n"
-        status, _, _ = await request(srv.port, huge)
-        assert status == 431
+        status, _, body = await request(srv.port, huge)
+        assert status == 400
+        assert b"app.js" not in body
         status, _, _ = await get(srv.port, "/")
     assert status == 200
 
 
-def test_too_many_header_lines_are_431() -> None:
-    """More than MAX_HEADERS header lines: 431 (route is pure, so no socket needed)."""
-    head = b"GET / HTTP/1.1\r\n" + b"X: y\r\n" * 101
-    assert route(head.rstrip(b"\r\n"), load_assets()).startswith(b"HTTP/1.1 431 ")
+@pytest.mark.asyncio
+async def test_too_many_header_lines_are_refused() -> None:
+    """More than MAX_HEADERS header lines: 400, the dashboard is not served."""
+    async with WebServer(broker_ws_url=WS_URL, gateway="demo") as srv:
+        head = b"GET / HTTP/1.1\r\n" + b"X: y\r\n" * (MAX_HEADERS + 1) + b"\r\n"
+        status, _, body = await request(srv.port, head)
+        assert status == 400
+        assert b"<html" not in body.lower()
+        head = b"GET / HTTP/1.1\r\nHost: x\r\n" + b"X: y\r\n" * 10 + b"\r\n"
+        status, _, _ = await request(srv.port, head)
+    assert status == 200
 
 
 @pytest.mark.asyncio
