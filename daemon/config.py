@@ -269,6 +269,45 @@ class JournalConfig(_Section):
     )
 
 
+def _listen_address(value: str) -> str:
+    """``HOST:PORT`` (``[v6]:PORT`` for IPv6), port 0..65535; ValueError says what is wrong."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host:
+        raise ValueError("must be HOST:PORT, e.g. 127.0.0.1:8080")
+    if not (port.isascii() and port.isdigit() and int(port) <= 65_535):
+        raise ValueError(f"port {port!r} must be a number in 0..65535")
+    if host.startswith("[") != host.endswith("]") or (":" in host and not host.startswith("[")):
+        raise ValueError("an IPv6 host goes in brackets: [::1]:8080")
+    return value
+
+
+class HttpConfig(_Section):
+    """The HTTP server: the web dashboard, the history API and ``/metrics``."""
+
+    listen: Annotated[str, AfterValidator(_listen_address)] = Field(
+        description=(
+            "`HOST:PORT` to serve on, e.g. `127.0.0.1:8080` (`[::1]:8080` for IPv6, port 0: "
+            "any free port). The API has no authentication: keep it on loopback or a "
+            "trusted network."
+        ),
+    )
+    broker_ws_url: Annotated[str, StringConstraints(pattern=r"^wss?://")] | None = Field(
+        default=None,
+        description=(
+            "The broker's WebSocket URL that the dashboard connects to (`ws://` or `wss://`); "
+            "without it the page shows the journal's history but no live data."
+        ),
+    )
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
 class LibraryConfig(_Section):
     """The drug library: which file, and who may replace it while the daemon runs."""
 
@@ -425,6 +464,11 @@ class Config(BaseSettings):
         default=None,
         description="IHE PCD PIV orders in; each becomes a pending program that a clinician "
         "confirms. Off when absent.",
+    )
+    http: HttpConfig | None = Field(
+        default=None,
+        description="The HTTP server (dashboard, `/api/events`, `/api/history`, `/metrics`); "
+        "off when absent.",
     )
     beds: dict[TopicId, BedConfig] = Field(
         default_factory=dict, description="What the hospital knows about each bed, by bed id."

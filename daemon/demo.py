@@ -245,12 +245,6 @@ async def running_demo(
             broker_url, ws_url, protocol = mqtt.url, mqtt.ws_url, "3.1.1"
         else:
             broker_url, ws_url, protocol = broker, broker_ws, "5"
-        dashboard: str | None = None
-        if ws_url is not None:
-            web = await stack.enter_async_context(
-                WebServer(HOST, web_port, broker_ws_url=ws_url, gateway=gateway_id)
-            )
-            dashboard = web.url
         if ehr_sim and hl7_out is None:
             ehr = EhrSimulator(host=HOST, on_message=lambda m: print(m.line(), flush=True))  # noqa: T201
             await ehr.start()
@@ -268,7 +262,7 @@ async def running_demo(
             modbus_url=served.url,
             newera_url=f"socket://{HOST}:{newera.port}",
             vitals_url=f"tcp://{HOST}:0",  # the listener binds; its port is read back below
-            dashboard_url=dashboard,
+            dashboard_url=None,  # set below, once the server is bound
             phd_url=phd_chain.url if phd else None,
             hl7_out_url=hl7_out,
             piv_url=piv_listen,
@@ -289,6 +283,17 @@ async def running_demo(
                 piv_url=endpoints.piv_url,
             )
         )
+        if ws_url is not None:
+            web = await stack.enter_async_context(
+                WebServer(
+                    HOST,
+                    web_port,
+                    broker_ws_url=ws_url,
+                    gateway=gateway_id,
+                    history=gateway.history(),
+                )
+            )
+            endpoints = dataclasses.replace(endpoints, dashboard_url=web.url)
         async with asyncio.TaskGroup() as tg:
             gw_task = tg.create_task(gateway.run(), name="gateway")
             ready = tg.create_task(gateway.ready.wait(), name="gateway-ready")

@@ -1228,6 +1228,11 @@ class AsyncJournal:
         """The seq of the latest committed event: what non-event envelopes carry."""
         return self._seq
 
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`aclose` has begun (no job is taken any more)."""
+        return self._closed
+
     async def aclose(self) -> None:
         """Finish queued jobs, then close the file."""
         if self._closed:

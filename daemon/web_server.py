@@ -46,6 +46,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from daemon.envelope import encode
 from daemon.errors import ConfigError
 from daemon.history import History, HistoryQueryError, JournalNotReady, problems_document
+from daemon.journal import JournalError
 from daemon.timefmt import utc_now
 from daemon.topics import is_topic_id
 
@@ -297,6 +298,6 @@ class WebServer:
             document = await read(list(request.query.items()), now=self._clock())
         except HistoryQueryError as exc:
             return _json(400, problems_document(exc.problems))
-        except JournalNotReady as exc:
+        except (JournalNotReady, JournalError) as exc:
             return _json(503, {"error": "not_ready", "message": str(exc)})
         return _json(200, document)
