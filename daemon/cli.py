@@ -196,6 +196,26 @@ def _add_pharmacy_parsers(
     p.set_defaults(target="daemon.pharmacy.report:run")
 
 
+def _add_watch_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``infusiond watch``: the live terminal view."""
+    p = sub.add_parser("watch", help="live terminal view of every pump and bed")
+    p.add_argument("--broker", default="mqtt://127.0.0.1:1883", metavar="URL")
+    p.add_argument("--gateway", default="+", metavar="ID", help="gateway id (default: all)")
+    p.add_argument(
+        "--once",
+        action="store_true",
+        help="print one frame of retained state and exit (1 when the broker cannot be reached "
+        "or no pump state arrived)",
+    )
+    p.add_argument(
+        "--http",
+        metavar="URL",
+        help="the daemon's HTTP server (e.g. http://127.0.0.1:8080): recent events are loaded "
+        "from its history API at start",
+    )
+    p.set_defaults(target="daemon.watch:run")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser; subcommands set ``args.target`` to 'module:function'."""
     parser = argparse.ArgumentParser(
@@ -266,11 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.set_defaults(target="daemon.journal_cmd:run")
     _add_replay_parser(jsub)
 
-    p = sub.add_parser("watch", help="live terminal view of every pump and bed")
-    p.add_argument("--broker", default="mqtt://127.0.0.1:1883", metavar="URL")
-    p.add_argument("--gateway", default="+", metavar="ID", help="gateway id (default: all)")
-    p.add_argument("--once", action="store_true", help="print one frame of retained state, exit")
-    p.set_defaults(target="daemon.watch:run")
+    _add_watch_parser(sub)
     return parser
 
 
