@@ -378,7 +378,8 @@ def banner(ep: DemoEndpoints, pumps: int, out: TextIO) -> None:
         ),
         "Watch everything:",
         f"  mosquitto_sub -h {host} -p {port} -t '{root}/#' -v",
-        f"  {_self_command()} watch --broker {ep.broker_url} --gateway {ep.gateway_id}",
+        f"  {_self_command()} watch --broker {ep.broker_url} --gateway {ep.gateway_id}"
+        + (f" --http {ep.dashboard_url}" if ep.dashboard_url else ""),
         "",
         "Titrate pump-1 to 0.06 ug/kg/min (= 63.0 mL/h; answered accepted, then applied):",
         f"  mosquitto_pub -h {host} -p {port} -q 1 -t '{root}/pump/pump-1/command' -m '{command}'",

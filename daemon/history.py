@@ -164,19 +164,21 @@ def _point(row: JournalRow, dose_of: DoseOf | None, program_n: int) -> dict[str,
     if kind == "rate_changed":
         to = event.get("to") or {}
         rate, dose = to.get("rate"), to.get("dose")
-    elif kind == "delivery_started":
+    elif kind == "delivery_started" or (
+        kind == "connection_changed" and event.get("connection") == "online"
+    ):
         rate = event.get("rate")
+        if not rate:
+            return None  # (re)connected without a reading: the next poll's events say more
         # a dose is derived only under the program still running (none changed since)
-        if rate and dose_of is not None and row.n > program_n and row.pump_id is not None:
+        if dose_of is not None and row.n > program_n and row.pump_id is not None:
             dose = dose_of(row.pump_id, float(rate["value"]))
     elif kind == "delivery_stopped":
         rate = {"value": 0.0, "unit": "mL/h"}
         if dose_of is not None and row.pump_id is not None:
             dose = dose_of(row.pump_id, 0.0)
     elif kind == "connection_changed":
-        if event.get("connection") == "online":
-            return None  # the next poll's events say what it runs
-        rate = None  # offline: nothing is known until it answers again
+        rate = None  # offline or connecting: nothing is known until it answers again
     else:
         return None
     return {"ts": row.ts, "rate": rate, "dose": dose, "why": kind}

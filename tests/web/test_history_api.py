@@ -247,3 +247,38 @@ def test_event_types_are_the_published_schemas() -> None:
     """The API reads every pump.event type the schema publishes, and no other."""
     schema = json.loads((SCHEMAS / "infusiond.pump.event-1.json").read_text())
     assert set(EVENT_TYPES) == set(schema["$defs"]["data"]["properties"]["type"]["enum"])
+
+
+@pytest.mark.asyncio
+async def test_the_operator_guide_shows_the_real_400(journal: AsyncJournal) -> None:
+    """The guide's example of a refused query is byte for byte what the server answers."""
+    guide = (SCHEMAS.parent / "operator-guide.md").read_text()
+    shown = next(line for line in guide.splitlines() if line.startswith('{"error":"bad_query"'))
+    async with (
+        server(journal) as srv,
+        aiohttp.ClientSession() as session,
+        session.get(f"{srv.url}api/events?since=2d&limit=5000") as resp,
+    ):
+        assert resp.status == 400
+        assert (await resp.read()).decode() == shown
+
+
+@pytest.mark.asyncio
+async def test_history_marks_connections_online_with_their_rate_and_offline_as_unknown(
+    tmp_path: Path,
+) -> None:
+    """A connection (online, with the rate read then) is a point with that rate and its dose;
+    going offline is a point with rate and dose unknown (null), not a zero."""
+    async with await AsyncJournal.open(tmp_path / "d2", gateway_id="gw") as j:
+        online = {"type": "connection_changed", "connection": "online", "rate": rate(52.5)}
+        await j.record_event("pump-2", online, ts=NOW - timedelta(minutes=15))
+        offline = {"type": "connection_changed", "connection": "offline", "previous": "online"}
+        await j.record_event("pump-2", offline, ts=NOW - timedelta(minutes=10))
+        async with server(j) as srv:
+            status, body, _ = await get(srv, "api/history?pump=pump-2")
+    assert status == 200
+    points = body["data"]["pumps"]["pump-2"]["points"]
+    assert [(p["why"], p["rate"], p["dose"]) for p in points] == [
+        ("connection_changed", rate(52.5), dose(0.525)),
+        ("connection_changed", None, None),
+    ]
