@@ -14,6 +14,7 @@ import pytest
 from daemon.demo import running_demo
 from tests.e2e.harness import command, dose
 from tests.support.procs import Mosquitto
+from tests.web.conftest import check_api_answer
 
 pytestmark = pytest.mark.slow
 
@@ -40,10 +41,14 @@ async def test_demo_history_api_shows_a_titration(
         async with aiohttp.ClientSession() as session:
             async with session.get(f"{endpoints.dashboard_url}api/events?pump=pump-1") as resp:
                 assert resp.status == 200
-                events = (await resp.json())["data"]["events"]
+                answer = await resp.json()
+                check_api_answer(resp.status, answer)
+                events = answer["data"]["events"]
             async with session.get(f"{endpoints.dashboard_url}api/history?pump=pump-1") as resp:
                 assert resp.status == 200
-                series = (await resp.json())["data"]["pumps"]["pump-1"]["points"]
+                answer = await resp.json()
+                check_api_answer(resp.status, answer)
+                series = answer["data"]["pumps"]["pump-1"]["points"]
             async with session.get(f"{endpoints.dashboard_url}config.json") as resp:
                 config = await resp.json()
     changes = [e["data"] for e in events if e["data"]["type"] == "rate_changed"]

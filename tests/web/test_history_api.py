@@ -12,11 +12,13 @@ from typing import Any
 import aiohttp
 import pytest
 import pytest_asyncio
+from jsonschema import Draft202012Validator
 from prometheus_client import CollectorRegistry, Counter
 
 from daemon.history import EVENT_TYPES, MAX_ROWS, History
 from daemon.journal import AsyncJournal
 from daemon.web_server import WebServer
+from tests.web.conftest import check_api_answer
 
 NOW = datetime(2026, 12, 6, 12, 0, 0, tzinfo=UTC)
 WS_URL = "ws://127.0.0.1:9001/"
@@ -81,8 +83,11 @@ def server(journal: AsyncJournal | None, **kwargs: Any) -> WebServer:
 async def get(
     srv: WebServer, path: str
 ) -> tuple[int, dict[str, Any], aiohttp.typedefs.LooseHeaders]:
+    """GET an API path; the answer is checked against its published schema first."""
     async with aiohttp.ClientSession() as session, session.get(f"{srv.url}{path}") as resp:
-        return resp.status, json.loads(await resp.read()), resp.headers
+        body = json.loads(await resp.read())
+        check_api_answer(resp.status, body)
+        return resp.status, body, resp.headers
 
 
 @pytest.mark.asyncio
@@ -282,3 +287,17 @@ async def test_history_marks_connections_online_with_their_rate_and_offline_as_u
         ("connection_changed", rate(52.5), dose(0.525)),
         ("connection_changed", None, None),
     ]
+
+
+def test_api_schemas_are_draft_2020_12_named_by_their_id() -> None:
+    """docs/schemas/http holds the API's answers' schemas: valid, $id = file name."""
+    paths = sorted((SCHEMAS / "http").glob("*.json"))
+    assert [p.name for p in paths] == [
+        "infusiond.api.error-1.json",
+        "infusiond.api.events-1.json",
+        "infusiond.api.history-1.json",
+    ]
+    for path in paths:
+        schema = json.loads(path.read_text())
+        Draft202012Validator.check_schema(schema)
+        assert schema["$id"].replace("/", "-") + ".json" == path.name
