@@ -196,3 +196,20 @@ def test_a_package_without_index_html_is_a_config_error() -> None:
     """Missing package data (e.g. a wheel built without it) fails at start, naming the file."""
     with pytest.raises(ConfigError, match=r"tests\.web: index\.html is missing"):
         load_assets("tests.web")
+
+
+@pytest.mark.asyncio
+async def test_a_silent_client_is_dropped_after_the_head_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A client that connects and sends nothing (or half a head) is disconnected, not kept."""
+    monkeypatch.setattr("daemon.web_server.HEAD_TIMEOUT_S", 0.3)
+    async with WebServer(broker_ws_url=WS_URL, gateway="demo") as srv:
+        for first in (b"", b"GET / HTTP/1.1\r\nHost: x\r\n"):
+            reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+            writer.write(first)
+            await writer.drain()
+            async with asyncio.timeout(10):
+                assert await reader.read() == b""  # EOF: the server closed it
+            writer.close()
+            await writer.wait_closed()
