@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -41,6 +42,7 @@ from typing import Any, Self
 
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from daemon.envelope import encode
@@ -58,6 +60,26 @@ MAX_HEADERS = 100
 HEAD_TIMEOUT_S = 10.0
 WRITE_TIMEOUT_S = 10.0
 SHUTDOWN_TIMEOUT_S = 2.0
+
+
+class _ClientErrorsAsOneLine(logging.Filter):
+    """aiohttp logs every malformed request at ERROR with a traceback: a port scanner or a
+    confused client would flood the journal with tracebacks about *their* bytes. A client's
+    protocol error (a 4xx from the parser) becomes one WARNING line naming the peer and the
+    problem; our own errors (5xx, handler exceptions) keep their traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError) and exc.code < 500:
+            peer = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.msg, record.args = "bad HTTP request from %s: %s", (peer, exc.message)
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+HTTP_LOG = logging.getLogger("infusiond.http")
+HTTP_LOG.addFilter(_ClientErrorsAsOneLine())
 ALLOWED_METHODS = ("GET", "HEAD")
 
 CONTENT_TYPES = {
@@ -257,6 +279,7 @@ class WebServer:
             self.app(),
             handle_signals=False,
             access_log=None,
+            logger=HTTP_LOG,
             shutdown_timeout=SHUTDOWN_TIMEOUT_S,
             keepalive_timeout=HEAD_TIMEOUT_S,
             max_line_size=MAX_HEAD_BYTES,

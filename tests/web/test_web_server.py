@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from pathlib import Path
 
 import pytest
 
 from daemon.errors import ConfigError
-from daemon.web_server import MAX_HEAD_BYTES, MAX_HEADERS, WebServer, load_assets
+from daemon.web_server import HTTP_LOG, MAX_HEAD_BYTES, MAX_HEADERS, WebServer, load_assets
 
 WEB = Path(__file__).resolve().parents[2] / "daemon" / "web"
 WS_URL = "ws://127.0.0.1:9001/"
@@ -213,3 +214,21 @@ async def test_a_silent_client_is_dropped_after_the_head_timeout(
                 assert await reader.read() == b""  # EOF: the server closed it
             writer.close()
             await writer.wait_closed()
+
+
+@pytest.mark.asyncio
+async def test_a_malformed_request_is_logged_as_one_warning_line_without_traceback() -> None:
+    """Junk on the port is the client's problem: one WARNING naming the peer, no traceback."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    HTTP_LOG.addHandler(handler)
+    try:
+        async with WebServer(broker_ws_url=WS_URL, gateway="demo") as srv:
+            status, _, _ = await request(srv.port, b"GET index.html HTTP/1.1\r\n\r\n")
+    finally:
+        HTTP_LOG.removeHandler(handler)
+    assert status == 400
+    assert [r.levelname for r in records] == ["WARNING"]
+    assert records[0].exc_info is None
+    assert records[0].getMessage().startswith("bad HTTP request from 127.0.0.1: ")
