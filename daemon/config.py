@@ -145,7 +145,13 @@ class ControlConfig(_Section):
             "path of a file holding the key (see daemon.signing). Never the key itself."
         ),
     )
-    require_signature: bool = False
+    require_signature: bool = Field(
+        default=False,
+        description=(
+            'Refuse every command that carries no valid "sig" (HMAC-SHA256 by one of `keys`); '
+            "a command that carries one is verified either way."
+        ),
+    )
 
     @model_validator(mode="after")
     def _allowlist_when_enabled(self) -> Self:
