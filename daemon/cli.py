@@ -227,6 +227,36 @@ def _add_pharmacy_parsers(
     p.set_defaults(target="daemon.pharmacy.report:run")
 
 
+def _add_check_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``check`` (daemon/check_cmd.py)."""
+    p = sub.add_parser("check", help="check a request (JSON on stdin) -> verdict JSON on stdout")
+    p.add_argument("--library", metavar="PATH", help="drug library (default: shipped example)")
+    p.set_defaults(target="daemon.check_cmd:run")
+
+
+def _add_operator_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``config check`` (daemon/config_cmd.py) and ``doctor`` (daemon/doctor.py)."""
+    p = sub.add_parser("config", help="configuration tools")
+    csub = p.add_subparsers(dest="config_cmd", metavar="ACTION", required=True)
+    sp = csub.add_parser("check", help="list every problem of a configuration (exit 1 if any)")
+    sp.add_argument("--config", required=True, metavar="PATH", help="TOML configuration file")
+    sp.set_defaults(target="daemon.config_cmd:run")
+
+    p = sub.add_parser(
+        "doctor", help="check config, library, data dir, broker, pumps and vitals sources in turn"
+    )
+    p.add_argument("--config", required=True, metavar="PATH", help="TOML configuration file")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="seconds allowed for each network or device check (default: 5)",
+    )
+    p.add_argument("--json", action="store_true", help="one JSON object per check, one per line")
+    p.set_defaults(target="daemon.doctor:run")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser; subcommands set ``args.target`` to 'module:function'."""
     parser = argparse.ArgumentParser(
@@ -274,9 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_ehr_sim_parser(simsub)
 
-    p = sub.add_parser("check", help="check a request (JSON on stdin) -> verdict JSON on stdout")
-    p.add_argument("--library", metavar="PATH", help="drug library (default: shipped example)")
-    p.set_defaults(target="daemon.check_cmd:run")
+    _add_check_parser(sub)
 
     p = sub.add_parser("library", help="drug library tools")
     libsub = p.add_subparsers(dest="library_cmd", metavar="ACTION", required=True)
@@ -296,6 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
         _add_data_dir(sp)
         sp.set_defaults(target="daemon.journal_cmd:run")
     _add_replay_parser(jsub)
+
+    _add_operator_parsers(sub)
 
     p = sub.add_parser("watch", help="live terminal view of every pump and bed")
     p.add_argument(

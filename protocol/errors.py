@@ -11,11 +11,12 @@ class InfusiondError(Exception):
     """Root exception: everything infusiond raises deliberately derives from it.
 
     ``problems`` holds every problem found, each a complete sentence naming its field, so that
-    a command-line tool can print one per line; the message joins them with ``"; "``.
+    a command-line tool can print one per line; the message is ``context`` followed by the
+    problems joined with ``"; "``.
     """
 
-    def __init__(self, *problems: str) -> None:
-        super().__init__("; ".join(problems))
+    def __init__(self, *problems: str, context: str = "") -> None:
+        super().__init__(context + "; ".join(problems))
         self.problems: tuple[str, ...] = problems
 
 
