@@ -1,14 +1,17 @@
-"""docs/modbus.md and docs/newera.md say what the data files the driver reads say."""
+"""docs/modbus.md, docs/newera.md and docs/hl7-vitals.md say what the data files the drivers
+read say."""
 
 from __future__ import annotations
 
 import re
 import tomllib
+from datetime import UTC, datetime
 from decimal import Decimal
 
+from drivers.hl7.oru import parse_oru
 from drivers.modbus.regmap import PROFILES_DIR
 from drivers.newera.frames import crc16_xmodem
-from tests.docs.docs_text import DOCS
+from tests.docs.docs_text import DOCS, blocks
 
 MODBUS = DOCS / "modbus.md"
 NEWERA = DOCS / "newera.md"
@@ -76,3 +79,35 @@ def test_newera_md_shows_the_safe_mode_test_vector_the_code_computes() -> None:
     text = NEWERA.read_text(encoding="utf-8")
     assert f"0x{crc16_xmodem(b'SAF0'):04X}" in text
     assert "02 08 53 41 46 30 55 43 03" in text
+
+
+HL7 = DOCS / "hl7-vitals.md"
+
+
+def test_hl7_vitals_md_lists_every_code_and_unit_of_the_code_table() -> None:
+    """Every OBX-3 code (with its parameter, system, name and preference) and every unit with
+    its aliases and range in drivers/hl7/codes.toml has its row, and no other row exists."""
+    path = DOCS.parent / "drivers" / "hl7" / "codes.toml"
+    table = tomllib.loads(path.read_text(encoding="utf-8"))
+    text = HL7.read_text(encoding="utf-8")
+    expected = [
+        [f"`{c['parameter']}`", f"`{e['code']}`", f"`{e['system']}`", e["name"], str(e["rank"])]
+        for c in table["codes"]
+        for e in c["entries"]
+    ]
+    assert table_rows(text, "| parameter | OBX-3 code |") == expected
+    units = table_rows(text, "| unit (UCUM) |")
+    assert [row[0] for row in units] == [f"`{u['ucum']}`" for u in table["units"]]
+    for row, unit in zip(units, table["units"], strict=True):
+        for alias in (*unit["aliases"], *unit["mdc"]):
+            assert f"`{alias}`" in row[1]
+        assert row[3] == f"{unit['range']['min']}-{unit['range']['max']}"
+
+
+def test_the_sample_oru_message_is_accepted_with_all_five_values() -> None:
+    """The sample message on the page parses: MAP, SBP, DBP, HR and SpO2 of bed-1."""
+    (sample,) = [b for b in blocks(HL7) if b.lang == "text" and b.text.startswith("MSH|")]
+    payload = sample.text.strip().replace("\n", "\r").encode()
+    parsed = parse_oru(payload, now=datetime(2026, 11, 26, 10, 0, tzinfo=UTC))
+    assert parsed.bed == "bed-1"
+    assert {p.value for p in parsed.observations} == {"map", "sbp", "dbp", "hr", "spo2"}
