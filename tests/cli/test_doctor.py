@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pwd
 import socket
 import sqlite3
 import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,6 +28,7 @@ from sim_devices.newera_server import NewEraSimulator, PumpSetup
 from tests.support.procs import Mosquitto
 
 TIMEOUT_S = 1.0
+ROOT = Path(__file__).resolve().parents[2]
 T0 = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
 
 
@@ -326,3 +329,26 @@ async def test_a_vitals_peer_is_reached_or_reported_unreachable(
     assert not ok
     assert findings[-1].status is Status.FAIL
     assert "vitals[0].connect" in findings[-1].fix
+
+
+def test_the_command_prints_one_json_object_per_check_and_exits_1(tmp_path: Path) -> None:
+    """`infusiond doctor --json` on an invalid config: a FAIL object with its fix, then
+    `skipped` objects; exit 1, nothing on stderr."""
+    path = tmp_path / "bad.toml"
+    path.write_text('gateway_id = "bad id"\n', encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "daemon.cli", "doctor", "--config", str(path), "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        timeout=120,
+    )
+    assert (proc.returncode, proc.stderr) == (1, "")
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert lines[0]["status"] == "FAIL"
+    assert lines[0]["check"] == f"config {path}"
+    assert "gateway_id" in lines[0]["detail"]
+    assert lines[0]["fix"]
+    assert {line["status"] for line in lines[1:]} == {"skipped"}
