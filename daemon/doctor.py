@@ -393,6 +393,8 @@ def _pump_fix(where: str, exc: BaseException) -> str:
         return f"is the serial adapter plugged in? check {where}.url"
     if isinstance(cause, PermissionError):
         return "add the service user to the dialout group"
+    if "syringe" in str(exc):
+        return f"load the configured syringe, or set {where}.syringe_diameter_mm to the one loaded"
     return f"check {where} (url, driver, unit_id/address) and the pump itself"
 
 

@@ -25,6 +25,8 @@ from daemon.paths import journal_path
 from sim_devices.modbus_pump import PumpConfig as ModbusSetup
 from sim_devices.modbus_server import ModbusPumpSimulator
 from sim_devices.newera_server import NewEraSimulator, PumpSetup
+from sim_devices.phd_server import PhdSimulator
+from sim_devices.phd_server import PumpSetup as PhdSetup
 from tests.support.procs import Mosquitto
 
 TIMEOUT_S = 1.0
@@ -352,3 +354,86 @@ def test_the_command_prints_one_json_object_per_check_and_exits_1(tmp_path: Path
     assert "gateway_id" in lines[0]["detail"]
     assert lines[0]["fix"]
     assert {line["status"] for line in lines[1:]} == {"skipped"}
+
+
+PHD_PUMP = """
+[[pumps]]
+id = "pump-phd"
+driver = "phd"
+url = "{url}"
+syringe_diameter_mm = {diameter}
+drug = "norepinephrine"
+concentration = {{ value = 16, unit = "ug/mL" }}
+diluent = "D5W"
+route = "central"
+library_profile = "adult-icu"
+weight_kg = 70
+"""
+
+
+@pytest.mark.asyncio
+async def test_a_phd_pump_is_read_and_a_wrong_syringe_fails(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    """A PHD ULTRA with the configured syringe is `ok`; configured with another diameter, the
+    doctor FAILs with the pump's own diameter and the advice to check the syringe."""
+    phd = PhdSimulator([PhdSetup(address=0, rate_ml_h=Decimal(9), running=True)])
+    async with bench(mosquitto) as b, phd.serving("tcp://127.0.0.1:0"):
+        base = config_text(tmp_path, b)
+        ok, findings = await doctor(tmp_path, base + PHD_PUMP.format(url=phd.url, diameter=26.59))
+        assert ok, [f.line() for f in findings]
+        phd_line = next(f for f in findings if f.check.startswith("pump pump-phd"))
+        assert "infusing" in phd_line.detail
+        ok, findings = await doctor(tmp_path, base + PHD_PUMP.format(url=phd.url, diameter=20))
+    assert not ok
+    phd_line = next(f for f in findings if f.check.startswith("pump pump-phd"))
+    assert phd_line.status is Status.FAIL
+    assert "holds a 26.5900 mm syringe, configured 20.0 mm" in phd_line.detail
+    assert "pumps[2].syringe_diameter_mm" in phd_line.fix
+
+
+HOLD_LOCK = """
+import sys
+from pathlib import Path
+from daemon.paths import lock_data_dir
+with lock_data_dir(Path(sys.argv[1])):
+    print("locked", flush=True)
+    sys.stdin.read()
+"""
+
+
+@contextlib.contextmanager
+def running_daemon(data_dir: Path) -> Iterator[int]:
+    """A process holding the data dir's lock the way `infusiond run` does; yields its pid."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(data_dir)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=env,
+    ) as proc:
+        assert proc.stdout is not None
+        assert proc.stdin is not None
+        try:
+            assert proc.stdout.readline() == b"locked\n"
+            yield proc.pid
+        finally:
+            proc.stdin.close()  # the holder exits when its stdin ends
+            proc.wait(timeout=30)
+            proc.stdout.close()
+
+
+@pytest.mark.asyncio
+async def test_a_running_daemon_is_reported_and_its_listener_port_is_not_a_failure(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    """With another process holding the journal's lock, the data dir line says a daemon runs
+    (with its pid) and the MLLP port it listens on is `ok`, not "in use by another program"."""
+    (tmp_path / "data").mkdir()
+    with running_daemon(tmp_path / "data") as pid, taken_port() as port:
+        async with bench(mosquitto) as b:
+            text = config_text(tmp_path, b, vitals=f"mllp://127.0.0.1:{port}")
+            ok, findings = await doctor(tmp_path, text)
+    assert ok, [f.line() for f in findings]
+    assert f"in use by a running infusiond (pid {pid})" in findings[2].detail
+    assert findings[-1].detail == f"port {port} in use, by the running infusiond (pid {pid})"
