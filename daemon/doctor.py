@@ -97,40 +97,42 @@ class _Context:
 
 
 Check = tuple[str, Callable[[], Awaitable[str]]]
+SKIPPED = "not checked (an earlier check failed)"
 
 
 async def diagnose(path: Path, timeout_s: float, report: Callable[[Finding], None]) -> bool:
     """Run every check in order, calling ``report`` with each finding as it is made; True
-    when everything is usable."""
+    when everything is usable. After the first failure the remaining checks are reported
+    ``skipped`` (with an unusable config, by kind: its pumps and sources are unknown)."""
     ctx = _Context(path, timeout_s)
-    pending: list[Check] = [
-        (f"config {path}", lambda: _config(ctx)),
-        ("library", lambda: _library(ctx)),
+    if not await _run(f"config {path}", partial(_config, ctx), report):
+        for kind in ("library", "data dir", "broker", "pumps", "vitals"):
+            report(Finding(kind, Status.SKIPPED, SKIPPED))
+        return False
+    assert ctx.config is not None
+    checks: list[Check] = [
+        (f"library {library_path(ctx.config)}", partial(_library, ctx)),
+        *_later_checks(ctx),
     ]
-    failed = False
-    while pending:
-        name, check = pending.pop(0)
-        if failed:
-            report(Finding(name, Status.SKIPPED, "not checked (an earlier check failed)"))
-            continue
-        if ctx.config is not None and name == "library":
-            name = f"library {library_path(ctx.config)}"
-        try:
-            detail = await check()
-        except Unusable as exc:
-            report(Finding(name, Status.FAIL, exc.detail, exc.fix))
-            failed = True
+    usable = True
+    for name, check in checks:
+        if usable:
+            usable = await _run(name, check, report)
         else:
-            report(Finding(name, Status.OK, detail))
-        if name.startswith("config ") and not failed:
-            pending += _later_checks(ctx)
-        elif name.startswith("config "):
-            pending += [(what, _never) for what in ("data dir", "broker", "pumps", "vitals")]
-    return not failed
+            report(Finding(name, Status.SKIPPED, SKIPPED))
+    return usable
 
 
-async def _never() -> str:  # pragma: no cover - only named, never run (they are skipped)
-    raise AssertionError
+async def _run(
+    name: str, check: Callable[[], Awaitable[str]], report: Callable[[Finding], None]
+) -> bool:
+    try:
+        detail = await check()
+    except Unusable as exc:
+        report(Finding(name, Status.FAIL, exc.detail, exc.fix))
+        return False
+    report(Finding(name, Status.OK, detail))
+    return True
 
 
 def _later_checks(ctx: _Context) -> list[Check]:
