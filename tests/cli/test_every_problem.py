@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import io
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from daemon.cli import main
+from daemon.command_parse import Rejection, parse_command
 from protocol.library import DEFAULT_LIBRARY_PATH
 
 
@@ -62,3 +64,23 @@ def test_library_check_lists_every_load_problem(
     assert len([line for line in lines if "dose_units" in line]) == 2
     assert all(line.startswith("LIB_LOAD: ") for line in lines)
     assert not any("more)" in line for line in lines)
+
+
+def test_an_mqtt_command_with_two_bad_fields_names_both() -> None:
+    """A command missing `by` with a negative dose: one bad_request naming both fields."""
+    payload = json.dumps(
+        {
+            "id": "x1",
+            "issued_at": "2026-11-26T10:00:00Z",
+            "ttl_s": 30,
+            "action": "set_dose",
+            "dose": {"value": -1, "unit": "ug/kg/min"},
+        }
+    ).encode()
+    result = parse_command(payload, now=datetime(2026, 11, 26, 10, 0, 1, tzinfo=UTC))
+    assert isinstance(result, Rejection)
+    assert result.code.value == "bad_request"
+    assert result.message.split("; ") == [
+        "by: required field missing",
+        "dose.value: Input should be greater than or equal to 0",
+    ]
