@@ -27,7 +27,16 @@ from sim_devices.modbus_server import ModbusPumpSimulator
 from sim_devices.newera_server import NewEraSimulator, PumpSetup
 from sim_devices.phd_server import PhdSimulator
 from sim_devices.phd_server import PumpSetup as PhdSetup
+from tests.reliability.harness import GW
+from tests.security.test_broker_tls_acl import (  # the shipped TLS + ACL broker, reused
+    PASSWORDS,
+    ShippedBroker,
+    make_certificates,
+    secured_broker,
+)
 from tests.support.procs import Mosquitto
+
+__all__ = ["secured_broker"]  # a fixture: imported to be used, not called
 
 TIMEOUT_S = 1.0
 ROOT = Path(__file__).resolve().parents[2]
@@ -437,3 +446,42 @@ async def test_a_running_daemon_is_reported_and_its_listener_port_is_not_a_failu
     assert ok, [f.line() for f in findings]
     assert f"in use by a running infusiond (pid {pid})" in findings[2].detail
     assert findings[-1].detail == f"port {port} in use, by the running infusiond (pid {pid})"
+
+
+def tls_config(tmp_path: Path, broker: ShippedBroker, ca: Path, password: str) -> str:
+    user = f"infusiond-{GW}"
+    return f"""
+gateway_id = "{GW}"
+data_dir = "{tmp_path / "data"}"
+
+[broker]
+url = "{broker.url}"
+username = "{user}"
+password = "{password}"
+
+[broker.tls]
+ca_file = "{ca}"
+"""
+
+
+@pytest.mark.asyncio
+async def test_the_broker_check_uses_the_configured_tls_and_credentials(
+    tmp_path: Path, secured_broker: ShippedBroker
+) -> None:
+    """Against the shipped TLS + ACL broker: the right CA and password pass (`TLS, as ...`);
+    a CA that did not sign the broker's certificate FAILs as a TLS problem naming ca_file."""
+    broker = secured_broker
+    right_password = PASSWORDS[f"infusiond-{GW}"]
+    ok, findings = await doctor(
+        tmp_path, tls_config(tmp_path, broker, broker.etc / "ca.pem", right_password)
+    )
+    assert ok, [f.line() for f in findings]
+    assert f"TLS, as infusiond-{GW}" in findings[3].detail
+    other = tmp_path / "other-ca"
+    other.mkdir()
+    wrong_ca, _crt, _key = make_certificates(other)
+    ok, findings = await doctor(tmp_path, tls_config(tmp_path, broker, wrong_ca, right_password))
+    assert not ok
+    assert findings[3].status is Status.FAIL
+    assert "TLS handshake failed" in findings[3].detail
+    assert "[broker.tls].ca_file" in findings[3].fix
