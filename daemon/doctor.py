@@ -10,7 +10,8 @@ unusable item ends the run with exit 1; the checks after it print ``skipped``.
 
 The doctor may run beside a running daemon: it connects to the broker with its own client id
 (``<client_id>-doctor``, so the daemon keeps its session and no last will is published), says
-that a daemon holds the journal, and leaves serial ports that daemon owns alone.
+that a daemon holds the journal, and leaves the serial lines that daemon owns alone (a query of
+its own could take the place of a reply the daemon waits for).
 """
 
 from __future__ import annotations

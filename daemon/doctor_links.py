@@ -157,8 +157,11 @@ def _root_cause(exc: BaseException) -> BaseException:
 
 async def check_pump(ctx: Context, index: int, pump: PumpConfig) -> str:
     where = f"pumps[{index}]"
-    if ctx.daemon_running and pump.url.startswith("/"):
-        return "not opened: the running infusiond owns this serial port"
+    if ctx.daemon_running and (pump.url.startswith("/") or pump.driver != "modbus"):
+        # A serial line (or a serial server's one connection) is the daemon's: a query of ours
+        # could take the place of a reply it waits for and make its command `uncertain`.
+        # Modbus TCP keeps each client's transactions apart, so that read is safe.
+        return "not opened: the running infusiond owns this serial line"
     driver = make_driver(pump)
     try:
         async with asyncio.timeout(ctx.timeout_s):

@@ -437,7 +437,8 @@ async def test_a_running_daemon_is_reported_and_its_listener_port_is_not_a_failu
     tmp_path: Path, mosquitto: Mosquitto
 ) -> None:
     """With another process holding the journal's lock, the data dir line says a daemon runs
-    (with its pid) and the MLLP port it listens on is `ok`, not "in use by another program"."""
+    (with its pid), the New Era pump's line is left to it, and the MLLP port it listens on is
+    `ok`, not "in use by another program"."""
     (tmp_path / "data").mkdir()
     with running_daemon(tmp_path / "data") as pid, taken_port() as port:
         async with bench(mosquitto) as b:
@@ -445,6 +446,9 @@ async def test_a_running_daemon_is_reported_and_its_listener_port_is_not_a_failu
             ok, findings = await doctor(tmp_path, text)
     assert ok, [f.line() for f in findings]
     assert f"in use by a running infusiond (pid {pid})" in findings[2].detail
+    modbus, newera = findings[4], findings[5]
+    assert "infusing" in modbus.detail  # Modbus TCP: the read is safe beside the daemon
+    assert newera.detail == "not opened: the running infusiond owns this serial line"
     assert findings[-1].detail == f"port {port} in use, by the running infusiond (pid {pid})"
 
 
