@@ -213,6 +213,9 @@ async def check_vitals(ctx: Context, index: int, source: VitalsSource) -> str:
     host, port = parts.hostname or "", parts.port or 0
     if source.listen is not None:
         return await check_bindable(ctx, f"vitals[{index}].listen", host, port)
+    if ctx.daemon_running:
+        # a monitor gateway may send its next message to whichever client is connected
+        return "not contacted: the running infusiond is its client"
     return await check_reachable(ctx, f"vitals[{index}].connect", host, port)
 
 
