@@ -437,11 +437,16 @@ async def test_a_running_daemon_is_reported_and_its_listener_port_is_not_a_failu
     tmp_path: Path, mosquitto: Mosquitto
 ) -> None:
     """With another process holding the journal's lock, the data dir line says a daemon runs
-    (with its pid), the New Era pump's line is left to it, and the MLLP port it listens on is
-    `ok`, not "in use by another program"."""
+    (with its pid), the New Era pump's line and the monitor gateway it is a client of are left
+    to it, and the MLLP port it listens on is `ok`, not "in use by another program"."""
     (tmp_path / "data").mkdir()
-    with running_daemon(tmp_path / "data") as pid, taken_port() as port:
+    with running_daemon(tmp_path / "data") as pid, taken_port() as port, refused_port() as down:
         async with bench(mosquitto) as b:
+            peer = f"mllp://127.0.0.1:{down}"
+            text = config_text(tmp_path, b, vitals=peer, vitals_key="connect")
+            ok, findings = await doctor(tmp_path, text)
+            assert ok, [f.line() for f in findings]
+            assert findings[-1].detail == "not contacted: the running infusiond is its client"
             text = config_text(tmp_path, b, vitals=f"mllp://127.0.0.1:{port}")
             ok, findings = await doctor(tmp_path, text)
     assert ok, [f.line() for f in findings]
