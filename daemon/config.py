@@ -145,7 +145,13 @@ class ControlConfig(_Section):
             "path of a file holding the key (see daemon.signing). Never the key itself."
         ),
     )
-    require_signature: bool = False
+    require_signature: bool = Field(
+        default=False,
+        description=(
+            'Refuse every command that carries no valid "sig" (HMAC-SHA256 by one of `keys`); '
+            "a command that carries one is verified either way."
+        ),
+    )
 
     @model_validator(mode="after")
     def _allowlist_when_enabled(self) -> Self:
@@ -528,7 +534,32 @@ def _env_name(loc: tuple[int | str, ...], env: dict[str, str]) -> str | None:
     return None
 
 
-def _describe(exc: ValidationError, source: str) -> str:
+def _allowed_keys(loc: tuple[int | str, ...]) -> list[str]:
+    """The keys the table at ``loc`` may hold (empty when ``loc`` is not inside a model)."""
+    model: type[BaseModel] = Config
+    for step in loc:
+        if isinstance(step, int):
+            continue
+        info = model.model_fields.get(str(step))
+        if info is None:
+            return []
+        stack: list[Any] = [info.annotation]
+        found: type[BaseModel] | None = None
+        while stack:
+            ann = stack.pop()
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                found = ann
+                break
+            stack.extend(getattr(ann, "__args__", ()))
+        if found is None:
+            return []
+        model = found
+    return list(model.model_fields)
+
+
+def config_problems(exc: ValidationError) -> list[str]:
+    """Every problem of ``exc`` as ``table.key: what is wrong`` (with the environment variable
+    that supplied the value, and for an unknown key the keys that table allows)."""
     env = {k.upper(): v for k, v in os.environ.items() if k.upper().startswith(ENV_PREFIX)}
     problems = []
     for err in exc.errors(include_url=False):
@@ -543,11 +574,12 @@ def _describe(exc: ValidationError, source: str) -> str:
         if err["type"] == "missing":
             msg = "required key missing"
         elif err["type"] == "extra_forbidden":
-            msg = "unknown key"
+            allowed = _allowed_keys(loc[:-1])
+            msg = "unknown key" + (f" (allowed here: {', '.join(allowed)})" if allowed else "")
         where = _env_name(loc, env)
         origin = f" (from {where})" if where else ""
         problems.append(f"{key}{origin}: {msg}")
-    return f"invalid configuration in {source}: " + "; ".join(problems)
+    return problems
 
 
 def load_config(path: Path | None) -> Config:
@@ -568,6 +600,8 @@ def load_config(path: Path | None) -> Config:
     try:
         return Config(**data)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, source)) from None
+        raise ConfigError(
+            *config_problems(exc), context=f"invalid configuration in {source}: "
+        ) from None
     except SettingsError as exc:  # an environment value that is not valid JSON for its key
         raise ConfigError(f"invalid configuration in the environment: {exc}") from None

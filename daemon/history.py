@@ -63,11 +63,12 @@ DoseOf = Callable[[str, float], dict[str, Any] | None]
 
 
 class HistoryQueryError(InfusiondError):
-    """A bad history query; ``problems`` holds every ``(parameter, message)`` found."""
+    """A bad history query; ``by_parameter`` holds every ``(parameter, message)`` found (and
+    ``problems`` the same as sentences, like every error of the project)."""
 
-    def __init__(self, problems: Sequence[tuple[str, str]]) -> None:
-        super().__init__("; ".join(f"{name}: {message}" for name, message in problems))
-        self.problems = tuple(problems)
+    def __init__(self, by_parameter: Sequence[tuple[str, str]]) -> None:
+        super().__init__(*(f"{name}: {message}" for name, message in by_parameter))
+        self.by_parameter = tuple(by_parameter)
 
 
 class JournalNotReady(InfusiondError):

@@ -320,7 +320,7 @@ class WebServer:
         try:
             document = await read(list(request.query.items()), now=self._clock())
         except HistoryQueryError as exc:
-            return _json(400, problems_document(exc.problems))
+            return _json(400, problems_document(exc.by_parameter))
         except (JournalNotReady, JournalError) as exc:
             return _json(503, {"error": "not_ready", "message": str(exc)})
         return _json(200, document)

@@ -462,10 +462,10 @@ def load_library_bytes(data: bytes, source: str, vocabulary: Vocabulary | None =
     except ValidationError as exc:
         errors = exc.errors()
         # A misspelt key also makes the real key "missing": name the typo first.
-        first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
-        where = describe_location(raw, first["loc"])
-        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        raise LibraryError(f"{source}: {where}: {_error_text(first)}{more}") from None
+        errors.sort(key=lambda e: e["type"] != "extra_forbidden")
+        raise LibraryError(
+            *(f"{source}: {describe_location(raw, e['loc'])}: {_error_text(e)}" for e in errors)
+        ) from None
     profiles, drugs = _index(parsed, source)
     vocab = vocabulary if vocabulary is not None else shipped_vocabulary()
     return Library(
