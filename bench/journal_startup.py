@@ -40,10 +40,10 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness import Daemon, broker, modbus_sims, progress, write_config
-from daemon.envelope import encode
+from daemon.base.envelope import encode
+from daemon.base.paths import journal_path
+from daemon.base.timefmt import format_ts, parse_ts
 from daemon.journal import GENESIS_HASH, AsyncJournal, Journal
-from daemon.paths import journal_path
-from daemon.timefmt import format_ts, parse_ts
 
 ROWS_FULL = 1_000_000
 ROWS_QUICK = 100_000

@@ -29,10 +29,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from daemon.envelope import encode
+from daemon.base.envelope import encode
+from daemon.base.paths import journal_path
+from daemon.base.timefmt import format_ts
 from daemon.journal import GENESIS_HASH, Journal, row_hash
-from daemon.paths import journal_path
-from daemon.timefmt import format_ts
 
 ROWS_FULL = 200_000
 ROWS_QUICK = 20_000

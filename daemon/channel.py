@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from daemon.base.timefmt import format_ts
 from daemon.journal import JournalError
 from daemon.poll_stats import LATENESS
 from daemon.pump_events import (
@@ -39,7 +40,6 @@ from daemon.pump_events import (
     rate_obj,
     volume_obj,
 )
-from daemon.timefmt import format_ts
 from drivers.backoff import Backoff
 from drivers.base import (
     ConnectionState,

@@ -3,7 +3,7 @@
 Environment variables override the file; nested keys use ``__``
 (``INFUSIOND_BROKER__URL=mqtts://broker:8883``, ``INFUSIOND_CONTROL__ENABLED=true``); lists take
 JSON (``INFUSIOND_CONTROL__ALLOWLIST='["dr-a"]'``). Any invalid value raises
-:class:`daemon.errors.ConfigError` whose message names the offending key (and the environment
+:class:`daemon.base.errors.ConfigError` whose message names the offending key (and the environment
 variable, when the value came from one). Unknown keys are errors too: a typo must not silently
 fall back to a default at a bedside.
 """
@@ -36,10 +36,10 @@ from pydantic_settings import (
     SettingsError,
 )
 
-from daemon.errors import ConfigError
+from daemon.base.errors import ConfigError
+from daemon.base.paths import default_data_dir
+from daemon.base.topics import TOPIC_ID_PATTERN
 from daemon.journal import DEFAULT_RETENTION_DAYS
-from daemon.paths import default_data_dir
-from daemon.topics import TOPIC_ID_PATTERN
 from protocol.request import field_path
 
 ENV_PREFIX = "INFUSIOND_"
@@ -142,7 +142,7 @@ class ControlConfig(_Section):
         default_factory=dict,
         description=(
             'HMAC keys for signed commands, by key id: "env:NAME" (environment variable) or the '
-            "path of a file holding the key (see daemon.signing). Never the key itself."
+            "path of a file holding the key (see daemon.mqtt.signing). Never the key itself."
         ),
     )
     require_signature: bool = Field(

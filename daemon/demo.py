@@ -32,12 +32,12 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, TextIO
 
+from daemon.base.logging_setup import configure_logging
+from daemon.base.paths import default_data_dir, lock_data_dir
 from daemon.config import Config
 from daemon.embedded_broker import embedded_broker
 from daemon.gateway import Gateway
-from daemon.logging_setup import configure_logging
-from daemon.paths import default_data_dir, lock_data_dir
-from daemon.web_server import WebServer
+from daemon.ui.web_server import WebServer
 from sim_devices.clock import SimClock
 from sim_devices.ehr import EhrSimulator
 from sim_devices.modbus_pump import PumpConfig as ModbusPumpSetup

@@ -40,8 +40,11 @@ from typing import Any
 
 import structlog
 
+from daemon.base.timefmt import format_ts
+from daemon.base.topics import capped_id
 from daemon.channel import Action, Channel, Program, program_changed
-from daemon.command_parse import (
+from daemon.journal import AsyncJournal, InterruptedCommand, JournalError, JournalKind
+from daemon.mqtt.command_parse import (
     Command,
     ErrorCode,
     Phase,
@@ -57,11 +60,8 @@ from daemon.command_parse import (
     rejected,
     uncertain,
 )
-from daemon.journal import AsyncJournal, InterruptedCommand, JournalError, JournalKind
-from daemon.refusals import RefusalDesk
-from daemon.signing import SignaturePolicy
-from daemon.timefmt import format_ts
-from daemon.topics import capped_id
+from daemon.mqtt.refusals import RefusalDesk
+from daemon.mqtt.signing import SignaturePolicy
 from drivers.backoff import Backoff
 from drivers.base import (
     BeforeWrite,
@@ -179,7 +179,7 @@ class Gate:
     control: Control = field(default_factory=Control)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _answers: set[asyncio.Task[None]] = field(default_factory=set)
-    _refusals: RefusalDesk | None = None  # made on the first refusal (daemon/refusals.py)
+    _refusals: RefusalDesk | None = None  # made on the first refusal (daemon/mqtt/refusals.py)
     _tokens: dict[str, _Pending] = field(default_factory=dict)
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     _waiting: dict[str, int] = field(default_factory=dict)
@@ -319,7 +319,7 @@ class Gate:
         return None
 
     def _answer(self, pump_id: str, data: dict[str, Any], reply: ReplyTo | None, why: str) -> None:
-        # Refusals go through one rate-limited desk (daemon/refusals.py), never a task each.
+        # Refusals go through one rate-limited desk (daemon/mqtt/refusals.py), never a task each.
         if self._refusals is None:
             self._refusals = RefusalDesk(
                 journal=self.journal, refuse_one=self._refuse, answer=self.send_result

@@ -25,6 +25,9 @@ from typing import Any
 
 import structlog
 
+from daemon.base.envelope import SCHEMA_IDS, Kind, encode, envelope
+from daemon.base.errors import ConfigError
+from daemon.base.timefmt import parse_ts, utc_now
 from daemon.channel import (
     HISTORY_LEN,
     Channel,
@@ -34,13 +37,12 @@ from daemon.channel import (
     program_from_event,
 )
 from daemon.config import Config, PumpConfig, VitalsSource
-from daemon.envelope import SCHEMA_IDS, Kind, encode, envelope
-from daemon.errors import ConfigError
 from daemon.gate import Control, Gate, ReplyTo
 from daemon.history import History
 from daemon.ihe import outbound as ihe_outbound
 from daemon.ihe.piv import PivListener
 from daemon.journal import AsyncJournal, JournalError, JournalKind, JournalRow
+from daemon.mqtt.signing import SignaturePolicy
 from daemon.mqtt_bridge import MqttBridge
 from daemon.pharmacy.reload import (
     PROGRAMS_KEY,
@@ -53,8 +55,6 @@ from daemon.pharmacy.reload import (
     vet_library,
 )
 from daemon.sdnotify import Notifier
-from daemon.signing import SignaturePolicy
-from daemon.timefmt import parse_ts, utc_now
 from daemon.vitals import VitalsBoard
 from drivers.backoff import Backoff
 from drivers.base import Driver

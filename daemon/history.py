@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from daemon.base.timefmt import format_ts, parse_ts
 from daemon.journal import AsyncJournal, JournalRow
-from daemon.timefmt import format_ts, parse_ts
 from protocol.errors import InfusiondError
 
 DEFAULT_WINDOW = timedelta(minutes=30)

@@ -33,7 +33,7 @@ writer thread owns the connection, so SQLite never blocks the event loop.
 
 Retention (:meth:`Journal.prune`) removes a prefix of the chain in bounded steps, after writing
 ``checkpoint`` rows that carry each pump's newest event of every type. Opening for writing holds
-the data dir's lock (:func:`daemon.paths.lock_data_dir`): one daemon per journal.
+the data dir's lock (:func:`daemon.base.paths.lock_data_dir`): one daemon per journal.
 """
 
 from __future__ import annotations
@@ -53,10 +53,10 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
-from daemon.envelope import Kind, encode, envelope
-from daemon.paths import DataDirLock, journal_path, lock_data_dir
-from daemon.timefmt import format_ts, utc_now
-from daemon.topics import Topics
+from daemon.base.envelope import Kind, encode, envelope
+from daemon.base.paths import DataDirLock, journal_path, lock_data_dir
+from daemon.base.timefmt import format_ts, utc_now
+from daemon.base.topics import Topics
 from protocol.errors import InfusiondError
 
 FORMAT = "infusiond.journal/1"
@@ -354,7 +354,7 @@ class Journal:
         Takes the data dir's lock for as long as the journal is open (one daemon per journal).
         Reads only the ``meta`` table: start-up cost does not grow with the journal (an older
         file is migrated once, on its first open by this version). Raises
-        :class:`daemon.paths.DataDirError` when ``data_dir`` is not writable or another
+        :class:`daemon.base.paths.DataDirError` when ``data_dir`` is not writable or another
         process holds it, and :class:`JournalError` when the file is not an infusiond journal.
         """
         if retention_days < 1:

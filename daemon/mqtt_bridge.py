@@ -72,10 +72,10 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from daemon.base.envelope import BRIDGE_OFFLINE, BRIDGE_ONLINE
+from daemon.base.topics import Topics, capped_id
 from daemon.config import BrokerConfig
-from daemon.envelope import BRIDGE_OFFLINE, BRIDGE_ONLINE
 from daemon.journal import JournalError, OutboxItem
-from daemon.topics import Topics, capped_id
 from drivers.backoff import Backoff
 
 log = structlog.get_logger("infusiond.mqtt")
@@ -117,7 +117,7 @@ class BridgeState(enum.Enum):
 
 @dataclass(frozen=True)
 class IncomingCommand:
-    """A message on ``pump/<pump_id>/command``, unparsed (see ``daemon.command_parse``)."""
+    """A message on ``pump/<pump_id>/command``, unparsed (see ``daemon.mqtt.command_parse``)."""
 
     pump_id: str
     payload: bytes

@@ -14,7 +14,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from daemon.timefmt import format_ts
+from daemon.base.timefmt import format_ts
 from drivers.base import AlarmCode, ConnectionState, PumpStatus, RunState
 
 

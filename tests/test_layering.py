@@ -1,4 +1,5 @@
-"""Imports flow one way (daemon -> sim_devices -> drivers -> protocol), and protocol/ stays pure."""
+"""Imports flow one way (daemon -> sim_devices -> drivers -> protocol), protocol/ stays pure, and
+inside daemon/ the sub-packages import only the layers below their own."""
 
 from __future__ import annotations
 
@@ -17,6 +18,34 @@ ALLOWED = {
 }
 IMPURE = {"asyncio", "socket", "time", "selectors", "subprocess", "threading", "random"}
 
+# daemon/'s sub-packages, lowest layer first. A module may import its own package and the layers
+# below; packages that share a layer do not import each other.
+DAEMON_LAYERS: tuple[frozenset[str], ...] = (
+    frozenset({"base"}),  # root exception, time formats, data dir, logging, envelope, topics
+    frozenset({"mqtt", "ihe", "pharmacy"}),  # the edges: MQTT commands, IHE PCD, drug libraries
+    frozenset({"ui"}),  # watch, web dashboard and HTTP API, replay
+    frozenset({"cli"}),  # the console script
+)
+# Modules still at daemon/'s top level while the service core moves into its packages. Nothing
+# else may sit there, and these are not checked against the layers yet.
+DAEMON_TOP_LEVEL = frozenset(
+    {
+        "channel",
+        "config",
+        "demo",
+        "embedded_broker",
+        "gate",
+        "gateway",
+        "history",
+        "journal",
+        "mqtt_bridge",
+        "poll_stats",
+        "pump_events",
+        "sdnotify",
+        "vitals",
+    }
+)
+
 
 def _imports(path: Path) -> set[str]:
     tree = ast.parse(path.read_text(), filename=str(path))
@@ -27,6 +56,34 @@ def _imports(path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names.add(node.module)
     return names
+
+
+def _imports_with_names(path: Path) -> set[str]:
+    """Like :func:`_imports`, and ``from a import b`` also counts as ``a.b`` (b may be a module:
+    ``from daemon import journal``)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names = _imports(path)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def _daemon_unit(module: str) -> str | None:
+    """The layer unit of a daemon module: its sub-package, or None for a top-level module."""
+    parts = module.split(".")
+    if parts[0] != "daemon" or len(parts) < 2:
+        return None
+    if (ROOT / "daemon" / parts[1]).is_dir():
+        return parts[1]
+    return None
+
+
+def _layer_of(package: str) -> int:
+    for index, layer in enumerate(DAEMON_LAYERS):
+        if package in layer:
+            return index
+    raise AssertionError(f"daemon/{package}/ is in no layer of DAEMON_LAYERS")
 
 
 @pytest.mark.parametrize("package", sorted(ALLOWED))
@@ -59,3 +116,37 @@ def test_drivers_import_only_protocol_errors() -> None:
             if name.startswith("protocol") and name != "protocol.errors":
                 offenders.append(f"{path.relative_to(ROOT)} imports {name}")
     assert offenders == []
+
+
+def test_daemon_sub_packages_import_only_lower_layers() -> None:
+    """Inside daemon/, a sub-package imports only itself and the layers below it."""
+    offenders = []
+    for path in sorted((ROOT / "daemon").rglob("*.py")):
+        rel = path.relative_to(ROOT)
+        if len(rel.parts) < 3:
+            continue  # a top-level module (see DAEMON_TOP_LEVEL)
+        own = rel.parts[1]
+        for name in _imports_with_names(path):
+            other = _daemon_unit(name)
+            if other is None or other == own:
+                continue
+            if _layer_of(other) >= _layer_of(own):
+                offenders.append(f"{rel} ({own}) imports {name} ({other})")
+    assert offenders == []
+
+
+def test_every_daemon_sub_package_has_a_layer() -> None:
+    """Each folder of daemon/ that holds Python code is a package placed in DAEMON_LAYERS."""
+    packages = {
+        path.parent.relative_to(ROOT / "daemon").parts[0]
+        for path in (ROOT / "daemon").rglob("*.py")
+        if path.parent != ROOT / "daemon"
+    }
+    placed = set().union(*DAEMON_LAYERS)
+    assert sorted(packages - placed) == []
+
+
+def test_daemon_top_level_holds_only_the_listed_modules() -> None:
+    """daemon/'s top level holds only the modules not yet moved into a layer's package."""
+    top = {path.stem for path in (ROOT / "daemon").glob("*.py")} - {"__init__"}
+    assert sorted(top - DAEMON_TOP_LEVEL) == []

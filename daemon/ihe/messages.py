@@ -34,7 +34,7 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-from daemon.timefmt import parse_ts
+from daemon.base.timefmt import parse_ts
 from drivers.hl7.codes import code_tables
 from drivers.hl7.dtm import format_dtm
 from drivers.hl7.sample import Parameter

@@ -26,11 +26,11 @@ from typing import Any, Protocol
 
 import structlog
 
+from daemon.base.timefmt import parse_ts
 from daemon.config import Config
 from daemon.ihe import messages
 from daemon.ihe.messages import Endpoint, Patient
 from daemon.journal import AsyncJournal, Hl7Item, JournalRow
-from daemon.timefmt import parse_ts
 from drivers.backoff import Backoff
 from drivers.hl7.ack import Ack, AckCode, parse_ack
 from drivers.hl7.errors import MessageError

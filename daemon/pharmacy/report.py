@@ -39,9 +39,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
+from daemon.base.paths import default_data_dir, journal_path
+from daemon.base.timefmt import format_ts, parse_ts
 from daemon.journal import Journal, JournalKind, JournalRow
-from daemon.paths import default_data_dir, journal_path
-from daemon.timefmt import format_ts, parse_ts
 from protocol.errors import InfusiondError
 
 CATCH_WINDOW = timedelta(minutes=10)

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from daemon.doctor import Finding, Status, diagnose
+from daemon.base.paths import journal_path
+from daemon.cli.doctor import Finding, Status, diagnose
 from daemon.journal import AsyncJournal, JournalKind
-from daemon.paths import journal_path
 from sim_devices.modbus_pump import PumpConfig as ModbusSetup
 from sim_devices.modbus_server import ModbusPumpSimulator
 from sim_devices.newera_server import NewEraSimulator, PumpSetup
@@ -404,7 +404,7 @@ async def test_a_phd_pump_is_read_and_a_wrong_syringe_fails(
 HOLD_LOCK = """
 import sys
 from pathlib import Path
-from daemon.paths import lock_data_dir
+from daemon.base.paths import lock_data_dir
 with lock_data_dir(Path(sys.argv[1])):
     print("locked", flush=True)
     sys.stdin.read()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from daemon.cli import main
-from daemon.command_parse import Rejection, parse_command
+from daemon.mqtt.command_parse import Rejection, parse_command
 from protocol.library import DEFAULT_LIBRARY_PATH
 
 

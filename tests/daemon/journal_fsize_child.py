@@ -22,8 +22,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from daemon.base.paths import journal_path
 from daemon.journal import AsyncJournal, Journal, JournalError
-from daemon.paths import journal_path
 
 HEADROOM = 64 * 1024
 BLOB = "x" * 3000  # a few pages per event: the limit is reached within a few dozen writes

@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon.command_parse import (
+from daemon.base.envelope import encode
+from daemon.mqtt.command_parse import (
     MAX_COMMAND_BYTES,
     Command,
     ErrorCode,
@@ -27,7 +28,6 @@ from daemon.command_parse import (
     rejected,
     uncertain,
 )
-from daemon.envelope import encode
 
 NOW = datetime(2026, 11, 26, 17, 30, 0, tzinfo=UTC)
 

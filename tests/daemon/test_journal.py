@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from daemon.base.paths import DataDirError, journal_path
 from daemon.cli import main
 from daemon.journal import (
     GENESIS_HASH,
@@ -25,7 +26,6 @@ from daemon.journal import (
     JournalKind,
     row_hash,
 )
-from daemon.paths import DataDirError, journal_path
 
 T0 = datetime(2026, 11, 26, 17, 18, 0, 123000, tzinfo=UTC)
 

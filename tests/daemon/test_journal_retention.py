@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from daemon.base.paths import journal_path
 from daemon.cli import main
 from daemon.journal import AsyncJournal, Journal, JournalKind, JournalRow
-from daemon.paths import journal_path
 
 OLD = datetime(2026, 1, 1, tzinfo=UTC)
 NOW = OLD + timedelta(days=120)

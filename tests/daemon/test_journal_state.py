@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from daemon.base.paths import journal_path
 from daemon.cli import main
 from daemon.journal import FORMAT, GENESIS_HASH, AsyncJournal, Journal, JournalError, row_hash
-from daemon.paths import journal_path
 
 T0 = datetime(2026, 11, 26, 8, 0, tzinfo=UTC)
 TYPES = ("program_changed", "rate_changed", "connection_changed", "alarm_raised", "alarm_cleared")
@@ -293,7 +293,10 @@ def test_a_journal_of_another_format_is_refused_and_left_unchanged(tmp_path: Pat
         [
             sys.executable,
             "-c",
-            "import sys, pathlib, daemon.paths as p; p.lock_data_dir(pathlib.Path(sys.argv[1]))",
+            (
+                "import sys, pathlib, daemon.base.paths as p; "
+                "p.lock_data_dir(pathlib.Path(sys.argv[1]))"
+            ),
             str(tmp_path),
         ],
         cwd=Path(__file__).resolve().parents[2],

@@ -1,4 +1,4 @@
-"""The refusal desk (daemon/refusals.py) with a real journal file: a flood of refusals costs a
+"""The refusal desk (daemon/mqtt/refusals.py) with a real journal file: a flood of refusals costs a
 bounded number of journal rows, answers and tasks per window, and a huge pump id is capped."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from daemon.command_parse import ErrorCode, error_body, rejected
+from daemon.base.topics import capped_id
 from daemon.journal import AsyncJournal, JournalKind
-from daemon.refusals import MAX_MESSAGE_CHARS, RefusalDesk, RefusalLimits
-from daemon.topics import capped_id
+from daemon.mqtt.command_parse import ErrorCode, error_body, rejected
+from daemon.mqtt.refusals import MAX_MESSAGE_CHARS, RefusalDesk, RefusalLimits
 
 WAIT_S = 10.0
 

@@ -13,7 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
-from daemon.command_parse import (
+from daemon.base.envelope import SCHEMA_IDS, Kind, encode, envelope
+from daemon.journal import AsyncJournal
+from daemon.mqtt.command_parse import (
     Command,
     ErrorCode,
     Rejection,
@@ -28,8 +30,6 @@ from daemon.command_parse import (
     rejected,
     uncertain,
 )
-from daemon.envelope import SCHEMA_IDS, Kind, encode, envelope
-from daemon.journal import AsyncJournal
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "docs" / "schemas"
 NOW = datetime(2026, 11, 26, 17, 30, 0, 250000, tzinfo=UTC)

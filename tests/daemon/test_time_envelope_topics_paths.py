@@ -11,10 +11,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from daemon.envelope import BRIDGE_OFFLINE, BRIDGE_ONLINE, SCHEMA_IDS, Kind, encode, envelope
-from daemon.paths import default_data_dir, journal_path
-from daemon.timefmt import format_ts, parse_ts
-from daemon.topics import Topics, is_topic_id
+from daemon.base.envelope import BRIDGE_OFFLINE, BRIDGE_ONLINE, SCHEMA_IDS, Kind, encode, envelope
+from daemon.base.paths import default_data_dir, journal_path
+from daemon.base.timefmt import format_ts, parse_ts
+from daemon.base.topics import Topics, is_topic_id
 
 
 def test_format_ts_is_utc_with_z_and_milliseconds() -> None:

@@ -62,7 +62,7 @@ def test_every_lib_problem_id_of_the_code_is_explained() -> None:
     """Every LIB_* id the code can print has a row, and every row is one the code prints."""
     code = "".join(
         (ROOT / path).read_text(encoding="utf-8")
-        for path in ("protocol/consistency.py", "daemon/library_cmd.py")
+        for path in ("protocol/consistency.py", "daemon/cli/library_cmd.py")
     )
     in_code = set(re.findall(r'"(LIB_[A-Z_]+)"', code))
     assert first_cells(section("## `library check` problem ids")) == in_code

@@ -12,8 +12,8 @@ import jsonschema
 import pytest
 import yaml
 
-from daemon.command_parse import Command, parse_command
-from daemon.timefmt import parse_ts
+from daemon.base.timefmt import parse_ts
+from daemon.mqtt.command_parse import Command, parse_command
 from tests.docs.docs_text import ASYNCAPI, GUIDES, SCHEMAS, Block, blocks
 
 COMMAND_SCHEMA = "infusiond.pump.command/1"

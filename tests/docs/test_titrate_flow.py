@@ -1,8 +1,9 @@
 """docs/examples/titrate.py against a real mosquitto and a stand-in gateway.
 
-The stand-in answers with the contract's own builders (daemon.command_parse, daemon.envelope),
-and every answer is checked against the result schema, so the example is exercised on the exact
-documented message shapes: accepted -> applied, and needs_confirmation -> confirmed re-send.
+The stand-in answers with the contract's own builders (daemon.mqtt.command_parse,
+daemon.base.envelope), and every answer is checked against the result schema, so the example is
+exercised on the exact documented message shapes: accepted -> applied, and needs_confirmation ->
+confirmed re-send.
 (The real gate and service are tested with the daemon; this test is about the example client.)
 """
 
@@ -19,9 +20,9 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from daemon.command_parse import Command, accepted, applied, needs_confirmation, parse_command
-from daemon.envelope import Kind, encode, envelope
-from daemon.timefmt import utc_now
+from daemon.base.envelope import Kind, encode, envelope
+from daemon.base.timefmt import utc_now
+from daemon.mqtt.command_parse import Command, accepted, applied, needs_confirmation, parse_command
 from tests.docs.docs_text import DOCS
 from tests.docs.test_payload_examples import validator
 from tests.support.procs import Mosquitto

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from daemon.base.errors import ConfigError
 from daemon.cli import main
 from daemon.config import load_config
-from daemon.errors import ConfigError
 from daemon.gateway import load_checked_library
 from daemon.pharmacy.reload import LibraryRefused
 from tests.pharmacy.harness import SHIPPED, Keys, variant

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from daemon.base.errors import ConfigError
 from daemon.config import load_config
-from daemon.errors import ConfigError
 from daemon.gateway import make_driver
 from drivers.phd import PhdPumpDriver
 

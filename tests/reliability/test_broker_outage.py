@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
+from daemon.base.paths import journal_path
 from daemon.journal import Journal, JournalKind
-from daemon.paths import journal_path
 from tests.reliability.harness import (
     GW,
     ROOT,

@@ -20,8 +20,8 @@ from pathlib import Path
 import jsonschema
 import pytest
 
+from daemon.base.paths import journal_path
 from daemon.journal import AsyncJournal, Journal, JournalKind
-from daemon.paths import journal_path
 from tests.reliability.harness import (
     GW,
     NE_RATE,

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import pytest
 
+from daemon.base.paths import journal_path
 from daemon.journal import Journal, JournalKind
-from daemon.paths import journal_path
-from daemon.refusals import RefusalLimits
+from daemon.mqtt.refusals import RefusalLimits
 from tests.reliability.harness import (
     NE_RATE_UP,
     ROOT,
@@ -157,7 +157,7 @@ async def test_a_command_flood_is_answered_busy_and_the_daemon_stays_responsive_
 GARBAGE_PER_SECOND = 2000
 GARBAGE_S = float(os.environ.get("INFUSIOND_GARBAGE_S", "5"))
 ANSWER_WITHIN_S = 1.0
-# daemon/refusals.py: per 1 s window, 20 rows of their own plus one summary row per error code
+# daemon/mqtt/refusals.py: per 1 s window, 20 rows of their own plus one summary row per error code
 REFUSAL_ROWS_PER_WINDOW = RefusalLimits().journal_per_window + 5
 
 

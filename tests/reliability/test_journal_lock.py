@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.paths import LOCK_FILE, DataDirLocked, lock_data_dir
+from daemon.base.paths import LOCK_FILE, DataDirLocked, lock_data_dir
 from tests.reliability.harness import REPO, write_toml
 
 CLI = [sys.executable, "-m", "daemon.cli"]
@@ -129,7 +129,7 @@ def test_the_lock_is_shared_within_one_process_and_refused_to_another(tmp_path: 
         sys.executable,
         "-c",
         (
-            "import sys; from pathlib import Path; from daemon.paths import lock_data_dir;"
+            "import sys; from pathlib import Path; from daemon.base.paths import lock_data_dir;"
             " lock_data_dir(Path(sys.argv[1])); print('locked')"
         ),
         str(data_dir),
@@ -154,7 +154,7 @@ def test_a_lock_refused_in_process_carries_the_holder_pid(tmp_path: Path) -> Non
             sys.executable,
             "-c",
             (
-                "import sys; from pathlib import Path; from daemon.paths import lock_data_dir;"
+                "import sys; from pathlib import Path; from daemon.base.paths import lock_data_dir;"
                 " lock_data_dir(Path(sys.argv[1])); print('locked', flush=True); sys.stdin.read()"
             ),
             str(data_dir),

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from daemon.command_parse import Command, parse_command
-from daemon.timefmt import utc_now
+from daemon.base.timefmt import utc_now
+from daemon.mqtt.command_parse import Command, parse_command
 from tests.reliability.harness import bedside, command, probe, running_gateway, simulators
 from tests.support.procs import Mosquitto
 

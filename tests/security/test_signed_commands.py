@@ -1,4 +1,4 @@
-"""Signed commands (daemon/signing.py): HMAC-SHA256 over the canonical command with a key id.
+"""Signed commands (daemon/mqtt/signing.py): HMAC-SHA256 over the canonical command with a key id.
 With ``control.require_signature`` a stolen broker account cannot program a pump: unsigned,
 tampered or wrongly keyed commands are answered ``bad_signature`` and never reach the device;
 keys never appear in logs, answers or the journal."""
@@ -16,10 +16,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon.command_parse import Command, ErrorCode, Rejection, parse_command
+from daemon.base.errors import ConfigError
 from daemon.config import load_config
-from daemon.errors import ConfigError
-from daemon.signing import SignaturePolicy, canonical_bytes, sign
+from daemon.mqtt.command_parse import Command, ErrorCode, Rejection, parse_command
+from daemon.mqtt.signing import SignaturePolicy, canonical_bytes, sign
 from tests.reliability.harness import (
     CLINICIAN,
     NE_RATE,

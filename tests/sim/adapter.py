@@ -40,6 +40,7 @@ import daemon.channel
 import daemon.gate
 import daemon.gateway
 import daemon.journal
+from daemon.base.topics import Topics
 from daemon.channel import Program
 from daemon.config import Config
 from daemon.gateway import Gateway, dose_at
@@ -51,9 +52,8 @@ from daemon.journal import (
     JournalKind,
     _Job,
 )
+from daemon.mqtt.refusals import RefusalDesk
 from daemon.mqtt_bridge import IncomingCommand
-from daemon.refusals import RefusalDesk
-from daemon.topics import Topics
 from drivers.base import Driver
 from protocol.library import Library
 

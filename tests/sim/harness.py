@@ -26,9 +26,9 @@ from typing import Any
 
 from structlog.testing import capture_logs
 
+from daemon.base.timefmt import format_ts
 from daemon.config import Config
 from daemon.gateway import Gateway
-from daemon.timefmt import format_ts
 from drivers.base import AlarmCode, RunState
 from tests.sim.adapter import (
     JournalFaults,

@@ -13,8 +13,8 @@ import aiomqtt
 import pytest
 from rich.console import Console
 
-from daemon.watch import WatchModel, parse_broker, render
-from daemon.watch import run as watch_run
+from daemon.ui.watch import WatchModel, parse_broker, render
+from daemon.ui.watch import run as watch_run
 from tests.support.procs import Mosquitto
 
 NOW = datetime(2026, 11, 26, 12, 0, 10, tzinfo=UTC)

@@ -1,4 +1,5 @@
-"""Numbers, units and ages as people read them (daemon.display, daemon.timefmt.human_age)."""
+"""Numbers, units and ages as people read them (daemon.ui.display and
+daemon.base.timefmt.human_age)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from daemon.display import UNIT_LABELS, display_unit, human_number, human_quantity
-from daemon.timefmt import human_age
+from daemon.base.timefmt import human_age
+from daemon.ui.display import UNIT_LABELS, display_unit, human_number, human_quantity
 
 APP_JS = Path(__file__).resolve().parents[2] / "daemon" / "web" / "app.js"
 

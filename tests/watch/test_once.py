@@ -16,9 +16,9 @@ import pytest
 
 from daemon.history import History
 from daemon.journal import AsyncJournal
-from daemon.watch import WatchModel, load_history
-from daemon.watch import run as watch_run
-from daemon.web_server import WebServer
+from daemon.ui.watch import WatchModel, load_history
+from daemon.ui.watch import run as watch_run
+from daemon.ui.web_server import WebServer
 from tests.support.procs import Mosquitto
 
 

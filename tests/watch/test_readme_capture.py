@@ -11,7 +11,7 @@ from typing import Any
 
 from rich.console import Console
 
-from daemon.watch import WatchModel, render
+from daemon.ui.watch import WatchModel, render
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 NOW = datetime(2026, 12, 6, 18, 8, 44, tzinfo=UTC)

@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from rich.console import Console
 
-from daemon.display import human_quantity
-from daemon.watch import WatchModel, render
+from daemon.ui.display import human_quantity
+from daemon.ui.watch import WatchModel, render
 
 NOW = datetime(2026, 12, 6, 12, 3, 9, tzinfo=UTC)
 TS = "2026-12-06T12:00:09.000Z"

@@ -1,7 +1,7 @@
 """The reference web dashboard in headless Chromium against a real mosquitto (WebSocket listener).
 
 The broker holds retained payloads shaped like the daemon's (validated against docs/schemas);
-the page is served by :class:`daemon.web_server.WebServer`. A small in-test responder plays the
+the page is served by :class:`daemon.ui.web_server.WebServer`. A small in-test responder plays the
 daemon's command side: it parses commands with the daemon's own parser and answers
 ``needs_confirmation`` first, then ``accepted`` + ``applied`` for the confirmed resend.
 """
@@ -27,7 +27,9 @@ from amqtt.broker import Broker
 from jsonschema import Draft202012Validator
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from daemon.command_parse import (
+from daemon.base.envelope import Kind, encode, envelope
+from daemon.base.timefmt import format_ts, utc_now
+from daemon.mqtt.command_parse import (
     Command,
     accepted,
     applied,
@@ -37,10 +39,8 @@ from daemon.command_parse import (
     parse_command,
     uncertain,
 )
-from daemon.command_parse import rejected as rejected_result
-from daemon.envelope import Kind, encode, envelope
-from daemon.timefmt import format_ts, utc_now
-from daemon.web_server import WebServer
+from daemon.mqtt.command_parse import rejected as rejected_result
+from daemon.ui.web_server import WebServer
 from tests.support.procs import Mosquitto
 from tests.web.chromium import CHROMIUM, Page, chromium_page, navigate
 

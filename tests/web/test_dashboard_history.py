@@ -19,11 +19,11 @@ from typing import Any
 import aiomqtt
 import pytest
 
-from daemon.envelope import Kind
+from daemon.base.envelope import Kind
+from daemon.base.timefmt import utc_now
 from daemon.history import History
 from daemon.journal import AsyncJournal
-from daemon.timefmt import utc_now
-from daemon.web_server import WebServer
+from daemon.ui.web_server import WebServer
 from tests.support.procs import Mosquitto
 from tests.web.chromium import Page, chromium_page, navigate
 from tests.web.test_dashboard import (

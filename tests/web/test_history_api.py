@@ -1,4 +1,4 @@
-"""/api/events, /api/history and /metrics of daemon.web_server over real loopback sockets, read
+"""/api/events, /api/history and /metrics of daemon.ui.web_server over real loopback sockets, read
 from a real journal (SQLite in tmp_path); the clock is fixed so windows are exact."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from daemon.history import EVENT_TYPES, MAX_ROWS, History
 from daemon.journal import AsyncJournal
-from daemon.web_server import WebServer
+from daemon.ui.web_server import WebServer
 from tests.web.conftest import check_api_answer
 
 NOW = datetime(2026, 12, 6, 12, 0, 0, tzinfo=UTC)

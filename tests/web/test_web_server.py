@@ -1,4 +1,4 @@
-"""daemon.web_server: serves exactly the dashboard's files with the right types, /config.json,
+"""daemon.ui.web_server: serves exactly the dashboard's files with the right types, /config.json,
 and nothing else (no traversal), over real loopback sockets."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon.errors import ConfigError
-from daemon.web_server import HTTP_LOG, MAX_HEAD_BYTES, MAX_HEADERS, WebServer, load_assets
+from daemon.base.errors import ConfigError
+from daemon.ui.web_server import HTTP_LOG, MAX_HEAD_BYTES, MAX_HEADERS, WebServer, load_assets
 
 WEB = Path(__file__).resolve().parents[2] / "daemon" / "web"
 WS_URL = "ws://127.0.0.1:9001/"
@@ -163,7 +163,7 @@ async def test_url_names_the_bound_port() -> None:
 
 
 def test_assets_are_the_package_files_with_known_extensions_only() -> None:
-    """__init__.py is package machinery, not an asset; every served file is in daemon/web."""
+    """__init__.py is package machinery, not an asset; every served file is in daemon/ui/web."""
     assets = load_assets()
     assert set(assets) == {"/", "/index.html", "/app.js", "/mqtt.min.js", "/style.css"}
     assert assets["/"] == assets["/index.html"]
@@ -204,7 +204,7 @@ async def test_a_silent_client_is_dropped_after_the_head_timeout(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A client that connects and sends nothing (or half a head) is disconnected, not kept."""
-    monkeypatch.setattr("daemon.web_server.HEAD_TIMEOUT_S", 0.3)
+    monkeypatch.setattr("daemon.ui.web_server.HEAD_TIMEOUT_S", 0.3)
     async with WebServer(broker_ws_url=WS_URL, gateway="demo") as srv:
         for first in (b"", b"GET / HTTP/1.1\r\nHost: x\r\n"):
             reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)

@@ -1,5 +1,5 @@
 """The checks of ``infusiond doctor`` that reach out: the broker, every pump, every vitals source
-and the EHR endpoints (daemon/doctor.py runs them in order and prints the findings).
+and the EHR endpoints (daemon/cli/doctor.py runs them in order and prints the findings).
 
 Each check returns what it found, or raises :class:`Unusable` with what is wrong and how to fix
 it. Nothing is written to a pump: a pump is opened and read once by its own driver.

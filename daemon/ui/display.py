@@ -2,7 +2,7 @@
 
 The wire keeps full precision and UCUM codes (``0.066667``, ``[USP'U]/min``); a screen shows
 three significant digits and the unit as printed on a drug label (``0.0667 ug/kg/min``,
-``0.03 U/min``). The dashboard's ``unitLabel``/``fmtNum`` in ``daemon/web/app.js`` apply the same
+``0.03 U/min``). The dashboard's ``unitLabel``/``fmtNum`` in ``daemon/ui/web/app.js`` apply the same
 two rules (a test keeps the tables equal). A unit is never shortened or cut: a dose is shown with
 its full unit or not at all.
 """

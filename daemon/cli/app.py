@@ -176,7 +176,7 @@ def _add_ehr_sim_parser(simsub: argparse._SubParsersAction[argparse.ArgumentPars
 
 
 def _add_replay_parser(jsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """``infusiond journal replay`` (daemon/replay.py)."""
+    """``infusiond journal replay`` (daemon/ui/replay.py)."""
     sp = jsub.add_parser("replay", help="publish a recorded session's events again, at their pace")
     _add_data_dir(sp)
     sp.add_argument("--from", dest="from_file", metavar="FILE", help="a `journal export` file")
@@ -191,7 +191,7 @@ def _add_replay_parser(jsub: argparse._SubParsersAction[argparse.ArgumentParser]
     sp.add_argument(
         "--max-gap", type=float, default=5.0, metavar="S", help="longest pause between events"
     )
-    sp.set_defaults(target="daemon.replay:run")
+    sp.set_defaults(target="daemon.ui.replay:run")
 
 
 def _add_pharmacy_parsers(
@@ -203,12 +203,12 @@ def _add_pharmacy_parsers(
     sp.add_argument("key", metavar="KEY", help="private key, PKCS#8 PEM")
     sp.add_argument("path", metavar="LIB", help="library file")
     sp.add_argument("--out", metavar="PATH", help="signature file (default: LIB.sig)")
-    sp.set_defaults(target="daemon.library_cmd:sign")
+    sp.set_defaults(target="daemon.cli.library_cmd:sign")
     sp = libsub.add_parser("verify", help="check a library's signature (exit 1 if it fails)")
     sp.add_argument("pubkey", metavar="PUBKEY", help="public key, SubjectPublicKeyInfo PEM")
     sp.add_argument("path", metavar="LIB", help="library file")
     sp.add_argument("signature", metavar="SIG", help="signature file (base64)")
-    sp.set_defaults(target="daemon.library_cmd:verify")
+    sp.set_defaults(target="daemon.cli.library_cmd:verify")
     sp = libsub.add_parser("diff", help="every limit, concentration... that changed, OLD -> NEW")
     sp.add_argument("old", metavar="OLD", help="the library in use (TOML file)")
     sp.add_argument("new", metavar="NEW", help="the library proposed (TOML file)")
@@ -249,23 +249,23 @@ def _add_watch_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="the daemon's HTTP server (e.g. http://127.0.0.1:8080): recent events are loaded "
         "from its history API at start",
     )
-    p.set_defaults(target="daemon.watch:run")
+    p.set_defaults(target="daemon.ui.watch:run")
 
 
 def _add_check_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """``check`` (daemon/check_cmd.py)."""
+    """``check`` (daemon/cli/check_cmd.py)."""
     p = sub.add_parser("check", help="check a request (JSON on stdin) -> verdict JSON on stdout")
     p.add_argument("--library", metavar="PATH", help="drug library (default: shipped example)")
-    p.set_defaults(target="daemon.check_cmd:run")
+    p.set_defaults(target="daemon.cli.check_cmd:run")
 
 
 def _add_operator_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """``config check`` (daemon/config_cmd.py) and ``doctor`` (daemon/doctor.py)."""
+    """``config check`` (daemon/cli/config_cmd.py) and ``doctor`` (daemon/cli/doctor.py)."""
     p = sub.add_parser("config", help="configuration tools")
     csub = p.add_subparsers(dest="config_cmd", metavar="ACTION", required=True)
     sp = csub.add_parser("check", help="list every problem of a configuration (exit 1 if any)")
     sp.add_argument("--config", required=True, metavar="PATH", help="TOML configuration file")
-    sp.set_defaults(target="daemon.config_cmd:run")
+    sp.set_defaults(target="daemon.cli.config_cmd:run")
 
     p = sub.add_parser(
         "doctor", help="check config, library, data dir, broker, pumps and vitals sources in turn"
@@ -279,7 +279,7 @@ def _add_operator_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParse
         help="seconds allowed for each network or device check (default: 5)",
     )
     p.add_argument("--json", action="store_true", help="one JSON object per check, one per line")
-    p.set_defaults(target="daemon.doctor:run")
+    p.set_defaults(target="daemon.cli.doctor:run")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -296,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run the gateway service")
     p.add_argument("--config", required=True, metavar="PATH", help="TOML configuration file")
-    p.set_defaults(target="daemon.service:run")
+    p.set_defaults(target="daemon.cli.service:run")
 
     p = sub.add_parser("demo", help="simulated bedside + daemon + embedded broker, in one command")
     _add_demo_options(p)
@@ -336,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = libsub.add_parser("check", help="validate a library file and its [[examples]]")
     sp.add_argument("path", nargs="?", metavar="PATH", help="default: the shipped example")
     sp.add_argument("--json", action="store_true", help="machine-readable output")
-    sp.set_defaults(target="daemon.library_cmd:run")
+    sp.set_defaults(target="daemon.cli.library_cmd:run")
     _add_pharmacy_parsers(sub, libsub)
 
     p = sub.add_parser("journal", help="journal tools (safe while the daemon runs)")
@@ -347,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         sp = jsub.add_parser(action, help=helptext)
         _add_data_dir(sp)
-        sp.set_defaults(target="daemon.journal_cmd:run")
+        sp.set_defaults(target="daemon.cli.journal_cmd:run")
     _add_replay_parser(jsub)
 
     _add_operator_parsers(sub)
@@ -407,7 +407,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InfusiondError as exc:
         print(f"infusiond: error: {exc}", file=sys.stderr)
         return EXIT_PROBLEM
-
-
-if __name__ == "__main__":
-    sys.exit(main())

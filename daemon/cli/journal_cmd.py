@@ -7,8 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from daemon.base.paths import default_data_dir, journal_path
 from daemon.journal import Journal
-from daemon.paths import default_data_dir, journal_path
 
 EXIT_OK = 0
 EXIT_BROKEN = 1

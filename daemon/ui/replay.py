@@ -25,12 +25,12 @@ from typing import Any, TextIO
 
 import aiomqtt
 
-from daemon.envelope import Kind, encode, envelope
-from daemon.errors import ConfigError
+from daemon.base.envelope import Kind, encode, envelope
+from daemon.base.errors import ConfigError
+from daemon.base.paths import default_data_dir, journal_path
+from daemon.base.timefmt import parse_ts
+from daemon.base.topics import Topics, is_topic_id
 from daemon.journal import Journal, JournalError
-from daemon.paths import default_data_dir, journal_path
-from daemon.timefmt import parse_ts
-from daemon.topics import Topics, is_topic_id
 
 PROGRESS_EVERY = 100
 

@@ -1,4 +1,4 @@
-"""The reference web dashboard: static files served by :mod:`daemon.web_server` (package data).
+"""The reference web dashboard: static files served by :mod:`daemon.ui.web_server` (package data).
 
 ``index.html`` + ``app.js`` + ``style.css``, no build step and no framework. The page reads
 ``config.json`` (``{"broker_ws_url", "gateway"}``) from the server that served it; the query

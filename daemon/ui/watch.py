@@ -31,7 +31,7 @@ import aiomqtt
 from rich.console import Console, RenderableType
 from rich.live import Live
 
-from daemon.watch_view import event_line, render, result_line
+from daemon.ui.watch_view import event_line, render, result_line
 from drivers.backoff import Backoff
 
 __all__ = ["WatchModel", "collect", "parse_broker", "render", "run"]

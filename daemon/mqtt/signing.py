@@ -36,7 +36,7 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from daemon.errors import ConfigError
+from daemon.base.errors import ConfigError
 
 SIG_FIELD = "sig"
 MIN_KEY_BYTES = 16

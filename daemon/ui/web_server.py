@@ -8,7 +8,7 @@ stream server this replaces was fine for a handful of files but not for an API.
 
 What a client gets:
 
-- ``/`` and ``/index.html``, and every other top-level file of ``daemon/web`` whose extension is
+- ``/`` and ``/index.html``, and every other top-level file of ``daemon/ui/web`` whose extension is
   in :data:`CONTENT_TYPES` (so never ``__init__.py``), with the right ``Content-Type``;
 - ``/config.json``: ``{"broker_ws_url": ..., "gateway": ..., "api": ...}``: where the page
   connects and whether the history API is served;
@@ -45,16 +45,16 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from daemon.envelope import encode
-from daemon.errors import ConfigError
+from daemon.base.envelope import encode
+from daemon.base.errors import ConfigError
+from daemon.base.timefmt import utc_now
+from daemon.base.topics import is_topic_id
 from daemon.history import History, HistoryQueryError, JournalNotReady, problems_document
 from daemon.journal import JournalError
-from daemon.timefmt import utc_now
-from daemon.topics import is_topic_id
 
 log = structlog.get_logger(__name__)
 
-WEB_PACKAGE = "daemon.web"
+WEB_PACKAGE = "daemon.ui.web"
 MAX_HEAD_BYTES = 8 * 1024
 MAX_HEADERS = 100
 HEAD_TIMEOUT_S = 10.0

@@ -29,9 +29,10 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from daemon.config import PumpConfig, VitalsSource
-from daemon.config_cmd import config_problems, library_problems
-from daemon.doctor_links import (
+from daemon.base.logging_setup import configure_logging
+from daemon.base.paths import DataDirError, DataDirLocked, journal_path, lock_data_dir
+from daemon.cli.config_cmd import config_problems, library_problems
+from daemon.cli.doctor_links import (
     Context,
     Unusable,
     check_bindable,
@@ -40,10 +41,9 @@ from daemon.doctor_links import (
     check_reachable,
     check_vitals,
 )
+from daemon.config import PumpConfig, VitalsSource
 from daemon.gateway import library_path
 from daemon.journal import Journal, JournalError
-from daemon.logging_setup import configure_logging
-from daemon.paths import DataDirError, DataDirLocked, journal_path, lock_data_dir
 
 EXIT_OK = 0
 EXIT_UNUSABLE = 1

@@ -13,7 +13,7 @@ Order of checks, each answering with its own error code:
    ``issued_at`` more than :data:`MAX_CLOCK_SKEW_S` in the future (the sender's clock is wrong:
    that is a bad request, not an expired one). The message names the field.
 5. ``bad_signature``: the ``sig`` does not verify, or is missing where signatures are required
-   (:mod:`daemon.signing`).
+   (:mod:`daemon.mqtt.signing`).
 6. ``expired``: ``issued_at + ttl_s`` is before ``now``.
 
 ``now`` is an argument: nothing here reads the clock. Rejections carry the command id when one
@@ -39,8 +39,8 @@ from pydantic import (
     model_validator,
 )
 
-from daemon.signing import SignaturePolicy
-from daemon.timefmt import format_ts, parse_ts
+from daemon.base.timefmt import format_ts, parse_ts
+from daemon.mqtt.signing import SignaturePolicy
 
 MAX_COMMAND_BYTES = 16 * 1024
 MAX_ID_CHARS = 64
@@ -139,7 +139,7 @@ class Confirm(_Strict):
 
 
 class Signature(_Strict):
-    """``{"kid", "hmac"}``: HMAC-SHA256 of the canonical command (see daemon.signing)."""
+    """``{"kid", "hmac"}``: HMAC-SHA256 of the canonical command (see daemon.mqtt.signing)."""
 
     kid: Text
     hmac: Annotated[str, StringConstraints(pattern=r"^[0-9a-fA-F]{64}$")]

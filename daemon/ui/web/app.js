@@ -23,7 +23,7 @@
   // A pump is polled every second or so, but its retained state is republished only when it
   // changes or every publish_every_s (10 s by default): a last_poll up to that old is normal.
   const LATE_POLL_MS = 15000;
-  const SIGNIFICANT = 3; // digits shown (daemon/display.py applies the same rule in watch)
+  const SIGNIFICANT = 3; // digits shown (daemon/ui/display.py applies the same rule in watch)
   const HISTORY_WINDOW = "30m";
   const TTL_S = 30;
   const LOOPBACK = new Set(["127.0.0.1", "localhost", "::1", "[::1]"]);
@@ -64,7 +64,7 @@
   }
 
   // SIGNIFICANT digits but never fewer than the whole part, no trailing zeros: 0.066667 ->
-  // "0.0667", 52.5 -> "52.5", 1234.5 -> "1235" (daemon/display.py human_number).
+  // "0.0667", 52.5 -> "52.5", 1234.5 -> "1235" (daemon/ui/display.py human_number).
   function fmtNum(value) {
     if (typeof value !== "number" || !Number.isFinite(value)) return "—";
     if (value === 0) return "0";

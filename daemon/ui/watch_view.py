@@ -1,4 +1,4 @@
-"""What ``infusiond watch`` draws: one frame of a :class:`~daemon.watch.WatchModel` at a width.
+"""What ``infusiond watch`` draws: one frame of a :class:`~daemon.ui.watch.WatchModel` at a width.
 
 Pure (model, ``now`` and the terminal width in; a rich renderable out). Rules a bedside display
 must keep at every width:
@@ -8,7 +8,7 @@ must keep at every width:
   alarms always stay, and when even they do not fit each pump becomes a block of lines;
 - while a gateway is not ``online`` its pumps are what it last said, not live: their state reads
   ``(stale)``, dimmed, and a line says when that was (``last known 12:01:03Z, 3 min ago``);
-- numbers are rounded for people (:mod:`daemon.display`), units as on a drug label.
+- numbers are rounded for people (:mod:`daemon.ui.display`), units as on a drug label.
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from daemon.display import human_quantity
-from daemon.timefmt import human_age, parse_ts
+from daemon.base.timefmt import human_age, parse_ts
+from daemon.ui.display import human_quantity
 
 if TYPE_CHECKING:
-    from daemon.watch import WatchModel
+    from daemon.ui.watch import WatchModel
 
 MAP_RANGE = (65.0, 85.0)
 GAP = 2  # spaces between columns

@@ -20,7 +20,7 @@ So the journal grows by at most ``journal_per_window`` + one row per error code 
 whatever the rate. :meth:`RefusalDesk.refuse` is synchronous and O(1): it never creates a
 task per refusal. The work goes through a bounded queue drained by one worker task, started
 when there is work and ending when there is none (its owner keeps the reference it returns).
-A pump id taken from the topic is capped (:func:`daemon.topics.capped_id`) before it is
+A pump id taken from the topic is capped (:func:`daemon.base.topics.capped_id`) before it is
 journaled or logged, and an error message longer than :data:`MAX_MESSAGE_CHARS` is cut.
 """
 
@@ -38,9 +38,9 @@ from typing import Any, Protocol
 
 import structlog
 
+from daemon.base.timefmt import format_ts, utc_now
+from daemon.base.topics import capped_id
 from daemon.journal import JournalError, JournalKind, JournalRow
-from daemon.timefmt import format_ts, utc_now
-from daemon.topics import capped_id
 
 log = structlog.get_logger("infusiond.refusals")
 

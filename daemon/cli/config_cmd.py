@@ -13,11 +13,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from daemon.base.errors import ConfigError
 from daemon.config import Config, load_config
-from daemon.errors import ConfigError
 from daemon.gateway import load_checked_library, program_of
+from daemon.mqtt.signing import SignaturePolicy
 from daemon.pharmacy.reload import LibraryRefused
-from daemon.signing import SignaturePolicy
 from protocol.errors import InfusiondError
 from protocol.library import Library
 

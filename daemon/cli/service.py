@@ -10,11 +10,11 @@ from pathlib import Path
 
 import structlog
 
+from daemon.base.logging_setup import configure_logging
 from daemon.config import Config, load_config
 from daemon.gateway import Gateway
-from daemon.logging_setup import configure_logging
 from daemon.poll_stats import LATENESS, STATS_PATH
-from daemon.web_server import WebServer
+from daemon.ui.web_server import WebServer
 
 log = structlog.get_logger(__name__)
 
