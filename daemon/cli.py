@@ -274,15 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _resolve(target: str) -> _Runner | None:
+def _resolve(target: str) -> _Runner:
     module_name, _, func_name = target.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name != module_name:
-            raise
-        return None
-    runner: _Runner = getattr(module, func_name)
+    runner: _Runner = getattr(importlib.import_module(module_name), func_name)
     return runner
 
 
@@ -299,12 +293,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     runner = _resolve(args.target)
-    if runner is None:
-        print(
-            f"infusiond: '{args.command}' is not available in this build yet",
-            file=sys.stderr,
-        )
-        return EXIT_USAGE
     try:
         return runner(args)
     except KeyboardInterrupt:

@@ -70,7 +70,6 @@ ALARM_FAULTS = {
     Fault.DOOR_OPEN: "door_open",
     Fault.HARDWARE_FAULT: "hardware_fault",
 }
-ONE_SHOT = frozenset({Fault.COMM_TIMEOUT, Fault.FRONT_PANEL_RATE, Fault.POWER_RESET})
 
 
 class SimWriteError(ValueError):
