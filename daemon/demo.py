@@ -40,7 +40,7 @@ from daemon.paths import default_data_dir, lock_data_dir
 from daemon.web_server import WebServer
 from sim_devices.clock import SimClock
 from sim_devices.ehr import EhrSimulator
-from sim_devices.modbus_pump import PumpConfig as ModbusPumpSetup
+from sim_devices.modbus_pump import PumpSetup as ModbusPumpSetup
 from sim_devices.modbus_server import ModbusPumpSimulator
 from sim_devices.monitor import Monitor
 from sim_devices.newera_pump import PumpSetup as NewEraPumpSetup
