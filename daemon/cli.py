@@ -131,6 +131,9 @@ def _add_demo_options(p: argparse.ArgumentParser) -> None:
         "--hl7-out", metavar="mllp://HOST:PORT", help="send IHE PCD DEC/IPEC/ACM to this EHR"
     )
     p.add_argument("--ehr-sim", action="store_true", help="run a simulated EHR here and send to it")
+    p.add_argument(
+        "--scenario", metavar="FILE", help="scenario TOML: timed faults on the simulated devices"
+    )
 
 
 def _add_ehr_sim_parser(simsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
