@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import sys
 from decimal import Decimal, InvalidOperation
 
 from sim_devices.phd_pump import PumpSetup
@@ -68,7 +69,8 @@ async def serve(args: argparse.Namespace) -> int:
         check(sim, scenario, origin)
         apply_fault_specs(args.faults, functools.partial(apply_fault_spec, sim))
     except ScenarioError as exc:
-        raise SystemExit(f"infusiond sim phd: {exc}") from None
+        sys.stderr.write(f"infusiond sim phd: {exc}\n")
+        return 2
     listen = args.serial or args.listen or DEFAULT_LISTEN
     await serve_until_signal(
         "phd", sim.serving(listen), functools.partial(play, sim, scenario, origin)
