@@ -41,7 +41,7 @@ from daemon.demo_devices import (
     DemoDevices,
     demo_scenario,
     patient_of,
-    start_sim_control,
+    sim_control,
 )
 from daemon.embedded_broker import embedded_broker
 from daemon.gateway import Gateway
@@ -242,6 +242,8 @@ async def running_demo(
             await ehr.start()
             stack.push_async_callback(ehr.stop)
             hl7_out = f"mllp://{HOST}:{ehr.port}"
+        faults = FaultControl.for_broker(bank, broker_url, gateway_id, mqtt_v5=protocol == "5")
+        await stack.enter_async_context(sim_control(bank, faults, scenario, clock))
         served = await stack.enter_async_context(modbus.serving(f"tcp://{HOST}:0"))
         await stack.enter_async_context(newera.serving(f"tcp://{HOST}:0"))
         if phd:
@@ -290,14 +292,10 @@ async def running_demo(
                 piv_url=gateway.piv.url if gateway.piv is not None else None,
             )
             monitor_task = tg.create_task(monitor.run(endpoints.vitals_url), name="monitor")
-            faults = FaultControl.for_broker(bank, broker_url, gateway_id, mqtt_v5=protocol == "5")
-            sim_tasks = await start_sim_control(tg, bank, faults, scenario, clock)
             try:
                 yield endpoints, gateway
             finally:
                 monitor_task.cancel()
-                for task in sim_tasks:
-                    task.cancel()
                 gateway.stop()
 
 

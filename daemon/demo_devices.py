@@ -5,9 +5,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
+
+import structlog
 
 from sim_devices.clock import SimClock
 from sim_devices.fault_topic import FaultControl
@@ -22,6 +26,9 @@ from sim_devices.phd_server import PhdSimulator
 from sim_devices.scenario import DriftEvent, Scenario, load_scenario
 from sim_devices.sim_bank import SimBank, modbus_pump, newera_pump, phd_pump
 
+log = structlog.get_logger("infusiond.demo")
+
+SUBSCRIBE_WAIT_S = 10.0
 PHD_ADDRESS = 1
 PHD_DIAMETER_MM = Decimal("26.59")
 NE_RATE_ML_H = Decimal("52.5")
@@ -93,18 +100,33 @@ def patient_of(scenario: Scenario | None) -> Scenario:
     return load_scenario("demo")
 
 
-async def start_sim_control(
-    tg: asyncio.TaskGroup,
-    bank: SimBank,
-    faults: FaultControl,
-    scenario: Scenario | None,
-    clock: SimClock,
-) -> list[asyncio.Task[None]]:
-    """Start the run-time fault listener (and the scenario's player) in ``tg``; returns once
-    the listener is subscribed, with the tasks to cancel when the demo stops."""
-    tasks = [tg.create_task(faults.run(), name="demo-sim-faults")]
+@contextlib.asynccontextmanager
+async def sim_control(
+    bank: SimBank, faults: FaultControl, scenario: Scenario | None, clock: SimClock
+) -> AsyncIterator[None]:
+    """Run the run-time fault listener (and the scenario's player) while the demo runs; enters
+    once the listener is subscribed (or after :data:`SUBSCRIBE_WAIT_S`, with a warning)."""
+    tasks = [asyncio.create_task(faults.run(), name="demo-sim-faults")]
     if scenario is not None:
         player = bank.play(scenario, clock, scenario.name)
-        tasks.append(tg.create_task(player, name="demo-scenario"))
-    await faults.subscribed.wait()
-    return tasks
+        tasks.append(asyncio.create_task(player, name="demo-scenario"))
+    for task in tasks:
+        task.add_done_callback(_report_failure)
+    try:
+        try:
+            async with asyncio.timeout(SUBSCRIBE_WAIT_S):
+                await faults.subscribed.wait()
+        except TimeoutError:
+            log.warning(
+                "sim fault topics not subscribed yet", broker=f"{faults.host}:{faults.port}"
+            )
+        yield
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _report_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and (error := task.exception()) is not None:
+        log.error("demo simulator task failed", task=task.get_name(), error=str(error))

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 
 from daemon.cli import main
 
 OLD_MODBUS = "[scenario]\nname = 'old'\n[[events]]\nat_s = 60\nfault = 'occlusion'\nunit = 1\n"
 OLD_PATIENT = "name = 'old'\n[[doses]]\nat_min = 2\nnorepinephrine = 0.1\n"
+
+
+@pytest.fixture(autouse=True)
+def _keep_structlog_config() -> Iterator[None]:
+    """``sim modbus`` points structlog at the (captured) stderr: restore it for later tests."""
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
 
 
 @pytest.mark.parametrize(
