@@ -16,8 +16,8 @@ import structlog
 from sim_devices.clock import SimClock
 from sim_devices.modbus_pump import Fault, PumpSetup
 from sim_devices.scenario import (
-    Action,
     ClearEvent,
+    EventAction,
     FaultEvent,
     PanelEvent,
     PumpEvent,
@@ -82,7 +82,7 @@ def apply_event(target: FaultTarget, event: PumpEvent, where: str) -> None:
                 target.clear(fault, unit=unit)
         elif isinstance(event, RateEvent):
             target.inject(Fault.FRONT_PANEL_RATE, float(event.rate_ml_h), unit=unit)
-        elif isinstance(event, PanelEvent) and event.action is Action.RESET:
+        elif isinstance(event, PanelEvent) and event.action is EventAction.RESET:
             target.inject(Fault.POWER_RESET, unit=unit)
         else:
             raise ScenarioError(

@@ -46,7 +46,7 @@ class ScenarioError(InfusiondError):
     """A scenario (file, event or fault) is wrong; the message names the file, entry and field."""
 
 
-class Action(enum.StrEnum):
+class EventAction(enum.StrEnum):
     """What a timed event does."""
 
     FAULT = "fault"  # inject a fault (a name of that simulator's fault table)
@@ -60,7 +60,7 @@ class Action(enum.StrEnum):
     MONITOR = "monitor"  # a one-shot fault of the monitor's next message
 
 
-PANEL_ACTIONS = (Action.STALL, Action.RESET, Action.RUN, Action.STOP)
+PANEL_ACTIONS = (EventAction.STALL, EventAction.RESET, EventAction.RUN, EventAction.STOP)
 Seconds = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 #: a pump: its address / unit id for a simulator, its pump id (``"pump-1"``) in the demo
 PumpRef = Annotated[int, Field(ge=0, le=247)] | Annotated[str, Field(min_length=1, max_length=64)]
@@ -82,7 +82,7 @@ class FaultEvent(_Event):
     """Inject ``fault``; ``value`` is its argument (Modbus ARG, serial ``slow`` seconds or the
     refusal code of ``reject``/``refuse-but-apply``); ``on`` and ``count`` limit serial faults."""
 
-    action: Literal[Action.FAULT]
+    action: Literal[EventAction.FAULT]
     fault: FaultName
     value: float | Annotated[str, Field(max_length=64)] | None = None
     on: Annotated[str, Field(pattern=r"^[A-Za-z]{1,8}$")] | None = None
@@ -99,27 +99,27 @@ class FaultEvent(_Event):
 class ClearEvent(_Event):
     """Remove ``fault``'s cause (latched alarms stay until acknowledged); no fault: every one."""
 
-    action: Literal[Action.CLEAR]
+    action: Literal[EventAction.CLEAR]
     fault: FaultName | None = None
 
 
 class PanelEvent(_Event):
     """``stall``, ``reset``, ``run`` or ``stop`` at the pump."""
 
-    action: Literal[Action.STALL, Action.RESET, Action.RUN, Action.STOP]
+    action: Literal[EventAction.STALL, EventAction.RESET, EventAction.RUN, EventAction.STOP]
 
 
 class RateEvent(_Event):
     """Someone sets the rate at the pump's front panel."""
 
-    action: Literal[Action.RATE]
+    action: Literal[EventAction.RATE]
     rate_ml_h: MlPerHour
 
 
 class DriftEvent(_Event):
     """Patient parameters drift linearly to the values in ``set`` over ``ramp_s``."""
 
-    action: Literal[Action.DRIFT]
+    action: Literal[EventAction.DRIFT]
     ramp_s: Seconds = 0.0
     set: dict[str, float] = Field(min_length=1)
 
@@ -132,7 +132,7 @@ class DriftEvent(_Event):
 class MonitorEvent(_Event):
     """One monitor fault, applied to the next message."""
 
-    action: Literal[Action.MONITOR]
+    action: Literal[EventAction.MONITOR]
     fault: MonitorFault
 
 
@@ -335,13 +335,13 @@ def _describe(error: ErrorDetails, raw: Mapping[str, Any]) -> str:
     return f"{where}: {message} (got {error['input']!r})" if where else message
 
 
-_ACTIONS = ", ".join(a.value for a in Action)
+_ACTIONS = ", ".join(a.value for a in EventAction)
 _FIELDS_BY_ACTION: dict[str, type[_Model]] = {
-    Action.FAULT.value: FaultEvent,
-    Action.CLEAR.value: ClearEvent,
-    Action.RATE.value: RateEvent,
-    Action.DRIFT.value: DriftEvent,
-    Action.MONITOR.value: MonitorEvent,
+    EventAction.FAULT.value: FaultEvent,
+    EventAction.CLEAR.value: ClearEvent,
+    EventAction.RATE.value: RateEvent,
+    EventAction.DRIFT.value: DriftEvent,
+    EventAction.MONITOR.value: MonitorEvent,
     **{a.value: PanelEvent for a in PANEL_ACTIONS},
 }
 

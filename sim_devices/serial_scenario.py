@@ -21,8 +21,8 @@ from pydantic import ValidationError
 
 from sim_devices.clock import SimClock
 from sim_devices.scenario import (
-    Action,
     ClearEvent,
+    EventAction,
     FaultEvent,
     PanelEvent,
     PumpEvent,
@@ -104,10 +104,10 @@ def apply_event(vendor: Vendor, sim: SerialChain, event: PumpEvent, where: str) 
             raise ScenarioError(f"{where}.rate_ml_h: {exc}") from None
     elif isinstance(event, PanelEvent):
         {
-            Action.STALL: pump.stall,
-            Action.RESET: pump.power_reset,
-            Action.RUN: pump.front_panel_run,
-            Action.STOP: pump.front_panel_stop,
+            EventAction.STALL: pump.stall,
+            EventAction.RESET: pump.power_reset,
+            EventAction.RUN: pump.front_panel_run,
+            EventAction.STOP: pump.front_panel_stop,
         }[event.action]()
 
 
@@ -156,12 +156,17 @@ def parse_fault_spec(spec: str) -> PumpEvent:
     except ValueError:
         raise ScenarioError(f"fault {spec!r}: address {addr!r} is not a number") from None
     if name in ("stall", "reset"):
-        return PanelEvent(at_s=0, pump=pump, action=Action(name))
+        return PanelEvent(at_s=0, pump=pump, action=EventAction(name))
     try:
         if name == "panel-rate":
-            return RateEvent(at_s=0, pump=pump, action=Action.RATE, rate_ml_h=Decimal(value))
+            return RateEvent(at_s=0, pump=pump, action=EventAction.RATE, rate_ml_h=Decimal(value))
         return FaultEvent(
-            at_s=0, pump=pump, action=Action.FAULT, fault=name, value=value or None, on=on or None
+            at_s=0,
+            pump=pump,
+            action=EventAction.FAULT,
+            fault=name,
+            value=value or None,
+            on=on or None,
         )
     except ArithmeticError:
         raise ScenarioError(f"fault {spec!r}: panel-rate takes mL/h, e.g. panel-rate=7.5") from None

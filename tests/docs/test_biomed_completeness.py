@@ -13,7 +13,7 @@ from sim_devices.newera_pump import Fault as NewEraFault
 from sim_devices.newera_scenario import EVENTS
 from sim_devices.phd_cli import EVENTS as PHD_EVENTS
 from sim_devices.phd_pump import Fault as PhdFault
-from sim_devices.scenario import Action, shipped_scenarios
+from sim_devices.scenario import EventAction, shipped_scenarios
 from tests.docs.docs_text import DOCS
 
 GUIDE = DOCS / "biomed-guide.md"
@@ -74,8 +74,12 @@ def test_scenario_actions_and_patient_scenarios_are_documented() -> None:
     text = GUIDE.read_text(encoding="utf-8")
     start = text.index("## Scenario files")
     scenarios = text[start : text.index("\n## ", start + 1)]
-    assert all(f"| `{a.value}` |" in scenarios for a in Action)
+    assert all(f"| `{a.value}` |" in scenarios for a in EventAction)
     newera = section("newera")
-    assert all(f"`{a.value}`" in newera for a in Action if a not in (Action.DRIFT, Action.MONITOR))
+    assert all(
+        f"`{a.value}`" in newera
+        for a in EventAction
+        if a not in (EventAction.DRIFT, EventAction.MONITOR)
+    )
     monitor = section("monitor")
     assert all(f"`{name}`" in monitor for name in shipped_scenarios())

@@ -20,7 +20,7 @@ from sim_devices.modbus_pump import PumpSetup as ModbusSetup
 from sim_devices.modbus_server import ModbusPumpSimulator
 from sim_devices.newera_server import NewEraSimulator
 from sim_devices.phd_server import PhdSimulator
-from sim_devices.scenario import Action, Scenario, load_scenario
+from sim_devices.scenario import EventAction, Scenario, load_scenario
 from tests.docs.docs_text import DOCS, GUIDES, Block, blocks
 
 
@@ -98,6 +98,6 @@ def test_the_scenario_format_section_has_a_full_example_the_demo_plays(tmp_path:
     path = tmp_path / "full.toml"
     path.write_text(examples[0].text)
     scenario = demo_scenario(path, pumps=2, phd=True)
-    assert {e.action for e in scenario.events} == set(Action)
+    assert {e.action for e in scenario.events} == set(EventAction)
     assert scenario.patient
     assert scenario.seed

@@ -12,10 +12,10 @@ from hypothesis import strategies as st
 from sim_devices.monitor import MonitorFault
 from sim_devices.patient_model import PARAM_NAMES
 from sim_devices.scenario import (
-    Action,
     ClearEvent,
     DoseStep,
     DriftEvent,
+    EventAction,
     FaultEvent,
     MonitorEvent,
     PanelEvent,
@@ -196,7 +196,7 @@ events = st.one_of(
         FaultEvent,
         at_s=seconds,
         pump=pump_ref,
-        action=st.just(Action.FAULT),
+        action=st.just(EventAction.FAULT),
         fault=fault_name,
         value=fault_value,
         on=st.one_of(st.none(), st.from_regex(r"[A-Za-z]{1,8}", fullmatch=True)),
@@ -206,21 +206,25 @@ events = st.one_of(
         ClearEvent,
         at_s=seconds,
         pump=pump_ref,
-        action=st.just(Action.CLEAR),
+        action=st.just(EventAction.CLEAR),
         fault=st.one_of(st.none(), fault_name),
     ),
     st.builds(
         PanelEvent,
         at_s=seconds,
         pump=pump_ref,
-        action=st.sampled_from([Action.STALL, Action.RESET, Action.RUN, Action.STOP]),
+        action=st.sampled_from(
+            [EventAction.STALL, EventAction.RESET, EventAction.RUN, EventAction.STOP]
+        ),
     ),
-    st.builds(RateEvent, at_s=seconds, pump=pump_ref, action=st.just(Action.RATE), rate_ml_h=ml_h),
+    st.builds(
+        RateEvent, at_s=seconds, pump=pump_ref, action=st.just(EventAction.RATE), rate_ml_h=ml_h
+    ),
     st.builds(
         DriftEvent,
         at_s=seconds,
         pump=pump_ref,
-        action=st.just(Action.DRIFT),
+        action=st.just(EventAction.DRIFT),
         ramp_s=seconds,
         set=st.dictionaries(st.sampled_from(sorted(PARAM_NAMES)), finite, min_size=1),
     ),
@@ -228,7 +232,7 @@ events = st.one_of(
         MonitorEvent,
         at_s=seconds,
         pump=pump_ref,
-        action=st.just(Action.MONITOR),
+        action=st.just(EventAction.MONITOR),
         fault=st.sampled_from(MonitorFault),
     ),
 )
@@ -273,7 +277,7 @@ def test_decimal_rates_keep_their_exact_value_through_toml() -> None:
     """A front-panel rate written as 52.55 reads back as exactly 52.55 mL/h."""
     scenario = Scenario(
         name="r",
-        events=(RateEvent(at_s=1, action=Action.RATE, rate_ml_h=Decimal("52.55")),),
+        events=(RateEvent(at_s=1, action=EventAction.RATE, rate_ml_h=Decimal("52.55")),),
     )
     event = load_scenario_text(to_toml(scenario), "r.toml").events[0]
     assert isinstance(event, RateEvent)
