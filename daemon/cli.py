@@ -136,6 +136,23 @@ def _add_demo_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_sim_tool_parsers(simsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``infusiond sim ehr`` and ``infusiond sim fault``: simulators that are not devices."""
+    _add_ehr_sim_parser(simsub)
+    _add_sim_fault_parser(simsub)
+
+
+def _add_sim_fault_parser(simsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``infusiond sim fault`` (sim_devices/fault_cli.py)."""
+    sp = simsub.add_parser("fault", help="send a fault to a simulated pump of infusiond demo")
+    sp.add_argument("pump", metavar="PUMP", help="pump id (pump-1, ...) or 'monitor'")
+    sp.add_argument("event", metavar="EVENT", help="a fault name, or one event as JSON")
+    sp.add_argument("--broker", default="mqtt://127.0.0.1:1883", metavar="mqtt://HOST:PORT")
+    sp.add_argument("--gateway", default="demo", metavar="ID", help="the demo's gateway id")
+    sp.add_argument("--timeout", type=float, default=5.0, metavar="S", help="wait for the answer")
+    sp.set_defaults(target="sim_devices.fault_cli:run")
+
+
 def _add_ehr_sim_parser(simsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """``infusiond sim ehr`` (sim_devices/ehr_cli.py)."""
     sp = simsub.add_parser("ehr", help="simulated EHR / alarm manager (IHE PCD over MLLP)")
@@ -244,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
         if kind == "modbus":
             _add_modbus_sim_options(sp)
 
-    _add_ehr_sim_parser(simsub)
+    _add_sim_tool_parsers(simsub)
 
     p = sub.add_parser("check", help="check a request (JSON on stdin) -> verdict JSON on stdout")
     p.add_argument("--library", metavar="PATH", help="drug library (default: shipped example)")

@@ -3,6 +3,9 @@ and the gateway reports the alarm on MQTT; ``demo --scenario`` plays a scenario 
 
 from __future__ import annotations
 
+import asyncio
+import json
+import socket
 from pathlib import Path
 
 import aiomqtt
@@ -35,6 +38,12 @@ def occlusion_in_state(m: Message) -> bool:
 
 def answer(ident: str) -> object:
     return lambda m: m.topic.endswith("/fault/result") and m.json["id"] == ident
+
+
+def printed_answer(out: str) -> dict[str, str]:
+    """The JSON answer line among the (in-process) demo's log lines."""
+    answer: dict[str, str] = json.loads([x for x in out.splitlines() if x.startswith("{")][-1])
+    return answer
 
 
 async def publish(url: str, topic: str, payload: str) -> None:
@@ -139,3 +148,50 @@ def test_demo_refuses_pumps_and_doses_in_its_scenario(tmp_path: Path) -> None:
     path.write_text("name = 'p'\n[[doses]]\nat_s = 0\nnorepinephrine = 0.1\n")
     with pytest.raises(ScenarioError, match="follows what its pumps deliver"):
         demo_scenario(path, pumps=2, phd=False)
+
+
+@pytest.mark.slow
+@pytest.mark.asyncio
+async def test_sim_fault_cli_injects_and_reports_rejections(
+    mosquitto: Mosquitto, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``infusiond sim fault pump-1 occlusion`` prints the injected answer and exits 0 (and the
+    gateway raises the alarm); an unknown fault exits 1 with the demo's error."""
+    async with (
+        running_demo(data_dir=tmp_path / "d", broker=mosquitto.url),
+        probe(mosquitto.url, f"{ROOT}/#") as seen,
+    ):
+        argv = ["sim", "fault", "--broker", mosquitto.url, "pump-1", "occlusion"]
+        assert await asyncio.to_thread(main, argv) == 0
+        assert printed_answer(capsys.readouterr().out)["status"] == "injected"
+        await seen.wait_for(occlusion_raised)
+        argv = ["sim", "fault", "--broker", mosquitto.url, "pump-2", '{"fault": "gremlins"}']
+        assert await asyncio.to_thread(main, argv) == 1
+        answer = printed_answer(capsys.readouterr().out)
+        assert answer["status"] == "rejected"
+        assert "unknown fault 'gremlins' of the New Era simulator" in answer["error"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--broker", "tcp://x:1", "pump-1", "occlusion"], "--broker must be mqtt://HOST:PORT"),
+        (["pump-1", "{not json"], "EVENT is not valid JSON"),
+    ],
+)
+def test_sim_fault_cli_usage_errors_exit_2(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A bad broker URL or event is refused before anything is sent."""
+    assert main(["sim", "fault", *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_sim_fault_cli_without_a_demo_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    """Nothing listening on the broker port: exit 2 and say that no demo answered."""
+    with socket.socket() as held:  # bound, never listening: connections are refused
+        held.bind(("127.0.0.1", 0))
+        port = held.getsockname()[1]
+        argv = ["sim", "fault", "--broker", f"mqtt://127.0.0.1:{port}", "pump-1", "occlusion"]
+        assert main(argv) == 2
+    assert "no answer (is infusiond demo running on that broker?)" in capsys.readouterr().err
