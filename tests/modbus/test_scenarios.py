@@ -9,7 +9,7 @@ import pytest
 
 from drivers.base import AlarmCode, RunState
 from sim_devices.modbus_pump import Fault, FaultSpec
-from sim_devices.modbus_scenario import check, play
+from sim_devices.modbus_scenario import apply_event, check, play
 from sim_devices.modbus_server import ModbusPumpSimulator
 from sim_devices.scenario import ScenarioError, load_scenario, load_scenario_text
 from tests.modbus.conftest import demo_pump, serve_rig
@@ -83,3 +83,22 @@ async def test_bad_firmware_scenario_ends_with_a_pump_that_behaves_again() -> No
         result = await rig.driver.set_rate(Decimal("61.00"))
         assert result.outcome.value == "applied"
         assert sim.pump(1).rate == Decimal("61.00")
+
+
+def test_an_event_without_pump_acts_on_every_unit_and_clear_without_fault_clears_all() -> None:
+    """No ``pump``: every unit; ``clear`` without ``fault``: every fault's cause."""
+    sim = ModbusPumpSimulator([demo_pump(1), demo_pump(2)])
+    scenario = load_scenario_text(
+        "name = 'all'\n"
+        "[[events]]\nat_s = 0\naction = 'fault'\nfault = 'occlusion'\n"
+        "[[events]]\nat_s = 0\naction = 'fault'\nfault = 'door_open'\npump = 2\n"
+        "[[events]]\nat_s = 1\naction = 'clear'\npump = 2\n",
+        "all.toml",
+    )
+    (_, everyone), (_, door), (_, clear) = scenario.pump_events()
+    apply_event(sim, everyone, "all.toml")
+    apply_event(sim, door, "all.toml")
+    assert sim.pump(1).causes == {"occlusion"}
+    assert sim.pump(2).causes == {"occlusion", "door_open"}
+    apply_event(sim, clear, "all.toml")
+    assert (sim.pump(1).causes, sim.pump(2).causes) == ({"occlusion"}, set())

@@ -70,3 +70,10 @@ def test_bad_scenario_file_is_refused_before_serving(tmp_path: Path) -> None:
     bad.write_text('name = "x"\n[[pumps]]\npump = 1\nreset_alarm = true\n')
     with pytest.raises(ScenarioError, match=r"pumps\[0\]\.reset_alarm: not a PHD ULTRA field"):
         setups(load_scenario(bad), str(bad))
+
+
+def test_an_event_without_pump_acts_on_the_first_pump_of_the_chain() -> None:
+    """On a chain at addresses 3 and 4, an event without ``pump`` stalls pump 3 only."""
+    sim = PhdSimulator([PumpSetup(address=3), PumpSetup(address=4)])
+    apply_fault_spec(sim, "stall")
+    assert (sim.pumps[3].prompt, sim.pumps[4].prompt) == (Prompt.STALLED, Prompt.IDLE)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 
@@ -121,3 +122,19 @@ def test_every_fault_the_biomed_guide_publishes_is_injected(bank: SimBank) -> No
         assert payload in guide
         answer = handle(bank, pump, payload.encode())
         assert answer["status"] == "injected", answer
+
+
+def test_only_the_demo_listens_for_sim_faults() -> None:
+    """No module of the service (``infusiond run``) imports the fault listener or the bank:
+    only ``daemon/demo.py`` and ``daemon/demo_devices.py`` do."""
+    root = DOCS.parent
+    users = set()
+    for path in sorted((root / "daemon").rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module in (
+                "sim_devices.fault_topic",
+                "sim_devices.sim_bank",
+            ):
+                users.add(str(path.relative_to(root)))
+    assert users == {"daemon/demo.py", "daemon/demo_devices.py"}
