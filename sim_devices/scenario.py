@@ -179,10 +179,7 @@ class Scenario(_Model):
     @classmethod
     def _patient(cls, values: dict[str, float]) -> dict[str, float]:
         values = _patient_values(values)
-        try:
-            PatientParams(**values)
-        except ValueError as exc:
-            raise ValueError(str(exc)) from None
+        PatientParams(**values)  # its ValueError names the parameter and its limit
         return values
 
     @model_validator(mode="after")
