@@ -51,8 +51,8 @@ from typing import Final
 
 from protocol.library import Library
 from protocol.request import DEFAULT_RESOLUTION, Amount, CheckRequest
+from protocol.rule_ids import DEFAULT_SEVERITY
 from protocol.rules import cross, history, infusion, limits, vitals
-from protocol.rules.catalog import DEFAULT_SEVERITY
 from protocol.rules.context import Context
 from protocol.units import (
     UnitError,

@@ -55,7 +55,7 @@ from pydantic import (
 )
 
 from protocol.errors import LibraryError
-from protocol.rules.catalog import AT_LEAST_CONFIRM, DEFAULT_SEVERITY, FIXED
+from protocol.rule_ids import AT_LEAST_CONFIRM, DEFAULT_SEVERITY, FIXED
 from protocol.substances import Vocabulary, shipped_vocabulary
 from protocol.units import (
     CONCENTRATION_UNITS,
@@ -389,9 +389,9 @@ def drug_facts(profile: Profile, drug: Drug, vocabulary: Vocabulary) -> DrugFact
 
 @dataclass(frozen=True, slots=True)
 class Library:
-    """A loaded, indexed library; build it with :func:`load_library` or
-    :func:`load_library_bytes`. A plain frozen dataclass (not a pydantic model) so that the
-    per-request lookups are plain attribute and dict accesses."""
+    """A loaded, indexed library; build it with :func:`load_library_bytes` (callers read the
+    file: ``daemon.library_file.load_library``). A plain frozen dataclass (not a pydantic
+    model) so that the per-request lookups are plain attribute and dict accesses."""
 
     name: str
     version: str
@@ -429,20 +429,6 @@ class Library:
             if found is None:
                 found = self._facts_index.get((pk, "\0" + self.vocabulary.ident(drug)))
         return found
-
-
-def load_library(path: str | Path, vocabulary: Vocabulary | None = None) -> Library:
-    """Read, validate and index the library file at ``path``.
-
-    Substance names are matched through ``vocabulary`` (default: the shipped one).
-    """
-    p = Path(path)
-    try:
-        with p.open("rb") as fh:
-            data = fh.read(MAX_LIBRARY_BYTES + 1)
-    except OSError as exc:
-        raise LibraryError(f"{p}: cannot read library file: {exc.strerror or exc}") from exc
-    return load_library_bytes(data, str(p), vocabulary)
 
 
 def load_library_bytes(data: bytes, source: str, vocabulary: Vocabulary | None = None) -> Library:

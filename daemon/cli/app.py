@@ -150,6 +150,26 @@ def _add_demo_options(p: argparse.ArgumentParser) -> None:
         "--hl7-out", metavar="mllp://HOST:PORT", help="send IHE PCD DEC/IPEC/ACM to this EHR"
     )
     p.add_argument("--ehr-sim", action="store_true", help="run a simulated EHR here and send to it")
+    p.add_argument(
+        "--scenario", metavar="FILE", help="scenario TOML: timed faults on the simulated devices"
+    )
+
+
+def _add_sim_tool_parsers(simsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``infusiond sim ehr`` and ``infusiond sim fault``: simulators that are not devices."""
+    _add_ehr_sim_parser(simsub)
+    _add_sim_fault_parser(simsub)
+
+
+def _add_sim_fault_parser(simsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``infusiond sim fault`` (sim_devices/fault_cli.py)."""
+    sp = simsub.add_parser("fault", help="send a fault to a simulated pump of infusiond demo")
+    sp.add_argument("pump", metavar="PUMP", help="pump id (pump-1, ...) or 'monitor'")
+    sp.add_argument("event", metavar="EVENT", help="a fault name, or one event as JSON")
+    sp.add_argument("--broker", default="mqtt://127.0.0.1:1883", metavar="mqtt://HOST:PORT")
+    sp.add_argument("--gateway", default="demo", metavar="ID", help="the demo's gateway id")
+    sp.add_argument("--timeout", type=float, default=5.0, metavar="S", help="wait for the answer")
+    sp.set_defaults(target="sim_devices.fault_cli:run")
 
 
 def _add_ehr_sim_parser(simsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -327,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
         if kind == "modbus":
             _add_modbus_sim_options(sp)
 
-    _add_ehr_sim_parser(simsub)
+    _add_sim_tool_parsers(simsub)
 
     _add_check_parser(sub)
 
@@ -355,15 +375,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _resolve(target: str) -> _Runner | None:
+def _resolve(target: str) -> _Runner:
     module_name, _, func_name = target.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name != module_name:
-            raise
-        return None
-    runner: _Runner = getattr(module, func_name)
+    runner: _Runner = getattr(importlib.import_module(module_name), func_name)
     return runner
 
 
@@ -392,12 +406,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     runner = _resolve(args.target)
-    if runner is None:
-        print(
-            f"infusiond: '{args.command}' is not available in this build yet",
-            file=sys.stderr,
-        )
-        return EXIT_USAGE
     try:
         return runner(args)
     except BrokenPipeError:

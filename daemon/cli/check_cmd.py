@@ -14,9 +14,10 @@ import argparse
 import json
 import sys
 
+from daemon.library_file import load_library
 from protocol.engine import evaluate
 from protocol.errors import RequestError
-from protocol.library import DEFAULT_LIBRARY_PATH, load_library
+from protocol.library import DEFAULT_LIBRARY_PATH
 from protocol.request import MAX_REQUEST_BYTES, parse_request_json
 
 EXIT_OK = 0

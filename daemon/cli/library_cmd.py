@@ -15,6 +15,7 @@ import json
 import sys
 from pathlib import Path
 
+from daemon.library_file import load_library
 from daemon.pharmacy.signing import (
     SignatureError,
     load_private_key,
@@ -25,7 +26,7 @@ from daemon.pharmacy.signing import (
 )
 from protocol.consistency import LibraryProblem, check_library
 from protocol.errors import LibraryError
-from protocol.library import DEFAULT_LIBRARY_PATH, Library, load_library
+from protocol.library import DEFAULT_LIBRARY_PATH, Library
 
 EXIT_OK = 0
 EXIT_PROBLEM = 1
