@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from daemon.library_file import load_library
+from daemon.base.library_file import load_library
 from protocol.engine import evaluate
 from protocol.library import DEFAULT_LIBRARY_PATH
 from protocol.request import parse_request_json

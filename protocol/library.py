@@ -390,7 +390,7 @@ def drug_facts(profile: Profile, drug: Drug, vocabulary: Vocabulary) -> DrugFact
 @dataclass(frozen=True, slots=True)
 class Library:
     """A loaded, indexed library; build it with :func:`load_library_bytes` (callers read the
-    file: ``daemon.library_file.load_library``). A plain frozen dataclass (not a pydantic
+    file: ``daemon.base.library_file.load_library``). A plain frozen dataclass (not a pydantic
     model) so that the per-request lookups are plain attribute and dict accesses."""
 
     name: str

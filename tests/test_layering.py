@@ -33,6 +33,7 @@ DAEMON_TOP_LEVEL = frozenset(
         "channel",
         "config",
         "demo",
+        "demo_devices",
         "embedded_broker",
         "gate",
         "gateway",

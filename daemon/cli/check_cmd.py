@@ -14,7 +14,7 @@ import argparse
 import json
 import sys
 
-from daemon.library_file import load_library
+from daemon.base.library_file import load_library
 from protocol.engine import evaluate
 from protocol.errors import RequestError
 from protocol.library import DEFAULT_LIBRARY_PATH

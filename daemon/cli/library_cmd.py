@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from daemon.library_file import load_library
+from daemon.base.library_file import load_library
 from daemon.pharmacy.signing import (
     SignatureError,
     load_private_key,

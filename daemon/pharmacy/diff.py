@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from daemon.library_file import load_library
+from daemon.base.library_file import load_library
 from protocol.library import Example, Library
 
 EXIT_SAME = 0

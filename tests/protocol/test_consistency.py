@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from daemon.library_file import load_library
+from daemon.base.library_file import load_library
 from protocol.consistency import check_library
 from tests.protocol.builders import shipped
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.library_file import load_library
+from daemon.base.library_file import load_library
 from protocol.errors import LibraryError
 from protocol.library import DEFAULT_LIBRARY_PATH, load_library_bytes
 from protocol.verdict import Severity
