@@ -56,7 +56,7 @@ def measure(*, quick: bool = False) -> dict[str, Any]:
                     daemon.close()
                 progress(f"startup run {i + 1}/{runs}: READY=1 after {times[-1]:.3f} s")
     interpreter = _time_cmd([sys.executable, "-c", "pass"])
-    imports = _time_cmd([sys.executable, "-c", "import daemon.cli.service, daemon.gateway"])
+    imports = _time_cmd([sys.executable, "-c", "import daemon.cli.service, daemon.core.gateway"])
     ready = statistics.median(times)
     return {
         "bench": "startup",

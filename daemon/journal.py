@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Any, Self, TypeVar
 
 from daemon.base.envelope import Kind, encode, envelope
-from daemon.base.paths import DataDirLock, journal_path, lock_data_dir
+from daemon.base.paths import DEFAULT_RETENTION_DAYS, DataDirLock, journal_path, lock_data_dir
 from daemon.base.timefmt import format_ts, utc_now
 from daemon.base.topics import Topics
 from protocol.errors import InfusiondError
@@ -63,7 +63,6 @@ FORMAT = "infusiond.journal/1"
 GENESIS_HASH = "0" * 64
 _T = TypeVar("_T")
 
-DEFAULT_RETENTION_DAYS = 90
 #: journal rows one :meth:`Journal.prune` call removes at most (a few tens of ms of work)
 PRUNE_BATCH = 5000
 _AUTO_VACUUM_INCREMENTAL = 2

@@ -10,7 +10,7 @@ import aiomqtt
 import pytest
 from amqtt.errors import BrokerError
 
-from daemon.embedded_broker import EmbeddedBroker, embedded_broker
+from daemon.demo.embedded_broker import EmbeddedBroker, embedded_broker
 from tests.support.procs import retry_address_in_use
 
 V311 = aiomqtt.ProtocolVersion.V311

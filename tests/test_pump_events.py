@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from daemon.pump_events import (
+from daemon.core.pump_events import (
     ALARM_PRIORITY,
     AlarmPriorities,
     Observation,

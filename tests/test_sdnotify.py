@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.sdnotify import Notifier
+from daemon.core.sdnotify import Notifier
 
 
 def test_notify_sends_key_value_lines(tmp_path: Path) -> None:

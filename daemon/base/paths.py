@@ -15,6 +15,8 @@ from typing import Self
 from protocol.errors import InfusiondError
 
 JOURNAL_FILE = "journal.sqlite3"
+# How long the journal keeps its rows unless ``[journal] retention_days`` says otherwise.
+DEFAULT_RETENTION_DAYS = 90
 
 
 class DataDirError(InfusiondError):

@@ -1,6 +1,6 @@
 """``infusiond config check --config PATH``: every problem of a configuration, not the first.
 
-The same machinery as ``infusiond run``: :func:`daemon.config.load_config` (the file and the
+The same machinery as ``infusiond run``: :func:`daemon.base.config.load_config` (the file and the
 ``INFUSIOND_*`` environment), the signing keys it names, the drug library it names (loaded,
 consistency-checked and, when required, signature-checked) and every pump's program against that
 library. One line per problem, each naming its TOML location (``table.key``, ``pumps[0].drug``)
@@ -13,9 +13,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from daemon.base.config import Config, load_config
 from daemon.base.errors import ConfigError
-from daemon.config import Config, load_config
-from daemon.gateway import load_checked_library, program_of
+from daemon.core.gateway import load_checked_library, program_of
 from daemon.mqtt.signing import SignaturePolicy
 from daemon.pharmacy.reload import LibraryRefused
 from protocol.errors import InfusiondError

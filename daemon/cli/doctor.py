@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+from daemon.base.config import PumpConfig, VitalsSource
 from daemon.base.logging_setup import configure_logging
 from daemon.base.paths import DataDirError, DataDirLocked, journal_path, lock_data_dir
 from daemon.cli.config_cmd import config_problems, library_problems
@@ -41,8 +42,7 @@ from daemon.cli.doctor_links import (
     check_reachable,
     check_vitals,
 )
-from daemon.config import PumpConfig, VitalsSource
-from daemon.gateway import library_path
+from daemon.core.gateway import library_path
 from daemon.journal import Journal, JournalError
 
 EXIT_OK = 0

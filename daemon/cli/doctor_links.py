@@ -18,8 +18,8 @@ from urllib.parse import urlsplit
 
 import aiomqtt
 
-from daemon.config import Config, PumpConfig, VitalsSource
-from daemon.gateway import make_driver
+from daemon.base.config import Config, PumpConfig, VitalsSource
+from daemon.core.gateway import make_driver
 from drivers.errors import DriverError
 from protocol.errors import InfusiondError
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import structlog
 
+from daemon.base.config import Config, load_config
 from daemon.base.logging_setup import configure_logging
-from daemon.config import Config, load_config
-from daemon.gateway import Gateway
-from daemon.poll_stats import LATENESS, STATS_PATH
+from daemon.core.gateway import Gateway
+from daemon.core.poll_stats import LATENESS, STATS_PATH
 from daemon.ui.web_server import WebServer
 
 log = structlog.get_logger(__name__)

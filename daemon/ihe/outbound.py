@@ -26,8 +26,8 @@ from typing import Any, Protocol
 
 import structlog
 
+from daemon.base.config import Config
 from daemon.base.timefmt import parse_ts
-from daemon.config import Config
 from daemon.ihe import messages
 from daemon.ihe.messages import Endpoint, Patient
 from daemon.journal import AsyncJournal, Hl7Item, JournalRow

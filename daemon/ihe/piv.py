@@ -1,7 +1,7 @@
 """IHE PCD PIV in (PCD-03): infusion orders from the EHR/BCMA become *pending* programs.
 
 An RGV^O15 is read (:func:`drivers.hl7.piv.parse_rgv`), turned into the equivalent MQTT
-``program`` command and handed to :meth:`daemon.gate.Gate.submit_order`: the same parsing,
+``program`` command and handed to :meth:`daemon.core.gate.Gate.submit_order`: the same parsing,
 admission and verdict as a command from MQTT, and never a write to the pump. The answer,
 RRG^O16 on the same connection (MSA-2 = the order's MSH-10):
 

@@ -29,7 +29,7 @@ from typing import Any
 
 import structlog
 
-from daemon.config import LibraryConfig
+from daemon.base.config import LibraryConfig
 from daemon.journal import AsyncJournal, JournalError, JournalKind
 from daemon.pharmacy.signing import (
     SignatureError,

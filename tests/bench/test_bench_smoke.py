@@ -15,8 +15,8 @@ import pytest
 from bench.__main__ import table
 from bench.harness import Daemon, modbus_sims, write_config
 from bench.scale import window_quantile
-from daemon.channel import refresh_phase
-from daemon.poll_stats import LatenessHistogram
+from daemon.core.channel import refresh_phase
+from daemon.core.poll_stats import LatenessHistogram
 from tests.support.procs import Mosquitto
 
 REPO = Path(__file__).resolve().parents[2]

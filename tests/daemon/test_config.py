@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from daemon.base.config import Config, load_config
 from daemon.base.errors import ConfigError
-from daemon.config import Config, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "systemd" / "infusiond.example.toml"

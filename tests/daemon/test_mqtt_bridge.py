@@ -22,9 +22,9 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 from pydantic import SecretStr
 
-from daemon.config import BrokerConfig, TlsConfig
+from daemon.base.config import BrokerConfig, TlsConfig
 from daemon.journal import AsyncJournal
-from daemon.mqtt_bridge import BridgeState, MqttBridge
+from daemon.mqtt.bridge import BridgeState, MqttBridge
 from drivers.backoff import Backoff
 from tests.daemon.netcut import cuttable_link
 from tests.support.procs import Mosquitto

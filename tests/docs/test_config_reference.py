@@ -1,4 +1,4 @@
-"""docs/configuration.md is what scripts/gen_config_reference.py makes of daemon/config.py."""
+"""docs/configuration.md is what scripts/gen_config_reference.py makes of daemon/base/config.py."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import importlib.util
 import re
 from types import ModuleType
 
-from daemon.config import Config
+from daemon.base.config import Config
 from tests.docs.docs_text import DOCS, ROOT
 
 
@@ -23,7 +23,7 @@ def generator() -> ModuleType:
 
 def test_configuration_md_is_up_to_date() -> None:
     """Regenerating the reference gives the committed file, byte for byte (run
-    `.venv/bin/python scripts/gen_config_reference.py` after changing daemon/config.py)."""
+    `.venv/bin/python scripts/gen_config_reference.py` after changing daemon/base/config.py)."""
     text, _missing = generator().render()
     assert (DOCS / "configuration.md").read_text(encoding="utf-8") == text
 

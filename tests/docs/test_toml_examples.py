@@ -1,5 +1,5 @@
 """The TOML shown in the guides is what the loaders accept: the operator guide's configuration
-loads with daemon.config, and every scenario in the biomed guide loads with the one scenario
+loads with daemon.base.config, and every scenario in the biomed guide loads with the one scenario
 loader and passes the check of the simulator it is written for (the demo's for the full one)."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from daemon.config import load_config
-from daemon.demo_devices import demo_scenario
+from daemon.base.config import load_config
+from daemon.demo.devices import demo_scenario
 from protocol.library import DEFAULT_LIBRARY_PATH
 from sim_devices import modbus_scenario, newera_scenario, phd_scenario
 from sim_devices.modbus_pump import PumpSetup as ModbusSetup

@@ -24,8 +24,8 @@ import aiomqtt
 import jsonschema
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from daemon.config import Config
-from daemon.gateway import Gateway
+from daemon.base.config import Config
+from daemon.core.gateway import Gateway
 from sim_devices.clock import SimClock
 from sim_devices.modbus_pump import PumpSetup as ModbusSetup
 from sim_devices.modbus_server import ModbusPumpSimulator

@@ -16,7 +16,7 @@ import aiomqtt
 import pytest
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from daemon.mqtt_bridge import BridgeState
+from daemon.mqtt.bridge import BridgeState
 from sim_devices.modbus_pump import Fault
 from tests.e2e.harness import command, dose, old_timestamp, rate_of, running_bedside, validate
 from tests.support.procs import Mosquitto

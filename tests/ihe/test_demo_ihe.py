@@ -16,7 +16,7 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-from daemon.demo import running_demo
+from daemon.demo.bedside import running_demo
 from daemon.ihe.samples import sample_messages
 from drivers.hl7.ack import AckCode, parse_ack
 from drivers.hl7.mllp import MllpDecoder, MllpFrame

@@ -19,8 +19,8 @@ from typing import Any
 import aiomqtt
 import pytest
 
-from daemon.config import Config, Hl7OutConfig, PivConfig
-from daemon.gateway import Gateway
+from daemon.base.config import Config, Hl7OutConfig, PivConfig
+from daemon.core.gateway import Gateway
 from drivers.hl7.ack import AckCode
 from drivers.hl7.piv import build_rgv
 from sim_devices.clock import SimClock

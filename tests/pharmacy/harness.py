@@ -19,8 +19,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from daemon.config import Config, LibraryConfig
-from daemon.gateway import Gateway
+from daemon.base.config import Config, LibraryConfig
+from daemon.core.gateway import Gateway
 from daemon.pharmacy.signing import private_pem, public_pem, sign_library
 from protocol.library import DEFAULT_LIBRARY_PATH
 from sim_devices.clock import SimClock

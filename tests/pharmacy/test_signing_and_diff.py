@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from daemon.base.config import load_config
 from daemon.base.errors import ConfigError
 from daemon.cli import main
-from daemon.config import load_config
-from daemon.gateway import load_checked_library
+from daemon.core.gateway import load_checked_library
 from daemon.pharmacy.reload import LibraryRefused
 from tests.pharmacy.harness import SHIPPED, Keys, variant
 

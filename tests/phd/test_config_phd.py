@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from daemon.base.config import load_config
 from daemon.base.errors import ConfigError
-from daemon.config import load_config
-from daemon.gateway import make_driver
+from daemon.core.gateway import make_driver
 from drivers.phd import PhdPumpDriver
 
 BASE = """gateway_id = "gw"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.demo import banner, running_demo
+from daemon.demo.bedside import banner, running_demo
 from tests.reliability.harness import Message, probe
 from tests.support.procs import Mosquitto
 

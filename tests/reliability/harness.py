@@ -27,9 +27,9 @@ from typing import Any
 import aiomqtt
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from daemon.config import Config
-from daemon.gateway import Gateway
-from daemon.mqtt_bridge import BridgeState
+from daemon.base.config import Config
+from daemon.core.gateway import Gateway
+from daemon.mqtt.bridge import BridgeState
 from sim_devices.clock import SimClock
 from sim_devices.modbus_pump import PumpSetup as ModbusPumpSetup
 from sim_devices.modbus_server import ModbusPumpSimulator

@@ -38,7 +38,7 @@ from tests.support.procs import Mosquitto
 
 OUTAGE_S = 5.0
 HISTORIAN = "historian-1"
-# the bridge's reconnect backoff (daemon/mqtt_bridge.py): 0.2 s doubling, jitter 50 %, cap 30 s
+# the bridge's reconnect backoff (daemon/mqtt/bridge.py): 0.2 s doubling, jitter 50 %, cap 30 s
 BACKOFF_INITIAL_S, BACKOFF_CAP_S = 0.2, 30.0
 STAY_USER = [f"user {pwd.getpwuid(os.geteuid()).pw_name}"]
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.gateway import Gateway
+from daemon.core.gateway import Gateway
 from tests.reliability.harness import (
     Message,
     Probe,

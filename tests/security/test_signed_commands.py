@@ -16,8 +16,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from daemon.base.config import load_config
 from daemon.base.errors import ConfigError
-from daemon.config import load_config
 from daemon.mqtt.command_parse import Command, ErrorCode, Rejection, parse_command
 from daemon.mqtt.signing import SignaturePolicy, canonical_bytes, sign
 from tests.reliability.harness import (

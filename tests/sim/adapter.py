@@ -4,7 +4,7 @@ When the core changes (Gateway's constructor, the journal's writer, the gate's t
 this is the file to adapt; the harness, fakes and invariants only use what is here plus the
 gateway's public outputs (results, events, the journal file).
 
-- :func:`build_gateway`: the real :class:`daemon.gateway.Gateway` on sim drivers, a sim bridge
+- :func:`build_gateway`: the real :class:`daemon.core.gateway.Gateway` on sim drivers, a sim bridge
   and the virtual wall clock (through its ``driver_factory``/``bridge_factory``/``clock`` seams).
 - :func:`simulated_process`: what cannot run as is under virtual time, replaced for the
   duration of a run: ``time.monotonic`` in the channel and the gateway (poll pacing, publish
@@ -36,24 +36,24 @@ from pathlib import Path
 from typing import Any, Self
 from unittest import mock
 
-import daemon.channel
-import daemon.gate
-import daemon.gateway
+import daemon.core.channel
+import daemon.core.gate
+import daemon.core.gateway
 import daemon.journal
+from daemon.base.config import Config
+from daemon.base.paths import DEFAULT_RETENTION_DAYS
 from daemon.base.topics import Topics
-from daemon.channel import Program
-from daemon.config import Config
-from daemon.gateway import Gateway, dose_at
+from daemon.core.channel import Program
+from daemon.core.gateway import Gateway, dose_at
 from daemon.journal import (
-    DEFAULT_RETENTION_DAYS,
     AsyncJournal,
     Journal,
     JournalError,
     JournalKind,
     _Job,
 )
+from daemon.mqtt.bridge import IncomingCommand
 from daemon.mqtt.refusals import RefusalDesk
-from daemon.mqtt_bridge import IncomingCommand
 from drivers.base import Driver
 from protocol.library import Library
 
@@ -211,7 +211,7 @@ class _NoGc:
 @functools.cache
 def shipped_library() -> Library:
     """The shipped drug library, loaded and checked once per process (it is immutable)."""
-    return daemon.gateway.load_checked_library(Config(gateway_id="sim"))
+    return daemon.core.gateway.load_checked_library(Config(gateway_id="sim"))
 
 
 def _shipped_library_for(_cfg: Config) -> Library:
@@ -233,15 +233,17 @@ def simulated_process(
     journal_class = type("SimJournal", (_InlineJournal,), {"faults": faults})
     virtual_time = _MonotonicOnly(monotonic)
     with (
-        mock.patch.object(daemon.channel, "time", virtual_time),
-        mock.patch.object(daemon.gateway, "time", virtual_time),
-        mock.patch.object(daemon.gateway, "AsyncJournal", journal_class),
+        mock.patch.object(daemon.core.channel, "time", virtual_time),
+        mock.patch.object(daemon.core.gateway, "time", virtual_time),
+        mock.patch.object(daemon.core.gateway, "AsyncJournal", journal_class),
         mock.patch.object(daemon.journal, "utc_now", clock),
         mock.patch.object(
-            daemon.gate, "RefusalDesk", functools.partial(RefusalDesk, clock=monotonic, now=clock)
+            daemon.core.gate,
+            "RefusalDesk",
+            functools.partial(RefusalDesk, clock=monotonic, now=clock),
         ),
-        mock.patch.object(daemon.gateway, "gc", _NoGc),
-        mock.patch.object(daemon.gateway, "load_checked_library", _shipped_library_for),
+        mock.patch.object(daemon.core.gateway, "gc", _NoGc),
+        mock.patch.object(daemon.core.gateway, "load_checked_library", _shipped_library_for),
     ):
         yield
 

@@ -13,7 +13,7 @@ logged with the command that caused it.
 :class:`SimBroker` outlives gateway restarts (like a real broker with a persistent session):
 it holds commands until a bridge is connected and records every result, event and retained
 state the gateway emits. :class:`SimBridge` is the per-gateway connection to it, with the
-interface the gateway uses from ``daemon.mqtt_bridge.MqttBridge``.
+interface the gateway uses from ``daemon.mqtt.bridge.MqttBridge``.
 """
 
 from __future__ import annotations

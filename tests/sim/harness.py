@@ -2,7 +2,7 @@
 
 A schedule is a list of steps (commands, waits, device faults, front-panel changes, restarts
 and crashes, broker outages, journal write faults). :func:`generate` draws one from a seed;
-:func:`run_schedule` runs it on a fresh data dir: the real :class:`daemon.gateway.Gateway`
+:func:`run_schedule` runs it on a fresh data dir: the real :class:`daemon.core.gateway.Gateway`
 (gate, channels, real SQLite journal) against :mod:`tests.sim.fakes`, checking the invariants
 of :mod:`tests.sim.invariants` after every step and, after a settling period with every fault
 healed, at the end. Everything is deterministic: the same seed gives the same run, so a failure
@@ -26,9 +26,9 @@ from typing import Any
 
 from structlog.testing import capture_logs
 
+from daemon.base.config import Config
 from daemon.base.timefmt import format_ts
-from daemon.config import Config
-from daemon.gateway import Gateway
+from daemon.core.gateway import Gateway
 from drivers.base import AlarmCode, RunState
 from tests.sim.adapter import (
     JournalFaults,

@@ -12,8 +12,8 @@ import aiomqtt
 import pytest
 
 from daemon.cli import main
-from daemon.demo import running_demo
-from daemon.demo_devices import demo_scenario
+from daemon.demo.bedside import running_demo
+from daemon.demo.devices import demo_scenario
 from sim_devices.fault_topic import fault_topic
 from sim_devices.scenario import ScenarioError
 from tests.reliability.harness import Message, probe

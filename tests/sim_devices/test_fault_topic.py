@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from daemon.demo_devices import DemoDevices
+from daemon.demo.devices import DemoDevices
 from drivers.newera.frames import Alarm
 from sim_devices.clock import SimClock
 from sim_devices.fault_topic import fault_topic, handle
@@ -126,7 +126,7 @@ def test_every_fault_the_biomed_guide_publishes_is_injected(bank: SimBank) -> No
 
 def test_only_the_demo_listens_for_sim_faults() -> None:
     """No module of the service (``infusiond run``) imports the fault listener or the bank:
-    only ``daemon/demo.py`` and ``daemon/demo_devices.py`` do."""
+    only ``daemon/demo/bedside.py`` and ``daemon/demo/devices.py`` do."""
     root = DOCS.parent
     users = set()
     for path in sorted((root / "daemon").rglob("*.py")):
@@ -137,4 +137,4 @@ def test_only_the_demo_listens_for_sim_faults() -> None:
                 "sim_devices.sim_bank",
             ):
                 users.add(str(path.relative_to(root)))
-    assert users == {"daemon/demo.py", "daemon/demo_devices.py"}
+    assert users == {"daemon/demo/bedside.py", "daemon/demo/devices.py"}

@@ -16,7 +16,7 @@ from decimal import Decimal
 import pytest
 import pytest_asyncio
 
-from daemon.vitals import VitalsState, rfc3339_ms
+from daemon.core.vitals import VitalsState, rfc3339_ms
 from drivers.backoff import Backoff
 from drivers.hl7 import (
     Ack,

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from daemon.vitals import VitalsState
+from daemon.core.vitals import VitalsState
 from drivers.backoff import Backoff
 from drivers.hl7 import (
     AckCode,

@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import pytest
 
-from daemon.vitals import VitalsBoard, VitalsState, rfc3339_ms
+from daemon.core.vitals import VitalsBoard, VitalsState, rfc3339_ms
 from drivers.hl7 import Observation, Parameter, VitalsSample
 
 T0 = datetime(2026, 11, 26, 12, 0, 0, 123456, tzinfo=UTC)

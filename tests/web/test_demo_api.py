@@ -11,7 +11,7 @@ import aiohttp
 import aiomqtt
 import pytest
 
-from daemon.demo import running_demo
+from daemon.demo.bedside import running_demo
 from tests.e2e.harness import command, dose
 from tests.support.procs import Mosquitto
 from tests.web.conftest import check_api_answer

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from daemon.base.config import load_config
 from daemon.base.errors import ConfigError
-from daemon.config import load_config
 
 BASE = 'gateway_id = "gw"\ndata_dir = "{data}"\n'
 

@@ -16,7 +16,7 @@ Started together, stopped together (Ctrl-C):
   model that responds to pump-1 and pump-2 as they really deliver;
 - the daemon itself, with remote control enabled for these simulated pumps (any clinician id);
 - ``--scenario FILE``: timed faults and front-panel events on these pumps and the monitor, and
-  at any time faults sent on ``infusiond/<gateway>/sim/<pump>/fault`` (daemon/demo_devices.py).
+  at any time faults sent on ``infusiond/<gateway>/sim/<pump>/fault`` (daemon/demo/devices.py).
 """
 
 from __future__ import annotations
@@ -34,10 +34,11 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, TextIO
 
+from daemon.base.config import Config
 from daemon.base.logging_setup import configure_logging
 from daemon.base.paths import default_data_dir, lock_data_dir
-from daemon.config import Config
-from daemon.demo_devices import (
+from daemon.core.gateway import Gateway
+from daemon.demo.devices import (
     PHD_ADDRESS,
     PHD_DIAMETER_MM,
     DemoDevices,
@@ -45,8 +46,7 @@ from daemon.demo_devices import (
     patient_of,
     sim_control,
 )
-from daemon.embedded_broker import embedded_broker
-from daemon.gateway import Gateway
+from daemon.demo.embedded_broker import embedded_broker
 from daemon.ui.web_server import WebServer
 from sim_devices.clock import SimClock
 from sim_devices.ehr import EhrSimulator
@@ -202,7 +202,7 @@ async def running_demo(
     ``hl7_out`` (``mllp://HOST:PORT``) sends DEC/IPEC/ACM to that EHR; ``ehr_sim`` runs the
     simulated EHR here (printing one line per message) and sends to it; ``piv_listen``
     (``mllp://HOST:PORT``, port 0: any) takes PIV orders, which only ever become pending;
-    ``scenario`` (checked by :func:`daemon.demo_devices.demo_scenario`) is played on the
+    ``scenario`` (checked by :func:`daemon.demo.devices.demo_scenario`) is played on the
     simulated devices, and faults sent on the demo broker's ``.../sim/<pump>/fault`` topics are
     applied at once."""
     if pumps < 2:

@@ -37,9 +37,8 @@ from pydantic_settings import (
 )
 
 from daemon.base.errors import ConfigError
-from daemon.base.paths import default_data_dir
+from daemon.base.paths import DEFAULT_RETENTION_DAYS, default_data_dir
 from daemon.base.topics import TOPIC_ID_PATTERN
-from daemon.journal import DEFAULT_RETENTION_DAYS
 from protocol.request import field_path
 
 ENV_PREFIX = "INFUSIOND_"

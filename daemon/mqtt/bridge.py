@@ -72,9 +72,9 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from daemon.base.config import BrokerConfig
 from daemon.base.envelope import BRIDGE_OFFLINE, BRIDGE_ONLINE
 from daemon.base.topics import Topics, capped_id
-from daemon.config import BrokerConfig
 from daemon.journal import JournalError, OutboxItem
 from drivers.backoff import Backoff
 

@@ -42,7 +42,7 @@ import structlog
 
 from daemon.base.timefmt import format_ts
 from daemon.base.topics import capped_id
-from daemon.channel import Action, Channel, Program, program_changed
+from daemon.core.channel import Action, Channel, Program, program_changed
 from daemon.journal import AsyncJournal, InterruptedCommand, JournalError, JournalKind
 from daemon.mqtt.command_parse import (
     Command,

@@ -25,10 +25,11 @@ from typing import Any
 
 import structlog
 
+from daemon.base.config import Config, PumpConfig, VitalsSource
 from daemon.base.envelope import SCHEMA_IDS, Kind, encode, envelope
 from daemon.base.errors import ConfigError
 from daemon.base.timefmt import parse_ts, utc_now
-from daemon.channel import (
+from daemon.core.channel import (
     HISTORY_LEN,
     Channel,
     ChannelConfig,
@@ -36,14 +37,15 @@ from daemon.channel import (
     Program,
     program_from_event,
 )
-from daemon.config import Config, PumpConfig, VitalsSource
-from daemon.gate import Control, Gate, ReplyTo
+from daemon.core.gate import Control, Gate, ReplyTo
+from daemon.core.sdnotify import Notifier
+from daemon.core.vitals import VitalsBoard
 from daemon.history import History
 from daemon.ihe import outbound as ihe_outbound
 from daemon.ihe.piv import PivListener
 from daemon.journal import AsyncJournal, JournalError, JournalKind, JournalRow
+from daemon.mqtt.bridge import MqttBridge
 from daemon.mqtt.signing import SignaturePolicy
-from daemon.mqtt_bridge import MqttBridge
 from daemon.pharmacy.reload import (
     PROGRAMS_KEY,
     LibraryPolicy,
@@ -54,8 +56,6 @@ from daemon.pharmacy.reload import (
     read_library_file,
     vet_library,
 )
-from daemon.sdnotify import Notifier
-from daemon.vitals import VitalsBoard
 from drivers.backoff import Backoff
 from drivers.base import Driver
 from drivers.hl7 import ReceiverConfig, VitalsClient, VitalsListener, VitalsSample

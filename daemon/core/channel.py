@@ -1,7 +1,7 @@
 """One channel per pump: poll, derive events, publish state, execute verified commands.
 
 A channel owns its driver. It polls at ``poll_period_s``, turns each new snapshot into events
-(:mod:`daemon.pump_events`), publishes the retained ``pump.state`` whenever it changes and at
+(:mod:`daemon.core.pump_events`), publishes the retained ``pump.state`` whenever it changes and at
 least every ``publish_every_s``, and reconnects with capped backoff when the link drops. Polls
 and commands never overlap: both run under the channel's lock, and a command that finds the
 lock taken waits for the poll; the gate answers ``busy`` to a second command while one is in
@@ -28,9 +28,8 @@ from typing import Any, Protocol
 import structlog
 
 from daemon.base.timefmt import format_ts
-from daemon.journal import JournalError
-from daemon.poll_stats import LATENESS
-from daemon.pump_events import (
+from daemon.core.poll_stats import LATENESS
+from daemon.core.pump_events import (
     ALARM_PRIORITY,
     Observation,
     alarm_event,
@@ -40,6 +39,7 @@ from daemon.pump_events import (
     rate_obj,
     volume_obj,
 )
+from daemon.journal import JournalError
 from drivers.backoff import Backoff
 from drivers.base import (
     ConnectionState,
