@@ -43,7 +43,8 @@ from daemon.cli.doctor_links import (
     check_vitals,
 )
 from daemon.core.gateway import library_path
-from daemon.journal import Journal, JournalError
+from daemon.journal.records import JournalError
+from daemon.journal.store import Journal
 
 EXIT_OK = 0
 EXIT_UNUSABLE = 1

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from daemon.base.paths import default_data_dir, journal_path
-from daemon.journal import Journal
+from daemon.journal.store import Journal
 
 EXIT_OK = 0
 EXIT_BROKEN = 1

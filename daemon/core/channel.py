@@ -39,7 +39,7 @@ from daemon.core.pump_events import (
     rate_obj,
     volume_obj,
 )
-from daemon.journal import JournalError
+from daemon.journal.records import JournalError
 from drivers.backoff import Backoff
 from drivers.base import (
     ConnectionState,

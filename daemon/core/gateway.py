@@ -40,10 +40,11 @@ from daemon.core.channel import (
 from daemon.core.gate import Control, Gate, ReplyTo
 from daemon.core.sdnotify import Notifier
 from daemon.core.vitals import VitalsBoard
-from daemon.history import History
 from daemon.ihe import outbound as ihe_outbound
 from daemon.ihe.piv import PivListener
-from daemon.journal import AsyncJournal, JournalError, JournalKind, JournalRow
+from daemon.journal.history import History
+from daemon.journal.records import JournalError, JournalKind, JournalRow
+from daemon.journal.writer import AsyncJournal
 from daemon.mqtt.bridge import MqttBridge
 from daemon.mqtt.signing import SignaturePolicy
 from daemon.pharmacy.reload import (

@@ -30,7 +30,8 @@ from daemon.base.config import Config
 from daemon.base.timefmt import parse_ts
 from daemon.ihe import messages
 from daemon.ihe.messages import Endpoint, Patient
-from daemon.journal import AsyncJournal, Hl7Item, JournalRow
+from daemon.journal.records import Hl7Item, JournalRow
+from daemon.journal.writer import AsyncJournal
 from drivers.backoff import Backoff
 from drivers.hl7.ack import Ack, AckCode, parse_ack
 from drivers.hl7.errors import MessageError

@@ -30,7 +30,7 @@ from typing import Any
 import structlog
 
 from daemon.base.timefmt import format_ts
-from daemon.journal import JournalError
+from daemon.journal.records import JournalError
 from drivers.hl7.ack import AckCode, peek_header
 from drivers.hl7.errors import Hl7ErrorCode, MessageError
 from drivers.hl7.mllp import DEFAULT_MAX_FRAME, Discarded, MllpDecoder, MllpFrame

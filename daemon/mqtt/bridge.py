@@ -75,7 +75,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from daemon.base.config import BrokerConfig
 from daemon.base.envelope import BRIDGE_OFFLINE, BRIDGE_ONLINE
 from daemon.base.topics import Topics, capped_id
-from daemon.journal import JournalError, OutboxItem
+from daemon.journal.records import JournalError, OutboxItem
 from drivers.backoff import Backoff
 
 log = structlog.get_logger("infusiond.mqtt")

@@ -40,7 +40,7 @@ import structlog
 
 from daemon.base.timefmt import format_ts, utc_now
 from daemon.base.topics import capped_id
-from daemon.journal import JournalError, JournalKind, JournalRow
+from daemon.journal.records import JournalError, JournalKind, JournalRow
 
 log = structlog.get_logger("infusiond.refusals")
 

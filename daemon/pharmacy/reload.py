@@ -30,7 +30,8 @@ from typing import Any
 import structlog
 
 from daemon.base.config import LibraryConfig
-from daemon.journal import AsyncJournal, JournalError, JournalKind
+from daemon.journal.records import JournalError, JournalKind
+from daemon.journal.writer import AsyncJournal
 from daemon.pharmacy.signing import (
     SignatureError,
     TrustedKey,

@@ -41,7 +41,8 @@ from typing import Any, TextIO
 
 from daemon.base.paths import default_data_dir, journal_path
 from daemon.base.timefmt import format_ts, parse_ts
-from daemon.journal import Journal, JournalKind, JournalRow
+from daemon.journal.records import JournalKind, JournalRow
+from daemon.journal.store import Journal
 from protocol.errors import InfusiondError
 
 CATCH_WINDOW = timedelta(minutes=10)

@@ -30,7 +30,8 @@ from daemon.base.errors import ConfigError
 from daemon.base.paths import default_data_dir, journal_path
 from daemon.base.timefmt import parse_ts
 from daemon.base.topics import Topics, is_topic_id
-from daemon.journal import Journal, JournalError
+from daemon.journal.records import JournalError
+from daemon.journal.store import Journal
 
 PROGRESS_EVERY = 100
 

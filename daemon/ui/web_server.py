@@ -12,7 +12,7 @@ What a client gets:
   in :data:`CONTENT_TYPES` (so never ``__init__.py``), with the right ``Content-Type``;
 - ``/config.json``: ``{"broker_ws_url": ..., "gateway": ..., "api": ...}``: where the page
   connects and whether the history API is served;
-- ``/api/events`` and ``/api/history`` when the server is given a :class:`~daemon.history.History`
+- ``/api/events`` and ``/api/history`` when given a :class:`~daemon.journal.history.History`
   (JSON; a bad query is ``400`` listing every problem by parameter; ``503`` while the journal is
   not open yet); ``/metrics`` (Prometheus text format) when given a ``CollectorRegistry``;
 - ``404`` for anything else, ``405`` (with ``Allow: GET, HEAD``) for methods other than
@@ -49,8 +49,8 @@ from daemon.base.envelope import encode
 from daemon.base.errors import ConfigError
 from daemon.base.timefmt import utc_now
 from daemon.base.topics import is_topic_id
-from daemon.history import History, HistoryQueryError, JournalNotReady, problems_document
-from daemon.journal import JournalError
+from daemon.journal.history import History, HistoryQueryError, JournalNotReady, problems_document
+from daemon.journal.records import JournalError
 
 log = structlog.get_logger(__name__)
 

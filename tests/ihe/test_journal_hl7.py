@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from daemon import journal as journal_module
 from daemon.base.paths import journal_path
 from daemon.journal import AsyncJournal
+from daemon.journal import hl7_outbox as journal_module
 
 pytestmark = pytest.mark.asyncio
 

@@ -39,9 +39,10 @@ from unittest import mock
 import daemon.core.channel
 import daemon.core.gate
 import daemon.core.gateway
-import daemon.journal
+import daemon.journal.schema
+import daemon.journal.writer
 from daemon.base.config import Config
-from daemon.base.paths import DEFAULT_RETENTION_DAYS
+from daemon.base.paths import DEFAULT_RETENTION_DAYS, journal_path
 from daemon.base.topics import Topics
 from daemon.core.channel import Program
 from daemon.core.gateway import Gateway, dose_at
@@ -50,8 +51,8 @@ from daemon.journal import (
     Journal,
     JournalError,
     JournalKind,
-    _Job,
 )
+from daemon.journal.writer import _Job
 from daemon.mqtt.bridge import IncomingCommand
 from daemon.mqtt.refusals import RefusalDesk
 from drivers.base import Driver
@@ -236,7 +237,8 @@ def simulated_process(
         mock.patch.object(daemon.core.channel, "time", virtual_time),
         mock.patch.object(daemon.core.gateway, "time", virtual_time),
         mock.patch.object(daemon.core.gateway, "AsyncJournal", journal_class),
-        mock.patch.object(daemon.journal, "utc_now", clock),
+        mock.patch.object(daemon.journal.schema, "utc_now", clock),
+        mock.patch.object(daemon.journal.writer, "utc_now", clock),
         mock.patch.object(
             daemon.core.gate,
             "RefusalDesk",
@@ -283,7 +285,7 @@ class JournaledEvent:
 
 def journal_head(data_dir: Path) -> int:
     """The number of the journal's last row (read-only, beside the running gateway)."""
-    path = daemon.journal.journal_path(data_dir)
+    path = journal_path(data_dir)
     if not path.exists():
         return 0
     conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
@@ -296,7 +298,7 @@ def journal_head(data_dir: Path) -> int:
 
 def journal_events(data_dir: Path) -> list[JournaledEvent]:
     """Every ``pump.event`` the journal holds, in order (none before the journal exists)."""
-    path = daemon.journal.journal_path(data_dir)
+    path = journal_path(data_dir)
     if not path.exists():
         return []
     journal = Journal.open_readonly(path)
@@ -312,7 +314,7 @@ def journal_events(data_dir: Path) -> list[JournaledEvent]:
 def journal_refusal_summaries(data_dir: Path) -> list[dict[str, Any]]:
     """The refusal desk's summary rows (refusals answered or dropped beyond the window's
     journal budget, counted per error code), in order."""
-    journal = Journal.open_readonly(daemon.journal.journal_path(data_dir))
+    journal = Journal.open_readonly(journal_path(data_dir))
     try:
         return [
             row.payload["refusals"]
@@ -325,7 +327,7 @@ def journal_refusal_summaries(data_dir: Path) -> list[dict[str, Any]]:
 
 def journal_verify(data_dir: Path) -> str | None:
     """None when the chain verifies, else the reason naming the first bad row."""
-    journal = Journal.open_readonly(daemon.journal.journal_path(data_dir))
+    journal = Journal.open_readonly(journal_path(data_dir))
     try:
         report = journal.verify()
     finally:

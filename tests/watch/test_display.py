@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from daemon.base.timefmt import human_age
 from daemon.ui.display import UNIT_LABELS, display_unit, human_number, human_quantity
 
-APP_JS = Path(__file__).resolve().parents[2] / "daemon" / "web" / "app.js"
+APP_JS = Path(__file__).resolve().parents[2] / "daemon" / "ui" / "web" / "app.js"
 
 
 @pytest.mark.parametrize(

@@ -14,8 +14,8 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-from daemon.history import History
 from daemon.journal import AsyncJournal
+from daemon.journal.history import History
 from daemon.ui.watch import WatchModel, load_history
 from daemon.ui.watch import run as watch_run
 from daemon.ui.web_server import WebServer

@@ -21,8 +21,8 @@ import pytest
 
 from daemon.base.envelope import Kind
 from daemon.base.timefmt import utc_now
-from daemon.history import History
 from daemon.journal import AsyncJournal
+from daemon.journal.history import History
 from daemon.ui.web_server import WebServer
 from tests.support.procs import Mosquitto
 from tests.web.chromium import Page, chromium_page, navigate

@@ -15,8 +15,8 @@ import pytest_asyncio
 from jsonschema import Draft202012Validator
 from prometheus_client import CollectorRegistry, Counter
 
-from daemon.history import EVENT_TYPES, MAX_ROWS, History
 from daemon.journal import AsyncJournal
+from daemon.journal.history import EVENT_TYPES, MAX_ROWS, History
 from daemon.ui.web_server import WebServer
 from tests.web.conftest import check_api_answer
 

@@ -13,7 +13,7 @@ import pytest
 from daemon.base.errors import ConfigError
 from daemon.ui.web_server import HTTP_LOG, MAX_HEAD_BYTES, MAX_HEADERS, WebServer, load_assets
 
-WEB = Path(__file__).resolve().parents[2] / "daemon" / "web"
+WEB = Path(__file__).resolve().parents[2] / "daemon" / "ui" / "web"
 WS_URL = "ws://127.0.0.1:9001/"
 
 

@@ -26,7 +26,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from daemon.base.timefmt import format_ts, parse_ts
-from daemon.journal import AsyncJournal, JournalRow
+from daemon.journal.records import JournalRow
+from daemon.journal.writer import AsyncJournal
 from protocol.errors import InfusiondError
 
 DEFAULT_WINDOW = timedelta(minutes=30)

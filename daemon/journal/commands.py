@@ -1,0 +1,148 @@
+"""Command-id dedupe and the command lifecycle in the journal: claiming an id, recording each
+phase's outcome, admitting a checked command and settling it with its events in one
+transaction, and finding the commands a crash interrupted."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from daemon.base.envelope import encode
+from daemon.base.timefmt import format_ts
+from daemon.journal.outbox import EventOutbox
+from daemon.journal.records import (
+    CommandClaim,
+    InterruptedCommand,
+    JournalKind,
+    JournalRow,
+    OutboxItem,
+    loads_command,
+    loads_payload,
+)
+
+
+class CommandLog(EventOutbox):
+    """The ``commands`` table: every command id once, with its latest outcome."""
+
+    def claim_command(
+        self,
+        command_id: str,
+        *,
+        pump_id: str | None,
+        command: dict[str, Any],
+        ts: datetime,
+    ) -> CommandClaim:
+        """Journal an incoming command and claim its id.
+
+        A new id is stored with the command as received (outcome not yet known). A known id is
+        not claimed again: the answer carries its recorded first outcome, and the journal row
+        says ``duplicate``.
+        """
+        self._require_transaction()
+        row = self._conn.execute("SELECT first FROM commands WHERE id=?", (command_id,)).fetchone()
+        duplicate = row is not None
+        self.append(
+            JournalKind.COMMAND,
+            {"id": command_id, "command": command, "duplicate": duplicate},
+            ts=ts,
+            pump_id=pump_id,
+        )
+        if duplicate:
+            first: dict[str, Any] = json.loads(row[0]) if row[0] is not None else {}
+            return CommandClaim(command_id, first)
+        self._conn.execute(
+            "INSERT INTO commands (id, pump_id, received_at, first, command, phase)"
+            " VALUES (?, ?, ?, NULL, ?, NULL)",
+            (command_id, pump_id, format_ts(ts), encode(command).decode()),
+        )
+        return CommandClaim(command_id, None)
+
+    def set_command_outcome(
+        self,
+        command_id: str,
+        outcome: dict[str, Any],
+        *,
+        pump_id: str | None,
+        ts: datetime,
+        kind: JournalKind = JournalKind.COMMAND,
+    ) -> JournalRow:
+        """Record the outcome (``{"phase", "verdict"?, "error"?}``) a duplicate will be told.
+
+        Later phases of the same command (accepted -> applied) overwrite earlier ones, so
+        ``first`` is the latest known outcome of the first execution. The outcome is also
+        journaled (``kind`` verdict/override/command as the caller sees fit).
+        """
+        self._require_transaction()
+        text = encode(outcome).decode()
+        phase = outcome.get("phase")
+        self._conn.execute(
+            "INSERT INTO commands (id, pump_id, received_at, first, phase) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT(id) DO UPDATE SET first=excluded.first, phase=excluded.phase",
+            (command_id, pump_id, format_ts(ts), text, phase if isinstance(phase, str) else None),
+        )
+        return self.append(kind, {"id": command_id, "outcome": outcome}, ts=ts, pump_id=pump_id)
+
+    def admit_command(
+        self,
+        command_id: str,
+        *,
+        pump_id: str | None,
+        command: dict[str, Any],
+        verdict: dict[str, Any],
+        outcome: dict[str, Any],
+        ts: datetime,
+    ) -> CommandClaim:
+        """Claim a command whose verdict (already evaluated) lets it go ahead: the command row,
+        then, for a new id only, the verdict row and the ``outcome`` (``accepted``) row.
+
+        One call, one transaction: nothing may reach the device before all three are durable,
+        and none of them without the others. A repeated id writes only its ``duplicate``
+        command row (as :meth:`claim_command`); the caller then decides as for any repeat.
+        """
+        claim = self.claim_command(command_id, pump_id=pump_id, command=command, ts=ts)
+        if claim.is_new:
+            self.append(
+                JournalKind.VERDICT, {"id": command_id, "verdict": verdict}, ts=ts, pump_id=pump_id
+            )
+            self.set_command_outcome(command_id, outcome, pump_id=pump_id, ts=ts)
+        return claim
+
+    def settle_command(
+        self,
+        command_id: str,
+        outcome: dict[str, Any],
+        *,
+        pump_id: str,
+        events: list[dict[str, Any]],
+        ts: datetime,
+    ) -> list[OutboxItem]:
+        """Record the events a command caused (each with the next seq, in order), then its
+        final outcome: one transaction, so no outcome is durable without its events."""
+        items = [self.record_event(pump_id, data, ts=ts) for data in events]
+        self.set_command_outcome(command_id, outcome, pump_id=pump_id, ts=ts)
+        return items
+
+    def interrupted_commands(self) -> list[InterruptedCommand]:
+        """Commands left at ``accepted`` (see :class:`InterruptedCommand`), oldest first, with
+        the command as received: one indexed query, however long the journal."""
+        return [
+            InterruptedCommand(cid, pump_id, loads_payload(first), loads_command(command))
+            for cid, pump_id, first, command in self._conn.execute(
+                "SELECT id, pump_id, first, command FROM commands INDEXED BY commands_unsettled"
+                " WHERE phase = 'accepted' ORDER BY received_at"
+            )
+        ]
+
+    def settled_since(self, since: datetime) -> list[InterruptedCommand]:
+        """Commands received at or after ``since`` whose recorded outcome is final after an
+        ``accepted`` (applied, failed, uncertain), oldest first: after a crash, their result
+        may have been journaled but never published."""
+        return [
+            InterruptedCommand(cid, pump_id, loads_payload(first), None)
+            for cid, pump_id, first in self._conn.execute(
+                "SELECT id, pump_id, first FROM commands WHERE received_at >= ?"
+                " AND phase IN ('applied', 'failed', 'uncertain') ORDER BY received_at",
+                (format_ts(since),),
+            )
+        ]

@@ -1,0 +1,63 @@
+"""The durable event outbox: each pump event gets the next ``seq``, its journal row and its
+outbox entry (the full MQTT envelope, encoded) in one transaction; entries are deleted after
+the broker's PUBACK and replayed in ``seq`` order until then."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from daemon.base.envelope import Kind, encode, envelope
+from daemon.base.timefmt import format_ts
+from daemon.journal.chain import JournalChain
+from daemon.journal.records import JournalError, JournalKind, OutboxItem
+
+
+class EventOutbox(JournalChain):
+    """Pump events: journaled and queued for publication together."""
+
+    def record_event(self, pump_id: str, data: dict[str, Any], *, ts: datetime) -> OutboxItem:
+        """Give the event the next seq, journal it and queue it in the outbox (one transaction)."""
+        self._require_transaction()
+        if self._topics is None:
+            raise JournalError("journal opened read-only")
+        seq = self.current_seq() + 1
+        self._set_meta("seq", str(seq))
+        event_type = data.get("type")
+        self._append(
+            JournalKind.EVENT,
+            {"seq": seq, "event": data},
+            ts=format_ts(ts),
+            pump_id=pump_id,
+            event_type=event_type if isinstance(event_type, str) else None,
+        )
+        body = envelope(
+            Kind.PUMP_EVENT,
+            gateway=self._topics.gateway_id,
+            session=self.session,
+            seq=seq,
+            ts=ts,
+            data=data,
+        )
+        item = OutboxItem(seq, self._topics.pump_event(pump_id), encode(body))
+        self._conn.execute(
+            "INSERT INTO outbox (seq, topic, payload) VALUES (?, ?, ?)",
+            (item.seq, item.topic, item.payload),
+        )
+        return item
+
+    def outbox_ack(self, seqs: Iterable[int]) -> int:
+        """Delete acknowledged events from the outbox; returns how many were there."""
+        self._require_transaction()
+        cur = self._conn.executemany("DELETE FROM outbox WHERE seq=?", [(s,) for s in seqs])
+        return cur.rowcount
+
+    def outbox_pending(self, limit: int = 1000) -> list[OutboxItem]:
+        """Events not yet acknowledged by the broker, oldest first."""
+        return [
+            OutboxItem(seq, topic, bytes(payload))
+            for seq, topic, payload in self._conn.execute(
+                "SELECT seq, topic, payload FROM outbox ORDER BY seq LIMIT ?", (limit,)
+            )
+        ]

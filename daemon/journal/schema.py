@@ -1,0 +1,131 @@
+"""The journal file's tables and indexes, creating them in a new file and migrating an older
+file's (``infusiond.journal/1`` written before ``event_type`` and the commands' ``command`` and
+``phase`` existed)."""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+from pathlib import Path
+
+from daemon.base.timefmt import format_ts, utc_now
+from daemon.journal.records import GENESIS_HASH, JournalError
+
+FORMAT = "infusiond.journal/1"
+
+# Tables first, then (after migrating an older file's tables) the indexes. ``event_type`` is
+# the ``type`` of an EVENT row's event, derived from the payload when written (not part of the
+# hashed bytes, so old journals still verify; verify checks it against the payload).
+_TABLES = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS journal (
+    n INTEGER PRIMARY KEY,
+    ts TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    pump_id TEXT,
+    payload TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    event_type TEXT
+);
+CREATE TABLE IF NOT EXISTS commands (
+    id TEXT PRIMARY KEY,
+    pump_id TEXT,
+    received_at TEXT NOT NULL,
+    first TEXT,
+    command TEXT,
+    phase TEXT
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS hl7_outbox (
+    n INTEGER PRIMARY KEY,
+    control_id TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    ack TEXT
+)
+"""
+_INDEXES = """
+CREATE INDEX IF NOT EXISTS journal_pump_kind ON journal (pump_id, kind, n);
+CREATE INDEX IF NOT EXISTS journal_event_latest ON journal (pump_id, event_type, n)
+    WHERE event_type IS NOT NULL;
+CREATE INDEX IF NOT EXISTS journal_event_time ON journal (pump_id, event_type, ts)
+    WHERE event_type IS NOT NULL;
+CREATE INDEX IF NOT EXISTS commands_unsettled ON commands (received_at)
+    WHERE phase = 'accepted';
+CREATE INDEX IF NOT EXISTS commands_received ON commands (received_at);
+CREATE INDEX IF NOT EXISTS hl7_outbox_pending ON hl7_outbox (n) WHERE ack IS NULL
+"""
+# An infusiond.journal/1 file written before ``event_type`` and the commands' ``command`` and
+# ``phase`` existed: add the columns and fill them from the rows (once, at the first open).
+_MIGRATE_EVENT_TYPE = """
+ALTER TABLE journal ADD COLUMN event_type TEXT;
+UPDATE journal SET event_type = json_extract(payload, '$.event.type')
+    WHERE kind = 'event' AND json_valid(payload)
+    AND json_type(payload, '$.event.type') = 'text'
+"""
+_MIGRATE_COMMANDS = """
+ALTER TABLE commands ADD COLUMN command TEXT;
+ALTER TABLE commands ADD COLUMN phase TEXT;
+UPDATE commands SET phase = json_extract(first, '$.phase')
+    WHERE json_valid(first) AND json_type(first, '$.phase') = 'text';
+UPDATE commands SET command = (
+    SELECT json_extract(j.payload, '$.command') FROM journal AS j
+    WHERE j.kind = 'command' AND j.pump_id IS commands.pump_id AND json_valid(j.payload)
+    AND json_extract(j.payload, '$.id') = commands.id
+    AND json_type(j.payload, '$.command') = 'object'
+    ORDER BY j.n LIMIT 1
+) WHERE phase = 'accepted'
+"""
+
+
+def statements(script: str) -> list[str]:
+    return [part.strip() for part in script.split(";") if part.strip()]
+
+
+def columns(conn: sqlite3.Connection, table: str) -> set[str]:
+    return {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+
+
+def create_or_migrate(conn: sqlite3.Connection, gateway_id: str, path: Path) -> bool:
+    """Create the tables (a new file; True) or bring an older file's up to date (False), then
+    the indexes: inside the caller's transaction. A file of another format is refused before
+    anything in it is changed."""
+    for statement in statements(_TABLES):
+        conn.execute(statement)
+    created = conn.execute("SELECT value FROM meta WHERE key='session'").fetchone() is None
+    if created:
+        conn.executemany(
+            "INSERT INTO meta (key, value) VALUES (?, ?)",
+            [
+                ("format", FORMAT),
+                ("session", secrets.token_hex(8)),
+                ("created_at", format_ts(utc_now())),
+                ("gateway", gateway_id),
+                ("seq", "0"),
+                ("head_n", "0"),
+                ("head_hash", GENESIS_HASH),
+            ],
+        )
+    else:
+        row = conn.execute("SELECT value FROM meta WHERE key='format'").fetchone()
+        found = row[0] if row is not None else None
+        if found != FORMAT:
+            raise JournalError(f"journal {path} has format {found!r}, expected {FORMAT!r}")
+        if "event_type" not in columns(conn, "journal"):
+            for statement in statements(_MIGRATE_EVENT_TYPE):
+                conn.execute(statement)
+        if "phase" not in columns(conn, "commands"):
+            for statement in statements(_MIGRATE_COMMANDS):
+                conn.execute(statement)
+    conn.executemany(
+        "INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)",
+        [("anchor_n", "0"), ("anchor_hash", GENESIS_HASH)],
+    )
+    for statement in statements(_INDEXES):
+        conn.execute(statement)
+    return created
