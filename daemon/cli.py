@@ -166,7 +166,12 @@ def _add_sim_fault_parser(simsub: argparse._SubParsersAction[argparse.ArgumentPa
     sp = simsub.add_parser("fault", help="send a fault to a simulated pump of infusiond demo")
     sp.add_argument("pump", metavar="PUMP", help="pump id (pump-1, ...) or 'monitor'")
     sp.add_argument("event", metavar="EVENT", help="a fault name, or one event as JSON")
-    sp.add_argument("--broker", default="mqtt://127.0.0.1:1883", metavar="mqtt://HOST:PORT")
+    sp.add_argument(
+        "--broker",
+        default="mqtt://127.0.0.1:1883",
+        metavar="mqtt://HOST:PORT",
+        help="the demo's broker, as its banner prints it (default: mqtt://127.0.0.1:1883)",
+    )
     sp.add_argument("--gateway", default="demo", metavar="ID", help="the demo's gateway id")
     sp.add_argument("--timeout", type=float, default=5.0, metavar="S", help="wait for the answer")
     sp.set_defaults(target="sim_devices.fault_cli:run")

@@ -22,7 +22,7 @@ import pytest
 from daemon.doctor import Finding, Status, diagnose
 from daemon.journal import AsyncJournal, JournalKind
 from daemon.paths import journal_path
-from sim_devices.modbus_pump import PumpConfig as ModbusSetup
+from sim_devices.modbus_pump import PumpSetup as ModbusSetup
 from sim_devices.modbus_server import ModbusPumpSimulator
 from sim_devices.newera_server import NewEraSimulator, PumpSetup
 from sim_devices.phd_server import PhdSimulator

@@ -10,7 +10,7 @@ from pydantic import BaseModel
 
 from protocol.consistency import check_library
 from protocol.library import Drug, Example, LibraryFile, Profile, load_library_bytes
-from protocol.rules.catalog import AT_LEAST_CONFIRM, DEFAULT_SEVERITY, FIXED
+from protocol.rule_ids import AT_LEAST_CONFIRM, DEFAULT_SEVERITY, FIXED
 from tests.docs.docs_text import DOCS, ROOT, blocks
 
 PAGE = DOCS / "library-format.md"

@@ -10,7 +10,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from sim_devices.modbus_pump import PumpConfig as ModbusSetup
+from sim_devices.modbus_pump import PumpSetup as ModbusSetup
 from sim_devices.modbus_server import ModbusPumpSimulator
 from tests.e2e.test_service_process import Daemon, write_config
 from tests.support.procs import Mosquitto
