@@ -170,7 +170,7 @@ def _add_sim_fault_parser(simsub: argparse._SubParsersAction[argparse.ArgumentPa
         "--broker",
         default="mqtt://127.0.0.1:1883",
         metavar="mqtt://HOST:PORT",
-        help="the demo's broker (default: mqtt://127.0.0.1:1883)",
+        help="the demo's broker, as its banner prints it (default: mqtt://127.0.0.1:1883)",
     )
     sp.add_argument("--gateway", default="demo", metavar="ID", help="the demo's gateway id")
     sp.add_argument("--timeout", type=float, default=5.0, metavar="S", help="wait for the answer")
