@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from daemon.base.config import PumpConfig, VitalsSource
+from daemon.base.config_sections import PumpConfig, VitalsSource
 from daemon.base.logging_setup import configure_logging
 from daemon.base.paths import DataDirError, DataDirLocked, journal_path, lock_data_dir
 from daemon.cli.config_cmd import config_problems, library_problems

@@ -18,7 +18,8 @@ from urllib.parse import urlsplit
 
 import aiomqtt
 
-from daemon.base.config import Config, PumpConfig, VitalsSource
+from daemon.base.config import Config
+from daemon.base.config_sections import PumpConfig, VitalsSource
 from daemon.core.gateway import make_driver
 from drivers.errors import DriverError
 from protocol.errors import InfusiondError

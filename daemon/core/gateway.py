@@ -25,7 +25,8 @@ from typing import Any
 
 import structlog
 
-from daemon.base.config import Config, PumpConfig, VitalsSource
+from daemon.base.config import Config
+from daemon.base.config_sections import PumpConfig, VitalsSource
 from daemon.base.envelope import SCHEMA_IDS, Kind, encode, envelope
 from daemon.base.errors import ConfigError
 from daemon.base.timefmt import parse_ts, utc_now

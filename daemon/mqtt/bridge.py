@@ -72,7 +72,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from daemon.base.config import BrokerConfig
+from daemon.base.config_sections import BrokerConfig
 from daemon.base.envelope import BRIDGE_OFFLINE, BRIDGE_ONLINE
 from daemon.base.topics import Topics, capped_id
 from daemon.journal.records import JournalError, OutboxItem

@@ -29,7 +29,7 @@ from typing import Any
 
 import structlog
 
-from daemon.base.config import LibraryConfig
+from daemon.base.config_sections import LibraryConfig
 from daemon.journal.records import JournalError, JournalKind
 from daemon.journal.writer import AsyncJournal
 from daemon.pharmacy.signing import (
