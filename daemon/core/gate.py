@@ -42,7 +42,8 @@ import structlog
 
 from daemon.base.timefmt import format_ts
 from daemon.base.topics import capped_id
-from daemon.core.channel import Action, Channel, Program, program_changed
+from daemon.core.channel import Channel
+from daemon.core.program import Action, Program, program_changed
 from daemon.journal.records import InterruptedCommand, JournalError, JournalKind
 from daemon.journal.writer import AsyncJournal
 from daemon.mqtt.command_parse import (

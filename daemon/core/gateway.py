@@ -30,15 +30,9 @@ from daemon.base.config_sections import PumpConfig, VitalsSource
 from daemon.base.envelope import SCHEMA_IDS, Kind, encode, envelope
 from daemon.base.errors import ConfigError
 from daemon.base.timefmt import parse_ts, utc_now
-from daemon.core.channel import (
-    HISTORY_LEN,
-    Channel,
-    ChannelConfig,
-    DoseRecord,
-    Program,
-    program_from_event,
-)
+from daemon.core.channel import HISTORY_LEN, Channel, ChannelConfig, DoseRecord
 from daemon.core.gate import Control, Gate, ReplyTo
+from daemon.core.program import Program, program_from_event
 from daemon.core.sdnotify import Notifier
 from daemon.core.vitals import VitalsBoard
 from daemon.ihe import outbound as ihe_outbound

@@ -22,7 +22,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 from pydantic import SecretStr
 
-from daemon.base.config import BrokerConfig, TlsConfig
+from daemon.base.config_sections import BrokerConfig, TlsConfig
 from daemon.journal import AsyncJournal
 from daemon.mqtt.bridge import BridgeState, MqttBridge
 from drivers.backoff import Backoff

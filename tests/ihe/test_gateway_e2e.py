@@ -19,7 +19,8 @@ from typing import Any
 import aiomqtt
 import pytest
 
-from daemon.base.config import Config, Hl7OutConfig, PivConfig
+from daemon.base.config import Config
+from daemon.base.config_sections import Hl7OutConfig, PivConfig
 from daemon.core.gateway import Gateway
 from drivers.hl7.ack import AckCode
 from drivers.hl7.piv import build_rgv

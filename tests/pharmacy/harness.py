@@ -19,7 +19,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from daemon.base.config import Config, LibraryConfig
+from daemon.base.config import Config
+from daemon.base.config_sections import LibraryConfig
 from daemon.core.gateway import Gateway
 from daemon.pharmacy.signing import private_pem, public_pem, sign_library
 from protocol.library import DEFAULT_LIBRARY_PATH
