@@ -2,7 +2,8 @@
 
 A source turns what it reads into :data:`Fact` values and gives them to
 :meth:`Report.take` in the order they happened on one gateway: the journal of one gateway
-X.
+(``daemon/pharmacy/report.py``) or the fleet's PostgreSQL store
+(``daemon/fleet/report_source.py``).
 One :class:`Report` holds one gateway's state (the program of each pump, the pending
 rejections); :func:`merge` adds several gateways' reports into the hospital's.
 """
