@@ -186,8 +186,21 @@ def _add_pharmacy_parsers(
     sp.add_argument("--json", action="store_true", help="machine-readable output")
     sp.set_defaults(target="daemon.pharmacy.diff:run")
 
-    p = sub.add_parser("report", help="the pharmacy CQI report, from the journal (read-only)")
+    p = sub.add_parser(
+        "report", help="the pharmacy CQI report, from the journal or the fleet store (read-only)"
+    )
     _add_data_dir(p)
+    p.add_argument(
+        "--postgres",
+        metavar="DSN",
+        help="the whole hospital from the fleet store (`fleet collect`) instead of one journal",
+    )
+    p.add_argument(
+        "--gateway",
+        action="append",
+        metavar="G",
+        help="with --postgres: only this gateway (repeat for several)",
+    )
     p.add_argument("--from", dest="start", metavar="T", help="RFC 3339 or YYYY-MM-DD (inclusive)")
     p.add_argument("--to", dest="end", metavar="T", help="RFC 3339 or YYYY-MM-DD (exclusive)")
     p.add_argument("--format", choices=("html", "json", "csv"), default="html")

@@ -143,12 +143,15 @@ def read_journal(
     return report
 
 
-def to_csv(report: Report) -> str:
-    """The summary table as CSV (library versions joined with ``;``)."""
+def rows_csv(rows: list[dict[str, Any]]) -> str:
+    """Summary rows as CSV (library versions joined with ``;``; a ``gateway`` column first
+    when the rows have one)."""
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=["drug", "profile", *METRICS], lineterminator="\n")
+    first = ["gateway"] if rows and "gateway" in rows[0] else []
+    fields = [*first, "drug", "profile", *METRICS]
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
-    for row in report.rows():
+    for row in rows:
         writer.writerow({**row, "library_versions": ";".join(row["library_versions"])})
     return buf.getvalue()
 
@@ -194,8 +197,34 @@ def _iter_progress(total: int, *, enabled: bool) -> Iterator[Callable[[int], Non
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``infusiond report``."""
-    data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
     window = Window(parse_bound(args.start, "from"), parse_bound(args.end, "to"))
+    now = datetime.now(UTC)
+    if args.postgres is not None:
+        if args.data_dir is not None:
+            raise ReportError("--data-dir and --postgres: give one source, not both")
+        from daemon.fleet.report_source import fleet_report  # noqa: PLC0415 - psycopg
+
+        data, csv_rows = fleet_report(args.postgres, window, args.gateway, generated_at=now)
+    else:
+        if args.gateway:
+            raise ReportError("--gateway: only with --postgres (a journal is one gateway's)")
+        data, csv_rows = _journal_report(args, window, now)
+    if args.format == "json":
+        text = json.dumps(data, ensure_ascii=False) + "\n"
+    elif args.format == "csv":
+        text = rows_csv(csv_rows)
+    else:
+        from daemon.pharmacy.report_html import render_html  # noqa: PLC0415 - matplotlib
+
+        text = render_html(data)
+    _write(text, args.out, sys.stdout)
+    return 0
+
+
+def _journal_report(
+    args: argparse.Namespace, window: Window, now: datetime
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
     path = journal_path(data_dir)
     journal = Journal.open_readonly(path)
     try:
@@ -205,18 +234,7 @@ def run(args: argparse.Namespace) -> int:
             report = read_journal(journal, window, progress)
     finally:
         journal.close()
-    now = datetime.now(UTC)
-    if args.format == "json":
-        text = json.dumps(report.to_dict(journal=str(path), generated_at=now), ensure_ascii=False)
-        text += "\n"
-    elif args.format == "csv":
-        text = to_csv(report)
-    else:
-        from daemon.pharmacy.report_html import render_html  # noqa: PLC0415 - matplotlib
-
-        text = render_html(report.to_dict(journal=str(path), generated_at=now))
-    _write(text, args.out, sys.stdout)
-    return 0
+    return report.to_dict(journal=str(path), generated_at=now), report.rows()
 
 
 def _write(text: str, out: str | None, stdout: TextIO) -> None:

@@ -1,0 +1,1 @@
+"""The fleet: many gateways, one hospital (collector, store, report, page)."""
