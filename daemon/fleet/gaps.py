@@ -142,11 +142,18 @@ async def record_gap_error(
 
 
 async def mark_permanent(
-    conn: Conn, gateway: str, session: str, from_seq: int, to_seq: int, reason: str
+    conn: Conn,
+    gateway: str,
+    session: str,
+    from_seq: int,
+    to_seq: int,
+    *,
+    reason: str,
+    grace: timedelta = timedelta(0),
 ) -> None:
     """Record ``from_seq..to_seq`` as permanently missing (the gateway no longer has them):
-    never requested again, shown as a gap, counted as settled for ``contiguous_upto``. Open gap
-    rows overlapping the range are trimmed by the next :func:`refresh_session`."""
+    never requested again, shown as a gap, counted as settled for ``contiguous_upto``. Open gaps
+    overlapping it are trimmed at once; what remains of them is due after ``grace``."""
     async with conn.transaction():
         await conn.execute(
             "DELETE FROM gaps WHERE gateway = %s AND session = %s AND status = 'open' "
@@ -160,7 +167,7 @@ async def mark_permanent(
             "last_error = excluded.last_error, updated_at = now()",
             (gateway, session, from_seq, to_seq, reason[:500]),
         )
-    await refresh_session(conn, gateway, session)
+    await refresh_session(conn, gateway, session, grace=grace)
 
 
 __all__ = [

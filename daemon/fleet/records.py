@@ -15,14 +15,14 @@ from datetime import datetime
 from typing import Any
 
 from daemon.envelope import Kind
-from daemon.errors import InfusiondError
+from daemon.fleet.errors import FleetError
 from daemon.timefmt import parse_ts
 from daemon.topics import is_topic_id
 
 TOPIC_ROOT = "infusiond"
 
 
-class BadMessage(InfusiondError):
+class BadMessage(FleetError):
     """A message the collector cannot store; the message names the topic and the field."""
 
 
@@ -241,7 +241,7 @@ def parse_message(topic: str, payload: bytes) -> Record:
     if subject is Subject.BRIDGE_INFO:
         session, seq, ts, data = _envelope(obj, Kind.BRIDGE_INFO, gateway, where)
         return BridgeInfoRecord(gateway, session, seq, ts, data)
-    assert pump_id is not None  # noqa: S101 - classify gives pump topics a pump id
+    assert pump_id is not None  # classify gives pump topics a pump id
     if subject is Subject.PUMP_STATE:
         session, seq, ts, data = _envelope(obj, Kind.PUMP_STATE, gateway, where)
         return PumpStateRecord(gateway, session, seq, ts, pump_id, data, digest)

@@ -12,6 +12,7 @@ not commit unless documented: :func:`store_batch` runs in its own transaction.
 from __future__ import annotations
 
 import enum
+import itertools
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -30,6 +31,7 @@ from daemon.fleet.records import (
 )
 
 Conn = psycopg.AsyncConnection[Any]
+_cursor_names = itertools.count(1)
 
 
 async def connect(dsn: str, *, autocommit: bool = True) -> Conn:
@@ -136,7 +138,9 @@ async def _copy_events(cur: psycopg.AsyncCursor[Any], events: Sequence[EventReco
     )
     async with cur.copy(f"COPY events_in ({_EVENT_COLUMNS}) FROM STDIN") as copy:
         for e in events:
-            await copy.write_row((e.gateway, e.session, e.seq, e.ts, e.pump_id, e.type, Jsonb(e.data)))
+            await copy.write_row(
+                (e.gateway, e.session, e.seq, e.ts, e.pump_id, e.type, Jsonb(e.data))
+            )
     await cur.execute(
         f"INSERT INTO events ({_EVENT_COLUMNS}) SELECT {_EVENT_COLUMNS} FROM events_in "  # noqa: S608
         "ORDER BY gateway, session, seq ON CONFLICT DO NOTHING"
@@ -156,8 +160,17 @@ async def store_batch(conn: Conn, batch: Batch) -> StoreResult:
                 "command_id, phase, data) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) "
                 "ON CONFLICT DO NOTHING",
                 [
-                    (r.gateway, r.digest, r.session, r.seq, r.ts, r.pump_id, r.command_id,
-                     r.phase, Jsonb(r.data))
+                    (
+                        r.gateway,
+                        r.digest,
+                        r.session,
+                        r.seq,
+                        r.ts,
+                        r.pump_id,
+                        r.command_id,
+                        r.phase,
+                        Jsonb(r.data),
+                    )
                     for r in batch.command_results
                 ],
             )
@@ -275,7 +288,8 @@ async def list_gaps(
     """Gaps by gateway, session, from_seq; optionally of one gateway or status."""
     cur = await conn.execute(
         f"SELECT {_GAP_COLUMNS} FROM gaps "  # noqa: S608
-        "WHERE (%(g)s::text IS NULL OR gateway = %(g)s) AND (%(s)s::text IS NULL OR status = %(s)s) "
+        "WHERE (%(g)s::text IS NULL OR gateway = %(g)s) "
+        "AND (%(s)s::text IS NULL OR status = %(s)s) "
         "ORDER BY gateway, session, from_seq",
         {"g": gateway, "s": None if status is None else status.value},
     )
@@ -360,8 +374,9 @@ async def iter_events(
 ) -> AsyncIterator[EventRecord]:
     """Events with ``since <= ts < until`` (either optional), optionally of one gateway and
     some types, ordered by ts then (gateway, session, seq); streamed with a server-side cursor
-    (needs a transaction or an autocommit connection; uses a named cursor)."""
-    async with conn.cursor(name="fleet_iter_events") as cur:
+    in a transaction of its own (a savepoint inside the caller's)."""
+    name = f"fleet_iter_events_{next(_cursor_names)}"
+    async with conn.transaction(), conn.cursor(name=name) as cur:
         await cur.execute(
             f"SELECT {_EVENT_COLUMNS} FROM events "  # noqa: S608
             "WHERE (%(g)s::text IS NULL OR gateway = %(g)s) "
