@@ -1,0 +1,9 @@
+"""Errors of the fleet collector and store."""
+
+from __future__ import annotations
+
+from protocol.errors import InfusiondError
+
+
+class FleetError(InfusiondError):
+    """A fleet collector or store failure; the message says what and where (DSN, URL, topic)."""
