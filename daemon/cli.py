@@ -279,12 +279,33 @@ def build_parser() -> argparse.ArgumentParser:
         sp.set_defaults(target="daemon.journal_cmd:run")
     _add_replay_parser(jsub)
 
+    _add_watch_parser(sub)
+    _add_fleet_parsers(sub)
+    return parser
+
+
+def _add_watch_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``watch``: the terminal view (daemon/watch.py)."""
     p = sub.add_parser("watch", help="live terminal view of every pump and bed")
     p.add_argument("--broker", default="mqtt://127.0.0.1:1883", metavar="URL")
     p.add_argument("--gateway", default="+", metavar="ID", help="gateway id (default: all)")
     p.add_argument("--once", action="store_true", help="print one frame of retained state, exit")
     p.set_defaults(target="daemon.watch:run")
-    return parser
+
+
+def _add_fleet_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``fleet serve``: the fleet page (daemon/fleet/serve.py)."""
+    p = sub.add_parser("fleet", help="many gateways, one hospital (PostgreSQL)")
+    fsub = p.add_subparsers(dest="fleet_cmd", metavar="ACTION", required=True)
+    sp = fsub.add_parser("serve", help="the fleet page: every gateway, its gaps and alarms")
+    sp.add_argument("--postgres", required=True, metavar="DSN", help="the fleet store")
+    sp.add_argument(
+        "--listen",
+        default="127.0.0.1:8470",
+        metavar="HOST:PORT",
+        help="where to serve the page (default: 127.0.0.1:8470; port 0: any free port)",
+    )
+    sp.set_defaults(target="daemon.fleet.serve:run")
 
 
 def _resolve(target: str) -> _Runner | None:
