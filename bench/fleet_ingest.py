@@ -1,0 +1,451 @@
+"""Bench ``fleet_ingest``: N synthetic gateways x M pumps into PostgreSQL through two bridged
+mosquittos and the real collector, against a raw ``COPY`` of the same rows.
+
+Everything runs on loopback in a temporary directory: a central mosquitto, a ward mosquitto
+bridged to it (``infusiond/#`` out, backfill requests in, QoS 1, persistent bridge session),
+a private PostgreSQL (initdb + pg_ctl, ``track_commit_timestamp`` on so that every row's
+commit time is known), and ``infusiond fleet collect`` as its own process. The synthetic
+gateways publish real ``pump.event`` envelopes (``daemon/envelope.py``, ``rate_changed`` of
+their pumps in turn, one session each, seqs from 1) at a steady total rate to the ward broker,
+keep them in memory and answer ``bridge/request/events`` with the gateway's own answering code
+(``daemon/events_request.py``), as a gateway answers from its journal.
+
+Mid-run the collector is killed with SIGKILL and restarted; at the end SQL checks that every
+(gateway, seq) published is stored exactly once (0 lost, 0 duplicated, the same bytes).
+
+Figures: sustained ingest (events stored / (last commit - first publish)) against ``COPY`` of
+the same rows into the same table (a fresh database with the same schema, same server, same
+run); end-to-end lag p50/p99 (publish ``ts`` -> the row's commit timestamp) of the events
+published while a collector was running; the time the restarted collector took to catch up.
+
+    python -m bench.fleet_ingest [--quick] [--gateways N] [--pumps M] [--rate EV_S] [--seconds S]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import psycopg
+from psycopg.types.json import Jsonb
+
+from bench.harness import progress
+from daemon.envelope import Kind, encode, envelope
+from daemon.events_request import answer, response_body
+from daemon.fleet.migrate import migrate
+from daemon.journal import JournalRow
+from daemon.timefmt import format_ts
+from tests.support.postgres import PostgresServer, find_bindir
+from tests.support.procs import Mosquitto
+
+REPO = Path(__file__).resolve().parents[1]
+RATIO_TARGET = 0.5
+STORE_TIMEOUT_S = 120.0
+_COLUMNS = "gateway, session, seq, ts, pump_id, type, data"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The run's size: ``rate`` events/s in total for ``seconds``; the collector is killed at
+    ``kill_at`` x seconds and restarted ``down_s`` later."""
+
+    gateways: int = 100
+    pumps: int = 10
+    rate: float = 2000.0
+    seconds: float = 30.0
+    kill_at: float = 0.4
+    down_s: float = 2.0
+
+
+@dataclass
+class SyntheticGateway:
+    """One gateway: its session, its events (as its journal would hold them) and their bytes."""
+
+    name: str
+    pumps: int
+    session: str = field(default_factory=lambda: os.urandom(8).hex())
+    rows: list[JournalRow] = field(default_factory=list)
+    payloads: list[bytes] = field(default_factory=list)
+
+    @property
+    def seq(self) -> int:
+        return len(self.rows)
+
+    def next_event(self, now: datetime) -> tuple[str, bytes]:
+        """The next ``rate_changed`` of its next pump: (topic, envelope bytes)."""
+        seq = self.seq + 1
+        pump = f"pump-{(seq - 1) % self.pumps + 1}"
+        rate = 5 + seq % 40
+        data = {
+            "type": "rate_changed",
+            "pump_id": pump,
+            "source": "device",
+            "from": {"rate": {"value": rate - 1, "unit": "mL/h"}},
+            "to": {"rate": {"value": rate, "unit": "mL/h"}},
+        }
+        body = encode(
+            envelope(
+                Kind.PUMP_EVENT,
+                gateway=self.name,
+                session=self.session,
+                seq=seq,
+                ts=now,
+                data=data,
+            )
+        )
+        payload = {"seq": seq, "event": data}
+        self.rows.append(JournalRow(seq, format_ts(now), "event", pump, payload, "", ""))
+        self.payloads.append(body)
+        return f"infusiond/{self.name}/pump/{pump}/event", body
+
+    # -- daemon.events_request.EventSource -----------------------------------------------
+
+    async def events_by_seq(self, from_seq: int, to_seq: int, limit: int) -> list[JournalRow]:
+        return self.rows[from_seq - 1 : min(to_seq, from_seq - 1 + limit)]
+
+    async def oldest_event_seq(self) -> int | None:
+        return 1 if self.rows else None
+
+
+# -- the pieces ----------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def postgres(work: Path) -> Iterator[PostgresServer]:
+    """A private server with commit timestamps on (restarted once to apply it)."""
+    server = PostgresServer(find_bindir(), root=work / "pg")
+    server.root.mkdir()
+    server.start()
+    try:
+        with psycopg.connect(server.dsn(), autocommit=True) as conn:
+            conn.execute("ALTER SYSTEM SET track_commit_timestamp = on")
+        pg_ctl = str(server.bindir / "pg_ctl")
+        server._run([pg_ctl, "-D", str(server.datadir), "-w", "-t", "60", "restart"])  # noqa: SLF001
+        yield server
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
+def bridged_brokers(work: Path) -> Iterator[tuple[Mosquitto, Mosquitto]]:
+    """(ward, central): the ward broker bridges ``infusiond/#`` to the central one."""
+    central = Mosquitto(work / "central", extra_conf=["max_queued_messages 0"])
+    central.start()
+    try:
+        ward = Mosquitto(
+            work / "ward",
+            extra_conf=[
+                "max_queued_messages 0",
+                "connection ward-to-central",
+                f"address 127.0.0.1:{central.port}",
+                "topic infusiond/+/pump/+/event out 1",
+                "topic infusiond/+/pump/+/state out 1",
+                "topic infusiond/+/pump/+/command/result out 1",
+                "topic infusiond/+/bridge/info out 1",
+                "topic infusiond/+/bridge/state out 1",
+                "topic infusiond/+/bridge/response/# out 1",
+                "topic infusiond/+/bridge/request/# in 1",
+                "cleansession false",
+                "bridge_attempt_unsubscribe false",
+                "restart_timeout 1",
+            ],
+        )
+        ward.start()
+        try:
+            yield ward, central
+        finally:
+            ward.stop()
+    finally:
+        central.stop()
+
+
+def start_collector(work: Path, broker: Mosquitto, dsn: str, n: int) -> subprocess.Popen[bytes]:
+    log = (work / f"collector-{n}.log").open("wb")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "daemon.cli", "fleet", "collect", "--broker", broker.url]
+        + ["--postgres", dsn],
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+
+
+async def responder(port: int, gateways: dict[str, SyntheticGateway]) -> None:
+    """Answer every ``bridge/request/events`` as the gateway's journal would."""
+    async with aiomqtt.Client(
+        "127.0.0.1", port, identifier="bench-backfill", protocol=aiomqtt.ProtocolVersion.V5
+    ) as client:
+        await client.subscribe("infusiond/+/bridge/request/events", qos=1)
+        async for message in client.messages:
+            name = message.topic.value.split("/")[1]
+            source = gateways.get(name)
+            if source is None or not isinstance(message.payload, bytes):
+                continue
+            data = await answer(
+                message.payload, retained=bool(message.retain), source=source, gateway=name
+            )
+            body = response_body(data, gateway=name, source=source, ts=datetime.now(UTC))
+            await client.publish(f"infusiond/{name}/bridge/response/events", body, qos=1)
+
+
+async def publish(port: int, gateways: list[SyntheticGateway], rate: float, seconds: float) -> int:
+    """Publish ``rate`` events/s (QoS 1), gateways in turn, for ``seconds``; returns how many."""
+    sent = 0
+    total = int(rate * seconds)
+    async with aiomqtt.Client(
+        "127.0.0.1",
+        port,
+        identifier="bench-gateways",
+        max_inflight_messages=1000,
+        max_queued_outgoing_messages=0,
+    ) as client:
+        t0 = time.monotonic()
+        while sent < total:
+            due = min(total, int(rate * (time.monotonic() - t0)) + 1)
+            now = datetime.now(UTC)
+            async with asyncio.TaskGroup() as tg:
+                for i in range(sent, due):
+                    topic, body = gateways[i % len(gateways)].next_event(now)
+                    tg.create_task(client.publish(topic, body, qos=1), name="bench-publish")
+            sent = due
+            await asyncio.sleep(0.01)  # pacing: the next tick (not a synchronisation)
+    return sent
+
+
+def stored(dsn: str) -> int:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute("SELECT count(*) FROM events").fetchone()
+    return int(row[0]) if row else 0
+
+
+async def wait_stored(dsn: str, expected: int, timeout: float) -> float:
+    """Poll the table until it holds ``expected`` events; the monotonic time it did."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if await asyncio.to_thread(stored, dsn) >= expected:
+            return time.monotonic()
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {stored(dsn)} of {expected} events stored in {timeout} s")
+        await asyncio.sleep(0.1)
+
+
+# -- the run ---------------------------------------------------------------------------------
+
+
+async def _run(plan: Plan, work: Path, server: PostgresServer) -> dict[str, Any]:
+    dsn = server.create_database()
+    gateways = [SyntheticGateway(f"bench-gw-{i:03d}", plan.pumps) for i in range(plan.gateways)]
+    by_name = {g.name: g for g in gateways}
+    with bridged_brokers(work) as (ward, central):
+        collector = start_collector(work, central, dsn, 1)
+        async with asyncio.TaskGroup() as tg:
+            answering = tg.create_task(responder(ward.port, by_name), name="bench-responder")
+            try:
+                # warm-up: one event per gateway, all stored: the collector is subscribed
+                await publish(ward.port, gateways, rate=len(gateways) * 10.0, seconds=0.1)
+                await wait_stored(dsn, len(gateways), STORE_TIMEOUT_S)
+                progress(f"fleet_ingest: {len(gateways)} gateways x {plan.pumps} pumps ready")
+                start_wall = datetime.now(UTC)
+                first = sum(g.seq for g in gateways)
+                sending = tg.create_task(
+                    publish(ward.port, gateways, plan.rate, plan.seconds), name="bench-publisher"
+                )
+                await asyncio.sleep(plan.seconds * plan.kill_at)  # mid-run, by the clock
+                collector.send_signal(signal.SIGKILL)
+                collector.wait()
+                killed = datetime.now(UTC)
+                progress("fleet_ingest: collector killed (-9)")
+                await asyncio.sleep(plan.down_s)
+                collector = start_collector(work, central, dsn, 2)
+                restarted = datetime.now(UTC)
+                sent = await sending
+                total = first + sent
+                done_at = await wait_stored(dsn, total, STORE_TIMEOUT_S)
+                caught_up = datetime.now(UTC)
+            finally:
+                answering.cancel()
+                collector.terminate()
+                collector.wait(timeout=30)
+    result = _verify(dsn, gateways, start_wall, killed, restarted)
+    copy = _copy_baseline(server, gateways)
+    ingest = result["events"] / max((caught_up - start_wall).total_seconds(), 1e-9)
+    _ = done_at
+    return {
+        **result,
+        "plan": plan.__dict__,
+        "offered_eps": plan.rate,
+        "ingest_eps": round(ingest, 1),
+        "copy_eps": round(copy, 1),
+        "ratio": round(ingest / copy, 3),
+        "collector_down_s": round((restarted - killed).total_seconds(), 2),
+        "catch_up_s": round((caught_up - restarted).total_seconds(), 2),
+    }
+
+
+def _verify(
+    dsn: str,
+    gateways: list[SyntheticGateway],
+    start: datetime,
+    killed: datetime,
+    restarted: datetime,
+) -> dict[str, Any]:
+    """Lost / duplicated / altered events, by SQL; lag percentiles from commit timestamps."""
+    expected = {g.name: g for g in gateways}
+    lost = duplicated = altered = 0
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            "SELECT gateway, count(*), count(DISTINCT (session, seq)), max(seq) "
+            "FROM events GROUP BY gateway"
+        ).fetchall()
+        for name, count, distinct, top in rows:
+            gw = expected[name]
+            lost += gw.seq - distinct
+            duplicated += count - distinct
+            assert top <= gw.seq
+        lost += sum(g.seq for g in gateways if g.name not in {r[0] for r in rows})
+        for gw in gateways:  # the same bytes: every stored event equals the published one
+            with conn.cursor(name=f"check_{gw.name}") as cur:
+                cur.execute(
+                    "SELECT seq, ts, data FROM events WHERE gateway = %s ORDER BY seq", (gw.name,)
+                )
+                for seq, ts, data in cur:
+                    sent = json.loads(gw.payloads[seq - 1])
+                    altered += sent["data"] != data or sent["ts"] != format_ts(ts)
+        lag = conn.execute(
+            "SELECT percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP (ORDER BY "
+            "extract(epoch FROM pg_xact_commit_timestamp(xmin) - ts)), count(*) "
+            "FROM events WHERE ts >= %s AND (ts < %s OR ts >= %s)",
+            (start, killed, restarted),
+        ).fetchone()
+    assert lag is not None
+    (p50, p99), measured = lag
+    return {
+        "events": sum(g.seq for g in gateways),
+        "lost": lost,
+        "duplicated": duplicated,
+        "altered": altered,
+        "lag_p50_ms": round(p50 * 1000, 1),
+        "lag_p99_ms": round(p99 * 1000, 1),
+        "lag_events": measured,
+    }
+
+
+def _copy_baseline(server: PostgresServer, gateways: list[SyntheticGateway]) -> float:
+    """Events/s of one ``COPY`` of the same rows into the same table, in a fresh database."""
+    dsn = server.create_database()
+
+    async def schema() -> None:
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+            await migrate(conn)
+
+    asyncio.run(schema())
+    rows = []
+    for gw in gateways:
+        for payload in gw.payloads:
+            body = json.loads(payload)
+            rows.append(
+                (
+                    body["gateway"],
+                    body["session"],
+                    body["seq"],
+                    datetime.fromisoformat(body["ts"]),
+                    body["data"]["pump_id"],
+                    body["data"]["type"],
+                    Jsonb(body["data"]),
+                )
+            )
+    with psycopg.connect(dsn) as conn:
+        t0 = time.perf_counter()
+        with conn.cursor() as cur, cur.copy(f"COPY events ({_COLUMNS}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+        conn.commit()
+        elapsed = time.perf_counter() - t0
+    return len(rows) / elapsed
+
+
+def measure(*, quick: bool = False, plan: Plan | None = None) -> dict[str, Any]:
+    """The bench's figures as ``rows`` (see bench/__main__.py) plus the details."""
+    plan = plan or (Plan(gateways=10, pumps=2, rate=500.0, seconds=6.0) if quick else Plan())
+    with tempfile.TemporaryDirectory(prefix="bench-fleet-") as tmp:
+        work = Path(tmp)
+        os.chmod(work, 0o755)  # noqa: PTH101 - the postgres user (as root) must traverse it
+        with postgres(work) as server:
+            details = asyncio.run(_run(plan, work, server))
+    exact = details["lost"] == 0 and details["duplicated"] == 0 and details["altered"] == 0
+    details["rows"] = [
+        {
+            "figure": "fleet ingest: events/s stored (vs raw COPY)",
+            "value": details["ingest_eps"],
+            "unit": "ev/s",
+            "baseline": details["copy_eps"],
+            "ratio": details["ratio"],
+            "target": f">= {RATIO_TARGET}x COPY",
+            "met": details["ratio"] >= RATIO_TARGET,
+        },
+        {
+            "figure": "fleet ingest: end-to-end lag p99",
+            "value": details["lag_p99_ms"],
+            "unit": "ms",
+            "baseline": details["lag_p50_ms"],
+            "ratio": round(details["lag_p99_ms"] / max(details["lag_p50_ms"], 0.1), 2),
+            "target": "p50 as baseline",
+            "met": True,
+        },
+        {
+            "figure": "fleet ingest: lost + duplicated after kill -9",
+            "value": details["lost"] + details["duplicated"] + details["altered"],
+            "unit": "events",
+            "baseline": details["events"],
+            "ratio": None,
+            "target": "0",
+            "met": exact,
+        },
+    ]
+    return details
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.fleet_ingest", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="CI size: 10 x 2, 500 ev/s, 6 s")
+    parser.add_argument("--gateways", type=int, metavar="N", help="synthetic gateways (100)")
+    parser.add_argument("--pumps", type=int, metavar="M", help="pumps per gateway (10)")
+    parser.add_argument("--rate", type=float, metavar="EV_S", help="events/s in total (2000)")
+    parser.add_argument("--seconds", type=float, metavar="S", help="publishing time (30)")
+    args = parser.parse_args(argv)
+    base = Plan(gateways=10, pumps=2, rate=500.0, seconds=6.0) if args.quick else Plan()
+    for name in ("gateways", "pumps", "rate", "seconds"):
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            parser.error(f"--{name}: must be > 0, got {value}")
+    plan = Plan(
+        gateways=args.gateways or base.gateways,
+        pumps=args.pumps or base.pumps,
+        rate=args.rate or base.rate,
+        seconds=args.seconds or base.seconds,
+        down_s=min(base.down_s, (args.seconds or base.seconds) / 4),
+    )
+    result = measure(plan=plan)
+    result["load_avg"] = Path("/proc/loadavg").read_text().strip()
+    sys.stdout.write(json.dumps(result) + "\n")
+    return 0 if all(r["met"] for r in result["rows"]) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
