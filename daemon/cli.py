@@ -279,13 +279,14 @@ def build_parser() -> argparse.ArgumentParser:
         sp.set_defaults(target="daemon.journal_cmd:run")
     _add_replay_parser(jsub)
 
-    _add_watch_parser(sub)
     _add_fleet_parsers(sub)
+
+    _add_watch_parser(sub)
     return parser
 
 
 def _add_watch_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """``watch``: the terminal view (daemon/watch.py)."""
+    """``watch`` (daemon/watch.py)."""
     p = sub.add_parser("watch", help="live terminal view of every pump and bed")
     p.add_argument("--broker", default="mqtt://127.0.0.1:1883", metavar="URL")
     p.add_argument("--gateway", default="+", metavar="ID", help="gateway id (default: all)")
@@ -294,10 +295,25 @@ def _add_watch_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def _add_fleet_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """``fleet serve``: the fleet page (daemon/fleet/serve.py)."""
-    p = sub.add_parser("fleet", help="many gateways, one hospital (PostgreSQL)")
-    fsub = p.add_subparsers(dest="fleet_cmd", metavar="ACTION", required=True)
-    sp = fsub.add_parser("serve", help="the fleet page: every gateway, its gaps and alarms")
+    """``fleet collect`` and ``fleet serve`` (daemon/fleet/)."""
+    p = sub.add_parser("fleet", help="many gateways, one PostgreSQL store (docs/fleet.md)")
+    fleet_sub = p.add_subparsers(dest="fleet_cmd", metavar="ACTION", required=True)
+    sp = fleet_sub.add_parser(
+        "collect", help="store every gateway's events, results and states in PostgreSQL"
+    )
+    sp.add_argument("--broker", required=True, metavar="mqtt://HOST:PORT", help="central broker")
+    sp.add_argument("--postgres", required=True, metavar="DSN", help="libpq DSN or URL")
+    sp.add_argument("--group", metavar="NAME", help="MQTT v5 shared-subscription group")
+    sp.add_argument(
+        "--client-id",
+        metavar="ID",
+        help="fixed MQTT client id of this collector's persistent session (default: "
+        "infusiond-collector-<host>[-<group>]); unique per collector",
+    )
+    sp.add_argument("--batch", type=int, default=500, metavar="N", help="rows per transaction")
+    sp.add_argument("--log-level", default="info", metavar="LEVEL")
+    sp.set_defaults(target="daemon.fleet.collect_cmd:run")
+    sp = fleet_sub.add_parser("serve", help="the fleet page: every gateway, its gaps and alarms")
     sp.add_argument("--postgres", required=True, metavar="DSN", help="the fleet store")
     sp.add_argument(
         "--listen",

@@ -183,9 +183,6 @@ def parse_event(obj: dict[str, Any], gateway: str, pump_id: str | None, where: s
     session, seq, ts, data = _envelope(obj, Kind.PUMP_EVENT, gateway, where)
     if seq < 1:
         raise BadMessage(f"{where}: field 'seq' of an event must be >= 1, got {seq}")
-    event_pump = data.get("pump_id", pump_id)
-    if pump_id is None:
-        pump_id = event_pump if isinstance(event_pump, str) else None
     if pump_id is None or not is_topic_id(pump_id):
         raise BadMessage(f"{where}: no valid pump id for event {seq}")
     return EventRecord(
@@ -194,29 +191,31 @@ def parse_event(obj: dict[str, Any], gateway: str, pump_id: str | None, where: s
 
 
 def _events_response(obj: dict[str, Any], gateway: str, where: str) -> EventsResponse:
-    request_id = obj.get("id")
+    """An ``infusiond.bridge.events.response/1`` envelope (daemon/events_request.py)."""
+    data = _envelope(obj, Kind.EVENTS_RESPONSE, gateway, where)[3]
+    request_id = data.get("id")
     if request_id is not None and not isinstance(request_id, str):
-        raise BadMessage(f"{where}: field 'id' must be a string or null")
-    status = obj.get("status")
+        raise BadMessage(f"{where}: field 'data.id' must be a string or null")
+    status = data.get("status")
     if status not in {"ok", "error"}:
-        raise BadMessage(f"{where}: field 'status' must be 'ok' or 'error', got {status!r:.40}")
-    raw_events = obj.get("events", [])
+        raise BadMessage(f"{where}: field 'data.status' must be 'ok' or 'error'")
+    raw_events = data.get("events", [])
     if not isinstance(raw_events, list):
-        raise BadMessage(f"{where}: field 'events' must be a list")
+        raise BadMessage(f"{where}: field 'data.events' must be a list")
     events = []
     for i, item in enumerate(raw_events):
         if not isinstance(item, dict):
-            raise BadMessage(f"{where}: events[{i}] must be an object")
+            raise BadMessage(f"{where}: data.events[{i}] must be an object")
         pump_id = item.get("pump_id")
         events.append(
             parse_event(item, gateway, pump_id if isinstance(pump_id, str) else None, where)
         )
-    next_seq = obj.get("next_seq")
+    next_seq = data.get("next_seq")
     if next_seq is not None and (not isinstance(next_seq, int) or isinstance(next_seq, bool)):
-        raise BadMessage(f"{where}: field 'next_seq' must be an integer")
-    error = obj.get("error")
+        raise BadMessage(f"{where}: field 'data.next_seq' must be an integer")
+    error = data.get("error")
     if error is not None and not isinstance(error, dict):
-        raise BadMessage(f"{where}: field 'error' must be an object")
+        raise BadMessage(f"{where}: field 'data.error' must be an object")
     return EventsResponse(gateway, request_id, status == "ok", tuple(events), next_seq, error)
 
 
