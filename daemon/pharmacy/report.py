@@ -1,7 +1,9 @@
 """``infusiond report``: the pharmacy's CQI (continuous quality improvement) report.
 
 Read from the journal, read-only and without the data directory's lock (safe while the
-daemon runs), per drug x profile and in total:
+daemon runs), or with ``--postgres`` from the fleet store for the whole hospital
+(``daemon/fleet/report_source.py``); both sources give facts to one model
+(``daemon/pharmacy/report_model.py``). Per drug x profile and in total:
 
 - ``programmings``: commands that reached the gate (a verdict was computed), once per id;
 - ``accepted_outright``: verdict accept; ``confirmations_asked``: verdict confirm;
@@ -22,7 +24,8 @@ every ``library_changed`` event; ``(unknown)`` for a journal older than that. ``
 inclusive and ``--to`` exclusive (RFC 3339, or a date meaning its midnight UTC); the whole
 journal is read so that programs and pending rejections before ``--from`` are known.
 Formats: ``json`` (everything), ``csv`` (the summary table, one row per drug x profile, then
-the total) and ``html`` (one self-contained page: tables and embedded PNG charts).
+the total; from PostgreSQL with a ``gateway`` column) and ``html`` (one self-contained page:
+tables and embedded PNG charts).
 """
 
 from __future__ import annotations
