@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import timedelta
 
-from daemon.fleet.store import _GAP_COLUMNS, Conn, Gap, GapStatus, _gap
+from daemon.fleet.store import _GAP_COLUMNS, NOTIFY_CHANNEL, Conn, Gap, GapStatus, _gap
 
 #: a gap is requested only once it has lasted this long (the live stream may still fill it)
 DEFAULT_GRACE = timedelta(seconds=2)
@@ -101,6 +101,7 @@ async def refresh_session(
             "WHERE gateway = %s AND session = %s AND contiguous_upto <> %s",
             (upto, gateway, session, upto),
         )
+        await conn.execute("SELECT pg_notify(%s, '')", (NOTIFY_CHANNEL,))
     return open_ranges
 
 

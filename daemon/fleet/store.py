@@ -32,6 +32,8 @@ from daemon.fleet.records import (
 
 Conn = psycopg.AsyncConnection[Any]
 _cursor_names = itertools.count(1)
+#: every committed :func:`store_batch` notifies this channel (LISTEN for live views and tests)
+NOTIFY_CHANNEL = "infusiond_fleet"
 
 
 async def connect(dsn: str, *, autocommit: bool = True) -> Conn:
@@ -149,7 +151,8 @@ async def _copy_events(cur: psycopg.AsyncCursor[Any], events: Sequence[EventReco
 
 
 async def store_batch(conn: Conn, batch: Batch) -> StoreResult:
-    """Store a batch in one transaction (idempotent); sessions' high-water marks follow."""
+    """Store a batch in one transaction (idempotent); sessions' high-water marks follow, and
+    :data:`NOTIFY_CHANNEL` is notified on commit."""
     events_inserted = results_inserted = states_inserted = 0
     async with conn.transaction(), conn.cursor() as cur:
         if batch.events:
@@ -201,6 +204,7 @@ async def store_batch(conn: Conn, batch: Batch) -> StoreResult:
         marks = sorted(batch.high_waters().items())
         if marks:
             await cur.executemany(_UPSERT_SESSION, [(g, s, hw) for (g, s), hw in marks])
+        await cur.execute("SELECT pg_notify(%s, '')", (NOTIFY_CHANNEL,))
     return StoreResult(
         events_inserted=events_inserted,
         events_duplicate=len(batch.events) - events_inserted,
