@@ -214,6 +214,8 @@ class Collector:
                 tg.create_task(until_stop(), name="fleet-stop")
         except* _Stopped:
             log.info("collector_stopping")
+        finally:
+            self._log_progress("collector_totals", backfill)
 
     async def _ingest(
         self,
@@ -309,18 +311,21 @@ class Collector:
     async def _progress_loop(self, backfill: Backfill) -> None:
         while True:
             await asyncio.sleep(self.config.progress_interval_s)
-            log.info(
-                "collector_progress",
-                messages=self.stats.messages,
-                batches=self.stats.batches,
-                events_inserted=self.stats.events_inserted,
-                events_duplicate=self.stats.events_duplicate,
-                bad_messages=self.stats.bad_messages,
-                backfill_requests=backfill.stats.requests,
-                backfill_pages=backfill.stats.pages,
-                gaps_permanent=backfill.stats.permanent,
-                requests_pending=len(backfill.pending),
-            )
+            self._log_progress("collector_progress", backfill)
+
+    def _log_progress(self, what: str, backfill: Backfill) -> None:
+        log.info(
+            what,
+            messages=self.stats.messages,
+            batches=self.stats.batches,
+            events_inserted=self.stats.events_inserted,
+            events_duplicate=self.stats.events_duplicate,
+            bad_messages=self.stats.bad_messages,
+            backfill_requests=backfill.stats.requests,
+            backfill_pages=backfill.stats.pages,
+            gaps_permanent=backfill.stats.permanent,
+            requests_pending=len(backfill.pending),
+        )
 
 
 class _Stopped(Exception):  # control flow: stop was asked
