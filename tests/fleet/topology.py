@@ -45,11 +45,12 @@ BRIDGED_OUT = (
 BRIDGED_IN = ("infusiond/+/bridge/request/events",)
 
 
-def ward_bridge_conf(central_port: int, name: str = "ward-1") -> list[str]:
-    """mosquitto.conf lines of a ward broker's bridge to the central broker."""
+def ward_bridge_conf(central: str, name: str = "ward-1") -> list[str]:
+    """mosquitto.conf lines of a ward broker's bridge to the central broker at ``central``
+    (``host:port``; docs/fleet.md shows these very lines)."""
     return [
         f"connection {name}-to-central",
-        f"address 127.0.0.1:{central_port}",
+        f"address {central}",
         f"remote_clientid bridge-{name}",
         "cleansession false",
         "bridge_protocol_version mqttv50",
@@ -67,7 +68,7 @@ def bridged_brokers(tmp_path: Path) -> Any:
     when this yields (the ward logs its connection)."""
     central = Mosquitto(tmp_path / "central")
     central.start()
-    ward = Mosquitto(tmp_path / "ward", extra_conf=ward_bridge_conf(central.port))
+    ward = Mosquitto(tmp_path / "ward", extra_conf=ward_bridge_conf(f"127.0.0.1:{central.port}"))
     try:
         ward.start()
         assert central.proc is not None
