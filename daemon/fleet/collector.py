@@ -45,7 +45,7 @@ from daemon.fleet.records import (
     parse_message,
 )
 from daemon.fleet.seqranges import SeqRanges
-from daemon.fleet.store import Batch, Conn, connect, store_batch
+from daemon.fleet.store import Batch, Conn, connect, store_batch_isolating
 from drivers.backoff import Backoff
 
 log = structlog.get_logger("infusiond.fleet.collector")
@@ -276,7 +276,10 @@ class Collector:
         self, client: aiomqtt.Client, conn: Conn, pending: _Pending, backfill: Backfill
     ) -> None:
         if len(pending.batch):
-            result = await store_batch(conn, pending.batch)
+            result, refused = await store_batch_isolating(conn, pending.batch)
+            for reason in refused:
+                self.stats.bad_messages += 1
+                log.warning("record_refused_by_postgres", error=reason)
             self.stats.events_inserted += result.events_inserted
             self.stats.events_duplicate += result.events_duplicate
             self._note_seqs(pending.batch)
@@ -303,8 +306,10 @@ class Collector:
         while True:
             dirty, self._dirty = self._dirty, set()
             if dirty:
-                await backfill.refresh(dirty)
-                self._checked.update(dirty)
+                for key, upto in (await backfill.refresh(dirty)).items():
+                    self._checked.add(key)
+                    if upto > 0:  # settled in the store: one range here, however they came
+                        self._seen[key].add_range(1, upto)
             await backfill.tick()
             await asyncio.sleep(self.config.backfill_interval_s)
 

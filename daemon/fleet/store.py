@@ -72,6 +72,14 @@ class Batch:
             + len(self.bridge_states)
         )
 
+    def describe(self) -> str:
+        """What the batch holds, for logs (gateway, session and seq of its first record)."""
+        for records in (self.events, self.command_results, self.pump_states, self.infos):
+            if records:
+                r = records[0]
+                return f"{type(r).__name__} {r.gateway}/{r.session}/{r.seq} (+{len(self) - 1})"
+        return f"{len(self)} bridge state(s)"
+
     def high_waters(self) -> dict[tuple[str, str], int]:
         """Per (gateway, session), the highest seq any record of the batch proves exists."""
         marks: dict[tuple[str, str], int] = {}
@@ -212,6 +220,40 @@ async def store_batch(conn: Conn, batch: Batch) -> StoreResult:
         pump_states_inserted=states_inserted,
         sessions=tuple(key for key, _ in marks),
     )
+
+
+async def store_batch_isolating(conn: Conn, batch: Batch) -> tuple[StoreResult, list[str]]:
+    """:func:`store_batch`; when PostgreSQL refuses the batch's data (``DataError``), store
+    its records one by one instead, so that one bad record cannot block the others (and,
+    since nothing is acknowledged before it is stored, be redelivered forever). Returns the
+    totals and one message per record refused."""
+    try:
+        return await store_batch(conn, batch), []
+    except psycopg.DataError:
+        pass
+    refused: list[str] = []
+    inserted = duplicate = results = states = 0
+    sessions: set[tuple[str, str]] = set()
+    singles: list[Batch] = [
+        *(Batch(events=[r]) for r in batch.events),
+        *(Batch(command_results=[r]) for r in batch.command_results),
+        *(Batch(pump_states=[r]) for r in batch.pump_states),
+        *(Batch(infos=[r]) for r in batch.infos),
+        *(Batch(bridge_states=[r]) for r in batch.bridge_states),
+    ]
+    for single in singles:
+        try:
+            one = await store_batch(conn, single)
+        except psycopg.DataError as exc:
+            refused.append(f"{single.describe()}: {str(exc).strip()[:200]}")
+            continue
+        inserted += one.events_inserted
+        duplicate += one.events_duplicate
+        results += one.command_results_inserted
+        states += one.pump_states_inserted
+        sessions.update(one.sessions)
+    total = StoreResult(inserted, duplicate, results, states, tuple(sorted(sessions)))
+    return total, refused
 
 
 # -- reading ---------------------------------------------------------------------------------

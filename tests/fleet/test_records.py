@@ -57,6 +57,13 @@ def test_a_bad_message_is_refused_naming_the_field(topic: str, payload: bytes, f
         parse_message(topic, payload)
 
 
+def test_a_string_postgresql_cannot_store_is_refused_before_the_store() -> None:
+    body = json.loads(event_payload("gw-a", "s1", 3))
+    body["data"]["note"] = "a\x00b"
+    with pytest.raises(BadMessage, match="u0000"):
+        parse_message(TOPIC, json.dumps(body).encode())
+
+
 def test_a_bad_timestamp_or_session_is_refused() -> None:
     body = json.loads(event_payload("gw-a", "s1", 3))
     with pytest.raises(BadMessage, match="'ts'"):
