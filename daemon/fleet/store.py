@@ -441,6 +441,30 @@ async def iter_events(
             yield EventRecord(*row)
 
 
+async def iter_command_results(
+    conn: Conn,
+    *,
+    gateway: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> AsyncIterator[CommandResultRecord]:
+    """Command results with ``since <= ts < until`` (either optional), optionally of one
+    gateway, ordered by ts then (gateway, session, seq); streamed like :func:`iter_events`."""
+    name = f"fleet_iter_results_{next(_cursor_names)}"
+    async with conn.transaction(), conn.cursor(name=name) as cur:
+        await cur.execute(
+            "SELECT gateway, session, seq, ts, pump_id, command_id, phase, data, digest "
+            "FROM command_results "
+            "WHERE (%(g)s::text IS NULL OR gateway = %(g)s) "
+            "AND (%(since)s::timestamptz IS NULL OR ts >= %(since)s) "
+            "AND (%(until)s::timestamptz IS NULL OR ts < %(until)s) "
+            "ORDER BY ts, gateway, session, seq, digest",
+            {"g": gateway, "since": since, "until": until},
+        )
+        async for row in cur:
+            yield CommandResultRecord(*row)
+
+
 async def held_seq_ranges(conn: Conn, gateway: str, session: str) -> list[tuple[int, int]]:
     """The seqs held for a session as inclusive, sorted, disjoint ranges."""
     cur = await conn.execute(

@@ -18,6 +18,7 @@ from daemon.fleet.store import (
     GapStatus,
     connect,
     held_seq_ranges,
+    iter_command_results,
     iter_events,
     latest_pump_states,
     list_gaps,
@@ -77,6 +78,8 @@ async def test_a_redelivered_event_result_or_state_is_stored_once(postgres_dsn: 
         )
         assert applied.command_results_inserted == 1
         assert [e.seq async for e in iter_events(conn, gateway="gw-a")] == [1, 2, 3]
+        phases = [(r.command_id, r.phase) async for r in iter_command_results(conn)]
+        assert phases == [("c-1", "accepted"), ("c-1", "applied")]
         assert await held_seq_ranges(conn, "gw-a", "s1") == [(1, 3)]
 
 
