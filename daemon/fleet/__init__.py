@@ -17,9 +17,12 @@ Modules
   ``list_gaps(conn, gateway=None, status=None) -> [Gap]``,
   ``latest_pump_states(conn, gateway=None) -> [PumpState]``,
   ``iter_events(conn, gateway=None, since=None, until=None, types=None)`` (async iterator of
-  ``EventRecord`` ordered by ts), ``held_seq_ranges(conn, gateway, session)``.
-- ``gaps``: completeness: ``refresh_session``, ``claim_due_gaps``, ``mark_permanent``,
-  ``record_gap_error``.
+  ``EventRecord`` ordered by ts), ``iter_command_results(conn, gateway=None, since=None,
+  until=None)`` (``CommandResultRecord``), ``held_seq_ranges(conn, gateway, session)``;
+  ``store_batch_isolating`` (one refused record does not block its batch);
+  ``NOTIFY_CHANNEL`` (``infusiond_fleet``) is notified after every commit.
+- ``gaps``: completeness: ``refresh_session`` / ``check_session``, ``claim_due_gaps``,
+  ``mark_permanent``, ``record_gap_error``.
 - ``seqranges``: pure in-memory set of held seqs as ranges (the collector's fast path).
 - ``backfill``: asks gateways for missing events (``bridge/request/events``).
 - ``collector``: the MQTT -> PostgreSQL loop; ``collect_cmd``: the CLI subcommand.

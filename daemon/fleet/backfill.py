@@ -92,10 +92,14 @@ class Backfill:
         self.stats.requests += 1
         return request_id
 
-    async def refresh(self, sessions: set[tuple[str, str]]) -> None:
-        """Recompute the gaps of these sessions from what the store holds."""
+    async def refresh(self, sessions: set[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        """Recompute the gaps of these sessions from what the store holds; returns each
+        one's ``contiguous_upto``."""
+        settled = {}
         for gateway, session in sorted(sessions):
-            await gaps.refresh_session(self._conn, gateway, session, grace=self._grace)
+            check = await gaps.check_session(self._conn, gateway, session, grace=self._grace)
+            settled[(gateway, session)] = check.contiguous_upto
+        return settled
 
     async def tick(self) -> int:
         """Forget stale requests, re-check the sessions with due gaps, claim and request them;

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import re
 import signal
 import socket
@@ -49,11 +50,12 @@ def build_config(args: argparse.Namespace) -> CollectorConfig:
     )
 
 
-async def collect(config: CollectorConfig) -> None:
+async def collect(config: CollectorConfig, log_level: str = "info") -> None:
     """Check the database (fail fast on a bad DSN), then collect until SIGTERM/SIGINT."""
     conn = await connect(config.dsn)
     async with conn:
         await migrate(conn)
+    configure_logging(log_level)
     collector = Collector(config)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -68,9 +70,8 @@ async def collect(config: CollectorConfig) -> None:
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``infusiond fleet collect``."""
     config = build_config(args)
-    try:
-        configure_logging(args.log_level)
-    except ValueError as exc:
-        raise FleetError(f"--log-level: {exc}") from None
-    asyncio.run(collect(config))
+    if args.log_level.upper() not in logging.getLevelNamesMapping():
+        msg = f"--log-level {args.log_level!r}: one of debug, info, warning, error"
+        raise FleetError(msg)
+    asyncio.run(collect(config, args.log_level))
     return 0

@@ -45,7 +45,7 @@ from daemon.fleet.records import (
     parse_message,
 )
 from daemon.fleet.seqranges import SeqRanges
-from daemon.fleet.store import Batch, Conn, connect, store_batch
+from daemon.fleet.store import Batch, Conn, connect, store_batch_isolating
 from drivers.backoff import Backoff
 
 log = structlog.get_logger("infusiond.fleet.collector")
@@ -214,6 +214,8 @@ class Collector:
                 tg.create_task(until_stop(), name="fleet-stop")
         except* _Stopped:
             log.info("collector_stopping")
+        finally:
+            self._log_progress("collector_totals", backfill)
 
     async def _ingest(
         self,
@@ -274,7 +276,10 @@ class Collector:
         self, client: aiomqtt.Client, conn: Conn, pending: _Pending, backfill: Backfill
     ) -> None:
         if len(pending.batch):
-            result = await store_batch(conn, pending.batch)
+            result, refused = await store_batch_isolating(conn, pending.batch)
+            for reason in refused:
+                self.stats.bad_messages += 1
+                log.warning("record_refused_by_postgres", error=reason)
             self.stats.events_inserted += result.events_inserted
             self.stats.events_duplicate += result.events_duplicate
             self._note_seqs(pending.batch)
@@ -301,26 +306,31 @@ class Collector:
         while True:
             dirty, self._dirty = self._dirty, set()
             if dirty:
-                await backfill.refresh(dirty)
-                self._checked.update(dirty)
+                for key, upto in (await backfill.refresh(dirty)).items():
+                    self._checked.add(key)
+                    if upto > 0:  # settled in the store: one range here, however they came
+                        self._seen[key].add_range(1, upto)
             await backfill.tick()
             await asyncio.sleep(self.config.backfill_interval_s)
 
     async def _progress_loop(self, backfill: Backfill) -> None:
         while True:
             await asyncio.sleep(self.config.progress_interval_s)
-            log.info(
-                "collector_progress",
-                messages=self.stats.messages,
-                batches=self.stats.batches,
-                events_inserted=self.stats.events_inserted,
-                events_duplicate=self.stats.events_duplicate,
-                bad_messages=self.stats.bad_messages,
-                backfill_requests=backfill.stats.requests,
-                backfill_pages=backfill.stats.pages,
-                gaps_permanent=backfill.stats.permanent,
-                requests_pending=len(backfill.pending),
-            )
+            self._log_progress("collector_progress", backfill)
+
+    def _log_progress(self, what: str, backfill: Backfill) -> None:
+        log.info(
+            what,
+            messages=self.stats.messages,
+            batches=self.stats.batches,
+            events_inserted=self.stats.events_inserted,
+            events_duplicate=self.stats.events_duplicate,
+            bad_messages=self.stats.bad_messages,
+            backfill_requests=backfill.stats.requests,
+            backfill_pages=backfill.stats.pages,
+            gaps_permanent=backfill.stats.permanent,
+            requests_pending=len(backfill.pending),
+        )
 
 
 class _Stopped(Exception):  # control flow: stop was asked

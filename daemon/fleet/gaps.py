@@ -10,9 +10,10 @@ with exponential backoff capped at ``cap``.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import timedelta
 
-from daemon.fleet.store import _GAP_COLUMNS, Conn, Gap, GapStatus, _gap
+from daemon.fleet.store import _GAP_COLUMNS, NOTIFY_CHANNEL, Conn, Gap, GapStatus, _gap
 
 #: a gap is requested only once it has lasted this long (the live stream may still fill it)
 DEFAULT_GRACE = timedelta(seconds=2)
@@ -58,12 +59,28 @@ def _subtract(
     return out
 
 
+@dataclass(frozen=True)
+class SessionCheck:
+    """What :func:`check_session` found: the open ranges, and ``contiguous_upto`` (every seq
+    up to it is held or permanently missing)."""
+
+    open_ranges: list[tuple[int, int]]
+    contiguous_upto: int
+
+
 async def refresh_session(
     conn: Conn, gateway: str, session: str, *, grace: timedelta = DEFAULT_GRACE
 ) -> list[tuple[int, int]]:
     """Recompute one session's open gaps from what ``events`` holds (one transaction):
     new ranges become open gaps (due after ``grace``), filled ones are deleted, partly
     filled ones shrink; ``contiguous_upto`` advances. Returns the open ranges."""
+    return (await check_session(conn, gateway, session, grace=grace)).open_ranges
+
+
+async def check_session(
+    conn: Conn, gateway: str, session: str, *, grace: timedelta = DEFAULT_GRACE
+) -> SessionCheck:
+    """:func:`refresh_session`, returning ``contiguous_upto`` too."""
     async with conn.transaction():
         cur = await conn.execute(
             "SELECT high_water, contiguous_upto FROM sessions "
@@ -72,7 +89,7 @@ async def refresh_session(
         )
         row = await cur.fetchone()
         if row is None:
-            return []
+            return SessionCheck([], 0)
         high_water, contiguous = int(row[0]), int(row[1])
         missing = await missing_ranges(conn, gateway, session, contiguous, high_water)
         cur = await conn.execute(
@@ -101,7 +118,8 @@ async def refresh_session(
             "WHERE gateway = %s AND session = %s AND contiguous_upto <> %s",
             (upto, gateway, session, upto),
         )
-    return open_ranges
+        await conn.execute("SELECT pg_notify(%s, '')", (NOTIFY_CHANNEL,))
+    return SessionCheck(open_ranges, upto)
 
 
 async def claim_due_gaps(
@@ -174,6 +192,8 @@ __all__ = [
     "DEFAULT_GRACE",
     "Gap",
     "GapStatus",
+    "SessionCheck",
+    "check_session",
     "claim_due_gaps",
     "mark_permanent",
     "missing_ranges",

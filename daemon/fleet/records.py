@@ -154,7 +154,20 @@ def _load(payload: bytes, where: str) -> dict[str, Any]:
         raise BadMessage(f"{where}: payload is not JSON ({exc})") from None
     if not isinstance(obj, dict):
         raise BadMessage(f"{where}: payload must be a JSON object")
+    if b"\\u0000" in payload and _has_nul(obj):
+        raise BadMessage(f"{where}: a string holds \\u0000, which PostgreSQL cannot store")
     return obj
+
+
+def _has_nul(value: object) -> bool:
+    """True when a string (or key) anywhere in ``value`` contains U+0000."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
 
 
 def _envelope(

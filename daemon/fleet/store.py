@@ -32,6 +32,8 @@ from daemon.fleet.records import (
 
 Conn = psycopg.AsyncConnection[Any]
 _cursor_names = itertools.count(1)
+#: every committed :func:`store_batch` notifies this channel (LISTEN for live views and tests)
+NOTIFY_CHANNEL = "infusiond_fleet"
 
 
 async def connect(dsn: str, *, autocommit: bool = True) -> Conn:
@@ -69,6 +71,14 @@ class Batch:
             + len(self.infos)
             + len(self.bridge_states)
         )
+
+    def describe(self) -> str:
+        """What the batch holds, for logs (gateway, session and seq of its first record)."""
+        for records in (self.events, self.command_results, self.pump_states, self.infos):
+            if records:
+                r = records[0]
+                return f"{type(r).__name__} {r.gateway}/{r.session}/{r.seq} (+{len(self) - 1})"
+        return f"{len(self)} bridge state(s)"
 
     def high_waters(self) -> dict[tuple[str, str], int]:
         """Per (gateway, session), the highest seq any record of the batch proves exists."""
@@ -149,7 +159,8 @@ async def _copy_events(cur: psycopg.AsyncCursor[Any], events: Sequence[EventReco
 
 
 async def store_batch(conn: Conn, batch: Batch) -> StoreResult:
-    """Store a batch in one transaction (idempotent); sessions' high-water marks follow."""
+    """Store a batch in one transaction (idempotent); sessions' high-water marks follow, and
+    :data:`NOTIFY_CHANNEL` is notified on commit."""
     events_inserted = results_inserted = states_inserted = 0
     async with conn.transaction(), conn.cursor() as cur:
         if batch.events:
@@ -201,6 +212,7 @@ async def store_batch(conn: Conn, batch: Batch) -> StoreResult:
         marks = sorted(batch.high_waters().items())
         if marks:
             await cur.executemany(_UPSERT_SESSION, [(g, s, hw) for (g, s), hw in marks])
+        await cur.execute("SELECT pg_notify(%s, '')", (NOTIFY_CHANNEL,))
     return StoreResult(
         events_inserted=events_inserted,
         events_duplicate=len(batch.events) - events_inserted,
@@ -208,6 +220,40 @@ async def store_batch(conn: Conn, batch: Batch) -> StoreResult:
         pump_states_inserted=states_inserted,
         sessions=tuple(key for key, _ in marks),
     )
+
+
+async def store_batch_isolating(conn: Conn, batch: Batch) -> tuple[StoreResult, list[str]]:
+    """:func:`store_batch`; when PostgreSQL refuses the batch's data (``DataError``), store
+    its records one by one instead, so that one bad record cannot block the others (and,
+    since nothing is acknowledged before it is stored, be redelivered forever). Returns the
+    totals and one message per record refused."""
+    try:
+        return await store_batch(conn, batch), []
+    except psycopg.DataError:
+        pass
+    refused: list[str] = []
+    inserted = duplicate = results = states = 0
+    sessions: set[tuple[str, str]] = set()
+    singles: list[Batch] = [
+        *(Batch(events=[r]) for r in batch.events),
+        *(Batch(command_results=[r]) for r in batch.command_results),
+        *(Batch(pump_states=[r]) for r in batch.pump_states),
+        *(Batch(infos=[r]) for r in batch.infos),
+        *(Batch(bridge_states=[r]) for r in batch.bridge_states),
+    ]
+    for single in singles:
+        try:
+            one = await store_batch(conn, single)
+        except psycopg.DataError as exc:
+            refused.append(f"{single.describe()}: {str(exc).strip()[:200]}")
+            continue
+        inserted += one.events_inserted
+        duplicate += one.events_duplicate
+        results += one.command_results_inserted
+        states += one.pump_states_inserted
+        sessions.update(one.sessions)
+    total = StoreResult(inserted, duplicate, results, states, tuple(sorted(sessions)))
+    return total, refused
 
 
 # -- reading ---------------------------------------------------------------------------------
@@ -393,6 +439,30 @@ async def iter_events(
         )
         async for row in cur:
             yield EventRecord(*row)
+
+
+async def iter_command_results(
+    conn: Conn,
+    *,
+    gateway: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> AsyncIterator[CommandResultRecord]:
+    """Command results with ``since <= ts < until`` (either optional), optionally of one
+    gateway, ordered by ts then (gateway, session, seq); streamed like :func:`iter_events`."""
+    name = f"fleet_iter_results_{next(_cursor_names)}"
+    async with conn.transaction(), conn.cursor(name=name) as cur:
+        await cur.execute(
+            "SELECT gateway, session, seq, ts, pump_id, command_id, phase, data, digest "
+            "FROM command_results "
+            "WHERE (%(g)s::text IS NULL OR gateway = %(g)s) "
+            "AND (%(since)s::timestamptz IS NULL OR ts >= %(since)s) "
+            "AND (%(until)s::timestamptz IS NULL OR ts < %(until)s) "
+            "ORDER BY ts, gateway, session, seq, digest",
+            {"g": gateway, "since": since, "until": until},
+        )
+        async for row in cur:
+            yield CommandResultRecord(*row)
 
 
 async def held_seq_ranges(conn: Conn, gateway: str, session: str) -> list[tuple[int, int]]:

@@ -15,7 +15,7 @@ GUIDES = (
     DOCS / "operator-guide.md",
     DOCS / "configuration.md",
 )
-MARKDOWN = (*GUIDES, ROOT / "README.md")
+MARKDOWN = (*GUIDES, ROOT / "README.md", DOCS / "fleet.md")
 ASYNCAPI = DOCS / "asyncapi.yaml"
 
 _FENCE = re.compile(r"^```([\w-]*)\n(.*?)^```\s*$", re.MULTILINE | re.DOTALL)

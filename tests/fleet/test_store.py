@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from datetime import timedelta
 
 import pytest
@@ -17,12 +18,14 @@ from daemon.fleet.store import (
     GapStatus,
     connect,
     held_seq_ranges,
+    iter_command_results,
     iter_events,
     latest_pump_states,
     list_gaps,
     list_gateways,
     list_sessions,
     store_batch,
+    store_batch_isolating,
 )
 from tests.fleet.builders import event, result, state
 
@@ -75,7 +78,22 @@ async def test_a_redelivered_event_result_or_state_is_stored_once(postgres_dsn: 
         )
         assert applied.command_results_inserted == 1
         assert [e.seq async for e in iter_events(conn, gateway="gw-a")] == [1, 2, 3]
+        phases = [(r.command_id, r.phase) async for r in iter_command_results(conn)]
+        assert phases == [("c-1", "accepted"), ("c-1", "applied")]
         assert await held_seq_ranges(conn, "gw-a", "s1") == [(1, 3)]
+
+
+async def test_a_record_postgresql_refuses_does_not_block_the_rest_of_its_batch(
+    postgres_dsn: str,
+) -> None:
+    async with await _migrated(postgres_dsn) as conn:
+        poison = dataclasses.replace(event("gw-a", "s1", 2), data={"type": "x", "n": "a\x00"})
+        batch = Batch(events=[event("gw-a", "s1", 1), poison, event("gw-a", "s1", 3)])
+        result, refused = await store_batch_isolating(conn, batch)
+        assert result.events_inserted == 2
+        assert len(refused) == 1
+        assert "EventRecord gw-a/s1/2" in refused[0]
+        assert await held_seq_ranges(conn, "gw-a", "s1") == [(1, 1), (3, 3)]
 
 
 async def test_latest_state_keeps_the_newest_whatever_the_arrival_order(postgres_dsn: str) -> None:

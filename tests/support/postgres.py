@@ -31,19 +31,22 @@ MISSING = (
 )
 
 
-def find_bindir() -> Path:
-    """The directory holding ``initdb``, ``pg_ctl`` and ``postgres``; AssertionError naming
-    how to install them when there is none."""
+def find_bindir(
+    search_path: str | None = None, roots: tuple[Path, ...] = (Path("/usr/lib/postgresql"),)
+) -> Path:
+    """The directory holding ``initdb``, ``pg_ctl`` and ``postgres`` (on ``search_path``,
+    default PATH, else the newest ``<root>/<version>/bin``); AssertionError naming how to
+    install them when there is none."""
     candidates = []
-    on_path = shutil.which("initdb")
+    on_path = shutil.which("initdb", path=search_path)
     if on_path:
         candidates.append(Path(on_path).resolve().parent)
-    versions = sorted(
-        Path("/usr/lib/postgresql").glob("*/bin"),
-        key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
-        reverse=True,
-    )
-    candidates += versions
+    for root in roots:
+        candidates += sorted(
+            root.glob("*/bin"),
+            key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
+            reverse=True,
+        )
     for bindir in candidates:
         if all((bindir / tool).is_file() for tool in ("initdb", "pg_ctl", "postgres")):
             return bindir
