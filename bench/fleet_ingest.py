@@ -402,10 +402,14 @@ def _verify(
             (start, start),
         ).fetchone()
         drain = conn.execute(_DRAIN, {"restarted": restarted}).fetchone()
+        size = conn.execute(
+            "SELECT pg_total_relation_size('events') / greatest(count(*), 1) FROM events"
+        ).fetchone()
         lag = conn.execute(_LAG, {"start": start, "killed": killed}).fetchone()
     assert lag is not None
     assert ingest is not None
     assert drain is not None
+    assert size is not None
     (p50, p99), measured, worst = lag
     return {
         "ingest_eps": round(ingest[0] / float(ingest[1]), 1),
@@ -420,6 +424,7 @@ def _verify(
         "lag_p99_ms": round(float(p99) * 1000, 1),
         "lag_events": measured,
         "lag_max_ms": round(float(worst) * 1000, 1),
+        "bytes_per_event": int(size[0]),  # table + indexes, on disk
     }
 
 
