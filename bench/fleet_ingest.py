@@ -1,10 +1,11 @@
 """Bench ``fleet_ingest``: N synthetic gateways x M pumps into PostgreSQL through two bridged
 mosquittos and the real collector, against a raw ``COPY`` of the same rows.
 
-Everything runs on loopback in a temporary directory: a central mosquitto, a ward mosquitto
-bridged to it (``infusiond/#`` out, backfill requests in, QoS 1, persistent bridge session),
-a private PostgreSQL (initdb + pg_ctl, ``track_commit_timestamp`` on so that every row's
-commit time is known), and ``infusiond fleet collect`` as its own process. The synthetic
+Everything runs on loopback in a temporary directory, built from the fleet tests' topology
+(``tests/fleet/topology.py``): a central mosquitto and a ward mosquitto bridged to it with the
+configuration docs/fleet.md shows, ``infusiond fleet collect`` as its own process (fixed client
+id: a persistent session), and a private PostgreSQL (``tests/support/postgres.py``, with
+``track_commit_timestamp`` turned on so that every row's commit time is known). The synthetic
 gateways publish real ``pump.event`` envelopes (``daemon/envelope.py``, ``rate_changed`` of
 their pumps in turn, one session each, seqs from 1) at a steady total rate to the ward broker,
 keep them in memory and answer ``bridge/request/events`` with the gateway's own answering code
@@ -13,10 +14,12 @@ keep them in memory and answer ``bridge/request/events`` with the gateway's own 
 Mid-run the collector is killed with SIGKILL and restarted; at the end SQL checks that every
 (gateway, seq) published is stored exactly once (0 lost, 0 duplicated, the same bytes).
 
-Figures: sustained ingest (events stored / (last commit - first publish)) against ``COPY`` of
-the same rows into the same table (a fresh database with the same schema, same server, same
-run); end-to-end lag p50/p99 (publish ``ts`` -> the row's commit timestamp) of the events
-published while a collector was running; the time the restarted collector took to catch up.
+Figures, against one ``COPY`` of the same rows into the same table (a fresh database with the
+same schema, same server, same run): events stored per second at the offered rate (events /
+(last commit - first publish)), and the restarted collector's catch-up rate (its backlog and
+what came meanwhile, per second from its first commit to the last backlog commit). End-to-end
+lag p50/p99 (publish ``ts`` -> the row's commit timestamp) of the events the first collector
+stored before the kill, and the worst lag of all.
 
     python -m bench.fleet_ingest [--quick] [--gateways N] [--pumps M] [--rate EV_S] [--seconds S]
 """
@@ -29,8 +32,6 @@ import contextlib
 import json
 import logging
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -50,17 +51,15 @@ from daemon.events_request import answer, response_body
 from daemon.fleet.migrate import migrate
 from daemon.journal import JournalRow
 from daemon.timefmt import format_ts
+from tests.fleet.topology import CollectorProcess, bridged_brokers
 from tests.support.postgres import PostgresServer, find_bindir
-from tests.support.procs import Mosquitto
 
-REPO = Path(__file__).resolve().parents[1]
 RATIO_TARGET = 0.5
 STORE_TIMEOUT_S = 120.0
 PUBLISH_ATTEMPTS = 3
 PUBLISH_TIMEOUT_S = 20.0
 QUIET = logging.getLogger("bench.fleet_ingest.mqtt")  # not "N pending publish calls" per tick
 QUIET.setLevel(logging.ERROR)
-COLLECT = (sys.executable, "-m", "daemon.cli", "fleet", "collect")
 _COLUMNS = "gateway, session, seq, ts, pump_id, type, data"
 
 
@@ -148,65 +147,6 @@ def postgres() -> Iterator[PostgresServer]:
         yield server
     finally:
         server.stop()
-
-
-@contextlib.contextmanager
-def bridged_brokers(work: Path) -> Iterator[tuple[Mosquitto, Mosquitto]]:
-    """(ward, central): the ward broker bridges ``infusiond/#`` to the central one."""
-    central = Mosquitto(work / "central", extra_conf=["max_queued_messages 0"])
-    central.start()
-    try:
-        ward = Mosquitto(
-            work / "ward",
-            extra_conf=[
-                "max_queued_messages 0",
-                "connection ward-to-central",
-                f"address 127.0.0.1:{central.port}",
-                "topic infusiond/+/pump/+/event out 1",
-                "topic infusiond/+/pump/+/state out 1",
-                "topic infusiond/+/pump/+/command/result out 1",
-                "topic infusiond/+/bridge/info out 1",
-                "topic infusiond/+/bridge/state out 1",
-                "topic infusiond/+/bridge/response/# out 1",
-                "topic infusiond/+/bridge/request/# in 1",
-                "cleansession false",
-                "bridge_attempt_unsubscribe false",
-                "restart_timeout 1",
-            ],
-        )
-        ward.start()
-        try:
-            yield ward, central
-        finally:
-            ward.stop()
-    finally:
-        central.stop()
-
-
-def collector_log(work: Path, n: int) -> Path:
-    return work / f"collector-{n}.log"
-
-
-async def wait_online(log: Path, proc: subprocess.Popen[bytes], timeout: float) -> None:
-    """Until the collector logs that it is connected and subscribed (its log is a file, read
-    again every 50 ms: a pipe would have to be drained for as long as it runs)."""
-    deadline = time.monotonic() + timeout
-    while b"collector_online" not in log.read_bytes():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"the collector did not come online:\n{log.read_text()[-3000:]}")
-        await asyncio.sleep(0.05)
-
-
-def start_collector(work: Path, broker: Mosquitto, dsn: str, n: int) -> subprocess.Popen[bytes]:
-    log = collector_log(work, n).open("wb")
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.Popen(
-        [*COLLECT, "--broker", broker.url, "--postgres", dsn],
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-    )
 
 
 async def responder(port: int, gateways: dict[str, SyntheticGateway]) -> None:
@@ -302,12 +242,14 @@ async def _run(
     by_name = {g.name: g for g in gateways}
     await schema(dsn)
     with bridged_brokers(work) as (ward, central):
-        collector = start_collector(work, central, dsn, 1)
-        await wait_online(collector_log(work, 1), collector, STORE_TIMEOUT_S)
+        collector = CollectorProcess(
+            central, dsn, client_id="bench-collector", log_path=work / "collector.log"
+        )
+        await asyncio.to_thread(collector.start)  # returns once it is online
         async with asyncio.TaskGroup() as tg:
             answering = tg.create_task(responder(ward.port, by_name), name="bench-responder")
             try:
-                # warm-up: one event per gateway, all stored: the collector is subscribed
+                # warm-up: one event per gateway, all stored
                 await publish(ward.port, gateways, rate=len(gateways) * 10.0, seconds=0.1)
                 await wait_stored(dsn, len(gateways), STORE_TIMEOUT_S)
                 progress(f"fleet_ingest: {len(gateways)} gateways x {plan.pumps} pumps ready")
@@ -317,19 +259,17 @@ async def _run(
                     publish(ward.port, gateways, plan.rate, plan.seconds), name="bench-publisher"
                 )
                 await asyncio.sleep(plan.seconds * plan.kill_at)  # mid-run, by the clock
-                collector.send_signal(signal.SIGKILL)
-                collector.wait()
+                collector.kill()
                 killed = datetime.now(UTC)
                 progress("fleet_ingest: collector killed (-9)")
                 await asyncio.sleep(plan.down_s)
-                collector = start_collector(work, central, dsn, 2)
+                await asyncio.to_thread(collector.start)  # the same client id: its session
                 restarted = datetime.now(UTC)
                 sent, publish_s = await sending
                 await wait_stored(dsn, first + sent, STORE_TIMEOUT_S)
             finally:
                 answering.cancel()
-                collector.terminate()
-                collector.wait(timeout=30)
+                collector.stop()
     return {
         "plan": plan.__dict__,
         "published": sent,
