@@ -1,10 +1,12 @@
 """``infusiond report --postgres``: two real gateways run the pharmacy's scripted session
-(real mosquitto, simulators, journals); everything they published is stored in a real
-PostgreSQL by the fleet store; the hospital report then counts, per gateway, exactly what
-each gateway's own journal report counts, and their sum in total."""
+(simulators, journals) on a ward mosquitto bridged to a central one, where the real collector
+(``infusiond fleet collect``) stores what they publish in a real PostgreSQL; the hospital
+report then counts, per gateway, exactly what each gateway's own journal report counts, and
+their sum in total."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
@@ -12,6 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from daemon.cli import main
@@ -25,8 +28,11 @@ from daemon.fleet.records import (
     PumpStateRecord,
     parse_message,
 )
-from daemon.fleet.store import Batch, connect, store_batch
+from daemon.fleet.store import NOTIFY_CHANNEL, Batch, connect, store_batch
+from daemon.journal import Journal
+from daemon.paths import journal_path
 from tests.e2e.harness import command, dose
+from tests.fleet.topology import WAIT_S, CollectorProcess, bridged_brokers, collectors
 from tests.pharmacy.harness import running_ward
 from tests.pharmacy.test_reload import titrate
 from tests.pharmacy.test_report import REASON, scripted_session
@@ -93,6 +99,43 @@ async def run_gateway(
         return ward.gateway.config.data_dir, batch_of(ward.watch.messages)
 
 
+def journaled_events(data_dir: Path) -> int:
+    """How many events a (stopped) gateway's journal holds: every one it published."""
+    journal = Journal.open_readonly(journal_path(data_dir))
+    try:
+        return journal.current_seq()
+    finally:
+        journal.close()
+
+
+async def wait_stored(dsn: str, stored: dict[str, tuple[Path, Batch]]) -> None:
+    """Until the store holds every event each gateway journaled and every command result it
+    was seen to publish (woken by the collector's NOTIFY after each commit)."""
+    want = {
+        gw: (journaled_events(data_dir), len({r.digest for r in batch.command_results}))
+        for gw, (data_dir, batch) in stored.items()
+    }
+    held: dict[str, tuple[int, int]] = {}
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+        try:
+            async with asyncio.timeout(WAIT_S):
+                while True:
+                    cur = await conn.execute(
+                        "SELECT g, (SELECT count(*) FROM events e WHERE e.gateway = g), "
+                        "(SELECT count(*) FROM command_results r WHERE r.gateway = g) "
+                        "FROM unnest(%s::text[]) AS g",
+                        (list(want),),
+                    )
+                    held = {g: (int(e), int(r)) for g, e, r in await cur.fetchall()}
+                    if held == want:
+                        return
+                    async for _ in conn.notifies(timeout=1.0, stop_after=1):
+                        pass
+        except TimeoutError:
+            raise AssertionError(f"stored (events, results) {held} != published {want}") from None
+
+
 async def store(dsn: str, batches: list[Batch]) -> None:
     conn = await connect(dsn)
     try:
@@ -123,7 +166,6 @@ def undated(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
 @pytest.mark.asyncio
 async def test_hospital_report_equals_each_gateways_journal_report_and_their_sum(
     tmp_path: Path,
-    mosquitto: Mosquitto,
     postgres_server: PostgresServer,
     postgres_dsn: str,
     capsys: pytest.CaptureFixture[str],
@@ -134,11 +176,14 @@ async def test_hospital_report_equals_each_gateways_journal_report_and_their_sum
     command results (not backfilled), the events give the same counts but for the library
     versions and a confirmation asked and never given."""
     stored = {}
-    for gateway in GATEWAYS:
-        stored[gateway] = await run_gateway(
-            tmp_path, mosquitto, gateway, extra=gateway == GATEWAYS[1]
-        )
-    await store(postgres_dsn, [b for _d, b in stored.values()] * 2)  # re-delivered: once
+    with bridged_brokers(tmp_path) as (ward_broker, central):
+        collector = CollectorProcess(central, postgres_dsn, client_id="report-test")
+        with collectors(collector):
+            for gateway in GATEWAYS:
+                stored[gateway] = await run_gateway(
+                    tmp_path, ward_broker, gateway, extra=gateway == GATEWAYS[1]
+                )
+            await wait_stored(postgres_dsn, stored)
 
     fleet = json.loads(report(capsys, "--postgres", postgres_dsn, "--format", "json"))
     assert "password" not in fleet["journal"]
