@@ -49,6 +49,7 @@ from bench.harness import progress
 from daemon.envelope import Kind, encode, envelope
 from daemon.events_request import answer, response_body
 from daemon.fleet.migrate import migrate
+from daemon.fleet.store import NOTIFY_CHANNEL
 from daemon.journal import JournalRow
 from daemon.timefmt import format_ts
 from tests.fleet.topology import CollectorProcess, bridged_brokers
@@ -216,21 +217,23 @@ async def schema(dsn: str) -> None:
         await migrate(conn)
 
 
-def stored(dsn: str) -> int:
-    with psycopg.connect(dsn) as conn:
-        row = conn.execute("SELECT count(*) FROM events").fetchone()
-    return int(row[0]) if row else 0
-
-
-async def wait_stored(dsn: str, expected: int, timeout: float) -> float:
-    """Poll the table until it holds ``expected`` events; the monotonic time it did."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if await asyncio.to_thread(stored, dsn) >= expected:
-            return time.monotonic()
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"only {stored(dsn)} of {expected} events stored in {timeout} s")
-        await asyncio.sleep(0.1)
+async def wait_stored(dsn: str, expected: int, timeout: float) -> None:
+    """Until the table holds ``expected`` events (woken by the collector's NOTIFY after each
+    commit)."""
+    held = 0
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    cur = await conn.execute("SELECT count(*) FROM events")
+                    held = int((await cur.fetchone() or (0,))[0])
+                    if held >= expected:
+                        return
+                    async for _ in conn.notifies(timeout=1.0, stop_after=1):
+                        pass
+        except TimeoutError:
+            raise RuntimeError(f"only {held} of {expected} events stored in {timeout} s") from None
 
 
 # -- the run ---------------------------------------------------------------------------------
