@@ -21,7 +21,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from daemon.fleet.errors import FleetError
+from daemon.fleet.errors import DatabaseUnavailable, FleetError
 from daemon.fleet.records import (
     BridgeInfoRecord,
     BridgeStateRecord,
@@ -37,7 +37,8 @@ NOTIFY_CHANNEL = "infusiond_fleet"
 
 
 async def connect(dsn: str, *, autocommit: bool = True) -> Conn:
-    """Open a connection; :class:`FleetError` naming the DSN problem (secrets not echoed)."""
+    """Open a connection; :class:`FleetError` naming the DSN problem, or
+    :class:`DatabaseUnavailable` when the server cannot be reached."""
     try:
         psycopg.conninfo.conninfo_to_dict(dsn)
     except psycopg.ProgrammingError as exc:
@@ -47,7 +48,7 @@ async def connect(dsn: str, *, autocommit: bool = True) -> Conn:
         return await psycopg.AsyncConnection.connect(dsn, autocommit=autocommit)
     except psycopg.OperationalError as exc:
         msg = f"--postgres: cannot connect to PostgreSQL: {str(exc).strip()}"
-        raise FleetError(msg) from None
+        raise DatabaseUnavailable(msg) from None
 
 
 # -- writing ---------------------------------------------------------------------------------
