@@ -33,6 +33,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from daemon.fleet import gaps
 from daemon.fleet.backfill import Backfill
+from daemon.fleet.errors import DatabaseUnavailable
 from daemon.fleet.migrate import migrate
 from daemon.fleet.records import (
     BadMessage,
@@ -58,7 +59,13 @@ DIRECT_TOPICS = (
     "infusiond/+/bridge/response/events",
 )
 #: faults of the broker link or the database that end one connection, not the collector
-LINK_FAULTS: tuple[type[Exception], ...] = (aiomqtt.MqttError, OSError, psycopg.OperationalError)
+LINK_FAULTS: tuple[type[Exception], ...] = (
+    aiomqtt.MqttError,
+    OSError,
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+    DatabaseUnavailable,
+)
 
 
 @dataclass(frozen=True)
@@ -106,13 +113,13 @@ class _Pending:
 
 
 class Collector:
-    """Run :meth:`run` (as a named task); :meth:`stop` ends it after the current batch."""
+    """Run :meth:`run` (as a named task); :meth:`stop` ends it (a batch not yet committed is
+    not acknowledged either: the broker delivers it again to the same session)."""
 
     def __init__(self, config: CollectorConfig) -> None:
         self.config = config
         self.stats = CollectorStats()
         self.online = asyncio.Event()  # set while connected and subscribed
-        self.batch_committed = asyncio.Event()  # set after every commit (tests wait on it)
         self._stop = asyncio.Event()
         self._seen: dict[tuple[str, str], SeqRanges] = defaultdict(SeqRanges)
         self._dirty: set[tuple[str, str]] = set()
@@ -195,6 +202,7 @@ class Collector:
         return {(str(g), str(s)) for g, s in await cur.fetchall()}
 
     async def _serve(self, client: aiomqtt.Client, ingest: Conn, backfill: Backfill) -> None:
+        # bounded in effect: the broker sends at most receive_maximum unacknowledged messages
         queue: asyncio.Queue[aiomqtt.Message] = asyncio.Queue()
 
         async def read() -> None:
@@ -286,8 +294,6 @@ class Collector:
         for mid in pending.acks:
             client._client.ack(mid, 1)
         self.stats.batches += 1
-        self.batch_committed.set()
-        self.batch_committed.clear()
         for response in pending.responses:
             await backfill.on_response(response)
 

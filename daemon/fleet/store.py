@@ -21,7 +21,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from daemon.fleet.errors import FleetError
+from daemon.fleet.errors import DatabaseUnavailable, FleetError
 from daemon.fleet.records import (
     BridgeInfoRecord,
     BridgeStateRecord,
@@ -37,7 +37,8 @@ NOTIFY_CHANNEL = "infusiond_fleet"
 
 
 async def connect(dsn: str, *, autocommit: bool = True) -> Conn:
-    """Open a connection; :class:`FleetError` naming the DSN problem (secrets not echoed)."""
+    """Open a connection; :class:`FleetError` naming the DSN problem, or
+    :class:`DatabaseUnavailable` when the server cannot be reached."""
     try:
         psycopg.conninfo.conninfo_to_dict(dsn)
     except psycopg.ProgrammingError as exc:
@@ -47,7 +48,7 @@ async def connect(dsn: str, *, autocommit: bool = True) -> Conn:
         return await psycopg.AsyncConnection.connect(dsn, autocommit=autocommit)
     except psycopg.OperationalError as exc:
         msg = f"--postgres: cannot connect to PostgreSQL: {str(exc).strip()}"
-        raise FleetError(msg) from None
+        raise DatabaseUnavailable(msg) from None
 
 
 # -- writing ---------------------------------------------------------------------------------
@@ -160,7 +161,8 @@ async def _copy_events(cur: psycopg.AsyncCursor[Any], events: Sequence[EventReco
 
 async def store_batch(conn: Conn, batch: Batch) -> StoreResult:
     """Store a batch in one transaction (idempotent); sessions' high-water marks follow, and
-    :data:`NOTIFY_CHANNEL` is notified on commit."""
+    :data:`NOTIFY_CHANNEL` is notified on commit. Rows are written table by table in key
+    order, so that collectors storing overlapping batches at once never deadlock."""
     events_inserted = results_inserted = states_inserted = 0
     async with conn.transaction(), conn.cursor() as cur:
         if batch.events:
@@ -182,7 +184,7 @@ async def store_batch(conn: Conn, batch: Batch) -> StoreResult:
                         r.phase,
                         Jsonb(r.data),
                     )
-                    for r in batch.command_results
+                    for r in sorted(batch.command_results, key=lambda r: (r.gateway, r.digest))
                 ],
             )
             results_inserted = max(cur.rowcount, 0)
@@ -192,7 +194,9 @@ async def store_batch(conn: Conn, batch: Batch) -> StoreResult:
                 "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
                 [
                     (s.gateway, s.pump_id, s.digest, s.session, s.seq, s.ts, Jsonb(s.data))
-                    for s in batch.pump_states
+                    for s in sorted(
+                        batch.pump_states, key=lambda s: (s.gateway, s.pump_id, s.digest)
+                    )
                 ],
             )
             states_inserted = max(cur.rowcount, 0)
@@ -203,12 +207,21 @@ async def store_batch(conn: Conn, batch: Batch) -> StoreResult:
                     for s in sorted(batch.pump_states, key=lambda s: (s.gateway, s.pump_id))
                 ],
             )
-        for info in sorted(batch.infos, key=lambda i: i.gateway):
-            await cur.execute(
-                _UPSERT_INFO, (info.gateway, info.session, Jsonb(info.data), info.seq, info.ts)
-            )
-        for state in sorted(batch.bridge_states, key=lambda s: s.gateway):
-            await cur.execute(_UPSERT_BRIDGE_STATE, (state.gateway, state.state))
+        # one pass over the gateways rows, in key order (concurrent batches lock rows in the
+        # same order: no deadlock)
+        writes = sorted(
+            [(i.gateway, 0, n) for n, i in enumerate(batch.infos)]
+            + [(b.gateway, 1, n) for n, b in enumerate(batch.bridge_states)]
+        )
+        for _gateway, kind, n in writes:
+            if kind == 0:
+                info = batch.infos[n]
+                await cur.execute(
+                    _UPSERT_INFO, (info.gateway, info.session, Jsonb(info.data), info.seq, info.ts)
+                )
+            else:
+                state = batch.bridge_states[n]
+                await cur.execute(_UPSERT_BRIDGE_STATE, (state.gateway, state.state))
         marks = sorted(batch.high_waters().items())
         if marks:
             await cur.executemany(_UPSERT_SESSION, [(g, s, hw) for (g, s), hw in marks])

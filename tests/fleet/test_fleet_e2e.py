@@ -6,43 +6,20 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import psycopg
 import pytest
 
-from daemon.gateway import Gateway
 from tests.fleet.topology import (
     CollectorProcess,
+    assert_store_matches_journals,
     bridged_brokers,
     collectors,
     emit,
+    expected,
     running_gateway,
     wait_for_events,
 )
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.slow]
-
-
-async def assert_store_matches_journals(dsn: str, gateways: list[Gateway]) -> None:
-    """Per gateway session: seqs exactly 1..N, each event's data as journaled, no gap left."""
-    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-        for gateway in gateways:
-            last = gateway.journal.seq
-            rows = await gateway.journal.events_by_seq(1, last, last)
-            journaled = {int(r.payload["seq"]): (r.pump_id, r.payload["event"]) for r in rows}
-            cur = await conn.execute(
-                "SELECT session, seq, pump_id, data FROM events WHERE gateway = %s ORDER BY seq",
-                (gateway.config.gateway_id,),
-            )
-            stored = await cur.fetchall()
-            assert [row[1] for row in stored] == list(range(1, last + 1))
-            assert {row[0] for row in stored} == {gateway.journal.session}
-            assert {row[1]: (row[2], row[3]) for row in stored} == journaled
-        cur = await conn.execute("SELECT * FROM gaps")
-        assert await cur.fetchall() == []
-
-
-def expected(gateways: list[Gateway]) -> dict[str, tuple[str, int]]:
-    return {g.config.gateway_id: (g.journal.session, g.journal.seq) for g in gateways}
 
 
 async def test_one_collector_killed_and_a_ward_broker_outage_lose_and_duplicate_nothing(

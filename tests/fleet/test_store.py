@@ -96,6 +96,29 @@ async def test_a_record_postgresql_refuses_does_not_block_the_rest_of_its_batch(
         assert await held_seq_ranges(conn, "gw-a", "s1") == [(1, 1), (3, 3)]
 
 
+async def test_collectors_storing_overlapping_batches_at_once_do_not_deadlock(
+    postgres_dsn: str,
+) -> None:
+    """Every gateway's rows are written in key order whatever order the batch holds them in."""
+    async with await _migrated(postgres_dsn) as one, await connect(postgres_dsn) as two:
+        for n in range(1, 15):
+            ab = Batch(
+                events=[event("gw-a", "s1", n), event("gw-b", "t1", n)],
+                pump_states=[state("gw-a", "s1", n), state("gw-b", "t1", n)],
+                bridge_states=[BridgeStateRecord("gw-a", "online")],
+                command_results=[result("gw-b", "t1", n, f"c{n}", "accepted")],
+            )
+            ba = Batch(
+                events=[event("gw-b", "t1", n), event("gw-a", "s1", n)],
+                pump_states=[state("gw-b", "t1", n), state("gw-a", "s1", n)],
+                bridge_states=[BridgeStateRecord("gw-b", "online")],
+                command_results=[result("gw-b", "t1", n, f"c{n}", "accepted")],
+            )
+            await asyncio.gather(store_batch(one, ab), store_batch(two, ba))
+        assert await held_seq_ranges(one, "gw-a", "s1") == [(1, 14)]
+        assert await held_seq_ranges(one, "gw-b", "t1") == [(1, 14)]
+
+
 async def test_latest_state_keeps_the_newest_whatever_the_arrival_order(postgres_dsn: str) -> None:
     async with await _migrated(postgres_dsn) as conn:
         await store_batch(conn, Batch(pump_states=[state("gw-a", "s1", 7, alarms=2)]))

@@ -107,6 +107,10 @@ class PostgresServer:
                 "--no-sync",
             ]
         )
+        self.start_server()
+
+    def start_server(self) -> None:
+        """``pg_ctl start`` on the existing data directory (after :meth:`stop_server`)."""
         options = (
             f"-c listen_addresses='' -c unix_socket_directories='{self.socket_dir}' "
             f"-p {PORT} -c fsync=off -c synchronous_commit=off -c full_page_writes=off "
@@ -126,6 +130,12 @@ class PostgresServer:
                 "60",
                 "start",
             ]
+        )
+
+    def stop_server(self) -> None:
+        """``pg_ctl stop -m fast``: connections are closed, the data stays (an outage)."""
+        self._run(
+            [str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-m", "fast", "-w", "stop"]
         )
 
     def create_database(self) -> str:
