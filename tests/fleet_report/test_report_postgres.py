@@ -11,6 +11,7 @@ import csv
 import io
 import json
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from daemon.fleet.records import (
 from daemon.fleet.store import NOTIFY_CHANNEL, Batch, connect, store_batch
 from daemon.journal import Journal
 from daemon.paths import journal_path
+from daemon.timefmt import format_ts
 from tests.e2e.harness import command, dose
 from tests.fleet.topology import WAIT_S, CollectorProcess, bridged_brokers, collectors
 from tests.pharmacy.harness import running_ward
@@ -179,10 +181,12 @@ async def test_hospital_report_equals_each_gateways_journal_report_and_their_sum
     with bridged_brokers(tmp_path) as (ward_broker, central):
         collector = CollectorProcess(central, postgres_dsn, client_id="report-test")
         with collectors(collector):
+            between = ""
             for gateway in GATEWAYS:
                 stored[gateway] = await run_gateway(
                     tmp_path, ward_broker, gateway, extra=gateway == GATEWAYS[1]
                 )
+                between = between or format_ts(datetime.now(UTC))  # after the first one
             await wait_stored(postgres_dsn, stored)
 
     fleet = json.loads(report(capsys, "--postgres", postgres_dsn, "--format", "json"))
@@ -219,6 +223,19 @@ async def test_hospital_report_equals_each_gateways_journal_report_and_their_sum
     )
     assert [g["gateway"] for g in only["gateways"]] == [GATEWAYS[1]]
     assert counts(only["summary"]) == counts(journals[GATEWAYS[1]]["summary"])
+
+    # --from between the two sessions: the first gateway's commands fall outside; --to there:
+    # only the first gateway's count (each gateway's rows are windowed on their own)
+    later = json.loads(
+        report(capsys, "--postgres", postgres_dsn, "--from", between, "--format", "json")
+    )
+    first, second = (counts(g["summary"])[("(all)", "(all)")] for g in later["gateways"])
+    assert first["programmings"] == 0
+    assert second == counts(journals[GATEWAYS[1]]["summary"])[("(all)", "(all)")]
+    earlier = json.loads(
+        report(capsys, "--postgres", postgres_dsn, "--to", between, "--format", "json")
+    )
+    assert counts(earlier["summary"]) == counts(journals[GATEWAYS[0]]["summary"])
 
     table = list(
         csv.DictReader(io.StringIO(report(capsys, "--postgres", postgres_dsn, "--format", "csv")))
