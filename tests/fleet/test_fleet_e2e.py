@@ -48,7 +48,7 @@ async def test_one_collector_killed_and_a_ward_broker_outage_lose_and_duplicate_
             await assert_store_matches_journals(postgres_dsn, gateways)
 
 
-async def test_two_collectors_in_a_shared_group_store_each_event_once_across_a_crash(
+async def test_two_collectors_in_a_group_store_each_event_once_across_a_crash_and_an_outage(
     tmp_path: Path, postgres_dsn: str
 ) -> None:
     with bridged_brokers(tmp_path) as (ward, central):
@@ -69,6 +69,10 @@ async def test_two_collectors_in_a_shared_group_store_each_event_once_across_a_c
                 await asyncio.gather(emit(gw_a, 100), emit(gw_b, 100))
                 second.start()
                 await asyncio.gather(emit(gw_a, 100), emit(gw_b, 100))
+                await wait_for_events(postgres_dsn, expected(gateways))
+                central.stop()  # the ward's bridge queues, the collectors reconnect
+                await asyncio.gather(emit(gw_a, 100), emit(gw_b, 100))
+                central.start()
                 await wait_for_events(postgres_dsn, expected(gateways))
             await assert_store_matches_journals(postgres_dsn, gateways)
 
