@@ -25,6 +25,7 @@ from typing import Any
 
 import structlog
 
+from daemon import events_request
 from daemon.channel import (
     HISTORY_LEN,
     Channel,
@@ -500,6 +501,25 @@ class Gateway:
                 correlation_data=incoming.correlation_data,
             )
 
+    async def _serve_events_requests(self) -> None:
+        """Answer fleet collectors' backfill requests from the journal (daemon/events_request)."""
+        async for incoming in self.bridge.events_requests():
+            try:
+                data = await events_request.answer(
+                    incoming.payload,
+                    retained=incoming.retain,
+                    source=self.journal,
+                    gateway=self.config.gateway_id,
+                )
+            except JournalError as exc:  # the collector asks again later
+                log.warning("events_request_unanswered", error=str(exc))
+                continue
+            self.bridge.send_events_response(
+                events_request.response_body(
+                    data, gateway=self.config.gateway_id, source=self.journal, ts=self.clock()
+                )
+            )
+
     # -- running -------------------------------------------------------------------------------
 
     def stop(self) -> None:
@@ -539,6 +559,9 @@ class Gateway:
                 workers.append(tg.create_task(self._reload_on_request(), name="library-reload"))
                 workers.append(
                     tg.create_task(self._serve_library_requests(), name="library-requests")
+                )
+                workers.append(
+                    tg.create_task(self._serve_events_requests(), name="events-requests")
                 )
                 self._install_sighup()
                 if self.hl7_out is not None:

@@ -113,7 +113,9 @@ CREATE INDEX IF NOT EXISTS journal_event_time ON journal (pump_id, event_type, t
 CREATE INDEX IF NOT EXISTS commands_unsettled ON commands (received_at)
     WHERE phase = 'accepted';
 CREATE INDEX IF NOT EXISTS commands_received ON commands (received_at);
-CREATE INDEX IF NOT EXISTS hl7_outbox_pending ON hl7_outbox (n) WHERE ack IS NULL
+CREATE INDEX IF NOT EXISTS hl7_outbox_pending ON hl7_outbox (n) WHERE ack IS NULL;
+CREATE INDEX IF NOT EXISTS journal_event_seq ON journal (json_extract(payload, '$.seq'))
+    WHERE kind = 'event'
 """
 # An infusiond.journal/1 file written before ``event_type`` and the commands' ``command`` and
 # ``phase`` existed: add the columns and fill them from the rows (once, at the first open).
@@ -756,6 +758,29 @@ class Journal:
             if row is not None:
                 found.append(_row(row))
         return max(found, key=lambda r: (r.ts, r.n), default=None)
+
+    def events_by_seq(self, from_seq: int, to_seq: int, limit: int) -> list[JournalRow]:
+        """EVENT rows with ``from_seq <= seq <= to_seq``, by seq, at most ``limit`` (through
+        the index on the event's seq): what a fleet collector's backfill request reads."""
+        return [
+            _row(row)
+            for row in self._conn.execute(
+                "SELECT n, ts, kind, pump_id, payload, prev_hash, hash"
+                " FROM journal INDEXED BY journal_event_seq"
+                " WHERE kind = 'event' AND json_extract(payload, '$.seq') BETWEEN ? AND ?"
+                " ORDER BY json_extract(payload, '$.seq') LIMIT ?",
+                (from_seq, to_seq, limit),
+            )
+        ]
+
+    def oldest_event_seq(self) -> int | None:
+        """The seq of the oldest event still in the journal (retention removes a prefix), or
+        None when it holds none."""
+        row = self._conn.execute(
+            "SELECT min(json_extract(payload, '$.seq')) FROM journal INDEXED BY journal_event_seq"
+            " WHERE kind = 'event'"
+        ).fetchone()
+        return None if row is None or row[0] is None else int(row[0])
 
     def _checkpoint(self, pump_id: str) -> dict[str, JournalRow]:
         """The event rows the pump's newest checkpoint carries, by type (empty: none)."""
@@ -1456,6 +1481,14 @@ class AsyncJournal:
         :meth:`Journal.events_before`)."""
         wanted = list(types)
         return await self._submit(lambda j: j.events_before(pump_id, wanted, before=before))
+
+    async def events_by_seq(self, from_seq: int, to_seq: int, limit: int) -> list[JournalRow]:
+        """See :meth:`Journal.events_by_seq`."""
+        return await self._submit(lambda j: j.events_by_seq(from_seq, to_seq, limit))
+
+    async def oldest_event_seq(self) -> int | None:
+        """See :meth:`Journal.oldest_event_seq`."""
+        return await self._submit(lambda j: j.oldest_event_seq())
 
     async def prune(self, now: datetime, *, max_rows: int = PRUNE_BATCH) -> PruneReport:
         """One bounded step of retention (see :meth:`Journal.prune`): call at start and then
