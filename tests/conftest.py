@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.postgres import PostgresServer, find_bindir
 from tests.support.procs import Mosquitto, PtyPair, open_pty_pair
 
 
@@ -29,3 +30,25 @@ def pty_pair(tmp_path: Path) -> Iterator[PtyPair]:
         yield pair
     finally:
         pair.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One private PostgreSQL server for the session (unix socket only; see
+    tests/support/postgres.py); fails, never skips, when its binaries are missing."""
+    server = PostgresServer(find_bindir())
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def postgres_dsn(postgres_server: PostgresServer) -> Iterator[str]:
+    """The DSN of a new, empty database on the session's server, dropped after the test."""
+    dsn = postgres_server.create_database()
+    try:
+        yield dsn
+    finally:
+        postgres_server.drop_database(dsn)

@@ -27,7 +27,7 @@ DAEMON_LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"journal"}),  # hash chain, dedupe, outboxes, retention, writer thread, history
     frozenset({"mqtt", "ihe", "pharmacy"}),  # the edges: MQTT, IHE PCD, drug libraries
     frozenset({"core"}),  # supervisor, channels, command gate, vitals
-    frozenset({"ui"}),  # watch, web dashboard and HTTP API, replay
+    frozenset({"ui", "fleet"}),  # watch, dashboard, HTTP API, replay; fleet collector and store
     frozenset({"demo"}),  # the demo bedside in one process
     frozenset({"cli"}),  # the console script
 )

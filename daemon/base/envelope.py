@@ -26,6 +26,7 @@ class Kind(enum.StrEnum):
     VITALS_STATE = "vitals.state"
     PUMP_COMMAND = "pump.command"  # inbound only; commands may carry it
     LIBRARY_RESPONSE = "bridge.library.response"  # answer to bridge/request/library
+    EVENTS_RESPONSE = "bridge.events.response"  # answer to bridge/request/events (backfill)
 
     @property
     def schema(self) -> str:

@@ -240,8 +240,21 @@ def _add_pharmacy_parsers(
     sp.add_argument("--json", action="store_true", help="machine-readable output")
     sp.set_defaults(target="daemon.pharmacy.diff:run")
 
-    p = sub.add_parser("report", help="the pharmacy CQI report, from the journal (read-only)")
+    p = sub.add_parser(
+        "report", help="the pharmacy CQI report, from the journal or the fleet store (read-only)"
+    )
     _add_data_dir(p)
+    p.add_argument(
+        "--postgres",
+        metavar="DSN",
+        help="the whole hospital from the fleet store (`fleet collect`) instead of one journal",
+    )
+    p.add_argument(
+        "--gateway",
+        action="append",
+        metavar="G",
+        help="with --postgres: only this gateway (repeat for several)",
+    )
     p.add_argument("--from", dest="start", metavar="T", help="RFC 3339 or YYYY-MM-DD (inclusive)")
     p.add_argument("--to", dest="end", metavar="T", help="RFC 3339 or YYYY-MM-DD (exclusive)")
     p.add_argument(
@@ -249,7 +262,7 @@ def _add_pharmacy_parsers(
     )
     p.add_argument("--out", metavar="PATH", help="output file (default: stdout)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
-    p.set_defaults(target="daemon.pharmacy.report:run")
+    p.set_defaults(target="daemon.cli.report_cmd:run")
 
 
 def _add_watch_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -376,8 +389,44 @@ def build_parser() -> argparse.ArgumentParser:
     _add_replay_parser(jsub)
 
     _add_operator_parsers(sub)
+    _add_fleet_parsers(sub)
     _add_watch_parser(sub)
     return parser
+
+
+def _add_fleet_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``fleet collect`` and ``fleet serve`` (daemon/fleet/)."""
+    p = sub.add_parser("fleet", help="many gateways, one PostgreSQL store (docs/fleet.md)")
+    fleet_sub = p.add_subparsers(dest="fleet_cmd", metavar="ACTION", required=True)
+    sp = fleet_sub.add_parser(
+        "collect", help="store every gateway's events, results and states in PostgreSQL"
+    )
+    sp.add_argument("--broker", required=True, metavar="mqtt://HOST:PORT", help="central broker")
+    sp.add_argument("--postgres", required=True, metavar="DSN", help="libpq DSN or URL")
+    sp.add_argument("--group", metavar="NAME", help="MQTT v5 shared-subscription group")
+    sp.add_argument(
+        "--client-id",
+        metavar="ID",
+        help="fixed MQTT client id of this collector's persistent session (default: "
+        "infusiond-collector-<host>[-<group>]); unique per collector",
+    )
+    sp.add_argument("--batch", type=int, default=500, metavar="N", help="rows per transaction")
+    sp.add_argument(
+        "--log-level",
+        default="info",
+        metavar="LEVEL",
+        help="debug, info, warning or error (default: info)",
+    )
+    sp.set_defaults(target="daemon.cli.collect_cmd:run")
+    sp = fleet_sub.add_parser("serve", help="the fleet page: every gateway, its gaps and alarms")
+    sp.add_argument("--postgres", required=True, metavar="DSN", help="the fleet store")
+    sp.add_argument(
+        "--listen",
+        default="127.0.0.1:8470",
+        metavar="HOST:PORT",
+        help="where to serve the page (default: 127.0.0.1:8470; port 0: any free port)",
+    )
+    sp.set_defaults(target="daemon.fleet.serve:run")
 
 
 def _resolve(target: str) -> _Runner:

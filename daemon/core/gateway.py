@@ -40,6 +40,7 @@ from daemon.ihe.piv import PivListener
 from daemon.journal.history import History
 from daemon.journal.records import JournalError, JournalKind, JournalRow
 from daemon.journal.writer import AsyncJournal
+from daemon.mqtt import events_request
 from daemon.mqtt.bridge import MqttBridge
 from daemon.mqtt.signing import SignaturePolicy
 from daemon.pharmacy.reload import (
@@ -496,6 +497,25 @@ class Gateway:
                 correlation_data=incoming.correlation_data,
             )
 
+    async def _serve_events_requests(self) -> None:
+        """Answer fleet collectors' backfill requests from the journal (daemon/events_request)."""
+        async for incoming in self.bridge.events_requests():
+            try:
+                data = await events_request.answer(
+                    incoming.payload,
+                    retained=incoming.retain,
+                    source=self.journal,
+                    gateway=self.config.gateway_id,
+                )
+            except JournalError as exc:  # the collector asks again later
+                log.warning("events_request_unanswered", error=str(exc))
+                continue
+            self.bridge.send_events_response(
+                events_request.response_body(
+                    data, gateway=self.config.gateway_id, source=self.journal, ts=self.clock()
+                )
+            )
+
     # -- running -------------------------------------------------------------------------------
 
     def stop(self) -> None:
@@ -535,6 +555,9 @@ class Gateway:
                 workers.append(tg.create_task(self._reload_on_request(), name="library-reload"))
                 workers.append(
                     tg.create_task(self._serve_library_requests(), name="library-requests")
+                )
+                workers.append(
+                    tg.create_task(self._serve_events_requests(), name="events-requests")
                 )
                 self._install_sighup()
                 if self.hl7_out is not None:

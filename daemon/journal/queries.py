@@ -82,6 +82,29 @@ class StateQueries(JournalChain):
                 found.append(row_from_sql(row))
         return max(found, key=lambda r: (r.ts, r.n), default=None)
 
+    def events_by_seq(self, from_seq: int, to_seq: int, limit: int) -> list[JournalRow]:
+        """EVENT rows with ``from_seq <= seq <= to_seq``, by seq, at most ``limit`` (through
+        the index on the event's seq): what a fleet collector's backfill request reads."""
+        return [
+            row_from_sql(row)
+            for row in self._conn.execute(
+                "SELECT n, ts, kind, pump_id, payload, prev_hash, hash"
+                " FROM journal INDEXED BY journal_event_seq"
+                " WHERE kind = 'event' AND json_extract(payload, '$.seq') BETWEEN ? AND ?"
+                " ORDER BY json_extract(payload, '$.seq') LIMIT ?",
+                (from_seq, to_seq, limit),
+            )
+        ]
+
+    def oldest_event_seq(self) -> int | None:
+        """The seq of the oldest event still in the journal (retention removes a prefix), or
+        None when it holds none."""
+        row = self._conn.execute(
+            "SELECT min(json_extract(payload, '$.seq')) FROM journal INDEXED BY journal_event_seq"
+            " WHERE kind = 'event'"
+        ).fetchone()
+        return None if row is None or row[0] is None else int(row[0])
+
     def _checkpoint(self, pump_id: str) -> dict[str, JournalRow]:
         """The event rows the pump's newest checkpoint carries, by type (empty: none)."""
         row = self._conn.execute(

@@ -58,7 +58,9 @@ CREATE INDEX IF NOT EXISTS journal_event_time ON journal (pump_id, event_type, t
 CREATE INDEX IF NOT EXISTS commands_unsettled ON commands (received_at)
     WHERE phase = 'accepted';
 CREATE INDEX IF NOT EXISTS commands_received ON commands (received_at);
-CREATE INDEX IF NOT EXISTS hl7_outbox_pending ON hl7_outbox (n) WHERE ack IS NULL
+CREATE INDEX IF NOT EXISTS hl7_outbox_pending ON hl7_outbox (n) WHERE ack IS NULL;
+CREATE INDEX IF NOT EXISTS journal_event_seq ON journal (json_extract(payload, '$.seq'))
+    WHERE kind = 'event'
 """
 # An infusiond.journal/1 file written before ``event_type`` and the commands' ``command`` and
 # ``phase`` existed: add the columns and fill them from the rows (once, at the first open).

@@ -341,6 +341,14 @@ class AsyncJournal:
         wanted = list(types)
         return await self._submit(lambda j: j.events_before(pump_id, wanted, before=before))
 
+    async def events_by_seq(self, from_seq: int, to_seq: int, limit: int) -> list[JournalRow]:
+        """See :meth:`Journal.events_by_seq`."""
+        return await self._submit(lambda j: j.events_by_seq(from_seq, to_seq, limit))
+
+    async def oldest_event_seq(self) -> int | None:
+        """See :meth:`Journal.oldest_event_seq`."""
+        return await self._submit(lambda j: j.oldest_event_seq())
+
     async def prune(self, now: datetime, *, max_rows: int = PRUNE_BATCH) -> PruneReport:
         """One bounded step of retention (see :meth:`Journal.prune`): call at start and then
         periodically (hourly), again at once while ``more``; other jobs run in between."""

@@ -94,6 +94,9 @@ CORRELATION_IGNORED = "correlation-data-ignored"  # user property: the data was 
 MAX_CORRELATION_BYTES = 1024
 #: drug-library pushes waiting for the gateway (each is vetted in turn; a burst is refused)
 LIBRARY_QUEUE_SIZE = 16
+#: fleet collectors' backfill requests waiting for the journal (a burst beyond is dropped:
+#: the collectors ask again)
+EVENTS_QUEUE_SIZE = 64
 # What a broker or the link to it can do to a connection: each ends that connection only.
 LINK_FAULTS: tuple[type[Exception], ...] = (aiomqtt.MqttError, OSError, TimeoutError)
 
@@ -179,6 +182,9 @@ class MqttBridge:
         self.library_request_topic = f"{self.topics.root}/bridge/request/library"
         self.library_response_topic = f"{self.topics.root}/bridge/response/library"
         self._library_requests: asyncio.Queue[IncomingCommand] = asyncio.Queue(LIBRARY_QUEUE_SIZE)
+        self.events_request_topic = f"{self.topics.root}/bridge/request/events"
+        self.events_response_topic = f"{self.topics.root}/bridge/response/events"
+        self._events_requests: asyncio.Queue[IncomingCommand] = asyncio.Queue(EVENTS_QUEUE_SIZE)
         self._results: collections.deque[_Result] = collections.deque()
         self._max_queued_results = max_queued_results
         self._result_numbers = itertools.count(1)
@@ -236,6 +242,15 @@ class MqttBridge:
         """Queue the answer to a library push on ``bridge/response/library`` (and on the
         request's usable ``response_topic``), like a command result."""
         self._queue_result(self.library_response_topic, payload, response_topic, correlation_data)
+
+    def send_events_response(self, payload: bytes) -> None:
+        """Queue the answer to a backfill request on ``bridge/response/events``."""
+        self._queue_result(self.events_response_topic, payload, None, None)
+
+    async def events_requests(self) -> AsyncIterator[IncomingCommand]:
+        """Messages on ``bridge/request/events``, in arrival order (``pump_id`` is empty)."""
+        while True:
+            yield await self._events_requests.get()
 
     async def library_requests(self) -> AsyncIterator[IncomingCommand]:
         """Messages on ``bridge/request/library``, in arrival order (``pump_id`` is empty)."""
@@ -432,11 +447,19 @@ class MqttBridge:
         if self._broker.protocol == "5":
             options = SubscribeOptions(qos=1, retainAsPublished=True)
             await client.subscribe(
-                [(self.topics.command_filter, options), (self.library_request_topic, options)]
+                [
+                    (self.topics.command_filter, options),
+                    (self.library_request_topic, options),
+                    (self.events_request_topic, options),
+                ]
             )
         else:  # 3.1.1: retain is only seen on messages stored before we subscribed
             await client.subscribe(
-                [(self.topics.command_filter, 1), (self.library_request_topic, 1)]
+                [
+                    (self.topics.command_filter, 1),
+                    (self.library_request_topic, 1),
+                    (self.events_request_topic, 1),
+                ]
             )
         await client.publish(self.topics.bridge_state, BRIDGE_ONLINE, qos=1, retain=True)
         self._online_since = time.monotonic()
@@ -504,7 +527,8 @@ class MqttBridge:
             return
         pump_id = self.topics.pump_id_of_command(topic)
         library = topic == self.library_request_topic
-        if pump_id is None and not library:
+        events = topic == self.events_request_topic
+        if pump_id is None and not library and not events:
             return
         props = message.properties
         response = getattr(props, "ResponseTopic", None) if props is not None else None
@@ -519,6 +543,12 @@ class MqttBridge:
         )
         if library:
             self._queue_library_request(incoming)
+            return
+        if events:
+            try:
+                self._events_requests.put_nowait(incoming)
+            except asyncio.QueueFull:
+                log.warning("events request queue full; request dropped")
             return
         try:
             self._commands.put_nowait(incoming)

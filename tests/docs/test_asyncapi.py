@@ -24,6 +24,8 @@ TOPICS = {
     "vitals/{bed_id}/state": (True, 1, "send"),
     "bridge/request/library": (False, 1, "receive"),
     "bridge/response/library": (False, 1, "send"),
+    "bridge/request/events": (False, 1, "receive"),
+    "bridge/response/events": (False, 1, "send"),
 }
 
 

@@ -102,9 +102,10 @@ async def running_ward(
     *,
     gateway_login: tuple[str, str] | None = None,
     watcher_login: tuple[str, str] | None = None,
+    gateway_id: str = "gw-test",
 ) -> AsyncIterator[Ward]:
-    """Simulators, a gateway with ``library`` as its [library] section, and a v5 watcher
-    (each logging in to the broker when a (username, password) is given)."""
+    """Simulators, a gateway ``gateway_id`` with ``library`` as its [library] section, and a
+    v5 watcher (each logging in to the broker when a (username, password) is given)."""
     clock = SimClock()
     modbus = ModbusPumpSimulator(
         [ModbusSetup(unit_id=1, status="infusing", rate_ml_h=Decimal("52.5"))], clock=clock
@@ -129,7 +130,7 @@ async def running_ward(
                 "username": gateway_login[0],
                 "password": gateway_login[1],
             }
-        config = Config(**{**fields, "library": library})
+        config = Config(**{**fields, "gateway_id": gateway_id, "library": library})
         client = aiomqtt.Client(
             "127.0.0.1",
             broker.port,

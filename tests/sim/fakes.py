@@ -342,6 +342,15 @@ class SimBridge:
     def send_library_response(self, payload: bytes, **_props: object) -> None:
         """Never called: no library pushes in the simulated ward."""
 
+    async def events_requests(self) -> AsyncIterator[IncomingCommand]:
+        """No fleet collector in the simulated ward (waits until cancelled)."""
+        await self._stop.wait()
+        await asyncio.Event().wait()
+        yield IncomingCommand("", b"", retain=False, response_topic=None, correlation_data=None)
+
+    def send_events_response(self, payload: bytes) -> None:
+        """Never called: no fleet collector in the simulated ward."""
+
     def stop(self) -> None:
         self._stop.set()
         self.wake.set()

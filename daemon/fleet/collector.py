@@ -1,0 +1,348 @@
+"""``infusiond fleet collect``: MQTT (v5, QoS 1, persistent session) -> PostgreSQL, in batches.
+
+Subscriptions (``infusiond/+/...``): events and command results, through
+``$share/<group>/`` when a group is given (the collectors of a group split them); states,
+``bridge/info`` and ``bridge/state`` always directly (a shared subscription gets no retained
+messages, and every collector storing them costs one idempotent upsert); and
+``bridge/response/events`` directly (every collector stores an answer, the requester follows
+it up).
+
+Nothing is acknowledged before it is committed: the MQTT client runs with manual acks (paho's
+``manual_ack``), and a batch's PUBACKs are sent after its transaction commits. The session is
+persistent (fixed client id, clean start off, a session expiry), so a collector killed with -9
+gets its unacknowledged and queued messages again when it comes back; what a session cannot
+keep (expired, or a broker restart without persistence) is found as a seq gap and backfilled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import aiomqtt
+import psycopg
+import structlog
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from daemon.fleet import gaps
+from daemon.fleet.backfill import Backfill
+from daemon.fleet.errors import DatabaseUnavailable
+from daemon.fleet.migrate import migrate
+from daemon.fleet.records import (
+    BadMessage,
+    BridgeInfoRecord,
+    BridgeStateRecord,
+    CommandResultRecord,
+    EventRecord,
+    EventsResponse,
+    PumpStateRecord,
+    parse_message,
+)
+from daemon.fleet.seqranges import SeqRanges
+from daemon.fleet.store import Batch, Conn, connect, store_batch_isolating
+from drivers.backoff import Backoff
+
+log = structlog.get_logger("infusiond.fleet.collector")
+
+SHARED_TOPICS = ("infusiond/+/pump/+/event", "infusiond/+/pump/+/command/result")
+DIRECT_TOPICS = (
+    "infusiond/+/pump/+/state",
+    "infusiond/+/bridge/info",
+    "infusiond/+/bridge/state",
+    "infusiond/+/bridge/response/events",
+)
+#: faults of the broker link or the database that end one connection, not the collector
+LINK_FAULTS: tuple[type[Exception], ...] = (
+    aiomqtt.MqttError,
+    OSError,
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+    DatabaseUnavailable,
+)
+
+
+@dataclass(frozen=True)
+class CollectorConfig:
+    """What ``fleet collect`` was given (see docs/fleet.md)."""
+
+    host: str
+    port: int
+    dsn: str
+    client_id: str
+    group: str | None = None
+    batch_max: int = 500
+    batch_wait_s: float = 0.05
+    session_expiry_s: int = 24 * 3600
+    receive_maximum: int = 1000
+    keepalive_s: int = 30
+    backfill_interval_s: float = 0.5
+    progress_interval_s: float = 10.0
+    grace: timedelta = gaps.DEFAULT_GRACE
+
+    def subscriptions(self) -> list[str]:
+        shared = [f"$share/{self.group}/{t}" if self.group else t for t in SHARED_TOPICS]
+        return [*shared, *DIRECT_TOPICS]
+
+
+@dataclass
+class CollectorStats:
+    messages: int = 0
+    batches: int = 0
+    events_inserted: int = 0
+    events_duplicate: int = 0
+    bad_messages: int = 0
+    connections: int = 0
+    last_error: str | None = None
+
+
+@dataclass
+class _Pending:
+    """Received, not yet committed: the records and the messages to acknowledge after."""
+
+    batch: Batch = field(default_factory=Batch)
+    responses: list[EventsResponse] = field(default_factory=list)
+    acks: list[int] = field(default_factory=list)
+    count: int = 0
+
+
+class Collector:
+    """Run :meth:`run` (as a named task); :meth:`stop` ends it (a batch not yet committed is
+    not acknowledged either: the broker delivers it again to the same session)."""
+
+    def __init__(self, config: CollectorConfig) -> None:
+        self.config = config
+        self.stats = CollectorStats()
+        self.online = asyncio.Event()  # set while connected and subscribed
+        self._stop = asyncio.Event()
+        self._seen: dict[tuple[str, str], SeqRanges] = defaultdict(SeqRanges)
+        self._dirty: set[tuple[str, str]] = set()
+        self._checked: set[tuple[str, str]] = set()  # sessions refreshed once by this process
+        self._backoff = Backoff(initial_s=0.2, maximum_s=10.0)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        """Connect (PostgreSQL, then the broker) and collect until :meth:`stop`; every link
+        fault is logged and retried with capped backoff."""
+        while not self._stop.is_set():
+            try:
+                await self._run_once()
+            except* LINK_FAULTS as group:
+                self.stats.last_error = "; ".join(str(e) for e in group.exceptions)[:300]
+                log.warning("collector_link_lost", error=self.stats.last_error)
+            self.online.clear()
+            if self._stop.is_set():
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self._backoff.next_delay())
+
+    async def _run_once(self) -> None:
+        ingest = await connect(self.config.dsn)
+        control = await connect(self.config.dsn)
+        async with ingest, control:
+            applied = await migrate(control)
+            if applied:
+                log.info("schema_migrated", versions=[m.version for m in applied])
+            client = self._client()
+            async with client:
+                await client.subscribe(
+                    [(t, SubscribeOptions(qos=1)) for t in self.config.subscriptions()]
+                )
+                self.stats.connections += 1
+                self._backoff.reset()
+                self.online.set()
+                log.info(
+                    "collector_online",
+                    broker=f"{self.config.host}:{self.config.port}",
+                    client_id=self.config.client_id,
+                    group=self.config.group,
+                )
+
+                async def publish(topic: str, payload: bytes) -> None:
+                    await client.publish(topic, payload, qos=1)
+
+                backfill = Backfill(
+                    control, publish, requester=self.config.client_id, grace=self.config.grace
+                )
+                self._dirty.update(await self._unsettled_sessions(control))
+                await self._serve(client, ingest, backfill)
+
+    def _client(self) -> aiomqtt.Client:
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = self.config.session_expiry_s
+        props.ReceiveMaximum = self.config.receive_maximum
+        client = aiomqtt.Client(
+            self.config.host,
+            self.config.port,
+            identifier=self.config.client_id,
+            protocol=aiomqtt.ProtocolVersion.V5,
+            clean_start=False,
+            properties=props,
+            keepalive=self.config.keepalive_s,
+            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+            max_inflight_messages=self.config.receive_maximum,
+        )
+        # PUBACK only after the commit (aiomqtt has no public switch; paho's is public)
+        client._client.manual_ack_set(True)  # noqa: FBT003 - paho's signature
+        return client
+
+    @staticmethod
+    async def _unsettled_sessions(conn: Conn) -> set[tuple[str, str]]:
+        cur = await conn.execute(
+            "SELECT gateway, session FROM sessions WHERE contiguous_upto < high_water"
+        )
+        return {(str(g), str(s)) for g, s in await cur.fetchall()}
+
+    async def _serve(self, client: aiomqtt.Client, ingest: Conn, backfill: Backfill) -> None:
+        # bounded in effect: the broker sends at most receive_maximum unacknowledged messages
+        queue: asyncio.Queue[aiomqtt.Message] = asyncio.Queue()
+
+        async def read() -> None:
+            async for message in client.messages:
+                queue.put_nowait(message)
+
+        async def until_stop() -> None:
+            await self._stop.wait()
+            raise _Stopped
+
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(read(), name="fleet-mqtt-read")
+                tg.create_task(self._ingest(client, ingest, queue, backfill), name="fleet-ingest")
+                tg.create_task(self._backfill_loop(backfill), name="fleet-backfill")
+                tg.create_task(self._progress_loop(backfill), name="fleet-progress")
+                tg.create_task(until_stop(), name="fleet-stop")
+        except* _Stopped:
+            log.info("collector_stopping")
+        finally:
+            self._log_progress("collector_totals", backfill)
+
+    async def _ingest(
+        self,
+        client: aiomqtt.Client,
+        conn: Conn,
+        queue: asyncio.Queue[aiomqtt.Message],
+        backfill: Backfill,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            pending = _Pending()
+            self._take(pending, await queue.get())
+            deadline = loop.time() + self.config.batch_wait_s
+            while pending.count < self.config.batch_max:
+                if queue.empty():
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        break
+                    try:
+                        message = await asyncio.wait_for(queue.get(), remaining)
+                    except TimeoutError:
+                        break
+                else:
+                    message = queue.get_nowait()
+                self._take(pending, message)
+            await self._commit(client, conn, pending, backfill)
+
+    def _take(self, pending: _Pending, message: aiomqtt.Message) -> None:
+        pending.count += 1
+        self.stats.messages += 1
+        if message.qos > 0:
+            pending.acks.append(message.mid)
+        payload = message.payload
+        raw = payload if isinstance(payload, bytes) else str(payload).encode()
+        try:
+            record = parse_message(message.topic.value, raw)
+        except BadMessage as exc:
+            self.stats.bad_messages += 1
+            if self.stats.bad_messages & (self.stats.bad_messages - 1) == 0:  # 1, 2, 4, 8...
+                log.warning("bad_message", error=str(exc), count=self.stats.bad_messages)
+            return
+        batch = pending.batch
+        if isinstance(record, EventRecord):
+            batch.events.append(record)
+        elif isinstance(record, CommandResultRecord):
+            batch.command_results.append(record)
+        elif isinstance(record, PumpStateRecord):
+            batch.pump_states.append(record)
+        elif isinstance(record, BridgeInfoRecord):
+            batch.infos.append(record)
+        elif isinstance(record, BridgeStateRecord):
+            batch.bridge_states.append(record)
+        else:
+            batch.events.extend(record.events)
+            pending.responses.append(record)
+
+    async def _commit(
+        self, client: aiomqtt.Client, conn: Conn, pending: _Pending, backfill: Backfill
+    ) -> None:
+        if len(pending.batch):
+            result, refused = await store_batch_isolating(conn, pending.batch)
+            for reason in refused:
+                self.stats.bad_messages += 1
+                log.warning("record_refused_by_postgres", error=reason)
+            self.stats.events_inserted += result.events_inserted
+            self.stats.events_duplicate += result.events_duplicate
+            self._note_seqs(pending.batch)
+        for mid in pending.acks:
+            client._client.ack(mid, 1)
+        self.stats.batches += 1
+        for response in pending.responses:
+            await backfill.on_response(response)
+
+    def _note_seqs(self, batch: Batch) -> None:
+        """Sessions whose seqs this collector saw leave a hole (or that a state or info says
+        are ahead) are re-checked against the store by the backfill loop."""
+        for record in batch.events:
+            self._seen[(record.gateway, record.session)].add(record.seq)
+        for key, high in batch.high_waters().items():
+            seen = self._seen[key]
+            ranges = seen.ranges
+            if len(ranges) != 1 or ranges[0][1] < high or key not in self._checked:
+                self._dirty.add(key)
+
+    async def _backfill_loop(self, backfill: Backfill) -> None:
+        while True:
+            dirty, self._dirty = self._dirty, set()
+            if dirty:
+                for key, upto in (await backfill.refresh(dirty)).items():
+                    self._checked.add(key)
+                    if upto > 0:  # settled in the store: one range here, however they came
+                        self._seen[key].add_range(1, upto)
+            await backfill.tick()
+            await asyncio.sleep(self.config.backfill_interval_s)
+
+    async def _progress_loop(self, backfill: Backfill) -> None:
+        while True:
+            await asyncio.sleep(self.config.progress_interval_s)
+            self._log_progress("collector_progress", backfill)
+
+    def _log_progress(self, what: str, backfill: Backfill) -> None:
+        log.info(
+            what,
+            messages=self.stats.messages,
+            batches=self.stats.batches,
+            events_inserted=self.stats.events_inserted,
+            events_duplicate=self.stats.events_duplicate,
+            bad_messages=self.stats.bad_messages,
+            backfill_requests=backfill.stats.requests,
+            backfill_pages=backfill.stats.pages,
+            gaps_permanent=backfill.stats.permanent,
+            requests_pending=len(backfill.pending),
+        )
+
+
+class _Stopped(Exception):  # control flow: stop was asked
+    pass
+
+
+def as_dict(stats: CollectorStats) -> dict[str, Any]:
+    """The counters, for logs and tests."""
+    return dict(stats.__dict__)

@@ -1,0 +1,13 @@
+"""Errors of the fleet collector and store."""
+
+from __future__ import annotations
+
+from protocol.errors import InfusiondError
+
+
+class FleetError(InfusiondError):
+    """A fleet collector or store failure; the message says what and where (DSN, URL, topic)."""
+
+
+class DatabaseUnavailable(FleetError):
+    """PostgreSQL cannot be reached (or dropped the connection); worth retrying later."""

@@ -1,0 +1,275 @@
+"""What the collector stores, parsed from MQTT messages: one frozen dataclass per kind.
+
+:func:`parse_message` turns ``(topic, payload)`` into a record or raises :class:`BadMessage`
+naming the field; nothing malformed reaches the store. The topic's gateway (and pump) must
+match the envelope's.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from daemon.base.envelope import Kind
+from daemon.base.timefmt import parse_ts
+from daemon.base.topics import is_topic_id
+from daemon.fleet.errors import FleetError
+
+TOPIC_ROOT = "infusiond"
+
+
+class BadMessage(FleetError):
+    """A message the collector cannot store; the message names the topic and the field."""
+
+
+class Subject(enum.StrEnum):
+    """Which topic of the contract a message came from."""
+
+    EVENT = "pump/+/event"
+    COMMAND_RESULT = "pump/+/command/result"
+    PUMP_STATE = "pump/+/state"
+    BRIDGE_INFO = "bridge/info"
+    BRIDGE_STATE = "bridge/state"
+    EVENTS_RESPONSE = "bridge/response/events"
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    """One ``pump.event``: identity ``(gateway, session, seq)``; ``data`` as published."""
+
+    gateway: str
+    session: str
+    seq: int
+    ts: datetime
+    pump_id: str
+    type: str
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class CommandResultRecord:
+    """One ``pump.command.result``; ``digest`` (SHA-256 of the published bytes) is its identity."""
+
+    gateway: str
+    session: str
+    seq: int
+    ts: datetime
+    pump_id: str
+    command_id: str | None
+    phase: str
+    data: dict[str, Any]
+    digest: bytes
+
+
+@dataclass(frozen=True)
+class PumpStateRecord:
+    """One ``pump.state``; ``digest`` (SHA-256 of the published bytes) is its identity."""
+
+    gateway: str
+    session: str
+    seq: int
+    ts: datetime
+    pump_id: str
+    data: dict[str, Any]
+    digest: bytes
+
+
+@dataclass(frozen=True)
+class BridgeInfoRecord:
+    """One ``bridge.info``: the gateway's session, current seq and description."""
+
+    gateway: str
+    session: str
+    seq: int
+    ts: datetime
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class BridgeStateRecord:
+    """``bridge/state``: ``online`` or ``offline`` (the last will); no envelope."""
+
+    gateway: str
+    state: str
+
+
+@dataclass(frozen=True)
+class EventsResponse:
+    """An answer on ``bridge/response/events`` (docs/fleet.md)."""
+
+    gateway: str
+    id: str | None
+    ok: bool
+    events: tuple[EventRecord, ...]
+    next_seq: int | None
+    error: dict[str, Any] | None
+
+
+Record = (
+    EventRecord
+    | CommandResultRecord
+    | PumpStateRecord
+    | BridgeInfoRecord
+    | BridgeStateRecord
+    | EventsResponse
+)
+
+
+def classify(topic: str) -> tuple[Subject, str, str | None] | None:
+    """``(subject, gateway, pump_id)`` of a contract topic, None for any other topic."""
+    parts = topic.split("/")
+    if len(parts) < 3 or parts[0] != TOPIC_ROOT or not is_topic_id(parts[1]):
+        return None
+    gateway, rest = parts[1], parts[2:]
+    if rest[0] == "pump" and len(rest) >= 3 and is_topic_id(rest[1]):
+        tail = "/".join(rest[2:])
+        subject = {
+            "event": Subject.EVENT,
+            "state": Subject.PUMP_STATE,
+            "command/result": Subject.COMMAND_RESULT,
+        }.get(tail)
+        return None if subject is None else (subject, gateway, rest[1])
+    tail = "/".join(rest)
+    for subject in (Subject.BRIDGE_INFO, Subject.BRIDGE_STATE, Subject.EVENTS_RESPONSE):
+        if tail == subject.value:
+            return subject, gateway, None
+    return None
+
+
+def _field(obj: dict[str, Any], key: str, kind: type, where: str) -> Any:
+    value = obj.get(key)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise BadMessage(f"{where}: field {key!r} must be a {kind.__name__}, got {value!r:.60}")
+    return value
+
+
+def _load(payload: bytes, where: str) -> dict[str, Any]:
+    try:
+        obj = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadMessage(f"{where}: payload is not JSON ({exc})") from None
+    if not isinstance(obj, dict):
+        raise BadMessage(f"{where}: payload must be a JSON object")
+    if b"\\u0000" in payload and _has_nul(obj):
+        raise BadMessage(f"{where}: a string holds \\u0000, which PostgreSQL cannot store")
+    return obj
+
+
+def _has_nul(value: object) -> bool:
+    """True when a string (or key) anywhere in ``value`` contains U+0000."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
+def _envelope(
+    obj: dict[str, Any], kind: Kind, gateway: str, where: str
+) -> tuple[str, int, datetime, dict[str, Any]]:
+    """``(session, seq, ts, data)`` of an envelope, checked against the topic's gateway."""
+    if obj.get("schema") != kind.schema:
+        raise BadMessage(f"{where}: field 'schema' must be {kind.schema!r}")
+    if obj.get("gateway") != gateway:
+        raise BadMessage(f"{where}: field 'gateway' {obj.get('gateway')!r:.70} != topic's")
+    session = _field(obj, "session", str, where)
+    if not session or len(session) > 128:
+        raise BadMessage(f"{where}: field 'session' must be 1..128 characters")
+    seq = _field(obj, "seq", int, where)
+    if seq < 0 or seq >= 2**63:
+        raise BadMessage(f"{where}: field 'seq' must be in 0..2^63-1, got {seq}")
+    try:
+        ts = parse_ts(_field(obj, "ts", str, where))
+    except ValueError as exc:
+        raise BadMessage(f"{where}: field 'ts': {exc}") from None
+    return session, seq, ts, _field(obj, "data", dict, where)
+
+
+def parse_event(obj: dict[str, Any], gateway: str, pump_id: str | None, where: str) -> EventRecord:
+    """An event envelope (live, or one of a backfill page) as a record."""
+    session, seq, ts, data = _envelope(obj, Kind.PUMP_EVENT, gateway, where)
+    if seq < 1:
+        raise BadMessage(f"{where}: field 'seq' of an event must be >= 1, got {seq}")
+    if pump_id is None or not is_topic_id(pump_id):
+        raise BadMessage(f"{where}: no valid pump id for event {seq}")
+    return EventRecord(
+        gateway, session, seq, ts, pump_id, _field(data, "type", str, where + " data"), data
+    )
+
+
+def _events_response(obj: dict[str, Any], gateway: str, where: str) -> EventsResponse:
+    """An ``infusiond.bridge.events.response/1`` envelope (daemon/mqtt/events_request.py)."""
+    data = _envelope(obj, Kind.EVENTS_RESPONSE, gateway, where)[3]
+    request_id = data.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise BadMessage(f"{where}: field 'data.id' must be a string or null")
+    status = data.get("status")
+    if status not in {"ok", "error"}:
+        raise BadMessage(f"{where}: field 'data.status' must be 'ok' or 'error'")
+    raw_events = data.get("events", [])
+    if not isinstance(raw_events, list):
+        raise BadMessage(f"{where}: field 'data.events' must be a list")
+    events = []
+    for i, item in enumerate(raw_events):
+        if not isinstance(item, dict):
+            raise BadMessage(f"{where}: data.events[{i}] must be an object")
+        pump_id = item.get("pump_id")
+        events.append(
+            parse_event(item, gateway, pump_id if isinstance(pump_id, str) else None, where)
+        )
+    next_seq = data.get("next_seq")
+    if next_seq is not None and (not isinstance(next_seq, int) or isinstance(next_seq, bool)):
+        raise BadMessage(f"{where}: field 'data.next_seq' must be an integer")
+    error = data.get("error")
+    if error is not None and not isinstance(error, dict):
+        raise BadMessage(f"{where}: field 'data.error' must be an object")
+    return EventsResponse(gateway, request_id, status == "ok", tuple(events), next_seq, error)
+
+
+def parse_message(topic: str, payload: bytes) -> Record:
+    """The record a message on a contract topic carries; :class:`BadMessage` otherwise."""
+    found = classify(topic)
+    where = f"topic {topic[:200]!r}"
+    if found is None:
+        raise BadMessage(f"{where}: not a topic the collector stores")
+    subject, gateway, pump_id = found
+    obj = _load(payload, where)
+    if subject is Subject.BRIDGE_STATE:
+        state = obj.get("state")
+        if state not in {"online", "offline"}:
+            raise BadMessage(f"{where}: field 'state' must be 'online' or 'offline'")
+        return BridgeStateRecord(gateway, str(state))
+    if subject is Subject.EVENTS_RESPONSE:
+        return _events_response(obj, gateway, where)
+    if subject is Subject.EVENT:
+        return parse_event(obj, gateway, pump_id, where)
+    digest = hashlib.sha256(payload).digest()
+    if subject is Subject.BRIDGE_INFO:
+        session, seq, ts, data = _envelope(obj, Kind.BRIDGE_INFO, gateway, where)
+        return BridgeInfoRecord(gateway, session, seq, ts, data)
+    assert pump_id is not None  # classify gives pump topics a pump id
+    if subject is Subject.PUMP_STATE:
+        session, seq, ts, data = _envelope(obj, Kind.PUMP_STATE, gateway, where)
+        return PumpStateRecord(gateway, session, seq, ts, pump_id, data, digest)
+    session, seq, ts, data = _envelope(obj, Kind.PUMP_COMMAND_RESULT, gateway, where)
+    command_id = data.get("id")
+    phase = data.get("phase")
+    if not isinstance(phase, str):
+        raise BadMessage(f"{where}: field 'data.phase' must be a string")
+    return CommandResultRecord(
+        gateway,
+        session,
+        seq,
+        ts,
+        pump_id,
+        command_id if isinstance(command_id, str) else None,
+        phase,
+        data,
+        digest,
+    )
