@@ -88,7 +88,7 @@ class TlsConfig(_Section):
 
 
 class BrokerConfig(_Section):
-    """MQTT broker connection (MQTT v5; 3.1.1 only for brokers without v5, e.g. the demo's)."""
+    """MQTT broker connection (MQTT v5; 3.1.1 only for brokers without v5)."""
 
     url: str = "mqtt://127.0.0.1:1883"
     protocol: Literal["5", "3.1.1"] = Field(
@@ -96,8 +96,8 @@ class BrokerConfig(_Section):
         description=(
             "MQTT protocol version. Keep 5 in production: with 3.1.1 a standard broker clears "
             "the retain flag of live messages, so a retained command published while the daemon "
-            "is subscribed cannot be recognised (the demo's embedded broker keeps the flag; "
-            "other 3.1.1 brokers do not), and response_topic/correlation_data are not available."
+            "is subscribed cannot be recognised (only a stored one re-sent later is), and "
+            "response_topic/correlation_data are not available."
         ),
     )
     username: Name | None = None

@@ -2,7 +2,8 @@
 
 Started together, stopped together (Ctrl-C):
 
-- an embedded MQTT broker (amqtt, loopback) unless ``--broker mqtt://host:port`` is given;
+- an MQTT broker on loopback unless ``--broker mqtt://host:port`` is given: mosquitto (MQTT v5)
+  as a child process when installed, else the embedded amqtt (3.1.1) (``daemon.demo_broker``);
 - ``pump-1``: Modbus TCP simulator, norepinephrine 4 ug/mL in D5W (central), profile adult-icu,
   70 kg, infusing 0.05 ug/kg/min = 52.5 mL/h;
 - ``pump-2``: New Era simulator over a TCP socket, vasopressin 0.2 [USP'U]/mL, 0.03 [USP'U]/min
@@ -24,7 +25,6 @@ import asyncio
 import contextlib
 import dataclasses
 import signal
-import socket
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from daemon.config import Config
-from daemon.embedded_broker import embedded_broker
+from daemon.demo_broker import demo_broker
 from daemon.gateway import Gateway
 from daemon.logging_setup import configure_logging
 from daemon.paths import default_data_dir, lock_data_dir
@@ -57,24 +57,6 @@ HOST = "127.0.0.1"
 ANY_CLINICIAN = "*"
 PHD_ADDRESS = 1
 PHD_DIAMETER_MM = Decimal("26.59")
-
-
-def free_port() -> int:
-    """A loopback TCP port that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def preferred_port(port: int) -> int:
-    """``port`` if it is free on loopback (the documented default), else any free port."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind((HOST, port))
-        except OSError:
-            return free_port()
-    return port
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,10 +221,8 @@ async def running_demo(
     monitor = Monitor(scenario.model(), dose_source=doses, bed="bed-1", clock=clock)
     async with contextlib.AsyncExitStack() as stack:
         if broker == "embedded":
-            mqtt = await stack.enter_async_context(
-                embedded_broker(HOST, preferred_port(1883), ws_port=preferred_port(9001))
-            )
-            broker_url, ws_url, protocol = mqtt.url, mqtt.ws_url, "3.1.1"
+            mqtt = await stack.enter_async_context(demo_broker(HOST, log_dir=data / "logs"))
+            broker_url, ws_url, protocol = mqtt.url, mqtt.ws_url, mqtt.protocol
         else:
             broker_url, ws_url, protocol = broker, broker_ws, "5"
         dashboard: str | None = None
