@@ -388,6 +388,34 @@ class PivConfig(_MllpEndpoint):
         return self.listen
 
 
+#: a Home Assistant discovery prefix: topic levels without wildcards, not starting with ``$``
+DISCOVERY_PREFIX_PATTERN = r"^[A-Za-z0-9_-]{1,64}(/[A-Za-z0-9_-]{1,64}){0,3}$"
+
+
+class DiscoveryConfig(_Section):
+    """``[discovery]``: Home Assistant MQTT discovery (docs/operator-guide.md)."""
+
+    enabled: bool = Field(
+        default=False,
+        description="Publish retained Home Assistant discovery configs for every pump and bed.",
+    )
+    prefix: Annotated[str, StringConstraints(pattern=DISCOVERY_PREFIX_PATTERN)] = Field(
+        default="homeassistant",
+        description=(
+            "Home Assistant's discovery prefix: 1 to 4 topic levels of letters, digits, _ and -."
+        ),
+    )
+
+
+class HealthConfig(_Section):
+    """``[health]``: the retained ``bridge/health`` payload (docs/operator-guide.md)."""
+
+    publish_every_s: Annotated[float, Field(ge=1, le=3600, allow_inf_nan=False)] = Field(
+        default=60.0,
+        description="Seconds between two retained bridge/health publications (1 to 3600).",
+    )
+
+
 class BedConfig(_Section):
     """``[beds.<id>]``: what the hospital knows about a bed (sent in PID-3)."""
 
@@ -425,6 +453,14 @@ class Config(BaseSettings):
         default=None,
         description="IHE PCD PIV orders in; each becomes a pending program that a clinician "
         "confirms. Off when absent.",
+    )
+    discovery: DiscoveryConfig = Field(
+        default_factory=DiscoveryConfig,
+        description="Home Assistant MQTT discovery; off unless enabled.",
+    )
+    health: HealthConfig = Field(
+        default_factory=HealthConfig,
+        description="The retained bridge/health payload (the figures of GET /metrics).",
     )
     beds: dict[TopicId, BedConfig] = Field(
         default_factory=dict, description="What the hospital knows about each bed, by bed id."

@@ -26,6 +26,7 @@ class Kind(enum.StrEnum):
     VITALS_STATE = "vitals.state"
     PUMP_COMMAND = "pump.command"  # inbound only; commands may carry it
     LIBRARY_RESPONSE = "bridge.library.response"  # answer to bridge/request/library
+    BRIDGE_HEALTH = "bridge.health"  # retained bridge/health (daemon/health.py)
 
     @property
     def schema(self) -> str:

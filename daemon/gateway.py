@@ -25,11 +25,14 @@ from typing import Any
 
 import structlog
 
+from daemon import discovery
+from daemon.availability import Availability
 from daemon.channel import (
     HISTORY_LEN,
     Channel,
     ChannelConfig,
     DoseRecord,
+    PollReport,
     Program,
     program_from_event,
 )
@@ -37,9 +40,11 @@ from daemon.config import Config, PumpConfig, VitalsSource
 from daemon.envelope import SCHEMA_IDS, Kind, encode, envelope
 from daemon.errors import ConfigError
 from daemon.gate import Control, Gate, ReplyTo
+from daemon.health import publish_health, sample_metrics
 from daemon.ihe import outbound as ihe_outbound
 from daemon.ihe.piv import PivListener
 from daemon.journal import AsyncJournal, JournalError, JournalKind, JournalRow
+from daemon.metrics import GatewayMetrics, Sources
 from daemon.mqtt_bridge import MqttBridge
 from daemon.pharmacy.reload import (
     PROGRAMS_KEY,
@@ -189,6 +194,10 @@ class Gateway:
     #: set by SIGHUP (:meth:`request_reload`): re-read the library file
     _reload_wanted: asyncio.Event = field(default_factory=asyncio.Event, init=False)
     reloader: LibraryReloader = field(init=False)
+    #: Prometheus figures (``metrics.registry``, served at GET /metrics) and bridge/health's
+    metrics: GatewayMetrics = field(default_factory=GatewayMetrics, init=False)
+    #: per-pump ``pump/<id>/availability`` (made in :meth:`_build`)
+    availability: Availability = field(init=False)
     _started_at: datetime = field(default_factory=utc_now, init=False)
 
     # -- the Hub the channels talk to --------------------------------------------------------
@@ -210,6 +219,7 @@ class Gateway:
         if self.hl7_out is not None:
             self.hl7_out.pump_state(pump_id, data)
         self._publish_retained(self.bridge.topics.pump_state(pump_id), Kind.PUMP_STATE, data)
+        self.availability.update(pump_id, data.get("connection"))
 
     def _publish_retained(self, topic: str, kind: Kind, data: dict[str, Any]) -> None:
         body = envelope(
@@ -223,6 +233,7 @@ class Gateway:
         self.bridge.publish_retained(topic, encode(body))
 
     async def _send_result(self, pump_id: str, data: dict[str, Any], reply: ReplyTo | None) -> None:
+        self.metrics.command_result(data)
         body = envelope(
             Kind.PUMP_COMMAND_RESULT,
             gateway=self.config.gateway_id,
@@ -307,6 +318,53 @@ class Gateway:
                     watchdog_s=pump.watchdog_s or 0,
                 ),
             )
+            self.channels[pump.id].on_poll = self._count_poll
+        self.availability = Availability(self.bridge.topics.pump_availability, self._publish_raw)
+        self.metrics.sources = Sources(
+            now=self.clock,
+            last_polls=lambda: {pid: ch.last_poll for pid, ch in self.channels.items()},
+            broker_connections=lambda: self.bridge.stats.connections,
+            journal_path=self.journal.path,
+        )
+
+    def _count_poll(self, report: PollReport) -> None:
+        self.metrics.poll(report.pump_id, ok=report.answered, late_s=report.late_s)
+
+    def _publish_raw(self, topic: str, payload: bytes) -> None:
+        self.bridge.publish_retained(topic, payload)
+
+    def _publish_health(self, data: dict[str, Any]) -> None:
+        self._publish_retained(self.bridge.topics.bridge_health, Kind.BRIDGE_HEALTH, data)
+
+    async def _publish_discovery(self) -> None:
+        """Home Assistant discovery configs (when enabled), and empty retained configs for the
+        pumps and beds an earlier start published that are gone now (HA deletes them)."""
+        cfg = self.config
+        configs: dict[str, bytes] = {}
+        if cfg.discovery.enabled:
+            configs = discovery.discovery_configs(
+                self.bridge.topics,
+                prefix=cfg.discovery.prefix,
+                version=package_version("infusiond"),
+                pumps=[
+                    discovery.PumpInfo(
+                        pump_id=pid,
+                        drug=ch.program.drug,
+                        dose_unit=ch.program.dose_unit,
+                        driver=ch.driver.kind,
+                        bed=ch.program.bed,
+                    )
+                    for pid, ch in self.channels.items()
+                ],
+                beds=[v.bed for v in cfg.vitals],
+            )
+        gone = await asyncio.to_thread(discovery.removed_topics, cfg.data_dir, configs)
+        for topic in gone:
+            self.bridge.publish_retained(topic, b"")
+        for topic, payload in configs.items():
+            self.bridge.publish_retained(topic, payload)
+        if configs or gone:
+            await asyncio.to_thread(discovery.remember_topics, cfg.data_dir, configs)
 
     async def _recover(self) -> None:
         """Rebuild each pump's truth from the journal before anything runs: its program (the
@@ -517,6 +575,16 @@ class Gateway:
                     tg.create_task(self.gate.reconcile_interrupted(), name="reconcile-commands")
                 )
                 workers.append(tg.create_task(self._notify_systemd(), name="sd-notify"))
+                await self._publish_discovery()
+                workers.append(
+                    tg.create_task(
+                        publish_health(
+                            self.metrics, self._publish_health, self.config.health.publish_every_s
+                        ),
+                        name="bridge-health",
+                    )
+                )
+                workers.append(tg.create_task(sample_metrics(self.metrics), name="metrics-sample"))
                 workers.append(tg.create_task(self._prune_journal(), name="journal-retention"))
                 workers.append(tg.create_task(self._reload_on_request(), name="library-reload"))
                 workers.append(
