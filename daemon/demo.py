@@ -15,7 +15,8 @@ Started together, stopped together (Ctrl-C):
   ids 3..N), each on its own bed (``bed-3``...) so they are not duplicates of pump-1;
 - ``bed-1``: a simulated monitor sending HL7 ORU^R01 over MLLP to the daemon, from a patient
   model that responds to pump-1 and pump-2 as they really deliver;
-- the daemon itself, with remote control enabled for these simulated pumps (any clinician id).
+- the daemon itself, with remote control enabled for these simulated pumps (any clinician id)
+  and Home Assistant MQTT discovery on (prefix ``homeassistant``).
 """
 
 from __future__ import annotations
@@ -156,6 +157,7 @@ def demo_config(
         pumps=pump_list,
         hl7_out={"url": hl7_out_url, "dec_period_s": 60.0} if hl7_out_url else None,
         piv={"listen": piv_url} if piv_url else None,
+        discovery={"enabled": True},  # Home Assistant finds the demo bedside by itself
     )
 
 
@@ -351,6 +353,9 @@ def banner(ep: DemoEndpoints, pumps: int, out: TextIO) -> None:
             if ep.dashboard_url
             else []
         ),
+        "Home Assistant: point its MQTT integration at this broker; the pumps and bed-1",
+        "  appear by MQTT discovery (prefix homeassistant).",
+        "",
         "Watch everything:",
         f"  mosquitto_sub -h {host} -p {port} -t '{root}/#' -v",
         f"  {_self_command()} watch --broker {ep.broker_url} --gateway {ep.gateway_id}",

@@ -15,13 +15,15 @@ payload at the next start, which is Home Assistant's way to delete an entity.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from daemon.config import DiscoveryConfig
 from daemon.envelope import encode
 from daemon.topics import Topics
 
@@ -38,7 +40,6 @@ class PumpInfo:
     drug: str
     dose_unit: str
     driver: str
-    bed: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,3 +191,29 @@ def remember_topics(data_dir: Path, topics: Iterable[str]) -> None:
     tmp = path.with_name(STATE_FILE + ".tmp")
     tmp.write_text(json.dumps({"topics": sorted(topics)}, indent=1), encoding="utf-8")
     tmp.replace(path)
+
+
+async def publish(
+    publish_retained: Callable[[str, bytes], None],
+    topics: Topics,
+    config: DiscoveryConfig,
+    *,
+    data_dir: Path,
+    version: str,
+    pumps: Iterable[PumpInfo],
+    beds: Iterable[str],
+) -> None:
+    """Publish every config (when enabled) and an empty retained config for each one an earlier
+    start published that is gone now (Home Assistant then deletes the entity)."""
+    configs: dict[str, bytes] = {}
+    if config.enabled:
+        configs = discovery_configs(
+            topics, prefix=config.prefix, version=version, pumps=pumps, beds=beds
+        )
+    gone = await asyncio.to_thread(removed_topics, data_dir, configs)
+    for topic in gone:
+        publish_retained(topic, b"")
+    for topic, payload in configs.items():
+        publish_retained(topic, payload)
+    if configs or gone:
+        await asyncio.to_thread(remember_topics, data_dir, configs)

@@ -337,34 +337,20 @@ class Gateway:
         self._publish_retained(self.bridge.topics.bridge_health, Kind.BRIDGE_HEALTH, data)
 
     async def _publish_discovery(self) -> None:
-        """Home Assistant discovery configs (when enabled), and empty retained configs for the
-        pumps and beds an earlier start published that are gone now (HA deletes them)."""
+        """Home Assistant discovery configs (daemon/discovery.py)."""
         cfg = self.config
-        configs: dict[str, bytes] = {}
-        if cfg.discovery.enabled:
-            configs = discovery.discovery_configs(
-                self.bridge.topics,
-                prefix=cfg.discovery.prefix,
-                version=package_version("infusiond"),
-                pumps=[
-                    discovery.PumpInfo(
-                        pump_id=pid,
-                        drug=ch.program.drug,
-                        dose_unit=ch.program.dose_unit,
-                        driver=ch.driver.kind,
-                        bed=ch.program.bed,
-                    )
-                    for pid, ch in self.channels.items()
-                ],
-                beds=[v.bed for v in cfg.vitals],
-            )
-        gone = await asyncio.to_thread(discovery.removed_topics, cfg.data_dir, configs)
-        for topic in gone:
-            self.bridge.publish_retained(topic, b"")
-        for topic, payload in configs.items():
-            self.bridge.publish_retained(topic, payload)
-        if configs or gone:
-            await asyncio.to_thread(discovery.remember_topics, cfg.data_dir, configs)
+        await discovery.publish(
+            self.bridge.publish_retained,
+            self.bridge.topics,
+            cfg.discovery,
+            data_dir=cfg.data_dir,
+            version=package_version("infusiond"),
+            pumps=[
+                discovery.PumpInfo(pid, ch.program.drug, ch.program.dose_unit, ch.driver.kind)
+                for pid, ch in self.channels.items()
+            ],
+            beds=[v.bed for v in cfg.vitals],
+        )
 
     async def _recover(self) -> None:
         """Rebuild each pump's truth from the journal before anything runs: its program (the
