@@ -148,10 +148,21 @@ def mosquitto_config(host: str, port: int, ws_port: int) -> str:
     )
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child, between fork and exec
-    """In the child: the kernel sends SIGTERM when the demo's process dies."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+def _die_with_parent_hook() -> Callable[[], None] | None:
+    """A ``preexec_fn`` making the kernel send SIGTERM to the child when the demo dies (Linux;
+    None elsewhere). ``prctl`` is looked up here, before the fork: the child only calls it,
+    and exits at once if the demo died before the signal was armed."""
+    if sys.platform != "linux":
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent = os.getpid()
+
+    def arm() -> None:  # pragma: no cover - runs in the child, between fork and exec
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return arm
 
 
 class _Mosquitto:
@@ -186,7 +197,7 @@ class _Mosquitto:
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
             start_new_session=True,
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            preexec_fn=_die_with_parent_hook(),
         )
         self._copier = asyncio.get_running_loop().create_task(
             self._copy_log(self._proc), name="mosquitto-log"

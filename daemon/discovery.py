@@ -23,9 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from daemon.config import DiscoveryConfig
 from daemon.envelope import encode
 from daemon.topics import Topics
+
+log = structlog.get_logger("infusiond.discovery")
 
 STATE_FILE = "discovery.json"
 MANUFACTURER = "infusiond"
@@ -53,15 +57,21 @@ class Sensor:
     state_class: str | None = None
 
 
+def _value(field: str) -> str:
+    """The template reading ``data.<field>.value``; a null field (a stopped pump's dose, a
+    vital not measured yet) renders ``None``, which Home Assistant shows as unknown."""
+    return f"{{{{ value_json.data.{field}.value if value_json.data.{field} else none }}}}"
+
+
 def pump_sensors(pump: PumpInfo) -> tuple[Sensor, ...]:
     return (
-        Sensor("rate", "Rate", "{{ value_json.data.rate.value }}", "mL/h", "measurement"),
-        Sensor("dose", "Dose", "{{ value_json.data.dose.value }}", pump.dose_unit, "measurement"),
+        Sensor("rate", "Rate", _value("rate"), "mL/h", "measurement"),
+        Sensor("dose", "Dose", _value("dose"), pump.dose_unit, "measurement"),
         Sensor("status", "Status", "{{ value_json.data.status }}"),
         Sensor(
             "volume",
             "Volume infused",
-            "{{ value_json.data.volume_infused.value }}",
+            _value("volume_infused"),
             "mL",
             "total",
         ),
@@ -70,11 +80,11 @@ def pump_sensors(pump: PumpInfo) -> tuple[Sensor, ...]:
 
 
 VITAL_SENSORS = (
-    Sensor("map", "MAP", "{{ value_json.data.map.value }}", "mmHg", "measurement"),
-    Sensor("sbp", "Systolic", "{{ value_json.data.sbp.value }}", "mmHg", "measurement"),
-    Sensor("dbp", "Diastolic", "{{ value_json.data.dbp.value }}", "mmHg", "measurement"),
-    Sensor("hr", "Heart rate", "{{ value_json.data.hr.value }}", "bpm", "measurement"),
-    Sensor("spo2", "SpO2", "{{ value_json.data.spo2.value }}", "%", "measurement"),
+    Sensor("map", "MAP", _value("map"), "mmHg", "measurement"),
+    Sensor("sbp", "Systolic", _value("sbp"), "mmHg", "measurement"),
+    Sensor("dbp", "Diastolic", _value("dbp"), "mmHg", "measurement"),
+    Sensor("hr", "Heart rate", _value("hr"), "bpm", "measurement"),
+    Sensor("spo2", "SpO2", _value("spo2"), "%", "measurement"),
 )
 
 
@@ -216,4 +226,7 @@ async def publish(
     for topic, payload in configs.items():
         publish_retained(topic, payload)
     if configs or gone:
-        await asyncio.to_thread(remember_topics, data_dir, configs)
+        try:
+            await asyncio.to_thread(remember_topics, data_dir, configs)
+        except OSError as exc:  # never fatal: only a later removal would go unannounced
+            log.warning("discovery_not_remembered", path=str(data_dir / STATE_FILE), error=str(exc))

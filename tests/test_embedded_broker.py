@@ -1,5 +1,6 @@
-"""The demo's embedded broker (amqtt) relays, retains, and sends retained messages only for the
-subscriber's own filters (works around an amqtt 0.12 bug)."""
+"""The demo's fallback broker (amqtt, used without mosquitto) relays, retains, never flags live
+messages retained, and sends retained messages only for the subscriber's own filters (works
+around an amqtt 0.12 bug)."""
 
 from __future__ import annotations
 
