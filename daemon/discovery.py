@@ -184,6 +184,11 @@ def _config(
     return encode(config)
 
 
+def _remembers(data_dir: Path) -> bool:
+    """Whether an earlier start published configs here (one stat, at start)."""
+    return (data_dir / STATE_FILE).exists()
+
+
 def removed_topics(data_dir: Path, current: Iterable[str]) -> list[str]:
     """Config topics published at an earlier start that are not published now (blocking)."""
     path = data_dir / STATE_FILE
@@ -215,6 +220,8 @@ async def publish(
 ) -> None:
     """Publish every config (when enabled) and an empty retained config for each one an earlier
     start published that is gone now (Home Assistant then deletes the entity)."""
+    if not config.enabled and not _remembers(data_dir):
+        return  # never enabled here: nothing to publish or clear
     configs: dict[str, bytes] = {}
     if config.enabled:
         configs = discovery_configs(

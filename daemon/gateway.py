@@ -319,19 +319,18 @@ class Gateway:
                 ),
             )
             self.channels[pump.id].on_poll = self._count_poll
-        self.availability = Availability(self.bridge.topics.pump_availability, self._publish_raw)
+        self.availability = Availability(
+            self.bridge.topics.pump_availability, self.bridge.publish_retained
+        )
         self.metrics.sources = Sources(
             now=self.clock,
             last_polls=lambda: {pid: ch.last_poll for pid, ch in self.channels.items()},
             broker_connections=lambda: self.bridge.stats.connections,
-            journal_path=self.journal.path,
+            journal_footprint=self.journal.footprint,
         )
 
     def _count_poll(self, report: PollReport) -> None:
         self.metrics.poll(report.pump_id, ok=report.answered, late_s=report.late_s)
-
-    def _publish_raw(self, topic: str, payload: bytes) -> None:
-        self.bridge.publish_retained(topic, payload)
 
     def _publish_health(self, data: dict[str, Any]) -> None:
         self._publish_retained(self.bridge.topics.bridge_health, Kind.BRIDGE_HEALTH, data)

@@ -20,21 +20,17 @@ Metrics (docs/operator-guide.md, "Metrics and health"):
 - ``infusiond_pump_last_poll_age_seconds{pump}`` gauge: seconds since each pump's last
   answered poll, computed at scrape time (absent for a pump never polled).
 
-Outbox depth and journal size are read from disk by :meth:`GatewayMetrics.sample` (in a worker
-thread, never on the event loop); the gateway calls it every ``SAMPLE_EVERY_S`` and before each
-``bridge/health``.
+Outbox depth and journal size are read by :meth:`GatewayMetrics.sample` through the journal
+(its writer thread, never on the event loop); the gateway calls it every ``SAMPLE_EVERY_S`` and
+before each ``bridge/health``. A journal that cannot answer leaves them unknown (absent).
 """
 
 from __future__ import annotations
 
-import asyncio
 import bisect
-import contextlib
-import sqlite3
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -45,6 +41,8 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
+
+from daemon.journal import JournalError
 
 #: upper bounds (seconds) of the poll lateness histogram's buckets
 LATENESS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -61,7 +59,8 @@ class Sources:
     now: Callable[[], datetime]
     last_polls: Callable[[], Mapping[str, datetime | None]]
     broker_connections: Callable[[], int]
-    journal_path: Path | None = None
+    #: (events in the outbox, journal bytes), e.g. ``AsyncJournal.footprint``
+    journal_footprint: Callable[[], Awaitable[tuple[int, int]]] | None = None
 
 
 @dataclass
@@ -126,11 +125,14 @@ class GatewayMetrics:
         return len(self._in_flight)
 
     async def sample(self) -> None:
-        """Read outbox depth and journal size from disk (in a worker thread)."""
-        path = self.sources.journal_path if self.sources is not None else None
-        if path is None:
+        """Read outbox depth and journal size from the journal (unknown if it cannot say)."""
+        read = self.sources.journal_footprint if self.sources is not None else None
+        if read is None:
             return
-        self.outbox_depth, self.journal_bytes = await asyncio.to_thread(_read_journal, path)
+        try:
+            self.outbox_depth, self.journal_bytes = await read()
+        except (JournalError, OSError):
+            self.outbox_depth = self.journal_bytes = None
 
     # -- derived figures -----------------------------------------------------------------------
 
@@ -172,28 +174,6 @@ class GatewayMetrics:
 
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
-
-
-def _read_journal(path: Path) -> tuple[int | None, int | None]:
-    """(events in the outbox, bytes of the journal and its WAL); None where unreadable."""
-    size: int | None = None
-    with contextlib.suppress(OSError):
-        size = path.stat().st_size
-        wal = path.with_name(path.name + "-wal")
-        with contextlib.suppress(FileNotFoundError):
-            size += wal.stat().st_size
-    depth: int | None = None
-    try:
-        conn = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=1.0)
-    except sqlite3.Error:
-        return None, size
-    try:
-        (depth,) = conn.execute("SELECT count(*) FROM outbox").fetchone()
-    except sqlite3.Error:
-        depth = None
-    finally:
-        conn.close()
-    return depth, size
 
 
 class _Collector(Collector):
