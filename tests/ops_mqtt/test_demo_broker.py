@@ -150,7 +150,11 @@ def test_mosquitto_dies_with_the_demo_even_when_the_demo_is_killed(tmp_path: Pat
         [sys.executable, "-c", _HOLDER, str(tmp_path)],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+        env={
+            **os.environ,
+            "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+            "TMPDIR": str(tmp_path),  # the killed demo cannot remove its mosquitto.conf dir
+        },
     )
     try:
         said = wait_for_line(holder, b" end\n", 30.0, holder.stdout).decode()
