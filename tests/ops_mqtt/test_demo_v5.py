@@ -36,3 +36,21 @@ async def test_the_guides_v5_example_titrates_pump_1_against_the_demo(tmp_path: 
         assert ": applied" in said
         assert gateway.channels["pump-1"].status is not None
         assert float(gateway.channels["pump-1"].status.rate_ml_h) == 63.0
+
+
+@pytest.mark.asyncio
+async def test_mosquitto_sub_sees_the_demos_live_states_unflagged(tmp_path: Path) -> None:
+    """On the demo's own traffic: the stored bed-1 state arrives flagged retained (1), the next
+    live publications of that retained topic arrive unflagged (0)."""
+    async with running_demo(data_dir=tmp_path / "demo") as (endpoints, _gateway):
+        port = endpoints.broker_url.rsplit(":", 1)[1]
+        sub = await asyncio.create_subprocess_exec(
+            "mosquitto_sub",
+            *("-h", "127.0.0.1", "-p", port, "-V", "mqttv5", "-q", "1"),
+            *("-t", "infusiond/demo/vitals/bed-1/state", "-C", "3", "-F", "%r"),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        async with asyncio.timeout(30):
+            out, _ = await sub.communicate()
+    assert out.decode().split() == ["1", "0", "0"]
