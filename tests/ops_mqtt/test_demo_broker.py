@@ -34,7 +34,8 @@ async def test_demo_broker_is_mosquitto_and_a_v5_client_gets_its_response_proper
     tmp_path: Path,
 ) -> None:
     """A v5 request with response topic and correlation data reaches a v5 responder intact,
-    over the demo's broker; the broker's log lands in the demo's log directory."""
+    over the demo's broker; a WebSocket client connects too; the broker's log lands in the
+    demo's log directory."""
     async with demo_broker(HOST, log_dir=tmp_path / "logs") as broker:
         assert broker.kind is BrokerKind.MOSQUITTO
         assert broker.protocol == "5"
@@ -61,6 +62,11 @@ async def test_demo_broker_is_mosquitto_and_a_v5_client_gets_its_response_proper
             assert reply.payload == b"pong"
             assert reply.properties is not None
             assert reply.properties.CorrelationData == b"c-42"
+        assert broker.ws_port is not None  # the dashboard's way in: MQTT over WebSockets
+        async with aiomqtt.Client(
+            HOST, broker.ws_port, protocol=V5, transport="websockets", identifier="browser"
+        ) as browser:
+            await browser.publish("ws/hello", b"hi", qos=1)
         assert broker.log_path == tmp_path / "logs" / "mosquitto.log"
     log = (tmp_path / "logs" / "mosquitto.log").read_text()
     assert "running" in log
