@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Creates .venv from requirements.lock (hash-checked) and makes sure the system tools the demo
 # and the tests use (mosquitto, mosquitto-clients, socat; with --test also Chromium for the web
-# dashboard's browser test) are present. Idempotent and quick when nothing changed: the venv is
-# rebuilt only when the lock file or pyproject.toml change.
+# dashboard's browser test and tmux for the terminal captures of `watch`) are present.
+# Idempotent and quick when nothing changed: the venv is rebuilt only when the lock file or
+# pyproject.toml change.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +13,7 @@ command -v mosquitto_pub >/dev/null 2>&1 || need+=(mosquitto-clients)
 command -v socat >/dev/null 2>&1 || need+=(socat)
 if [ "${1:-}" = "--test" ]; then
   command -v chromium >/dev/null 2>&1 || need+=(chromium fonts-dejavu-core)
+  command -v tmux >/dev/null 2>&1 || need+=(tmux)
 fi
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

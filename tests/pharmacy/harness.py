@@ -24,7 +24,7 @@ from daemon.gateway import Gateway
 from daemon.pharmacy.signing import private_pem, public_pem, sign_library
 from protocol.library import DEFAULT_LIBRARY_PATH
 from sim_devices.clock import SimClock
-from sim_devices.modbus_pump import PumpConfig as ModbusSetup
+from sim_devices.modbus_pump import PumpSetup as ModbusSetup
 from sim_devices.modbus_server import ModbusPumpSimulator
 from sim_devices.newera_pump import PumpSetup as NewEraSetup
 from sim_devices.newera_server import NewEraSimulator
