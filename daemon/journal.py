@@ -1022,6 +1022,16 @@ class Journal:
             )
         ]
 
+    def footprint(self) -> tuple[int, int]:
+        """(events in the outbox, bytes of the journal file and its write-ahead log): the
+        figures of daemon/metrics.py."""
+        (depth,) = self._conn.execute("SELECT count(*) FROM outbox").fetchone()
+        size = 0
+        for path in (self.path, self.path.with_name(self.path.name + "-wal")):
+            with contextlib.suppress(FileNotFoundError):
+                size += path.stat().st_size
+        return int(depth), size
+
     def rows(
         self,
         *,
@@ -1534,6 +1544,10 @@ class AsyncJournal:
         """Forget events the broker acknowledged."""
         wanted = list(seqs)
         return await self._submit(lambda j: j.outbox_ack(wanted))
+
+    async def footprint(self) -> tuple[int, int]:
+        """See :meth:`Journal.footprint`."""
+        return await self._submit(Journal.footprint)
 
     async def rows(
         self,

@@ -80,7 +80,7 @@ def test_envelope_is_compact_sorted_and_deterministic() -> None:
 def test_schema_strings_and_bridge_state_payloads() -> None:
     """Every kind maps to infusiond.<kind>/1; bridge/state payloads are the tiny fixed ones."""
     assert Kind.PUMP_COMMAND_RESULT.schema == "infusiond.pump.command.result/1"
-    assert len(SCHEMA_IDS) == 8
+    assert len(SCHEMA_IDS) == 9  # + bridge.health and bridge.events.response
     assert json.loads(BRIDGE_ONLINE) == {"state": "online"}
     assert json.loads(BRIDGE_OFFLINE) == {"state": "offline"}
 

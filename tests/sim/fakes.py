@@ -297,6 +297,13 @@ class SimBroker:
             self.bridge.wake.set()
 
 
+@dataclass
+class SimBridgeStats:
+    """What the gateway's metrics read of ``MqttBridge.stats``."""
+
+    connections: int = 1
+
+
 class SimBridge:
     """One gateway's connection to the :class:`SimBroker` (MqttBridge's gateway-facing API)."""
 
@@ -309,6 +316,7 @@ class SimBridge:
         self._results: collections.deque[tuple[str, bytes]] = collections.deque()
         self._stop = asyncio.Event()
         self.wake = asyncio.Event()
+        self.stats = SimBridgeStats()
         broker.bridge = self
 
     def publish_retained(self, topic: str, payload: bytes) -> None:
