@@ -39,6 +39,7 @@ from decimal import Decimal
 from typing import Any
 
 import structlog
+from pydantic import ValidationError
 
 from daemon.channel import Action, Channel, Program, Saved, program_changed
 from daemon.command_parse import (
@@ -66,7 +67,7 @@ from daemon.journal import (
 )
 from daemon.refusals import RefusalDesk
 from daemon.signing import SignaturePolicy
-from daemon.timefmt import format_ts
+from daemon.timefmt import at_ms
 from daemon.topics import capped_id
 from drivers.backoff import Backoff
 from drivers.base import (
@@ -81,7 +82,7 @@ from drivers.errors import DriverError
 from protocol.engine import evaluate
 from protocol.errors import RequestError
 from protocol.library import Library
-from protocol.request import parse_request
+from protocol.request import HistoryEntry, parse_request
 from protocol.verdict import Verdict
 
 log = structlog.get_logger("infusiond.gate")
@@ -94,6 +95,8 @@ COMMAND_DEADLINE_S = 30.0
 RESULT_REPEAT_WINDOW = timedelta(minutes=5)
 #: commands waiting for their pump's check; more are answered ``busy`` at once (flood bound)
 MAX_WAITING = 8
+#: validated history entries kept for reuse (64 per pump at most are in use at a time)
+HISTORY_MODELS_MAX = 16_384
 #: keys of a stored outcome that are ours, not the contract's ``first``
 _PRIVATE_OUTCOME_KEYS = ("fingerprint", "before", "readback", "sending")
 #: command fields that do not make it another command (a retry; a confirmation, which another
@@ -195,6 +198,8 @@ class Gate:
     reconciling: set[str] = field(default_factory=set)
     _interrupted: list[InterruptedCommand] = field(default_factory=list)
     _recent: list[InterruptedCommand] = field(default_factory=list)
+    #: check-request history entries already validated (see _history_entry)
+    _history_models: dict[tuple[datetime, str, str], HistoryEntry] = field(default_factory=dict)
 
     # -- admission (synchronous, so that busy is decided in arrival order) -------------------
 
@@ -1135,6 +1140,26 @@ class Gate:
         entry = self.library.drug(profile, drug)
         return entry.dose_unit if entry is not None else fallback
 
+    def _history_entry(
+        self, at: datetime, dose: Decimal, unit: str
+    ) -> HistoryEntry | dict[str, Any]:
+        """One past dose of the check request, validated once and then reused: a pump's
+        history (up to 64 changes) goes into every check of it, and validating it anew cost
+        ~0.7 ms per command (docs/performance.md). Unchanged semantics: the same model the
+        request's parser builds; one it refuses stays a dict, for the parser to name."""
+        key = (at, str(dose), unit)
+        entry = self._history_models.get(key)
+        if entry is None:
+            item = {"at": at_ms(at), "dose": {"value": dose, "unit": unit}}
+            try:
+                entry = HistoryEntry.model_validate(item)
+            except ValidationError:
+                return item
+            if len(self._history_models) >= HISTORY_MODELS_MAX:
+                self._history_models.clear()
+            self._history_models[key] = entry
+        return entry
+
     def build_request(
         self,
         channel: Channel,
@@ -1163,7 +1188,8 @@ class Gate:
                     }
                 )
         return {
-            "now": format_ts(now),
+            # datetimes, not text: the same instants as format_ts spells, ~7 us less each
+            "now": at_ms(now),
             "profile": program.profile,
             "patient": patient,
             "infusion": {
@@ -1179,8 +1205,7 @@ class Gate:
             "current": (None if current is None else {"value": current, "unit": program.dose_unit}),
             "requested": requested,
             "history": [
-                {"at": format_ts(h.at), "dose": {"value": h.dose, "unit": program.dose_unit}}
-                for h in channel.history
+                self._history_entry(h.at, h.dose, program.dose_unit) for h in channel.history
             ],
             "vitals": self.vitals_for(program.bed),
             "other_infusions": others,

@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -30,23 +29,22 @@ def record_transactions(
     on_commit: Callable[[], None] = lambda: None,
 ) -> list[list[JournalRow]]:
     """The rows of every transaction the writer thread commits from now on, in order;
-    ``on_commit`` is called right after each commit (on the writer thread)."""
+    ``on_commit`` is called on the writer thread right after each COMMIT, before any waiting
+    caller is told (so before anything the caller does next)."""
     committed: list[list[JournalRow]] = []
     core: Journal = journal._journal
-    execute = journal._execute
+    commit = core.commit
     last = [0]  # highest row number already reported
 
-    def observed(batch: Any) -> None:
-        before = journal.commits
-        execute(batch)
-        if journal.commits > before:  # runs on the writer thread, which owns the connection
-            on_commit()
-            rows = list(core.rows(after=last[0]))
-            if rows:
-                last[0] = rows[-1].n
-            committed.append(rows)
+    def observed() -> None:
+        commit()
+        on_commit()
+        rows = list(core.rows(after=last[0]))  # the writer thread owns the connection
+        if rows:
+            last[0] = rows[-1].n
+        committed.append(rows)
 
-    monkeypatch.setattr(journal, "_execute", observed)
+    monkeypatch.setattr(core, "commit", observed)
     return committed
 
 
