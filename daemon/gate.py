@@ -701,6 +701,8 @@ class Gate:
         assert admission is not None
 
         async def admit() -> bool:
+            if admission.task is not None:  # asked again for the same command: claimed once
+                return progress.accepted
             admission.task = asyncio.get_running_loop().create_task(
                 self._admit(job, sending=True), name=f"admit:{job.pump_id}:{job.cmd.id}"
             )
