@@ -25,7 +25,10 @@ cut may lose the last committed transactions; here that would mean reusing ``seq
 consumers already saw, and losing the record of a decision whose answer was already published.
 The cost of FULL (one fsync of the WAL per commit) is amortised by group commit: the
 :class:`AsyncJournal` writer thread commits every job queued while the previous commit ran in one
-transaction.
+transaction. One exception: a batch made only of outbox acks commits at ``NORMAL`` (atomic, no
+fsync of its own; the next FULL commit makes it durable). A power cut can undo such an ack, and
+the event is then published again with its seq (delivery is at least once anyway); in exchange
+an ack never makes the next command's claim wait for its fsync.
 
 :class:`Journal` is the synchronous core (its writing methods must run inside
 :meth:`Journal.transaction`); :class:`AsyncJournal` is the facade the daemon uses: one dedicated
@@ -1191,6 +1194,9 @@ def _loads_payload(text: object) -> dict[str, Any]:
 class _Job:
     fn: Callable[[Journal], Any]
     future: asyncio.Future[Any]
+    #: False for a write whose loss in a power cut is harmless (an outbox ack: the event is
+    #: published again with its seq, at least once): see :meth:`AsyncJournal._execute`
+    durable: bool = True
 
 
 _STOP = object()
@@ -1214,6 +1220,7 @@ class AsyncJournal:
         # transactions committed so far (each is one fsync under synchronous=FULL); written by
         # the writer thread only, read by tests and diagnostics
         self.commits = 0
+        self._relaxed = False  # the connection's synchronous is NORMAL (else FULL); writer only
         self.outbox_changed = asyncio.Event()
         #: set when HL7 messages are queued (daemon/ihe waits on it)
         self.hl7_changed = asyncio.Event()
@@ -1309,8 +1316,16 @@ class AsyncJournal:
         journal = self._journal
         conn = journal._conn
         outcomes: list[tuple[_Job, Any, BaseException | None]] = []
+        # A batch of outbox acks only commits without the fsync (synchronous=NORMAL: still
+        # atomic; a power cut may undo it, and the event is then published again, as after
+        # any lost ack). Its commit then never holds up a durable job queued behind it, such
+        # as the next command's claim (docs/performance.md).
+        relaxed = not any(job.durable for job in batch)
         try:
             journal.rollback()  # in case a failed ROLLBACK left the last batch's open
+            if relaxed != self._relaxed:
+                conn.execute(f"PRAGMA synchronous={'NORMAL' if relaxed else 'FULL'}")
+                self._relaxed = relaxed
             journal.begin()
             for job in batch:
                 conn.execute("SAVEPOINT job")
@@ -1337,11 +1352,11 @@ class AsyncJournal:
             with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is waiting
                 self._loop.call_soon_threadsafe(_resolve, job.future, value, error)
 
-    async def _submit(self, fn: Callable[[Journal], _T]) -> _T:
+    async def _submit(self, fn: Callable[[Journal], _T], *, durable: bool = True) -> _T:
         if self._closed:
             raise JournalError(f"journal {self._journal.path} is closed")
         future: asyncio.Future[_T] = self._loop.create_future()
-        self._queue.put(_Job(fn, future))
+        self._queue.put(_Job(fn, future, durable))
         return await future
 
     # -- API ---------------------------------------------------------------------------------
@@ -1541,9 +1556,10 @@ class AsyncJournal:
         return await self._submit(lambda j: j.outbox_pending(limit))
 
     async def outbox_ack(self, seqs: Iterable[int]) -> int:
-        """Forget events the broker acknowledged."""
+        """Forget events the broker acknowledged (committed without an fsync of its own: a
+        power cut may bring them back, to be published again with their seq)."""
         wanted = list(seqs)
-        return await self._submit(lambda j: j.outbox_ack(wanted))
+        return await self._submit(lambda j: j.outbox_ack(wanted), durable=False)
 
     async def footprint(self) -> tuple[int, int]:
         """See :meth:`Journal.footprint`."""
