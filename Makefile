@@ -5,7 +5,7 @@ VENV := .venv/bin
 venv:
 	@bash scripts/bootstrap.sh
 
-# The tests also need Chromium (the web dashboard's browser test).
+# The tests also need Chromium (the web dashboard's browser test) and tmux (watch captures).
 venv-test:
 	@bash scripts/bootstrap.sh --test
 

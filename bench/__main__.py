@@ -27,6 +27,7 @@ import structlog
 from bench import (
     check_bench,
     command_rtt,
+    fleet_ingest,
     hl7_out,
     journal_startup,
     memory,
@@ -53,6 +54,7 @@ BENCHES: dict[str, Measure] = {
     "hl7_out": hl7_out.measure,
     "memory": memory.measure,
     "ward": ward_split.measure,
+    "fleet_ingest": fleet_ingest.measure,
     "scale": scale.measure,
 }
 

@@ -18,8 +18,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from daemon.library_file import load_library
 from protocol.engine import evaluate
-from protocol.library import DEFAULT_LIBRARY_PATH, load_library
+from protocol.library import DEFAULT_LIBRARY_PATH
 from protocol.request import parse_request_json
 
 TARGET_PER_S = 10_000

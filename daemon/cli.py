@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Protocol
@@ -18,6 +20,8 @@ from protocol.errors import InfusiondError
 EXIT_OK = 0
 EXIT_PROBLEM = 1
 EXIT_USAGE = 2
+#: the shell's status for a process killed by SIGPIPE (its reader went away)
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
 
 
 class _Runner(Protocol):
@@ -91,8 +95,18 @@ def _add_modbus_sim_options(sp: argparse.ArgumentParser) -> None:
     """Options of the Modbus pump simulator (sim_devices/modbus_cli.py)."""
     sp.add_argument("--pumps", type=int, default=1, metavar="N", help="pumps (units 1..N)")
     sp.add_argument("--unit-ids", metavar="LIST", help="explicit unit ids, e.g. 1,2,7")
-    sp.add_argument("--profile", default="generic-pump-v1", metavar="NAME|PATH")
-    sp.add_argument("--status", default="stopped", choices=("stopped", "infusing", "paused"))
+    sp.add_argument(
+        "--profile",
+        default="generic-pump-v1",
+        metavar="NAME|PATH",
+        help="register map: a profile name in drivers/profiles/ or a TOML file",
+    )
+    sp.add_argument(
+        "--status",
+        default="stopped",
+        choices=("stopped", "infusing", "paused"),
+        help="state at start (default: stopped)",
+    )
     sp.add_argument("--rate", default="0", metavar="ML_H", help="initial rate, mL/h")
     sp.add_argument("--vtbi", default="0", metavar="ML", help="initial VTBI (0 = none)")
     sp.add_argument("--volume", default="0", metavar="ML", help="volume already infused")
@@ -111,7 +125,12 @@ def _add_demo_options(p: argparse.ArgumentParser) -> None:
         metavar="embedded|mqtt://HOST:PORT",
         help="use an embedded broker (default) or an existing one",
     )
-    p.add_argument("--gateway-id", default="demo", metavar="ID")
+    p.add_argument(
+        "--gateway-id",
+        default="demo",
+        metavar="ID",
+        help="gateway id: topics live under infusiond/<ID>/ (default: demo)",
+    )
     _add_data_dir(p)
     p.add_argument("--pumps", type=int, default=2, metavar="N", help="number of pumps (>= 2)")
     p.add_argument("--phd", action="store_true", help="add pump-phd, a PHD ULTRA pump chain")
@@ -131,12 +150,42 @@ def _add_demo_options(p: argparse.ArgumentParser) -> None:
         "--hl7-out", metavar="mllp://HOST:PORT", help="send IHE PCD DEC/IPEC/ACM to this EHR"
     )
     p.add_argument("--ehr-sim", action="store_true", help="run a simulated EHR here and send to it")
+    p.add_argument(
+        "--scenario", metavar="FILE", help="scenario TOML: timed faults on the simulated devices"
+    )
+
+
+def _add_sim_tool_parsers(simsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``infusiond sim ehr`` and ``infusiond sim fault``: simulators that are not devices."""
+    _add_ehr_sim_parser(simsub)
+    _add_sim_fault_parser(simsub)
+
+
+def _add_sim_fault_parser(simsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``infusiond sim fault`` (sim_devices/fault_cli.py)."""
+    sp = simsub.add_parser("fault", help="send a fault to a simulated pump of infusiond demo")
+    sp.add_argument("pump", metavar="PUMP", help="pump id (pump-1, ...) or 'monitor'")
+    sp.add_argument("event", metavar="EVENT", help="a fault name, or one event as JSON")
+    sp.add_argument(
+        "--broker",
+        default="mqtt://127.0.0.1:1883",
+        metavar="mqtt://HOST:PORT",
+        help="the demo's broker, as its banner prints it (default: mqtt://127.0.0.1:1883)",
+    )
+    sp.add_argument("--gateway", default="demo", metavar="ID", help="the demo's gateway id")
+    sp.add_argument("--timeout", type=float, default=5.0, metavar="S", help="wait for the answer")
+    sp.set_defaults(target="sim_devices.fault_cli:run")
 
 
 def _add_ehr_sim_parser(simsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """``infusiond sim ehr`` (sim_devices/ehr_cli.py)."""
     sp = simsub.add_parser("ehr", help="simulated EHR / alarm manager (IHE PCD over MLLP)")
-    sp.add_argument("--listen", default="mllp://127.0.0.1:2575", metavar="URL")
+    sp.add_argument(
+        "--listen",
+        default="mllp://127.0.0.1:2575",
+        metavar="URL",
+        help="where to accept DEC/IPEC/ACM messages (default: mllp://127.0.0.1:2575)",
+    )
     sp.add_argument("--json", metavar="PATH", help="also append each message as JSON to PATH")
     sp.add_argument(
         "--answer", choices=["AA", "AE", "AR"], default="AA", help="ACK code to answer with"
@@ -156,7 +205,12 @@ def _add_replay_parser(jsub: argparse._SubParsersAction[argparse.ArgumentParser]
     sp = jsub.add_parser("replay", help="publish a recorded session's events again, at their pace")
     _add_data_dir(sp)
     sp.add_argument("--from", dest="from_file", metavar="FILE", help="a `journal export` file")
-    sp.add_argument("--broker", default="mqtt://127.0.0.1:1883", metavar="mqtt://HOST:PORT")
+    sp.add_argument(
+        "--broker",
+        default="mqtt://127.0.0.1:1883",
+        metavar="mqtt://HOST:PORT",
+        help="broker to publish to (default: mqtt://127.0.0.1:1883)",
+    )
     sp.add_argument("--gateway", default="replay", metavar="ID", help="gateway id to publish as")
     sp.add_argument("--speed", type=float, default=1.0, metavar="X", help="time compression")
     sp.add_argument(
@@ -181,19 +235,89 @@ def _add_pharmacy_parsers(
     sp.add_argument("signature", metavar="SIG", help="signature file (base64)")
     sp.set_defaults(target="daemon.library_cmd:verify")
     sp = libsub.add_parser("diff", help="every limit, concentration... that changed, OLD -> NEW")
-    sp.add_argument("old", metavar="OLD")
-    sp.add_argument("new", metavar="NEW")
+    sp.add_argument("old", metavar="OLD", help="the library in use (TOML file)")
+    sp.add_argument("new", metavar="NEW", help="the library proposed (TOML file)")
     sp.add_argument("--json", action="store_true", help="machine-readable output")
     sp.set_defaults(target="daemon.pharmacy.diff:run")
 
-    p = sub.add_parser("report", help="the pharmacy CQI report, from the journal (read-only)")
+    p = sub.add_parser(
+        "report", help="the pharmacy CQI report, from the journal or the fleet store (read-only)"
+    )
     _add_data_dir(p)
+    p.add_argument(
+        "--postgres",
+        metavar="DSN",
+        help="the whole hospital from the fleet store (`fleet collect`) instead of one journal",
+    )
+    p.add_argument(
+        "--gateway",
+        action="append",
+        metavar="G",
+        help="with --postgres: only this gateway (repeat for several)",
+    )
     p.add_argument("--from", dest="start", metavar="T", help="RFC 3339 or YYYY-MM-DD (inclusive)")
     p.add_argument("--to", dest="end", metavar="T", help="RFC 3339 or YYYY-MM-DD (exclusive)")
-    p.add_argument("--format", choices=("html", "json", "csv"), default="html")
+    p.add_argument(
+        "--format", choices=("html", "json", "csv"), default="html", help="default: html"
+    )
     p.add_argument("--out", metavar="PATH", help="output file (default: stdout)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.set_defaults(target="daemon.pharmacy.report:run")
+
+
+def _add_watch_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``infusiond watch``: the live terminal view."""
+    p = sub.add_parser("watch", help="live terminal view of every pump and bed")
+    p.add_argument(
+        "--broker",
+        default="mqtt://127.0.0.1:1883",
+        metavar="URL",
+        help="broker to read from (default: mqtt://127.0.0.1:1883)",
+    )
+    p.add_argument("--gateway", default="+", metavar="ID", help="gateway id (default: all)")
+    p.add_argument(
+        "--once",
+        action="store_true",
+        help="print one frame of retained state and exit (1 when the broker cannot be reached "
+        "or no pump state arrived)",
+    )
+    p.add_argument(
+        "--http",
+        metavar="URL",
+        help="the daemon's HTTP server (e.g. http://127.0.0.1:8080): recent events are loaded "
+        "from its history API at start",
+    )
+    p.set_defaults(target="daemon.watch:run")
+
+
+def _add_check_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``check`` (daemon/check_cmd.py)."""
+    p = sub.add_parser("check", help="check a request (JSON on stdin) -> verdict JSON on stdout")
+    p.add_argument("--library", metavar="PATH", help="drug library (default: shipped example)")
+    p.set_defaults(target="daemon.check_cmd:run")
+
+
+def _add_operator_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``config check`` (daemon/config_cmd.py) and ``doctor`` (daemon/doctor.py)."""
+    p = sub.add_parser("config", help="configuration tools")
+    csub = p.add_subparsers(dest="config_cmd", metavar="ACTION", required=True)
+    sp = csub.add_parser("check", help="list every problem of a configuration (exit 1 if any)")
+    sp.add_argument("--config", required=True, metavar="PATH", help="TOML configuration file")
+    sp.set_defaults(target="daemon.config_cmd:run")
+
+    p = sub.add_parser(
+        "doctor", help="check config, library, data dir, broker, pumps and vitals sources in turn"
+    )
+    p.add_argument("--config", required=True, metavar="PATH", help="TOML configuration file")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="seconds allowed for each network or device check (default: 5)",
+    )
+    p.add_argument("--json", action="store_true", help="one JSON object per check, one per line")
+    p.set_defaults(target="daemon.doctor:run")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -241,11 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
         if kind == "modbus":
             _add_modbus_sim_options(sp)
 
-    _add_ehr_sim_parser(simsub)
+    _add_sim_tool_parsers(simsub)
 
-    p = sub.add_parser("check", help="check a request (JSON on stdin) -> verdict JSON on stdout")
-    p.add_argument("--library", metavar="PATH", help="drug library (default: shipped example)")
-    p.set_defaults(target="daemon.check_cmd:run")
+    _add_check_parser(sub)
 
     p = sub.add_parser("library", help="drug library tools")
     libsub = p.add_subparsers(dest="library_cmd", metavar="ACTION", required=True)
@@ -266,23 +388,14 @@ def build_parser() -> argparse.ArgumentParser:
         sp.set_defaults(target="daemon.journal_cmd:run")
     _add_replay_parser(jsub)
 
+    _add_operator_parsers(sub)
     _add_fleet_parsers(sub)
-
     _add_watch_parser(sub)
     return parser
 
 
-def _add_watch_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """``watch`` (daemon/watch.py)."""
-    p = sub.add_parser("watch", help="live terminal view of every pump and bed")
-    p.add_argument("--broker", default="mqtt://127.0.0.1:1883", metavar="URL")
-    p.add_argument("--gateway", default="+", metavar="ID", help="gateway id (default: all)")
-    p.add_argument("--once", action="store_true", help="print one frame of retained state, exit")
-    p.set_defaults(target="daemon.watch:run")
-
-
 def _add_fleet_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """``fleet collect`` (daemon/fleet/)."""
+    """``fleet collect`` and ``fleet serve`` (daemon/fleet/)."""
     p = sub.add_parser("fleet", help="many gateways, one PostgreSQL store (docs/fleet.md)")
     fleet_sub = p.add_subparsers(dest="fleet_cmd", metavar="ACTION", required=True)
     sp = fleet_sub.add_parser(
@@ -303,20 +416,40 @@ def _add_fleet_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser])
         help="MQTT user (password from INFUSIOND_FLEET_MQTT_PASSWORD)",
     )
     sp.add_argument("--batch", type=int, default=500, metavar="N", help="rows per transaction")
-    sp.add_argument("--log-level", default="info", metavar="LEVEL")
+    sp.add_argument(
+        "--log-level",
+        default="info",
+        metavar="LEVEL",
+        help="debug, info, warning or error (default: info)",
+    )
     sp.set_defaults(target="daemon.fleet.collect_cmd:run")
+    sp = fleet_sub.add_parser("serve", help="the fleet page: every gateway, its gaps and alarms")
+    sp.add_argument("--postgres", required=True, metavar="DSN", help="the fleet store")
+    sp.add_argument(
+        "--listen",
+        default="127.0.0.1:8470",
+        metavar="HOST:PORT",
+        help="where to serve the page (default: 127.0.0.1:8470; port 0: any free port)",
+    )
+    sp.set_defaults(target="daemon.fleet.serve:run")
 
 
-def _resolve(target: str) -> _Runner | None:
+def _resolve(target: str) -> _Runner:
     module_name, _, func_name = target.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name != module_name:
-            raise
-        return None
-    runner: _Runner = getattr(module, func_name)
+    runner: _Runner = getattr(importlib.import_module(module_name), func_name)
     return runner
+
+
+def _reader_went_away() -> int:
+    """stdout's reader closed the pipe (``infusiond journal export | head``): stop quietly,
+    like a Unix tool killed by SIGPIPE, exit 128 + SIGPIPE.
+
+    stdout is pointed at /dev/null so that flushing it at interpreter exit cannot raise again.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_BROKEN_PIPE
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -332,14 +465,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     runner = _resolve(args.target)
-    if runner is None:
-        print(
-            f"infusiond: '{args.command}' is not available in this build yet",
-            file=sys.stderr,
-        )
-        return EXIT_USAGE
     try:
         return runner(args)
+    except BrokenPipeError:
+        return _reader_went_away()
     except KeyboardInterrupt:
         return 130
     except InfusiondError as exc:

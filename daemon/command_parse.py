@@ -266,7 +266,11 @@ def _unencodable(value: Any) -> tuple[str, str] | None:
 
 
 def _describe(exc: ValidationError) -> str:
-    err = exc.errors(include_url=False)[0]
+    """Every problem of ``exc``, each naming its field, separated by ``"; "``."""
+    return "; ".join(_describe_one(err) for err in exc.errors(include_url=False))
+
+
+def _describe_one(err: Any) -> str:
     loc = shown(".".join(str(p) for p in err["loc"]))
     msg = str(err["msg"]).removeprefix("Value error, ")
     if not loc and ":" in msg:  # model-level validator already names the field

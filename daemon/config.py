@@ -145,7 +145,13 @@ class ControlConfig(_Section):
             "path of a file holding the key (see daemon.signing). Never the key itself."
         ),
     )
-    require_signature: bool = False
+    require_signature: bool = Field(
+        default=False,
+        description=(
+            'Refuse every command that carries no valid "sig" (HMAC-SHA256 by one of `keys`); '
+            "a command that carries one is verified either way."
+        ),
+    )
 
     @model_validator(mode="after")
     def _allowlist_when_enabled(self) -> Self:
@@ -267,6 +273,45 @@ class JournalConfig(_Section):
             "events (the outbox) are never removed."
         ),
     )
+
+
+def _listen_address(value: str) -> str:
+    """``HOST:PORT`` (``[v6]:PORT`` for IPv6), port 0..65535; ValueError says what is wrong."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host:
+        raise ValueError("must be HOST:PORT, e.g. 127.0.0.1:8080")
+    if not (port.isascii() and port.isdigit() and int(port) <= 65_535):
+        raise ValueError(f"port {port!r} must be a number in 0..65535")
+    if host.startswith("[") != host.endswith("]") or (":" in host and not host.startswith("[")):
+        raise ValueError("an IPv6 host goes in brackets: [::1]:8080")
+    return value
+
+
+class HttpConfig(_Section):
+    """The HTTP server: the web dashboard, the history API and ``/metrics``."""
+
+    listen: Annotated[str, AfterValidator(_listen_address)] = Field(
+        description=(
+            "`HOST:PORT` to serve on, e.g. `127.0.0.1:8080` (`[::1]:8080` for IPv6, port 0: "
+            "any free port). The API has no authentication: keep it on loopback or a "
+            "trusted network."
+        ),
+    )
+    broker_ws_url: Annotated[str, StringConstraints(pattern=r"^wss?://")] | None = Field(
+        default=None,
+        description=(
+            "The broker's WebSocket URL that the dashboard connects to (`ws://` or `wss://`); "
+            "without it the page shows the journal's history but no live data."
+        ),
+    )
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
 
 
 class LibraryConfig(_Section):
@@ -426,6 +471,11 @@ class Config(BaseSettings):
         description="IHE PCD PIV orders in; each becomes a pending program that a clinician "
         "confirms. Off when absent.",
     )
+    http: HttpConfig | None = Field(
+        default=None,
+        description="The HTTP server (dashboard, `/api/events`, `/api/history`, `/metrics`); "
+        "off when absent.",
+    )
     beds: dict[TopicId, BedConfig] = Field(
         default_factory=dict, description="What the hospital knows about each bed, by bed id."
     )
@@ -484,7 +534,32 @@ def _env_name(loc: tuple[int | str, ...], env: dict[str, str]) -> str | None:
     return None
 
 
-def _describe(exc: ValidationError, source: str) -> str:
+def _allowed_keys(loc: tuple[int | str, ...]) -> list[str]:
+    """The keys the table at ``loc`` may hold (empty when ``loc`` is not inside a model)."""
+    model: type[BaseModel] = Config
+    for step in loc:
+        if isinstance(step, int):
+            continue
+        info = model.model_fields.get(str(step))
+        if info is None:
+            return []
+        stack: list[Any] = [info.annotation]
+        found: type[BaseModel] | None = None
+        while stack:
+            ann = stack.pop()
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                found = ann
+                break
+            stack.extend(getattr(ann, "__args__", ()))
+        if found is None:
+            return []
+        model = found
+    return list(model.model_fields)
+
+
+def config_problems(exc: ValidationError) -> list[str]:
+    """Every problem of ``exc`` as ``table.key: what is wrong`` (with the environment variable
+    that supplied the value, and for an unknown key the keys that table allows)."""
     env = {k.upper(): v for k, v in os.environ.items() if k.upper().startswith(ENV_PREFIX)}
     problems = []
     for err in exc.errors(include_url=False):
@@ -499,11 +574,12 @@ def _describe(exc: ValidationError, source: str) -> str:
         if err["type"] == "missing":
             msg = "required key missing"
         elif err["type"] == "extra_forbidden":
-            msg = "unknown key"
+            allowed = _allowed_keys(loc[:-1])
+            msg = "unknown key" + (f" (allowed here: {', '.join(allowed)})" if allowed else "")
         where = _env_name(loc, env)
         origin = f" (from {where})" if where else ""
         problems.append(f"{key}{origin}: {msg}")
-    return f"invalid configuration in {source}: " + "; ".join(problems)
+    return problems
 
 
 def load_config(path: Path | None) -> Config:
@@ -524,6 +600,8 @@ def load_config(path: Path | None) -> Config:
     try:
         return Config(**data)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, source)) from None
+        raise ConfigError(
+            *config_problems(exc), context=f"invalid configuration in {source}: "
+        ) from None
     except SettingsError as exc:  # an environment value that is not valid JSON for its key
         raise ConfigError(f"invalid configuration in the environment: {exc}") from None

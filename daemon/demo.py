@@ -14,7 +14,9 @@ Started together, stopped together (Ctrl-C):
   ids 3..N), each on its own bed (``bed-3``...) so they are not duplicates of pump-1;
 - ``bed-1``: a simulated monitor sending HL7 ORU^R01 over MLLP to the daemon, from a patient
   model that responds to pump-1 and pump-2 as they really deliver;
-- the daemon itself, with remote control enabled for these simulated pumps (any clinician id).
+- the daemon itself, with remote control enabled for these simulated pumps (any clinician id);
+- ``--scenario FILE``: timed faults and front-panel events on these pumps and the monitor, and
+  at any time faults sent on ``infusiond/<gateway>/sim/<pump>/fault`` (daemon/demo_devices.py).
 """
 
 from __future__ import annotations
@@ -33,6 +35,14 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from daemon.config import Config
+from daemon.demo_devices import (
+    PHD_ADDRESS,
+    PHD_DIAMETER_MM,
+    DemoDevices,
+    demo_scenario,
+    patient_of,
+    sim_control,
+)
 from daemon.embedded_broker import embedded_broker
 from daemon.gateway import Gateway
 from daemon.logging_setup import configure_logging
@@ -40,23 +50,16 @@ from daemon.paths import default_data_dir, lock_data_dir
 from daemon.web_server import WebServer
 from sim_devices.clock import SimClock
 from sim_devices.ehr import EhrSimulator
-from sim_devices.modbus_pump import PumpConfig as ModbusPumpSetup
-from sim_devices.modbus_server import ModbusPumpSimulator
+from sim_devices.fault_topic import FaultControl, fault_topic
 from sim_devices.monitor import Monitor
-from sim_devices.newera_pump import PumpSetup as NewEraPumpSetup
-from sim_devices.newera_server import NewEraSimulator
 from sim_devices.patient_model import Doses
-from sim_devices.phd_pump import PumpSetup as PhdPumpSetup
-from sim_devices.phd_server import PhdSimulator
-from sim_devices.scenario import load_scenario
+from sim_devices.scenario import Scenario, ScenarioError
 
 WEIGHT_KG = 70
 NE_UG_ML = 4
 VP_U_ML = Decimal("0.2")
 HOST = "127.0.0.1"
 ANY_CLINICIAN = "*"
-PHD_ADDRESS = 1
-PHD_DIAMETER_MM = Decimal("26.59")
 
 
 def free_port() -> int:
@@ -192,40 +195,22 @@ async def running_demo(
     hl7_out: str | None = None,
     ehr_sim: bool = False,
     piv_listen: str | None = None,
+    scenario: Scenario | None = None,
 ) -> AsyncIterator[tuple[DemoEndpoints, Gateway]]:
     """Run the whole demo bedside in this event loop; yields once the daemon is ready.
 
     ``hl7_out`` (``mllp://HOST:PORT``) sends DEC/IPEC/ACM to that EHR; ``ehr_sim`` runs the
     simulated EHR here (printing one line per message) and sends to it; ``piv_listen``
-    (``mllp://HOST:PORT``, port 0: any) takes PIV orders, which only ever become pending."""
+    (``mllp://HOST:PORT``, port 0: any) takes PIV orders, which only ever become pending;
+    ``scenario`` (checked by :func:`daemon.demo_devices.demo_scenario`) is played on the
+    simulated devices, and faults sent on the demo broker's ``.../sim/<pump>/fault`` topics are
+    applied at once."""
     if pumps < 2:
         raise ValueError("--pumps must be at least 2 (pump-1 and pump-2 are the fixed bedside)")
     data = data_dir if data_dir is not None else default_data_dir()
     clock = SimClock(speed=speed)
-    modbus = ModbusPumpSimulator(
-        [ModbusPumpSetup(unit_id=1, status="infusing", rate_ml_h=Decimal("52.5"))]
-        + [
-            ModbusPumpSetup(unit_id=k, status="infusing", rate_ml_h=Decimal("52.5"))
-            for k in range(3, pumps + 1)
-        ],
-        clock=clock,
-    )
-    newera = NewEraSimulator(
-        [NewEraPumpSetup(address=0, rate_ml_h=Decimal("9.0"), running=True, reset_alarm=False)],
-        clock=clock,
-    )
-    phd_chain = PhdSimulator(
-        [
-            PhdPumpSetup(
-                address=PHD_ADDRESS,
-                diameter_mm=PHD_DIAMETER_MM,
-                rate_ml_h=Decimal("52.5"),
-                running=True,
-            )
-        ],
-        clock=clock,
-    )
-    scenario = load_scenario("demo")
+    devices = DemoDevices.build(pumps, clock)
+    modbus, newera, phd_chain = devices.modbus, devices.newera, devices.phd_chain
 
     def doses() -> Doses:
         return Doses.from_pump_rates(
@@ -236,7 +221,8 @@ async def running_demo(
             vasopressin_u_ml=float(VP_U_ML),
         )
 
-    monitor = Monitor(scenario.model(), dose_source=doses, bed="bed-1", clock=clock)
+    monitor = Monitor(patient_of(scenario).model(), dose_source=doses, bed="bed-1", clock=clock)
+    bank = devices.bank(phd=phd, monitor=monitor)
     async with contextlib.AsyncExitStack() as stack:
         if broker == "embedded":
             mqtt = await stack.enter_async_context(
@@ -245,17 +231,13 @@ async def running_demo(
             broker_url, ws_url, protocol = mqtt.url, mqtt.ws_url, "3.1.1"
         else:
             broker_url, ws_url, protocol = broker, broker_ws, "5"
-        dashboard: str | None = None
-        if ws_url is not None:
-            web = await stack.enter_async_context(
-                WebServer(HOST, web_port, broker_ws_url=ws_url, gateway=gateway_id)
-            )
-            dashboard = web.url
         if ehr_sim and hl7_out is None:
             ehr = EhrSimulator(host=HOST, on_message=lambda m: print(m.line(), flush=True))  # noqa: T201
             await ehr.start()
             stack.push_async_callback(ehr.stop)
             hl7_out = f"mllp://{HOST}:{ehr.port}"
+        faults = FaultControl.for_broker(bank, broker_url, gateway_id, mqtt_v5=protocol == "5")
+        await stack.enter_async_context(sim_control(bank, faults, scenario, clock))
         served = await stack.enter_async_context(modbus.serving(f"tcp://{HOST}:0"))
         await stack.enter_async_context(newera.serving(f"tcp://{HOST}:0"))
         if phd:
@@ -268,7 +250,7 @@ async def running_demo(
             modbus_url=served.url,
             newera_url=f"socket://{HOST}:{newera.port}",
             vitals_url=f"tcp://{HOST}:0",  # the listener binds; its port is read back below
-            dashboard_url=dashboard,
+            dashboard_url=None,  # set below, once the server is bound
             phd_url=phd_chain.url if phd else None,
             hl7_out_url=hl7_out,
             piv_url=piv_listen,
@@ -289,6 +271,17 @@ async def running_demo(
                 piv_url=endpoints.piv_url,
             )
         )
+        if ws_url is not None:
+            web = await stack.enter_async_context(
+                WebServer(
+                    HOST,
+                    web_port,
+                    broker_ws_url=ws_url,
+                    gateway=gateway_id,
+                    history=gateway.history(),
+                )
+            )
+            endpoints = dataclasses.replace(endpoints, dashboard_url=web.url)
         async with asyncio.TaskGroup() as tg:
             gw_task = tg.create_task(gateway.run(), name="gateway")
             ready = tg.create_task(gateway.ready.wait(), name="gateway-ready")
@@ -321,6 +314,8 @@ def banner(ep: DemoEndpoints, pumps: int, out: TextIO) -> None:
     """What to subscribe to and a ready-to-paste titration, printed at start."""
     host, _, port = ep.broker_url.removeprefix("mqtt://").rpartition(":")
     root = f"infusiond/{ep.gateway_id}"
+    sim_topic = fault_topic(ep.gateway_id, "pump-1")
+    occlusion, clear = '{"fault":"occlusion"}', '{"action":"clear"}'
     command = (
         '{"id":"titrate-\'$(date +%s%N)\'","issued_at":"\'$(date -u +%Y-%m-%dT%H:%M:%S.000Z)\'",'
         '"ttl_s":30,"by":{"clinician":"demo-nurse"},"action":"set_dose",'
@@ -373,12 +368,17 @@ def banner(ep: DemoEndpoints, pumps: int, out: TextIO) -> None:
         ),
         "Watch everything:",
         f"  mosquitto_sub -h {host} -p {port} -t '{root}/#' -v",
-        f"  {_self_command()} watch --broker {ep.broker_url} --gateway {ep.gateway_id}",
+        f"  {_self_command()} watch --broker {ep.broker_url} --gateway {ep.gateway_id}"
+        + (f" --http {ep.dashboard_url}" if ep.dashboard_url else ""),
         "",
         "Titrate pump-1 to 0.06 ug/kg/min (= 63.0 mL/h; answered accepted, then applied):",
         f"  mosquitto_pub -h {host} -p {port} -q 1 -t '{root}/pump/pump-1/command' -m '{command}'",
         "and read the answers on:",
         f"  mosquitto_sub -h {host} -p {port} -t '{root}/pump/+/command/result' -v",
+        "",
+        "Inject an occlusion into pump-1 (the alarm shows in watch and on MQTT within seconds):",
+        f"  mosquitto_pub -h {host} -p {port} -q 1 -t '{sim_topic}' -m '{occlusion}'",
+        f"and clear its cause with -m '{clear}' (answers on {sim_topic}/result)",
         "",
         "Ctrl-C stops everything.",
     ]
@@ -386,7 +386,7 @@ def banner(ep: DemoEndpoints, pumps: int, out: TextIO) -> None:
     out.flush()
 
 
-async def _main(args: argparse.Namespace) -> None:
+async def _main(args: argparse.Namespace, scenario: Scenario | None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -404,6 +404,7 @@ async def _main(args: argparse.Namespace) -> None:
         hl7_out=getattr(args, "hl7_out", None),
         ehr_sim=bool(getattr(args, "ehr_sim", False)),
         piv_listen=getattr(args, "piv_listen", None),
+        scenario=scenario,
     ) as (endpoints, _gateway):
         banner(endpoints, args.pumps, sys.stdout)
         await stop.wait()
@@ -428,8 +429,17 @@ def run(args: argparse.Namespace) -> int:
             name = "--" + flag.replace("_", "-")
             print(f"infusiond: error: {name} must be mllp://HOST:PORT", file=sys.stderr)  # noqa: T201
             return 2
+    scenario: Scenario | None = None
+    if getattr(args, "scenario", None):
+        try:
+            scenario = demo_scenario(
+                Path(args.scenario), pumps=args.pumps, phd=bool(getattr(args, "phd", False))
+            )
+        except ScenarioError as exc:
+            print(f"infusiond: error: --scenario: {exc}", file=sys.stderr)  # noqa: T201
+            return 2
     configure_logging("warning", stream=sys.stderr)
     data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
     with lock_data_dir(data_dir):  # one daemon per journal: refuse before starting anything
-        asyncio.run(_main(args))
+        asyncio.run(_main(args, scenario))
     return 0

@@ -38,6 +38,7 @@ from daemon.config import Config, PumpConfig, VitalsSource
 from daemon.envelope import SCHEMA_IDS, Kind, encode, envelope
 from daemon.errors import ConfigError
 from daemon.gate import Control, Gate, ReplyTo
+from daemon.history import History
 from daemon.ihe import outbound as ihe_outbound
 from daemon.ihe.piv import PivListener
 from daemon.journal import AsyncJournal, JournalError, JournalKind, JournalRow
@@ -238,6 +239,23 @@ class Gateway:
             response_topic=reply.response_topic if reply else None,
             correlation_data=reply.correlation_data if reply else None,
         )
+
+    # -- what the HTTP API reads ---------------------------------------------------------------
+
+    def history(self) -> History:
+        """The history the HTTP API serves from this gateway's journal (answers "not ready"
+        until :meth:`run` has opened it, and again once it is closed)."""
+
+        def journal() -> AsyncJournal | None:
+            opened: AsyncJournal | None = self.__dict__.get("journal")
+            return opened if opened is not None and not opened.closed else None
+
+        def dose_of(pump_id: str, rate_ml_h: float) -> dict[str, Any] | None:
+            channel = self.channels.get(pump_id)
+            return None if channel is None else channel.dose_obj(Decimal(str(rate_ml_h)))
+
+        pumps = tuple(p.id for p in self.config.pumps)
+        return History(self.config.gateway_id, journal, lambda: pumps, dose_of)
 
     # -- building ------------------------------------------------------------------------------
 

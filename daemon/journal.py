@@ -739,6 +739,26 @@ class Journal:
         rows.sort(key=lambda r: (r.ts, r.n))
         return rows[-limit:]
 
+    def events_before(
+        self, pump_id: str, types: Collection[str], *, before: datetime
+    ) -> JournalRow | None:
+        """The newest EVENT row of ``types`` for ``pump_id`` with ``ts < before`` (None: none),
+        read-only: one index lookup per type on (pump, type, time). What a history window
+        starts from (the rate a pump was running when the window opened)."""
+        end = format_ts(before)
+        found: list[JournalRow] = []
+        for event_type in dict.fromkeys(types):
+            row = self._conn.execute(
+                "SELECT n, ts, kind, pump_id, payload, prev_hash, hash"
+                " FROM journal INDEXED BY journal_event_time"
+                " WHERE pump_id = ? AND event_type = ? AND ts < ?"
+                " ORDER BY ts DESC, n DESC LIMIT 1",
+                (pump_id, event_type, end),
+            ).fetchone()
+            if row is not None:
+                found.append(_row(row))
+        return max(found, key=lambda r: (r.ts, r.n), default=None)
+
     def events_by_seq(self, from_seq: int, to_seq: int, limit: int) -> list[JournalRow]:
         """EVENT rows with ``from_seq <= seq <= to_seq``, by seq, at most ``limit`` (through
         the index on the event's seq): what a fleet collector's backfill request reads."""
@@ -1233,6 +1253,11 @@ class AsyncJournal:
         """The seq of the latest committed event: what non-event envelopes carry."""
         return self._seq
 
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`aclose` has begun (no job is taken any more)."""
+        return self._closed
+
     async def aclose(self) -> None:
         """Finish queued jobs, then close the file."""
         if self._closed:
@@ -1448,6 +1473,14 @@ class AsyncJournal:
         return await self._submit(
             lambda j: j.recent_events(pump_id, wanted, since=since, limit=limit)
         )
+
+    async def events_before(
+        self, pump_id: str, types: Collection[str], *, before: datetime
+    ) -> JournalRow | None:
+        """A pump's newest event of some types before a time (see
+        :meth:`Journal.events_before`)."""
+        wanted = list(types)
+        return await self._submit(lambda j: j.events_before(pump_id, wanted, before=before))
 
     async def events_by_seq(self, from_seq: int, to_seq: int, limit: int) -> list[JournalRow]:
         """See :meth:`Journal.events_by_seq`."""

@@ -4,8 +4,8 @@ One ``LIB_*: message`` line per problem and exit 1 on any; otherwise one ``OK`` 
 library's name, version and sha256 and the substance vocabulary's version and sha256, exit 0.
 ``--json`` prints one object instead: ``{"ok": bool, "path": str, "library": {"name",
 "version", "sha256"} | null, "substances": {"path", "version", "sha256"} | null, "problems":
-[{"rule", "message"}]}``. A file that cannot be loaded at all is reported as a ``LIB_LOAD``
-problem.
+[{"rule", "message"}]}``. A file that cannot be loaded at all is reported as one ``LIB_LOAD``
+problem per reason (every one, not just the first).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import json
 import sys
 from pathlib import Path
 
+from daemon.library_file import load_library
 from daemon.pharmacy.signing import (
     SignatureError,
     load_private_key,
@@ -25,7 +26,7 @@ from daemon.pharmacy.signing import (
 )
 from protocol.consistency import LibraryProblem, check_library
 from protocol.errors import LibraryError
-from protocol.library import DEFAULT_LIBRARY_PATH, Library, load_library
+from protocol.library import DEFAULT_LIBRARY_PATH, Library
 
 EXIT_OK = 0
 EXIT_PROBLEM = 1
@@ -38,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         library = load_library(path)
     except LibraryError as exc:
-        problems = [LibraryProblem("LIB_LOAD", str(exc))]
+        problems = [LibraryProblem("LIB_LOAD", text) for text in exc.problems or (str(exc),)]
     else:
         problems = check_library(library)
     if args.json:

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import signal
 from pathlib import Path
+
+import structlog
 
 from daemon.config import Config, load_config
 from daemon.gateway import Gateway
 from daemon.logging_setup import configure_logging
 from daemon.poll_stats import LATENESS, STATS_PATH
+from daemon.web_server import WebServer
+
+log = structlog.get_logger(__name__)
 
 
 async def serve(config: Config) -> None:
@@ -22,7 +28,19 @@ async def serve(config: Config) -> None:
     if LATENESS is not None and STATS_PATH is not None:  # benchmark hook, off by default
         loop.add_signal_handler(signal.SIGUSR1, LATENESS.dump_soon, STATS_PATH)
     try:
-        await gateway.run()
+        async with contextlib.AsyncExitStack() as stack:
+            if config.http is not None:
+                web = await stack.enter_async_context(
+                    WebServer(
+                        config.http.host,
+                        config.http.port,
+                        broker_ws_url=config.http.broker_ws_url,
+                        gateway=config.gateway_id,
+                        history=gateway.history(),
+                    )
+                )
+                log.info("http_listening", url=web.url)
+            await gateway.run()
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)

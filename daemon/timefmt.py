@@ -51,3 +51,15 @@ def parse_ts(text: str) -> datetime:
     except ValueError as exc:
         raise ValueError(f"not a valid date-time: {exc}") from None
     return parsed.astimezone(UTC)
+
+
+def human_age(seconds: float) -> str:
+    """How long ago, rounded for people: ``just now``, ``11 s ago``, ``3 min ago``, ``2 h ago``,
+    ``3 d ago`` (whole units, rounded down; a time in the future reads ``just now``)."""
+    whole = int(seconds) if seconds > 0 else 0
+    if whole < 1:
+        return "just now"
+    for size, unit in ((86_400, "d"), (3_600, "h"), (60, "min")):
+        if whole >= size:
+            return f"{whole // size} {unit} ago"
+    return f"{whole} s ago"

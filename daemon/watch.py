@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import secrets
@@ -25,19 +26,22 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
+import aiohttp
 import aiomqtt
-from rich.console import Console, Group, RenderableType
+from rich.console import Console, RenderableType
 from rich.live import Live
-from rich.table import Table
-from rich.text import Text
 
+from daemon.watch_view import event_line, render, result_line
 from drivers.backoff import Backoff
+
+__all__ = ["WatchModel", "collect", "parse_broker", "render", "run"]
 
 MAX_PAYLOAD = 64 * 1024
 EVENT_LINES = 6
-MAP_RANGE = (65.0, 85.0)
 ONCE_IDLE_S = 0.5  # --once: print when no message arrived for this long...
 ONCE_MAX_S = 5.0  # ...or after this long at most
+ONCE_CONNECT_S = 10.0  # --once: the broker must answer within this (connect + retained burst)
+HISTORY_TIMEOUT_S = 5.0
 
 
 @dataclass
@@ -58,6 +62,10 @@ class WatchModel:
     pumps: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     beds: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     events: deque[str] = field(default_factory=lambda: deque(maxlen=EVENT_LINES))
+    #: the envelope ``ts`` of each pump's latest state (what "last known" refers to)
+    seen_at: dict[tuple[str, str], str] = field(default_factory=dict)
+    #: command ids whose rejection is already listed (an event and a result say it twice)
+    rejected: deque[str] = field(default_factory=lambda: deque(maxlen=4 * EVENT_LINES))
     problems: int = 0
     last_problem: str = ""
     messages: int = 0
@@ -93,10 +101,14 @@ class WatchModel:
                 gw.library = f"{lib.get('name', '?')} {lib.get('version', '')}".strip()
         elif len(rest) == 3 and rest[0] == "pump" and rest[2] == "state":
             self.pumps[(gateway, rest[1])] = data
+            ts = body.get("ts") if isinstance(body, dict) else None
+            if isinstance(ts, str):
+                self.seen_at[(gateway, rest[1])] = ts
         elif len(rest) == 3 and rest[0] == "pump" and rest[2] == "event":
-            self.events.append(_event_line(gateway, rest[1], data, self._ts(body)))
+            self.add_event(gateway, rest[1], data, self._ts(body))
         elif rest[0] == "pump" and rest[2:] == ["command", "result"]:
-            self.events.append(_result_line(gateway, rest[1], data, self._ts(body)))
+            if self._first_rejection(data, "id", "phase"):
+                self.events.append(result_line(gateway, rest[1], data, self._ts(body)))
         elif len(rest) == 3 and rest[0] == "vitals" and rest[2] == "state":
             self.beds[(gateway, rest[1])] = data
         else:
@@ -113,6 +125,39 @@ class WatchModel:
         data: dict[str, Any] = body["data"]
         return data
 
+    def add_event(self, gateway: str, pump: str, data: Mapping[str, Any], ts: str) -> None:
+        """One ``pump.event`` line (live, or from the history API at start)."""
+        if data.get("type") != "command_rejected" or self._first_rejection(data, "command_id"):
+            self.events.append(event_line(gateway, pump, data, ts))
+
+    def add_history(self, document: Mapping[str, Any]) -> int:
+        """The events of an ``/api/events`` answer, oldest first; how many were taken."""
+        gateway = document.get("gateway")
+        data = document.get("data")
+        items = data.get("events") if isinstance(data, Mapping) else None
+        if not isinstance(gateway, str) or not isinstance(items, list):
+            self._problem("history: not an infusiond.api.events/1 document")
+            return 0
+        taken = 0
+        for item in items:
+            if isinstance(item, Mapping) and isinstance(item.get("data"), Mapping):
+                pump = str(item.get("pump_id") or "?")
+                self.add_event(gateway, pump, item["data"], self._ts(item))
+                taken += 1
+        return taken
+
+    def _first_rejection(self, data: Mapping[str, Any], id_key: str, phase_key: str = "") -> bool:
+        """False for the second report of one command's rejection (event and result)."""
+        if phase_key and data.get(phase_key) != "rejected":
+            return True
+        command_id = data.get(id_key)
+        if not isinstance(command_id, str):
+            return True
+        if command_id in self.rejected:
+            return False
+        self.rejected.append(command_id)
+        return True
+
     @staticmethod
     def _ts(body: Any) -> str:
         ts = body.get("ts") if isinstance(body, dict) else None
@@ -121,135 +166,6 @@ class WatchModel:
     def _problem(self, text: str) -> None:
         self.problems += 1
         self.last_problem = text[:120]
-
-
-def _quantity(value: Any, digits: int | None = None) -> str:
-    if not isinstance(value, dict) or not isinstance(value.get("value"), int | float):
-        return "-"
-    number = value["value"]
-    shown = f"{number:.{digits}f}" if digits is not None else f"{number:g}"
-    return f"{shown} {value.get('unit', '')}".strip()
-
-
-def _event_line(gateway: str, pump: str, data: Mapping[str, Any], ts: str) -> str:
-    kind = str(data.get("type", "?"))
-    detail = ""
-    if kind == "rate_changed":
-        old, new = data.get("from"), data.get("to")
-        if isinstance(old, dict) and isinstance(new, dict):
-            detail = f"{_quantity(old.get('rate'))} -> {_quantity(new.get('rate'))}"
-    elif kind.startswith("alarm") and "code" in data:
-        detail = str(data["code"])
-    return f"{ts} {gateway}/{pump} {kind} {detail}".rstrip()
-
-
-def _result_line(gateway: str, pump: str, data: Mapping[str, Any], ts: str) -> str:
-    phase = str(data.get("phase", "?"))
-    error = data.get("error")
-    why = f" {error.get('code', '')}" if isinstance(error, dict) else ""
-    verdict = data.get("verdict")
-    if isinstance(verdict, dict) and phase == "rejected":
-        rules = [f.get("rule", "?") for f in verdict.get("findings", []) if isinstance(f, dict)]
-        why += " " + ",".join(str(r) for r in rules[:3])
-    return f"{ts} {gateway}/{pump} command {data.get('id')} {phase}{why}".rstrip()
-
-
-def _age(data: Mapping[str, Any], now: datetime) -> str:
-    newest: datetime | None = None
-    for value in data.values():
-        if isinstance(value, dict) and isinstance(value.get("at"), str):
-            try:
-                at = datetime.fromisoformat(value["at"])
-            except ValueError:
-                continue
-            if at.tzinfo is None:
-                continue
-            newest = at if newest is None or at > newest else newest
-    if newest is None:
-        return "-"
-    seconds = max(0, int((now - newest).total_seconds()))
-    return f"{seconds}s" if seconds < 120 else f"{seconds // 60}m"
-
-
-def _vital(data: Mapping[str, Any], key: str) -> Text:
-    value = data.get(key)
-    if not isinstance(value, dict) or not isinstance(value.get("value"), int | float):
-        return Text("-", style="dim")
-    text = Text(f"{value['value']:g}")
-    if value.get("stale"):
-        text.stylize("red")
-        text.append("!", style="bold red")
-    elif key == "map" and not MAP_RANGE[0] <= value["value"] <= MAP_RANGE[1]:
-        text.stylize("bold yellow")
-    return text
-
-
-def _name(model: WatchModel, gateway: str, ident: str) -> str:
-    return ident if len(model.gateways) <= 1 else f"{gateway}/{ident}"
-
-
-def render(model: WatchModel, now: datetime, broker: str = "") -> RenderableType:
-    """One frame: header, pumps, beds, recent events (fits 80 columns)."""
-    header = Text("infusiond watch", style="bold")
-    for name, gw in sorted(model.gateways.items()):
-        style = "green" if gw.state == "online" else "red"
-        header.append(f"  {name} ")
-        header.append(gw.state, style=style)
-        if gw.seq is not None:
-            header.append(f" seq {gw.seq}", style="dim")
-    if not model.gateways:
-        header.append(f"  waiting for infusiond/... on {broker or 'the broker'}", style="dim")
-    header.append(f"  {now.astimezone(UTC):%H:%M:%S}Z", style="dim")
-
-    pumps = Table(box=None, pad_edge=False, header_style="bold", title_justify="left")
-    for column, width in (
-        ("pump", 8), ("conn", 7), ("status", 8), ("drug", 14), ("dose", 17), ("rate", 11),
-        ("alarms", 9),
-    ):  # fmt: skip
-        pumps.add_column(column, max_width=width, no_wrap=True, overflow="ellipsis")
-    for (gateway, pump), data in sorted(model.pumps.items()):
-        alarms = data.get("alarms")
-        codes = [str(a.get("code")) for a in alarms if isinstance(a, dict)] if alarms else []
-        conn = str(data.get("connection", "?"))
-        pumps.add_row(
-            _name(model, gateway, pump),
-            Text(conn, style="green" if conn == "online" else "red"),
-            str(data.get("status", "?")),
-            str(data.get("drug", "-")),
-            _quantity(data.get("dose")),
-            _quantity(data.get("rate"), 2),
-            Text(",".join(codes) or "-", style="bold red" if codes else "dim"),
-        )
-
-    beds = Table(box=None, pad_edge=False, header_style="bold")
-    for column, width in (
-        ("bed", 8), ("MAP", 5), ("SBP", 5), ("DBP", 5), ("HR", 5), ("SpO2", 5), ("age", 5),
-        ("source", 24),
-    ):  # fmt: skip
-        beds.add_column(column, max_width=width, no_wrap=True, overflow="ellipsis")
-    for (gateway, bed), data in sorted(model.beds.items()):
-        beds.add_row(
-            _name(model, gateway, bed),
-            _vital(data, "map"),
-            _vital(data, "sbp"),
-            _vital(data, "dbp"),
-            _vital(data, "hr"),
-            _vital(data, "spo2"),
-            _age(data, now),
-            str(data.get("source") or "-"),
-        )
-
-    parts: list[RenderableType] = [header, Text("")]
-    parts += [pumps] if model.pumps else [Text("no pumps yet", style="dim")]
-    parts += [Text("")]
-    parts += [beds] if model.beds else [Text("no beds yet", style="dim")]
-    if model.events:
-        parts += [Text(""), Text("recent", style="bold")]
-        parts += [Text(line[:79], no_wrap=True, overflow="ellipsis") for line in model.events]
-    if model.problems:
-        parts.append(Text(f"{model.problems} bad message(s); last: {model.last_problem}"[:79],
-                          style="yellow"))  # fmt: skip
-    return Group(*parts)
 
 
 def parse_broker(url: str) -> tuple[str, int]:
@@ -299,16 +215,39 @@ async def collect(
             await asyncio.sleep(backoff.next_delay())
 
 
-async def _live(model: WatchModel, host: str, port: int, args: argparse.Namespace) -> None:
+async def load_history(model: WatchModel, url: str) -> None:
+    """Fill the recent lines from the daemon's ``/api/events`` (the last 30 min) at start; a
+    failure is shown as the last problem, never fatal (live events still arrive)."""
+    query = f"{url.rstrip('/')}/api/events?since=30m&limit={EVENT_LINES}"
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=HISTORY_TIMEOUT_S)) as http,
+            http.get(query) as response,
+        ):
+            if response.status != 200:
+                model.last_problem = f"history: {query} answered {response.status}"
+                return
+            document = json.loads(await response.read())
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        model.last_problem = f"history: {query}: {exc or type(exc).__name__}"
+        return
+    if isinstance(document, dict):
+        model.add_history(document)
+
+
+async def _live(model: WatchModel, host: str, port: int, args: argparse.Namespace) -> int:
     console = Console()
     broker = args.broker
 
-    with Live(
-        render(model, datetime.now(UTC), broker), console=console, auto_refresh=False
-    ) as live:
+    def frame() -> RenderableType:
+        return render(model, datetime.now(UTC), broker, width=console.width)
+
+    if getattr(args, "http", None):
+        await load_history(model, args.http)
+    with Live(frame(), console=console, auto_refresh=False) as live:
 
         def refresh() -> None:
-            live.update(render(model, datetime.now(UTC), broker), refresh=True)
+            live.update(frame(), refresh=True)
 
         async with asyncio.TaskGroup() as tg:
             tg.create_task(
@@ -319,21 +258,60 @@ async def _live(model: WatchModel, host: str, port: int, args: argparse.Namespac
                 refresh()
 
 
-async def _once(model: WatchModel, host: str, port: int, args: argparse.Namespace) -> None:
+async def _once(model: WatchModel, host: str, port: int, args: argparse.Namespace) -> int:
+    """One frame of the retained state; 1 (with a message) when the broker cannot be reached
+    or no pump state arrived, so a script never mistakes "nothing" for "all well"."""
+    if getattr(args, "http", None):
+        await load_history(model, args.http)
     arrived = asyncio.Event()
-    async with asyncio.TaskGroup() as tg:
-        task = tg.create_task(
-            collect(model, host, port, args.gateway, on_message=arrived.set), name="watch-mqtt"
-        )
-        async with asyncio.timeout(ONCE_MAX_S):
+    try:
+        async with (
+            asyncio.timeout(ONCE_CONNECT_S),
+            aiomqtt.Client(
+                host,
+                port,
+                protocol=aiomqtt.ProtocolVersion.V311,
+                identifier=f"infusiond-watch-{os.getpid()}-{secrets.token_hex(3)}",
+            ) as client,
+        ):
+            await client.subscribe(f"infusiond/{args.gateway}/#", qos=1)
+            reader = asyncio.create_task(_feed(model, client, arrived.set), name="watch-once")
             try:
-                while True:  # retained messages come in a burst; stop when it is over
-                    arrived.clear()
-                    await asyncio.wait_for(arrived.wait(), ONCE_IDLE_S)
-            except TimeoutError:
-                pass
-        task.cancel()
-    Console(width=80).print(render(model, datetime.now(UTC), args.broker))
+                await _until_quiet(arrived)
+            finally:
+                reader.cancel()
+                await asyncio.gather(reader, return_exceptions=True)
+    except (aiomqtt.MqttError, TimeoutError) as exc:
+        reason = str(exc) or "no answer within the timeout"
+        sys.stderr.write(f"infusiond watch: cannot reach the broker at {args.broker}: {reason}\n")
+        return 1
+    console = Console()  # the terminal's width; 80 when not a terminal
+    console.print(render(model, datetime.now(UTC), args.broker, width=console.width))
+    if not model.pumps:
+        sys.stderr.write(
+            f"infusiond watch: no pump state on infusiond/{args.gateway}/# at {args.broker} "
+            f"within {ONCE_MAX_S:g} s: is the daemon running, and is --gateway right?\n"
+        )
+        return 1
+    return 0
+
+
+async def _feed(model: WatchModel, client: aiomqtt.Client, arrived: Callable[[], None]) -> None:
+    async for message in client.messages:
+        payload = message.payload
+        raw = payload if isinstance(payload, bytes) else str(payload or "").encode()
+        model.apply(message.topic.value, raw)
+        arrived()
+
+
+async def _until_quiet(arrived: asyncio.Event) -> None:
+    """Return once no message came for ONCE_IDLE_S (the retained burst is over), or after
+    ONCE_MAX_S at most."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(ONCE_MAX_S):
+            while True:
+                arrived.clear()
+                await asyncio.wait_for(arrived.wait(), ONCE_IDLE_S)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -343,7 +321,10 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         sys.stderr.write(f"infusiond watch: {exc}\n")
         return 2
+    http = getattr(args, "http", None)
+    if http is not None and not http.startswith(("http://", "https://")):
+        sys.stderr.write(f"infusiond watch: --http {http!r}: must start with http:// or https://\n")
+        return 2
     model = WatchModel()
     runner = _once if getattr(args, "once", False) else _live
-    asyncio.run(runner(model, host, port, args))
-    return 0
+    return asyncio.run(runner(model, host, port, args))

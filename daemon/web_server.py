@@ -1,44 +1,86 @@
-"""A tiny static-file HTTP server for the reference web dashboard (the files of ``daemon/web``).
+"""The gateway's HTTP server: the reference web dashboard, its history API and ``/metrics``.
 
-Built on plain asyncio streams rather than on the ``websockets`` package's HTTP hooks: the job
-is a ``GET`` of a handful of fixed files plus one JSON document, with no upgrade; ``websockets``
-is only present as a transitive dependency of amqtt (not one of ours), and its request hooks
-differ between its legacy and new implementations. A capped request-head parser of a few dozen
-lines is easier to audit than that coupling.
+Built on aiohttp: one asyncio-native, well-kept dependency gives the HTTP/1.1 server (request
+parsing with size limits, keep-alive timeouts, graceful shutdown), routing, WebSocket support
+should the page ever talk to the gateway directly, and a test client; Starlette would need
+uvicorn beside it (two layers and two release trains) for the same job. The hand-written
+stream server this replaces was fine for a handful of files but not for an API.
 
-What the browser gets:
+What a client gets:
 
 - ``/`` and ``/index.html``, and every other top-level file of ``daemon/web`` whose extension is
   in :data:`CONTENT_TYPES` (so never ``__init__.py``), with the right ``Content-Type``;
-- ``/config.json``: ``{"broker_ws_url": ..., "gateway": ...}``, where the page connects;
-- ``404`` for anything else, ``405`` for methods other than ``GET``/``HEAD``, ``400`` for a
-  malformed request line, ``431`` for a request head over :data:`MAX_HEAD_BYTES` or
-  :data:`MAX_HEADERS` lines.
+- ``/config.json``: ``{"broker_ws_url": ..., "gateway": ..., "api": ...}``: where the page
+  connects and whether the history API is served;
+- ``/api/events`` and ``/api/history`` when the server is given a :class:`~daemon.history.History`
+  (JSON; a bad query is ``400`` listing every problem by parameter; ``503`` while the journal is
+  not open yet); ``/metrics`` (Prometheus text format) when given a ``CollectorRegistry``;
+- ``404`` for anything else, ``405`` (with ``Allow: GET, HEAD``) for methods other than
+  ``GET``/``HEAD``, ``400`` for a malformed request line, a request target that is not an
+  absolute path, a header line over :data:`MAX_HEAD_BYTES` or more than :data:`MAX_HEADERS`
+  header lines (aiohttp's parser enforces both before any handler runs).
 
 No path traversal is possible by construction: the files are read once at start into a table
-keyed by their URL path, and a request path is only ever looked up in that table, never joined
-to a filesystem path (``/../x``, ``%2e%2e``, ``//etc/passwd`` are all just unknown keys).
-Every response closes the connection; a client has :data:`HEAD_TIMEOUT_S` to send its request.
+keyed by their URL path, and the raw request path (not a normalised one) is only ever looked up
+in that table, never joined to a filesystem path (``/../x``, ``%2e%2e``, ``/./app.js``,
+``//etc/passwd`` are all just unknown keys). Every response carries the security headers below
+and closes the connection; an idle or silent client is dropped after :data:`HEAD_TIMEOUT_S`, and
+a response the client does not read within :data:`WRITE_TIMEOUT_S` is abandoned.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
+import functools
+import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from importlib.resources import files
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
+import structlog
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from daemon.envelope import encode
 from daemon.errors import ConfigError
+from daemon.history import History, HistoryQueryError, JournalNotReady, problems_document
+from daemon.journal import JournalError
+from daemon.timefmt import utc_now
 from daemon.topics import is_topic_id
+
+log = structlog.get_logger(__name__)
 
 WEB_PACKAGE = "daemon.web"
 MAX_HEAD_BYTES = 8 * 1024
 MAX_HEADERS = 100
 HEAD_TIMEOUT_S = 10.0
 WRITE_TIMEOUT_S = 10.0
+SHUTDOWN_TIMEOUT_S = 2.0
+
+
+class _ClientErrorsAsOneLine(logging.Filter):
+    """aiohttp logs every malformed request at ERROR with a traceback: a port scanner or a
+    confused client would flood the journal with tracebacks about *their* bytes. A client's
+    protocol error (a 4xx from the parser) becomes one WARNING line naming the peer and the
+    problem; our own errors (5xx, handler exceptions) keep their traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError) and exc.code < 500:
+            peer = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.msg, record.args = "bad HTTP request from %s: %s", (peer, exc.message)
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+HTTP_LOG = logging.getLogger("infusiond.http")
+HTTP_LOG.addFilter(_ClientErrorsAsOneLine())
+ALLOWED_METHODS = ("GET", "HEAD")
 
 CONTENT_TYPES = {
     ".html": "text/html; charset=utf-8",
@@ -73,13 +115,9 @@ SECURITY_HEADERS = (
     ("Cache-Control", "no-cache"),
 )
 
-_REASONS = {
-    200: "OK",
-    400: "Bad Request",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    431: "Request Header Fields Too Large",
-}
+_REASONS = {400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed"}
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @dataclass(frozen=True)
@@ -106,51 +144,74 @@ def load_assets(package: str = WEB_PACKAGE) -> dict[str, Asset]:
     return assets
 
 
-def config_document(broker_ws_url: str, gateway: str) -> bytes:
-    """The ``/config.json`` body; ``ConfigError`` names a bad ``broker_ws_url`` or ``gateway``."""
-    if not broker_ws_url.startswith(("ws://", "wss://")):
+def config_document(broker_ws_url: str | None, gateway: str, *, api: bool = False) -> bytes:
+    """The ``/config.json`` body; ``ConfigError`` names a bad ``broker_ws_url`` or ``gateway``.
+
+    ``broker_ws_url`` None: the broker has no WebSocket listener the page could use (the page
+    then says so); ``api``: whether ``/api/...`` history is served.
+    """
+    if broker_ws_url is not None and not broker_ws_url.startswith(("ws://", "wss://")):
         raise ConfigError(f"broker_ws_url {broker_ws_url!r}: must start with ws:// or wss://")
     if not is_topic_id(gateway):
         raise ConfigError(f"gateway {gateway!r}: not a valid topic level")
-    return json.dumps({"broker_ws_url": broker_ws_url, "gateway": gateway}).encode()
+    document: dict[str, Any] = {"broker_ws_url": broker_ws_url, "gateway": gateway}
+    if api:
+        document["api"] = {"events": "api/events", "history": "api/history"}
+    return encode(document)
 
 
-def _response(status: int, content_type: str, body: bytes, *, head_only: bool = False) -> bytes:
-    lines = [
-        f"HTTP/1.1 {status} {_REASONS[status]}",
-        f"Content-Type: {content_type}",
-        f"Content-Length: {len(body)}",
-        "Connection: close",
-        *(f"{name}: {value}" for name, value in SECURITY_HEADERS),
-    ]
-    if status == 405:
-        lines.append("Allow: GET, HEAD")
-    head = ("\r\n".join(lines) + "\r\n\r\n").encode()
-    return head if head_only else head + body
+def _plain(status: int) -> web.Response:
+    return web.Response(
+        status=status,
+        body=f"{status} {_REASONS[status]}\n".encode(),
+        content_type="text/plain",
+        charset="utf-8",
+    )
 
 
-def _error(status: int, *, head_only: bool = False) -> bytes:
-    text = f"{status} {_REASONS[status]}\n".encode()
-    return _response(status, "text/plain; charset=utf-8", text, head_only=head_only)
+def _json(status: int, document: object) -> web.Response:
+    return web.Response(status=status, body=encode(document), content_type="application/json")
 
 
-def route(head: bytes, assets: dict[str, Asset]) -> bytes:
-    """The full response (status line, headers, body) to one request head. Pure."""
-    lines = head.split(b"\r\n")
-    if len([line for line in lines if line]) > MAX_HEADERS + 1:
-        return _error(431)
-    parts = lines[0].decode("latin-1").split(" ")
-    if len(parts) != 3 or not parts[2].startswith("HTTP/1.") or not parts[1].startswith("/"):
-        return _error(400)
-    method, target = parts[0], parts[1]
-    if method not in {"GET", "HEAD"}:
-        return _error(405)
-    head_only = method == "HEAD"
-    path = target.split("?", 1)[0].split("#", 1)[0]
-    asset = assets.get(path)
-    if asset is None:
-        return _error(404, head_only=head_only)
-    return _response(200, asset.content_type, asset.body, head_only=head_only)
+@web.middleware
+async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Method and target checks before routing; plain-text error bodies; the write deadline."""
+    if request.method not in ALLOWED_METHODS:
+        response: web.StreamResponse = _plain(405)
+        response.headers["Allow"] = ", ".join(ALLOWED_METHODS)
+        return response
+    if not request.raw_path.startswith("/"):
+        return _plain(400)
+    try:
+        response = await handler(request)
+    except web.HTTPNotFound:
+        response = _plain(404)
+    try:
+        async with asyncio.timeout(WRITE_TIMEOUT_S):
+            await response.prepare(request)
+            await response.write_eof()
+    except TimeoutError:
+        log.warning("http_client_too_slow", path=request.path[:100])
+        if request.transport is not None:
+            request.transport.abort()
+        raise
+    return response
+
+
+async def _metrics(registry: CollectorRegistry, request: web.Request) -> web.StreamResponse:
+    """``/metrics``: the registry in Prometheus text format."""
+    del request
+    body = generate_latest(registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def _secure(request: web.Request, response: web.StreamResponse) -> None:
+    """Every response: the security headers, and the connection closes after it."""
+    del request
+    for name, value in SECURITY_HEADERS:
+        response.headers[name] = value
+    response.headers["Connection"] = "close"  # aiohttp has already chosen its headers here
+    response.force_close()
 
 
 class WebServer:
@@ -158,25 +219,36 @@ class WebServer:
 
     ``port=0`` picks a free port. ``broker_ws_url`` (``ws://host:port/``) and ``gateway`` are
     what the page is told by ``/config.json``; a page opened from another machine replaces a
-    loopback broker host with the host it loaded the page from.
+    loopback broker host with the host it loaded the page from. ``history`` serves
+    ``/api/events`` and ``/api/history``; ``metrics_registry`` serves ``/metrics``.
     """
 
     def __init__(
-        self, host: str = "127.0.0.1", port: int = 0, *, broker_ws_url: str, gateway: str
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        broker_ws_url: str | None,
+        gateway: str,
+        history: History | None = None,
+        metrics_registry: CollectorRegistry | None = None,
+        clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self._host = host
         self._port = port
-        self._config = config_document(broker_ws_url, gateway)
+        self._config = config_document(broker_ws_url, gateway, api=history is not None)
+        self._history = history
+        self._registry = metrics_registry
+        self._clock = clock
         self._assets: dict[str, Asset] = {}
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
+        self._runner: web.AppRunner | None = None
 
     @property
     def port(self) -> int:
         """The bound port (valid inside ``async with``)."""
-        if self._server is None:
+        if self._runner is None or not self._runner.addresses:
             raise RuntimeError("WebServer is not running")
-        port: int = self._server.sockets[0].getsockname()[1]
+        port: int = self._runner.addresses[0][1]
         return port
 
     @property
@@ -186,13 +258,41 @@ class WebServer:
         host = f"[{host}]" if ":" in host else host
         return f"http://{host}:{self.port}/"
 
+    def app(self) -> web.Application:
+        """The aiohttp application (routes, middleware, headers); assets must be loaded."""
+        app = web.Application(middlewares=[_guard])
+        app.on_response_prepare.append(_secure)
+        history, registry = self._history, self._registry
+        if history is not None:
+            app.router.add_get("/api/events", functools.partial(self._api, history.events))
+            app.router.add_get("/api/history", functools.partial(self._api, history.series))
+        if registry is not None:
+            app.router.add_get("/metrics", functools.partial(_metrics, registry))
+        app.router.add_get("/{path:.*}", self._asset)
+        return app
+
     async def __aenter__(self) -> Self:
         assets = await asyncio.to_thread(load_assets)
         assets["/config.json"] = Asset(self._config, "application/json")
         self._assets = assets
-        self._server = await asyncio.start_server(
-            self._serve, self._host, self._port, limit=MAX_HEAD_BYTES
+        runner = web.AppRunner(
+            self.app(),
+            handle_signals=False,
+            access_log=None,
+            logger=HTTP_LOG,
+            shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+            keepalive_timeout=HEAD_TIMEOUT_S,
+            max_line_size=MAX_HEAD_BYTES,
+            max_field_size=MAX_HEAD_BYTES,
+            max_headers=MAX_HEADERS,
         )
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, self._host, self._port).start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise ConfigError(f"http listen {self._host}:{self._port}: {exc.strerror}") from exc
+        self._runner = runner
         return self
 
     async def __aexit__(
@@ -201,34 +301,26 @@ class WebServer:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._server is None:
-            return
-        self._server.close()
-        for writer in list(self._writers):
-            writer.close()
-        await self._server.wait_closed()
-        self._server = None
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._writers.add(writer)
+    async def _asset(self, request: web.Request) -> web.StreamResponse:
+        path = request.raw_path.split("?", 1)[0].split("#", 1)[0]
+        asset = self._assets.get(path)
+        if asset is None:
+            return _plain(404)
+        return web.Response(body=asset.body, headers={"Content-Type": asset.content_type})
+
+    async def _api(
+        self,
+        read: Callable[..., Awaitable[dict[str, Any]]],
+        request: web.Request,
+    ) -> web.StreamResponse:
         try:
-            try:
-                async with asyncio.timeout(HEAD_TIMEOUT_S):
-                    head = await reader.readuntil(b"\r\n\r\n")
-            except asyncio.LimitOverrunError:
-                response = _error(431)
-            except (asyncio.IncompleteReadError, TimeoutError):
-                return  # gone or silent: nothing useful to answer
-            else:
-                response = route(head[:-4], self._assets)
-            writer.write(response)
-            async with asyncio.timeout(WRITE_TIMEOUT_S):
-                await writer.drain()
-        except (ConnectionError, TimeoutError):
-            pass  # the client went away mid-response
-        finally:
-            self._writers.discard(writer)
-            writer.close()
-            with contextlib.suppress(ConnectionError, TimeoutError):
-                async with asyncio.timeout(WRITE_TIMEOUT_S):
-                    await writer.wait_closed()
+            document = await read(list(request.query.items()), now=self._clock())
+        except HistoryQueryError as exc:
+            return _json(400, problems_document(exc.by_parameter))
+        except (JournalNotReady, JournalError) as exc:
+            return _json(503, {"error": "not_ready", "message": str(exc)})
+        return _json(200, document)

@@ -28,7 +28,12 @@ inside a limit stays inside (hepatorenal 3 mg/h at 64 ug/mL is 46.875 mL/h -> 46
 46.88 = 3.00032 mg/h), and a dose outside stays outside. The verdict's ``dose`` is the dose
 delivered at the rate, and the rules judge that dose; HARD_* and PUMP_RANGE also judge the
 requested dose and the exact rate, so rounding never rescues a request. Sending the verdict's
-rate back as the request therefore gives the same verdict. A zero dose or rate is a stop
+rate back as the request therefore gives the same verdict, rate and dose, and the same rule ids
+whenever a step keeps every reject-tier limit. When none does (the two reject-tier limits lie on
+either side of one pump step: norepinephrine 101 ug/min at 64 mg/mL asks 0.0947 mL/h, above
+the hard maximum by dose and below a 0.1 mL/h pump minimum by rate, and a 0.01 mL/h step is
+10.7 ug/min), both requests are rejected, but which of the two reject findings the rate
+alone shows depends on the step. A zero dose or rate is a stop
 (rate 0).
 
 A stop is never rejected: a rejected request leaves the running infusion as it was, and no rule
@@ -46,8 +51,8 @@ from typing import Final
 
 from protocol.library import Library
 from protocol.request import DEFAULT_RESOLUTION, Amount, CheckRequest
+from protocol.rule_ids import DEFAULT_SEVERITY
 from protocol.rules import cross, history, infusion, limits, vitals
-from protocol.rules.catalog import DEFAULT_SEVERITY
 from protocol.rules.context import Context
 from protocol.units import (
     UnitError,

@@ -8,7 +8,16 @@ from __future__ import annotations
 
 
 class InfusiondError(Exception):
-    """Root exception: everything infusiond raises deliberately derives from it."""
+    """Root exception: everything infusiond raises deliberately derives from it.
+
+    ``problems`` holds every problem found, each a complete sentence naming its field, so that
+    a command-line tool can print one per line; the message is ``context`` followed by the
+    problems joined with ``"; "``.
+    """
+
+    def __init__(self, *problems: str, context: str = "") -> None:
+        super().__init__(context + "; ".join(problems))
+        self.problems: tuple[str, ...] = problems
 
 
 class LibraryError(InfusiondError):

@@ -55,7 +55,7 @@ from pydantic import (
 )
 
 from protocol.errors import LibraryError
-from protocol.rules.catalog import AT_LEAST_CONFIRM, DEFAULT_SEVERITY, FIXED
+from protocol.rule_ids import AT_LEAST_CONFIRM, DEFAULT_SEVERITY, FIXED
 from protocol.substances import Vocabulary, shipped_vocabulary
 from protocol.units import (
     CONCENTRATION_UNITS,
@@ -389,9 +389,9 @@ def drug_facts(profile: Profile, drug: Drug, vocabulary: Vocabulary) -> DrugFact
 
 @dataclass(frozen=True, slots=True)
 class Library:
-    """A loaded, indexed library; build it with :func:`load_library` or
-    :func:`load_library_bytes`. A plain frozen dataclass (not a pydantic model) so that the
-    per-request lookups are plain attribute and dict accesses."""
+    """A loaded, indexed library; build it with :func:`load_library_bytes` (callers read the
+    file: ``daemon.library_file.load_library``). A plain frozen dataclass (not a pydantic
+    model) so that the per-request lookups are plain attribute and dict accesses."""
 
     name: str
     version: str
@@ -431,20 +431,6 @@ class Library:
         return found
 
 
-def load_library(path: str | Path, vocabulary: Vocabulary | None = None) -> Library:
-    """Read, validate and index the library file at ``path``.
-
-    Substance names are matched through ``vocabulary`` (default: the shipped one).
-    """
-    p = Path(path)
-    try:
-        with p.open("rb") as fh:
-            data = fh.read(MAX_LIBRARY_BYTES + 1)
-    except OSError as exc:
-        raise LibraryError(f"{p}: cannot read library file: {exc.strerror or exc}") from exc
-    return load_library_bytes(data, str(p), vocabulary)
-
-
 def load_library_bytes(data: bytes, source: str, vocabulary: Vocabulary | None = None) -> Library:
     """Validate and index a library from its file bytes; ``source`` names it in errors."""
     if len(data) > MAX_LIBRARY_BYTES:
@@ -462,10 +448,10 @@ def load_library_bytes(data: bytes, source: str, vocabulary: Vocabulary | None =
     except ValidationError as exc:
         errors = exc.errors()
         # A misspelt key also makes the real key "missing": name the typo first.
-        first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
-        where = describe_location(raw, first["loc"])
-        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        raise LibraryError(f"{source}: {where}: {_error_text(first)}{more}") from None
+        errors.sort(key=lambda e: e["type"] != "extra_forbidden")
+        raise LibraryError(
+            *(f"{source}: {describe_location(raw, e['loc'])}: {_error_text(e)}" for e in errors)
+        ) from None
     profiles, drugs = _index(parsed, source)
     vocab = vocabulary if vocabulary is not None else shipped_vocabulary()
     return Library(

@@ -241,18 +241,32 @@ def parse_request(data: Any) -> CheckRequest:
     try:
         return CheckRequest.model_validate(data)
     except ValidationError as exc:
-        raise RequestError(describe_validation_error(exc)) from None
+        raise RequestError(*describe_validation_errors(exc)) from None
 
 
 def parse_untrusted_request(data: Any) -> CheckRequest:
-    """Validate a decoded JSON object from outside: numbers must be numbers (no coercion)."""
-    if isinstance(data, dict):
-        _numbers_only(data, "", 0)
-    return parse_request(data)
+    """Validate a decoded JSON object from outside: numbers must be numbers (no coercion).
+
+    A RequestError lists every problem: each non-number, then what the model finds wrong
+    with the other fields.
+    """
+    if not isinstance(data, dict):
+        return parse_request(data)
+    problems: list[tuple[str, str]] = []
+    _numbers_only(data, "", 0, problems)
+    if not problems:
+        return parse_request(data)
+    named = {where for where, _ in problems}
+    try:
+        parse_request(data)
+    except RequestError as exc:
+        found = [(problem.split(": ", 1)[0], problem) for problem in exc.problems]
+        problems.extend(pair for pair in found if pair[0] not in named)
+    raise RequestError(*(text for _, text in problems))
 
 
-def _numbers_only(node: Any, path: str, depth: int) -> None:
-    """Raise RequestError at the first numeric field holding a non-number (str, bool)."""
+def _numbers_only(node: Any, path: str, depth: int, problems: list[tuple[str, str]]) -> None:
+    """Append (field, message) for every numeric field holding a non-number (str, bool)."""
     if depth > _MAX_DEPTH:
         return
     if isinstance(node, dict):
@@ -260,17 +274,17 @@ def _numbers_only(node: Any, path: str, depth: int) -> None:
             where = f"{path}.{name}" if path else str(name)
             if name in NUMERIC_KEYS and value is not None:
                 if isinstance(value, bool):
-                    raise RequestError(f"{where}: must be a number, not {str(value).lower()}")
+                    problems.append((where, f"{where}: must be a number, not {str(value).lower()}"))
+                    continue
                 if isinstance(value, str):
                     shown = value if len(value) <= 20 else value[:20] + "..."
-                    raise RequestError(
-                        f"{where}: must be a number, not a string ({shown!r}); "
-                        "write it without quotes"
-                    )
-            _numbers_only(value, where, depth + 1)
+                    text = f"{where}: must be a number, not a string ({shown!r})"
+                    problems.append((where, f"{text}; write it without quotes"))
+                    continue
+            _numbers_only(value, where, depth + 1, problems)
     elif isinstance(node, list):
         for index, item in enumerate(node):
-            _numbers_only(item, f"{path}[{index}]", depth + 1)
+            _numbers_only(item, f"{path}[{index}]", depth + 1, problems)
 
 
 def parse_request_json(text: str | bytes) -> CheckRequest:
@@ -353,15 +367,25 @@ _MESSAGES: Final = {
 }
 
 
-def describe_validation_error(exc: ValidationError) -> str:
-    """One line naming the first bad field and what is wrong with it."""
+def describe_validation_errors(exc: ValidationError) -> list[str]:
+    """One line per problem, each naming its field and what is wrong with it; an unknown
+    field first (a misspelt key also makes the real key "missing")."""
     errors = exc.errors(include_url=False)
-    first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
-    loc = tuple(first["loc"])
+    errors.sort(key=lambda e: e["type"] != "extra_forbidden")  # stable: otherwise in order
+    return [_describe_one(error) for error in errors]
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """Every problem of ``exc`` on one line, separated by ``"; "``."""
+    return "; ".join(describe_validation_errors(exc))
+
+
+def _describe_one(error: Any) -> str:
+    loc = tuple(error["loc"])
     # Union members (e.g. Amount | None) add the member type to the loc; drop those.
     loc = tuple(s for s in loc if not (isinstance(s, str) and s[:1].isupper()))
-    kind = first["type"]
-    ctx = first.get("ctx") or {}
+    kind = error["type"]
+    ctx = error.get("ctx") or {}
     if kind in _MESSAGES:
         text = _MESSAGES[kind]
     elif kind in {"greater_than_equal", "greater_than", "less_than_equal", "less_than"}:
@@ -379,6 +403,5 @@ def describe_validation_error(exc: ValidationError) -> str:
     elif kind == "literal_error":
         text = f"must be {ctx.get('expected')}"
     else:
-        text = str(first["msg"]).removeprefix("Value error, ")
-    more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
-    return f"{field_path(loc)}: {text}{more}"
+        text = str(error["msg"]).removeprefix("Value error, ")
+    return f"{field_path(loc)}: {text}"

@@ -162,24 +162,12 @@ def rate_unit(unit: str) -> str:
     return ML_PER_H
 
 
-def to_decimal(value: float | int | Decimal | str) -> Decimal:
-    """Exact Decimal of a JSON/TOML number: floats go through their shortest repr."""
-    if isinstance(value, Decimal):
-        return value
-    return Decimal(str(value))
-
-
 def _weight_factor(unit: DoseUnit, weight_kg: Decimal | None) -> Decimal:
     if not unit.per_kg:
         return _ONE
     if weight_kg is None:
         raise UnitError(f"converting {unit.code} needs the patient's weight")
     return weight_kg
-
-
-def needs_weight(a: DoseUnit, b: DoseUnit) -> bool:
-    """Whether converting between ``a`` and ``b`` requires the patient's weight."""
-    return a.per_kg != b.per_kg
 
 
 def convert_dose(

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Creates .venv from requirements.lock (hash-checked) and makes sure the system tools the demo
 # and the tests use (mosquitto, mosquitto-clients, socat; with --test also Chromium for the web
-# dashboard's browser test and PostgreSQL's server binaries for the fleet tests) are present. Idempotent and quick when nothing changed: the venv is
-# rebuilt only when the lock file or pyproject.toml change.
+# dashboard's browser test, tmux for the terminal captures of `watch` and PostgreSQL's server
+# binaries for the fleet tests) are present. Idempotent and quick when nothing changed: the venv
+# is rebuilt only when the lock file or pyproject.toml change.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +13,7 @@ command -v mosquitto_pub >/dev/null 2>&1 || need+=(mosquitto-clients)
 command -v socat >/dev/null 2>&1 || need+=(socat)
 if [ "${1:-}" = "--test" ]; then
   command -v chromium >/dev/null 2>&1 || need+=(chromium fonts-dejavu-core)
+  command -v tmux >/dev/null 2>&1 || need+=(tmux)
   # the fleet tests start their own server with initdb + pg_ctl (tests/support/postgres.py)
   command -v initdb >/dev/null 2>&1 || compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null \
     || need+=(postgresql)

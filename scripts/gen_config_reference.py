@@ -169,13 +169,17 @@ def _constraints(schema: dict[str, Any]) -> list[str]:
     return out
 
 
+#: how TOML shows the empty value of a container default (`{}`, not "dict() -> new ...")
+_EMPTY: dict[object, str] = {list: "[]", tuple: "[]", set: "[]", frozenset: "[]", dict: "{}"}
+
+
 def _default(info: FieldInfo) -> str:
     if info.is_required():
         return "**required**"
     factory = info.default_factory
     if factory is not None:
-        if factory is list:
-            return "`[]`"
+        if factory in _EMPTY:
+            return f"`{_EMPTY[factory]}`"
         if inspect.isclass(factory) and issubclass(factory, BaseModel):
             return "(section defaults)"
         doc = inspect.getdoc(factory) or factory.__name__

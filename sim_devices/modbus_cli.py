@@ -9,7 +9,8 @@ Examples::
 
 With ``--port-per-pump`` pump k answers as unit 1 on port BASE+k-1 (one device per port), or,
 with port 0 (``--listen tcp://127.0.0.1:0``), on a port the OS picks for each pump (printed);
-``k:FAULT`` / scenario ``unit = k`` address pump k.
+``k:FAULT`` / scenario ``pump = k`` address pump k. A scenario's ``[[pumps]]`` replace the pump
+options (``pump`` = unit id).
 
 It prints what it serves (URL, unit ids, map) on stdout and logs every register write
 (structlog, on stderr). Faults: ``[UNIT:]NAME[=ARG]``, several per flag or comma-separated.
@@ -28,9 +29,10 @@ import structlog
 
 from drivers.modbus.bus import LinkKind, parse_url
 from sim_devices.clock import SimClock
-from sim_devices.modbus_pump import Fault, FaultSpec, PumpConfig
-from sim_devices.modbus_scenario import Scenario, ScenarioError, load_scenario, play
+from sim_devices.modbus_pump import Fault, FaultSpec, PumpSetup
+from sim_devices.modbus_scenario import check, play, setups
 from sim_devices.modbus_server import ModbusPumpSimulator, SimulatorError
+from sim_devices.scenario import Scenario, ScenarioError, load_scenario
 
 DEFAULT_LISTEN = "tcp://127.0.0.1:5020"
 EXIT_OK, EXIT_CANNOT_SERVE, EXIT_USAGE = 0, 1, 2
@@ -72,6 +74,10 @@ class PortBank:
         self.sims = sims
         self.clock = sims[0].clock
 
+    @property
+    def unit_ids(self) -> list[int]:
+        return list(range(1, len(self.sims) + 1))
+
     def _pick(self, unit: int | None) -> list[ModbusPumpSimulator]:
         if unit is None:
             return self.sims
@@ -91,9 +97,10 @@ class PortBank:
 
 
 def build_simulators(
-    args: argparse.Namespace,
+    args: argparse.Namespace, scenario: Scenario | None = None
 ) -> tuple[list[ModbusPumpSimulator], list[FaultSpec]]:
-    """The simulator(s) and start-up faults described by the command line."""
+    """The simulator(s) and start-up faults described by the command line (and the scenario's
+    ``[[pumps]]``, which replace the pump options)."""
     rate = _decimal("--rate", args.rate)
     vtbi = _decimal("--vtbi", args.vtbi)
     volume = _decimal("--volume", args.volume)
@@ -106,7 +113,7 @@ def build_simulators(
         )
     units = _unit_ids(args)
     configs = [
-        PumpConfig(
+        PumpSetup(
             unit_id=1 if args.port_per_pump else unit,
             status=args.status,
             rate_ml_h=rate,
@@ -117,6 +124,10 @@ def build_simulators(
         )
         for unit in units
     ]
+    if scenario is not None and scenario.pumps:
+        if args.port_per_pump:
+            raise UsageError("--port-per-pump: not with a scenario that lists [[pumps]]")
+        configs = setups(scenario, str(args.scenario))
     try:
         faults = [
             FaultSpec.parse(part)
@@ -154,6 +165,8 @@ async def serve(
     faults: list[FaultSpec],
     scenario: Scenario | None,
     stop: asyncio.Event,
+    *,
+    origin: str = "scenario",
 ) -> None:
     """Serve until ``stop`` is set, playing ``scenario`` meanwhile."""
     target: ModbusPumpSimulator | PortBank = sims[0] if len(sims) == 1 else PortBank(sims)
@@ -169,31 +182,39 @@ async def serve(
             target.inject(spec.fault, spec.arg, unit=spec.unit)
         async with asyncio.TaskGroup() as tg:
             player = (
-                tg.create_task(play(target, scenario), name="modbus-scenario") if scenario else None
+                tg.create_task(play(target, scenario, origin), name="modbus-scenario")
+                if scenario
+                else None
             )
             await stop.wait()
             if player is not None:
                 player.cancel()
 
 
-def _check_units(
-    sims: list[ModbusPumpSimulator], faults: list[FaultSpec], scenario: Scenario | None
-) -> None:
-    """Every fault and scenario event names a pump that exists."""
+def _check_units(sims: list[ModbusPumpSimulator], faults: list[FaultSpec]) -> None:
+    """Every start-up fault names a pump that exists."""
     known = set(sims[0].pumps) if len(sims) == 1 else set(range(1, len(sims) + 1))
-    units = {f.unit for f in faults} | {e.unit for e in (scenario.events if scenario else ())}
-    unknown = sorted(u for u in units if u is not None and u not in known)
+    unknown = sorted(f.unit for f in faults if f.unit is not None and f.unit not in known)
     if unknown:
-        raise UsageError(f"faults/scenario name pump(s) {unknown}; pumps are {sorted(known)}")
+        raise UsageError(f"faults name pump(s) {unknown}; pumps are {sorted(known)}")
+
+
+def check_scenario(args: argparse.Namespace, scenario: Scenario) -> None:
+    """Play every event once on throwaway copies of the simulators: an event that names no
+    pump, an unknown fault or a bad value is refused before anything is served."""
+    probes, _ = build_simulators(args, scenario)
+    check(probes[0] if len(probes) == 1 else PortBank(probes), scenario, str(args.scenario))
 
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``infusiond sim modbus``."""
     structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
     try:
-        sims, faults = build_simulators(args)
         scenario = load_scenario(args.scenario) if args.scenario else None
-        _check_units(sims, faults, scenario)
+        sims, faults = build_simulators(args, scenario)
+        _check_units(sims, faults)
+        if scenario is not None:
+            check_scenario(args, scenario)
     except (UsageError, ScenarioError) as exc:
         sys.stderr.write(f"infusiond sim modbus: {exc}\n")
         return EXIT_USAGE
@@ -204,7 +225,7 @@ def run(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await serve(sims, url, faults, scenario, stop)
+        await serve(sims, url, faults, scenario, stop, origin=str(args.scenario))
 
     try:
         asyncio.run(main())

@@ -70,7 +70,6 @@ ALARM_FAULTS = {
     Fault.DOOR_OPEN: "door_open",
     Fault.HARDWARE_FAULT: "hardware_fault",
 }
-ONE_SHOT = frozenset({Fault.COMM_TIMEOUT, Fault.FRONT_PANEL_RATE, Fault.POWER_RESET})
 
 
 class SimWriteError(ValueError):
@@ -111,7 +110,7 @@ class FaultSpec:
 
 
 @dataclass
-class PumpConfig:
+class PumpSetup:
     """Initial state of one simulated pump (all of it settable from the API and the CLI)."""
 
     unit_id: int = 1
@@ -156,7 +155,7 @@ class Misbehaviour:
 class PumpModel:
     """One simulated pump. ``advance`` before reading; ``write`` applies client writes."""
 
-    config: PumpConfig
+    config: PumpSetup
     regmap: RegisterMap
     now: float = 0.0  # simulated seconds
     state: str = "stopped"

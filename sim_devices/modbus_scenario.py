@@ -1,100 +1,32 @@
-"""Timed fault/front-panel scenarios for the Modbus pump simulator (TOML files).
+"""Scenario events on the Modbus pump simulator (the format: :mod:`sim_devices.scenario`).
 
-Format (``sim_devices/scenarios/modbus-*.toml``)::
-
-    [scenario]
-    name = "occlusion-and-recovery"
-    description = "..."
-
-    [[events]]
-    at_s = 30              # simulated seconds after the start
-    fault = "occlusion"    # inject a fault (any Fault name); optional arg = 2.5, unit = 1
-    [[events]]
-    at_s = 90
-    clear = "occlusion"    # remove a fault's cause
-
-Times are simulated seconds, so ``--speed 60`` plays a one-hour scenario in one minute.
+``fault`` injects a fault of the Modbus fault table (``value`` is its ARG), ``clear`` removes
+one fault's cause (or every fault's), ``reset`` is a power reset and ``rate`` a front-panel
+rate change; ``pump`` is the unit id (absent: every pump). ``stall``, ``run`` and ``stop`` are
+not Modbus events and are refused before the simulator serves, as is an unknown pump or fault.
 """
 
 from __future__ import annotations
 
-import tomllib
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Protocol
+from decimal import Decimal
+from typing import Protocol
 
 import structlog
 
 from sim_devices.clock import SimClock
-from sim_devices.modbus_pump import Fault
+from sim_devices.modbus_pump import Fault, PumpSetup
+from sim_devices.scenario import (
+    ClearEvent,
+    EventAction,
+    FaultEvent,
+    PanelEvent,
+    PumpEvent,
+    RateEvent,
+    Scenario,
+    ScenarioError,
+)
 
 log = structlog.get_logger("infusiond.sim.modbus")
-
-
-class ScenarioError(ValueError):
-    """A scenario file is malformed; the message names the file and the event."""
-
-
-@dataclass(frozen=True, slots=True)
-class ScenarioEvent:
-    """At ``at_s``, inject (or with ``clear``, remove) ``fault`` on ``unit`` (None = all)."""
-
-    at_s: float
-    fault: Fault
-    clear: bool = False
-    arg: float | None = None
-    unit: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Scenario:
-    name: str
-    events: tuple[ScenarioEvent, ...]
-    description: str = ""
-
-
-def load_scenario(path: str | Path) -> Scenario:
-    """Parse a scenario file; ScenarioError names what is wrong."""
-    p = Path(path)
-    try:
-        data = tomllib.loads(p.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ScenarioError(f"{p}: {exc}") from None
-    head = data.get("scenario", {})
-    events = [_event(p, i, e) for i, e in enumerate(data.get("events", []))]
-    return Scenario(
-        name=str(head.get("name", p.stem)),
-        description=str(head.get("description", "")),
-        events=tuple(sorted(events, key=lambda e: e.at_s)),
-    )
-
-
-def _event(path: Path, index: int, raw: Any) -> ScenarioEvent:
-    where = f"{path}: events[{index}]"
-    if not isinstance(raw, dict):
-        raise ScenarioError(f"{where} must be a table")
-    at = raw.get("at_s")
-    if not isinstance(at, int | float) or isinstance(at, bool) or at < 0:
-        raise ScenarioError(f"{where}.at_s must be a number >= 0, got {at!r}")
-    if ("fault" in raw) == ("clear" in raw):
-        raise ScenarioError(f"{where} needs exactly one of 'fault' or 'clear'")
-    name = raw.get("fault", raw.get("clear"))
-    try:
-        fault = Fault(name)
-    except ValueError:
-        raise ScenarioError(f"{where}: unknown fault {name!r}") from None
-    arg, unit = raw.get("arg"), raw.get("unit")
-    if arg is not None and not isinstance(arg, int | float):
-        raise ScenarioError(f"{where}.arg must be a number, got {arg!r}")
-    if unit is not None and not isinstance(unit, int):
-        raise ScenarioError(f"{where}.unit must be an integer, got {unit!r}")
-    return ScenarioEvent(
-        at_s=float(at),
-        fault=fault,
-        clear="clear" in raw,
-        arg=float(arg) if arg is not None else None,
-        unit=unit,
-    )
 
 
 class FaultTarget(Protocol):
@@ -103,6 +35,9 @@ class FaultTarget(Protocol):
     @property
     def clock(self) -> SimClock: ...
 
+    @property
+    def unit_ids(self) -> list[int]: ...
+
     def inject(
         self, fault: Fault | str, arg: float | None = None, *, unit: int | None = None
     ) -> None: ...
@@ -110,13 +45,86 @@ class FaultTarget(Protocol):
     def clear(self, fault: Fault | str, *, unit: int | None = None) -> None: ...
 
 
-async def play(sim: FaultTarget, scenario: Scenario) -> None:
-    """Apply the scenario's events at their simulated times (run it as a named task)."""
-    log.info("scenario started", scenario=scenario.name, events=len(scenario.events))
-    for event in scenario.events:
-        await sim.clock.sleep(event.at_s - sim.clock.now())
-        if event.clear:
-            sim.clear(event.fault, unit=event.unit)
+def fault_of(name: str, where: str) -> Fault:
+    """The Modbus fault named ``name`` (``-`` and ``_`` alike); ScenarioError lists them."""
+    try:
+        return Fault(name.replace("-", "_"))
+    except ValueError:
+        known = ", ".join(f.value for f in Fault)
+        raise ScenarioError(
+            f"{where}.fault: unknown Modbus fault {name!r}; known: {known}"
+        ) from None
+
+
+def _unit(target: FaultTarget, event: PumpEvent, where: str) -> int | None:
+    if event.pump is None:
+        return None
+    if isinstance(event.pump, str) or event.pump not in target.unit_ids:
+        raise ScenarioError(
+            f"{where}.pump: no simulated pump {event.pump!r}; unit ids are {target.unit_ids}"
+        )
+    return event.pump
+
+
+def apply_event(target: FaultTarget, event: PumpEvent, where: str) -> None:
+    """Apply one event now; ScenarioError (naming ``where`` and the field) if it cannot be."""
+    unit = _unit(target, event, where)
+    try:
+        if isinstance(event, FaultEvent):
+            if isinstance(event.value, str) or event.on is not None or event.count is not None:
+                raise ScenarioError(
+                    f"{where}: a Modbus fault takes a number as value, and no 'on' or 'count'"
+                )
+            target.inject(fault_of(event.fault, where), event.value, unit=unit)
+        elif isinstance(event, ClearEvent):
+            faults = [fault_of(event.fault, where)] if event.fault else list(Fault)
+            for fault in faults:
+                target.clear(fault, unit=unit)
+        elif isinstance(event, RateEvent):
+            target.inject(Fault.FRONT_PANEL_RATE, float(event.rate_ml_h), unit=unit)
+        elif isinstance(event, PanelEvent) and event.action is EventAction.RESET:
+            target.inject(Fault.POWER_RESET, unit=unit)
         else:
-            sim.inject(event.fault, event.arg, unit=event.unit)
+            raise ScenarioError(
+                f"{where}.action: {event.action.value!r} is not a Modbus pump event "
+                "(fault, clear, reset, rate)"
+            )
+    except ValueError as exc:  # the pump model refuses a value (e.g. a rate above max_rate)
+        raise ScenarioError(f"{where}: {exc}") from None
+
+
+def setups(scenario: Scenario, origin: str, serial: str = "SN{:04d}") -> list[PumpSetup]:
+    """The scenario's ``[[pumps]]`` as Modbus pump setups (unit id = ``pump``)."""
+    out = []
+    for i, state in enumerate(scenario.pumps):
+        for name in ("diameter_mm", "reset_alarm"):
+            if getattr(state, name) is not None:
+                raise ScenarioError(f"{origin}: pumps[{i}].{name}: not a Modbus pump field")
+        if not 1 <= state.pump <= 247:
+            raise ScenarioError(f"{origin}: pumps[{i}].pump: a unit id is 1..247")
+        out.append(
+            PumpSetup(
+                unit_id=state.pump,
+                status="infusing" if state.running else "stopped",
+                rate_ml_h=Decimal(state.rate_ml_h),
+                vtbi_ml=Decimal(state.vtbi_ml),
+                serial=serial.format(state.pump),
+            )
+        )
+    return out
+
+
+def check(probe: FaultTarget, scenario: Scenario, origin: str) -> None:
+    """Refuse, before serving, an event that names no pump, an unknown fault or a bad value:
+    every event is applied once to ``probe`` (a throwaway copy of the simulator)."""
+    for index, event in scenario.pump_events():
+        apply_event(probe, event, f"{origin}: events[{index}]")
+
+
+async def play(target: FaultTarget, scenario: Scenario, origin: str = "scenario") -> None:
+    """Apply the scenario's pump events at their simulated times (run it as a named task)."""
+    log.info("scenario started", scenario=scenario.name, events=len(scenario.events))
+    for index, event in scenario.pump_events():
+        await target.clock.sleep(event.at_s - target.clock.now())
+        apply_event(target, event, f"{origin}: events[{index}]")
     log.info("scenario finished", scenario=scenario.name)

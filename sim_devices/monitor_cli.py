@@ -21,7 +21,7 @@ import structlog
 
 from sim_devices.clock import SimClock
 from sim_devices.monitor import AckResult, Monitor, MonitorFault
-from sim_devices.scenario import load_scenario
+from sim_devices.scenario import ScenarioError, load_scenario
 
 DEFAULT_TO = "tcp://127.0.0.1:2575"
 
@@ -94,7 +94,7 @@ def _build(args: argparse.Namespace) -> Monitor:
         raise ValueError("--count must be >= 1")
     faults = _faults(args.faults)
     scenario = load_scenario(args.scenario or "demo")
-    scheduled = [(at_s, MonitorFault.parse(name)) for at_s, name in scenario.faults]
+    scheduled = scenario.monitor_faults()
     clock = SimClock(speed=args.speed)
     return Monitor(
         scenario.model(seed=args.seed),
@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         monitor = _build(args)
-    except ValueError as exc:
+    except (ValueError, ScenarioError) as exc:
         sys.stderr.write(f"infusiond sim monitor: {exc}\n")
         return 2
     asyncio.run(_main(monitor, args))

@@ -15,12 +15,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import sys
 from decimal import Decimal
-from pathlib import Path
 
 from sim_devices.newera_pump import PumpSetup
-from sim_devices.newera_scenario import Event, apply_fault_spec, check_events, load_scenario, play
+from sim_devices.newera_scenario import apply_fault_spec, check, play, setups
 from sim_devices.newera_server import NewEraSimulator
+from sim_devices.scenario import Scenario, ScenarioError, load_scenario
 from sim_devices.serial_cli import apply_fault_specs, chain_addresses, serve_until_signal
 
 DEFAULT_LISTEN = "tcp://127.0.0.1:7000"
@@ -43,22 +44,23 @@ def _setups(args: argparse.Namespace) -> list[PumpSetup]:
 
 
 async def serve(args: argparse.Namespace) -> int:
-    setups = _setups(args)
-    events: list[Event] = []
-    if args.scenario:
-        scenario_pumps, events = load_scenario(Path(args.scenario))
-        setups = scenario_pumps or setups
-    sim = NewEraSimulator(
-        setups,
-        speed=args.speed,
-        baudrate=int(getattr(args, "baud", 19200) or 19200),
-        emulate_wire_time=bool(getattr(args, "emulate_wire", False)),
-    )
-    check_events(sim, events, str(args.scenario))
-    apply_fault_specs(args.faults, functools.partial(apply_fault_spec, sim))
+    origin = str(args.scenario)
+    try:
+        scenario = load_scenario(args.scenario) if args.scenario else Scenario(name="none")
+        sim = NewEraSimulator(
+            setups(scenario, origin) or _setups(args),
+            speed=args.speed,
+            baudrate=int(getattr(args, "baud", 19200) or 19200),
+            emulate_wire_time=bool(getattr(args, "emulate_wire", False)),
+        )
+        check(sim, scenario, origin)
+        apply_fault_specs(args.faults, functools.partial(apply_fault_spec, sim))
+    except ScenarioError as exc:
+        sys.stderr.write(f"infusiond sim newera: {exc}\n")
+        return 2
     listen = args.serial or args.listen or DEFAULT_LISTEN
     await serve_until_signal(
-        "newera", sim.serving(listen), functools.partial(play, sim, events, str(args.scenario))
+        "newera", sim.serving(listen), functools.partial(play, sim, scenario, origin)
     )
     return 0
 

@@ -163,6 +163,10 @@ class NewEraPumpModel(FaultArming[Fault, Command]):
         self.status = Status.STOPPED
         self.alarm = alarm
 
+    def stall(self) -> None:
+        """The motor stalls: pumping stops with ``A?S`` latched."""
+        self.raise_alarm(Alarm.STALLED)
+
     def power_reset(self) -> None:
         """Power interruption: pumping stops; the program is kept; ``A?R`` is latched."""
         self.raise_alarm(Alarm.RESET)

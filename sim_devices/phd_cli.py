@@ -12,7 +12,7 @@ reset) and ``panel-rate=ML_H`` (a front-panel rate change) happen once at start;
 ``slow=SECONDS``, ``reject=TEXT``, ``refuse-but-apply=TEXT``, ``hang-up``, ``noise``) stay
 armed. ``TEXT`` is one of the pump's error lines (``OOR``, ``NA``, ``?``, ``Out of range`` ...).
 ``/COMMAND`` limits a fault to that command sent as a write (``/irate``: rate changes).
-``--scenario FILE`` plays timed events (:mod:`sim_devices.phd_scenario`).
+``--scenario FILE`` plays timed events (:mod:`sim_devices.scenario`, docs/biomed-guide.md).
 
 A terminal on the other end (``socat - TCP:127.0.0.1:7010,crlf``) talks to it as to the pump:
 type ``ver`` or ``irat 9 ml/hr`` and Enter.
@@ -23,20 +23,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import sys
 from decimal import Decimal, InvalidOperation
-from pathlib import Path
 
 from sim_devices.phd_pump import PumpSetup
-from sim_devices.phd_scenario import (
-    EVENTS,
-    Event,
-    FaultSpecError,
-    apply_fault_spec,
-    check_events,
-    load_scenario,
-    play,
-)
+from sim_devices.phd_scenario import EVENTS, apply_fault_spec, check, play, setups
 from sim_devices.phd_server import PhdSimulator
+from sim_devices.scenario import Scenario, ScenarioError, load_scenario
 from sim_devices.serial_cli import apply_fault_specs, chain_addresses, serve_until_signal
 
 DEFAULT_LISTEN = "tcp://127.0.0.1:7010"
@@ -64,22 +57,23 @@ def _setups(args: argparse.Namespace) -> list[PumpSetup]:
 
 
 async def serve(args: argparse.Namespace) -> int:
-    setups = _setups(args)
-    events: list[Event] = []
+    origin = str(args.scenario)
     try:
-        if args.scenario:
-            scenario_pumps, events = load_scenario(Path(args.scenario))
-            setups = scenario_pumps or setups
+        scenario = load_scenario(args.scenario) if args.scenario else Scenario(name="none")
         sim = PhdSimulator(
-            setups, speed=args.speed, baudrate=int(args.baud), emulate_wire_time=args.emulate_wire
+            setups(scenario, origin) or _setups(args),
+            speed=args.speed,
+            baudrate=int(args.baud),
+            emulate_wire_time=args.emulate_wire,
         )
-        check_events(sim, events, str(args.scenario))
+        check(sim, scenario, origin)
         apply_fault_specs(args.faults, functools.partial(apply_fault_spec, sim))
-    except FaultSpecError as exc:
-        raise SystemExit(f"infusiond sim phd: {exc}") from None
+    except ScenarioError as exc:
+        sys.stderr.write(f"infusiond sim phd: {exc}\n")
+        return 2
     listen = args.serial or args.listen or DEFAULT_LISTEN
     await serve_until_signal(
-        "phd", sim.serving(listen), functools.partial(play, sim, events, str(args.scenario))
+        "phd", sim.serving(listen), functools.partial(play, sim, scenario, origin)
     )
     return 0
 

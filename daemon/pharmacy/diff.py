@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from protocol.library import Example, Library, load_library
+from daemon.library_file import load_library
+from protocol.library import Example, Library
 
 EXIT_SAME = 0
 EXIT_DIFFERENT = 1

@@ -116,9 +116,12 @@ def _cell(value: Any, key: str) -> str:
     return escape(str(value))
 
 
-def _summary_table(summary: list[dict[str, Any]]) -> str:
+def _summary_table(summary: list[dict[str, Any]], table_id: str = "summary") -> str:
     head = "".join(f"<th>{escape(title)}</th>" for _, title in _COLUMNS)
-    first = '<table id="summary"><tr><th class="text">Drug</th><th class="text">Profile</th>'
+    first = (
+        f'<table id="{escape(table_id)}"><tr><th class="text">Drug</th>'
+        '<th class="text">Profile</th>'
+    )
     lines = [f"{first}{head}</tr>"]
     for row in summary:
         total = ' class="total"' if row["drug"] == "(all)" else ""
@@ -149,8 +152,24 @@ def _list_table(items: list[dict[str, Any]], columns: list[tuple[str, str]], emp
     return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
 
 
+def _gateways(report: dict[str, Any]) -> list[str]:
+    """Per gateway (a hospital report): its period, rows read and summary table."""
+    parts = []
+    for gw in report.get("gateways") or ():
+        period = f"{gw['first_row'] or '—'} to {gw['last_row'] or '—'}"
+        parts.append(f"<h3>Gateway {escape(gw['gateway'])}</h3>")
+        parts.append(f'<p class="note">{escape(period)} ({gw["rows_read"]} rows read).</p>')
+        parts.append(_summary_table(gw["summary"], table_id=f"summary-{gw['gateway']}"))
+    return ["<h2>Per gateway</h2>", *parts] if parts else []
+
+
+def _with_gateway(report: dict[str, Any], columns: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    return [("gateway", "Gateway"), *columns] if "gateways" in report else columns
+
+
 def render_html(report: dict[str, Any]) -> str:
-    """The whole page for a report dict (:meth:`Report.to_dict`)."""
+    """The whole page for a report dict (:meth:`Report.to_dict`, or a hospital's with
+    ``gateways``: then a table per gateway and a gateway column in every list)."""
     summary: list[dict[str, Any]] = report["summary"]
     per_key = [r for r in summary if r["drug"] != "(all)"]
     charts = []
@@ -169,7 +188,7 @@ def render_html(report: dict[str, Any]) -> str:
         "<h1>Drug library CQI report</h1>",
         (
             f"<p>Period: {escape(period)}. Generated {escape(report['generated_at'])} from "
-            f"{escape(report['journal'])} ({report['rows_read']} journal rows).</p>"
+            f"{escape(report['journal'])} ({report['rows_read']} rows read).</p>"
         ),
         (
             '<p class="note">A programming is a command the drug library judged. A catch is a '
@@ -180,46 +199,56 @@ def render_html(report: dict[str, Any]) -> str:
         ),
         "<h2>Summary per drug and profile</h2>",
         _summary_table(summary),
+        *_gateways(report),
         "<h2>Charts</h2>",
         *charts,
         "<h2>Overrides</h2>",
         _list_table(
             report["overrides"],
-            [
-                ("ts", "Time"),
-                ("pump_id", "Pump"),
-                ("drug", "Drug"),
-                ("profile", "Profile"),
-                ("clinician", "Clinician"),
-                ("rules", "Rules"),
-                ("reason", "Reason given"),
-            ],
+            _with_gateway(
+                report,
+                [
+                    ("ts", "Time"),
+                    ("pump_id", "Pump"),
+                    ("drug", "Drug"),
+                    ("profile", "Profile"),
+                    ("clinician", "Clinician"),
+                    ("rules", "Rules"),
+                    ("reason", "Reason given"),
+                ],
+            ),
             "No overrides in this period.",
         ),
         "<h2>Catches</h2>",
         _list_table(
             report["catches"],
-            [
-                ("pump_id", "Pump"),
-                ("drug", "Drug"),
-                ("rejected_at", "Rejected at"),
-                ("accepted_at", "Accepted at"),
-                ("minutes", "Minutes"),
-            ],
+            _with_gateway(
+                report,
+                [
+                    ("pump_id", "Pump"),
+                    ("drug", "Drug"),
+                    ("rejected_at", "Rejected at"),
+                    ("accepted_at", "Accepted at"),
+                    ("minutes", "Minutes"),
+                ],
+            ),
             "No catches in this period.",
         ),
         "<h2>Changes at the pump outside the library</h2>",
         _list_table(
             report["observed_outside_library"],
-            [
-                ("ts", "Time"),
-                ("pump_id", "Pump"),
-                ("drug", "Drug"),
-                ("profile", "Profile"),
-                ("rules", "Rules"),
-                ("rate", "Rate"),
-                ("dose", "Dose"),
-            ],
+            _with_gateway(
+                report,
+                [
+                    ("ts", "Time"),
+                    ("pump_id", "Pump"),
+                    ("drug", "Drug"),
+                    ("profile", "Profile"),
+                    ("rules", "Rules"),
+                    ("rate", "Rate"),
+                    ("dose", "Dose"),
+                ],
+            ),
             "None in this period.",
         ),
         "<h2>Library changes</h2>",

@@ -6,8 +6,10 @@
  * pump/<id>/event, pump/<id>/command/result and vitals/<bed>/state. Sends set_dose titrations
  * (infusiond.pump.command/1) and follows their result phases, including the confirmation flow.
  *
- * Where to connect comes from /config.json ({broker_ws_url, gateway}); ?broker=ws://...&gateway=ID
- * in the page URL override it. Payload text only ever reaches the DOM through textContent.
+ * Where to connect comes from /config.json ({broker_ws_url, gateway, api}); ?broker=ws://...&gateway=ID
+ * in the page URL override it. When the gateway serves its history API (config "api"), the dose
+ * charts and Recent events are filled with the journal's last 30 min before going live.
+ * Payload text only ever reaches the DOM through textContent.
  */
 "use strict";
 
@@ -18,7 +20,11 @@
   const MAX_POINTS = 2000;
   const MAP_TARGET = [65, 85];
   const SILENT_AFTER_MS = 15000; // vitals are republished at least every 5 s
-  const LATE_POLL_MS = 10000;
+  // A pump is polled every second or so, but its retained state is republished only when it
+  // changes or every publish_every_s (10 s by default): a last_poll up to that old is normal.
+  const LATE_POLL_MS = 15000;
+  const SIGNIFICANT = 3; // digits shown (daemon/display.py applies the same rule in watch)
+  const HISTORY_WINDOW = "30m";
   const TTL_S = 30;
   const LOOPBACK = new Set(["127.0.0.1", "localhost", "::1", "[::1]"]);
   const TOPIC_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/; // gateway, pump and bed ids
@@ -40,6 +46,9 @@
     mapHistory: new Map(), // bed id -> [{t, v, stale}]
     doseHistory: new Map(), // pump id -> [{t, value, unit, rate, why}]
     events: [], // newest first: {ts, who, kind, detail, cls}
+    seenSeqs: new Set(), // event seqs listed this session (history and live overlap)
+    rejectedShown: new Set(), // command ids whose rejection is listed (event + result: once)
+    historyLoaded: false,
     problems: 0,
     lastProblem: "",
   };
@@ -54,9 +63,16 @@
     return text;
   }
 
+  // SIGNIFICANT digits but never fewer than the whole part, no trailing zeros: 0.066667 ->
+  // "0.0667", 52.5 -> "52.5", 1234.5 -> "1235" (daemon/display.py human_number).
   function fmtNum(value) {
     if (typeof value !== "number" || !Number.isFinite(value)) return "—";
-    return String(Number(value.toPrecision(6)));
+    if (value === 0) return "0";
+    const clean = Number(value.toPrecision(15));
+    const digits = Math.max(0, SIGNIFICANT - 1 - Math.floor(Math.log10(Math.abs(clean))));
+    let text = clean.toFixed(Math.min(digits, 20));
+    if (text.includes(".")) text = text.replace(/0+$/, "").replace(/\.$/, "");
+    return text === "-0" ? "0" : text;
   }
 
   function isQuantity(q) {
@@ -83,8 +99,8 @@
 
   function fmtAge(ms) {
     if (ms === null || !Number.isFinite(ms)) return "—";
-    const s = Math.max(0, Math.round(ms / 1000));
-    if (s < 120) return `${s} s`;
+    const s = Math.max(0, Math.floor(ms / 1000));
+    if (s < 60) return `${s} s`;
     const m = Math.floor(s / 60);
     if (m < 120) return `${m} min`;
     return `${Math.floor(m / 60)} h ${m % 60} min`;
@@ -194,9 +210,16 @@
     model.doseHistory.set(id, history);
   }
 
-  function applyEvent(pump, data, body) {
+  // fromHistory: an event read from /api/events (its dose is in the loaded series already).
+  function applyEvent(pump, data, body, fromHistory = false) {
     const kind = String(data.type ?? "?");
     if (Number.isInteger(body.seq)) {
+      if (model.seenSeqs.has(body.seq)) return; // listed from the history already
+      model.seenSeqs.add(body.seq);
+      if (model.seenSeqs.size > 4 * MAX_EVENTS) model.seenSeqs.delete(model.seenSeqs.values().next().value);
+    }
+    if (kind === "command_rejected" && !firstRejection(data.command_id)) return;
+    if (Number.isInteger(body.seq) && !fromHistory) {
       if (model.lastEventSeq !== null && body.seq > model.lastEventSeq + 1) {
         addEvent(body.ts, "", "gap", `events ${model.lastEventSeq + 1}-${body.seq - 1} were not received`, "gap");
       }
@@ -208,7 +231,7 @@
       const to = data.to || {};
       const by = data.command_id ? `command ${data.command_id}` : data.source === "device" ? "at the pump" : "";
       detail = `${fmtQty(from.rate)} (${fmtQty(from.dose)}) → ${fmtQty(to.rate)} (${fmtQty(to.dose)}) ${by}`;
-      if (isQuantity(to.dose)) {
+      if (isQuantity(to.dose) && !fromHistory) {
         const history = model.doseHistory.get(pump) || [];
         const last = history[history.length - 1];
         if (!last || last.value !== to.dose.value) {
@@ -223,6 +246,8 @@
       detail = `${String(alarm.priority ?? "").toUpperCase()} ${alarm.code ?? "?"} ${alarm.message ?? ""}`;
     } else if (kind === "connection_changed") {
       detail = String(data.connection ?? "");
+    } else if (kind === "command_rejected") {
+      detail = `${data.command_id ?? "(no id)"} ${(data.verdict?.findings || []).map((f) => f && f.rule).filter(Boolean).join(", ")}`;
     } else if (kind === "override_accepted") {
       detail = `by ${data.clinician ?? "?"}: “${data.reason ?? ""}” (command ${data.command_id ?? "?"})`;
     } else if (data.verdict && Array.isArray(data.verdict.findings)) {
@@ -232,8 +257,19 @@
     addEvent(body.ts, pump, kind.replace(/_/g, " "), detail.trim(), cls);
   }
 
+  // The gateway reports a rejection twice (a command_rejected event and the command's result):
+  // Recent events lists it once.
+  function firstRejection(commandId) {
+    if (typeof commandId !== "string") return true;
+    if (model.rejectedShown.has(commandId)) return false;
+    model.rejectedShown.add(commandId);
+    if (model.rejectedShown.size > 4 * MAX_EVENTS) model.rejectedShown.delete(model.rejectedShown.values().next().value);
+    return true;
+  }
+
   function applyResult(pump, data, ts) {
     const phase = String(data.phase ?? "?");
+    if (phase === "rejected" && !firstRejection(data.id)) return titration.onResult(pump, data);
     let why = "";
     if (data.error && typeof data.error === "object") why = `${data.error.code}: ${data.error.message ?? ""}`;
     else if (data.verdict && Array.isArray(data.verdict.findings)) {
@@ -356,13 +392,28 @@
           el("td", { text: fmtQty(data.vtbi) }),
           el("td", { text: fmtQty(data.volume_infused) }),
           alarmCell,
-          el("td", { class: pollAge !== null && pollAge > LATE_POLL_MS ? "late" : null, text: pollAge === null ? "never" : `${fmtAge(pollAge)} ago` }),
+          pollCell(data, pollAge),
         ),
       );
     }
     $("pump-rows").replaceChildren(...rows);
     labelCells($("pumps"));
     $("no-pumps").hidden = rows.length > 0;
+  }
+
+  // "live" while the gateway reports fresh polls (its state refreshes at least every 10 s);
+  // otherwise how old the last poll is, marked late, or "last known" when the gateway is gone.
+  function pollCell(data, pollAge) {
+    if (pollAge === null) return el("td", { class: "poll", text: "never" });
+    const at = `${clockOf(data.last_poll)} UTC`;
+    if (model.bridge !== "online" || model.disconnectedAt !== null) {
+      return el("td", { class: "poll late" }, "last known", el("span", { class: "sub", text: at }));
+    }
+    if (pollAge > LATE_POLL_MS || data.connection !== "online") {
+      return el("td", { class: "poll late" }, `${fmtAge(pollAge)} ago`, el("span", { class: "sub", text: at }));
+    }
+    return el("td", { class: "poll", title: `last reported poll ${at}; the state refreshes at least every 10 s` },
+      badge("live", "ok"), el("span", { class: "sub", text: at }));
   }
 
   function alarmClass(alarms) {
@@ -451,10 +502,9 @@
     return Number((step * magnitude).toPrecision(3));
   }
 
-  function windowOf(points, now) {
-    const first = points.length ? points[0].t : now;
-    const span = Math.min(TREND_WINDOW_MS, Math.max(5 * 60 * 1000, now - first));
-    return [now - span, now];
+  // Always the labelled window ("last 30 min"), so the axis matches the heading.
+  function windowOf(now) {
+    return [now - TREND_WINDOW_MS, now];
   }
 
   function renderTrends(now) {
@@ -465,7 +515,7 @@
       const values = recent.map((p) => p.v);
       const lo = Math.min(40, ...values.map((v) => Math.floor(v / 10) * 10));
       const hi = Math.max(110, ...values.map((v) => Math.ceil(v / 10) * 10));
-      const [t0, t1] = windowOf(recent, now);
+      const [t0, t1] = windowOf(now);
       const history = model.mapHistory.get(bed);
       const last = history[history.length - 1];
       charts.push(
@@ -486,7 +536,7 @@
       const points = history.map((p) => ({ t: p.t, v: p.value }));
       const values = points.filter((p) => typeof p.v === "number").map((p) => p.v);
       const hi = niceCeil(values.length ? Math.max(...values) * 1.2 : 0);
-      const [t0, t1] = windowOf(points.filter((p) => p.t >= now - TREND_WINDOW_MS), now);
+      const [t0, t1] = windowOf(now);
       const unit = unitLabel([...history].reverse().find((p) => p.unit)?.unit ?? "");
       const state = model.pumps.get(pump);
       const drug = state ? state.data.drug : "";
@@ -501,6 +551,7 @@
         ),
       );
     }
+    $("dose-window").textContent = model.historyLoaded ? "last 30 min, from the journal" : "since this page opened";
     if (charts.length) $("dose-histories").replaceChildren(...charts);
     else $("dose-histories").replaceChildren(el("p", { class: "empty", text: "No pumps yet." }));
   }
@@ -740,9 +791,9 @@
           el("tr", { "data-rule": f.rule },
             el("td", {}, el("code", { text: f.rule ?? "?" })),
             el("td", {}, el("span", { class: `sev sev-${f.severity}`, text: f.severity ?? "?" })),
-            el("td", { text: f.message ?? "" }),
-            el("td", { text: fmtAny(f.limit) }),
-            el("td", { text: fmtAny(f.observed) }),
+            el("td", { class: "message", text: unitLabel(f.message ?? "") }),
+            el("td", { "data-label": "limit", text: fmtAny(f.limit) }),
+            el("td", { "data-label": "observed", text: fmtAny(f.observed) }),
           ),
         ),
       );
@@ -831,6 +882,40 @@
     });
   }
 
+  async function fetchJson(url) {
+    const response = await fetch(url, { cache: "no-store" });
+    if (!response.ok) throw new Error(`${url}: HTTP ${response.status}`);
+    return response.json();
+  }
+
+  // The journal's last 30 min: each pump's dose series and the events, oldest first.
+  async function loadHistory(api) {
+    const [series, events] = await Promise.all([
+      fetchJson(`${api.history}?since=${HISTORY_WINDOW}`),
+      fetchJson(`${api.events}?since=${HISTORY_WINDOW}&limit=${MAX_EVENTS}`),
+    ]);
+    if (typeof events.session === "string") model.session = events.session;
+    for (const [pump, entry] of Object.entries(series.data?.pumps ?? {})) {
+      if (!TOPIC_ID.test(pump)) continue;
+      const history = [];
+      for (const p of entry.points ?? []) {
+        const t = parseTime(p.ts);
+        if (t === null) continue;
+        const dose = isQuantity(p.dose) ? p.dose : null;
+        if (!dose && p.rate) continue; // a rate whose dose is unknown: not drawn as "no dose"
+        const why = p.why === "before" ? "at the window start" : String(p.why ?? "").replace(/_/g, " ");
+        history.push({ t, value: dose ? dose.value : null, unit: dose ? dose.unit : null, rate: p.rate, why });
+      }
+      model.doseHistory.set(pump, history.slice(-MAX_POINTS));
+    }
+    for (const item of events.data?.events ?? []) {
+      if (item && typeof item.data === "object" && item.data !== null && TOPIC_ID.test(String(item.pump_id))) {
+        applyEvent(String(item.pump_id), item.data, { ts: item.ts, seq: item.seq }, true);
+      }
+    }
+    model.historyLoaded = true;
+  }
+
   async function start() {
     $("titrate-form").addEventListener("submit", (ev) => { ev.preventDefault(); titration.submit(); });
     $("t-pump").addEventListener("change", () => titration.renderForm());
@@ -855,6 +940,16 @@
     }
     const url = params.get("broker") || config.broker_ws_url;
     const gateway = params.get("gateway") || config.gateway;
+    if (!url && gateway && config.api) {
+      model.gateway = gateway;
+      model.brokerState = "no broker WebSocket configured: history only";
+      try {
+        await loadHistory(config.api);
+      } catch (err) {
+        problem(`history: ${err.message}`);
+      }
+      return scheduleRender();
+    }
     if (!url || !gateway) {
       model.brokerState = "not configured (?broker=ws://host:port&gateway=ID)";
       return scheduleRender();
@@ -866,6 +961,14 @@
     if (typeof mqtt === "undefined") {
       model.brokerState = "MQTT client script failed to load";
       return scheduleRender();
+    }
+    model.gateway = gateway;
+    if (config.api && !params.get("broker")) {
+      try {
+        await loadHistory(config.api); // before going live: Recent events stay in order
+      } catch (err) {
+        problem(`history: ${err.message}`);
+      }
     }
     connect(brokerUrl(url), gateway);
     scheduleRender();

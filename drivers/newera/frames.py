@@ -18,6 +18,7 @@ the length byte (it is bounds-checked before use) and resynchronise on the next 
 
 from __future__ import annotations
 
+import binascii
 import enum
 import re
 from dataclasses import dataclass
@@ -49,14 +50,11 @@ class TruncatedFrame(FrameError):
 
 
 def crc16_xmodem(data: bytes) -> int:
-    """CRC-16/XMODEM: poly 0x1021, init 0, no reflection, no final xor (``SAF0`` -> 0x5543)."""
-    crc = 0
-    for byte in data:
-        crc ^= byte << 8
-        for _ in range(8):
-            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else (crc << 1)
-            crc &= 0xFFFF
-    return crc
+    """CRC-16/XMODEM: poly 0x1021, init 0, no reflection, no final xor (``SAF0`` -> 0x5543).
+
+    The standard library computes exactly this CRC (``binascii.crc_hqx`` with initial value 0).
+    """
+    return binascii.crc_hqx(data, 0)
 
 
 class Status(enum.Enum):

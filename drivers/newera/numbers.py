@@ -93,9 +93,3 @@ def encode_rate(rate_ml_h: Decimal) -> tuple[str, RateUnit]:
 def decode_rate(text: str, unit: RateUnit) -> Decimal:
     """mL/h of a ``RAT`` value."""
     return parse_float(text) * unit.ml_h
-
-
-def quantize_rate(rate_ml_h: Decimal) -> Decimal:
-    """The rate the pump will actually hold when asked for ``rate_ml_h``."""
-    text, unit = encode_rate(rate_ml_h)
-    return decode_rate(text, unit)

@@ -1,1 +1,1 @@
-"""Rule families of the engine (one module per family) and the rule catalogue."""
+"""Rule families of the engine (one module per family); rule ids live in protocol.rule_ids."""

@@ -15,7 +15,8 @@ GUIDES = (
     DOCS / "operator-guide.md",
     DOCS / "configuration.md",
 )
-MARKDOWN = (*GUIDES, ROOT / "README.md", DOCS / "fleet.md")
+#: every page (links and `infusiond ...` invocations are checked in all of them)
+MARKDOWN = (*sorted(DOCS.glob("*.md")), ROOT / "README.md")
 ASYNCAPI = DOCS / "asyncapi.yaml"
 
 _FENCE = re.compile(r"^```([\w-]*)\n(.*?)^```\s*$", re.MULTILINE | re.DOTALL)

@@ -10,10 +10,10 @@ from daemon.cli import build_parser
 from sim_devices.modbus_pump import Fault as ModbusFault
 from sim_devices.monitor import MonitorFault
 from sim_devices.newera_pump import Fault as NewEraFault
-from sim_devices.newera_scenario import ACTIONS, EVENTS
+from sim_devices.newera_scenario import EVENTS
 from sim_devices.phd_cli import EVENTS as PHD_EVENTS
 from sim_devices.phd_pump import Fault as PhdFault
-from sim_devices.scenario import shipped_scenarios
+from sim_devices.scenario import EventAction, shipped_scenarios
 from tests.docs.docs_text import DOCS
 
 GUIDE = DOCS / "biomed-guide.md"
@@ -68,9 +68,18 @@ def test_every_fault_name_is_documented(kind: str, names: list[str]) -> None:
     assert not missing, f"sim {kind}: undocumented faults {missing}"
 
 
-def test_new_era_scenario_actions_and_patient_scenarios_are_documented() -> None:
-    """Scenario actions of the New Era simulator and every shipped patient scenario appear."""
+def test_scenario_actions_and_patient_scenarios_are_documented() -> None:
+    """Every scenario action has a row in the scenario-format section, the New Era section names
+    the actions it plays, and every shipped patient scenario appears."""
+    text = GUIDE.read_text(encoding="utf-8")
+    start = text.index("## Scenario files")
+    scenarios = text[start : text.index("\n## ", start + 1)]
+    assert all(f"| `{a.value}` |" in scenarios for a in EventAction)
     newera = section("newera")
-    assert all(f"`{a}`" in newera for a in ACTIONS)
+    assert all(
+        f"`{a.value}`" in newera
+        for a in EventAction
+        if a not in (EventAction.DRIFT, EventAction.MONITOR)
+    )
     monitor = section("monitor")
     assert all(f"`{name}`" in monitor for name in shipped_scenarios())

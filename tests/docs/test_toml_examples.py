@@ -1,5 +1,6 @@
 """The TOML shown in the guides is what the loaders accept: the operator guide's configuration
-loads with daemon.config, and the biomed guide's scenarios load with the simulators' loaders."""
+loads with daemon.config, and every scenario in the biomed guide loads with the one scenario
+loader and passes the check of the simulator it is written for (the demo's for the full one)."""
 
 from __future__ import annotations
 
@@ -12,10 +13,15 @@ from typing import Any
 import pytest
 
 from daemon.config import load_config
+from daemon.demo_devices import demo_scenario
 from protocol.library import DEFAULT_LIBRARY_PATH
-from sim_devices import modbus_scenario, newera_scenario
-from sim_devices.scenario import parse_scenario
-from tests.docs.docs_text import GUIDES, Block, blocks
+from sim_devices import modbus_scenario, newera_scenario, phd_scenario
+from sim_devices.modbus_pump import PumpSetup as ModbusSetup
+from sim_devices.modbus_server import ModbusPumpSimulator
+from sim_devices.newera_server import NewEraSimulator
+from sim_devices.phd_server import PhdSimulator
+from sim_devices.scenario import EventAction, Scenario, load_scenario
+from tests.docs.docs_text import DOCS, GUIDES, Block, blocks
 
 
 def toml_blocks() -> list[Block]:
@@ -25,13 +31,27 @@ def toml_blocks() -> list[Block]:
 def kind_of(data: dict[str, Any]) -> str:
     if "gateway_id" in data:
         return "config"
-    if "scenario" in data:
-        return "modbus-scenario"
     if "name" in data:
-        return "patient-scenario"
-    if any("action" in e for e in data.get("events", [])):
-        return "newera-scenario"
+        return "scenario"
     raise AssertionError(f"unrecognised TOML example: {sorted(data)}")
+
+
+def check_scenario(path: Path) -> Scenario:
+    """Load ``path`` and run the check of the simulator its name says it is for."""
+    scenario = load_scenario(path)
+    origin = str(path)
+    if any(isinstance(e.pump, str) for e in scenario.events):
+        demo_scenario(path, pumps=2, phd=True)
+    elif scenario.name.startswith("modbus-"):
+        sim = ModbusPumpSimulator(modbus_scenario.setups(scenario, origin) or [ModbusSetup()])
+        modbus_scenario.check(sim, scenario, origin)
+    elif scenario.name.startswith("newera-"):
+        newera = NewEraSimulator(newera_scenario.setups(scenario, origin) or None)
+        newera_scenario.check(newera, scenario, origin)
+    elif scenario.name.startswith("phd-"):
+        phd = PhdSimulator(phd_scenario.setups(scenario, origin) or None)
+        phd_scenario.check(phd, scenario, origin)
+    return scenario
 
 
 @pytest.mark.parametrize("block", toml_blocks(), ids=lambda b: b.where)
@@ -55,18 +75,29 @@ def test_toml_example_is_accepted_by_its_loader(
         path.write_text(text)
         config = load_config(path)
         assert config.gateway_id == data["gateway_id"]
-    elif kind == "modbus-scenario":
-        path.write_text(block.text)
-        assert modbus_scenario.load_scenario(path).events
-    elif kind == "newera-scenario":
-        path.write_text(block.text)
-        _pumps, events = newera_scenario.load_scenario(path)
-        assert events
     else:
-        assert parse_scenario(data, block.where).name == data["name"]
+        path.write_text(block.text)
+        assert check_scenario(path).name == data["name"]
 
 
-def test_guides_show_each_kind_of_toml() -> None:
-    """The guides carry a configuration and the three scenario formats."""
+def test_guides_show_a_configuration_and_scenarios() -> None:
+    """The guides carry a configuration and scenarios (one format for every simulator)."""
     kinds = {kind_of(tomllib.loads(b.text)) for b in toml_blocks()}
-    assert kinds == {"config", "modbus-scenario", "newera-scenario", "patient-scenario"}
+    assert kinds == {"config", "scenario"}
+
+
+def test_the_scenario_format_section_has_a_full_example_the_demo_plays(tmp_path: Path) -> None:
+    """The biomed guide's "Scenario files" example uses every action and every top-level key,
+    and the demo accepts it."""
+    guide = DOCS / "biomed-guide.md"
+    text = guide.read_text(encoding="utf-8")
+    start = text.index("\n## Scenario files")
+    end = text.index("\n## ", start + 1)
+    examples = [b for b in blocks(guide) if b.lang == "toml" and b.text in text[start:end]]
+    assert len(examples) == 1
+    path = tmp_path / "full.toml"
+    path.write_text(examples[0].text)
+    scenario = demo_scenario(path, pumps=2, phd=True)
+    assert {e.action for e in scenario.events} == set(EventAction)
+    assert scenario.patient
+    assert scenario.seed

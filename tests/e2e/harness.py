@@ -27,7 +27,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from daemon.config import Config
 from daemon.gateway import Gateway
 from sim_devices.clock import SimClock
-from sim_devices.modbus_pump import PumpConfig as ModbusSetup
+from sim_devices.modbus_pump import PumpSetup as ModbusSetup
 from sim_devices.modbus_server import ModbusPumpSimulator
 from sim_devices.monitor import Monitor
 from sim_devices.newera_pump import PumpSetup as NewEraSetup

@@ -18,7 +18,7 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-from sim_devices.modbus_pump import PumpConfig as ModbusSetup
+from sim_devices.modbus_pump import PumpSetup as ModbusSetup
 from sim_devices.modbus_server import ModbusPumpSimulator
 from tests.support.procs import Mosquitto
 

@@ -27,7 +27,7 @@ from daemon.fleet.collect_cmd import PASSWORD_ENV
 from daemon.fleet.store import NOTIFY_CHANNEL
 from daemon.gateway import Gateway
 from sim_devices.clock import SimClock
-from sim_devices.modbus_pump import PumpConfig as ModbusSetup
+from sim_devices.modbus_pump import PumpSetup as ModbusSetup
 from sim_devices.modbus_server import ModbusPumpSimulator
 from tests.support.procs import READY_TIMEOUT_S, Mosquitto, wait_for_line
 

@@ -25,7 +25,7 @@ from drivers.hl7.ack import AckCode
 from drivers.hl7.piv import build_rgv
 from sim_devices.clock import SimClock
 from sim_devices.ehr import EhrSimulator, Received, send_order
-from sim_devices.modbus_pump import PumpConfig as ModbusSetup
+from sim_devices.modbus_pump import PumpSetup as ModbusSetup
 from sim_devices.modbus_server import ModbusPumpSimulator
 from sim_devices.newera_pump import PumpSetup as NewEraSetup
 from sim_devices.newera_server import NewEraSimulator

@@ -68,6 +68,21 @@ def test_crc_vector_and_saf0_packet() -> None:
     assert command_of(packet) == Command("SAF", "0")
 
 
+def _crc_by_definition(data: bytes) -> int:
+    crc = 0
+    for byte in data:
+        crc ^= byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021 if crc & 0x8000 else crc << 1) & 0xFFFF
+    return crc
+
+
+@given(st.binary(max_size=80))
+def test_crc_matches_the_bitwise_xmodem_definition(data: bytes) -> None:
+    """For any payload the CRC is CRC-16/XMODEM as defined bit by bit (poly 0x1021, init 0)."""
+    assert crc16_xmodem(data) == _crc_by_definition(data)
+
+
 @settings(deadline=None)  # shared CI cores: no timing flakes
 @given(replies | alarm_replies, st.booleans(), st.binary(max_size=8))
 def test_reply_round_trip_in_both_modes(reply: Reply, safe: bool, tail: bytes) -> None:

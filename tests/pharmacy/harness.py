@@ -24,7 +24,7 @@ from daemon.gateway import Gateway
 from daemon.pharmacy.signing import private_pem, public_pem, sign_library
 from protocol.library import DEFAULT_LIBRARY_PATH
 from sim_devices.clock import SimClock
-from sim_devices.modbus_pump import PumpConfig as ModbusSetup
+from sim_devices.modbus_pump import PumpSetup as ModbusSetup
 from sim_devices.modbus_server import ModbusPumpSimulator
 from sim_devices.newera_pump import PumpSetup as NewEraSetup
 from sim_devices.newera_server import NewEraSimulator
@@ -101,9 +101,10 @@ async def running_ward(
     *,
     gateway_login: tuple[str, str] | None = None,
     watcher_login: tuple[str, str] | None = None,
+    gateway_id: str = "gw-test",
 ) -> AsyncIterator[Ward]:
-    """Simulators, a gateway with ``library`` as its [library] section, and a v5 watcher
-    (each logging in to the broker when a (username, password) is given)."""
+    """Simulators, a gateway ``gateway_id`` with ``library`` as its [library] section, and a
+    v5 watcher (each logging in to the broker when a (username, password) is given)."""
     clock = SimClock()
     modbus = ModbusPumpSimulator(
         [ModbusSetup(unit_id=1, status="infusing", rate_ml_h=Decimal("52.5"))], clock=clock
@@ -128,7 +129,7 @@ async def running_ward(
                 "username": gateway_login[0],
                 "password": gateway_login[1],
             }
-        config = Config(**{**fields, "library": library})
+        config = Config(**{**fields, "gateway_id": gateway_id, "library": library})
         client = aiomqtt.Client(
             "127.0.0.1",
             broker.port,

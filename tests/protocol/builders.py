@@ -13,8 +13,9 @@ from decimal import Decimal
 from functools import cache
 from typing import Any
 
+from daemon.library_file import load_library
 from protocol.engine import evaluate
-from protocol.library import DEFAULT_LIBRARY_PATH, Library, load_library
+from protocol.library import DEFAULT_LIBRARY_PATH, Library
 from protocol.request import parse_request
 from protocol.verdict import Verdict
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from daemon.library_file import load_library
 from protocol.consistency import check_library
-from protocol.library import load_library
 from tests.protocol.builders import shipped
 
 DATA = Path(__file__).parent / "data"

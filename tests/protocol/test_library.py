@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from daemon.library_file import load_library
 from protocol.errors import LibraryError
-from protocol.library import DEFAULT_LIBRARY_PATH, load_library, load_library_bytes
+from protocol.library import DEFAULT_LIBRARY_PATH, load_library_bytes
 from protocol.verdict import Severity
 from tests.protocol.builders import shipped
 

@@ -199,6 +199,20 @@ def test_verdict_dose_is_the_delivered_dose_and_findings_judge_it() -> None:
     assert soft.observed.value == verdict.dose.value
 
 
+def _crossed_a_reject_limit(verdict: Verdict) -> bool:
+    """No step kept every reject-tier limit: a HARD_* finding names the requested dose while
+    the delivered one is inside, or PUMP_RANGE names the exact rate while the pump's is inside."""
+    for finding in verdict.findings:
+        if finding.observed is None:
+            continue
+        if finding.rule.startswith("HARD_") and verdict.dose is not None:
+            if finding.observed.value != verdict.dose.value:
+                return True
+        elif finding.rule == "PUMP_RANGE" and finding.observed.value != verdict.rate:
+            return True
+    return False
+
+
 def _below_one_step(req: dict[str, Any], verdict: Verdict) -> bool:
     """A request below one pump step has no step on its own side (0 would be a stop)."""
     pump = req.get("pump") or {}
@@ -215,7 +229,8 @@ def test_round_trip_sending_the_verdict_rate_back_gives_the_same_verdict(
     req: dict[str, Any],
 ) -> None:
     """Property: for any request with a positive rate, sending the verdict's own rate back as
-    ``requested.rate`` gives the same verdict, rate, dose and non-info rule ids."""
+    ``requested.rate`` gives the same verdict, rate and dose, and the same non-info rule ids
+    unless no pump step could keep every reject-tier limit (then both are rejected)."""
     first = evaluate(shipped(), parse_request(req))
     assume(first.rate is not None and first.rate > 0)
     assume(not _below_one_step(req, first))
@@ -223,8 +238,26 @@ def test_round_trip_sending_the_verdict_rate_back_gives_the_same_verdict(
     again = evaluate(shipped(), parse_request(back_as_rate(req, first)))
     assert again.verdict == first.verdict
     assert again.rate == first.rate
-    assert non_info(again) == non_info(first)
     assert again.dose == first.dose
+    if _crossed_a_reject_limit(first):
+        assert first.verdict == again.verdict == "reject"
+    else:
+        assert non_info(again) == non_info(first)
+
+
+def test_a_hard_max_dose_below_the_pump_minimum_is_rejected_both_ways() -> None:
+    """Norepinephrine 101 ug/min at 64 mg/mL is 0.0947 mL/h: above the hard maximum by dose,
+    below the 0.1 mL/h pump minimum by rate, and one 0.01 mL/h step is 10.7 ug/min, so no step
+    keeps both limits. The request is rejected (HARD_MAX, PUMP_RANGE), and so is its rate sent
+    back: the round trip never turns a rejection into something a pump could receive."""
+    req = make(new="101", unit="ug/min", profile="adult-label", conc=(64, "mg/mL"), current=None)
+    first = check(req)
+    assert first.verdict == "reject"
+    assert {"HARD_MAX", "PUMP_RANGE"} <= rules(first)
+    assert _crossed_a_reject_limit(first)
+    again = check(back_as_rate(req, first))
+    assert again.verdict == "reject"
+    assert again.rate == first.rate
 
 
 ENTRIES = [(p.id, d.drug) for p in shipped().profiles for d in p.drugs]

@@ -31,7 +31,7 @@ from daemon.config import Config
 from daemon.gateway import Gateway
 from daemon.mqtt_bridge import BridgeState
 from sim_devices.clock import SimClock
-from sim_devices.modbus_pump import PumpConfig as ModbusPumpSetup
+from sim_devices.modbus_pump import PumpSetup as ModbusPumpSetup
 from sim_devices.modbus_server import ModbusPumpSimulator
 from sim_devices.newera_pump import PumpSetup as NewEraPumpSetup
 from sim_devices.newera_server import NewEraSimulator

@@ -155,12 +155,18 @@ def test_every_shipped_scenario_loads() -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ('name = "x"\n[patient]\nbaseline = 50\n', "unknown parameter(s) ['baseline']"),
+        ('name = "x"\n[patient]\nbaseline = 50\n', "unknown patient parameter(s) ['baseline']"),
         ('name = "x"\n[patient]\nne_ec50 = 0\n', "ne_ec50 must be > 0"),
-        ('name = "x"\n[[events]]\nat_min = 1\nset = { nope = 1 }\n', "events[0]: unknown patient"),
-        ('name = "x"\n[[doses]]\nat_min = -1\n', "doses[0].at_min must be >= 0"),
-        ('name = "x"\n[[doses]]\nat_min = 0\nnorepinephrine = "a lot"\n', "must be a number"),
-        ('name = "x"\ncolour = 1\n', "unknown key(s) ['colour']"),
+        (
+            'name = "x"\n[[events]]\naction = "drift"\nat_s = 1\nset = { nope = 1 }\n',
+            "events[0].set: unknown patient",
+        ),
+        ('name = "x"\n[[doses]]\nat_s = -1\n', "doses[0].at_s: Input should be greater than"),
+        (
+            'name = "x"\n[[doses]]\nat_s = 0\nnorepinephrine = "a lot"\n',
+            "doses[0].norepinephrine: Input should be a valid number",
+        ),
+        ('name = "x"\ncolour = 1\n', "colour: unknown field"),
         ("name = \n", "not valid TOML"),
     ],
 )

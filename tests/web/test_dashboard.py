@@ -15,7 +15,7 @@ import os
 import pwd
 import shutil
 import subprocess
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -121,17 +121,6 @@ def vitals(bed: str, at: datetime, map_: float, *, stale: bool = False) -> dict[
         "spo2": None if stale else reading(97, "%"),
         "source": "hl7:SIM-MONITOR",
     }
-
-
-@pytest.fixture
-def ws_broker(tmp_path: Path) -> Iterator[tuple[Mosquitto, int]]:
-    """mosquitto with a second, WebSocket listener on loopback; yields (broker, ws port)."""
-    broker = Mosquitto(tmp_path / "mosquitto", websockets=True)
-    broker.start()  # on ports taken meanwhile, mosquitto is restarted on new ones
-    try:
-        yield broker, broker.ws_port
-    finally:
-        broker.stop()
 
 
 async def publish_bedside(client: aiomqtt.Client, now: datetime) -> None:

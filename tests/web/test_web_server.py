@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from pathlib import Path
 
 import pytest
 
 from daemon.errors import ConfigError
-from daemon.web_server import MAX_HEAD_BYTES, WebServer, load_assets, route
+from daemon.web_server import HTTP_LOG, MAX_HEAD_BYTES, MAX_HEADERS, WebServer, load_assets
 
 WEB = Path(__file__).resolve().parents[2] / "daemon" / "web"
 WS_URL = "ws://127.0.0.1:9001/"
@@ -75,6 +76,7 @@ async def test_config_json_tells_the_page_the_broker_and_gateway() -> None:
         "broker_ws_url": "wss://gw.example:8884/mqtt",
         "gateway": "bed-7_gw",
     }
+    assert "default-src 'self'" in headers["content-security-policy"]
 
 
 @pytest.mark.asyncio
@@ -126,20 +128,29 @@ async def test_malformed_request_lines_are_400(raw: bytes) -> None:
 
 
 @pytest.mark.asyncio
-async def test_oversized_request_head_is_431_and_the_server_keeps_serving() -> None:
-    """A head over the cap is answered 431 without buffering it all; the next request works."""
+async def test_oversized_request_head_is_refused_and_the_server_keeps_serving() -> None:
+    """A header line over the cap is refused (400) by the parser before any handler runs,
+    without buffering it all; the next request works."""
     async with WebServer(broker_ws_url=WS_URL, gateway="demo") as srv:
         huge = b"GET / HTTP/1.1\r\nX-Pad: " + b"a" * (MAX_HEAD_BYTES * 2) + b"\r\n\r\n"
-        status, _, _ = await request(srv.port, huge)
-        assert status == 431
+        status, _, body = await request(srv.port, huge)
+        assert status == 400
+        assert b"app.js" not in body
         status, _, _ = await get(srv.port, "/")
     assert status == 200
 
 
-def test_too_many_header_lines_are_431() -> None:
-    """More than MAX_HEADERS header lines: 431 (route is pure, so no socket needed)."""
-    head = b"GET / HTTP/1.1\r\n" + b"X: y\r\n" * 101
-    assert route(head.rstrip(b"\r\n"), load_assets()).startswith(b"HTTP/1.1 431 ")
+@pytest.mark.asyncio
+async def test_too_many_header_lines_are_refused() -> None:
+    """More than MAX_HEADERS header lines: 400, the dashboard is not served."""
+    async with WebServer(broker_ws_url=WS_URL, gateway="demo") as srv:
+        head = b"GET / HTTP/1.1\r\n" + b"X: y\r\n" * (MAX_HEADERS + 1) + b"\r\n"
+        status, _, body = await request(srv.port, head)
+        assert status == 400
+        assert b"<html" not in body.lower()
+        head = b"GET / HTTP/1.1\r\nHost: x\r\n" + b"X: y\r\n" * 10 + b"\r\n"
+        status, _, _ = await request(srv.port, head)
+    assert status == 200
 
 
 @pytest.mark.asyncio
@@ -186,3 +197,38 @@ def test_a_package_without_index_html_is_a_config_error() -> None:
     """Missing package data (e.g. a wheel built without it) fails at start, naming the file."""
     with pytest.raises(ConfigError, match=r"tests\.web: index\.html is missing"):
         load_assets("tests.web")
+
+
+@pytest.mark.asyncio
+async def test_a_silent_client_is_dropped_after_the_head_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A client that connects and sends nothing (or half a head) is disconnected, not kept."""
+    monkeypatch.setattr("daemon.web_server.HEAD_TIMEOUT_S", 0.3)
+    async with WebServer(broker_ws_url=WS_URL, gateway="demo") as srv:
+        for first in (b"", b"GET / HTTP/1.1\r\nHost: x\r\n"):
+            reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+            writer.write(first)
+            await writer.drain()
+            async with asyncio.timeout(10):
+                assert await reader.read() == b""  # EOF: the server closed it
+            writer.close()
+            await writer.wait_closed()
+
+
+@pytest.mark.asyncio
+async def test_a_malformed_request_is_logged_as_one_warning_line_without_traceback() -> None:
+    """Junk on the port is the client's problem: one WARNING naming the peer, no traceback."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    HTTP_LOG.addHandler(handler)
+    try:
+        async with WebServer(broker_ws_url=WS_URL, gateway="demo") as srv:
+            status, _, _ = await request(srv.port, b"GET index.html HTTP/1.1\r\n\r\n")
+    finally:
+        HTTP_LOG.removeHandler(handler)
+    assert status == 400
+    assert [r.levelname for r in records] == ["WARNING"]
+    assert records[0].exc_info is None
+    assert records[0].getMessage().startswith("bad HTTP request from 127.0.0.1: ")
