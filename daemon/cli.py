@@ -410,6 +410,11 @@ def _add_fleet_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser])
         help="fixed MQTT client id of this collector's persistent session (default: "
         "infusiond-collector-<host>[-<group>]); unique per collector",
     )
+    sp.add_argument(
+        "--username",
+        metavar="USER",
+        help="MQTT user (password from INFUSIOND_FLEET_MQTT_PASSWORD)",
+    )
     sp.add_argument("--batch", type=int, default=500, metavar="N", help="rows per transaction")
     sp.add_argument(
         "--log-level",
