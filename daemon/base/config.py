@@ -35,6 +35,8 @@ from daemon.base.config_sections import (
     BedConfig,
     BrokerConfig,
     ControlConfig,
+    DiscoveryConfig,
+    HealthConfig,
     Hl7OutConfig,
     HttpConfig,
     JournalConfig,
@@ -81,6 +83,14 @@ class Config(BaseSettings):
         default=None,
         description="IHE PCD PIV orders in; each becomes a pending program that a clinician "
         "confirms. Off when absent.",
+    )
+    discovery: DiscoveryConfig = Field(
+        default_factory=DiscoveryConfig,
+        description="Home Assistant MQTT discovery; off unless enabled.",
+    )
+    health: HealthConfig = Field(
+        default_factory=HealthConfig,
+        description="The retained bridge/health payload (the figures of GET /metrics).",
     )
     http: HttpConfig | None = Field(
         default=None,

@@ -68,7 +68,7 @@ class TlsConfig(_Section):
 
 
 class BrokerConfig(_Section):
-    """MQTT broker connection (MQTT v5; 3.1.1 only for brokers without v5, e.g. the demo's)."""
+    """MQTT broker connection (MQTT v5; 3.1.1 only for brokers without v5)."""
 
     url: str = "mqtt://127.0.0.1:1883"
     protocol: Literal["5", "3.1.1"] = Field(
@@ -76,8 +76,8 @@ class BrokerConfig(_Section):
         description=(
             "MQTT protocol version. Keep 5 in production: with 3.1.1 a standard broker clears "
             "the retain flag of live messages, so a retained command published while the daemon "
-            "is subscribed cannot be recognised (the demo's embedded broker keeps the flag; "
-            "other 3.1.1 brokers do not), and response_topic/correlation_data are not available."
+            "is subscribed cannot be recognised (only a stored one re-sent later is), and "
+            "response_topic/correlation_data are not available."
         ),
     )
     username: Name | None = None
@@ -411,6 +411,34 @@ class PivConfig(_MllpEndpoint):
 
     def _endpoint(self) -> str:
         return self.listen
+
+
+#: a Home Assistant discovery prefix: topic levels without wildcards, not starting with ``$``
+DISCOVERY_PREFIX_PATTERN = r"^[A-Za-z0-9_-]{1,64}(/[A-Za-z0-9_-]{1,64}){0,3}$"
+
+
+class DiscoveryConfig(_Section):
+    """``[discovery]``: Home Assistant MQTT discovery (docs/operator-guide.md)."""
+
+    enabled: bool = Field(
+        default=False,
+        description="Publish retained Home Assistant discovery configs for every pump and bed.",
+    )
+    prefix: Annotated[str, StringConstraints(pattern=DISCOVERY_PREFIX_PATTERN)] = Field(
+        default="homeassistant",
+        description=(
+            "Home Assistant's discovery prefix: 1 to 4 topic levels of letters, digits, _ and -."
+        ),
+    )
+
+
+class HealthConfig(_Section):
+    """``[health]``: the retained ``bridge/health`` payload (docs/operator-guide.md)."""
+
+    publish_every_s: Annotated[float, Field(ge=1, le=3600, allow_inf_nan=False)] = Field(
+        default=60.0,
+        description="Seconds between two retained bridge/health publications (1 to 3600).",
+    )
 
 
 class BedConfig(_Section):

@@ -27,6 +27,7 @@ class Kind(enum.StrEnum):
     PUMP_COMMAND = "pump.command"  # inbound only; commands may carry it
     LIBRARY_RESPONSE = "bridge.library.response"  # answer to bridge/request/library
     EVENTS_RESPONSE = "bridge.events.response"  # answer to bridge/request/events (backfill)
+    BRIDGE_HEALTH = "bridge.health"  # retained bridge/health (daemon/mqtt/health.py)
 
     @property
     def schema(self) -> str:

@@ -56,6 +56,14 @@ class Topics:
         return f"{self.root}/bridge/info"
 
     @property
+    def bridge_health(self) -> str:
+        return f"{self.root}/bridge/health"
+
+    def pump_availability(self, pump_id: str) -> str:
+        """Retained plain ``online``/``offline`` (daemon/mqtt/availability.py)."""
+        return f"{self.root}/pump/{pump_id}/availability"
+
+    @property
     def command_filter(self) -> str:
         """The subscription that receives every pump's commands."""
         return f"{self.root}/pump/+/command"

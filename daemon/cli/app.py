@@ -123,7 +123,7 @@ def _add_demo_options(p: argparse.ArgumentParser) -> None:
         "--broker",
         default="embedded",
         metavar="embedded|mqtt://HOST:PORT",
-        help="use an embedded broker (default) or an existing one",
+        help="the demo's own broker (mosquitto, MQTT v5; amqtt 3.1.1 if absent) or another",
     )
     p.add_argument(
         "--gateway-id",
@@ -336,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, metavar="PATH", help="TOML configuration file")
     p.set_defaults(target="daemon.cli.service:run")
 
-    p = sub.add_parser("demo", help="simulated bedside + daemon + embedded broker, in one command")
+    p = sub.add_parser("demo", help="simulated bedside + daemon + its own broker, in one command")
     _add_demo_options(p)
     p.set_defaults(target="daemon.demo.bedside:run")
 
@@ -409,6 +409,11 @@ def _add_fleet_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser])
         metavar="ID",
         help="fixed MQTT client id of this collector's persistent session (default: "
         "infusiond-collector-<host>[-<group>]); unique per collector",
+    )
+    sp.add_argument(
+        "--username",
+        metavar="USER",
+        help="MQTT user (password from INFUSIOND_FLEET_MQTT_PASSWORD)",
     )
     sp.add_argument("--batch", type=int, default=500, metavar="N", help="rows per transaction")
     sp.add_argument(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import re
 import signal
 import socket
@@ -17,6 +18,8 @@ from daemon.fleet.migrate import migrate
 from daemon.fleet.store import connect
 from daemon.ui.watch import parse_broker
 
+#: the MQTT password comes from the environment, never from the command line (ps shows it)
+PASSWORD_ENV = "INFUSIOND_FLEET_MQTT_PASSWORD"  # noqa: S105 - a variable name
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -40,12 +43,18 @@ def build_config(args: argparse.Namespace) -> CollectorConfig:
     if not 1 <= args.batch <= 10_000:
         msg = f"--batch {args.batch}: must be between 1 and 10000"
         raise FleetError(msg)
+    password = os.environ.get(PASSWORD_ENV) or None
+    if password is not None and args.username is None:
+        msg = f"{PASSWORD_ENV} is set but --username is not: give both"
+        raise FleetError(msg)
     return CollectorConfig(
         host=host,
         port=port,
         dsn=args.postgres,
         client_id=client_id,
         group=group,
+        username=args.username,
+        password=password,
         batch_max=args.batch,
     )
 

@@ -37,6 +37,7 @@ async def serve(config: Config) -> None:
                         broker_ws_url=config.http.broker_ws_url,
                         gateway=config.gateway_id,
                         history=gateway.history(),
+                        metrics_registry=gateway.metrics.registry,
                     )
                 )
                 log.info("http_listening", url=web.url)

@@ -76,6 +76,17 @@ class Hub(Protocol):
     async def publish_state(self, pump_id: str, data: dict[str, Any]) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class PollReport:
+    """One poll, for the metrics (daemon/mqtt/metrics.py)."""
+
+    pump_id: str
+    answered: bool
+    late_s: float | None  # how late it started against its schedule (None: first after connect)
+
+
+PollHook = Callable[[PollReport], None]
+
 DoseConverter = Callable[[Program, Decimal], Decimal | None]
 """rate mL/h -> dose in ``program.dose_unit`` (None when it cannot be computed)."""
 
@@ -168,6 +179,8 @@ class Channel:
     journal_behind: bool = False
     #: snapshots read but not yet journaled (a journal fault), oldest first
     _backlog: list[PumpStatus] = field(default_factory=list)
+    #: called after every poll (metrics)
+    on_poll: PollHook | None = None
 
     # -- derived values ---------------------------------------------------------------------
 
@@ -346,10 +359,13 @@ class Channel:
                     continue
                 backoff.reset()
             started = time.monotonic()
-            if LATENESS is not None and due is not None:
-                LATENESS.record(started - due)
+            late = None if due is None else started - due
+            if LATENESS is not None and late is not None:
+                LATENESS.record(late)
             due = started + self.config.poll_period_s
             await self.poll_once()
+            if self.on_poll is not None:  # metrics (daemon/mqtt/metrics.py)
+                self.on_poll(PollReport(self.pump_id, self._failures == 0, late))
             self.first_poll_done.set()
             self.last_progress = time.monotonic()
             elapsed = time.monotonic() - started

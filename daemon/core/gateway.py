@@ -30,7 +30,7 @@ from daemon.base.config_sections import PumpConfig, VitalsSource
 from daemon.base.envelope import SCHEMA_IDS, Kind, encode, envelope
 from daemon.base.errors import ConfigError
 from daemon.base.timefmt import parse_ts, utc_now
-from daemon.core.channel import HISTORY_LEN, Channel, ChannelConfig, DoseRecord
+from daemon.core.channel import HISTORY_LEN, Channel, ChannelConfig, DoseRecord, PollReport
 from daemon.core.gate import Control, Gate, ReplyTo
 from daemon.core.program import Program, program_from_event
 from daemon.core.sdnotify import Notifier
@@ -40,8 +40,11 @@ from daemon.ihe.piv import PivListener
 from daemon.journal.history import History
 from daemon.journal.records import JournalError, JournalKind, JournalRow
 from daemon.journal.writer import AsyncJournal
-from daemon.mqtt import events_request
+from daemon.mqtt import discovery, events_request
+from daemon.mqtt.availability import Availability
 from daemon.mqtt.bridge import MqttBridge
+from daemon.mqtt.health import publish_health, sample_metrics
+from daemon.mqtt.metrics import GatewayMetrics, Sources
 from daemon.mqtt.signing import SignaturePolicy
 from daemon.pharmacy.reload import (
     PROGRAMS_KEY,
@@ -187,6 +190,10 @@ class Gateway:
     #: set by SIGHUP (:meth:`request_reload`): re-read the library file
     _reload_wanted: asyncio.Event = field(default_factory=asyncio.Event, init=False)
     reloader: LibraryReloader = field(init=False)
+    #: Prometheus figures (``metrics.registry``, served at GET /metrics) and bridge/health's
+    metrics: GatewayMetrics = field(default_factory=GatewayMetrics, init=False)
+    #: per-pump ``pump/<id>/availability`` (made in :meth:`_build`)
+    availability: Availability = field(init=False)
     _started_at: datetime = field(default_factory=utc_now, init=False)
 
     # -- the Hub the channels talk to --------------------------------------------------------
@@ -208,6 +215,7 @@ class Gateway:
         if self.hl7_out is not None:
             self.hl7_out.pump_state(pump_id, data)
         self._publish_retained(self.bridge.topics.pump_state(pump_id), Kind.PUMP_STATE, data)
+        self.availability.update(pump_id, data.get("connection"))
 
     def _publish_retained(self, topic: str, kind: Kind, data: dict[str, Any]) -> None:
         body = envelope(
@@ -221,6 +229,7 @@ class Gateway:
         self.bridge.publish_retained(topic, encode(body))
 
     async def _send_result(self, pump_id: str, data: dict[str, Any], reply: ReplyTo | None) -> None:
+        self.metrics.command_result(data)
         body = envelope(
             Kind.PUMP_COMMAND_RESULT,
             gateway=self.config.gateway_id,
@@ -322,6 +331,38 @@ class Gateway:
                     watchdog_s=pump.watchdog_s or 0,
                 ),
             )
+            self.channels[pump.id].on_poll = self._count_poll
+        self.availability = Availability(
+            self.bridge.topics.pump_availability, self.bridge.publish_retained
+        )
+        self.metrics.sources = Sources(
+            now=self.clock,
+            last_polls=lambda: {pid: ch.last_poll for pid, ch in self.channels.items()},
+            broker_connections=lambda: self.bridge.stats.connections,
+            journal_footprint=self.journal.footprint,
+        )
+
+    def _count_poll(self, report: PollReport) -> None:
+        self.metrics.poll(report.pump_id, ok=report.answered, late_s=report.late_s)
+
+    def _publish_health(self, data: dict[str, Any]) -> None:
+        self._publish_retained(self.bridge.topics.bridge_health, Kind.BRIDGE_HEALTH, data)
+
+    async def _publish_discovery(self) -> None:
+        """Home Assistant discovery configs (daemon/mqtt/discovery.py)."""
+        cfg = self.config
+        await discovery.publish(
+            self.bridge.publish_retained,
+            self.bridge.topics,
+            cfg.discovery,
+            data_dir=cfg.data_dir,
+            version=package_version("infusiond"),
+            pumps=[
+                discovery.PumpInfo(pid, ch.program.drug, ch.program.dose_unit, ch.driver.kind)
+                for pid, ch in self.channels.items()
+            ],
+            beds=[v.bed for v in cfg.vitals],
+        )
 
     async def _recover(self) -> None:
         """Rebuild each pump's truth from the journal before anything runs: its program (the
@@ -551,6 +592,16 @@ class Gateway:
                     tg.create_task(self.gate.reconcile_interrupted(), name="reconcile-commands")
                 )
                 workers.append(tg.create_task(self._notify_systemd(), name="sd-notify"))
+                await self._publish_discovery()
+                workers.append(
+                    tg.create_task(
+                        publish_health(
+                            self.metrics, self._publish_health, self.config.health.publish_every_s
+                        ),
+                        name="bridge-health",
+                    )
+                )
+                workers.append(tg.create_task(sample_metrics(self.metrics), name="metrics-sample"))
                 workers.append(tg.create_task(self._prune_journal(), name="journal-retention"))
                 workers.append(tg.create_task(self._reload_on_request(), name="library-reload"))
                 workers.append(

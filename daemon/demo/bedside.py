@@ -2,7 +2,8 @@
 
 Started together, stopped together (Ctrl-C):
 
-- an embedded MQTT broker (amqtt, loopback) unless ``--broker mqtt://host:port`` is given;
+- an MQTT broker on loopback unless ``--broker mqtt://host:port`` is given: mosquitto (MQTT v5)
+  as a child process when installed, else the embedded amqtt (3.1.1) (``daemon.demo.broker``);
 - ``pump-1``: Modbus TCP simulator, norepinephrine 4 ug/mL in D5W (central), profile adult-icu,
   70 kg, infusing 0.05 ug/kg/min = 52.5 mL/h;
 - ``pump-2``: New Era simulator over a TCP socket, vasopressin 0.2 [USP'U]/mL, 0.03 [USP'U]/min
@@ -14,7 +15,8 @@ Started together, stopped together (Ctrl-C):
   ids 3..N), each on its own bed (``bed-3``...) so they are not duplicates of pump-1;
 - ``bed-1``: a simulated monitor sending HL7 ORU^R01 over MLLP to the daemon, from a patient
   model that responds to pump-1 and pump-2 as they really deliver;
-- the daemon itself, with remote control enabled for these simulated pumps (any clinician id);
+- the daemon itself, with remote control enabled for these simulated pumps (any clinician id)
+  and Home Assistant MQTT discovery on (prefix ``homeassistant``);
 - ``--scenario FILE``: timed faults and front-panel events on these pumps and the monitor, and
   at any time faults sent on ``infusiond/<gateway>/sim/<pump>/fault`` (daemon/demo/devices.py).
 """
@@ -26,7 +28,6 @@ import asyncio
 import contextlib
 import dataclasses
 import signal
-import socket
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from daemon.base.config import Config
 from daemon.base.logging_setup import configure_logging
 from daemon.base.paths import default_data_dir, lock_data_dir
 from daemon.core.gateway import Gateway
+from daemon.demo.broker import demo_broker
 from daemon.demo.devices import (
     PHD_ADDRESS,
     PHD_DIAMETER_MM,
@@ -46,7 +48,6 @@ from daemon.demo.devices import (
     patient_of,
     sim_control,
 )
-from daemon.demo.embedded_broker import embedded_broker
 from daemon.ui.web_server import WebServer
 from sim_devices.clock import SimClock
 from sim_devices.ehr import EhrSimulator
@@ -60,24 +61,6 @@ NE_UG_ML = 4
 VP_U_ML = Decimal("0.2")
 HOST = "127.0.0.1"
 ANY_CLINICIAN = "*"
-
-
-def free_port() -> int:
-    """A loopback TCP port that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def preferred_port(port: int) -> int:
-    """``port`` if it is free on loopback (the documented default), else any free port."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind((HOST, port))
-        except OSError:
-            return free_port()
-    return port
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +160,7 @@ def demo_config(
         pumps=pump_list,
         hl7_out={"url": hl7_out_url, "dec_period_s": 60.0} if hl7_out_url else None,
         piv={"listen": piv_url} if piv_url else None,
+        discovery={"enabled": True},  # Home Assistant finds the demo bedside by itself
     )
 
 
@@ -225,10 +209,8 @@ async def running_demo(
     bank = devices.bank(phd=phd, monitor=monitor)
     async with contextlib.AsyncExitStack() as stack:
         if broker == "embedded":
-            mqtt = await stack.enter_async_context(
-                embedded_broker(HOST, preferred_port(1883), ws_port=preferred_port(9001))
-            )
-            broker_url, ws_url, protocol = mqtt.url, mqtt.ws_url, "3.1.1"
+            mqtt = await stack.enter_async_context(demo_broker(HOST, log_dir=data / "logs"))
+            broker_url, ws_url, protocol = mqtt.url, mqtt.ws_url, mqtt.protocol
         else:
             broker_url, ws_url, protocol = broker, broker_ws, "5"
         if ehr_sim and hl7_out is None:
@@ -279,6 +261,7 @@ async def running_demo(
                     broker_ws_url=ws_url,
                     gateway=gateway_id,
                     history=gateway.history(),
+                    metrics_registry=gateway.metrics.registry,
                 )
             )
             endpoints = dataclasses.replace(endpoints, dashboard_url=web.url)
@@ -366,6 +349,9 @@ def banner(ep: DemoEndpoints, pumps: int, out: TextIO) -> None:
             if ep.dashboard_url
             else []
         ),
+        "Home Assistant: point its MQTT integration at this broker; the pumps and bed-1",
+        "  appear by MQTT discovery (prefix homeassistant).",
+        "",
         "Watch everything:",
         f"  mosquitto_sub -h {host} -p {port} -t '{root}/#' -v",
         f"  {_self_command()} watch --broker {ep.broker_url} --gateway {ep.gateway_id}"

@@ -1,21 +1,18 @@
-"""The demo's embedded MQTT broker (amqtt, MQTT 3.1.1), on loopback only.
+"""The demo's fallback MQTT broker (amqtt, MQTT 3.1.1), on loopback only.
 
-Production uses mosquitto (see ``systemd/mosquitto.conf``); this exists so that ``infusiond
-demo`` needs nothing installed. amqtt speaks MQTT 3.1.1 only, so the demo's daemon connects with
+The demo runs mosquitto (MQTT v5) when it is installed (``daemon.demo.broker``); this broker is
+used only without it. amqtt speaks MQTT 3.1.1 only, so the demo's daemon then connects with
 ``broker.protocol = "3.1.1"``. A WebSocket listener is offered for the web dashboard.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
 
 from amqtt.broker import Broker
-from amqtt.contexts import Action
 from amqtt.session import Session
 
 
@@ -37,48 +34,17 @@ class EmbeddedBroker:
 
 
 class _Broker(Broker):  # type: ignore[misc]  # amqtt ships no type information
-    """amqtt 0.12 with two changes for the demo:
+    """amqtt 0.12 with one fix: on every CONNECT, amqtt sends the new client the retained
+    messages of *every* filter any client ever subscribed to (it loops over the broker-wide
+    subscription table, not the session's). Retained messages are only sent for filters the
+    session holds.
 
-    - a fix: on every CONNECT, amqtt sends the new client the retained messages of *every*
-      filter any client ever subscribed to (it loops over the broker-wide subscription table,
-      not the session's). Retained messages are only sent for filters the session holds.
-    - retain-as-published: a retained PUBLISH is delivered to live subscribers with its retain
-      flag set (MQTT 3.1.1 brokers clear it; MQTT v5's retain-as-published keeps it). The
-      daemon refuses retained commands, and over 3.1.1 this is the only way it can tell.
+    Live messages reach subscribers with the retain flag cleared (MQTT 3.1.1); only retained
+    messages sent to a new subscription carry it. Over 3.1.1 the daemon therefore recognises a
+    retained command only when it was stored before the daemon subscribed (a re-delivery after
+    a restart, the case that matters); a live one is an ordinary command (and its id is never
+    executed twice).
     """
-
-    async def _handle_message_delivery(
-        self, client_session: Session, handler: Any, wait_deliver: asyncio.Future[Any]
-    ) -> bool:
-        message = wait_deliver.result()
-        packet = getattr(message, "publish_packet", None)
-        topic = getattr(message, "topic", None)
-        if (
-            packet is None
-            or not packet.retain_flag
-            or not topic
-            or any(c in topic for c in "+#")
-            or topic.startswith("$")
-            or not await self._topic_filtering(client_session, topic=topic, action=Action.PUBLISH)
-        ):
-            result: bool = await super()._handle_message_delivery(
-                client_session, handler, wait_deliver
-            )
-            return result
-        await self.retain_message(client_session, topic, message.data, message.qos)
-        deliveries = []
-        for topic_filter, subscriptions in self._subscriptions.items():
-            if not self._matches(topic, topic_filter):
-                continue
-            for target, sub_qos in subscriptions:
-                target_handler = self._get_handler(target)
-                if target.transitions.state == "connected" and target_handler is not None:
-                    qos = min(message.qos or 0, sub_qos)
-                    deliveries.append(
-                        target_handler.mqtt_publish(topic, message.data, qos, retain=True)
-                    )
-        await asyncio.gather(*deliveries, return_exceptions=True)
-        return True
 
     async def _publish_retained_messages_for_subscription(
         self, subscription: tuple[str, int], session: Session

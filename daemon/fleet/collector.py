@@ -77,6 +77,8 @@ class CollectorConfig:
     dsn: str
     client_id: str
     group: str | None = None
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
     batch_max: int = 500
     batch_wait_s: float = 0.05
     session_expiry_s: int = 24 * 3600
@@ -183,6 +185,8 @@ class Collector:
             self.config.host,
             self.config.port,
             identifier=self.config.client_id,
+            username=self.config.username,
+            password=self.config.password,
             protocol=aiomqtt.ProtocolVersion.V5,
             clean_start=False,
             properties=props,

@@ -135,6 +135,11 @@ class JournalChain:
             raise
         self._conn.execute("RELEASE job")
 
+    def set_durable(self, *, durable: bool) -> None:
+        """``synchronous=FULL`` (each commit fsyncs the WAL) when ``durable``, else ``NORMAL``
+        (still atomic; a power cut may undo the last commits). Outside a transaction."""
+        self._conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+
     def _require_transaction(self) -> None:
         if not self._conn.in_transaction:
             raise JournalError("journal writes must run inside Journal.transaction()")
@@ -198,6 +203,16 @@ class JournalChain:
             )
         )
         return int(rows.get("anchor_n", "0")), str(rows.get("anchor_hash", GENESIS_HASH))
+
+    def footprint(self) -> tuple[int, int]:
+        """(events in the outbox, bytes of the journal file and its write-ahead log): the
+        figures of daemon/mqtt/metrics.py."""
+        (depth,) = self._conn.execute("SELECT count(*) FROM outbox").fetchone()
+        size = 0
+        for path in (self.path, self.path.with_name(self.path.name + "-wal")):
+            with contextlib.suppress(FileNotFoundError):
+                size += path.stat().st_size
+        return int(depth), size
 
     def rows(
         self,

@@ -25,7 +25,10 @@ cut may lose the last committed transactions; here that would mean reusing ``seq
 consumers already saw, and losing the record of a decision whose answer was already published.
 The cost of FULL (one fsync of the WAL per commit) is amortised by group commit: the
 :class:`AsyncJournal` writer thread commits every job queued while the previous commit ran in one
-transaction.
+transaction. One exception: a batch made only of outbox acks commits at ``NORMAL`` (atomic, no
+fsync of its own; the next FULL commit makes it durable). A power cut can undo such an ack, and
+the event is then published again with its seq (delivery is at least once anyway); in exchange
+an ack never makes the next command's claim wait for its fsync.
 
 :class:`Journal` is the synchronous core (its writing methods must run inside
 :meth:`Journal.transaction`); :class:`AsyncJournal` is the facade the daemon uses: one dedicated

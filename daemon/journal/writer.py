@@ -38,6 +38,9 @@ _T = TypeVar("_T")
 class _Job:
     fn: Callable[[Journal], Any]
     future: asyncio.Future[Any]
+    #: False for a write whose loss in a power cut is harmless (an outbox ack: the event is
+    #: published again with its seq, at least once): see :meth:`AsyncJournal._execute`
+    durable: bool = True
 
 
 _STOP = object()
@@ -61,6 +64,7 @@ class AsyncJournal:
         # transactions committed so far (each is one fsync under synchronous=FULL); written by
         # the writer thread only, read by tests and diagnostics
         self.commits = 0
+        self._relaxed = False  # the connection's synchronous is NORMAL (else FULL); writer only
         self.outbox_changed = asyncio.Event()
         #: set when HL7 messages are queued (daemon/ihe waits on it)
         self.hl7_changed = asyncio.Event()
@@ -155,8 +159,16 @@ class AsyncJournal:
         is in the file. Either way this thread goes on with the next batch."""
         journal = self._journal
         outcomes: list[tuple[_Job, Any, BaseException | None]] = []
+        # A batch of outbox acks only commits without the fsync (synchronous=NORMAL: still
+        # atomic; a power cut may undo it, and the event is then published again, as after
+        # any lost ack). Its commit then never holds up a durable job queued behind it, such
+        # as the next command's claim (docs/performance.md).
+        relaxed = not any(job.durable for job in batch)
         try:
             journal.rollback()  # in case a failed ROLLBACK left the last batch's open
+            if relaxed != self._relaxed:
+                journal.set_durable(durable=not relaxed)
+                self._relaxed = relaxed
             journal.begin()
             for job in batch:
                 try:
@@ -186,11 +198,11 @@ class AsyncJournal:
         method below takes; a call site keeps its types (``_T`` is ``fn``'s return type)."""
         return await self._submit(fn)
 
-    async def _submit(self, fn: Callable[[Journal], _T]) -> _T:
+    async def _submit(self, fn: Callable[[Journal], _T], *, durable: bool = True) -> _T:
         if self._closed:
             raise JournalError(f"journal {self._journal.path} is closed")
         future: asyncio.Future[_T] = self._loop.create_future()
-        self._queue.put(_Job(fn, future))
+        self._queue.put(_Job(fn, future, durable))
         return await future
 
     # -- API ---------------------------------------------------------------------------------
@@ -390,9 +402,14 @@ class AsyncJournal:
         return await self._submit(lambda j: j.outbox_pending(limit))
 
     async def outbox_ack(self, seqs: Iterable[int]) -> int:
-        """Forget events the broker acknowledged."""
+        """Forget events the broker acknowledged (committed without an fsync of its own: a
+        power cut may bring them back, to be published again with their seq)."""
         wanted = list(seqs)
-        return await self._submit(lambda j: j.outbox_ack(wanted))
+        return await self._submit(lambda j: j.outbox_ack(wanted), durable=False)
+
+    async def footprint(self) -> tuple[int, int]:
+        """See :meth:`Journal.footprint`."""
+        return await self._submit(Journal.footprint)
 
     async def rows(
         self,

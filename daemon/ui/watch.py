@@ -83,6 +83,8 @@ class WatchModel:
             return
         if rest[:1] == ["pump"] and rest[2:] == ["command"]:
             return  # commands on their way in; their results are shown
+        if rest in (["bridge", "health"], ["pump", rest[1], "availability"]):
+            return  # plain-text availability and the health figures: the states say as much
         try:
             body = json.loads(payload) if payload else None
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -26,8 +26,9 @@ ROW_KEYS = {"bench", "figure", "value", "unit", "baseline", "ratio", "target", "
 def test_quick_bench_prints_one_json_object_with_every_row_and_a_table() -> None:
     """``--quick --only check,command_rtt``: one JSON object on stdout (rows with value,
     baseline, ratio, target, met) and the human table on stderr. The command round trip runs
-    through a real daemon, broker and simulator; its p50 must be far below the ~88 ms Nagle
-    stall, which guards TCP_NODELAY on the daemon's socket end to end."""
+    through a real daemon, broker and simulator, interleaved with the raw gateway's on a
+    second simulator; both p50s must be far below the ~88 ms Nagle stall, which guards
+    TCP_NODELAY on the daemon's (and the baseline's) sockets end to end."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     done = subprocess.run(
         [sys.executable, "-m", "bench", "--quick", "--only", "check,command_rtt"],
@@ -39,7 +40,7 @@ def test_quick_bench_prints_one_json_object_with_every_row_and_a_table() -> None
     )
     report = json.loads(done.stdout)  # exactly one JSON document
     rows = report["rows"]
-    assert [r["bench"] for r in rows] == ["check", "command_rtt", "command_rtt"]
+    assert [r["bench"] for r in rows] == ["check", *["command_rtt"] * 3]
     for row in rows:
         assert set(row) == ROW_KEYS
         assert math.isfinite(row["value"])
@@ -49,8 +50,12 @@ def test_quick_bench_prints_one_json_object_with_every_row_and_a_table() -> None
         assert isinstance(row["met"], bool)
     assert report["all_met"] == all(r["met"] for r in rows)
     rtt = report["results"]["command_rtt"]
-    assert rtt["phases"] == {"applied": rtt["commands"] + 5}  # every command applied
+    assert rtt["phases"] == {"applied": rtt["commands"]}  # every timed command applied
+    assert rtt["idle_ms"] == 100  # each command after 100 ms of idle
+    assert rtt["raw"]["n"] == rtt["daemon"]["n"] == rtt["commands"]  # interleaved pairs
+    assert rtt["back_to_back"]["daemon"]["n"] == rtt["back_to_back"]["commands"]
     assert rtt["daemon"]["p50_ms"] < 60.0  # Nagle would add >= 40 ms per hop; a busy disk ~15
+    assert rtt["raw"]["p50_ms"] < 40.0  # the raw gateway's sockets too
     stderr = done.stderr.decode()
     assert "check: verdicts per second" in stderr
     assert "| met" in stderr

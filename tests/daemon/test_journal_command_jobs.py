@@ -2,16 +2,20 @@
 
 ``admit_command`` (claim + verdict + ``accepted``) and ``settle_command`` (the command's events +
 its final outcome) exist so that an accepted command costs two sequential commits instead of
-five (docs/performance.md); these tests hold them to that and to the journal's guarantees.
+five (docs/performance.md); these tests hold them to that and to the journal's guarantees. An
+outbox ack, alone in its batch, commits without an fsync so that it never holds up the next
+command's claim; any batch with another job in it is fully durable.
 """
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from pathlib import Path
 
 import pytest
 
-from daemon.journal import AsyncJournal, JournalKind
+from daemon.journal import AsyncJournal, Journal, JournalKind
 
 pytestmark = pytest.mark.asyncio
 
@@ -115,3 +119,38 @@ async def test_settle_that_fails_keeps_neither_events_nor_outcome(tmp_path: Path
         assert await journal.outbox_pending() == []
         assert [r.kind for r in await journal.rows()] == ["command"]
         assert (await journal.claim_command("c-1", pump_id="pump-1", command={})).first == {}
+
+
+def _synchronous(journal: Journal) -> int:
+    """The connection's ``PRAGMA synchronous`` while a job runs: 1 NORMAL, 2 FULL."""
+    level: int = journal._conn.execute("PRAGMA synchronous").fetchone()[0]
+    return level
+
+
+async def test_acks_alone_commit_without_an_fsync_and_any_other_batch_with_one(
+    tmp_path: Path,
+) -> None:
+    """A batch of non-durable jobs (outbox acks) runs at synchronous=NORMAL; a durable job runs
+    at FULL, and so does a batch mixing both (the ack rides along, durably)."""
+    async with await AsyncJournal.open(tmp_path, gateway_id="gw") as journal:
+        assert await journal._submit(_synchronous, durable=False) == 1
+        assert await journal._submit(_synchronous) == 2
+        assert await journal._submit(_synchronous, durable=False) == 1
+        started, release = threading.Event(), threading.Event()
+
+        def hold(_journal: Journal) -> None:
+            started.set()
+            release.wait(10)
+
+        blocker = asyncio.ensure_future(journal._submit(hold))
+        await asyncio.to_thread(started.wait, 10)
+        # queued while the writer is busy: committed together in the next batch
+        relaxed = asyncio.ensure_future(journal._submit(_synchronous, durable=False))
+        durable = asyncio.ensure_future(journal._submit(_synchronous))
+        await asyncio.sleep(0)  # one turn of the loop: both tasks have queued their job
+        release.set()
+        await blocker
+        assert (await relaxed, await durable) == (2, 2)
+        item = await journal.record_event("pump-1", {"type": "x"})
+        assert await journal.outbox_ack([item.seq]) == 1
+        assert await journal.outbox_pending() == []

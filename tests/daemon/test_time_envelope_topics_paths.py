@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from daemon.base.envelope import BRIDGE_OFFLINE, BRIDGE_ONLINE, SCHEMA_IDS, Kind, encode, envelope
 from daemon.base.paths import default_data_dir, journal_path
-from daemon.base.timefmt import format_ts, parse_ts
+from daemon.base.timefmt import at_ms, format_ts, parse_ts
 from daemon.base.topics import Topics, is_topic_id
 
 
@@ -24,6 +24,29 @@ def test_format_ts_is_utc_with_z_and_milliseconds() -> None:
         "2026-11-26T17:18:00.999Z"
     )
     assert format_ts(datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)) == "2026-01-02T03:04:05.000Z"
+
+
+@given(
+    st.datetimes(
+        min_value=datetime(1970, 1, 2),
+        max_value=datetime(9998, 12, 30),
+        timezones=st.sampled_from(
+            [UTC, timezone(timedelta(hours=5, minutes=30)), timezone(-timedelta(hours=8))]
+        ),
+    )
+)
+def test_at_ms_is_the_instant_format_ts_spells(when: datetime) -> None:
+    """Property: ``at_ms`` (used to build check requests without text) is exactly what
+    formatting and parsing back give: UTC, truncated to the millisecond."""
+    assert at_ms(when) == parse_ts(format_ts(when))
+    assert at_ms(when).tzinfo is UTC
+    assert at_ms(when).microsecond % 1000 == 0
+
+
+def test_at_ms_refuses_naive_times() -> None:
+    """Like format_ts: a naive datetime is refused, never taken as local time."""
+    with pytest.raises(ValueError, match="timezone-aware"):
+        at_ms(datetime(2026, 1, 1, 12, 0))
 
 
 def test_format_ts_refuses_naive_times() -> None:
@@ -80,7 +103,7 @@ def test_envelope_is_compact_sorted_and_deterministic() -> None:
 def test_schema_strings_and_bridge_state_payloads() -> None:
     """Every kind maps to infusiond.<kind>/1; bridge/state payloads are the tiny fixed ones."""
     assert Kind.PUMP_COMMAND_RESULT.schema == "infusiond.pump.command.result/1"
-    assert len(SCHEMA_IDS) == 8
+    assert len(SCHEMA_IDS) == 9  # + bridge.health and bridge.events.response
     assert json.loads(BRIDGE_ONLINE) == {"state": "online"}
     assert json.loads(BRIDGE_OFFLINE) == {"state": "offline"}
 

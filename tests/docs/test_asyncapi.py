@@ -17,6 +17,8 @@ ROOT_ADDRESS = "infusiond/{gateway_id}/"
 TOPICS = {
     "bridge/state": (True, 1, "send"),
     "bridge/info": (True, 1, "send"),
+    "bridge/health": (True, 1, "send"),
+    "pump/{pump_id}/availability": (True, 1, "send"),
     "pump/{pump_id}/state": (True, 1, "send"),
     "pump/{pump_id}/event": (False, 1, "send"),
     "pump/{pump_id}/command": (False, 1, "receive"),

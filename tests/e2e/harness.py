@@ -174,6 +174,7 @@ def bedside_config(
     vitals_port: int = 0,
     control: dict[str, Any] | None = None,
     poll_period_s: float = 0.25,
+    extra: dict[str, Any] | None = None,
 ) -> Config:
     common = {
         "poll_period_s": poll_period_s,
@@ -209,14 +210,20 @@ def bedside_config(
                 **common,
             },
         ],
+        **(extra or {}),
     )
 
 
 @contextlib.asynccontextmanager
 async def running_bedside(
-    tmp_path: Path, broker: Mosquitto, *, control: dict[str, Any] | None = None
+    tmp_path: Path,
+    broker: Mosquitto,
+    *,
+    control: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> AsyncIterator[Bedside]:
-    """Start simulators, monitor, gateway and watcher; wait until both pumps are online."""
+    """Start simulators, monitor, gateway and watcher; wait until both pumps are online.
+    ``extra``: further top-level configuration sections (e.g. ``discovery``)."""
     clock = SimClock()
     modbus = ModbusPumpSimulator(
         [ModbusSetup(unit_id=1, status="infusing", rate_ml_h=Decimal("52.5"))], clock=clock
@@ -243,6 +250,7 @@ async def running_bedside(
             modbus_url=served.url,
             newera_url=f"socket://127.0.0.1:{newera.port}",
             control=control,
+            extra=extra,
         )
         client = aiomqtt.Client(
             "127.0.0.1",

@@ -28,7 +28,7 @@ def read_banner(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> str:
 
 
 async def collect(port: int, topic: str, want: int, timeout: float = 20.0) -> list[Any]:
-    """The first ``want`` JSON payloads on ``topic`` (MQTT 3.1.1: the demo's broker)."""
+    """The first ``want`` payloads on ``topic``: JSON, or text for the plain availability."""
     got: list[Any] = []
     # explicit, unique client ids: amqtt would otherwise give empty-id clients one session
     async with aiomqtt.Client(
@@ -37,7 +37,11 @@ async def collect(port: int, topic: str, want: int, timeout: float = 20.0) -> li
         await client.subscribe(topic, qos=1)
         async with asyncio.timeout(timeout):
             async for m in client.messages:
-                got.append((m.topic.value, json.loads(m.payload)))  # type: ignore[arg-type]
+                raw = m.payload
+                assert isinstance(raw, bytes)
+                # availability is plain text (online/offline), as Home Assistant expects
+                plain = m.topic.value.endswith("/availability")
+                got.append((m.topic.value, raw.decode() if plain else json.loads(raw)))
                 if len(got) >= want:
                     break
     return got
@@ -71,8 +75,10 @@ async def test_demo_bedside_titration_and_rejection_as_printed(tmp_path: Path) -
         assert config["broker_ws_url"].startswith("ws://127.0.0.1:")
         states = await collect(port, "infusiond/demo/+/+/state", 4)
         everything = await collect(port, "infusiond/demo/#", 12)
-        for _topic, payload in everything:  # every payload the demo publishes matches its schema
-            if "schema" in payload:
+        for topic, payload in everything:  # every payload the demo publishes matches its schema
+            if topic.endswith("/availability"):
+                assert payload in {"online", "offline"}
+            elif "schema" in payload:
                 validate(payload)
         by_topic = {t: p["data"] for t, p in states}
         pump1 = by_topic["infusiond/demo/pump/pump-1/state"]

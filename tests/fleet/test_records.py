@@ -103,3 +103,13 @@ def test_fleet_collect_refuses_bad_options_naming_them(
 ) -> None:
     assert main(["fleet", "collect", *argv]) == 1
     assert message in capsys.readouterr().err
+
+
+def test_a_broker_password_without_a_user_is_refused(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("INFUSIOND_FLEET_MQTT_PASSWORD", "secret")
+    assert main(["fleet", "collect", "--broker", "mqtt://h", "--postgres", "x"]) == 1
+    err = capsys.readouterr().err
+    assert "--username" in err
+    assert "secret" not in err

@@ -23,6 +23,7 @@ from typing import IO, Any
 import psycopg
 
 from daemon.base.config import Config
+from daemon.cli.collect_cmd import PASSWORD_ENV
 from daemon.core.gateway import Gateway
 from daemon.fleet.store import NOTIFY_CHANNEL
 from sim_devices.clock import SimClock
@@ -79,11 +80,20 @@ def bridged_brokers(tmp_path: Path) -> Any:
         central.stop()
 
 
-def gateway_config(gateway_id: str, data_dir: Path, broker_url: str, modbus_url: str) -> Config:
+def gateway_config(
+    gateway_id: str,
+    data_dir: Path,
+    broker_url: str,
+    modbus_url: str,
+    login: tuple[str, str] | None = None,
+) -> Config:
+    broker: dict[str, Any] = {"url": broker_url}
+    if login is not None:
+        broker |= {"username": login[0], "password": login[1]}
     return Config(
         gateway_id=gateway_id,
         data_dir=data_dir,
-        broker={"url": broker_url},
+        broker=broker,
         pumps=[
             {
                 "id": "pump-1",
@@ -105,14 +115,15 @@ def gateway_config(gateway_id: str, data_dir: Path, broker_url: str, modbus_url:
 
 @contextlib.asynccontextmanager
 async def running_gateway(
-    tmp_path: Path, gateway_id: str, broker: Mosquitto
+    tmp_path: Path, gateway_id: str, broker: Mosquitto, login: tuple[str, str] | None = None
 ) -> AsyncIterator[Gateway]:
     """A real Gateway with one simulated Modbus pump, publishing to ``broker``."""
     modbus = ModbusPumpSimulator(
         [ModbusSetup(unit_id=1, status="infusing", rate_ml_h=Decimal("52.5"))], clock=SimClock()
     )
     async with modbus.serving("tcp://127.0.0.1:0") as served:
-        gateway = Gateway(gateway_config(gateway_id, tmp_path / gateway_id, broker.url, served.url))
+        config = gateway_config(gateway_id, tmp_path / gateway_id, broker.url, served.url, login)
+        gateway = Gateway(config)
         task = asyncio.create_task(gateway.run(), name=f"gateway:{gateway_id}")
         try:
             async with asyncio.timeout(WAIT_S):
@@ -141,6 +152,7 @@ class CollectorProcess:
     client_id: str
     group: str | None = None
     log_path: Path | None = None
+    login: tuple[str, str] | None = None
     proc: subprocess.Popen[bytes] | None = None
     _drain: threading.Thread | None = None
 
@@ -164,6 +176,9 @@ class CollectorProcess:
         if self.group:
             argv += ["--group", self.group]
         env = {**os.environ, "PYTHONPATH": str(REPO)}
+        if self.login is not None:
+            argv += ["--username", self.login[0]]
+            env[PASSWORD_ENV] = self.login[1]
         self.proc = subprocess.Popen(
             argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=REPO
         )

@@ -123,9 +123,9 @@ def test_shipped_config_has_no_plain_listener_and_denies_anonymous() -> None:
 async def test_gateway_over_tls_with_credentials_and_only_the_commander_role_reaches_a_pump(
     secured_broker: ShippedBroker, tmp_path: Path
 ) -> None:
-    """The gateway connects over TLS with its password and publishes its tree; a dashboard
-    (valid account, read-only role) publishing a command is dropped by the ACL: no result, no
-    write at the pump; the titration-app role's command is applied."""
+    """The gateway connects over TLS with its password and publishes its tree (availability
+    included); a dashboard (valid account, read-only role) publishing a command is dropped by
+    the ACL: no result, no write at the pump; the titration-app role's command is applied."""
     broker = secured_broker
     async with simulators() as bench:
         cfg = bedside(
@@ -146,6 +146,10 @@ async def test_gateway_over_tls_with_credentials_and_only_the_commander_role_rea
             state = await viewer.wait_for(lambda m: m.topic.endswith("bridge/state"))
             assert state.json == {"state": "online"}
             await viewer.wait_for(lambda m: m.topic.endswith("pump/pump-1/state"))
+            # the shipped ACL lets the gateway publish its pumps' availability
+            await viewer.wait_for(
+                lambda m: m.topic.endswith("pump/pump-1/availability") and m.payload == b"online"
+            )
 
             forged = command(cid="from-dashboard")
             await viewer.send("pump-1", forged)  # QoS 1: the broker acks (0x87) and drops it

@@ -65,7 +65,8 @@ class LinkFault(enum.Enum):
 class CrashPoint(enum.Enum):
     """Where the next write stops the whole gateway process (the harness kills it there)."""
 
-    BEFORE_WRITE = "before_write"
+    BEFORE_WRITE = "before_write"  # before the pre-read: the gateway has not claimed it yet
+    BEFORE_SEND = "before_send"  # after the gateway recorded the write as going out
     AFTER_WRITE = "after_write"
 
 
@@ -208,6 +209,7 @@ class SimDriver(Driver):
             return WriteResult(Outcome.FAILED, detail=f"not sent: {op}: {exc}")
         if not await self.may_write():  # the gateway records that the write is going out
             return WriteResult(Outcome.FAILED, detail=f"not sent: {op}: not recorded")
+        await self._crash_here(CrashPoint.BEFORE_SEND)
         before = pump.status()
         if pump.fault is LinkFault.REFUSE or not self._allowed(op, rate):
             await asyncio.sleep(IO_S)
@@ -297,6 +299,13 @@ class SimBroker:
             self.bridge.wake.set()
 
 
+@dataclass
+class SimBridgeStats:
+    """What the gateway's metrics read of ``MqttBridge.stats``."""
+
+    connections: int = 1
+
+
 class SimBridge:
     """One gateway's connection to the :class:`SimBroker` (MqttBridge's gateway-facing API)."""
 
@@ -309,6 +318,7 @@ class SimBridge:
         self._results: collections.deque[tuple[str, bytes]] = collections.deque()
         self._stop = asyncio.Event()
         self.wake = asyncio.Event()
+        self.stats = SimBridgeStats()
         broker.bridge = self
 
     def publish_retained(self, topic: str, payload: bytes) -> None:

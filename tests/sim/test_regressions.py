@@ -105,15 +105,33 @@ def test_a_command_to_a_pump_that_does_not_answer_its_pre_read_still_ends() -> N
 
 
 def test_a_command_interrupted_before_its_write_is_never_reconciled_as_applied() -> None:
-    """The daemon dies before set_dose 0.05 reaches the pump (which already runs 52.5 mL/h =
-    0.05): after the restart the command is reconciled ``failed`` (interrupted), not applied."""
+    """The daemon dies after set_dose 0.05 was claimed and marked as being sent, before it
+    reaches the pump (which already runs 52.5 mL/h = 0.05): after the restart the command is
+    reconciled ``failed`` (interrupted), not applied."""
     holds(
         [
-            CrashAt("pump-1", CrashPoint.BEFORE_WRITE),
+            CrashAt("pump-1", CrashPoint.BEFORE_SEND),
             Send("pump-1", "set_dose", "b2-dose", value=0.05),
             Wait(5),
         ],
         answers={"b2-dose": ["accepted", "failed:interrupted"]},
+    )
+
+
+def test_a_command_lost_in_a_crash_before_its_claim_runs_when_sent_again() -> None:
+    """The daemon dies after the pre-read of set_dose 0.06 was started, before the command was
+    claimed (claim, verdict, accepted and the sending mark are one commit after the pre-read):
+    nothing of it is journaled and nothing was answered, like a command still queued; sent
+    again with the same id after the restart, it is a new command and runs (not a duplicate)."""
+    holds(
+        [
+            CrashAt("pump-1", CrashPoint.BEFORE_WRITE),
+            Send("pump-1", "set_dose", "b2-lost", value=0.06),
+            Wait(3),
+            Send("pump-1", "set_dose", "b2-lost", value=0.06),
+            Wait(3),
+        ],
+        answers={"b2-lost": ["accepted", "applied"]},
     )
 
 
@@ -302,8 +320,8 @@ def test_a_journal_fault_while_reconciling_after_a_crash_does_not_stop_the_gatew
     restarted, cannot commit the reconciled outcome: it keeps running and retries."""
     holds(
         [
-            # the 3rd commit: after claim+accepted and the "sending" mark, the stop's outcome
-            JournalFault("commit", skip=2, count=1),
+            # the 2nd commit: after claim+accepted+"sending" (one commit), the stop's outcome
+            JournalFault("commit", skip=1, count=1),
             Send("pump-2", "stop", "f6-stop"),
             Wait(0.3),
             Restart(crash=True),
@@ -369,12 +387,12 @@ def test_a_panel_rate_seen_in_an_uncertain_read_back_is_journaled_before_the_nex
 
 
 def test_a_stop_interrupted_before_its_write_is_not_applied_because_the_pump_reset() -> None:
-    """A stop is accepted, the process dies before writing it, and the pump power-cycles
-    (stopped, device_reset alarm) meanwhile: after the restart the stop is not reported
-    applied (it is failed or uncertain: the pump stopped by itself)."""
+    """A stop is accepted (and marked as being sent), the process dies before writing it, and
+    the pump power-cycles (stopped, device_reset alarm) meanwhile: after the restart the stop is
+    not reported applied (it is failed or uncertain: the pump stopped by itself)."""
     holds(
         [
-            CrashAt("pump-2", CrashPoint.BEFORE_WRITE),
+            CrashAt("pump-2", CrashPoint.BEFORE_SEND),
             Send("pump-2", "stop", "g4-stop"),
             DeviceEvent("pump-2", "power_reset"),
             Wait(1),
@@ -434,8 +452,9 @@ def test_a_change_undone_at_the_pump_during_a_journal_fault_is_still_reported() 
 
 def test_a_stop_that_never_left_is_not_applied_although_the_pump_stopped_by_itself() -> None:
     """The gateway dies before the stop is sent while an occlusion stops the pump and is then
-    cleared: no "sending" mark was journaled (it comes after the pre-read), so after the
-    restart the stop is failed (not sent), never applied (campaign seed 26376)."""
+    cleared: the stop was not claimed yet (claim and "sending" mark are one commit after the
+    pre-read), so after the restart nothing of it is journaled and it is never applied
+    (campaign seed 26376)."""
     holds(
         [
             CrashAt("pump-1", CrashPoint.BEFORE_WRITE),

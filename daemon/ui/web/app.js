@@ -151,6 +151,9 @@
     if (parts.length < 4 || parts[0] !== "infusiond" || parts[1] !== model.gateway) return;
     const rest = parts.slice(2);
     if (rest[0] === "pump" && rest.length === 3 && rest[2] === "command") return; // inbound
+    // plain-text availability and the health figures: the states say as much
+    if (rest[0] === "pump" && rest.length === 3 && rest[2] === "availability") return;
+    if (rest[0] === "bridge" && rest[1] === "health" && rest.length === 2) return;
     if (bytes.length > MAX_PAYLOAD) return problem(`${topic}: payload over ${MAX_PAYLOAD} bytes`);
     let body = null;
     if (bytes.length > 0) {
