@@ -153,3 +153,23 @@ def test_refresh_phases_spread_a_ward_over_the_refresh_period() -> None:
     per_tenth = [sum(1 for p in phases if k / 10 <= p < (k + 1) / 10) for k in range(10)]
     assert all(50 <= n <= 150 for n in per_tenth), per_tenth
     assert refresh_phase("pump-7") == phases[6]
+
+
+def test_every_benchmark_of_make_bench_reports_rows_the_runner_can_table() -> None:
+    """``hl7_out`` once returned no ``rows`` and ``make bench`` died with a KeyError at the end;
+    its quick run now yields rows of the runner's shape (the others are covered above and by
+    their own smoke tests)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--only", "hl7_out"],
+        cwd=REPO,
+        capture_output=True,
+        timeout=90,
+        check=True,
+        env=env,
+    )
+    rows = json.loads(done.stdout)["rows"]
+    assert [r["bench"] for r in rows] == ["hl7_out", "hl7_out"]
+    for row in rows:
+        assert set(row) == ROW_KEYS
+        assert isinstance(row["met"], bool)
