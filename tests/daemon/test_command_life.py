@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from daemon.core.gate import CommandLife, CommandPhase, fingerprint, public_first
+from daemon.core.command_life import CommandLife, CommandPhase, fingerprint, public_first
 
 
 @pytest.mark.parametrize("phase", ["applied", "failed", "uncertain"])

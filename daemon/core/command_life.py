@@ -1,0 +1,59 @@
+"""An accepted command's life as typed values: its phase (accepted, then one end), the deadline
+it must end by, the fingerprint that tells a retry from another command under the same id, and
+the stored outcome as a duplicate is told it."""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+from dataclasses import dataclass, replace
+from typing import Any
+
+#: keys of a stored outcome that are ours, not the contract's ``first``
+_PRIVATE_OUTCOME_KEYS = ("fingerprint", "before", "readback", "sending")
+#: command fields that do not make it another command (a retry; a confirmation, which another
+#: clinician may give)
+_NOT_IN_FINGERPRINT = frozenset({"confirm", "issued_at", "ttl_s", "signature", "schema", "by"})
+
+
+class CommandPhase(enum.Enum):
+    """Where an accepted command is in its life (the result phases of the contract)."""
+
+    ACCEPTED = "accepted"
+    APPLIED = "applied"
+    FAILED = "failed"
+    UNCERTAIN = "uncertain"
+
+
+#: the only ends of an accepted command
+_ENDS = frozenset({CommandPhase.APPLIED, CommandPhase.FAILED, CommandPhase.UNCERTAIN})
+
+
+@dataclass(frozen=True, slots=True)
+class CommandLife:
+    """One accepted command between ``accepted`` and its end, with the deadline it must end by
+    (loop time). It holds its pump: a command arriving meanwhile is answered ``busy``."""
+
+    command_id: str
+    deadline: float
+    phase: CommandPhase = CommandPhase.ACCEPTED
+
+    def end(self, phase: str) -> CommandLife:
+        """The command ended in ``phase`` (a result phase); anything but an end is a bug."""
+        ended = next((p for p in _ENDS if p.value == phase), None)
+        if self.phase is not CommandPhase.ACCEPTED or ended is None:
+            raise ValueError(f"command {self.command_id}: {self.phase.value} -> {phase}")
+        return replace(self, phase=ended)
+
+
+def fingerprint(command: dict[str, Any]) -> str:
+    """What makes two commands with one id the same command (payload, not delivery)."""
+    kept = {k: v for k, v in command.items() if k not in _NOT_IN_FINGERPRINT}
+    text = json.dumps(kept, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def public_first(outcome: dict[str, Any]) -> dict[str, Any]:
+    """The stored outcome as a duplicate is told it: phase, verdict, error and pump."""
+    return {k: v for k, v in outcome.items() if k not in _PRIVATE_OUTCOME_KEYS}
