@@ -105,11 +105,12 @@ class WriteResult:
     extra: dict[str, str] = field(default_factory=dict)
 
 
-#: awaited by a driver after the pre-read of a write and before the write's first byte goes
-#: out; False aborts the write (``failed``, "not sent: ..."). The gateway journals there that
-#: the write is being sent, so that a restart can tell a write that never left from one that may
-#: have.
-BeforeWrite = Callable[[], Awaitable[bool]]
+#: awaited by a driver after the pre-read of a write, with what the pre-read showed, and before
+#: the write's first byte goes out; False aborts the write (``failed``, "not sent: ..."). The
+#: gateway refuses there a write whose pump no longer runs what the command was checked against
+#: (a front-panel change since the last poll), and journals that the write is being sent, so
+#: that a restart can tell a write that never left from one that may have.
+BeforeWrite = Callable[[PumpStatus], Awaitable[bool]]
 
 
 class Driver(abc.ABC):
@@ -120,9 +121,10 @@ class Driver(abc.ABC):
     #: set by the caller for the next write only (one write at a time per pump)
     before_write: BeforeWrite | None = None
 
-    async def may_write(self) -> bool:
-        """Ask :attr:`before_write` (if set) whether the write may go out now."""
-        return self.before_write is None or await self.before_write()
+    async def may_write(self, before: PumpStatus) -> bool:
+        """Ask :attr:`before_write` (if set) whether the write may go out now, given what the
+        pre-read showed (``before``)."""
+        return self.before_write is None or await self.before_write(before)
 
     @property
     @abc.abstractmethod

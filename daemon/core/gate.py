@@ -585,7 +585,7 @@ class Gate:
             saved = channel.save()
             old_rate = channel.status.rate_ml_h if channel.status is not None else None
             channel.driver.before_write = (
-                self._sending_marker(job)
+                self._sending_marker(job, progress)
                 if job.admission is None
                 else self._admitting_marker(job, progress)
             )
@@ -593,6 +593,8 @@ class Gate:
                 result = await self._write(channel, plan.action, cmd.id, rate, events)
             finally:
                 channel.driver.before_write = None
+            if progress.drift is not None and result.outcome is Outcome.FAILED:
+                result = WriteResult(Outcome.FAILED, result.readback, f"not sent: {progress.drift}")
             if job.admission is not None and not progress.accepted:
                 claim = await self._claim_unsent(job, progress, saved)
                 if claim is None or not claim.is_new:
@@ -646,9 +648,11 @@ class Gate:
         admission = job.admission
         assert admission is not None
 
-        async def admit() -> bool:
+        async def admit(shown: PumpStatus) -> bool:
             if admission.task is not None:  # asked again for the same command: claimed once
                 return progress.accepted
+            if _refused_for_drift(job, progress, shown):
+                return False
             admission.task = asyncio.get_running_loop().create_task(
                 self._admit(job, sending=True), name=f"admit:{job.pump_id}:{job.cmd.id}"
             )
@@ -715,13 +719,16 @@ class Gate:
             )
         return await admission.task
 
-    def _sending_marker(self, job: _Execution) -> BeforeWrite:
+    def _sending_marker(self, job: _Execution, progress: _Progress) -> BeforeWrite:
         """What the driver awaits after its pre-read, before the write goes out: the journal
         records (durably) that the write is being sent, so that a restart tells a command that
         never reached the device (``failed``, not sent) from one that may have. When the journal
-        cannot take it, the driver sends nothing and the command ends ``failed``."""
+        cannot take it, or the pump no longer runs what the command was checked against, the
+        driver sends nothing and the command ends ``failed``."""
 
-        async def mark() -> bool:
+        async def mark(shown: PumpStatus) -> bool:
+            if _refused_for_drift(job, progress, shown):
+                return False
             answer = accepted(job.cmd.id, verdict=job.verdict.to_dict())
             stored = self._stored(job.pump_id, job.fingerprint, answer, job.before)
             try:
@@ -1199,6 +1206,7 @@ class _Progress:
 
     life: CommandLife | None = None
     accepted: bool = False
+    drift: str | None = None  # why the write hook refused: the pump changed since the check
 
 
 @dataclass(slots=True)
@@ -1225,6 +1233,27 @@ class _Execution:
     reply: ReplyTo | None
     before: dict[str, Any] | None
     admission: _Admission | None = None
+
+
+def _refused_for_drift(job: _Execution, progress: _Progress, shown: PumpStatus) -> bool:
+    """True (and ``progress.drift`` says why) when the write's pre-read shows the pump running
+    something else than what the command was checked against: a front-panel change since the
+    last poll. The check judged the change from the old state (step-up window, taper, the
+    current dose), so the write must not go out; the command ends ``failed`` (not sent) and is
+    checked again when it is sent again. A stop or pause always goes out: nothing may keep an
+    infusion running against a clinician's stop, whatever the pump runs now."""
+    before = job.before
+    if before is None or job.plan.action in {Action.STOP, Action.PAUSE}:
+        return False
+    if before["status"] == shown.state.value and before["rate"] == float(shown.rate_ml_h):
+        return False
+    progress.drift = (
+        f"the pump changed since the command was checked (it was {before['status']} at "
+        f"{before['rate']:g} mL/h; now {shown.state.value} at {float(shown.rate_ml_h):g} mL/h); "
+        "nothing was sent: check the command again against what the pump runs now"
+    )
+    log.warning("write_refused_pump_changed", pump=job.pump_id, id=job.cmd.id, why=progress.drift)
+    return True
 
 
 def _device_before(channel: Channel) -> dict[str, Any] | None:

@@ -441,7 +441,7 @@ class ModbusPumpDriver(Driver):
             seq=attempt.seq,
             setpoint=str(setpoint) if setpoint is not None else None,
         )
-        if not await self.may_write():
+        if not await self.may_write(before):
             return WriteResult(
                 Outcome.FAILED,
                 readback=before,

@@ -83,11 +83,11 @@ async def write_verified(
     *,
     precheck: Callable[[Snapshot], WriteResult | None] | None = None,
     again: Callable[[Snapshot], bool] | None = None,
-    may_write: Callable[[], Awaitable[bool]] | None = None,
+    may_write: Callable[[PumpStatus], Awaitable[bool]] | None = None,
 ) -> WriteResult:
     """Pre-read, write, read back, judge (module doc).
 
-    ``may_write``: asked after the pre-read, before anything is sent; False -> not sent.
+    ``may_write``: asked with the pre-read status, before anything is sent; False -> not sent.
 
     ``again``: when the read-back is not the goal but satisfies ``again``, the write is sent
     once more and read back again (New Era ``STP`` on a pump that the first one only paused);
@@ -99,7 +99,7 @@ async def write_verified(
         return not_sent(f"pre-read failed: {exc}")
     if precheck is not None and (early := precheck(before)) is not None:
         return early
-    if may_write is not None and not await may_write():
+    if may_write is not None and not await may_write(before.status):
         return not_sent("the gateway could not record the write", before.status)
     sent = await send()
     if not sent.sent:

@@ -20,7 +20,7 @@ from decimal import Decimal
 import pytest
 
 from drivers.backoff import Backoff
-from drivers.base import Outcome, RunState, WriteResult
+from drivers.base import Outcome, PumpStatus, RunState, WriteResult
 from drivers.errors import DeviceTimeout, DriverError
 from drivers.modbus import BusRegistry, ModbusPumpDriver
 from sim_devices.modbus_server import ModbusPumpSimulator
@@ -367,21 +367,23 @@ async def test_the_before_write_hook_runs_after_the_pre_read_and_can_stop_the_wr
     answers False nothing is written (``failed``, "not sent"); when True the write goes out."""
     sim = ModbusPumpSimulator([demo_pump(1)])
     async with proxied(sim) as (_link, driver, _registry):
-        seen: list[int] = []
+        seen: list[tuple[int, PumpStatus]] = []
 
-        async def refuse() -> bool:
-            seen.append(sim.pump(1).writes)
+        async def refuse(before: PumpStatus) -> bool:
+            seen.append((sim.pump(1).writes, before))
             return False
 
         driver.before_write = refuse
         result = await WRITES[method](driver)
-        assert seen == [0]
+        assert [writes for writes, _ in seen] == [0]
+        now = await driver.read_status()  # nothing was written: the pump still shows the pre-read
+        assert (seen[0][1].state, seen[0][1].rate_ml_h) == (now.state, now.rate_ml_h)
         assert result.outcome is Outcome.FAILED
         assert result.detail.startswith("not sent: ")
         assert "could not record the write" in result.detail
         assert sim.pump(1).writes == 0
 
-        async def allow() -> bool:
+        async def allow(_before: PumpStatus) -> bool:
             return True
 
         driver.before_write = allow

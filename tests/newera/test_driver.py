@@ -660,18 +660,21 @@ def test_the_read_back_decides_the_outcome_of_a_rate_write(
 async def test_the_before_write_hook_can_stop_a_write_after_the_pre_read(
     sim: NewEraSimulator, pump0: NewEraPumpDriver
 ) -> None:
-    """The gateway's hook runs after the pre-read, before RAT goes out: when it answers False
-    the rate is not sent (``failed``, "not sent") and the pump keeps its rate; when True the
-    write goes out and is applied."""
+    """The gateway's hook runs after the pre-read, with what it showed, before RAT goes out:
+    when it answers False the rate is not sent (``failed``, "not sent") and the pump keeps its
+    rate; when True the write goes out and is applied."""
+    shown: list[PumpStatus] = []
 
-    async def refuse() -> bool:
+    async def refuse(before: PumpStatus) -> bool:
+        shown.append(before)
         return False
 
-    async def allow() -> bool:
+    async def allow(_before: PumpStatus) -> bool:
         return True
 
     pump0.before_write = refuse
     result = await pump0.set_rate(Decimal(12))
+    assert [s.rate_ml_h for s in shown] == [9]  # the pre-read, handed to the hook
     assert result.outcome is Outcome.FAILED
     assert result.detail.startswith("not sent: ")
     assert sim.pumps[0].rate_ml_h == 9

@@ -26,6 +26,7 @@ from tests.reliability.harness import (
     bedside,
     command,
     probe,
+    pumps_online,
     running_gateway,
     simulators,
 )
@@ -287,3 +288,30 @@ async def test_the_dose_history_survives_a_restart_for_the_time_window_rules(
             accepted = await p.result(again["id"], "accepted")
             rules = {f["rule"] for f in accepted["verdict"]["findings"]}
             assert "TITRATION_INTERVAL" in rules
+
+
+async def test_a_front_panel_change_between_the_check_and_the_write_stops_the_write(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """The check judges a titration from the state the last poll showed. When the pump was
+    changed at its front panel since (52.5 -> 60 mL/h, not polled yet), the write's pre-read
+    shows it: nothing is written, the command ends ``failed`` (``not_sent``) saying the pump
+    changed since the check, and the pump keeps the rate the nurse set."""
+    async with simulators() as bench, probe(mosquitto.url) as p:
+        # one poll at start, the next an hour later: the change is seen by the pre-read only
+        cfg = bedside(bench, broker_url=mosquitto.url, data_dir=tmp_path / "data")
+        for pump in cfg["pumps"]:
+            pump["poll_period_s"] = 3600
+        async with running_gateway(cfg):
+            await pumps_online(p, pumps=("pump-1",))
+            bench.modbus.inject("front_panel_rate", 60.0, unit=1)
+            writes = bench.modbus.pump(1).writes
+            body = command()
+            await p.send("pump-1", body)
+            result = await p.result(body["id"], "failed")
+            assert result["error"]["code"] == "not_sent"
+            assert "changed since the command was checked" in result["error"]["message"]
+            assert "52.5 mL/h" in result["error"]["message"]
+            assert "60 mL/h" in result["error"]["message"]
+            assert bench.modbus.pump(1).writes == writes
+            assert bench.rate("pump-1") == Decimal(60)

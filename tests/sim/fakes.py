@@ -207,7 +207,7 @@ class SimDriver(Driver):
                 raise DeviceTimeout(f"{pump.pump_id}: no answer to the pre-read")
         except DriverError as exc:
             return WriteResult(Outcome.FAILED, detail=f"not sent: {op}: {exc}")
-        if not await self.may_write():  # the gateway records that the write is going out
+        if not await self.may_write(pump.status()):  # the gateway checks and records the write
             return WriteResult(Outcome.FAILED, detail=f"not sent: {op}: not recorded")
         await self._crash_here(CrashPoint.BEFORE_SEND)
         before = pump.status()
