@@ -21,9 +21,7 @@ IMPURE = {"asyncio", "socket", "time", "selectors", "subprocess", "threading", "
 # daemon/'s sub-packages, lowest layer first. A module may import its own package and the layers
 # below; packages that share a layer do not import each other.
 DAEMON_LAYERS: tuple[frozenset[str], ...] = (
-    frozenset(
-        {"base"}
-    ),  # root exception, config, time formats, data dir, logging, envelope, topics
+    frozenset({"base"}),  # root exception, config, time, data dir, logging, envelope, topics
     frozenset({"journal"}),  # hash chain, dedupe, outboxes, retention, writer thread, history
     frozenset({"mqtt", "ihe", "pharmacy"}),  # the edges: MQTT, IHE PCD, drug libraries
     frozenset({"core"}),  # supervisor, channels, command gate, vitals
