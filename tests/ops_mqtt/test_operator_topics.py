@@ -77,7 +77,14 @@ async def test_discovery_configs_are_valid_and_read_real_published_states(
     exists in the real state it names, available only when the pump and the gateway are."""
     async with running_bedside(tmp_path, mosquitto, extra=DISCOVERY) as bed:
         await bed.watch.client.subscribe(f"{PREFIX}/#", qos=1)
-        await bed.watch.wait_for(lambda m: m.topic.startswith("infusiond/gw-test/vitals/"))
+        # a bed's state carries its vitals once the monitor's first sample is in (before that,
+        # ``map`` is null): the configs below are checked against that state
+        await bed.watch.wait_for(
+            lambda m: (
+                m.topic.startswith("infusiond/gw-test/vitals/")
+                and isinstance(m.json().get("data", {}).get("map"), dict)
+            )
+        )
         configs: dict[str, dict[str, Any]] = {}
         async with asyncio.timeout(WAIT_S):
             while len(configs) < 15:
