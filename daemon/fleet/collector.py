@@ -8,7 +8,13 @@ messages, and every collector storing them costs one idempotent upsert); and
 it up).
 
 Nothing is acknowledged before it is committed: the MQTT client runs with manual acks (paho's
-``manual_ack``), and a batch's PUBACKs are sent after its transaction commits. The session is
+``manual_ack``), and a batch's PUBACKs are sent after its transaction commits.
+
+The hot path is lean: paho's ``on_message`` (called in the event loop's thread, where aiomqtt
+reads the socket) appends ``(topic, payload, qos, mid)`` to an :class:`_Inbox` list and sets
+one event; the ingest task takes everything there in one step (no per-message task, queue or
+``aiomqtt.Message``), parses, COPYs the batch as one buffer and acknowledges its message ids
+in one pass after the commit. The session is
 persistent (fixed client id, clean start off, a session expiry), so a collector killed with -9
 gets its unacknowledged and queued messages again when it comes back; what a session cannot
 keep (expired, or a broker restart without persistence) is found as a seq gap and backfilled.
@@ -19,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import threading
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -82,11 +89,20 @@ class CollectorConfig:
     batch_max: int = 500
     batch_wait_s: float = 0.05
     session_expiry_s: int = 24 * 3600
-    receive_maximum: int = 1000
+    #: unacknowledged messages in flight (None: four batches, at least 1000), so that the
+    #: broker keeps sending while a batch commits
+    receive_maximum: int | None = None
     keepalive_s: int = 30
     backfill_interval_s: float = 0.5
     progress_interval_s: float = 10.0
     grace: timedelta = gaps.DEFAULT_GRACE
+
+    @property
+    def in_flight(self) -> int:
+        """The MQTT v5 Receive Maximum the collector announces (at most 65535)."""
+        if self.receive_maximum is not None:
+            return self.receive_maximum
+        return min(65535, max(1000, 4 * self.batch_max))
 
     def subscriptions(self) -> list[str]:
         shared = [f"$share/{self.group}/{t}" if self.group else t for t in SHARED_TOPICS]
@@ -127,6 +143,7 @@ class Collector:
         self._dirty: set[tuple[str, str]] = set()
         self._checked: set[tuple[str, str]] = set()  # sessions refreshed once by this process
         self._backoff = Backoff(initial_s=0.2, maximum_s=10.0)
+        self._inbox: _Inbox | None = None
 
     def stop(self) -> None:
         self._stop.set()
@@ -180,7 +197,7 @@ class Collector:
     def _client(self) -> aiomqtt.Client:
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = self.config.session_expiry_s
-        props.ReceiveMaximum = self.config.receive_maximum
+        props.ReceiveMaximum = self.config.in_flight
         client = aiomqtt.Client(
             self.config.host,
             self.config.port,
@@ -192,10 +209,13 @@ class Collector:
             properties=props,
             keepalive=self.config.keepalive_s,
             socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
-            max_inflight_messages=self.config.receive_maximum,
+            max_inflight_messages=self.config.in_flight,
         )
         # PUBACK only after the commit (aiomqtt has no public switch; paho's is public)
         client._client.manual_ack_set(True)  # noqa: FBT003 - paho's signature
+        # messages straight from paho into the inbox (in place of aiomqtt's per-message queue)
+        self._inbox = _Inbox(asyncio.get_running_loop())
+        client._client.on_message = self._inbox.on_message
         return client
 
     @staticmethod
@@ -206,12 +226,15 @@ class Collector:
         return {(str(g), str(s)) for g, s in await cur.fetchall()}
 
     async def _serve(self, client: aiomqtt.Client, ingest: Conn, backfill: Backfill) -> None:
-        # bounded in effect: the broker sends at most receive_maximum unacknowledged messages
-        queue: asyncio.Queue[aiomqtt.Message] = asyncio.Queue()
+        inbox = self._inbox
+        assert inbox is not None
 
-        async def read() -> None:
-            async for message in client.messages:
-                queue.put_nowait(message)
+        async def watch_link() -> None:
+            # what aiomqtt's message iterator would raise when the connection drops
+            gone = client._disconnected  # aiomqtt has no public hook for this
+            await asyncio.wait([gone])  # done, with the cause as its exception or none
+            msg = "Disconnected during message iteration"
+            raise aiomqtt.MqttError(msg) from (None if gone.cancelled() else gone.exception())
 
         async def until_stop() -> None:
             await self._stop.wait()
@@ -219,8 +242,8 @@ class Collector:
 
         try:
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(read(), name="fleet-mqtt-read")
-                tg.create_task(self._ingest(client, ingest, queue, backfill), name="fleet-ingest")
+                tg.create_task(watch_link(), name="fleet-mqtt-link")
+                tg.create_task(self._ingest(client, ingest, inbox, backfill), name="fleet-ingest")
                 tg.create_task(self._backfill_loop(backfill), name="fleet-backfill")
                 tg.create_task(self._progress_loop(backfill), name="fleet-progress")
                 tg.create_task(until_stop(), name="fleet-stop")
@@ -230,40 +253,38 @@ class Collector:
             self._log_progress("collector_totals", backfill)
 
     async def _ingest(
-        self,
-        client: aiomqtt.Client,
-        conn: Conn,
-        queue: asyncio.Queue[aiomqtt.Message],
-        backfill: Backfill,
+        self, client: aiomqtt.Client, conn: Conn, inbox: _Inbox, backfill: Backfill
     ) -> None:
         loop = asyncio.get_running_loop()
+        limit = self.config.batch_max
         while True:
-            pending = _Pending()
-            self._take(pending, await queue.get())
+            await inbox.ready.wait()
+            messages = inbox.take(limit)
             deadline = loop.time() + self.config.batch_wait_s
-            while pending.count < self.config.batch_max:
-                if queue.empty():
-                    remaining = deadline - loop.time()
-                    if remaining <= 0:
-                        break
-                    try:
-                        message = await asyncio.wait_for(queue.get(), remaining)
-                    except TimeoutError:
-                        break
-                else:
-                    message = queue.get_nowait()
+            while len(messages) < limit:  # a short wait fills a batch when messages trickle
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(inbox.ready.wait(), remaining)
+                messages += inbox.take(limit - len(messages))
+            pending = _Pending()
+            for message in messages:
                 self._take(pending, message)
             await self._commit(client, conn, pending, backfill)
 
-    def _take(self, pending: _Pending, message: aiomqtt.Message) -> None:
+    def _take(self, pending: _Pending, message: _Received) -> None:
+        topic_bytes, payload, qos, mid = message
         pending.count += 1
         self.stats.messages += 1
-        if message.qos > 0:
-            pending.acks.append(message.mid)
-        payload = message.payload
-        raw = payload if isinstance(payload, bytes) else str(payload).encode()
+        if qos > 0:
+            pending.acks.append(mid)
         try:
-            record = parse_message(message.topic.value, raw)
+            topic = topic_bytes.decode()
+        except UnicodeDecodeError:
+            topic = topic_bytes.decode(errors="replace")  # named in the error, never stored
+        try:
+            record = parse_message(topic, payload)
         except BadMessage as exc:
             self.stats.bad_messages += 1
             if self.stats.bad_messages & (self.stats.bad_messages - 1) == 0:  # 1, 2, 4, 8...
@@ -295,8 +316,9 @@ class Collector:
             self.stats.events_inserted += result.events_inserted
             self.stats.events_duplicate += result.events_duplicate
             self._note_seqs(pending.batch)
-        for mid in pending.acks:
-            client._client.ack(mid, 1)
+        ack = client._client.ack
+        for mid in pending.acks:  # queued together: paho writes them in one writable turn
+            ack(mid, 1)
         self.stats.batches += 1
         for response in pending.responses:
             await backfill.on_response(response)
@@ -341,6 +363,46 @@ class Collector:
             gaps_permanent=backfill.stats.permanent,
             requests_pending=len(backfill.pending),
         )
+
+
+#: a message as paho gave it: (topic bytes, payload, qos, message id)
+_Received = tuple[bytes, bytes, int, int]
+
+
+class _Inbox:
+    """Messages received and not yet taken, as plain tuples.
+
+    aiomqtt reads the socket in the event loop's thread, so paho calls :meth:`on_message`
+    there; a call from another thread (paho's connect runs in an executor) is handed to the
+    loop, so the list is only ever touched in the loop's thread. The broker sends at most the
+    Receive Maximum of unacknowledged messages, which bounds the list."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.ready = asyncio.Event()
+        self._items: list[_Received] = []
+        self._loop = loop
+        self._thread = threading.get_ident()
+
+    def on_message(self, _client: object, _userdata: object, message: Any) -> None:
+        item: _Received = (message._topic, message.payload, message.qos, message.mid)
+        if threading.get_ident() == self._thread:
+            self._put(item)
+        else:
+            self._loop.call_soon_threadsafe(self._put, item)
+
+    def _put(self, item: _Received) -> None:
+        self._items.append(item)
+        self.ready.set()
+
+    def take(self, limit: int) -> list[_Received]:
+        """Up to ``limit`` messages, oldest first."""
+        items = self._items
+        if len(items) <= limit:
+            self._items = []
+            self.ready.clear()
+            return items
+        self._items = items[limit:]
+        return items[:limit]
 
 
 class _Stopped(Exception):  # control flow: stop was asked
