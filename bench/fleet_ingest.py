@@ -45,17 +45,20 @@ import aiomqtt
 import psycopg
 from psycopg.types.json import Jsonb
 
+from bench import fleet_drain
 from bench.harness import progress
 from daemon.envelope import Kind, encode, envelope
 from daemon.events_request import answer, response_body
+from daemon.fleet.collector import CollectorConfig
 from daemon.fleet.migrate import migrate
 from daemon.fleet.store import NOTIFY_CHANNEL
 from daemon.journal import JournalRow
-from daemon.timefmt import format_ts
+from daemon.timefmt import format_ts, parse_ts
 from tests.fleet.topology import CollectorProcess, bridged_brokers
 from tests.support.postgres import PostgresServer, find_bindir
 
 RATIO_TARGET = 0.5
+TARGET = f">= {RATIO_TARGET}x COPY"
 STORE_TIMEOUT_S = 120.0
 PUBLISH_ATTEMPTS = 3
 PUBLISH_TIMEOUT_S = 20.0
@@ -75,9 +78,10 @@ class Plan:
     seconds: float = 30.0
     kill_at: float = 0.5
     down_s: float = 2.0
+    drain: int = 50_000  # events pre-loaded for each capacity figure
 
 
-QUICK = Plan(gateways=10, pumps=2, rate=500.0, seconds=6.0, down_s=1.0)
+QUICK = Plan(gateways=10, pumps=2, rate=500.0, seconds=6.0, down_s=1.0, drain=3000)
 
 
 @dataclass
@@ -244,7 +248,7 @@ async def _run(
 ) -> dict[str, Any]:
     by_name = {g.name: g for g in gateways}
     await schema(dsn)
-    with bridged_brokers(work) as (ward, central):
+    with bridged_brokers(work, central_conf=fleet_drain.CENTRAL_CONF) as (ward, central):
         collector = CollectorProcess(
             central, dsn, client_id="bench-collector", log_path=work / "collector.log"
         )
@@ -270,10 +274,13 @@ async def _run(
                 restarted = datetime.now(UTC)
                 sent, publish_s = await sending
                 await wait_stored(dsn, first + sent, STORE_TIMEOUT_S)
+                steady_end = datetime.now(UTC)
+                capacity = await _capacity(plan, work, dsn, central, collector, gateways)
             finally:
                 answering.cancel()
                 collector.stop()
     return {
+        **capacity,
         "plan": plan.__dict__,
         "published": sent,
         "publish_s": round(publish_s, 2),
@@ -281,7 +288,73 @@ async def _run(
         "start": start,
         "killed": killed,
         "restarted": restarted,
+        "steady_end": steady_end,
     }
+
+
+def _next_events(
+    gateways: list[SyntheticGateway], count: int
+) -> tuple[datetime, list[tuple[str, bytes]]]:
+    """``count`` next events (gateways in turn), all with one ``ts``: (that ts as stored, them)."""
+    now = datetime.now(UTC)
+    return parse_ts(format_ts(now)), [
+        gateways[i % len(gateways)].next_event(now) for i in range(count)
+    ]
+
+
+async def _drain(
+    plan: Plan,
+    dsn: str,
+    central: Any,
+    collectors: list[CollectorProcess],
+    gateways: list[SyntheticGateway],
+) -> dict[str, Any]:
+    """Pre-load ``plan.drain`` events for the (stopped) collectors' sessions, start them all
+    at once and wait for the last row; the drain's figures."""
+    ts, messages = _next_events(gateways, plan.drain)
+    await fleet_drain.preload(central.port, messages)
+    progress(f"fleet_ingest: {plan.drain} events queued for {len(collectors)} collector(s)")
+    async with asyncio.TaskGroup() as tg:
+        for c in collectors:
+            tg.create_task(asyncio.to_thread(c.start), name=f"bench-start-{c.client_id}")
+    await wait_stored(dsn, sum(g.seq for g in gateways), STORE_TIMEOUT_S)
+    for c in collectors:
+        c.stop()
+    return fleet_drain.drain_figures(dsn, ts)
+
+
+async def _capacity(
+    plan: Plan,
+    work: Path,
+    dsn: str,
+    central: Any,
+    collector: CollectorProcess,
+    gateways: list[SyntheticGateway],
+) -> dict[str, Any]:
+    """Sustained ingest at saturation: one collector, then two in one shared group, each
+    draining a pre-loaded queue; then a raw paho subscriber draining the same bytes."""
+    collector.stop()  # a clean stop: its persistent session stays, and queues
+    one = await _drain(plan, dsn, central, [collector], gateways)
+    progress(f"fleet_ingest: 1 collector drained {one}")
+    group = [
+        CollectorProcess(
+            central, dsn, client_id=f"bench-group-{n}", group="bench", log_path=work / f"g{n}.log"
+        )
+        for n in (1, 2)
+    ]
+    for c in group:  # their sessions and shared subscriptions, then offline
+        await asyncio.to_thread(c.start)
+        c.stop()
+    two = await _drain(plan, dsn, central, group, gateways)
+    progress(f"fleet_ingest: 2 collectors drained {two}")
+    in_flight = CollectorConfig("-", 0, "-", "-").in_flight
+    await asyncio.to_thread(fleet_drain.raw_subscribe, central.port, in_flight)
+    bodies = [p for g in gateways for p in g.payloads]
+    raw_messages = [(fleet_drain.RAW_TOPIC, bodies[i % len(bodies)]) for i in range(plan.drain)]
+    await fleet_drain.preload(central.port, raw_messages)
+    raw = await asyncio.to_thread(fleet_drain.raw_drain, central.port, plan.drain, in_flight)
+    progress(f"fleet_ingest: raw subscriber drained {raw}")
+    return {"drain_1": one, "drain_2": two, "raw_subscriber": raw}
 
 
 # The restarted collector's catch-up: from its first commit to the commit of the last event
@@ -301,7 +374,7 @@ _LAG = """
 WITH c AS (
     SELECT ts, extract(epoch FROM pg_xact_commit_timestamp(xmin) - ts) AS lag,
            pg_xact_commit_timestamp(xmin) AS at
-    FROM events WHERE ts >= %(start)s
+    FROM events WHERE ts >= %(start)s AND ts < %(end)s
 )
 SELECT (SELECT percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP (ORDER BY lag) FROM c
         WHERE at < %(killed)s),
@@ -316,6 +389,7 @@ def _verify(
     start: datetime,
     killed: datetime,
     restarted: datetime,
+    end: datetime,
 ) -> dict[str, Any]:
     """Lost / duplicated / altered events, by SQL; lag percentiles from commit timestamps."""
     expected = {g.name: g for g in gateways}
@@ -341,14 +415,14 @@ def _verify(
                     altered += sent["data"] != data or sent["ts"] != format_ts(ts)
         ingest = conn.execute(
             "SELECT count(*), extract(epoch FROM max(pg_xact_commit_timestamp(xmin)) - %s) "
-            "FROM events WHERE ts >= %s",
-            (start, start),
+            "FROM events WHERE ts >= %s AND ts < %s",
+            (start, start, end),
         ).fetchone()
         drain = conn.execute(_DRAIN, {"restarted": restarted}).fetchone()
         size = conn.execute(
             "SELECT pg_total_relation_size('events') / greatest(count(*), 1) FROM events"
         ).fetchone()
-        lag = conn.execute(_LAG, {"start": start, "killed": killed}).fetchone()
+        lag = conn.execute(_LAG, {"start": start, "killed": killed, "end": end}).fetchone()
     assert lag is not None
     assert ingest is not None
     assert drain is not None
@@ -407,23 +481,51 @@ def measure(*, quick: bool = False, plan: Plan | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-fleet-") as tmp, postgres() as server:
         dsn = server.create_database()
         run = asyncio.run(_run(plan, Path(tmp), dsn, gateways))
-        details = _verify(dsn, gateways, run.pop("start"), run.pop("killed"), run.pop("restarted"))
+        details = _verify(
+            dsn,
+            gateways,
+            run.pop("start"),
+            run.pop("killed"),
+            run.pop("restarted"),
+            run.pop("steady_end"),
+        )
         details.update(run)
         details["copy_eps"] = round(_copy_baseline(server, gateways), 1)
-    details["ratio"] = round(details["ingest_eps"] / details["copy_eps"], 3)
-    details["drain_ratio"] = (
-        round(details["drain_eps"] / details["copy_eps"], 3) if details["drain_eps"] else None
-    )
+    copy_eps = details["copy_eps"]
+
+    def share(eps: float | None) -> float | None:
+        return round(eps / copy_eps, 3) if eps else None
+
+    details["ratio"] = share(details["ingest_eps"])
+    details["drain_ratio"] = share(details["drain_eps"])
+    for key in ("drain_1", "drain_2", "raw_subscriber"):
+        details[key]["ratio"] = share(details[key]["eps"])
     exact = details["lost"] == 0 and details["duplicated"] == 0 and details["altered"] == 0
+
+    def capacity_row(figure: str, key: str, target: str) -> dict[str, Any]:
+        ratio = details[key]["ratio"]
+        return {
+            "figure": f"fleet ingest: {figure} (vs raw COPY)",
+            "value": details[key]["eps"] or 0.0,
+            "unit": "ev/s",
+            "baseline": copy_eps,
+            "ratio": ratio,
+            "target": target,
+            "met": target == "reported" or (ratio or 0.0) >= RATIO_TARGET,
+        }
+
     details["rows"] = [
+        capacity_row("sustained, 1 collector draining a full queue", "drain_1", TARGET),
+        capacity_row("sustained, 2 collectors in one group", "drain_2", TARGET),
+        capacity_row("broker -> raw paho subscriber, nothing stored", "raw_subscriber", "reported"),
         {
             "figure": "fleet ingest: events/s stored at the offered rate (vs raw COPY)",
             "value": details["ingest_eps"],
             "unit": "ev/s",
-            "baseline": details["copy_eps"],
+            "baseline": copy_eps,
             "ratio": details["ratio"],
-            "target": f">= {RATIO_TARGET}x COPY",
-            "met": details["ratio"] >= RATIO_TARGET,
+            "target": "reported (capped by the offered rate)",
+            "met": True,
         },
         {
             "figure": "fleet ingest: catch-up after kill -9 (vs raw COPY)",
@@ -431,8 +533,8 @@ def measure(*, quick: bool = False, plan: Plan | None = None) -> dict[str, Any]:
             "unit": "ev/s",
             "baseline": details["copy_eps"],
             "ratio": details["drain_ratio"],
-            "target": f">= {RATIO_TARGET}x COPY",
-            "met": (details["drain_ratio"] or 0.0) >= RATIO_TARGET,
+            "target": "reported (the backlog of a few seconds, with live traffic)",
+            "met": True,
         },
         {
             "figure": "fleet ingest: end-to-end lag p99 (p50 as baseline)",
@@ -463,9 +565,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pumps", type=int, metavar="M", help="pumps per gateway (10)")
     parser.add_argument("--rate", type=float, metavar="EV_S", help="events/s in total (1000)")
     parser.add_argument("--seconds", type=float, metavar="S", help="publishing time (30)")
+    parser.add_argument(
+        "--drain", type=int, metavar="N", help="events pre-loaded per capacity figure (50000)"
+    )
     args = parser.parse_args(argv)
     base = QUICK if args.quick else Plan()
-    for name in ("gateways", "pumps", "rate", "seconds"):
+    for name in ("gateways", "pumps", "rate", "seconds", "drain"):
         value = getattr(args, name)
         if value is not None and value <= 0:
             parser.error(f"--{name}: must be > 0, got {value}")
@@ -475,11 +580,12 @@ def main(argv: list[str] | None = None) -> int:
         rate=args.rate or base.rate,
         seconds=args.seconds or base.seconds,
         down_s=min(base.down_s, (args.seconds or base.seconds) / 4),
+        drain=args.drain or base.drain,
     )
     result = measure(plan=plan)
     result["load_avg"] = Path("/proc/loadavg").read_text().strip()
     sys.stdout.write(json.dumps(result) + "\n")
-    return 0 if result["rows"][3]["met"] else 1  # a lost or duplicated event fails the run
+    return 0 if result["rows"][-1]["met"] else 1  # a lost or duplicated event fails the run
 
 
 if __name__ == "__main__":
