@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import struct
 import threading
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -172,6 +173,7 @@ class Collector:
                 log.info("schema_migrated", versions=[m.version for m in applied])
             client = self._client()
             async with client:
+                _buffer_reads(client)
                 await client.subscribe(
                     [(t, SubscribeOptions(qos=1)) for t in self.config.subscriptions()]
                 )
@@ -255,19 +257,15 @@ class Collector:
     async def _ingest(
         self, client: aiomqtt.Client, conn: Conn, inbox: _Inbox, backfill: Backfill
     ) -> None:
-        loop = asyncio.get_running_loop()
         limit = self.config.batch_max
+        inbox.full_at = limit
+        inbox.full.clear()
         while True:
             await inbox.ready.wait()
-            messages = inbox.take(limit)
-            deadline = loop.time() + self.config.batch_wait_s
-            while len(messages) < limit:  # a short wait fills a batch when messages trickle
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
+            if inbox.size < limit:  # messages trickle: a short wait fills the batch
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(inbox.ready.wait(), remaining)
-                messages += inbox.take(limit - len(messages))
+                    await asyncio.wait_for(inbox.full.wait(), self.config.batch_wait_s)
+            messages = inbox.take(limit)
             pending = _Pending()
             for message in messages:
                 self._take(pending, message)
@@ -316,9 +314,9 @@ class Collector:
             self.stats.events_inserted += result.events_inserted
             self.stats.events_duplicate += result.events_duplicate
             self._note_seqs(pending.batch)
-        ack = client._client.ack
-        for mid in pending.acks:  # queued together: paho writes them in one writable turn
-            ack(mid, 1)
+        if pending.acks:  # one buffer of PUBACKs (what paho's ack(mid, 1) sends, each)
+            packets = b"".join([_PUBACK.pack(_PUBACK_TYPE, 2, mid) for mid in pending.acks])
+            client._client._packet_queue(_PUBACK_TYPE, packets, 0, 1)
         self.stats.batches += 1
         for response in pending.responses:
             await backfill.on_response(response)
@@ -365,6 +363,52 @@ class Collector:
         )
 
 
+#: a PUBACK without reason code or properties (success), as paho's ``ack(mid, 1)`` builds it
+_PUBACK = struct.Struct("!BBH")  # type, remaining length (2), message id
+_PUBACK_TYPE = 0x40  # MQTT control packet type 4, no flags
+_READ_SIZE = 256 * 1024
+
+
+class _BufferedSocket:
+    """paho's socket with a read buffer.
+
+    paho reads a packet in three or more ``recv`` calls (command byte, length bytes, body);
+    this one reads up to :data:`_READ_SIZE` at once and serves paho's small reads from it.
+    ``pending()`` tells how much is buffered: aiomqtt's read callback keeps calling paho while
+    it is non-zero (as for an SSL socket's own buffer), so buffered bytes are never left
+    waiting for the socket to be readable again. Everything else goes to the socket."""
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+        self._buf = b""
+        self._pos = 0
+
+    def recv(self, size: int) -> bytes:
+        if self._pos >= len(self._buf):
+            data: bytes = self._sock.recv(max(size, _READ_SIZE))  # BlockingIOError passes
+            if len(data) <= size:
+                return data
+            self._buf, self._pos = data, 0
+        chunk = self._buf[self._pos : self._pos + size]
+        self._pos += len(chunk)
+        return chunk
+
+    def pending(self) -> int:
+        return len(self._buf) - self._pos
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+def _buffer_reads(client: aiomqtt.Client) -> None:
+    """Put :class:`_BufferedSocket` under paho (a plain TCP socket only: TLS has its own
+    buffer and ``pending``). Nothing was buffered before, so nothing is lost."""
+    paho_client = client._client
+    sock = paho_client._sock
+    if isinstance(sock, socket.socket) and not hasattr(sock, "pending"):
+        paho_client._sock = _BufferedSocket(sock)
+
+
 #: a message as paho gave it: (topic bytes, payload, qos, message id)
 _Received = tuple[bytes, bytes, int, int]
 
@@ -378,7 +422,9 @@ class _Inbox:
     Receive Maximum of unacknowledged messages, which bounds the list."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.ready = asyncio.Event()
+        self.ready = asyncio.Event()  # set while a message is waiting
+        self.full = asyncio.Event()  # set once ``full_at`` messages are waiting
+        self.full_at = 1  # the ingest task sets its batch size
         self._items: list[_Received] = []
         self._loop = loop
         self._thread = threading.get_ident()
@@ -393,10 +439,17 @@ class _Inbox:
     def _put(self, item: _Received) -> None:
         self._items.append(item)
         self.ready.set()
+        if len(self._items) >= self.full_at:
+            self.full.set()
+
+    @property
+    def size(self) -> int:
+        return len(self._items)
 
     def take(self, limit: int) -> list[_Received]:
         """Up to ``limit`` messages, oldest first."""
         items = self._items
+        self.full.clear()
         if len(items) <= limit:
             self._items = []
             self.ready.clear()
