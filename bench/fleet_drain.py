@@ -8,14 +8,18 @@ events committed after its first commit, divided by the time from the first comm
 last (``pg_xact_commit_timestamp``), so process start-up is not counted.
 
 The same measure for a plain paho subscriber (auto PUBACK, nothing stored) draining the same
-number of the same bytes gives the broker's own delivery rate to one client in the same run:
-the ceiling any collector behind that broker can reach.
+number of the same bytes gives the rate at which Python's MQTT client alone takes messages
+from that broker, in the same run: the ceiling of any collector built on paho. The same for
+``mosquitto_sub`` (C, libmosquitto; process start and connect counted) gives the broker's
+own delivery rate to one client.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
+import subprocess
 import time
 from datetime import datetime
 from typing import Any
@@ -34,6 +38,7 @@ QUIET.setLevel(logging.ERROR)
 CHUNK = 1000  # publishes in flight at once while pre-loading
 RAW_TOPIC = "bench/raw/event"
 RAW_CLIENT = "bench-raw-subscriber"
+C_CLIENT = "bench-c-subscriber"
 RAW_TIMEOUT_S = 120.0
 
 
@@ -121,3 +126,31 @@ def raw_drain(port: int, count: int, receive_maximum: int) -> dict[str, Any]:
         raise RuntimeError(msg)
     seconds = times[-1] - times[0]
     return {"events": count, "eps": round((count - 1) / seconds, 1) if seconds else None}
+
+
+def _c_argv(port: int) -> list[str]:
+    exe = shutil.which("mosquitto_sub")
+    if exe is None:
+        msg = "mosquitto_sub not found (scripts/bootstrap.sh installs mosquitto-clients)"
+        raise RuntimeError(msg)
+    return [
+        *(exe, "-h", "127.0.0.1", "-p", str(port), "-V", "mqttv5", "-i", C_CLIENT),
+        *("-c", "-x", "3600", "-q", "1", "-t", RAW_TOPIC),
+    ]
+
+
+def c_subscribe(port: int) -> None:
+    """Create ``mosquitto_sub``'s persistent session (subscribed), then leave."""
+    subprocess.run([*_c_argv(port), "-E"], check=True, timeout=RAW_TIMEOUT_S)
+
+
+def c_drain(port: int, count: int) -> dict[str, Any]:
+    """``mosquitto_sub`` takes ``count`` queued messages; its rate over its whole run."""
+    t0 = time.perf_counter()
+    subprocess.run(
+        [*_c_argv(port), "-C", str(count)],
+        check=True,
+        timeout=RAW_TIMEOUT_S,
+        stdout=subprocess.DEVNULL,
+    )
+    return {"events": count, "eps": round(count / (time.perf_counter() - t0), 1)}

@@ -349,12 +349,15 @@ async def _capacity(
     progress(f"fleet_ingest: 2 collectors drained {two}")
     in_flight = CollectorConfig("-", 0, "-", "-").in_flight
     await asyncio.to_thread(fleet_drain.raw_subscribe, central.port, in_flight)
+    await asyncio.to_thread(fleet_drain.c_subscribe, central.port)
     bodies = [p for g in gateways for p in g.payloads]
     raw_messages = [(fleet_drain.RAW_TOPIC, bodies[i % len(bodies)]) for i in range(plan.drain)]
     await fleet_drain.preload(central.port, raw_messages)
     raw = await asyncio.to_thread(fleet_drain.raw_drain, central.port, plan.drain, in_flight)
     progress(f"fleet_ingest: raw subscriber drained {raw}")
-    return {"drain_1": one, "drain_2": two, "raw_subscriber": raw}
+    c_sub = await asyncio.to_thread(fleet_drain.c_drain, central.port, plan.drain)
+    progress(f"fleet_ingest: mosquitto_sub drained {c_sub}")
+    return {"drain_1": one, "drain_2": two, "raw_subscriber": raw, "mosquitto_sub": c_sub}
 
 
 # The restarted collector's catch-up: from its first commit to the commit of the last event
@@ -498,7 +501,7 @@ def measure(*, quick: bool = False, plan: Plan | None = None) -> dict[str, Any]:
 
     details["ratio"] = share(details["ingest_eps"])
     details["drain_ratio"] = share(details["drain_eps"])
-    for key in ("drain_1", "drain_2", "raw_subscriber"):
+    for key in ("drain_1", "drain_2", "raw_subscriber", "mosquitto_sub"):
         details[key]["ratio"] = share(details[key]["eps"])
     exact = details["lost"] == 0 and details["duplicated"] == 0 and details["altered"] == 0
 
@@ -518,6 +521,7 @@ def measure(*, quick: bool = False, plan: Plan | None = None) -> dict[str, Any]:
         capacity_row("sustained, 1 collector draining a full queue", "drain_1", TARGET),
         capacity_row("sustained, 2 collectors in one group", "drain_2", TARGET),
         capacity_row("broker -> raw paho subscriber, nothing stored", "raw_subscriber", "reported"),
+        capacity_row("broker -> mosquitto_sub (C), nothing stored", "mosquitto_sub", "reported"),
         {
             "figure": "fleet ingest: events/s stored at the offered rate (vs raw COPY)",
             "value": details["ingest_eps"],
