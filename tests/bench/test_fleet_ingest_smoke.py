@@ -21,7 +21,7 @@ def test_toy_fleet_ingest_stores_every_event_once_and_prints_its_figures() -> No
     """3 gateways x 2 pumps at 150 ev/s for 3 s, then 1500 events pre-loaded and drained by one
     collector and again by two in a group: every published event stored once with its bytes
     (0 lost, 0 duplicated, 0 altered) across the kill and the drains; capacity, ingest,
-    catch-up, COPY and lag figures are finite and the JSON carries the seven rows of
+    catch-up, COPY and lag figures are finite and the JSON carries the eight rows of
     ``python -m bench``."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     done = subprocess.run(
@@ -48,7 +48,7 @@ def test_toy_fleet_ingest_stores_every_event_once_and_prints_its_figures() -> No
     assert result["lag_events"] > 0
     assert 0 < result["lag_p50_ms"] <= result["lag_p99_ms"] <= result["lag_max_ms"]
     assert math.isfinite(result["ratio"])
-    assert [r["figure"].split(":")[0] for r in result["rows"]] == ["fleet ingest"] * 7
+    assert [r["figure"].split(":")[0] for r in result["rows"]] == ["fleet ingest"] * 8
     assert result["rows"][-1]["met"] is True
     assert "load_avg" in result
 
