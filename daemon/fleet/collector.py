@@ -8,16 +8,17 @@ messages, and every collector storing them costs one idempotent upsert); and
 it up).
 
 Nothing is acknowledged before it is committed: the MQTT client runs with manual acks (paho's
-``manual_ack``), and a batch's PUBACKs are sent after its transaction commits.
-
-The hot path is lean: paho's ``on_message`` (called in the event loop's thread, where aiomqtt
-reads the socket) appends ``(topic, payload, qos, mid)`` to an :class:`_Inbox` list and sets
-one event; the ingest task takes everything there in one step (no per-message task, queue or
-``aiomqtt.Message``), parses, COPYs the batch as one buffer and acknowledges its message ids
-in one pass after the commit. The session is
+``manual_ack``), and a batch's PUBACKs are sent after its transaction commits. The session is
 persistent (fixed client id, clean start off, a session expiry), so a collector killed with -9
 gets its unacknowledged and queued messages again when it comes back; what a session cannot
 keep (expired, or a broker restart without persistence) is found as a seq gap and backfilled.
+
+The hot path is lean (docs/performance.md, "Fleet ingest"): paho's ``on_message`` (called in
+the event loop's thread, where aiomqtt reads the socket) appends ``(topic, payload, qos,
+mid)`` to an :class:`_Inbox` and sets one event; the ingest task takes a whole batch in one
+step (no per-message task, queue or ``aiomqtt.Message``); paho reads through a buffer
+(:class:`_BufferedSocket`); the batch is COPYed as one buffer and its PUBACKs are queued as
+one write after the commit.
 """
 
 from __future__ import annotations
