@@ -21,8 +21,9 @@ import logging
 import shutil
 import subprocess
 import time
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import aiomqtt
 import paho.mqtt.client as paho
@@ -30,6 +31,15 @@ import psycopg
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+
+from bench.harness import progress
+from daemon.fleet.collector import CollectorConfig
+from daemon.fleet.store import NOTIFY_CHANNEL
+from daemon.timefmt import format_ts, parse_ts
+from tests.fleet.topology import CollectorProcess
+
+if TYPE_CHECKING:
+    from bench.fleet_ingest import SyntheticGateway
 
 #: central broker lines for a pre-load: room for every queued event (mosquitto keeps 1000)
 CENTRAL_CONF = ("max_queued_messages 1000000",)
@@ -40,6 +50,7 @@ RAW_TOPIC = "bench/raw/event"
 RAW_CLIENT = "bench-raw-subscriber"
 C_CLIENT = "bench-c-subscriber"
 RAW_TIMEOUT_S = 120.0
+STORE_TIMEOUT_S = 120.0
 
 
 async def preload(port: int, messages: list[tuple[str, bytes]]) -> None:
@@ -154,3 +165,90 @@ def c_drain(port: int, count: int) -> dict[str, Any]:
         stdout=subprocess.DEVNULL,
     )
     return {"events": count, "eps": round(count / (time.perf_counter() - t0), 1)}
+
+
+async def wait_stored(dsn: str, expected: int, timeout: float) -> None:
+    """Until the table holds ``expected`` events (woken by the collector's NOTIFY after each
+    commit)."""
+    held = 0
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    cur = await conn.execute("SELECT count(*) FROM events")
+                    held = int((await cur.fetchone() or (0,))[0])
+                    if held >= expected:
+                        return
+                    async for _ in conn.notifies(timeout=1.0, stop_after=1):
+                        pass
+        except TimeoutError:
+            raise RuntimeError(f"only {held} of {expected} events stored in {timeout} s") from None
+
+
+def _next_events(
+    gateways: list[SyntheticGateway], count: int
+) -> tuple[datetime, list[tuple[str, bytes]]]:
+    """``count`` next events (gateways in turn), all with one ``ts``: (that ts as stored, them)."""
+    now = datetime.now(UTC)
+    return parse_ts(format_ts(now)), [
+        gateways[i % len(gateways)].next_event(now) for i in range(count)
+    ]
+
+
+async def _drain(
+    count: int,
+    dsn: str,
+    central: Any,
+    collectors: list[CollectorProcess],
+    gateways: list[SyntheticGateway],
+) -> dict[str, Any]:
+    """Pre-load ``count`` events for the (stopped) collectors' sessions, start them all
+    at once and wait for the last row; the drain's figures."""
+    ts, messages = _next_events(gateways, count)
+    await preload(central.port, messages)
+    progress(f"fleet_ingest: {count} events queued for {len(collectors)} collector(s)")
+    async with asyncio.TaskGroup() as tg:
+        for c in collectors:
+            tg.create_task(asyncio.to_thread(c.start), name=f"bench-start-{c.client_id}")
+    await wait_stored(dsn, sum(g.seq for g in gateways), STORE_TIMEOUT_S)
+    for c in collectors:
+        c.stop()
+    return drain_figures(dsn, ts)
+
+
+async def capacity(
+    count: int,
+    work: Path,
+    dsn: str,
+    central: Any,
+    collector: CollectorProcess,
+    gateways: list[SyntheticGateway],
+) -> dict[str, Any]:
+    """Sustained ingest at saturation: one collector, then two in one shared group, each
+    draining a pre-loaded queue; then a raw paho subscriber draining the same bytes."""
+    collector.stop()  # a clean stop: its persistent session stays, and queues
+    one = await _drain(count, dsn, central, [collector], gateways)
+    progress(f"fleet_ingest: 1 collector drained {one}")
+    group = [
+        CollectorProcess(
+            central, dsn, client_id=f"bench-group-{n}", group="bench", log_path=work / f"g{n}.log"
+        )
+        for n in (1, 2)
+    ]
+    for c in group:  # their sessions and shared subscriptions, then offline
+        await asyncio.to_thread(c.start)
+        c.stop()
+    two = await _drain(count, dsn, central, group, gateways)
+    progress(f"fleet_ingest: 2 collectors drained {two}")
+    in_flight = CollectorConfig("-", 0, "-", "-").in_flight
+    await asyncio.to_thread(raw_subscribe, central.port, in_flight)
+    await asyncio.to_thread(c_subscribe, central.port)
+    bodies = [p for g in gateways for p in g.payloads]
+    raw_messages = [(RAW_TOPIC, bodies[i % len(bodies)]) for i in range(count)]
+    await preload(central.port, raw_messages)
+    raw = await asyncio.to_thread(raw_drain, central.port, count, in_flight)
+    progress(f"fleet_ingest: raw subscriber drained {raw}")
+    c_sub = await asyncio.to_thread(c_drain, central.port, count)
+    progress(f"fleet_ingest: mosquitto_sub drained {c_sub}")
+    return {"drain_1": one, "drain_2": two, "raw_subscriber": raw, "mosquitto_sub": c_sub}

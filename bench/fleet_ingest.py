@@ -14,14 +14,20 @@ keep them in memory and answer ``bridge/request/events`` with the gateway's own 
 Mid-run the collector is killed with SIGKILL and restarted; at the end SQL checks that every
 (gateway, seq) published is stored exactly once (0 lost, 0 duplicated, the same bytes).
 
+Then the capacity figures (``bench/fleet_drain.py``): a pre-loaded queue of ``--drain``
+events drained by one collector, then by two in one shared group, then by a plain paho
+subscriber and by ``mosquitto_sub`` (the layers under the collector).
+
 Figures, against one ``COPY`` of the same rows into the same table (a fresh database with the
-same schema, same server, same run): events stored per second at the offered rate (events /
-(last commit - first publish)), and the restarted collector's catch-up rate (its backlog and
-what came meanwhile, per second from its first commit to the last backlog commit). End-to-end
-lag p50/p99 (publish ``ts`` -> the row's commit timestamp) of the events the first collector
-stored before the kill, and the worst lag of all.
+same schema, same server, same run): the sustained ingest of the drains; events stored per
+second at the offered rate (events / (last commit - first publish)), and the restarted
+collector's catch-up rate (its backlog and what came meanwhile, per second from its first
+commit to the last backlog commit). End-to-end lag p50/p99 (publish ``ts`` -> the row's
+commit timestamp) of the events the first collector stored before the kill, and the worst lag
+of the steady phase.
 
     python -m bench.fleet_ingest [--quick] [--gateways N] [--pumps M] [--rate EV_S] [--seconds S]
+                                 [--drain N]
 """
 
 from __future__ import annotations
@@ -46,20 +52,18 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from bench import fleet_drain
+from bench.fleet_drain import STORE_TIMEOUT_S
 from bench.harness import progress
 from daemon.envelope import Kind, encode, envelope
 from daemon.events_request import answer, response_body
-from daemon.fleet.collector import CollectorConfig
 from daemon.fleet.migrate import migrate
-from daemon.fleet.store import NOTIFY_CHANNEL
 from daemon.journal import JournalRow
-from daemon.timefmt import format_ts, parse_ts
+from daemon.timefmt import format_ts
 from tests.fleet.topology import CollectorProcess, bridged_brokers
 from tests.support.postgres import PostgresServer, find_bindir
 
 RATIO_TARGET = 0.5
 TARGET = f">= {RATIO_TARGET}x COPY"
-STORE_TIMEOUT_S = 120.0
 PUBLISH_ATTEMPTS = 3
 PUBLISH_TIMEOUT_S = 20.0
 QUIET = logging.getLogger("bench.fleet_ingest.mqtt")  # not "N pending publish calls" per tick
@@ -221,25 +225,6 @@ async def schema(dsn: str) -> None:
         await migrate(conn)
 
 
-async def wait_stored(dsn: str, expected: int, timeout: float) -> None:
-    """Until the table holds ``expected`` events (woken by the collector's NOTIFY after each
-    commit)."""
-    held = 0
-    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-        await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
-        try:
-            async with asyncio.timeout(timeout):
-                while True:
-                    cur = await conn.execute("SELECT count(*) FROM events")
-                    held = int((await cur.fetchone() or (0,))[0])
-                    if held >= expected:
-                        return
-                    async for _ in conn.notifies(timeout=1.0, stop_after=1):
-                        pass
-        except TimeoutError:
-            raise RuntimeError(f"only {held} of {expected} events stored in {timeout} s") from None
-
-
 # -- the run ---------------------------------------------------------------------------------
 
 
@@ -258,7 +243,7 @@ async def _run(
             try:
                 # warm-up: one event per gateway, all stored
                 await publish(ward.port, gateways, rate=len(gateways) * 10.0, seconds=0.1)
-                await wait_stored(dsn, len(gateways), STORE_TIMEOUT_S)
+                await fleet_drain.wait_stored(dsn, len(gateways), STORE_TIMEOUT_S)
                 progress(f"fleet_ingest: {len(gateways)} gateways x {plan.pumps} pumps ready")
                 start = datetime.now(UTC)
                 first = sum(g.seq for g in gateways)
@@ -273,9 +258,11 @@ async def _run(
                 await asyncio.to_thread(collector.start)  # the same client id: its session
                 restarted = datetime.now(UTC)
                 sent, publish_s = await sending
-                await wait_stored(dsn, first + sent, STORE_TIMEOUT_S)
+                await fleet_drain.wait_stored(dsn, first + sent, STORE_TIMEOUT_S)
                 steady_end = datetime.now(UTC)
-                capacity = await _capacity(plan, work, dsn, central, collector, gateways)
+                capacity = await fleet_drain.capacity(
+                    plan.drain, work, dsn, central, collector, gateways
+                )
             finally:
                 answering.cancel()
                 collector.stop()
@@ -290,74 +277,6 @@ async def _run(
         "restarted": restarted,
         "steady_end": steady_end,
     }
-
-
-def _next_events(
-    gateways: list[SyntheticGateway], count: int
-) -> tuple[datetime, list[tuple[str, bytes]]]:
-    """``count`` next events (gateways in turn), all with one ``ts``: (that ts as stored, them)."""
-    now = datetime.now(UTC)
-    return parse_ts(format_ts(now)), [
-        gateways[i % len(gateways)].next_event(now) for i in range(count)
-    ]
-
-
-async def _drain(
-    plan: Plan,
-    dsn: str,
-    central: Any,
-    collectors: list[CollectorProcess],
-    gateways: list[SyntheticGateway],
-) -> dict[str, Any]:
-    """Pre-load ``plan.drain`` events for the (stopped) collectors' sessions, start them all
-    at once and wait for the last row; the drain's figures."""
-    ts, messages = _next_events(gateways, plan.drain)
-    await fleet_drain.preload(central.port, messages)
-    progress(f"fleet_ingest: {plan.drain} events queued for {len(collectors)} collector(s)")
-    async with asyncio.TaskGroup() as tg:
-        for c in collectors:
-            tg.create_task(asyncio.to_thread(c.start), name=f"bench-start-{c.client_id}")
-    await wait_stored(dsn, sum(g.seq for g in gateways), STORE_TIMEOUT_S)
-    for c in collectors:
-        c.stop()
-    return fleet_drain.drain_figures(dsn, ts)
-
-
-async def _capacity(
-    plan: Plan,
-    work: Path,
-    dsn: str,
-    central: Any,
-    collector: CollectorProcess,
-    gateways: list[SyntheticGateway],
-) -> dict[str, Any]:
-    """Sustained ingest at saturation: one collector, then two in one shared group, each
-    draining a pre-loaded queue; then a raw paho subscriber draining the same bytes."""
-    collector.stop()  # a clean stop: its persistent session stays, and queues
-    one = await _drain(plan, dsn, central, [collector], gateways)
-    progress(f"fleet_ingest: 1 collector drained {one}")
-    group = [
-        CollectorProcess(
-            central, dsn, client_id=f"bench-group-{n}", group="bench", log_path=work / f"g{n}.log"
-        )
-        for n in (1, 2)
-    ]
-    for c in group:  # their sessions and shared subscriptions, then offline
-        await asyncio.to_thread(c.start)
-        c.stop()
-    two = await _drain(plan, dsn, central, group, gateways)
-    progress(f"fleet_ingest: 2 collectors drained {two}")
-    in_flight = CollectorConfig("-", 0, "-", "-").in_flight
-    await asyncio.to_thread(fleet_drain.raw_subscribe, central.port, in_flight)
-    await asyncio.to_thread(fleet_drain.c_subscribe, central.port)
-    bodies = [p for g in gateways for p in g.payloads]
-    raw_messages = [(fleet_drain.RAW_TOPIC, bodies[i % len(bodies)]) for i in range(plan.drain)]
-    await fleet_drain.preload(central.port, raw_messages)
-    raw = await asyncio.to_thread(fleet_drain.raw_drain, central.port, plan.drain, in_flight)
-    progress(f"fleet_ingest: raw subscriber drained {raw}")
-    c_sub = await asyncio.to_thread(fleet_drain.c_drain, central.port, plan.drain)
-    progress(f"fleet_ingest: mosquitto_sub drained {c_sub}")
-    return {"drain_1": one, "drain_2": two, "raw_subscriber": raw, "mosquitto_sub": c_sub}
 
 
 # The restarted collector's catch-up: from its first commit to the commit of the last event
