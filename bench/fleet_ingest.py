@@ -14,14 +14,20 @@ keep them in memory and answer ``bridge/request/events`` with the gateway's own 
 Mid-run the collector is killed with SIGKILL and restarted; at the end SQL checks that every
 (gateway, seq) published is stored exactly once (0 lost, 0 duplicated, the same bytes).
 
+Then the capacity figures (``bench/fleet_drain.py``): a pre-loaded queue of ``--drain``
+events drained by one collector, then by two in one shared group, then by a plain paho
+subscriber and by ``mosquitto_sub`` (the layers under the collector).
+
 Figures, against one ``COPY`` of the same rows into the same table (a fresh database with the
-same schema, same server, same run): events stored per second at the offered rate (events /
-(last commit - first publish)), and the restarted collector's catch-up rate (its backlog and
-what came meanwhile, per second from its first commit to the last backlog commit). End-to-end
-lag p50/p99 (publish ``ts`` -> the row's commit timestamp) of the events the first collector
-stored before the kill, and the worst lag of all.
+same schema, same server, same run): the sustained ingest of the drains; events stored per
+second at the offered rate (events / (last commit - first publish)), and the restarted
+collector's catch-up rate (its backlog and what came meanwhile, per second from its first
+commit to the last backlog commit). End-to-end lag p50/p99 (publish ``ts`` -> the row's
+commit timestamp) of the events the first collector stored before the kill, and the worst lag
+of the steady phase.
 
     python -m bench.fleet_ingest [--quick] [--gateways N] [--pumps M] [--rate EV_S] [--seconds S]
+                                 [--drain N]
 """
 
 from __future__ import annotations
@@ -45,18 +51,19 @@ import aiomqtt
 import psycopg
 from psycopg.types.json import Jsonb
 
+from bench import fleet_drain
+from bench.fleet_drain import STORE_TIMEOUT_S
 from bench.harness import progress
 from daemon.base.envelope import Kind, encode, envelope
 from daemon.base.timefmt import format_ts
 from daemon.fleet.migrate import migrate
-from daemon.fleet.store import NOTIFY_CHANNEL
 from daemon.journal import JournalRow
 from daemon.mqtt.events_request import answer, response_body
 from tests.fleet.topology import CollectorProcess, bridged_brokers
 from tests.support.postgres import PostgresServer, find_bindir
 
 RATIO_TARGET = 0.5
-STORE_TIMEOUT_S = 120.0
+TARGET = f">= {RATIO_TARGET}x COPY"
 PUBLISH_ATTEMPTS = 3
 PUBLISH_TIMEOUT_S = 20.0
 QUIET = logging.getLogger("bench.fleet_ingest.mqtt")  # not "N pending publish calls" per tick
@@ -75,9 +82,10 @@ class Plan:
     seconds: float = 30.0
     kill_at: float = 0.5
     down_s: float = 2.0
+    drain: int = 50_000  # events pre-loaded for each capacity figure
 
 
-QUICK = Plan(gateways=10, pumps=2, rate=500.0, seconds=6.0, down_s=1.0)
+QUICK = Plan(gateways=10, pumps=2, rate=500.0, seconds=6.0, down_s=1.0, drain=3000)
 
 
 @dataclass
@@ -217,25 +225,6 @@ async def schema(dsn: str) -> None:
         await migrate(conn)
 
 
-async def wait_stored(dsn: str, expected: int, timeout: float) -> None:
-    """Until the table holds ``expected`` events (woken by the collector's NOTIFY after each
-    commit)."""
-    held = 0
-    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-        await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
-        try:
-            async with asyncio.timeout(timeout):
-                while True:
-                    cur = await conn.execute("SELECT count(*) FROM events")
-                    held = int((await cur.fetchone() or (0,))[0])
-                    if held >= expected:
-                        return
-                    async for _ in conn.notifies(timeout=1.0, stop_after=1):
-                        pass
-        except TimeoutError:
-            raise RuntimeError(f"only {held} of {expected} events stored in {timeout} s") from None
-
-
 # -- the run ---------------------------------------------------------------------------------
 
 
@@ -244,7 +233,7 @@ async def _run(
 ) -> dict[str, Any]:
     by_name = {g.name: g for g in gateways}
     await schema(dsn)
-    with bridged_brokers(work) as (ward, central):
+    with bridged_brokers(work, central_conf=fleet_drain.CENTRAL_CONF) as (ward, central):
         collector = CollectorProcess(
             central, dsn, client_id="bench-collector", log_path=work / "collector.log"
         )
@@ -254,7 +243,7 @@ async def _run(
             try:
                 # warm-up: one event per gateway, all stored
                 await publish(ward.port, gateways, rate=len(gateways) * 10.0, seconds=0.1)
-                await wait_stored(dsn, len(gateways), STORE_TIMEOUT_S)
+                await fleet_drain.wait_stored(dsn, len(gateways), STORE_TIMEOUT_S)
                 progress(f"fleet_ingest: {len(gateways)} gateways x {plan.pumps} pumps ready")
                 start = datetime.now(UTC)
                 first = sum(g.seq for g in gateways)
@@ -269,11 +258,16 @@ async def _run(
                 await asyncio.to_thread(collector.start)  # the same client id: its session
                 restarted = datetime.now(UTC)
                 sent, publish_s = await sending
-                await wait_stored(dsn, first + sent, STORE_TIMEOUT_S)
+                await fleet_drain.wait_stored(dsn, first + sent, STORE_TIMEOUT_S)
+                steady_end = datetime.now(UTC)
+                capacity = await fleet_drain.capacity(
+                    plan.drain, work, dsn, central, collector, gateways
+                )
             finally:
                 answering.cancel()
                 collector.stop()
     return {
+        **capacity,
         "plan": plan.__dict__,
         "published": sent,
         "publish_s": round(publish_s, 2),
@@ -281,6 +275,7 @@ async def _run(
         "start": start,
         "killed": killed,
         "restarted": restarted,
+        "steady_end": steady_end,
     }
 
 
@@ -301,7 +296,7 @@ _LAG = """
 WITH c AS (
     SELECT ts, extract(epoch FROM pg_xact_commit_timestamp(xmin) - ts) AS lag,
            pg_xact_commit_timestamp(xmin) AS at
-    FROM events WHERE ts >= %(start)s
+    FROM events WHERE ts >= %(start)s AND ts < %(end)s
 )
 SELECT (SELECT percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP (ORDER BY lag) FROM c
         WHERE at < %(killed)s),
@@ -316,6 +311,7 @@ def _verify(
     start: datetime,
     killed: datetime,
     restarted: datetime,
+    end: datetime,
 ) -> dict[str, Any]:
     """Lost / duplicated / altered events, by SQL; lag percentiles from commit timestamps."""
     expected = {g.name: g for g in gateways}
@@ -341,14 +337,14 @@ def _verify(
                     altered += sent["data"] != data or sent["ts"] != format_ts(ts)
         ingest = conn.execute(
             "SELECT count(*), extract(epoch FROM max(pg_xact_commit_timestamp(xmin)) - %s) "
-            "FROM events WHERE ts >= %s",
-            (start, start),
+            "FROM events WHERE ts >= %s AND ts < %s",
+            (start, start, end),
         ).fetchone()
         drain = conn.execute(_DRAIN, {"restarted": restarted}).fetchone()
         size = conn.execute(
             "SELECT pg_total_relation_size('events') / greatest(count(*), 1) FROM events"
         ).fetchone()
-        lag = conn.execute(_LAG, {"start": start, "killed": killed}).fetchone()
+        lag = conn.execute(_LAG, {"start": start, "killed": killed, "end": end}).fetchone()
     assert lag is not None
     assert ingest is not None
     assert drain is not None
@@ -407,23 +403,52 @@ def measure(*, quick: bool = False, plan: Plan | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-fleet-") as tmp, postgres() as server:
         dsn = server.create_database()
         run = asyncio.run(_run(plan, Path(tmp), dsn, gateways))
-        details = _verify(dsn, gateways, run.pop("start"), run.pop("killed"), run.pop("restarted"))
+        details = _verify(
+            dsn,
+            gateways,
+            run.pop("start"),
+            run.pop("killed"),
+            run.pop("restarted"),
+            run.pop("steady_end"),
+        )
         details.update(run)
         details["copy_eps"] = round(_copy_baseline(server, gateways), 1)
-    details["ratio"] = round(details["ingest_eps"] / details["copy_eps"], 3)
-    details["drain_ratio"] = (
-        round(details["drain_eps"] / details["copy_eps"], 3) if details["drain_eps"] else None
-    )
+    copy_eps = details["copy_eps"]
+
+    def share(eps: float | None) -> float | None:
+        return round(eps / copy_eps, 3) if eps else None
+
+    details["ratio"] = share(details["ingest_eps"])
+    details["drain_ratio"] = share(details["drain_eps"])
+    for key in ("drain_1", "drain_2", "raw_subscriber", "mosquitto_sub"):
+        details[key]["ratio"] = share(details[key]["eps"])
     exact = details["lost"] == 0 and details["duplicated"] == 0 and details["altered"] == 0
+
+    def capacity_row(figure: str, key: str, target: str) -> dict[str, Any]:
+        ratio = details[key]["ratio"]
+        return {
+            "figure": f"fleet ingest: {figure} (vs raw COPY)",
+            "value": details[key]["eps"] or 0.0,
+            "unit": "ev/s",
+            "baseline": copy_eps,
+            "ratio": ratio,
+            "target": target,
+            "met": target == "reported" or (ratio or 0.0) >= RATIO_TARGET,
+        }
+
     details["rows"] = [
+        capacity_row("sustained, 1 collector draining a full queue", "drain_1", TARGET),
+        capacity_row("sustained, 2 collectors in one group", "drain_2", TARGET),
+        capacity_row("broker -> raw paho subscriber, nothing stored", "raw_subscriber", "reported"),
+        capacity_row("broker -> mosquitto_sub (C), nothing stored", "mosquitto_sub", "reported"),
         {
             "figure": "fleet ingest: events/s stored at the offered rate (vs raw COPY)",
             "value": details["ingest_eps"],
             "unit": "ev/s",
-            "baseline": details["copy_eps"],
+            "baseline": copy_eps,
             "ratio": details["ratio"],
-            "target": f">= {RATIO_TARGET}x COPY",
-            "met": details["ratio"] >= RATIO_TARGET,
+            "target": "reported (capped by the offered rate)",
+            "met": True,
         },
         {
             "figure": "fleet ingest: catch-up after kill -9 (vs raw COPY)",
@@ -431,8 +456,8 @@ def measure(*, quick: bool = False, plan: Plan | None = None) -> dict[str, Any]:
             "unit": "ev/s",
             "baseline": details["copy_eps"],
             "ratio": details["drain_ratio"],
-            "target": f">= {RATIO_TARGET}x COPY",
-            "met": (details["drain_ratio"] or 0.0) >= RATIO_TARGET,
+            "target": "reported (the backlog of a few seconds, with live traffic)",
+            "met": True,
         },
         {
             "figure": "fleet ingest: end-to-end lag p99 (p50 as baseline)",
@@ -463,9 +488,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pumps", type=int, metavar="M", help="pumps per gateway (10)")
     parser.add_argument("--rate", type=float, metavar="EV_S", help="events/s in total (1000)")
     parser.add_argument("--seconds", type=float, metavar="S", help="publishing time (30)")
+    parser.add_argument(
+        "--drain", type=int, metavar="N", help="events pre-loaded per capacity figure (50000)"
+    )
     args = parser.parse_args(argv)
     base = QUICK if args.quick else Plan()
-    for name in ("gateways", "pumps", "rate", "seconds"):
+    for name in ("gateways", "pumps", "rate", "seconds", "drain"):
         value = getattr(args, name)
         if value is not None and value <= 0:
             parser.error(f"--{name}: must be > 0, got {value}")
@@ -475,11 +503,12 @@ def main(argv: list[str] | None = None) -> int:
         rate=args.rate or base.rate,
         seconds=args.seconds or base.seconds,
         down_s=min(base.down_s, (args.seconds or base.seconds) / 4),
+        drain=args.drain or base.drain,
     )
     result = measure(plan=plan)
     result["load_avg"] = Path("/proc/loadavg").read_text().strip()
     sys.stdout.write(json.dumps(result) + "\n")
-    return 0 if result["rows"][3]["met"] else 1  # a lost or duplicated event fails the run
+    return 0 if result["rows"][-1]["met"] else 1  # a lost or duplicated event fails the run
 
 
 if __name__ == "__main__":

@@ -12,6 +12,13 @@ Nothing is acknowledged before it is committed: the MQTT client runs with manual
 persistent (fixed client id, clean start off, a session expiry), so a collector killed with -9
 gets its unacknowledged and queued messages again when it comes back; what a session cannot
 keep (expired, or a broker restart without persistence) is found as a seq gap and backfilled.
+
+The hot path is lean (docs/performance.md, "Fleet ingest"): paho's ``on_message`` (called in
+the event loop's thread, where aiomqtt reads the socket) appends ``(topic, payload, qos,
+mid)`` to an :class:`_Inbox` and sets one event; the ingest task takes a whole batch in one
+step (no per-message task, queue or ``aiomqtt.Message``); paho reads through a buffer
+(:class:`_BufferedSocket`); the batch is COPYed as one buffer and its PUBACKs are queued as
+one write after the commit.
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import struct
+import threading
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -82,11 +91,20 @@ class CollectorConfig:
     batch_max: int = 500
     batch_wait_s: float = 0.05
     session_expiry_s: int = 24 * 3600
-    receive_maximum: int = 1000
+    #: unacknowledged messages in flight (None: four batches, at least 1000), so that the
+    #: broker keeps sending while a batch commits
+    receive_maximum: int | None = None
     keepalive_s: int = 30
     backfill_interval_s: float = 0.5
     progress_interval_s: float = 10.0
     grace: timedelta = gaps.DEFAULT_GRACE
+
+    @property
+    def in_flight(self) -> int:
+        """The MQTT v5 Receive Maximum the collector announces (at most 65535)."""
+        if self.receive_maximum is not None:
+            return self.receive_maximum
+        return min(65535, max(1000, 4 * self.batch_max))
 
     def subscriptions(self) -> list[str]:
         shared = [f"$share/{self.group}/{t}" if self.group else t for t in SHARED_TOPICS]
@@ -127,6 +145,7 @@ class Collector:
         self._dirty: set[tuple[str, str]] = set()
         self._checked: set[tuple[str, str]] = set()  # sessions refreshed once by this process
         self._backoff = Backoff(initial_s=0.2, maximum_s=10.0)
+        self._inbox: _Inbox | None = None
 
     def stop(self) -> None:
         self._stop.set()
@@ -155,6 +174,7 @@ class Collector:
                 log.info("schema_migrated", versions=[m.version for m in applied])
             client = self._client()
             async with client:
+                _buffer_reads(client)
                 await client.subscribe(
                     [(t, SubscribeOptions(qos=1)) for t in self.config.subscriptions()]
                 )
@@ -180,7 +200,7 @@ class Collector:
     def _client(self) -> aiomqtt.Client:
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = self.config.session_expiry_s
-        props.ReceiveMaximum = self.config.receive_maximum
+        props.ReceiveMaximum = self.config.in_flight
         client = aiomqtt.Client(
             self.config.host,
             self.config.port,
@@ -192,10 +212,13 @@ class Collector:
             properties=props,
             keepalive=self.config.keepalive_s,
             socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
-            max_inflight_messages=self.config.receive_maximum,
+            max_inflight_messages=self.config.in_flight,
         )
         # PUBACK only after the commit (aiomqtt has no public switch; paho's is public)
         client._client.manual_ack_set(True)  # noqa: FBT003 - paho's signature
+        # messages straight from paho into the inbox (in place of aiomqtt's per-message queue)
+        self._inbox = _Inbox(asyncio.get_running_loop())
+        client._client.on_message = self._inbox.on_message
         return client
 
     @staticmethod
@@ -206,12 +229,15 @@ class Collector:
         return {(str(g), str(s)) for g, s in await cur.fetchall()}
 
     async def _serve(self, client: aiomqtt.Client, ingest: Conn, backfill: Backfill) -> None:
-        # bounded in effect: the broker sends at most receive_maximum unacknowledged messages
-        queue: asyncio.Queue[aiomqtt.Message] = asyncio.Queue()
+        inbox = self._inbox
+        assert inbox is not None
 
-        async def read() -> None:
-            async for message in client.messages:
-                queue.put_nowait(message)
+        async def watch_link() -> None:
+            # what aiomqtt's message iterator would raise when the connection drops
+            gone = client._disconnected  # aiomqtt has no public hook for this
+            await asyncio.wait([gone])  # done, with the cause as its exception or none
+            msg = "Disconnected during message iteration"
+            raise aiomqtt.MqttError(msg) from (None if gone.cancelled() else gone.exception())
 
         async def until_stop() -> None:
             await self._stop.wait()
@@ -219,8 +245,8 @@ class Collector:
 
         try:
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(read(), name="fleet-mqtt-read")
-                tg.create_task(self._ingest(client, ingest, queue, backfill), name="fleet-ingest")
+                tg.create_task(watch_link(), name="fleet-mqtt-link")
+                tg.create_task(self._ingest(client, ingest, inbox, backfill), name="fleet-ingest")
                 tg.create_task(self._backfill_loop(backfill), name="fleet-backfill")
                 tg.create_task(self._progress_loop(backfill), name="fleet-progress")
                 tg.create_task(until_stop(), name="fleet-stop")
@@ -230,40 +256,34 @@ class Collector:
             self._log_progress("collector_totals", backfill)
 
     async def _ingest(
-        self,
-        client: aiomqtt.Client,
-        conn: Conn,
-        queue: asyncio.Queue[aiomqtt.Message],
-        backfill: Backfill,
+        self, client: aiomqtt.Client, conn: Conn, inbox: _Inbox, backfill: Backfill
     ) -> None:
-        loop = asyncio.get_running_loop()
+        limit = self.config.batch_max
+        inbox.full_at = limit
+        inbox.full.clear()
         while True:
+            await inbox.ready.wait()
+            if inbox.size < limit:  # messages trickle: a short wait fills the batch
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(inbox.full.wait(), self.config.batch_wait_s)
+            messages = inbox.take(limit)
             pending = _Pending()
-            self._take(pending, await queue.get())
-            deadline = loop.time() + self.config.batch_wait_s
-            while pending.count < self.config.batch_max:
-                if queue.empty():
-                    remaining = deadline - loop.time()
-                    if remaining <= 0:
-                        break
-                    try:
-                        message = await asyncio.wait_for(queue.get(), remaining)
-                    except TimeoutError:
-                        break
-                else:
-                    message = queue.get_nowait()
+            for message in messages:
                 self._take(pending, message)
             await self._commit(client, conn, pending, backfill)
 
-    def _take(self, pending: _Pending, message: aiomqtt.Message) -> None:
+    def _take(self, pending: _Pending, message: _Received) -> None:
+        topic_bytes, payload, qos, mid = message
         pending.count += 1
         self.stats.messages += 1
-        if message.qos > 0:
-            pending.acks.append(message.mid)
-        payload = message.payload
-        raw = payload if isinstance(payload, bytes) else str(payload).encode()
+        if qos > 0:
+            pending.acks.append(mid)
         try:
-            record = parse_message(message.topic.value, raw)
+            topic = topic_bytes.decode()
+        except UnicodeDecodeError:
+            topic = topic_bytes.decode(errors="replace")  # named in the error, never stored
+        try:
+            record = parse_message(topic, payload)
         except BadMessage as exc:
             self.stats.bad_messages += 1
             if self.stats.bad_messages & (self.stats.bad_messages - 1) == 0:  # 1, 2, 4, 8...
@@ -295,8 +315,9 @@ class Collector:
             self.stats.events_inserted += result.events_inserted
             self.stats.events_duplicate += result.events_duplicate
             self._note_seqs(pending.batch)
-        for mid in pending.acks:
-            client._client.ack(mid, 1)
+        if pending.acks:  # one buffer of PUBACKs (what paho's ack(mid, 1) sends, each)
+            packets = b"".join([_PUBACK.pack(_PUBACK_TYPE, 2, mid) for mid in pending.acks])
+            client._client._packet_queue(_PUBACK_TYPE, packets, 0, 1)
         self.stats.batches += 1
         for response in pending.responses:
             await backfill.on_response(response)
@@ -341,6 +362,101 @@ class Collector:
             gaps_permanent=backfill.stats.permanent,
             requests_pending=len(backfill.pending),
         )
+
+
+#: a PUBACK without reason code or properties (success), as paho's ``ack(mid, 1)`` builds it
+_PUBACK = struct.Struct("!BBH")  # type, remaining length (2), message id
+_PUBACK_TYPE = 0x40  # MQTT control packet type 4, no flags
+_READ_SIZE = 256 * 1024
+
+
+class _BufferedSocket:
+    """paho's socket with a read buffer.
+
+    paho reads a packet in three or more ``recv`` calls (command byte, length bytes, body);
+    this one reads up to :data:`_READ_SIZE` at once and serves paho's small reads from it.
+    ``pending()`` tells how much is buffered: aiomqtt's read callback keeps calling paho while
+    it is non-zero (as for an SSL socket's own buffer), so buffered bytes are never left
+    waiting for the socket to be readable again. Everything else goes to the socket."""
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+        self._buf = b""
+        self._pos = 0
+
+    def recv(self, size: int) -> bytes:
+        if self._pos >= len(self._buf):
+            data: bytes = self._sock.recv(max(size, _READ_SIZE))  # BlockingIOError passes
+            if len(data) <= size:
+                return data
+            self._buf, self._pos = data, 0
+        chunk = self._buf[self._pos : self._pos + size]
+        self._pos += len(chunk)
+        return chunk
+
+    def pending(self) -> int:
+        return len(self._buf) - self._pos
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+def _buffer_reads(client: aiomqtt.Client) -> None:
+    """Put :class:`_BufferedSocket` under paho (a plain TCP socket only: TLS has its own
+    buffer and ``pending``). Nothing was buffered before, so nothing is lost."""
+    paho_client = client._client
+    sock = paho_client._sock
+    if isinstance(sock, socket.socket) and not hasattr(sock, "pending"):
+        paho_client._sock = _BufferedSocket(sock)
+
+
+#: a message as paho gave it: (topic bytes, payload, qos, message id)
+_Received = tuple[bytes, bytes, int, int]
+
+
+class _Inbox:
+    """Messages received and not yet taken, as plain tuples.
+
+    aiomqtt reads the socket in the event loop's thread, so paho calls :meth:`on_message`
+    there; a call from another thread (paho's connect runs in an executor) is handed to the
+    loop, so the list is only ever touched in the loop's thread. The broker sends at most the
+    Receive Maximum of unacknowledged messages, which bounds the list."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.ready = asyncio.Event()  # set while a message is waiting
+        self.full = asyncio.Event()  # set once ``full_at`` messages are waiting
+        self.full_at = 1  # the ingest task sets its batch size
+        self._items: list[_Received] = []
+        self._loop = loop
+        self._thread = threading.get_ident()
+
+    def on_message(self, _client: object, _userdata: object, message: Any) -> None:
+        item: _Received = (message._topic, message.payload, message.qos, message.mid)
+        if threading.get_ident() == self._thread:
+            self._put(item)
+        else:
+            self._loop.call_soon_threadsafe(self._put, item)
+
+    def _put(self, item: _Received) -> None:
+        self._items.append(item)
+        self.ready.set()
+        if len(self._items) >= self.full_at:
+            self.full.set()
+
+    @property
+    def size(self) -> int:
+        return len(self._items)
+
+    def take(self, limit: int) -> list[_Received]:
+        """Up to ``limit`` messages, oldest first."""
+        items = self._items
+        self.full.clear()
+        if len(items) <= limit:
+            self._items = []
+            self.ready.clear()
+            return items
+        self._items = items[limit:]
+        return items[:limit]
 
 
 class _Stopped(Exception):  # control flow: stop was asked

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import itertools
+import json
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -141,17 +142,38 @@ WHERE excluded.high_water > s.high_water
 """
 
 
+#: COPY text format: backslash, newline, carriage return and tab are escaped in a field
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"})
+
+
+def copy_text(events: Sequence[EventRecord]) -> bytes:
+    """The events as one buffer in COPY's text format (columns as ``_EVENT_COLUMNS``).
+
+    Text fields are escaped; ``data`` is written as compact JSON (ASCII, so its only character
+    to escape is the backslash); NUL cannot occur (:mod:`daemon.fleet.records` refuses it)."""
+    esc = _COPY_ESCAPES
+    dumps = _DUMPS
+    lines = [
+        f"{e.gateway.translate(esc)}\t{e.session.translate(esc)}\t{e.seq}\t"
+        f"{e.ts.isoformat()}\t{e.pump_id.translate(esc)}\t{e.type.translate(esc)}\t"
+        f"{dumps(e.data).translate(esc)}\n"
+        for e in events
+    ]
+    return "".join(lines).encode()
+
+
+_DUMPS = json.JSONEncoder(separators=(",", ":")).encode
+
+
 async def _copy_events(cur: psycopg.AsyncCursor[Any], events: Sequence[EventRecord]) -> int:
-    """COPY the events into a temporary table, then INSERT ... ON CONFLICT DO NOTHING."""
+    """COPY the events into a temporary table (one buffer), then INSERT ... ON CONFLICT DO
+    NOTHING (re-deliveries are stored once)."""
     await cur.execute(
         "CREATE TEMP TABLE IF NOT EXISTS events_in "
         "(LIKE events INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
     )
     async with cur.copy(f"COPY events_in ({_EVENT_COLUMNS}) FROM STDIN") as copy:
-        for e in events:
-            await copy.write_row(
-                (e.gateway, e.session, e.seq, e.ts, e.pump_id, e.type, Jsonb(e.data))
-            )
+        await copy.write(copy_text(events))
     await cur.execute(
         f"INSERT INTO events ({_EVENT_COLUMNS}) SELECT {_EVENT_COLUMNS} FROM events_in "  # noqa: S608
         "ORDER BY gateway, session, seq ON CONFLICT DO NOTHING"

@@ -13,14 +13,16 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-TOY = ("--gateways", "3", "--pumps", "2", "--rate", "150", "--seconds", "3")
+TOY = ("--gateways", "3", "--pumps", "2", "--rate", "150", "--seconds", "3", "--drain", "1500")
 
 
 @pytest.mark.slow
 def test_toy_fleet_ingest_stores_every_event_once_and_prints_its_figures() -> None:
-    """3 gateways x 2 pumps at 150 ev/s for 3 s: every published event stored once with its
-    bytes (0 lost, 0 duplicated, 0 altered) across the kill; ingest, catch-up, COPY and lag
-    figures are finite and the JSON carries the four rows of ``python -m bench``."""
+    """3 gateways x 2 pumps at 150 ev/s for 3 s, then 1500 events pre-loaded and drained by one
+    collector and again by two in a group: every published event stored once with its bytes
+    (0 lost, 0 duplicated, 0 altered) across the kill and the drains; capacity, ingest,
+    catch-up, COPY and lag figures are finite and the JSON carries the eight rows of
+    ``python -m bench``."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     done = subprocess.run(
         [sys.executable, "-m", "bench.fleet_ingest", *TOY],
@@ -33,15 +35,21 @@ def test_toy_fleet_ingest_stores_every_event_once_and_prints_its_figures() -> No
     assert done.stdout, done.stderr.decode()[-3000:]
     result = json.loads(done.stdout)
     assert result["published"] == 450
-    assert result["events"] == 453  # and one warm-up event per gateway
+    assert result["events"] == 453 + 2 * 1500  # one warm-up event per gateway, two drains
+    for key in ("drain_1", "drain_2"):
+        assert result[key]["events"] == 1500
+        assert result[key]["eps"] > 0
+        assert result[key]["commits"] >= 3  # batches of at most 500
+    assert result["raw_subscriber"]["eps"] > 0
+    assert result["mosquitto_sub"]["eps"] > 0
     assert (result["lost"], result["duplicated"], result["altered"]) == (0, 0, 0)
     assert 0 < result["ingest_eps"] <= 1.1 * 150
     assert result["copy_eps"] > result["ingest_eps"]
     assert result["lag_events"] > 0
     assert 0 < result["lag_p50_ms"] <= result["lag_p99_ms"] <= result["lag_max_ms"]
     assert math.isfinite(result["ratio"])
-    assert [r["figure"].split(":")[0] for r in result["rows"]] == ["fleet ingest"] * 4
-    assert result["rows"][3]["met"] is True
+    assert [r["figure"].split(":")[0] for r in result["rows"]] == ["fleet ingest"] * 8
+    assert result["rows"][-1]["met"] is True
     assert "load_avg" in result
 
 

@@ -64,10 +64,11 @@ def ward_bridge_conf(central: str, name: str = "ward-1") -> list[str]:
 
 
 @contextlib.contextmanager
-def bridged_brokers(tmp_path: Path) -> Any:
+def bridged_brokers(tmp_path: Path, central_conf: tuple[str, ...] = ()) -> Any:
     """(ward, central): two mosquittos, the ward bridged to the central one; the bridge is up
-    when this yields (the ward logs its connection)."""
-    central = Mosquitto(tmp_path / "central")
+    when this yields (the ward logs its connection). ``central_conf``: extra mosquitto.conf
+    lines of the central broker."""
+    central = Mosquitto(tmp_path / "central", extra_conf=list(central_conf))
     central.start()
     ward = Mosquitto(tmp_path / "ward", extra_conf=ward_bridge_conf(f"127.0.0.1:{central.port}"))
     try:
