@@ -46,16 +46,12 @@ from daemon.fleet.errors import DatabaseUnavailable
 from daemon.fleet.migrate import migrate
 from daemon.fleet.records import (
     BadMessage,
-    BridgeInfoRecord,
-    BridgeStateRecord,
-    CommandResultRecord,
-    EventRecord,
+    Batch,
     EventsResponse,
-    PumpStateRecord,
     parse_message,
 )
 from daemon.fleet.seqranges import SeqRanges
-from daemon.fleet.store import Batch, Conn, connect, store_batch_isolating
+from daemon.fleet.store import Conn, connect, store_batch_isolating
 from drivers.backoff import Backoff
 
 log = structlog.get_logger("infusiond.fleet.collector")
@@ -67,6 +63,8 @@ DIRECT_TOPICS = (
     "infusiond/+/bridge/state",
     "infusiond/+/bridge/response/events",
 )
+#: how long a stop waits for the batch being committed (and acknowledged) to finish
+STOP_GRACE_S = 10.0
 #: faults of the broker link or the database that end one connection, not the collector
 LINK_FAULTS: tuple[type[Exception], ...] = (
     aiomqtt.MqttError,
@@ -141,6 +139,10 @@ class Collector:
         self.stats = CollectorStats()
         self.online = asyncio.Event()  # set while connected and subscribed
         self._stop = asyncio.Event()
+        #: set while no batch is being committed: a stop waits for it, so that a committed
+        #: batch is always acknowledged (else its messages come again: stored once, but late)
+        self._between_batches = asyncio.Event()
+        self._between_batches.set()
         self._seen: dict[tuple[str, str], SeqRanges] = defaultdict(SeqRanges)
         self._dirty: set[tuple[str, str]] = set()
         self._checked: set[tuple[str, str]] = set()  # sessions refreshed once by this process
@@ -241,6 +243,8 @@ class Collector:
 
         async def until_stop() -> None:
             await self._stop.wait()
+            with contextlib.suppress(TimeoutError):  # a commit stuck on a dead link: stop anyway
+                await asyncio.wait_for(self._between_batches.wait(), STOP_GRACE_S)
             raise _Stopped
 
         try:
@@ -270,7 +274,11 @@ class Collector:
             pending = _Pending()
             for message in messages:
                 self._take(pending, message)
-            await self._commit(client, conn, pending, backfill)
+            self._between_batches.clear()
+            try:
+                await self._commit(client, conn, pending, backfill)
+            finally:
+                self._between_batches.set()
 
     def _take(self, pending: _Pending, message: _Received) -> None:
         topic_bytes, payload, qos, mid = message
@@ -289,19 +297,8 @@ class Collector:
             if self.stats.bad_messages & (self.stats.bad_messages - 1) == 0:  # 1, 2, 4, 8...
                 log.warning("bad_message", error=str(exc), count=self.stats.bad_messages)
             return
-        batch = pending.batch
-        if isinstance(record, EventRecord):
-            batch.events.append(record)
-        elif isinstance(record, CommandResultRecord):
-            batch.command_results.append(record)
-        elif isinstance(record, PumpStateRecord):
-            batch.pump_states.append(record)
-        elif isinstance(record, BridgeInfoRecord):
-            batch.infos.append(record)
-        elif isinstance(record, BridgeStateRecord):
-            batch.bridge_states.append(record)
-        else:
-            batch.events.extend(record.events)
+        pending.batch.add(record)
+        if isinstance(record, EventsResponse):
             pending.responses.append(record)
 
     async def _commit(

@@ -10,7 +10,8 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -273,3 +274,61 @@ def parse_message(topic: str, payload: bytes) -> Record:
         data,
         digest,
     )
+
+
+@dataclass
+class Batch:
+    """Records collected since the last commit, stored together by :func:`store_batch`."""
+
+    events: list[EventRecord] = field(default_factory=list)
+    command_results: list[CommandResultRecord] = field(default_factory=list)
+    pump_states: list[PumpStateRecord] = field(default_factory=list)
+    infos: list[BridgeInfoRecord] = field(default_factory=list)
+    bridge_states: list[BridgeStateRecord] = field(default_factory=list)
+
+    def add(self, record: Record) -> None:
+        """Take one parsed message: each kind to its list; a backfill answer's events to
+        :attr:`events` (the answer itself is the caller's to act on)."""
+        if isinstance(record, EventRecord):
+            self.events.append(record)
+        elif isinstance(record, CommandResultRecord):
+            self.command_results.append(record)
+        elif isinstance(record, PumpStateRecord):
+            self.pump_states.append(record)
+        elif isinstance(record, BridgeInfoRecord):
+            self.infos.append(record)
+        elif isinstance(record, BridgeStateRecord):
+            self.bridge_states.append(record)
+        else:
+            self.events.extend(record.events)
+
+    def __len__(self) -> int:
+        return (
+            len(self.events)
+            + len(self.command_results)
+            + len(self.pump_states)
+            + len(self.infos)
+            + len(self.bridge_states)
+        )
+
+    def describe(self) -> str:
+        """What the batch holds, for logs (gateway, session and seq of its first record)."""
+        for records in (self.events, self.command_results, self.pump_states, self.infos):
+            if records:
+                r = records[0]
+                return f"{type(r).__name__} {r.gateway}/{r.session}/{r.seq} (+{len(self) - 1})"
+        return f"{len(self)} bridge state(s)"
+
+    def high_waters(self) -> dict[tuple[str, str], int]:
+        """Per (gateway, session), the highest seq any record of the batch proves exists."""
+        marks: dict[tuple[str, str], int] = {}
+        seqs: Iterable[tuple[str, str, int]] = (
+            *((r.gateway, r.session, r.seq) for r in self.events),
+            *((r.gateway, r.session, r.seq) for r in self.command_results),
+            *((r.gateway, r.session, r.seq) for r in self.pump_states),
+            *((r.gateway, r.session, r.seq) for r in self.infos),
+        )
+        for gateway, session, seq in seqs:
+            key = (gateway, session)
+            marks[key] = max(marks.get(key, 0), seq)
+        return marks

@@ -14,8 +14,8 @@ from __future__ import annotations
 import enum
 import itertools
 import json
-from collections.abc import AsyncIterator, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -24,11 +24,9 @@ from psycopg.types.json import Jsonb
 
 from daemon.fleet.errors import DatabaseUnavailable, FleetError
 from daemon.fleet.records import (
-    BridgeInfoRecord,
-    BridgeStateRecord,
+    Batch,
     CommandResultRecord,
     EventRecord,
-    PumpStateRecord,
 )
 
 Conn = psycopg.AsyncConnection[Any]
@@ -53,48 +51,6 @@ async def connect(dsn: str, *, autocommit: bool = True) -> Conn:
 
 
 # -- writing ---------------------------------------------------------------------------------
-
-
-@dataclass
-class Batch:
-    """Records collected since the last commit, stored together by :func:`store_batch`."""
-
-    events: list[EventRecord] = field(default_factory=list)
-    command_results: list[CommandResultRecord] = field(default_factory=list)
-    pump_states: list[PumpStateRecord] = field(default_factory=list)
-    infos: list[BridgeInfoRecord] = field(default_factory=list)
-    bridge_states: list[BridgeStateRecord] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return (
-            len(self.events)
-            + len(self.command_results)
-            + len(self.pump_states)
-            + len(self.infos)
-            + len(self.bridge_states)
-        )
-
-    def describe(self) -> str:
-        """What the batch holds, for logs (gateway, session and seq of its first record)."""
-        for records in (self.events, self.command_results, self.pump_states, self.infos):
-            if records:
-                r = records[0]
-                return f"{type(r).__name__} {r.gateway}/{r.session}/{r.seq} (+{len(self) - 1})"
-        return f"{len(self)} bridge state(s)"
-
-    def high_waters(self) -> dict[tuple[str, str], int]:
-        """Per (gateway, session), the highest seq any record of the batch proves exists."""
-        marks: dict[tuple[str, str], int] = {}
-        seqs: Iterable[tuple[str, str, int]] = (
-            *((r.gateway, r.session, r.seq) for r in self.events),
-            *((r.gateway, r.session, r.seq) for r in self.command_results),
-            *((r.gateway, r.session, r.seq) for r in self.pump_states),
-            *((r.gateway, r.session, r.seq) for r in self.infos),
-        )
-        for gateway, session, seq in seqs:
-            key = (gateway, session)
-            marks[key] = max(marks.get(key, 0), seq)
-        return marks
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ import pytest_asyncio
 
 from daemon.fleet.backfill import Backfill
 from daemon.fleet.migrate import migrate
-from daemon.fleet.records import EventsResponse
-from daemon.fleet.store import Batch, Conn, GapStatus, connect, list_gaps, store_batch
+from daemon.fleet.records import Batch, EventsResponse
+from daemon.fleet.store import Conn, GapStatus, connect, list_gaps, store_batch
 from tests.fleet.builders import event
 
 pytestmark = pytest.mark.asyncio

@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 
 from daemon.fleet.collector import Collector, CollectorConfig, _BufferedSocket, _Inbox
 from daemon.fleet.migrate import migrate
-from daemon.fleet.records import EventRecord
-from daemon.fleet.store import Batch, connect, iter_events, store_batch
+from daemon.fleet.records import Batch, EventRecord
+from daemon.fleet.store import connect, iter_events, store_batch
 from tests.fleet.builders import T0, event_payload
 from tests.support.procs import Mosquitto
 

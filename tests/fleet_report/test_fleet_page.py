@@ -18,9 +18,9 @@ from daemon.fleet import gaps
 from daemon.fleet.errors import FleetError
 from daemon.fleet.migrate import migrate
 from daemon.fleet.overview import held_ranges
-from daemon.fleet.records import BridgeStateRecord
+from daemon.fleet.records import Batch, BridgeStateRecord
 from daemon.fleet.serve import parse_listen, serving
-from daemon.fleet.store import Batch, connect, store_batch
+from daemon.fleet.store import connect, store_batch
 from tests.fleet.builders import event, state
 from tests.web.chromium import CHROMIUM, chromium_page, navigate
 

@@ -24,14 +24,10 @@ from daemon.cli import main
 from daemon.fleet.migrate import migrate
 from daemon.fleet.records import (
     BadMessage,
-    BridgeInfoRecord,
-    BridgeStateRecord,
-    CommandResultRecord,
-    EventRecord,
-    PumpStateRecord,
+    Batch,
     parse_message,
 )
-from daemon.fleet.store import NOTIFY_CHANNEL, Batch, connect, store_batch
+from daemon.fleet.store import NOTIFY_CHANNEL, connect, store_batch
 from daemon.journal import Journal
 from tests.e2e.harness import command, dose
 from tests.fleet.topology import WAIT_S, CollectorProcess, bridged_brokers, collectors
@@ -67,16 +63,7 @@ def batch_of(messages: list[Any]) -> Batch:
             record = parse_message(message.topic, message.payload)
         except BadMessage:
             continue
-        if isinstance(record, EventRecord):
-            batch.events.append(record)
-        elif isinstance(record, CommandResultRecord):
-            batch.command_results.append(record)
-        elif isinstance(record, PumpStateRecord):
-            batch.pump_states.append(record)
-        elif isinstance(record, BridgeInfoRecord):
-            batch.infos.append(record)
-        elif isinstance(record, BridgeStateRecord):
-            batch.bridge_states.append(record)
+        batch.add(record)
     return batch
 
 
