@@ -36,7 +36,7 @@ class Plan:
     program: Program | None
 
 
-def program_of(library: Library, running: Program, cmd: Command) -> Program:
+def commanded_program(library: Library, running: Program, cmd: Command) -> Program:
     """The program a ``program`` command sets (the bed's context stays that of ``running``)."""
     p = cmd.program
     if p is None:  # pragma: no cover - command_parse guarantees it for action program
@@ -92,7 +92,7 @@ class CheckRequests:
                 raise RequestError(
                     "program: the pump is infusing; stop it before programming a new infusion"
                 )
-            new_program = program_of(library, program, cmd)
+            new_program = commanded_program(library, program, cmd)
             program = new_program
             current = None
             requested = {"dose": {"value": p.dose.value, "unit": p.dose.unit}}
@@ -184,7 +184,7 @@ class CheckRequests:
         """Judge a rate seen at the device by the rules of a command (``current`` = the rate
         before it). Returns the verdict, its findings cut to those of severity confirm or
         reject, when there is any; None when the library would accept the change outright."""
-        current = channel.dose_of(channel.program, old)
+        current = channel.dose_at(channel.program, old)
         request = self.build_request(
             channel,
             channel.program,

@@ -14,7 +14,7 @@ import structlog
 
 from daemon.core.channel import Channel
 from daemon.core.command_life import fingerprint
-from daemon.core.gate_request import program_of
+from daemon.core.gate_request import commanded_program
 from daemon.core.program import Program, program_changed
 from daemon.core.replies import ResultSink, kept_outcome, readback_of
 from daemon.journal.records import InterruptedCommand, JournalError
@@ -24,7 +24,7 @@ from daemon.mqtt.command_parse import (
     Phase,
     applied,
     failed,
-    outcome_of,
+    first_of,
     uncertain,
 )
 from drivers.backoff import Backoff
@@ -76,7 +76,7 @@ class Reconciler:
         recent, self._recent = self._recent, []
         for item in recent:
             if item.pump_id in self.channels:
-                answer = {"id": item.command_id, **outcome_of(item.outcome)}
+                answer = {"id": item.command_id, **first_of(item.outcome)}
                 if "readback" in item.outcome:
                     answer["readback"] = item.outcome["readback"]
                 answer["repeated"] = True
@@ -140,7 +140,7 @@ def _interrupted_program(
         return None
     if cmd.program is None:
         return None
-    return program_of(library, channel.program, cmd)
+    return commanded_program(library, channel.program, cmd)
 
 
 def _settle(channel: Channel, item: InterruptedCommand) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from daemon.core.replies import ReplyTo, ResultSink, answer_for, kept_outcome
 from daemon.journal.records import CommandClaim, JournalError
 from daemon.journal.writer import AsyncJournal
 from daemon.mqtt.command_parse import Command, ErrorCode, accepted, error_body, rejected
-from drivers.base import BeforeWrite, Outcome, PumpStatus, RunState, WriteResult
+from drivers.base import BeforeWrite, PumpStatus, RunState, WriteOutcome, WriteResult
 from drivers.errors import DriverError
 from protocol.verdict import Verdict
 
@@ -117,25 +117,27 @@ class Writer:
                 result = await self._write(channel, plan.action, cmd.id, rate, events)
             finally:
                 channel.driver.before_write = None
-            if progress.drift is not None and result.outcome is Outcome.FAILED:
-                result = WriteResult(Outcome.FAILED, result.readback, f"not sent: {progress.drift}")
+            if progress.drift is not None and result.outcome is WriteOutcome.FAILED:
+                result = WriteResult(
+                    WriteOutcome.FAILED, result.readback, f"not sent: {progress.drift}"
+                )
             if job.admission is not None and not progress.accepted:
                 claim = await self._claim_unsent(job, progress, saved)
                 if claim is None or not claim.is_new:
                     return claim
-            if result.outcome is Outcome.APPLIED and not matches(plan.action, rate, result):
+            if result.outcome is WriteOutcome.APPLIED and not matches(plan.action, rate, result):
                 # a driver that says so without proof: what it absorbed credits the command
                 result = WriteResult(
-                    Outcome.UNCERTAIN, None, "read-back does not match the command"
+                    WriteOutcome.UNCERTAIN, None, "read-back does not match the command"
                 )
-            if result.outcome is Outcome.UNCERTAIN:
+            if result.outcome is WriteOutcome.UNCERTAIN:
                 if result.readback is None:  # nothing seen: the next poll decides
                     channel.restore(saved)
                     events.clear()
                 # else the channel absorbed what the read-back showed (journaled below, judged
                 # as a device change unless it is the commanded rate)
                 channel.expect_uncertain(cmd.id, old_rate, rate, plan.program)
-            if result.outcome is Outcome.APPLIED and plan.program is not None:
+            if result.outcome is WriteOutcome.APPLIED and plan.program is not None:
                 channel.set_program(plan.program)
                 events.append(program_changed(cmd.id, plan.program))
             answer = answer_for(channel, cmd.id, result)
@@ -153,7 +155,7 @@ class Writer:
                 # nothing of it is durable: show the last journaled truth again; the next poll
                 # sees the change and attributes it to this command (reconciled)
                 channel.restore(saved)
-                if result.outcome is Outcome.APPLIED:
+                if result.outcome is WriteOutcome.APPLIED:
                     channel.expect_uncertain(cmd.id, old_rate, rate, plan.program)
                 raise
             finally:
@@ -286,7 +288,7 @@ class Writer:
         except Exception as exc:  # a driver bug must still end the command
             log.exception("driver_fault", pump=channel.pump_id, id=command_id)
             detail = f"driver fault: {type(exc).__name__}"
-        return WriteResult(Outcome.UNCERTAIN, None, detail)
+        return WriteResult(WriteOutcome.UNCERTAIN, None, detail)
 
 
 def refused_for_drift(job: Execution, progress: Progress, shown: PumpStatus) -> bool:

@@ -9,8 +9,8 @@ from typing import Any
 
 from daemon.core.channel import Channel
 from daemon.core.program import Program
-from daemon.mqtt.command_parse import applied, failed, outcome_of, uncertain
-from drivers.base import Outcome, PumpStatus, WriteResult
+from daemon.mqtt.command_parse import applied, failed, first_of, uncertain
+from drivers.base import PumpStatus, WriteOutcome, WriteResult
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +32,7 @@ def kept_outcome(
 ) -> dict[str, Any]:
     """The outcome kept for a command id: what a duplicate is told, plus the pump, the
     payload's fingerprint and (once accepted) the device's state before the write."""
-    kept = {**outcome_of(answer), "pump": pump_id, "fingerprint": fp}
+    kept = {**first_of(answer), "pump": pump_id, "fingerprint": fp}
     if "readback" in answer:  # for a final result repeated after a restart
         kept["readback"] = answer["readback"]
     if before is not None:
@@ -47,7 +47,7 @@ def readback_of(
     if status is None:
         return {}
     running = program or channel.program
-    dose = channel.dose_of(running, status.rate_ml_h)
+    dose = channel.dose_at(running, status.rate_ml_h)
     return {
         "status": status.state.value,
         "rate": {"value": float(status.rate_ml_h), "unit": "mL/h"},
@@ -59,9 +59,9 @@ def readback_of(
 
 def answer_for(channel: Channel, command_id: str, result: WriteResult) -> dict[str, Any]:
     """The final result of a verified write: ``applied``, ``failed`` or ``uncertain``."""
-    if result.outcome is Outcome.APPLIED:
+    if result.outcome is WriteOutcome.APPLIED:
         return applied(command_id, readback=readback_of(channel, result.readback))
-    if result.outcome is Outcome.FAILED:
+    if result.outcome is WriteOutcome.FAILED:
         code = "not_sent" if result.detail.startswith("not sent") else "device_rejected"
         return failed(
             command_id,
