@@ -54,7 +54,7 @@ class AlarmCode(enum.Enum):
     PURGING = "purging"  # New Era X: running at the purge rate, not the programmed one
 
 
-class Outcome(enum.Enum):
+class WriteOutcome(enum.Enum):
     """Result of a write, verified by reading the device back."""
 
     APPLIED = "applied"
@@ -97,9 +97,9 @@ class Capabilities:
 
 @dataclass(frozen=True, slots=True)
 class WriteResult:
-    """Outcome of a verified write: what happened and what the device reads back now."""
+    """WriteOutcome of a verified write: what happened and what the device reads back now."""
 
-    outcome: Outcome
+    outcome: WriteOutcome
     readback: PumpStatus | None = None
     detail: str = ""
     extra: dict[str, str] = field(default_factory=dict)
@@ -170,7 +170,7 @@ class Driver(abc.ABC):
 
     async def acknowledge_alarms(self) -> WriteResult:
         """Acknowledge latched alarms, where the device supports it."""
-        return WriteResult(Outcome.FAILED, detail="not supported by this device")
+        return WriteResult(WriteOutcome.FAILED, detail="not supported by this device")
 
     async def configure_watchdog(self, timeout_s: int) -> None:  # noqa: B027 - optional hook
         """Arm the device-side communication watchdog (0 disables); no-op where unsupported."""

@@ -25,7 +25,7 @@ SIXTY: Final = Decimal(60)
 ML_PER_H: Final = "mL/h"
 
 
-class Amount(Enum):
+class AmountKind(Enum):
     """What a dose or concentration counts: drug mass (base: ug) or USP units."""
 
     MASS = "mass"
@@ -45,7 +45,7 @@ class DoseUnit:
     """A dose rate unit: ``factor`` base amounts (ug or USP units) per kg? per ``minutes``."""
 
     code: str
-    amount: Amount
+    amount: AmountKind
     factor: Decimal
     per_kg: bool
     minutes: Decimal
@@ -56,12 +56,12 @@ class ConcentrationUnit:
     """A concentration unit: ``factor`` base amounts per mL."""
 
     code: str
-    amount: Amount
+    amount: AmountKind
     factor: Decimal
 
 
-_M = Amount.MASS
-_U = Amount.USP_UNITS
+_M = AmountKind.MASS
+_U = AmountKind.USP_UNITS
 _ONE = Decimal(1)
 _MG = Decimal(1000)
 

@@ -21,7 +21,7 @@ ON = ConnectionState.ONLINE
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 
 
-def dose_of(rate: Decimal) -> dict[str, Any]:
+def dose_obj(rate: Decimal) -> dict[str, Any]:
     return {"value": float(rate) / 1050, "unit": "ug/kg/min"}
 
 
@@ -42,7 +42,7 @@ def types(events: list[dict[str, Any]]) -> list[str]:
 def test_identical_snapshots_yield_no_event() -> None:
     """Polling an unchanged pump produces nothing to publish."""
     s = status()
-    assert diff(Observation(ON, s), Observation(ON, s), dose_of, NOW) == []
+    assert diff(Observation(ON, s), Observation(ON, s), dose_obj, NOW) == []
 
 
 def test_front_panel_rate_change_is_one_device_sourced_event() -> None:
@@ -50,7 +50,7 @@ def test_front_panel_rate_change_is_one_device_sourced_event() -> None:
     events = diff(
         Observation(ON, status()),
         Observation(ON, status(rate_ml_h=Decimal("63.0"))),
-        dose_of,
+        dose_obj,
         NOW,
     )
     assert types(events) == ["rate_changed"]
@@ -66,7 +66,7 @@ def test_alarm_raise_and_clear_in_a_deterministic_order() -> None:
     after = status(
         state=RunState.ALARM, alarms=frozenset({AlarmCode.OCCLUSION, AlarmCode.AIR_IN_LINE})
     )
-    events = diff(Observation(ON, before), Observation(ON, after), dose_of, NOW)
+    events = diff(Observation(ON, before), Observation(ON, after), dose_obj, NOW)
     assert [(e["type"], e.get("alarm", {}).get("code")) for e in events] == [
         ("alarm_cleared", "near_end"),
         ("alarm_raised", "air_in_line"),
@@ -83,10 +83,10 @@ def test_alarm_raise_and_clear_in_a_deterministic_order() -> None:
 def test_start_stop_and_volume_clear() -> None:
     """Stopped->infusing starts delivery; a volume reset to 0 is volume_cleared."""
     stopped = status(state=RunState.STOPPED)
-    events = diff(Observation(ON, stopped), Observation(ON, status()), dose_of, NOW)
+    events = diff(Observation(ON, stopped), Observation(ON, status()), dose_obj, NOW)
     assert types(events) == ["delivery_started"]
     cleared = status(state=RunState.STOPPED, volume_infused_ml=Decimal(0))
-    events = diff(Observation(ON, stopped), Observation(ON, cleared), dose_of, NOW)
+    events = diff(Observation(ON, stopped), Observation(ON, cleared), dose_obj, NOW)
     assert types(events) == ["volume_cleared"]
 
 
@@ -94,7 +94,7 @@ def test_connection_change_and_first_snapshot() -> None:
     """The first snapshot after connecting reports the connection and any active alarm only."""
     first = status(alarms=frozenset({AlarmCode.LOW_BATTERY}))
     events = diff(
-        Observation(ConnectionState.CONNECTING, None), Observation(ON, first), dose_of, NOW
+        Observation(ConnectionState.CONNECTING, None), Observation(ON, first), dose_obj, NOW
     )
     assert types(events) == ["connection_changed", "alarm_raised"]
     assert events[0]["previous"] == "connecting"
@@ -103,7 +103,7 @@ def test_connection_change_and_first_snapshot() -> None:
 
 def test_command_rate_change_event_carries_the_command_id() -> None:
     """A command's change is reported with its id instead of source=device."""
-    event = rate_changed_event(Decimal(21), Decimal("63.0"), dose_of, command_id="c-1")
+    event = rate_changed_event(Decimal(21), Decimal("63.0"), dose_obj, command_id="c-1")
     assert event["command_id"] == "c-1"
     assert event["source"] == "command"
 
@@ -133,7 +133,7 @@ def test_withdrawing_pump_raises_its_alarm_and_stops_delivery() -> None:
     """Infusing -> withdrawing: alarm_raised(withdrawing, high) and delivery_stopped, no crash."""
     before = status()
     after = status(state=RunState.ALARM, alarms=frozenset({AlarmCode.WITHDRAWING}))
-    events = diff(Observation(ON, before), Observation(ON, after), dose_of, NOW)
+    events = diff(Observation(ON, before), Observation(ON, after), dose_obj, NOW)
     assert types(events) == ["alarm_raised", "delivery_stopped"]
     assert events[0]["alarm"]["code"] == "withdrawing"
     assert events[0]["alarm"]["priority"] == "high"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from daemon.base.config import Config, load_config
 from daemon.base.errors import ConfigError
-from daemon.core.gateway import load_checked_library, program_of
+from daemon.core.parts import configured_program, load_checked_library
 from daemon.mqtt.signing import SignaturePolicy
 from daemon.pharmacy.reload import LibraryRefused
 from protocol.errors import InfusiondError
@@ -56,7 +56,7 @@ def library_problems(config: Config) -> tuple[Library | None, list[str]]:
     problems: list[str] = []
     for index, pump in enumerate(config.pumps):
         try:
-            program_of(pump, library, index)
+            configured_program(pump, library, index)
         except ConfigError as exc:
             problems.extend(reasons(exc))
     return library, problems

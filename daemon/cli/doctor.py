@@ -42,7 +42,7 @@ from daemon.cli.doctor_links import (
     check_reachable,
     check_vitals,
 )
-from daemon.core.gateway import library_path
+from daemon.core.parts import library_path
 from daemon.journal.records import JournalError
 from daemon.journal.store import Journal
 

@@ -20,7 +20,7 @@ import aiomqtt
 
 from daemon.base.config import Config
 from daemon.base.config_sections import PumpConfig, VitalsSource
-from daemon.core.gateway import make_driver
+from daemon.core.parts import make_driver
 from drivers.errors import DriverError
 from protocol.errors import InfusiondError
 

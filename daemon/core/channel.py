@@ -45,9 +45,9 @@ from drivers.base import (
     ConnectionState,
     Driver,
     Identity,
-    Outcome,
     PumpStatus,
     RunState,
+    WriteOutcome,
     WriteResult,
 )
 from drivers.errors import DriverError
@@ -150,7 +150,7 @@ class Channel:
     driver: Driver
     program: Program
     hub: Hub
-    dose_of: DoseConverter
+    dose_at: DoseConverter
     observe: ObserveCheck | None = None
     config: ChannelConfig = field(default_factory=ChannelConfig)
     connection: ConnectionState = ConnectionState.CONNECTING
@@ -186,7 +186,7 @@ class Channel:
 
     def dose_obj(self, rate_ml_h: Decimal) -> dict[str, Any] | None:
         """The public dose object for a rate under the current program."""
-        dose = self.dose_of(self.program, rate_ml_h)
+        dose = self.dose_at(self.program, rate_ml_h)
         if dose is None:
             return None
         return {"value": float(round(dose, 6)), "unit": self.program.dose_unit}
@@ -195,7 +195,7 @@ class Channel:
         """The running dose (None when stopped or unknown)."""
         if self.status is None or self.status.state.value != "infusing":
             return None
-        return self.dose_of(self.program, self.status.rate_ml_h)
+        return self.dose_at(self.program, self.status.rate_ml_h)
 
     # -- state payload ----------------------------------------------------------------------
 
@@ -571,7 +571,7 @@ class Channel:
         )
 
     def _record_history(self, at: datetime, rate: Decimal) -> None:
-        dose = self.dose_of(self.program, rate)
+        dose = self.dose_at(self.program, rate)
         if dose is not None:
             self.history.append(DoseRecord(at, dose))
 
@@ -621,13 +621,13 @@ class Channel:
             result = await self.driver.stop()
         else:
             result = await self.driver.pause()
-        if result.outcome is Outcome.UNCERTAIN and old is not None and rate_ml_h is not None:
+        if result.outcome is WriteOutcome.UNCERTAIN and old is not None and rate_ml_h is not None:
             self._uncertain = (command_id, old.rate_ml_h, rate_ml_h)
         if result.readback is not None:
             now = self.hub.now()
             if (
                 action is Action.SET_RATE
-                and result.outcome is Outcome.APPLIED
+                and result.outcome is WriteOutcome.APPLIED
                 and old is not None
                 and result.readback.rate_ml_h != old.rate_ml_h
             ):

@@ -57,3 +57,19 @@ def fingerprint(command: dict[str, Any]) -> str:
 def public_first(outcome: dict[str, Any]) -> dict[str, Any]:
     """The stored outcome as a duplicate is told it: phase, verdict, error and pump."""
     return {k: v for k, v in outcome.items() if k not in _PRIVATE_OUTCOME_KEYS}
+
+
+def id_conflict(pump_id: str, command_id: str, fp: str, first: dict[str, Any]) -> str | None:
+    """Why a known id cannot be this command (another payload or pump: ``id_conflict``), or
+    None when it is the same command again. ``first`` is the id's stored outcome."""
+    first_pump = first.get("pump")
+    first_fp = first.get("fingerprint")
+    other_pump = first_pump is not None and first_pump != pump_id
+    other_payload = bool(first_fp) and first_fp != fp
+    if not (other_pump or other_payload):
+        return None
+    what = f"pump {first_pump}" if other_pump else "another payload"
+    return (
+        f"id: {command_id!r} was already used for {what} (first command on pump "
+        f"{first_pump}, phase {first.get('phase')}); ids are unique per gateway"
+    )

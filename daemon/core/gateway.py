@@ -17,10 +17,9 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 from importlib.metadata import version as package_version
-from pathlib import Path
 from typing import Any
 
 import structlog
@@ -28,17 +27,24 @@ import structlog
 from daemon.base.config import Config
 from daemon.base.config_sections import PumpConfig, VitalsSource
 from daemon.base.envelope import SCHEMA_IDS, Kind, encode, envelope
-from daemon.base.errors import ConfigError
-from daemon.base.timefmt import parse_ts, utc_now
-from daemon.core.channel import HISTORY_LEN, Channel, ChannelConfig, DoseRecord, PollReport
+from daemon.base.timefmt import utc_now
+from daemon.core.channel import Channel, ChannelConfig, PollReport
 from daemon.core.gate import Control, Gate, ReplyTo
-from daemon.core.program import Program, program_from_event
+from daemon.core.parts import (
+    configured_program,
+    library_path,
+    load_checked_library,
+    make_driver,
+    mqtt_bridge,
+)
+from daemon.core.program import dose_at
+from daemon.core.recovery import recover_pumps
 from daemon.core.sdnotify import Notifier
 from daemon.core.vitals import VitalsBoard
 from daemon.ihe import outbound as ihe_outbound
 from daemon.ihe.piv import PivListener
 from daemon.journal.history import History
-from daemon.journal.records import JournalError, JournalKind, JournalRow
+from daemon.journal.records import JournalError, JournalKind
 from daemon.journal.writer import AsyncJournal
 from daemon.mqtt import discovery, events_request
 from daemon.mqtt.availability import Availability
@@ -53,113 +59,18 @@ from daemon.pharmacy.reload import (
     LibraryReloader,
     Use,
     programs_row,
-    read_library_file,
-    vet_library,
 )
 from drivers.backoff import Backoff
 from drivers.base import Driver
 from drivers.hl7 import ReceiverConfig, VitalsClient, VitalsListener, VitalsSample
-from drivers.modbus import ModbusPumpDriver
-from drivers.newera import NewEraPumpDriver
-from drivers.phd import PhdPumpDriver
-from protocol.library import DEFAULT_LIBRARY_PATH, Library
-from protocol.units import UnitError, concentration_unit, dose_unit, rate_to_dose
+from protocol.library import Library
 
 log = structlog.get_logger("infusiond.gateway")
 
 #: a channel that made no progress for this long (beyond its poll period) stops the watchdog
 STALL_GRACE_S = 15.0
-#: how far back a restart reloads dose changes for the time-window rules (step-up window: 4 h)
-HISTORY_WINDOW = timedelta(hours=24)
 #: how often retention prunes the journal (and once at start)
 PRUNE_EVERY_S = 3600.0
-
-
-def load_checked_library(cfg: Config) -> Library:
-    """Load the configured (or shipped) library and refuse it if it is inconsistent, or
-    unsigned (or badly signed) when ``library.require_signature`` is set."""
-    path = library_path(cfg)
-    policy = LibraryPolicy.from_config(cfg.library)
-    data, signature = read_library_file(path)
-    if not (policy.keys or policy.require_signature):
-        signature = None  # no keys to check a signature file against: the file is the source
-    return vet_library(data, source=str(path), signature=signature, policy=policy, uses={}).library
-
-
-def library_path(cfg: Config) -> Path:
-    """The configured library file, or the shipped example."""
-    if cfg.library is not None and cfg.library.path is not None:
-        return cfg.library.path
-    return DEFAULT_LIBRARY_PATH
-
-
-def make_driver(pump: PumpConfig) -> Driver:
-    """The driver for one configured pump."""
-    if pump.driver == "modbus":
-        return ModbusPumpDriver(pump.url, pump.modbus_unit_id, profile=pump.register_map)
-    if pump.driver == "phd":
-        return PhdPumpDriver(
-            pump.url,
-            pump.newera_address,
-            diameter_mm=Decimal(str(pump.syringe_diameter_mm)),
-            baudrate=pump.baudrate or 9600,
-        )
-    return NewEraPumpDriver(pump.url, pump.newera_address, baudrate=pump.baudrate or 19200)
-
-
-def program_of(pump: PumpConfig, library: Library, index: int) -> Program:
-    """The channel program from config, checked against the library (profile, drug, units)."""
-    where = f"pumps[{index}]"
-    if library.profile(pump.library_profile) is None:
-        known = ", ".join(p.id for p in library.profiles)
-        raise ConfigError(
-            f"{where}.library_profile: {pump.library_profile!r} is not a profile of the drug "
-            f"library (known: {known})"
-        )
-    drug = library.drug(pump.library_profile, pump.drug)
-    if drug is None:
-        raise ConfigError(
-            f"{where}.drug: {pump.drug!r} is not in library profile {pump.library_profile!r}"
-        )
-    try:
-        conc_unit = concentration_unit(pump.concentration.unit)
-    except UnitError as exc:
-        raise ConfigError(f"{where}.concentration.unit: {exc}") from None
-    return Program(
-        drug=drug.drug,
-        concentration=Decimal(str(pump.concentration.value)),
-        concentration_unit=conc_unit.code,
-        dose_unit=drug.dose_unit,
-        diluent=pump.diluent,
-        route=pump.route,
-        profile=pump.library_profile,
-        weight_kg=Decimal(str(pump.weight_kg)) if pump.weight_kg is not None else None,
-        line_shares=tuple(pump.line_shares),
-        bed=pump.bed,
-        baseline_sbp=Decimal(str(pump.baseline_sbp)) if pump.baseline_sbp is not None else None,
-        chronic_hypertension=pump.chronic_hypertension,
-    )
-
-
-def mqtt_bridge(cfg: Config, journal: AsyncJournal) -> MqttBridge:
-    """The gateway's MQTT bridge for ``cfg`` (the default ``Gateway.bridge_factory``)."""
-    return MqttBridge(
-        cfg.broker, gateway_id=cfg.gateway_id, client_id=cfg.client_id, outbox=journal
-    )
-
-
-def dose_at(program: Program, rate_ml_h: Decimal) -> Decimal | None:
-    """The dose (in the program's dose unit) delivered at ``rate_ml_h``; None if not computable."""
-    try:
-        return rate_to_dose(
-            rate_ml_h,
-            dose_unit(program.dose_unit),
-            program.concentration,
-            concentration_unit(program.concentration_unit),
-            program.weight_kg,
-        )
-    except UnitError:
-        return None
 
 
 @dataclass
@@ -255,19 +166,19 @@ class Gateway:
             opened: AsyncJournal | None = self.__dict__.get("journal")
             return opened if opened is not None and not opened.closed else None
 
-        def dose_of(pump_id: str, rate_ml_h: float) -> dict[str, Any] | None:
+        def dose_obj(pump_id: str, rate_ml_h: float) -> dict[str, Any] | None:
             channel = self.channels.get(pump_id)
             return None if channel is None else channel.dose_obj(Decimal(str(rate_ml_h)))
 
         pumps = tuple(p.id for p in self.config.pumps)
-        return History(self.config.gateway_id, journal, lambda: pumps, dose_of)
+        return History(self.config.gateway_id, journal, lambda: pumps, dose_obj)
 
     # -- building ------------------------------------------------------------------------------
 
     async def _build(self) -> None:
         cfg = self.config
         self.library = load_checked_library(cfg)
-        programs = [program_of(p, self.library, i) for i, p in enumerate(cfg.pumps)]
+        programs = [configured_program(p, self.library, i) for i, p in enumerate(cfg.pumps)]
         self.journal = await AsyncJournal.open(
             cfg.data_dir, gateway_id=cfg.gateway_id, retention_days=cfg.journal.retention_days
         )
@@ -323,7 +234,7 @@ class Gateway:
                 driver=self.driver_factory(pump),
                 program=program,
                 hub=self,
-                dose_of=dose_at,
+                dose_at=dose_at,
                 observe=self.gate.observe,
                 config=ChannelConfig(
                     poll_period_s=pump.poll_period_s,
@@ -372,82 +283,7 @@ class Gateway:
         restart). Commands interrupted by the crash are loaded for reconciliation; their pumps
         answer ``busy`` until settled."""
         await self.gate.load_interrupted()
-        for item in await self.journal.interrupted_commands():
-            channel = self.channels.get(item.pump_id or "")
-            target = ((item.outcome.get("verdict") or {}).get("rate") or {}).get("value")
-            if channel is not None and target is not None:
-                channel.interrupted_writes[Decimal(str(target))] = item.command_id
-        for channel in self.channels.values():
-            await self._recover_pump(channel)
-
-    async def _recover_pump(self, channel: Channel) -> None:
-        """One pump's program, last known rate and recent dose history, by indexed queries
-        (start-up cost does not grow with the journal)."""
-        latest = await self.journal.latest_events(
-            channel.pump_id,
-            ["program_changed", "rate_changed", "connection_changed", "delivery_started"],
-        )
-        program_row = latest.get("program_changed")
-        if program_row is not None:
-            self._recover_program(channel, program_row)
-        # the newest event that names the pump's rate (an offline connection_changed of an older
-        # version names none: an older rate_changed or delivery_started then does)
-        for row in sorted(latest.values(), key=lambda r: r.n, reverse=True):
-            event = row.payload.get("event", {})
-            known = (event.get("to") or {}).get("rate") or event.get("rate")
-            if event.get("type") != "program_changed" and known:
-                channel.rate_before_restart = Decimal(str(known["value"]))
-                break
-        rows = await self.journal.recent_events(
-            channel.pump_id,
-            ["rate_changed", "delivery_started", "delivery_stopped"],
-            since=self.clock() - HISTORY_WINDOW,
-            limit=HISTORY_LEN,
-        )
-        for row in rows:
-            if program_row is not None and row.n < program_row.n:
-                continue  # a dose of the program before this one
-            dose = self._journaled_dose(channel, row.payload.get("event", {}))
-            if dose is not None:
-                channel.history.append(DoseRecord(parse_ts(row.ts), dose))
-
-    @staticmethod
-    def _journaled_dose(channel: Channel, event: dict[str, Any]) -> Decimal | None:
-        """The dose a journaled start, stop or rate change set (None: not this program's)."""
-        kind = event.get("type")
-        if kind == "delivery_stopped":
-            return Decimal(0)
-        if kind == "delivery_started":
-            rate = (event.get("rate") or {}).get("value")
-            return None if rate is None else dose_at(channel.program, Decimal(str(rate)))
-        dose = (event.get("to") or {}).get("dose")
-        if not dose or dose.get("unit") != channel.program.dose_unit:
-            return None
-        return Decimal(str(dose["value"]))
-
-    def _recover_program(self, channel: Channel, row: JournalRow) -> None:
-        """The program of the pump's latest journaled ``program_changed``."""
-        event = row.payload.get("event", {})
-        try:
-            program = program_from_event(event, channel.program)
-        except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
-            # a journaled program we cannot read: refuse to guess (the config is older)
-            raise JournalError(
-                f"journal row {row.n}: program_changed of pump {channel.pump_id} is "
-                f"unreadable ({exc}); refusing to start with a guessed program"
-            ) from None
-        if program != channel.program:
-            log.warning(
-                "pump_program_from_journal",
-                pump=channel.pump_id,
-                drug=program.drug,
-                concentration=str(program.concentration),
-                unit=program.concentration_unit,
-                profile=program.profile,
-                configured_drug=channel.program.drug,
-                configured_concentration=str(channel.program.concentration),
-            )
-        channel.program = program
+        await recover_pumps(self.journal, self.channels, self.clock())
 
     def _vitals_for(self, bed: str | None) -> dict[str, Any] | None:
         board = self.boards.get(bed) if bed is not None else None

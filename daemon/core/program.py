@@ -1,4 +1,5 @@
-"""What a pump infuses and for whom (:class:`Program`), what a verified command asks of it
+"""What a pump infuses and for whom (:class:`Program`) and the dose it delivers at a rate
+(:func:`dose_at`), what a verified command asks of it
 (:class:`Action`), and the ``program_changed`` event that journals a program so that a restart
 rebuilds it from the journal rather than from the configuration file."""
 
@@ -8,6 +9,8 @@ import enum
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
+
+from protocol.units import UnitError, concentration_unit, dose_unit, rate_to_dose
 
 
 class Action(enum.Enum):
@@ -85,3 +88,17 @@ def program_from_event(event: dict[str, Any], seed: Program) -> Program:
         baseline_sbp=Decimal(str(baseline)) if baseline is not None else None,
         chronic_hypertension=bool(data.get("chronic_hypertension", seed.chronic_hypertension)),
     )
+
+
+def dose_at(program: Program, rate_ml_h: Decimal) -> Decimal | None:
+    """The dose (in the program's dose unit) delivered at ``rate_ml_h``; None if not computable."""
+    try:
+        return rate_to_dose(
+            rate_ml_h,
+            dose_unit(program.dose_unit),
+            program.concentration,
+            concentration_unit(program.concentration_unit),
+            program.weight_kg,
+        )
+    except UnitError:
+        return None

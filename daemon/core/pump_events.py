@@ -53,7 +53,7 @@ ALARM_PRIORITY = AlarmPriorities(
     }
 )
 
-DoseOf = Callable[[Decimal], dict[str, Any] | None]
+DoseObj = Callable[[Decimal], dict[str, Any] | None]
 """Maps a rate in mL/h to the public dose object ``{"value", "unit"}`` (None if unknown)."""
 
 
@@ -100,7 +100,7 @@ def connection_event(
 
 
 def diff(
-    before: Observation, after: Observation, dose_of: DoseOf, now: datetime
+    before: Observation, after: Observation, dose_obj: DoseObj, now: datetime
 ) -> list[dict[str, Any]]:
     """Events implied by the change from ``before`` to ``after`` (empty when nothing changed).
 
@@ -135,7 +135,7 @@ def diff(
     elif was_running and not is_running:
         events.append({"type": "delivery_stopped", "status": new.state.value})
     if new.rate_ml_h != old.rate_ml_h:
-        events.append(rate_changed_event(old.rate_ml_h, new.rate_ml_h, dose_of, source="device"))
+        events.append(rate_changed_event(old.rate_ml_h, new.rate_ml_h, dose_obj, source="device"))
     if (
         old.volume_infused_ml is not None
         and new.volume_infused_ml is not None
@@ -148,7 +148,7 @@ def diff(
 def rate_changed_event(
     old_rate: Decimal,
     new_rate: Decimal,
-    dose_of: DoseOf,
+    dose_obj: DoseObj,
     *,
     source: str = "command",
     command_id: str | None = None,
@@ -156,8 +156,8 @@ def rate_changed_event(
     """The one ``rate_changed`` event for an applied change (command or device)."""
     event: dict[str, Any] = {
         "type": "rate_changed",
-        "from": {"rate": rate_obj(old_rate), "dose": dose_of(old_rate)},
-        "to": {"rate": rate_obj(new_rate), "dose": dose_of(new_rate)},
+        "from": {"rate": rate_obj(old_rate), "dose": dose_obj(old_rate)},
+        "to": {"rate": rate_obj(new_rate), "dose": dose_obj(new_rate)},
         "source": source,
     }
     if command_id is not None:

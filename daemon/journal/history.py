@@ -59,7 +59,7 @@ SERIES_TYPES = ("rate_changed", "delivery_started", "delivery_stopped", "connect
 _DURATION = re.compile(r"^(\d{1,6})(s|m|h)$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600}
 
-DoseOf = Callable[[str, float], dict[str, Any] | None]
+DoseObj = Callable[[str, float], dict[str, Any] | None]
 """(pump id, rate mL/h) -> the dose object under the pump's current program (None: unknown)."""
 
 
@@ -157,7 +157,7 @@ def _event_item(row: JournalRow) -> dict[str, Any]:
     }
 
 
-def _point(row: JournalRow, dose_of: DoseOf | None, program_n: int) -> dict[str, Any] | None:
+def _point(row: JournalRow, dose_obj: DoseObj | None, program_n: int) -> dict[str, Any] | None:
     """The rate and dose an event left the pump at (None: an event that sets neither)."""
     event = row.payload.get("event", {})
     kind = event.get("type")
@@ -173,12 +173,12 @@ def _point(row: JournalRow, dose_of: DoseOf | None, program_n: int) -> dict[str,
         if not rate:
             return None  # (re)connected without a reading: the next poll's events say more
         # a dose is derived only under the program still running (none changed since)
-        if dose_of is not None and row.n > program_n and row.pump_id is not None:
-            dose = dose_of(row.pump_id, float(rate["value"]))
+        if dose_obj is not None and row.n > program_n and row.pump_id is not None:
+            dose = dose_obj(row.pump_id, float(rate["value"]))
     elif kind == "delivery_stopped":
         rate = {"value": 0.0, "unit": "mL/h"}
-        if dose_of is not None and row.pump_id is not None:
-            dose = dose_of(row.pump_id, 0.0)
+        if dose_obj is not None and row.pump_id is not None:
+            dose = dose_obj(row.pump_id, 0.0)
     elif kind == "connection_changed":
         rate = None  # offline or connecting: nothing is known until it answers again
     else:
@@ -191,14 +191,14 @@ class History:
     """Reads the API's answers from a gateway's journal.
 
     ``journal`` returns the open journal (None before the gateway opened it: answers are then
-    :class:`JournalNotReady`); ``pumps`` are the configured pump ids; ``dose_of`` turns a rate
+    :class:`JournalNotReady`); ``pumps`` are the configured pump ids; ``dose_obj`` turns a rate
     into the dose under the pump's current program (a started delivery journals only its rate).
     """
 
     gateway: str
     journal: Callable[[], AsyncJournal | None]
     pumps: Callable[[], Sequence[str]]
-    dose_of: DoseOf | None = None
+    dose_obj: DoseObj | None = None
 
     def _open(self) -> AsyncJournal:
         journal = self.journal()
@@ -252,7 +252,7 @@ class History:
             program_n = latest["program_changed"].n if "program_changed" in latest else 0
             points: list[dict[str, Any]] = []
             before = await journal.events_before(pump, SERIES_TYPES, before=query.since)
-            start = None if before is None else _point(before, self.dose_of, program_n)
+            start = None if before is None else _point(before, self.dose_obj, program_n)
             rows = await journal.recent_events(
                 pump, SERIES_TYPES, since=query.since, limit=MAX_ROWS + 1
             )
@@ -260,7 +260,7 @@ class History:
             if start is not None and not truncated:
                 points.append(start | {"ts": format_ts(query.since), "why": "before"})
             for row in rows[-MAX_ROWS:]:
-                point = _point(row, self.dose_of, program_n)
+                point = _point(row, self.dose_obj, program_n)
                 if point is not None:
                     points.append(point)
             pumps[pump] = {"points": points, "truncated": truncated}

@@ -115,7 +115,7 @@ def shown(text: str) -> str:
 Text = Annotated[str, StringConstraints(min_length=1, max_length=64, strip_whitespace=False)]
 Reason = Annotated[str, StringConstraints(min_length=1, max_length=500)]
 Unit = Annotated[str, StringConstraints(min_length=1, max_length=32)]
-Amount = Annotated[float, Field(ge=0, le=MAX_QUANTITY, allow_inf_nan=False)]
+Magnitude = Annotated[float, Field(ge=0, le=MAX_QUANTITY, allow_inf_nan=False)]
 
 
 class _Strict(BaseModel):
@@ -125,7 +125,7 @@ class _Strict(BaseModel):
 class Quantity(_Strict):
     """``{"value", "unit"}``; the unit is checked by the drug library, not here."""
 
-    value: Amount
+    value: Magnitude
     unit: Unit
 
 
@@ -145,7 +145,7 @@ class Signature(_Strict):
     hmac: Annotated[str, StringConstraints(pattern=r"^[0-9a-fA-F]{64}$")]
 
 
-class Program(_Strict):
+class NewProgram(_Strict):
     drug: Text
     concentration: Quantity
     diluent: Text
@@ -156,7 +156,7 @@ class Program(_Strict):
     vtbi: Quantity | None = None
 
 
-Action = Literal["set_dose", "set_rate", "start", "stop", "pause", "program"]
+CommandAction = Literal["set_dose", "set_rate", "start", "stop", "pause", "program"]
 
 
 class Command(_Strict):
@@ -167,10 +167,10 @@ class Command(_Strict):
     issued_at: datetime
     ttl_s: Annotated[float, Field(gt=0, le=MAX_TTL_S, allow_inf_nan=False)] = 30.0
     by: By
-    action: Action
+    action: CommandAction
     dose: Quantity | None = None
     rate: Quantity | None = None
-    program: Program | None = None
+    program: NewProgram | None = None
     confirm: Confirm | None = None
     sig: Signature | None = None
 
@@ -438,6 +438,6 @@ def duplicate(command_id: str, *, first: dict[str, Any]) -> dict[str, Any]:
     return {"id": command_id, "phase": Phase.DUPLICATE.value, "first": first}
 
 
-def outcome_of(result: dict[str, Any]) -> dict[str, Any]:
+def first_of(result: dict[str, Any]) -> dict[str, Any]:
     """``{"phase", "verdict"?, "error"?}`` of a result: what a duplicate will be told."""
     return {k: result[k] for k in ("phase", "verdict", "error") if k in result}

@@ -38,7 +38,7 @@ PIV_ANSWER_PROFILE = "IHE_PCD_PIV_001^IHE PCD^1.3.6.1.4.1.19376.1.6.1.3.2^ISO"
 
 
 @dataclass(frozen=True, slots=True)
-class Amount:
+class OrderedAmount:
     """A value and its unit as ordered (UCUM text)."""
 
     value: Decimal
@@ -53,11 +53,11 @@ class PivOrder:
     order_id: str
     pump_id: str
     drug: str
-    concentration: Amount
-    dose: Amount  # a dose rate (ug/kg/min...) or a rate in mL/h
+    concentration: OrderedAmount
+    dose: OrderedAmount  # a dose rate (ug/kg/min...) or a rate in mL/h
     ordered_by: str = ""
     diluent: str | None = None
-    vtbi: Amount | None = None
+    vtbi: OrderedAmount | None = None
     weight_kg: Decimal | None = None
     patient_id: str | None = None
     bed: str | None = None
@@ -174,17 +174,19 @@ def parse_rgv(payload: bytes) -> PivOrder:
     )
     vtbi = None
     if _comp(rxg, 5):
-        vtbi = Amount(_number(rxg, "RXG", 5, label="VTBI"), _unit(rxg, "RXG", 7, label="VTBI unit"))
+        vtbi = OrderedAmount(
+            _number(rxg, "RXG", 5, label="VTBI"), _unit(rxg, "RXG", 7, label="VTBI unit")
+        )
     return PivOrder(
         control_id=control_id,
         order_id=_text(orc, "ORC", 2, label="placer order number"),
         pump_id=pump_id,
         drug=_text(rxg, "RXG", 4, 1 if _comp(rxg, 4, 1) else 0, label="drug (give code)"),
-        concentration=Amount(
+        concentration=OrderedAmount(
             _number(rxg, "RXG", 17, label="concentration (give strength)"),
             _unit(rxg, "RXG", 18, label="concentration unit"),
         ),
-        dose=Amount(
+        dose=OrderedAmount(
             _number(rxg, "RXG", 15, label="dose or rate (give rate amount)"),
             _unit(rxg, "RXG", 16, label="dose or rate unit"),
         ),

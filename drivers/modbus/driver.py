@@ -41,9 +41,9 @@ from drivers.base import (
     ConnectionState,
     Driver,
     Identity,
-    Outcome,
     PumpStatus,
     RunState,
+    WriteOutcome,
     WriteResult,
 )
 from drivers.errors import DeviceRejected, DeviceTimeout, DriverError, FrameError
@@ -418,7 +418,7 @@ class ModbusPumpDriver(Driver):
             if attempt.frames_at_write is None or bus.frames_sent == attempt.frames_at_write:
                 return _not_sent(name, expected, exc)
             return WriteResult(
-                Outcome.UNCERTAIN,
+                WriteOutcome.UNCERTAIN,
                 detail=f"{name} ({expected}, seq {attempt.seq}) sent, not confirmed: {exc}; "
                 "outcome unknown, not resent",
             )
@@ -443,7 +443,7 @@ class ModbusPumpDriver(Driver):
         )
         if not await self.may_write(before):
             return WriteResult(
-                Outcome.FAILED,
+                WriteOutcome.FAILED,
                 readback=before,
                 detail=f"not sent: {name} ({attempt.expected}): the gateway could not record "
                 "the write",
@@ -464,7 +464,7 @@ class ModbusPumpDriver(Driver):
         """The device said no: ``failed`` only if the read-back proves nothing changed;
         ``applied`` if it shows the requested change all the same; else ``uncertain``."""
         if _same_delivery(before, after):
-            return WriteResult(Outcome.FAILED, readback=after, detail=detail)
+            return WriteResult(WriteOutcome.FAILED, readback=after, detail=detail)
         if attempt.check(after):
             log.warning(
                 "device refused a command but applied it",
@@ -474,12 +474,12 @@ class ModbusPumpDriver(Driver):
                 detail=detail,
             )
             return WriteResult(
-                Outcome.APPLIED,
+                WriteOutcome.APPLIED,
                 readback=after,
                 detail=f"{detail}; yet the read-back shows {attempt.expected}",
             )
         return WriteResult(
-            Outcome.UNCERTAIN,
+            WriteOutcome.UNCERTAIN,
             readback=after,
             detail=f"{detail}; but the pump changed and the read-back is not {attempt.expected}",
         )
@@ -499,7 +499,7 @@ class ModbusPumpDriver(Driver):
                 break
         else:
             return WriteResult(
-                Outcome.UNCERTAIN,
+                WriteOutcome.UNCERTAIN,
                 readback=self._to_status(values, track_heartbeat=False),
                 detail=f"{name} (seq {seq}) sent; executed_seq still {values['executed_seq']}",
             )
@@ -508,18 +508,18 @@ class ModbusPumpDriver(Driver):
         if result == RESULT_OK:
             if attempt.check(after):
                 return WriteResult(
-                    Outcome.APPLIED, readback=after, detail=f"{name}: {attempt.expected}"
+                    WriteOutcome.APPLIED, readback=after, detail=f"{name}: {attempt.expected}"
                 )
             return WriteResult(
-                Outcome.UNCERTAIN,
+                WriteOutcome.UNCERTAIN,
                 readback=after,
                 detail=f"{name} executed but the read-back is not {attempt.expected}",
             )
         detail = f"{name} refused by the device: {result} (last_result {values['last_result']})"
         judged = self._judge_refusal(attempt, before, after, detail)
-        if judged.outcome is Outcome.FAILED:
+        if judged.outcome is WriteOutcome.FAILED:
             return WriteResult(
-                Outcome.FAILED, readback=after, detail=detail, extra={"reason": result}
+                WriteOutcome.FAILED, readback=after, detail=detail, extra={"reason": result}
             )
         return judged
 
@@ -538,7 +538,7 @@ class _Attempt:
 
 
 def _not_sent(name: str, expected: str, exc: DriverError) -> WriteResult:
-    return WriteResult(Outcome.FAILED, detail=f"not sent: {name} ({expected}): {exc}")
+    return WriteResult(WriteOutcome.FAILED, detail=f"not sent: {name} ({expected}): {exc}")
 
 
 def _same_delivery(a: PumpStatus, b: PumpStatus) -> bool:

@@ -1,6 +1,6 @@
 """Driver for New Era NE-500/NE-1000-family syringe pumps (RS-232, basic and safe mode).
 
-Outcome semantics are the shared write contract of :mod:`drivers.serial.verify` (pre-read,
+WriteOutcome semantics are the shared write contract of :mod:`drivers.serial.verify` (pre-read,
 write, read back; ``applied`` / ``failed`` / ``uncertain``; writes never raise). For
 :meth:`pause`, a pump that is not infusing is ``failed`` ("not sent"); a refusal is judged on
 rate and run state as the pump's own status letter shows them, not the driver's alarm latch.
@@ -42,9 +42,9 @@ import structlog
 from drivers.base import (
     AlarmCode,
     Identity,
-    Outcome,
     PumpStatus,
     RunState,
+    WriteOutcome,
     WriteResult,
 )
 from drivers.errors import DeviceRejected, DeviceTimeout, DriverError, FrameError
@@ -179,7 +179,7 @@ class NewEraPumpDriver(ChainDriver[NewEraPort, Command]):
 
         def precheck(now: Snapshot) -> WriteResult | None:
             if now.device_state is RunState.PAUSED:
-                return WriteResult(Outcome.APPLIED, now.status, detail="already paused")
+                return WriteResult(WriteOutcome.APPLIED, now.status, detail="already paused")
             if now.device_state is not RunState.INFUSING:
                 return not_sent(f"pump is {now.status.state.value}", now.status)
             return None

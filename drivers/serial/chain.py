@@ -22,7 +22,7 @@ from drivers.base import (
     ConnectionState,
     Driver,
     Identity,
-    Outcome,
+    WriteOutcome,
     WriteResult,
 )
 from drivers.errors import DeviceTimeout, DriverError, FrameError
@@ -121,7 +121,7 @@ class ChainDriver(Driver, Generic[L, C]):
         except DriverError as exc:
             self._alarms |= latched
             return not_sent(f"read failed: {exc}")
-        return WriteResult(Outcome.APPLIED, status)
+        return WriteResult(WriteOutcome.APPLIED, status)
 
     async def _counted(self, exchange: Awaitable[R]) -> R:
         """Await one transaction, keeping the failure count and the connection state."""

@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from drivers.base import Outcome, PumpStatus, RunState, WriteResult
+from drivers.base import PumpStatus, RunState, WriteOutcome, WriteResult
 from drivers.errors import DeviceRejected, DeviceTimeout, DriverError, FrameError
 from drivers.serial.line import PortUnavailable
 
@@ -54,7 +54,7 @@ class Snapshot:
 
 
 def not_sent(why: str, status: PumpStatus | None = None) -> WriteResult:
-    return WriteResult(Outcome.FAILED, status, detail=f"not sent: {why}")
+    return WriteResult(WriteOutcome.FAILED, status, detail=f"not sent: {why}")
 
 
 async def send_each(commands: Sequence[C], execute: Callable[[C], Awaitable[object]]) -> Sent:
@@ -111,7 +111,7 @@ async def write_verified(
             after = await snapshot()
     except DriverError as exc:
         what = sent.detail or "sent"
-        return WriteResult(Outcome.UNCERTAIN, None, detail=f"{what}; read-back failed: {exc}")
+        return WriteResult(WriteOutcome.UNCERTAIN, None, detail=f"{what}; read-back failed: {exc}")
     return judge(before, after, sent, ok, goal)
 
 
@@ -127,13 +127,13 @@ def judge(
             note = f" (reply lost: {sent.detail}; read-back confirms)"
         else:
             note = ""
-        return WriteResult(Outcome.APPLIED, readback, detail=f"{goal}{note}")
+        return WriteResult(WriteOutcome.APPLIED, readback, detail=f"{goal}{note}")
     unchanged = (
         readback.rate_ml_h == before.status.rate_ml_h and after.device_state is before.device_state
     )
     if sent.answer is Answer.REFUSED and unchanged:
         return WriteResult(
-            Outcome.FAILED,
+            WriteOutcome.FAILED,
             readback,
             detail=f"{sent.detail}; read-back shows rate and state unchanged",
         )
@@ -143,7 +143,7 @@ def judge(
     )
     changed = "unchanged" if unchanged else "changed"
     return WriteResult(
-        Outcome.UNCERTAIN,
+        WriteOutcome.UNCERTAIN,
         readback,
         detail=f"{why}, but the read-back ({shows}, {changed}) is not {goal}",
     )

@@ -22,8 +22,8 @@ from daemon.mqtt.command_parse import (
     duplicate,
     error_body,
     failed,
+    first_of,
     needs_confirmation,
-    outcome_of,
     parse_command,
     rejected,
     uncertain,
@@ -244,7 +244,7 @@ def test_result_builders_produce_the_contract_shapes() -> None:
     assert applied("c", readback={"rate": 1})["readback"] == {"rate": 1}
     assert failed("c", error={"code": "device_rejected", "message": "m"})["phase"] == "failed"
     assert uncertain("c", error={"code": "device_timeout", "message": "m"})["phase"] == "uncertain"
-    first = outcome_of(busy)
+    first = first_of(busy)
     assert first == {"phase": "rejected", "error": busy["error"]}
     assert duplicate("c", first=first) == {"id": "c", "phase": "duplicate", "first": first}
 

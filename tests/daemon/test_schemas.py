@@ -24,8 +24,8 @@ from daemon.mqtt.command_parse import (
     duplicate,
     error_body,
     failed,
+    first_of,
     needs_confirmation,
-    outcome_of,
     parse_command,
     rejected,
     uncertain,
@@ -84,7 +84,7 @@ def test_every_result_builder_validates() -> None:
     v = validator("infusiond.pump.command.result/1")
     too_large = parse_command(b"x" * 20_000, now=NOW)
     assert isinstance(too_large, Rejection)
-    first = outcome_of(rejected("c-1", verdict=VERDICT))
+    first = first_of(rejected("c-1", verdict=VERDICT))
     results = [
         rejected(None, error=too_large),
         rejected("c-1", error=error_body(ErrorCode.BUSY, "pump-1 is executing c-0")),
@@ -98,7 +98,7 @@ def test_every_result_builder_validates() -> None:
         failed("c-1", error={"code": "device_rejected", "message": "out of device range"}),
         uncertain("c-1", error={"code": "device_timeout", "message": "no answer in 1.0 s"}),
         duplicate("c-1", first=first),
-        duplicate("c-1", first=outcome_of(applied("c-1", readback={}))),
+        duplicate("c-1", first=first_of(applied("c-1", readback={}))),
     ]
     for result in results:
         errors = [e.message for e in v.iter_errors(wrap(Kind.PUMP_COMMAND_RESULT, result))]

@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import pytest
 
-from drivers.base import AlarmCode, ConnectionState, Outcome, RunState
+from drivers.base import AlarmCode, ConnectionState, RunState, WriteOutcome
 from drivers.errors import DriverError
 from drivers.modbus import parse_profile
 from drivers.modbus.regmap import PROFILES_DIR
@@ -45,7 +45,7 @@ async def test_poll_reads_the_status_block_in_one_request(rig: Rig) -> None:
 async def test_set_rate_is_applied_and_the_pump_delivers_it(rig: Rig) -> None:
     """A rate within the device range is confirmed by executed_seq and read back."""
     result = await rig.driver.set_rate(Decimal("63.00"))
-    assert result.outcome is Outcome.APPLIED
+    assert result.outcome is WriteOutcome.APPLIED
     assert result.readback is not None
     assert result.readback.rate_ml_h == Decimal("63.00")
     pump = rig.sim.pump(1)
@@ -57,7 +57,7 @@ async def test_set_rate_is_applied_and_the_pump_delivers_it(rig: Rig) -> None:
 async def test_rate_above_device_max_fails_and_is_verified_unchanged(rig: Rig) -> None:
     """last_result 1 (out of device range) -> failed, and the read-back shows the old rate."""
     result = await rig.driver.set_rate(Decimal(1500))
-    assert result.outcome is Outcome.FAILED
+    assert result.outcome is WriteOutcome.FAILED
     assert result.extra["reason"] == "out_of_range"
     assert result.readback is not None
     assert result.readback.rate_ml_h == Decimal("52.50")
@@ -70,11 +70,11 @@ async def test_rate_outside_the_map_range_is_refused_before_sending(rig: Rig) ->
     limit; nothing is sent (not even the pre-read)."""
     requests = len(rig.sim.requests)
     too_big = await rig.driver.set_rate(Decimal("12345.67"))
-    assert too_big.outcome is Outcome.FAILED
+    assert too_big.outcome is WriteOutcome.FAILED
     assert too_big.detail.startswith("not sent: apply_rate (rate 12345.67 mL/h): ")
     assert "rate_setpoint (holding register 20-21)" in too_big.detail
     too_fine = await rig.driver.set_rate(Decimal("1.005"))
-    assert too_fine.outcome is Outcome.FAILED
+    assert too_fine.outcome is WriteOutcome.FAILED
     assert too_fine.detail.startswith("not sent: ")
     assert "multiple of the resolution 0.01" in too_fine.detail
     for bad, why in [
@@ -85,7 +85,7 @@ async def test_rate_outside_the_map_range_is_refused_before_sending(rig: Rig) ->
         ("-0.01", "does not fit a u32"),
     ]:
         result = await rig.driver.set_rate(Decimal(bad))
-        assert result.outcome is Outcome.FAILED
+        assert result.outcome is WriteOutcome.FAILED
         assert result.detail.startswith("not sent: ")
         assert f"rate_setpoint (holding register 20-21): value {bad} {why}" in result.detail
     assert len(rig.sim.requests) == requests
@@ -94,16 +94,16 @@ async def test_rate_outside_the_map_range_is_refused_before_sending(rig: Rig) ->
 @pytest.mark.asyncio
 async def test_stop_pause_start_follow_the_state_rules(rig: Rig) -> None:
     """Pause while stopped is not allowed (failed, unchanged); stop and start are applied."""
-    assert (await rig.driver.stop()).outcome is Outcome.APPLIED
+    assert (await rig.driver.stop()).outcome is WriteOutcome.APPLIED
     assert rig.sim.pump(1).state == "stopped"
     paused = await rig.driver.pause()
-    assert paused.outcome is Outcome.FAILED
+    assert paused.outcome is WriteOutcome.FAILED
     assert paused.extra["reason"] == "not_allowed"
     started = await rig.driver.start()
-    assert started.outcome is Outcome.APPLIED
+    assert started.outcome is WriteOutcome.APPLIED
     assert started.readback is not None
     assert started.readback.state is RunState.INFUSING
-    assert (await rig.driver.pause()).outcome is Outcome.APPLIED
+    assert (await rig.driver.pause()).outcome is WriteOutcome.APPLIED
     assert rig.sim.pump(1).delivered_rate_ml_h == 0
 
 
@@ -114,19 +114,19 @@ async def test_start_while_in_alarm_is_not_allowed_until_acknowledged(rig: Rig) 
     status = await rig.driver.read_status()
     assert status.state is RunState.ALARM
     assert AlarmCode.OCCLUSION in status.alarms
-    assert (await rig.driver.start()).outcome is Outcome.FAILED
+    assert (await rig.driver.start()).outcome is WriteOutcome.FAILED
     rig.sim.clear("occlusion", unit=1)
-    assert (await rig.driver.acknowledge_alarms()).outcome is Outcome.APPLIED
-    assert (await rig.driver.start()).outcome is Outcome.APPLIED
+    assert (await rig.driver.acknowledge_alarms()).outcome is WriteOutcome.APPLIED
+    assert (await rig.driver.start()).outcome is WriteOutcome.APPLIED
 
 
 @pytest.mark.asyncio
 async def test_clear_volume_is_refused_while_infusing(rig: Rig) -> None:
     """Command 4 is not allowed while infusing and resets volume once stopped."""
-    assert (await rig.driver.clear_volume()).outcome is Outcome.FAILED
+    assert (await rig.driver.clear_volume()).outcome is WriteOutcome.FAILED
     await rig.driver.stop()
     result = await rig.driver.clear_volume()
-    assert result.outcome is Outcome.APPLIED
+    assert result.outcome is WriteOutcome.APPLIED
     assert result.readback is not None
     assert result.readback.volume_infused_ml == 0
 
@@ -140,7 +140,7 @@ async def test_silent_pump_gets_nothing_sent_and_the_command_fails_not_sent(rig:
     writes_before = pump.writes
     rig.sim.inject("no_answer", unit=1)
     result = await rig.driver.set_rate(Decimal(60))  # the pre-read gets no answer
-    assert result.outcome is Outcome.FAILED
+    assert result.outcome is WriteOutcome.FAILED
     assert result.detail.startswith("not sent: ")
     assert "no answer within" in result.detail
     assert pump.writes == writes_before
@@ -188,7 +188,7 @@ async def test_lost_answer_to_a_write_is_uncertain_and_reconciled_by_the_next_po
     writes = pump.writes
     rig.sim.inject("lost_answer", unit=1)
     result = await rig.driver.set_rate(Decimal("58.00"))
-    assert result.outcome is Outcome.UNCERTAIN
+    assert result.outcome is WriteOutcome.UNCERTAIN
     assert "not resent" in result.detail
     assert pump.writes == writes + 1
     rig.sim.clear("lost_answer", unit=1)
@@ -208,7 +208,7 @@ async def test_write_refused_with_an_exception_is_failed_and_verified_unchanged(
     await driver.connect()
     try:
         result = await driver.pause()
-        assert result.outcome is Outcome.FAILED
+        assert result.outcome is WriteOutcome.FAILED
         assert "exception response 3 (ILLEGAL_VALUE)" in result.detail
         assert result.readback is not None
         assert result.readback.state is RunState.INFUSING
@@ -221,7 +221,7 @@ async def test_stop_of_a_pump_in_alarm_is_applied(rig: Rig) -> None:
     """Stop on an alarmed pump is accepted: it stays in alarm and delivers nothing."""
     rig.sim.inject("empty", unit=1)
     result = await rig.driver.stop()
-    assert result.outcome is Outcome.APPLIED
+    assert result.outcome is WriteOutcome.APPLIED
     assert rig.sim.pump(1).delivered_rate_ml_h == 0
 
 

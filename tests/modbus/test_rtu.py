@@ -9,7 +9,7 @@ from decimal import Decimal
 
 import pytest
 
-from drivers.base import AlarmCode, Outcome, RunState
+from drivers.base import AlarmCode, RunState, WriteOutcome
 from drivers.errors import DeviceTimeout
 from drivers.modbus import BusRegistry, ModbusPumpDriver
 from sim_devices.modbus_server import ModbusPumpSimulator
@@ -38,7 +38,7 @@ async def test_two_pumps_on_one_rtu_bus_share_a_client_and_serialise_commands(
             r1, r2 = await asyncio.gather(
                 one.set_rate(Decimal("40.00")), two.set_rate(Decimal("70.00"))
             )
-            assert (r1.outcome, r2.outcome) == (Outcome.APPLIED, Outcome.APPLIED)
+            assert (r1.outcome, r2.outcome) == (WriteOutcome.APPLIED, WriteOutcome.APPLIED)
             assert sim.pump(1).rate == Decimal("40.00")
             assert sim.pump(2).rate == Decimal("70.00")
             units = [r.unit for r in sim.requests]
@@ -112,7 +112,7 @@ async def test_rtu_framing_over_a_socket_url() -> None:
         driver = ModbusPumpDriver(served.url, 3, registry=BusRegistry(), timeout_s=0.5)
         await driver.connect()
         try:
-            assert (await driver.set_rate(Decimal("12.34"))).outcome is Outcome.APPLIED
+            assert (await driver.set_rate(Decimal("12.34"))).outcome is WriteOutcome.APPLIED
             assert sim.pump(3).rate == Decimal("12.34")
         finally:
             await driver.close()
@@ -168,12 +168,12 @@ async def test_rtu_pre_read_fault_sends_nothing_and_the_line_recovers(
         try:
             sim.inject(fault, unit=1)
             result = await driver.set_rate(Decimal("40.00"))
-            assert result.outcome is Outcome.FAILED
+            assert result.outcome is WriteOutcome.FAILED
             assert result.detail.startswith("not sent: apply_rate")
             assert reason in result.detail
             assert sim.pump(1).writes == 0
             sim.clear(fault, unit=1)
-            assert (await driver.set_rate(Decimal("40.00"))).outcome is Outcome.APPLIED
+            assert (await driver.set_rate(Decimal("40.00"))).outcome is WriteOutcome.APPLIED
             assert sim.pump(1).writes == 1
         finally:
             await driver.close()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pymodbus.client import AsyncModbusTcpClient
 
-from drivers.base import AlarmCode, Outcome, RunState
+from drivers.base import AlarmCode, RunState, WriteOutcome
 from drivers.modbus import BusRegistry, ModbusPumpDriver, Table, WordOrder, load_profile
 from sim_devices.modbus_server import ModbusPumpSimulator
 from tests.modbus.conftest import demo_pump
@@ -38,13 +38,13 @@ async def test_driver_runs_a_pump_with_another_vendors_map() -> None:
             assert {s.table for s in driver.status_plan} == {Table.INPUT, Table.HOLDING}
 
             applied = await driver.set_rate(Decimal("63.5"))
-            assert applied.outcome is Outcome.APPLIED
+            assert applied.outcome is WriteOutcome.APPLIED
             assert sim.pump(1).rate == Decimal("63.5")
             refused = await driver.set_rate(Decimal(1100))
-            assert refused.outcome is Outcome.FAILED
+            assert refused.outcome is WriteOutcome.FAILED
             assert refused.extra["reason"] == "out_of_range"
             too_fine = await driver.set_rate(Decimal("63.55"))
-            assert too_fine.outcome is Outcome.FAILED
+            assert too_fine.outcome is WriteOutcome.FAILED
             assert too_fine.detail.startswith("not sent: ")
             assert "resolution 0.1" in too_fine.detail
 

@@ -20,7 +20,7 @@ from decimal import Decimal
 import pytest
 
 from drivers.backoff import Backoff
-from drivers.base import Outcome, PumpStatus, RunState, WriteResult
+from drivers.base import PumpStatus, RunState, WriteOutcome, WriteResult
 from drivers.errors import DeviceTimeout, DriverError
 from drivers.modbus import BusRegistry, ModbusPumpDriver
 from sim_devices.modbus_server import ModbusPumpSimulator
@@ -104,7 +104,7 @@ async def test_a_failed_pre_read_sends_nothing_and_fails_naming_the_reason(
         inject(sim, link)
         writes = writes_on_the_wire(sim)
         result = await WRITES[method](driver)
-        assert result.outcome is Outcome.FAILED
+        assert result.outcome is WriteOutcome.FAILED
         assert result.detail.startswith(f"not sent: {method.replace('set_rate', 'apply_rate')}")
         assert reason in result.detail
         assert result.readback is None
@@ -117,7 +117,7 @@ async def test_a_write_without_a_connection_fails_not_sent() -> None:
     """A driver never connected (or closed) answers ``failed`` "not sent", it does not raise."""
     driver = ModbusPumpDriver("tcp://127.0.0.1:1", 1, registry=BusRegistry())
     result = await driver.stop()
-    assert result.outcome is Outcome.FAILED
+    assert result.outcome is WriteOutcome.FAILED
     assert result.detail.startswith("not sent: stop (stopped): ")
     assert "call connect()" in result.detail
 
@@ -135,7 +135,7 @@ async def test_an_unreachable_pump_fails_not_sent() -> None:
             await driver.connect()
         try:
             result = await driver.set_rate(NEW_RATE)
-            assert result.outcome is Outcome.FAILED
+            assert result.outcome is WriteOutcome.FAILED
             assert result.detail.startswith("not sent: apply_rate (rate 60.00 mL/h): ")
             assert "cannot connect" in result.detail
         finally:
@@ -171,7 +171,7 @@ async def test_a_write_sent_but_not_confirmed_is_uncertain_and_never_resent(
         link.trickle_s = 0.05  # even the 12-byte write answer takes 0.6 s: past the timeout
         link.faults[phase] = mangle
         result = await driver.set_rate(NEW_RATE)
-        assert result.outcome is Outcome.UNCERTAIN, result.detail
+        assert result.outcome is WriteOutcome.UNCERTAIN, result.detail
         assert "not resent" in result.detail
         assert link.mangled[phase] == 1
         assert writes_on_the_wire(sim) == 1
@@ -189,7 +189,7 @@ async def test_every_write_method_is_uncertain_when_its_answer_is_garbage(method
     async with proxied(sim) as (link, driver, _registry):
         link.faults[Phase.WRITE] = Mangle.GARBAGE
         result = await WRITES[method](driver)
-        assert result.outcome is Outcome.UNCERTAIN, result.detail
+        assert result.outcome is WriteOutcome.UNCERTAIN, result.detail
         assert "sent, not confirmed" in result.detail
         assert writes_on_the_wire(sim) == 1
 
@@ -205,13 +205,13 @@ async def test_refused_but_applied_is_applied_with_the_refusal_in_the_detail() -
     async with proxied(sim) as (_link, driver, _registry):
         sim.inject("refuse_but_apply", unit=1)
         result = await driver.set_rate(NEW_RATE)
-        assert result.outcome is Outcome.APPLIED
+        assert result.outcome is WriteOutcome.APPLIED
         assert result.readback is not None
         assert result.readback.rate_ml_h == NEW_RATE
         assert "refused by the device: not_allowed" in result.detail
         assert "yet the read-back shows rate 60.00 mL/h" in result.detail
         paused = await driver.pause()
-        assert paused.outcome is Outcome.APPLIED
+        assert paused.outcome is WriteOutcome.APPLIED
         assert paused.readback is not None
         assert paused.readback.state is RunState.PAUSED
 
@@ -224,7 +224,7 @@ async def test_a_pump_that_executes_something_else_is_uncertain() -> None:
     async with proxied(sim) as (_link, driver, _registry):
         sim.inject("misexecute", unit=1)
         result = await driver.set_rate(NEW_RATE)
-        assert result.outcome is Outcome.UNCERTAIN
+        assert result.outcome is WriteOutcome.UNCERTAIN
         assert result.readback is not None
         assert result.readback.rate_ml_h == Decimal("6.00")
         assert "executed but the read-back is not rate 60.00 mL/h" in result.detail
@@ -239,7 +239,7 @@ async def test_refused_and_changed_to_something_else_is_uncertain() -> None:
         sim.inject("refuse_but_apply", unit=1)
         sim.inject("misexecute", 33, unit=1)
         result = await driver.set_rate(NEW_RATE)
-        assert result.outcome is Outcome.UNCERTAIN
+        assert result.outcome is WriteOutcome.UNCERTAIN
         assert result.readback is not None
         assert result.readback.rate_ml_h == Decimal("33.00")
         assert "but the pump changed" in result.detail
@@ -255,14 +255,14 @@ DEADLINE_S = 0.5  # per transaction
 @pytest.mark.parametrize(
     ("phase", "outcome"),
     [
-        (Phase.PRE_READ, Outcome.FAILED),
-        (Phase.WRITE, Outcome.UNCERTAIN),
-        (Phase.READ_BACK, Outcome.UNCERTAIN),
+        (Phase.PRE_READ, WriteOutcome.FAILED),
+        (Phase.WRITE, WriteOutcome.UNCERTAIN),
+        (Phase.READ_BACK, WriteOutcome.UNCERTAIN),
     ],
     ids=lambda v: v.value,
 )
 async def test_a_trickling_pump_holds_the_shared_bus_only_until_the_transaction_deadline(
-    phase: Phase, outcome: Outcome
+    phase: Phase, outcome: WriteOutcome
 ) -> None:
     """Pump 1 trickles an answer (one byte per 50 ms: seconds per answer, yet inside the
     per-request timeout). Its command ends at the transaction deadline (before the trickle:
@@ -293,7 +293,7 @@ async def test_a_trickling_pump_holds_the_shared_bus_only_until_the_transaction_
             assert status.state is RunState.INFUSING
             assert polled < SLOW_TIMEOUT_S / 2
             link.faults.clear()
-            expected = Decimal("52.50") if outcome is Outcome.FAILED else NEW_RATE
+            expected = Decimal("52.50") if outcome is WriteOutcome.FAILED else NEW_RATE
             assert (await one.read_status()).rate_ml_h == expected  # not a stale answer
         finally:
             await two.close()
@@ -338,7 +338,7 @@ async def test_an_exception_that_may_have_acted_is_uncertain_not_refused(
     async with proxied(sim) as (_link, driver, _registry):
         sim.inject("write_exception", code, unit=1)
         result = await driver.set_rate(NEW_RATE)
-        assert result.outcome is Outcome.UNCERTAIN, result.detail
+        assert result.outcome is WriteOutcome.UNCERTAIN, result.detail
         assert f"exception response {code} ({name})" in result.detail
         assert sim.pump(1).rate == NEW_RATE
         assert writes_on_the_wire(sim) == 1
@@ -352,7 +352,7 @@ async def test_a_write_refused_with_busy_yet_applied_is_applied() -> None:
     async with proxied(sim) as (_link, driver, _registry):
         sim.inject("write_exception", 6, unit=1)
         result = await driver.set_rate(NEW_RATE)
-        assert result.outcome is Outcome.APPLIED, result.detail
+        assert result.outcome is WriteOutcome.APPLIED, result.detail
         assert "exception response 6 (DEVICE_BUSY)" in result.detail
         assert result.readback is not None
         assert result.readback.rate_ml_h == NEW_RATE
@@ -378,7 +378,7 @@ async def test_the_before_write_hook_runs_after_the_pre_read_and_can_stop_the_wr
         assert [writes for writes, _ in seen] == [0]
         now = await driver.read_status()  # nothing was written: the pump still shows the pre-read
         assert (seen[0][1].state, seen[0][1].rate_ml_h) == (now.state, now.rate_ml_h)
-        assert result.outcome is Outcome.FAILED
+        assert result.outcome is WriteOutcome.FAILED
         assert result.detail.startswith("not sent: ")
         assert "could not record the write" in result.detail
         assert sim.pump(1).writes == 0
@@ -388,5 +388,5 @@ async def test_the_before_write_hook_runs_after_the_pre_read_and_can_stop_the_wr
 
         driver.before_write = allow
         result = await WRITES[method](driver)
-        assert result.outcome is not Outcome.FAILED or "not sent" not in result.detail
+        assert result.outcome is not WriteOutcome.FAILED or "not sent" not in result.detail
         assert sim.pump(1).writes >= 1

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from drivers.backoff import Backoff
-from drivers.base import AlarmCode, ConnectionState, Outcome, PumpStatus, RunState, WriteResult
+from drivers.base import AlarmCode, ConnectionState, PumpStatus, RunState, WriteOutcome, WriteResult
 from drivers.errors import DeviceTimeout, DriverError, FrameError
 from drivers.newera import NewEraPort, NewEraPumpDriver
 from drivers.newera.frames import Alarm, Status
@@ -49,7 +49,7 @@ async def test_set_rate_is_applied_after_read_back(
 ) -> None:
     """RAT is written then read back; the simulated pump delivers the new rate."""
     result = await pump0.set_rate(Decimal("52.5"))
-    assert result.outcome is Outcome.APPLIED
+    assert result.outcome is WriteOutcome.APPLIED
     assert result.readback is not None
     assert result.readback.rate_ml_h == Decimal("52.5")
     assert sim.pumps[0].delivering_ml_h == Decimal("52.5")
@@ -61,7 +61,7 @@ async def test_out_of_range_rate_fails_and_is_verified_unchanged(
 ) -> None:
     """?OOR -> failed, with a read-back showing the old rate."""
     result = await pump0.set_rate(Decimal(5000))
-    assert result.outcome is Outcome.FAILED
+    assert result.outcome is WriteOutcome.FAILED
     assert "?OOR" in result.detail
     assert "out of range" in result.detail
     assert result.readback is not None
@@ -91,7 +91,7 @@ async def test_a_refusal_verified_unchanged_is_failed_with_its_meaning(
     sim.pumps[0].reject_with = code
     sim.pumps[0].inject(Fault.REJECT, count=1, on="RAT")
     result = await pump0.set_rate(Decimal(12))
-    assert result.outcome is Outcome.FAILED
+    assert result.outcome is WriteOutcome.FAILED
     assert meaning in result.detail
     assert "unchanged" in result.detail
     assert result.readback is not None
@@ -109,7 +109,7 @@ async def test_a_refusal_the_pump_applied_anyway_is_applied(
     sim.pumps[0].reject_with = code
     sim.pumps[0].inject(Fault.REFUSE_BUT_APPLY, count=1, on="RAT")
     result = await pump0.set_rate(Decimal(12))
-    assert result.outcome is Outcome.APPLIED
+    assert result.outcome is WriteOutcome.APPLIED
     assert meaning in result.detail
     assert "shows it applied" in result.detail
     assert result.readback is not None
@@ -128,7 +128,7 @@ async def test_stop_refused_but_executed_twice_is_applied(
     pump.reject_with = code
     pump.inject(Fault.REFUSE_BUT_APPLY, count=2, on="STP")
     result = await pump0.stop()
-    assert result.outcome is Outcome.APPLIED
+    assert result.outcome is WriteOutcome.APPLIED
     assert pump.status is Status.STOPPED
     assert Fault.REFUSE_BUT_APPLY not in pump.faults  # both STPs went out
 
@@ -145,7 +145,7 @@ async def test_start_and_pause_refused_but_executed_are_applied(
     pump.reject_with = "?NA"
     pump.inject(Fault.REFUSE_BUT_APPLY, count=1, on="RUN" if action == "start" else "STP")
     result = await (pump0.start() if action == "start" else pump0.pause())
-    assert result.outcome is Outcome.APPLIED, result.detail
+    assert result.outcome is WriteOutcome.APPLIED, result.detail
     assert pump.status is (Status.INFUSING if action == "start" else Status.PAUSED)
 
 
@@ -163,7 +163,7 @@ async def test_every_alarm_is_reported_and_latched_until_acknowledged(
     again = await pump0.read_status()
     assert again.alarms == {alarm.code}
     ack = await pump0.acknowledge_alarms()
-    assert ack.outcome is Outcome.APPLIED
+    assert ack.outcome is WriteOutcome.APPLIED
     assert ack.readback is not None
     assert ack.readback.alarms == frozenset()
     assert ack.readback.state is RunState.STOPPED
@@ -195,7 +195,7 @@ async def test_write_answered_by_an_alarm_is_never_resent(
     pump.inject(Fault.REJECT, count=1, on="RAT")
     seen = pump.commands_seen
     result = await pump0.set_rate(Decimal(12))
-    assert result.outcome is Outcome.FAILED
+    assert result.outcome is WriteOutcome.FAILED
     assert "stalled" in result.detail
     assert pump.rate_ml_h == 9
     assert pump.commands_seen == seen + 3 + 1 + 3
@@ -209,7 +209,7 @@ async def test_a_latched_alarm_is_taken_by_the_pre_read_and_the_write_then_runs(
     is stopped, not refusing), is applied, and the stall stays latched in the read-back."""
     sim.pumps[0].raise_alarm(Alarm.STALLED)
     result = await pump0.set_rate(Decimal(12))
-    assert result.outcome is Outcome.APPLIED
+    assert result.outcome is WriteOutcome.APPLIED
     assert sim.pumps[0].rate_ml_h == 12
     assert result.readback is not None
     assert result.readback.alarms == {AlarmCode.STALLED}
@@ -222,15 +222,15 @@ async def test_pause_stop_start_use_stp_and_run_faithfully(
 ) -> None:
     """pause -> P; stop -> S (second STP); start -> infusing; pausing a stopped pump fails."""
     paused = await pump0.pause()
-    assert (paused.outcome, sim.pumps[0].status) == (Outcome.APPLIED, Status.PAUSED)
+    assert (paused.outcome, sim.pumps[0].status) == (WriteOutcome.APPLIED, Status.PAUSED)
     stopped = await pump0.stop()
-    assert (stopped.outcome, sim.pumps[0].status) == (Outcome.APPLIED, Status.STOPPED)
+    assert (stopped.outcome, sim.pumps[0].status) == (WriteOutcome.APPLIED, Status.STOPPED)
     refused = await pump0.pause()
-    assert refused.outcome is Outcome.FAILED
+    assert refused.outcome is WriteOutcome.FAILED
     assert refused.detail == "not sent: pump is stopped"
     assert sim.pumps[0].status is Status.STOPPED
     started = await pump0.start()
-    assert (started.outcome, sim.pumps[0].status) == (Outcome.APPLIED, Status.INFUSING)
+    assert (started.outcome, sim.pumps[0].status) == (WriteOutcome.APPLIED, Status.INFUSING)
 
 
 @pytest.mark.asyncio
@@ -242,7 +242,7 @@ async def test_start_without_rate_fails_with_not_applicable() -> None:
         await driver.connect()
         result = await driver.start()
         await driver.close()
-    assert result.outcome is Outcome.FAILED
+    assert result.outcome is WriteOutcome.FAILED
     assert "?NA" in result.detail
     assert simulator.pumps[0].status is Status.STOPPED
 
@@ -283,7 +283,7 @@ async def test_write_is_not_sent_when_the_pre_read_fails(
     sim.pumps[0].inject(fault)
     seen = sim.pumps[0].commands_seen
     result = await pump0.set_rate(Decimal(12))
-    assert result.outcome is Outcome.FAILED
+    assert result.outcome is WriteOutcome.FAILED
     assert result.detail.startswith("not sent: pre-read failed")
     assert sim.pumps[0].commands_seen == seen + 1  # the first query only
     assert sim.pumps[0].rate_ml_h == 9
@@ -308,7 +308,7 @@ async def test_link_dropping_after_the_write_is_uncertain(
         "pause": pump0.pause,
     }[action]
     result = await call()
-    assert result.outcome is Outcome.UNCERTAIN, result.detail
+    assert result.outcome is WriteOutcome.UNCERTAIN, result.detail
     assert result.readback is None
     assert "read-back failed" in result.detail
     assert Fault.HANG_UP not in pump.faults  # the write reached the pump
@@ -322,7 +322,7 @@ async def test_no_reply_and_an_unchanged_read_back_is_uncertain(
     no, so the write is uncertain, with the read-back (rate unchanged) attached."""
     sim.pumps[0].inject(Fault.SILENCE, count=1, on="RAT")
     result = await pump0.set_rate(Decimal(12))
-    assert result.outcome is Outcome.UNCERTAIN
+    assert result.outcome is WriteOutcome.UNCERTAIN
     assert "no valid reply" in result.detail
     assert "unchanged" in result.detail
     assert result.readback is not None
@@ -336,7 +336,7 @@ async def test_lost_reply_with_matching_read_back_is_applied(
     """When only the write's reply is lost, the read-back proves the rate: applied, and said so."""
     sim.pumps[0].inject(Fault.GARBLE, count=1, on="RAT")
     result = await pump0.set_rate(Decimal(12))
-    assert result.outcome is Outcome.APPLIED
+    assert result.outcome is WriteOutcome.APPLIED
     assert "reply lost" in result.detail
     assert result.readback is not None
     assert result.readback.rate_ml_h == 12
@@ -386,7 +386,7 @@ async def test_two_pumps_on_one_port_are_serialised_and_kept_apart(
         results = await asyncio.gather(
             *(d.set_rate(Decimal(r)) for d, r in ((a, "7.5"), (b, "3.25")) for _ in range(3))
         )
-        assert all(r.outcome is Outcome.APPLIED for r in results)
+        assert all(r.outcome is WriteOutcome.APPLIED for r in results)
         assert sim.pumps[0].rate_ml_h == Decimal("7.5")
         assert sim.pumps[1].rate_ml_h == Decimal("3.25")
         sim.pumps[1].inject(Fault.WRONG_ADDRESS)  # pump 1 answers as if it were 2
@@ -429,7 +429,7 @@ async def test_driver_finds_a_pump_left_in_safe_mode(sim: NewEraSimulator) -> No
     await driver.connect()
     try:
         assert driver.safe_mode
-        assert (await driver.set_rate(Decimal(4))).outcome is Outcome.APPLIED
+        assert (await driver.set_rate(Decimal(4))).outcome is WriteOutcome.APPLIED
     finally:
         await driver.close()
 
@@ -502,7 +502,7 @@ async def test_unwritable_rates_are_refused_before_anything_is_sent(
     """A rate the 4-digit format cannot carry: failed "not sent", and the pump sees nothing."""
     seen = sim.pumps[0].commands_seen
     result = await pump0.set_rate(Decimal(rate))
-    assert result.outcome is Outcome.FAILED
+    assert result.outcome is WriteOutcome.FAILED
     assert result.readback is None
     assert re.fullmatch(
         r"not sent: rate \S+ mL/h cannot be written in any New Era unit", result.detail
@@ -558,7 +558,7 @@ async def test_withdrawing_pump_is_flagged_and_start_turns_it_forward(
     assert status.state is RunState.ALARM
     assert status.alarms == {AlarmCode.WITHDRAWING}
     result = await pump0.start()
-    assert result.outcome is Outcome.APPLIED
+    assert result.outcome is WriteOutcome.APPLIED
     assert (pump.direction, pump.status) == ("INF", Status.INFUSING)
 
 
@@ -591,7 +591,7 @@ async def test_writes_on_a_dead_link_fail_as_not_sent_and_never_raise(action: st
         result = await write_call(driver, action)
     finally:
         await driver.close()
-    assert result.outcome is Outcome.FAILED
+    assert result.outcome is WriteOutcome.FAILED
     assert result.detail.startswith("not sent: "), result.detail
     assert "offline" in result.detail or "closed" in result.detail
     assert simulator.pumps[0].commands_seen == seen
@@ -606,7 +606,7 @@ async def test_writes_before_connect_fail_as_not_sent(sim: NewEraSimulator, acti
     driver = NewEraPumpDriver(sim.url, 0, timeout_s=FAST_TIMEOUT_S)
     seen = sim.pumps[0].commands_seen
     result = await write_call(driver, action)
-    assert result.outcome is Outcome.FAILED
+    assert result.outcome is WriteOutcome.FAILED
     assert "not sent: " in result.detail
     assert "not connected" in result.detail
     assert sim.pumps[0].commands_seen == seen
@@ -620,7 +620,7 @@ async def test_pause_of_a_silent_pump_is_failed_not_sent(
     the pre-read fails, nothing is written, and pause says so in its result."""
     sim.pumps[0].inject(Fault.SILENCE)
     result = await pump0.pause()
-    assert result.outcome is Outcome.FAILED
+    assert result.outcome is WriteOutcome.FAILED
     assert result.detail.startswith("not sent: pre-read failed: no reply from pump 00")
     sim.pumps[0].clear_faults()
     assert sim.pumps[0].status is Status.INFUSING
@@ -633,18 +633,18 @@ def _snap(rate: str, device: RunState) -> Snapshot:
 @pytest.mark.parametrize(
     ("answer", "after", "outcome"),
     [
-        (Answer.ACCEPTED, _snap("12", RunState.INFUSING), Outcome.APPLIED),
-        (Answer.REFUSED, _snap("12", RunState.INFUSING), Outcome.APPLIED),
-        (Answer.LOST, _snap("12", RunState.INFUSING), Outcome.APPLIED),
-        (Answer.REFUSED, _snap("9", RunState.INFUSING), Outcome.FAILED),
-        (Answer.REFUSED, _snap("9", RunState.PAUSED), Outcome.UNCERTAIN),
-        (Answer.REFUSED, _snap("10", RunState.INFUSING), Outcome.UNCERTAIN),
-        (Answer.LOST, _snap("9", RunState.INFUSING), Outcome.UNCERTAIN),
-        (Answer.ACCEPTED, _snap("9", RunState.INFUSING), Outcome.UNCERTAIN),
+        (Answer.ACCEPTED, _snap("12", RunState.INFUSING), WriteOutcome.APPLIED),
+        (Answer.REFUSED, _snap("12", RunState.INFUSING), WriteOutcome.APPLIED),
+        (Answer.LOST, _snap("12", RunState.INFUSING), WriteOutcome.APPLIED),
+        (Answer.REFUSED, _snap("9", RunState.INFUSING), WriteOutcome.FAILED),
+        (Answer.REFUSED, _snap("9", RunState.PAUSED), WriteOutcome.UNCERTAIN),
+        (Answer.REFUSED, _snap("10", RunState.INFUSING), WriteOutcome.UNCERTAIN),
+        (Answer.LOST, _snap("9", RunState.INFUSING), WriteOutcome.UNCERTAIN),
+        (Answer.ACCEPTED, _snap("9", RunState.INFUSING), WriteOutcome.UNCERTAIN),
     ],
 )
 def test_the_read_back_decides_the_outcome_of_a_rate_write(
-    answer: Answer, after: Snapshot, outcome: Outcome
+    answer: Answer, after: Snapshot, outcome: WriteOutcome
 ) -> None:
     """Decision table of a write of 12 mL/h to a pump infusing 9: the read-back showing 12 is
     applied whatever the answer; failed needs a refusal *and* rate and state unchanged; any
@@ -675,10 +675,10 @@ async def test_the_before_write_hook_can_stop_a_write_after_the_pre_read(
     pump0.before_write = refuse
     result = await pump0.set_rate(Decimal(12))
     assert [s.rate_ml_h for s in shown] == [9]  # the pre-read, handed to the hook
-    assert result.outcome is Outcome.FAILED
+    assert result.outcome is WriteOutcome.FAILED
     assert result.detail.startswith("not sent: ")
     assert sim.pumps[0].rate_ml_h == 9
     pump0.before_write = allow
     result = await pump0.set_rate(Decimal(12))
-    assert result.outcome is Outcome.APPLIED
+    assert result.outcome is WriteOutcome.APPLIED
     assert sim.pumps[0].rate_ml_h == 12

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from drivers.base import Outcome
+from drivers.base import WriteOutcome
 from drivers.newera import NewEraPumpDriver
 from drivers.newera.frames import Alarm, Status
 from sim_devices.newera_pump import Fault
@@ -81,7 +81,7 @@ async def test_shipped_refuse_but_apply_scenario_makes_rate_changes_applied() ->
         try:
             for rate in (Decimal(12), Decimal("7.5")):
                 result = await driver.set_rate(rate)
-                assert result.outcome is Outcome.APPLIED
+                assert result.outcome is WriteOutcome.APPLIED
                 assert "?OOR" in result.detail
                 assert sim.pumps[0].rate_ml_h == rate
         finally:

@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest
 import serial_asyncio_fast
 
-from drivers.base import AlarmCode, Outcome, RunState
+from drivers.base import AlarmCode, RunState, WriteOutcome
 from drivers.newera import NewEraPumpDriver
 from drivers.newera.frames import Status
 from sim_devices.newera_pump import Fault
@@ -37,9 +37,9 @@ async def test_driver_talks_to_two_pumps_over_a_pty_pair(pty_pair: PtyPair) -> N
             assert (status.state, status.rate_ml_h) == (RunState.INFUSING, 9)
             assert (await b.read_status()).alarms == {AlarmCode.DEVICE_RESET}
             result = await a.set_rate(Decimal("0.05"))
-            assert result.outcome is Outcome.APPLIED
+            assert result.outcome is WriteOutcome.APPLIED
             assert sim.pumps[0].rate_ml_h == Decimal("0.05")
-            assert (await a.stop()).outcome is Outcome.APPLIED
+            assert (await a.stop()).outcome is WriteOutcome.APPLIED
             assert sim.pumps[0].status is Status.STOPPED
             assert sim.pumps[1].rate_ml_h == 0
         finally:
@@ -89,7 +89,7 @@ async def test_driver_reads_the_good_reply_after_a_garbled_one_on_a_pty(
             pump.inject(Fault.NOISE)
             assert (await driver.read_status()).rate_ml_h == 9
             result = await driver.set_rate(Decimal(12))
-            assert result.outcome is Outcome.APPLIED
+            assert result.outcome is WriteOutcome.APPLIED
             assert "reply lost" not in result.detail
             assert pump.rate_ml_h == 12
         finally:

@@ -15,7 +15,7 @@ from decimal import Decimal
 
 import pytest
 
-from drivers.base import AlarmCode, Outcome, RunState
+from drivers.base import AlarmCode, RunState, WriteOutcome
 from drivers.errors import FrameError
 from drivers.newera import NewEraPumpDriver
 from drivers.newera.driver import RUN_STATES
@@ -67,10 +67,10 @@ async def test_a_withdrawing_pump_is_stopped_and_started_forward(
     pump.direction = "WDR"
     pump.front_panel_run()
     stopped = await pump0.stop()
-    assert stopped.outcome is Outcome.APPLIED
+    assert stopped.outcome is WriteOutcome.APPLIED
     assert pump.status is Status.STOPPED
     started = await pump0.start()
-    assert started.outcome is Outcome.APPLIED
+    assert started.outcome is WriteOutcome.APPLIED
     assert started.readback is not None
     assert (started.readback.state, started.readback.alarms) == (RunState.INFUSING, frozenset())
     assert (pump.direction, pump.status) == ("INF", Status.INFUSING)
@@ -157,5 +157,5 @@ async def test_unknown_status_or_alarm_letters_are_frame_errors_and_writes_do_no
             result = await driver.set_rate(Decimal(12))
         finally:
             await driver.close()
-    assert result.outcome is Outcome.FAILED
+    assert result.outcome is WriteOutcome.FAILED
     assert result.detail.startswith("not sent: pre-read failed: no valid reply")

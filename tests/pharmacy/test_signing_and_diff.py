@@ -11,7 +11,7 @@ import pytest
 from daemon.base.config import load_config
 from daemon.base.errors import ConfigError
 from daemon.cli import main
-from daemon.core.gateway import load_checked_library
+from daemon.core.parts import load_checked_library
 from daemon.pharmacy.reload import LibraryRefused
 from tests.pharmacy.harness import SHIPPED, Keys, variant
 

@@ -10,7 +10,7 @@ import pytest
 
 from daemon.base.config import load_config
 from daemon.base.errors import ConfigError
-from daemon.core.gateway import make_driver
+from daemon.core.parts import make_driver
 from drivers.phd import PhdPumpDriver
 
 BASE = """gateway_id = "gw"

@@ -14,7 +14,7 @@ from decimal import Decimal
 import pytest
 
 from drivers.backoff import Backoff
-from drivers.base import AlarmCode, ConnectionState, Outcome, RunState, WriteResult
+from drivers.base import AlarmCode, ConnectionState, RunState, WriteOutcome, WriteResult
 from drivers.errors import DeviceTimeout, DriverError, FrameError
 from drivers.newera import NewEraPumpDriver
 from drivers.phd import PhdLine, PhdPumpDriver
@@ -68,7 +68,7 @@ async def test_set_rate_is_applied_after_irate_and_motor_read_back(
 ) -> None:
     """irate 12.34 ml/hr: applied when irate reads 12.34 and the status line's fL/s match."""
     result = await pump0.set_rate(Decimal("12.34"))
-    assert result.outcome is Outcome.APPLIED, result.detail
+    assert result.outcome is WriteOutcome.APPLIED, result.detail
     assert result.readback is not None
     assert result.readback.rate_ml_h == Decimal("12.34")
     assert sim.pumps[0].rate_ml_h == Decimal("12.34")
@@ -84,7 +84,7 @@ async def test_a_motor_that_keeps_its_old_speed_makes_the_rate_write_uncertain(
     old_speed = pump._cmd_status("")
     pump._cmd_status = lambda _args: old_speed  # type: ignore[method-assign]
     result = await pump0.set_rate(Decimal(12))
-    assert result.outcome is Outcome.UNCERTAIN, result.detail
+    assert result.outcome is WriteOutcome.UNCERTAIN, result.detail
     assert "is not rate 12.00 mL/h" in result.detail
     assert pump.rate_ml_h == 12
 
@@ -100,7 +100,7 @@ async def test_a_stopped_pump_takes_a_rate_on_the_irate_read_back_alone(
         result = await driver.set_rate(Decimal("3.5"))
     finally:
         await driver.close()
-    assert result.outcome is Outcome.APPLIED
+    assert result.outcome is WriteOutcome.APPLIED
     assert sim.pumps[12].rate_ml_h == Decimal("3.5")
 
 
@@ -110,7 +110,7 @@ async def test_out_of_range_rate_fails_and_is_verified_unchanged(
 ) -> None:
     """Above the syringe's maximum the pump says 'Out of range': failed, old rate read back."""
     result = await pump0.set_rate(Decimal(7000))
-    assert result.outcome is Outcome.FAILED
+    assert result.outcome is WriteOutcome.FAILED
     assert "'Out of range'" in result.detail
     assert "unchanged" in result.detail
     assert result.readback is not None
@@ -127,7 +127,7 @@ async def test_every_error_reply_verified_unchanged_is_failed_with_its_meaning(
     sim.pumps[0].reject_with = text
     sim.pumps[0].inject(Fault.REJECT, count=1, on="irate")
     result = await pump0.set_rate(Decimal(12))
-    assert result.outcome is Outcome.FAILED
+    assert result.outcome is WriteOutcome.FAILED
     assert ERRORS[text] in result.detail
     assert "unchanged" in result.detail
     assert result.readback is not None
@@ -143,7 +143,7 @@ async def test_every_error_reply_the_pump_applied_anyway_is_applied(
     sim.pumps[0].reject_with = text
     sim.pumps[0].inject(Fault.REFUSE_BUT_APPLY, count=1, on="irate")
     result = await pump0.set_rate(Decimal(12))
-    assert result.outcome is Outcome.APPLIED
+    assert result.outcome is WriteOutcome.APPLIED
     assert "shows it applied" in result.detail
     assert sim.pumps[0].rate_ml_h == 12
 
@@ -165,7 +165,7 @@ async def test_a_refusal_followed_by_another_change_is_uncertain(
 
     pump.handle = handle_and_stall  # type: ignore[method-assign]
     result = await pump0.set_rate(Decimal(12))
-    assert result.outcome is Outcome.UNCERTAIN, result.detail
+    assert result.outcome is WriteOutcome.UNCERTAIN, result.detail
     assert "changed" in result.detail
 
 
@@ -178,10 +178,10 @@ async def test_stall_is_reported_and_latched_until_acknowledged(
     status = await pump0.read_status()
     assert status.state is RunState.ALARM
     assert status.alarms == {AlarmCode.STALLED}
-    assert (await pump0.stop()).outcome is Outcome.APPLIED
+    assert (await pump0.stop()).outcome is WriteOutcome.APPLIED
     assert (await pump0.read_status()).alarms == {AlarmCode.STALLED}
     ack = await pump0.acknowledge_alarms()
-    assert ack.outcome is Outcome.APPLIED
+    assert ack.outcome is WriteOutcome.APPLIED
     assert ack.readback is not None
     assert (ack.readback.state, ack.readback.alarms) == (RunState.STOPPED, frozenset())
 
@@ -211,7 +211,7 @@ async def test_power_reset_is_seen_as_a_stop_and_a_device_reset(
     status = await pump0.read_status()
     assert status.state is RunState.ALARM
     assert status.alarms == {AlarmCode.DEVICE_RESET}
-    assert (await pump0.start()).outcome is Outcome.APPLIED
+    assert (await pump0.start()).outcome is WriteOutcome.APPLIED
     assert (await pump0.read_status()).alarms == frozenset()
 
 
@@ -232,7 +232,7 @@ async def test_withdrawing_pump_is_an_alarm_and_start_infuses(
     assert status.state is RunState.ALARM
     assert status.alarms == {AlarmCode.WITHDRAWING}
     result = await pump0.start()
-    assert result.outcome is Outcome.APPLIED
+    assert result.outcome is WriteOutcome.APPLIED
     assert sim.pumps[0].prompt is Prompt.INFUSING
 
 
@@ -242,12 +242,12 @@ async def test_pause_stops_an_infusing_pump_and_says_there_is_no_pause(
 ) -> None:
     """No pause command: pause stops and says so; pausing a stopped pump is not sent."""
     result = await pump0.pause()
-    assert result.outcome is Outcome.APPLIED
+    assert result.outcome is WriteOutcome.APPLIED
     assert "no pause" in result.detail
     assert sim.pumps[0].prompt is Prompt.IDLE
     seen = sim.pumps[0].commands_seen
     again = await pump0.pause()
-    assert again.outcome is Outcome.FAILED
+    assert again.outcome is WriteOutcome.FAILED
     assert again.detail.startswith("not sent: ")
     assert sim.pumps[0].commands_seen == seen + 3  # the pre-read only
 
@@ -261,7 +261,7 @@ async def test_write_is_not_sent_when_the_pre_read_fails(
     sim.pumps[0].inject(fault)
     seen = sim.pumps[0].commands_seen
     result = await pump0.set_rate(Decimal(12))
-    assert result.outcome is Outcome.FAILED
+    assert result.outcome is WriteOutcome.FAILED
     assert result.detail.startswith("not sent: pre-read failed")
     assert sim.pumps[0].commands_seen == seen + 1
     assert sim.pumps[0].rate_ml_h == 9
@@ -278,7 +278,7 @@ async def test_link_dropping_after_the_write_is_uncertain(
         pump.front_panel_stop()
     pump.inject(Fault.HANG_UP, count=1, on=ON[action])
     result = await write_call(pump0, action)
-    assert result.outcome is Outcome.UNCERTAIN, result.detail
+    assert result.outcome is WriteOutcome.UNCERTAIN, result.detail
     assert result.readback is None
     assert "read-back failed" in result.detail
     assert Fault.HANG_UP not in pump.faults
@@ -291,7 +291,7 @@ async def test_no_reply_and_an_unchanged_read_back_is_uncertain(
     """irate never executed nor answered: the pump did not say no, so uncertain."""
     sim.pumps[0].inject(Fault.SILENCE, count=1, on="irate")
     result = await pump0.set_rate(Decimal(12))
-    assert result.outcome is Outcome.UNCERTAIN
+    assert result.outcome is WriteOutcome.UNCERTAIN
     assert "no valid reply" in result.detail
     assert "unchanged" in result.detail
     assert result.readback is not None
@@ -308,7 +308,7 @@ async def test_lost_or_garbled_reply_with_matching_read_back_is_applied(
     """Only the write's reply is bad: the read-back proves the rate: applied, and said so."""
     sim.pumps[0].inject(fault, count=1, on="irate")
     result = await pump0.set_rate(Decimal(12))
-    assert result.outcome is Outcome.APPLIED, result.detail
+    assert result.outcome is WriteOutcome.APPLIED, result.detail
     assert "reply lost" in result.detail
     assert result.readback is not None
     assert result.readback.rate_ml_h == 12
@@ -322,7 +322,7 @@ async def test_noise_before_a_good_reply_is_skipped(
     sim.pumps[0].inject(Fault.NOISE)
     assert (await pump0.read_status()).rate_ml_h == 9
     result = await pump0.set_rate(Decimal(12))
-    assert result.outcome is Outcome.APPLIED
+    assert result.outcome is WriteOutcome.APPLIED
     assert result.detail == "rate 12.00 mL/h"
 
 
@@ -379,7 +379,7 @@ async def test_a_chain_of_pumps_is_serialised_and_kept_apart(sim: PhdSimulator) 
     await b.connect()
     try:
         ra, rb = await asyncio.gather(a.set_rate(Decimal(11)), b.set_rate(Decimal(3)))
-        assert (ra.outcome, rb.outcome) == (Outcome.APPLIED, Outcome.APPLIED)
+        assert (ra.outcome, rb.outcome) == (WriteOutcome.APPLIED, WriteOutcome.APPLIED)
         assert (sim.pumps[0].rate_ml_h, sim.pumps[12].rate_ml_h) == (11, 3)
         assert a._line is b._line  # one line object, one lock
     finally:
@@ -427,7 +427,7 @@ async def test_unwritable_rates_are_refused_before_anything_is_sent(
     """Negative, NaN, huge or finer than the pump step: failed "not sent", naming the limit."""
     seen = sim.pumps[0].commands_seen
     result = await pump0.set_rate(Decimal(rate))
-    assert result.outcome is Outcome.FAILED
+    assert result.outcome is WriteOutcome.FAILED
     assert result.detail.startswith("not sent: rate ")
     assert sim.pumps[0].commands_seen == seen
 
@@ -450,7 +450,7 @@ async def test_writes_on_a_dead_link_fail_as_not_sent_and_never_raise(action: st
         result = await write_call(driver, action)
     finally:
         await driver.close()
-    assert result.outcome is Outcome.FAILED
+    assert result.outcome is WriteOutcome.FAILED
     assert result.detail.startswith("not sent: "), result.detail
     assert simulator.pumps[0].commands_seen == seen
 
@@ -461,7 +461,7 @@ async def test_writes_before_connect_fail_as_not_sent(sim: PhdSimulator, action:
     """No line yet: failed "not sent", the simulator saw nothing."""
     driver = PhdPumpDriver(sim.url, 0, timeout_s=FAST_TIMEOUT_S)
     result = await write_call(driver, action)
-    assert result.outcome is Outcome.FAILED
+    assert result.outcome is WriteOutcome.FAILED
     assert "not connected" in result.detail
     assert sim.pumps[0].commands_seen == 0
 

@@ -10,7 +10,7 @@ from decimal import Decimal
 
 import pytest
 
-from drivers.base import AlarmCode, Outcome, RunState
+from drivers.base import AlarmCode, RunState, WriteOutcome
 from drivers.phd import PhdPumpDriver
 from drivers.phd.grammar import Prompt
 from sim_devices.phd_pump import Fault
@@ -38,9 +38,9 @@ async def test_driver_talks_to_a_chain_of_three_pumps_over_a_pty_pair(pty_pair: 
             status = await a.read_status()
             assert (status.state, status.rate_ml_h) == (RunState.INFUSING, 9)
             assert c.capabilities.max_rate_ml_h == Decimal("198.53")  # BD 1 mL syringe
-            assert (await a.set_rate(Decimal("0.05"))).outcome is Outcome.APPLIED
-            assert (await b.start()).outcome is Outcome.APPLIED
-            assert (await a.stop()).outcome is Outcome.APPLIED
+            assert (await a.set_rate(Decimal("0.05"))).outcome is WriteOutcome.APPLIED
+            assert (await b.start()).outcome is WriteOutcome.APPLIED
+            assert (await a.stop()).outcome is WriteOutcome.APPLIED
             assert sim.pumps[0].rate_ml_h == Decimal("0.05")
             assert (sim.pumps[0].prompt, sim.pumps[1].prompt) == (Prompt.IDLE, Prompt.INFUSING)
             assert sim.pumps[99].commands_seen == 3  # address, diameter, ver at connect
@@ -59,7 +59,7 @@ async def test_faults_over_a_pty_garbled_reply_and_stall(pty_pair: PtyPair) -> N
         try:
             sim.pumps[0].inject(Fault.GARBLE, count=1, on="irate")
             result = await driver.set_rate(Decimal(12))
-            assert result.outcome is Outcome.APPLIED
+            assert result.outcome is WriteOutcome.APPLIED
             assert "reply lost" in result.detail
             sim.pumps[0].stall()
             assert (await driver.read_status()).alarms == {AlarmCode.STALLED}

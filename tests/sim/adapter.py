@@ -39,13 +39,15 @@ from unittest import mock
 import daemon.core.channel
 import daemon.core.gate
 import daemon.core.gateway
+import daemon.core.parts
 import daemon.journal.schema
 import daemon.journal.writer
 from daemon.base.config import Config
 from daemon.base.paths import DEFAULT_RETENTION_DAYS, journal_path
 from daemon.base.topics import Topics
 from daemon.core.channel import Program
-from daemon.core.gateway import Gateway, dose_at
+from daemon.core.gateway import Gateway
+from daemon.core.program import dose_at
 from daemon.journal import (
     AsyncJournal,
     Journal,
@@ -212,7 +214,7 @@ class _NoGc:
 @functools.cache
 def shipped_library() -> Library:
     """The shipped drug library, loaded and checked once per process (it is immutable)."""
-    return daemon.core.gateway.load_checked_library(Config(gateway_id="sim"))
+    return daemon.core.parts.load_checked_library(Config(gateway_id="sim"))
 
 
 def _shipped_library_for(_cfg: Config) -> Library:

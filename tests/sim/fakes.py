@@ -33,9 +33,9 @@ from drivers.base import (
     ConnectionState,
     Driver,
     Identity,
-    Outcome,
     PumpStatus,
     RunState,
+    WriteOutcome,
     WriteResult,
 )
 from drivers.errors import DeviceTimeout, DriverError, FrameError
@@ -206,26 +206,30 @@ class SimDriver(Driver):
                 await asyncio.sleep(TIMEOUT_S)
                 raise DeviceTimeout(f"{pump.pump_id}: no answer to the pre-read")
         except DriverError as exc:
-            return WriteResult(Outcome.FAILED, detail=f"not sent: {op}: {exc}")
+            return WriteResult(WriteOutcome.FAILED, detail=f"not sent: {op}: {exc}")
         if not await self.may_write(pump.status()):  # the gateway checks and records the write
-            return WriteResult(Outcome.FAILED, detail=f"not sent: {op}: not recorded")
+            return WriteResult(WriteOutcome.FAILED, detail=f"not sent: {op}: not recorded")
         await self._crash_here(CrashPoint.BEFORE_SEND)
         before = pump.status()
         if pump.fault is LinkFault.REFUSE or not self._allowed(op, rate):
             await asyncio.sleep(IO_S)
-            return WriteResult(Outcome.FAILED, readback=self._seen(before), detail=f"{op} refused")
+            return WriteResult(
+                WriteOutcome.FAILED, readback=self._seen(before), detail=f"{op} refused"
+            )
         self._apply(op, rate)
         await self._crash_here(CrashPoint.AFTER_WRITE)
         if pump.fault is LinkFault.RAISE_AFTER_WRITE:
             raise DeviceTimeout(f"{pump.pump_id}: {op} written, then the link dropped")
         if pump.fault is LinkFault.READBACK_LOST:
             await asyncio.sleep(TIMEOUT_S)
-            return WriteResult(Outcome.UNCERTAIN, detail=f"{op} sent; read-back timed out")
+            return WriteResult(WriteOutcome.UNCERTAIN, detail=f"{op} sent; read-back timed out")
         await asyncio.sleep(IO_S)
         after = self._seen(pump.status())
         if self._matches(op, rate, after):
-            return WriteResult(Outcome.APPLIED, readback=after, detail=op)
-        return WriteResult(Outcome.UNCERTAIN, readback=after, detail=f"{op}: read-back differs")
+            return WriteResult(WriteOutcome.APPLIED, readback=after, detail=op)
+        return WriteResult(
+            WriteOutcome.UNCERTAIN, readback=after, detail=f"{op}: read-back differs"
+        )
 
     def _allowed(self, op: str, rate: Decimal | None) -> bool:
         pump = self.pump

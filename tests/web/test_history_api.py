@@ -73,7 +73,7 @@ def server(journal: AsyncJournal | None, **kwargs: Any) -> WebServer:
         gateway="gw",
         journal=lambda: journal,
         pumps=lambda: ("pump-1", "pump-2"),
-        dose_of=lambda _pump, r: dose(r / 100),
+        dose_obj=lambda _pump, r: dose(r / 100),
     )
     return WebServer(
         broker_ws_url=WS_URL, gateway="gw", history=history, clock=lambda: NOW, **kwargs

@@ -1,0 +1,220 @@
+"""After a restart: the final results settled just before it are published again, and the
+commands a crash left at ``accepted`` are settled from what each device shows (never sent
+again)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import structlog
+
+from daemon.core.channel import Channel
+from daemon.core.command_life import fingerprint
+from daemon.core.gate_request import commanded_program
+from daemon.core.program import Program, program_changed
+from daemon.core.replies import ResultSink, kept_outcome, readback_of
+from daemon.journal.records import InterruptedCommand, JournalError
+from daemon.journal.writer import AsyncJournal
+from daemon.mqtt.command_parse import (
+    Command,
+    Phase,
+    applied,
+    failed,
+    first_of,
+    uncertain,
+)
+from drivers.backoff import Backoff
+from drivers.base import ConnectionState
+from protocol.library import Library
+
+log = structlog.get_logger("infusiond.gate")
+
+#: after a restart, final results of commands received this recently are published again (a
+#: crash between journaling a result and publishing it must not leave a client at ``accepted``)
+RESULT_REPEAT_WINDOW = timedelta(minutes=5)
+
+
+@dataclass
+class Reconciler:
+    """Settles the commands a restart interrupted; ``reconciling`` (shared with the gate) holds
+    the pumps answered busy until theirs is settled."""
+
+    channels: dict[str, Channel]
+    journal: AsyncJournal
+    send_result: ResultSink
+    now: Callable[[], datetime]
+    reconciling: set[str]
+    _interrupted: list[InterruptedCommand] = field(default_factory=list)
+    _recent: list[InterruptedCommand] = field(default_factory=list)
+
+    async def load_interrupted(self) -> None:
+        """Read the commands a crash left at ``accepted`` (before any command is admitted):
+        their pumps answer ``busy`` until :meth:`reconcile_interrupted` has settled them."""
+        self._interrupted = [
+            item
+            for item in await self.journal.interrupted_commands()
+            if item.pump_id is not None and item.pump_id in self.channels
+        ]
+        self.reconciling.update(item.pump_id for item in self._interrupted if item.pump_id)
+        self._recent = await self.journal.settled_since(self.now() - RESULT_REPEAT_WINDOW)
+
+    async def reconcile_interrupted(self, library: Library) -> None:
+        """Settle commands a crash left at ``accepted`` (sent or not, never verified) from what
+        each device shows after its first poll, compared with what it showed before the write
+        (journaled with ``accepted``): ``applied`` only when the device moved from its state
+        before to the commanded one; ``failed`` (code ``interrupted``) when it is verified
+        unchanged; ``uncertain`` when it cannot be read or shows something else. Nothing is
+        sent to a device again; the result carries ``"reconciled": true`` and becomes what a
+        duplicate of the id is told.
+
+        First, the final results of the commands settled just before the restart are published
+        again (``"repeated": true``): one may have been journaled and never published."""
+        recent, self._recent = self._recent, []
+        for item in recent:
+            if item.pump_id in self.channels:
+                answer = {"id": item.command_id, **first_of(item.outcome)}
+                if "readback" in item.outcome:
+                    answer["readback"] = item.outcome["readback"]
+                answer["repeated"] = True
+                await self.send_result(item.pump_id or "", answer, None)
+        try:
+            for item in self._interrupted:
+                backoff = Backoff(initial_s=0.5, maximum_s=30.0)
+                while True:
+                    try:
+                        await self._reconcile_one(library, item)
+                        break
+                    except JournalError as exc:  # the pump stays busy; try again
+                        log.critical(
+                            "journal_unavailable",
+                            pump=item.pump_id,
+                            id=item.command_id,
+                            error=str(exc),
+                        )
+                        await asyncio.sleep(backoff.next_delay())
+        finally:
+            self._interrupted = []
+
+    async def _reconcile_one(self, library: Library, item: InterruptedCommand) -> None:
+        pump_id = item.pump_id or ""
+        channel = self.channels[pump_id]
+        await channel.first_poll_done.wait()
+        answer = {**_settle(channel, item), "reconciled": True}
+        program = _interrupted_program(library, channel, item)
+        events = []
+        if answer["phase"] == Phase.APPLIED and program is not None:
+            events.append({**program_changed(item.command_id, program), "pump_id": pump_id})
+            answer = {**answer, "readback": readback_of(channel, channel.status, program)}
+        stored = kept_outcome(
+            pump_id,
+            str(
+                item.outcome.get("fingerprint")
+                or (fingerprint(item.command) if item.command else "")
+            ),
+            answer,
+            item.outcome.get("before"),
+        )
+        # the outcome and the program it set: durable together, then kept
+        await self.journal.settle_command(item.command_id, stored, pump_id=pump_id, events=events)
+        if events and program is not None:
+            channel.set_program(program)
+        log.info("command_reconciled", pump=pump_id, id=item.command_id, phase=answer["phase"])
+        self.reconciling.discard(pump_id)
+        await self.send_result(pump_id, answer, None)
+
+
+def _interrupted_program(
+    library: Library, channel: Channel, item: InterruptedCommand
+) -> Program | None:
+    """The program an interrupted ``program`` command would have set (None otherwise)."""
+    command = item.command or {}
+    if command.get("action") != "program":
+        return None
+    try:
+        cmd = Command.model_validate(command)
+    except ValueError:
+        return None
+    if cmd.program is None:
+        return None
+    return commanded_program(library, channel.program, cmd)
+
+
+def _settle(channel: Channel, item: InterruptedCommand) -> dict[str, Any]:
+    status = channel.status
+    cid = item.command_id
+    if status is None or channel.connection is not ConnectionState.ONLINE:
+        return uncertain(
+            cid,
+            error={
+                "code": "interrupted",
+                "message": "the gateway restarted during the write and the pump cannot be "
+                "read; check the pump",
+            },
+        )
+    readback = readback_of(channel, status)
+    before = item.outcome.get("before")
+    action = str((item.command or {}).get("action"))
+    found = ((item.outcome.get("verdict") or {}).get("rate") or {}).get("value")
+    target = float(found) if isinstance(found, int | float) else None
+    if not isinstance(before, dict):
+        # written by a version that did not record the device's state before the write:
+        # a device at the target may have been there already, so it never proves the write
+        before = {}
+    if before and not item.outcome.get("sending"):
+        return failed(
+            cid,
+            error={
+                "code": "interrupted",
+                "message": "the gateway restarted before the write was sent: nothing "
+                "reached the pump",
+            },
+            readback=readback,
+        )
+    was_state, was_rate = before.get("status"), before.get("rate")
+    state = status.state.value
+    rate = float(status.rate_ml_h)
+    # an alarm raised since (a power reset, an occlusion...) can change the device by itself:
+    # then the change proves nothing about the write
+    new_alarms = sorted({a.value for a in status.alarms} - set(before.get("alarms") or []))
+    wanted_state = {"stop": "stopped", "pause": "paused", "start": "infusing"}.get(action)
+    if wanted_state is not None:
+        took = state == wanted_state and was_state is not None and was_state != wanted_state
+        unchanged = state == was_state if was_state is not None else state != wanted_state
+    else:
+        at_target = target is not None and rate == target
+        took = at_target and was_rate is not None and was_rate != target
+        unchanged = rate == float(was_rate) if was_rate is not None else not at_target
+    if took and not new_alarms:
+        return applied(cid, readback=readback)
+    if took:
+        return uncertain(
+            cid,
+            error={
+                "code": "interrupted",
+                "message": "the gateway restarted during the write; the pump shows the "
+                f"commanded state but also raised {', '.join(new_alarms)}, which may have "
+                "caused it: check the pump",
+            },
+        )
+    if unchanged:
+        return failed(
+            cid,
+            error={
+                "code": "interrupted",
+                "message": "the gateway restarted before it could verify the write and the "
+                "pump shows no change made by it: not reported applied",
+            },
+            readback=readback,
+        )
+    return uncertain(
+        cid,
+        error={
+            "code": "interrupted",
+            "message": "the gateway restarted during the write and the pump now shows "
+            "neither its state before nor the commanded one; check the pump",
+        },
+    )
