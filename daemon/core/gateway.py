@@ -25,14 +25,15 @@ from typing import Any
 import structlog
 
 from daemon.base.config import Config
-from daemon.base.config_sections import PumpConfig, VitalsSource
+from daemon.base.config_sections import PumpConfig
 from daemon.base.envelope import SCHEMA_IDS, Kind, encode, envelope
 from daemon.base.timefmt import utc_now
 from daemon.core.channel import Channel, ChannelConfig, PollReport
 from daemon.core.gate import Control, Gate, ReplyTo
+from daemon.core.gateway_library import LibraryHotReload
+from daemon.core.gateway_vitals import VitalsIntake
 from daemon.core.parts import (
     configured_program,
-    library_path,
     load_checked_library,
     make_driver,
     mqtt_bridge,
@@ -44,7 +45,7 @@ from daemon.core.vitals import VitalsBoard
 from daemon.ihe import outbound as ihe_outbound
 from daemon.ihe.piv import PivListener
 from daemon.journal.history import History
-from daemon.journal.records import JournalError, JournalKind
+from daemon.journal.records import JournalError
 from daemon.journal.writer import AsyncJournal
 from daemon.mqtt import discovery, events_request
 from daemon.mqtt.availability import Availability
@@ -53,16 +54,12 @@ from daemon.mqtt.health import publish_health, sample_metrics
 from daemon.mqtt.metrics import GatewayMetrics, Sources
 from daemon.mqtt.signing import SignaturePolicy
 from daemon.pharmacy.reload import (
-    PROGRAMS_KEY,
     LibraryPolicy,
-    LibraryRefused,
     LibraryReloader,
-    Use,
-    programs_row,
 )
 from drivers.backoff import Backoff
 from drivers.base import Driver
-from drivers.hl7 import ReceiverConfig, VitalsClient, VitalsListener, VitalsSample
+from drivers.hl7 import VitalsListener
 from protocol.library import Library
 
 log = structlog.get_logger("infusiond.gateway")
@@ -74,7 +71,7 @@ PRUNE_EVERY_S = 3600.0
 
 
 @dataclass
-class Gateway:
+class Gateway(LibraryHotReload, VitalsIntake):
     """Everything one ``infusiond run`` owns. Use :meth:`run` inside ``asyncio.run``."""
 
     config: Config
@@ -285,10 +282,6 @@ class Gateway:
         await self.gate.load_interrupted()
         await recover_pumps(self.journal, self.channels, self.clock())
 
-    def _vitals_for(self, bed: str | None) -> dict[str, Any] | None:
-        board = self.boards.get(bed) if bed is not None else None
-        return board.beds[bed].check_vitals() if board is not None and bed is not None else None
-
     def _bridge_info(self) -> dict[str, Any]:
         return {
             "version": package_version("infusiond"),
@@ -309,70 +302,6 @@ class Gateway:
             "control_enabled": self.config.control.enabled,
             "schemas": list(SCHEMA_IDS),
         }
-
-    # -- library hot reload ---------------------------------------------------------------------
-
-    def _install_library(self, library: Library) -> None:
-        """The swap: one assignment each, between two commands (the loop is single-threaded);
-        then ``bridge/info`` names the new library."""
-        self.library = library
-        self.gate.library = library
-        self._publish_retained(
-            self.bridge.topics.bridge_info, Kind.BRIDGE_INFO, self._bridge_info()
-        )
-
-    def _library_uses(self) -> dict[str, Use]:
-        return {
-            pid: Use(ch.program.profile, ch.program.drug, ch.program.dose_unit)
-            for pid, ch in self.channels.items()
-        }
-
-    async def _journal_programs(self) -> None:
-        """Journal each pump's drug and profile and the library in force (what the CQI report
-        attributes commands to), when they differ from the last such row: a restart with the
-        same programs writes nothing. Never fatal: the report then shows them as unknown."""
-        row = programs_row(self.library, self._library_uses())
-        try:
-            known = await self.journal.rows(pump_id=PROGRAMS_KEY, kinds=[JournalKind.STATE])
-            if not known or known[-1].payload != row:
-                await self.journal.append(
-                    JournalKind.STATE, row, pump_id=PROGRAMS_KEY, ts=self.clock()
-                )
-        except JournalError as exc:
-            log.warning("programs_not_journaled", error=str(exc))
-
-    def request_reload(self) -> None:
-        """Re-read the library file soon (the SIGHUP handler)."""
-        self._reload_wanted.set()
-
-    async def _reload_on_request(self) -> None:
-        while True:
-            await self._reload_wanted.wait()
-            self._reload_wanted.clear()
-            try:
-                library = await self.reloader.reload_file(library_path(self.config))
-            except (LibraryRefused, JournalError) as exc:
-                reasons = list(getattr(exc, "reasons", [str(exc)]))
-                log.warning("library_reload_refused", reasons=reasons)
-            else:
-                log.info("library_reloaded", version=library.version)
-
-    async def _serve_library_requests(self) -> None:
-        async for incoming in self.bridge.library_requests():
-            data = await self.reloader.push(incoming.payload, retained=incoming.retain)
-            body = envelope(
-                Kind.LIBRARY_RESPONSE,
-                gateway=self.config.gateway_id,
-                session=self.journal.session,
-                seq=self.journal.seq,
-                ts=self.clock(),
-                data=data,
-            )
-            self.bridge.send_library_response(
-                encode(body),
-                response_topic=incoming.response_topic,
-                correlation_data=incoming.correlation_data,
-            )
 
     async def _serve_events_requests(self) -> None:
         """Answer fleet collectors' backfill requests from the journal (daemon/events_request)."""
@@ -521,42 +450,6 @@ class Gateway:
             self.gate.submit(
                 incoming.pump_id, incoming.payload, retained=incoming.retain, reply=reply
             )
-
-    async def _vitals_source(self, source: VitalsSource) -> None:
-        board = self.boards[source.bed]
-        bed = source.bed
-
-        def on_sample(sample: VitalsSample) -> None:
-            if board.update(sample) is not None:
-                self._publish_vitals(bed)
-                if self.hl7_out is not None:
-                    self.hl7_out.vitals(bed, board.beds[bed].snapshot(self.clock()))
-
-        receiver = ReceiverConfig(on_sample=on_sample)
-        url = source.listen or source.connect or ""
-        host, _, port = url.split("://", 1)[1].rpartition(":")
-        if source.listen is not None:
-            listener = VitalsListener(receiver, host=host, port=int(port))
-            await listener.start()
-            self.listeners.append(listener)
-            if len(self.listeners) == sum(1 for v in self.config.vitals if v.listen is not None):
-                self.vitals_bound.set()
-        else:
-            client = VitalsClient(receiver, host=host, port=int(port))
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(client.run(), name=f"vitals-client:{bed}")
-                await self._republish_vitals(bed, source.publish_every_s)
-            return
-        await self._republish_vitals(bed, source.publish_every_s)
-
-    async def _republish_vitals(self, bed: str, every_s: float) -> None:
-        while True:
-            self._publish_vitals(bed)
-            await asyncio.sleep(every_s)
-
-    def _publish_vitals(self, bed: str) -> None:
-        data = self.boards[bed].beds[bed].snapshot(self.clock())
-        self._publish_retained(self.bridge.topics.vitals_state(bed), Kind.VITALS_STATE, data)
 
     async def _notify_systemd(self) -> None:
         if not any(v.listen is not None for v in self.config.vitals):
