@@ -55,19 +55,16 @@ Wiring (inside the supervisor's TaskGroup)::
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import enum
-import itertools
 import socket
 import time
 from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass
 from typing import Protocol
 
 import aiomqtt
 import structlog
-from paho.mqtt.client import MQTT_CLEAN_START_FIRST_ONLY, MQTTMessage
+from paho.mqtt.client import MQTT_CLEAN_START_FIRST_ONLY
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
@@ -76,6 +73,9 @@ from daemon.base.config_sections import BrokerConfig
 from daemon.base.envelope import BRIDGE_OFFLINE, BRIDGE_ONLINE
 from daemon.base.topics import Topics, capped_id
 from daemon.journal.records import JournalError, OutboxItem
+from daemon.mqtt.bridge_inbound import Inbound, IncomingCommand
+from daemon.mqtt.bridge_results import MAX_TOPIC_BYTES, ResultQueue, response_topic_problem
+from daemon.mqtt.bridge_stats import BridgeStats
 from drivers.backoff import Backoff
 
 log = structlog.get_logger("infusiond.mqtt")
@@ -86,17 +86,6 @@ OFFLINE_TIMEOUT_S = 2.0
 # accepts and then drops or kicks us at once) keeps it growing: no reconnect storm.
 STABLE_S = 10.0
 OUTBOX_RETRY_S = 1.0  # after a journal error (disk full, read-only): retry, never spin
-MAX_RESPONSE_TOPIC = 256  # bytes of UTF-8
-MAX_TOPIC_BYTES = 65_535  # MQTT's limit; paho raises on a longer topic
-RESERVED_ROOT = "infusiond"  # the product's own tree: never a response topic
-RESPONSE_IGNORED = "response-topic-ignored"  # user property on a result whose topic was ignored
-CORRELATION_IGNORED = "correlation-data-ignored"  # user property: the data was too long
-MAX_CORRELATION_BYTES = 1024
-#: drug-library pushes waiting for the gateway (each is vetted in turn; a burst is refused)
-LIBRARY_QUEUE_SIZE = 16
-#: fleet collectors' backfill requests waiting for the journal (a burst beyond is dropped:
-#: the collectors ask again)
-EVENTS_QUEUE_SIZE = 64
 # What a broker or the link to it can do to a connection: each ends that connection only.
 LINK_FAULTS: tuple[type[Exception], ...] = (aiomqtt.MqttError, OSError, TimeoutError)
 
@@ -118,42 +107,8 @@ class BridgeState(enum.Enum):
     STOPPED = "stopped"
 
 
-@dataclass(frozen=True)
-class IncomingCommand:
-    """A message on ``pump/<pump_id>/command``, unparsed (see ``daemon.mqtt.command_parse``)."""
-
-    pump_id: str
-    payload: bytes
-    retain: bool
-    response_topic: str | None
-    correlation_data: bytes | None
-
-
-@dataclass(frozen=True)
-class _Result:
-    number: int
-    topic: str
-    payload: bytes
-    response_topic: str | None
-    correlation_data: bytes | None
-    notes: tuple[tuple[str, str], ...]  # MQTT v5 user properties: what was ignored, and why
-
-
 class _StopRequested(Exception):
     pass
-
-
-@dataclass
-class _Stats:
-    connections: int = 0
-    events_published: int = 0
-    results_published: int = 0
-    retained_published: int = 0
-    commands_dropped: int = 0
-    results_dropped: int = 0
-    response_topics_ignored: int = 0
-    link_faults: int = 0
-    last_error: str | None = None
 
 
 class MqttBridge:
@@ -178,17 +133,13 @@ class MqttBridge:
         self._outbox = outbox
         self._backoff = backoff or Backoff(initial_s=0.2, maximum_s=30.0)
         self._online_since: float | None = None  # monotonic time of the last handshake
-        self._commands: asyncio.Queue[IncomingCommand] = asyncio.Queue(command_queue_size)
-        self.library_request_topic = f"{self.topics.root}/bridge/request/library"
+        self.stats = BridgeStats()
+        self._inbound = Inbound(self.topics, self.stats, command_queue_size=command_queue_size)
+        self.library_request_topic = self._inbound.library_request_topic
         self.library_response_topic = f"{self.topics.root}/bridge/response/library"
-        self._library_requests: asyncio.Queue[IncomingCommand] = asyncio.Queue(LIBRARY_QUEUE_SIZE)
-        self.events_request_topic = f"{self.topics.root}/bridge/request/events"
+        self.events_request_topic = self._inbound.events_request_topic
         self.events_response_topic = f"{self.topics.root}/bridge/response/events"
-        self._events_requests: asyncio.Queue[IncomingCommand] = asyncio.Queue(EVENTS_QUEUE_SIZE)
-        self._results: collections.deque[_Result] = collections.deque()
-        self._max_queued_results = max_queued_results
-        self._result_numbers = itertools.count(1)
-        self._results_changed = asyncio.Event()
+        self._results = ResultQueue(self.stats, max_queued=max_queued_results)
         self._retained: dict[str, bytes] = {}
         self._dirty: dict[str, None] = {}  # ordered set of retained topics to (re)publish
         self._retained_changed = asyncio.Event()
@@ -198,7 +149,6 @@ class MqttBridge:
         self._client: aiomqtt.Client | None = None
         self.online = asyncio.Event()
         self.state = BridgeState.STOPPED
-        self.stats = _Stats()
         self._state_changed = asyncio.Condition()
 
     # -- public API --------------------------------------------------------------------------
@@ -230,7 +180,7 @@ class MqttBridge:
             self.stats.results_dropped += 1  # no MQTT topic can name that pump
             log.warning("result dropped: pump id too long for a topic", pump_id=capped_id(pump_id))
             return
-        self._queue_result(topic, payload, response_topic, correlation_data)
+        self._results.put(topic, payload, response_topic, correlation_data)
 
     def send_library_response(
         self,
@@ -241,76 +191,27 @@ class MqttBridge:
     ) -> None:
         """Queue the answer to a library push on ``bridge/response/library`` (and on the
         request's usable ``response_topic``), like a command result."""
-        self._queue_result(self.library_response_topic, payload, response_topic, correlation_data)
+        self._results.put(self.library_response_topic, payload, response_topic, correlation_data)
 
     def send_events_response(self, payload: bytes) -> None:
         """Queue the answer to a backfill request on ``bridge/response/events``."""
-        self._queue_result(self.events_response_topic, payload, None, None)
+        self._results.put(self.events_response_topic, payload, None, None)
 
-    async def events_requests(self) -> AsyncIterator[IncomingCommand]:
+    def events_requests(self) -> AsyncIterator[IncomingCommand]:
         """Messages on ``bridge/request/events``, in arrival order (``pump_id`` is empty)."""
-        while True:
-            yield await self._events_requests.get()
+        return self._inbound.events_requests()
 
-    async def library_requests(self) -> AsyncIterator[IncomingCommand]:
+    def library_requests(self) -> AsyncIterator[IncomingCommand]:
         """Messages on ``bridge/request/library``, in arrival order (``pump_id`` is empty)."""
-        while True:
-            yield await self._library_requests.get()
-
-    def _queue_result(
-        self,
-        topic: str,
-        payload: bytes,
-        response_topic: str | None,
-        correlation_data: bytes | None,
-    ) -> None:
-        notes: list[tuple[str, str]] = []
-        if correlation_data is not None and len(correlation_data) > MAX_CORRELATION_BYTES:
-            notes.append((CORRELATION_IGNORED, f"longer than {MAX_CORRELATION_BYTES} bytes"))
-            correlation_data = None
-        if response_topic is not None:
-            ignored = self.response_topic_problem(response_topic)
-            if ignored is not None:
-                self.stats.response_topics_ignored += 1
-                if _rarely(self.stats.response_topics_ignored):
-                    log.warning(
-                        "response topic ignored",
-                        why=ignored,
-                        ignored=self.stats.response_topics_ignored,
-                    )
-                notes.append((RESPONSE_IGNORED, ignored))
-                response_topic = None
-        if len(self._results) >= self._max_queued_results:
-            self._results.popleft()
-            self.stats.results_dropped += 1
-            if _rarely(self.stats.results_dropped):
-                log.warning("result queue full; oldest dropped", dropped=self.stats.results_dropped)
-        number = next(self._result_numbers)
-        self._results.append(
-            _Result(number, topic, payload, response_topic, correlation_data, tuple(notes))
-        )
-        self._results_changed.set()
+        return self._inbound.library_requests()
 
     def response_topic_problem(self, topic: str) -> str | None:
         """Why ``topic`` cannot be used as a response topic, or None when it can."""
-        try:
-            size = len(topic.encode("utf-8"))
-        except UnicodeEncodeError:
-            return "not valid UTF-8"
-        if not 0 < size <= MAX_RESPONSE_TOPIC:
-            return f"must be 1 to {MAX_RESPONSE_TOPIC} bytes"
-        if any(ch in topic for ch in "+#\x00"):
-            return "contains a wildcard or NUL"
-        if topic.startswith("$"):
-            return "starts with $"
-        if topic.split("/", 1)[0] == RESERVED_ROOT:
-            return f"is under {RESERVED_ROOT}/ (the gateways' own topics)"
-        return None
+        return response_topic_problem(topic)
 
-    async def commands(self) -> AsyncIterator[IncomingCommand]:
+    def commands(self) -> AsyncIterator[IncomingCommand]:
         """Incoming commands, in arrival order, across reconnects."""
-        while True:
-            yield await self._commands.get()
+        return self._inbound.commands()
 
     def stop(self) -> None:
         """Ask :meth:`run` to publish ``offline``, disconnect cleanly and return."""
@@ -407,14 +308,14 @@ class MqttBridge:
             socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
             timeout=self._timeout_s,
         )
-        # Messages go straight from paho to the bounded command queue (see _on_message);
+        # Messages go straight from paho to the bounded queues (see Inbound.on_message);
         # aiomqtt's own queue and iterator cost a task and a future per message.
-        client._client.on_message = self._on_message
+        client._client.on_message = self._inbound.on_message
         # Batches of QoS 1 publishes are normal here; aiomqtt warns (once per publish!) above
         # 10 by default. Warn only beyond what our bounded queues can have in flight at once:
         # a batch of events, a batch of results (two topics each) and every retained topic.
         client.pending_calls_threshold = (
-            self._outbox_batch + 2 * self._max_queued_results + len(self._retained) + 10
+            self._outbox_batch + 2 * self._results.max_queued + len(self._retained) + 10
         )
         return client
 
@@ -495,7 +396,10 @@ class MqttBridge:
                 tg.create_task(self._watch(client), name="mqtt-watch")
                 tg.create_task(self._retained_loop(client), name="mqtt-retained")
                 tg.create_task(self._outbox_loop(client), name="mqtt-outbox")
-                tg.create_task(self._results_loop(client), name="mqtt-results")
+                tg.create_task(
+                    self._results.publish_loop(client, v5=self._broker.protocol == "5"),
+                    name="mqtt-results",
+                )
                 tg.create_task(self._until_stop(), name="mqtt-stop")
         except BaseExceptionGroup as group:
             _, rest = group.split(_StopRequested)
@@ -512,60 +416,9 @@ class MqttBridge:
 
     async def _watch(self, client: aiomqtt.Client) -> None:
         """Raise when the connection is lost (the client's message iterator does; messages
-        themselves never reach it: :meth:`_on_message` takes them first)."""
+        themselves never reach it: :meth:`Inbound.on_message` takes them first)."""
         async for _ in client.messages:
             pass
-
-    def _on_message(self, _client: object, _userdata: object, message: MQTTMessage) -> None:
-        """paho's message callback, in the event loop's reader: one message to the bounded
-        command queue, with no task, future or copy per message (a flood of thousands per
-        second must cost little more than its bytes)."""
-        try:
-            topic = message.topic
-        except UnicodeDecodeError:  # a broker validates topics; a broken one could not
-            self.stats.commands_dropped += 1
-            return
-        pump_id = self.topics.pump_id_of_command(topic)
-        library = topic == self.library_request_topic
-        events = topic == self.events_request_topic
-        if pump_id is None and not library and not events:
-            return
-        props = message.properties
-        response = getattr(props, "ResponseTopic", None) if props is not None else None
-        correlation = getattr(props, "CorrelationData", None) if props is not None else None
-        payload = message.payload
-        incoming = IncomingCommand(
-            pump_id=pump_id or "",
-            payload=payload if isinstance(payload, bytes) else bytes(payload),
-            retain=bool(message.retain),
-            response_topic=response if isinstance(response, str) else None,
-            correlation_data=bytes(correlation) if isinstance(correlation, bytes) else None,
-        )
-        if library:
-            self._queue_library_request(incoming)
-            return
-        if events:
-            try:
-                self._events_requests.put_nowait(incoming)
-            except asyncio.QueueFull:
-                log.warning("events request queue full; request dropped")
-            return
-        try:
-            self._commands.put_nowait(incoming)
-        except asyncio.QueueFull:
-            self.stats.commands_dropped += 1
-            if _rarely(self.stats.commands_dropped):
-                log.warning(
-                    "command queue full; command dropped",
-                    pump_id=capped_id(incoming.pump_id),
-                    dropped=self.stats.commands_dropped,
-                )
-
-    def _queue_library_request(self, incoming: IncomingCommand) -> None:
-        try:
-            self._library_requests.put_nowait(incoming)
-        except asyncio.QueueFull:  # a burst of pushes: the later ones are dropped, and logged
-            log.warning("library request queue full; request dropped")
 
     async def _retained_loop(self, client: aiomqtt.Client) -> None:
         while True:
@@ -613,52 +466,6 @@ class MqttBridge:
                 await asyncio.sleep(OUTBOX_RETRY_S)
                 continue
             self.stats.events_published += len(items)
-
-    async def _results_loop(self, client: aiomqtt.Client) -> None:
-        v5 = self._broker.protocol == "5"
-        while True:
-            self._results_changed.clear()
-            if not self._results:
-                await self._results_changed.wait()
-                continue
-            batch = list(self._results)
-            async with asyncio.TaskGroup() as tg:
-                for result in batch:
-                    props = _result_properties(result) if v5 else None
-                    tg.create_task(
-                        client.publish(result.topic, result.payload, qos=1, properties=props),
-                        name="mqtt-publish-result",
-                    )
-                    if result.response_topic and result.response_topic != result.topic:
-                        tg.create_task(
-                            client.publish(
-                                result.response_topic, result.payload, qos=1, properties=props
-                            ),
-                            name="mqtt-publish-response",
-                        )
-            last = batch[-1].number
-            while self._results and self._results[0].number <= last:
-                self._results.popleft()
-            self.stats.results_published += len(batch)
-
-
-def _result_properties(result: _Result) -> Properties | None:
-    """MQTT v5 PUBLISH properties of a result: correlation data, and what of the command's
-    properties was ignored and why (None when there is neither: the common, fast case)."""
-    if result.correlation_data is None and not result.notes:
-        return None
-    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-    if result.correlation_data is not None:
-        props.CorrelationData = result.correlation_data
-    if result.notes:
-        props.UserProperty = list(result.notes)
-    return props
-
-
-def _rarely(count: int) -> bool:
-    """True for the 1st, 2nd, 4th, 8th... occurrence: a flood shows in the log without
-    flooding it."""
-    return count & (count - 1) == 0
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:

@@ -55,7 +55,7 @@ from daemon.journal import (
     JournalKind,
 )
 from daemon.journal.writer import _Job
-from daemon.mqtt.bridge import IncomingCommand
+from daemon.mqtt.bridge_inbound import IncomingCommand
 from daemon.mqtt.refusals import RefusalDesk
 from drivers.base import Driver
 from protocol.library import Library
