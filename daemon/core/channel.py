@@ -19,16 +19,29 @@ import time
 import zlib
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 
-from daemon.base.timefmt import format_ts
+from daemon.core.channel_commands import CommandExecution
+from daemon.core.channel_state import StatePayload
+from daemon.core.channel_types import (
+    OFFLINE_ALARM,
+    OUT_OF_LIBRARY,
+    ChannelConfig,
+    DoseConverter,
+    DoseRecord,
+    Hub,
+    Latched,
+    PollHook,
+    PollReport,
+    Saved,
+)
 from daemon.core.poll_stats import LATENESS
-from daemon.core.program import Action, Program, program_changed
+from daemon.core.program import Program, program_changed
 from daemon.core.pump_events import (
     ALARM_PRIORITY,
     Observation,
@@ -37,7 +50,6 @@ from daemon.core.pump_events import (
     diff,
     rate_changed_event,
     rate_obj,
-    volume_obj,
 )
 from daemon.journal.records import JournalError
 from drivers.backoff import Backoff
@@ -47,94 +59,20 @@ from drivers.base import (
     Identity,
     PumpStatus,
     RunState,
-    WriteOutcome,
-    WriteResult,
 )
 from drivers.errors import DriverError
 
 log = structlog.get_logger("infusiond.channel")
 
-OUT_OF_LIBRARY = "out_of_library"
-OFFLINE_ALARM = "comm_lost"
 HISTORY_LEN = 64
 #: snapshots kept while the journal cannot be written (each distinct one is reported later)
 BACKLOG_LEN = 64
 _REFRESH_ONLY = frozenset({"last_poll", "volume_infused", "battery"})
 
 
-class Hub(Protocol):
-    """Where a channel sends what it learns (journal + MQTT, provided by the service)."""
-
-    def now(self) -> datetime: ...
-
-    async def emit_event(self, pump_id: str, data: dict[str, Any]) -> None: ...
-
-    async def emit_events(self, pump_id: str, events: list[dict[str, Any]]) -> None:
-        """Journal ``events`` in order in ONE transaction (all or none), then queue them."""
-        ...
-
-    async def publish_state(self, pump_id: str, data: dict[str, Any]) -> None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class PollReport:
-    """One poll, for the metrics (daemon/mqtt/metrics.py)."""
-
-    pump_id: str
-    answered: bool
-    late_s: float | None  # how late it started against its schedule (None: first after connect)
-
-
-PollHook = Callable[[PollReport], None]
-
-DoseConverter = Callable[[Program, Decimal], Decimal | None]
-"""rate mL/h -> dose in ``program.dose_unit`` (None when it cannot be computed)."""
-
 ObserveCheck = Callable[["Channel", Decimal, Decimal], dict[str, Any] | None]
 """(channel, old rate, new rate) -> the verdict dict when the library would not accept the change
 outright (any finding of severity confirm or reject), else None. Pure: journals nothing."""
-
-
-@dataclass
-class ChannelConfig:
-    """Timing of one channel."""
-
-    poll_period_s: float = 1.0
-    publish_every_s: float = 10.0
-    offline_after_failures: int = 2
-    watchdog_s: int = 0
-
-
-@dataclass
-class DoseRecord:
-    """One applied dose change, for the rule engine's history."""
-
-    at: datetime
-    dose: Decimal
-
-
-@dataclass
-class _Latched:
-    code: str
-    priority: str
-    since: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class Saved:
-    """What a transition may change, kept to undo it when its journal write fails."""
-
-    connection: ConnectionState
-    status: PumpStatus | None
-    last_poll: datetime | None
-    alarms: dict[str, _Latched]
-    history: tuple[DoseRecord, ...]
-    uncertain: tuple[str, Decimal, Decimal] | None
-    uncertain_program: Program | None
-    failures: int
-    program: Program
-    rate_before_restart: Decimal | None
-    interrupted_writes: dict[Decimal, str]
 
 
 def refresh_phase(pump_id: str) -> float:
@@ -143,7 +81,7 @@ def refresh_phase(pump_id: str) -> float:
 
 
 @dataclass
-class Channel:
+class Channel(StatePayload, CommandExecution):
     """The live state and loop of one pump."""
 
     pump_id: str
@@ -162,7 +100,7 @@ class Channel:
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     last_progress: float = field(default_factory=time.monotonic)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    _alarm_since: dict[str, _Latched] = field(default_factory=dict)
+    _alarm_since: dict[str, Latched] = field(default_factory=dict)
     _last_state: dict[str, Any] | None = None
     _last_state_publish: float = 0.0
     _failures: int = 0
@@ -181,57 +119,6 @@ class Channel:
     _backlog: list[PumpStatus] = field(default_factory=list)
     #: called after every poll (metrics)
     on_poll: PollHook | None = None
-
-    # -- derived values ---------------------------------------------------------------------
-
-    def dose_obj(self, rate_ml_h: Decimal) -> dict[str, Any] | None:
-        """The public dose object for a rate under the current program."""
-        dose = self.dose_at(self.program, rate_ml_h)
-        if dose is None:
-            return None
-        return {"value": float(round(dose, 6)), "unit": self.program.dose_unit}
-
-    def current_dose(self) -> Decimal | None:
-        """The running dose (None when stopped or unknown)."""
-        if self.status is None or self.status.state.value != "infusing":
-            return None
-        return self.dose_at(self.program, self.status.rate_ml_h)
-
-    # -- state payload ----------------------------------------------------------------------
-
-    def state_data(self) -> dict[str, Any]:
-        """The ``pump.state`` data (docs/schemas/infusiond.pump.state-1.json)."""
-        s = self.status
-        p = self.program
-        return {
-            "pump_id": self.pump_id,
-            "connection": self.connection.value,
-            "status": s.state.value if s else None,
-            "rate": rate_obj(s.rate_ml_h) if s else None,
-            "dose": self.dose_obj(s.rate_ml_h) if s else None,
-            "drug": p.drug,
-            "concentration": {"value": float(p.concentration), "unit": p.concentration_unit},
-            "diluent": p.diluent,
-            "route": p.route,
-            "profile": p.profile,
-            "weight_kg": float(p.weight_kg) if p.weight_kg is not None else None,
-            "bed": p.bed,
-            # a VTBI of 0 means "no volume limit" on these devices: published as null
-            "vtbi": volume_obj(s.vtbi_ml) if s and s.vtbi_ml else None,
-            "volume_infused": volume_obj(s.volume_infused_ml) if s else None,
-            "battery": s.battery_pct if s else None,
-            "alarms": [
-                {"code": a.code, "priority": a.priority, "since": format_ts(a.since)}
-                for a in sorted(self._alarm_since.values(), key=lambda a: a.code)
-            ],
-            "device": {
-                "driver": self.driver.kind,
-                "model": self.identity.model if self.identity else None,
-                "serial": self.identity.serial if self.identity else None,
-                "firmware": self.identity.firmware if self.identity else None,
-            },
-            "last_poll": format_ts(self.last_poll) if self.last_poll else None,
-        }
 
     async def publish_state(self, *, force: bool = False) -> None:
         """Publish the retained state if it changed, or if the refresh period has passed."""
@@ -317,7 +204,7 @@ class Channel:
         present = self._alarm_since.get(code)
         if active and present is None:
             now = self.hub.now()
-            self._alarm_since[code] = _Latched(code, "high", now)
+            self._alarm_since[code] = Latched(code, "high", now)
             await self._emit(alarm_event("alarm_raised", code, "high", now, message))
         elif not active and present is not None:
             del self._alarm_since[code]
@@ -330,7 +217,7 @@ class Channel:
                 del self._alarm_since[code]
         for alarm in status.alarms:
             if alarm.value not in self._alarm_since:
-                self._alarm_since[alarm.value] = _Latched(alarm.value, ALARM_PRIORITY[alarm], now)
+                self._alarm_since[alarm.value] = Latched(alarm.value, ALARM_PRIORITY[alarm], now)
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -574,92 +461,3 @@ class Channel:
         dose = self.dose_at(self.program, rate)
         if dose is not None:
             self.history.append(DoseRecord(at, dose))
-
-    # -- commands ---------------------------------------------------------------------------
-
-    @contextlib.asynccontextmanager
-    async def exclusive(self) -> AsyncIterator[None]:
-        """Hold the channel for one command (the gate answers ``busy`` when taken)."""
-        async with self._lock:
-            yield
-
-    async def execute(
-        self,
-        action: Action,
-        command_id: str,
-        rate_ml_h: Decimal | None = None,
-        *,
-        events: list[dict[str, Any]] | None = None,
-    ) -> WriteResult:
-        """Run a verified write; caller holds :meth:`exclusive`. Causes the one rate_changed.
-
-        Only a ``set_rate`` can change the rate: a rate that a start, stop or pause reads back
-        differently was changed at the device, and is judged as such (never credited).
-
-        The events the write causes (the ``rate_changed``, alarms cleared, changes seen in the
-        read-back) go to the hub, or, when ``events`` is given, are appended to it in order
-        instead: the caller then journals them with the command's outcome in one transaction
-        (and must do so before releasing :meth:`exclusive`, so that their seqs stay in order).
-        """
-        self._deferred = events
-        try:
-            return await self._execute(action, command_id, rate_ml_h)
-        finally:
-            self._deferred = None
-
-    async def _execute(
-        self, action: Action, command_id: str, rate_ml_h: Decimal | None
-    ) -> WriteResult:
-        old = self.status
-        if action is Action.SET_RATE:
-            if rate_ml_h is None:
-                raise ValueError("SET_RATE needs a rate")
-            result = await self.driver.set_rate(rate_ml_h)
-        elif action is Action.START:
-            result = await self.driver.start()
-        elif action is Action.STOP:
-            result = await self.driver.stop()
-        else:
-            result = await self.driver.pause()
-        if result.outcome is WriteOutcome.UNCERTAIN and old is not None and rate_ml_h is not None:
-            self._uncertain = (command_id, old.rate_ml_h, rate_ml_h)
-        if result.readback is not None:
-            now = self.hub.now()
-            if (
-                action is Action.SET_RATE
-                and result.outcome is WriteOutcome.APPLIED
-                and old is not None
-                and result.readback.rate_ml_h != old.rate_ml_h
-            ):
-                await self._emit(
-                    rate_changed_event(
-                        old.rate_ml_h,
-                        result.readback.rate_ml_h,
-                        self.dose_obj,
-                        command_id=command_id,
-                    ),
-                )
-                self._record_history(now, result.readback.rate_ml_h)
-                # the commanded rate is in library by construction: clear a stale alarm
-                await self._set_daemon_alarm(OUT_OF_LIBRARY, active=False)
-                self.status = replace(old, rate_ml_h=result.readback.rate_ml_h)
-            await self._absorb(result.readback)
-        return result
-
-    def expect_uncertain(
-        self,
-        command_id: str,
-        old_rate: Decimal | None,
-        rate: Decimal | None,
-        program: Program | None,
-    ) -> None:
-        """A write that may or may not have reached the device: the next snapshot that shows
-        ``rate`` is attributed to ``command_id`` (reconciled), with its ``program``."""
-        if old_rate is None or rate is None:
-            return
-        self._uncertain = (command_id, old_rate, rate)
-        self._uncertain_program = program
-
-    def set_program(self, program: Program) -> None:
-        """Replace the program (after a verified ``program`` command)."""
-        self.program = program

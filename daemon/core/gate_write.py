@@ -12,7 +12,8 @@ from typing import Any
 
 import structlog
 
-from daemon.core.channel import Channel, Saved
+from daemon.core.channel import Channel
+from daemon.core.channel_types import Saved
 from daemon.core.command_life import CommandLife
 from daemon.core.gate_request import Plan
 from daemon.core.program import Action, program_changed

@@ -28,7 +28,8 @@ from daemon.base.config import Config
 from daemon.base.config_sections import PumpConfig
 from daemon.base.envelope import SCHEMA_IDS, Kind, encode, envelope
 from daemon.base.timefmt import utc_now
-from daemon.core.channel import Channel, ChannelConfig, PollReport
+from daemon.core.channel import Channel
+from daemon.core.channel_types import ChannelConfig, PollReport
 from daemon.core.gate import Control, Gate, ReplyTo
 from daemon.core.gateway_library import LibraryHotReload
 from daemon.core.gateway_vitals import VitalsIntake

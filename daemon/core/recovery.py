@@ -11,7 +11,8 @@ from typing import Any
 import structlog
 
 from daemon.base.timefmt import parse_ts
-from daemon.core.channel import HISTORY_LEN, Channel, DoseRecord
+from daemon.core.channel import HISTORY_LEN, Channel
+from daemon.core.channel_types import DoseRecord
 from daemon.core.program import dose_at, program_from_event
 from daemon.journal.records import InterruptedCommand, JournalError, JournalRow
 from daemon.journal.writer import AsyncJournal

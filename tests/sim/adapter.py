@@ -45,9 +45,8 @@ import daemon.journal.writer
 from daemon.base.config import Config
 from daemon.base.paths import DEFAULT_RETENTION_DAYS, journal_path
 from daemon.base.topics import Topics
-from daemon.core.channel import Program
 from daemon.core.gateway import Gateway
-from daemon.core.program import dose_at
+from daemon.core.program import Program, dose_at
 from daemon.journal import (
     AsyncJournal,
     Journal,
