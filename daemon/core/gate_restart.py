@@ -158,8 +158,8 @@ def _settle(channel: Channel, item: InterruptedCommand) -> dict[str, Any]:
     readback = readback_of(channel, status)
     before = item.outcome.get("before")
     action = str((item.command or {}).get("action"))
-    found = ((item.outcome.get("verdict") or {}).get("rate") or {}).get("value")
-    target = float(found) if isinstance(found, int | float) else None
+    found = item.target_rate
+    target = None if found is None else float(found)
     if not isinstance(before, dict):
         # written by a version that did not record the device's state before the write:
         # a device at the target may have been there already, so it never proves the write

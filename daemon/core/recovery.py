@@ -38,9 +38,9 @@ def _note_interrupted_writes(
 ) -> None:
     for item in items:
         channel = channels.get(item.pump_id or "")
-        target = ((item.outcome.get("verdict") or {}).get("rate") or {}).get("value")
+        target = item.target_rate
         if channel is not None and target is not None:
-            channel.interrupted_writes[Decimal(str(target))] = item.command_id
+            channel.interrupted_writes[target] = item.command_id
 
 
 async def _recover_pump(journal: AsyncJournal, channel: Channel, now: datetime) -> None:

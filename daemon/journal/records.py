@@ -7,6 +7,7 @@ import enum
 import hashlib
 import json
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from protocol.errors import InfusiondError
@@ -108,6 +109,18 @@ class InterruptedCommand:
     pump_id: str | None
     outcome: dict[str, Any]
     command: dict[str, Any] | None
+
+    @property
+    def target_rate(self) -> Decimal | None:
+        """The rate (mL/h) the interrupted write was sending, from its recorded verdict
+        (``verdict.rate.value``); None when the verdict names no rate as a number (a start,
+        stop or pause, or a row written without one)."""
+        verdict = self.outcome.get("verdict")
+        rate = verdict.get("rate") if isinstance(verdict, dict) else None
+        value = rate.get("value") if isinstance(rate, dict) else None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return None
+        return Decimal(str(value))
 
 
 @dataclass(frozen=True)
