@@ -4,9 +4,6 @@ events through a shared subscription, ask a gateway for missed events and read t
 from __future__ import annotations
 
 import asyncio
-import os
-import pwd
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,9 +18,8 @@ from tests.fleet.topology import (
     running_gateway,
     wait_for_events,
 )
-from tests.support.procs import Mosquitto
+from tests.support.procs import Mosquitto, shipped_acl_broker
 
-SHIPPED_ACL = Path(__file__).resolve().parents[2] / "systemd" / "mosquitto.acl"
 LOGINS = {"infusiond-gw-a": "gw-1", "fleet-collector": "fleet-2"}
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.slow]
@@ -31,26 +27,8 @@ pytestmark = [pytest.mark.asyncio, pytest.mark.slow]
 
 @pytest.fixture
 def acl_broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    etc = tmp_path / "etc"
-    etc.mkdir()
-    passwd = etc / "passwd"
-    for i, (user, password) in enumerate(LOGINS.items()):
-        flags = ["-b", "-c"] if i == 0 else ["-b"]
-        cmd = ["mosquitto_passwd", *flags, str(passwd), user, password]
-        subprocess.run(cmd, check=True, capture_output=True)
-    passwd.chmod(0o600)
-    acl = etc / "infusiond.acl"
-    acl.write_text(SHIPPED_ACL.read_text().replace("bed-12-gw", "gw-a"))
-    user = pwd.getpwuid(os.geteuid()).pw_name  # as root, keep mosquitto able to read tmp
-    broker = Mosquitto(
-        tmp_path / "mosquitto",
-        extra_conf=[f"password_file {passwd}", f"acl_file {acl}", f"user {user}"],
-    )
-    broker.start()
-    try:
+    with shipped_acl_broker(tmp_path, LOGINS, "gw-a") as broker:
         yield broker
-    finally:
-        broker.stop()
 
 
 async def test_the_collector_role_collects_live_and_backfills_under_the_shipped_acl(

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import pwd
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,9 +13,8 @@ import pytest
 
 from tests.pharmacy.harness import SHIPPED, Keys, running_ward, variant
 from tests.pharmacy.test_reload import push_body, signed_config
-from tests.support.procs import Mosquitto
+from tests.support.procs import Mosquitto, shipped_acl_broker
 
-SHIPPED_ACL = Path(__file__).resolve().parents[2] / "systemd" / "mosquitto.acl"
 LOGINS = {
     "infusiond-gw-test": "gw-1",
     "titration-app": "cmd-2",
@@ -29,28 +25,8 @@ LOGINS = {
 
 @pytest.fixture
 def acl_broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    etc = tmp_path / "etc"
-    etc.mkdir()
-    passwd = etc / "passwd"
-    for i, (user, password) in enumerate(LOGINS.items()):
-        flags = ["-b", "-c"] if i == 0 else ["-b"]
-        cmd = ["mosquitto_passwd", *flags, str(passwd), user, password]
-        subprocess.run(cmd, check=True, capture_output=True)
-    passwd.chmod(0o600)
-    acl = etc / "infusiond.acl"
-    acl.write_text(SHIPPED_ACL.read_text().replace("bed-12-gw", "gw-test"))
-    # as root, mosquitto would drop to the `mosquitto` user, which cannot read pytest's
-    # private tmp dirs: keep the invoking user
-    user = pwd.getpwuid(os.geteuid()).pw_name
-    broker = Mosquitto(
-        tmp_path / "mosquitto",
-        extra_conf=[f"password_file {passwd}", f"acl_file {acl}", f"user {user}"],
-    )
-    broker.start()
-    try:
+    with shipped_acl_broker(tmp_path, LOGINS, "gw-test") as broker:
         yield broker
-    finally:
-        broker.stop()
 
 
 async def publish_as(broker: Mosquitto, user: str, topic: str, payload: bytes) -> None:

@@ -14,12 +14,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import pwd
 import selectors
 import shutil
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -256,3 +257,36 @@ def open_pty_pair(workdir: Path) -> PtyPair:
     )
     wait_for_line(proc, b"starting data transfer loop", READY_TIMEOUT_S)
     return PtyPair(a, b, proc)
+
+
+SHIPPED_ACL = Path(__file__).resolve().parents[2] / "systemd" / "mosquitto.acl"
+
+
+@contextlib.contextmanager
+def shipped_acl_broker(
+    workdir: Path, logins: Mapping[str, str], gateway: str
+) -> Iterator[Mosquitto]:
+    """A mosquitto with the shipped ACL (its example gateway id ``bed-12-gw`` replaced by
+    ``gateway``) and a password file holding ``logins`` (user -> password)."""
+    etc = workdir / "etc"
+    etc.mkdir()
+    passwd = etc / "passwd"
+    for i, (user, password) in enumerate(logins.items()):
+        flags = ["-b", "-c"] if i == 0 else ["-b"]
+        cmd = ["mosquitto_passwd", *flags, str(passwd), user, password]
+        subprocess.run(cmd, check=True, capture_output=True)
+    passwd.chmod(0o600)
+    acl = etc / "infusiond.acl"
+    acl.write_text(SHIPPED_ACL.read_text().replace("bed-12-gw", gateway))
+    # as root, mosquitto would drop to the `mosquitto` user, which cannot read pytest's
+    # private tmp dirs: keep the invoking user
+    user = pwd.getpwuid(os.geteuid()).pw_name
+    broker = Mosquitto(
+        workdir / "mosquitto",
+        extra_conf=[f"password_file {passwd}", f"acl_file {acl}", f"user {user}"],
+    )
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
