@@ -17,11 +17,11 @@ import contextlib
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import structlog
 
+from drivers.clock import utc_now
 from drivers.hl7.ack import AckCode, build_ack, parse_ack, peek_header
 from drivers.hl7.errors import Hl7ErrorCode, MessageError
 from drivers.hl7.mllp import DEFAULT_MAX_FRAME, Discarded, MllpDecoder, MllpFrame
@@ -215,7 +215,7 @@ class EhrSimulator:
 
     def _take(self, payload: bytes) -> bytes:
         header = peek_header(payload)
-        now = datetime.now(UTC)
+        now = utc_now()
         ack_id = f"EHR{next(self._ids)}"
         try:
             message = summarise(payload)

@@ -19,10 +19,10 @@ import contextlib
 import json
 import signal
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
+from drivers.clock import utc_now
 from drivers.hl7.ack import AckCode
 from drivers.hl7.piv import build_rgv
 from sim_devices.ehr import EhrSimulator, Received, send_order
@@ -51,7 +51,7 @@ def parse_order(text: str, n: int) -> bytes:
             raise ValueError(f"--order {key}={fields[key]!r}: expected 'VALUE UNIT'")
         return value, unit.strip()
 
-    now = datetime.now(UTC)
+    now = utc_now()
     order_id = fields.get("id") or f"ORD-{now:%H%M%S}-{n}"
     return build_rgv(
         control_id=f"EHR-{order_id}",

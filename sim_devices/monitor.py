@@ -35,6 +35,7 @@ from decimal import Decimal
 import structlog
 
 from drivers.backoff import Backoff
+from drivers.clock import utc_now
 from drivers.hl7 import (
     Ack,
     AckCode,
@@ -45,7 +46,6 @@ from drivers.hl7 import (
     build_oru,
     parse_ack,
     parse_tcp_url,
-    utc_now,
 )
 from sim_devices.clock import SimClock
 from sim_devices.patient_model import Doses, PatientModel, VitalsReading

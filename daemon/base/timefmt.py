@@ -16,11 +16,6 @@ _RFC3339 = re.compile(
 )
 
 
-def utc_now() -> datetime:
-    """The current time, timezone-aware UTC (the one clock read callers should use)."""
-    return datetime.now(UTC)
-
-
 def format_ts(when: datetime) -> str:
     """``2026-11-26T17:18:00.123Z``: UTC, milliseconds (truncated), ``Z`` suffix.
 

@@ -8,7 +8,7 @@ import json
 import sqlite3
 import sys
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -16,6 +16,7 @@ from daemon.base.paths import default_data_dir, journal_path
 from daemon.journal.store import Journal
 from daemon.pharmacy.report import ReportError, parse_bound, read_journal, rows_csv
 from daemon.pharmacy.report_model import Window
+from drivers.clock import utc_now
 
 
 def _row_count(path: Path) -> int:
@@ -44,7 +45,7 @@ def _iter_progress(total: int, *, enabled: bool) -> Iterator[Callable[[int], Non
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``infusiond report``."""
     window = Window(parse_bound(args.start, "from"), parse_bound(args.end, "to"))
-    now = datetime.now(UTC)
+    now = utc_now()
     if args.postgres is not None:
         if args.data_dir is not None:
             raise ReportError("--data-dir and --postgres: give one source, not both")

@@ -27,7 +27,6 @@ import structlog
 from daemon.base.config import Config
 from daemon.base.config_sections import PumpConfig
 from daemon.base.envelope import SCHEMA_IDS, Kind, encode, envelope
-from daemon.base.timefmt import utc_now
 from daemon.core.channel import Channel
 from daemon.core.channel_types import ChannelConfig, PollReport
 from daemon.core.gate import Control, Gate, ReplyTo
@@ -60,6 +59,7 @@ from daemon.pharmacy.reload import (
 )
 from drivers.backoff import Backoff
 from drivers.base import Driver
+from drivers.clock import utc_now
 from drivers.hl7 import VitalsListener
 from protocol.library import Library
 

@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from importlib.resources import files
 from typing import Any
 
@@ -29,6 +28,7 @@ from aiohttp import web
 from daemon.fleet.errors import FleetError
 from daemon.fleet.overview import fleet_overview
 from daemon.fleet.store import Conn, connect
+from drivers.clock import utc_now
 
 log = structlog.get_logger(__name__)
 
@@ -59,7 +59,7 @@ class FleetDb:
             if self._conn is None or self._conn.closed:
                 self._conn = await connect(self.dsn)
             try:
-                return await fleet_overview(self._conn, now=datetime.now(UTC))
+                return await fleet_overview(self._conn, now=utc_now())
             except psycopg.Error as exc:
                 await self.close()
                 raise FleetError(f"reading the fleet store failed: {exc}") from None

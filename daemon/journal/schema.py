@@ -8,8 +8,9 @@ import secrets
 import sqlite3
 from pathlib import Path
 
-from daemon.base.timefmt import format_ts, utc_now
+from daemon.base.timefmt import format_ts
 from daemon.journal.records import GENESIS_HASH, JournalError
+from drivers.clock import utc_now
 
 FORMAT = "infusiond.journal/1"
 

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, Self, TypeVar
 
 from daemon.base.paths import DEFAULT_RETENTION_DAYS
-from daemon.base.timefmt import utc_now
 from daemon.journal.records import (
     CommandClaim,
     Hl7Item,
@@ -30,6 +29,7 @@ from daemon.journal.records import (
 )
 from daemon.journal.retention import PRUNE_BATCH
 from daemon.journal.store import Journal
+from drivers.clock import utc_now
 
 _T = TypeVar("_T")
 

@@ -38,9 +38,10 @@ from typing import Any, Protocol
 
 import structlog
 
-from daemon.base.timefmt import format_ts, utc_now
+from daemon.base.timefmt import format_ts
 from daemon.base.topics import capped_id
 from daemon.journal.records import JournalError, JournalKind, JournalRow
+from drivers.clock import utc_now
 
 log = structlog.get_logger("infusiond.refusals")
 

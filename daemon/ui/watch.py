@@ -22,7 +22,6 @@ import sys
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -33,6 +32,7 @@ from rich.live import Live
 
 from daemon.ui.watch_view import event_line, render, result_line
 from drivers.backoff import Backoff
+from drivers.clock import utc_now
 
 __all__ = ["WatchModel", "collect", "parse_broker", "render", "run"]
 
@@ -242,7 +242,7 @@ async def _live(model: WatchModel, host: str, port: int, args: argparse.Namespac
     broker = args.broker
 
     def frame() -> RenderableType:
-        return render(model, datetime.now(UTC), broker, width=console.width)
+        return render(model, utc_now(), broker, width=console.width)
 
     if getattr(args, "http", None):
         await load_history(model, args.http)
@@ -288,7 +288,7 @@ async def _once(model: WatchModel, host: str, port: int, args: argparse.Namespac
         sys.stderr.write(f"infusiond watch: cannot reach the broker at {args.broker}: {reason}\n")
         return 1
     console = Console()  # the terminal's width; 80 when not a terminal
-    console.print(render(model, datetime.now(UTC), args.broker, width=console.width))
+    console.print(render(model, utc_now(), args.broker, width=console.width))
     if not model.pumps:
         sys.stderr.write(
             f"infusiond watch: no pump state on infusiond/{args.gateway}/# at {args.broker} "

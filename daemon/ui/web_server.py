@@ -47,10 +47,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from daemon.base.envelope import encode
 from daemon.base.errors import ConfigError
-from daemon.base.timefmt import utc_now
 from daemon.base.topics import is_topic_id
 from daemon.journal.history import History, HistoryQueryError, JournalNotReady, problems_document
 from daemon.journal.records import JournalError
+from drivers.clock import utc_now
 
 log = structlog.get_logger(__name__)
 

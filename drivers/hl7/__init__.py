@@ -17,7 +17,7 @@ from drivers.hl7.errors import Hl7ErrorCode, MessageError
 from drivers.hl7.listener import VitalsListener
 from drivers.hl7.mllp import DEFAULT_MAX_FRAME, Discarded, DiscardReason, MllpDecoder, MllpFrame
 from drivers.hl7.oru import build_oru, parse_oru
-from drivers.hl7.receiver import ReceiverConfig, ReceiverStats, utc_now
+from drivers.hl7.receiver import ReceiverConfig, ReceiverStats
 from drivers.hl7.sample import CANONICAL_UNIT, Observation, Parameter, VitalsSample
 from drivers.hl7.url import DEFAULT_PORT, parse_tcp_url
 
@@ -47,5 +47,4 @@ __all__ = [
     "parse_oru",
     "parse_tcp_url",
     "peek_header",
-    "utc_now",
 ]

@@ -14,10 +14,11 @@ import itertools
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 import structlog
 
+from drivers.clock import Now, utc_now
 from drivers.hl7.ack import build_ack, peek_header
 from drivers.hl7.codes import CodeTables
 from drivers.hl7.errors import Hl7ErrorCode, MessageError
@@ -28,12 +29,6 @@ from drivers.hl7.sample import VitalsSample
 log = structlog.get_logger(__name__)
 
 SampleCallback = Callable[[VitalsSample], None]
-Now = Callable[[], datetime]
-
-
-def utc_now() -> datetime:
-    """The wall clock, aware UTC (the default ``now`` of listener and client)."""
-    return datetime.now(UTC)
 
 
 @dataclass

@@ -21,8 +21,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from daemon.base.envelope import Kind, encode, envelope
-from daemon.base.timefmt import utc_now
 from daemon.mqtt.command_parse import Command, accepted, applied, needs_confirmation, parse_command
+from drivers.clock import utc_now
 from tests.docs.docs_text import DOCS
 from tests.docs.test_payload_examples import validator
 from tests.support.procs import Mosquitto

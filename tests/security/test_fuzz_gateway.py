@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from daemon.base.timefmt import utc_now
 from daemon.mqtt.command_parse import Command, parse_command
+from drivers.clock import utc_now
 from tests.reliability.harness import bedside, command, probe, running_gateway, simulators
 from tests.support.procs import Mosquitto
 

@@ -28,7 +28,7 @@ from jsonschema import Draft202012Validator
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from daemon.base.envelope import Kind, encode, envelope
-from daemon.base.timefmt import format_ts, utc_now
+from daemon.base.timefmt import format_ts
 from daemon.mqtt.command_parse import (
     Command,
     accepted,
@@ -41,6 +41,7 @@ from daemon.mqtt.command_parse import (
 )
 from daemon.mqtt.command_parse import rejected as rejected_result
 from daemon.ui.web_server import WebServer
+from drivers.clock import utc_now
 from tests.support.procs import Mosquitto
 from tests.web.chromium import CHROMIUM, Page, chromium_page, navigate
 

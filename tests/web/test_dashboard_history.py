@@ -20,10 +20,10 @@ import aiomqtt
 import pytest
 
 from daemon.base.envelope import Kind
-from daemon.base.timefmt import utc_now
 from daemon.journal import AsyncJournal
 from daemon.journal.history import History
 from daemon.ui.web_server import WebServer
+from drivers.clock import utc_now
 from tests.support.procs import Mosquitto
 from tests.web.chromium import Page, chromium_page, navigate
 from tests.web.test_dashboard import (
