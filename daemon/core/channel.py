@@ -19,13 +19,27 @@ import time
 import zlib
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 import structlog
 
+from daemon.base.events import (
+    Alarm,
+    AlarmCleared,
+    AlarmRaised,
+    ConnectionChanged,
+    DeliveryStarted,
+    DeliveryStopped,
+    OutOfLibraryObserved,
+    Priority,
+    PumpEvent,
+    RateChanged,
+    Source,
+)
+from daemon.base.quantities import Quantity
 from daemon.core.channel_commands import CommandExecution
 from daemon.core.channel_state import StatePayload
 from daemon.core.channel_types import (
@@ -41,15 +55,13 @@ from daemon.core.channel_types import (
     Saved,
 )
 from daemon.core.poll_stats import LATENESS
-from daemon.core.program import Program, program_changed
+from daemon.core.program import Program, ProgramChanged
 from daemon.core.pump_events import (
     ALARM_PRIORITY,
     Observation,
-    alarm_event,
-    connection_event,
     diff,
     rate_changed_event,
-    rate_obj,
+    rate_point,
 )
 from daemon.journal.records import JournalError
 from drivers.backoff import Backoff
@@ -111,8 +123,8 @@ class Channel(StatePayload, CommandExecution):
     #: them, so a change made while the daemon was down is still reported, and attributed.
     rate_before_restart: Decimal | None = None
     interrupted_writes: dict[Decimal, str] = field(default_factory=dict)
-    _deferred: list[dict[str, Any]] | None = None  # events held back during execute(events=...)
-    _pending: list[dict[str, Any]] | None = None  # events of the transition in progress
+    _deferred: list[PumpEvent] | None = None  # events held back during execute(events=...)
+    _pending: list[PumpEvent] | None = None  # events of the transition in progress
     #: True while the last transition could not be journaled (state shows the last journaled truth)
     journal_behind: bool = False
     #: snapshots read but not yet journaled (a journal fault), oldest first
@@ -132,7 +144,7 @@ class Channel(StatePayload, CommandExecution):
             self._last_state_publish = time.monotonic()
             await self.hub.publish_state(self.pump_id, data)
 
-    async def _emit(self, event: dict[str, Any]) -> None:
+    async def _emit(self, event: PumpEvent) -> None:
         """Queue an event of the transition in progress (journaled when it ends), or hold it
         for the caller of :meth:`execute` to journal together with the command's outcome."""
         if self._deferred is not None:
@@ -204,11 +216,11 @@ class Channel(StatePayload, CommandExecution):
         present = self._alarm_since.get(code)
         if active and present is None:
             now = self.hub.now()
-            self._alarm_since[code] = Latched(code, "high", now)
-            await self._emit(alarm_event("alarm_raised", code, "high", now, message))
+            self._alarm_since[code] = Latched(code, Priority.HIGH, now)
+            await self._emit(AlarmRaised(Alarm(code, Priority.HIGH, now, message or None)))
         elif not active and present is not None:
             del self._alarm_since[code]
-            await self._emit(alarm_event("alarm_cleared", code, "high", present.since))
+            await self._emit(AlarmCleared(Alarm(code, Priority.HIGH, present.since)))
 
     def _sync_device_alarms(self, status: PumpStatus, now: datetime) -> None:
         device_codes = {a.value for a in status.alarms}
@@ -286,13 +298,17 @@ class Channel(StatePayload, CommandExecution):
             async with self._transition():
                 before = self.connection
                 self.connection = ConnectionState.OFFLINE
-                event = connection_event(before, ConnectionState.OFFLINE, reason)
                 # the last rate known (read now, or journaled before a restart and not read
                 # since): a restart compares the next reading with it
                 known = self.status.rate_ml_h if self.status else self.rate_before_restart
-                if known is not None:
-                    event["rate"] = rate_obj(known)
-                await self._emit(event)
+                await self._emit(
+                    ConnectionChanged(
+                        ConnectionState.OFFLINE,
+                        before,
+                        reason or None,
+                        Quantity.rate(known) if known is not None else None,
+                    )
+                )
                 await self._set_daemon_alarm(
                     OFFLINE_ALARM, active=True, message=f"no answer from the pump: {reason}"
                 )
@@ -368,24 +384,24 @@ class Channel(StatePayload, CommandExecution):
             event = derived
             # starts and stops are dose changes too (the step-up window measures from the start
             # of the infusion, at dose 0 before it): the history holds them
-            if event["type"] == "delivery_started":
+            if isinstance(event, DeliveryStarted):
                 self._record_history(now, status.rate_ml_h)
-            elif event["type"] == "delivery_stopped":
+            elif isinstance(event, DeliveryStopped):
                 self.history.append(DoseRecord(now, Decimal(0)))
-            if event["type"] == "rate_changed" and old_status is not None:
+            if isinstance(event, RateChanged) and old_status is not None:
                 if self._uncertain is not None:
                     cmd_id, _old, wanted = self._uncertain
                     if status.rate_ml_h == wanted:
                         program, self._uncertain_program = self._uncertain_program, None
                         if program is not None:  # its dose is that of the new program
                             self.program = program
-                            await self._emit(program_changed(cmd_id, program))
+                            await self._emit(ProgramChanged(cmd_id, program))
                             event = rate_changed_event(
                                 old_status.rate_ml_h, status.rate_ml_h, self.dose_obj
                             )
-                        event["source"] = "command"
-                        event["command_id"] = cmd_id
-                        event["reconciled"] = True
+                        event = replace(
+                            event, source=Source.COMMAND, command_id=cmd_id, reconciled=True
+                        )
                         self._record_history(now, status.rate_ml_h)
                         self._uncertain = None
                     else:
@@ -421,15 +437,16 @@ class Channel(StatePayload, CommandExecution):
         if before is None or rate == before:
             return None
         command_id = writes.get(rate)
-        event = rate_changed_event(
-            before,
-            rate,
-            self.dose_obj,
-            source="command" if command_id else "device",
-            command_id=command_id,
+        await self._emit(
+            rate_changed_event(
+                before,
+                rate,
+                self.dose_obj,
+                source=Source.COMMAND if command_id else Source.DEVICE,
+                command_id=command_id,
+                while_disconnected=True,
+            )
         )
-        event["while_disconnected"] = True
-        await self._emit(event)
         if command_id is not None:
             self._record_history(now, rate)
             return None
@@ -443,13 +460,9 @@ class Channel(StatePayload, CommandExecution):
         verdict = self.observe(self, old, new)
         if verdict is not None:
             await self._emit(
-                {
-                    "type": "out_of_library_observed",
-                    "rate": rate_obj(new),
-                    "dose": self.dose_obj(new),
-                    "from": {"rate": rate_obj(old), "dose": self.dose_obj(old)},
-                    "verdict": verdict,
-                },
+                OutOfLibraryObserved(
+                    Quantity.rate(new), self.dose_obj(new), rate_point(old, self.dose_obj), verdict
+                )
             )
         await self._set_daemon_alarm(
             OUT_OF_LIBRARY,

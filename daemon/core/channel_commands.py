@@ -10,8 +10,10 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from daemon.base.events import PumpEvent
+from daemon.base.quantities import Quantity
 from daemon.core.channel_types import OUT_OF_LIBRARY, DoseConverter, DoseRecord, Hub
 from daemon.core.program import Action, Program
 from daemon.core.pump_events import rate_changed_event
@@ -31,13 +33,13 @@ class CommandExecution:
     _lock: asyncio.Lock
     _uncertain: tuple[str, Decimal, Decimal] | None
     _uncertain_program: Program | None
-    _deferred: list[dict[str, Any]] | None
+    _deferred: list[PumpEvent] | None
 
     if TYPE_CHECKING:
 
-        def dose_obj(self, rate_ml_h: Decimal) -> dict[str, Any] | None: ...
+        def dose_obj(self, rate_ml_h: Decimal) -> Quantity | None: ...
 
-        async def _emit(self, event: dict[str, Any]) -> None: ...
+        async def _emit(self, event: PumpEvent) -> None: ...
 
         async def _absorb(self, status: PumpStatus) -> None: ...
 
@@ -59,7 +61,7 @@ class CommandExecution:
         command_id: str,
         rate_ml_h: Decimal | None = None,
         *,
-        events: list[dict[str, Any]] | None = None,
+        events: list[PumpEvent] | None = None,
     ) -> WriteResult:
         """Run a verified write; caller holds :meth:`exclusive`. Causes the one rate_changed.
 

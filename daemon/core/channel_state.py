@@ -6,10 +6,10 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from daemon.base.quantities import Quantity, optional_json
 from daemon.base.timefmt import format_ts
 from daemon.core.channel_types import DoseConverter, Latched
 from daemon.core.program import Program
-from daemon.core.pump_events import rate_obj, volume_obj
 from drivers.base import ConnectionState, Driver, Identity, PumpStatus
 
 
@@ -26,12 +26,12 @@ class StatePayload:
     last_poll: datetime | None
     _alarm_since: dict[str, Latched]
 
-    def dose_obj(self, rate_ml_h: Decimal) -> dict[str, Any] | None:
-        """The public dose object for a rate under the current program."""
+    def dose_obj(self, rate_ml_h: Decimal) -> Quantity | None:
+        """The dose a rate delivers under the current program, as published (6 decimals)."""
         dose = self.dose_at(self.program, rate_ml_h)
         if dose is None:
             return None
-        return {"value": float(round(dose, 6)), "unit": self.program.dose_unit}
+        return Quantity(float(round(dose, 6)), self.program.dose_unit)
 
     def current_dose(self) -> Decimal | None:
         """The running dose (None when stopped or unknown)."""
@@ -49,8 +49,8 @@ class StatePayload:
             "pump_id": self.pump_id,
             "connection": self.connection.value,
             "status": s.state.value if s else None,
-            "rate": rate_obj(s.rate_ml_h) if s else None,
-            "dose": self.dose_obj(s.rate_ml_h) if s else None,
+            "rate": Quantity.rate(s.rate_ml_h).to_json() if s else None,
+            "dose": optional_json(self.dose_obj(s.rate_ml_h)) if s else None,
             "drug": p.drug,
             "concentration": {"value": float(p.concentration), "unit": p.concentration_unit},
             "diluent": p.diluent,
@@ -59,11 +59,15 @@ class StatePayload:
             "weight_kg": float(p.weight_kg) if p.weight_kg is not None else None,
             "bed": p.bed,
             # a VTBI of 0 means "no volume limit" on these devices: published as null
-            "vtbi": volume_obj(s.vtbi_ml) if s and s.vtbi_ml else None,
-            "volume_infused": volume_obj(s.volume_infused_ml) if s else None,
+            "vtbi": Quantity.volume(s.vtbi_ml).to_json() if s and s.vtbi_ml else None,
+            "volume_infused": (
+                Quantity.volume(s.volume_infused_ml).to_json()
+                if s and s.volume_infused_ml is not None
+                else None
+            ),
             "battery": s.battery_pct if s else None,
             "alarms": [
-                {"code": a.code, "priority": a.priority, "since": format_ts(a.since)}
+                {"code": a.code, "priority": a.priority.value, "since": format_ts(a.since)}
                 for a in sorted(self._alarm_since.values(), key=lambda a: a.code)
             ],
             "device": {

@@ -10,6 +10,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, Protocol
 
+from daemon.base.events import Priority, PumpEvent
 from daemon.core.program import Program
 from drivers.base import ConnectionState, PumpStatus
 
@@ -23,9 +24,9 @@ class Hub(Protocol):
 
     def now(self) -> datetime: ...
 
-    async def emit_event(self, pump_id: str, data: dict[str, Any]) -> None: ...
+    async def emit_event(self, pump_id: str, event: PumpEvent) -> None: ...
 
-    async def emit_events(self, pump_id: str, events: list[dict[str, Any]]) -> None:
+    async def emit_events(self, pump_id: str, events: list[PumpEvent]) -> None:
         """Journal ``events`` in order in ONE transaction (all or none), then queue them."""
         ...
 
@@ -70,7 +71,7 @@ class Latched:
     """An alarm shown in the state, and since when."""
 
     code: str
-    priority: str
+    priority: Priority
     since: datetime
 
 

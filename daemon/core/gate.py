@@ -37,6 +37,7 @@ from typing import Any
 
 import structlog
 
+from daemon.base.events import CommandRejected, OverrideAccepted, PumpEvent
 from daemon.base.topics import capped_id
 from daemon.core.channel import Channel
 from daemon.core.command_life import CommandLife, fingerprint, id_conflict, public_first
@@ -406,9 +407,7 @@ class Gate:
         )
         if verdict.verdict == "reject":
             await self._finish(pump_id, cmd, fp, rejected(cmd.id, verdict=verdict_json), reply)
-            await self._emit(
-                pump_id, {"type": "command_rejected", "command_id": cmd.id, "verdict": verdict_json}
-            )
+            await self._emit(pump_id, CommandRejected(cmd.id, verdict_json))
             return None
         if verdict.verdict == "confirm" and not await self._confirmed(
             pump_id=pump_id, cmd=cmd, fp=fp, plan=plan, verdict=verdict, reply=reply
@@ -467,14 +466,13 @@ class Gate:
                 reply,
             )
             return False
-        override = {
-            "type": "override_accepted",
-            "command_id": cmd.id,
-            "clinician": cmd.by.clinician,
-            "reason": cmd.confirm.reason,
-            "findings": [f for f in verdict_json["findings"] if f["severity"] == "confirm"],
-        }
-        await self.journal.append(JournalKind.OVERRIDE, override, pump_id=pump_id)
+        override = OverrideAccepted(
+            cmd.id,
+            cmd.by.clinician,
+            cmd.confirm.reason,
+            tuple(f for f in verdict_json["findings"] if f["severity"] == "confirm"),
+        )
+        await self.journal.append(JournalKind.OVERRIDE, override.to_json(), pump_id=pump_id)
         await self._emit(pump_id, override)
         return True
 
@@ -487,7 +485,7 @@ class Gate:
         )
         await self.send_result(pump_id, data, reply)
 
-    async def _emit(self, pump_id: str, event: dict[str, Any]) -> None:
+    async def _emit(self, pump_id: str, event: PumpEvent) -> None:
         await self.channels[pump_id].hub.emit_event(pump_id, event)
 
     def observe(self, channel: Channel, old: Decimal, new: Decimal) -> dict[str, Any] | None:

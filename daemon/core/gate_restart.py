@@ -15,7 +15,7 @@ import structlog
 from daemon.core.channel import Channel
 from daemon.core.command_life import fingerprint
 from daemon.core.gate_request import commanded_program
-from daemon.core.program import Program, program_changed
+from daemon.core.program import Program, ProgramChanged
 from daemon.core.replies import ResultSink, kept_outcome, readback_of
 from daemon.journal.records import InterruptedCommand, JournalError
 from daemon.journal.writer import AsyncJournal
@@ -107,7 +107,7 @@ class Reconciler:
         program = _interrupted_program(library, channel, item)
         events = []
         if answer["phase"] == Phase.APPLIED and program is not None:
-            events.append({**program_changed(item.command_id, program), "pump_id": pump_id})
+            events.append(ProgramChanged(item.command_id, program).journaled(pump_id))
             answer = {**answer, "readback": readback_of(channel, channel.status, program)}
         stored = kept_outcome(
             pump_id,

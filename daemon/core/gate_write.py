@@ -12,11 +12,12 @@ from typing import Any
 
 import structlog
 
+from daemon.base.events import PumpEvent
 from daemon.core.channel import Channel
 from daemon.core.channel_types import Saved
 from daemon.core.command_life import CommandLife
 from daemon.core.gate_request import Plan
-from daemon.core.program import Action, program_changed
+from daemon.core.program import Action, ProgramChanged
 from daemon.core.replies import ReplyTo, ResultSink, answer_for, kept_outcome
 from daemon.journal.records import CommandClaim, JournalError
 from daemon.journal.writer import AsyncJournal
@@ -105,7 +106,7 @@ class Writer:
         pump_id, cmd, plan, verdict = job.pump_id, job.cmd, job.plan, job.verdict
         channel = self.channels[pump_id]
         rate = verdict.rate if plan.action is Action.SET_RATE else None
-        events: list[dict[str, Any]] = []
+        events: list[PumpEvent] = []
         async with channel.exclusive():
             saved = channel.save()
             old_rate = channel.status.rate_ml_h if channel.status is not None else None
@@ -140,7 +141,7 @@ class Writer:
                 channel.expect_uncertain(cmd.id, old_rate, rate, plan.program)
             if result.outcome is WriteOutcome.APPLIED and plan.program is not None:
                 channel.set_program(plan.program)
-                events.append(program_changed(cmd.id, plan.program))
+                events.append(ProgramChanged(cmd.id, plan.program))
             answer = answer_for(channel, cmd.id, result)
             self.writing[pump_id].end(answer["phase"])  # an accepted command ends once, here
             log.info("command_result", pump=pump_id, id=cmd.id, phase=answer["phase"])
@@ -150,7 +151,7 @@ class Writer:
                     kept_outcome(pump_id, job.fingerprint, answer, job.before),
                     pump_id=pump_id,
                     # what the hub's emit_event would journal: the event with its pump id
-                    events=[{**event, "pump_id": pump_id} for event in events],
+                    events=[event.journaled(pump_id) for event in events],
                 )
             except JournalError:
                 # nothing of it is durable: show the last journaled truth again; the next poll
@@ -275,7 +276,7 @@ class Writer:
         action: Action,
         command_id: str,
         rate: Decimal | None,
-        events: list[dict[str, Any]],
+        events: list[PumpEvent],
     ) -> WriteResult:
         """The driver's write, bounded in time; whatever it raises becomes ``uncertain`` (the
         write may have reached the device) unless the driver said nothing was sent."""

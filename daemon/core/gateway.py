@@ -27,6 +27,8 @@ import structlog
 from daemon.base.config import Config
 from daemon.base.config_sections import PumpConfig
 from daemon.base.envelope import SCHEMA_IDS, Kind, encode, envelope
+from daemon.base.events import PumpEvent
+from daemon.base.quantities import optional_json
 from daemon.core.channel import Channel
 from daemon.core.channel_types import ChannelConfig, PollReport
 from daemon.core.gate import Control, Gate, ReplyTo
@@ -111,13 +113,13 @@ class Gateway(LibraryHotReload, VitalsIntake):
         """Wall-clock time for payloads and rules (UTC)."""
         return self.clock()
 
-    async def emit_event(self, pump_id: str, data: dict[str, Any]) -> None:
+    async def emit_event(self, pump_id: str, event: PumpEvent) -> None:
         """Journal the event with the next seq and queue it (the bridge publishes it)."""
-        await self.journal.record_event(pump_id, {**data, "pump_id": pump_id})
+        await self.journal.record_event(pump_id, event.journaled(pump_id))
 
-    async def emit_events(self, pump_id: str, events: list[dict[str, Any]]) -> None:
+    async def emit_events(self, pump_id: str, events: list[PumpEvent]) -> None:
         """Journal the events (one transaction, consecutive seqs) and queue them."""
-        await self.journal.record_events(pump_id, [{**e, "pump_id": pump_id} for e in events])
+        await self.journal.record_events(pump_id, [e.journaled(pump_id) for e in events])
 
     async def publish_state(self, pump_id: str, data: dict[str, Any]) -> None:
         """Publish the retained ``pump.state``."""
@@ -166,7 +168,11 @@ class Gateway(LibraryHotReload, VitalsIntake):
 
         def dose_obj(pump_id: str, rate_ml_h: float) -> dict[str, Any] | None:
             channel = self.channels.get(pump_id)
-            return None if channel is None else channel.dose_obj(Decimal(str(rate_ml_h)))
+            return (
+                None
+                if channel is None
+                else optional_json(channel.dose_obj(Decimal(str(rate_ml_h))))
+            )
 
         pumps = tuple(p.id for p in self.config.pumps)
         return History(self.config.gateway_id, journal, lambda: pumps, dose_obj)

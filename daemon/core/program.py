@@ -1,15 +1,20 @@
 """What a pump infuses and for whom (:class:`Program`) and the dose it delivers at a rate
-(:func:`dose_at`), what a verified command asks of it
-(:class:`Action`), and the ``program_changed`` event that journals a program so that a restart
+(:func:`dose_at`), what a verified command asks of it (:class:`Action`), and the
+``program_changed`` event (:class:`ProgramChanged`) that journals a program so that a restart
 rebuilds it from the journal rather than from the configuration file."""
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, ClassVar
 
+from daemon.base.errors import PayloadError
+from daemon.base.events import EventType, PumpEvent
+from daemon.base.payload import obj, optional_decimal, optional_text, required, text
+from daemon.base.quantities import JsonObject, Quantity
 from protocol.units import UnitError, concentration_unit, dose_unit, rate_to_dose
 
 
@@ -40,53 +45,82 @@ class Program:
     chronic_hypertension: bool = False
 
 
-def program_changed(command_id: str, program: Program) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class ProgramChanged(PumpEvent):
     """The ``program_changed`` event: what the pump now infuses, and for whom. It carries every
     field of the program, so that a restart rebuilds the program from the journal
     (:func:`program_from_event`) instead of from the configuration file."""
-    return {
-        "type": "program_changed",
-        "command_id": command_id,
-        "program": {
-            "drug": program.drug,
-            "concentration": {
-                "value": float(program.concentration),
-                "unit": program.concentration_unit,
+
+    TYPE: ClassVar[EventType] = EventType.PROGRAM_CHANGED
+    command_id: str
+    program: Program
+
+    def to_json(self) -> JsonObject:
+        program = self.program
+        return {
+            "type": self.TYPE.value,
+            "command_id": self.command_id,
+            "program": {
+                "drug": program.drug,
+                "concentration": {
+                    "value": float(program.concentration),
+                    "unit": program.concentration_unit,
+                },
+                "dose_unit": program.dose_unit,
+                "diluent": program.diluent,
+                "route": program.route,
+                "profile": program.profile,
+                "weight_kg": float(program.weight_kg) if program.weight_kg is not None else None,
+                "line_shares": list(program.line_shares),
+                "bed": program.bed,
+                # text: a blood pressure is compared, never published as a measurement
+                "baseline_sbp": (
+                    str(program.baseline_sbp) if program.baseline_sbp is not None else None
+                ),
+                "chronic_hypertension": program.chronic_hypertension,
             },
-            "dose_unit": program.dose_unit,
-            "diluent": program.diluent,
-            "route": program.route,
-            "profile": program.profile,
-            "weight_kg": float(program.weight_kg) if program.weight_kg is not None else None,
-            "line_shares": list(program.line_shares),
-            "bed": program.bed,
-            "baseline_sbp": str(program.baseline_sbp) if program.baseline_sbp is not None else None,
-            "chronic_hypertension": program.chronic_hypertension,
-        },
-    }
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ProgramChanged:
+        """The event back from the journal; fields an older event did not carry take the
+        program's defaults (a restart seeds them from the configuration instead)."""
+        return cls(text(data, "command_id", "event"), program_from_event(data, None))
 
 
-def program_from_event(event: dict[str, Any], seed: Program) -> Program:
+def program_from_event(event: Mapping[str, Any], seed: Program | None) -> Program:
     """The program a journaled ``program_changed`` event set; fields an older event did not
-    carry come from ``seed`` (the bed's context from the configuration). Raises ValueError
-    (or a subclass) on an event that does not describe a program."""
-    data = event["program"]
-    conc = data["concentration"]
-    weight = data.get("weight_kg")
-    baseline = data.get("baseline_sbp", seed.baseline_sbp)
+    carry come from ``seed`` (the bed's context from the configuration; None: the defaults of
+    :class:`Program`). Raises :class:`PayloadError` (a ValueError) naming the field on an event
+    that does not describe a program."""
+    where = "event.program"
+    data = obj(event, "program", "event")
+    conc = Quantity.from_json(
+        required(data, "concentration", where), where=f"{where}.concentration"
+    )
+    shares = data.get("line_shares", seed.line_shares if seed else ())
+    if not isinstance(shares, list | tuple) or not all(isinstance(s, str) for s in shares):
+        raise PayloadError(f"{where}.line_shares: expected a list of strings, got {shares!r}")
+    hypertension = data.get("chronic_hypertension", seed.chronic_hypertension if seed else False)
+    if not isinstance(hypertension, bool):
+        raise PayloadError(f"{where}.chronic_hypertension: expected true or false")
     return Program(
-        drug=str(data["drug"]),
-        concentration=Decimal(str(conc["value"])),
-        concentration_unit=str(conc["unit"]),
-        dose_unit=str(data["dose_unit"]),
-        diluent=str(data["diluent"]),
-        route=str(data["route"]),
-        profile=str(data["profile"]),
-        weight_kg=Decimal(str(weight)) if weight is not None else None,
-        line_shares=tuple(data.get("line_shares", seed.line_shares)),
-        bed=data.get("bed", seed.bed),
-        baseline_sbp=Decimal(str(baseline)) if baseline is not None else None,
-        chronic_hypertension=bool(data.get("chronic_hypertension", seed.chronic_hypertension)),
+        drug=text(data, "drug", where),
+        concentration=Decimal(str(conc.value)),
+        concentration_unit=conc.unit,
+        dose_unit=text(data, "dose_unit", where),
+        diluent=text(data, "diluent", where),
+        route=text(data, "route", where),
+        profile=text(data, "profile", where),
+        weight_kg=optional_decimal(data, "weight_kg", where),
+        line_shares=tuple(shares),
+        bed=optional_text(data, "bed", where) if "bed" in data else (seed.bed if seed else None),
+        baseline_sbp=(
+            optional_decimal(data, "baseline_sbp", where)
+            if "baseline_sbp" in data
+            else (seed.baseline_sbp if seed else None)
+        ),
+        chronic_hypertension=hypertension,
     )
 
 

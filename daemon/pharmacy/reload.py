@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from typing import Any
 import structlog
 
 from daemon.base.config_sections import LibraryConfig
+from daemon.base.events import LibraryChanged, Via
 from daemon.journal.records import JournalError, JournalKind
 from daemon.journal.writer import AsyncJournal
 from daemon.pharmacy.signing import (
@@ -49,7 +50,6 @@ log = structlog.get_logger("infusiond.library")
 MAX_PUSH_BYTES = 128 * 1024
 MAX_ID_CHARS = 64
 SIGNATURE_SUFFIX = ".sig"
-EVENT_TYPE = "library_changed"
 #: the ``pump_id`` of the journal rows (kind ``state``) naming every pump's program
 PROGRAMS_KEY = "@programs"
 #: the ``pump_id`` of the journal rows (kind ``state``) recording refused libraries
@@ -292,7 +292,7 @@ class LibraryReloader:
                     policy=self.policy,
                     uses=self.uses(),
                 )
-                await self._apply(vetted, via="sighup", by=None)
+                await self._apply(vetted, via=Via.SIGHUP, by=None)
             except LibraryRefused as exc:
                 await self._record(exc)
                 raise
@@ -316,7 +316,7 @@ class LibraryReloader:
                     policy=self.policy,
                     uses=self.uses(),
                 )
-                await self._apply(vetted, via="mqtt", by=request.user)
+                await self._apply(vetted, via=Via.MQTT, by=request.user)
         except PushError as exc:
             log.warning("library_push_refused", id=exc.request_id, code=exc.code, error=str(exc))
             await self._record(LibraryRefused("push", [str(exc)]))
@@ -341,37 +341,28 @@ class LibraryReloader:
             "library": self.current().identity.to_dict(),
         }
 
-    async def _apply(self, vetted: Vetted, *, via: str, by: str | None) -> None:
+    async def _apply(self, vetted: Vetted, *, via: Via, by: str | None) -> None:
         """Journal ``library_changed``, then swap (nothing to do for the running library)."""
         old = self.current().identity
         new = vetted.library.identity
         if old == new:
-            log.info("library_unchanged", name=new.name, version=new.version, via=via)
+            log.info("library_unchanged", name=new.name, version=new.version, via=via.value)
             return
-        event: dict[str, Any] = {
-            "type": EVENT_TYPE,
-            "from": old.to_dict(),
-            "to": new.to_dict(),
-            "via": via,
-        }
-        if by is not None:
-            event["by"] = by
-        if vetted.signed_by is not None:
-            event["signed_by"] = vetted.signed_by
+        event = LibraryChanged(old, new, via, by, vetted.signed_by)
         uses = self.uses()
         when = self.now()
         if uses:
             for pump_id, use in uses.items():
-                data = {**event, "pump_id": pump_id, "drug": use.drug, "profile": use.profile}
-                await self.journal.record_event(pump_id, data, ts=when)
+                mine = replace(event, drug=use.drug, profile=use.profile)
+                await self.journal.record_event(pump_id, mine.journaled(pump_id), ts=when)
         else:
-            await self.journal.append(JournalKind.STATE, {"event": event}, ts=when)
+            await self.journal.append(JournalKind.STATE, {"event": event.to_json()}, ts=when)
         self.install(vetted.library)
         log.info(
             "library_changed",
             old=old.version,
             new=new.version,
             sha256=new.sha256,
-            via=via,
+            via=via.value,
             by=by,
         )
