@@ -8,21 +8,27 @@ from typing import Any
 
 import pytest
 
+from daemon.base.quantities import Quantity
 from daemon.core.pump_events import (
     ALARM_PRIORITY,
     AlarmPriorities,
     Observation,
-    diff,
     rate_changed_event,
 )
+from daemon.core.pump_events import diff as typed_diff
 from drivers.base import AlarmCode, ConnectionState, PumpStatus, RunState
 
 ON = ConnectionState.ONLINE
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 
 
-def dose_obj(rate: Decimal) -> dict[str, Any]:
-    return {"value": float(rate) / 1050, "unit": "ug/kg/min"}
+def dose_obj(rate: Decimal) -> Quantity:
+    return Quantity(float(rate) / 1050, "ug/kg/min")
+
+
+def diff(*args: Any) -> list[dict[str, Any]]:
+    """The derived events as they are journaled and published."""
+    return [event.to_json() for event in typed_diff(*args)]
 
 
 def status(**kw: Any) -> PumpStatus:
@@ -103,7 +109,7 @@ def test_connection_change_and_first_snapshot() -> None:
 
 def test_command_rate_change_event_carries_the_command_id() -> None:
     """A command's change is reported with its id instead of source=device."""
-    event = rate_changed_event(Decimal(21), Decimal("63.0"), dose_obj, command_id="c-1")
+    event = rate_changed_event(Decimal(21), Decimal("63.0"), dose_obj, command_id="c-1").to_json()
     assert event["command_id"] == "c-1"
     assert event["source"] == "command"
 

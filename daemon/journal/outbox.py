@@ -1,14 +1,16 @@
 """The durable event outbox: each pump event gets the next ``seq``, its journal row and its
-outbox entry (the full MQTT envelope, encoded) in one transaction; entries are deleted after
-the broker's PUBACK and replayed in ``seq`` order until then."""
+outbox entry (seq, pump, time, event) in one transaction; entries are deleted after the
+broker's PUBACK and replayed in ``seq`` order until then. What is published (topic, envelope)
+is the MQTT side's business: daemon/mqtt/event_messages.py."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from daemon.base.envelope import Kind, encode, envelope
+from daemon.base.envelope import encode
 from daemon.base.timefmt import format_ts
 from daemon.journal.chain import JournalChain
 from daemon.journal.records import JournalError, JournalKind, OutboxItem
@@ -25,25 +27,17 @@ class EventOutbox(JournalChain):
         seq = self.current_seq() + 1
         self._set_meta("seq", str(seq))
         event_type = data.get("type")
-        self._append(
+        row = self._append(
             JournalKind.EVENT,
             {"seq": seq, "event": data},
             ts=format_ts(ts),
             pump_id=pump_id,
             event_type=event_type if isinstance(event_type, str) else None,
         )
-        body = envelope(
-            Kind.PUMP_EVENT,
-            gateway=self._topics.gateway_id,
-            session=self.session,
-            seq=seq,
-            ts=ts,
-            data=data,
-        )
-        item = OutboxItem(seq, self._topics.pump_event(pump_id), encode(body))
+        item = OutboxItem(seq, pump_id, row.ts, data)
         self._conn.execute(
-            "INSERT INTO outbox (seq, topic, payload) VALUES (?, ?, ?)",
-            (item.seq, item.topic, item.payload),
+            "INSERT INTO outbox (seq, pump_id, ts, event) VALUES (?, ?, ?, ?)",
+            (item.seq, item.pump_id, item.ts, encode(item.data).decode()),
         )
         return item
 
@@ -55,9 +49,15 @@ class EventOutbox(JournalChain):
 
     def outbox_pending(self, limit: int = 1000) -> list[OutboxItem]:
         """Events not yet acknowledged by the broker, oldest first."""
-        return [
-            OutboxItem(seq, topic, bytes(payload))
-            for seq, topic, payload in self._conn.execute(
-                "SELECT seq, topic, payload FROM outbox ORDER BY seq LIMIT ?", (limit,)
-            )
-        ]
+        items = []
+        for seq, pump_id, ts, event in self._conn.execute(
+            "SELECT seq, pump_id, ts, event FROM outbox ORDER BY seq LIMIT ?", (limit,)
+        ):
+            try:
+                data = json.loads(event)
+            except json.JSONDecodeError as exc:
+                raise JournalError(
+                    f"journal {self.path}: outbox event {seq} unreadable: {exc}"
+                ) from None
+            items.append(OutboxItem(seq, pump_id, ts, data))
+        return items

@@ -84,11 +84,14 @@ class JournalRow:
 
 @dataclass(frozen=True)
 class OutboxItem:
-    """An event waiting for the broker's PUBACK: ``payload`` is the full envelope, encoded."""
+    """An event waiting for the broker's PUBACK: its ``seq``, pump, journal time and ``data``
+    (the event as journaled). The MQTT side makes the topic and envelope of it when it
+    publishes (daemon/mqtt/event_messages.py): the journal knows no wire format."""
 
     seq: int
-    topic: str
-    payload: bytes
+    pump_id: str
+    ts: str
+    data: dict[str, Any]
 
 
 @dataclass(frozen=True)

@@ -1,14 +1,17 @@
 """The journal file's tables and indexes, creating them in a new file and migrating an older
-file's (``infusiond.journal/1`` written before ``event_type`` and the commands' ``command`` and
-``phase`` existed)."""
+file's (``infusiond.journal/1`` written before ``event_type``, the commands' ``command`` and
+``phase``, or the outbox's ``pump_id``/``ts``/``event`` existed)."""
 
 from __future__ import annotations
 
+import json
 import secrets
 import sqlite3
 from pathlib import Path
 
-from daemon.base.timefmt import format_ts
+from daemon.base.envelope import Kind, encode, envelope
+from daemon.base.timefmt import format_ts, parse_ts
+from daemon.base.topics import Topics
 from daemon.journal.records import GENESIS_HASH, JournalError
 from drivers.clock import utc_now
 
@@ -39,8 +42,9 @@ CREATE TABLE IF NOT EXISTS commands (
 );
 CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY,
-    topic TEXT NOT NULL,
-    payload BLOB NOT NULL
+    pump_id TEXT NOT NULL,
+    ts TEXT NOT NULL,
+    event TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS hl7_outbox (
     n INTEGER PRIMARY KEY,
@@ -125,6 +129,8 @@ def create_or_migrate(conn: sqlite3.Connection, gateway_id: str, path: Path) -> 
         if "phase" not in columns(conn, "commands"):
             for statement in statements(_MIGRATE_COMMANDS):
                 conn.execute(statement)
+        if "topic" in columns(conn, "outbox"):
+            _migrate_outbox(conn, path)
     conn.executemany(
         "INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)",
         [("anchor_n", "0"), ("anchor_hash", GENESIS_HASH)],
@@ -132,3 +138,62 @@ def create_or_migrate(conn: sqlite3.Connection, gateway_id: str, path: Path) -> 
     for statement in statements(_INDEXES):
         conn.execute(statement)
     return created
+
+
+# The outbox of a file written before the journal stopped formatting MQTT envelopes: each row
+# held the topic and the encoded ``pump.event`` envelope. Pending rows must still be published,
+# byte for byte as they would have been: their pump, time and event are taken out of the
+# envelope, and a row that would not give the same bytes back refuses the migration.
+_OLD_OUTBOX = "SELECT seq, topic, payload FROM outbox ORDER BY seq"
+_NEW_OUTBOX = """
+CREATE TABLE outbox (
+    seq INTEGER PRIMARY KEY,
+    pump_id TEXT NOT NULL,
+    ts TEXT NOT NULL,
+    event TEXT NOT NULL
+)
+"""
+
+
+def _migrate_outbox(conn: sqlite3.Connection, path: Path) -> None:
+    """Rewrite an older file's outbox rows as ``(seq, pump_id, ts, event)`` (inside the
+    caller's transaction: all of them or, on a row it cannot read, none)."""
+    rows = []
+    for seq, topic, payload in conn.execute(_OLD_OUTBOX).fetchall():
+        try:
+            rows.append(_new_outbox_row(seq, str(topic), bytes(payload)))
+        except (ValueError, TypeError, KeyError) as exc:
+            raise JournalError(
+                f"journal {path}: outbox event {seq} cannot be migrated ({exc}); nothing changed"
+            ) from None
+    conn.execute("DROP TABLE outbox")
+    conn.execute(_NEW_OUTBOX)
+    conn.executemany("INSERT INTO outbox (seq, pump_id, ts, event) VALUES (?, ?, ?, ?)", rows)
+
+
+def _new_outbox_row(seq: int, topic: str, payload: bytes) -> tuple[int, str, str, str]:
+    """One old row as a new one; ValueError (or TypeError, KeyError) when its envelope would
+    not rebuild to the very bytes it held."""
+    body = json.loads(payload)
+    data, ts, gateway = body["data"], body["ts"], body["gateway"]
+    pump_id = _pump_of_event_topic(topic, str(gateway))
+    again = envelope(
+        Kind.PUMP_EVENT,
+        gateway=gateway,
+        session=body["session"],
+        seq=seq,
+        ts=parse_ts(ts),
+        data=data,
+    )
+    if encode(again) != payload:
+        raise ValueError("its envelope does not rebuild to the same bytes")
+    return seq, pump_id, ts, encode(data).decode()
+
+
+def _pump_of_event_topic(topic: str, gateway: str) -> str:
+    """``pump_id`` of the gateway's pump event topic ``topic``; ValueError otherwise."""
+    parts = topic.split("/")
+    pump_id = parts[-2] if len(parts) >= 2 else ""
+    if not pump_id or Topics(gateway).pump_event(pump_id) != topic:
+        raise ValueError(f"topic {topic!r} is not a pump event topic of gateway {gateway!r}")
+    return pump_id

@@ -76,6 +76,7 @@ from daemon.journal.records import JournalError, OutboxItem
 from daemon.mqtt.bridge_inbound import Inbound, IncomingCommand
 from daemon.mqtt.bridge_results import MAX_TOPIC_BYTES, ResultQueue, response_topic_problem
 from daemon.mqtt.bridge_stats import BridgeStats
+from daemon.mqtt.event_messages import outbox_message
 from drivers.backoff import Backoff
 
 log = structlog.get_logger("infusiond.mqtt")
@@ -94,6 +95,11 @@ class Outbox(Protocol):
     """What the bridge needs from the journal (``daemon.journal.AsyncJournal`` provides it)."""
 
     outbox_changed: asyncio.Event
+
+    @property
+    def session(self) -> str:
+        """The journal's session: what the events' envelopes carry."""
+        ...
 
     async def outbox_pending(self, limit: int = ...) -> list[OutboxItem]: ...
 
@@ -453,12 +459,11 @@ class MqttBridge:
             if not items:
                 await self._outbox.outbox_changed.wait()
                 continue
+            session = self._outbox.session
             async with asyncio.TaskGroup() as tg:  # PUBLISHes go out in seq order
                 for item in items:
-                    tg.create_task(
-                        client.publish(item.topic, item.payload, qos=1),
-                        name="mqtt-publish-event",
-                    )
+                    topic, payload = outbox_message(item, topics=self.topics, session=session)
+                    tg.create_task(client.publish(topic, payload, qos=1), name="mqtt-publish-event")
             try:
                 await self._outbox.outbox_ack([item.seq for item in items])
             except JournalError as exc:  # they stay queued: published again, same seq

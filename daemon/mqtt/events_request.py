@@ -20,8 +20,8 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from daemon.base.envelope import Kind, encode, envelope
-from daemon.base.timefmt import parse_ts
 from daemon.journal.records import JournalRow
+from daemon.mqtt.event_messages import event_body
 
 MAX_REQUEST_BYTES = 16 * 1024
 MAX_ID_CHARS = 64
@@ -140,13 +140,8 @@ async def answer(
     next_seq: int | None = None
     for row in rows:
         seq = int(row.payload["seq"])
-        body = envelope(
-            Kind.PUMP_EVENT,
-            gateway=gateway,
-            session=session,
-            seq=seq,
-            ts=parse_ts(row.ts),
-            data=row.payload["event"],
+        body = event_body(
+            gateway=gateway, session=session, seq=seq, ts=row.ts, data=row.payload["event"]
         )
         body["pump_id"] = row.pump_id
         size += len(encode(body)) + 1

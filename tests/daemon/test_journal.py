@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from daemon.base.paths import DataDirError, journal_path
+from daemon.base.topics import Topics
 from daemon.cli import main
 from daemon.journal import (
     GENESIS_HASH,
@@ -26,6 +27,7 @@ from daemon.journal import (
     JournalKind,
     row_hash,
 )
+from daemon.mqtt.event_messages import outbox_message
 
 T0 = datetime(2026, 11, 26, 17, 18, 0, 123000, tzinfo=UTC)
 
@@ -188,8 +190,11 @@ async def test_event_envelope_in_outbox_carries_seq_session_and_topic(tmp_path: 
     """The outbox holds the exact bytes to publish: the pump.event envelope on the event topic."""
     async with await AsyncJournal.open(tmp_path, gateway_id="gw") as journal:
         item = await journal.record_event("pump-1", {"type": "alarm_raised"}, ts=T0)
-        body = json.loads(item.payload)
-        assert item.topic == "infusiond/gw/pump/pump-1/event"
+        [pending] = await journal.outbox_pending()
+        assert pending == item
+        topic, payload = outbox_message(pending, topics=Topics("gw"), session=journal.session)
+        body = json.loads(payload)
+        assert topic == "infusiond/gw/pump/pump-1/event"
         assert body == {
             "schema": "infusiond.pump.event/1",
             "gateway": "gw",
@@ -209,7 +214,9 @@ async def test_outbox_replays_pending_in_seq_order_and_forgets_acked(tmp_path: P
     async with await AsyncJournal.open(tmp_path, gateway_id="gw") as journal:
         pending = await journal.outbox_pending()
         assert [p.seq for p in pending] == [s for s in range(1, 21) if s not in (1, 2, 5)]
-        assert [json.loads(p.payload)["seq"] for p in pending] == [p.seq for p in pending]
+        session = journal.session
+        messages = [outbox_message(p, topics=Topics("gw"), session=session) for p in pending]
+        assert [json.loads(payload)["seq"] for _, payload in messages] == [p.seq for p in pending]
         assert [p.seq for p in await journal.outbox_pending(limit=2)] == [3, 4]
 
 

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
 from daemon.base.envelope import SCHEMA_IDS, Kind, encode, envelope
+from daemon.base.topics import Topics
 from daemon.journal import AsyncJournal
 from daemon.mqtt.command_parse import (
     Command,
@@ -30,6 +31,7 @@ from daemon.mqtt.command_parse import (
     rejected,
     uncertain,
 )
+from daemon.mqtt.event_messages import outbox_message
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "docs" / "schemas"
 NOW = datetime(2026, 11, 26, 17, 30, 0, 250000, tzinfo=UTC)
@@ -144,7 +146,8 @@ async def test_outbox_event_payloads_validate(tmp_path: Path) -> None:
     async with await AsyncJournal.open(tmp_path, gateway_id="demo") as journal:
         for data in events:
             item = await journal.record_event("pump-1", data, ts=NOW)
-            errors = [e.message for e in v.iter_errors(json.loads(item.payload))]
+            _, payload = outbox_message(item, topics=Topics("demo"), session=journal.session)
+            errors = [e.message for e in v.iter_errors(json.loads(payload))]
             assert errors == [], (data, errors)
     bad = wrap(Kind.PUMP_EVENT, {"type": "rate_changed", "from": point, "to": point})
     assert list(v.iter_errors(bad)), "rate_changed needs a command_id or source=device"

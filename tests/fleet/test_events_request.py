@@ -12,8 +12,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
+from daemon.base.topics import Topics
 from daemon.journal import AsyncJournal
 from daemon.mqtt import events_request
+from daemon.mqtt.event_messages import outbox_message
 from daemon.mqtt.events_request import MAX_PAGE_EVENTS, answer
 
 NOW = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
@@ -46,7 +48,12 @@ def _validate(data: dict[str, Any], journal: AsyncJournal) -> dict[str, Any]:
 @pytest.mark.asyncio
 async def test_a_range_is_answered_with_the_events_as_published(tmp_path: Path) -> None:
     async with await _journal(tmp_path, 5) as journal:
-        published = {item.seq: json.loads(item.payload) for item in await journal.outbox_pending()}
+        published = {
+            item.seq: json.loads(
+                outbox_message(item, topics=Topics("gw-a"), session=journal.session)[1]
+            )
+            for item in await journal.outbox_pending()
+        }
         data = await answer(
             req(from_seq=2, to_seq=4, session=journal.session),
             retained=False,

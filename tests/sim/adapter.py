@@ -55,6 +55,7 @@ from daemon.journal import (
 )
 from daemon.journal.writer import _Job
 from daemon.mqtt.bridge_inbound import IncomingCommand
+from daemon.mqtt.event_messages import outbox_message
 from daemon.mqtt.refusals import RefusalDesk
 from drivers.base import Driver
 from protocol.library import Library
@@ -73,6 +74,7 @@ __all__ = [
     "journal_refusal_summaries",
     "journal_verify",
     "make_program",
+    "outbox_message",
     "shipped_library",
     "simulated_process",
 ]

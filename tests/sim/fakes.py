@@ -39,7 +39,7 @@ from drivers.base import (
     WriteResult,
 )
 from drivers.errors import DeviceTimeout, DriverError, FrameError
-from tests.sim.adapter import IncomingCommand, JournalError, Topics
+from tests.sim.adapter import IncomingCommand, JournalError, Topics, outbox_message
 
 IO_S = 0.02  # virtual time of one exchange with a pump
 TIMEOUT_S = 1.0  # what a silent pump costs the driver before it gives up
@@ -390,7 +390,11 @@ class SimBridge:
     async def _flush_outbox(self) -> None:
         try:
             pending = await self._outbox.outbox_pending(1000)
-            self._broker.events.extend(json.loads(item.payload)["data"] for item in pending)
+            session = self._outbox.session
+            self._broker.events.extend(
+                json.loads(outbox_message(item, topics=self.topics, session=session)[1])["data"]
+                for item in pending
+            )
             await self._outbox.outbox_ack([item.seq for item in pending])
         except JournalError:
             self._outbox.outbox_changed.set()  # retry at the next wake, as the real bridge does
