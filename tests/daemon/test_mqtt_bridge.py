@@ -10,6 +10,7 @@ import os
 import pwd
 import signal
 import socket
+import sqlite3
 import subprocess
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -23,7 +24,9 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from pydantic import SecretStr
 
 from daemon.base.config_sections import BrokerConfig, TlsConfig
-from daemon.journal import AsyncJournal
+from daemon.base.paths import journal_path
+from daemon.base.timefmt import parse_ts
+from daemon.journal import AsyncJournal, Journal, JournalError
 from daemon.mqtt.bridge import BridgeState, MqttBridge
 from drivers.backoff import Backoff
 from tests.daemon.netcut import cuttable_link
@@ -767,3 +770,111 @@ async def test_a_broker_that_drops_each_connection_at_once_gets_growing_backoff(
             await task
         server.close()
         await server.wait_closed()
+
+
+# -- an outbox written before the journal stopped formatting envelopes ----------------------
+
+#: the outbox table as infusiond.journal/1 files had it until then (the encoded envelope and
+#: its topic, ready to publish)
+OLD_OUTBOX = """
+DROP TABLE outbox;
+CREATE TABLE outbox (seq INTEGER PRIMARY KEY, topic TEXT NOT NULL, payload BLOB NOT NULL);
+"""
+OLD_TS = "2026-11-26T17:18:00.123Z"
+
+
+def old_events() -> list[dict[str, object]]:
+    return [
+        {"type": "delivery_started", "rate": {"value": 52.5, "unit": "mL/h"}, "pump_id": "pump-1"},
+        {"type": "alarm_raised", "alarm": {"code": "near_end", "message": "Noradrénaline"}},
+        {"type": "rate_changed", "to": {"dose": {"value": 1e-07, "unit": "ug/kg/min"}}, "n": 3},
+    ]
+
+
+def old_outbox_rows(session: str) -> list[tuple[int, str, bytes]]:
+    """The rows the previous version wrote for :func:`old_events`, spelt out byte for byte."""
+    head = f'"gateway":"{GW}","schema":"infusiond.pump.event/1"'
+    tail = f'"session":"{session}","ts":"{OLD_TS}"'
+    datas = [
+        '{"pump_id":"pump-1","rate":{"unit":"mL/h","value":52.5},"type":"delivery_started"}',
+        '{"alarm":{"code":"near_end","message":"Noradrénaline"},"type":"alarm_raised"}',
+        '{"n":3,"to":{"dose":{"unit":"ug/kg/min","value":1e-07}},"type":"rate_changed"}',
+    ]
+    pumps = ["pump-1", "pump-2", "pump-1"]
+    return [
+        (
+            seq,
+            f"infusiond/{GW}/pump/{pump}/event",
+            f'{{"data":{data},{head},"seq":{seq},{tail}}}'.encode(),
+        )
+        for seq, (pump, data) in enumerate(zip(pumps, datas, strict=True), start=1)
+    ]
+
+
+def write_old_format_journal(data_dir: Path) -> str:
+    """A journal as the previous version left it: three events journaled, none acknowledged,
+    the outbox holding their envelopes. Returns its session."""
+    journal = Journal.open(data_dir, gateway_id=GW)
+    try:
+        with journal.transaction():
+            for pump, data in zip(["pump-1", "pump-2", "pump-1"], old_events(), strict=True):
+                journal.record_event(pump, data, ts=parse_ts(OLD_TS))
+        session = journal.session
+    finally:
+        journal.close()
+    conn = sqlite3.connect(journal_path(data_dir))
+    with conn:
+        conn.executescript(OLD_OUTBOX)
+        conn.executemany(
+            "INSERT INTO outbox (seq, topic, payload) VALUES (?, ?, ?)", old_outbox_rows(session)
+        )
+    conn.close()
+    return session
+
+
+@pytest.mark.asyncio
+async def test_an_old_format_outbox_is_migrated_and_published_byte_for_byte(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """Pending events of an outbox written before the journal stopped formatting envelopes
+    are published, in seq order, as exactly the bytes that version would have published; the
+    chain still verifies and seq goes on after them."""
+    data_dir = tmp_path / "old"
+    session = write_old_format_journal(data_dir)
+    expected = [(topic, payload) for _, topic, payload in old_outbox_rows(session)]
+    async with (
+        await AsyncJournal.open(data_dir, gateway_id=GW) as journal,
+        observer(mosquitto.port, f"infusiond/{GW}/pump/+/event") as obs,
+        running_bridge(broker_cfg(mosquitto), journal),
+    ):
+        assert (await journal.verify()).ok
+        assert journal.session == session
+        await journal.record_event("pump-2", {"type": "delivery_stopped"})
+        got = [await receive(obs) for _ in range(4)]
+        assert [(m.topic.value, m.payload) for m in got[:3]] == expected
+        assert json.loads(got[3].payload)["seq"] == 4
+
+
+def test_an_old_outbox_row_that_would_not_publish_the_same_bytes_refuses_the_migration(
+    tmp_path: Path,
+) -> None:
+    """A row whose envelope cannot be rebuilt byte for byte (here: a key the envelope does not
+    have) stops the open with the row named, and the file keeps its old outbox untouched."""
+    data_dir = tmp_path / "old"
+    session = write_old_format_journal(data_dir)
+    conn = sqlite3.connect(journal_path(data_dir))
+    with conn:
+        conn.execute(
+            "UPDATE outbox SET payload = ? WHERE seq = 2",
+            (b'{"extra":1,' + old_outbox_rows(session)[1][2][1:],),
+        )
+    conn.close()
+    with pytest.raises(JournalError, match="outbox event 2 cannot be migrated"):
+        Journal.open(data_dir, gateway_id=GW).close()
+    conn = sqlite3.connect(journal_path(data_dir))
+    try:
+        columns = [row[1] for row in conn.execute("PRAGMA table_info(outbox)")]
+        count = conn.execute("SELECT count(*) FROM outbox").fetchone()[0]
+    finally:
+        conn.close()
+    assert (columns, count) == (["seq", "topic", "payload"], 3)
