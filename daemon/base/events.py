@@ -17,7 +17,7 @@ import enum
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 from daemon.base.errors import PayloadError
 from daemon.base.payload import choice, flag, obj, optional_text, required, text, timestamp
@@ -209,33 +209,31 @@ class Alarm:
 
 
 @dataclass(frozen=True, slots=True)
-class AlarmRaised(PumpEvent):
-    """An alarm began (at the device, or raised by the daemon)."""
+class AlarmChange(PumpEvent):
+    """What ``alarm_raised`` and ``alarm_cleared`` share: the alarm object, nothing else."""
 
-    TYPE: ClassVar[EventType] = EventType.ALARM_RAISED
     alarm: Alarm
 
     def to_json(self) -> JsonObject:
         return {"type": self.TYPE.value, "alarm": self.alarm.to_json()}
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> AlarmRaised:
+    def from_json(cls, data: Mapping[str, Any]) -> Self:
         return cls(Alarm.from_json(data))
 
 
 @dataclass(frozen=True, slots=True)
-class AlarmCleared(PumpEvent):
+class AlarmRaised(AlarmChange):
+    """An alarm began (at the device, or raised by the daemon)."""
+
+    TYPE: ClassVar[EventType] = EventType.ALARM_RAISED
+
+
+@dataclass(frozen=True, slots=True)
+class AlarmCleared(AlarmChange):
     """An alarm ended; ``alarm.since`` is when it had been raised."""
 
     TYPE: ClassVar[EventType] = EventType.ALARM_CLEARED
-    alarm: Alarm
-
-    def to_json(self) -> JsonObject:
-        return {"type": self.TYPE.value, "alarm": self.alarm.to_json()}
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> AlarmCleared:
-        return cls(Alarm.from_json(data))
 
 
 @dataclass(frozen=True, slots=True)
