@@ -304,8 +304,8 @@ class ObservedItem:
                 "profile": self.profile,
                 "rules": list(self.rules),
                 "verdict": self.verdict.value,
-                "rate": optional_json(self.rate),
-                "dose": optional_json(self.dose),
+                "rate": None if self.rate is None else stored_order(self.rate.to_json()),
+                "dose": None if self.dose is None else stored_order(self.dose.to_json()),
             },
         )
 
@@ -326,12 +326,19 @@ class LibraryChangeItem:
             self.gateway,
             {
                 "ts": self.ts,
-                "from": None if self.old is None else self.old.to_dict(),
-                "to": None if self.new is None else self.new.to_dict(),
+                "from": None if self.old is None else stored_order(self.old.to_dict()),
+                "to": None if self.new is None else stored_order(self.new.to_dict()),
                 "via": self.via,
                 "by": self.by,
             },
         )
+
+
+def stored_order(obj: JsonObject) -> JsonObject:
+    """``obj`` with its keys sorted: the report has always listed quantities and libraries as
+    its sources store them (the journal's canonical JSON and PostgreSQL's JSONB both give
+    ``unit`` before ``value``, ``name``, ``sha256``, ``version``), and its bytes stay so."""
+    return dict(sorted(obj.items()))
 
 
 def _tagged(gateway: str | None, item: JsonObject) -> JsonObject:
