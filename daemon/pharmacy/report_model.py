@@ -11,15 +11,18 @@ rejections); :func:`merge` adds several gateways' reports into the hospital's.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from operator import attrgetter
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 from daemon.base.errors import PayloadError
 from daemon.base.quantities import JsonObject, Quantity, optional_json, optional_quantity
 from daemon.base.timefmt import format_ts, parse_ts
 from protocol.verdict import LibraryIdentity, Outcome
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 CATCH_WINDOW = timedelta(minutes=10)
 UNKNOWN = "(unknown)"
@@ -235,19 +238,7 @@ class OverrideItem:
     rules: tuple[str, ...]
 
     def to_json(self) -> JsonObject:
-        return _tagged(
-            self.gateway,
-            {
-                "ts": self.ts,
-                "pump_id": self.pump_id,
-                "drug": self.drug,
-                "profile": self.profile,
-                "command_id": self.command_id,
-                "clinician": self.clinician,
-                "reason": self.reason,
-                "rules": list(self.rules),
-            },
-        )
+        return _listed_json(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,19 +256,7 @@ class CatchItem:
     minutes: float
 
     def to_json(self) -> JsonObject:
-        return _tagged(
-            self.gateway,
-            {
-                "pump_id": self.pump_id,
-                "drug": self.drug,
-                "profile": self.profile,
-                "rejected_command": self.rejected_command,
-                "rejected_at": self.rejected_at,
-                "accepted_command": self.accepted_command,
-                "accepted_at": self.accepted_at,
-                "minutes": self.minutes,
-            },
-        )
+        return _listed_json(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,43 +274,43 @@ class ObservedItem:
     dose: Quantity | None
 
     def to_json(self) -> JsonObject:
-        return _tagged(
-            self.gateway,
-            {
-                "ts": self.ts,
-                "pump_id": self.pump_id,
-                "drug": self.drug,
-                "profile": self.profile,
-                "rules": list(self.rules),
-                "verdict": self.verdict.value,
-                "rate": None if self.rate is None else stored_order(self.rate.to_json()),
-                "dose": None if self.dose is None else stored_order(self.dose.to_json()),
-            },
-        )
+        return _listed_json(self)
 
 
 @dataclass(frozen=True, slots=True)
 class LibraryChangeItem:
-    """A listed library change."""
+    """A listed library change (``old``/``new`` are published as ``from``/``to``)."""
 
     gateway: str | None
     ts: str
-    old: LibraryIdentity | None
-    new: LibraryIdentity | None
+    old: LibraryIdentity | None = field(metadata={"json": "from"})
+    new: LibraryIdentity | None = field(metadata={"json": "to"})
     via: str | None
     by: str | None
 
     def to_json(self) -> JsonObject:
-        return _tagged(
-            self.gateway,
-            {
-                "ts": self.ts,
-                "from": None if self.old is None else stored_order(self.old.to_dict()),
-                "to": None if self.new is None else stored_order(self.new.to_dict()),
-                "via": self.via,
-                "by": self.by,
-            },
-        )
+        return _listed_json(self)
+
+
+def _listed_json(item: DataclassInstance) -> JsonObject:
+    """A listed item as the report publishes it: its fields in order (``gateway`` first and
+    only when set), named by their ``json`` metadata when the key differs, tuples as lists,
+    enums by value, quantities and libraries in their stored key order."""
+    out: JsonObject = {}
+    for spec in fields(item):
+        value = getattr(item, spec.name)
+        if spec.name == "gateway" and value is None:
+            continue
+        if isinstance(value, tuple):
+            value = list(value)
+        elif isinstance(value, Outcome):
+            value = value.value
+        elif isinstance(value, Quantity):
+            value = stored_order(value.to_json())
+        elif isinstance(value, LibraryIdentity):
+            value = stored_order(value.to_dict())
+        out[spec.metadata.get("json", spec.name)] = value
+    return out
 
 
 def stored_order(obj: JsonObject) -> JsonObject:
