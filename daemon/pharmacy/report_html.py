@@ -174,7 +174,7 @@ def _with_gateway(report: JsonObject, columns: list[tuple[str, str]]) -> list[tu
 
 
 def render_html(report: JsonObject) -> str:
-    """The whole page for a report dict (:meth:`Report.to_dict`, or a hospital's with
+    """The whole page for a report document (:meth:`Report.to_json`, or a hospital's with
     ``gateways``: then a table per gateway and a gateway column in every list)."""
     summary: list[JsonObject] = report["summary"]
     per_key = [r for r in summary if r["drug"] != "(all)"]
