@@ -10,12 +10,13 @@ import sys
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 from daemon.base.paths import default_data_dir, journal_path
+from daemon.base.quantities import JsonObject
 from daemon.journal.store import Journal
 from daemon.pharmacy.report import ReportError, parse_bound, read_journal, rows_csv
-from daemon.pharmacy.report_model import Window
+from daemon.pharmacy.report_model import SummaryRow, Window
 from drivers.clock import utc_now
 
 
@@ -70,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _journal_report(
     args: argparse.Namespace, window: Window, now: datetime
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+) -> tuple[JsonObject, list[SummaryRow]]:
     data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
     path = journal_path(data_dir)
     journal = Journal.open_readonly(path)
@@ -81,7 +82,7 @@ def _journal_report(
             report = read_journal(journal, window, progress)
     finally:
         journal.close()
-    return report.to_dict(journal=str(path), generated_at=now), report.rows()
+    return report.to_json(journal=str(path), generated_at=now), report.rows()
 
 
 def _write(text: str, out: str | None, stdout: TextIO) -> None:

@@ -20,7 +20,7 @@ from datetime import timedelta
 import structlog
 
 from daemon.fleet import gaps
-from daemon.fleet.records import EventsResponse
+from daemon.fleet.records import EventsResponse, ResponseError
 from daemon.fleet.store import Conn
 from daemon.mqtt.events_request import MAX_RANGE
 
@@ -134,13 +134,13 @@ class Backfill:
             await gaps.refresh_session(self._conn, gateway, session, grace=grace)
             return
         self.stats.errors += 1
-        error = response.error or {}
-        code = str(error.get("code"))
-        message = f"{code}: {str(error.get('message', ''))[:300]}"
-        oldest = error.get("oldest_seq")
+        error = response.error or ResponseError(None, "")
+        code = str(error.code)
+        message = f"{code}: {error.message[:300]}"
+        oldest = error.oldest_seq
         if code == "unknown_session":
             await self._permanent(pending, pending.to_seq, message)
-        elif code == "not_retained" and isinstance(oldest, int) and not isinstance(oldest, bool):
+        elif code == "not_retained" and oldest is not None:
             if oldest > pending.from_seq:
                 await self._permanent(pending, min(pending.to_seq, oldest - 1), message)
             if oldest <= pending.to_seq:

@@ -458,8 +458,3 @@ class _Inbox:
 
 class _Stopped(Exception):  # control flow: stop was asked
     pass
-
-
-def as_dict(stats: CollectorStats) -> dict[str, Any]:
-    """The counters, for logs and tests."""
-    return dict(stats.__dict__)

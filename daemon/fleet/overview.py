@@ -11,10 +11,11 @@ collector's completeness tracking knows, without counting a session's rows on ev
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
+from daemon.base.quantities import JsonObject
 from daemon.base.timefmt import format_ts
 from daemon.fleet.store import (
     Conn,
@@ -42,52 +43,120 @@ def held_ranges(last_seq: int, missing: Iterable[tuple[int, int]]) -> list[list[
     return [r for r in held if r[0] <= r[1]]
 
 
-def _pump(state: PumpState) -> dict[str, Any]:
-    data = state.data
-    alarms = data.get("alarms")
-    return {
-        "pump_id": state.pump_id,
-        "connection": data.get("connection"),
-        "status": data.get("status"),
-        "drug": data.get("drug"),
-        "alarms": [
-            {"code": a.get("code"), "priority": a.get("priority"), "since": a.get("since")}
-            for a in (alarms if isinstance(alarms, list) else [])
-            if isinstance(a, dict)
-        ],
-        "ts": format_ts(state.ts),
-    }
+def _text(data: Mapping[str, object], key: str) -> str | None:
+    """A string field of a stored state; anything else is shown as null: the page shows
+    what it can of a state off contract rather than fail for every gateway."""
+    value = data.get(key)
+    return value if isinstance(value, str) else None
 
 
-def _gateway(gw: GatewaySummary, gaps: list[Gap], pumps: list[PumpState]) -> dict[str, Any]:
-    current = [g for g in gaps if g.session == gw.session]
-    missing = [
-        {
-            "from": g.from_seq,
-            "to": g.to_seq,
-            "status": g.status.value,
-            "attempts": g.attempts,
-            "error": g.last_error,
+@dataclass(frozen=True, slots=True)
+class AlarmOverview:
+    """An active alarm of a pump, as its latest state lists it."""
+
+    code: str | None
+    priority: str | None
+    since: str | None
+
+    def to_json(self) -> JsonObject:
+        return {"code": self.code, "priority": self.priority, "since": self.since}
+
+
+@dataclass(frozen=True, slots=True)
+class PumpOverview:
+    """A pump's line on the fleet page, from its latest stored ``pump.state``."""
+
+    pump_id: str
+    connection: str | None
+    status: str | None
+    drug: str | None
+    alarms: tuple[AlarmOverview, ...]
+    ts: datetime
+
+    @classmethod
+    def from_state(cls, state: PumpState) -> PumpOverview:
+        """Read the stored state's ``data`` once (alarms that are not objects are left out)."""
+        data = state.data
+        alarms = data.get("alarms")
+        return cls(
+            pump_id=state.pump_id,
+            connection=_text(data, "connection"),
+            status=_text(data, "status"),
+            drug=_text(data, "drug"),
+            alarms=tuple(
+                AlarmOverview(_text(a, "code"), _text(a, "priority"), _text(a, "since"))
+                for a in (alarms if isinstance(alarms, list) else [])
+                if isinstance(a, Mapping)
+            ),
+            ts=state.ts,
+        )
+
+    def to_json(self) -> JsonObject:
+        return {
+            "pump_id": self.pump_id,
+            "connection": self.connection,
+            "status": self.status,
+            "drug": self.drug,
+            "alarms": [a.to_json() for a in self.alarms],
+            "ts": format_ts(self.ts),
         }
-        for g in current
-    ]
-    listed = [_pump(p) for p in pumps]
-    return {
-        "gateway": gw.gateway,
-        "state": gw.bridge_state or "unknown",
-        "session": gw.session,
-        "last_seq": gw.last_seq,
-        "last_seen": format_ts(gw.last_seen) if gw.last_seen else None,
-        "held": held_ranges(gw.last_seq, [(g.from_seq, g.to_seq) for g in current]),
-        "missing": missing,
-        "missing_seqs": sum(g.to_seq - g.from_seq + 1 for g in current),
-        "other_sessions_gaps": len(gaps) - len(current),
-        "active_alarms": sum(len(p["alarms"]) for p in listed),
-        "pumps": listed,
-    }
 
 
-async def fleet_overview(conn: Conn, *, now: datetime) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class GatewayOverview:
+    """One gateway on the fleet page: its state, current session, completeness and pumps."""
+
+    summary: GatewaySummary
+    gaps: tuple[Gap, ...]  # of its current session
+    other_sessions_gaps: int
+    pumps: tuple[PumpOverview, ...]
+
+    @property
+    def state(self) -> str:
+        """``online``/``offline`` (its retained bridge state), ``unknown`` when never seen."""
+        return self.summary.bridge_state or "unknown"
+
+    @property
+    def missing_seqs(self) -> int:
+        return sum(g.to_seq - g.from_seq + 1 for g in self.gaps)
+
+    @property
+    def active_alarms(self) -> int:
+        return sum(len(p.alarms) for p in self.pumps)
+
+    def to_json(self) -> JsonObject:
+        gw = self.summary
+        return {
+            "gateway": gw.gateway,
+            "state": self.state,
+            "session": gw.session,
+            "last_seq": gw.last_seq,
+            "last_seen": format_ts(gw.last_seen) if gw.last_seen else None,
+            "held": held_ranges(gw.last_seq, [(g.from_seq, g.to_seq) for g in self.gaps]),
+            "missing": [
+                {
+                    "from": g.from_seq,
+                    "to": g.to_seq,
+                    "status": g.status.value,
+                    "attempts": g.attempts,
+                    "error": g.last_error,
+                }
+                for g in self.gaps
+            ],
+            "missing_seqs": self.missing_seqs,
+            "other_sessions_gaps": self.other_sessions_gaps,
+            "active_alarms": self.active_alarms,
+            "pumps": [p.to_json() for p in self.pumps],
+        }
+
+
+def _gateway(gw: GatewaySummary, gaps: list[Gap], pumps: list[PumpState]) -> GatewayOverview:
+    current = tuple(g for g in gaps if g.session == gw.session)
+    listed = tuple(PumpOverview.from_state(p) for p in pumps)
+    return GatewayOverview(gw, current, len(gaps) - len(current), listed)
+
+
+async def fleet_overview(conn: Conn, *, now: datetime) -> JsonObject:
     """The ``/api/fleet`` document: every gateway, by id."""
     gateways = await list_gateways(conn)
     gaps: dict[str, list[Gap]] = {}
@@ -99,12 +168,12 @@ async def fleet_overview(conn: Conn, *, now: datetime) -> dict[str, Any]:
     listed = [_gateway(gw, gaps.get(gw.gateway, []), pumps.get(gw.gateway, [])) for gw in gateways]
     return {
         "generated_at": format_ts(now),
-        "gateways": listed,
+        "gateways": [g.to_json() for g in listed],
         "totals": {
             "gateways": len(listed),
-            "online": sum(1 for g in listed if g["state"] == "online"),
-            "offline": sum(1 for g in listed if g["state"] == "offline"),
-            "missing_seqs": sum(g["missing_seqs"] for g in listed),
-            "active_alarms": sum(g["active_alarms"] for g in listed),
+            "online": sum(1 for g in listed if g.state == "online"),
+            "offline": sum(1 for g in listed if g.state == "offline"),
+            "missing_seqs": sum(g.missing_seqs for g in listed),
+            "active_alarms": sum(g.active_alarms for g in listed),
         },
     }

@@ -10,17 +10,19 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TypeVar
 
 from daemon.base.envelope import Kind
+from daemon.base.quantities import JsonObject
 from daemon.base.timefmt import parse_ts
 from daemon.base.topics import is_topic_id
 from daemon.fleet.errors import FleetError
 
 TOPIC_ROOT = "infusiond"
+_T = TypeVar("_T")
 
 
 class BadMessage(FleetError):
@@ -38,9 +40,10 @@ class Subject(enum.StrEnum):
     EVENTS_RESPONSE = "bridge/response/events"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class EventRecord:
-    """One ``pump.event``: identity ``(gateway, session, seq)``; ``data`` as published."""
+    """One ``pump.event``: identity ``(gateway, session, seq)``; ``data`` as published (the
+    store keeps it verbatim as jsonb: the object is the edge, never read field by field here)."""
 
     gateway: str
     session: str
@@ -48,10 +51,10 @@ class EventRecord:
     ts: datetime
     pump_id: str
     type: str
-    data: dict[str, Any]
+    data: JsonObject
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CommandResultRecord:
     """One ``pump.command.result``; ``digest`` (SHA-256 of the published bytes) is its identity."""
 
@@ -62,11 +65,11 @@ class CommandResultRecord:
     pump_id: str
     command_id: str | None
     phase: str
-    data: dict[str, Any]
+    data: JsonObject  # as published, stored verbatim (jsonb)
     digest: bytes
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PumpStateRecord:
     """One ``pump.state``; ``digest`` (SHA-256 of the published bytes) is its identity."""
 
@@ -75,11 +78,11 @@ class PumpStateRecord:
     seq: int
     ts: datetime
     pump_id: str
-    data: dict[str, Any]
+    data: JsonObject  # as published, stored verbatim (jsonb)
     digest: bytes
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class BridgeInfoRecord:
     """One ``bridge.info``: the gateway's session, current seq and description."""
 
@@ -87,10 +90,10 @@ class BridgeInfoRecord:
     session: str
     seq: int
     ts: datetime
-    data: dict[str, Any]
+    data: JsonObject  # as published, stored verbatim (jsonb)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class BridgeStateRecord:
     """``bridge/state``: ``online`` or ``offline`` (the last will); no envelope."""
 
@@ -98,7 +101,35 @@ class BridgeStateRecord:
     state: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
+class ResponseError:
+    """Why a gateway refused a backfill request (``code``: ``unknown_session``,
+    ``not_retained``...; ``oldest_seq``: the oldest it still has, with ``not_retained``)."""
+
+    code: str | None
+    message: str
+    oldest_seq: int | None = None
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, object], where: str) -> ResponseError:
+        """The ``data.error`` object of an answer; :class:`BadMessage` naming the field."""
+        code, message, oldest = data.get("code"), data.get("message", ""), data.get("oldest_seq")
+        if code is not None and not isinstance(code, str):
+            raise BadMessage(f"{where}: field 'data.error.code' must be a string")
+        if not isinstance(message, str):
+            raise BadMessage(f"{where}: field 'data.error.message' must be a string")
+        if oldest is not None and (isinstance(oldest, bool) or not isinstance(oldest, int)):
+            oldest = None  # not a seq: the answer is followed up as if it named none
+        return cls(code, message, oldest)
+
+    def to_json(self) -> JsonObject:
+        out: JsonObject = {"code": self.code, "message": self.message}
+        if self.oldest_seq is not None:
+            out["oldest_seq"] = self.oldest_seq
+        return out
+
+
+@dataclass(frozen=True, slots=True)
 class EventsResponse:
     """An answer on ``bridge/response/events`` (docs/fleet.md)."""
 
@@ -107,7 +138,7 @@ class EventsResponse:
     ok: bool
     events: tuple[EventRecord, ...]
     next_seq: int | None
-    error: dict[str, Any] | None
+    error: ResponseError | None
 
 
 Record = (
@@ -141,14 +172,14 @@ def classify(topic: str) -> tuple[Subject, str, str | None] | None:
     return None
 
 
-def _field(obj: dict[str, Any], key: str, kind: type, where: str) -> Any:
+def _field(obj: Mapping[str, object], key: str, kind: type[_T], where: str) -> _T:
     value = obj.get(key)
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise BadMessage(f"{where}: field {key!r} must be a {kind.__name__}, got {value!r:.60}")
     return value
 
 
-def _load(payload: bytes, where: str) -> dict[str, Any]:
+def _load(payload: bytes, where: str) -> JsonObject:
     try:
         obj = json.loads(payload)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -172,8 +203,8 @@ def _has_nul(value: object) -> bool:
 
 
 def _envelope(
-    obj: dict[str, Any], kind: Kind, gateway: str, where: str
-) -> tuple[str, int, datetime, dict[str, Any]]:
+    obj: Mapping[str, object], kind: Kind, gateway: str, where: str
+) -> tuple[str, int, datetime, JsonObject]:
     """``(session, seq, ts, data)`` of an envelope, checked against the topic's gateway."""
     if obj.get("schema") != kind.schema:
         raise BadMessage(f"{where}: field 'schema' must be {kind.schema!r}")
@@ -192,7 +223,9 @@ def _envelope(
     return session, seq, ts, _field(obj, "data", dict, where)
 
 
-def parse_event(obj: dict[str, Any], gateway: str, pump_id: str | None, where: str) -> EventRecord:
+def parse_event(
+    obj: Mapping[str, object], gateway: str, pump_id: str | None, where: str
+) -> EventRecord:
     """An event envelope (live, or one of a backfill page) as a record."""
     session, seq, ts, data = _envelope(obj, Kind.PUMP_EVENT, gateway, where)
     if seq < 1:
@@ -204,7 +237,7 @@ def parse_event(obj: dict[str, Any], gateway: str, pump_id: str | None, where: s
     )
 
 
-def _events_response(obj: dict[str, Any], gateway: str, where: str) -> EventsResponse:
+def _events_response(obj: Mapping[str, object], gateway: str, where: str) -> EventsResponse:
     """An ``infusiond.bridge.events.response/1`` envelope (daemon/mqtt/events_request.py)."""
     data = _envelope(obj, Kind.EVENTS_RESPONSE, gateway, where)[3]
     request_id = data.get("id")
@@ -230,7 +263,8 @@ def _events_response(obj: dict[str, Any], gateway: str, where: str) -> EventsRes
     error = data.get("error")
     if error is not None and not isinstance(error, dict):
         raise BadMessage(f"{where}: field 'data.error' must be an object")
-    return EventsResponse(gateway, request_id, status == "ok", tuple(events), next_seq, error)
+    refused = None if error is None else ResponseError.from_json(error, where)
+    return EventsResponse(gateway, request_id, status == "ok", tuple(events), next_seq, refused)
 
 
 def parse_message(topic: str, payload: bytes) -> Record:

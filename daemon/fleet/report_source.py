@@ -24,6 +24,7 @@ is their :func:`merge`.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -32,6 +33,7 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
+from daemon.base.quantities import JsonObject
 from daemon.base.timefmt import format_ts, parse_ts
 from daemon.pharmacy.report import ReportError, event_facts, override_fact
 from daemon.pharmacy.report_model import (
@@ -43,9 +45,13 @@ from daemon.pharmacy.report_model import (
     ProgramSeen,
     RateChanged,
     Report,
+    SummaryRow,
+    VerdictSeen,
     Window,
+    json_rows,
     merge,
 )
+from protocol.verdict import Outcome
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -94,17 +100,31 @@ class FleetReportError(ReportError):
     """The fleet store cannot be read for the report; the message names the database."""
 
 
-@dataclass(frozen=True)
+class Source(enum.IntEnum):
+    """Which table a row of the stream comes from (its value orders rows of one instant)."""
+
+    STATE = 0
+    RESULT = 1
+    EVENT = 2
+
+
+@dataclass(frozen=True, slots=True)
 class StoredRow:
-    """One row of the stream: a state (``src`` 0), a command result (1) or an event (2)."""
+    """One row of the stream: a state, a command result (``what``: its phase) or an event
+    (``what``: its type); ``data`` is the stored JSONB object as published."""
 
     gateway: str
     ts: datetime
-    src: int
+    src: Source
     seq: int
     pump_id: str
     what: str | None
-    data: dict[str, Any]
+    data: JsonObject
+
+    @property
+    def where(self) -> str:
+        """The row, for a ``PayloadError``."""
+        return f"gateway {self.gateway} {self.src.name.lower()} seq {self.seq} data"
 
 
 @dataclass
@@ -118,44 +138,52 @@ class _GatewayFacts:
     def facts(self, row: StoredRow) -> list[Fact]:
         ts = format_ts(row.ts)
         pump, data = row.pump_id, row.data
-        if row.src == 0:
+        if row.src is Source.STATE:
             if data.get("drug") is None or data.get("profile") is None:
                 return []
             return [ProgramSeen(pump, str(data["drug"]), str(data["profile"]))]
-        if row.src == 1:
-            return self._result(ts, pump, row.what, data)
-        return self._event(ts, pump, row.what, data)
+        if row.src is Source.RESULT:
+            return self._result(ts, pump, row)
+        return self._event(ts, pump, row)
 
-    def _result(self, ts: str, pump: str, phase: str | None, data: dict[str, Any]) -> list[Fact]:
-        command_id = data.get("id")
+    def _result(self, ts: str, pump: str, row: StoredRow) -> list[Fact]:
+        command_id = row.data.get("id")
         if not isinstance(command_id, str):
-            return []
+            return []  # a result without an id (a refused command) judges nothing
         out: list[Fact] = []
         self.known.add(command_id)
-        verdict = data.get("verdict")
-        if isinstance(verdict, dict):
+        if row.data.get("verdict") is not None:
+            verdict = VerdictSeen.from_json(row.data["verdict"], where=f"{row.where}.verdict")
             out.append(Judged(ts, pump, command_id, verdict))
-        if phase == "accepted" and command_id not in self.accepted:
+        if row.what == "accepted" and command_id not in self.accepted:
             self.accepted.add(command_id)
             out.append(Accepted(ts, pump, command_id))
         return out
 
-    def _event(self, ts: str, pump: str, kind: str | None, data: dict[str, Any]) -> list[Fact]:
+    def _event(self, ts: str, pump: str, row: StoredRow) -> list[Fact]:
+        data, kind, where = row.data, row.what, row.where
         command_id = data.get("command_id")
         if kind == "command_rejected" and isinstance(command_id, str):
-            return self._derived(ts, pump, command_id, data.get("verdict") or {"verdict": "reject"})
+            stored = data.get("verdict")
+            verdict = (
+                VerdictSeen(Outcome.REJECT)
+                if not stored
+                else VerdictSeen.from_json(stored, where=f"{where}.verdict")
+            )
+            return self._derived(ts, pump, command_id, verdict)
         if kind == "override_accepted" and isinstance(command_id, str):
-            confirm = {"verdict": "confirm", "findings": data.get("findings") or []}
-            return [*self._derived(ts, pump, command_id, confirm), override_fact(ts, pump, data)]
+            override = override_fact(ts, pump, data, where)
+            confirm = VerdictSeen(Outcome.CONFIRM, rules=override.rules)
+            return [*self._derived(ts, pump, command_id, confirm), override]
         if kind == "rate_changed" and isinstance(command_id, str):
-            out = self._derived(ts, pump, command_id, {"verdict": "accept"})
+            out = self._derived(ts, pump, command_id, VerdictSeen(Outcome.ACCEPT))
             if command_id not in self.accepted:
                 self.accepted.add(command_id)
                 out.append(Accepted(ts, pump, command_id))
             return [*out, RateChanged(ts, pump, gated=True)]
-        return event_facts(ts, pump, data)
+        return event_facts(ts, pump, data, where)
 
-    def _derived(self, ts: str, pump: str, command_id: str, verdict: dict[str, Any]) -> list[Fact]:
+    def _derived(self, ts: str, pump: str, command_id: str, verdict: VerdictSeen) -> list[Fact]:
         if command_id in self.known:
             return []
         self.known.add(command_id)
@@ -169,16 +197,16 @@ class FleetReport:
     total: Report
     gateways: dict[str, Report]
 
-    def to_dict(self, *, source: str, generated_at: datetime) -> dict[str, Any]:
+    def to_json(self, *, source: str, generated_at: datetime) -> JsonObject:
         """The journal report's JSON, plus ``gateways``: each one's period and summary."""
-        out = self.total.to_dict(journal=source, generated_at=generated_at)
+        out = self.total.to_json(journal=source, generated_at=generated_at)
         out["gateways"] = [
             {
                 "gateway": gateway,
                 "first_row": part.first_ts,
                 "last_row": part.last_ts,
                 "rows_read": part.rows_read,
-                "summary": part.rows(),
+                "summary": json_rows(part.rows()),
             }
             for gateway, part in sorted(self.gateways.items())
         ]
@@ -201,7 +229,7 @@ def stream(
         cur.itersize = FETCH_ROWS
         cur.execute(_STREAM, params)
         for gateway, ts, src, seq, pump_id, what, data in cur:
-            yield StoredRow(gateway, ts, src, seq, pump_id, what, data)
+            yield StoredRow(gateway, ts, Source(src), seq, pump_id, what, data)
 
 
 def read_fleet(
@@ -216,7 +244,7 @@ def read_fleet(
             report = parts[row.gateway] = Report(window=window, gateway=row.gateway)
             facts = _GatewayFacts()
         report.rows_read += 1
-        if row.src != 0:
+        if row.src is not Source.STATE:
             report.mark(format_ts(row.ts))
         for fact in facts.facts(row):
             report.take(fact)
@@ -247,19 +275,15 @@ def open_store(dsn: str) -> psycopg.Connection[Any]:
     return conn
 
 
-def fleet_rows(fleet: FleetReport) -> list[dict[str, Any]]:
+def fleet_rows(fleet: FleetReport) -> list[SummaryRow]:
     """The CSV rows: each gateway's summary (its ``(all)`` last), then the hospital's."""
-    out = [
-        {"gateway": gateway, **row}
-        for gateway, part in sorted(fleet.gateways.items())
-        for row in part.rows()
-    ]
-    return out + [{"gateway": TOTAL, **row} for row in fleet.total.rows()]
+    out = [row for gateway, part in sorted(fleet.gateways.items()) for row in part.rows(gateway)]
+    return out + fleet.total.rows(TOTAL)
 
 
 def fleet_report(
     dsn: str, window: Window, gateways: Sequence[str] | None, *, generated_at: datetime
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+) -> tuple[JsonObject, list[SummaryRow]]:
     """``report --postgres``: the JSON/HTML dict and the CSV rows."""
     source = describe(dsn)
     with open_store(dsn) as conn:
@@ -272,4 +296,4 @@ def fleet_report(
             ) from None
         except psycopg.Error as exc:
             raise FleetReportError(f"--postgres: reading {source} failed: {exc}") from None
-    return fleet.to_dict(source=source, generated_at=generated_at), fleet_rows(fleet)
+    return fleet.to_json(source=source, generated_at=generated_at), fleet_rows(fleet)

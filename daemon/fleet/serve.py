@@ -19,12 +19,12 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from importlib.resources import files
-from typing import Any
 
 import psycopg
 import structlog
 from aiohttp import web
 
+from daemon.base.quantities import JsonObject
 from daemon.fleet.errors import FleetError
 from daemon.fleet.overview import fleet_overview
 from daemon.fleet.store import Conn, connect
@@ -54,7 +54,7 @@ class FleetDb:
     _conn: Conn | None = None
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
-    async def overview(self) -> dict[str, Any]:
+    async def overview(self) -> JsonObject:
         async with self._lock:
             if self._conn is None or self._conn.closed:
                 self._conn = await connect(self.dsn)

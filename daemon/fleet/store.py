@@ -22,6 +22,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
+from daemon.base.quantities import JsonObject
 from daemon.fleet.errors import DatabaseUnavailable, FleetError
 from daemon.fleet.records import (
     Batch,
@@ -53,7 +54,7 @@ async def connect(dsn: str, *, autocommit: bool = True) -> Conn:
 # -- writing ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StoreResult:
     """What :func:`store_batch` wrote: new rows, and re-deliveries that were already stored."""
 
@@ -257,7 +258,7 @@ class GapStatus(enum.StrEnum):
     PERMANENT = "permanent"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Gap:
     """Missing seqs ``from_seq..to_seq`` (inclusive) of one gateway session."""
 
@@ -271,7 +272,7 @@ class Gap:
     last_error: str | None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SessionSummary:
     """Completeness of one gateway session."""
 
@@ -284,7 +285,7 @@ class SessionSummary:
     updated_at: datetime
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class GatewaySummary:
     """One gateway as the fleet page lists it."""
 
@@ -292,7 +293,7 @@ class GatewaySummary:
     session: str | None
     bridge_state: str | None  # online | offline | None (never seen)
     last_seen: datetime
-    info: dict[str, Any] | None
+    info: JsonObject | None  # the data of its latest bridge/info, as stored (jsonb)
     last_seq: int  # high-water mark of the current session (0: none)
     open_gaps: int
     permanent_gaps: int
@@ -300,7 +301,7 @@ class GatewaySummary:
     active_alarms: int  # alarms listed in the latest states of its pumps
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PumpState:
     """The latest ``pump.state`` data of one pump."""
 
@@ -309,7 +310,7 @@ class PumpState:
     session: str
     seq: int
     ts: datetime
-    data: dict[str, Any]
+    data: JsonObject  # as published and stored (jsonb); the fleet page reads what it shows
 
 
 def _gap(row: Sequence[Any]) -> Gap:

@@ -20,11 +20,12 @@ Query parameters (all optional; anything else is refused, naming it):
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any
 
+from daemon.base.errors import PayloadError
+from daemon.base.quantities import JsonObject, Quantity, optional_json, optional_quantity
 from daemon.base.timefmt import format_ts, parse_ts
 from daemon.journal.records import JournalRow
 from daemon.journal.writer import AsyncJournal
@@ -59,8 +60,9 @@ SERIES_TYPES = ("rate_changed", "delivery_started", "delivery_stopped", "connect
 _DURATION = re.compile(r"^(\d{1,6})(s|m|h)$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600}
 
-DoseObj = Callable[[str, float], dict[str, Any] | None]
-"""(pump id, rate mL/h) -> the dose object under the pump's current program (None: unknown)."""
+DoseObj = Callable[[str, float], JsonObject | None]
+"""(pump id, rate mL/h) -> the dose object under the pump's current program (None: unknown);
+the gateway's, given as the JSON it publishes, read here with :meth:`Quantity.from_json`."""
 
 
 class HistoryQueryError(InfusiondError):
@@ -76,7 +78,7 @@ class JournalNotReady(InfusiondError):
     """The gateway has not opened its journal yet (the API answers 503)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Query:
     """A checked history query: the window ``[since, until]``, the pumps and the row cap."""
 
@@ -147,43 +149,117 @@ def parse_query(
     return Query(since=since, until=now, pumps=chosen, limit=limit)
 
 
-def _event_item(row: JournalRow) -> dict[str, Any]:
-    return {
-        "n": row.n,
-        "ts": row.ts,
-        "pump_id": row.pump_id,
-        "seq": row.payload.get("seq"),
-        "data": row.payload.get("event", {}),
-    }
-
-
-def _point(row: JournalRow, dose_obj: DoseObj | None, program_n: int) -> dict[str, Any] | None:
-    """The rate and dose an event left the pump at (None: an event that sets neither)."""
+def _event_of(row: JournalRow) -> Mapping[str, object]:
+    """The event object of an EVENT row (``PayloadError`` naming the row when it is not one)."""
     event = row.payload.get("event", {})
+    if not isinstance(event, Mapping):
+        raise PayloadError(f"journal row {row.n}: event: expected an object, got {event!r:.60}")
+    return event
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEvent:
+    """One item of ``/api/events``: the journal row's number, time and pump, the event's seq
+    and its ``data`` object exactly as published on ``pump/<id>/event``."""
+
+    n: int
+    ts: str
+    pump_id: str | None
+    seq: int | None
+    data: JsonObject
+
+    @classmethod
+    def from_row(cls, row: JournalRow) -> HistoryEvent:
+        """The item an EVENT row gives; ``PayloadError`` naming the row and the field."""
+        seq = row.payload.get("seq")
+        if seq is not None and (isinstance(seq, bool) or not isinstance(seq, int)):
+            raise PayloadError(f"journal row {row.n}: seq: expected an integer, got {seq!r:.60}")
+        return cls(row.n, row.ts, row.pump_id, seq, dict(_event_of(row)))
+
+    def to_json(self) -> JsonObject:
+        return {
+            "n": self.n,
+            "ts": self.ts,
+            "pump_id": self.pump_id,
+            "seq": self.seq,
+            "data": self.data,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPoint:
+    """One point of a pump's series: the rate and dose an event left it at (None: unknown)
+    and ``why`` (the event type, or ``before`` for the value carried into the window)."""
+
+    ts: str
+    rate: Quantity | None
+    dose: Quantity | None
+    why: str
+
+    def to_json(self) -> JsonObject:
+        return {
+            "ts": self.ts,
+            "rate": optional_json(self.rate),
+            "dose": optional_json(self.dose),
+            "why": self.why,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, object]) -> HistoryPoint:
+        """A point as ``/api/history`` serves it (what a client reads back)."""
+        ts, why = data.get("ts"), data.get("why")
+        if not isinstance(ts, str) or not isinstance(why, str):
+            raise PayloadError("history point: ts and why must be strings")
+        return cls(
+            ts,
+            optional_quantity(data.get("rate"), where="history point rate"),
+            optional_quantity(data.get("dose"), where="history point dose"),
+            why,
+        )
+
+
+def _point(row: JournalRow, dose_obj: DoseObj | None, program_n: int) -> HistoryPoint | None:
+    """The rate and dose an event left the pump at (None: an event that sets neither)."""
+    event = _event_of(row)
     kind = event.get("type")
-    rate: dict[str, Any] | None
-    dose: dict[str, Any] | None = None
+    where = f"journal row {row.n}: event"
+    rate: Quantity | None
+    dose: Quantity | None = None
     if kind == "rate_changed":
         to = event.get("to") or {}
-        rate, dose = to.get("rate"), to.get("dose")
+        if not isinstance(to, Mapping):
+            raise PayloadError(f"{where}.to: expected an object, got {to!r:.60}")
+        rate = optional_quantity(to.get("rate"), where=f"{where}.to.rate")
+        dose = optional_quantity(to.get("dose"), where=f"{where}.to.dose")
     elif kind == "delivery_started" or (
         kind == "connection_changed" and event.get("connection") == "online"
     ):
-        rate = event.get("rate")
-        if not rate:
+        if not event.get("rate"):
             return None  # (re)connected without a reading: the next poll's events say more
+        rate = Quantity.from_json(event["rate"], where=f"{where}.rate")
         # a dose is derived only under the program still running (none changed since)
         if dose_obj is not None and row.n > program_n and row.pump_id is not None:
-            dose = dose_obj(row.pump_id, float(rate["value"]))
+            dose = optional_quantity(dose_obj(row.pump_id, rate.value), where="program dose")
     elif kind == "delivery_stopped":
-        rate = {"value": 0.0, "unit": "mL/h"}
+        rate = Quantity.rate(0.0)
         if dose_obj is not None and row.pump_id is not None:
-            dose = dose_obj(row.pump_id, 0.0)
+            dose = optional_quantity(dose_obj(row.pump_id, 0.0), where="program dose")
     elif kind == "connection_changed":
         rate = None  # offline or connecting: nothing is known until it answers again
     else:
         return None
-    return {"ts": row.ts, "rate": rate, "dose": dose, "why": kind}
+    return HistoryPoint(row.ts, rate, dose, str(kind))
+
+
+@dataclass(frozen=True, slots=True)
+class PumpSeries:
+    """One pump's points over the window; ``truncated``: older rows were left out."""
+
+    points: tuple[HistoryPoint, ...]
+    truncated: bool
+
+    def to_json(self) -> JsonObject:
+        return {"points": [p.to_json() for p in self.points], "truncated": self.truncated}
 
 
 @dataclass(frozen=True)
@@ -207,8 +283,8 @@ class History:
         return journal
 
     def _envelope(
-        self, schema: str, journal: AsyncJournal, now: datetime, data: object
-    ) -> dict[str, Any]:
+        self, schema: str, journal: AsyncJournal, now: datetime, data: JsonObject
+    ) -> JsonObject:
         return {
             "schema": schema,
             "gateway": self.gateway,
@@ -217,7 +293,7 @@ class History:
             "data": data,
         }
 
-    async def events(self, params: Iterable[tuple[str, str]], *, now: datetime) -> dict[str, Any]:
+    async def events(self, params: Iterable[tuple[str, str]], *, now: datetime) -> JsonObject:
         """``/api/events``: pump events of the window, oldest first, the newest ``limit``."""
         query = parse_query(params, now=now, pumps=self.pumps(), with_limit=True)
         journal = self._open()
@@ -237,20 +313,20 @@ class History:
             "pumps": list(query.pumps),
             "limit": query.limit,
             "truncated": truncated,
-            "events": [_event_item(row) for row in kept],
+            "events": [HistoryEvent.from_row(row).to_json() for row in kept],
         }
         return self._envelope(EVENTS_SCHEMA, journal, now, data)
 
-    async def series(self, params: Iterable[tuple[str, str]], *, now: datetime) -> dict[str, Any]:
+    async def series(self, params: Iterable[tuple[str, str]], *, now: datetime) -> JsonObject:
         """``/api/history``: each pump's rate and dose points over the window, oldest first;
         the first point is the value carried in from before the window (``why: "before"``)."""
         query = parse_query(params, now=now, pumps=self.pumps(), with_limit=False)
         journal = self._open()
-        pumps: dict[str, Any] = {}
+        pumps: dict[str, PumpSeries] = {}
         for pump in query.pumps:
             latest = await journal.latest_events(pump, ["program_changed"])
             program_n = latest["program_changed"].n if "program_changed" in latest else 0
-            points: list[dict[str, Any]] = []
+            points: list[HistoryPoint] = []
             before = await journal.events_before(pump, SERIES_TYPES, before=query.since)
             start = None if before is None else _point(before, self.dose_obj, program_n)
             rows = await journal.recent_events(
@@ -258,21 +334,21 @@ class History:
             )
             truncated = len(rows) > MAX_ROWS
             if start is not None and not truncated:
-                points.append(start | {"ts": format_ts(query.since), "why": "before"})
+                points.append(replace(start, ts=format_ts(query.since), why="before"))
             for row in rows[-MAX_ROWS:]:
                 point = _point(row, self.dose_obj, program_n)
                 if point is not None:
                     points.append(point)
-            pumps[pump] = {"points": points, "truncated": truncated}
+            pumps[pump] = PumpSeries(tuple(points), truncated)
         data = {
             "since": format_ts(query.since),
             "until": format_ts(query.until),
-            "pumps": pumps,
+            "pumps": {pump: series.to_json() for pump, series in pumps.items()},
         }
         return self._envelope(HISTORY_SCHEMA, journal, now, data)
 
 
-def problems_document(problems: Iterable[tuple[str, str]]) -> dict[str, Any]:
+def problems_document(problems: Iterable[tuple[str, str]]) -> JsonObject:
     """The body of a 400: every problem, each naming its parameter."""
     return {
         "error": "bad_query",

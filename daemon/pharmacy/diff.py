@@ -10,34 +10,46 @@ the new list). Exit 0 when the libraries are identical, 1 when they differ, as `
 from __future__ import annotations
 
 import argparse
+import enum
 import json
 import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+
+from pydantic import BaseModel
 
 from daemon.base.library_file import load_library
+from daemon.base.quantities import JsonObject
 from protocol.library import Example, Library
 
 EXIT_SAME = 0
 EXIT_DIFFERENT = 1
 
 
-@dataclass(frozen=True)
-class Change:
-    """One difference: ``kind`` is ``changed``, ``added`` or ``removed``."""
+class ChangeKind(enum.StrEnum):
+    """What happened to an entry or a field."""
 
-    kind: str
+    CHANGED = "changed"
+    ADDED = "added"
+    REMOVED = "removed"
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One difference; ``old``/``new`` are JSON values of the library file (a field's value,
+    a whole list, a worked example's object), compared and printed as JSON."""
+
+    kind: ChangeKind
     profile: str | None
     drug: str | None
     field: str | None
-    old: Any
-    new: Any
+    old: object
+    new: object
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_json(self) -> JsonObject:
         return {
-            "change": self.kind,
+            "change": self.kind.value,
             "profile": self.profile,
             "drug": self.drug,
             "field": self.field,
@@ -47,15 +59,15 @@ class Change:
 
     def __str__(self) -> str:
         where = " / ".join(p for p in (self.profile, self.drug) if p) or "library"
-        if self.kind == "changed":
+        if self.kind is ChangeKind.CHANGED:
             return f"{where}: {self.field} {_show(self.old)} -> {_show(self.new)}"
         what = self.field or ("drug" if self.drug else "profile")
-        value = self.new if self.kind == "added" else self.old
+        value = self.new if self.kind is ChangeKind.ADDED else self.old
         shown = f" {_show(value)}" if self.field else ""
-        return f"{where}: {what} {self.kind}{shown}"
+        return f"{where}: {what} {self.kind.value}{shown}"
 
 
-def _show(value: Any) -> str:
+def _show(value: object) -> str:
     if value is None:
         return "(none)"
     if isinstance(value, str):
@@ -63,9 +75,9 @@ def _show(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, sort_keys=True)
 
 
-def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def _flatten(data: Mapping[str, object], prefix: str = "") -> dict[str, object]:
     """Dotted paths to leaves; lists are leaves (compared whole)."""
-    out: dict[str, Any] = {}
+    out: dict[str, object] = {}
     for key, value in data.items():
         path = f"{prefix}{key}"
         if isinstance(value, Mapping) and value:
@@ -76,18 +88,18 @@ def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _fields(
-    old: Mapping[str, Any], new: Mapping[str, Any], profile: str | None, drug: str | None
+    old: Mapping[str, object], new: Mapping[str, object], profile: str | None, drug: str | None
 ) -> Iterator[Change]:
     a, b = _flatten(old), _flatten(new)
     for path in [*a, *(p for p in b if p not in a)]:
         before, after = a.get(path), b.get(path)
         if before != after:
-            yield Change("changed", profile, drug, path, before, after)
+            yield Change(ChangeKind.CHANGED, profile, drug, path, before, after)
 
 
-def _dump(model: Any, *, exclude: set[str] | None = None) -> dict[str, Any]:
-    dumped: dict[str, Any] = model.model_dump(mode="json", exclude=exclude)
-    return dumped
+def _dump(model: BaseModel, *, exclude: set[str] | None = None) -> JsonObject:
+    """A library part as the JSON the file holds: what the diff compares."""
+    return model.model_dump(mode="json", exclude=exclude)
 
 
 def _example_key(example: Example) -> str:
@@ -98,7 +110,7 @@ def _example_key(example: Example) -> str:
 def diff_libraries(old: Library, new: Library) -> list[Change]:
     """Every difference between ``old`` and ``new``, in the new file's order."""
     changes = [
-        Change("changed", None, None, name, getattr(old, name), getattr(new, name))
+        Change(ChangeKind.CHANGED, None, None, name, getattr(old, name), getattr(new, name))
         for name in ("name", "version", "description")
         if getattr(old, name) != getattr(new, name)
     ]
@@ -109,14 +121,14 @@ def diff_libraries(old: Library, new: Library) -> list[Change]:
     old_profiles = {p.id: p for p in old.profiles}
     new_profiles = {p.id: p for p in new.profiles}
     changes.extend(
-        Change("removed", pid, None, None, None, None)
+        Change(ChangeKind.REMOVED, pid, None, None, None, None)
         for pid in old_profiles
         if pid not in new_profiles
     )
     for pid, profile in new_profiles.items():
         before = old_profiles.get(pid)
         if before is None:
-            changes.append(Change("added", pid, None, None, None, None))
+            changes.append(Change(ChangeKind.ADDED, pid, None, None, None, None))
             continue
         changes.extend(
             _fields(_dump(before, exclude={"drugs"}), _dump(profile, exclude={"drugs"}), pid, None)
@@ -124,14 +136,14 @@ def diff_libraries(old: Library, new: Library) -> list[Change]:
         old_drugs = {d.drug: d for d in before.drugs}
         new_drugs = {d.drug: d for d in profile.drugs}
         changes.extend(
-            Change("removed", pid, name, None, None, None)
+            Change(ChangeKind.REMOVED, pid, name, None, None, None)
             for name in old_drugs
             if name not in new_drugs
         )
         for name, drug in new_drugs.items():
             prior = old_drugs.get(name)
             if prior is None:
-                changes.append(Change("added", pid, name, None, None, None))
+                changes.append(Change(ChangeKind.ADDED, pid, name, None, None, None))
             else:
                 changes.extend(_fields(_dump(prior), _dump(drug), pid, name))
     changes.extend(_examples(old, new))
@@ -151,11 +163,15 @@ def _examples(old: Library, new: Library) -> Iterator[Change]:
     new_ex = {_example_key(e): e for e in new.examples}
     for key, example in old_ex.items():
         if key not in new_ex:
-            yield Change("removed", example.profile, example.drug, "example", _dump(example), None)
+            yield Change(
+                ChangeKind.REMOVED, example.profile, example.drug, "example", _dump(example), None
+            )
     for key, example in new_ex.items():
         prior = old_ex.get(key)
         if prior is None:
-            yield Change("added", example.profile, example.drug, "example", None, _dump(example))
+            yield Change(
+                ChangeKind.ADDED, example.profile, example.drug, "example", None, _dump(example)
+            )
             continue
         for change in _fields(_dump(prior), _dump(example), example.profile, example.drug):
             yield _prefixed(change, "example.")
@@ -170,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
         out = {
             "old": old.identity.to_dict(),
             "new": new.identity.to_dict(),
-            "changes": [c.to_dict() for c in changes],
+            "changes": [c.to_json() for c in changes],
         }
         sys.stdout.write(json.dumps(out, ensure_ascii=False) + "\n")
     else:

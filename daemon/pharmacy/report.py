@@ -33,10 +33,10 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
 
+from daemon.base.errors import PayloadError
 from daemon.base.timefmt import format_ts
 from daemon.journal.records import JournalKind, JournalRow
 from daemon.journal.store import Journal
@@ -51,7 +51,10 @@ from daemon.pharmacy.report_model import (
     ProgramSeen,
     RateChanged,
     Report,
+    SummaryRow,
+    VerdictSeen,
     Window,
+    rules_from_json,
 )
 from protocol.errors import InfusiondError
 
@@ -62,49 +65,76 @@ class ReportError(InfusiondError):
 
 
 def journal_facts(row: JournalRow) -> list[Fact]:
-    """What one journal row tells the report (nothing for most rows)."""
+    """What one journal row tells the report (nothing for most rows); ``PayloadError``
+    naming the row and the field when a row the report counts is malformed."""
     payload = row.payload
     pump = row.pump_id or ""
+    where = f"journal row {row.n}"
     if _programs_row(row):
         return [
-            ProgramSeen(p, str(prog.get("drug")), str(prog.get("profile")))
+            ProgramSeen(p, *_program(prog, f"{where}: programs.{p}"))
             for p, prog in payload["programs"].items()
         ]
     if row.kind == JournalKind.EVENT:
-        return event_facts(row.ts, pump, payload.get("event") or {})
+        return event_facts(row.ts, pump, _object(payload, "event", where), f"{where}: event")
     if row.kind == JournalKind.VERDICT:
-        return [Judged(row.ts, pump, str(payload.get("id")), payload.get("verdict") or {})]
+        verdict = VerdictSeen.from_json(payload.get("verdict"), where=f"{where}: verdict")
+        return [Judged(row.ts, pump, str(payload.get("id")), verdict)]
     if row.kind == JournalKind.OVERRIDE:
-        return [override_fact(row.ts, pump, payload)]
+        return [override_fact(row.ts, pump, payload, where)]
     if row.kind == JournalKind.COMMAND and _phase(payload) == "accepted":
         return [Accepted(row.ts, pump, str(payload.get("id")))]
     return []
 
 
-def event_facts(ts: str, pump: str, event: dict[str, Any]) -> list[Fact]:
-    """What a ``pump.event`` (journaled or published) tells the report."""
+def _object(data: Mapping[str, object], key: str, where: str) -> Mapping[str, object]:
+    """``data[key]``, an object (absent or null: an empty one)."""
+    value = data.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise PayloadError(f"{where}: {key}: expected an object, got {value!r:.60}")
+    return value
+
+
+def _program(program: object, where: str) -> tuple[str, str]:
+    """(drug, profile) of a program object; a missing one reads ``None``, as it always did
+    (the pump then counts under that name rather than being left out)."""
+    if not isinstance(program, Mapping):
+        raise PayloadError(f"{where}: expected a program object, got {program!r:.60}")
+    return str(program.get("drug")), str(program.get("profile"))
+
+
+def event_facts(ts: str, pump: str, event: Mapping[str, object], where: str) -> list[Fact]:
+    """What a ``pump.event`` (journaled or published) tells the report; ``where`` names the
+    row in a ``PayloadError``."""
     kind = event.get("type")
     if kind == "program_changed":
-        program = event.get("program") or {}
-        return [ProgramSeen(pump, str(program.get("drug")), str(program.get("profile")))]
+        program = _object(event, "program", where)
+        return [ProgramSeen(pump, *_program(program, f"{where}.program"))]
     if kind == "library_changed":
-        return [LibraryChanged(ts, pump, event)]
+        return [LibraryChanged.from_json(ts, pump, event, where)]
     if kind == "rate_changed":
         return [RateChanged(ts, pump, gated=event.get("command_id") is not None)]
     if kind == "out_of_library_observed":
-        return [ObservedOutside(ts, pump, event.get("verdict") or {})]
+        verdict = VerdictSeen.from_json(event.get("verdict"), where=f"{where}.verdict")
+        return [ObservedOutside(ts, pump, verdict)]
     return []
 
 
-def override_fact(ts: str, pump: str, payload: dict[str, Any]) -> Overridden:
+def override_fact(ts: str, pump: str, payload: Mapping[str, object], where: str) -> Overridden:
     """An ``override_accepted`` (journal row or event) as a fact."""
+    clinician, reason = payload.get("clinician"), payload.get("reason")
+    for name, value in (("clinician", clinician), ("reason", reason)):
+        if value is not None and not isinstance(value, str):
+            raise PayloadError(f"{where}.{name}: expected a string, got {value!r:.60}")
     return Overridden(
         ts,
         pump,
         str(payload.get("command_id")),
-        payload.get("clinician"),
-        payload.get("reason"),
-        tuple(payload.get("findings") or ()),
+        clinician if isinstance(clinician, str) else None,
+        reason if isinstance(reason, str) else None,
+        rules_from_json(payload.get("findings"), where=f"{where}.findings"),
     )
 
 
@@ -122,9 +152,9 @@ def _programs_row(row: JournalRow) -> bool:
     return row.kind == JournalKind.STATE and isinstance(row.payload.get("programs"), dict)
 
 
-def _phase(payload: dict[str, Any]) -> object:
+def _phase(payload: Mapping[str, object]) -> object:
     outcome = payload.get("outcome")
-    return outcome.get("phase") if isinstance(outcome, dict) else None
+    return outcome.get("phase") if isinstance(outcome, Mapping) else None
 
 
 def read_journal(
@@ -142,16 +172,17 @@ def read_journal(
     return report
 
 
-def rows_csv(rows: list[dict[str, Any]]) -> str:
+def rows_csv(rows: Sequence[SummaryRow]) -> str:
     """Summary rows as CSV (library versions joined with ``;``; a ``gateway`` column first
     when the rows have one)."""
     buf = io.StringIO()
-    first = ["gateway"] if rows and "gateway" in rows[0] else []
+    first = ["gateway"] if rows and rows[0].gateway is not None else []
     fields = [*first, "drug", "profile", *METRICS]
     writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({**row, "library_versions": ";".join(row["library_versions"])})
+        versions = ";".join(sorted(row.cell.libraries))
+        writer.writerow({**row.to_json(), "library_versions": versions})
     return buf.getvalue()
 
 

@@ -1,13 +1,17 @@
 """The CQI report as one self-contained HTML page: tables for the pharmacist and PNG charts
 embedded as ``data:`` URIs (matplotlib, Agg backend). Nothing is fetched from a network: no
-scripts, no fonts, no stylesheets from elsewhere."""
+scripts, no fonts, no stylesheets from elsewhere.
+
+The page is drawn from the report's JSON document (what ``--format json`` prints, journal or
+hospital): an output edge, so that the page and the JSON always show the same values, formatted
+the same way."""
 
 from __future__ import annotations
 
 import base64
 import io
+from collections.abc import Mapping
 from html import escape
-from typing import Any
 
 import matplotlib as mpl
 
@@ -15,6 +19,8 @@ mpl.use("Agg")
 
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
+
+from daemon.base.quantities import JsonObject
 
 _STYLE = """
 body { font-family: sans-serif; margin: 2em; color: #222; max-width: 75em; }
@@ -52,11 +58,11 @@ def _img(data: str, alt: str) -> str:
     return f'<img alt="{escape(alt)}" src="data:image/png;base64,{data}">'
 
 
-def _label(row: dict[str, Any]) -> str:
+def _label(row: JsonObject) -> str:
     return f"{row['drug']}\n{row['profile']}"
 
 
-def _outcomes_chart(rows: list[dict[str, Any]]) -> str:
+def _outcomes_chart(rows: list[JsonObject]) -> str:
     fig, ax = plt.subplots(figsize=(8, 0.6 * len(rows) + 1.5))
     labels = [_label(r) for r in rows]
     left = [0.0] * len(rows)
@@ -75,7 +81,7 @@ def _outcomes_chart(rows: list[dict[str, Any]]) -> str:
     return _png(fig)
 
 
-def _compliance_chart(rows: list[dict[str, Any]]) -> str:
+def _compliance_chart(rows: list[JsonObject]) -> str:
     fig, ax = plt.subplots(figsize=(8, 0.6 * len(rows) + 1.5))
     labels = [_label(r) for r in rows]
     values = [100 * (r["library_compliance"] or 0.0) for r in rows]
@@ -87,7 +93,7 @@ def _compliance_chart(rows: list[dict[str, Any]]) -> str:
     return _png(fig)
 
 
-def _daily_chart(daily: list[dict[str, Any]]) -> str:
+def _daily_chart(daily: list[JsonObject]) -> str:
     fig, ax = plt.subplots(figsize=(8, 3))
     days = [d["date"] for d in daily]
     ax.plot(days, [d.get("programmings", 0) for d in daily], marker="o", label="programmings")
@@ -106,17 +112,17 @@ def _daily_chart(daily: list[dict[str, Any]]) -> str:
     return _png(fig)
 
 
-def _cell(value: Any, key: str) -> str:
+def _cell(value: object, key: str) -> str:
     if value is None:
         return "—"
-    if key == "library_compliance":
+    if key == "library_compliance" and isinstance(value, int | float):
         return f"{100 * value:.1f} %"
-    if key == "library_versions":
+    if key == "library_versions" and isinstance(value, list):
         return escape(", ".join(value))
     return escape(str(value))
 
 
-def _summary_table(summary: list[dict[str, Any]], table_id: str = "summary") -> str:
+def _summary_table(summary: list[JsonObject], table_id: str = "summary") -> str:
     head = "".join(f"<th>{escape(title)}</th>" for _, title in _COLUMNS)
     first = (
         f'<table id="{escape(table_id)}"><tr><th class="text">Drug</th>'
@@ -134,7 +140,7 @@ def _summary_table(summary: list[dict[str, Any]], table_id: str = "summary") -> 
     return "\n".join(lines)
 
 
-def _list_table(items: list[dict[str, Any]], columns: list[tuple[str, str]], empty: str) -> str:
+def _list_table(items: list[JsonObject], columns: list[tuple[str, str]], empty: str) -> str:
     if not items:
         return f'<p class="note">{escape(empty)}</p>'
     head = "".join(f'<th class="text">{escape(t)}</th>' for _, t in columns)
@@ -152,7 +158,7 @@ def _list_table(items: list[dict[str, Any]], columns: list[tuple[str, str]], emp
     return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
 
 
-def _gateways(report: dict[str, Any]) -> list[str]:
+def _gateways(report: JsonObject) -> list[str]:
     """Per gateway (a hospital report): its period, rows read and summary table."""
     parts = []
     for gw in report.get("gateways") or ():
@@ -163,14 +169,14 @@ def _gateways(report: dict[str, Any]) -> list[str]:
     return ["<h2>Per gateway</h2>", *parts] if parts else []
 
 
-def _with_gateway(report: dict[str, Any], columns: list[tuple[str, str]]) -> list[tuple[str, str]]:
+def _with_gateway(report: JsonObject, columns: list[tuple[str, str]]) -> list[tuple[str, str]]:
     return [("gateway", "Gateway"), *columns] if "gateways" in report else columns
 
 
-def render_html(report: dict[str, Any]) -> str:
-    """The whole page for a report dict (:meth:`Report.to_dict`, or a hospital's with
+def render_html(report: JsonObject) -> str:
+    """The whole page for a report document (:meth:`Report.to_json`, or a hospital's with
     ``gateways``: then a table per gateway and a gateway column in every list)."""
-    summary: list[dict[str, Any]] = report["summary"]
+    summary: list[JsonObject] = report["summary"]
     per_key = [r for r in summary if r["drug"] != "(all)"]
     charts = []
     if per_key:
@@ -265,7 +271,7 @@ def render_html(report: dict[str, Any]) -> str:
     return "\n".join(parts) + "\n"
 
 
-def _ident(lib: Any) -> str:
-    if not isinstance(lib, dict):
+def _ident(lib: object) -> str:
+    if not isinstance(lib, Mapping):
         return ""
     return f"{lib.get('name')} {lib.get('version')} ({str(lib.get('sha256'))[:12]})"

@@ -10,13 +10,19 @@ rejections); :func:`merge` adds several gateways' reports into the hospital's.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
-from operator import itemgetter
-from typing import Any
+from operator import attrgetter
+from typing import TYPE_CHECKING, Self
 
+from daemon.base.errors import PayloadError
+from daemon.base.quantities import JsonObject, Quantity, optional_json, optional_quantity
 from daemon.base.timefmt import format_ts, parse_ts
+from protocol.verdict import LibraryIdentity, Outcome
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 CATCH_WINDOW = timedelta(minutes=10)
 UNKNOWN = "(unknown)"
@@ -41,7 +47,90 @@ _COUNTS = METRICS[:9]
 # -- facts ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+def _text(data: Mapping[str, object], key: str, where: str) -> str | None:
+    """``data[key]`` as a string, None when absent or null; ``PayloadError`` otherwise."""
+    value = data.get(key)
+    if value is not None and not isinstance(value, str):
+        raise PayloadError(f"{where}.{key}: expected a string, got {value!r:.60}")
+    return value
+
+
+def library_from_json(data: object, *, where: str) -> LibraryIdentity | None:
+    """A ``{name, version, sha256}`` object (None for ``null``); ``PayloadError`` naming
+    ``where`` when it is something else."""
+    if data is None:
+        return None
+    if not isinstance(data, Mapping):
+        raise PayloadError(f"{where}: expected a library object or null, got {data!r:.60}")
+    name, version, sha256 = (_text(data, k, where) for k in ("name", "version", "sha256"))
+    if name is None or version is None or sha256 is None:
+        raise PayloadError(f"{where}: a library needs name, version and sha256")
+    return LibraryIdentity(name, version, sha256)
+
+
+def rules_from_json(data: object, *, where: str) -> tuple[str, ...]:
+    """The rule ids of a ``findings`` list (absent or null: none), in their order."""
+    if data is None:
+        return ()
+    if not isinstance(data, list):
+        raise PayloadError(f"{where}: expected a list of findings, got {data!r:.60}")
+    rules = []
+    for i, finding in enumerate(data):
+        rule = finding.get("rule") if isinstance(finding, Mapping) else None
+        if not isinstance(rule, str):
+            raise PayloadError(f"{where}[{i}].rule: expected a string, got {rule!r:.60}")
+        rules.append(rule)
+    return tuple(rules)
+
+
+@dataclass(frozen=True, slots=True)
+class VerdictSeen:
+    """What the report reads of a verdict (docs/check.md): the outcome, which library judged
+    (None: a verdict a fleet source derived from an event), the rule ids of its findings and
+    the rate and dose it names. Parsed once where the verdict JSON is read, so that a verdict
+    without a known outcome is an error naming the row, never a programming counted as none
+    of accept, confirm and reject."""
+
+    outcome: Outcome
+    rules: tuple[str, ...] = ()
+    library: LibraryIdentity | None = None
+    rate: Quantity | None = None
+    dose: Quantity | None = None
+
+    @classmethod
+    def from_json(cls, data: object, *, where: str) -> VerdictSeen:
+        """Read a verdict object; ``PayloadError`` naming ``where`` and the field."""
+        if not isinstance(data, Mapping):
+            raise PayloadError(f"{where}: expected a verdict object, got {data!r:.60}")
+        try:
+            outcome = Outcome(data.get("verdict"))
+        except ValueError:
+            raise PayloadError(
+                f"{where}.verdict: expected accept, confirm or reject, got "
+                f"{data.get('verdict')!r:.60}"
+            ) from None
+        return cls(
+            outcome,
+            rules_from_json(data.get("findings"), where=f"{where}.findings"),
+            library_from_json(data.get("library"), where=f"{where}.library"),
+            optional_quantity(data.get("rate"), where=f"{where}.rate"),
+            optional_quantity(data.get("dose"), where=f"{where}.dose"),
+        )
+
+    def to_json(self) -> JsonObject:
+        """The verdict object with what the report keeps (findings carry only their rule)."""
+        out: JsonObject = {
+            "verdict": self.outcome.value,
+            "rate": optional_json(self.rate),
+            "dose": optional_json(self.dose),
+            "findings": [{"rule": rule} for rule in self.rules],
+        }
+        if self.library is not None:
+            out["library"] = self.library.to_dict()
+        return out
+
+
+@dataclass(frozen=True, slots=True)
 class ProgramSeen:
     """The pump runs ``drug`` under ``profile`` from now on (not bound to the window)."""
 
@@ -50,29 +139,30 @@ class ProgramSeen:
     profile: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Judged:
-    """The library judged a command (``verdict`` is the verdict JSON); once per id counts."""
+    """The library judged a command; once per id counts."""
 
     ts: str
     pump: str
     command_id: str
-    verdict: Mapping[str, Any]
+    verdict: VerdictSeen
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Overridden:
-    """A clinician confirmed a command the library asked to confirm."""
+    """A clinician confirmed a command the library asked to confirm (``rules``: the rule ids
+    of the findings confirmed)."""
 
     ts: str
     pump: str
     command_id: str
-    clinician: Any
-    reason: Any
-    findings: tuple[Mapping[str, Any], ...]
+    clinician: str | None
+    reason: str | None
+    rules: tuple[str, ...]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Accepted:
     """A command passed the gate and went to the pump."""
 
@@ -81,7 +171,7 @@ class Accepted:
     command_id: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RateChanged:
     """The pump's rate changed: through the gate (``gated``) or at its front panel."""
 
@@ -90,25 +180,149 @@ class RateChanged:
     gated: bool
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ObservedOutside:
     """A rate set at the pump that the library would not accept outright."""
 
     ts: str
     pump: str
-    verdict: Mapping[str, Any]
+    verdict: VerdictSeen
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LibraryChanged:
-    """A new library; ``drug``/``profile`` (when given) are what ``pump`` runs under it."""
+    """A new library; ``program`` (drug, profile; when the event names both) is what ``pump``
+    runs under it."""
 
     ts: str
     pump: str
-    event: Mapping[str, Any]
+    old: LibraryIdentity | None
+    new: LibraryIdentity | None
+    via: str | None
+    by: str | None
+    program: tuple[str, str] | None = None
+
+    @classmethod
+    def from_json(cls, ts: str, pump: str, event: Mapping[str, object], where: str) -> Self:
+        """A ``library_changed`` event's data; ``PayloadError`` naming ``where`` and the field."""
+        drug, profile = _text(event, "drug", where), _text(event, "profile", where)
+        return cls(
+            ts,
+            pump,
+            library_from_json(event.get("from"), where=f"{where}.from"),
+            library_from_json(event.get("to"), where=f"{where}.to"),
+            _text(event, "via", where),
+            _text(event, "by", where),
+            (drug, profile) if drug and profile else None,
+        )
 
 
 Fact = ProgramSeen | Judged | Overridden | Accepted | RateChanged | ObservedOutside | LibraryChanged
+
+
+# -- listed items ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class OverrideItem:
+    """A listed override (``gateway``: the hospital report's, None for one journal)."""
+
+    gateway: str | None
+    ts: str
+    pump_id: str
+    drug: str
+    profile: str
+    command_id: str
+    clinician: str | None
+    reason: str | None
+    rules: tuple[str, ...]
+
+    def to_json(self) -> JsonObject:
+        return _listed_json(self)
+
+
+@dataclass(frozen=True, slots=True)
+class CatchItem:
+    """A listed catch: the rejected command and the accepted one that followed."""
+
+    gateway: str | None
+    pump_id: str
+    drug: str
+    profile: str
+    rejected_command: str
+    rejected_at: str
+    accepted_command: str
+    accepted_at: str
+    minutes: float
+
+    def to_json(self) -> JsonObject:
+        return _listed_json(self)
+
+
+@dataclass(frozen=True, slots=True)
+class ObservedItem:
+    """A listed change at the pump outside the library, with the verdict it would have had."""
+
+    gateway: str | None
+    ts: str
+    pump_id: str
+    drug: str
+    profile: str
+    rules: tuple[str, ...]
+    verdict: Outcome
+    rate: Quantity | None
+    dose: Quantity | None
+
+    def to_json(self) -> JsonObject:
+        return _listed_json(self)
+
+
+@dataclass(frozen=True, slots=True)
+class LibraryChangeItem:
+    """A listed library change (``old``/``new`` are published as ``from``/``to``)."""
+
+    gateway: str | None
+    ts: str
+    old: LibraryIdentity | None = field(metadata={"json": "from"})
+    new: LibraryIdentity | None = field(metadata={"json": "to"})
+    via: str | None
+    by: str | None
+
+    def to_json(self) -> JsonObject:
+        return _listed_json(self)
+
+
+def _listed_json(item: DataclassInstance) -> JsonObject:
+    """A listed item as the report publishes it: its fields in order (``gateway`` first and
+    only when set), named by their ``json`` metadata when the key differs, tuples as lists,
+    enums by value, quantities and libraries in their stored key order."""
+    out: JsonObject = {}
+    for spec in fields(item):
+        value = getattr(item, spec.name)
+        if spec.name == "gateway" and value is None:
+            continue
+        if isinstance(value, tuple):
+            value = list(value)
+        elif isinstance(value, Outcome):
+            value = value.value
+        elif isinstance(value, Quantity):
+            value = stored_order(value.to_json())
+        elif isinstance(value, LibraryIdentity):
+            value = stored_order(value.to_dict())
+        out[spec.metadata.get("json", spec.name)] = value
+    return out
+
+
+def stored_order(obj: JsonObject) -> JsonObject:
+    """``obj`` with its keys sorted: the report has always listed quantities and libraries as
+    its sources store them (the journal's canonical JSON and PostgreSQL's JSONB both give
+    ``unit`` before ``value``, ``name``, ``sha256``, ``version``), and its bytes stay so."""
+    return dict(sorted(obj.items()))
+
+
+def _tagged(gateway: str | None, item: JsonObject) -> JsonObject:
+    """``item``, with ``gateway`` first when there is one (the hospital report)."""
+    return item if gateway is None else {"gateway": gateway, **item}
 
 
 # -- counts --------------------------------------------------------------------------------
@@ -135,7 +349,8 @@ class Cell:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.libraries |= other.libraries
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_json(self) -> JsonObject:
+        """The counts and the ratios derived from them, as the summary table publishes them."""
         changes = self.rate_changes_gated + self.rate_changes_at_pump
         alerts = self.confirmations_asked + self.hard_rejections
         return {
@@ -154,6 +369,21 @@ class Cell:
             else None,
             "library_versions": sorted(self.libraries),
         }
+
+
+@dataclass(frozen=True, slots=True)
+class SummaryRow:
+    """One row of the summary table: a drug x profile (or the total) and its counts;
+    ``gateway`` only in the hospital report's CSV."""
+
+    drug: str
+    profile: str
+    cell: Cell
+    gateway: str | None = None
+
+    def to_json(self) -> JsonObject:
+        row: JsonObject = {"drug": self.drug, "profile": self.profile, **self.cell.to_json()}
+        return _tagged(self.gateway, row)
 
 
 @dataclass(frozen=True)
@@ -186,10 +416,10 @@ class Report:
     gateway: str | None = None
     cells: dict[tuple[str, str], Cell] = field(default_factory=dict)
     total: Cell = field(default_factory=Cell)
-    overrides: list[dict[str, Any]] = field(default_factory=list)
-    catches: list[dict[str, Any]] = field(default_factory=list)
-    observed: list[dict[str, Any]] = field(default_factory=list)
-    library_changes: list[dict[str, Any]] = field(default_factory=list)
+    overrides: list[OverrideItem] = field(default_factory=list)
+    catches: list[CatchItem] = field(default_factory=list)
+    observed: list[ObservedItem] = field(default_factory=list)
+    library_changes: list[LibraryChangeItem] = field(default_factory=list)
     daily: dict[str, dict[str, int]] = field(default_factory=dict)
     rows_read: int = 0
     first_ts: str | None = None
@@ -198,7 +428,7 @@ class Report:
     _seen: set[str] = field(default_factory=set)
     _commands: dict[str, tuple[str, tuple[str, str]]] = field(default_factory=dict)
     _rejected: dict[str, _Pending] = field(default_factory=dict)
-    _changes_seen: set[tuple[str, str]] = field(default_factory=set)
+    _changes_seen: set[tuple[str, str | None]] = field(default_factory=set)
 
     # -- reading -------------------------------------------------------------------------
 
@@ -231,9 +461,6 @@ class Report:
         else:
             self._observed(fact)
 
-    def _tag(self, item: dict[str, Any]) -> dict[str, Any]:
-        return item if self.gateway is None else {"gateway": self.gateway, **item}
-
     def _key(self, pump: str) -> tuple[str, str]:
         return self._programs.get(pump, (UNKNOWN, UNKNOWN))
 
@@ -248,22 +475,14 @@ class Report:
         day[what] = day.get(what, 0) + 1
 
     def _library_changed(self, fact: LibraryChanged, *, inside: bool) -> None:
-        event = fact.event
-        if event.get("drug") and event.get("profile"):
-            self._programs[fact.pump] = (str(event["drug"]), str(event["profile"]))
-        mark = (fact.ts, str((event.get("to") or {}).get("sha256")))
+        if fact.program is not None:
+            self._programs[fact.pump] = fact.program
+        # one change per (time, new library): every pump journals the same change
+        mark = (fact.ts, None if fact.new is None else fact.new.sha256)
         if inside and mark not in self._changes_seen:
             self._changes_seen.add(mark)
             self.library_changes.append(
-                self._tag(
-                    {
-                        "ts": fact.ts,
-                        "from": event.get("from"),
-                        "to": event.get("to"),
-                        "via": event.get("via"),
-                        "by": event.get("by"),
-                    }
-                )
+                LibraryChangeItem(self.gateway, fact.ts, fact.old, fact.new, fact.via, fact.by)
             )
 
     def _rate_changed(self, fact: RateChanged) -> None:
@@ -280,17 +499,16 @@ class Report:
             cell.observed_outside_library += 1
         verdict = fact.verdict
         self.observed.append(
-            self._tag(
-                {
-                    "ts": fact.ts,
-                    "pump_id": fact.pump,
-                    "drug": drug,
-                    "profile": profile,
-                    "rules": sorted({f.get("rule") for f in verdict.get("findings", [])}),
-                    "verdict": verdict.get("verdict"),
-                    "rate": verdict.get("rate"),
-                    "dose": verdict.get("dose"),
-                }
+            ObservedItem(
+                self.gateway,
+                fact.ts,
+                fact.pump,
+                drug,
+                profile,
+                tuple(sorted(set(verdict.rules))),
+                verdict.outcome,
+                verdict.rate,
+                verdict.dose,
             )
         )
         self._day(fact.ts, "observed_outside_library")
@@ -301,24 +519,24 @@ class Report:
         self._seen.add(fact.command_id)
         key = self._key(fact.pump)
         self._commands[fact.command_id] = (fact.pump, key)
-        outcome = fact.verdict.get("verdict")
-        if outcome == "reject":
+        outcome = fact.verdict.outcome
+        if outcome is Outcome.REJECT:
             self._rejected[fact.pump] = _Pending(fact.command_id, parse_ts(fact.ts), key, inside)
         if not inside:
             return
-        lib = fact.verdict.get("library") or {}
+        lib = fact.verdict.library
         for cell in self._cells(key):
             cell.programmings += 1
-            if lib:
-                cell.libraries.add(f"{lib.get('name')} {lib.get('version')}")
-            if outcome == "accept":
+            if lib is not None:
+                cell.libraries.add(f"{lib.name} {lib.version}")
+            if outcome is Outcome.ACCEPT:
                 cell.accepted_outright += 1
-            elif outcome == "confirm":
+            elif outcome is Outcome.CONFIRM:
                 cell.confirmations_asked += 1
-            elif outcome == "reject":
+            else:
                 cell.hard_rejections += 1
         self._day(fact.ts, "programmings")
-        if outcome in ("confirm", "reject"):
+        if outcome is not Outcome.ACCEPT:
             self._day(fact.ts, "alerts")
 
     def _override(self, fact: Overridden) -> None:
@@ -326,17 +544,16 @@ class Report:
         for cell in self._cells(key):
             cell.overrides += 1
         self.overrides.append(
-            self._tag(
-                {
-                    "ts": fact.ts,
-                    "pump_id": fact.pump,
-                    "drug": key[0],
-                    "profile": key[1],
-                    "command_id": fact.command_id,
-                    "clinician": fact.clinician,
-                    "reason": fact.reason,
-                    "rules": sorted({str(f.get("rule")) for f in fact.findings}),
-                }
+            OverrideItem(
+                self.gateway,
+                fact.ts,
+                fact.pump,
+                key[0],
+                key[1],
+                fact.command_id,
+                fact.clinician,
+                fact.reason,
+                tuple(sorted(set(fact.rules))),
             )
         )
 
@@ -351,32 +568,32 @@ class Report:
         for cell in self._cells(pending.key):
             cell.catches += 1
         self.catches.append(
-            self._tag(
-                {
-                    "pump_id": fact.pump,
-                    "drug": pending.key[0],
-                    "profile": pending.key[1],
-                    "rejected_command": pending.command_id,
-                    "rejected_at": format_ts(pending.ts),
-                    "accepted_command": fact.command_id,
-                    "accepted_at": fact.ts,
-                    "minutes": round((at - pending.ts).total_seconds() / 60, 2),
-                }
+            CatchItem(
+                self.gateway,
+                fact.pump,
+                pending.key[0],
+                pending.key[1],
+                pending.command_id,
+                format_ts(pending.ts),
+                fact.command_id,
+                fact.ts,
+                round((at - pending.ts).total_seconds() / 60, 2),
             )
         )
 
     # -- output ----------------------------------------------------------------------------
 
-    def rows(self) -> list[dict[str, Any]]:
-        """The summary table: one row per drug x profile (sorted), then the total."""
+    def rows(self, gateway: str | None = None) -> list[SummaryRow]:
+        """The summary table: one row per drug x profile (sorted), then the total (each
+        naming ``gateway`` when given: the hospital report's CSV)."""
         out = [
-            {"drug": drug, "profile": profile, **cell.to_dict()}
+            SummaryRow(drug, profile, cell, gateway)
             for (drug, profile), cell in sorted(self.cells.items())
         ]
-        out.append({"drug": TOTAL, "profile": TOTAL, **self.total.to_dict()})
+        out.append(SummaryRow(TOTAL, TOTAL, self.total, gateway))
         return out
 
-    def to_dict(self, *, journal: str, generated_at: datetime) -> dict[str, Any]:
+    def to_json(self, *, journal: str, generated_at: datetime) -> JsonObject:
         """Everything, as the JSON format prints it (``journal``: what was read)."""
         return {
             "report": "infusiond CQI report",
@@ -388,11 +605,11 @@ class Report:
             "last_row": self.last_ts,
             "rows_read": self.rows_read,
             "catch_window_min": CATCH_WINDOW.total_seconds() / 60,
-            "summary": self.rows(),
-            "overrides": self.overrides,
-            "catches": self.catches,
-            "observed_outside_library": self.observed,
-            "library_changes": self.library_changes,
+            "summary": json_rows(self.rows()),
+            "overrides": [item.to_json() for item in self.overrides],
+            "catches": [item.to_json() for item in self.catches],
+            "observed_outside_library": [item.to_json() for item in self.observed],
+            "library_changes": [item.to_json() for item in self.library_changes],
             "daily": [{"date": d, **counts} for d, counts in sorted(self.daily.items())],
         }
 
@@ -417,11 +634,13 @@ def merge(reports: Iterable[Report], window: Window) -> Report:
             out.first_ts = min(out.first_ts or part.first_ts, part.first_ts)
         if part.last_ts is not None:
             out.last_ts = max(out.last_ts or part.last_ts, part.last_ts)
-    for items, when in (
-        (out.overrides, "ts"),
-        (out.catches, "accepted_at"),
-        (out.observed, "ts"),
-        (out.library_changes, "ts"),
-    ):
-        items.sort(key=itemgetter(when))
+    out.overrides.sort(key=attrgetter("ts"))
+    out.catches.sort(key=attrgetter("accepted_at"))
+    out.observed.sort(key=attrgetter("ts"))
+    out.library_changes.sort(key=attrgetter("ts"))
     return out
+
+
+def json_rows(rows: Sequence[SummaryRow]) -> list[JsonObject]:
+    """Summary rows as the JSON document lists them."""
+    return [row.to_json() for row in rows]

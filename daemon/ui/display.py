@@ -12,7 +12,8 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Any
+
+from daemon.base.quantities import Quantity
 
 #: UCUM code -> the label a clinician reads (applied inside compound units: ``[USP'U]/min``)
 UNIT_LABELS = {"[USP'U]": "U", "mm[Hg]": "mmHg"}
@@ -46,12 +47,22 @@ def human_number(value: float, significant: int = SIGNIFICANT) -> str:
 
 def human_quantity(quantity: object, *, decimals: int | None = None) -> str | None:
     """``{"value", "unit"}`` as ``0.0667 ug/kg/min`` (``decimals``: fixed places instead of
-    significant digits, e.g. rates ``52.50 mL/h``); None when it is not a quantity."""
+    significant digits, e.g. rates ``52.50 mL/h``); None when it is not a quantity. Reads a
+    payload's object as received (a missing unit shows the number alone)."""
     if not isinstance(quantity, Mapping):
         return None
-    value: Any = quantity.get("value")
+    value = quantity.get("value")
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    number = f"{value:.{decimals}f}" if decimals is not None else human_number(float(value))
     unit = quantity.get("unit")
-    return f"{number} {display_unit(unit)}" if isinstance(unit, str) and unit else number
+    return _shown(value, unit if isinstance(unit, str) else "", decimals)
+
+
+def quantity_text(quantity: Quantity, *, decimals: int | None = None) -> str:
+    """A typed :class:`Quantity` shown as :func:`human_quantity` shows its JSON."""
+    return _shown(quantity.value, quantity.unit, decimals)
+
+
+def _shown(value: float, unit: str, decimals: int | None) -> str:
+    number = f"{value:.{decimals}f}" if decimals is not None else human_number(float(value))
+    return f"{number} {display_unit(unit)}" if unit else number

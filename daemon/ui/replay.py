@@ -17,17 +17,18 @@ import json
 import secrets
 import socket
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 import aiomqtt
 
 from daemon.base.envelope import Kind, encode, envelope
-from daemon.base.errors import ConfigError
+from daemon.base.errors import ConfigError, PayloadError
 from daemon.base.paths import default_data_dir, journal_path
+from daemon.base.quantities import JsonObject
 from daemon.base.timefmt import parse_ts
 from daemon.base.topics import Topics, is_topic_id
 from daemon.journal.records import JournalError
@@ -38,30 +39,41 @@ PROGRESS_EVERY = 100
 
 @dataclass(frozen=True, slots=True)
 class RecordedEvent:
-    """One journaled ``pump.event``."""
+    """One journaled ``pump.event``; ``data`` is republished exactly as it was recorded."""
 
     seq: int
     at: datetime
     pump_id: str
-    data: dict[str, Any]
+    data: JsonObject
 
 
-def recorded_events(rows: Iterable[dict[str, Any]]) -> Iterator[RecordedEvent]:
-    """The events among exported journal rows (``kind == "event"``), in journal order."""
+def recorded_events(rows: Iterable[Mapping[str, object]]) -> Iterator[RecordedEvent]:
+    """The events among exported journal rows (``kind == "event"``), in journal order.
+
+    Rows that are not a pump's event with a seq (states, verdicts, a gateway-wide event)
+    are skipped on purpose: only events are replayed. An event row whose payload or time
+    cannot be read is a ``PayloadError`` naming the row."""
     for row in rows:
         if row.get("kind") != "event" or not row.get("pump_id"):
             continue
         payload = row.get("payload") or {}
+        if not isinstance(payload, Mapping):
+            raise PayloadError(f"journal row {row.get('n')}: payload: expected an object")
         event = payload.get("event")
         seq = payload.get("seq")
         if not isinstance(event, dict) or not isinstance(seq, int):
             continue
-        yield RecordedEvent(seq, parse_ts(str(row["ts"])), str(row["pump_id"]), event)
+        try:
+            at = parse_ts(str(row.get("ts")))
+        except ValueError as exc:
+            raise PayloadError(f"journal row {row.get('n')}: ts: {exc}") from None
+        yield RecordedEvent(seq, at, str(row["pump_id"]), event)
 
 
-def read_export(path: Path) -> list[dict[str, Any]]:
-    """Rows of a ``journal export`` file; JournalError names the bad line."""
-    rows: list[dict[str, Any]] = []
+def read_export(path: Path) -> list[JsonObject]:
+    """Rows of a ``journal export`` file, as decoded JSON (:func:`recorded_events` reads
+    them); JournalError names the bad line."""
+    rows: list[JsonObject] = []
     try:
         with path.open(encoding="utf-8") as handle:
             for number, line in enumerate(handle, start=1):
@@ -79,9 +91,7 @@ def read_export(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def load_recording(
-    data_dir: Path | None, export_file: Path | None
-) -> tuple[str, list[dict[str, Any]]]:
+def load_recording(data_dir: Path | None, export_file: Path | None) -> tuple[str, list[JsonObject]]:
     """(recorded session, rows) from an export file or the journal in ``data_dir``."""
     if export_file is not None:
         return "file", read_export(export_file)

@@ -22,7 +22,6 @@ import sys
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -30,6 +29,8 @@ import aiomqtt
 from rich.console import Console, RenderableType
 from rich.live import Live
 
+from daemon.base.quantities import JsonObject
+from daemon.ui.watch_state import BedView, PumpView
 from daemon.ui.watch_view import event_line, render, result_line
 from drivers.backoff import Backoff
 from drivers.clock import utc_now
@@ -59,8 +60,8 @@ class WatchModel:
     """The latest state seen on the topic tree, keyed by (gateway, id)."""
 
     gateways: dict[str, GatewayView] = field(default_factory=dict)
-    pumps: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
-    beds: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    pumps: dict[tuple[str, str], PumpView] = field(default_factory=dict)
+    beds: dict[tuple[str, str], BedView] = field(default_factory=dict)
     events: deque[str] = field(default_factory=lambda: deque(maxlen=EVENT_LINES))
     #: the envelope ``ts`` of each pump's latest state (what "last known" refers to)
     seen_at: dict[tuple[str, str], str] = field(default_factory=dict)
@@ -102,7 +103,7 @@ class WatchModel:
             if isinstance(lib, dict):
                 gw.library = f"{lib.get('name', '?')} {lib.get('version', '')}".strip()
         elif len(rest) == 3 and rest[0] == "pump" and rest[2] == "state":
-            self.pumps[(gateway, rest[1])] = data
+            self.pumps[(gateway, rest[1])] = PumpView.from_json(data)
             ts = body.get("ts") if isinstance(body, dict) else None
             if isinstance(ts, str):
                 self.seen_at[(gateway, rest[1])] = ts
@@ -112,11 +113,11 @@ class WatchModel:
             if self._first_rejection(data, "id", "phase"):
                 self.events.append(result_line(gateway, rest[1], data, self._ts(body)))
         elif len(rest) == 3 and rest[0] == "vitals" and rest[2] == "state":
-            self.beds[(gateway, rest[1])] = data
+            self.beds[(gateway, rest[1])] = BedView.from_json(data)
         else:
             self._problem(f"{topic}: unknown topic")
 
-    def _data(self, topic: str, body: Any, gw: GatewayView) -> dict[str, Any] | None:
+    def _data(self, topic: str, body: object, gw: GatewayView) -> JsonObject | None:
         if not isinstance(body, dict) or not isinstance(body.get("data"), dict):
             self._problem(f"{topic}: no envelope with a data object")
             return None
@@ -124,15 +125,15 @@ class WatchModel:
             gw.session = body["session"]
         if isinstance(body.get("seq"), int):
             gw.seq = max(gw.seq or 0, body["seq"])
-        data: dict[str, Any] = body["data"]
+        data: JsonObject = body["data"]
         return data
 
-    def add_event(self, gateway: str, pump: str, data: Mapping[str, Any], ts: str) -> None:
+    def add_event(self, gateway: str, pump: str, data: Mapping[str, object], ts: str) -> None:
         """One ``pump.event`` line (live, or from the history API at start)."""
         if data.get("type") != "command_rejected" or self._first_rejection(data, "command_id"):
             self.events.append(event_line(gateway, pump, data, ts))
 
-    def add_history(self, document: Mapping[str, Any]) -> int:
+    def add_history(self, document: Mapping[str, object]) -> int:
         """The events of an ``/api/events`` answer, oldest first; how many were taken."""
         gateway = document.get("gateway")
         data = document.get("data")
@@ -148,7 +149,9 @@ class WatchModel:
                 taken += 1
         return taken
 
-    def _first_rejection(self, data: Mapping[str, Any], id_key: str, phase_key: str = "") -> bool:
+    def _first_rejection(
+        self, data: Mapping[str, object], id_key: str, phase_key: str = ""
+    ) -> bool:
         """False for the second report of one command's rejection (event and result)."""
         if phase_key and data.get(phase_key) != "rejected":
             return True
@@ -161,7 +164,7 @@ class WatchModel:
         return True
 
     @staticmethod
-    def _ts(body: Any) -> str:
+    def _ts(body: object) -> str:
         ts = body.get("ts") if isinstance(body, dict) else None
         return ts[11:19] if isinstance(ts, str) and len(ts) >= 19 else "--:--:--"
 

@@ -15,14 +15,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from daemon.base.quantities import Quantity
 from daemon.base.timefmt import human_age, parse_ts
-from daemon.ui.display import human_quantity
+from daemon.ui.display import human_quantity, quantity_text
+from daemon.ui.watch_state import BedView, PumpView, Reading
 
 if TYPE_CHECKING:
     from daemon.ui.watch import WatchModel
@@ -34,18 +36,20 @@ DROP_ORDER = ("drug", "conn", "rate")
 PUMP_COLUMNS = ("pump", "conn", "state", "drug", "dose", "rate", "alarms")
 
 
-def _qty(value: Any, decimals: int | None = None) -> str:
-    return human_quantity(value, decimals=decimals) or "-"
+def _qty(value: Quantity | None, decimals: int | None = None) -> str:
+    return "-" if value is None else quantity_text(value, decimals=decimals)
 
 
-def event_line(gateway: str, pump: str, data: Mapping[str, Any], ts: str) -> str:
-    """``12:00:09 demo/pump-1 rate_changed 52.5 mL/h -> 63 mL/h (0.06 ug/kg/min)``."""
+def event_line(gateway: str, pump: str, data: Mapping[str, object], ts: str) -> str:
+    """``12:00:09 demo/pump-1 rate_changed 52.5 mL/h -> 63 mL/h (0.06 ug/kg/min)``: a line
+    made once from the event's ``data`` as received (the recent lines keep only text)."""
     kind = str(data.get("type", "?"))
     detail = ""
     if kind == "rate_changed":
         old, new = data.get("from"), data.get("to")
         if isinstance(old, dict) and isinstance(new, dict):
-            detail = f"{_qty(old.get('rate'))} -> {_qty(new.get('rate'))}"
+            before, after = human_quantity(old.get("rate")), human_quantity(new.get("rate"))
+            detail = f"{before or '-'} -> {after or '-'}"
             dose = human_quantity(new.get("dose"))
             detail += f" ({dose})" if dose else ""
     elif kind.startswith("alarm"):
@@ -59,44 +63,36 @@ def event_line(gateway: str, pump: str, data: Mapping[str, Any], ts: str) -> str
     return f"{ts} {gateway}/{pump} {kind} {detail}".rstrip()
 
 
-def result_line(gateway: str, pump: str, data: Mapping[str, Any], ts: str) -> str:
-    """``12:00:09 demo/pump-1 command c-2 rejected HARD_MAX``."""
+def result_line(gateway: str, pump: str, data: Mapping[str, object], ts: str) -> str:
+    """``12:00:09 demo/pump-1 command c-2 rejected HARD_MAX``, from a result's ``data``."""
     phase = str(data.get("phase", "?"))
     error = data.get("error")
     why = f" {error.get('code', '')}" if isinstance(error, dict) else ""
     verdict = data.get("verdict")
     if isinstance(verdict, dict) and phase == "rejected":
-        rules = [f.get("rule", "?") for f in verdict.get("findings", []) if isinstance(f, dict)]
+        findings = verdict.get("findings", [])
+        listed = findings if isinstance(findings, list) else []
+        rules = [f.get("rule", "?") for f in listed if isinstance(f, dict)]
         why += " " + ",".join(str(r) for r in rules[:3])
     return f"{ts} {gateway}/{pump} command {data.get('id')} {phase}{why}".rstrip()
 
 
-def _age(data: Mapping[str, Any], now: datetime) -> str:
-    newest: datetime | None = None
-    for value in data.values():
-        if isinstance(value, dict) and isinstance(value.get("at"), str):
-            try:
-                at = datetime.fromisoformat(value["at"])
-            except ValueError:
-                continue
-            if at.tzinfo is None:
-                continue
-            newest = at if newest is None or at > newest else newest
+def _age(bed: BedView, now: datetime) -> str:
+    newest = bed.newest()
     if newest is None:
         return "-"
     seconds = max(0, int((now - newest).total_seconds()))
     return f"{seconds}s" if seconds < 120 else f"{seconds // 60}m"
 
 
-def _vital(data: Mapping[str, Any], key: str) -> Text:
-    value = data.get(key)
-    if not isinstance(value, dict) or not isinstance(value.get("value"), int | float):
+def _vital(reading: Reading | None, *, is_map: bool = False) -> Text:
+    if reading is None or reading.value is None:
         return Text("-", style="dim")
-    text = Text(f"{value['value']:g}")
-    if value.get("stale"):
+    text = Text(f"{reading.value:g}")
+    if reading.stale:
         text.stylize("red")
         text.append("!", style="bold red")
-    elif key == "map" and not MAP_RANGE[0] <= value["value"] <= MAP_RANGE[1]:
+    elif is_map and not MAP_RANGE[0] <= reading.value <= MAP_RANGE[1]:
         text.stylize("bold yellow")
     return text
 
@@ -110,13 +106,9 @@ def _live(model: WatchModel, gateway: str) -> bool:
     return view is not None and view.state == "online"
 
 
-def _pump_cells(
-    model: WatchModel, gateway: str, pump: str, data: Mapping[str, Any]
-) -> dict[str, Text]:
-    alarms = data.get("alarms")
-    codes = [str(a.get("code")) for a in alarms if isinstance(a, dict)] if alarms else []
-    conn = str(data.get("connection", "?"))
-    status = str(data.get("status", "?"))
+def _pump_cells(model: WatchModel, gateway: str, pump: str, view: PumpView) -> dict[str, Text]:
+    codes = view.alarms
+    conn, status = view.connection, view.status
     # the state column says what is known even when the conn column is left out
     if not _live(model, gateway):
         state = Text(f"{status} (stale)", style="dim")
@@ -131,9 +123,9 @@ def _pump_cells(
         "pump": Text(_name(model, gateway, pump)),
         "conn": conn_cell,
         "state": state,
-        "drug": Text(str(data.get("drug") or "-")),
-        "dose": Text(_qty(data.get("dose"))),
-        "rate": Text(_qty(data.get("rate"), 2)),
+        "drug": Text(view.drug or "-"),
+        "dose": Text(_qty(view.dose)),
+        "rate": Text(_qty(view.rate, 2)),
         "alarms": Text(", ".join(codes) or "-", style="bold red" if codes else "dim"),
     }
 
@@ -168,8 +160,8 @@ def _pump_blocks(rows: list[dict[str, Text]]) -> Group:
 
 def _pump_table(model: WatchModel, width: int) -> RenderableType:
     rows = [
-        _pump_cells(model, gateway, pump, data)
-        for (gateway, pump), data in sorted(model.pumps.items())
+        _pump_cells(model, gateway, pump, view)
+        for (gateway, pump), view in sorted(model.pumps.items())
     ]
     columns = _fit(rows, width)
     if columns is None:
@@ -221,16 +213,16 @@ def render(model: WatchModel, now: datetime, broker: str = "", width: int = 80) 
         ("source", source_width),
     ):  # fmt: skip
         beds.add_column(column, max_width=col_width, no_wrap=True, overflow="ellipsis")
-    for (gateway, bed), data in sorted(model.beds.items()):
+    for (gateway, bed), view in sorted(model.beds.items()):
         beds.add_row(
             _name(model, gateway, bed),
-            _vital(data, "map"),
-            _vital(data, "sbp"),
-            _vital(data, "dbp"),
-            _vital(data, "hr"),
-            _vital(data, "spo2"),
-            _age(data, now),
-            str(data.get("source") or "-"),
+            _vital(view.map, is_map=True),
+            _vital(view.sbp),
+            _vital(view.dbp),
+            _vital(view.hr),
+            _vital(view.spo2),
+            _age(view, now),
+            view.source or "-",
         )
 
     parts: list[RenderableType] = [header, Text("")]

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from importlib.resources import files
 from types import TracebackType
-from typing import Any, Self
+from typing import Self
 
 import structlog
 from aiohttp import web
@@ -47,6 +47,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from daemon.base.envelope import encode
 from daemon.base.errors import ConfigError
+from daemon.base.quantities import JsonObject
 from daemon.base.topics import is_topic_id
 from daemon.journal.history import History, HistoryQueryError, JournalNotReady, problems_document
 from daemon.journal.records import JournalError
@@ -154,7 +155,7 @@ def config_document(broker_ws_url: str | None, gateway: str, *, api: bool = Fals
         raise ConfigError(f"broker_ws_url {broker_ws_url!r}: must start with ws:// or wss://")
     if not is_topic_id(gateway):
         raise ConfigError(f"gateway {gateway!r}: not a valid topic level")
-    document: dict[str, Any] = {"broker_ws_url": broker_ws_url, "gateway": gateway}
+    document: JsonObject = {"broker_ws_url": broker_ws_url, "gateway": gateway}
     if api:
         document["api"] = {"events": "api/events", "history": "api/history"}
     return encode(document)
@@ -314,7 +315,7 @@ class WebServer:
 
     async def _api(
         self,
-        read: Callable[..., Awaitable[dict[str, Any]]],
+        read: Callable[..., Awaitable[JsonObject]],
         request: web.Request,
     ) -> web.StreamResponse:
         try:

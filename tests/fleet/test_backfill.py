@@ -13,7 +13,7 @@ import pytest_asyncio
 
 from daemon.fleet.backfill import Backfill
 from daemon.fleet.migrate import migrate
-from daemon.fleet.records import Batch, EventsResponse
+from daemon.fleet.records import Batch, EventsResponse, ResponseError
 from daemon.fleet.store import Conn, GapStatus, connect, list_gaps, store_batch
 from tests.fleet.builders import event
 
@@ -52,7 +52,7 @@ def _answer(request: dict[str, Any], **data: Any) -> EventsResponse:
         ok=ok,
         events=(),
         next_seq=data.get("next_seq"),
-        error=data.get("error"),
+        error=ResponseError.from_json(data["error"], "answer") if "error" in data else None,
     )
 
 

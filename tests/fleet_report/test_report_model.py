@@ -19,9 +19,11 @@ from daemon.pharmacy.report_model import (
     ProgramSeen,
     RateChanged,
     Report,
+    VerdictSeen,
     Window,
     merge,
 )
+from protocol.verdict import Outcome
 
 T0 = datetime(2026, 12, 1, 8, tzinfo=UTC)
 PUMPS = ("pump-1", "pump-2")
@@ -58,9 +60,9 @@ def facts(script: list[tuple[str, str, int, str, int]]) -> list[Fact]:
         if kind == "program":
             out.append(ProgramSeen(pump, f"drug-{n % 2}", "adult-icu"))
         elif kind == "judged":
-            out.append(Judged(ts, pump, cid, {"verdict": outcome}))
+            out.append(Judged(ts, pump, cid, VerdictSeen(Outcome(outcome))))
         elif kind == "override":
-            out.append(Overridden(ts, pump, cid, "nurse-1", "why", ({"rule": "SOFT_MAX"},)))
+            out.append(Overridden(ts, pump, cid, "nurse-1", "why", ("SOFT_MAX",)))
         elif kind == "accepted":
             out.append(Accepted(ts, pump, cid))
         else:
@@ -97,8 +99,8 @@ def test_the_hospital_total_is_the_sum_of_its_gateways_in_any_order(
         parts = [p.cells[key] for p in (a, b) if key in p.cells]
         assert counted(cell) == {n: sum(getattr(p, n) for p in parts) for n in COUNTS}
     assert len(total.overrides) == len(a.overrides) + len(b.overrides)
-    assert [o["ts"] for o in total.overrides] == sorted(o["ts"] for o in total.overrides)
-    assert {o["gateway"] for o in total.catches} <= {"gw-a", "gw-b"}
+    assert [o.ts for o in total.overrides] == sorted(o.ts for o in total.overrides)
+    assert {o.gateway for o in total.catches} <= {"gw-a", "gw-b"}
     swapped = merge([b, a], window)
     assert swapped.rows() == total.rows()
     assert swapped.daily == total.daily
