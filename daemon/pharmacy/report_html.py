@@ -151,8 +151,8 @@ def _list_table(items: list[JsonObject], columns: list[tuple[str, str]], empty: 
             value = item.get(key)
             if isinstance(value, list):
                 value = ", ".join(str(v) for v in value)
-            elif isinstance(value, dict):
-                value = " ".join(f"{v}" for v in value.values())
+            elif isinstance(value, dict):  # a rate or dose {"unit", "value"}: "45.0 mL/h"
+                value = f"{value.get('value')} {value.get('unit')}"
             cells.append(f'<td class="text">{escape("" if value is None else str(value))}</td>')
         rows.append(f"<tr>{''.join(cells)}</tr>")
     return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
