@@ -27,6 +27,7 @@ import structlog
 from daemon.base.config import Config
 from daemon.base.config_sections import PumpConfig
 from daemon.base.envelope import SCHEMA_IDS, Kind, encode, envelope
+from daemon.base.results import CommandResult
 from daemon.core.channel import Channel
 from daemon.core.channel_types import ChannelConfig, PollReport
 from daemon.core.gate import Control, Gate, ReplyTo
@@ -137,7 +138,10 @@ class Gateway(LibraryHotReload, VitalsIntake):
         )
         self.bridge.publish_retained(topic, encode(body))
 
-    async def _send_result(self, pump_id: str, data: dict[str, Any], reply: ReplyTo | None) -> None:
+    async def _send_result(
+        self, pump_id: str, result: CommandResult, reply: ReplyTo | None
+    ) -> None:
+        data = result.to_json()  # the result as published
         self.metrics.command_result(data)
         body = envelope(
             Kind.PUMP_COMMAND_RESULT,
