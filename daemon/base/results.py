@@ -101,6 +101,18 @@ def _flag(data: Mapping[str, Any], key: str, where: str) -> bool:
     return value
 
 
+# -- writing JSON ------------------------------------------------------------------------------
+
+
+def _json(part: ErrorBody | VerdictJson | Readback | FirstOutcome | DeviceBefore | None) -> Any:
+    return None if part is None else part.to_json()
+
+
+def _present(**fields: Any) -> JsonObject:
+    """The fields that are there: an optional field is absent from the JSON, never ``null``."""
+    return {name: value for name, value in fields.items() if value is not None}
+
+
 # -- the parts of a result ---------------------------------------------------------------------
 
 
@@ -201,16 +213,12 @@ class FirstOutcome:
     pump: str | None = None
 
     def to_json(self) -> JsonObject:
-        data: JsonObject = {}
-        if self.phase is not None:
-            data["phase"] = self.phase.value
-        if self.verdict is not None:
-            data["verdict"] = self.verdict.to_json()
-        if self.error is not None:
-            data["error"] = self.error.to_json()
-        if self.pump is not None:
-            data["pump"] = self.pump
-        return data
+        return _present(
+            phase=None if self.phase is None else self.phase.value,
+            verdict=_json(self.verdict),
+            error=_json(self.error),
+            pump=self.pump,
+        )
 
     @classmethod
     def from_json(cls, data: object, *, where: str = "first") -> FirstOutcome:
@@ -305,30 +313,20 @@ class CommandResult:
 
     def to_json(self) -> JsonObject:
         """The result's ``data`` object, as published."""
-        data: JsonObject = {"id": self.id, "phase": self.phase.value}
-        if self.verdict is not None:
-            data["verdict"] = self.verdict.to_json()
-        if self.error is not None:
-            data["error"] = self.error.to_json()
-        if self.readback is not None:
-            data["readback"] = self.readback.to_json()
-        if self.confirm_token is not None:
-            data["confirm_token"] = self.confirm_token
-        if self.confirm_expires_at is not None:
-            data["confirm_expires_at"] = format_ts(self.confirm_expires_at)
-        if self.first is not None:
-            data["first"] = self.first.to_json()
-        if self.reconciled:
-            data["reconciled"] = True
-        if self.repeated:
-            data["repeated"] = True
-        if self.source is not None:
-            data["source"] = self.source.value
-        if self.order_id is not None:
-            data["order_id"] = self.order_id
-        if self.command is not None:
-            data["command"] = self.command
-        return data
+        expires = self.confirm_expires_at
+        return {"id": self.id, "phase": self.phase.value} | _present(
+            verdict=_json(self.verdict),
+            error=_json(self.error),
+            readback=_json(self.readback),
+            confirm_token=self.confirm_token,
+            confirm_expires_at=None if expires is None else format_ts(expires),
+            first=_json(self.first),
+            reconciled=self.reconciled or None,
+            repeated=self.repeated or None,
+            source=None if self.source is None else self.source.value,
+            order_id=self.order_id,
+            command=self.command,
+        )
 
     @classmethod
     def from_json(cls, data: object, *, where: str = "result") -> CommandResult:
@@ -453,16 +451,12 @@ class KeptOutcome:
 
     def to_json(self) -> JsonObject:
         """The journal's JSON of it (the ``first`` column and the outcome rows)."""
-        data = self.first.to_json()
-        if self.fingerprint is not None:
-            data["fingerprint"] = self.fingerprint
-        if self.readback is not None:
-            data["readback"] = self.readback.to_json()
-        if self.before is not None:
-            data["before"] = self.before.to_json()
-        if self.sending:
-            data["sending"] = True
-        return data
+        return self.first.to_json() | _present(
+            fingerprint=self.fingerprint,
+            readback=_json(self.readback),
+            before=_json(self.before),
+            sending=self.sending or None,
+        )
 
     @classmethod
     def from_json(cls, data: object, *, where: str = "outcome") -> KeptOutcome:
