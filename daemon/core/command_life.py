@@ -10,8 +10,8 @@ import json
 from dataclasses import dataclass, replace
 from typing import Any
 
-#: keys of a stored outcome that are ours, not the contract's ``first``
-_PRIVATE_OUTCOME_KEYS = ("fingerprint", "before", "readback", "sending")
+from daemon.base.results import KeptOutcome, Phase
+
 #: command fields that do not make it another command (a retry; a confirmation, which another
 #: clinician may give)
 _NOT_IN_FINGERPRINT = frozenset({"confirm", "issued_at", "ttl_s", "signature", "schema", "by"})
@@ -39,11 +39,11 @@ class CommandLife:
     deadline: float
     phase: CommandPhase = CommandPhase.ACCEPTED
 
-    def end(self, phase: str) -> CommandLife:
+    def end(self, phase: Phase) -> CommandLife:
         """The command ended in ``phase`` (a result phase); anything but an end is a bug."""
-        ended = next((p for p in _ENDS if p.value == phase), None)
+        ended = next((p for p in _ENDS if p.value == phase.value), None)
         if self.phase is not CommandPhase.ACCEPTED or ended is None:
-            raise ValueError(f"command {self.command_id}: {self.phase.value} -> {phase}")
+            raise ValueError(f"command {self.command_id}: {self.phase.value} -> {phase.value}")
         return replace(self, phase=ended)
 
 
@@ -54,16 +54,11 @@ def fingerprint(command: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def public_first(outcome: dict[str, Any]) -> dict[str, Any]:
-    """The stored outcome as a duplicate is told it: phase, verdict, error and pump."""
-    return {k: v for k, v in outcome.items() if k not in _PRIVATE_OUTCOME_KEYS}
-
-
-def id_conflict(pump_id: str, command_id: str, fp: str, first: dict[str, Any]) -> str | None:
+def id_conflict(pump_id: str, command_id: str, fp: str, first: KeptOutcome) -> str | None:
     """Why a known id cannot be this command (another payload or pump: ``id_conflict``), or
     None when it is the same command again. ``first`` is the id's stored outcome."""
-    first_pump = first.get("pump")
-    first_fp = first.get("fingerprint")
+    first_pump = first.pump
+    first_fp = first.fingerprint
     other_pump = first_pump is not None and first_pump != pump_id
     other_payload = bool(first_fp) and first_fp != fp
     if not (other_pump or other_payload):
@@ -71,5 +66,5 @@ def id_conflict(pump_id: str, command_id: str, fp: str, first: dict[str, Any]) -
     what = f"pump {first_pump}" if other_pump else "another payload"
     return (
         f"id: {command_id!r} was already used for {what} (first command on pump "
-        f"{first_pump}, phase {first.get('phase')}); ids are unique per gateway"
+        f"{first_pump}, phase {first.phase}); ids are unique per gateway"
     )

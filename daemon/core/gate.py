@@ -38,9 +38,19 @@ from typing import Any
 import structlog
 
 from daemon.base.events import CommandRejected, OverrideAccepted, PumpEvent
+from daemon.base.results import (
+    PENDING,
+    CommandResult,
+    ErrorBody,
+    ErrorCode,
+    KeptOutcome,
+    Phase,
+    Source,
+    VerdictJson,
+)
 from daemon.base.topics import capped_id
 from daemon.core.channel import Channel
-from daemon.core.command_life import CommandLife, fingerprint, id_conflict, public_first
+from daemon.core.command_life import CommandLife, fingerprint, id_conflict
 from daemon.core.gate_admission import Control, Doorway
 from daemon.core.gate_confirm import Confirmations
 from daemon.core.gate_request import CheckRequests, Plan, VitalsLookup
@@ -54,22 +64,10 @@ from daemon.core.gate_write import (
     refuse_unjournaled,
 )
 from daemon.core.program import Action
-from daemon.core.replies import ReplyTo, ResultSink, kept_outcome
+from daemon.core.replies import ReplyTo, ResultSink
 from daemon.journal.records import CommandClaim, JournalError, JournalKind
 from daemon.journal.writer import AsyncJournal
-from daemon.mqtt.command_parse import (
-    Command,
-    ErrorCode,
-    Phase,
-    Rejection,
-    accepted,
-    duplicate,
-    error_body,
-    needs_confirmation,
-    parse_command,
-    rejected,
-    uncertain,
-)
+from daemon.mqtt.command_parse import Command, Rejection, parse_command
 from daemon.mqtt.refusals import RefusalDesk
 from protocol.engine import evaluate
 from protocol.errors import RequestError
@@ -129,11 +127,14 @@ class Gate:
             payload, now=now, retained=retained, signatures=self.control.signatures
         )
         if isinstance(parsed, Rejection):
-            self._answer(pump_id, rejected(parsed.id, error=parsed), reply, parsed.message)
+            answer = CommandResult.rejected(parsed.id, error=parsed.error())
+            self._answer(pump_id, answer, reply, parsed.message)
             return
         error = self._doorway.error(pump_id, parsed, self.control)
         if error is not None:
-            self._answer(pump_id, rejected(parsed.id, error=error), reply, error["message"])
+            self._answer(
+                pump_id, CommandResult.rejected(parsed.id, error=error), reply, error.message
+            )
             return
         self._waiting[pump_id] = self._waiting.get(pump_id, 0) + 1
         task = asyncio.get_running_loop().create_task(
@@ -144,23 +145,22 @@ class Gate:
 
     async def submit_order(
         self, pump_id: str, command: dict[str, Any], *, order_id: str
-    ) -> dict[str, Any]:
+    ) -> CommandResult:
         """A hospital order (IHE PCD PIV) as ``command``: the same parsing, admission and
         verdict as an MQTT command, but it never reaches the pump. A verdict other than reject
         becomes ``needs_confirmation`` (with a token, whatever the verdict) carrying
         ``"source": "piv"``, the order id and the command to confirm; a reject is ``rejected``
         with its findings. The answer is journaled, published and returned (for RRG^O16)."""
         now = self.now()
-        tag = {"source": "piv", "order_id": order_id}
         parsed = parse_command(json.dumps(command).encode(), now=now)
         if isinstance(parsed, Rejection):
-            answer = rejected(parsed.id, error=parsed) | tag
+            answer = CommandResult.rejected(parsed.id, error=parsed.error()).for_order(order_id)
             self._answer(pump_id, answer, None, parsed.message)
             return answer
         error = self._doorway.error(pump_id, parsed, self.control)
         if error is not None:
-            answer = rejected(parsed.id, error=error) | tag
-            self._answer(pump_id, answer, None, error["message"])
+            answer = CommandResult.rejected(parsed.id, error=error).for_order(order_id)
+            self._answer(pump_id, answer, None, error.message)
             return answer
         command_json = parsed.to_json()
         fp = fingerprint(command_json)
@@ -168,35 +168,40 @@ class Gate:
             parsed.id, pump_id=pump_id, command=command_json, ts=now
         )
         if not claim.is_new:
-            answer = duplicate(parsed.id, first=public_first(claim.first or {})) | tag
+            first = (claim.first or PENDING).first
+            answer = CommandResult.duplicate(parsed.id, first=first).for_order(order_id)
             await self.send_result(pump_id, answer, None)
             return answer
         try:
             plan = self._requests.plan(self.library, self.channels[pump_id], parsed, now)
         except RequestError as exc:
-            answer = rejected(parsed.id, error=error_body(ErrorCode.BAD_REQUEST, str(exc))) | tag
+            error = ErrorBody(ErrorCode.BAD_REQUEST, str(exc))
+            answer = CommandResult.rejected(parsed.id, error=error).for_order(order_id)
             await self._finish(pump_id, parsed, fp, answer, None)
             return answer
         verdict = evaluate(self.library, plan.request)
-        verdict_json = verdict.to_dict()
+        verdict_json = VerdictJson(verdict.to_dict())
         await self.journal.append(
-            JournalKind.VERDICT, {"id": parsed.id, "verdict": verdict_json, **tag}, pump_id=pump_id
+            JournalKind.VERDICT,
+            {
+                "id": parsed.id,
+                "verdict": verdict_json.to_json(),
+                "source": Source.PIV.value,
+                "order_id": order_id,
+            },
+            pump_id=pump_id,
         )
         if verdict.verdict == "reject":
-            answer = rejected(parsed.id, verdict=verdict_json) | tag
+            answer = CommandResult.rejected(parsed.id, verdict=verdict_json).for_order(order_id)
         else:
             token, expires = self._confirmations.issue(pump_id, plan.fingerprint, now)
-            answer = (
-                needs_confirmation(
-                    parsed.id, verdict=verdict_json, confirm_token=token, expires_at=expires
-                )
-                | tag
-                | {"command": command}
-            )
+            answer = CommandResult.needs_confirmation(
+                parsed.id, verdict=verdict_json, confirm_token=token, expires_at=expires
+            ).for_order(order_id, command)
         await self._finish(pump_id, parsed, fp, answer, None)
         return answer
 
-    def _answer(self, pump_id: str, data: dict[str, Any], reply: ReplyTo | None, why: str) -> None:
+    def _answer(self, pump_id: str, data: CommandResult, reply: ReplyTo | None, why: str) -> None:
         # Refusals go through one rate-limited desk (daemon/mqtt/refusals.py), never a task each.
         if self._refusals is None:
             self._refusals = RefusalDesk(
@@ -207,14 +212,14 @@ class Gate:
             self._answers.add(worker)
             worker.add_done_callback(self._answers.discard)
 
-    async def _refuse(self, pump_id: str, data: dict[str, Any], reply: ReplyTo | None) -> None:
+    async def _refuse(self, pump_id: str, data: CommandResult, reply: ReplyTo | None) -> None:
         shown = capped_id(pump_id)  # a topic can carry a 65,000-character pump id
         try:
             await self.journal.append(
-                JournalKind.COMMAND, {"pump": shown, "answer": data}, pump_id=shown
+                JournalKind.COMMAND, {"pump": shown, "answer": data.to_json()}, pump_id=shown
             )
         except JournalError as exc:  # the refusal still goes out: nothing was executed
-            log.critical("journal_unavailable", pump=shown, id=data.get("id"), error=str(exc))
+            log.critical("journal_unavailable", pump=shown, id=data.id, error=str(exc))
         await self.send_result(pump_id, data, reply)
 
     async def drain(self) -> None:
@@ -239,7 +244,8 @@ class Gate:
                 waiting = False
                 busy = self._doorway.busy(pump_id)
                 if busy is not None:
-                    self._answer(pump_id, rejected(cmd.id, error=busy), reply, busy["message"])
+                    answer = CommandResult.rejected(cmd.id, error=busy)
+                    self._answer(pump_id, answer, reply, busy.message)
                     return
                 job = await self._run(pump_id, cmd, reply, progress)
             if job is not None and (known := await self._writer.execute(job, progress)) is not None:
@@ -260,18 +266,12 @@ class Gate:
                     await self._writer.execute(job, progress)
         except JournalError as exc:
             log.critical("journal_unavailable", pump=pump_id, id=cmd.id, error=str(exc))
-            body = error_body(ErrorCode.JOURNAL_UNAVAILABLE, f"journal write failed: {exc}")
-            answer = (
-                uncertain(cmd.id, error=body) if progress.accepted else rejected(cmd.id, error=body)
-            )
-            await self.send_result(pump_id, answer, reply)
+            body = ErrorBody(ErrorCode.JOURNAL_UNAVAILABLE, f"journal write failed: {exc}")
+            await self.send_result(pump_id, _fault(cmd.id, body, progress), reply)
         except Exception as exc:
             log.exception("command_crashed", pump=pump_id, id=cmd.id)
-            body = error_body(ErrorCode.INTERNAL_ERROR, f"gateway fault: {type(exc).__name__}")
-            answer = (
-                uncertain(cmd.id, error=body) if progress.accepted else rejected(cmd.id, error=body)
-            )
-            await self.send_result(pump_id, answer, reply)
+            body = ErrorBody(ErrorCode.INTERNAL_ERROR, f"gateway fault: {type(exc).__name__}")
+            await self.send_result(pump_id, _fault(cmd.id, body, progress), reply)
         finally:
             if waiting:
                 self._waiting[pump_id] -= 1
@@ -311,9 +311,8 @@ class Gate:
             # the pump is this command's from now on (others are answered busy); nothing is
             # journaled yet: the write's hook claims it (see _execute)
             self._writer.hold(pump_id, cmd.id, progress)
-            admission = Admission(
-                accepted(cmd.id, verdict=outright[1].to_dict()), command_json, now
-            )
+            answer = CommandResult.accepted(cmd.id, verdict=VerdictJson(outright[1].to_dict()))
+            admission = Admission(answer, command_json, now)
             return Execution(pump_id, cmd, fp, *outright, reply, before, admission)
         try:
             claim = await self.journal.claim_command(
@@ -357,15 +356,16 @@ class Gate:
     ) -> Execution | None:
         """A known id (its duplicate row is journaled): ``id_conflict``, ``duplicate``, or the
         confirmation of a command that asked for one, resumed step by step."""
-        first = claim.first or {}
+        first = claim.first or PENDING
         conflict = id_conflict(pump_id, cmd.id, fp, first)
         if conflict is not None:
-            error = error_body(ErrorCode.ID_CONFLICT, conflict)
-            self._answer(pump_id, rejected(cmd.id, error=error), reply, conflict)
+            error = ErrorBody(ErrorCode.ID_CONFLICT, conflict)
+            self._answer(pump_id, CommandResult.rejected(cmd.id, error=error), reply, conflict)
             return None
-        resumable = first.get("phase") == Phase.NEEDS_CONFIRMATION and cmd.confirm
+        resumable = first.phase is Phase.NEEDS_CONFIRMATION and cmd.confirm
         if not resumable:
-            await self.send_result(pump_id, duplicate(cmd.id, first=public_first(first)), reply)
+            answer = CommandResult.duplicate(cmd.id, first=first.first)
+            await self.send_result(pump_id, answer, reply)
             return None
         return await self._check_stepwise(
             pump_id=pump_id,
@@ -392,13 +392,7 @@ class Gate:
         override, or accepted (each step journaled before it is answered)."""
         before = device_before(self.channels[pump_id])
         if isinstance(plan, RequestError):
-            await self._finish(
-                pump_id,
-                cmd,
-                fp,
-                rejected(cmd.id, error=error_body(ErrorCode.BAD_REQUEST, str(plan))),
-                reply,
-            )
+            await self._finish(pump_id, cmd, fp, _bad_request(cmd.id, str(plan)), reply)
             return None
         verdict = verdict or evaluate(self.library, plan.request)
         verdict_json = verdict.to_dict()
@@ -406,7 +400,8 @@ class Gate:
             JournalKind.VERDICT, {"id": cmd.id, "verdict": verdict_json}, pump_id=pump_id
         )
         if verdict.verdict == "reject":
-            await self._finish(pump_id, cmd, fp, rejected(cmd.id, verdict=verdict_json), reply)
+            answer = CommandResult.rejected(cmd.id, verdict=VerdictJson(verdict_json))
+            await self._finish(pump_id, cmd, fp, answer, reply)
             await self._emit(pump_id, CommandRejected(cmd.id, verdict_json))
             return None
         if verdict.verdict == "confirm" and not await self._confirmed(
@@ -414,17 +409,11 @@ class Gate:
         ):
             return None
         if plan.action is Action.SET_RATE and verdict.rate is None:
-            await self._finish(
-                pump_id,
-                cmd,
-                fp,
-                rejected(cmd.id, error=error_body(ErrorCode.BAD_REQUEST, "no rate computed")),
-                reply,
-            )
+            await self._finish(pump_id, cmd, fp, _bad_request(cmd.id, "no rate computed"), reply)
             return None
-        answer = accepted(cmd.id, verdict=verdict_json)
+        answer = CommandResult.accepted(cmd.id, verdict=VerdictJson(verdict_json))
         await self.journal.set_command_outcome(
-            cmd.id, kept_outcome(pump_id, fp, answer, before), pump_id=pump_id
+            cmd.id, KeptOutcome.of(pump_id, fp, answer, before), pump_id=pump_id
         )
         self._writer.hold(pump_id, cmd.id, progress)
         progress.accepted = True
@@ -446,25 +435,14 @@ class Gate:
         verdict_json = verdict.to_dict()
         if cmd.confirm is None:
             token, expires = self._confirmations.issue(pump_id, plan.fingerprint, now)
-            await self._finish(
-                pump_id,
-                cmd,
-                fp,
-                needs_confirmation(
-                    cmd.id, verdict=verdict_json, confirm_token=token, expires_at=expires
-                ),
-                reply,
+            answer = CommandResult.needs_confirmation(
+                cmd.id, verdict=VerdictJson(verdict_json), confirm_token=token, expires_at=expires
             )
+            await self._finish(pump_id, cmd, fp, answer, reply)
             return False
         why = self._confirmations.redeem(cmd.confirm.token, pump_id, plan.fingerprint, now)
         if why is not None:
-            await self._finish(
-                pump_id,
-                cmd,
-                fp,
-                rejected(cmd.id, error=error_body(ErrorCode.BAD_REQUEST, why)),
-                reply,
-            )
+            await self._finish(pump_id, cmd, fp, _bad_request(cmd.id, why), reply)
             return False
         override = OverrideAccepted(
             cmd.id,
@@ -477,11 +455,11 @@ class Gate:
         return True
 
     async def _finish(
-        self, pump_id: str, cmd: Command, fp: str, data: dict[str, Any], reply: ReplyTo | None
+        self, pump_id: str, cmd: Command, fp: str, data: CommandResult, reply: ReplyTo | None
     ) -> None:
-        log.info("command_result", pump=pump_id, id=cmd.id, phase=data["phase"])
+        log.info("command_result", pump=pump_id, id=cmd.id, phase=data.phase.value)
         await self.journal.set_command_outcome(
-            cmd.id, kept_outcome(pump_id, fp, data), pump_id=pump_id
+            cmd.id, KeptOutcome.of(pump_id, fp, data), pump_id=pump_id
         )
         await self.send_result(pump_id, data, reply)
 
@@ -502,3 +480,15 @@ class Gate:
     async def reconcile_interrupted(self) -> None:
         """Settle them once each pump has been polled (see :class:`Reconciler`)."""
         await self._restart.reconcile_interrupted(self.library)
+
+
+def _bad_request(command_id: str, why: str) -> CommandResult:
+    return CommandResult.rejected(command_id, error=ErrorBody(ErrorCode.BAD_REQUEST, why))
+
+
+def _fault(command_id: str, error: ErrorBody, progress: Progress) -> CommandResult:
+    """The answer when a command's supervisor caught a fault: ``uncertain`` once its
+    ``accepted`` is durable (the write may have gone out), else ``rejected`` (nothing did)."""
+    if progress.accepted:
+        return CommandResult.uncertain(command_id, error=error)
+    return CommandResult.rejected(command_id, error=error)

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from daemon.base.results import ErrorBody, ErrorCode
 from daemon.core.channel import Channel
 from daemon.core.command_life import CommandLife
-from daemon.mqtt.command_parse import Command, ErrorCode, error_body
+from daemon.mqtt.command_parse import Command
 from daemon.mqtt.signing import SignaturePolicy
 from drivers.base import ConnectionState
 
@@ -39,49 +40,49 @@ class Doorway:
     #: pumps whose command interrupted by a restart is not settled yet
     reconciling: set[str]
 
-    def error(self, pump_id: str, cmd: Command, control: Control) -> dict[str, str] | None:
+    def error(self, pump_id: str, cmd: Command, control: Control) -> ErrorBody | None:
         """Why ``cmd`` is not admitted at ``pump_id`` (an error body), or None."""
         if pump_id not in self.channels:
-            return error_body(ErrorCode.UNKNOWN_PUMP, f"no pump {pump_id!r} on this gateway")
+            return ErrorBody(ErrorCode.UNKNOWN_PUMP, f"no pump {pump_id!r} on this gateway")
         if not control.enabled:
-            return error_body(
+            return ErrorBody(
                 ErrorCode.CONTROL_DISABLED, "remote control is disabled on this gateway"
             )
         allowed = control.allowlist
         if "*" not in allowed and cmd.by.clinician not in allowed:
-            return error_body(
+            return ErrorBody(
                 ErrorCode.NOT_AUTHORIZED,
                 f"by.clinician {cmd.by.clinician!r} is not allowed to command pumps here",
             )
         return self.busy(pump_id) or (
-            error_body(ErrorCode.BUSY, f"pump {pump_id}: too many commands waiting; retry later")
+            ErrorBody(ErrorCode.BUSY, f"pump {pump_id}: too many commands waiting; retry later")
             if self.waiting.get(pump_id, 0) >= MAX_WAITING
             else None
         )
 
-    def busy(self, pump_id: str) -> dict[str, str] | None:
+    def busy(self, pump_id: str) -> ErrorBody | None:
         writing = self.writing.get(pump_id)
         if writing is not None:
-            return error_body(
+            return ErrorBody(
                 ErrorCode.BUSY,
                 f"pump {pump_id} is executing command {writing.command_id!r}; retry when it "
                 "has ended",
             )
         channel = self.channels[pump_id]
         if channel.status is None or channel.connection is not ConnectionState.ONLINE:
-            return error_body(
+            return ErrorBody(
                 ErrorCode.BUSY,
                 f"pump {pump_id} is {channel.connection.value}: its state has not been read "
                 "since the gateway started or it stopped answering; nothing was sent",
             )
         if channel.journal_behind:
-            return error_body(
+            return ErrorBody(
                 ErrorCode.BUSY,
                 f"pump {pump_id}: its latest reading is not journaled yet (journal unavailable); "
                 "nothing is checked against an older state",
             )
         if pump_id in self.reconciling:
-            return error_body(
+            return ErrorBody(
                 ErrorCode.BUSY,
                 f"pump {pump_id} is settling a command interrupted by a restart; retry shortly",
             )

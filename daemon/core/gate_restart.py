@@ -6,27 +6,20 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any
 
 import structlog
 
+from daemon.base.results import CommandResult, ErrorBody, ErrorCode, KeptOutcome, Phase
 from daemon.core.channel import Channel
 from daemon.core.command_life import fingerprint
 from daemon.core.gate_request import commanded_program
 from daemon.core.program import Program, ProgramChanged
-from daemon.core.replies import ResultSink, kept_outcome, readback_of
+from daemon.core.replies import ResultSink, readback_of
 from daemon.journal.records import InterruptedCommand, JournalError
 from daemon.journal.writer import AsyncJournal
-from daemon.mqtt.command_parse import (
-    Command,
-    Phase,
-    applied,
-    failed,
-    first_of,
-    uncertain,
-)
+from daemon.mqtt.command_parse import Command
 from drivers.backoff import Backoff
 from drivers.base import ConnectionState
 from protocol.library import Library
@@ -76,10 +69,7 @@ class Reconciler:
         recent, self._recent = self._recent, []
         for item in recent:
             if item.pump_id in self.channels:
-                answer = {"id": item.command_id, **first_of(item.outcome)}
-                if "readback" in item.outcome:
-                    answer["readback"] = item.outcome["readback"]
-                answer["repeated"] = True
+                answer = item.outcome.repeated(item.command_id)
                 await self.send_result(item.pump_id or "", answer, None)
         try:
             for item in self._interrupted:
@@ -103,26 +93,23 @@ class Reconciler:
         pump_id = item.pump_id or ""
         channel = self.channels[pump_id]
         await channel.first_poll_done.wait()
-        answer = {**_settle(channel, item), "reconciled": True}
+        answer = replace(_settle(channel, item), reconciled=True)
         program = _interrupted_program(library, channel, item)
         events = []
-        if answer["phase"] == Phase.APPLIED and program is not None:
+        if answer.phase is Phase.APPLIED and program is not None and channel.status is not None:
             events.append(ProgramChanged(item.command_id, program).journaled(pump_id))
-            answer = {**answer, "readback": readback_of(channel, channel.status, program)}
-        stored = kept_outcome(
+            answer = replace(answer, readback=readback_of(channel, channel.status, program))
+        stored = KeptOutcome.of(
             pump_id,
-            str(
-                item.outcome.get("fingerprint")
-                or (fingerprint(item.command) if item.command else "")
-            ),
+            item.outcome.fingerprint or (fingerprint(item.command) if item.command else ""),
             answer,
-            item.outcome.get("before"),
+            item.outcome.before,
         )
         # the outcome and the program it set: durable together, then kept
         await self.journal.settle_command(item.command_id, stored, pump_id=pump_id, events=events)
         if events and program is not None:
             channel.set_program(program)
-        log.info("command_reconciled", pump=pump_id, id=item.command_id, phase=answer["phase"])
+        log.info("command_reconciled", pump=pump_id, id=item.command_id, phase=answer.phase.value)
         self.reconciling.discard(pump_id)
         await self.send_result(pump_id, answer, None)
 
@@ -143,43 +130,41 @@ def _interrupted_program(
     return commanded_program(library, channel.program, cmd)
 
 
-def _settle(channel: Channel, item: InterruptedCommand) -> dict[str, Any]:
+def _interrupted(message: str) -> ErrorBody:
+    return ErrorBody(ErrorCode.INTERRUPTED, message)
+
+
+def _settle(channel: Channel, item: InterruptedCommand) -> CommandResult:
     status = channel.status
     cid = item.command_id
     if status is None or channel.connection is not ConnectionState.ONLINE:
-        return uncertain(
+        return CommandResult.uncertain(
             cid,
-            error={
-                "code": "interrupted",
-                "message": "the gateway restarted during the write and the pump cannot be "
-                "read; check the pump",
-            },
+            error=_interrupted(
+                "the gateway restarted during the write and the pump cannot be read; check the pump"
+            ),
         )
     readback = readback_of(channel, status)
-    before = item.outcome.get("before")
+    # None: written by a version that did not record the device's state before the write: a
+    # device at the target may have been there already, so it never proves the write
+    before = item.outcome.before
     action = str((item.command or {}).get("action"))
     found = item.target_rate
     target = None if found is None else float(found)
-    if not isinstance(before, dict):
-        # written by a version that did not record the device's state before the write:
-        # a device at the target may have been there already, so it never proves the write
-        before = {}
-    if before and not item.outcome.get("sending"):
-        return failed(
+    if before is not None and not item.outcome.sending:
+        return CommandResult.failed(
             cid,
-            error={
-                "code": "interrupted",
-                "message": "the gateway restarted before the write was sent: nothing "
-                "reached the pump",
-            },
+            error=_interrupted(
+                "the gateway restarted before the write was sent: nothing reached the pump"
+            ),
             readback=readback,
         )
-    was_state, was_rate = before.get("status"), before.get("rate")
+    was_state, was_rate = (None, None) if before is None else (before.status, before.rate_ml_h)
     state = status.state.value
     rate = float(status.rate_ml_h)
     # an alarm raised since (a power reset, an occlusion...) can change the device by itself:
     # then the change proves nothing about the write
-    new_alarms = sorted({a.value for a in status.alarms} - set(before.get("alarms") or []))
+    new_alarms = sorted({a.value for a in status.alarms} - set(before.alarms if before else ()))
     wanted_state = {"stop": "stopped", "pause": "paused", "start": "infusing"}.get(action)
     if wanted_state is not None:
         took = state == wanted_state and was_state is not None and was_state != wanted_state
@@ -189,32 +174,28 @@ def _settle(channel: Channel, item: InterruptedCommand) -> dict[str, Any]:
         took = at_target and was_rate is not None and was_rate != target
         unchanged = rate == float(was_rate) if was_rate is not None else not at_target
     if took and not new_alarms:
-        return applied(cid, readback=readback)
+        return CommandResult.applied(cid, readback=readback)
     if took:
-        return uncertain(
+        return CommandResult.uncertain(
             cid,
-            error={
-                "code": "interrupted",
-                "message": "the gateway restarted during the write; the pump shows the "
-                f"commanded state but also raised {', '.join(new_alarms)}, which may have "
-                "caused it: check the pump",
-            },
+            error=_interrupted(
+                "the gateway restarted during the write; the pump shows the commanded state but "
+                f"also raised {', '.join(new_alarms)}, which may have caused it: check the pump"
+            ),
         )
     if unchanged:
-        return failed(
+        return CommandResult.failed(
             cid,
-            error={
-                "code": "interrupted",
-                "message": "the gateway restarted before it could verify the write and the "
-                "pump shows no change made by it: not reported applied",
-            },
+            error=_interrupted(
+                "the gateway restarted before it could verify the write and the pump shows no "
+                "change made by it: not reported applied"
+            ),
             readback=readback,
         )
-    return uncertain(
+    return CommandResult.uncertain(
         cid,
-        error={
-            "code": "interrupted",
-            "message": "the gateway restarted during the write and the pump now shows "
-            "neither its state before nor the commanded one; check the pump",
-        },
+        error=_interrupted(
+            "the gateway restarted during the write and the pump now shows neither its state "
+            "before nor the commanded one; check the pump"
+        ),
     )

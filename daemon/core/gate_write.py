@@ -13,15 +13,23 @@ from typing import Any
 import structlog
 
 from daemon.base.events import PumpEvent
+from daemon.base.results import (
+    CommandResult,
+    DeviceBefore,
+    ErrorBody,
+    ErrorCode,
+    KeptOutcome,
+    VerdictJson,
+)
 from daemon.core.channel import Channel
 from daemon.core.channel_types import Saved
 from daemon.core.command_life import CommandLife
 from daemon.core.gate_request import Plan
 from daemon.core.program import Action, ProgramChanged
-from daemon.core.replies import ReplyTo, ResultSink, answer_for, kept_outcome
+from daemon.core.replies import ReplyTo, ResultSink, answer_for
 from daemon.journal.records import CommandClaim, JournalError
 from daemon.journal.writer import AsyncJournal
-from daemon.mqtt.command_parse import Command, ErrorCode, accepted, error_body, rejected
+from daemon.mqtt.command_parse import Command
 from drivers.base import BeforeWrite, PumpStatus, RunState, WriteOutcome, WriteResult
 from drivers.errors import DriverError
 from protocol.verdict import Verdict
@@ -47,7 +55,7 @@ class Admission:
     """A command accepted outright, not journaled yet: what its claim will record, and the
     task of that claim once the driver's hook started it."""
 
-    answer: dict[str, Any]  # the ``accepted`` result
+    answer: CommandResult  # the ``accepted`` result
     command: dict[str, Any]  # the command as received
     received: datetime
     task: asyncio.Task[CommandClaim] | None = None
@@ -64,7 +72,7 @@ class Execution:
     plan: Plan
     verdict: Verdict
     reply: ReplyTo | None
-    before: dict[str, Any] | None
+    before: DeviceBefore | None
     admission: Admission | None = None
 
 
@@ -73,12 +81,12 @@ async def refuse_unjournaled(
 ) -> None:
     """No journal, no command: refused, never executed (nothing of it is durable)."""
     log.critical("journal_unavailable", pump=pump_id, id=cmd.id, error=str(exc))
-    error = error_body(
+    error = ErrorBody(
         ErrorCode.JOURNAL_UNAVAILABLE,
         "the gateway cannot write its journal (disk full or read-only?); "
         "commands are refused until it can",
     )
-    await send_result(pump_id, rejected(cmd.id, error=error), reply)
+    await send_result(pump_id, CommandResult.rejected(cmd.id, error=error), reply)
 
 
 @dataclass
@@ -143,12 +151,12 @@ class Writer:
                 channel.set_program(plan.program)
                 events.append(ProgramChanged(cmd.id, plan.program))
             answer = answer_for(channel, cmd.id, result)
-            self.writing[pump_id].end(answer["phase"])  # an accepted command ends once, here
-            log.info("command_result", pump=pump_id, id=cmd.id, phase=answer["phase"])
+            self.writing[pump_id].end(answer.phase)  # an accepted command ends once, here
+            log.info("command_result", pump=pump_id, id=cmd.id, phase=answer.phase.value)
             try:
                 await self.journal.settle_command(
                     cmd.id,
-                    kept_outcome(pump_id, job.fingerprint, answer, job.before),
+                    KeptOutcome.of(pump_id, job.fingerprint, answer, job.before),
                     pump_id=pump_id,
                     # what the hub's emit_event would journal: the event with its pump id
                     events=[event.journaled(pump_id) for event in events],
@@ -200,15 +208,15 @@ class Writer:
         """Claim + verdict + ``accepted`` (``sending``: the write goes out next) in one job."""
         admission = job.admission
         assert admission is not None
-        stored = kept_outcome(job.pump_id, job.fingerprint, admission.answer, job.before)
-        if sending:
-            stored["sending"] = True
+        stored = KeptOutcome.of(job.pump_id, job.fingerprint, admission.answer, job.before)
+        verdict = admission.answer.verdict
+        assert verdict is not None  # an outright accept carries its verdict
         return await self.journal.admit_command(
             job.cmd.id,
             pump_id=job.pump_id,
             command=admission.command,
-            verdict=admission.answer["verdict"],
-            outcome=stored,
+            verdict=verdict,
+            outcome=stored.marked_sending() if sending else stored,
             ts=admission.received,
         )
 
@@ -257,11 +265,11 @@ class Writer:
         async def mark(shown: PumpStatus) -> bool:
             if refused_for_drift(job, progress, shown):
                 return False
-            answer = accepted(job.cmd.id, verdict=job.verdict.to_dict())
-            stored = kept_outcome(job.pump_id, job.fingerprint, answer, job.before)
+            answer = CommandResult.accepted(job.cmd.id, verdict=VerdictJson(job.verdict.to_dict()))
+            stored = KeptOutcome.of(job.pump_id, job.fingerprint, answer, job.before)
             try:
                 await self.journal.set_command_outcome(
-                    job.cmd.id, {**stored, "sending": True}, pump_id=job.pump_id
+                    job.cmd.id, stored.marked_sending(), pump_id=job.pump_id
                 )
             except JournalError as exc:
                 log.critical("journal_unavailable", pump=job.pump_id, id=job.cmd.id, error=str(exc))
@@ -303,28 +311,27 @@ def refused_for_drift(job: Execution, progress: Progress, shown: PumpStatus) -> 
     before = job.before
     if before is None or job.plan.action in {Action.STOP, Action.PAUSE}:
         return False
-    if before["status"] == shown.state.value and before["rate"] == float(shown.rate_ml_h):
+    if before.status == shown.state.value and before.rate_ml_h == float(shown.rate_ml_h):
         return False
     progress.drift = (
-        f"the pump changed since the command was checked (it was {before['status']} at "
-        f"{before['rate']:g} mL/h; now {shown.state.value} at {float(shown.rate_ml_h):g} mL/h); "
+        f"the pump changed since the command was checked (it was {before.status} at "
+        f"{before.rate_ml_h:g} mL/h; now {shown.state.value} at {float(shown.rate_ml_h):g} mL/h); "
         "nothing was sent: check the command again against what the pump runs now"
     )
     log.warning("write_refused_pump_changed", pump=job.pump_id, id=job.cmd.id, why=progress.drift)
     return True
 
 
-def device_before(channel: Channel) -> dict[str, Any] | None:
-    """What the device showed before a write (journaled with ``accepted``): a restart settles
-    the command by comparing the device with it, never by the target alone."""
+def device_before(channel: Channel) -> DeviceBefore | None:
+    """What the device showed before a write (journaled with ``accepted``)."""
     status = channel.status
     if status is None:
         return None
-    return {
-        "status": status.state.value,
-        "rate": float(status.rate_ml_h),
-        "alarms": sorted(a.value for a in status.alarms),
-    }
+    return DeviceBefore(
+        status.state.value,
+        float(status.rate_ml_h),
+        tuple(sorted(a.value for a in status.alarms)),
+    )
 
 
 def matches(action: Action, rate: Decimal | None, result: WriteResult) -> bool:

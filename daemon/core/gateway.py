@@ -29,6 +29,7 @@ from daemon.base.config_sections import PumpConfig
 from daemon.base.envelope import SCHEMA_IDS, Kind, encode, envelope
 from daemon.base.events import PumpEvent
 from daemon.base.quantities import optional_json
+from daemon.base.results import CommandResult
 from daemon.core.channel import Channel
 from daemon.core.channel_types import ChannelConfig, PollReport
 from daemon.core.gate import Control, Gate, ReplyTo
@@ -139,7 +140,10 @@ class Gateway(LibraryHotReload, VitalsIntake):
         )
         self.bridge.publish_retained(topic, encode(body))
 
-    async def _send_result(self, pump_id: str, data: dict[str, Any], reply: ReplyTo | None) -> None:
+    async def _send_result(
+        self, pump_id: str, result: CommandResult, reply: ReplyTo | None
+    ) -> None:
+        data = result.to_json()  # the result as published
         self.metrics.command_result(data)
         body = envelope(
             Kind.PUMP_COMMAND_RESULT,

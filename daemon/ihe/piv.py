@@ -29,6 +29,7 @@ from typing import Any
 
 import structlog
 
+from daemon.base.results import CommandResult, Phase
 from daemon.base.timefmt import format_ts
 from daemon.journal.records import JournalError
 from drivers.hl7.ack import AckCode, peek_header
@@ -38,7 +39,7 @@ from drivers.hl7.piv import PivOrder, build_rrg, parse_rgv
 
 log = structlog.get_logger("infusiond.piv")
 
-SubmitOrder = Callable[[str, dict[str, Any], str], Awaitable[dict[str, Any]]]
+SubmitOrder = Callable[[str, dict[str, Any], str], Awaitable[CommandResult]]
 #: the command id of an order: ``piv-<order id>`` with characters outside [A-Za-z0-9_.-] as _
 _ID_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 _READ_CHUNK = 4096
@@ -86,26 +87,22 @@ def order_command(order: PivOrder, program: Mapping[str, Any], *, now: datetime)
     return head | {"action": "program", "program": body}
 
 
-def answer_code(result: Mapping[str, Any]) -> tuple[AckCode, str]:
+def answer_code(result: CommandResult) -> tuple[AckCode, str]:
     """The RRG^O16 MSA-1 and reason for the gate's answer to an order."""
-    phase = result.get("phase")
-    if phase == "needs_confirmation":
+    phase = result.phase
+    if phase is Phase.NEEDS_CONFIRMATION:
         return AckCode.AA, ""
-    if phase == "duplicate":
-        first = result.get("first") or {}
-        if first.get("phase") == "needs_confirmation":
+    if phase is Phase.DUPLICATE:
+        first = None if result.first is None else result.first.phase
+        if first is Phase.NEEDS_CONFIRMATION:
             return AckCode.AA, ""
-        return AckCode.AE, f"order already answered: {first.get('phase')}"
-    verdict = result.get("verdict")
-    if phase == "rejected" and isinstance(verdict, Mapping):
-        rules = [
-            str(f.get("rule"))
-            for f in verdict.get("findings") or []
-            if f.get("severity") == "reject"
-        ]
+        return AckCode.AE, f"order already answered: {first}"
+    if phase is Phase.REJECTED and result.verdict is not None:
+        rules = result.verdict.rules("reject")
         return AckCode.AR, "rejected by the drug library: " + ", ".join(rules or ["reject"])
-    error = result.get("error") or {}
-    return AckCode.AE, f"{error.get('code', phase)}: {error.get('message', '')}".strip()
+    error = result.error
+    code, message = (phase.value, "") if error is None else (error.code.value, error.message)
+    return AckCode.AE, f"{code}: {message}".strip()
 
 
 class PivListener:

@@ -4,11 +4,11 @@ transaction, and finding the commands a crash interrupted."""
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from typing import Any
 
 from daemon.base.envelope import encode
+from daemon.base.results import PENDING, KeptOutcome, VerdictJson
 from daemon.base.timefmt import format_ts
 from daemon.journal.outbox import EventOutbox
 from daemon.journal.records import (
@@ -18,7 +18,7 @@ from daemon.journal.records import (
     JournalRow,
     OutboxItem,
     loads_command,
-    loads_payload,
+    loads_outcome,
 )
 
 
@@ -49,7 +49,7 @@ class CommandLog(EventOutbox):
             pump_id=pump_id,
         )
         if duplicate:
-            first: dict[str, Any] = json.loads(row[0]) if row[0] is not None else {}
+            first = PENDING if row[0] is None else loads_outcome(row[0], where=_where(command_id))
             return CommandClaim(command_id, first)
         self._conn.execute(
             "INSERT INTO commands (id, pump_id, received_at, first, command, phase)"
@@ -61,27 +61,27 @@ class CommandLog(EventOutbox):
     def set_command_outcome(
         self,
         command_id: str,
-        outcome: dict[str, Any],
+        outcome: KeptOutcome,
         *,
         pump_id: str | None,
         ts: datetime,
         kind: JournalKind = JournalKind.COMMAND,
     ) -> JournalRow:
-        """Record the outcome (``{"phase", "verdict"?, "error"?}``) a duplicate will be told.
+        """Record the outcome a duplicate will be told (and a restart settles from).
 
         Later phases of the same command (accepted -> applied) overwrite earlier ones, so
         ``first`` is the latest known outcome of the first execution. The outcome is also
         journaled (``kind`` verdict/override/command as the caller sees fit).
         """
         self._require_transaction()
-        text = encode(outcome).decode()
-        phase = outcome.get("phase")
+        data = outcome.to_json()
+        phase = None if outcome.phase is None else outcome.phase.value
         self._conn.execute(
             "INSERT INTO commands (id, pump_id, received_at, first, phase) VALUES (?, ?, ?, ?, ?)"
             " ON CONFLICT(id) DO UPDATE SET first=excluded.first, phase=excluded.phase",
-            (command_id, pump_id, format_ts(ts), text, phase if isinstance(phase, str) else None),
+            (command_id, pump_id, format_ts(ts), encode(data).decode(), phase),
         )
-        return self.append(kind, {"id": command_id, "outcome": outcome}, ts=ts, pump_id=pump_id)
+        return self.append(kind, {"id": command_id, "outcome": data}, ts=ts, pump_id=pump_id)
 
     def admit_command(
         self,
@@ -89,8 +89,8 @@ class CommandLog(EventOutbox):
         *,
         pump_id: str | None,
         command: dict[str, Any],
-        verdict: dict[str, Any],
-        outcome: dict[str, Any],
+        verdict: VerdictJson,
+        outcome: KeptOutcome,
         ts: datetime,
     ) -> CommandClaim:
         """Claim a command whose verdict (already evaluated) lets it go ahead: the command row,
@@ -103,7 +103,10 @@ class CommandLog(EventOutbox):
         claim = self.claim_command(command_id, pump_id=pump_id, command=command, ts=ts)
         if claim.is_new:
             self.append(
-                JournalKind.VERDICT, {"id": command_id, "verdict": verdict}, ts=ts, pump_id=pump_id
+                JournalKind.VERDICT,
+                {"id": command_id, "verdict": verdict.to_json()},
+                ts=ts,
+                pump_id=pump_id,
             )
             self.set_command_outcome(command_id, outcome, pump_id=pump_id, ts=ts)
         return claim
@@ -111,7 +114,7 @@ class CommandLog(EventOutbox):
     def settle_command(
         self,
         command_id: str,
-        outcome: dict[str, Any],
+        outcome: KeptOutcome,
         *,
         pump_id: str,
         events: list[dict[str, Any]],
@@ -127,7 +130,9 @@ class CommandLog(EventOutbox):
         """Commands left at ``accepted`` (see :class:`InterruptedCommand`), oldest first, with
         the command as received: one indexed query, however long the journal."""
         return [
-            InterruptedCommand(cid, pump_id, loads_payload(first), loads_command(command))
+            InterruptedCommand(
+                cid, pump_id, loads_outcome(first, where=_where(cid)), loads_command(command)
+            )
             for cid, pump_id, first, command in self._conn.execute(
                 "SELECT id, pump_id, first, command FROM commands INDEXED BY commands_unsettled"
                 " WHERE phase = 'accepted' ORDER BY received_at"
@@ -139,10 +144,15 @@ class CommandLog(EventOutbox):
         ``accepted`` (applied, failed, uncertain), oldest first: after a crash, their result
         may have been journaled but never published."""
         return [
-            InterruptedCommand(cid, pump_id, loads_payload(first), None)
+            InterruptedCommand(cid, pump_id, loads_outcome(first, where=_where(cid)), None)
             for cid, pump_id, first in self._conn.execute(
                 "SELECT id, pump_id, first FROM commands WHERE received_at >= ?"
                 " AND phase IN ('applied', 'failed', 'uncertain') ORDER BY received_at",
                 (format_ts(since),),
             )
         ]
+
+
+def _where(command_id: str) -> str:
+    """How a malformed stored outcome is named: its row of the ``commands`` table."""
+    return f"journal commands[{command_id!r}].first"

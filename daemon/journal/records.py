@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from daemon.base.errors import PayloadError
+from daemon.base.results import KeptOutcome
 from protocol.errors import InfusiondError
 
 GENESIS_HASH = "0" * 64
@@ -110,7 +112,7 @@ class InterruptedCommand:
 
     command_id: str
     pump_id: str | None
-    outcome: dict[str, Any]
+    outcome: KeptOutcome
     command: dict[str, Any] | None
 
     @property
@@ -118,24 +120,21 @@ class InterruptedCommand:
         """The rate (mL/h) the interrupted write was sending, from its recorded verdict
         (``verdict.rate.value``); None when the verdict names no rate as a number (a start,
         stop or pause, or a row written without one)."""
-        verdict = self.outcome.get("verdict")
-        rate = verdict.get("rate") if isinstance(verdict, dict) else None
-        value = rate.get("value") if isinstance(rate, dict) else None
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            return None
-        return Decimal(str(value))
+        verdict = self.outcome.verdict
+        return None if verdict is None else verdict.rate_ml_h
 
 
 @dataclass(frozen=True)
 class CommandClaim:
     """Answer of :meth:`Journal.claim_command`: ``first`` is None for a new id.
 
-    For a repeated id, ``first`` is the recorded outcome ``{"phase", "verdict"?, "error"?}``,
-    or ``{}`` when the first command is still being processed (no outcome recorded yet).
+    For a repeated id, ``first`` is the recorded outcome, or
+    :data:`daemon.base.results.PENDING` when the first command is still being processed (no
+    outcome recorded yet).
     """
 
     command_id: str
-    first: dict[str, Any] | None
+    first: KeptOutcome | None
 
     @property
     def is_new(self) -> bool:
@@ -192,6 +191,16 @@ def loads_command(text: object) -> dict[str, Any] | None:
     """A stored command as received; None when not recorded (a command claimed by an older
     version whose journal row could not be found at migration)."""
     return loads_payload(text) if isinstance(text, str) else None
+
+
+def loads_outcome(text: object, *, where: str) -> KeptOutcome:
+    """A stored command outcome; ``PayloadError`` naming ``where`` and the field when it is not
+    one (a tampered or corrupted row: nothing is guessed from it)."""
+    try:
+        value = json.loads(text) if isinstance(text, str | bytes) else text
+    except json.JSONDecodeError as exc:
+        raise PayloadError(f"{where}: not JSON ({exc.msg})") from None
+    return KeptOutcome.from_json(value, where=where)
 
 
 def loads_payload(text: object) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Self, TypeVar
 
 from daemon.base.paths import DEFAULT_RETENTION_DAYS
+from daemon.base.results import KeptOutcome, VerdictJson
 from daemon.journal.records import (
     CommandClaim,
     Hl7Item,
@@ -262,7 +263,7 @@ class AsyncJournal:
     async def set_command_outcome(
         self,
         command_id: str,
-        outcome: dict[str, Any],
+        outcome: KeptOutcome,
         *,
         pump_id: str | None,
         kind: JournalKind = JournalKind.COMMAND,
@@ -282,8 +283,8 @@ class AsyncJournal:
         *,
         pump_id: str | None,
         command: dict[str, Any],
-        verdict: dict[str, Any],
-        outcome: dict[str, Any],
+        verdict: VerdictJson,
+        outcome: KeptOutcome,
         ts: datetime | None = None,
     ) -> CommandClaim:
         """Claim + verdict + ``accepted`` outcome as one job, hence one transaction (see
@@ -303,7 +304,7 @@ class AsyncJournal:
     async def settle_command(
         self,
         command_id: str,
-        outcome: dict[str, Any],
+        outcome: KeptOutcome,
         *,
         pump_id: str,
         events: list[dict[str, Any]],

@@ -1,5 +1,6 @@
 """From raw MQTT command bytes to a validated :class:`Command` or a :class:`Rejection`
-(docs/integration-guide.md, "Error codes"), and the builders of ``pump.command.result`` data.
+(docs/integration-guide.md, "Error codes"); the results themselves are built in
+:mod:`daemon.base.results`.
 
 Order of checks, each answering with its own error code:
 
@@ -23,7 +24,6 @@ messages are always encodable (anything taken from the input is escaped and shor
 
 from __future__ import annotations
 
-import enum
 import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -39,6 +39,7 @@ from pydantic import (
     model_validator,
 )
 
+from daemon.base.results import ErrorBody, ErrorCode
 from daemon.base.timefmt import format_ts, parse_ts
 from daemon.mqtt.signing import SignaturePolicy
 
@@ -52,36 +53,6 @@ MAX_SHOWN_CHARS = 64  # a key or path from the input, as quoted in a message
 COMMAND_SCHEMA = "infusiond.pump.command/1"
 
 
-class ErrorCode(enum.StrEnum):
-    """The ``error.code`` values of the contract."""
-
-    BAD_JSON = "bad_json"
-    BAD_REQUEST = "bad_request"
-    UNKNOWN_PUMP = "unknown_pump"
-    EXPIRED = "expired"
-    CONTROL_DISABLED = "control_disabled"
-    NOT_AUTHORIZED = "not_authorized"
-    BUSY = "busy"
-    TOO_LARGE = "too_large"
-    RETAINED = "retained"
-    BAD_SIGNATURE = "bad_signature"
-    ID_CONFLICT = "id_conflict"  # a known id with another payload or pump
-    INTERNAL_ERROR = "internal_error"  # a gateway fault: the command was not executed
-    JOURNAL_UNAVAILABLE = "journal_unavailable"  # the gateway cannot record: it refuses
-
-
-class Phase(enum.StrEnum):
-    """Result phases, in lifecycle order, plus ``duplicate``."""
-
-    REJECTED = "rejected"
-    NEEDS_CONFIRMATION = "needs_confirmation"
-    ACCEPTED = "accepted"
-    APPLIED = "applied"
-    FAILED = "failed"
-    UNCERTAIN = "uncertain"
-    DUPLICATE = "duplicate"
-
-
 @dataclass(frozen=True)
 class Rejection:
     """A command refused before the gate: answer ``rejected`` with ``error``."""
@@ -90,8 +61,9 @@ class Rejection:
     code: ErrorCode
     message: str
 
-    def error(self) -> dict[str, str]:
-        return {"code": self.code.value, "message": encodable(self.message)}
+    def error(self) -> ErrorBody:
+        """The ``error`` of its ``rejected`` result (the message made encodable)."""
+        return ErrorBody(self.code, encodable(self.message))
 
 
 def encodable(text: str) -> str:
@@ -364,80 +336,3 @@ def parse_command(
             f" + ttl_s {command.ttl_s:g})",
         )
     return command
-
-
-# -- result data builders ----------------------------------------------------------------
-# Each returns the ``data`` of a ``pump.command.result`` envelope.
-
-
-def rejected(
-    command_id: str | None,
-    *,
-    error: Rejection | dict[str, str] | None = None,
-    verdict: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """``rejected`` with ``error`` (bad request, expired...) or a reject ``verdict``."""
-    if (error is None) == (verdict is None):
-        raise ValueError("rejected() needs exactly one of error or verdict")
-    data: dict[str, Any] = {"id": command_id, "phase": Phase.REJECTED.value}
-    if error is not None:
-        data["error"] = error.error() if isinstance(error, Rejection) else error
-    else:
-        data["verdict"] = verdict
-    return data
-
-
-def error_body(code: ErrorCode, message: str) -> dict[str, str]:
-    """``{"code", "message"}`` for errors found after parsing (unknown_pump, busy...)."""
-    return {"code": code.value, "message": message}
-
-
-def needs_confirmation(
-    command_id: str, *, verdict: dict[str, Any], confirm_token: str, expires_at: datetime
-) -> dict[str, Any]:
-    """The gate asks for a confirmation; resend with ``confirm`` {token, reason}."""
-    return {
-        "id": command_id,
-        "phase": Phase.NEEDS_CONFIRMATION.value,
-        "verdict": verdict,
-        "confirm_token": confirm_token,
-        "confirm_expires_at": format_ts(expires_at),
-    }
-
-
-def accepted(command_id: str, *, verdict: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Passed the gate and sent to the device."""
-    data: dict[str, Any] = {"id": command_id, "phase": Phase.ACCEPTED.value}
-    if verdict is not None:
-        data["verdict"] = verdict
-    return data
-
-
-def applied(command_id: str, *, readback: dict[str, Any]) -> dict[str, Any]:
-    """The device's read-back matches."""
-    return {"id": command_id, "phase": Phase.APPLIED.value, "readback": readback}
-
-
-def failed(
-    command_id: str, *, error: dict[str, str], readback: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    """The device refused; verified unchanged."""
-    data: dict[str, Any] = {"id": command_id, "phase": Phase.FAILED.value, "error": error}
-    if readback is not None:
-        data["readback"] = readback
-    return data
-
-
-def uncertain(command_id: str, *, error: dict[str, str]) -> dict[str, Any]:
-    """No answer from the device; reconciled on the next poll and reported by event."""
-    return {"id": command_id, "phase": Phase.UNCERTAIN.value, "error": error}
-
-
-def duplicate(command_id: str, *, first: dict[str, Any]) -> dict[str, Any]:
-    """A repeated id: never re-executed; ``first`` is the first outcome."""
-    return {"id": command_id, "phase": Phase.DUPLICATE.value, "first": first}
-
-
-def first_of(result: dict[str, Any]) -> dict[str, Any]:
-    """``{"phase", "verdict"?, "error"?}`` of a result: what a duplicate will be told."""
-    return {k: result[k] for k in ("phase", "verdict", "error") if k in result}

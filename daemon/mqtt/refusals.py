@@ -32,12 +32,13 @@ import contextlib
 import math
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Protocol
 
 import structlog
 
+from daemon.base.results import CommandResult
 from daemon.base.timefmt import format_ts
 from daemon.base.topics import capped_id
 from daemon.journal.records import JournalError, JournalKind, JournalRow
@@ -60,10 +61,10 @@ class _Journal(Protocol):
     ) -> JournalRow: ...
 
 
-#: (pump_id, answer data, reply): journal one refusal and answer it (``Gate._refuse``)
-RefuseOne = Callable[[str, dict[str, Any], Any], Coroutine[Any, Any, None]]
-#: (pump_id, answer data, reply): publish an answer (``Gate.send_result``)
-AnswerOne = Callable[[str, dict[str, Any], Any], Awaitable[None]]
+#: (pump_id, answer, reply): journal one refusal and answer it (``Gate._refuse``)
+RefuseOne = Callable[[str, CommandResult, Any], Coroutine[Any, Any, None]]
+#: (pump_id, answer, reply): publish an answer (``Gate.send_result``)
+AnswerOne = Callable[[str, CommandResult, Any], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +103,7 @@ class _Tally:
 @dataclass(frozen=True, slots=True)
 class _Work:
     pump_id: str
-    data: dict[str, Any]
+    data: CommandResult
     reply: Any
     journal: bool  # one row of its own (else counted in the window's summary)
 
@@ -149,7 +150,7 @@ class RefusalDesk:
         self.stats = RefusalStats()
 
     def refuse(
-        self, pump_id: str, data: dict[str, Any], reply: Any, why: str
+        self, pump_id: str, data: CommandResult, reply: Any, why: str
     ) -> asyncio.Task[None] | None:
         """Take one refusal (``data`` is its ``rejected`` answer). Returns the worker task when
         this call started it (the caller keeps the reference), else None."""
@@ -158,15 +159,13 @@ class RefusalDesk:
         journal = self._journaled < self.limits.journal_per_window
         budget = (
             self.limits.answers_per_window
-            if data.get("id") is not None
+            if data.id is not None
             else self.limits.anonymous_answers_per_window
         )
         answer = self._answered < budget and len(self._queue) < self.limits.queue_size
         if journal and answer:
             self._journaled += 1
-            log.info(
-                "command_refused", pump=capped_id(pump_id), id=data.get("id"), reason=why[:200]
-            )
+            log.info("command_refused", pump=capped_id(pump_id), id=data.id, reason=why[:200])
         else:
             tally = self._tallies.setdefault(_code(data), _Tally())
             tally.count += 1
@@ -275,20 +274,16 @@ class RefusalDesk:
             self.stats.summary_rows += 1
 
 
-def _code(data: dict[str, Any]) -> str:
-    error = data.get("error")
-    code = error.get("code") if isinstance(error, dict) else None
-    return code if isinstance(code, str) else "verdict"
+def _code(data: CommandResult) -> str:
+    return "verdict" if data.error is None else data.error.code.value
 
 
-def _short(data: dict[str, Any]) -> dict[str, Any]:
+def _short(data: CommandResult) -> CommandResult:
     """``data`` with an error message cut to :data:`MAX_MESSAGE_CHARS` (an unknown pump's
     message quotes its id, which a topic lets grow to 65,000 characters)."""
-    error = data.get("error")
-    if not isinstance(error, dict):
+    error = data.error
+    if error is None or len(error.message) <= MAX_MESSAGE_CHARS:
         return data
-    message = error.get("message")
-    if not isinstance(message, str) or len(message) <= MAX_MESSAGE_CHARS:
-        return data
+    message = error.message
     cut = f"{message[: MAX_MESSAGE_CHARS - 40]}... [{len(message)} characters]"
-    return {**data, "error": {**error, "message": cut}}
+    return replace(data, error=replace(error, message=cut))

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from daemon.core.command_life import CommandLife, CommandPhase, fingerprint, public_first
+from daemon.base.results import KeptOutcome, Phase
+from daemon.core.command_life import CommandLife, CommandPhase, fingerprint
 
 
 @pytest.mark.parametrize("phase", ["applied", "failed", "uncertain"])
 def test_an_accepted_command_ends_in_a_result_phase(phase: str) -> None:
-    ended = CommandLife("c-1", deadline=10.0).end(phase)
+    ended = CommandLife("c-1", deadline=10.0).end(Phase(phase))
     assert ended.phase is CommandPhase(phase)
     assert ended.deadline == 10.0
 
@@ -17,12 +18,12 @@ def test_an_accepted_command_ends_in_a_result_phase(phase: str) -> None:
 @pytest.mark.parametrize("phase", ["accepted", "rejected", "duplicate", "needs_confirmation"])
 def test_anything_but_an_end_is_refused(phase: str) -> None:
     with pytest.raises(ValueError, match="c-1"):
-        CommandLife("c-1", deadline=10.0).end(phase)
+        CommandLife("c-1", deadline=10.0).end(Phase(phase))
 
 
 def test_an_ended_command_cannot_end_again() -> None:
     with pytest.raises(ValueError, match="applied -> failed"):
-        CommandLife("c-1", deadline=10.0).end("applied").end("failed")
+        CommandLife("c-1", deadline=10.0).end(Phase.APPLIED).end(Phase.FAILED)
 
 
 def test_a_retry_or_a_confirmation_by_another_clinician_is_the_same_command() -> None:
@@ -52,4 +53,4 @@ def test_a_duplicate_is_told_the_pump_but_not_the_bookkeeping() -> None:
         "fingerprint": "abc",
         "before": {"status": "infusing", "rate": 52.5},
     }
-    assert public_first(stored) == {"phase": "applied", "pump": "pump-1"}
+    assert KeptOutcome.from_json(stored).first.to_json() == {"phase": "applied", "pump": "pump-1"}

@@ -12,21 +12,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from daemon.base.envelope import encode
+from daemon.base.results import CommandResult, ErrorCode
 from daemon.mqtt.command_parse import (
     MAX_COMMAND_BYTES,
     Command,
-    ErrorCode,
     Rejection,
-    accepted,
-    applied,
-    duplicate,
-    error_body,
-    failed,
-    first_of,
-    needs_confirmation,
     parse_command,
-    rejected,
-    uncertain,
 )
 
 NOW = datetime(2026, 11, 26, 17, 30, 0, tzinfo=UTC)
@@ -223,32 +214,6 @@ def test_offsets_are_normalised_to_utc() -> None:
     assert command.issued_at == datetime(2026, 11, 26, 17, 29, 50, tzinfo=UTC)
 
 
-def test_result_builders_produce_the_contract_shapes() -> None:
-    """Builders give {id, phase, verdict?, error?, readback?}; duplicate carries first."""
-    verdict = {"verdict": "reject", "findings": [{"rule": "HARD_MAX"}]}
-    r = rejection(b"{")
-    assert rejected(None, error=r) == {
-        "id": None,
-        "phase": "rejected",
-        "error": {"code": "bad_json", "message": r.message},
-    }
-    assert rejected("c", verdict=verdict)["verdict"] == verdict
-    with pytest.raises(ValueError, match="exactly one"):
-        rejected("c")
-    busy = rejected("c", error=error_body(ErrorCode.BUSY, "pump-1 is executing c-0"))
-    assert busy["error"]["code"] == "busy"
-    confirm = needs_confirmation("c", verdict=verdict, confirm_token="tok", expires_at=NOW)
-    assert confirm["confirm_token"] == "tok"
-    assert confirm["confirm_expires_at"] == "2026-11-26T17:30:00.000Z"
-    assert accepted("c") == {"id": "c", "phase": "accepted"}
-    assert applied("c", readback={"rate": 1})["readback"] == {"rate": 1}
-    assert failed("c", error={"code": "device_rejected", "message": "m"})["phase"] == "failed"
-    assert uncertain("c", error={"code": "device_timeout", "message": "m"})["phase"] == "uncertain"
-    first = first_of(busy)
-    assert first == {"phase": "rejected", "error": busy["error"]}
-    assert duplicate("c", first=first) == {"id": "c", "phase": "duplicate", "first": first}
-
-
 # -- properties ----------------------------------------------------------------------------
 
 json_values = st.recursive(
@@ -348,7 +313,9 @@ def test_a_string_that_cannot_be_utf8_is_bad_request_naming_the_field(
     assert r.message.startswith(f"{shown}:"), r.message
     assert "lone surrogate" in r.message
     assert r.id == (None if field == "id" else "c-1")
-    encode(rejected(r.id, error=r))  # what the journal and the bridge do: must not raise
+    encode(
+        CommandResult.rejected(r.id, error=r.error()).to_json()
+    )  # what the journal and the bridge do: must not raise
 
 
 def test_keys_quoted_in_messages_are_escaped_and_shortened() -> None:
@@ -385,6 +352,6 @@ def test_any_rejection_can_be_encoded_even_with_surrogates(field: str, value: An
     obj[field] = value
     result = parse_command(json.dumps(obj).encode(), now=NOW)
     if isinstance(result, Rejection):
-        encode(rejected(result.id, error=result))
+        encode(CommandResult.rejected(result.id, error=result.error()).to_json())
     else:
         encode(result.to_json())

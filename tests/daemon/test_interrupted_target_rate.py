@@ -10,11 +10,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from daemon.base.errors import PayloadError
+from daemon.base.results import KeptOutcome
 from daemon.journal.records import InterruptedCommand
 
 
 def _interrupted(outcome: dict[str, Any]) -> InterruptedCommand:
-    return InterruptedCommand("c-1", "pump-1", outcome, {"action": "set_rate"})
+    return InterruptedCommand(
+        "c-1", "pump-1", KeptOutcome.from_json(outcome), {"action": "set_rate"}
+    )
 
 
 @given(st.floats(min_value=0, max_value=10_000, allow_nan=False) | st.integers(0, 10_000))
@@ -35,9 +39,15 @@ def test_a_recorded_numeric_rate_is_the_target_exactly(value: float) -> None:
         {"phase": "accepted", "verdict": {"rate": {"unit": "mL/h"}}},
         {"phase": "accepted", "verdict": {"rate": {"value": "5"}}},
         {"phase": "accepted", "verdict": {"rate": {"value": True}}},
-        {"phase": "accepted", "verdict": ["rate"]},
     ],
 )
 def test_a_verdict_without_a_numeric_rate_has_no_target(outcome: dict[str, Any]) -> None:
     """A start/stop/pause, an older row or a malformed one names no target: None."""
     assert _interrupted(outcome).target_rate is None
+
+
+def test_a_verdict_that_is_not_an_object_is_a_malformed_row() -> None:
+    """A recorded verdict that is not a JSON object is no verdict at all: the row cannot be read
+    as a kept outcome (and names the field) rather than being taken as naming no target."""
+    with pytest.raises(PayloadError, match=r"outcome\.verdict: expected an object"):
+        _interrupted({"phase": "accepted", "verdict": ["rate"]})

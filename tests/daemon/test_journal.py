@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from daemon.base.paths import DataDirError, journal_path
+from daemon.base.results import PENDING, KeptOutcome
 from daemon.base.topics import Topics
 from daemon.cli import main
 from daemon.journal import (
@@ -223,13 +224,15 @@ async def test_outbox_replays_pending_in_seq_order_and_forgets_acked(tmp_path: P
 @pytest.mark.asyncio
 async def test_command_ids_are_deduplicated_across_restarts(tmp_path: Path) -> None:
     """A repeated id is not claimed again and reports the first outcome, after a restart too."""
-    outcome = {"phase": "rejected", "error": {"code": "expired", "message": "too late"}}
+    outcome = KeptOutcome.from_json(
+        {"phase": "rejected", "error": {"code": "expired", "message": "too late"}}
+    )
     async with await AsyncJournal.open(tmp_path, gateway_id="gw") as journal:
         claim = await journal.claim_command("c-1", pump_id="pump-1", command={"id": "c-1"})
         assert claim.is_new
         in_progress = await journal.claim_command("c-1", pump_id="pump-1", command={"id": "c-1"})
         assert not in_progress.is_new
-        assert in_progress.first == {}
+        assert in_progress.first == PENDING
         await journal.set_command_outcome("c-1", outcome, pump_id="pump-1")
     async with await AsyncJournal.open(tmp_path, gateway_id="gw") as journal:
         again = await journal.claim_command("c-1", pump_id="pump-1", command={"id": "c-1"})

@@ -15,12 +15,14 @@ from pathlib import Path
 
 import pytest
 
+from daemon.base.results import PENDING, FirstOutcome, KeptOutcome, Phase, VerdictJson
 from daemon.journal import AsyncJournal, Journal, JournalKind
 
 pytestmark = pytest.mark.asyncio
 
 VERDICT = {"verdict": "accept", "rate": {"value": 63.0, "unit": "mL/h"}, "findings": []}
 ACCEPTED = {"phase": "accepted", "verdict": VERDICT}
+kept = KeptOutcome.from_json
 
 
 async def test_admit_writes_claim_verdict_and_accepted_in_one_commit(tmp_path: Path) -> None:
@@ -31,8 +33,8 @@ async def test_admit_writes_claim_verdict_and_accepted_in_one_commit(tmp_path: P
             "c-1",
             pump_id="pump-1",
             command={"action": "set_dose"},
-            verdict=VERDICT,
-            outcome=ACCEPTED,
+            verdict=VerdictJson(VERDICT),
+            outcome=kept(ACCEPTED),
         )
         assert claim.is_new
         assert journal.commits == before + 1
@@ -44,7 +46,7 @@ async def test_admit_writes_claim_verdict_and_accepted_in_one_commit(tmp_path: P
         ]
         # a duplicate of it is told the recorded outcome
         again = await journal.claim_command("c-1", pump_id="pump-1", command={})
-        assert again.first == ACCEPTED
+        assert again.first == kept(ACCEPTED)
         assert (await journal.verify()).ok
 
 
@@ -52,17 +54,21 @@ async def test_admit_of_a_repeated_id_writes_only_its_duplicate_row(tmp_path: Pa
     """A known id is not claimed again: no verdict, no accepted, the first outcome unchanged."""
     async with await AsyncJournal.open(tmp_path, gateway_id="gw") as journal:
         await journal.claim_command("c-1", pump_id="pump-1", command={})
-        await journal.set_command_outcome("c-1", {"phase": "applied"}, pump_id="pump-1")
+        await journal.set_command_outcome("c-1", kept({"phase": "applied"}), pump_id="pump-1")
         n = len(await journal.rows())
         claim = await journal.admit_command(
-            "c-1", pump_id="pump-1", command={}, verdict=VERDICT, outcome=ACCEPTED
+            "c-1",
+            pump_id="pump-1",
+            command={},
+            verdict=VerdictJson(VERDICT),
+            outcome=kept(ACCEPTED),
         )
-        assert claim.first == {"phase": "applied"}
+        assert claim.first == kept({"phase": "applied"})
         added = (await journal.rows())[n:]
         assert [(r.kind, r.payload["duplicate"]) for r in added] == [("command", True)]
-        assert (await journal.claim_command("c-1", pump_id="p", command={})).first == {
-            "phase": "applied"
-        }
+        assert (await journal.claim_command("c-1", pump_id="p", command={})).first == kept(
+            {"phase": "applied"}
+        )
 
 
 async def test_admit_that_fails_half_way_leaves_nothing(tmp_path: Path) -> None:
@@ -73,8 +79,8 @@ async def test_admit_that_fails_half_way_leaves_nothing(tmp_path: Path) -> None:
                 "c-1",
                 pump_id="pump-1",
                 command={},
-                verdict={"bad": float("nan")},
-                outcome=ACCEPTED,
+                verdict=VerdictJson({"bad": float("nan")}),
+                outcome=kept(ACCEPTED),
             )
         assert await journal.rows() == []
         assert (await journal.claim_command("c-1", pump_id="pump-1", command={})).is_new
@@ -88,7 +94,7 @@ async def test_settle_writes_events_then_outcome_in_one_commit(tmp_path: Path) -
         before = journal.commits
         events = [{"type": "rate_changed", "command_id": "c-1"}, {"type": "program_changed"}]
         items = await journal.settle_command(
-            "c-1", {"phase": "applied"}, pump_id="pump-1", events=events
+            "c-1", kept({"phase": "applied"}), pump_id="pump-1", events=events
         )
         assert journal.commits == before + 1
         assert [i.seq for i in items] == [1, 2]
@@ -111,14 +117,14 @@ async def test_settle_that_fails_keeps_neither_events_nor_outcome(tmp_path: Path
         with pytest.raises(ValueError, match="JSON"):
             await journal.settle_command(
                 "c-1",
-                {"phase": "applied", "bad": float("nan")},
+                KeptOutcome(FirstOutcome(Phase.APPLIED, VerdictJson({"bad": float("nan")}))),
                 pump_id="pump-1",
                 events=[{"type": "rate_changed"}],
             )
         assert journal.seq == 0
         assert await journal.outbox_pending() == []
         assert [r.kind for r in await journal.rows()] == ["command"]
-        assert (await journal.claim_command("c-1", pump_id="pump-1", command={})).first == {}
+        assert (await journal.claim_command("c-1", pump_id="pump-1", command={})).first == PENDING
 
 
 def _synchronous(journal: Journal) -> int:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from daemon.base.paths import journal_path
+from daemon.base.results import KeptOutcome
 from daemon.cli import main
 from daemon.journal import AsyncJournal, Journal, JournalKind, JournalRow
 
@@ -115,7 +116,9 @@ def test_prune_keeps_unsettled_commands_and_the_outbox(journal: Journal) -> None
     with journal.transaction():
         for cid, phase in (("c-open", "accepted"), ("c-done", "applied")):
             journal.claim_command(cid, pump_id="pump-1", command={"id": cid}, ts=OLD)
-            journal.set_command_outcome(cid, {"phase": phase}, pump_id="pump-1", ts=OLD)
+            journal.set_command_outcome(
+                cid, KeptOutcome.from_json({"phase": phase}), pump_id="pump-1", ts=OLD
+            )
         journal.claim_command("c-inflight", pump_id="pump-1", command={}, ts=OLD)
     fill(journal, OLD, 30)
     pending = journal.outbox_pending(limit=10_000)

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from daemon.base.paths import journal_path
+from daemon.base.results import KeptOutcome
 from daemon.cli import main
 from daemon.journal import FORMAT, GENESIS_HASH, AsyncJournal, Journal, JournalError, row_hash
 
@@ -132,14 +133,17 @@ def test_interrupted_commands_come_from_the_commands_table_with_the_command(
                 cid, pump_id="pump-1", command={"id": cid, "n": i}, ts=T0 + timedelta(seconds=i)
             )
             journal.set_command_outcome(
-                cid, {"phase": phase}, pump_id="pump-1", ts=T0 + timedelta(seconds=i)
+                cid,
+                KeptOutcome.from_json({"phase": phase}),
+                pump_id="pump-1",
+                ts=T0 + timedelta(seconds=i),
             )
     found = journal.interrupted_commands()
     assert [(c.command_id, c.command) for c in found] == [
         ("c-0", {"id": "c-0", "n": 0}),
         ("c-2", {"id": "c-2", "n": 2}),
     ]
-    assert found[0].outcome == {"phase": "accepted"}
+    assert found[0].outcome == KeptOutcome.from_json({"phase": "accepted"})
     sql = (
         "SELECT id, pump_id, first, command FROM commands INDEXED BY commands_unsettled"
         " WHERE phase = 'accepted' ORDER BY received_at"

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from daemon.base.results import CommandResult, ErrorBody, ErrorCode
 from daemon.base.topics import capped_id
 from daemon.journal import AsyncJournal, JournalKind
-from daemon.mqtt.command_parse import ErrorCode, error_body, rejected
 from daemon.mqtt.refusals import MAX_MESSAGE_CHARS, RefusalDesk, RefusalLimits
 
 WAIT_S = 10.0
@@ -35,12 +35,12 @@ async def journal(tmp_path: Path) -> AsyncIterator[AsyncJournal]:
         yield j
 
 
-def bad_json() -> dict[str, Any]:
-    return rejected(None, error=error_body(ErrorCode.BAD_JSON, "not JSON"))
+def bad_json() -> CommandResult:
+    return CommandResult.rejected(None, error=ErrorBody(ErrorCode.BAD_JSON, "not JSON"))
 
 
-def busy(cid: str) -> dict[str, Any]:
-    return rejected(cid, error=error_body(ErrorCode.BUSY, "pump busy"))
+def busy(cid: str) -> CommandResult:
+    return CommandResult.rejected(cid, error=ErrorBody(ErrorCode.BUSY, "pump busy"))
 
 
 class Desk:
@@ -61,14 +61,16 @@ class Desk:
             **kwargs,
         )
 
-    async def _refuse_one(self, pump_id: str, data: dict[str, Any], reply: Any) -> None:
-        await self.journal.append(JournalKind.COMMAND, {"pump": pump_id[:64], "answer": data})
+    async def _refuse_one(self, pump_id: str, data: CommandResult, reply: Any) -> None:
+        await self.journal.append(
+            JournalKind.COMMAND, {"pump": pump_id[:64], "answer": data.to_json()}
+        )
         await self._answer(pump_id, data, reply)
 
-    async def _answer(self, pump_id: str, data: dict[str, Any], reply: Any) -> None:
-        self.answers.append((pump_id, data))
+    async def _answer(self, pump_id: str, data: CommandResult, reply: Any) -> None:
+        self.answers.append((pump_id, data.to_json()))  # as published
 
-    def refuse(self, pump_id: str, data: dict[str, Any]) -> None:
+    def refuse(self, pump_id: str, data: CommandResult) -> None:
         worker = self.desk.refuse(pump_id, data, None, "test")
         if worker is not None:
             self.tasks.append(worker)
@@ -149,7 +151,9 @@ async def test_a_huge_pump_id_is_capped_in_the_summary_and_its_message_is_cut(
     huge = "p" * 60_000
     message = f"no pump {huge!r} on this gateway"
     for _ in range(3):
-        rig.refuse(huge, rejected(None, error=error_body(ErrorCode.UNKNOWN_PUMP, message)))
+        rig.refuse(
+            huge, CommandResult.rejected(None, error=ErrorBody(ErrorCode.UNKNOWN_PUMP, message))
+        )
     await rig.settle()
     assert [pump for pump, _ in rig.answers] == [huge] * 3
     assert all(len(data["error"]["message"]) <= MAX_MESSAGE_CHARS for _, data in rig.answers)

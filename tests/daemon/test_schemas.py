@@ -14,23 +14,19 @@ from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
 from daemon.base.envelope import SCHEMA_IDS, Kind, encode, envelope
+from daemon.base.quantities import Quantity
+from daemon.base.results import (
+    CommandResult,
+    ErrorBody,
+    ErrorCode,
+    FirstOutcome,
+    Phase,
+    Readback,
+    VerdictJson,
+)
 from daemon.base.topics import Topics
 from daemon.journal import AsyncJournal
-from daemon.mqtt.command_parse import (
-    Command,
-    ErrorCode,
-    Rejection,
-    accepted,
-    applied,
-    duplicate,
-    error_body,
-    failed,
-    first_of,
-    needs_confirmation,
-    parse_command,
-    rejected,
-    uncertain,
-)
+from daemon.mqtt.command_parse import Command, Rejection, parse_command
 from daemon.mqtt.event_messages import outbox_message
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "docs" / "schemas"
@@ -86,24 +82,35 @@ def test_every_result_builder_validates() -> None:
     v = validator("infusiond.pump.command.result/1")
     too_large = parse_command(b"x" * 20_000, now=NOW)
     assert isinstance(too_large, Rejection)
-    first = first_of(rejected("c-1", verdict=VERDICT))
+    verdict = VerdictJson(VERDICT)
+    first = FirstOutcome(Phase.REJECTED, verdict)
     results = [
-        rejected(None, error=too_large),
-        rejected("c-1", error=error_body(ErrorCode.BUSY, "pump-1 is executing c-0")),
-        rejected("c-1", verdict=VERDICT),
-        needs_confirmation(
-            "c-1", verdict={**VERDICT, "verdict": "confirm"}, confirm_token="k3v9", expires_at=NOW
+        CommandResult.rejected(None, error=too_large.error()),
+        CommandResult.rejected("c-1", error=ErrorBody(ErrorCode.BUSY, "pump-1 is executing c-0")),
+        CommandResult.rejected("c-1", verdict=verdict),
+        CommandResult.needs_confirmation(
+            "c-1",
+            verdict=VerdictJson({**VERDICT, "verdict": "confirm"}),
+            confirm_token="k3v9",
+            expires_at=NOW,
         ),
-        accepted("c-1"),
-        accepted("c-1", verdict={**VERDICT, "verdict": "accept", "findings": []}),
-        applied("c-1", readback={"rate": {"value": 63.0, "unit": "mL/h"}, "status": "infusing"}),
-        failed("c-1", error={"code": "device_rejected", "message": "out of device range"}),
-        uncertain("c-1", error={"code": "device_timeout", "message": "no answer in 1.0 s"}),
-        duplicate("c-1", first=first),
-        duplicate("c-1", first=first_of(applied("c-1", readback={}))),
+        CommandResult.accepted("c-1"),
+        CommandResult.accepted(
+            "c-1", verdict=VerdictJson({**VERDICT, "verdict": "accept", "findings": []})
+        ),
+        CommandResult.applied("c-1", readback=Readback("infusing", Quantity.rate(63.0), None)),
+        CommandResult.failed(
+            "c-1", error=ErrorBody(ErrorCode.DEVICE_REJECTED, "out of device range")
+        ),
+        CommandResult.uncertain(
+            "c-1", error=ErrorBody(ErrorCode.DEVICE_TIMEOUT, "no answer in 1.0 s")
+        ),
+        CommandResult.duplicate("c-1", first=first),
+        CommandResult.duplicate("c-1", first=FirstOutcome(Phase.APPLIED)),
     ]
     for result in results:
-        errors = [e.message for e in v.iter_errors(wrap(Kind.PUMP_COMMAND_RESULT, result))]
+        data = result.to_json()
+        errors = [e.message for e in v.iter_errors(wrap(Kind.PUMP_COMMAND_RESULT, data))]
         assert errors == [], (result, errors)
 
 

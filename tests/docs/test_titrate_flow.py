@@ -1,6 +1,6 @@
 """docs/examples/titrate.py against a real mosquitto and a stand-in gateway.
 
-The stand-in answers with the contract's own builders (daemon.mqtt.command_parse,
+The stand-in answers with the contract's own builders (daemon.base.results,
 daemon.base.envelope), and every answer is checked against the result schema, so the example is
 exercised on the exact documented message shapes: accepted -> applied, and needs_confirmation ->
 confirmed re-send.
@@ -13,7 +13,6 @@ import asyncio
 import sys
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
 
 import aiomqtt
 import pytest
@@ -21,7 +20,9 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from daemon.base.envelope import Kind, encode, envelope
-from daemon.mqtt.command_parse import Command, accepted, applied, needs_confirmation, parse_command
+from daemon.base.quantities import Quantity
+from daemon.base.results import CommandResult, Readback, VerdictJson
+from daemon.mqtt.command_parse import Command, parse_command
 from drivers.clock import utc_now
 from tests.docs.docs_text import DOCS
 from tests.docs.test_payload_examples import validator
@@ -40,7 +41,7 @@ class StandIn:
     commands: list[Command] = field(default_factory=list)
     correlation: list[bytes | None] = field(default_factory=list)
 
-    def answers(self, pump: str, cmd: Command) -> list[dict[str, Any]]:
+    def answers(self, pump: str, cmd: Command) -> list[CommandResult]:
         assert cmd.dose is not None
         value = cmd.dose.value
         rate = value * 70 * 60 / 4 if pump == "pump-1" else value * 60 / 0.2
@@ -57,12 +58,17 @@ class StandIn:
             ]
             expires = utc_now() + timedelta(seconds=120)
             return [
-                needs_confirmation(cmd.id, verdict=verdict, confirm_token=TOKEN, expires_at=expires)
+                CommandResult.needs_confirmation(
+                    cmd.id, verdict=VerdictJson(verdict), confirm_token=TOKEN, expires_at=expires
+                )
             ]
         if cmd.confirm is not None:
             assert cmd.confirm.token == TOKEN
-        readback = {"rate": verdict["rate"], "status": "infusing"}
-        return [accepted(cmd.id, verdict=verdict), applied(cmd.id, readback=readback)]
+        readback = Readback("infusing", Quantity.from_json(verdict["rate"]), None)
+        return [
+            CommandResult.accepted(cmd.id, verdict=VerdictJson(verdict)),
+            CommandResult.applied(cmd.id, readback=readback),
+        ]
 
     async def serve(self) -> None:
         async with aiomqtt.Client(
@@ -85,7 +91,7 @@ class StandIn:
                         session="test-session",
                         seq=seq,
                         ts=utc_now(),
-                        data=data,
+                        data=data.to_json(),
                     )
                     assert not list(validator(Kind.PUMP_COMMAND_RESULT.schema).iter_errors(body))
                     props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]

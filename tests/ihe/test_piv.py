@@ -13,6 +13,7 @@ import pytest_asyncio
 from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.parser import parse_message
 
+from daemon.base.results import CommandResult
 from daemon.ihe.piv import PivListener, answer_code, order_command
 from drivers.hl7.ack import AckCode, parse_ack
 from drivers.hl7.errors import MessageError
@@ -109,21 +110,25 @@ def test_gate_answers_map_to_msa_codes() -> None:
         "phase": "rejected",
         "verdict": {"findings": [{"rule": "HARD_MAX", "severity": "reject"}]},
     }
-    assert answer_code(reject) == (AckCode.AR, "rejected by the drug library: HARD_MAX")
-    assert answer_code({"phase": "needs_confirmation"}) == (AckCode.AA, "")
+
+    def code(data: dict[str, Any]) -> tuple[AckCode, str]:
+        return answer_code(CommandResult.from_json(data))
+
+    assert code(reject) == (AckCode.AR, "rejected by the drug library: HARD_MAX")
+    assert code({"phase": "needs_confirmation"}) == (AckCode.AA, "")
     refused = {"phase": "rejected", "error": {"code": "not_authorized", "message": "dr-x"}}
-    assert answer_code(refused) == (AckCode.AE, "not_authorized: dr-x")
+    assert code(refused) == (AckCode.AE, "not_authorized: dr-x")
     again = {"phase": "duplicate", "first": {"phase": "needs_confirmation"}}
-    assert answer_code(again)[0] is AckCode.AA
+    assert code(again)[0] is AckCode.AA
 
 
 class Recorder:
     def __init__(self) -> None:
         self.calls: list[tuple[str, dict[str, Any], str]] = []
 
-    async def __call__(self, pump: str, command: dict[str, Any], order: str) -> dict[str, Any]:
+    async def __call__(self, pump: str, command: dict[str, Any], order: str) -> CommandResult:
         self.calls.append((pump, command, order))
-        return {"phase": "needs_confirmation", "id": command["id"]}
+        return CommandResult.from_json({"phase": "needs_confirmation", "id": command["id"]})
 
 
 @pytest_asyncio.fixture

@@ -158,7 +158,7 @@ async def test_report_counts_equal_the_scripted_session(
     assert "https://" not in html
     # a change seen at the pump lists its rate number first, then its unit
     seen_rate = seen["rate"]
-    assert f"<td class=\"text\">{seen_rate['value']} {seen_rate['unit']}</td>" in html
+    assert f'<td class="text">{seen_rate["value"]} {seen_rate["unit"]}</td>' in html
     if shutil.which("chromium") is None and not Path(CHROMIUM).exists():
         pytest.skip("chromium is not installed")
     async with chromium_page(tmp_path) as page:

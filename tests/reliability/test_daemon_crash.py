@@ -21,6 +21,7 @@ import jsonschema
 import pytest
 
 from daemon.base.paths import journal_path
+from daemon.base.results import KeptOutcome
 from daemon.journal import AsyncJournal, Journal, JournalKind
 from tests.reliability.harness import (
     GW,
@@ -174,7 +175,9 @@ async def test_an_interrupted_command_the_device_did_not_take_is_reported_failed
     await journal.claim_command(cmd["id"], pump_id="pump-1", command=cmd)
     verdict = {"verdict": "accept", "rate": {"value": float(NE_RATE_UP), "unit": "mL/h"}}
     await journal.set_command_outcome(
-        cmd["id"], {"phase": "accepted", "verdict": verdict}, pump_id="pump-1"
+        cmd["id"],
+        KeptOutcome.from_json({"phase": "accepted", "verdict": verdict}),
+        pump_id="pump-1",
     )
     await journal.aclose()
     async with simulators() as bench, probe(mosquitto.url) as p:
@@ -202,7 +205,9 @@ async def test_an_interrupted_command_on_a_pump_that_cannot_be_read_is_reported_
     await journal.claim_command(cmd["id"], pump_id="pump-1", command=cmd)
     verdict = {"verdict": "accept", "rate": {"value": float(NE_RATE_UP), "unit": "mL/h"}}
     await journal.set_command_outcome(
-        cmd["id"], {"phase": "accepted", "verdict": verdict}, pump_id="pump-1"
+        cmd["id"],
+        KeptOutcome.from_json({"phase": "accepted", "verdict": verdict}),
+        pump_id="pump-1",
     )
     await journal.aclose()
     async with simulators() as bench, probe(mosquitto.url) as p:

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from daemon.base.results import KeptOutcome
 from daemon.journal import AsyncJournal
 from tests.reliability.harness import (
     GW,
@@ -144,7 +145,7 @@ async def test_a_never_written_command_is_not_reconciled_applied_when_the_pump_w
         "pump": "pump-1",
         "before": {"status": "infusing", "rate": float(NE_RATE)},
     }
-    await journal.set_command_outcome(cmd["id"], outcome, pump_id="pump-1")
+    await journal.set_command_outcome(cmd["id"], KeptOutcome.from_json(outcome), pump_id="pump-1")
     await journal.aclose()
     async with simulators() as bench, probe(mosquitto.url) as p:
         cfg = bedside(bench, broker_url=mosquitto.url, data_dir=data_dir)

@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 
 from daemon.base.config import load_config
 from daemon.base.errors import ConfigError
-from daemon.mqtt.command_parse import Command, ErrorCode, Rejection, parse_command
+from daemon.base.results import ErrorCode
+from daemon.mqtt.command_parse import Command, Rejection, parse_command
 from daemon.mqtt.signing import SignaturePolicy, canonical_bytes, sign
 from tests.reliability.harness import (
     CLINICIAN,

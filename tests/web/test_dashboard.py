@@ -28,18 +28,18 @@ from jsonschema import Draft202012Validator
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from daemon.base.envelope import Kind, encode, envelope
-from daemon.base.timefmt import format_ts
-from daemon.mqtt.command_parse import (
-    Command,
-    accepted,
-    applied,
-    duplicate,
-    failed,
-    needs_confirmation,
-    parse_command,
-    uncertain,
+from daemon.base.quantities import Quantity
+from daemon.base.results import (
+    CommandResult,
+    ErrorBody,
+    ErrorCode,
+    FirstOutcome,
+    Phase,
+    Readback,
+    VerdictJson,
 )
-from daemon.mqtt.command_parse import rejected as rejected_result
+from daemon.base.timefmt import format_ts
+from daemon.mqtt.command_parse import Command, parse_command
 from daemon.ui.web_server import WebServer
 from drivers.clock import utc_now
 from tests.support.procs import Mosquitto
@@ -187,22 +187,28 @@ def confirm_verdict(dose: float) -> dict[str, Any]:
     }
 
 
-def confirm_then_apply(command: Command) -> list[dict[str, Any]]:
+def confirm_then_apply(command: Command) -> list[CommandResult]:
     """The gate's answers for a confirm verdict: ask first; apply the confirmed resend."""
     assert command.dose is not None
     verdict = confirm_verdict(command.dose.value)
     if command.confirm is None:
         expires = utc_now() + timedelta(seconds=120)
         return [
-            needs_confirmation(command.id, verdict=verdict, confirm_token=TOKEN, expires_at=expires)
+            CommandResult.needs_confirmation(
+                command.id, verdict=VerdictJson(verdict), confirm_token=TOKEN, expires_at=expires
+            )
         ]
     if command.confirm.token != TOKEN:
-        return [rejected_result(command.id, error={"code": "bad_request", "message": "token"})]
-    readback = {"rate": verdict["rate"], "status": "infusing"}
-    return [accepted(command.id, verdict=verdict), applied(command.id, readback=readback)]
+        error = ErrorBody(ErrorCode.BAD_REQUEST, "token")
+        return [CommandResult.rejected(command.id, error=error)]
+    readback = Readback("infusing", Quantity.from_json(verdict["rate"]), None)
+    return [
+        CommandResult.accepted(command.id, verdict=VerdictJson(verdict)),
+        CommandResult.applied(command.id, readback=readback),
+    ]
 
 
-Script = Callable[[Command], list[dict[str, Any]]]
+Script = Callable[[Command], list[CommandResult]]
 
 
 @dataclass
@@ -228,18 +234,19 @@ class Responder:
             command = parse_command(message.payload, now=utc_now(), retained=message.retain)
             result_topic = f"{message.topic.value}/result"
             if not isinstance(command, Command):
-                await self._answer(result_topic, rejected_result(command.id, error=command))
+                rejected = CommandResult.rejected(command.id, error=command.error())
+                await self._answer(result_topic, rejected)
                 continue
             self.commands.append((command, message.retain))
             for data in self.script(command):
                 await self._answer(result_topic, data)
-                if data["phase"] == "applied":
+                if data.phase is Phase.APPLIED:
                     assert command.dose is not None
                     dose = command.dose.value
                     await self._applied(pump, dose, rate_of(dose), command.id)
 
-    async def _answer(self, topic: str, data: dict[str, Any]) -> None:
-        payload = wrapped(Kind.PUMP_COMMAND_RESULT, data, seq=self.seq)
+    async def _answer(self, topic: str, data: CommandResult) -> None:
+        payload = wrapped(Kind.PUMP_COMMAND_RESULT, data.to_json(), seq=self.seq)
         await self.client.publish(topic, payload, qos=1)
 
     async def _applied(self, pump: str, dose: float, rate: float, command_id: str) -> None:
@@ -507,7 +514,7 @@ async def test_page_works_against_the_embedded_amqtt_broker(tmp_path: Path) -> N
         assert page.console_errors == []
 
 
-def reject_cancel_disabled(command: Command) -> list[dict[str, Any]]:
+def reject_cancel_disabled(command: Command) -> list[CommandResult]:
     """Above the hard maximum: reject; 0.2: ask to confirm; anything else: control disabled."""
     assert command.dose is not None
     dose = command.dose.value
@@ -527,11 +534,11 @@ def reject_cancel_disabled(command: Command) -> list[dict[str, Any]]:
             ],
             "library": LIBRARY,
         }
-        return [rejected_result(command.id, verdict=verdict)]
+        return [CommandResult.rejected(command.id, verdict=VerdictJson(verdict))]
     if dose == 0.2:
         return confirm_then_apply(command)
-    error = {"code": "control_disabled", "message": "remote control is disabled in the config"}
-    return [rejected_result(command.id, error=error)]
+    error = ErrorBody(ErrorCode.CONTROL_DISABLED, "remote control is disabled in the config")
+    return [CommandResult.rejected(command.id, error=error)]
 
 
 @pytest.mark.asyncio
@@ -585,17 +592,21 @@ async def test_rejections_show_why_and_a_cancelled_confirmation_sends_nothing(
     assert all(c.confirm is None for c, _ in responder.commands)
 
 
-def device_outcomes(command: Command) -> list[dict[str, Any]]:
+def device_outcomes(command: Command) -> list[CommandResult]:
     """The outcomes after the gate: the pump refuses, the pump is silent, the id was seen."""
     assert command.dose is not None
-    verdict = {**confirm_verdict(command.dose.value), "verdict": "accept", "findings": []}
+    verdict = VerdictJson(
+        {**confirm_verdict(command.dose.value), "verdict": "accept", "findings": []}
+    )
+    accepted = CommandResult.accepted(command.id, verdict=verdict)
     if command.dose.value == 0.07:
-        error = {"code": "device_rejected", "message": "pump refused the rate; verified unchanged"}
-        return [accepted(command.id, verdict=verdict), failed(command.id, error=error)]
+        message = "pump refused the rate; verified unchanged"
+        error = ErrorBody(ErrorCode.DEVICE_REJECTED, message)
+        return [accepted, CommandResult.failed(command.id, error=error)]
     if command.dose.value == 0.09:
-        error = {"code": "device_timeout", "message": "no answer from the pump within 2 s"}
-        return [accepted(command.id, verdict=verdict), uncertain(command.id, error=error)]
-    return [duplicate(command.id, first={"phase": "applied"})]
+        error = ErrorBody(ErrorCode.DEVICE_TIMEOUT, "no answer from the pump within 2 s")
+        return [accepted, CommandResult.uncertain(command.id, error=error)]
+    return [CommandResult.duplicate(command.id, first=FirstOutcome(Phase.APPLIED))]
 
 
 @pytest.mark.asyncio
