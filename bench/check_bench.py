@@ -87,8 +87,8 @@ def measure(*, quick: bool = False, seconds: float | None = None) -> dict[str, A
     span = seconds if seconds is not None else (0.5 if quick else 2.0)
     library = load_library(DEFAULT_LIBRARY_PATH)
 
-    def verdict() -> str:
-        return json.dumps(evaluate(library, parse_request_json(REQUEST)).to_dict())
+    def verdict() -> str:  # what ``infusiond check`` does between reading stdin and writing
+        return evaluate(library, parse_request_json(REQUEST)).json_text(ensure_ascii=False)
 
     assert json.loads(verdict())["verdict"] == "accept"
     baseline, verdicts = _rates(lambda: json.loads(REQUEST), verdict, span)
