@@ -361,6 +361,9 @@ class DrugFacts:
     vocabulary: Vocabulary
 
 
+_MAX_MICROS: Final = timedelta.max // timedelta(microseconds=1)
+
+
 def _span_at_least(minutes: Decimal | None) -> timedelta | None:
     """The shortest whole-microsecond ``timedelta`` of at least ``minutes * 60`` seconds (that
     Decimal product, as the rule computes it; then exact integers), ``timedelta.max`` when none
@@ -372,9 +375,6 @@ def _span_at_least(minutes: Decimal | None) -> timedelta | None:
     if micros >= _MAX_MICROS:
         return timedelta.max
     return timedelta(microseconds=micros)
-
-
-_MAX_MICROS: Final = timedelta.max // timedelta(microseconds=1)
 
 
 def drug_facts(profile: Profile, drug: Drug, vocabulary: Vocabulary) -> DrugFacts:
