@@ -119,6 +119,7 @@ def evaluate(library: Library, request: CheckRequest) -> Verdict:
     _resolve_concentration(ctx)
     current_ok = _resolve_current(ctx)
     _resolve_requested(ctx, current_ok=current_ok)
+    ctx.compare_doses()
 
     infusion.check_concentration(ctx)
     infusion.check_diluent(ctx)
@@ -186,6 +187,7 @@ def _judge_stop(ctx: Context) -> None:
         ctx.current = convert_dose(current.value, dose_unit(current.unit), ctx.unit, ctx.weight)
     except UnitError:
         return  # cannot judge the taper; a stop is never rejected for a unit
+    ctx.compare_doses()
     history.check_abrupt_stop(ctx)
 
 

@@ -336,6 +336,9 @@ class DrugFacts:
     """What the rules need of one (profile, drug), derived once when the library is loaded so
     no request recomputes it: the unit row, names as match keys, concentrations in base units.
 
+    ``titration_interval`` is ``min_titration_interval_min`` as the shortest whole-microsecond
+    span at least that long (exact: a whole-second elapsed time reaches one iff it reaches the
+    other; ``timedelta.max`` if longer than any), ``None`` without the rule.
     ``route_max`` maps a route to its maximum concentration and that maximum in base amounts
     per mL; ``standard_bases`` are the standard concentrations in base amounts per mL.
     ``key`` and ``first_line_alternatives`` are vocabulary ids; ``forbidden_diluents``,
@@ -348,6 +351,7 @@ class DrugFacts:
     unit: DoseUnit
     key: str
     vitals_max_age: timedelta
+    titration_interval: timedelta | None
     route_max: dict[str, tuple[ConcentrationQuantity, Decimal]]
     standard_bases: tuple[Decimal, ...]
     forbidden_diluents: frozenset[str]
@@ -355,6 +359,22 @@ class DrugFacts:
     incompatible: frozenset[str]
     first_line_alternatives: frozenset[str]
     vocabulary: Vocabulary
+
+
+_MAX_MICROS: Final = timedelta.max // timedelta(microseconds=1)
+
+
+def _span_at_least(minutes: Decimal | None) -> timedelta | None:
+    """The shortest whole-microsecond ``timedelta`` of at least ``minutes * 60`` seconds (that
+    Decimal product, as the rule computes it; then exact integers), ``timedelta.max`` when none
+    is that long; ``None`` for ``None``."""
+    if minutes is None:
+        return None
+    numerator, denominator = (minutes * 60).as_integer_ratio()
+    micros = -(-numerator * 1_000_000 // denominator)  # ceiling division
+    if micros >= _MAX_MICROS:
+        return timedelta.max
+    return timedelta(microseconds=micros)
 
 
 def drug_facts(profile: Profile, drug: Drug, vocabulary: Vocabulary) -> DrugFacts:
@@ -373,6 +393,7 @@ def drug_facts(profile: Profile, drug: Drug, vocabulary: Vocabulary) -> DrugFact
         unit=dose_unit(drug.dose_unit),
         key=vocabulary.ident(drug.drug),
         vitals_max_age=timedelta(minutes=float(profile.vitals_max_age_min)),
+        titration_interval=_span_at_least(drug.min_titration_interval_min),
         route_max=route_max,
         standard_bases=tuple(
             s.value * CONCENTRATION_UNITS[s.unit].factor for s in drug.concentrations

@@ -53,12 +53,13 @@ def _number(*, le: int, ge: int | None = None, gt: int | None = None) -> GetPyda
 
     Both are pydantic-core schemas (no Python call per number). JSON goes through a strict
     float, which refuses "0.05", true, NaN and infinities and checks the bounds cheaply, and
-    then becomes a Decimal through its shortest repr (0.05 -> Decimal("0.05")).
+    then becomes a Decimal through its shortest repr (0.05 -> Decimal("0.05")); that float is
+    finite already, so the Decimal step skips its own finiteness check.
     """
     strict_json = core_schema.chain_schema(
         [
             core_schema.float_schema(strict=True, allow_inf_nan=False, ge=ge, gt=gt, le=le),
-            core_schema.decimal_schema(),
+            core_schema.decimal_schema(allow_inf_nan=True),
         ]
     )
     python = core_schema.decimal_schema(
@@ -162,9 +163,11 @@ class Vitals(_Model):
 
     @model_validator(mode="after")
     def _units(self) -> Self:
-        # One validator for all readings (rather than one per Reading: each is a Python call).
+        # One validator for all readings (rather than one per Reading: each is a Python call);
+        # the fields are read from the model's dict (getattr on a model is several times slower).
+        fields = self.__dict__
         for name, expected in _VITAL_UNITS:
-            reading: Reading | None = getattr(self, name)
+            reading: Reading | None = fields[name]
             if reading is None:
                 continue
             unit = reading.unit

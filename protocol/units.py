@@ -234,17 +234,19 @@ def rate_to_dose(
 
 
 # The comparisons below spell out the slack ``REL_TOL * max(|a|, |b|)`` instead of calling a
-# helper: they run dozens of times per verdict (docs/performance.md, check).
+# helper: they run dozens of times per verdict (docs/performance.md, check). Past the exact
+# test ``a <= b`` it is known that a > b, so when b >= 0 the larger magnitude is a itself: the
+# same slack without abs() and max() (the usual case: doses, rates and limits are >= 0).
 
 
 def le(a: Decimal, b: Decimal) -> bool:
     """``a <= b``, inclusive, tolerating a relative difference of 1e-9."""
-    return a <= b or a - b <= REL_TOL * max(abs(a), abs(b))
+    return a <= b or a - b <= REL_TOL * (a if b >= 0 else max(abs(a), abs(b)))
 
 
 def ge(a: Decimal, b: Decimal) -> bool:
     """``a >= b``, inclusive, tolerating a relative difference of 1e-9."""
-    return b <= a or b - a <= REL_TOL * max(abs(b), abs(a))  # le(b, a), inlined
+    return b <= a or b - a <= REL_TOL * (b if a >= 0 else max(abs(b), abs(a)))  # le(b, a)
 
 
 def close(a: Decimal, b: Decimal) -> bool:
@@ -255,6 +257,9 @@ def close(a: Decimal, b: Decimal) -> bool:
 def within(value: Decimal, low: Decimal, high: Decimal) -> bool:
     """``low <= value <= high``, both ends inclusive and tolerant to float noise."""
     # ge(value, low) and le(value, high), inlined.
-    return (low <= value or low - value <= REL_TOL * max(abs(low), abs(value))) and (
-        value <= high or value - high <= REL_TOL * max(abs(value), abs(high))
+    return (
+        low <= value or low - value <= REL_TOL * (low if value >= 0 else max(abs(low), abs(value)))
+    ) and (
+        value <= high
+        or value - high <= REL_TOL * (value if high >= 0 else max(abs(value), abs(high)))
     )

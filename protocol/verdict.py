@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from enum import Enum
+from json.encoder import encode_basestring, encode_basestring_ascii
 from typing import Any, Final
 
 from protocol.units import ML_PER_H
+
+#: json's C string escaping: ``encode_basestring_ascii`` or ``encode_basestring``
+_Encode = Callable[[str], str]
 
 
 class Severity(Enum):
@@ -67,6 +72,12 @@ class LibraryIdentity:
         """``{"name", "version", "sha256"}`` as in the verdict and in bridge/info."""
         return {"name": self.name, "version": self.version, "sha256": self.sha256}
 
+    def _json(self, text: _Encode) -> str:
+        return (
+            f'{{"name": {text(self.name)}, "version": {text(self.version)}, '
+            f'"sha256": {text(self.sha256)}}}'
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Quantity:
@@ -81,6 +92,9 @@ class Quantity:
 
     def __str__(self) -> str:
         return f"{_text(self.value)} {self.unit}"
+
+    def _json(self, text: _Encode) -> str:
+        return f'{{"value": {_json_number(self.value)}, "unit": {text(self.unit)}}}'
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +119,17 @@ class Finding:
         if self.observed is not None:
             out["observed"] = self.observed.to_dict()
         return out
+
+    def _json(self, text: _Encode) -> str:
+        out = (
+            f'{{"rule": {text(self.rule)}, "severity": "{self.severity.value}", '
+            f'"message": {text(self.message)}'
+        )
+        if self.limit is not None:
+            out += f', "limit": {self.limit._json(text)}'
+        if self.observed is not None:
+            out += f', "observed": {self.observed._json(text)}'
+        return out + "}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +174,24 @@ class Verdict:
             "library": self.library.to_dict(),
         }
 
+    def json_text(self, *, ensure_ascii: bool = True) -> str:
+        """``json.dumps(self.to_dict(), ensure_ascii=ensure_ascii)``, byte for byte, written
+        directly: ``infusiond check`` prints one verdict per request, and json.dumps (a new
+        encoder per call walking a dict built only for it) costs several times as much
+        (docs/performance.md, check). Strings go through json's own C escaping."""
+        text = encode_basestring_ascii if ensure_ascii else encode_basestring
+        rate = (
+            "null"
+            if self.rate is None
+            else f'{{"value": {_json_number(self.rate)}, "unit": "{ML_PER_H}"}}'
+        )
+        dose = "null" if self.dose is None else self.dose._json(text)
+        findings = ", ".join([f._json(text) for f in self.findings])
+        return (
+            f'{{"verdict": "{self.outcome.value}", "rate": {rate}, "dose": {dose}, '
+            f'"findings": [{findings}], "library": {self.library._json(text)}}}'
+        )
+
 
 def outcome_of(findings: tuple[Finding, ...] | list[Finding]) -> Outcome:
     """The most severe finding decides; info and advisory findings mean accept."""
@@ -163,6 +206,20 @@ def outcome_of(findings: tuple[Finding, ...] | list[Finding]) -> Outcome:
 def _number(value: Decimal) -> float:
     """A JSON number (always a float, shortest repr: ``Decimal("63.00")`` -> ``63.0``)."""
     return float(value)
+
+
+_INF: Final = float("inf")
+
+
+def _json_number(value: Decimal) -> str:
+    """:func:`_number` as json.dumps writes it (its ``floatstr``: a value beyond the double
+    range is ``Infinity``)."""
+    number = float(value)
+    if -_INF < number < _INF:
+        return float.__repr__(number)
+    if number == _INF:
+        return "Infinity"
+    return "-Infinity" if number == -_INF else "NaN"
 
 
 def _text(value: Decimal) -> str:

@@ -11,7 +11,6 @@ docs/check.md.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from daemon.base.library_file import load_library
@@ -35,5 +34,5 @@ def run(args: argparse.Namespace) -> int:
         sys.stderr.write("".join(f"infusiond check: {problem}\n" for problem in problems))
         return EXIT_BAD_INPUT
     verdict = evaluate(library, request)
-    sys.stdout.write(json.dumps(verdict.to_dict(), ensure_ascii=False) + "\n")
+    sys.stdout.write(verdict.json_text(ensure_ascii=False) + "\n")
     return EXIT_OK

@@ -57,10 +57,11 @@ class Context:
     # the rule does not apply or the history cannot be read); step_up_known says it was.
     step_up: tuple[Decimal, Decimal] | None = None
     step_up_known: bool = False
+    # Set by compare_doses() once ``new`` and ``current`` are final (the rules read them often).
+    increase: bool = False
+    decrease: bool = False
     findings: list[Finding] = field(default_factory=list)
     _seen: set[tuple[str, str]] = field(default_factory=set)
-    # (new, current, increase, decrease) of the last comparison: the rules ask several times.
-    _moves: tuple[Decimal | None, Decimal | None, bool, bool] | None = None
 
     @property
     def name(self) -> str:
@@ -94,42 +95,22 @@ class Context:
         """The dose running now (0 for a new infusion)."""
         return self.current if self.current is not None else _ZERO
 
-    @property
-    def increase(self) -> bool:
-        """The request raises the dose (starting an infusion counts as raising it from 0)."""
-        moves = self._moves
-        if moves is None or moves[0] is not self.new or moves[1] is not self.current:
-            moves = self._compare()
-        return moves[2]
-
-    @property
-    def decrease(self) -> bool:
-        """The request lowers a running dose (a stop included)."""
-        moves = self._moves
-        if moves is None or moves[0] is not self.new or moves[1] is not self.current:
-            moves = self._compare()
-        return moves[3]
-
     def rises(self, dose: Decimal) -> bool:
         """Whether ``dose`` is above the running dose (0 for a new infusion)."""
         base = self.current if self.current is not None else _ZERO
         return dose > base and not close(dose, base)
 
-    def _compare(self) -> tuple[Decimal | None, Decimal | None, bool, bool]:
-        """Compare ``new`` with the running dose once per (new, current) pair."""
+    def compare_doses(self) -> None:
+        """Set :attr:`increase` (the request raises the dose; starting an infusion raises it
+        from 0) and :attr:`decrease` (it lowers a running dose, a stop included) from the final
+        ``new`` and ``current``: once, before the rules that ask."""
         new, current = self.new, self.current
         if new is None:
-            moves: tuple[Decimal | None, Decimal | None, bool, bool] = (new, current, False, False)
-        else:
-            base = current if current is not None else _ZERO
-            moves = (
-                new,
-                current,
-                new > base and not close(new, base),
-                current is not None and new < current and not close(new, current),
-            )
-        self._moves = moves
-        return moves
+            self.increase = self.decrease = False
+            return
+        base = current if current is not None else _ZERO
+        self.increase = new > base and not close(new, base)
+        self.decrease = current is not None and new < current and not close(new, current)
 
     def other_dose(self, other: Amount, target: DoseUnit) -> Decimal | None:
         """Another channel's dose in ``target`` units, or ``None`` if it cannot be converted."""

@@ -26,18 +26,25 @@ def _sorted(ctx: Context) -> list[HistoryEntry]:
 def check_titration_interval(ctx: Context) -> None:
     """TITRATION_INTERVAL (advisory): a change sooner than the minimum interval after the last."""
     interval = ctx.drug.min_titration_interval_min
-    if interval is None or ctx.current is None or ctx.stop or not ctx.request.history:
+    history = ctx.request.history
+    if interval is None or ctx.current is None or ctx.stop or not history:
         return
     if not (ctx.increase or ctx.decrease):
         return
-    last = max(h.at for h in ctx.request.history)
+    last = history[0].at
+    for entry in history:
+        last = max(last, entry.at)
     elapsed = ctx.request.now - last
     if elapsed.microseconds:
         elapsed_s = Decimal(elapsed.total_seconds())
-    else:  # whole seconds: the same exact value, without converting a float
+        if elapsed_s >= interval * _MINUTE:
+            return
+    else:  # whole seconds: compared as timedeltas, the same exact answer (DrugFacts)
+        threshold = ctx.facts.titration_interval
+        assert threshold is not None  # derived from the same library field
+        if elapsed >= threshold:
+            return
         elapsed_s = Decimal(elapsed.days * 86400 + elapsed.seconds)
-    if elapsed_s >= interval * _MINUTE:
-        return
     elapsed_min = elapsed_s / _MINUTE
     ctx.add(
         "TITRATION_INTERVAL",

@@ -29,11 +29,12 @@ def check_vitals(ctx: Context) -> None:
     """All vitals rules for a non-stop request."""
     if ctx.new is None or ctx.stop:
         return
-    vitals = ctx.request.vitals
+    request = ctx.request
+    vitals = request.vitals
     if vitals is None:
         map_ = sbp = None
     else:
-        now, max_age = ctx.request.now, ctx.facts.vitals_max_age
+        now, max_age = request.now, ctx.facts.vitals_max_age
         map_ = _fresh(vitals.map, now, max_age)
         sbp = _fresh(vitals.sbp, now, max_age)
     if map_ is None and sbp is None:
@@ -43,14 +44,14 @@ def check_vitals(ctx: Context) -> None:
             f"check the blood pressure before changing {ctx.name}",
             limit=Quantity(ctx.profile.vitals_max_age_min, "min"),
         )
-    _check_targets(ctx, map_, sbp)
-    _check_escalation(ctx, map_)
+    if ctx.drug.titrate_to_map:
+        _check_targets(ctx, map_, sbp)
+    if map_ is not None:
+        _check_escalation(ctx, map_)
 
 
 def _check_targets(ctx: Context, map_: Decimal | None, sbp: Decimal | None) -> None:
     targets = ctx.profile.targets
-    if not ctx.drug.titrate_to_map:
-        return
     ceiling = targets.map_max
     if ctx.increase and map_ is not None and ceiling is not None and not le(map_, ceiling):
         ctx.add(
@@ -88,9 +89,9 @@ def _check_targets(ctx: Context, map_: Decimal | None, sbp: Decimal | None) -> N
             )
 
 
-def _check_escalation(ctx: Context, map_: Decimal | None) -> None:
+def _check_escalation(ctx: Context, map_: Decimal) -> None:
     rule, new = ctx.drug.escalation, ctx.new
-    if rule is None or new is None or map_ is None:
+    if rule is None or new is None:
         return
     if not ge(new, rule.at) or ge(map_, rule.map_below):
         return

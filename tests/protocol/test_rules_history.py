@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from protocol.library import _span_at_least
 from protocol.verdict import Severity
 from tests.protocol.builders import PROFILES, check, dose, make, rules, shipped, ts
 
@@ -34,6 +38,24 @@ def test_titration_interval_uses_latest_entry_whatever_the_order() -> None:
     h = [hist(2, "0.05", "ug/kg/min"), hist(90, "0.04", "ug/kg/min")]
     assert "TITRATION_INTERVAL" in rules(check(make(history=h)))
     assert "TITRATION_INTERVAL" in rules(check(make(history=list(reversed(h)))))
+
+
+@given(
+    minutes=st.decimals(min_value=0, max_value=Decimal("1e12"), allow_nan=False, places=8)
+    | st.decimals(min_value=0, max_value=Decimal("1e12"), allow_nan=False),
+    seconds=st.integers(-(10**10), 10**11),
+)
+def test_titration_interval_as_a_timedelta_is_exact(minutes: Decimal, seconds: int) -> None:
+    """The rule compares a whole-second elapsed time with the library interval as timedeltas
+    (DrugFacts.titration_interval): the same answer as the Decimal comparison it replaces."""
+    threshold = _span_at_least(minutes)
+    assert threshold is not None
+    assert (timedelta(seconds=seconds) >= threshold) is (Decimal(seconds) >= minutes * 60)
+
+
+def test_titration_interval_beyond_any_timedelta_is_never_reached() -> None:
+    assert _span_at_least(Decimal("1e30")) == timedelta.max
+    assert _span_at_least(None) is None
 
 
 HR = "hepatorenal"

@@ -5,7 +5,18 @@ from __future__ import annotations
 import json
 from decimal import Decimal
 
-from protocol.verdict import Finding, Outcome, Quantity, Severity, Verdict, outcome_of
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from protocol.verdict import (
+    Finding,
+    LibraryIdentity,
+    Outcome,
+    Quantity,
+    Severity,
+    Verdict,
+    outcome_of,
+)
 from tests.protocol.builders import check, make
 
 
@@ -68,3 +79,50 @@ def test_findings_at_least_selects_what_an_observed_change_must_report() -> None
     assert len(verdict.findings_at_least(Severity.INFO)) == 2
     hard = check(make(rate=999.99, conc=(64, "ug/mL")))  # 15.2 ug/kg/min: HARD_MAX
     assert hard.findings_at_least(Severity.CONFIRM)[0].rule == "HARD_MAX"
+
+
+# Any text (control characters, quotes, non-ASCII, lone surrogates) and any finite or infinite
+# Decimal, including ones beyond the double range (json.dumps writes those as Infinity).
+_numbers = st.decimals(allow_nan=False, allow_infinity=True)
+_quantities = st.builds(Quantity, _numbers, st.text())
+_findings = st.builds(
+    Finding,
+    st.text(),
+    st.sampled_from(Severity),
+    st.text(),
+    st.none() | _quantities,
+    st.none() | _quantities,
+)
+_verdicts = st.builds(
+    Verdict,
+    st.sampled_from(Outcome),
+    st.none() | _numbers,
+    st.none() | _quantities,
+    st.lists(_findings, max_size=4).map(tuple),
+    st.builds(LibraryIdentity, st.text(), st.text(), st.text()),
+)
+
+
+@settings(max_examples=300)
+@given(verdict=_verdicts, ensure_ascii=st.booleans())
+def test_json_text_is_json_dumps_of_to_dict(verdict: Verdict, ensure_ascii: bool) -> None:
+    """The directly written verdict JSON (``infusiond check``'s output) is byte for byte what
+    json.dumps makes of the documented dict, in both escaping modes."""
+    expected = json.dumps(verdict.to_dict(), ensure_ascii=ensure_ascii)
+    assert verdict.json_text(ensure_ascii=ensure_ascii) == expected
+
+
+def test_json_text_of_real_verdicts() -> None:
+    """Accept, confirm (two findings with limit and observed, one without) and reject verdicts,
+    and one whose message carries non-ASCII text."""
+    verdicts = [
+        check(make()),
+        check(make(new="1.5", conc=(16, "ug/mL"), vitals_=None)),
+        check(make(rate=999.99, conc=(64, "ug/mL"))),
+        check(make(diluent="Glucose 5 % µ")),
+    ]
+    assert {v.verdict for v in verdicts} == {"accept", "confirm", "reject"}
+    for verdict in verdicts:
+        for ensure_ascii in (True, False):
+            expected = json.dumps(verdict.to_dict(), ensure_ascii=ensure_ascii)
+            assert verdict.json_text(ensure_ascii=ensure_ascii) == expected
