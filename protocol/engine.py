@@ -287,7 +287,10 @@ def _resolve_requested(ctx: Context, *, current_ok: bool) -> None:
     ctx.exact_rate = exact
     rate = _round_toward_safety(ctx, exact) if current_ok else round_rate(exact, ctx.resolution)
     ctx.rate = rate
-    if rate != exact:
+    if rate != exact or requested.dose is not None:
+        # the dose delivered at the rate, computed from the rate even when the requested dose
+        # mapped exactly onto a step: dose -> rate -> dose may differ from the request in the
+        # 28th digit, and the verdict must not depend on whether the dose or its rate was asked
         ctx.new = _delivered(ctx, rate)
 
 

@@ -245,6 +245,20 @@ def test_round_trip_sending_the_verdict_rate_back_gives_the_same_verdict(
         assert non_info(again) == non_info(first)
 
 
+def test_a_dose_on_a_pump_step_gives_the_dose_its_rate_gives() -> None:
+    """1 mg/h of norepinephrine at 4 ug/mL for 2 kg is exactly 250 mL/h, a pump step; the
+    verdict's dose is computed from that rate, so asking for the rate gives the same Decimal
+    (Hypothesis found a last-digit difference, 8.33...333 against 8.33...335 ug/kg/min, when
+    the dose was taken as asked)."""
+    req = make(
+        new="1.0", unit="mg/h", profile="anaphylaxis", conc=(4, "ug/mL"), weight=2, current=None
+    )
+    first = check(req)
+    assert first.rate == D(250)
+    again = check(back_as_rate(req, first))
+    assert (again.verdict, again.rate, again.dose) == (first.verdict, first.rate, first.dose)
+
+
 def test_a_hard_max_dose_below_the_pump_minimum_is_rejected_both_ways() -> None:
     """Norepinephrine 101 ug/min at 64 mg/mL is 0.0947 mL/h: above the hard maximum by dose,
     below the 0.1 mL/h pump minimum by rate, and one 0.01 mL/h step is 10.7 ug/min, so no step
