@@ -36,6 +36,13 @@ def optional_text(data: Mapping[str, Any], key: str, where: str) -> str | None:
     return text(data, key, where) if data.get(key) is not None else None
 
 
+def as_object(data: object, where: str) -> Mapping[str, Any]:
+    """``data`` itself, which must be a JSON object (``where`` names it)."""
+    if not isinstance(data, Mapping):
+        raise PayloadError(f"{where}: expected an object, got {data!r}")
+    return data
+
+
 def obj(data: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any]:
     """A required JSON object."""
     value = required(data, key, where)

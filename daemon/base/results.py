@@ -15,8 +15,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any
 
+from daemon.base import payload
 from daemon.base.errors import PayloadError
 from daemon.base.quantities import JsonObject, Quantity, optional_json, optional_quantity
 from daemon.base.timefmt import format_ts, parse_ts
@@ -66,41 +67,6 @@ class Source(enum.StrEnum):
 # -- reading JSON ------------------------------------------------------------------------------
 
 
-def _object(data: object, where: str) -> Mapping[str, Any]:
-    if not isinstance(data, Mapping):
-        raise PayloadError(f"{where}: expected an object, got {data!r}")
-    return data
-
-
-def _text(data: Mapping[str, Any], key: str, where: str) -> str:
-    value = data.get(key)
-    if not isinstance(value, str):
-        raise PayloadError(f"{where}.{key}: expected a string, got {value!r}")
-    return value
-
-
-def _optional_text(data: Mapping[str, Any], key: str, where: str) -> str | None:
-    return None if data.get(key) is None else _text(data, key, where)
-
-
-_E = TypeVar("_E", bound=enum.StrEnum)
-
-
-def _enum(kind: type[_E], data: Mapping[str, Any], key: str, where: str) -> _E:
-    value = data.get(key)
-    for member in kind:
-        if member.value == value:
-            return member
-    raise PayloadError(f"{where}.{key}: unknown value {value!r}")
-
-
-def _flag(data: Mapping[str, Any], key: str, where: str) -> bool:
-    value = data.get(key, False)
-    if not isinstance(value, bool):
-        raise PayloadError(f"{where}.{key}: expected true or false, got {value!r}")
-    return value
-
-
 # -- writing JSON ------------------------------------------------------------------------------
 
 
@@ -128,8 +94,10 @@ class ErrorBody:
 
     @classmethod
     def from_json(cls, data: object, *, where: str = "error") -> ErrorBody:
-        body = _object(data, where)
-        return cls(_enum(ErrorCode, body, "code", where), _text(body, "message", where))
+        body = payload.as_object(data, where)
+        return cls(
+            payload.choice(ErrorCode, body, "code", where), payload.text(body, "message", where)
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +116,7 @@ class VerdictJson:
 
     @classmethod
     def from_json(cls, data: object, *, where: str = "verdict") -> VerdictJson:
-        return cls(dict(_object(data, where)))
+        return cls(dict(payload.as_object(data, where)))
 
     @property
     def rate_ml_h(self) -> Decimal | None:
@@ -188,9 +156,9 @@ class Readback:
 
     @classmethod
     def from_json(cls, data: object, *, where: str = "readback") -> Readback:
-        body = _object(data, where)
+        body = payload.as_object(data, where)
         return cls(
-            _text(body, "status", where),
+            payload.text(body, "status", where),
             Quantity.from_json(body.get("rate"), where=f"{where}.rate"),
             optional_quantity(body.get("dose"), where=f"{where}.dose"),
         )
@@ -222,13 +190,13 @@ class FirstOutcome:
 
     @classmethod
     def from_json(cls, data: object, *, where: str = "first") -> FirstOutcome:
-        body = _object(data, where)
+        body = payload.as_object(data, where)
         verdict, error = body.get("verdict"), body.get("error")
         return cls(
-            None if body.get("phase") is None else _enum(Phase, body, "phase", where),
+            None if body.get("phase") is None else payload.choice(Phase, body, "phase", where),
             None if verdict is None else VerdictJson.from_json(verdict, where=f"{where}.verdict"),
             None if error is None else ErrorBody.from_json(error, where=f"{where}.error"),
-            _optional_text(body, "pump", where),
+            payload.optional_text(body, "pump", where),
         )
 
 
@@ -332,16 +300,16 @@ class CommandResult:
     def from_json(cls, data: object, *, where: str = "result") -> CommandResult:
         """A result's ``data`` back (as a journaled refusal keeps it); ``PayloadError`` names
         the field that is wrong."""
-        body = _object(data, where)
+        body = payload.as_object(data, where)
         command = body.get("command")
-        expires = _optional_text(body, "confirm_expires_at", where)
+        expires = payload.optional_text(body, "confirm_expires_at", where)
         try:
             expires_at = None if expires is None else parse_ts(expires)
         except ValueError as exc:
             raise PayloadError(f"{where}.confirm_expires_at: {exc}") from None
         return cls(
-            _optional_text(body, "id", where),
-            _enum(Phase, body, "phase", where),
+            payload.optional_text(body, "id", where),
+            payload.choice(Phase, body, "phase", where),
             verdict=(
                 None
                 if body.get("verdict") is None
@@ -353,18 +321,22 @@ class CommandResult:
                 else ErrorBody.from_json(body["error"], where=f"{where}.error")
             ),
             readback=_optional_readback(body.get("readback"), f"{where}.readback"),
-            confirm_token=_optional_text(body, "confirm_token", where),
+            confirm_token=payload.optional_text(body, "confirm_token", where),
             confirm_expires_at=expires_at,
             first=(
                 None
                 if body.get("first") is None
                 else FirstOutcome.from_json(body["first"], where=f"{where}.first")
             ),
-            reconciled=_flag(body, "reconciled", where),
-            repeated=_flag(body, "repeated", where),
-            source=None if body.get("source") is None else _enum(Source, body, "source", where),
-            order_id=_optional_text(body, "order_id", where),
-            command=None if command is None else dict(_object(command, f"{where}.command")),
+            reconciled=payload.flag(body, "reconciled", where),
+            repeated=payload.flag(body, "repeated", where),
+            source=None
+            if body.get("source") is None
+            else payload.choice(Source, body, "source", where),
+            order_id=payload.optional_text(body, "order_id", where),
+            command=None
+            if command is None
+            else dict(payload.as_object(command, f"{where}.command")),
         )
 
 
@@ -385,14 +357,14 @@ class DeviceBefore:
 
     @classmethod
     def from_json(cls, data: object, *, where: str = "before") -> DeviceBefore:
-        body = _object(data, where)
+        body = payload.as_object(data, where)
         rate = body.get("rate")
         if isinstance(rate, bool) or not isinstance(rate, int | float):
             raise PayloadError(f"{where}.rate: expected a number, got {rate!r}")
         alarms = body.get("alarms") or []
         if not isinstance(alarms, list) or not all(isinstance(a, str) for a in alarms):
             raise PayloadError(f"{where}.alarms: expected a list of strings, got {alarms!r}")
-        return cls(_text(body, "status", where), float(rate), tuple(alarms))
+        return cls(payload.text(body, "status", where), float(rate), tuple(alarms))
 
 
 @dataclass(frozen=True, slots=True)
@@ -461,17 +433,17 @@ class KeptOutcome:
     @classmethod
     def from_json(cls, data: object, *, where: str = "outcome") -> KeptOutcome:
         """A journaled outcome back; ``PayloadError`` naming the field when it is malformed."""
-        body = _object(data, where)
+        body = payload.as_object(data, where)
         if body.get("phase") is None:
             raise PayloadError(f"{where}.phase: required field missing")
         before = body.get("before")
         first = FirstOutcome.from_json(body, where=where)
         return cls(
             first,
-            _optional_text(body, "fingerprint", where),
+            payload.optional_text(body, "fingerprint", where),
             _optional_readback(body.get("readback"), f"{where}.readback"),
             None if before is None else DeviceBefore.from_json(before, where=f"{where}.before"),
-            _flag(body, "sending", where),
+            payload.flag(body, "sending", where),
         )
 
 
