@@ -36,17 +36,19 @@ from psycopg.conninfo import conninfo_to_dict
 from daemon.base.quantities import JsonObject
 from daemon.base.timefmt import format_ts, parse_ts
 from daemon.pharmacy.report import ReportError, event_facts, override_fact
-from daemon.pharmacy.report_model import (
-    CATCH_WINDOW,
-    TOTAL,
+from daemon.pharmacy.report_facts import (
     Accepted,
     Fact,
     Judged,
     ProgramSeen,
-    RateChanged,
+    RateChangeSeen,
+    VerdictSeen,
+)
+from daemon.pharmacy.report_model import (
+    CATCH_WINDOW,
+    TOTAL,
     Report,
     SummaryRow,
-    VerdictSeen,
     Window,
     json_rows,
     merge,
@@ -180,7 +182,7 @@ class _GatewayFacts:
             if command_id not in self.accepted:
                 self.accepted.add(command_id)
                 out.append(Accepted(ts, pump, command_id))
-            return [*out, RateChanged(ts, pump, gated=True)]
+            return [*out, RateChangeSeen(ts, pump, gated=True)]
         return event_facts(ts, pump, data, where)
 
     def _derived(self, ts: str, pump: str, command_id: str, verdict: VerdictSeen) -> list[Fact]:

@@ -40,22 +40,19 @@ from daemon.base.errors import PayloadError
 from daemon.base.timefmt import format_ts
 from daemon.journal.records import JournalKind, JournalRow
 from daemon.journal.store import Journal
-from daemon.pharmacy.report_model import (
-    METRICS,
+from daemon.pharmacy.report_facts import (
     Accepted,
     Fact,
     Judged,
-    LibraryChanged,
+    LibraryChangeSeen,
     ObservedOutside,
     Overridden,
     ProgramSeen,
-    RateChanged,
-    Report,
-    SummaryRow,
+    RateChangeSeen,
     VerdictSeen,
-    Window,
     rules_from_json,
 )
+from daemon.pharmacy.report_model import METRICS, Report, SummaryRow, Window
 from protocol.errors import InfusiondError
 
 
@@ -113,9 +110,9 @@ def event_facts(ts: str, pump: str, event: Mapping[str, object], where: str) -> 
         program = _object(event, "program", where)
         return [ProgramSeen(pump, *_program(program, f"{where}.program"))]
     if kind == "library_changed":
-        return [LibraryChanged.from_json(ts, pump, event, where)]
+        return [LibraryChangeSeen.from_json(ts, pump, event, where)]
     if kind == "rate_changed":
-        return [RateChanged(ts, pump, gated=event.get("command_id") is not None)]
+        return [RateChangeSeen(ts, pump, gated=event.get("command_id") is not None)]
     if kind == "out_of_library_observed":
         verdict = VerdictSeen.from_json(event.get("verdict"), where=f"{where}.verdict")
         return [ObservedOutside(ts, pump, verdict)]

@@ -10,19 +10,35 @@ rejections); :func:`merge` adds several gateways' reports into the hospital's.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from operator import attrgetter
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING
 
-from daemon.base.errors import PayloadError
-from daemon.base.quantities import JsonObject, Quantity, optional_json, optional_quantity
+from daemon.base.quantities import JsonObject
 from daemon.base.timefmt import format_ts, parse_ts
-from protocol.verdict import LibraryIdentity, Outcome
+from daemon.pharmacy.report_facts import (
+    Accepted,
+    Fact,
+    Judged,
+    LibraryChangeSeen,
+    ObservedOutside,
+    Overridden,
+    ProgramSeen,
+    RateChangeSeen,
+)
+from daemon.pharmacy.report_items import (
+    CatchItem,
+    LibraryChangeItem,
+    ObservedItem,
+    OverrideItem,
+    _tagged,
+)
+from protocol.verdict import Outcome
 
 if TYPE_CHECKING:
-    from _typeshed import DataclassInstance
+    pass
 
 CATCH_WINDOW = timedelta(minutes=10)
 UNKNOWN = "(unknown)"
@@ -42,287 +58,6 @@ METRICS = (
     "library_versions",
 )
 _COUNTS = METRICS[:9]
-
-
-# -- facts ---------------------------------------------------------------------------------
-
-
-def _text(data: Mapping[str, object], key: str, where: str) -> str | None:
-    """``data[key]`` as a string, None when absent or null; ``PayloadError`` otherwise."""
-    value = data.get(key)
-    if value is not None and not isinstance(value, str):
-        raise PayloadError(f"{where}.{key}: expected a string, got {value!r:.60}")
-    return value
-
-
-def library_from_json(data: object, *, where: str) -> LibraryIdentity | None:
-    """A ``{name, version, sha256}`` object (None for ``null``); ``PayloadError`` naming
-    ``where`` when it is something else."""
-    if data is None:
-        return None
-    if not isinstance(data, Mapping):
-        raise PayloadError(f"{where}: expected a library object or null, got {data!r:.60}")
-    name, version, sha256 = (_text(data, k, where) for k in ("name", "version", "sha256"))
-    if name is None or version is None or sha256 is None:
-        raise PayloadError(f"{where}: a library needs name, version and sha256")
-    return LibraryIdentity(name, version, sha256)
-
-
-def rules_from_json(data: object, *, where: str) -> tuple[str, ...]:
-    """The rule ids of a ``findings`` list (absent or null: none), in their order."""
-    if data is None:
-        return ()
-    if not isinstance(data, list):
-        raise PayloadError(f"{where}: expected a list of findings, got {data!r:.60}")
-    rules = []
-    for i, finding in enumerate(data):
-        rule = finding.get("rule") if isinstance(finding, Mapping) else None
-        if not isinstance(rule, str):
-            raise PayloadError(f"{where}[{i}].rule: expected a string, got {rule!r:.60}")
-        rules.append(rule)
-    return tuple(rules)
-
-
-@dataclass(frozen=True, slots=True)
-class VerdictSeen:
-    """What the report reads of a verdict (docs/check.md): the outcome, which library judged
-    (None: a verdict a fleet source derived from an event), the rule ids of its findings and
-    the rate and dose it names. Parsed once where the verdict JSON is read, so that a verdict
-    without a known outcome is an error naming the row, never a programming counted as none
-    of accept, confirm and reject."""
-
-    outcome: Outcome
-    rules: tuple[str, ...] = ()
-    library: LibraryIdentity | None = None
-    rate: Quantity | None = None
-    dose: Quantity | None = None
-
-    @classmethod
-    def from_json(cls, data: object, *, where: str) -> VerdictSeen:
-        """Read a verdict object; ``PayloadError`` naming ``where`` and the field."""
-        if not isinstance(data, Mapping):
-            raise PayloadError(f"{where}: expected a verdict object, got {data!r:.60}")
-        try:
-            outcome = Outcome(data.get("verdict"))
-        except ValueError:
-            raise PayloadError(
-                f"{where}.verdict: expected accept, confirm or reject, got "
-                f"{data.get('verdict')!r:.60}"
-            ) from None
-        return cls(
-            outcome,
-            rules_from_json(data.get("findings"), where=f"{where}.findings"),
-            library_from_json(data.get("library"), where=f"{where}.library"),
-            optional_quantity(data.get("rate"), where=f"{where}.rate"),
-            optional_quantity(data.get("dose"), where=f"{where}.dose"),
-        )
-
-    def to_json(self) -> JsonObject:
-        """The verdict object with what the report keeps (findings carry only their rule)."""
-        out: JsonObject = {
-            "verdict": self.outcome.value,
-            "rate": optional_json(self.rate),
-            "dose": optional_json(self.dose),
-            "findings": [{"rule": rule} for rule in self.rules],
-        }
-        if self.library is not None:
-            out["library"] = self.library.to_dict()
-        return out
-
-
-@dataclass(frozen=True, slots=True)
-class ProgramSeen:
-    """The pump runs ``drug`` under ``profile`` from now on (not bound to the window)."""
-
-    pump: str
-    drug: str
-    profile: str
-
-
-@dataclass(frozen=True, slots=True)
-class Judged:
-    """The library judged a command; once per id counts."""
-
-    ts: str
-    pump: str
-    command_id: str
-    verdict: VerdictSeen
-
-
-@dataclass(frozen=True, slots=True)
-class Overridden:
-    """A clinician confirmed a command the library asked to confirm (``rules``: the rule ids
-    of the findings confirmed)."""
-
-    ts: str
-    pump: str
-    command_id: str
-    clinician: str | None
-    reason: str | None
-    rules: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Accepted:
-    """A command passed the gate and went to the pump."""
-
-    ts: str
-    pump: str
-    command_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class RateChanged:
-    """The pump's rate changed: through the gate (``gated``) or at its front panel."""
-
-    ts: str
-    pump: str
-    gated: bool
-
-
-@dataclass(frozen=True, slots=True)
-class ObservedOutside:
-    """A rate set at the pump that the library would not accept outright."""
-
-    ts: str
-    pump: str
-    verdict: VerdictSeen
-
-
-@dataclass(frozen=True, slots=True)
-class LibraryChanged:
-    """A new library; ``program`` (drug, profile; when the event names both) is what ``pump``
-    runs under it."""
-
-    ts: str
-    pump: str
-    old: LibraryIdentity | None
-    new: LibraryIdentity | None
-    via: str | None
-    by: str | None
-    program: tuple[str, str] | None = None
-
-    @classmethod
-    def from_json(cls, ts: str, pump: str, event: Mapping[str, object], where: str) -> Self:
-        """A ``library_changed`` event's data; ``PayloadError`` naming ``where`` and the field."""
-        drug, profile = _text(event, "drug", where), _text(event, "profile", where)
-        return cls(
-            ts,
-            pump,
-            library_from_json(event.get("from"), where=f"{where}.from"),
-            library_from_json(event.get("to"), where=f"{where}.to"),
-            _text(event, "via", where),
-            _text(event, "by", where),
-            (drug, profile) if drug and profile else None,
-        )
-
-
-Fact = ProgramSeen | Judged | Overridden | Accepted | RateChanged | ObservedOutside | LibraryChanged
-
-
-# -- listed items ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class OverrideItem:
-    """A listed override (``gateway``: the hospital report's, None for one journal)."""
-
-    gateway: str | None
-    ts: str
-    pump_id: str
-    drug: str
-    profile: str
-    command_id: str
-    clinician: str | None
-    reason: str | None
-    rules: tuple[str, ...]
-
-    def to_json(self) -> JsonObject:
-        return _listed_json(self)
-
-
-@dataclass(frozen=True, slots=True)
-class CatchItem:
-    """A listed catch: the rejected command and the accepted one that followed."""
-
-    gateway: str | None
-    pump_id: str
-    drug: str
-    profile: str
-    rejected_command: str
-    rejected_at: str
-    accepted_command: str
-    accepted_at: str
-    minutes: float
-
-    def to_json(self) -> JsonObject:
-        return _listed_json(self)
-
-
-@dataclass(frozen=True, slots=True)
-class ObservedItem:
-    """A listed change at the pump outside the library, with the verdict it would have had."""
-
-    gateway: str | None
-    ts: str
-    pump_id: str
-    drug: str
-    profile: str
-    rules: tuple[str, ...]
-    verdict: Outcome
-    rate: Quantity | None
-    dose: Quantity | None
-
-    def to_json(self) -> JsonObject:
-        return _listed_json(self)
-
-
-@dataclass(frozen=True, slots=True)
-class LibraryChangeItem:
-    """A listed library change (``old``/``new`` are published as ``from``/``to``)."""
-
-    gateway: str | None
-    ts: str
-    old: LibraryIdentity | None = field(metadata={"json": "from"})
-    new: LibraryIdentity | None = field(metadata={"json": "to"})
-    via: str | None
-    by: str | None
-
-    def to_json(self) -> JsonObject:
-        return _listed_json(self)
-
-
-def _listed_json(item: DataclassInstance) -> JsonObject:
-    """A listed item as the report publishes it: its fields in order (``gateway`` first and
-    only when set), named by their ``json`` metadata when the key differs, tuples as lists,
-    enums by value, quantities and libraries in their stored key order."""
-    out: JsonObject = {}
-    for spec in fields(item):
-        value = getattr(item, spec.name)
-        if spec.name == "gateway" and value is None:
-            continue
-        if isinstance(value, tuple):
-            value = list(value)
-        elif isinstance(value, Outcome):
-            value = value.value
-        elif isinstance(value, Quantity):
-            value = stored_order(value.to_json())
-        elif isinstance(value, LibraryIdentity):
-            value = stored_order(value.to_dict())
-        out[spec.metadata.get("json", spec.name)] = value
-    return out
-
-
-def stored_order(obj: JsonObject) -> JsonObject:
-    """``obj`` with its keys sorted: the report has always listed quantities and libraries as
-    its sources store them (the journal's canonical JSON and PostgreSQL's JSONB both give
-    ``unit`` before ``value``, ``name``, ``sha256``, ``version``), and its bytes stay so."""
-    return dict(sorted(obj.items()))
-
-
-def _tagged(gateway: str | None, item: JsonObject) -> JsonObject:
-    """``item``, with ``gateway`` first when there is one (the hospital report)."""
-    return item if gateway is None else {"gateway": gateway, **item}
 
 
 # -- counts --------------------------------------------------------------------------------
@@ -450,13 +185,13 @@ class Report:
             self._judged(fact, inside=inside)
         elif isinstance(fact, Accepted):
             self._accepted(fact, inside=inside)
-        elif isinstance(fact, LibraryChanged):
+        elif isinstance(fact, LibraryChangeSeen):
             self._library_changed(fact, inside=inside)
         elif not inside:
             return
         elif isinstance(fact, Overridden):
             self._override(fact)
-        elif isinstance(fact, RateChanged):
+        elif isinstance(fact, RateChangeSeen):
             self._rate_changed(fact)
         else:
             self._observed(fact)
@@ -474,7 +209,7 @@ class Report:
         day = self.daily.setdefault(ts[:10], {})
         day[what] = day.get(what, 0) + 1
 
-    def _library_changed(self, fact: LibraryChanged, *, inside: bool) -> None:
+    def _library_changed(self, fact: LibraryChangeSeen, *, inside: bool) -> None:
         if fact.program is not None:
             self._programs[fact.pump] = fact.program
         # one change per (time, new library): every pump journals the same change
@@ -485,7 +220,7 @@ class Report:
                 LibraryChangeItem(self.gateway, fact.ts, fact.old, fact.new, fact.via, fact.by)
             )
 
-    def _rate_changed(self, fact: RateChanged) -> None:
+    def _rate_changed(self, fact: RateChangeSeen) -> None:
         for cell in self._cells(self._key(fact.pump)):
             if fact.gated:
                 cell.rate_changes_gated += 1

@@ -10,19 +10,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from daemon.base.timefmt import format_ts
-from daemon.pharmacy.report_model import (
+from daemon.pharmacy.report_facts import (
     Accepted,
-    Cell,
     Fact,
     Judged,
     Overridden,
     ProgramSeen,
-    RateChanged,
-    Report,
+    RateChangeSeen,
     VerdictSeen,
-    Window,
-    merge,
 )
+from daemon.pharmacy.report_model import Cell, Report, Window, merge
 from protocol.verdict import Outcome
 
 T0 = datetime(2026, 12, 1, 8, tzinfo=UTC)
@@ -66,7 +63,7 @@ def facts(script: list[tuple[str, str, int, str, int]]) -> list[Fact]:
         elif kind == "accepted":
             out.append(Accepted(ts, pump, cid))
         else:
-            out.append(RateChanged(ts, pump, gated=outcome != "reject"))
+            out.append(RateChangeSeen(ts, pump, gated=outcome != "reject"))
     return out
 
 

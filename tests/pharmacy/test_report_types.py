@@ -14,15 +14,9 @@ from daemon.base.errors import PayloadError
 from daemon.base.quantities import Quantity
 from daemon.journal.records import JournalKind, JournalRow
 from daemon.pharmacy.report import journal_facts, override_fact
-from daemon.pharmacy.report_model import (
-    Judged,
-    LibraryChanged,
-    LibraryChangeItem,
-    ObservedItem,
-    Report,
-    VerdictSeen,
-    Window,
-)
+from daemon.pharmacy.report_facts import Judged, LibraryChangeSeen, VerdictSeen
+from daemon.pharmacy.report_items import LibraryChangeItem, ObservedItem
+from daemon.pharmacy.report_model import Report, Window
 from protocol.verdict import LibraryIdentity, Outcome
 
 TS = "2026-12-01T08:00:00.000Z"
@@ -108,11 +102,11 @@ def test_a_library_change_sets_the_program_and_is_listed_once_as_it_always_was()
         "drug": "norepinephrine",
         "profile": "adult-icu",
     }
-    fact = LibraryChanged.from_json(TS, "pump-1", event, "event")
+    fact = LibraryChangeSeen.from_json(TS, "pump-1", event, "event")
     assert fact.program == ("norepinephrine", "adult-icu")
     report = Report(window=Window(), gateway="gw-a")
     report.take(fact)
-    report.take(LibraryChanged.from_json(TS, "pump-2", event, "event"))
+    report.take(LibraryChangeSeen.from_json(TS, "pump-2", event, "event"))
     assert report.library_changes == [LibraryChangeItem("gw-a", TS, None, LIB, "sighup", None)]
     assert json.dumps(report.library_changes[0].to_json()) == json.dumps(
         {
@@ -125,7 +119,7 @@ def test_a_library_change_sets_the_program_and_is_listed_once_as_it_always_was()
         }
     )
     with pytest.raises(PayloadError, match=r"event\.via: expected a string"):
-        LibraryChanged.from_json(TS, "pump-1", {**event, "via": 3}, "event")
+        LibraryChangeSeen.from_json(TS, "pump-1", {**event, "via": 3}, "event")
 
 
 def test_an_observed_item_lists_its_quantities_unit_first_as_stored() -> None:
