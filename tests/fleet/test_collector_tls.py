@@ -11,13 +11,18 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from daemon.cli.app import build_parser
+from daemon.cli.collect_cmd import build_config
+from daemon.fleet.collector import Collector
 from tests.fleet.tls_broker import CertBroker, cert_broker, make_client_certificate
 from tests.fleet.topology import (
     REPO,
+    WAIT_S,
     CollectorProcess,
     assert_store_matches_journals,
     collectors,
@@ -27,8 +32,11 @@ from tests.fleet.topology import (
     wait_for_events,
 )
 from tests.security.test_broker_tls_acl import make_certificates
+from tests.support.procs import wait_for_line
 
 LOGINS = {"infusiond-gw-a": "gw-1", "fleet-collector": "fleet-2"}
+#: what mosquitto logs (log_type all) when it refuses a login
+REFUSED = b"disconnected, not authorised"
 
 pytestmark = [pytest.mark.slow]
 
@@ -121,6 +129,12 @@ async def test_over_mqtts_with_a_client_certificate_and_the_acl_it_stores_every_
         await assert_store_matches_journals(postgres_dsn, [gateway])
 
 
+def set_password(broker: CertBroker, user: str, password: str) -> None:
+    """Change ``user``'s password in the broker's password file (read again at its restart)."""
+    cmd = ["mosquitto_passwd", "-b", str(broker.etc / "passwd"), user, password]
+    subprocess.run(cmd, check=True, capture_output=True)
+
+
 def _other_ca(tmp_path: Path) -> Path:
     other = tmp_path / "other-ca"
     other.mkdir()
@@ -180,3 +194,36 @@ def test_each_refusal_by_the_broker_is_one_line_and_exit_1_before_ready(
     assert "collector_online" not in done.stdout
     with pytest.raises(BlockingIOError):  # nothing was sent: not READY=1, not anything
         sock.recv(1024)
+
+
+@pytest.mark.asyncio
+async def test_a_refusal_after_the_first_connection_is_retried_not_fatal(
+    tmp_path: Path, broker: CertBroker, postgres_dsn: str
+) -> None:
+    """Once the collector has collected, a broker that refuses its password (rotated on the
+    broker first) is an outage: the collector keeps retrying and comes back online when the
+    password matches again, instead of stopping."""
+    client_cert = make_client_certificate(broker.etc, broker.ca, "fleet-collector")
+    path = write_config(tmp_path, broker, postgres_dsn, client_cert=client_cert)
+    args = build_parser().parse_args(["fleet", "collect", "--config", str(path)])
+    config, _level = build_config(args)
+    collector = Collector(replace(config, client_id="collector-rotation"))
+    task = asyncio.create_task(collector.run(), name="test-collector")
+    try:
+        async with asyncio.timeout(WAIT_S):
+            await collector.online.wait()
+        set_password(broker, "fleet-collector", "rotated")
+        broker.restart()
+        assert broker.proc is not None
+        for _ in range(2):  # refused twice: the first refusal was retried, not raised
+            await asyncio.to_thread(wait_for_line, broker.proc, REFUSED, WAIT_S)
+        assert not task.done()
+        assert not collector.online.is_set()
+        set_password(broker, "fleet-collector", LOGINS["fleet-collector"])
+        broker.restart()
+        async with asyncio.timeout(WAIT_S):
+            await collector.online.wait()
+        assert collector.stats.connections == 2
+    finally:
+        collector.stop()
+        await task
