@@ -51,16 +51,14 @@ def cert_broker(workdir: Path, logins: dict[str, str], gateway: str) -> Iterator
     etc = workdir / "etc"
     etc.mkdir(parents=True)
     make_certificates(etc)
-    passwd = etc / "passwd"
-    for i, (user, password) in enumerate(logins.items()):
-        flags = ["-b", "-c"] if i == 0 else ["-b"]
-        cmd = ["mosquitto_passwd", *flags, str(passwd), user, password]
-        subprocess.run(cmd, check=True, capture_output=True)
+    passwd = etc / "passwd"  # written in clear, then hashed in place by mosquitto_passwd -U
+    passwd.write_text("".join(f"{user}:{password}\n" for user, password in logins.items()))
     passwd.chmod(0o600)
-    (etc / "infusiond.acl").write_text(SHIPPED_ACL.read_text().replace("bed-12-gw", gateway))
-    broker = CertBroker(workdir / "mosquitto", port=free_port(), etc=etc)
-    broker.start()
-    try:
+    subprocess.run(["mosquitto_passwd", "-U", str(passwd)], check=True, capture_output=True)
+    acl = SHIPPED_ACL.read_text().replace("bed-12-gw", gateway)
+    (etc / "infusiond.acl").write_text(acl)
+    with contextlib.ExitStack() as cleanup:
+        broker = CertBroker(workdir / "mosquitto", port=free_port(), etc=etc)
+        cleanup.callback(broker.stop)  # also after a failed start: it may have half-started
+        broker.start()
         yield broker
-    finally:
-        broker.stop()
