@@ -52,8 +52,11 @@ def build_config(args: argparse.Namespace) -> tuple[CollectorConfig, str]:
     key (and never a password)."""
     source = args.config if args.config is not None else "the command line"
     data = _read_file(Path(args.config)) if args.config is not None else {}
-    broker = data.get("broker", {})
-    if isinstance(broker, dict) and "password" in broker:
+    broker = data.setdefault("broker", {})
+    if not isinstance(broker, dict):
+        msg = f"{source}: broker: must be a table ([broker])"
+        raise FleetError(msg)
+    if "password" in broker:
         msg = (
             f"{source}: broker.password: keep the password out of this file: "
             f"password_file = PATH (e.g. a systemd credential) or {PASSWORD_ENV}"
@@ -70,7 +73,7 @@ def build_config(args: argparse.Namespace) -> tuple[CollectorConfig, str]:
         given[key] = f"{flag} {getattr(args, attr)!r}"
     password = os.environ.get(PASSWORD_ENV) or None
     if password is not None:
-        if _get(data, ("broker", "username")) is None:
+        if broker.get("username") is None:
             msg = f"{PASSWORD_ENV} is set but --username is not: give both"
             raise FleetError(msg)
         _put(data, ("broker", "password"), password)
@@ -146,21 +149,9 @@ def _read_password(path: Path) -> str:
 
 
 def _put(data: dict[str, Any], key: tuple[str, ...], value: object) -> None:
-    table = data
-    for step in key[:-1]:
-        inner = table.get(step)
-        if not isinstance(inner, dict):
-            inner = {}
-            table[step] = inner
-        table = inner
+    """Set ``key`` (a top-level key or one of ``[broker]``, a table by then)."""
+    table = data[key[0]] if len(key) > 1 else data
     table[key[-1]] = value
-
-
-def _get(data: dict[str, Any], key: tuple[str, ...]) -> object:
-    value: object = data
-    for step in key:
-        value = value.get(step) if isinstance(value, dict) else None
-    return value
 
 
 def _problems(exc: ValidationError, given: dict[tuple[str, ...], str], source: str) -> list[str]:

@@ -252,3 +252,11 @@ def test_a_missing_config_file_is_named(tmp_path: Path, capsys: pytest.CaptureFi
 def test_postgres_is_required_here_or_there(capsys: pytest.CaptureFixture[str]) -> None:
     err = _refused(capsys, "--broker", "mqtt://h")
     assert "--postgres DSN (or postgres in the --config file) is required" in err
+
+
+def test_a_broker_key_that_is_not_a_table_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _write(tmp_path, 'broker = "mqtt://h"\n')
+    err = _refused(capsys, "--config", str(path), "--broker", "mqtt://h", "--postgres", NO_DB)
+    assert f"{path}: broker: must be a table ([broker])" in err
