@@ -154,7 +154,6 @@ class Collector:
         self._checked: set[tuple[str, str]] = set()  # sessions refreshed once by this process
         self._backoff = Backoff(initial_s=0.2, maximum_s=10.0)
         self._inbox: _Inbox | None = None
-        self._refused: BrokerRefused | None = None
 
     def stop(self) -> None:
         self._stop.set()
@@ -168,16 +167,17 @@ class Collector:
         forever would only hide it). Once it has worked, the same refusal is retried: a
         certificate or password being rotated on the broker must not stop the collection."""
         while not self._stop.is_set():
+            refused: BrokerRefused | None = None
             try:
                 await self._run_once()
             except* LINK_FAULTS as group:
                 self.stats.last_error = "; ".join(str(e) for e in group.exceptions)[:300]
                 if self.stats.connections == 0:
-                    self._refused = self._refusal(group.exceptions)
-                if self._refused is None:
+                    refused = self._refusal(group.exceptions)
+                if refused is None:
                     log.warning("collector_link_lost", error=self.stats.last_error)
-            if self._refused is not None:
-                raise self._refused
+            if refused is not None:
+                raise refused
             self.online.clear()
             if self._stop.is_set():
                 break
@@ -436,8 +436,8 @@ def _fail_fast_on_tls_alert(client: aiomqtt.Client) -> None:
     done: a refused (or missing) certificate shows as an alert on the first read, which paho
     only logs ("failed to receive on socket: [SSL: ...]") while aiomqtt waits for a CONNACK
     until its timeout and then reports a bare timeout. This hook (paho's ``on_log``, removed
-    once connected: it would format every later log line) fails the attempt with the alert's reason.
-    """
+    once connected: it would format every later log line) fails the attempt with the alert's
+    reason."""
     connected = client._connected  # aiomqtt has no public hook for this
     loop_thread = threading.get_ident()
 
