@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import ssl
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -227,3 +228,22 @@ async def test_a_refusal_after_the_first_connection_is_retried_not_fatal(
     finally:
         collector.stop()
         await task
+
+
+@pytest.mark.asyncio
+async def test_tcp_nodelay_stays_on_the_tls_connection(
+    tmp_path: Path, broker: CertBroker, postgres_dsn: str
+) -> None:
+    """The collector's MQTT client over mqtts:// still sets TCP_NODELAY (small PUBACKs and
+    backfill requests must not wait for Nagle)."""
+    client_cert = make_client_certificate(broker.etc, broker.ca, "fleet-collector")
+    path = write_config(tmp_path, broker, postgres_dsn, client_cert=client_cert)
+    config, _level = build_config(
+        build_parser().parse_args(["fleet", "collect", "--config", str(path)])
+    )
+    client = Collector(config)._client()
+    async with client:
+        sock = client._client.socket()
+        assert isinstance(sock, ssl.SSLSocket)
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+        assert sock.version() in {"TLSv1.2", "TLSv1.3"}
