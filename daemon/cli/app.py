@@ -399,10 +399,27 @@ def _add_fleet_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     p = sub.add_parser("fleet", help="many gateways, one PostgreSQL store (docs/fleet.md)")
     fleet_sub = p.add_subparsers(dest="fleet_cmd", metavar="ACTION", required=True)
     sp = fleet_sub.add_parser(
-        "collect", help="store every gateway's events, results and states in PostgreSQL"
+        "collect",
+        help="store every gateway's events, results and states in PostgreSQL",
+        description="A flag overrides the same key of --config. The MQTT password is never "
+        "a flag: [broker] password_file in the config file, or INFUSIOND_FLEET_MQTT_PASSWORD.",
     )
-    sp.add_argument("--broker", required=True, metavar="mqtt://HOST:PORT", help="central broker")
-    sp.add_argument("--postgres", required=True, metavar="DSN", help="libpq DSN or URL")
+    sp.add_argument(
+        "--config",
+        metavar="FILE",
+        help="TOML: postgres, group, batch, log_level and a [broker] table like infusiond's "
+        "(url, username, password_file, client_id, keepalive_s, [broker.tls] ca_file, "
+        "cert_file, key_file); see docs/fleet.md",
+    )
+    sp.add_argument(
+        "--broker",
+        metavar="URL",
+        help="central broker, mqtt://HOST[:PORT] or mqtts://HOST[:PORT] (TLS: [broker.tls] "
+        "in --config); required here or in --config",
+    )
+    sp.add_argument(
+        "--postgres", metavar="DSN", help="libpq DSN or URL; required here or in --config"
+    )
     sp.add_argument("--group", metavar="NAME", help="MQTT v5 shared-subscription group")
     sp.add_argument(
         "--client-id",
@@ -413,12 +430,11 @@ def _add_fleet_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     sp.add_argument(
         "--username",
         metavar="USER",
-        help="MQTT user (password from INFUSIOND_FLEET_MQTT_PASSWORD)",
+        help="MQTT user (password from INFUSIOND_FLEET_MQTT_PASSWORD or [broker] password_file)",
     )
-    sp.add_argument("--batch", type=int, default=500, metavar="N", help="rows per transaction")
+    sp.add_argument("--batch", type=int, metavar="N", help="rows per transaction (default: 500)")
     sp.add_argument(
         "--log-level",
-        default="info",
         metavar="LEVEL",
         help="debug, info, warning or error (default: info)",
     )

@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import socket
+import ssl
 import struct
 import threading
 from collections import defaultdict
@@ -36,13 +38,14 @@ from typing import Any
 import aiomqtt
 import psycopg
 import structlog
+from paho.mqtt import client as mqtt_client
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from daemon.fleet import gaps
 from daemon.fleet.backfill import Backfill
-from daemon.fleet.errors import DatabaseUnavailable
+from daemon.fleet.errors import BrokerRefused, DatabaseUnavailable
 from daemon.fleet.migrate import migrate
 from daemon.fleet.records import (
     BadMessage,
@@ -96,6 +99,9 @@ class CollectorConfig:
     backfill_interval_s: float = 0.5
     progress_interval_s: float = 10.0
     grace: timedelta = gaps.DEFAULT_GRACE
+    #: for an ``mqtts://`` broker (built from ``[broker.tls]`` by
+    #: :func:`daemon.fleet.collect_settings.tls_context`); None: plain TCP
+    tls_context: ssl.SSLContext | None = field(default=None, compare=False, repr=False)
 
     @property
     def in_flight(self) -> int:
@@ -154,18 +160,56 @@ class Collector:
 
     async def run(self) -> None:
         """Connect (PostgreSQL, then the broker) and collect until :meth:`stop`; every link
-        fault is logged and retried with capped backoff."""
+        fault is logged and retried with capped backoff.
+
+        Except one: before the first connection succeeded, a broker refusing the TLS handshake
+        or the login raises :class:`BrokerRefused` (the configuration is wrong; retrying
+        forever would only hide it). Once it has worked, the same refusal is retried: a
+        certificate or password being rotated on the broker must not stop the collection."""
         while not self._stop.is_set():
+            refused: BrokerRefused | None = None
             try:
                 await self._run_once()
             except* LINK_FAULTS as group:
                 self.stats.last_error = "; ".join(str(e) for e in group.exceptions)[:300]
-                log.warning("collector_link_lost", error=self.stats.last_error)
+                if self.stats.connections == 0:
+                    refused = self._refusal(group.exceptions)
+                if refused is None:
+                    log.warning("collector_link_lost", error=self.stats.last_error)
+            if refused is not None:
+                raise refused
             self.online.clear()
             if self._stop.is_set():
                 break
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), self._backoff.next_delay())
+
+    def _refusal(self, faults: tuple[BaseException, ...]) -> BrokerRefused | None:
+        """The broker's refusal among ``faults``, as one line naming what to check."""
+        where = f"the broker at {self.config.host}:{self.config.port}"
+        for fault in faults:
+            if isinstance(fault, aiomqtt.MqttCodeError) and _is_login_refusal(fault.rc):
+                code = getattr(fault.rc, "value", fault.rc)
+                who = f"user {self.config.username!r}" if self.config.username else "anonymous"
+                return BrokerRefused(
+                    f"{where} refused the login ({who}): CONNACK reason code {code} "
+                    f"({fault.rc}); check [broker] username, the password ({_PASSWORD_SOURCES}) "
+                    "and the broker's password file and ACL"
+                )
+            cause = fault.__context__  # aiomqtt raises ``from None``: the cause is kept here
+            if isinstance(cause, ssl.SSLCertVerificationError):
+                return BrokerRefused(
+                    f"{where} presented a certificate this collector does not trust "
+                    f"({cause.verify_message}); check [broker.tls] ca_file and that the URL's "
+                    "host is in the broker's certificate"
+                )
+            if isinstance(cause, ssl.SSLError) or isinstance(fault, _TlsAlert):
+                reason = cause.reason if isinstance(cause, ssl.SSLError) else fault
+                return BrokerRefused(
+                    f"{where} refused the TLS session ({reason}); check [broker.tls] "
+                    "cert_file and key_file (a client certificate its CA signed) and ca_file"
+                )
+        return None
 
     async def _run_once(self) -> None:
         ingest = await connect(self.config.dsn)
@@ -176,6 +220,7 @@ class Collector:
                 log.info("schema_migrated", versions=[m.version for m in applied])
             client = self._client()
             async with client:
+                client._client.on_log = None  # connected: see _fail_fast_on_tls_alert
                 _buffer_reads(client)
                 await client.subscribe(
                     [(t, SubscribeOptions(qos=1)) for t in self.config.subscriptions()]
@@ -215,7 +260,10 @@ class Collector:
             keepalive=self.config.keepalive_s,
             socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
             max_inflight_messages=self.config.in_flight,
+            tls_context=self.config.tls_context,
         )
+        if self.config.tls_context is not None:
+            _fail_fast_on_tls_alert(client)
         # PUBACK only after the commit (aiomqtt has no public switch; paho's is public)
         client._client.manual_ack_set(True)  # noqa: FBT003 - paho's signature
         # messages straight from paho into the inbox (in place of aiomqtt's per-message queue)
@@ -359,6 +407,49 @@ class Collector:
             gaps_permanent=backfill.stats.permanent,
             requests_pending=len(backfill.pending),
         )
+
+
+#: where the collector's broker password comes from (named in a refused login's error)
+_PASSWORD_SOURCES = "[broker] password_file or INFUSIOND_FLEET_MQTT_PASSWORD"  # noqa: S105
+#: CONNACK reason codes that refuse this client's identity or credentials (MQTT 3.1.1: 2, 4,
+#: 5; MQTT 5: client id not valid, bad user name or password, not authorized, banned, bad
+#: authentication method); the others (server busy, unavailable, quota) may pass
+_LOGIN_REFUSALS = frozenset({2, 4, 5, 133, 134, 135, 138, 140})
+
+
+def _is_login_refusal(rc: object) -> bool:
+    return getattr(rc, "value", rc) in _LOGIN_REFUSALS
+
+
+#: the reason in an SSLError's text: ``[SSL: CODE] reason (_ssl.c:NNNN)``
+_SSL_REASON = re.compile(r"\[SSL: \w+\] (.+?)(?: \(_ssl\.c:\d+\))?$")
+
+
+class _TlsAlert(aiomqtt.MqttError):
+    """The broker ended the TLS session with an alert before its CONNACK."""
+
+
+def _fail_fast_on_tls_alert(client: aiomqtt.Client) -> None:
+    """Make a TLS alert received before the CONNACK end the connection attempt at once.
+
+    With TLS 1.3 the broker checks the client certificate after the client's handshake is
+    done: a refused (or missing) certificate shows as an alert on the first read, which paho
+    only logs ("failed to receive on socket: [SSL: ...]") while aiomqtt waits for a CONNACK
+    until its timeout and then reports a bare timeout. This hook (paho's ``on_log``, removed
+    once connected: it would format every later log line) fails the attempt with the alert's
+    reason."""
+    connected = client._connected  # aiomqtt has no public hook for this
+    loop_thread = threading.get_ident()
+
+    def on_log(_client: object, _userdata: object, level: int, text: str) -> None:
+        # reads run in the loop's thread; the handshake (in an executor) raises by itself
+        in_loop = threading.get_ident() == loop_thread
+        alert = level == mqtt_client.MQTT_LOG_ERR and "[SSL:" in text
+        if in_loop and alert and not connected.done():
+            found = _SSL_REASON.search(text)
+            connected.set_exception(_TlsAlert(found[1] if found else text))
+
+    client._client.on_log = on_log
 
 
 #: a PUBACK without reason code or properties (success), as paho's ``ack(mid, 1)`` builds it

@@ -11,3 +11,9 @@ class FleetError(InfusiondError):
 
 class DatabaseUnavailable(FleetError):
     """PostgreSQL cannot be reached (or dropped the connection); worth retrying later."""
+
+
+class BrokerRefused(FleetError):
+    """The broker refused this collector at its first connection: a TLS handshake it failed
+    or a login it turned down. Retrying cannot help (the configuration is wrong), so the
+    collector stops with this one line instead of retrying forever."""

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any
@@ -87,10 +87,13 @@ def gateway_config(
     broker_url: str,
     modbus_url: str,
     login: tuple[str, str] | None = None,
+    tls: dict[str, str] | None = None,
 ) -> Config:
     broker: dict[str, Any] = {"url": broker_url}
     if login is not None:
         broker |= {"username": login[0], "password": login[1]}
+    if tls is not None:
+        broker["tls"] = tls
     return Config(
         gateway_id=gateway_id,
         data_dir=data_dir,
@@ -116,14 +119,21 @@ def gateway_config(
 
 @contextlib.asynccontextmanager
 async def running_gateway(
-    tmp_path: Path, gateway_id: str, broker: Mosquitto, login: tuple[str, str] | None = None
+    tmp_path: Path,
+    gateway_id: str,
+    broker: Mosquitto,
+    login: tuple[str, str] | None = None,
+    tls: dict[str, str] | None = None,
 ) -> AsyncIterator[Gateway]:
-    """A real Gateway with one simulated Modbus pump, publishing to ``broker``."""
+    """A real Gateway with one simulated Modbus pump, publishing to ``broker`` (over TLS with
+    ``tls``: the ``[broker.tls]`` table)."""
     modbus = ModbusPumpSimulator(
         [ModbusSetup(unit_id=1, status="infusing", rate_ml_h=Decimal("52.5"))], clock=SimClock()
     )
     async with modbus.serving("tcp://127.0.0.1:0") as served:
-        config = gateway_config(gateway_id, tmp_path / gateway_id, broker.url, served.url, login)
+        config = gateway_config(
+            gateway_id, tmp_path / gateway_id, broker.url, served.url, login, tls
+        )
         gateway = Gateway(config)
         task = asyncio.create_task(gateway.run(), name=f"gateway:{gateway_id}")
         try:
@@ -146,7 +156,9 @@ async def emit(gateway: Gateway, count: int) -> None:
 
 @dataclass
 class CollectorProcess:
-    """``infusiond fleet collect`` as a child process (so a test can kill -9 it)."""
+    """``infusiond fleet collect`` as a child process (so a test can kill -9 it). With
+    ``config`` (a ``--config`` file holding the broker and the DSN) it gets only that file and
+    its client id; ``env``: more environment variables."""
 
     broker: Mosquitto
     dsn: str
@@ -154,29 +166,22 @@ class CollectorProcess:
     group: str | None = None
     log_path: Path | None = None
     login: tuple[str, str] | None = None
+    config: Path | None = None
+    env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
     _drain: threading.Thread | None = None
 
     def start(self) -> None:
         """Start and wait for its ``collector_online`` log line (connected and subscribed)."""
-        argv = [
-            sys.executable,
-            "-m",
-            "daemon.cli",
-            "fleet",
-            "collect",
-            "--broker",
-            self.broker.url,
-            "--postgres",
-            self.dsn,
-            "--client-id",
-            self.client_id,
-            "--log-level",
-            "info",
-        ]
+        argv = [sys.executable, "-m", "daemon.cli", "fleet", "collect"]
+        if self.config is not None:
+            argv += ["--config", str(self.config)]
+        else:
+            argv += ["--broker", self.broker.url, "--postgres", self.dsn, "--log-level", "info"]
+        argv += ["--client-id", self.client_id]
         if self.group:
             argv += ["--group", self.group]
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        env = {**os.environ, "PYTHONPATH": str(REPO), **self.env}
         if self.login is not None:
             argv += ["--username", self.login[0]]
             env[PASSWORD_ENV] = self.login[1]
