@@ -11,13 +11,21 @@ from datetime import datetime, timedelta
 
 import structlog
 
-from daemon.base.results import CommandResult, ErrorBody, ErrorCode, KeptOutcome, Phase
+from daemon.base.results import (
+    CommandResult,
+    ErrorBody,
+    ErrorCode,
+    FirstOutcome,
+    KeptOutcome,
+    Phase,
+)
 from daemon.core.channel import Channel
 from daemon.core.command_life import fingerprint
 from daemon.core.gate_request import commanded_program
 from daemon.core.program import Program, ProgramChanged
 from daemon.core.replies import ResultSink, readback_of
-from daemon.journal.records import InterruptedCommand, JournalError
+from daemon.journal.records import InterruptedCommand, JournalError, OpenClaim
+from daemon.journal.store import Journal
 from daemon.journal.writer import AsyncJournal
 from daemon.mqtt.command_parse import Command
 from drivers.backoff import Backoff
@@ -46,7 +54,13 @@ class Reconciler:
 
     async def load_interrupted(self) -> None:
         """Read the commands a crash left at ``accepted`` (before any command is admitted):
-        their pumps answer ``busy`` until :meth:`reconcile_interrupted` has settled them."""
+        their pumps answer ``busy`` until :meth:`reconcile_interrupted` has settled them.
+
+        First, an id claimed with no outcome (the process stopped, or a journal write failed,
+        between the claim and the verdict) is settled ``rejected`` (``internal_error``): such a
+        command never reached a device (nothing is sent before ``accepted`` is durable), and a
+        duplicate of it must be told a first outcome, never an empty one."""
+        await self._reject_open_claims()
         self._interrupted = [
             item
             for item in await self.journal.interrupted_commands()
@@ -54,6 +68,16 @@ class Reconciler:
         ]
         self.reconciling.update(item.pump_id for item in self._interrupted if item.pump_id)
         self._recent = await self.journal.settled_since(self.now() - RESULT_REPEAT_WINDOW)
+
+    async def _reject_open_claims(self) -> None:
+        claims = await self.journal.run(Journal.open_claims)
+        outcomes = [(claim, _never_checked(claim)) for claim in claims]
+        if not outcomes:
+            return
+        now = self.now()
+        await self.journal.run(_record_outcomes, outcomes, now)
+        for claim, _ in outcomes:
+            log.warning("command_claim_settled", pump=claim.pump_id, id=claim.command_id)
 
     async def reconcile_interrupted(self, library: Library) -> None:
         """Settle commands a crash left at ``accepted`` (sent or not, never verified) from what
@@ -112,6 +136,24 @@ class Reconciler:
         log.info("command_reconciled", pump=pump_id, id=item.command_id, phase=answer.phase.value)
         self.reconciling.discard(pump_id)
         await self.send_result(pump_id, answer, None)
+
+
+def _never_checked(claim: OpenClaim) -> KeptOutcome:
+    """The outcome of a command claimed but never checked (see :class:`OpenClaim`)."""
+    error = ErrorBody(
+        ErrorCode.INTERNAL_ERROR,
+        "the gateway stopped before it checked this command; it was not executed",
+    )
+    fp = None if claim.command is None else fingerprint(claim.command)
+    return KeptOutcome(FirstOutcome(Phase.REJECTED, error=error, pump=claim.pump_id), fp)
+
+
+def _record_outcomes(
+    journal: Journal, outcomes: list[tuple[OpenClaim, KeptOutcome]], ts: datetime
+) -> None:
+    """Every outcome in one job (one transaction, one fsync)."""
+    for claim, outcome in outcomes:
+        journal.set_command_outcome(claim.command_id, outcome, pump_id=claim.pump_id, ts=ts)
 
 
 def _interrupted_program(

@@ -13,7 +13,7 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Self, TypeVar
+from typing import Any, Concatenate, ParamSpec, Self, TypeVar
 
 from daemon.base.paths import DEFAULT_RETENTION_DAYS
 from daemon.base.results import KeptOutcome, VerdictJson
@@ -33,6 +33,7 @@ from daemon.journal.store import Journal
 from drivers.clock import utc_now
 
 _T = TypeVar("_T")
+_P = ParamSpec("_P")
 
 
 @dataclass
@@ -193,11 +194,18 @@ class AsyncJournal:
             with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is waiting
                 self._loop.call_soon_threadsafe(_resolve, job.future, value, error)
 
-    async def run(self, fn: Callable[[Journal], _T]) -> _T:
-        """Run ``fn(journal)`` as one job on the writer thread and return what it returns (or
-        raise what it raised): its own savepoint in the next group commit. The one path every
-        method below takes; a call site keeps its types (``_T`` is ``fn``'s return type)."""
-        return await self._submit(fn)
+    async def run(
+        self, fn: Callable[Concatenate[Journal, _P], _T], *args: _P.args, **kwargs: _P.kwargs
+    ) -> _T:
+        """Run ``fn(journal, *args, **kwargs)`` as one job on the writer thread and return what
+        it returns (or raise what it raised): its own savepoint in the next group commit.
+
+        A query or a write that needs nothing more is called this way, ``await
+        journal.run(Journal.outbox_pending, 100)``, typed by ``fn``'s own signature; the methods
+        below are only those that do more than run one :class:`Journal` method (keep ``seq``,
+        wake the outbox or HL7 sender, choose durability, batch several calls in one job).
+        The arguments are bound now: pass a list, not an iterator another task may advance."""
+        return await self._submit(lambda journal: fn(journal, *args, **kwargs))
 
     async def _submit(self, fn: Callable[[Journal], _T], *, durable: bool = True) -> _T:
         if self._closed:

@@ -17,6 +17,7 @@ import pytest
 
 from daemon.base.results import PENDING, FirstOutcome, KeptOutcome, Phase, VerdictJson
 from daemon.journal import AsyncJournal, Journal, JournalKind
+from daemon.journal.records import OpenClaim
 
 pytestmark = pytest.mark.asyncio
 
@@ -160,3 +161,21 @@ async def test_acks_alone_commit_without_an_fsync_and_any_other_batch_with_one(
         item = await journal.record_event("pump-1", {"type": "x"})
         assert await journal.outbox_ack([item.seq]) == 1
         assert await journal.outbox_pending() == []
+
+
+async def test_an_id_claimed_without_an_outcome_is_an_open_claim_until_one_is_recorded(
+    tmp_path: Path,
+) -> None:
+    """``open_claims``: ids claimed with no outcome (oldest first, with the command and pump);
+    a repeat of one is told the pump it was claimed for; an outcome closes it."""
+    async with await AsyncJournal.open(tmp_path, gateway_id="gw") as journal:
+        await journal.claim_command("c-1", pump_id="pump-1", command={"action": "stop"})
+        await journal.claim_command("c-2", pump_id="pump-2", command={"action": "start"})
+        await journal.set_command_outcome("c-2", kept({"phase": "applied"}), pump_id="pump-2")
+        assert await journal.run(Journal.open_claims) == [
+            OpenClaim("c-1", "pump-1", {"action": "stop"})
+        ]
+        repeat = await journal.claim_command("c-1", pump_id="pump-2", command={})
+        assert (repeat.first, repeat.pump) == (PENDING, "pump-1")
+        await journal.set_command_outcome("c-1", kept({"phase": "rejected"}), pump_id="pump-1")
+        assert await journal.run(Journal.open_claims) == []
