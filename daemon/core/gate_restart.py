@@ -8,9 +8,12 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from typing import get_args
 
 import structlog
 
+from daemon.base.errors import PayloadError
+from daemon.base.events import PumpEvent
 from daemon.base.results import (
     CommandResult,
     ErrorBody,
@@ -27,7 +30,7 @@ from daemon.core.replies import ResultSink, readback_of
 from daemon.journal.records import InterruptedCommand, JournalError, OpenClaim
 from daemon.journal.store import Journal
 from daemon.journal.writer import AsyncJournal
-from daemon.mqtt.command_parse import Command
+from daemon.mqtt.command_parse import Command, CommandAction
 from drivers.backoff import Backoff
 from drivers.base import ConnectionState
 from protocol.library import Library
@@ -49,7 +52,7 @@ class Reconciler:
     send_result: ResultSink
     now: Callable[[], datetime]
     reconciling: set[str]
-    _interrupted: list[InterruptedCommand] = field(default_factory=list)
+    _interrupted: list[tuple[InterruptedCommand, StoredCommand]] = field(default_factory=list)
     _recent: list[InterruptedCommand] = field(default_factory=list)
 
     async def load_interrupted(self) -> None:
@@ -62,12 +65,14 @@ class Reconciler:
         duplicate of it must be told a first outcome, never an empty one."""
         await self._reject_open_claims()
         self._interrupted = [
-            item
-            for item in await self.journal.interrupted_commands()
+            (item, StoredCommand.read(item))
+            for item in await self.journal.run(Journal.interrupted_commands)
             if item.pump_id is not None and item.pump_id in self.channels
         ]
-        self.reconciling.update(item.pump_id for item in self._interrupted if item.pump_id)
-        self._recent = await self.journal.settled_since(self.now() - RESULT_REPEAT_WINDOW)
+        self.reconciling.update(item.pump_id for item, _ in self._interrupted if item.pump_id)
+        self._recent = await self.journal.run(
+            Journal.settled_since, self.now() - RESULT_REPEAT_WINDOW
+        )
 
     async def _reject_open_claims(self) -> None:
         claims = await self.journal.run(Journal.open_claims)
@@ -96,11 +101,11 @@ class Reconciler:
                 answer = item.outcome.repeated(item.command_id)
                 await self.send_result(item.pump_id or "", answer, None)
         try:
-            for item in self._interrupted:
+            for item, command in self._interrupted:
                 backoff = Backoff(initial_s=0.5, maximum_s=30.0)
                 while True:
                     try:
-                        await self._reconcile_one(library, item)
+                        await self._reconcile_one(library, item, command)
                         break
                     except JournalError as exc:  # the pump stays busy; try again
                         log.critical(
@@ -113,21 +118,20 @@ class Reconciler:
         finally:
             self._interrupted = []
 
-    async def _reconcile_one(self, library: Library, item: InterruptedCommand) -> None:
+    async def _reconcile_one(
+        self, library: Library, item: InterruptedCommand, command: StoredCommand
+    ) -> None:
         pump_id = item.pump_id or ""
         channel = self.channels[pump_id]
         await channel.first_poll_done.wait()
-        answer = replace(_settle(channel, item), reconciled=True)
-        program = _interrupted_program(library, channel, item)
-        events = []
+        answer = replace(_settle(channel, item, command), reconciled=True)
+        program = command.program(library, channel)
+        events: list[PumpEvent] = []
         if answer.phase is Phase.APPLIED and program is not None and channel.status is not None:
-            events.append(ProgramChanged(item.command_id, program).journaled(pump_id))
+            events.append(ProgramChanged(item.command_id, program))
             answer = replace(answer, readback=readback_of(channel, channel.status, program))
         stored = KeptOutcome.of(
-            pump_id,
-            item.outcome.fingerprint or (fingerprint(item.command) if item.command else ""),
-            answer,
-            item.outcome.before,
+            pump_id, item.outcome.fingerprint or command.fingerprint, answer, item.outcome.before
         )
         # the outcome and the program it set: durable together, then kept
         await self.journal.settle_command(item.command_id, stored, pump_id=pump_id, events=events)
@@ -156,27 +160,47 @@ def _record_outcomes(
         journal.set_command_outcome(claim.command_id, outcome, pump_id=claim.pump_id, ts=ts)
 
 
-def _interrupted_program(
-    library: Library, channel: Channel, item: InterruptedCommand
-) -> Program | None:
-    """The program an interrupted ``program`` command would have set (None otherwise)."""
-    command = item.command or {}
-    if command.get("action") != "program":
-        return None
-    try:
-        cmd = Command.model_validate(command)
-    except ValueError:
-        return None
-    if cmd.program is None:
-        return None
-    return commanded_program(library, channel.program, cmd)
+@dataclass(frozen=True, slots=True)
+class StoredCommand:
+    """The command an interrupted id was claimed with, read once: its ``action`` (None when
+    not recorded: a command claimed by an older version, or one that named none), the command
+    itself when this version still parses it (an older one it does not is settled from its
+    verdict alone, as always), and its ``fingerprint`` ("" when not recorded)."""
+
+    action: CommandAction | None
+    command: Command | None
+    fingerprint: str
+
+    @classmethod
+    def read(cls, item: InterruptedCommand) -> StoredCommand:
+        """``PayloadError`` naming the field when the stored command names an action this
+        version does not know (nothing is settled from a guess)."""
+        data = item.command
+        if data is None:
+            return cls(None, None, "")
+        action = data.get("action")
+        if action is not None and action not in get_args(CommandAction):
+            where = f"journal commands[{item.command_id!r}].command.action"
+            raise PayloadError(f"{where}: unknown action {action!r}")
+        try:
+            command: Command | None = Command.model_validate(data)
+        except ValueError:
+            command = None
+        return cls(action, command, fingerprint(data) if data else "")
+
+    def program(self, library: Library, channel: Channel) -> Program | None:
+        """The program an interrupted ``program`` command would have set (None otherwise)."""
+        cmd = self.command
+        if self.action != "program" or cmd is None or cmd.program is None:
+            return None
+        return commanded_program(library, channel.program, cmd)
 
 
 def _interrupted(message: str) -> ErrorBody:
     return ErrorBody(ErrorCode.INTERRUPTED, message)
 
 
-def _settle(channel: Channel, item: InterruptedCommand) -> CommandResult:
+def _settle(channel: Channel, item: InterruptedCommand, command: StoredCommand) -> CommandResult:
     status = channel.status
     cid = item.command_id
     if status is None or channel.connection is not ConnectionState.ONLINE:
@@ -190,7 +214,6 @@ def _settle(channel: Channel, item: InterruptedCommand) -> CommandResult:
     # None: written by a version that did not record the device's state before the write: a
     # device at the target may have been there already, so it never proves the write
     before = item.outcome.before
-    action = str((item.command or {}).get("action"))
     found = item.target_rate
     target = None if found is None else float(found)
     if before is not None and not item.outcome.sending:
@@ -207,7 +230,9 @@ def _settle(channel: Channel, item: InterruptedCommand) -> CommandResult:
     # an alarm raised since (a power reset, an occlusion...) can change the device by itself:
     # then the change proves nothing about the write
     new_alarms = sorted({a.value for a in status.alarms} - set(before.alarms if before else ()))
-    wanted_state = {"stop": "stopped", "pause": "paused", "start": "infusing"}.get(action)
+    wanted_state = {"stop": "stopped", "pause": "paused", "start": "infusing"}.get(
+        command.action or ""
+    )
     if wanted_state is not None:
         took = state == wanted_state and was_state is not None and was_state != wanted_state
         unchanged = state == was_state if was_state is not None else state != wanted_state

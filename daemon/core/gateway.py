@@ -116,11 +116,11 @@ class Gateway(LibraryHotReload, VitalsIntake):
 
     async def emit_event(self, pump_id: str, event: PumpEvent) -> None:
         """Journal the event with the next seq and queue it (the bridge publishes it)."""
-        await self.journal.record_event(pump_id, event.journaled(pump_id))
+        await self.journal.record_event(pump_id, event)
 
     async def emit_events(self, pump_id: str, events: list[PumpEvent]) -> None:
         """Journal the events (one transaction, consecutive seqs) and queue them."""
-        await self.journal.record_events(pump_id, [e.journaled(pump_id) for e in events])
+        await self.journal.record_events(pump_id, events)
 
     async def publish_state(self, pump_id: str, data: dict[str, Any]) -> None:
         """Publish the retained ``pump.state``."""

@@ -4,10 +4,12 @@ transaction, and finding the commands a crash interrupted."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 from daemon.base.envelope import encode
+from daemon.base.events import PumpEvent
 from daemon.base.results import PENDING, KeptOutcome, VerdictJson
 from daemon.base.timefmt import format_ts
 from daemon.journal.outbox import EventOutbox
@@ -120,12 +122,12 @@ class CommandLog(EventOutbox):
         outcome: KeptOutcome,
         *,
         pump_id: str,
-        events: list[dict[str, Any]],
+        events: Sequence[PumpEvent],
         ts: datetime,
     ) -> list[OutboxItem]:
         """Record the events a command caused (each with the next seq, in order), then its
         final outcome: one transaction, so no outcome is durable without its events."""
-        items = [self.record_event(pump_id, data, ts=ts) for data in events]
+        items = [self.record_event(pump_id, event, ts=ts) for event in events]
         self.set_command_outcome(command_id, outcome, pump_id=pump_id, ts=ts)
         return items
 

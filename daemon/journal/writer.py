@@ -15,6 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, Self, TypeVar
 
+from daemon.base.events import PumpEvent
 from daemon.base.paths import DEFAULT_RETENTION_DAYS
 from daemon.base.results import KeptOutcome, VerdictJson
 from daemon.journal.records import (
@@ -229,30 +230,30 @@ class AsyncJournal:
         return await self._submit(lambda j: j.append(kind, payload, ts=when, pump_id=pump_id))
 
     async def record_event(
-        self, pump_id: str, data: dict[str, Any], *, ts: datetime | None = None
+        self, pump_id: str, event: PumpEvent, *, ts: datetime | None = None
     ) -> OutboxItem:
         """Journal an event with the next seq and queue it for publication (durably)."""
-        when = ts or utc_now()
-        item = await self._submit(lambda j: j.record_event(pump_id, data, ts=when))
-        self._seq = max(self._seq, item.seq)
-        self.outbox_changed.set()
-        self.events_added.set()
+        [item] = await self.record_events(pump_id, [event], ts=ts)
         return item
 
     async def record_events(
-        self, pump_id: str, events: list[dict[str, Any]], *, ts: datetime | None = None
+        self, pump_id: str, events: Sequence[PumpEvent], *, ts: datetime | None = None
     ) -> list[OutboxItem]:
         """Journal several events (consecutive seqs) as one job: all of them or none."""
         when = ts or utc_now()
         wanted = list(events)
         items = await self._submit(
-            lambda j: [j.record_event(pump_id, data, ts=when) for data in wanted]
+            lambda j: [j.record_event(pump_id, event, ts=when) for event in wanted]
         )
+        self._published(items)
+        return items
+
+    def _published(self, items: list[OutboxItem]) -> None:
+        """Events are durable: keep ``seq`` and wake the outbox and the HL7 follower."""
         if items:
             self._seq = max(self._seq, items[-1].seq)
             self.outbox_changed.set()
             self.events_added.set()
-        return items
 
     async def claim_command(
         self,
@@ -315,7 +316,7 @@ class AsyncJournal:
         outcome: KeptOutcome,
         *,
         pump_id: str,
-        events: list[dict[str, Any]],
+        events: Sequence[PumpEvent],
         ts: datetime | None = None,
     ) -> list[OutboxItem]:
         """The command's events and final outcome as one job, hence one transaction (see
@@ -325,10 +326,7 @@ class AsyncJournal:
         items = await self._submit(
             lambda j: j.settle_command(command_id, outcome, pump_id=pump_id, events=wanted, ts=when)
         )
-        if items:
-            self._seq = max(self._seq, items[-1].seq)
-            self.outbox_changed.set()
-            self.events_added.set()
+        self._published(items)
         return items
 
     async def interrupted_commands(self) -> list[InterruptedCommand]:

@@ -18,6 +18,8 @@ import pytest
 from daemon.base.results import PENDING, FirstOutcome, KeptOutcome, Phase, VerdictJson
 from daemon.journal import AsyncJournal, Journal, JournalKind
 from daemon.journal.records import OpenClaim
+from tests.support.events import rate_changed
+from tests.support.events import started as start_event
 
 pytestmark = pytest.mark.asyncio
 
@@ -93,7 +95,7 @@ async def test_settle_writes_events_then_outcome_in_one_commit(tmp_path: Path) -
         await journal.claim_command("c-1", pump_id="pump-1", command={})
         journal.outbox_changed.clear()
         before = journal.commits
-        events = [{"type": "rate_changed", "command_id": "c-1"}, {"type": "program_changed"}]
+        events = [rate_changed(1, 2, command_id="c-1"), start_event()]
         items = await journal.settle_command(
             "c-1", kept({"phase": "applied"}), pump_id="pump-1", events=events
         )
@@ -120,7 +122,7 @@ async def test_settle_that_fails_keeps_neither_events_nor_outcome(tmp_path: Path
                 "c-1",
                 KeptOutcome(FirstOutcome(Phase.APPLIED, VerdictJson({"bad": float("nan")}))),
                 pump_id="pump-1",
-                events=[{"type": "rate_changed"}],
+                events=[rate_changed(1, 2)],
             )
         assert journal.seq == 0
         assert await journal.outbox_pending() == []
@@ -158,7 +160,7 @@ async def test_acks_alone_commit_without_an_fsync_and_any_other_batch_with_one(
         release.set()
         await blocker
         assert (await relaxed, await durable) == (2, 2)
-        item = await journal.record_event("pump-1", {"type": "x"})
+        item = await journal.record_event("pump-1", start_event())
         assert await journal.outbox_ack([item.seq]) == 1
         assert await journal.outbox_pending() == []
 
