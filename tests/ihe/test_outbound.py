@@ -11,18 +11,25 @@ from typing import Any
 
 import pytest
 
+from daemon.base.events import PumpEvent
+from daemon.core.pump_events import event_from_json
 from daemon.ihe.outbound import Hl7Out
 from daemon.journal import AsyncJournal
 from drivers.hl7.ack import AckCode
 from sim_devices.ehr import EhrSimulator
 from tests.ihe.conftest import make_out
+from tests.support.events import RawEvent
 
 pytestmark = pytest.mark.asyncio
 
 RATE = {"value": 52.5, "unit": "mL/h"}
 
 
-def rate_changed(to: float, command_id: str = "cmd-1") -> dict[str, Any]:
+def rate_changed(to: float, command_id: str = "cmd-1") -> PumpEvent:
+    return event_from_json(rate_changed_json(to, command_id))
+
+
+def rate_changed_json(to: float, command_id: str) -> dict[str, Any]:
     return {
         "type": "rate_changed",
         "from": {"rate": RATE, "dose": None},
@@ -32,11 +39,17 @@ def rate_changed(to: float, command_id: str = "cmd-1") -> dict[str, Any]:
     }
 
 
-def alarm(kind: str) -> dict[str, Any]:
-    return {
-        "type": kind,
-        "alarm": {"code": "occlusion", "priority": "high", "since": "2026-12-06T01:29:00.000Z"},
-    }
+def alarm(kind: str) -> PumpEvent:
+    return event_from_json(
+        {
+            "type": kind,
+            "alarm": {
+                "code": "occlusion",
+                "priority": "high",
+                "since": "2026-12-06T01:29:00.000Z",
+            },
+        }
+    )
 
 
 @asynccontextmanager
@@ -62,7 +75,9 @@ async def test_events_become_ipec_and_acm_in_journal_order_with_one_alarm_identi
             "pump-1",
             [
                 rate_changed(63.0),
-                {"type": "connection_changed", "connection": "online", "previous": "connecting"},
+                event_from_json(
+                    {"type": "connection_changed", "connection": "online", "previous": "connecting"}
+                ),
                 alarm("alarm_raised"),
                 alarm("alarm_cleared"),
             ],
@@ -276,8 +291,9 @@ async def test_an_event_that_cannot_be_built_does_not_hold_back_the_next(
 ) -> None:
     """A journaled event whose data the builders do not expect (a rate given as a string) is
     logged and skipped; the events after it still reach the EHR, in order."""
-    bad = rate_changed(63.0, "bad")
-    bad["to"] = {"rate": {"value": "63", "unit": "mL/h"}}
+    bad = RawEvent(
+        {**rate_changed_json(63.0, "bad"), "to": {"rate": {"value": "63", "unit": "mL/h"}}}
+    )
     out = make_out(journal, ehr.port)
     async with running(out):
         await journal.record_events("pump-1", [bad, rate_changed(64.0, "good")])
