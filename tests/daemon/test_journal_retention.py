@@ -228,9 +228,9 @@ async def test_async_prune_uses_the_configured_retention(tmp_path: Path) -> None
                 RawEvent({"type": "rate_changed", "day": day}),
                 ts=OLD + timedelta(days=day),
             )
-        report = await journal.prune(OLD + timedelta(days=10), max_rows=2)
+        report = await journal.run(Journal.prune, OLD + timedelta(days=10), max_rows=2)
         assert (report.deleted, report.more) == (2, True)
-        report = await journal.prune(OLD + timedelta(days=10))
+        report = await journal.run(Journal.prune, OLD + timedelta(days=10))
         assert (report.deleted, report.more) == (1, False)  # days 0-2 are older than 7 days
         assert [r.payload["event"]["day"] for r in await journal.rows() if r.kind == "event"] == [
             3,

@@ -160,11 +160,13 @@ async def test_async_wrappers_answer_like_the_sync_queries(tmp_path: Path) -> No
             await journal.record_event(
                 "pump-1", RawEvent({"type": event_type}), ts=T0 + timedelta(minutes=minutes)
             )
-        latest = await journal.latest_events("pump-1", ["rate_changed", "alarm_raised"])
+        latest = await journal.run(
+            Journal.latest_events, "pump-1", ["rate_changed", "alarm_raised"]
+        )
         assert list(latest) == ["rate_changed"]
         assert latest["rate_changed"].payload["seq"] == 3
-        recent = await journal.recent_events(
-            "pump-1", ["rate_changed", "program_changed"], since=T0, limit=2
+        recent = await journal.run(
+            Journal.recent_events, "pump-1", ["rate_changed", "program_changed"], since=T0, limit=2
         )
         assert [r.payload["seq"] for r in recent] == [2, 3]
 

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
 from daemon.base.topics import Topics
-from daemon.journal import AsyncJournal
+from daemon.journal import AsyncJournal, Journal
 from daemon.mqtt import events_request
 from daemon.mqtt.event_messages import outbox_message
 from daemon.mqtt.events_request import MAX_PAGE_EVENTS, answer
@@ -138,7 +138,7 @@ async def test_events_removed_by_retention_are_reported_with_the_oldest_kept(
             await journal.record_event("pump-1", started(n + 1), ts=old)
         for _ in range(2):
             await journal.record_event("pump-1", stopped(), ts=NOW)
-        while (await journal.prune(NOW)).more:
+        while (await journal.run(Journal.prune, NOW)).more:
             pass
         data = await answer(req(from_seq=2, to_seq=6), retained=False, source=journal, gateway="g")
         assert data["error"]["code"] == "not_retained"
