@@ -54,6 +54,7 @@ class Reconciler:
     reconciling: set[str]
     _interrupted: list[tuple[InterruptedCommand, StoredCommand]] = field(default_factory=list)
     _recent: list[InterruptedCommand] = field(default_factory=list)
+    _open: list[OpenClaim] = field(default_factory=list)
 
     async def load_interrupted(self) -> None:
         """Read the commands a crash left at ``accepted`` (before any command is admitted):
@@ -62,11 +63,17 @@ class Reconciler:
         First, an id claimed with no outcome (the process stopped, or a journal write failed,
         between the claim and the verdict) is settled ``rejected`` (``internal_error``): such a
         command never reached a device (nothing is sent before ``accepted`` is durable), and a
-        duplicate of it must be told a first outcome, never an empty one."""
-        await self._reject_open_claims()
+        duplicate of it must be told a first outcome, never an empty one. When the journal
+        cannot take that now, :meth:`reconcile_interrupted` tries again (a repeat meanwhile is
+        refused ``busy``: no outcome is known yet)."""
+        self._open, interrupted = await self.journal.run(_unfinished)
+        try:
+            await self._reject_open_claims()
+        except JournalError as exc:
+            log.critical("journal_unavailable", open_claims=len(self._open), error=str(exc))
         self._interrupted = [
             (item, StoredCommand.read(item))
-            for item in await self.journal.run(Journal.interrupted_commands)
+            for item in interrupted
             if item.pump_id is not None and item.pump_id in self.channels
         ]
         self.reconciling.update(item.pump_id for item, _ in self._interrupted if item.pump_id)
@@ -75,14 +82,12 @@ class Reconciler:
         )
 
     async def _reject_open_claims(self) -> None:
-        claims = await self.journal.run(Journal.open_claims)
-        outcomes = [(claim, _never_checked(claim)) for claim in claims]
-        if not outcomes:
-            return
-        now = self.now()
-        await self.journal.run(_record_outcomes, outcomes, now)
+        outcomes = [(claim, _never_checked(claim)) for claim in self._open]
+        if outcomes:
+            await self.journal.run(_record_outcomes, outcomes, self.now())
         for claim, _ in outcomes:
             log.warning("command_claim_settled", pump=claim.pump_id, id=claim.command_id)
+        self._open = []
 
     async def reconcile_interrupted(self, library: Library) -> None:
         """Settle commands a crash left at ``accepted`` (sent or not, never verified) from what
@@ -100,6 +105,13 @@ class Reconciler:
             if item.pump_id in self.channels:
                 answer = item.outcome.repeated(item.command_id)
                 await self.send_result(item.pump_id or "", answer, None)
+        backoff = Backoff(initial_s=0.5, maximum_s=30.0)
+        while self._open:
+            try:
+                await self._reject_open_claims()
+            except JournalError as exc:
+                log.critical("journal_unavailable", open_claims=len(self._open), error=str(exc))
+                await asyncio.sleep(backoff.next_delay())
         try:
             for item, command in self._interrupted:
                 backoff = Backoff(initial_s=0.5, maximum_s=30.0)
@@ -140,6 +152,11 @@ class Reconciler:
         log.info("command_reconciled", pump=pump_id, id=item.command_id, phase=answer.phase.value)
         self.reconciling.discard(pump_id)
         await self.send_result(pump_id, answer, None)
+
+
+def _unfinished(journal: Journal) -> tuple[list[OpenClaim], list[InterruptedCommand]]:
+    """The claims without an outcome and the commands left at ``accepted``: one read job."""
+    return journal.open_claims(), journal.interrupted_commands()
 
 
 def _never_checked(claim: OpenClaim) -> KeptOutcome:
