@@ -36,6 +36,8 @@ import aiomqtt
 
 from bench.harness import Daemon, broker, modbus_sims, progress, stop_process, summary_ms
 from bench.harness import write_config as write_daemon_config
+from daemon.base.events import RateChanged, RatePoint, Source
+from daemon.base.quantities import Quantity
 from daemon.ihe.messages import Patient
 from daemon.ihe.outbound import Hl7Out, Hl7OutSettings
 from daemon.journal import AsyncJournal
@@ -71,14 +73,13 @@ def ehr_sim() -> Iterator[int]:
         stop_process(proc)
 
 
-def _event(i: int) -> dict[str, Any]:
-    return {
-        "type": "rate_changed",
-        "from": {"rate": {"value": 52.5, "unit": "mL/h"}, "dose": None},
-        "to": {"rate": {"value": 63.0, "unit": "mL/h"}, "dose": None},
-        "source": "command",
-        "command_id": f"bench-{i}",
-    }
+def _event(i: int) -> RateChanged:
+    return RateChanged(
+        RatePoint(Quantity.rate(52.5), None),
+        RatePoint(Quantity.rate(63.0), None),
+        Source.COMMAND,
+        f"bench-{i}",
+    )
 
 
 async def _throughput(port: int, n: int, data_dir: Path) -> dict[str, Any]:

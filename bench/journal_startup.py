@@ -148,16 +148,17 @@ async def _state_queries(data_dir: Path, now: datetime) -> dict[str, Any]:
         latest = 0
         recent = 0
         for k in range(1, PUMPS + 1):
-            latest += len(await journal.latest_events(f"pump-{k}", STATE_TYPES))
+            latest += len(await journal.run(Journal.latest_events, f"pump-{k}", STATE_TYPES))
             recent += len(
-                await journal.recent_events(
+                await journal.run(
+                    Journal.recent_events,
                     f"pump-{k}",
                     ["rate_changed"],
                     since=now - HISTORY_WINDOW,
                     limit=HISTORY_LIMIT,
                 )
             )
-        interrupted = len(await journal.interrupted_commands())
+        interrupted = len(await journal.run(Journal.interrupted_commands))
     finally:
         await journal.aclose()
     return {"latest": latest, "recent": recent, "interrupted": interrupted}

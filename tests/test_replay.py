@@ -14,6 +14,7 @@ import jsonschema
 import pytest
 
 from daemon.journal import Journal
+from tests.support.events import rate_changed
 from tests.support.procs import Mosquitto
 
 SCHEMA = json.loads(
@@ -30,15 +31,7 @@ def record_session(data_dir: Path) -> str:
         with journal.transaction():
             for i, (pump, rate) in enumerate((("pump-1", 52.5), ("pump-2", 9.0), ("pump-1", 63.0))):
                 journal.record_event(
-                    pump,
-                    {
-                        "type": "rate_changed",
-                        "pump_id": pump,
-                        "source": "device",
-                        "from": {"rate": {"value": 1.0, "unit": "mL/h"}, "dose": None},
-                        "to": {"rate": {"value": rate, "unit": "mL/h"}, "dose": None},
-                    },
-                    ts=T0 + timedelta(seconds=30 * i),
+                    pump, rate_changed(1.0, rate), ts=T0 + timedelta(seconds=30 * i)
                 )
         return journal.session
     finally:

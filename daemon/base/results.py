@@ -173,7 +173,8 @@ def _optional_readback(data: object, where: str) -> Readback | None:
 class FirstOutcome:
     """What a duplicate of an id is told (``first``): the first command's latest phase, its
     verdict or error, and its pump. ``phase`` None: nothing is recorded yet (the first command
-    is still being checked, or a crash came first); told as ``{}``."""
+    is still being checked, or a crash came first); never told (the contract's ``first``
+    requires a phase: see :meth:`CommandResult.duplicate`)."""
 
     phase: Phase | None
     verdict: VerdictJson | None = None
@@ -271,7 +272,11 @@ class CommandResult:
 
     @classmethod
     def duplicate(cls, command_id: str, *, first: FirstOutcome) -> CommandResult:
-        """A repeated id: never re-executed; ``first`` is the first outcome."""
+        """A repeated id: never re-executed; ``first`` is the first outcome, which must be
+        known (a ``first`` without a phase breaks the contract: the gate refuses such a repeat
+        instead, daemon/core/command_life.no_outcome_yet)."""
+        if first.phase is None:
+            raise ValueError(f"command {command_id}: a duplicate needs a first outcome")
         return cls(command_id, Phase.DUPLICATE, first=first)
 
     def for_order(self, order_id: str, command: JsonObject | None = None) -> CommandResult:

@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass, replace
 from typing import Any
 
-from daemon.base.results import KeptOutcome, Phase
+from daemon.base.results import ErrorBody, ErrorCode, KeptOutcome, Phase
 
 #: command fields that do not make it another command (a retry; a confirmation, which another
 #: clinician may give)
@@ -67,4 +67,23 @@ def id_conflict(pump_id: str, command_id: str, fp: str, first: KeptOutcome) -> s
     return (
         f"id: {command_id!r} was already used for {what} (first command on pump "
         f"{first_pump}, phase {first.phase}); ids are unique per gateway"
+    )
+
+
+def no_outcome_yet(command_id: str, pump_id: str, claimed_pump: str | None) -> ErrorBody:
+    """Why a repeat of an id claimed with no outcome recorded yet is refused: its first command
+    is still being checked (on another pump, or as a hospital order, or its journal write just
+    failed). Nothing is known to tell as its ``first``, so the repeat is not a ``duplicate``:
+    ``id_conflict`` when the id was claimed for another pump, else ``busy`` (nothing executed:
+    sent again once the first has ended, it is told that first outcome)."""
+    if claimed_pump is not None and claimed_pump != pump_id:
+        return ErrorBody(
+            ErrorCode.ID_CONFLICT,
+            f"id: {command_id!r} was already used for pump {claimed_pump}; ids are unique per "
+            "gateway",
+        )
+    return ErrorBody(
+        ErrorCode.BUSY,
+        f"command {command_id!r} is still being processed and has no outcome yet; send it "
+        "again to be told its outcome",
     )

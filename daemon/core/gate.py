@@ -50,7 +50,7 @@ from daemon.base.results import (
 )
 from daemon.base.topics import capped_id
 from daemon.core.channel import Channel
-from daemon.core.command_life import CommandLife, fingerprint, id_conflict
+from daemon.core.command_life import CommandLife, fingerprint, id_conflict, no_outcome_yet
 from daemon.core.gate_admission import Control, Doorway
 from daemon.core.gate_confirm import Confirmations
 from daemon.core.gate_request import CheckRequests, Plan, VitalsLookup
@@ -168,8 +168,7 @@ class Gate:
             parsed.id, pump_id=pump_id, command=command_json, ts=now
         )
         if not claim.is_new:
-            first = (claim.first or PENDING).first
-            answer = CommandResult.duplicate(parsed.id, first=first).for_order(order_id)
+            answer = _told_repeat(parsed.id, pump_id, claim).for_order(order_id)
             await self.send_result(pump_id, answer, None)
             return answer
         try:
@@ -364,8 +363,7 @@ class Gate:
             return None
         resumable = first.phase is Phase.NEEDS_CONFIRMATION and cmd.confirm
         if not resumable:
-            answer = CommandResult.duplicate(cmd.id, first=first.first)
-            await self.send_result(pump_id, answer, reply)
+            await self.send_result(pump_id, _told_repeat(cmd.id, pump_id, claim), reply)
             return None
         return await self._check_stepwise(
             pump_id=pump_id,
@@ -480,6 +478,17 @@ class Gate:
     async def reconcile_interrupted(self) -> None:
         """Settle them once each pump has been polled (see :class:`Reconciler`)."""
         await self._restart.reconcile_interrupted(self.library)
+
+
+def _told_repeat(command_id: str, pump_id: str, claim: CommandClaim) -> CommandResult:
+    """The answer to a known id that is not resumed: ``duplicate`` with its first outcome, or,
+    while that first has none recorded, refused (see :func:`no_outcome_yet`)."""
+    first = claim.first or PENDING
+    if first.phase is None:
+        return CommandResult.rejected(
+            command_id, error=no_outcome_yet(command_id, pump_id, claim.pump)
+        )
+    return CommandResult.duplicate(command_id, first=first.first)
 
 
 def _bad_request(command_id: str, why: str) -> CommandResult:

@@ -8,18 +8,29 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from typing import get_args
 
 import structlog
 
-from daemon.base.results import CommandResult, ErrorBody, ErrorCode, KeptOutcome, Phase
+from daemon.base.errors import PayloadError
+from daemon.base.events import PumpEvent
+from daemon.base.results import (
+    CommandResult,
+    ErrorBody,
+    ErrorCode,
+    FirstOutcome,
+    KeptOutcome,
+    Phase,
+)
 from daemon.core.channel import Channel
 from daemon.core.command_life import fingerprint
 from daemon.core.gate_request import commanded_program
 from daemon.core.program import Program, ProgramChanged
 from daemon.core.replies import ResultSink, readback_of
-from daemon.journal.records import InterruptedCommand, JournalError
+from daemon.journal.records import InterruptedCommand, JournalError, OpenClaim
+from daemon.journal.store import Journal
 from daemon.journal.writer import AsyncJournal
-from daemon.mqtt.command_parse import Command
+from daemon.mqtt.command_parse import Command, CommandAction
 from drivers.backoff import Backoff
 from drivers.base import ConnectionState
 from protocol.library import Library
@@ -41,19 +52,42 @@ class Reconciler:
     send_result: ResultSink
     now: Callable[[], datetime]
     reconciling: set[str]
-    _interrupted: list[InterruptedCommand] = field(default_factory=list)
+    _interrupted: list[tuple[InterruptedCommand, StoredCommand]] = field(default_factory=list)
     _recent: list[InterruptedCommand] = field(default_factory=list)
+    _open: list[OpenClaim] = field(default_factory=list)
 
     async def load_interrupted(self) -> None:
         """Read the commands a crash left at ``accepted`` (before any command is admitted):
-        their pumps answer ``busy`` until :meth:`reconcile_interrupted` has settled them."""
+        their pumps answer ``busy`` until :meth:`reconcile_interrupted` has settled them.
+
+        First, an id claimed with no outcome (the process stopped, or a journal write failed,
+        between the claim and the verdict) is settled ``rejected`` (``internal_error``): such a
+        command never reached a device (nothing is sent before ``accepted`` is durable), and a
+        duplicate of it must be told a first outcome, never an empty one. When the journal
+        cannot take that now, :meth:`reconcile_interrupted` tries again (a repeat meanwhile is
+        refused ``busy``: no outcome is known yet)."""
+        self._open, interrupted = await self.journal.run(_unfinished)
+        try:
+            await self._reject_open_claims()
+        except JournalError as exc:
+            log.critical("journal_unavailable", open_claims=len(self._open), error=str(exc))
         self._interrupted = [
-            item
-            for item in await self.journal.interrupted_commands()
+            (item, StoredCommand.read(item))
+            for item in interrupted
             if item.pump_id is not None and item.pump_id in self.channels
         ]
-        self.reconciling.update(item.pump_id for item in self._interrupted if item.pump_id)
-        self._recent = await self.journal.settled_since(self.now() - RESULT_REPEAT_WINDOW)
+        self.reconciling.update(item.pump_id for item, _ in self._interrupted if item.pump_id)
+        self._recent = await self.journal.run(
+            Journal.settled_since, self.now() - RESULT_REPEAT_WINDOW
+        )
+
+    async def _reject_open_claims(self) -> None:
+        outcomes = [(claim, _never_checked(claim)) for claim in self._open]
+        if outcomes:
+            await self.journal.run(_record_outcomes, outcomes, self.now())
+        for claim, _ in outcomes:
+            log.warning("command_claim_settled", pump=claim.pump_id, id=claim.command_id)
+        self._open = []
 
     async def reconcile_interrupted(self, library: Library) -> None:
         """Settle commands a crash left at ``accepted`` (sent or not, never verified) from what
@@ -71,12 +105,19 @@ class Reconciler:
             if item.pump_id in self.channels:
                 answer = item.outcome.repeated(item.command_id)
                 await self.send_result(item.pump_id or "", answer, None)
+        backoff = Backoff(initial_s=0.5, maximum_s=30.0)
+        while self._open:
+            try:
+                await self._reject_open_claims()
+            except JournalError as exc:
+                log.critical("journal_unavailable", open_claims=len(self._open), error=str(exc))
+                await asyncio.sleep(backoff.next_delay())
         try:
-            for item in self._interrupted:
+            for item, command in self._interrupted:
                 backoff = Backoff(initial_s=0.5, maximum_s=30.0)
                 while True:
                     try:
-                        await self._reconcile_one(library, item)
+                        await self._reconcile_one(library, item, command)
                         break
                     except JournalError as exc:  # the pump stays busy; try again
                         log.critical(
@@ -89,21 +130,20 @@ class Reconciler:
         finally:
             self._interrupted = []
 
-    async def _reconcile_one(self, library: Library, item: InterruptedCommand) -> None:
+    async def _reconcile_one(
+        self, library: Library, item: InterruptedCommand, command: StoredCommand
+    ) -> None:
         pump_id = item.pump_id or ""
         channel = self.channels[pump_id]
         await channel.first_poll_done.wait()
-        answer = replace(_settle(channel, item), reconciled=True)
-        program = _interrupted_program(library, channel, item)
-        events = []
+        answer = replace(_settle(channel, item, command), reconciled=True)
+        program = command.program(library, channel)
+        events: list[PumpEvent] = []
         if answer.phase is Phase.APPLIED and program is not None and channel.status is not None:
-            events.append(ProgramChanged(item.command_id, program).journaled(pump_id))
+            events.append(ProgramChanged(item.command_id, program))
             answer = replace(answer, readback=readback_of(channel, channel.status, program))
         stored = KeptOutcome.of(
-            pump_id,
-            item.outcome.fingerprint or (fingerprint(item.command) if item.command else ""),
-            answer,
-            item.outcome.before,
+            pump_id, item.outcome.fingerprint or command.fingerprint, answer, item.outcome.before
         )
         # the outcome and the program it set: durable together, then kept
         await self.journal.settle_command(item.command_id, stored, pump_id=pump_id, events=events)
@@ -114,27 +154,70 @@ class Reconciler:
         await self.send_result(pump_id, answer, None)
 
 
-def _interrupted_program(
-    library: Library, channel: Channel, item: InterruptedCommand
-) -> Program | None:
-    """The program an interrupted ``program`` command would have set (None otherwise)."""
-    command = item.command or {}
-    if command.get("action") != "program":
-        return None
-    try:
-        cmd = Command.model_validate(command)
-    except ValueError:
-        return None
-    if cmd.program is None:
-        return None
-    return commanded_program(library, channel.program, cmd)
+def _unfinished(journal: Journal) -> tuple[list[OpenClaim], list[InterruptedCommand]]:
+    """The claims without an outcome and the commands left at ``accepted``: one read job."""
+    return journal.open_claims(), journal.interrupted_commands()
+
+
+def _never_checked(claim: OpenClaim) -> KeptOutcome:
+    """The outcome of a command claimed but never checked (see :class:`OpenClaim`)."""
+    error = ErrorBody(
+        ErrorCode.INTERNAL_ERROR,
+        "the gateway stopped before it checked this command; it was not executed",
+    )
+    fp = None if claim.command is None else fingerprint(claim.command)
+    return KeptOutcome(FirstOutcome(Phase.REJECTED, error=error, pump=claim.pump_id), fp)
+
+
+def _record_outcomes(
+    journal: Journal, outcomes: list[tuple[OpenClaim, KeptOutcome]], ts: datetime
+) -> None:
+    """Every outcome in one job (one transaction, one fsync)."""
+    for claim, outcome in outcomes:
+        journal.set_command_outcome(claim.command_id, outcome, pump_id=claim.pump_id, ts=ts)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredCommand:
+    """The command an interrupted id was claimed with, read once: its ``action`` (None when
+    not recorded: a command claimed by an older version, or one that named none), the command
+    itself when this version still parses it (an older one it does not is settled from its
+    verdict alone, as always), and its ``fingerprint`` ("" when not recorded)."""
+
+    action: CommandAction | None
+    command: Command | None
+    fingerprint: str
+
+    @classmethod
+    def read(cls, item: InterruptedCommand) -> StoredCommand:
+        """``PayloadError`` naming the field when the stored command names an action this
+        version does not know (nothing is settled from a guess)."""
+        data = item.command
+        if data is None:
+            return cls(None, None, "")
+        action = data.get("action")
+        if action is not None and action not in get_args(CommandAction):
+            where = f"journal commands[{item.command_id!r}].command.action"
+            raise PayloadError(f"{where}: unknown action {action!r}")
+        try:
+            command: Command | None = Command.model_validate(data)
+        except ValueError:
+            command = None
+        return cls(action, command, fingerprint(data) if data else "")
+
+    def program(self, library: Library, channel: Channel) -> Program | None:
+        """The program an interrupted ``program`` command would have set (None otherwise)."""
+        cmd = self.command
+        if self.action != "program" or cmd is None or cmd.program is None:
+            return None
+        return commanded_program(library, channel.program, cmd)
 
 
 def _interrupted(message: str) -> ErrorBody:
     return ErrorBody(ErrorCode.INTERRUPTED, message)
 
 
-def _settle(channel: Channel, item: InterruptedCommand) -> CommandResult:
+def _settle(channel: Channel, item: InterruptedCommand, command: StoredCommand) -> CommandResult:
     status = channel.status
     cid = item.command_id
     if status is None or channel.connection is not ConnectionState.ONLINE:
@@ -148,7 +231,6 @@ def _settle(channel: Channel, item: InterruptedCommand) -> CommandResult:
     # None: written by a version that did not record the device's state before the write: a
     # device at the target may have been there already, so it never proves the write
     before = item.outcome.before
-    action = str((item.command or {}).get("action"))
     found = item.target_rate
     target = None if found is None else float(found)
     if before is not None and not item.outcome.sending:
@@ -165,7 +247,9 @@ def _settle(channel: Channel, item: InterruptedCommand) -> CommandResult:
     # an alarm raised since (a power reset, an occlusion...) can change the device by itself:
     # then the change proves nothing about the write
     new_alarms = sorted({a.value for a in status.alarms} - set(before.alarms if before else ()))
-    wanted_state = {"stop": "stopped", "pause": "paused", "start": "infusing"}.get(action)
+    wanted_state = {"stop": "stopped", "pause": "paused", "start": "infusing"}.get(
+        command.action or ""
+    )
     if wanted_state is not None:
         took = state == wanted_state and was_state is not None and was_state != wanted_state
         unchanged = state == was_state if was_state is not None else state != wanted_state

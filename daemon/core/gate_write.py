@@ -158,8 +158,7 @@ class Writer:
                     cmd.id,
                     KeptOutcome.of(pump_id, job.fingerprint, answer, job.before),
                     pump_id=pump_id,
-                    # what the hub's emit_event would journal: the event with its pump id
-                    events=[event.journaled(pump_id) for event in events],
+                    events=events,
                 )
             except JournalError:
                 # nothing of it is durable: show the last journaled truth again; the next poll

@@ -49,6 +49,7 @@ from daemon.ihe import outbound as ihe_outbound
 from daemon.ihe.piv import PivListener
 from daemon.journal.history import History
 from daemon.journal.records import JournalError
+from daemon.journal.store import Journal
 from daemon.journal.writer import AsyncJournal
 from daemon.mqtt import discovery, events_request
 from daemon.mqtt.availability import Availability
@@ -116,11 +117,11 @@ class Gateway(LibraryHotReload, VitalsIntake):
 
     async def emit_event(self, pump_id: str, event: PumpEvent) -> None:
         """Journal the event with the next seq and queue it (the bridge publishes it)."""
-        await self.journal.record_event(pump_id, event.journaled(pump_id))
+        await self.journal.record_event(pump_id, event)
 
     async def emit_events(self, pump_id: str, events: list[PumpEvent]) -> None:
         """Journal the events (one transaction, consecutive seqs) and queue them."""
-        await self.journal.record_events(pump_id, [e.journaled(pump_id) for e in events])
+        await self.journal.record_events(pump_id, events)
 
     async def publish_state(self, pump_id: str, data: dict[str, Any]) -> None:
         """Publish the retained ``pump.state``."""
@@ -258,7 +259,7 @@ class Gateway(LibraryHotReload, VitalsIntake):
             now=self.clock,
             last_polls=lambda: {pid: ch.last_poll for pid, ch in self.channels.items()},
             broker_connections=lambda: self.bridge.stats.connections,
-            journal_footprint=self.journal.footprint,
+            journal_footprint=lambda: self.journal.run(Journal.footprint),
         )
 
     def _count_poll(self, report: PollReport) -> None:
@@ -446,7 +447,7 @@ class Gateway(LibraryHotReload, VitalsIntake):
             more = True
             try:
                 while more:
-                    more = (await self.journal.prune(self.clock())).more
+                    more = (await self.journal.run(Journal.prune, self.clock())).more
             except JournalError as exc:
                 log.warning("journal_prune_failed", error=str(exc))
             await asyncio.sleep(PRUNE_EVERY_S)

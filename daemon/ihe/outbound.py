@@ -31,6 +31,7 @@ from daemon.base.timefmt import parse_ts
 from daemon.ihe import messages
 from daemon.ihe.messages import Endpoint, Patient
 from daemon.journal.records import Hl7Item, JournalRow
+from daemon.journal.store import Journal
 from daemon.journal.writer import AsyncJournal
 from drivers.backoff import Backoff
 from drivers.hl7.ack import Ack, AckCode, parse_ack
@@ -108,7 +109,7 @@ class Hl7Out:
 
     async def prepare(self) -> None:
         """Read (or start) the event cursor; call before any event can be journaled."""
-        self._cursor = await self.journal.hl7_start()
+        self._cursor = await self.journal.run(Journal.hl7_start)
 
     # -- inputs from the gateway (synchronous: they only note what changed) -------------------
 
@@ -140,7 +141,7 @@ class Hl7Out:
         added = self.journal.events_added
         while True:
             added.clear()
-            rows = await self.journal.hl7_events_after(self._cursor)
+            rows = await self.journal.run(Journal.hl7_events_after, self._cursor)
             if not rows:
                 await added.wait()
                 continue
@@ -149,7 +150,7 @@ class Hl7Out:
                 for row in rows
                 if isinstance(e := row.payload.get("event"), dict) and e.get("command_id")
             }
-            clinicians = await self.journal.hl7_clinicians(ids) if ids else {}
+            clinicians = await self.journal.run(Journal.hl7_clinicians, ids) if ids else {}
             built = [
                 m
                 for row in rows
@@ -172,8 +173,12 @@ class Hl7Out:
         if known is not None:
             return known
         since = parse_ts(row.ts) - ALARM_LOOKBACK
-        raises = await self.journal.recent_events(
-            pump_id, ["alarm_raised"], since=since, limit=ALARM_LOOKBACK_ROWS
+        raises = await self.journal.run(
+            Journal.recent_events,
+            pump_id,
+            ["alarm_raised"],
+            since=since,
+            limit=ALARM_LOOKBACK_ROWS,
         )
         for raised in reversed(raises):
             alarm = (raised.payload.get("event") or {}).get("alarm") or {}
@@ -320,7 +325,7 @@ class Hl7Out:
         changed = self.journal.hl7_changed
         while True:
             changed.clear()
-            pending = await self.journal.hl7_pending()
+            pending = await self.journal.run(Journal.hl7_pending)
             if not pending:
                 self.drained.set()
                 await changed.wait()
@@ -332,7 +337,7 @@ class Hl7Out:
                 self.stats.sent += 1
                 ack = await self._await_ack(reader, decoder, item)
                 backoff.reset()
-                await self.journal.hl7_settle(item.control_id, ack.code.value)
+                await self.journal.run(Journal.hl7_settle, item.control_id, ack.code.value)
                 if ack.code is AckCode.AA:
                     self.stats.acked += 1
                 else:

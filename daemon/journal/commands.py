@@ -4,10 +4,12 @@ transaction, and finding the commands a crash interrupted."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 from daemon.base.envelope import encode
+from daemon.base.events import PumpEvent
 from daemon.base.results import PENDING, KeptOutcome, VerdictJson
 from daemon.base.timefmt import format_ts
 from daemon.journal.outbox import EventOutbox
@@ -16,6 +18,7 @@ from daemon.journal.records import (
     InterruptedCommand,
     JournalKind,
     JournalRow,
+    OpenClaim,
     OutboxItem,
     loads_command,
     loads_outcome,
@@ -40,7 +43,9 @@ class CommandLog(EventOutbox):
         says ``duplicate``.
         """
         self._require_transaction()
-        row = self._conn.execute("SELECT first FROM commands WHERE id=?", (command_id,)).fetchone()
+        row = self._conn.execute(
+            "SELECT first, pump_id FROM commands WHERE id=?", (command_id,)
+        ).fetchone()
         duplicate = row is not None
         self.append(
             JournalKind.COMMAND,
@@ -50,7 +55,7 @@ class CommandLog(EventOutbox):
         )
         if duplicate:
             first = PENDING if row[0] is None else loads_outcome(row[0], where=_where(command_id))
-            return CommandClaim(command_id, first)
+            return CommandClaim(command_id, first, row[1])
         self._conn.execute(
             "INSERT INTO commands (id, pump_id, received_at, first, command, phase)"
             " VALUES (?, ?, ?, NULL, ?, NULL)",
@@ -117,12 +122,12 @@ class CommandLog(EventOutbox):
         outcome: KeptOutcome,
         *,
         pump_id: str,
-        events: list[dict[str, Any]],
+        events: Sequence[PumpEvent],
         ts: datetime,
     ) -> list[OutboxItem]:
         """Record the events a command caused (each with the next seq, in order), then its
         final outcome: one transaction, so no outcome is durable without its events."""
-        items = [self.record_event(pump_id, data, ts=ts) for data in events]
+        items = [self.record_event(pump_id, event, ts=ts) for event in events]
         self.set_command_outcome(command_id, outcome, pump_id=pump_id, ts=ts)
         return items
 
@@ -136,6 +141,17 @@ class CommandLog(EventOutbox):
             for cid, pump_id, first, command in self._conn.execute(
                 "SELECT id, pump_id, first, command FROM commands INDEXED BY commands_unsettled"
                 " WHERE phase = 'accepted' ORDER BY received_at"
+            )
+        ]
+
+    def open_claims(self) -> list[OpenClaim]:
+        """Command ids claimed with no outcome recorded (see :class:`OpenClaim`), oldest first:
+        one indexed query, however long the journal."""
+        return [
+            OpenClaim(cid, pump_id, loads_command(command))
+            for cid, pump_id, command in self._conn.execute(
+                "SELECT id, pump_id, command FROM commands INDEXED BY commands_open"
+                " WHERE first IS NULL ORDER BY received_at"
             )
         ]
 

@@ -28,6 +28,7 @@ from daemon.base.errors import PayloadError
 from daemon.base.quantities import JsonObject, Quantity, optional_json, optional_quantity
 from daemon.base.timefmt import format_ts, parse_ts
 from daemon.journal.records import JournalRow
+from daemon.journal.store import Journal
 from daemon.journal.writer import AsyncJournal
 from protocol.errors import InfusiondError
 
@@ -300,8 +301,12 @@ class History:
         rows: list[JournalRow] = []
         for pump in query.pumps:
             rows.extend(
-                await journal.recent_events(
-                    pump, EVENT_TYPES, since=query.since, limit=query.limit + 1
+                await journal.run(
+                    Journal.recent_events,
+                    pump,
+                    EVENT_TYPES,
+                    since=query.since,
+                    limit=query.limit + 1,
                 )
             )
         rows.sort(key=lambda r: (r.ts, r.n))
@@ -324,13 +329,15 @@ class History:
         journal = self._open()
         pumps: dict[str, PumpSeries] = {}
         for pump in query.pumps:
-            latest = await journal.latest_events(pump, ["program_changed"])
+            latest = await journal.run(Journal.latest_events, pump, ["program_changed"])
             program_n = latest["program_changed"].n if "program_changed" in latest else 0
             points: list[HistoryPoint] = []
-            before = await journal.events_before(pump, SERIES_TYPES, before=query.since)
+            before = await journal.run(
+                Journal.events_before, pump, SERIES_TYPES, before=query.since
+            )
             start = None if before is None else _point(before, self.dose_obj, program_n)
-            rows = await journal.recent_events(
-                pump, SERIES_TYPES, since=query.since, limit=MAX_ROWS + 1
+            rows = await journal.run(
+                Journal.recent_events, pump, SERIES_TYPES, since=query.since, limit=MAX_ROWS + 1
             )
             truncated = len(rows) > MAX_ROWS
             if start is not None and not truncated:

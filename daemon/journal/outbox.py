@@ -8,9 +8,9 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Any
 
 from daemon.base.envelope import encode
+from daemon.base.events import PumpEvent
 from daemon.base.timefmt import format_ts
 from daemon.journal.chain import JournalChain
 from daemon.journal.records import JournalError, JournalKind, OutboxItem
@@ -19,14 +19,17 @@ from daemon.journal.records import JournalError, JournalKind, OutboxItem
 class EventOutbox(JournalChain):
     """Pump events: journaled and queued for publication together."""
 
-    def record_event(self, pump_id: str, data: dict[str, Any], *, ts: datetime) -> OutboxItem:
-        """Give the event the next seq, journal it and queue it in the outbox (one transaction)."""
+    def record_event(self, pump_id: str, event: PumpEvent, *, ts: datetime) -> OutboxItem:
+        """Give the event the next seq, journal it and queue it in the outbox (one transaction).
+        It becomes JSON here, the one place it is written: as the bus publishes it, with its
+        pump's id (:meth:`PumpEvent.journaled`)."""
         self._require_transaction()
         if self._topics is None:
             raise JournalError("journal opened read-only")
+        data = event.journaled(pump_id)
+        event_type = data.get("type")  # as verify derives it: from what is written
         seq = self.current_seq() + 1
         self._set_meta("seq", str(seq))
-        event_type = data.get("type")
         row = self._append(
             JournalKind.EVENT,
             {"seq": seq, "event": data},

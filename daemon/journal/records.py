@@ -125,16 +125,30 @@ class InterruptedCommand:
 
 
 @dataclass(frozen=True)
+class OpenClaim:
+    """A claimed command id with no outcome recorded: the process stopped (or a journal write
+    failed) between the claim and the verdict, so the command never reached a device (nothing
+    is sent before its ``accepted`` is durable). ``command`` is the command as received (None:
+    claimed by an older version that did not keep it)."""
+
+    command_id: str
+    pump_id: str | None
+    command: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
 class CommandClaim:
     """Answer of :meth:`Journal.claim_command`: ``first`` is None for a new id.
 
     For a repeated id, ``first`` is the recorded outcome, or
     :data:`daemon.base.results.PENDING` when the first command is still being processed (no
-    outcome recorded yet).
+    outcome recorded yet), and ``pump`` the pump that first command was claimed for: a pending
+    first cannot say it, and a command for another pump under the id is still a conflict.
     """
 
     command_id: str
     first: KeptOutcome | None
+    pump: str | None = None
 
     @property
     def is_new(self) -> bool:

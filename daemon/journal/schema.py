@@ -62,6 +62,7 @@ CREATE INDEX IF NOT EXISTS journal_event_time ON journal (pump_id, event_type, t
     WHERE event_type IS NOT NULL;
 CREATE INDEX IF NOT EXISTS commands_unsettled ON commands (received_at)
     WHERE phase = 'accepted';
+CREATE INDEX IF NOT EXISTS commands_open ON commands (received_at) WHERE first IS NULL;
 CREATE INDEX IF NOT EXISTS commands_received ON commands (received_at);
 CREATE INDEX IF NOT EXISTS hl7_outbox_pending ON hl7_outbox (n) WHERE ack IS NULL;
 CREATE INDEX IF NOT EXISTS journal_event_seq ON journal (json_extract(payload, '$.seq'))

@@ -1,6 +1,23 @@
 """The journal's writer thread: :class:`AsyncJournal` runs every job on one thread that owns
 the connection, so SQLite never blocks the event loop, and commits the jobs queued while
-the previous commit ran in one transaction (group commit)."""
+the previous commit ran in one transaction (group commit).
+
+Its API is :meth:`AsyncJournal.run` (any :class:`Journal` method as one job, typed by that
+method's own signature: ``await journal.run(Journal.recent_events, pump, types, since=t,
+limit=n)``) plus the few methods that do more than run one Journal method:
+
+- the event writes (``record_event(s)``, ``settle_command``) keep ``seq`` and wake the MQTT
+  outbox and the HL7 follower once the events are durable; ``hl7_enqueue`` wakes the sender;
+- ``outbox_ack`` is the one write committed without its own fsync (see :meth:`_execute`);
+- the command path's writes (``append``, ``claim_command``, ``set_command_outcome``,
+  ``admit_command``) stamp the row with the time it was asked for, not the time the writer
+  thread reached it behind a busy batch;
+- ``rows`` reads the whole answer inside the job (a cursor must not leave the writer thread),
+  ``verify`` walks the chain inside the writer's transaction;
+- ``outbox_pending``, ``events_by_seq`` and ``oldest_event_seq`` are what the MQTT side's
+  ``Outbox`` and ``EventSource`` protocols name (daemon/mqtt/ knows no :class:`Journal`, and the
+  simulation drives the bridge with an outbox of its own).
+"""
 
 from __future__ import annotations
 
@@ -9,30 +26,28 @@ import contextlib
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Self, TypeVar
+from typing import Any, Concatenate, ParamSpec, Self, TypeVar
 
+from daemon.base.events import PumpEvent
 from daemon.base.paths import DEFAULT_RETENTION_DAYS
 from daemon.base.results import KeptOutcome, VerdictJson
 from daemon.journal.records import (
     CommandClaim,
-    Hl7Item,
-    InterruptedCommand,
     JournalError,
     JournalKind,
     JournalRow,
     OutboxItem,
-    PruneReport,
     VerifyReport,
 )
-from daemon.journal.retention import PRUNE_BATCH
 from daemon.journal.store import Journal
 from drivers.clock import utc_now
 
 _T = TypeVar("_T")
+_P = ParamSpec("_P")
 
 
 @dataclass
@@ -193,11 +208,18 @@ class AsyncJournal:
             with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is waiting
                 self._loop.call_soon_threadsafe(_resolve, job.future, value, error)
 
-    async def run(self, fn: Callable[[Journal], _T]) -> _T:
-        """Run ``fn(journal)`` as one job on the writer thread and return what it returns (or
-        raise what it raised): its own savepoint in the next group commit. The one path every
-        method below takes; a call site keeps its types (``_T`` is ``fn``'s return type)."""
-        return await self._submit(fn)
+    async def run(
+        self, fn: Callable[Concatenate[Journal, _P], _T], *args: _P.args, **kwargs: _P.kwargs
+    ) -> _T:
+        """Run ``fn(journal, *args, **kwargs)`` as one job on the writer thread and return what
+        it returns (or raise what it raised): its own savepoint in the next group commit.
+
+        A query or a write that needs nothing more is called this way, ``await
+        journal.run(Journal.outbox_pending, 100)``, typed by ``fn``'s own signature; the methods
+        below are only those that do more than run one :class:`Journal` method (keep ``seq``,
+        wake the outbox or HL7 sender, choose durability, batch several calls in one job).
+        The arguments are bound now: pass a list, not an iterator another task may advance."""
+        return await self._submit(lambda journal: fn(journal, *args, **kwargs))
 
     async def _submit(self, fn: Callable[[Journal], _T], *, durable: bool = True) -> _T:
         if self._closed:
@@ -221,30 +243,30 @@ class AsyncJournal:
         return await self._submit(lambda j: j.append(kind, payload, ts=when, pump_id=pump_id))
 
     async def record_event(
-        self, pump_id: str, data: dict[str, Any], *, ts: datetime | None = None
+        self, pump_id: str, event: PumpEvent, *, ts: datetime | None = None
     ) -> OutboxItem:
         """Journal an event with the next seq and queue it for publication (durably)."""
-        when = ts or utc_now()
-        item = await self._submit(lambda j: j.record_event(pump_id, data, ts=when))
-        self._seq = max(self._seq, item.seq)
-        self.outbox_changed.set()
-        self.events_added.set()
+        [item] = await self.record_events(pump_id, [event], ts=ts)
         return item
 
     async def record_events(
-        self, pump_id: str, events: list[dict[str, Any]], *, ts: datetime | None = None
+        self, pump_id: str, events: Sequence[PumpEvent], *, ts: datetime | None = None
     ) -> list[OutboxItem]:
         """Journal several events (consecutive seqs) as one job: all of them or none."""
         when = ts or utc_now()
         wanted = list(events)
         items = await self._submit(
-            lambda j: [j.record_event(pump_id, data, ts=when) for data in wanted]
+            lambda j: [j.record_event(pump_id, event, ts=when) for event in wanted]
         )
+        self._published(items)
+        return items
+
+    def _published(self, items: list[OutboxItem]) -> None:
+        """Events are durable: keep ``seq`` and wake the outbox and the HL7 follower."""
         if items:
             self._seq = max(self._seq, items[-1].seq)
             self.outbox_changed.set()
             self.events_added.set()
-        return items
 
     async def claim_command(
         self,
@@ -307,7 +329,7 @@ class AsyncJournal:
         outcome: KeptOutcome,
         *,
         pump_id: str,
-        events: list[dict[str, Any]],
+        events: Sequence[PumpEvent],
         ts: datetime | None = None,
     ) -> list[OutboxItem]:
         """The command's events and final outcome as one job, hence one transaction (see
@@ -317,42 +339,8 @@ class AsyncJournal:
         items = await self._submit(
             lambda j: j.settle_command(command_id, outcome, pump_id=pump_id, events=wanted, ts=when)
         )
-        if items:
-            self._seq = max(self._seq, items[-1].seq)
-            self.outbox_changed.set()
-            self.events_added.set()
+        self._published(items)
         return items
-
-    async def interrupted_commands(self) -> list[InterruptedCommand]:
-        """Commands a crash left at ``accepted`` (see :meth:`Journal.interrupted_commands`)."""
-        return await self._submit(Journal.interrupted_commands)
-
-    async def settled_since(self, since: datetime) -> list[InterruptedCommand]:
-        """Commands settled recently (see :meth:`Journal.settled_since`)."""
-        return await self._submit(lambda j: j.settled_since(since))
-
-    async def latest_events(self, pump_id: str, types: Collection[str]) -> dict[str, JournalRow]:
-        """The newest event of each type for a pump (see :meth:`Journal.latest_events`)."""
-        wanted = list(types)
-        return await self._submit(lambda j: j.latest_events(pump_id, wanted))
-
-    async def recent_events(
-        self, pump_id: str, types: Collection[str], *, since: datetime, limit: int
-    ) -> list[JournalRow]:
-        """A pump's events of some types since a time, oldest first (see
-        :meth:`Journal.recent_events`)."""
-        wanted = list(types)
-        return await self._submit(
-            lambda j: j.recent_events(pump_id, wanted, since=since, limit=limit)
-        )
-
-    async def events_before(
-        self, pump_id: str, types: Collection[str], *, before: datetime
-    ) -> JournalRow | None:
-        """A pump's newest event of some types before a time (see
-        :meth:`Journal.events_before`)."""
-        wanted = list(types)
-        return await self._submit(lambda j: j.events_before(pump_id, wanted, before=before))
 
     async def events_by_seq(self, from_seq: int, to_seq: int, limit: int) -> list[JournalRow]:
         """See :meth:`Journal.events_by_seq`."""
@@ -361,24 +349,6 @@ class AsyncJournal:
     async def oldest_event_seq(self) -> int | None:
         """See :meth:`Journal.oldest_event_seq`."""
         return await self._submit(lambda j: j.oldest_event_seq())
-
-    async def prune(self, now: datetime, *, max_rows: int = PRUNE_BATCH) -> PruneReport:
-        """One bounded step of retention (see :meth:`Journal.prune`): call at start and then
-        periodically (hourly), again at once while ``more``; other jobs run in between."""
-        return await self._submit(lambda j: j.prune(now, max_rows=max_rows))
-
-    async def hl7_start(self) -> int:
-        """See :meth:`Journal.hl7_start`."""
-        return await self._submit(lambda j: j.hl7_start())
-
-    async def hl7_events_after(self, after: int, limit: int = 200) -> list[JournalRow]:
-        """See :meth:`Journal.hl7_events_after`."""
-        return await self._submit(lambda j: j.hl7_events_after(after, limit))
-
-    async def hl7_clinicians(self, command_ids: Collection[str]) -> dict[str, str]:
-        """See :meth:`Journal.hl7_clinicians`."""
-        wanted = list(command_ids)
-        return await self._submit(lambda j: j.hl7_clinicians(wanted))
 
     async def hl7_enqueue(
         self, messages: Sequence[tuple[str, Callable[[str], bytes]]], *, cursor: int | None
@@ -390,14 +360,6 @@ class AsyncJournal:
             self.hl7_changed.set()
         return ids
 
-    async def hl7_settle(self, control_id: str, ack: str) -> None:
-        """See :meth:`Journal.hl7_settle`."""
-        await self._submit(lambda j: j.hl7_settle(control_id, ack))
-
-    async def hl7_pending(self, limit: int = 100) -> list[Hl7Item]:
-        """See :meth:`Journal.hl7_pending`."""
-        return await self._submit(lambda j: j.hl7_pending(limit))
-
     async def outbox_pending(self, limit: int = 1000) -> list[OutboxItem]:
         """Unacknowledged events, oldest first."""
         return await self._submit(lambda j: j.outbox_pending(limit))
@@ -407,10 +369,6 @@ class AsyncJournal:
         power cut may bring them back, to be published again with their seq)."""
         wanted = list(seqs)
         return await self._submit(lambda j: j.outbox_ack(wanted), durable=False)
-
-    async def footprint(self) -> tuple[int, int]:
-        """See :meth:`Journal.footprint`."""
-        return await self._submit(Journal.footprint)
 
     async def rows(
         self,

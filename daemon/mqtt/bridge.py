@@ -43,7 +43,7 @@ Wiring (inside the supervisor's TaskGroup)::
     bridge.publish_retained(bridge.topics.pump_state("pump-1"), encode(envelope(
         Kind.PUMP_STATE, gateway=..., session=journal.session, seq=journal.seq,
         ts=utc_now(), data=state)))
-    await journal.record_event("pump-1", {"type": "rate_changed", ...})  # the bridge publishes it
+    await journal.record_event("pump-1", RateChanged(...))  # the bridge publishes it
     async for incoming in bridge.commands():
         parsed = parse_command(incoming.payload, now=utc_now(), retained=incoming.retain)
         ...

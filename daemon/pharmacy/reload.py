@@ -354,7 +354,7 @@ class LibraryReloader:
         if uses:
             for pump_id, use in uses.items():
                 mine = replace(event, drug=use.drug, profile=use.profile)
-                await self.journal.record_event(pump_id, mine.journaled(pump_id), ts=when)
+                await self.journal.record_event(pump_id, mine, ts=when)
         else:
             await self.journal.append(JournalKind.STATE, {"event": event.to_json()}, ts=when)
         self.install(vetted.library)

@@ -24,6 +24,7 @@ from typing import Any
 
 from daemon.base.paths import journal_path
 from daemon.journal import AsyncJournal, Journal, JournalError
+from tests.support.events import tagged
 
 HEADROOM = 64 * 1024
 BLOB = "x" * 3000  # a few pages per event: the limit is reached within a few dozen writes
@@ -45,13 +46,13 @@ def lift_limit() -> None:
 
 async def run_async(data_dir: Path) -> dict[str, Any]:
     journal = await AsyncJournal.open(data_dir, gateway_id="gw")
-    await journal.record_event("pump-1", {"type": "rate_changed", "i": -1})
+    await journal.record_event("pump-1", tagged(-1))
     limit_file_size(data_dir)
     error: BaseException | None = None
     written = 0
     for i in range(MAX_WRITES):
         try:
-            await journal.record_event("pump-1", {"type": "rate_changed", "i": i, "blob": BLOB})
+            await journal.record_event("pump-1", tagged(i, blob=BLOB))
         except Exception as exc:  # report whatever it is: the test asserts its type
             error = exc
             break
@@ -59,7 +60,7 @@ async def run_async(data_dir: Path) -> dict[str, Any]:
     seq_after_error = journal.seq
     writer_alive = journal._thread.is_alive()
     lift_limit()
-    item = await journal.record_event("pump-1", {"type": "rate_changed", "i": "after"})
+    item = await journal.record_event("pump-1", tagged("after"))
     await journal.aclose()
     return {
         "written": written,
@@ -75,14 +76,14 @@ async def run_async(data_dir: Path) -> dict[str, Any]:
 def run_sync(data_dir: Path) -> dict[str, Any]:
     journal = Journal.open(data_dir, gateway_id="gw")
     with journal.transaction():
-        journal.record_event("pump-1", {"type": "rate_changed", "i": -1}, ts=T0)
+        journal.record_event("pump-1", tagged(-1), ts=T0)
     limit_file_size(data_dir)
     error: BaseException | None = None
     written = 0
     for i in range(MAX_WRITES):
         try:
             with journal.transaction():
-                journal.record_event("pump-1", {"type": "x", "i": i, "blob": BLOB}, ts=T0)
+                journal.record_event("pump-1", tagged(i, blob=BLOB), ts=T0)
         except Exception as exc:  # report whatever it is: the test asserts its type
             error = exc
             break
@@ -91,7 +92,7 @@ def run_sync(data_dir: Path) -> dict[str, Any]:
     in_transaction = journal._conn.in_transaction
     lift_limit()
     with journal.transaction():
-        item = journal.record_event("pump-1", {"type": "x", "i": "after"}, ts=T0)
+        item = journal.record_event("pump-1", tagged("after"), ts=T0)
     journal.close()
     return {
         "written": written,

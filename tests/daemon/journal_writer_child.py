@@ -8,13 +8,14 @@ import sys
 from pathlib import Path
 
 from daemon.journal import AsyncJournal, JournalKind
+from tests.support.events import tagged
 
 
 async def main(data_dir: Path) -> None:
     journal = await AsyncJournal.open(data_dir, gateway_id="gw")
     while True:
         items = await asyncio.gather(
-            *(journal.record_event("pump-1", {"type": "rate_changed", "i": i}) for i in range(8)),
+            *(journal.record_event("pump-1", tagged(i)) for i in range(8)),
             journal.append(JournalKind.VERDICT, {"verdict": "accept"}, pump_id="pump-1"),
         )
         acked = [item.seq for item in items if hasattr(item, "seq")]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from daemon.base.results import KeptOutcome, Phase
-from daemon.core.command_life import CommandLife, CommandPhase, fingerprint
+from daemon.base.results import ErrorCode, KeptOutcome, Phase
+from daemon.core.command_life import CommandLife, CommandPhase, fingerprint, no_outcome_yet
 
 
 @pytest.mark.parametrize("phase", ["applied", "failed", "uncertain"])
@@ -54,3 +54,13 @@ def test_a_duplicate_is_told_the_pump_but_not_the_bookkeeping() -> None:
         "before": {"status": "infusing", "rate": 52.5},
     }
     assert KeptOutcome.from_json(stored).first.to_json() == {"phase": "applied", "pump": "pump-1"}
+
+
+def test_a_repeat_of_an_id_with_no_outcome_yet_is_busy_or_a_conflict() -> None:
+    """No first outcome to tell: ``busy`` on the pump it was claimed for (or an unknown one),
+    ``id_conflict`` on another pump."""
+    assert no_outcome_yet("c-1", "pump-1", "pump-1").code is ErrorCode.BUSY
+    assert no_outcome_yet("c-1", "pump-1", None).code is ErrorCode.BUSY
+    conflict = no_outcome_yet("c-1", "pump-2", "pump-1")
+    assert conflict.code is ErrorCode.ID_CONFLICT
+    assert "pump-1" in conflict.message

@@ -29,6 +29,7 @@ from daemon.journal import (
     row_hash,
 )
 from daemon.mqtt.event_messages import outbox_message
+from tests.support.events import alarm_raised, rate_changed, started, tagged
 
 T0 = datetime(2026, 11, 26, 17, 18, 0, 123000, tzinfo=UTC)
 
@@ -48,7 +49,7 @@ async def test_chain_links_every_row_and_verifies(tmp_path: Path) -> None:
     """Each row's hash is sha256(prev_hash + canonical row); an untouched journal verifies."""
     async with await AsyncJournal.open(tmp_path, gateway_id="gw") as journal:
         await _fill(journal, 5)
-        await journal.record_event("pump-1", {"type": "rate_changed"}, ts=T0)
+        await journal.record_event("pump-1", rate_changed(1, 2), ts=T0)
         report = await journal.verify()
         rows = await journal.rows()
     assert report.ok
@@ -162,14 +163,14 @@ async def test_seq_and_session_persist_across_reopen(tmp_path: Path) -> None:
     async with await AsyncJournal.open(tmp_path, gateway_id="gw") as journal:
         assert journal.created_anew
         session = journal.session
-        seqs = [(await journal.record_event("p", {"type": "x"})).seq for _ in range(3)]
+        seqs = [(await journal.record_event("p", started())).seq for _ in range(3)]
         assert journal.seq == 3
     assert seqs == [1, 2, 3]
     async with await AsyncJournal.open(tmp_path, gateway_id="gw") as journal:
         assert not journal.created_anew
         assert journal.session == session
         assert journal.seq == 3
-        assert (await journal.record_event("q", {"type": "y"})).seq == 4
+        assert (await journal.record_event("q", started())).seq == 4
 
 
 @pytest.mark.asyncio
@@ -177,20 +178,21 @@ async def test_session_is_new_when_the_journal_is_recreated(tmp_path: Path) -> N
     """Deleting the journal file gives a new session and restarts seq at 1."""
     async with await AsyncJournal.open(tmp_path, gateway_id="gw") as journal:
         old = journal.session
-        await journal.record_event("p", {"type": "x"})
+        await journal.record_event("p", started())
     for suffix in ("", "-wal", "-shm"):
         Path(str(journal_path(tmp_path)) + suffix).unlink(missing_ok=True)
     async with await AsyncJournal.open(tmp_path, gateway_id="gw") as journal:
         assert journal.created_anew
         assert journal.session != old
-        assert (await journal.record_event("p", {"type": "x"})).seq == 1
+        assert (await journal.record_event("p", started())).seq == 1
 
 
 @pytest.mark.asyncio
 async def test_event_envelope_in_outbox_carries_seq_session_and_topic(tmp_path: Path) -> None:
     """The outbox holds the exact bytes to publish: the pump.event envelope on the event topic."""
     async with await AsyncJournal.open(tmp_path, gateway_id="gw") as journal:
-        item = await journal.record_event("pump-1", {"type": "alarm_raised"}, ts=T0)
+        event = alarm_raised("occlusion", T0)
+        item = await journal.record_event("pump-1", event, ts=T0)
         [pending] = await journal.outbox_pending()
         assert pending == item
         topic, payload = outbox_message(pending, topics=Topics("gw"), session=journal.session)
@@ -202,7 +204,7 @@ async def test_event_envelope_in_outbox_carries_seq_session_and_topic(tmp_path: 
             "session": journal.session,
             "seq": 1,
             "ts": "2026-11-26T17:18:00.123Z",
-            "data": {"type": "alarm_raised"},
+            "data": event.journaled("pump-1"),
         }
 
 
@@ -210,7 +212,7 @@ async def test_event_envelope_in_outbox_carries_seq_session_and_topic(tmp_path: 
 async def test_outbox_replays_pending_in_seq_order_and_forgets_acked(tmp_path: Path) -> None:
     """Unacked events survive a restart and come back oldest first; acked ones are gone."""
     async with await AsyncJournal.open(tmp_path, gateway_id="gw") as journal:
-        await asyncio.gather(*(journal.record_event(f"p{i % 3}", {"i": i}) for i in range(20)))
+        await asyncio.gather(*(journal.record_event(f"p{i % 3}", tagged(i)) for i in range(20)))
         assert await journal.outbox_ack([1, 2, 5]) == 3
     async with await AsyncJournal.open(tmp_path, gateway_id="gw") as journal:
         pending = await journal.outbox_pending()
@@ -304,9 +306,9 @@ def test_sync_writes_outside_a_transaction_are_refused(tmp_path: Path) -> None:
     journal = Journal.open(tmp_path, gateway_id="gw")
     try:
         with pytest.raises(JournalError, match=r"inside Journal\.transaction"):
-            journal.record_event("p", {}, ts=T0)
+            journal.record_event("p", started(), ts=T0)
         with journal.transaction():
-            journal.record_event("p", {}, ts=T0)
+            journal.record_event("p", started(), ts=T0)
         assert journal.current_seq() == 1
     finally:
         journal.close()

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from bench.journal_startup import PUMPS, STATE_TYPES, build_journal
 from daemon.journal import Journal, JournalKind
+from tests.support.events import rate_changed
 
 NOW = datetime(2026, 11, 26, 8, 0, tzinfo=UTC)
 
@@ -40,7 +41,7 @@ def test_generated_journal_verifies_and_answers_like_a_full_scan(tmp_path: Path)
             and r.ts >= "2026-11-26T04:00:00.000Z"
         ]
         with journal.transaction():
-            assert journal.record_event("pump-1", {"type": "rate_changed"}, ts=NOW).seq == 12_001
+            assert journal.record_event("pump-1", rate_changed(1, 2), ts=NOW).seq == 12_001
         assert journal.verify().ok
     finally:
         journal.close()

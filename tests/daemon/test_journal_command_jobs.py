@@ -17,6 +17,9 @@ import pytest
 
 from daemon.base.results import PENDING, FirstOutcome, KeptOutcome, Phase, VerdictJson
 from daemon.journal import AsyncJournal, Journal, JournalKind
+from daemon.journal.records import OpenClaim
+from tests.support.events import rate_changed
+from tests.support.events import started as start_event
 
 pytestmark = pytest.mark.asyncio
 
@@ -92,7 +95,7 @@ async def test_settle_writes_events_then_outcome_in_one_commit(tmp_path: Path) -
         await journal.claim_command("c-1", pump_id="pump-1", command={})
         journal.outbox_changed.clear()
         before = journal.commits
-        events = [{"type": "rate_changed", "command_id": "c-1"}, {"type": "program_changed"}]
+        events = [rate_changed(1, 2, command_id="c-1"), start_event()]
         items = await journal.settle_command(
             "c-1", kept({"phase": "applied"}), pump_id="pump-1", events=events
         )
@@ -119,7 +122,7 @@ async def test_settle_that_fails_keeps_neither_events_nor_outcome(tmp_path: Path
                 "c-1",
                 KeptOutcome(FirstOutcome(Phase.APPLIED, VerdictJson({"bad": float("nan")}))),
                 pump_id="pump-1",
-                events=[{"type": "rate_changed"}],
+                events=[rate_changed(1, 2)],
             )
         assert journal.seq == 0
         assert await journal.outbox_pending() == []
@@ -157,6 +160,24 @@ async def test_acks_alone_commit_without_an_fsync_and_any_other_batch_with_one(
         release.set()
         await blocker
         assert (await relaxed, await durable) == (2, 2)
-        item = await journal.record_event("pump-1", {"type": "x"})
+        item = await journal.record_event("pump-1", start_event())
         assert await journal.outbox_ack([item.seq]) == 1
         assert await journal.outbox_pending() == []
+
+
+async def test_an_id_claimed_without_an_outcome_is_an_open_claim_until_one_is_recorded(
+    tmp_path: Path,
+) -> None:
+    """``open_claims``: ids claimed with no outcome (oldest first, with the command and pump);
+    a repeat of one is told the pump it was claimed for; an outcome closes it."""
+    async with await AsyncJournal.open(tmp_path, gateway_id="gw") as journal:
+        await journal.claim_command("c-1", pump_id="pump-1", command={"action": "stop"})
+        await journal.claim_command("c-2", pump_id="pump-2", command={"action": "start"})
+        await journal.set_command_outcome("c-2", kept({"phase": "applied"}), pump_id="pump-2")
+        assert await journal.run(Journal.open_claims) == [
+            OpenClaim("c-1", "pump-1", {"action": "stop"})
+        ]
+        repeat = await journal.claim_command("c-1", pump_id="pump-2", command={})
+        assert (repeat.first, repeat.pump) == (PENDING, "pump-1")
+        await journal.set_command_outcome("c-1", kept({"phase": "rejected"}), pump_id="pump-1")
+        assert await journal.run(Journal.open_claims) == []

@@ -16,6 +16,7 @@ from daemon.base.paths import journal_path
 from daemon.base.results import KeptOutcome
 from daemon.cli import main
 from daemon.journal import AsyncJournal, Journal, JournalKind, JournalRow
+from tests.support.events import RawEvent
 
 OLD = datetime(2026, 1, 1, tzinfo=UTC)
 NOW = OLD + timedelta(days=120)
@@ -41,7 +42,7 @@ def fill(j: Journal, start: datetime, count: int, *, pumps: tuple[str, ...] = PU
             pump_id = pumps[i % len(pumps)]
             event_type = TYPES[(i // len(pumps)) % len(TYPES)]
             when = start + timedelta(minutes=i)
-            j.record_event(pump_id, {"type": event_type, "i": i}, ts=when)
+            j.record_event(pump_id, RawEvent({"type": event_type, "i": i}), ts=when)
             if i % 10 == 0:
                 j.append(JournalKind.VERDICT, {"i": i}, ts=when, pump_id=pump_id)
 
@@ -96,7 +97,7 @@ def test_state_survives_a_second_prune_of_its_own_checkpoints(journal: Journal) 
     prune_all(journal, NOW, max_rows=1000)
     later = NOW + timedelta(days=100)
     with journal.transaction():
-        journal.record_event("pump-2", {"type": "alarm_raised", "late": True}, ts=later)
+        journal.record_event("pump-2", RawEvent({"type": "alarm_raised", "late": True}), ts=later)
     prune_all(journal, later + timedelta(days=1), max_rows=1000)
     after = latest_everywhere(journal)
     assert after["pump-1"] == first["pump-1"]
@@ -223,11 +224,13 @@ async def test_async_prune_uses_the_configured_retention(tmp_path: Path) -> None
     async with await AsyncJournal.open(tmp_path, gateway_id="gw", retention_days=7) as journal:
         for day in range(10):
             await journal.record_event(
-                "pump-1", {"type": "rate_changed", "day": day}, ts=OLD + timedelta(days=day)
+                "pump-1",
+                RawEvent({"type": "rate_changed", "day": day}),
+                ts=OLD + timedelta(days=day),
             )
-        report = await journal.prune(OLD + timedelta(days=10), max_rows=2)
+        report = await journal.run(Journal.prune, OLD + timedelta(days=10), max_rows=2)
         assert (report.deleted, report.more) == (2, True)
-        report = await journal.prune(OLD + timedelta(days=10))
+        report = await journal.run(Journal.prune, OLD + timedelta(days=10))
         assert (report.deleted, report.more) == (1, False)  # days 0-2 are older than 7 days
         assert [r.payload["event"]["day"] for r in await journal.rows() if r.kind == "event"] == [
             3,

@@ -19,6 +19,7 @@ from daemon.base.paths import journal_path
 from daemon.base.results import KeptOutcome
 from daemon.cli import main
 from daemon.journal import FORMAT, GENESIS_HASH, AsyncJournal, Journal, JournalError, row_hash
+from tests.support.events import RawEvent, rate_changed
 
 T0 = datetime(2026, 11, 26, 8, 0, tzinfo=UTC)
 TYPES = ("program_changed", "rate_changed", "connection_changed", "alarm_raised", "alarm_cleared")
@@ -39,7 +40,7 @@ def events(j: Journal, pump_id: str, *specs: tuple[str, int]) -> None:
         for event_type, minutes in specs:
             j.record_event(
                 pump_id,
-                {"type": event_type, "pump_id": pump_id, "at_min": minutes},
+                RawEvent({"type": event_type, "pump_id": pump_id, "at_min": minutes}),
                 ts=T0 + timedelta(minutes=minutes),
             )
 
@@ -157,13 +158,15 @@ async def test_async_wrappers_answer_like_the_sync_queries(tmp_path: Path) -> No
     async with await AsyncJournal.open(tmp_path, gateway_id="gw") as journal:
         for minutes, event_type in enumerate(["program_changed", "rate_changed", "rate_changed"]):
             await journal.record_event(
-                "pump-1", {"type": event_type}, ts=T0 + timedelta(minutes=minutes)
+                "pump-1", RawEvent({"type": event_type}), ts=T0 + timedelta(minutes=minutes)
             )
-        latest = await journal.latest_events("pump-1", ["rate_changed", "alarm_raised"])
+        latest = await journal.run(
+            Journal.latest_events, "pump-1", ["rate_changed", "alarm_raised"]
+        )
         assert list(latest) == ["rate_changed"]
         assert latest["rate_changed"].payload["seq"] == 3
-        recent = await journal.recent_events(
-            "pump-1", ["rate_changed", "program_changed"], since=T0, limit=2
+        recent = await journal.run(
+            Journal.recent_events, "pump-1", ["rate_changed", "program_changed"], since=T0, limit=2
         )
         assert [r.payload["seq"] for r in recent] == [2, 3]
 
@@ -251,7 +254,7 @@ def test_a_journal_of_the_previous_version_is_migrated_on_open(tmp_path: Path) -
         assert interrupted.command_id == "c-1"
         assert interrupted.command == {"id": "c-1", "v": 1}
         with journal.transaction():
-            journal.record_event("pump-1", {"type": "rate_changed", "to": 7}, ts=T0)
+            journal.record_event("pump-1", rate_changed(6, 7), ts=T0)
         assert journal.latest_events("pump-1", ["rate_changed"])["rate_changed"].n == 7
         assert journal.current_seq() == 5
         assert journal.verify().ok

@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from daemon.journal import AsyncJournal, Journal, JournalError, JournalKind
+from tests.support.events import rate_changed, started
 
 ROOT = Path(__file__).resolve().parents[2]
 T0 = datetime(2026, 11, 26, 8, 0, tzinfo=UTC)
@@ -81,7 +82,7 @@ async def test_an_sqlite_error_inside_a_batch_fails_the_whole_batch_and_the_writ
     together with it fails with JournalError and none of their rows exists; the writer thread
     then serves the next job."""
     async with await AsyncJournal.open(tmp_path, gateway_id="gw") as journal:
-        await journal.record_event("pump-1", {"type": "rate_changed"})
+        await journal.record_event("pump-1", rate_changed(1, 2))
 
         def disk_full(_: Journal) -> None:
             raise sqlite3.OperationalError("database or disk is full")
@@ -100,7 +101,7 @@ async def test_an_sqlite_error_inside_a_batch_fails_the_whole_batch_and_the_writ
             release.set()
 
         *results, _ = await asyncio.gather(
-            journal.record_event("pump-1", {"type": "alarm_raised"}),
+            journal.record_event("pump-1", started()),
             journal._submit(disk_full),
             journal.append(JournalKind.STATE, {"ok": True}),
             let_go(),
@@ -111,7 +112,7 @@ async def test_an_sqlite_error_inside_a_batch_fails_the_whole_batch_and_the_writ
         assert "database or disk is full" in str(results[1])
         assert journal.seq == 1
         assert [r.n for r in await journal.rows()] == [1]
-        assert (await journal.record_event("pump-1", {"type": "alarm_raised"})).seq == 2
+        assert (await journal.record_event("pump-1", started())).seq == 2
         assert (await journal.verify()).ok
 
 
@@ -120,7 +121,7 @@ def test_a_nested_transaction_is_refused_without_losing_the_outer_one(tmp_path: 
     journal = Journal.open(tmp_path, gateway_id="gw")
     try:
         with journal.transaction():
-            journal.record_event("pump-1", {"type": "rate_changed"}, ts=T0)
+            journal.record_event("pump-1", rate_changed(1, 2), ts=T0)
             with (
                 pytest.raises(JournalError, match="a transaction is already open"),
                 journal.transaction(),

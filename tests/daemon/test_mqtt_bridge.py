@@ -30,6 +30,7 @@ from daemon.journal import AsyncJournal, Journal, JournalError
 from daemon.mqtt.bridge import BridgeState, MqttBridge
 from drivers.backoff import Backoff
 from tests.daemon.netcut import cuttable_link
+from tests.support.events import RawEvent, rate_changed, started, stopped
 from tests.support.procs import Mosquitto
 
 GW = "gw"
@@ -218,13 +219,13 @@ async def test_events_written_during_an_outage_are_published_after_it_gapless(
         async with running_bridge(cfg, journal) as (bridge, _):
             assert (await receive(state, on(STATE_TOPIC))).payload == b'{"state":"online"}'
             for i in range(5):
-                await journal.record_event(f"pump-{i % 2}", {"type": "rate_changed", "i": i})
+                await journal.record_event(f"pump-{i % 2}", rate_changed(i, i + 1))
             await link.cut()
             assert (await receive(state, on(STATE_TOPIC))).payload == b'{"state":"offline"}'
             async with asyncio.timeout(WAIT_S):
                 await bridge.wait_state(BridgeState.BACKOFF)
             for i in range(5, 40):
-                await journal.record_event(f"pump-{i % 2}", {"type": "rate_changed", "i": i})
+                await journal.record_event(f"pump-{i % 2}", rate_changed(i, i + 1))
             await link.restore()
             async with asyncio.timeout(WAIT_S):
                 async for message in obs.messages:
@@ -544,14 +545,14 @@ async def test_events_left_in_the_outbox_by_a_previous_run_are_published_on_star
     data_dir = tmp_path / "restart"
     async with await AsyncJournal.open(data_dir, gateway_id=GW) as first_run:
         for i in range(3):
-            await first_run.record_event("pump-1", {"type": "delivery_started", "i": i})
+            await first_run.record_event("pump-1", started(i + 1))
     events = f"infusiond/{GW}/pump/+/event"
     async with (
         await AsyncJournal.open(data_dir, gateway_id=GW) as second_run,
         observer(mosquitto.port, events) as obs,
         running_bridge(broker_cfg(mosquitto), second_run),
     ):
-        await second_run.record_event("pump-1", {"type": "delivery_stopped"})
+        await second_run.record_event("pump-1", stopped())
         seqs = [json.loads((await receive(obs)).payload)["seq"] for _ in range(4)]
         assert seqs == [1, 2, 3, 4]
 
@@ -818,7 +819,7 @@ def write_old_format_journal(data_dir: Path) -> str:
     try:
         with journal.transaction():
             for pump, data in zip(["pump-1", "pump-2", "pump-1"], old_events(), strict=True):
-                journal.record_event(pump, data, ts=parse_ts(OLD_TS))
+                journal.record_event(pump, RawEvent(data), ts=parse_ts(OLD_TS))
         session = journal.session
     finally:
         journal.close()
@@ -849,7 +850,7 @@ async def test_an_old_format_outbox_is_migrated_and_published_byte_for_byte(
     ):
         assert (await journal.verify()).ok
         assert journal.session == session
-        await journal.record_event("pump-2", {"type": "delivery_stopped"})
+        await journal.record_event("pump-2", stopped())
         got = [await receive(obs) for _ in range(4)]
         assert [(m.topic.value, m.payload) for m in got[:3]] == expected
         assert json.loads(got[3].payload)["seq"] == 4

@@ -45,6 +45,7 @@ from daemon.journal import JournalKind
 from daemon.journal.store import Journal
 from drivers.base import ConnectionState, RunState
 from protocol.verdict import LibraryIdentity
+from tests.support.events import RawEvent
 
 SCHEMA = json.loads(
     (Path(__file__).resolve().parents[2] / "docs/schemas/infusiond.pump.event-1.json").read_text()
@@ -309,11 +310,9 @@ def test_a_tampered_event_row_in_the_journal_fails_naming_the_field(tmp_path: Pa
     journal = Journal.open(tmp_path, gateway_id="gw")
     try:
         with journal.transaction():
+            journal.record_event("pump-1", DeliveryStarted(Quantity.rate(5)), ts=NOW)
             journal.record_event(
-                "pump-1", DeliveryStarted(Quantity.rate(5)).journaled("pump-1"), ts=NOW
-            )
-            journal.record_event(
-                "pump-1", {"type": "delivery_started", "pump_id": "pump-1"}, ts=NOW
+                "pump-1", RawEvent({"type": "delivery_started", "pump_id": "pump-1"}), ts=NOW
             )
         good, bad = journal.rows(kinds=[JournalKind.EVENT])
     finally:

@@ -111,8 +111,10 @@ def test_result_builders_produce_the_contract_shapes() -> None:
         "phase": "duplicate",
         "first": first.to_json(),
     }
-    # a known id whose first command has no outcome yet is told an empty first (as before)
-    assert CommandResult.duplicate("c", first=PENDING.first).to_json()["first"] == {}
+    # a known id whose first command has no outcome yet is never told an empty first (the
+    # contract's first requires a phase): the gate refuses that repeat instead
+    with pytest.raises(ValueError, match="first outcome"):
+        CommandResult.duplicate("c", first=PENDING.first)
 
 
 def test_a_piv_answer_carries_its_order_and_a_restart_its_flags() -> None:

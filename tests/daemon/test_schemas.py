@@ -14,6 +14,16 @@ from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
 from daemon.base.envelope import SCHEMA_IDS, Kind, encode, envelope
+from daemon.base.events import (
+    Alarm,
+    AlarmRaised,
+    ConnectionChanged,
+    DeliveryStarted,
+    Priority,
+    RateChanged,
+    RatePoint,
+    Source,
+)
 from daemon.base.quantities import Quantity
 from daemon.base.results import (
     CommandResult,
@@ -24,10 +34,12 @@ from daemon.base.results import (
     Readback,
     VerdictJson,
 )
+from daemon.base.timefmt import parse_ts
 from daemon.base.topics import Topics
 from daemon.journal import AsyncJournal
 from daemon.mqtt.command_parse import Command, Rejection, parse_command
 from daemon.mqtt.event_messages import outbox_message
+from drivers.base import ConnectionState
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "docs" / "schemas"
 NOW = datetime(2026, 11, 26, 17, 30, 0, 250000, tzinfo=UTC)
@@ -140,15 +152,13 @@ async def test_outbox_event_payloads_validate(tmp_path: Path) -> None:
     """The exact bytes the outbox publishes validate against infusiond.pump.event/1."""
     v = validator("infusiond.pump.event/1")
     point = {"rate": {"value": 52.5, "unit": "mL/h"}, "dose": {"value": 0.05, "unit": "ug/kg/min"}}
+    typed = RatePoint(Quantity.rate(52.5), Quantity(0.05, "ug/kg/min"))
     events = [
-        {"type": "rate_changed", "command_id": "c-1", "from": point, "to": point},
-        {"type": "rate_changed", "source": "device", "from": point, "to": point},
-        {
-            "type": "alarm_raised",
-            "alarm": {"code": "occlusion", "priority": "high", "since": "2026-11-26T17:30:00.000Z"},
-        },
-        {"type": "connection_changed", "connection": "offline"},
-        {"type": "delivery_started"},
+        RateChanged(typed, typed, Source.COMMAND, "c-1"),
+        RateChanged(typed, typed, Source.DEVICE),
+        AlarmRaised(Alarm("occlusion", Priority.HIGH, parse_ts("2026-11-26T17:30:00.000Z"))),
+        ConnectionChanged(ConnectionState.OFFLINE, ConnectionState.ONLINE),
+        DeliveryStarted(Quantity.rate(52.5)),
     ]
     async with await AsyncJournal.open(tmp_path, gateway_id="demo") as journal:
         for data in events:

@@ -13,10 +13,11 @@ from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
 from daemon.base.topics import Topics
-from daemon.journal import AsyncJournal
+from daemon.journal import AsyncJournal, Journal
 from daemon.mqtt import events_request
 from daemon.mqtt.event_messages import outbox_message
 from daemon.mqtt.events_request import MAX_PAGE_EVENTS, answer
+from tests.support.events import started, stopped
 
 NOW = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 SCHEMA = json.loads(
@@ -34,7 +35,7 @@ async def _journal(tmp_path: Path, events: int) -> AsyncJournal:
     journal = await AsyncJournal.open(tmp_path, gateway_id="gw-a")
     for n in range(events):
         pump = "pump-1" if n % 2 else "pump-2"
-        await journal.record_event(pump, {"type": "delivery_started", "n": n}, ts=NOW)
+        await journal.record_event(pump, started(n + 1), ts=NOW)
     return journal
 
 
@@ -134,10 +135,10 @@ async def test_events_removed_by_retention_are_reported_with_the_oldest_kept(
     async with await AsyncJournal.open(tmp_path, gateway_id="gw-a", retention_days=1) as journal:
         old = NOW - timedelta(days=3)
         for n in range(4):
-            await journal.record_event("pump-1", {"type": "delivery_started", "n": n}, ts=old)
-        for n in range(2):
-            await journal.record_event("pump-1", {"type": "delivery_stopped", "n": n}, ts=NOW)
-        while (await journal.prune(NOW)).more:
+            await journal.record_event("pump-1", started(n + 1), ts=old)
+        for _ in range(2):
+            await journal.record_event("pump-1", stopped(), ts=NOW)
+        while (await journal.run(Journal.prune, NOW)).more:
             pass
         data = await answer(req(from_seq=2, to_seq=6), retained=False, source=journal, gateway="g")
         assert data["error"]["code"] == "not_retained"

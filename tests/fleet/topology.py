@@ -23,6 +23,7 @@ from typing import IO, Any
 import psycopg
 
 from daemon.base.config import Config
+from daemon.base.events import Alarm, AlarmCleared, Priority
 from daemon.cli.collect_cmd import PASSWORD_ENV
 from daemon.core.gateway import Gateway
 from daemon.fleet.store import NOTIFY_CHANNEL
@@ -149,9 +150,8 @@ async def running_gateway(
 async def emit(gateway: Gateway, count: int) -> None:
     """``count`` events through the gateway's real path (journal, outbox, MQTT bridge)."""
     for n in range(count):
-        await gateway.journal.record_event(
-            "pump-1", {"type": "alarm_cleared", "alarm": {"code": f"t{n}", "priority": "low"}}
-        )
+        alarm = Alarm(f"t{n}", Priority.LOW, gateway.clock())
+        await gateway.journal.record_event("pump-1", AlarmCleared(alarm))
 
 
 @dataclass

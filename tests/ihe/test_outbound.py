@@ -11,18 +11,25 @@ from typing import Any
 
 import pytest
 
+from daemon.base.events import PumpEvent
+from daemon.core.pump_events import event_from_json
 from daemon.ihe.outbound import Hl7Out
-from daemon.journal import AsyncJournal
+from daemon.journal import AsyncJournal, Journal
 from drivers.hl7.ack import AckCode
 from sim_devices.ehr import EhrSimulator
 from tests.ihe.conftest import make_out
+from tests.support.events import RawEvent
 
 pytestmark = pytest.mark.asyncio
 
 RATE = {"value": 52.5, "unit": "mL/h"}
 
 
-def rate_changed(to: float, command_id: str = "cmd-1") -> dict[str, Any]:
+def rate_changed(to: float, command_id: str = "cmd-1") -> PumpEvent:
+    return event_from_json(rate_changed_json(to, command_id))
+
+
+def rate_changed_json(to: float, command_id: str) -> dict[str, Any]:
     return {
         "type": "rate_changed",
         "from": {"rate": RATE, "dose": None},
@@ -32,11 +39,17 @@ def rate_changed(to: float, command_id: str = "cmd-1") -> dict[str, Any]:
     }
 
 
-def alarm(kind: str) -> dict[str, Any]:
-    return {
-        "type": kind,
-        "alarm": {"code": "occlusion", "priority": "high", "since": "2026-12-06T01:29:00.000Z"},
-    }
+def alarm(kind: str) -> PumpEvent:
+    return event_from_json(
+        {
+            "type": kind,
+            "alarm": {
+                "code": "occlusion",
+                "priority": "high",
+                "since": "2026-12-06T01:29:00.000Z",
+            },
+        }
+    )
 
 
 @asynccontextmanager
@@ -62,7 +75,9 @@ async def test_events_become_ipec_and_acm_in_journal_order_with_one_alarm_identi
             "pump-1",
             [
                 rate_changed(63.0),
-                {"type": "connection_changed", "connection": "online", "previous": "connecting"},
+                event_from_json(
+                    {"type": "connection_changed", "connection": "online", "previous": "connecting"}
+                ),
                 alarm("alarm_raised"),
                 alarm("alarm_cleared"),
             ],
@@ -86,7 +101,7 @@ async def test_events_become_ipec_and_acm_in_journal_order_with_one_alarm_identi
     assert raised.value("MDC_ATTR_ALERT_TYPE") == "ST"
     assert raised.value("MDC_ATTR_ALERT_SOURCE") == "69985^MDC_DEV_PUMP_INFUS_MDS^MDC"
     assert raised.raw.split(b"\r")[4].endswith(b"|pump-1")  # OBX-18 of the event facet
-    assert await journal.hl7_pending() == []
+    assert await journal.run(Journal.hl7_pending) == []
 
 
 @pytest.mark.slow
@@ -104,7 +119,7 @@ async def test_ehr_outage_of_seconds_loses_nothing_and_keeps_order(
         for i in range(10):
             await journal.record_events("pump-1", [rate_changed(61.0 + i, f"during-{i}")])
         async with asyncio.timeout(10):
-            while len(await journal.hl7_pending()) < 10:
+            while len(await journal.run(Journal.hl7_pending)) < 10:
                 await asyncio.sleep(0.05)  # polling the journal file: no event to wait on
         await asyncio.sleep(2.0)  # an outage of seconds: the sender keeps retrying meanwhile
         assert len(ehr.received) == 1
@@ -116,7 +131,7 @@ async def test_ehr_outage_of_seconds_loses_nothing_and_keeps_order(
     assert ids == ["before", *(f"during-{i}" for i in range(10))]
     assert ehr.duplicates == 0
     assert out.stats.connects >= 2
-    assert await journal.hl7_pending() == []
+    assert await journal.run(Journal.hl7_pending) == []
 
 
 async def test_lost_ack_is_resent_with_the_same_control_id(
@@ -153,7 +168,7 @@ async def test_refused_message_is_counted_logged_and_not_resent(
     assert out.stats.last_refusal.code is code
     assert "refused by the simulated EHR" in out.stats.last_refusal.text
     assert ehr.duplicates == 0
-    assert await journal.hl7_pending() == []
+    assert await journal.run(Journal.hl7_pending) == []
 
 
 async def test_messages_queued_before_a_restart_are_sent_after_it(tmp_path: Path) -> None:
@@ -168,9 +183,9 @@ async def test_messages_queued_before_a_restart_are_sent_after_it(tmp_path: Path
         async with running(out):
             await journal.record_events("pump-1", [rate_changed(63.0, "x"), alarm("alarm_raised")])
             async with asyncio.timeout(10):
-                while len(await journal.hl7_pending()) < 2:
+                while len(await journal.run(Journal.hl7_pending)) < 2:
                     await asyncio.sleep(0.05)
-        before = [item.control_id for item in await journal.hl7_pending()]
+        before = [item.control_id for item in await journal.run(Journal.hl7_pending)]
     await ehr.start()
     try:
         async with (
@@ -276,8 +291,9 @@ async def test_an_event_that_cannot_be_built_does_not_hold_back_the_next(
 ) -> None:
     """A journaled event whose data the builders do not expect (a rate given as a string) is
     logged and skipped; the events after it still reach the EHR, in order."""
-    bad = rate_changed(63.0, "bad")
-    bad["to"] = {"rate": {"value": "63", "unit": "mL/h"}}
+    bad = RawEvent(
+        {**rate_changed_json(63.0, "bad"), "to": {"rate": {"value": "63", "unit": "mL/h"}}}
+    )
     out = make_out(journal, ehr.port)
     async with running(out):
         await journal.record_events("pump-1", [bad, rate_changed(64.0, "good")])

@@ -15,6 +15,7 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import jsonschema
@@ -28,6 +29,7 @@ from tests.reliability.harness import (
     NE_RATE,
     NE_RATE_UP,
     REPO,
+    Message,
     bedside,
     command,
     daemon_process,
@@ -218,3 +220,66 @@ async def test_an_interrupted_command_on_a_pump_that_cannot_be_read_is_reported_
             assert done["reconciled"] is True
             assert done["error"]["code"] == "interrupted"
         assert bench.modbus.pump(1).writes == 0
+
+
+def _result_of(cid: str) -> Callable[[Message], bool]:
+    return lambda m: m.topic.endswith("/command/result") and m.data.get("id") == cid
+
+
+@pytest.mark.asyncio
+async def test_a_command_claimed_but_never_checked_is_settled_rejected_at_start(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """A journal left with a command id claimed and no outcome (the daemon stopped between the
+    claim and the verdict): nothing of it reached the pump. At start it is settled ``rejected``
+    (``internal_error``) and journaled, so a resend of the id is a schema-valid ``duplicate``
+    whose ``first`` says so; nothing is written to the pump."""
+    data_dir = tmp_path / "data"
+    cmd = command()
+    journal = await AsyncJournal.open(data_dir, gateway_id=GW)
+    await journal.claim_command(cmd["id"], pump_id="pump-1", command=cmd)
+    await journal.aclose()
+    async with simulators() as bench, probe(mosquitto.url) as p:
+        cfg = bedside(bench, broker_url=mosquitto.url, data_dir=data_dir)
+        async with running_gateway(cfg):
+            await p.send("pump-1", cmd)
+            msg = await p.wait_for(_result_of(cmd["id"]))
+            result_schema().validate(msg.json)
+            assert msg.data["phase"] == "duplicate"
+            first = msg.data["first"]
+            assert first["phase"] == "rejected"
+            assert first["error"]["code"] == "internal_error"
+            assert "not executed" in first["error"]["message"]
+            assert first["pump"] == "pump-1"
+        assert bench.modbus.pump(1).writes == 0
+    assert journal_facts(data_dir)[2][cmd["id"]] == "rejected"
+    assert journal_verify(data_dir).returncode == 0
+
+
+@pytest.mark.asyncio
+async def test_a_repeat_of_an_id_with_no_outcome_yet_is_refused_never_told_an_empty_first(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """While the first command of an id has no outcome recorded (claimed, still being checked),
+    a repeat cannot be told one: it is ``rejected`` with ``busy`` on the same pump and
+    ``id_conflict`` on another, both schema-valid, and nothing is written."""
+    cmd = command()
+    async with simulators() as bench, probe(mosquitto.url) as p:
+        cfg = bedside(bench, broker_url=mosquitto.url, data_dir=tmp_path / "data")
+        async with running_gateway(cfg) as gateway:
+            # the state of an id whose first command is being checked: claimed, no outcome
+            await gateway.journal.claim_command(cmd["id"], pump_id="pump-1", command=cmd)
+            mark = len(p.messages)
+            await p.send("pump-1", cmd)
+            same = await p.wait_for(_result_of(cmd["id"]), after=mark)
+            mark = len(p.messages)
+            await p.send("pump-2", cmd)
+            other = await p.wait_for(_result_of(cmd["id"]), after=mark)
+        for msg in (same, other):
+            result_schema().validate(msg.json)
+            assert msg.data["phase"] == "rejected"
+            assert "first" not in msg.data
+        assert same.data["error"]["code"] == "busy"
+        assert other.data["error"]["code"] == "id_conflict"
+        assert bench.modbus.pump(1).writes == 0
+        assert bench.rate("pump-1") == NE_RATE

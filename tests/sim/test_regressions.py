@@ -465,3 +465,23 @@ def test_a_stop_that_never_left_is_not_applied_although_the_pump_stopped_by_itse
         ],
         known="I2",
     )
+
+
+def test_a_claim_left_open_by_a_full_disk_is_settled_after_a_restart_without_stopping() -> None:
+    """A command claimed, then its verdict lost to a full disk (answered ``rejected``
+    journal_unavailable: nothing sent); the daemon restarts while the disk still refuses
+    commits: it keeps running, settles the open claim once the journal takes it, and a repeat
+    of the id is then a ``duplicate`` (campaign seed 887: the start-up settlement's failed
+    write stopped the gateway)."""
+    holds(
+        [
+            JournalFault("commit", skip=2, count=2, message="database or disk is full"),
+            Send("pump-2", "set_rate", "s887-5", value=999.99),
+            Wait(1),
+            Restart(crash=False),
+            Wait(6),
+            Send("pump-2", "set_rate", "s887-5", value=999.99),
+            Wait(1),
+        ],
+        answers={"s887-5": ["rejected:journal_unavailable", "duplicate"]},
+    )

@@ -14,6 +14,7 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
+from daemon.core.pump_events import event_from_json
 from daemon.journal import AsyncJournal
 from daemon.journal.history import History
 from daemon.ui.watch import WatchModel, load_history
@@ -66,11 +67,13 @@ async def test_recent_events_come_from_the_history_api(tmp_path: Path) -> None:
     async with await AsyncJournal.open(tmp_path / "d", gateway_id="demo") as journal:
         alarm = {"code": "occlusion", "priority": "high", "since": "2026-12-06T12:00:00.000Z"}
         await journal.record_event(
-            "pump-2", {"type": "alarm_raised", "alarm": alarm}, ts=now - timedelta(minutes=4)
+            "pump-2",
+            event_from_json({"type": "alarm_raised", "alarm": alarm}),
+            ts=now - timedelta(minutes=4),
         )
         await journal.record_event(
             "pump-1",
-            {"type": "delivery_stopped", "status": "stopped"},
+            event_from_json({"type": "delivery_stopped", "status": "stopped"}),
             ts=now - timedelta(minutes=2),
         )
         history = History("demo", lambda: journal, lambda: ("pump-1", "pump-2"))

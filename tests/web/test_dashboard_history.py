@@ -20,6 +20,8 @@ import aiomqtt
 import pytest
 
 from daemon.base.envelope import Kind
+from daemon.base.events import CommandRejected, PumpEvent
+from daemon.core.pump_events import event_from_json
 from daemon.journal import AsyncJournal
 from daemon.journal.history import History
 from daemon.ui.web_server import WebServer
@@ -45,14 +47,16 @@ FINDING_MAX_PX = 110  # one finding's height: a few lines, not a 10-line column
 MINUS = "\N{MINUS SIGN}"  # the axis labels' typographic minus
 
 
-def change(old: float, new: float) -> dict[str, Any]:
+def change(old: float, new: float) -> PumpEvent:
     def point(dose: float) -> dict[str, Any]:
         return {
             "rate": {"value": round(dose * 70 * 60 / 4, 3), "unit": "mL/h"},
             "dose": {"value": dose, "unit": "ug/kg/min"},
         }
 
-    return {"type": "rate_changed", "from": point(old), "to": point(new), "source": "device"}
+    return event_from_json(
+        {"type": "rate_changed", "from": point(old), "to": point(new), "source": "device"}
+    )
 
 
 async def fill_journal(journal: AsyncJournal) -> None:
@@ -63,12 +67,14 @@ async def fill_journal(journal: AsyncJournal) -> None:
     await journal.record_event("pump-1", change(0.04, 0.05), ts=now - timedelta(minutes=25))
     await journal.record_event(
         "pump-1",
-        {"type": "command_rejected", "command_id": "web-old-1"},
+        CommandRejected("web-old-1", {"verdict": "reject", "findings": []}),
         ts=now - timedelta(minutes=10),
     )
     alarm = {"code": "near_end", "priority": "low", "since": "2026-12-06T00:00:00.000Z"}
     await journal.record_event(
-        "pump-2", {"type": "alarm_raised", "alarm": alarm}, ts=now - timedelta(minutes=3)
+        "pump-2",
+        event_from_json({"type": "alarm_raised", "alarm": alarm}),
+        ts=now - timedelta(minutes=3),
     )
 
 

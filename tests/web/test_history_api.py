@@ -15,9 +15,13 @@ import pytest_asyncio
 from jsonschema import Draft202012Validator
 from prometheus_client import CollectorRegistry, Counter
 
+from daemon.base.events import ConnectionChanged, PumpEvent
+from daemon.base.quantities import Quantity
+from daemon.core.pump_events import event_from_json
 from daemon.journal import AsyncJournal
 from daemon.journal.history import EVENT_TYPES, MAX_ROWS, History
 from daemon.ui.web_server import WebServer
+from drivers.base import ConnectionState
 from tests.web.conftest import check_api_answer
 
 NOW = datetime(2026, 12, 6, 12, 0, 0, tzinfo=UTC)
@@ -33,13 +37,15 @@ def dose(value: float) -> dict[str, Any]:
     return {"value": value, "unit": "ug/kg/min"}
 
 
-def change(old: float, new: float) -> dict[str, Any]:
-    return {
-        "type": "rate_changed",
-        "from": {"rate": rate(old), "dose": dose(old / 100)},
-        "to": {"rate": rate(new), "dose": dose(new / 100)},
-        "source": "device",
-    }
+def change(old: float, new: float) -> PumpEvent:
+    return event_from_json(
+        {
+            "type": "rate_changed",
+            "from": {"rate": rate(old), "dose": dose(old / 100)},
+            "to": {"rate": rate(new), "dose": dose(new / 100)},
+            "source": "device",
+        }
+    )
 
 
 @pytest_asyncio.fixture
@@ -50,19 +56,21 @@ async def journal(tmp_path: Path) -> AsyncIterator[AsyncJournal]:
         await j.record_event("pump-1", change(50, 60), ts=NOW - timedelta(minutes=20))
         await j.record_event(
             "pump-2",
-            {
-                "type": "alarm_raised",
-                "alarm": {
-                    "code": "occlusion",
-                    "priority": "high",
-                    "since": "2026-12-06T11:50:00.000Z",
-                },
-            },
+            event_from_json(
+                {
+                    "type": "alarm_raised",
+                    "alarm": {
+                        "code": "occlusion",
+                        "priority": "high",
+                        "since": "2026-12-06T11:50:00.000Z",
+                    },
+                }
+            ),
             ts=NOW - timedelta(minutes=10),
         )
         await j.record_event(
             "pump-1",
-            {"type": "delivery_stopped", "status": "stopped"},
+            event_from_json({"type": "delivery_stopped", "status": "stopped"}),
             ts=NOW - timedelta(minutes=5),
         )
         yield j
@@ -275,9 +283,11 @@ async def test_history_marks_connections_online_with_their_rate_and_offline_as_u
     """A connection (online, with the rate read then) is a point with that rate and its dose;
     going offline is a point with rate and dose unknown (null), not a zero."""
     async with await AsyncJournal.open(tmp_path / "d2", gateway_id="gw") as j:
-        online = {"type": "connection_changed", "connection": "online", "rate": rate(52.5)}
+        online = ConnectionChanged(
+            ConnectionState.ONLINE, ConnectionState.CONNECTING, rate=Quantity.rate(52.5)
+        )
         await j.record_event("pump-2", online, ts=NOW - timedelta(minutes=15))
-        offline = {"type": "connection_changed", "connection": "offline", "previous": "online"}
+        offline = ConnectionChanged(ConnectionState.OFFLINE, ConnectionState.ONLINE)
         await j.record_event("pump-2", offline, ts=NOW - timedelta(minutes=10))
         async with server(j) as srv:
             status, body, _ = await get(srv, "api/history?pump=pump-2")
