@@ -276,7 +276,7 @@ async def running_demo(
             # READY means every vitals listener is bound: take the port the OS gave it
             endpoints = dataclasses.replace(
                 endpoints,
-                vitals_url=gateway.listeners[0].url,
+                vitals_url=gateway.vitals.listeners[0].url,
                 piv_url=gateway.piv.url if gateway.piv is not None else None,
             )
             monitor_task = tg.create_task(monitor.run(endpoints.vitals_url), name="monitor")
