@@ -34,6 +34,7 @@ from daemon.core.channel import Channel
 from daemon.core.channel_types import ChannelConfig, PollReport
 from daemon.core.gate import Control, Gate, ReplyTo
 from daemon.core.gateway_library import LibraryHotReload, library_uses
+from daemon.core.gateway_piv import piv_listener
 from daemon.core.gateway_vitals import VitalsIntake
 from daemon.core.parts import (
     configured_program,
@@ -231,20 +232,7 @@ class Gateway:
             self.clock,
         )
         if cfg.piv is not None:
-            self.piv = PivListener(
-                host=cfg.piv.host,
-                port=cfg.piv.port,
-                submit=lambda pump_id, command, order_id: self.gate.submit_order(
-                    pump_id, command, order_id=order_id
-                ),
-                program_of=lambda pid: (
-                    self.channels[pid].state_data() if pid in self.channels else None
-                ),
-                clock=self.clock,
-                max_frame=cfg.piv.max_frame,
-                idle_timeout_s=cfg.piv.idle_timeout_s,
-                max_connections=cfg.piv.max_connections,
-            )
+            self.piv = piv_listener(cfg.piv, self.gate, self.channels, self.clock)
         for pump, program in zip(cfg.pumps, programs, strict=True):
             self.channels[pump.id] = Channel(
                 pump_id=pump.id,
