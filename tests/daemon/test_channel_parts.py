@@ -1,5 +1,5 @@
 """The collaborators a channel owns: when its state is published (StatePublisher) and the alarms
-its state shows (PumpAlarms); and the typed action of a parsed command."""
+its state shows (PumpAlarms)."""
 
 from __future__ import annotations
 
@@ -7,16 +7,12 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
-from daemon.base.envelope import encode
 from daemon.base.events import AlarmCleared, AlarmRaised, PumpEvent
 from daemon.base.quantities import JsonObject
 from daemon.core.channel_alarms import PumpAlarms
 from daemon.core.channel_state import StatePublisher
 from daemon.core.channel_types import OFFLINE_ALARM, OUT_OF_LIBRARY
-from daemon.mqtt.command_parse import Command, CommandAction, parse_command
 from drivers.base import AlarmCode, PumpStatus, RunState
 
 T0 = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
@@ -109,46 +105,3 @@ async def test_a_snapshot_keeps_the_daemon_alarms_and_replaces_the_device_ones()
     alarms.sync_device(PumpStatus(RunState.STOPPED, Decimal(0)), T0)
     assert set(alarms.latched) == {OFFLINE_ALARM}
     assert len(events) == 1  # device alarms' events come from the snapshots' diff
-
-
-@given(st.sampled_from(CommandAction))
-def test_a_parsed_command_carries_its_action_as_the_enum(action: CommandAction) -> None:
-    body: JsonObject = {
-        "id": "c-1",
-        "issued_at": "2026-11-26T12:00:00.000Z",
-        "by": {"clinician": "dr-1"},
-        "action": action.value,
-    }
-    needs: dict[CommandAction, JsonObject] = {
-        CommandAction.SET_DOSE: {"dose": {"value": 0.1, "unit": "ug/kg/min"}},
-        CommandAction.SET_RATE: {"rate": {"value": 5.0, "unit": "mL/h"}},
-        CommandAction.PROGRAM: {
-            "program": {
-                "drug": "norepinephrine",
-                "concentration": {"value": 4.0, "unit": "ug/mL"},
-                "diluent": "D5W",
-                "route": "central",
-                "profile": "adult-icu",
-                "dose": {"value": 0.1, "unit": "ug/kg/min"},
-            }
-        },
-    }
-    parsed = parse_command(encode(body | needs.get(action, {})), now=T0)
-    assert isinstance(parsed, Command)
-    assert parsed.action is action
-    assert parsed.to_json()["action"] == action.value  # journaled as the string received
-
-
-@pytest.mark.parametrize("action", ["STOP", "stop ", "explode"])
-def test_an_unknown_action_is_refused_naming_every_action(action: str) -> None:
-    body = {
-        "id": "c-1",
-        "issued_at": "2026-11-26T12:00:00.000Z",
-        "by": {"clinician": "dr-1"},
-        "action": action,
-    }
-    parsed = parse_command(encode(body), now=T0)
-    assert not isinstance(parsed, Command)
-    assert parsed.message == (
-        "action: Input should be 'set_dose', 'set_rate', 'start', 'stop', 'pause' or 'program'"
-    )
