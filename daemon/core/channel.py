@@ -119,15 +119,11 @@ class Channel:
     publisher: StatePublisher = field(init=False)
 
     def __post_init__(self) -> None:
-        self.commands = CommandExecutor(self.driver, self)
-        self.alarms = PumpAlarms(self.emit, self.now)
+        self.commands = CommandExecutor(self.driver, self, self.hub.now)
+        self.alarms = PumpAlarms(self.emit, self.hub.now)
         self.publisher = StatePublisher(
             self.pump_id, self.hub.publish_state, self.config.publish_every_s
         )
-
-    def now(self) -> datetime:
-        """The hub's wall clock (event and poll times)."""
-        return self.hub.now()
 
     def dose_obj(self, rate_ml_h: Decimal) -> Quantity | None:
         """The dose a rate delivers under the current program, as published (6 decimals)."""

@@ -8,6 +8,7 @@ read here without the poll loop around it."""
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
@@ -27,8 +28,6 @@ class WriteSite(Protocol):
     :class:`daemon.core.channel.Channel`)."""
 
     status: PumpStatus | None
-
-    def now(self) -> datetime: ...
 
     def dose_obj(self, rate_ml_h: Decimal) -> Quantity | None: ...
 
@@ -54,6 +53,7 @@ class CommandExecutor:
 
     driver: Driver
     site: WriteSite
+    now: Callable[[], datetime]  # the hub's wall clock (event times)
 
     async def execute(
         self,
@@ -95,7 +95,7 @@ class CommandExecutor:
         if result.outcome is WriteOutcome.UNCERTAIN and old is not None and rate_ml_h is not None:
             site.note_uncertain(command_id, old.rate_ml_h, rate_ml_h)
         if result.readback is not None:
-            now = site.now()
+            now = self.now()
             if (
                 action is Action.SET_RATE
                 and result.outcome is WriteOutcome.APPLIED
