@@ -3,9 +3,11 @@ action, request and fingerprint), the program a ``program`` command sets, and th
 a rate seen at the device.
 
 The request is handed to ``protocol/`` as the JSON-shaped object its contract defines and
-validated there in one pass (:func:`protocol.request.parse_request`): that edge names a wrong
-field exactly as ``infusiond check`` would, and building the nested models one by one here
-would validate the same values twice (docs/performance.md)."""
+validated there in one pass (:func:`protocol.request.parse_request`, the check's edge): a value
+the model refuses (a pump whose min_rate is above its max_rate, too many line shares) is named
+by its full path (``pump: ...``) exactly as ``infusiond check`` names it, which the nested
+models built one by one here would not do. The already validated history entries are reused
+as models (see :meth:`CheckRequests._history_entry`)."""
 
 from __future__ import annotations
 

@@ -141,8 +141,8 @@ class Gateway:
     async def _send_result(
         self, pump_id: str, result: CommandResult, reply: ReplyTo | None
     ) -> None:
-        self.metrics.command_result(result)
         data = result.to_json()  # the result as published
+        self.metrics.command_result(result)
         body = envelope(
             Kind.PUMP_COMMAND_RESULT,
             gateway=self.config.gateway_id,
