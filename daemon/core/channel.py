@@ -16,32 +16,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import zlib
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
 
 import structlog
 
 from daemon.base.events import (
-    Alarm,
-    AlarmCleared,
-    AlarmRaised,
     ConnectionChanged,
     DeliveryStarted,
     DeliveryStopped,
     OutOfLibraryObserved,
-    Priority,
     PumpEvent,
     RateChanged,
     Source,
 )
-from daemon.base.quantities import Quantity
-from daemon.core.channel_commands import CommandExecution
-from daemon.core.channel_state import StatePayload
+from daemon.base.quantities import JsonObject, Quantity
+from daemon.core.channel_alarms import PumpAlarms
+from daemon.core.channel_commands import CommandExecutor
+from daemon.core.channel_state import StatePublisher, state_payload
 from daemon.core.channel_types import (
     OFFLINE_ALARM,
     OUT_OF_LIBRARY,
@@ -49,7 +44,7 @@ from daemon.core.channel_types import (
     DoseConverter,
     DoseRecord,
     Hub,
-    Latched,
+    ObserveCheck,
     PollHook,
     PollReport,
     Saved,
@@ -57,7 +52,6 @@ from daemon.core.channel_types import (
 from daemon.core.poll_stats import LATENESS
 from daemon.core.program import Program, ProgramChanged
 from daemon.core.pump_events import (
-    ALARM_PRIORITY,
     Observation,
     diff,
     rate_changed_event,
@@ -79,22 +73,11 @@ log = structlog.get_logger("infusiond.channel")
 HISTORY_LEN = 64
 #: snapshots kept while the journal cannot be written (each distinct one is reported later)
 BACKLOG_LEN = 64
-_REFRESH_ONLY = frozenset({"last_poll", "volume_infused", "battery"})
-
-
-ObserveCheck = Callable[["Channel", Decimal, Decimal], dict[str, Any] | None]
-"""(channel, old rate, new rate) -> the verdict dict when the library would not accept the change
-outright (any finding of severity confirm or reject), else None. Pure: journals nothing."""
-
-
-def refresh_phase(pump_id: str) -> float:
-    """A stable fraction in [0, 1) per pump id: where in the refresh period its refresh falls."""
-    return zlib.crc32(pump_id.encode()) / 2**32
 
 
 @dataclass
-class Channel(StatePayload, CommandExecution):
-    """The live state and loop of one pump."""
+class Channel:
+    """The live state and loop of one pump; its writes are run by :attr:`commands`."""
 
     pump_id: str
     driver: Driver
@@ -112,9 +95,6 @@ class Channel(StatePayload, CommandExecution):
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     last_progress: float = field(default_factory=time.monotonic)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    _alarm_since: dict[str, Latched] = field(default_factory=dict)
-    _last_state: dict[str, Any] | None = None
-    _last_state_publish: float = 0.0
     _failures: int = 0
     _uncertain: tuple[str, Decimal, Decimal] | None = None  # (command id, old, wanted rate)
     _uncertain_program: Program | None = None  # the program an uncertain command would set
@@ -131,28 +111,101 @@ class Channel(StatePayload, CommandExecution):
     _backlog: list[PumpStatus] = field(default_factory=list)
     #: called after every poll (metrics)
     on_poll: PollHook | None = None
+    #: the verified writes of this pump (the gate's writer calls ``commands.execute``)
+    commands: CommandExecutor = field(init=False)
+    #: the alarms its state shows (the daemon's own raised and cleared with their events)
+    alarms: PumpAlarms = field(init=False)
+    #: when its retained state is published
+    publisher: StatePublisher = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.commands = CommandExecutor(self.driver, self, self.hub.now)
+        self.alarms = PumpAlarms(self.emit, self.hub.now)
+        self.publisher = StatePublisher(
+            self.pump_id, self.hub.publish_state, self.config.publish_every_s
+        )
+
+    def dose_obj(self, rate_ml_h: Decimal) -> Quantity | None:
+        """The dose a rate delivers under the current program, as published (6 decimals)."""
+        dose = self.dose_at(self.program, rate_ml_h)
+        if dose is None:
+            return None
+        return Quantity(float(round(dose, 6)), self.program.dose_unit)
+
+    def current_dose(self) -> Decimal | None:
+        """The running dose (None when stopped or unknown)."""
+        if self.status is None or self.status.state is not RunState.INFUSING:
+            return None
+        return self.dose_at(self.program, self.status.rate_ml_h)
+
+    def state_data(self) -> JsonObject:
+        """The ``pump.state`` data (docs/schemas/infusiond.pump.state-1.json)."""
+        s = self.status
+        return state_payload(
+            pump_id=self.pump_id,
+            driver_kind=self.driver.kind,
+            program=self.program,
+            connection=self.connection,
+            status=s,
+            dose=self.dose_obj(s.rate_ml_h) if s else None,
+            identity=self.identity,
+            last_poll=self.last_poll,
+            alarms=self.alarms.latched.values(),
+        )
 
     async def publish_state(self, *, force: bool = False) -> None:
         """Publish the retained state if it changed, or if the refresh period has passed."""
-        data = self.state_data()
-        # Volume and battery move with every poll: they ride along with real changes and the
-        # periodic refresh instead of making every poll a publish.
-        comparable = {k: v for k, v in data.items() if k not in _REFRESH_ONLY}
-        stale = time.monotonic() - self._last_state_publish >= self.config.publish_every_s
-        if force or stale or comparable != self._last_state:
-            self._last_state = comparable
-            self._last_state_publish = time.monotonic()
-            await self.hub.publish_state(self.pump_id, data)
+        await self.publisher.offer(self.state_data(), force=force)
 
-    async def _emit(self, event: PumpEvent) -> None:
+    async def emit(self, event: PumpEvent) -> None:
         """Queue an event of the transition in progress (journaled when it ends), or hold it
-        for the caller of :meth:`execute` to journal together with the command's outcome."""
+        for the caller of ``commands.execute`` to journal together with the command's outcome."""
         if self._deferred is not None:
             self._deferred.append(event)
         elif self._pending is not None:
             self._pending.append(event)
         else:
             await self.hub.emit_events(self.pump_id, [event])
+
+    # -- what a command's write needs (see daemon/core/channel_commands.py) ---------------
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[None]:
+        """Hold the channel for one command (the gate answers ``busy`` when taken)."""
+        async with self._lock:
+            yield
+
+    @contextlib.contextmanager
+    def deferring(self, events: list[PumpEvent] | None) -> Iterator[None]:
+        """Inside, events go to ``events`` (when given) for the caller to journal with the
+        command's outcome, instead of being journaled here."""
+        self._deferred = events
+        try:
+            yield
+        finally:
+            self._deferred = None
+
+    def note_uncertain(self, command_id: str, old_rate: Decimal, rate: Decimal) -> None:
+        """A write answered uncertain: the next snapshot showing ``rate`` settles it."""
+        self._uncertain = (command_id, old_rate, rate)
+
+    def expect_uncertain(
+        self,
+        command_id: str,
+        old_rate: Decimal | None,
+        rate: Decimal | None,
+        program: Program | None,
+    ) -> None:
+        """A write that may or may not have reached the device: the next snapshot that shows
+        ``rate`` is attributed to ``command_id`` (reconciled), with its ``program``."""
+        if old_rate is None or rate is None:
+            return
+        self._uncertain = (command_id, old_rate, rate)
+        self._uncertain_program = program
+
+    def set_program(self, program: Program) -> None:
+        """Replace the program (after a verified ``program`` command)."""
+        self.program = program
 
     # -- journal first, state second --------------------------------------------------------
 
@@ -162,7 +215,7 @@ class Channel(StatePayload, CommandExecution):
             self.connection,
             self.status,
             self.last_poll,
-            dict(self._alarm_since),
+            dict(self.alarms.latched),
             tuple(self.history),
             self._uncertain,
             self._uncertain_program,
@@ -178,7 +231,7 @@ class Channel(StatePayload, CommandExecution):
         self.connection = saved.connection
         self.status = saved.status
         self.last_poll = saved.last_poll
-        self._alarm_since = dict(saved.alarms)
+        self.alarms.latched = dict(saved.alarms)
         self.history.clear()
         self.history.extend(saved.history)
         self._uncertain = saved.uncertain
@@ -192,7 +245,7 @@ class Channel(StatePayload, CommandExecution):
     async def _transition(self) -> AsyncIterator[None]:
         """Every state change inside is journaled first (its events in one transaction at the
         end) and kept second: when the journal write fails, the change is undone
-        (:meth:`restore`) and JournalError propagates. Inside :meth:`execute` the events go to
+        (:meth:`restore`) and JournalError propagates. Inside ``commands.execute`` the events go to
         the caller instead, who journals them with the command's outcome."""
         if self._deferred is not None or self._pending is not None:
             yield
@@ -210,27 +263,6 @@ class Channel(StatePayload, CommandExecution):
             self.restore(saved)
             raise
 
-    # -- alarms raised by the daemon --------------------------------------------------------
-
-    async def _set_daemon_alarm(self, code: str, *, active: bool, message: str = "") -> None:
-        present = self._alarm_since.get(code)
-        if active and present is None:
-            now = self.hub.now()
-            self._alarm_since[code] = Latched(code, Priority.HIGH, now)
-            await self._emit(AlarmRaised(Alarm(code, Priority.HIGH, now, message or None)))
-        elif not active and present is not None:
-            del self._alarm_since[code]
-            await self._emit(AlarmCleared(Alarm(code, Priority.HIGH, present.since)))
-
-    def _sync_device_alarms(self, status: PumpStatus, now: datetime) -> None:
-        device_codes = {a.value for a in status.alarms}
-        for code in list(self._alarm_since):
-            if code not in device_codes and code not in (OUT_OF_LIBRARY, OFFLINE_ALARM):
-                del self._alarm_since[code]
-        for alarm in status.alarms:
-            if alarm.value not in self._alarm_since:
-                self._alarm_since[alarm.value] = Latched(alarm.value, ALARM_PRIORITY[alarm], now)
-
     # -- the loop ---------------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -242,10 +274,7 @@ class Channel(StatePayload, CommandExecution):
         """
         backoff = Backoff(initial_s=0.2, maximum_s=10.0)
         await self.publish_state(force=True)
-        # Spread the periodic refreshes of many pumps over the refresh period (a fixed phase per
-        # pump id) instead of having them all fall due in the same poll round: a burst of
-        # hundreds of state publishes delays every poll scheduled around it (docs/performance.md).
-        self._last_state_publish -= refresh_phase(self.pump_id) * self.config.publish_every_s
+        self.publisher.spread()
         due: float | None = None  # when the next poll should start (bench lateness only)
         while not self.stopping.is_set():
             if self.connection is not ConnectionState.ONLINE:
@@ -301,7 +330,7 @@ class Channel(StatePayload, CommandExecution):
                 # the last rate known (read now, or journaled before a restart and not read
                 # since): a restart compares the next reading with it
                 known = self.status.rate_ml_h if self.status else self.rate_before_restart
-                await self._emit(
+                await self.emit(
                     ConnectionChanged(
                         ConnectionState.OFFLINE,
                         before,
@@ -309,7 +338,7 @@ class Channel(StatePayload, CommandExecution):
                         Quantity.rate(known) if known is not None else None,
                     )
                 )
-                await self._set_daemon_alarm(
+                await self.alarms.set_daemon_alarm(
                     OFFLINE_ALARM, active=True, message=f"no answer from the pump: {reason}"
                 )
         except JournalError as exc:
@@ -354,14 +383,14 @@ class Channel(StatePayload, CommandExecution):
             del backlog[0]
         while backlog:
             try:
-                await self._absorb(backlog[0])
+                await self.absorb(backlog[0])
             except JournalError as exc:
                 self._journal_failed(exc)
                 return
             del backlog[0]
         self.journal_behind = False
 
-    async def _absorb(self, status: PumpStatus) -> None:
+    async def absorb(self, status: PumpStatus) -> None:
         """Take a fresh snapshot: events, alarms, reconciliation of an uncertain write; all of
         it journaled before it is kept (raises JournalError, state unchanged, when it cannot)."""
         async with self._transition():
@@ -374,9 +403,9 @@ class Channel(StatePayload, CommandExecution):
         before = Observation(self.connection, self.status)
         old_status = self.status
         if self.connection is not ConnectionState.ONLINE:
-            await self._set_daemon_alarm(OFFLINE_ALARM, active=False)
+            await self.alarms.set_daemon_alarm(OFFLINE_ALARM, active=False)
         self.connection = ConnectionState.ONLINE
-        self._sync_device_alarms(status, now)
+        self.alarms.sync_device(status, now)
         self.status = status
         events = diff(before, Observation(ConnectionState.ONLINE, status), self.dose_obj, now)
         device_change: tuple[Decimal, Decimal] | None = None
@@ -385,7 +414,7 @@ class Channel(StatePayload, CommandExecution):
             # starts and stops are dose changes too (the step-up window measures from the start
             # of the infusion, at dose 0 before it): the history holds them
             if isinstance(event, DeliveryStarted):
-                self._record_history(now, status.rate_ml_h)
+                self.record_history(now, status.rate_ml_h)
             elif isinstance(event, DeliveryStopped):
                 self.history.append(DoseRecord(now, Decimal(0)))
             if isinstance(event, RateChanged) and old_status is not None:
@@ -395,20 +424,20 @@ class Channel(StatePayload, CommandExecution):
                         program, self._uncertain_program = self._uncertain_program, None
                         if program is not None:  # its dose is that of the new program
                             self.program = program
-                            await self._emit(ProgramChanged(cmd_id, program))
+                            await self.emit(ProgramChanged(cmd_id, program))
                             event = rate_changed_event(
                                 old_status.rate_ml_h, status.rate_ml_h, self.dose_obj
                             )
                         event = replace(
                             event, source=Source.COMMAND, command_id=cmd_id, reconciled=True
                         )
-                        self._record_history(now, status.rate_ml_h)
+                        self.record_history(now, status.rate_ml_h)
                         self._uncertain = None
                     else:
                         device_change = (old_status.rate_ml_h, status.rate_ml_h)
                 else:
                     device_change = (old_status.rate_ml_h, status.rate_ml_h)
-            await self._emit(event)
+            await self.emit(event)
         if self._uncertain is not None and old_status is not None:
             # still unchanged after the uncertain write: it did not happen
             cmd_id, old, wanted = self._uncertain
@@ -424,7 +453,7 @@ class Channel(StatePayload, CommandExecution):
             # dose change of the history: when it started is unknown)
             await self._check_observed(status.rate_ml_h, status.rate_ml_h)
         if device_change is not None:
-            self._record_history(now, device_change[1])
+            self.record_history(now, device_change[1])
             await self._check_observed(*device_change)
 
     async def _compare_with_before_restart(
@@ -437,7 +466,7 @@ class Channel(StatePayload, CommandExecution):
         if before is None or rate == before:
             return None
         command_id = writes.get(rate)
-        await self._emit(
+        await self.emit(
             rate_changed_event(
                 before,
                 rate,
@@ -448,7 +477,7 @@ class Channel(StatePayload, CommandExecution):
             )
         )
         if command_id is not None:
-            self._record_history(now, rate)
+            self.record_history(now, rate)
             return None
         return (before, rate)
 
@@ -459,18 +488,18 @@ class Channel(StatePayload, CommandExecution):
             return
         verdict = self.observe(self, old, new)
         if verdict is not None:
-            await self._emit(
+            await self.emit(
                 OutOfLibraryObserved(
                     Quantity.rate(new), self.dose_obj(new), rate_point(old, self.dose_obj), verdict
                 )
             )
-        await self._set_daemon_alarm(
+        await self.alarms.set_daemon_alarm(
             OUT_OF_LIBRARY,
             active=verdict is not None,
             message="rate set at the pump is outside the drug library",
         )
 
-    def _record_history(self, at: datetime, rate: Decimal) -> None:
+    def record_history(self, at: datetime, rate: Decimal) -> None:
         dose = self.dose_at(self.program, rate)
         if dose is not None:
             self.history.append(DoseRecord(at, dose))

@@ -4,15 +4,20 @@ a journal fault can undo it."""
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from daemon.base.events import Priority, PumpEvent
+from daemon.base.quantities import JsonObject
 from daemon.core.program import Program
 from drivers.base import ConnectionState, PumpStatus
+
+if TYPE_CHECKING:
+    from daemon.core.channel import Channel
 
 #: the alarms the daemon itself raises (the device raises the others)
 OUT_OF_LIBRARY = "out_of_library"
@@ -30,7 +35,9 @@ class Hub(Protocol):
         """Journal ``events`` in order in ONE transaction (all or none), then queue them."""
         ...
 
-    async def publish_state(self, pump_id: str, data: dict[str, Any]) -> None: ...
+    async def publish_state(self, pump_id: str, data: JsonObject) -> None:
+        """Publish ``data``, the ``pump.state`` payload (built at the edge, see channel_state)."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +53,16 @@ PollHook = Callable[[PollReport], None]
 
 DoseConverter = Callable[[Program, Decimal], Decimal | None]
 """rate mL/h -> dose in ``program.dose_unit`` (None when it cannot be computed)."""
+
+ObserveCheck = Callable[["Channel", Decimal, Decimal], JsonObject | None]
+"""(channel, old rate, new rate) -> the verdict's JSON (journaled verbatim) when the library
+would not accept the change outright (a finding of severity confirm or reject), else None.
+Pure: journals nothing."""
+
+
+def refresh_phase(pump_id: str) -> float:
+    """A stable fraction in [0, 1) per pump id: where in the refresh period its refresh falls."""
+    return zlib.crc32(pump_id.encode()) / 2**32
 
 
 @dataclass

@@ -8,8 +8,8 @@ import enum
 import hashlib
 import json
 from dataclasses import dataclass, replace
-from typing import Any
 
+from daemon.base.quantities import JsonObject
 from daemon.base.results import ErrorBody, ErrorCode, KeptOutcome, Phase
 
 #: command fields that do not make it another command (a retry; a confirmation, which another
@@ -47,8 +47,9 @@ class CommandLife:
         return replace(self, phase=ended)
 
 
-def fingerprint(command: dict[str, Any]) -> str:
-    """What makes two commands with one id the same command (payload, not delivery)."""
+def fingerprint(command: JsonObject) -> str:
+    """What makes two commands with one id the same command (payload, not delivery): a hash of
+    the command's JSON as received (journaled with it, so a restart compares the same text)."""
     kept = {k: v for k, v in command.items() if k not in _NOT_IN_FINGERPRINT}
     text = json.dumps(kept, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:32]

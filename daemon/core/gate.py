@@ -33,11 +33,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
 
 import structlog
 
 from daemon.base.events import CommandRejected, OverrideAccepted, PumpEvent
+from daemon.base.quantities import JsonObject
 from daemon.base.results import (
     PENDING,
     CommandResult,
@@ -95,7 +95,8 @@ class Gate:
     control: Control = field(default_factory=Control)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _answers: set[asyncio.Task[None]] = field(default_factory=set)
-    _refusals: RefusalDesk | None = None  # made on the first refusal (daemon/mqtt/refusals.py)
+    #: made on the first refusal (daemon/mqtt/refusals.py)
+    _refusals: RefusalDesk[ReplyTo | None] | None = None
     _confirmations: Confirmations = field(default_factory=Confirmations)
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     _waiting: dict[str, int] = field(default_factory=dict)
@@ -144,13 +145,14 @@ class Gate:
         task.add_done_callback(self._tasks.discard)
 
     async def submit_order(
-        self, pump_id: str, command: dict[str, Any], *, order_id: str
+        self, pump_id: str, command: JsonObject, *, order_id: str
     ) -> CommandResult:
         """A hospital order (IHE PCD PIV) as ``command``: the same parsing, admission and
         verdict as an MQTT command, but it never reaches the pump. A verdict other than reject
         becomes ``needs_confirmation`` (with a token, whatever the verdict) carrying
         ``"source": "piv"``, the order id and the command to confirm; a reject is ``rejected``
-        with its findings. The answer is journaled, published and returned (for RRG^O16)."""
+        with its findings. The answer is journaled, published and returned (for RRG^O16).
+        ``command`` is JSON on purpose: it goes through the very parser MQTT payloads do."""
         now = self.now()
         parsed = parse_command(json.dumps(command).encode(), now=now)
         if isinstance(parsed, Rejection):
@@ -464,7 +466,7 @@ class Gate:
     async def _emit(self, pump_id: str, event: PumpEvent) -> None:
         await self.channels[pump_id].hub.emit_event(pump_id, event)
 
-    def observe(self, channel: Channel, old: Decimal, new: Decimal) -> dict[str, Any] | None:
+    def observe(self, channel: Channel, old: Decimal, new: Decimal) -> JsonObject | None:
         """Judge a rate seen at the device by the rules of a command (see
         :meth:`CheckRequests.observe`)."""
         return self._requests.observe(self.library, channel, old, new, self.now())

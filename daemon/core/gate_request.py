@@ -1,6 +1,13 @@
 """Check requests (docs/check.md) built from a channel's context: the plan of one command (its
 action, request and fingerprint), the program a ``program`` command sets, and the judgement of
-a rate seen at the device."""
+a rate seen at the device.
+
+The request is handed to ``protocol/`` as the JSON-shaped object its contract defines and
+validated there in one pass (:func:`protocol.request.parse_request`, the check's edge): a value
+the model refuses (a pump whose min_rate is above its max_rate, too many line shares) is named
+by its full path (``pump: ...``) exactly as ``infusiond check`` names it, which the nested
+models built one by one here would not do. The already validated history entries are reused
+as models (see :meth:`CheckRequests._history_entry`)."""
 
 from __future__ import annotations
 
@@ -8,22 +15,23 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
 
 from pydantic import ValidationError
 
+from daemon.base.quantities import RATE_UNIT, JsonObject
 from daemon.base.timefmt import at_ms
 from daemon.core.channel import Channel
 from daemon.core.program import Action, Program
-from daemon.mqtt.command_parse import Command
+from daemon.mqtt.command_parse import Command, CommandAction
 from protocol.engine import evaluate
 from protocol.errors import RequestError
 from protocol.library import Library
-from protocol.request import HistoryEntry, parse_request
+from protocol.request import CheckRequest, HistoryEntry, parse_request
 
 #: validated history entries kept for reuse (64 per pump at most are in use at a time)
 HISTORY_MODELS_MAX = 16_384
-VitalsLookup = Callable[[str | None], dict[str, Any] | None]
+VitalsLookup = Callable[[str | None], JsonObject | None]
+"""bed -> the ``vitals`` of its check requests (None without readings)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,7 +39,7 @@ class Plan:
     """What one command asks, as the library checks it."""
 
     action: Action
-    request: Any
+    request: CheckRequest
     fingerprint: str
     program: Program | None
 
@@ -72,21 +80,21 @@ class CheckRequests:
         program = channel.program
         new_program: Program | None = None
         current = channel.current_dose()
-        requested: dict[str, Any]
+        requested: JsonObject  # the request's ``requested``, also spelled in the fingerprint
         action = Action.SET_RATE
-        if cmd.action == "set_dose" and cmd.dose is not None:
+        if cmd.action is CommandAction.SET_DOSE and cmd.dose is not None:
             requested = {"dose": {"value": cmd.dose.value, "unit": cmd.dose.unit}}
-        elif cmd.action == "set_rate" and cmd.rate is not None:
+        elif cmd.action is CommandAction.SET_RATE and cmd.rate is not None:
             requested = {"rate": {"value": cmd.rate.value, "unit": cmd.rate.unit}}
-        elif cmd.action in ("stop", "pause"):
+        elif cmd.action in (CommandAction.STOP, CommandAction.PAUSE):
             requested = {"action": "stop"}
-            action = Action.STOP if cmd.action == "stop" else Action.PAUSE
-        elif cmd.action == "start":
+            action = Action.STOP if cmd.action is CommandAction.STOP else Action.PAUSE
+        elif cmd.action is CommandAction.START:
             action = Action.START
             rate = channel.status.rate_ml_h if channel.status else Decimal(0)
-            requested = {"rate": {"value": rate, "unit": "mL/h"}}
+            requested = {"rate": {"value": rate, "unit": RATE_UNIT}}
             current = None  # starting is a new infusion: START_RANGE applies
-        elif cmd.action == "program" and cmd.program is not None:
+        elif cmd.action is CommandAction.PROGRAM and cmd.program is not None:
             p = cmd.program
             if channel.status is not None and channel.status.state.value == "infusing":
                 raise RequestError(
@@ -102,9 +110,7 @@ class CheckRequests:
         fingerprint = f"{cmd.action}|{requested}|{cmd.program.model_dump() if cmd.program else ''}"
         return Plan(action, parse_request(request), fingerprint, new_program)
 
-    def _history_entry(
-        self, at: datetime, dose: Decimal, unit: str
-    ) -> HistoryEntry | dict[str, Any]:
+    def _history_entry(self, at: datetime, dose: Decimal, unit: str) -> HistoryEntry | JsonObject:
         """One past dose of the check request, validated once and then reused: a pump's
         history (up to 64 changes) goes into every check of it, and validating it anew cost
         ~0.7 ms per command (docs/performance.md). Unchanged semantics: the same model the
@@ -128,11 +134,11 @@ class CheckRequests:
         program: Program,
         now: datetime,
         current: Decimal | None,
-        requested: dict[str, Any],
-    ) -> dict[str, Any]:
+        requested: JsonObject,
+    ) -> JsonObject:
         """The check request (docs/check.md) for ``channel``, for commands and observations."""
         caps = channel.driver.capabilities
-        patient: dict[str, Any] = {"chronic_hypertension": program.chronic_hypertension}
+        patient: JsonObject = {"chronic_hypertension": program.chronic_hypertension}
         if program.weight_kg is not None:
             patient["weight_kg"] = program.weight_kg
         if program.baseline_sbp is not None:
@@ -180,7 +186,7 @@ class CheckRequests:
 
     def observe(
         self, library: Library, channel: Channel, old: Decimal, new: Decimal, now: datetime
-    ) -> dict[str, Any] | None:
+    ) -> JsonObject | None:
         """Judge a rate seen at the device by the rules of a command (``current`` = the rate
         before it). Returns the verdict, its findings cut to those of severity confirm or
         reject, when there is any; None when the library would accept the change outright."""
@@ -190,7 +196,7 @@ class CheckRequests:
             channel.program,
             now,
             current,
-            {"rate": {"value": new, "unit": "mL/h"}},
+            {"rate": {"value": new, "unit": RATE_UNIT}},
         )
         verdict = evaluate(library, parse_request(request))
         data = verdict.to_dict()

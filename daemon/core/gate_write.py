@@ -8,11 +8,11 @@ import asyncio
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
 
 import structlog
 
 from daemon.base.events import PumpEvent
+from daemon.base.quantities import JsonObject
 from daemon.base.results import (
     CommandResult,
     DeviceBefore,
@@ -56,7 +56,7 @@ class Admission:
     task of that claim once the driver's hook started it."""
 
     answer: CommandResult  # the ``accepted`` result
-    command: dict[str, Any]  # the command as received
+    command: JsonObject  # the command as received (journaled with its claim)
     received: datetime
     task: asyncio.Task[CommandClaim] | None = None
 
@@ -289,7 +289,7 @@ class Writer:
         write may have reached the device) unless the driver said nothing was sent."""
         try:
             async with asyncio.timeout_at(self.writing[channel.pump_id].deadline):
-                return await channel.execute(action, command_id, rate, events=events)
+                return await channel.commands.execute(action, command_id, rate, events=events)
         except TimeoutError:
             detail = f"no verified answer within {COMMAND_DEADLINE_S:g} s"
         except DriverError as exc:

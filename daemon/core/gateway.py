@@ -20,23 +20,25 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from importlib.metadata import version as package_version
-from typing import Any
 
 import structlog
 
 from daemon.base.config import Config
 from daemon.base.config_sections import PumpConfig
-from daemon.base.envelope import SCHEMA_IDS, Kind, encode, envelope
+from daemon.base.envelope import Kind, encode, envelope
 from daemon.base.events import PumpEvent
-from daemon.base.quantities import optional_json
+from daemon.base.quantities import JsonObject, optional_json
 from daemon.base.results import CommandResult
+from daemon.core.bridge_info import bridge_info
 from daemon.core.channel import Channel
 from daemon.core.channel_types import ChannelConfig, PollReport
 from daemon.core.gate import Control, Gate, ReplyTo
-from daemon.core.gateway_library import LibraryHotReload
+from daemon.core.gateway_library import LibraryHotReload, library_uses
+from daemon.core.gateway_piv import piv_listener
 from daemon.core.gateway_vitals import VitalsIntake
 from daemon.core.parts import (
     configured_program,
+    library_path,
     load_checked_library,
     make_driver,
     mqtt_bridge,
@@ -44,7 +46,6 @@ from daemon.core.parts import (
 from daemon.core.program import dose_at
 from daemon.core.recovery import recover_pumps
 from daemon.core.sdnotify import Notifier
-from daemon.core.vitals import VitalsBoard
 from daemon.ihe import outbound as ihe_outbound
 from daemon.ihe.piv import PivListener
 from daemon.journal.history import History
@@ -64,7 +65,6 @@ from daemon.pharmacy.reload import (
 from drivers.backoff import Backoff
 from drivers.base import Driver
 from drivers.clock import utc_now
-from drivers.hl7 import VitalsListener
 from protocol.library import Library
 
 log = structlog.get_logger("infusiond.gateway")
@@ -76,7 +76,7 @@ PRUNE_EVERY_S = 3600.0
 
 
 @dataclass
-class Gateway(LibraryHotReload, VitalsIntake):
+class Gateway:
     """Everything one ``infusiond run`` owns. Use :meth:`run` inside ``asyncio.run``."""
 
     config: Config
@@ -90,19 +90,17 @@ class Gateway(LibraryHotReload, VitalsIntake):
     bridge: MqttBridge = field(init=False)
     gate: Gate = field(init=False)
     channels: dict[str, Channel] = field(default_factory=dict, init=False)
-    boards: dict[str, VitalsBoard] = field(default_factory=dict, init=False)
-    listeners: list[VitalsListener] = field(default_factory=list, init=False)
+    #: the vitals sources, their boards and listeners (made in :meth:`_build`)
+    vitals: VitalsIntake = field(init=False)
     ready: asyncio.Event = field(default_factory=asyncio.Event, init=False)
-    #: set once every vitals listener is bound: READY means a monitor can connect
-    vitals_bound: asyncio.Event = field(default_factory=asyncio.Event, init=False)
     #: IHE PCD DEC/IPEC/ACM to the EHR (``[hl7_out]``), None when not configured
     hl7_out: ihe_outbound.Hl7Out | None = field(default=None, init=False)
     #: IHE PCD PIV orders in (``[piv]``), None when not configured
     piv: PivListener | None = field(default=None, init=False)
     _stop: asyncio.Event = field(default_factory=asyncio.Event, init=False)
-    #: set by SIGHUP (:meth:`request_reload`): re-read the library file
-    _reload_wanted: asyncio.Event = field(default_factory=asyncio.Event, init=False)
     reloader: LibraryReloader = field(init=False)
+    #: library reloads on SIGHUP and pushes (made in :meth:`_build`)
+    library_reload: LibraryHotReload = field(init=False)
     #: Prometheus figures (``metrics.registry``, served at GET /metrics) and bridge/health's
     metrics: GatewayMetrics = field(default_factory=GatewayMetrics, init=False)
     #: per-pump ``pump/<id>/availability`` (made in :meth:`_build`)
@@ -123,14 +121,14 @@ class Gateway(LibraryHotReload, VitalsIntake):
         """Journal the events (one transaction, consecutive seqs) and queue them."""
         await self.journal.record_events(pump_id, events)
 
-    async def publish_state(self, pump_id: str, data: dict[str, Any]) -> None:
-        """Publish the retained ``pump.state``."""
+    async def publish_state(self, pump_id: str, data: JsonObject) -> None:
+        """Publish the retained ``pump.state`` (``data`` is its payload, built by the channel)."""
         if self.hl7_out is not None:
             self.hl7_out.pump_state(pump_id, data)
         self._publish_retained(self.bridge.topics.pump_state(pump_id), Kind.PUMP_STATE, data)
         self.availability.update(pump_id, data.get("connection"))
 
-    def _publish_retained(self, topic: str, kind: Kind, data: dict[str, Any]) -> None:
+    def _publish_retained(self, topic: str, kind: Kind, data: JsonObject) -> None:
         body = envelope(
             kind,
             gateway=self.config.gateway_id,
@@ -145,7 +143,7 @@ class Gateway(LibraryHotReload, VitalsIntake):
         self, pump_id: str, result: CommandResult, reply: ReplyTo | None
     ) -> None:
         data = result.to_json()  # the result as published
-        self.metrics.command_result(data)
+        self.metrics.command_result(result)
         body = envelope(
             Kind.PUMP_COMMAND_RESULT,
             gateway=self.config.gateway_id,
@@ -171,7 +169,7 @@ class Gateway(LibraryHotReload, VitalsIntake):
             opened: AsyncJournal | None = self.__dict__.get("journal")
             return opened if opened is not None and not opened.closed else None
 
-        def dose_obj(pump_id: str, rate_ml_h: float) -> dict[str, Any] | None:
+        def dose_obj(pump_id: str, rate_ml_h: float) -> JsonObject | None:
             channel = self.channels.get(pump_id)
             return (
                 None
@@ -195,17 +193,21 @@ class Gateway(LibraryHotReload, VitalsIntake):
         self.hl7_out = ihe_outbound.from_config(cfg, self.journal, self.clock)
         if self.hl7_out is not None:
             await self.hl7_out.prepare()
-        for source in cfg.vitals:
-            self.boards[source.bed] = VitalsBoard(
-                [source.bed], default_bed=source.bed, stale_after_s=source.stale_after_s
-            )
+        self.vitals = VitalsIntake(
+            cfg.vitals,
+            lambda bed, data: self._publish_retained(
+                self.bridge.topics.vitals_state(bed), Kind.VITALS_STATE, data
+            ),
+            self.clock,
+            self.hl7_out,
+        )
         self.gate = Gate(
             library=self.library,
             channels=self.channels,
             journal=self.journal,
             send_result=self._send_result,
             now=self.clock,
-            vitals_for=self._vitals_for,
+            vitals_for=self.vitals.vitals_for,
             control=Control(
                 cfg.control.enabled,
                 frozenset(cfg.control.allowlist),
@@ -219,24 +221,19 @@ class Gateway(LibraryHotReload, VitalsIntake):
             journal=self.journal,
             current=lambda: self.library,
             install=self._install_library,
-            uses=self._library_uses,
+            uses=lambda: library_uses(self.channels),
             now=self.clock,
         )
+        self.library_reload = LibraryHotReload(
+            self.reloader,
+            library_path(cfg),
+            self.journal,
+            self.bridge,
+            cfg.gateway_id,
+            self.clock,
+        )
         if cfg.piv is not None:
-            self.piv = PivListener(
-                host=cfg.piv.host,
-                port=cfg.piv.port,
-                submit=lambda pump_id, command, order_id: self.gate.submit_order(
-                    pump_id, command, order_id=order_id
-                ),
-                program_of=lambda pid: (
-                    self.channels[pid].state_data() if pid in self.channels else None
-                ),
-                clock=self.clock,
-                max_frame=cfg.piv.max_frame,
-                idle_timeout_s=cfg.piv.idle_timeout_s,
-                max_connections=cfg.piv.max_connections,
-            )
+            self.piv = piv_listener(cfg.piv, self.gate, self.channels, self.clock)
         for pump, program in zip(cfg.pumps, programs, strict=True):
             self.channels[pump.id] = Channel(
                 pump_id=pump.id,
@@ -262,10 +259,17 @@ class Gateway(LibraryHotReload, VitalsIntake):
             journal_footprint=lambda: self.journal.run(Journal.footprint),
         )
 
+    def _install_library(self, library: Library) -> None:
+        """The swap: one assignment each, between two commands (the loop is single-threaded);
+        then ``bridge/info`` names the new library."""
+        self.library = library
+        self.gate.library = library
+        self._publish_bridge_info()
+
     def _count_poll(self, report: PollReport) -> None:
         self.metrics.poll(report.pump_id, ok=report.answered, late_s=report.late_s)
 
-    def _publish_health(self, data: dict[str, Any]) -> None:
+    def _publish_health(self, data: JsonObject) -> None:
         self._publish_retained(self.bridge.topics.bridge_health, Kind.BRIDGE_HEALTH, data)
 
     async def _publish_discovery(self) -> None:
@@ -294,26 +298,15 @@ class Gateway(LibraryHotReload, VitalsIntake):
         await self.gate.load_interrupted()
         await recover_pumps(self.journal, self.channels, self.clock())
 
-    def _bridge_info(self) -> dict[str, Any]:
-        return {
-            "version": package_version("infusiond"),
-            "session": self.journal.session,
-            "started_at": self._started_at,
-            "library": self.library.identity.to_dict(),
-            "pumps": [
-                {
-                    "id": p.id,
-                    "driver": p.driver,
-                    "bed": p.bed,
-                    "drug": self.channels[p.id].program.drug,
-                    "profile": self.channels[p.id].program.profile,
-                }
-                for p in self.config.pumps
-            ],
-            "beds": [v.bed for v in self.config.vitals],
-            "control_enabled": self.config.control.enabled,
-            "schemas": list(SCHEMA_IDS),
-        }
+    def _publish_bridge_info(self) -> None:
+        data = bridge_info(
+            self.config,
+            session=self.journal.session,
+            started_at=self._started_at,
+            library=self.library,
+            programs={pid: ch.program for pid, ch in self.channels.items()},
+        )
+        self._publish_retained(self.bridge.topics.bridge_info, Kind.BRIDGE_INFO, data)
 
     async def _serve_events_requests(self) -> None:
         """Answer fleet collectors' backfill requests from the journal (daemon/events_request)."""
@@ -344,7 +337,7 @@ class Gateway(LibraryHotReload, VitalsIntake):
         """Build, run until :meth:`stop` (or cancellation), then shut down cleanly."""
         await self._build()
         await self._recover()
-        await self._journal_programs()
+        await self.library_reload.journal_programs()
         try:
             if self.piv is not None:
                 await self.piv.start()
@@ -353,15 +346,13 @@ class Gateway(LibraryHotReload, VitalsIntake):
                 bridge_task = tg.create_task(
                     self._supervise("mqtt-bridge", self.bridge.run), name="mqtt-bridge"
                 )
-                self._publish_retained(
-                    self.bridge.topics.bridge_info, Kind.BRIDGE_INFO, self._bridge_info()
-                )
+                self._publish_bridge_info()
                 workers: list[asyncio.Task[None]] = [
                     tg.create_task(self._supervise(f"channel:{pid}", ch.run), name=f"channel:{pid}")
                     for pid, ch in self.channels.items()
                 ]
                 workers.extend(
-                    tg.create_task(self._vitals_source(source), name=f"vitals:{source.bed}")
+                    tg.create_task(self.vitals.run_source(source), name=f"vitals:{source.bed}")
                     for source in self.config.vitals
                 )
                 workers.append(tg.create_task(self._dispatch_commands(), name="commands"))
@@ -380,9 +371,11 @@ class Gateway(LibraryHotReload, VitalsIntake):
                 )
                 workers.append(tg.create_task(sample_metrics(self.metrics), name="metrics-sample"))
                 workers.append(tg.create_task(self._prune_journal(), name="journal-retention"))
-                workers.append(tg.create_task(self._reload_on_request(), name="library-reload"))
                 workers.append(
-                    tg.create_task(self._serve_library_requests(), name="library-requests")
+                    tg.create_task(self.library_reload.reload_on_request(), name="library-reload")
+                )
+                workers.append(
+                    tg.create_task(self.library_reload.serve_pushes(), name="library-requests")
                 )
                 workers.append(
                     tg.create_task(self._serve_events_requests(), name="events-requests")
@@ -408,7 +401,7 @@ class Gateway(LibraryHotReload, VitalsIntake):
             for channel in self.channels.values():
                 with contextlib.suppress(Exception):
                     await channel.driver.close()
-            for listener in self.listeners:
+            for listener in self.vitals.listeners:
                 await listener.close()
             if self.piv is not None:
                 await self.piv.close()
@@ -419,7 +412,9 @@ class Gateway(LibraryHotReload, VitalsIntake):
         """SIGHUP re-reads the library (only the main thread may own signal handlers)."""
         if threading.current_thread() is not threading.main_thread():
             return False
-        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.request_reload)
+        asyncio.get_running_loop().add_signal_handler(
+            signal.SIGHUP, self.library_reload.request_reload
+        )
         return True
 
     async def _supervise(self, name: str, body: Callable[[], Awaitable[None]]) -> None:
@@ -464,10 +459,8 @@ class Gateway(LibraryHotReload, VitalsIntake):
             )
 
     async def _notify_systemd(self) -> None:
-        if not any(v.listen is not None for v in self.config.vitals):
-            self.vitals_bound.set()
         await asyncio.gather(
-            self.vitals_bound.wait(), *(c.first_poll_done.wait() for c in self.channels.values())
+            self.vitals.bound.wait(), *(c.first_poll_done.wait() for c in self.channels.values())
         )
         self.ready.set()
         self.notifier.notify(READY="1", STATUS=f"{len(self.channels)} pump(s) polled")

@@ -1,21 +1,20 @@
 """The gateway's drug-library hot reload: SIGHUP re-reads the library file, a pharmacy pushes one
 over ``bridge/request/library``; a library the reloader accepts is swapped in between two
-commands, and each pump's drug and profile with the library in force are journaled."""
+commands (by the ``install`` the gateway gave the reloader), and each pump's drug and profile
+with the library in force are journaled."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
 
 import structlog
 
-from daemon.base.config import Config
 from daemon.base.envelope import Kind, encode, envelope
 from daemon.core.channel import Channel
-from daemon.core.gate import Gate
-from daemon.core.parts import library_path
 from daemon.journal.records import JournalError, JournalKind
 from daemon.journal.writer import AsyncJournal
 from daemon.mqtt.bridge import MqttBridge
@@ -26,50 +25,37 @@ from daemon.pharmacy.reload import (
     Use,
     programs_row,
 )
-from protocol.library import Library
 
 log = structlog.get_logger("infusiond.gateway")
 
 
-class LibraryHotReload:
-    """The library half of :class:`daemon.core.gateway.Gateway` (which owns the attributes)."""
+def library_uses(channels: Mapping[str, Channel]) -> dict[str, Use]:
+    """What each pump runs, which a new library must still cover."""
+    return {
+        pid: Use(ch.program.profile, ch.program.drug, ch.program.dose_unit)
+        for pid, ch in channels.items()
+    }
 
-    config: Config
-    library: Library
-    gate: Gate
+
+@dataclass
+class LibraryHotReload:
+    """Runs the gateway's library reloads: on request (SIGHUP, :meth:`request_reload`) from
+    ``library_file``, and on each push the bridge receives, answered on
+    ``bridge/response/library``."""
+
+    reloader: LibraryReloader
+    library_file: Path
     journal: AsyncJournal
     bridge: MqttBridge
-    channels: dict[str, Channel]
+    gateway_id: str
     clock: Callable[[], datetime]
-    reloader: LibraryReloader
-    _reload_wanted: asyncio.Event
+    _reload_wanted: asyncio.Event = field(default_factory=asyncio.Event)
 
-    if TYPE_CHECKING:
-
-        def _publish_retained(self, topic: str, kind: Kind, data: dict[str, Any]) -> None: ...
-
-        def _bridge_info(self) -> dict[str, Any]: ...
-
-    def _install_library(self, library: Library) -> None:
-        """The swap: one assignment each, between two commands (the loop is single-threaded);
-        then ``bridge/info`` names the new library."""
-        self.library = library
-        self.gate.library = library
-        self._publish_retained(
-            self.bridge.topics.bridge_info, Kind.BRIDGE_INFO, self._bridge_info()
-        )
-
-    def _library_uses(self) -> dict[str, Use]:
-        return {
-            pid: Use(ch.program.profile, ch.program.drug, ch.program.dose_unit)
-            for pid, ch in self.channels.items()
-        }
-
-    async def _journal_programs(self) -> None:
+    async def journal_programs(self) -> None:
         """Journal each pump's drug and profile and the library in force (what the CQI report
         attributes commands to), when they differ from the last such row: a restart with the
         same programs writes nothing. Never fatal: the report then shows them as unknown."""
-        row = programs_row(self.library, self._library_uses())
+        row = programs_row(self.reloader.current(), self.reloader.uses())
         try:
             known = await self.journal.rows(pump_id=PROGRAMS_KEY, kinds=[JournalKind.STATE])
             if not known or known[-1].payload != row:
@@ -83,28 +69,30 @@ class LibraryHotReload:
         """Re-read the library file soon (the SIGHUP handler)."""
         self._reload_wanted.set()
 
-    async def _reload_on_request(self) -> None:
+    async def reload_on_request(self) -> None:
+        """Serve :meth:`request_reload`, one reload at a time (forever)."""
         while True:
             await self._reload_wanted.wait()
             self._reload_wanted.clear()
             try:
-                library = await self.reloader.reload_file(library_path(self.config))
+                library = await self.reloader.reload_file(self.library_file)
             except (LibraryRefused, JournalError) as exc:
                 reasons = list(getattr(exc, "reasons", [str(exc)]))
                 log.warning("library_reload_refused", reasons=reasons)
             else:
                 log.info("library_reloaded", version=library.version)
 
-    async def _serve_library_requests(self) -> None:
+    async def serve_pushes(self) -> None:
+        """Answer every library push the bridge receives (forever)."""
         async for incoming in self.bridge.library_requests():
-            data = await self.reloader.push(incoming.payload, retained=incoming.retain)
+            answer = await self.reloader.push(incoming.payload, retained=incoming.retain)
             body = envelope(
                 Kind.LIBRARY_RESPONSE,
-                gateway=self.config.gateway_id,
+                gateway=self.gateway_id,
                 session=self.journal.session,
                 seq=self.journal.seq,
                 ts=self.clock(),
-                data=data,
+                data=answer.to_json(),
             )
             self.bridge.send_library_response(
                 encode(body),

@@ -15,7 +15,8 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
+
+from daemon.base.quantities import JsonObject
 
 ENV_VAR = "INFUSIOND_BENCH_STATS"
 BUCKETS = 10_000  # 1 ms each; the last one collects everything >= 10 s
@@ -52,8 +53,9 @@ class LatenessHistogram:
         self.counts[bucket if bucket < BUCKETS else BUCKETS - 1] += 1
         self.total += 1
 
-    def snapshot(self) -> dict[str, Any]:
-        """``{"total": n, "ms": {bucket_ms: count, ...}}`` with empty buckets left out."""
+    def snapshot(self) -> JsonObject:
+        """``{"total": n, "ms": {bucket_ms: count, ...}}`` with empty buckets left out: the JSON
+        file the benchmark reads (:meth:`dump`)."""
         return {
             "total": self.total,
             "ms": {str(ms): n for ms, n in enumerate(self.counts) if n},

@@ -28,8 +28,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
 
+from daemon.base.quantities import JsonObject
 from drivers.hl7 import Observation, Parameter, VitalsSample
 
 DEFAULT_STALE_AFTER_S = 900.0
@@ -52,7 +52,7 @@ def json_number(value: Decimal) -> int | float:
     return int(value) if value == value.to_integral_value() else float(value)
 
 
-def _value_dict(obs: Observation) -> dict[str, Any]:
+def _value_dict(obs: Observation) -> JsonObject:
     return {"value": json_number(obs.value), "unit": obs.unit, "at": rfc3339_ms(obs.at)}
 
 
@@ -108,9 +108,9 @@ class VitalsState:
         age = self.age_s(parameter, now)
         return age is None or age > self.stale_after_s
 
-    def snapshot(self, now: datetime) -> dict[str, Any]:
-        """The ``vitals.state`` data dict at ``now``."""
-        data: dict[str, Any] = {}
+    def snapshot(self, now: datetime) -> JsonObject:
+        """The ``vitals.state`` data at ``now`` (published as is, and told to the EHR)."""
+        data: JsonObject = {}
         for parameter in STATE_PARAMETERS:
             obs = self._latest.get(parameter)
             if obs is None:
@@ -123,8 +123,9 @@ class VitalsState:
         data["source"] = self.source
         return data
 
-    def check_vitals(self) -> dict[str, Any] | None:
-        """The check request's ``vitals`` ({map, sbp, dbp, hr} present ones) or None.
+    def check_vitals(self) -> JsonObject | None:
+        """The check request's ``vitals`` ({map, sbp, dbp, hr} present ones) or None: part of
+        the request ``protocol/`` validates (see daemon/core/gate_request.py).
 
         Values are passed with their clamped observation time (never after the gateway
         received them) whatever their age: the rule engine judges staleness (VITALS_STALE)

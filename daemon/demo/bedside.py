@@ -33,11 +33,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 from daemon.base.config import Config
 from daemon.base.logging_setup import configure_logging
 from daemon.base.paths import default_data_dir, lock_data_dir
+from daemon.base.quantities import JsonObject
 from daemon.core.gateway import Gateway
 from daemon.demo.broker import demo_broker
 from daemon.demo.devices import (
@@ -95,8 +96,9 @@ def demo_config(
     hl7_out_url: str | None = None,
     piv_url: str | None = None,
 ) -> Config:
-    """The daemon configuration of the demo bedside."""
-    norepinephrine: dict[str, Any] = {
+    """The daemon configuration of the demo bedside, written as a configuration file would give
+    it (TOML tables as JSON objects) and validated by :class:`Config` exactly like one."""
+    norepinephrine: JsonObject = {
         "drug": "norepinephrine",
         "concentration": {"value": NE_UG_ML, "unit": "ug/mL"},
         "diluent": "D5W",
@@ -104,7 +106,7 @@ def demo_config(
         "library_profile": "adult-icu",
         "weight_kg": WEIGHT_KG,
     }
-    pump_list: list[dict[str, Any]] = [
+    pump_list: list[JsonObject] = [
         {
             "id": "pump-1",
             "driver": "modbus",
@@ -276,7 +278,7 @@ async def running_demo(
             # READY means every vitals listener is bound: take the port the OS gave it
             endpoints = dataclasses.replace(
                 endpoints,
-                vitals_url=gateway.listeners[0].url,
+                vitals_url=gateway.vitals.listeners[0].url,
                 piv_url=gateway.piv.url if gateway.piv is not None else None,
             )
             monitor_task = tg.create_task(monitor.run(endpoints.vitals_url), name="monitor")

@@ -22,11 +22,12 @@ import contextlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Protocol
 
 import structlog
 
 from daemon.base.config import Config
+from daemon.base.quantities import JsonObject
 from daemon.base.timefmt import parse_ts
 from daemon.ihe import messages
 from daemon.ihe.messages import Endpoint, Patient
@@ -100,9 +101,12 @@ class Hl7Out:
         #: set while every stored message has been answered (cleared when one is pending)
         self.drained = asyncio.Event()
         self._cursor = 0
-        self._pumps: dict[str, dict[str, Any]] = {}
-        self._beds: dict[str, dict[str, Any]] = {}
-        self._dec_sent: dict[str, tuple[Any, ...]] = {}
+        # the latest published ``pump.state`` / ``vitals.state`` payloads: a DEC translates the
+        # payload the MQTT side publishes, field by field, into HL7 (an edge of its own)
+        self._pumps: dict[str, JsonObject] = {}
+        self._beds: dict[str, JsonObject] = {}
+        #: what the last DEC of each subject reported (the repr of each reported field)
+        self._dec_sent: dict[str, tuple[str, ...]] = {}
         self._dec_due: set[str] = set()
         self._dec_wake = asyncio.Event()
         self._alarms: dict[tuple[str, str], str] = {}
@@ -113,7 +117,7 @@ class Hl7Out:
 
     # -- inputs from the gateway (synchronous: they only note what changed) -------------------
 
-    def pump_state(self, pump_id: str, data: Mapping[str, Any]) -> None:
+    def pump_state(self, pump_id: str, data: JsonObject) -> None:
         """The pump's latest ``pump.state``: a DEC goes out now if what it reports changed."""
         self._pumps[pump_id] = dict(data)
         key = tuple(repr(data.get(k)) for k in _DEC_PUMP_KEYS)
@@ -121,7 +125,7 @@ class Hl7Out:
             self._dec_due.add(f"pump:{pump_id}")
             self._dec_wake.set()
 
-    def vitals(self, bed: str, data: Mapping[str, Any]) -> None:
+    def vitals(self, bed: str, data: JsonObject) -> None:
         """A new vitals reading of ``bed``: a DEC goes out now."""
         self._beds[bed] = dict(data)
         self._dec_due.add(f"bed:{bed}")
@@ -159,7 +163,7 @@ class Hl7Out:
             await self.journal.hl7_enqueue(built, cursor=rows[-1].n)
             self._cursor = rows[-1].n
 
-    async def _alarm_id(self, row: JournalRow, event: Mapping[str, Any]) -> str:
+    async def _alarm_id(self, row: JournalRow, event: JsonObject) -> str:
         """One identity per alarm, from its raise to its clear: ``pump:code:n`` with ``n`` the
         journal row of the raise (the events' ``since`` is not the same on both). After a
         restart between the two, the raise is found in the journal."""
@@ -385,7 +389,7 @@ class Hl7Out:
 class _DecBuilder(Protocol):
     def __call__(
         self,
-        data: Mapping[str, Any],
+        data: JsonObject,
         /,
         *,
         control_id: str,
@@ -397,7 +401,7 @@ class _DecBuilder(Protocol):
 
 def _dec(
     build: _DecBuilder,
-    data: Mapping[str, Any],
+    data: JsonObject,
     now: datetime,
     endpoint: Endpoint,
     patient: Patient,

@@ -20,15 +20,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
 
 import structlog
 
+from daemon.base.quantities import JsonObject
 from daemon.base.results import CommandResult, Phase
 from daemon.base.timefmt import format_ts
 from daemon.journal.records import JournalError
@@ -39,7 +41,9 @@ from drivers.hl7.piv import PivOrder, build_rrg, parse_rgv
 
 log = structlog.get_logger("infusiond.piv")
 
-SubmitOrder = Callable[[str, dict[str, Any], str], Awaitable[CommandResult]]
+SubmitOrder = Callable[[str, JsonObject, str], Awaitable[CommandResult]]
+"""(pump id, the order as an ``infusiond.pump.command/1`` JSON command, order id) -> the gate's
+answer. JSON on purpose: an order goes through the very parser MQTT commands do."""
 #: the command id of an order: ``piv-<order id>`` with characters outside [A-Za-z0-9_.-] as _
 _ID_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 _READ_CHUNK = 4096
@@ -48,22 +52,36 @@ _READ_CHUNK = 4096
 ORDER_TTL_S = 3600
 
 
-def order_command(order: PivOrder, program: Mapping[str, Any], *, now: datetime) -> dict[str, Any]:
-    """The ``infusiond.pump.command/1`` command equivalent to ``order`` on a pump whose
-    ``pump.state`` is ``program``. An order for the infusion that is running (same drug, same
-    concentration and unit, pump infusing) is a titration: ``set_dose``. Anything else is a new
-    ``program`` (route and library profile from the pump, weight unless the order gives it),
-    which the gate accepts only on a stopped pump."""
-    weight = order.weight_kg if order.weight_kg is not None else program.get("weight_kg")
-    body: dict[str, Any] = {
+@dataclass(frozen=True, slots=True)
+class PumpProgram:
+    """What a pump runs, as an order is translated against it (see :func:`order_command`)."""
+
+    infusing: bool
+    drug: str
+    concentration: Decimal
+    concentration_unit: str
+    diluent: str
+    route: str
+    profile: str
+    weight_kg: Decimal | None
+
+
+def order_command(order: PivOrder, program: PumpProgram, *, now: datetime) -> JsonObject:
+    """The ``infusiond.pump.command/1`` command equivalent to ``order`` on a pump that runs
+    ``program``. An order for the infusion that is running (same drug, same concentration and
+    unit, pump infusing) is a titration: ``set_dose``. Anything else is a new ``program`` (route
+    and library profile from the pump, weight unless the order gives it), which the gate accepts
+    only on a stopped pump."""
+    weight = order.weight_kg if order.weight_kg is not None else program.weight_kg
+    body: JsonObject = {
         "drug": order.drug,
         "concentration": {
             "value": float(order.concentration.value),
             "unit": order.concentration.unit,
         },
-        "diluent": order.diluent or program["diluent"],
-        "route": program["route"],
-        "profile": program["profile"],
+        "diluent": order.diluent or program.diluent,
+        "route": program.route,
+        "profile": program.profile,
         "dose": {"value": float(order.dose.value), "unit": order.dose.unit},
     }
     if weight is not None:
@@ -76,12 +94,11 @@ def order_command(order: PivOrder, program: Mapping[str, Any], *, now: datetime)
         "ttl_s": ORDER_TTL_S,
         "by": {"clinician": order.ordered_by or "ehr"},
     }
-    running = program.get("concentration") or {}
     if (
-        program.get("status") == "infusing"
-        and str(program.get("drug", "")).casefold() == order.drug.casefold()
-        and running.get("unit") == order.concentration.unit
-        and Decimal(str(running.get("value"))) == order.concentration.value
+        program.infusing
+        and program.drug.casefold() == order.drug.casefold()
+        and program.concentration_unit == order.concentration.unit
+        and program.concentration == order.concentration.value
     ):
         return head | {"action": "set_dose", "dose": body["dose"]}
     return head | {"action": "program", "program": body}
@@ -114,7 +131,7 @@ class PivListener:
         host: str,
         port: int,
         submit: SubmitOrder,
-        program_of: Callable[[str], Mapping[str, Any] | None],
+        program_of: Callable[[str], PumpProgram | None],
         clock: Callable[[], datetime],
         max_frame: int = DEFAULT_MAX_FRAME,
         idle_timeout_s: float = 300.0,
@@ -195,32 +212,31 @@ class PivListener:
         now = self.clock()
         header = peek_header(payload)
         ack_id = f"PIV{next(self._ids)}"
-        reply: dict[str, Any] = {
-            "answers": header.control_id,
-            "now": now,
-            "control_id": ack_id,
-            "receiving_application": header.sending_application,
-            "receiving_facility": header.sending_facility,
-        }
+        rrg = functools.partial(  # what every answer to this message says
+            build_rrg,
+            answers=header.control_id,
+            now=now,
+            control_id=ack_id,
+            receiving_application=header.sending_application,
+            receiving_facility=header.sending_facility,
+        )
         try:
             order = parse_rgv(payload)
         except MessageError as exc:
             log.warning("piv.bad_order", error=exc.text, location=exc.location)
-            return build_rrg(code=AckCode.AE, text=exc.text, error=exc.code, **reply)
-        reply |= {"order_id": order.order_id, "patient_id": order.patient_id or ""}
+            return rrg(code=AckCode.AE, text=exc.text, error=exc.code)
+        rrg = functools.partial(rrg, order_id=order.order_id, patient_id=order.patient_id or "")
         program = self.program_of(order.pump_id)
         if program is None:
             text = f"OBX-18 target pump {order.pump_id!r} is not a pump of this gateway"
             log.warning("piv.unknown_pump", order=order.order_id, pump=order.pump_id)
-            return build_rrg(
-                code=AckCode.AE, text=text, error=Hl7ErrorCode.TABLE_VALUE_NOT_FOUND, **reply
-            )
+            return rrg(code=AckCode.AE, text=text, error=Hl7ErrorCode.TABLE_VALUE_NOT_FOUND)
         command = order_command(order, program, now=now)
         try:
             result = await self.submit(order.pump_id, command, order.order_id)
         except JournalError as exc:  # no journal, no order: refused, never executed
             log.critical("piv.journal_unavailable", order=order.order_id, error=str(exc))
-            return build_rrg(code=AckCode.AE, text="the gateway cannot write its journal", **reply)
+            return rrg(code=AckCode.AE, text="the gateway cannot write its journal")
         code, text = answer_code(result)
         log.info("piv.order", order=order.order_id, pump=order.pump_id, ack=code.value, why=text)
-        return build_rrg(code=code, text=text, **reply)
+        return rrg(code=code, text=text)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
@@ -38,7 +39,9 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import ErrorDetails
 
+from daemon.base.quantities import JsonObject
 from daemon.base.results import ErrorBody, ErrorCode
 from daemon.base.timefmt import format_ts, parse_ts
 from daemon.mqtt.signing import SignaturePolicy
@@ -128,7 +131,24 @@ class NewProgram(_Strict):
     vtbi: Quantity | None = None
 
 
-CommandAction = Literal["set_dose", "set_rate", "start", "stop", "pause", "program"]
+class CommandAction(StrEnum):
+    """What a command asks (its ``action``); a StrEnum, so that it is published and journaled as
+    the very string it was received as."""
+
+    SET_DOSE = "set_dose"
+    SET_RATE = "set_rate"
+    START = "start"
+    STOP = "stop"
+    PAUSE = "pause"
+    PROGRAM = "program"
+
+
+#: the one parameter field each action needs (the others need none)
+_ACTION_FIELD = {
+    CommandAction.SET_DOSE: "dose",
+    CommandAction.SET_RATE: "rate",
+    CommandAction.PROGRAM: "program",
+}
 
 
 class Command(_Strict):
@@ -139,7 +159,10 @@ class Command(_Strict):
     issued_at: datetime
     ttl_s: Annotated[float, Field(gt=0, le=MAX_TTL_S, allow_inf_nan=False)] = 30.0
     by: By
-    action: CommandAction
+    # lax for this one field: the model is strict (no coercion) but the decoded JSON gives the
+    # action as a string, which becomes the enum member it names (anything else is refused with
+    # the same message a Literal gave)
+    action: Annotated[CommandAction, Field(strict=False)]
     dose: Quantity | None = None
     rate: Quantity | None = None
     program: NewProgram | None = None
@@ -155,8 +178,7 @@ class Command(_Strict):
 
     @model_validator(mode="after")
     def _action_fields(self) -> Self:
-        needs = {"set_dose": "dose", "set_rate": "rate", "program": "program"}
-        wanted = needs.get(self.action)
+        wanted = _ACTION_FIELD.get(self.action)
         for name in ("dose", "rate", "program"):
             present = getattr(self, name) is not None
             if name == wanted and not present:
@@ -169,7 +191,7 @@ class Command(_Strict):
     def expires_at(self) -> datetime:
         return self.issued_at + timedelta(seconds=self.ttl_s)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonObject:
         """The command as JSON-able data (for the journal)."""
         data = self.model_dump(mode="json", by_alias=True, exclude_none=True)
         data["issued_at"] = format_ts(self.issued_at)
@@ -183,8 +205,9 @@ class _DuplicateKeyError(ValueError):
     pass
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> JsonObject:
+    """The ``object_pairs_hook`` of the payload's decoding: an object, refusing a repeated key."""
+    result: JsonObject = {}
     for key, value in pairs:
         if key in result:
             raise _DuplicateKeyError(key)
@@ -192,9 +215,9 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
-def _too_deep(value: Any, limit: int) -> str | None:
+def _too_deep(value: object, limit: int) -> str | None:
     """The path of the first container nested deeper than ``limit``, else None (iterative)."""
-    stack: list[tuple[Any, str, int]] = [(value, "", 0)]
+    stack: list[tuple[object, str, int]] = [(value, "", 0)]
     while stack:
         node, path, depth = stack.pop()
         if isinstance(node, dict | list):
@@ -206,7 +229,7 @@ def _too_deep(value: Any, limit: int) -> str | None:
     return None
 
 
-def _readable_id(obj: Any) -> str | None:
+def _readable_id(obj: object) -> str | None:
     if isinstance(obj, dict):
         cid = obj.get("id")
         if isinstance(cid, str) and 0 < len(cid) <= MAX_ID_CHARS and encodable(cid) == cid:
@@ -214,10 +237,10 @@ def _readable_id(obj: Any) -> str | None:
     return None
 
 
-def _unencodable(value: Any) -> tuple[str, str] | None:
+def _unencodable(value: object) -> tuple[str, str] | None:
     """``(path, what)`` of the first key or string that UTF-8 cannot encode (a lone
     surrogate from a ``\\ud800`` escape), else None. Iterative; call it on shallow data."""
-    stack: list[tuple[Any, str]] = [(value, "")]
+    stack: list[tuple[object, str]] = [(value, "")]
     while stack:
         node, path = stack.pop()
         if isinstance(node, str) and encodable(node) != node:
@@ -242,7 +265,7 @@ def _describe(exc: ValidationError) -> str:
     return "; ".join(_describe_one(err) for err in exc.errors(include_url=False))
 
 
-def _describe_one(err: Any) -> str:
+def _describe_one(err: ErrorDetails) -> str:
     loc = shown(".".join(str(p) for p in err["loc"]))
     msg = str(err["msg"]).removeprefix("Value error, ")
     if not loc and ":" in msg:  # model-level validator already names the field
@@ -269,7 +292,7 @@ def parse_command(
             ErrorCode.TOO_LARGE,
             f"payload is {len(payload)} bytes; the limit is {MAX_COMMAND_BYTES}",
         )
-    obj: Any = None
+    obj: object = None
     json_error: str | None = None
     duplicate_key: str | None = None
     too_deep = False

@@ -21,12 +21,12 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import structlog
 
 from daemon.base.config_sections import DiscoveryConfig
 from daemon.base.envelope import encode
+from daemon.base.quantities import JsonObject
 from daemon.base.topics import Topics
 
 log = structlog.get_logger("infusiond.discovery")
@@ -164,10 +164,11 @@ def _config(
     *,
     unique_id: str,
     state_topic: str,
-    device: dict[str, Any],
+    device: JsonObject,
     availability: list[dict[str, str]],
 ) -> bytes:
-    config: dict[str, Any] = {
+    """One entity's Home Assistant discovery config, encoded (its contract is HA's, not ours)."""
+    config: JsonObject = {
         "name": sensor.name,
         "unique_id": unique_id,
         "state_topic": state_topic,

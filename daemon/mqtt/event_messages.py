@@ -6,8 +6,6 @@ published."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from daemon.base.envelope import Kind, encode, envelope
 from daemon.base.quantities import JsonObject
 from daemon.base.timefmt import parse_ts
@@ -15,10 +13,9 @@ from daemon.base.topics import Topics
 from daemon.journal.records import OutboxItem
 
 
-def event_body(
-    *, gateway: str, session: str, seq: int, ts: str, data: dict[str, Any]
-) -> JsonObject:
-    """The ``pump.event`` envelope of the event journaled at ``ts`` (the journal's text)."""
+def event_body(*, gateway: str, session: str, seq: int, ts: str, data: JsonObject) -> JsonObject:
+    """The ``pump.event`` envelope of the event journaled at ``ts`` (the journal's text);
+    ``data`` is the event as journaled, published byte for byte as it was first."""
     return envelope(
         Kind.PUMP_EVENT, gateway=gateway, session=session, seq=seq, ts=parse_ts(ts), data=data
     )

@@ -16,10 +16,12 @@ oldest event the journal still holds; ``oldest_seq`` says which is, ask from the
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Protocol
 
 from daemon.base.envelope import Kind, encode, envelope
+from daemon.base.quantities import JsonObject
 from daemon.journal.records import JournalRow
 from daemon.mqtt.event_messages import event_body
 
@@ -45,14 +47,33 @@ class EventSource(Protocol):
     async def oldest_event_seq(self) -> int | None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class EventsRequest:
+    """A valid request: its id and the seq range it asks for."""
+
+    id: str
+    from_seq: int
+    to_seq: int
+
+
 class _Refused(Exception):
-    def __init__(self, code: str, message: str, **extra: Any) -> None:
+    """A request answered with an error: its code, message and (``not_retained``) the oldest
+    seq the journal still holds."""
+
+    def __init__(self, code: str, message: str, *, oldest_seq: int | None = None) -> None:
         super().__init__(message)
         self.code = code
-        self.extra = extra
+        self.oldest_seq = oldest_seq
+
+    def error_json(self) -> JsonObject:
+        """The answer's ``error``."""
+        error: JsonObject = {"code": self.code, "message": str(self)}
+        if self.oldest_seq is not None:
+            error["oldest_seq"] = self.oldest_seq
+        return error
 
 
-def _int_field(request: dict[str, Any], key: str) -> int:
+def _int_field(request: JsonObject, key: str) -> int:
     value = request.get(key)
     if not isinstance(value, int) or isinstance(value, bool):
         raise _Refused("bad_request", f"{key}: must be an integer, got {json.dumps(value)[:40]}")
@@ -61,8 +82,8 @@ def _int_field(request: dict[str, Any], key: str) -> int:
     return value
 
 
-def parse_request(payload: bytes, *, retained: bool, session: str) -> tuple[str | None, int, int]:
-    """``(id, from_seq, to_seq)`` of a valid request; ``_Refused`` naming the field otherwise
+def parse_request(payload: bytes, *, retained: bool, session: str) -> EventsRequest:
+    """The request in ``payload`` when it is valid; ``_Refused`` naming the field otherwise
     (its ``id`` is read first, so even a refusal can be matched to its request)."""
     if len(payload) > MAX_REQUEST_BYTES:
         raise _Refused("too_large", f"request is {len(payload)} bytes; at most {MAX_REQUEST_BYTES}")
@@ -93,7 +114,7 @@ def parse_request(payload: bytes, *, retained: bool, session: str) -> tuple[str 
             "unknown_session",
             f"session {wanted[:64]!r} is not this journal's ({session}): its events are gone",
         )
-    return request_id, from_seq, to_seq
+    return EventsRequest(request_id, from_seq, to_seq)
 
 
 def _request_id(payload: bytes) -> str | None:
@@ -120,22 +141,22 @@ async def _check_retained(source: EventSource, from_seq: int) -> None:
 
 async def answer(
     payload: bytes, *, retained: bool, source: EventSource, gateway: str
-) -> dict[str, Any]:
-    """The data of the answer to one request (see the module docstring)."""
+) -> JsonObject:
+    """The data of the answer to one request (see the module docstring), as published."""
     session = source.session
     try:
-        request_id, from_seq, to_seq = parse_request(payload, retained=retained, session=session)
-        await _check_retained(source, from_seq)
-        rows = await source.events_by_seq(from_seq, to_seq, MAX_PAGE_EVENTS)
+        request = parse_request(payload, retained=retained, session=session)
+        await _check_retained(source, request.from_seq)
+        rows = await source.events_by_seq(request.from_seq, request.to_seq, MAX_PAGE_EVENTS)
     except _Refused as refused:
         return {
             "id": _request_id(payload),
             "status": "error",
             "session": session,
             "events": [],
-            "error": {"code": refused.code, "message": str(refused), **refused.extra},
+            "error": refused.error_json(),
         }
-    events: list[dict[str, Any]] = []
+    events: list[JsonObject] = []  # the event envelopes, as published
     size = 0
     next_seq: int | None = None
     for row in rows:
@@ -149,17 +170,15 @@ async def answer(
             next_seq = seq
             break
         events.append(body)
-    if next_seq is None and len(rows) == MAX_PAGE_EVENTS and events[-1]["seq"] < to_seq:
+    if next_seq is None and len(rows) == MAX_PAGE_EVENTS and events[-1]["seq"] < request.to_seq:
         next_seq = events[-1]["seq"] + 1
-    data: dict[str, Any] = {"id": request_id, "status": "ok", "session": session, "events": events}
+    data: JsonObject = {"id": request.id, "status": "ok", "session": session, "events": events}
     if next_seq is not None:
         data["next_seq"] = next_seq
     return data
 
 
-def response_body(
-    data: dict[str, Any], *, gateway: str, source: EventSource, ts: datetime
-) -> bytes:
+def response_body(data: JsonObject, *, gateway: str, source: EventSource, ts: datetime) -> bytes:
     """The answer's bytes: ``data`` in the ``infusiond.bridge.events.response/1`` envelope."""
     return encode(
         envelope(

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
 
+from daemon.base.quantities import JsonObject
 from daemon.mqtt.metrics import SAMPLE_EVERY_S, GatewayMetrics
 
 
 async def publish_health(
-    metrics: GatewayMetrics, publish: Callable[[dict[str, Any]], None], every_s: float
+    metrics: GatewayMetrics, publish: Callable[[JsonObject], None], every_s: float
 ) -> None:
     """Sample, publish (``publish(data)``), wait ``every_s``; forever."""
     while True:

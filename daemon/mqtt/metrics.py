@@ -31,7 +31,6 @@ import bisect
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
@@ -42,13 +41,14 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from daemon.base.quantities import JsonObject
+from daemon.base.results import CommandResult, Phase
 from daemon.journal.records import JournalError
 
 #: upper bounds (seconds) of the poll lateness histogram's buckets
 LATENESS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 #: result phases that end a command (``accepted`` does not: ``applied``/``failed``/... follows)
-FINAL_PHASES = ("rejected", "needs_confirmation", "applied", "failed", "uncertain", "duplicate")
-ACCEPTED = "accepted"
+FINAL_PHASES = tuple(p.value for p in Phase if p is not Phase.ACCEPTED)
 SAMPLE_EVERY_S = 5.0
 
 
@@ -107,17 +107,15 @@ class GatewayMetrics:
         if late_s is not None:
             self.lateness.observe(late_s)
 
-    def command_result(self, data: Mapping[str, Any]) -> None:
+    def command_result(self, result: CommandResult) -> None:
         """One published command result (its ``phase`` and ``id``)."""
-        phase = str(data.get("phase"))
-        command_id = data.get("id")
-        if phase == ACCEPTED:
-            if isinstance(command_id, str):
+        command_id = result.id
+        if result.phase is Phase.ACCEPTED:
+            if command_id is not None:
                 self._in_flight.add(command_id)
             return
-        if phase in self.phases:
-            self.phases[phase] += 1
-        if isinstance(command_id, str):
+        self.phases[result.phase.value] += 1
+        if command_id is not None:
             self._in_flight.discard(command_id)
 
     @property
@@ -150,9 +148,9 @@ class GatewayMetrics:
             for pump, at in self.sources.last_polls().items()
         }
 
-    def snapshot(self) -> dict[str, Any]:
-        """The figures as the ``data`` of ``infusiond.bridge.health/1``."""
-        pumps: dict[str, dict[str, Any]] = {}
+    def snapshot(self) -> JsonObject:
+        """The figures as the ``data`` of ``infusiond.bridge.health/1`` (published as is)."""
+        pumps: dict[str, JsonObject] = {}
         for pump, age in self.last_poll_ages().items():
             pumps[pump] = {"polls_ok": 0, "polls_failed": 0, "last_poll_age_s": _round(age)}
         for (pump, outcome), count in self.polls.items():

@@ -34,10 +34,11 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 import structlog
 
+from daemon.base.quantities import JsonObject
 from daemon.base.results import CommandResult
 from daemon.base.timefmt import format_ts
 from daemon.base.topics import capped_id
@@ -54,17 +55,20 @@ class _Journal(Protocol):
     async def append(
         self,
         kind: JournalKind,
-        payload: dict[str, Any],
+        payload: JsonObject,
         *,
         pump_id: str | None = None,
         ts: datetime | None = None,
     ) -> JournalRow: ...
 
 
+#: where an answer goes besides the result topic (the gate's ``ReplyTo | None``): the desk only
+#: carries it from :meth:`RefusalDesk.refuse` to the callables below
+Reply = TypeVar("Reply")
 #: (pump_id, answer, reply): journal one refusal and answer it (``Gate._refuse``)
-RefuseOne = Callable[[str, CommandResult, Any], Coroutine[Any, Any, None]]
+RefuseOne = Callable[[str, CommandResult, Reply], Coroutine[Any, Any, None]]
 #: (pump_id, answer, reply): publish an answer (``Gate.send_result``)
-AnswerOne = Callable[[str, CommandResult, Any], Awaitable[None]]
+AnswerOne = Callable[[str, CommandResult, Reply], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,10 +105,36 @@ class _Tally:
 
 
 @dataclass(frozen=True, slots=True)
-class _Work:
+class RefusalSummary:
+    """The refusals of one error code in one closed window that were not journaled one by one
+    (a ``command`` journal row of their own)."""
+
+    code: str
+    count: int
+    unanswered: int
+    since: datetime
+    until: datetime
+    pumps: tuple[str, ...]
+
+    def to_json(self) -> JsonObject:
+        """The journal row: ``{"refusals": {code, count, unanswered, from, to, pumps}}``."""
+        return {
+            "refusals": {
+                "code": self.code,
+                "count": self.count,
+                "unanswered": self.unanswered,
+                "from": format_ts(self.since),
+                "to": format_ts(self.until),
+                "pumps": list(self.pumps),
+            }
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class _Work(Generic[Reply]):
     pump_id: str
     data: CommandResult
-    reply: Any
+    reply: Reply
     journal: bool  # one row of its own (else counted in the window's summary)
 
 
@@ -119,15 +149,15 @@ class RefusalStats:
     summary_rows: int = 0
 
 
-class RefusalDesk:
+class RefusalDesk(Generic[Reply]):
     """Rate-limits, aggregates and performs refusals; see the module docstring."""
 
     def __init__(
         self,
         *,
         journal: _Journal,
-        refuse_one: RefuseOne,
-        answer: AnswerOne,
+        refuse_one: RefuseOne[Reply],
+        answer: AnswerOne[Reply],
         limits: RefusalLimits | None = None,
         clock: Callable[[], float] = time.monotonic,
         now: Callable[[], datetime] = utc_now,
@@ -138,7 +168,7 @@ class RefusalDesk:
         self.limits = limits or RefusalLimits()
         self._clock = clock
         self._now = now
-        self._queue: collections.deque[_Work] = collections.deque()
+        self._queue: collections.deque[_Work[Reply]] = collections.deque()
         self._wake = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
         self._window_start = clock()
@@ -146,11 +176,11 @@ class RefusalDesk:
         self._journaled = 0  # in this window
         self._answered = 0  # in this window
         self._tallies: dict[str, _Tally] = {}
-        self._summaries: list[dict[str, Any]] = []  # closed windows' rows, not yet journaled
+        self._summaries: list[RefusalSummary] = []  # closed windows', not yet journaled
         self.stats = RefusalStats()
 
     def refuse(
-        self, pump_id: str, data: CommandResult, reply: Any, why: str
+        self, pump_id: str, data: CommandResult, reply: Reply, why: str
     ) -> asyncio.Task[None] | None:
         """Take one refusal (``data`` is its ``rejected`` answer). Returns the worker task when
         this call started it (the caller keeps the reference), else None."""
@@ -202,16 +232,14 @@ class RefusalDesk:
             to = self._now()
             for code, tally in sorted(self._tallies.items()):
                 self._summaries.append(
-                    {
-                        "refusals": {
-                            "code": code,
-                            "count": tally.count,
-                            "unanswered": tally.unanswered,
-                            "from": format_ts(self._window_from),
-                            "to": format_ts(to),
-                            "pumps": tally.pumps,
-                        }
-                    }
+                    RefusalSummary(
+                        code,
+                        tally.count,
+                        tally.unanswered,
+                        self._window_from,
+                        to,
+                        tuple(tally.pumps),
+                    )
                 )
             self._tallies = {}
         self._window_start = now
@@ -240,7 +268,7 @@ class RefusalDesk:
             else:
                 return
 
-    async def _perform(self, batch: list[_Work]) -> None:
+    async def _perform(self, batch: list[_Work[Reply]]) -> None:
         """Journal-and-answer the window's first refusals together (the journal commits them
         as one group), then answer the others in arrival order."""
         async with asyncio.TaskGroup() as tg:
@@ -258,16 +286,15 @@ class RefusalDesk:
 
     async def _write_summaries(self) -> None:
         rows, self._summaries = self._summaries, []
-        for row in rows:
-            summary = row["refusals"]
+        for summary in rows:
             log.warning(
                 "command_refusals_summarised",
-                code=summary["code"],
-                count=summary["count"],
-                unanswered=summary["unanswered"],
+                code=summary.code,
+                count=summary.count,
+                unanswered=summary.unanswered,
             )
             try:
-                await self._journal.append(JournalKind.COMMAND, row)
+                await self._journal.append(JournalKind.COMMAND, summary.to_json())
             except JournalError as exc:
                 log.critical("journal_unavailable", what="refusal summary", error=str(exc))
                 continue

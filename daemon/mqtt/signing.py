@@ -32,29 +32,29 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from pydantic import SecretStr
 
 from daemon.base.errors import ConfigError
+from daemon.base.quantities import JsonObject
 
 SIG_FIELD = "sig"
 MIN_KEY_BYTES = 16
 MAX_KEY_BYTES = 4096
 
 
-def canonical_bytes(command: Mapping[str, Any]) -> bytes:
+def canonical_bytes(command: Mapping[str, object]) -> bytes:
     """The bytes the MAC covers: ``command`` without ``sig``, sorted keys, compact, UTF-8."""
     body = {k: v for k, v in command.items() if k != SIG_FIELD}
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def compute_hmac(command: Mapping[str, Any], key: bytes) -> str:
+def compute_hmac(command: Mapping[str, object], key: bytes) -> str:
     """Hex HMAC-SHA256 of the canonical command."""
     return hmac.new(key, canonical_bytes(command), hashlib.sha256).hexdigest()
 
 
-def sign(command: Mapping[str, Any], *, kid: str, key: bytes) -> dict[str, Any]:
+def sign(command: Mapping[str, object], *, kid: str, key: bytes) -> JsonObject:
     """A copy of ``command`` with its ``sig`` (for clients and tests)."""
     return {**command, SIG_FIELD: {"kid": kid, "hmac": compute_hmac(command, key)}}
 
@@ -107,7 +107,7 @@ class SignaturePolicy:
         """True when commands are checked at all."""
         return self.require or bool(self.keys)
 
-    def check(self, command: Mapping[str, Any]) -> str | None:
+    def check(self, command: Mapping[str, object]) -> str | None:
         """None when ``command`` passes; else the reason (for ``bad_signature``)."""
         sig = command.get(SIG_FIELD)
         if sig is None:

@@ -25,12 +25,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import structlog
 
 from daemon.base.config_sections import LibraryConfig
 from daemon.base.events import LibraryChanged, Via
+from daemon.base.quantities import JsonObject
 from daemon.journal.records import JournalError, JournalKind
 from daemon.journal.writer import AsyncJournal
 from daemon.pharmacy.signing import (
@@ -43,6 +43,7 @@ from daemon.pharmacy.signing import (
 from protocol.consistency import check_library
 from protocol.errors import LibraryError
 from protocol.library import MAX_LIBRARY_BYTES, Library, load_library_bytes
+from protocol.verdict import LibraryIdentity
 
 log = structlog.get_logger("infusiond.library")
 
@@ -141,7 +142,7 @@ def vet_library(
     return Vetted(library, signed_by)
 
 
-def programs_row(library: Library, uses: Mapping[str, Use]) -> dict[str, Any]:
+def programs_row(library: Library, uses: Mapping[str, Use]) -> JsonObject:
     """The journal row (kind ``state``) that names each pump's drug and profile and the
     library in force: what the CQI report attributes commands and changes to."""
     return {
@@ -231,6 +232,41 @@ def parse_push(payload: bytes, *, retained: bool, allowed: frozenset[str]) -> Pu
     return PushRequest(request_id, user, text.encode("utf-8"), signature)
 
 
+@dataclass(frozen=True, slots=True)
+class PushRefusal:
+    """Why a push was refused: a code (``too_large``, ``refused``, ``journal_unavailable``...),
+    a message and every reason."""
+
+    code: str
+    message: str
+    reasons: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PushAnswer:
+    """The answer to one push (``bridge/response/library``): ok, or its refusal; ``library``
+    is the one running after the request."""
+
+    request_id: str | None
+    library: LibraryIdentity
+    refusal: PushRefusal | None = None
+
+    def to_json(self) -> JsonObject:
+        """The response's ``data``: ``{"id", "status", "error"?, "library"}``."""
+        if self.refusal is None:
+            return {"id": self.request_id, "status": "ok", "library": self.library.to_dict()}
+        return {
+            "id": self.request_id,
+            "status": "error",
+            "error": {
+                "code": self.refusal.code,
+                "message": self.refusal.message,
+                "reasons": list(self.refusal.reasons),
+            },
+            "library": self.library.to_dict(),
+        }
+
+
 @dataclass
 class LibraryReloader:
     """Vets candidate libraries and swaps the running one (one at a time)."""
@@ -302,8 +338,8 @@ class LibraryReloader:
             await self._record(None)
             return vetted.library
 
-    async def push(self, payload: bytes, *, retained: bool) -> dict[str, Any]:
-        """Handle one ``bridge/request/library`` payload; the response's ``data``."""
+    async def push(self, payload: bytes, *, retained: bool) -> PushAnswer:
+        """Handle one ``bridge/request/library`` payload; its answer."""
         request_id: str | None = None
         try:
             request = parse_push(payload, retained=retained, allowed=self.policy.push_allowlist)
@@ -329,17 +365,13 @@ class LibraryReloader:
             await self._record(LibraryRefused("push", [f"journal: {exc}"]))
             return self._answer(request_id, "journal_unavailable", str(exc), [str(exc)])
         await self._record(None)
-        return {"id": request_id, "status": "ok", "library": self.current().identity.to_dict()}
+        return PushAnswer(request_id, self.current().identity)
 
     def _answer(
         self, request_id: str | None, code: str, message: str, reasons: list[str]
-    ) -> dict[str, Any]:
-        return {
-            "id": request_id,
-            "status": "error",
-            "error": {"code": code, "message": message, "reasons": reasons},
-            "library": self.current().identity.to_dict(),
-        }
+    ) -> PushAnswer:
+        refusal = PushRefusal(code, message, tuple(reasons))
+        return PushAnswer(request_id, self.current().identity, refusal)
 
     async def _apply(self, vetted: Vetted, *, via: Via, by: str | None) -> None:
         """Journal ``library_changed``, then swap (nothing to do for the running library)."""

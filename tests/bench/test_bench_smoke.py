@@ -15,7 +15,7 @@ import pytest
 from bench.__main__ import table
 from bench.harness import Daemon, modbus_sims, write_config
 from bench.scale import window_quantile
-from daemon.core.channel import refresh_phase
+from daemon.core.channel_types import refresh_phase
 from daemon.core.poll_stats import LatenessHistogram
 from tests.support.procs import Mosquitto
 

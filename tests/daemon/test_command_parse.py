@@ -16,6 +16,7 @@ from daemon.base.results import CommandResult, ErrorCode
 from daemon.mqtt.command_parse import (
     MAX_COMMAND_BYTES,
     Command,
+    CommandAction,
     Rejection,
     parse_command,
 )
@@ -355,3 +356,28 @@ def test_any_rejection_can_be_encoded_even_with_surrogates(field: str, value: An
         encode(CommandResult.rejected(result.id, error=result.error()).to_json())
     else:
         encode(result.to_json())
+
+
+_ACTION_FIELDS: dict[CommandAction, dict[str, Any]] = {
+    CommandAction.SET_DOSE: {},
+    CommandAction.SET_RATE: {"dose": None, "rate": {"value": 5.0, "unit": "mL/h"}},
+    CommandAction.PROGRAM: {"dose": None, "program": PROGRAM},
+}
+
+
+@given(st.sampled_from(CommandAction))
+def test_a_parsed_command_carries_its_action_as_the_enum(action: CommandAction) -> None:
+    """The action is an enum inside, and journaled as the very string received."""
+    fields = _ACTION_FIELDS.get(action, {"dose": None})
+    parsed = parse(cmd(action=action.value, **fields))
+    assert isinstance(parsed, Command)
+    assert parsed.action is action
+    assert parsed.to_json()["action"] == action.value
+
+
+@pytest.mark.parametrize("action", ["STOP", "stop ", "explode", 1])
+def test_an_unknown_action_is_refused_naming_every_action(action: object) -> None:
+    """Nothing is coerced into an action; the message lists them, as the contract's Literal did."""
+    assert rejection(cmd(action=action, dose=None)).message == (
+        "action: Input should be 'set_dose', 'set_rate', 'start', 'stop', 'pause' or 'program'"
+    )

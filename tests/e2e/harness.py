@@ -309,8 +309,8 @@ def vitals_url(gateway: Gateway) -> str:
     The listener binds as soon as the gateway runs, a few loop turns before the first pump poll
     can complete, so it is bound once ``gateway.ready`` is set.
     """
-    assert len(gateway.listeners) == 1, "the vitals listener is not bound at gateway.ready"
-    return gateway.listeners[0].url
+    assert len(gateway.vitals.listeners) == 1, "the vitals listener is not bound at gateway.ready"
+    return gateway.vitals.listeners[0].url
 
 
 def dump_tasks() -> None:

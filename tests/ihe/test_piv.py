@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
@@ -14,7 +15,7 @@ from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.parser import parse_message
 
 from daemon.base.results import CommandResult
-from daemon.ihe.piv import PivListener, answer_code, order_command
+from daemon.ihe.piv import PivListener, PumpProgram, answer_code, order_command
 from drivers.hl7.ack import AckCode, parse_ack
 from drivers.hl7.errors import MessageError
 from drivers.hl7.mllp import MllpDecoder, MllpFrame
@@ -22,15 +23,16 @@ from drivers.hl7.piv import build_rgv, parse_rgv
 from sim_devices.ehr import send_order
 from tests.ihe.conftest import NOW
 
-PROGRAM = {
-    "status": "infusing",
-    "drug": "norepinephrine",
-    "concentration": {"value": 4.0, "unit": "ug/mL"},
-    "diluent": "D5W",
-    "route": "central",
-    "profile": "adult-icu",
-    "weight_kg": 70.0,
-}
+PROGRAM = PumpProgram(
+    infusing=True,
+    drug="norepinephrine",
+    concentration=Decimal("4.0"),
+    concentration_unit="ug/mL",
+    diluent="D5W",
+    route="central",
+    profile="adult-icu",
+    weight_kg=Decimal("70.0"),
+)
 
 
 def rgv(**overrides: Any) -> bytes:
@@ -95,7 +97,7 @@ def test_order_for_the_running_infusion_is_a_titration_else_a_new_program() -> N
     assert titration["dose"] == {"value": 0.06, "unit": "ug/kg/min"}
     assert titration["id"] == "piv-ORD-1"
     assert titration["by"] == {"clinician": "dr-2"}
-    stopped = order_command(order, {**PROGRAM, "status": "stopped"}, now=NOW)
+    stopped = order_command(order, replace(PROGRAM, infusing=False), now=NOW)
     assert stopped["action"] == "program"
     assert stopped["program"]["vtbi"] == {"value": 250.0, "unit": "mL"}
     assert stopped["program"]["profile"] == "adult-icu"
