@@ -50,7 +50,7 @@ from daemon.base.results import (
 )
 from daemon.base.topics import capped_id
 from daemon.core.channel import Channel
-from daemon.core.command_life import CommandLife, fingerprint, id_conflict, no_outcome_yet
+from daemon.core.command_life import CommandLife, fingerprint, id_conflict
 from daemon.core.gate_admission import Control, Doorway
 from daemon.core.gate_confirm import Confirmations
 from daemon.core.gate_request import CheckRequests, Plan, VitalsLookup
@@ -64,7 +64,7 @@ from daemon.core.gate_write import (
     refuse_unjournaled,
 )
 from daemon.core.program import Action
-from daemon.core.replies import ReplyTo, ResultSink
+from daemon.core.replies import ReplyTo, ResultSink, bad_request, fault_answer, told_repeat
 from daemon.journal.records import CommandClaim, JournalError, JournalKind
 from daemon.journal.writer import AsyncJournal
 from daemon.mqtt.command_parse import Command, Rejection, parse_command
@@ -170,7 +170,7 @@ class Gate:
             parsed.id, pump_id=pump_id, command=command_json, ts=now
         )
         if not claim.is_new:
-            answer = _told_repeat(parsed.id, pump_id, claim).for_order(order_id)
+            answer = told_repeat(parsed.id, pump_id, claim).for_order(order_id)
             await self.send_result(pump_id, answer, None)
             return answer
         try:
@@ -268,11 +268,15 @@ class Gate:
         except JournalError as exc:
             log.critical("journal_unavailable", pump=pump_id, id=cmd.id, error=str(exc))
             body = ErrorBody(ErrorCode.JOURNAL_UNAVAILABLE, f"journal write failed: {exc}")
-            await self.send_result(pump_id, _fault(cmd.id, body, progress), reply)
+            await self.send_result(
+                pump_id, fault_answer(cmd.id, body, accepted=progress.accepted), reply
+            )
         except Exception as exc:
             log.exception("command_crashed", pump=pump_id, id=cmd.id)
             body = ErrorBody(ErrorCode.INTERNAL_ERROR, f"gateway fault: {type(exc).__name__}")
-            await self.send_result(pump_id, _fault(cmd.id, body, progress), reply)
+            await self.send_result(
+                pump_id, fault_answer(cmd.id, body, accepted=progress.accepted), reply
+            )
         finally:
             if waiting:
                 self._waiting[pump_id] -= 1
@@ -365,7 +369,7 @@ class Gate:
             return None
         resumable = first.phase is Phase.NEEDS_CONFIRMATION and cmd.confirm
         if not resumable:
-            await self.send_result(pump_id, _told_repeat(cmd.id, pump_id, claim), reply)
+            await self.send_result(pump_id, told_repeat(cmd.id, pump_id, claim), reply)
             return None
         return await self._check_stepwise(
             pump_id=pump_id,
@@ -392,7 +396,7 @@ class Gate:
         override, or accepted (each step journaled before it is answered)."""
         before = device_before(self.channels[pump_id])
         if isinstance(plan, RequestError):
-            await self._finish(pump_id, cmd, fp, _bad_request(cmd.id, str(plan)), reply)
+            await self._finish(pump_id, cmd, fp, bad_request(cmd.id, str(plan)), reply)
             return None
         verdict = verdict or evaluate(self.library, plan.request)
         verdict_json = verdict.to_dict()
@@ -409,7 +413,7 @@ class Gate:
         ):
             return None
         if plan.action is Action.SET_RATE and verdict.rate is None:
-            await self._finish(pump_id, cmd, fp, _bad_request(cmd.id, "no rate computed"), reply)
+            await self._finish(pump_id, cmd, fp, bad_request(cmd.id, "no rate computed"), reply)
             return None
         answer = CommandResult.accepted(cmd.id, verdict=VerdictJson(verdict_json))
         await self.journal.set_command_outcome(
@@ -442,7 +446,7 @@ class Gate:
             return False
         why = self._confirmations.redeem(cmd.confirm.token, pump_id, plan.fingerprint, now)
         if why is not None:
-            await self._finish(pump_id, cmd, fp, _bad_request(cmd.id, why), reply)
+            await self._finish(pump_id, cmd, fp, bad_request(cmd.id, why), reply)
             return False
         override = OverrideAccepted(
             cmd.id,
@@ -480,26 +484,3 @@ class Gate:
     async def reconcile_interrupted(self) -> None:
         """Settle them once each pump has been polled (see :class:`Reconciler`)."""
         await self._restart.reconcile_interrupted(self.library)
-
-
-def _told_repeat(command_id: str, pump_id: str, claim: CommandClaim) -> CommandResult:
-    """The answer to a known id that is not resumed: ``duplicate`` with its first outcome, or,
-    while that first has none recorded, refused (see :func:`no_outcome_yet`)."""
-    first = claim.first or PENDING
-    if first.phase is None:
-        return CommandResult.rejected(
-            command_id, error=no_outcome_yet(command_id, pump_id, claim.pump)
-        )
-    return CommandResult.duplicate(command_id, first=first.first)
-
-
-def _bad_request(command_id: str, why: str) -> CommandResult:
-    return CommandResult.rejected(command_id, error=ErrorBody(ErrorCode.BAD_REQUEST, why))
-
-
-def _fault(command_id: str, error: ErrorBody, progress: Progress) -> CommandResult:
-    """The answer when a command's supervisor caught a fault: ``uncertain`` once its
-    ``accepted`` is durable (the write may have gone out), else ``rejected`` (nothing did)."""
-    if progress.accepted:
-        return CommandResult.uncertain(command_id, error=error)
-    return CommandResult.rejected(command_id, error=error)

@@ -7,9 +7,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from daemon.base.quantities import Quantity
-from daemon.base.results import CommandResult, ErrorBody, ErrorCode, Readback
+from daemon.base.results import PENDING, CommandResult, ErrorBody, ErrorCode, Readback
 from daemon.core.channel import Channel
+from daemon.core.command_life import no_outcome_yet
 from daemon.core.program import Program
+from daemon.journal.records import CommandClaim
 from drivers.base import PumpStatus, WriteOutcome, WriteResult
 
 
@@ -54,3 +56,27 @@ def answer_for(channel: Channel, command_id: str, result: WriteResult) -> Comman
     return CommandResult.uncertain(
         command_id, error=ErrorBody(ErrorCode.DEVICE_TIMEOUT, result.detail or "no answer")
     )
+
+
+def told_repeat(command_id: str, pump_id: str, claim: CommandClaim) -> CommandResult:
+    """The answer to a known id that is not resumed: ``duplicate`` with its first outcome, or,
+    while that first has none recorded, refused (see :func:`no_outcome_yet`)."""
+    first = claim.first or PENDING
+    if first.phase is None:
+        return CommandResult.rejected(
+            command_id, error=no_outcome_yet(command_id, pump_id, claim.pump)
+        )
+    return CommandResult.duplicate(command_id, first=first.first)
+
+
+def bad_request(command_id: str, why: str) -> CommandResult:
+    """``rejected`` with ``bad_request`` and ``why``."""
+    return CommandResult.rejected(command_id, error=ErrorBody(ErrorCode.BAD_REQUEST, why))
+
+
+def fault_answer(command_id: str, error: ErrorBody, *, accepted: bool) -> CommandResult:
+    """The answer when a command's supervisor caught a fault: ``uncertain`` once its
+    ``accepted`` is durable (the write may have gone out), else ``rejected`` (nothing did)."""
+    if accepted:
+        return CommandResult.uncertain(command_id, error=error)
+    return CommandResult.rejected(command_id, error=error)

@@ -26,6 +26,8 @@ Modules
 - ``seqranges``: pure in-memory set of held seqs as ranges (the collector's fast path).
 - ``backfill``: asks gateways for missing events (``bridge/request/events``).
 - ``collector``: the MQTT -> PostgreSQL loop (its CLI subcommand is :mod:`daemon.cli.collect_cmd`).
+- ``paho_tuning``: what the collector changes in paho-mqtt and aiomqtt internals (inbox, read
+  buffer, batched PUBACKs, a TLS alert ending the CONNACK wait), in one place.
 - ``collect_settings``: the ``--config`` file of ``fleet collect`` (``[broker]`` is the daemon's
   ``BrokerConfig`` plus ``password_file``) and ``tls_context(broker)`` for ``mqtts://``.
 

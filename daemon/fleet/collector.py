@@ -15,30 +15,25 @@ keep (expired, or a broker restart without persistence) is found as a seq gap an
 
 The hot path is lean (docs/performance.md, "Fleet ingest"): paho's ``on_message`` (called in
 the event loop's thread, where aiomqtt reads the socket) appends ``(topic, payload, qos,
-mid)`` to an :class:`_Inbox` and sets one event; the ingest task takes a whole batch in one
-step (no per-message task, queue or ``aiomqtt.Message``); paho reads through a buffer
-(:class:`_BufferedSocket`); the batch is COPYed as one buffer and its PUBACKs are queued as
-one write after the commit.
+mid)`` to an inbox and sets one event; the ingest task takes a whole batch in one step (no
+per-message task, queue or ``aiomqtt.Message``); paho reads through a buffer; the batch is
+COPYed as one buffer and its PUBACKs are queued as one write after the commit. The inbox, the
+buffer and the batched PUBACKs reach into paho's internals: :mod:`daemon.fleet.paho_tuning`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import socket
 import ssl
-import struct
-import threading
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
 
 import aiomqtt
 import psycopg
 import structlog
-from paho.mqtt import client as mqtt_client
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
@@ -47,6 +42,16 @@ from daemon.fleet import gaps
 from daemon.fleet.backfill import Backfill
 from daemon.fleet.errors import BrokerRefused, DatabaseUnavailable
 from daemon.fleet.migrate import migrate
+from daemon.fleet.paho_tuning import (
+    PUBACK,
+    PUBACK_TYPE,
+    Inbox,
+    Received,
+    TlsAlert,
+    buffer_reads,
+    fail_fast_on_tls_alert,
+    is_login_refusal,
+)
 from daemon.fleet.records import (
     BadMessage,
     Batch,
@@ -153,7 +158,7 @@ class Collector:
         self._dirty: set[tuple[str, str]] = set()
         self._checked: set[tuple[str, str]] = set()  # sessions refreshed once by this process
         self._backoff = Backoff(initial_s=0.2, maximum_s=10.0)
-        self._inbox: _Inbox | None = None
+        self._inbox: Inbox | None = None
 
     def stop(self) -> None:
         self._stop.set()
@@ -188,7 +193,7 @@ class Collector:
         """The broker's refusal among ``faults``, as one line naming what to check."""
         where = f"the broker at {self.config.host}:{self.config.port}"
         for fault in faults:
-            if isinstance(fault, aiomqtt.MqttCodeError) and _is_login_refusal(fault.rc):
+            if isinstance(fault, aiomqtt.MqttCodeError) and is_login_refusal(fault.rc):
                 code = getattr(fault.rc, "value", fault.rc)
                 who = f"user {self.config.username!r}" if self.config.username else "anonymous"
                 return BrokerRefused(
@@ -203,7 +208,7 @@ class Collector:
                     f"({cause.verify_message}); check [broker.tls] ca_file and that the URL's "
                     "host is in the broker's certificate"
                 )
-            if isinstance(cause, ssl.SSLError) or isinstance(fault, _TlsAlert):
+            if isinstance(cause, ssl.SSLError) or isinstance(fault, TlsAlert):
                 reason = cause.reason if isinstance(cause, ssl.SSLError) else fault
                 return BrokerRefused(
                     f"{where} refused the TLS session ({reason}); check [broker.tls] "
@@ -220,8 +225,8 @@ class Collector:
                 log.info("schema_migrated", versions=[m.version for m in applied])
             client = self._client()
             async with client:
-                client._client.on_log = None  # connected: see _fail_fast_on_tls_alert
-                _buffer_reads(client)
+                client._client.on_log = None  # connected: see fail_fast_on_tls_alert
+                buffer_reads(client)
                 await client.subscribe(
                     [(t, SubscribeOptions(qos=1)) for t in self.config.subscriptions()]
                 )
@@ -263,11 +268,11 @@ class Collector:
             tls_context=self.config.tls_context,
         )
         if self.config.tls_context is not None:
-            _fail_fast_on_tls_alert(client)
+            fail_fast_on_tls_alert(client)
         # PUBACK only after the commit (aiomqtt has no public switch; paho's is public)
         client._client.manual_ack_set(True)  # noqa: FBT003 - paho's signature
         # messages straight from paho into the inbox (in place of aiomqtt's per-message queue)
-        self._inbox = _Inbox(asyncio.get_running_loop())
+        self._inbox = Inbox(asyncio.get_running_loop())
         client._client.on_message = self._inbox.on_message
         return client
 
@@ -308,7 +313,7 @@ class Collector:
             self._log_progress("collector_totals", backfill)
 
     async def _ingest(
-        self, client: aiomqtt.Client, conn: Conn, inbox: _Inbox, backfill: Backfill
+        self, client: aiomqtt.Client, conn: Conn, inbox: Inbox, backfill: Backfill
     ) -> None:
         limit = self.config.batch_max
         inbox.full_at = limit
@@ -328,7 +333,7 @@ class Collector:
             finally:
                 self._between_batches.set()
 
-    def _take(self, pending: _Pending, message: _Received) -> None:
+    def _take(self, pending: _Pending, message: Received) -> None:
         topic_bytes, payload, qos, mid = message
         pending.count += 1
         self.stats.messages += 1
@@ -361,8 +366,8 @@ class Collector:
             self.stats.events_duplicate += result.events_duplicate
             self._note_seqs(pending.batch)
         if pending.acks:  # one buffer of PUBACKs (what paho's ack(mid, 1) sends, each)
-            packets = b"".join([_PUBACK.pack(_PUBACK_TYPE, 2, mid) for mid in pending.acks])
-            client._client._packet_queue(_PUBACK_TYPE, packets, 0, 1)
+            packets = b"".join([PUBACK.pack(PUBACK_TYPE, 2, mid) for mid in pending.acks])
+            client._client._packet_queue(PUBACK_TYPE, packets, 0, 1)
         self.stats.batches += 1
         for response in pending.responses:
             await backfill.on_response(response)
@@ -411,140 +416,6 @@ class Collector:
 
 #: where the collector's broker password comes from (named in a refused login's error)
 _PASSWORD_SOURCES = "[broker] password_file or INFUSIOND_FLEET_MQTT_PASSWORD"  # noqa: S105
-#: CONNACK reason codes that refuse this client's identity or credentials (MQTT 3.1.1: 2, 4,
-#: 5; MQTT 5: client id not valid, bad user name or password, not authorized, banned, bad
-#: authentication method); the others (server busy, unavailable, quota) may pass
-_LOGIN_REFUSALS = frozenset({2, 4, 5, 133, 134, 135, 138, 140})
-
-
-def _is_login_refusal(rc: object) -> bool:
-    return getattr(rc, "value", rc) in _LOGIN_REFUSALS
-
-
-#: the reason in an SSLError's text: ``[SSL: CODE] reason (_ssl.c:NNNN)``
-_SSL_REASON = re.compile(r"\[SSL: \w+\] (.+?)(?: \(_ssl\.c:\d+\))?$")
-
-
-class _TlsAlert(aiomqtt.MqttError):
-    """The broker ended the TLS session with an alert before its CONNACK."""
-
-
-def _fail_fast_on_tls_alert(client: aiomqtt.Client) -> None:
-    """Make a TLS alert received before the CONNACK end the connection attempt at once.
-
-    With TLS 1.3 the broker checks the client certificate after the client's handshake is
-    done: a refused (or missing) certificate shows as an alert on the first read, which paho
-    only logs ("failed to receive on socket: [SSL: ...]") while aiomqtt waits for a CONNACK
-    until its timeout and then reports a bare timeout. This hook (paho's ``on_log``, removed
-    once connected: it would format every later log line) fails the attempt with the alert's
-    reason."""
-    connected = client._connected  # aiomqtt has no public hook for this
-    loop_thread = threading.get_ident()
-
-    def on_log(_client: object, _userdata: object, level: int, text: str) -> None:
-        # reads run in the loop's thread; the handshake (in an executor) raises by itself
-        in_loop = threading.get_ident() == loop_thread
-        alert = level == mqtt_client.MQTT_LOG_ERR and "[SSL:" in text
-        if in_loop and alert and not connected.done():
-            found = _SSL_REASON.search(text)
-            connected.set_exception(_TlsAlert(found[1] if found else text))
-
-    client._client.on_log = on_log
-
-
-#: a PUBACK without reason code or properties (success), as paho's ``ack(mid, 1)`` builds it
-_PUBACK = struct.Struct("!BBH")  # type, remaining length (2), message id
-_PUBACK_TYPE = 0x40  # MQTT control packet type 4, no flags
-_READ_SIZE = 256 * 1024
-
-
-class _BufferedSocket:
-    """paho's socket with a read buffer.
-
-    paho reads a packet in three or more ``recv`` calls (command byte, length bytes, body);
-    this one reads up to :data:`_READ_SIZE` at once and serves paho's small reads from it.
-    ``pending()`` tells how much is buffered: aiomqtt's read callback keeps calling paho while
-    it is non-zero (as for an SSL socket's own buffer), so buffered bytes are never left
-    waiting for the socket to be readable again. Everything else goes to the socket."""
-
-    def __init__(self, sock: Any) -> None:
-        self._sock = sock
-        self._buf = b""
-        self._pos = 0
-
-    def recv(self, size: int) -> bytes:
-        if self._pos >= len(self._buf):
-            data: bytes = self._sock.recv(max(size, _READ_SIZE))  # BlockingIOError passes
-            if len(data) <= size:
-                return data
-            self._buf, self._pos = data, 0
-        chunk = self._buf[self._pos : self._pos + size]
-        self._pos += len(chunk)
-        return chunk
-
-    def pending(self) -> int:
-        return len(self._buf) - self._pos
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._sock, name)
-
-
-def _buffer_reads(client: aiomqtt.Client) -> None:
-    """Put :class:`_BufferedSocket` under paho (a plain TCP socket only: TLS has its own
-    buffer and ``pending``). Nothing was buffered before, so nothing is lost."""
-    paho_client = client._client
-    sock = paho_client._sock
-    if isinstance(sock, socket.socket) and not hasattr(sock, "pending"):
-        paho_client._sock = _BufferedSocket(sock)
-
-
-#: a message as paho gave it: (topic bytes, payload, qos, message id)
-_Received = tuple[bytes, bytes, int, int]
-
-
-class _Inbox:
-    """Messages received and not yet taken, as plain tuples.
-
-    aiomqtt reads the socket in the event loop's thread, so paho calls :meth:`on_message`
-    there; a call from another thread (paho's connect runs in an executor) is handed to the
-    loop, so the list is only ever touched in the loop's thread. The broker sends at most the
-    Receive Maximum of unacknowledged messages, which bounds the list."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.ready = asyncio.Event()  # set while a message is waiting
-        self.full = asyncio.Event()  # set once ``full_at`` messages are waiting
-        self.full_at = 1  # the ingest task sets its batch size
-        self._items: list[_Received] = []
-        self._loop = loop
-        self._thread = threading.get_ident()
-
-    def on_message(self, _client: object, _userdata: object, message: Any) -> None:
-        item: _Received = (message._topic, message.payload, message.qos, message.mid)
-        if threading.get_ident() == self._thread:
-            self._put(item)
-        else:
-            self._loop.call_soon_threadsafe(self._put, item)
-
-    def _put(self, item: _Received) -> None:
-        self._items.append(item)
-        self.ready.set()
-        if len(self._items) >= self.full_at:
-            self.full.set()
-
-    @property
-    def size(self) -> int:
-        return len(self._items)
-
-    def take(self, limit: int) -> list[_Received]:
-        """Up to ``limit`` messages, oldest first."""
-        items = self._items
-        self.full.clear()
-        if len(items) <= limit:
-            self._items = []
-            self.ready.clear()
-            return items
-        self._items = items[limit:]
-        return items[:limit]
 
 
 class _Stopped(Exception):  # control flow: stop was asked

@@ -14,8 +14,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from daemon.fleet.collector import Collector, CollectorConfig, _BufferedSocket, _Inbox
+from daemon.fleet.collector import Collector, CollectorConfig
 from daemon.fleet.migrate import migrate
+from daemon.fleet.paho_tuning import BufferedSocket, Inbox
 from daemon.fleet.records import Batch, EventRecord
 from daemon.fleet.store import connect, iter_events, store_batch
 from tests.fleet.builders import T0, event_payload
@@ -80,7 +81,7 @@ def test_buffered_socket_serves_small_reads_from_one_recv_in_order() -> None:
     left, right = socket.socketpair()
     with left, right:
         right.setblocking(False)
-        wrapped = _BufferedSocket(right)
+        wrapped = BufferedSocket(right)
         with pytest.raises(BlockingIOError):
             wrapped.recv(1)
         left.sendall(b"\x30\x05hello\x40\x02\x00\x01")
@@ -100,7 +101,7 @@ def test_buffered_socket_serves_small_reads_from_one_recv_in_order() -> None:
 
 @pytest.mark.asyncio
 async def test_the_inbox_hands_out_batches_oldest_first_and_signals_a_full_batch() -> None:
-    inbox = _Inbox(asyncio.get_running_loop())
+    inbox = Inbox(asyncio.get_running_loop())
     inbox.full_at = 3
     for mid in range(1, 6):
         inbox._put((b"t", b"p", 1, mid))
