@@ -8,7 +8,6 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import get_args
 
 import structlog
 
@@ -196,7 +195,7 @@ class StoredCommand:
         if data is None:
             return cls(None, None, "")
         action = data.get("action")
-        if action is not None and action not in get_args(CommandAction):
+        if action is not None and action not in CommandAction.__members__.values():
             where = f"journal commands[{item.command_id!r}].command.action"
             raise PayloadError(f"{where}: unknown action {action!r}")
         try:
