@@ -44,7 +44,7 @@ class EventType(enum.StrEnum):
     LIBRARY_CHANGED = "library_changed"
 
 
-class Source(enum.StrEnum):
+class ChangeSource(enum.StrEnum):
     """Who changed a rate: the device (front panel), a command, or the gateway."""
 
     DEVICE = "device"
@@ -146,7 +146,7 @@ class RateChanged(PumpEvent):
     TYPE: ClassVar[EventType] = EventType.RATE_CHANGED
     before: RatePoint
     after: RatePoint
-    source: Source
+    source: ChangeSource
     command_id: str | None = None
     reconciled: bool = False
     while_disconnected: bool = False
@@ -171,7 +171,7 @@ class RateChanged(PumpEvent):
         return cls(
             RatePoint.from_json(data, "from", "event"),
             RatePoint.from_json(data, "to", "event"),
-            choice(Source, data, "source", "event"),
+            choice(ChangeSource, data, "source", "event"),
             optional_text(data, "command_id", "event"),
             flag(data, "reconciled", "event"),
             flag(data, "while_disconnected", "event"),

@@ -58,7 +58,7 @@ class Phase(enum.StrEnum):
     DUPLICATE = "duplicate"
 
 
-class Source(enum.StrEnum):
+class CommandSource(enum.StrEnum):
     """Where a command came from when not from MQTT (``source``)."""
 
     PIV = "piv"  # a hospital order (IHE PCD PIV, HL7 RGV^O15)
@@ -218,7 +218,7 @@ class CommandResult:
     first: FirstOutcome | None = None
     reconciled: bool = False  # settled from the device after a restart interrupted it
     repeated: bool = False  # a final result sent again after a restart
-    source: Source | None = None
+    source: CommandSource | None = None
     order_id: str | None = None  # the order's id when source is piv
     command: JsonObject | None = None  # a PIV order to confirm, as the equivalent command
 
@@ -282,7 +282,7 @@ class CommandResult:
     def for_order(self, order_id: str, command: JsonObject | None = None) -> CommandResult:
         """This result as the answer to a hospital order (``source`` piv), with the command to
         confirm when it asks for a confirmation."""
-        return replace(self, source=Source.PIV, order_id=order_id, command=command)
+        return replace(self, source=CommandSource.PIV, order_id=order_id, command=command)
 
     def to_json(self) -> JsonObject:
         """The result's ``data`` object, as published."""
@@ -337,7 +337,7 @@ class CommandResult:
             repeated=payload.flag(body, "repeated", where),
             source=None
             if body.get("source") is None
-            else payload.choice(Source, body, "source", where),
+            else payload.choice(CommandSource, body, "source", where),
             order_id=payload.optional_text(body, "order_id", where),
             command=None
             if command is None

@@ -25,13 +25,13 @@ from decimal import Decimal
 import structlog
 
 from daemon.base.events import (
+    ChangeSource,
     ConnectionChanged,
     DeliveryStarted,
     DeliveryStopped,
     OutOfLibraryObserved,
     PumpEvent,
     RateChanged,
-    Source,
 )
 from daemon.base.quantities import JsonObject, Quantity
 from daemon.core.channel_alarms import PumpAlarms
@@ -429,7 +429,7 @@ class Channel:
                                 old_status.rate_ml_h, status.rate_ml_h, self.dose_obj
                             )
                         event = replace(
-                            event, source=Source.COMMAND, command_id=cmd_id, reconciled=True
+                            event, source=ChangeSource.COMMAND, command_id=cmd_id, reconciled=True
                         )
                         self.record_history(now, status.rate_ml_h)
                         self._uncertain = None
@@ -471,7 +471,7 @@ class Channel:
                 before,
                 rate,
                 self.dose_obj,
-                source=Source.COMMAND if command_id else Source.DEVICE,
+                source=ChangeSource.COMMAND if command_id else ChangeSource.DEVICE,
                 command_id=command_id,
                 while_disconnected=True,
             )

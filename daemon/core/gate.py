@@ -41,11 +41,11 @@ from daemon.base.quantities import JsonObject
 from daemon.base.results import (
     PENDING,
     CommandResult,
+    CommandSource,
     ErrorBody,
     ErrorCode,
     KeptOutcome,
     Phase,
-    Source,
     VerdictJson,
 )
 from daemon.base.topics import capped_id
@@ -187,7 +187,7 @@ class Gate:
             {
                 "id": parsed.id,
                 "verdict": verdict_json.to_json(),
-                "source": Source.PIV.value,
+                "source": CommandSource.PIV.value,
                 "order_id": order_id,
             },
             pump_id=pump_id,

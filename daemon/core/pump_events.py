@@ -17,6 +17,7 @@ from daemon.base.events import (
     Alarm,
     AlarmCleared,
     AlarmRaised,
+    ChangeSource,
     ConnectionChanged,
     DeliveryStarted,
     DeliveryStopped,
@@ -25,7 +26,6 @@ from daemon.base.events import (
     PumpEvent,
     RateChanged,
     RatePoint,
-    Source,
     VolumeCleared,
     read_event,
 )
@@ -127,7 +127,7 @@ def diff(
         events.append(DeliveryStopped(new.state))
     if new.rate_ml_h != old.rate_ml_h:
         events.append(
-            rate_changed_event(old.rate_ml_h, new.rate_ml_h, dose_obj, source=Source.DEVICE)
+            rate_changed_event(old.rate_ml_h, new.rate_ml_h, dose_obj, source=ChangeSource.DEVICE)
         )
     if (
         old.volume_infused_ml is not None
@@ -143,7 +143,7 @@ def rate_changed_event(
     new_rate: Decimal,
     dose_obj: DoseObj,
     *,
-    source: Source = Source.COMMAND,
+    source: ChangeSource = ChangeSource.COMMAND,
     command_id: str | None = None,
     while_disconnected: bool = False,
 ) -> RateChanged:

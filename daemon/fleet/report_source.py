@@ -102,7 +102,7 @@ class FleetReportError(ReportError):
     """The fleet store cannot be read for the report; the message names the database."""
 
 
-class Source(enum.IntEnum):
+class Table(enum.IntEnum):
     """Which table a row of the stream comes from (its value orders rows of one instant)."""
 
     STATE = 0
@@ -117,7 +117,7 @@ class StoredRow:
 
     gateway: str
     ts: datetime
-    src: Source
+    src: Table
     seq: int
     pump_id: str
     what: str | None
@@ -140,11 +140,11 @@ class _GatewayFacts:
     def facts(self, row: StoredRow) -> list[Fact]:
         ts = format_ts(row.ts)
         pump, data = row.pump_id, row.data
-        if row.src is Source.STATE:
+        if row.src is Table.STATE:
             if data.get("drug") is None or data.get("profile") is None:
                 return []
             return [ProgramSeen(pump, str(data["drug"]), str(data["profile"]))]
-        if row.src is Source.RESULT:
+        if row.src is Table.RESULT:
             return self._result(ts, pump, row)
         return self._event(ts, pump, row)
 
@@ -231,7 +231,7 @@ def stream(
         cur.itersize = FETCH_ROWS
         cur.execute(_STREAM, params)
         for gateway, ts, src, seq, pump_id, what, data in cur:
-            yield StoredRow(gateway, ts, Source(src), seq, pump_id, what, data)
+            yield StoredRow(gateway, ts, Table(src), seq, pump_id, what, data)
 
 
 def read_fleet(
@@ -246,7 +246,7 @@ def read_fleet(
             report = parts[row.gateway] = Report(window=window, gateway=row.gateway)
             facts = _GatewayFacts()
         report.rows_read += 1
-        if row.src is not Source.STATE:
+        if row.src is not Table.STATE:
             report.mark(format_ts(row.ts))
         for fact in facts.facts(row):
             report.take(fact)

@@ -97,7 +97,7 @@ class _Strict(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
 
-class Quantity(_Strict):
+class CommandQuantity(_Strict):
     """``{"value", "unit"}``; the unit is checked by the drug library, not here."""
 
     value: Magnitude
@@ -122,13 +122,13 @@ class Signature(_Strict):
 
 class NewProgram(_Strict):
     drug: Text
-    concentration: Quantity
+    concentration: CommandQuantity
     diluent: Text
     route: Literal["central", "peripheral"]
     profile: Text
     weight_kg: Annotated[float, Field(gt=0, le=1000, allow_inf_nan=False)] | None = None
-    dose: Quantity
-    vtbi: Quantity | None = None
+    dose: CommandQuantity
+    vtbi: CommandQuantity | None = None
 
 
 class CommandAction(StrEnum):
@@ -163,8 +163,8 @@ class Command(_Strict):
     # action as a string, which becomes the enum member it names (anything else is refused with
     # the same message a Literal gave)
     action: Annotated[CommandAction, Field(strict=False)]
-    dose: Quantity | None = None
-    rate: Quantity | None = None
+    dose: CommandQuantity | None = None
+    rate: CommandQuantity | None = None
     program: NewProgram | None = None
     confirm: Confirm | None = None
     sig: Signature | None = None

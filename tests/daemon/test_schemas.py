@@ -17,12 +17,12 @@ from daemon.base.envelope import SCHEMA_IDS, Kind, encode, envelope
 from daemon.base.events import (
     Alarm,
     AlarmRaised,
+    ChangeSource,
     ConnectionChanged,
     DeliveryStarted,
     Priority,
     RateChanged,
     RatePoint,
-    Source,
 )
 from daemon.base.quantities import Quantity
 from daemon.base.results import (
@@ -154,8 +154,8 @@ async def test_outbox_event_payloads_validate(tmp_path: Path) -> None:
     point = {"rate": {"value": 52.5, "unit": "mL/h"}, "dose": {"value": 0.05, "unit": "ug/kg/min"}}
     typed = RatePoint(Quantity.rate(52.5), Quantity(0.05, "ug/kg/min"))
     events = [
-        RateChanged(typed, typed, Source.COMMAND, "c-1"),
-        RateChanged(typed, typed, Source.DEVICE),
+        RateChanged(typed, typed, ChangeSource.COMMAND, "c-1"),
+        RateChanged(typed, typed, ChangeSource.DEVICE),
         AlarmRaised(Alarm("occlusion", Priority.HIGH, parse_ts("2026-11-26T17:30:00.000Z"))),
         ConnectionChanged(ConnectionState.OFFLINE, ConnectionState.ONLINE),
         DeliveryStarted(Quantity.rate(52.5)),

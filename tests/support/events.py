@@ -10,6 +10,7 @@ from datetime import datetime
 from daemon.base.events import (
     Alarm,
     AlarmRaised,
+    ChangeSource,
     CommandRejected,
     DeliveryStarted,
     DeliveryStopped,
@@ -17,7 +18,6 @@ from daemon.base.events import (
     PumpEvent,
     RateChanged,
     RatePoint,
-    Source,
 )
 from daemon.base.quantities import JsonObject, Quantity
 from drivers.base import RunState
@@ -28,7 +28,7 @@ def rate_changed(old: float, new: float, *, command_id: str | None = None) -> Ra
     return RateChanged(
         RatePoint(Quantity.rate(old), None),
         RatePoint(Quantity.rate(new), None),
-        Source.COMMAND if command_id else Source.DEVICE,
+        ChangeSource.COMMAND if command_id else ChangeSource.DEVICE,
         command_id,
     )
 
