@@ -29,7 +29,7 @@ import structlog
 
 from drivers.modbus.bus import LinkKind, parse_url
 from sim_devices.clock import SimClock
-from sim_devices.modbus_pump import Fault, FaultSpec, PumpSetup
+from sim_devices.modbus_pump import Fault, FaultSpec, ModbusPumpSetup
 from sim_devices.modbus_scenario import check, play, setups
 from sim_devices.modbus_server import ModbusPumpSimulator, SimulatorError
 from sim_devices.scenario import Scenario, ScenarioError, load_scenario
@@ -113,7 +113,7 @@ def build_simulators(
         )
     units = _unit_ids(args)
     configs = [
-        PumpSetup(
+        ModbusPumpSetup(
             unit_id=1 if args.port_per_pump else unit,
             status=args.status,
             rate_ml_h=rate,

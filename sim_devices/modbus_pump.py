@@ -110,7 +110,7 @@ class FaultSpec:
 
 
 @dataclass
-class PumpSetup:
+class ModbusPumpSetup:
     """Initial state of one simulated pump (all of it settable from the API and the CLI)."""
 
     unit_id: int = 1
@@ -155,7 +155,7 @@ class Misbehaviour:
 class PumpModel:
     """One simulated pump. ``advance`` before reading; ``write`` applies client writes."""
 
-    config: PumpSetup
+    config: ModbusPumpSetup
     regmap: RegisterMap
     now: float = 0.0  # simulated seconds
     state: str = "stopped"

@@ -14,7 +14,7 @@ from typing import Protocol
 import structlog
 
 from sim_devices.clock import SimClock
-from sim_devices.modbus_pump import Fault, PumpSetup
+from sim_devices.modbus_pump import Fault, ModbusPumpSetup
 from sim_devices.scenario import (
     ClearEvent,
     EventAction,
@@ -93,7 +93,7 @@ def apply_event(target: FaultTarget, event: PumpEvent, where: str) -> None:
         raise ScenarioError(f"{where}: {exc}") from None
 
 
-def setups(scenario: Scenario, origin: str, serial: str = "SN{:04d}") -> list[PumpSetup]:
+def setups(scenario: Scenario, origin: str, serial: str = "SN{:04d}") -> list[ModbusPumpSetup]:
     """The scenario's ``[[pumps]]`` as Modbus pump setups (unit id = ``pump``)."""
     out = []
     for i, state in enumerate(scenario.pumps):
@@ -103,7 +103,7 @@ def setups(scenario: Scenario, origin: str, serial: str = "SN{:04d}") -> list[Pu
         if not 1 <= state.pump <= 247:
             raise ScenarioError(f"{origin}: pumps[{i}].pump: a unit id is 1..247")
         out.append(
-            PumpSetup(
+            ModbusPumpSetup(
                 unit_id=state.pump,
                 status="infusing" if state.running else "stopped",
                 rate_ml_h=Decimal(state.rate_ml_h),

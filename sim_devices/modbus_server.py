@@ -2,7 +2,7 @@
 
 Usage from asyncio code (tests, the demo)::
 
-    sim = ModbusPumpSimulator([PumpSetup(unit_id=1, status="infusing",
+    sim = ModbusPumpSimulator([ModbusPumpSetup(unit_id=1, status="infusing",
                                           rate_ml_h=Decimal("52.5"))], speed=1.0)
     async with sim.serving("tcp://127.0.0.1:0") as served:   # or a serial/pty path
         served.url          # "tcp://127.0.0.1:40123" (the bound port)
@@ -37,7 +37,7 @@ from drivers.modbus.bus import LinkKind, parse_url
 from drivers.modbus.regmap import RegisterMap, Table, load_profile
 from protocol.errors import InfusiondError
 from sim_devices.clock import SimClock
-from sim_devices.modbus_pump import Fault, FaultSpec, PumpModel, PumpSetup, SimWriteError
+from sim_devices.modbus_pump import Fault, FaultSpec, ModbusPumpSetup, PumpModel, SimWriteError
 
 log = structlog.get_logger("infusiond.sim.modbus")
 
@@ -75,7 +75,7 @@ class ModbusPumpSimulator:
 
     def __init__(
         self,
-        pumps: Sequence[PumpSetup] = (PumpSetup(),),
+        pumps: Sequence[ModbusPumpSetup] = (ModbusPumpSetup(),),
         *,
         profile: RegisterMap | str | Path = "generic-pump-v1",
         speed: float = 1.0,

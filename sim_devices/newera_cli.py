@@ -18,7 +18,7 @@ import functools
 import sys
 from decimal import Decimal
 
-from sim_devices.newera_pump import PumpSetup
+from sim_devices.newera_pump import NewEraPumpSetup
 from sim_devices.newera_scenario import apply_fault_spec, check, play, setups
 from sim_devices.newera_server import NewEraSimulator
 from sim_devices.scenario import Scenario, ScenarioError, load_scenario
@@ -27,11 +27,11 @@ from sim_devices.serial_cli import apply_fault_specs, chain_addresses, serve_unt
 DEFAULT_LISTEN = "tcp://127.0.0.1:7000"
 
 
-def _setups(args: argparse.Namespace) -> list[PumpSetup]:
+def _setups(args: argparse.Namespace) -> list[NewEraPumpSetup]:
     first = int(getattr(args, "address", 0) or 0)
     count = int(getattr(args, "pumps", 1) or 1)
     return [
-        PumpSetup(
+        NewEraPumpSetup(
             address=address,
             diameter_mm=Decimal(str(getattr(args, "diameter", "26.59"))),
             rate_ml_h=Decimal(str(getattr(args, "rate", "0"))),

@@ -66,7 +66,7 @@ REFUSALS = (*ERROR_CODES, *(f"A?{alarm.value}" for alarm in Alarm))
 
 
 @dataclass(frozen=True)
-class PumpSetup:
+class NewEraPumpSetup:
     """Initial state of a simulated pump (API and CLI)."""
 
     address: int = 0
@@ -81,7 +81,7 @@ class PumpSetup:
 class NewEraPumpModel(FaultArming[Fault, Command]):
     """State of one pump. Call :meth:`advance` with the simulated time before reading state."""
 
-    setup: PumpSetup
+    setup: NewEraPumpSetup
     now: float = 0.0
     status: Status = Status.STOPPED
     direction: str = "INF"

@@ -11,7 +11,7 @@ import functools
 from decimal import Decimal
 
 from sim_devices import serial_scenario
-from sim_devices.newera_pump import REFUSALS, Fault, PumpSetup
+from sim_devices.newera_pump import REFUSALS, Fault, NewEraPumpSetup
 from sim_devices.newera_server import NewEraSimulator
 from sim_devices.scenario import Scenario, ScenarioError
 from sim_devices.serial_scenario import SPEC_EVENTS, Vendor
@@ -37,14 +37,14 @@ def check(sim: NewEraSimulator, scenario: Scenario, origin: str) -> None:
     serial_scenario.check(NEW_ERA, probe, scenario, origin)
 
 
-def setups(scenario: Scenario, origin: str) -> list[PumpSetup]:
+def setups(scenario: Scenario, origin: str) -> list[NewEraPumpSetup]:
     """The scenario's ``[[pumps]]`` as New Era pump setups (``pump`` = address)."""
     out = []
     for i, s in enumerate(scenario.pumps):
         if s.pump > 99:
             raise ScenarioError(f"{origin}: pumps[{i}].pump: a New Era address is 0..99")
         out.append(
-            PumpSetup(
+            NewEraPumpSetup(
                 address=s.pump,
                 diameter_mm=s.diameter_mm if s.diameter_mm is not None else Decimal("26.59"),
                 rate_ml_h=s.rate_ml_h,

@@ -2,7 +2,7 @@
 
 Usable in-process from asyncio code::
 
-    sim = NewEraSimulator([PumpSetup(address=0, rate_ml_h=Decimal("9.0"), running=True)])
+    sim = NewEraSimulator([NewEraPumpSetup(address=0, rate_ml_h=Decimal("9.0"), running=True)])
     async with sim.serving("tcp://127.0.0.1:0"):
         url = sim.url                   # socket://127.0.0.1:<port>, for the driver
         sim.pumps[0].inject(Fault.GARBLE, count=1)
@@ -32,7 +32,7 @@ from drivers.newera.frames import (
     command_of,
     encode_reply,
 )
-from sim_devices.newera_pump import Fault, NewEraPumpModel, PumpSetup
+from sim_devices.newera_pump import Fault, NewEraPumpModel, NewEraPumpSetup
 from sim_devices.serial_server import SerialSimulator
 
 log = structlog.get_logger("sim.newera")
@@ -40,17 +40,17 @@ log = structlog.get_logger("sim.newera")
 DEFAULT_BAUD = 19200
 
 
-class NewEraSimulator(SerialSimulator[PumpSetup, NewEraPumpModel]):
+class NewEraSimulator(SerialSimulator[NewEraPumpSetup, NewEraPumpModel]):
     """New Era pump models on one port, an accelerated clock and the serving transport."""
 
     vendor = "newera"
 
     default_baud = DEFAULT_BAUD
 
-    def _default_setups(self) -> Sequence[PumpSetup]:
-        return (PumpSetup(),)
+    def _default_setups(self) -> Sequence[NewEraPumpSetup]:
+        return (NewEraPumpSetup(),)
 
-    def _new_pump(self, setup: PumpSetup, now: float) -> NewEraPumpModel:
+    def _new_pump(self, setup: NewEraPumpSetup, now: float) -> NewEraPumpModel:
         return NewEraPumpModel(setup, now=now)
 
     async def _serve_stream(
@@ -123,4 +123,4 @@ class NewEraSimulator(SerialSimulator[PumpSetup, NewEraPumpModel]):
         )
 
 
-__all__ = ["Fault", "NewEraSimulator", "PumpSetup", "Status"]
+__all__ = ["Fault", "NewEraPumpSetup", "NewEraSimulator", "Status"]

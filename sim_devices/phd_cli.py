@@ -26,7 +26,7 @@ import functools
 import sys
 from decimal import Decimal, InvalidOperation
 
-from sim_devices.phd_pump import PumpSetup
+from sim_devices.phd_pump import PhdPumpSetup
 from sim_devices.phd_scenario import EVENTS, apply_fault_spec, check, play, setups
 from sim_devices.phd_server import PhdSimulator
 from sim_devices.scenario import Scenario, ScenarioError, load_scenario
@@ -35,13 +35,13 @@ from sim_devices.serial_cli import apply_fault_specs, chain_addresses, serve_unt
 DEFAULT_LISTEN = "tcp://127.0.0.1:7010"
 
 
-def _setups(args: argparse.Namespace) -> list[PumpSetup]:
+def _setups(args: argparse.Namespace) -> list[PhdPumpSetup]:
     first = int(args.address)
     count = int(args.pumps)
     addresses = chain_addresses("phd", first, count)
     try:
         return [
-            PumpSetup(
+            PhdPumpSetup(
                 address=address,
                 diameter_mm=Decimal(args.diameter),
                 rate_ml_h=Decimal(args.rate),

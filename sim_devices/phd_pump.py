@@ -55,7 +55,7 @@ class Fault(enum.Enum):
 
 
 @dataclass(frozen=True)
-class PumpSetup:
+class PhdPumpSetup:
     """Initial state of a simulated pump (API and CLI)."""
 
     address: int = 0
@@ -69,7 +69,7 @@ class PumpSetup:
 class PhdPumpModel(FaultArming[Fault, Command]):
     """State of one pump. Call :meth:`advance` with the simulated time before reading state."""
 
-    setup: PumpSetup
+    setup: PhdPumpSetup
     now: float = 0.0
     prompt: Prompt = Prompt.IDLE
     diameter_mm: Decimal = Decimal(0)

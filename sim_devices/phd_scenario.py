@@ -11,7 +11,7 @@ import functools
 from decimal import Decimal
 
 from sim_devices import serial_scenario
-from sim_devices.phd_pump import Fault, PumpSetup, refusal_text
+from sim_devices.phd_pump import Fault, PhdPumpSetup, refusal_text
 from sim_devices.phd_server import PhdSimulator
 from sim_devices.scenario import Scenario, ScenarioError
 from sim_devices.serial_scenario import SPEC_EVENTS, Vendor
@@ -29,7 +29,7 @@ def check(sim: PhdSimulator, scenario: Scenario, origin: str) -> None:
     serial_scenario.check(PHD, probe, scenario, origin)
 
 
-def setups(scenario: Scenario, origin: str) -> list[PumpSetup]:
+def setups(scenario: Scenario, origin: str) -> list[PhdPumpSetup]:
     """The scenario's ``[[pumps]]`` as PHD pump setups (``pump`` = address, ``vtbi_ml`` = the
     target volume)."""
     out = []
@@ -39,7 +39,7 @@ def setups(scenario: Scenario, origin: str) -> list[PumpSetup]:
         if s.reset_alarm is not None:
             raise ScenarioError(f"{origin}: pumps[{i}].reset_alarm: not a PHD ULTRA field")
         out.append(
-            PumpSetup(
+            PhdPumpSetup(
                 address=s.pump,
                 diameter_mm=s.diameter_mm if s.diameter_mm is not None else Decimal("26.59"),
                 rate_ml_h=s.rate_ml_h,

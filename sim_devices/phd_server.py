@@ -2,7 +2,7 @@
 
 Usable in-process from asyncio code::
 
-    sim = PhdSimulator([PumpSetup(address=0, rate_ml_h=Decimal("9"), running=True)])
+    sim = PhdSimulator([PhdPumpSetup(address=0, rate_ml_h=Decimal("9"), running=True)])
     async with sim.serving("tcp://127.0.0.1:0"):
         url = sim.url                      # socket://127.0.0.1:<port>, for the driver
         sim.pumps[0].inject(Fault.GARBLE, count=1)
@@ -23,7 +23,7 @@ import structlog
 from drivers.errors import FrameError
 from drivers.phd.grammar import Command, Prompt, Reply
 from drivers.serial.lines import LineStream
-from sim_devices.phd_pump import Fault, PhdPumpModel, PumpSetup
+from sim_devices.phd_pump import Fault, PhdPumpModel, PhdPumpSetup
 from sim_devices.serial_server import SerialSimulator
 
 log = structlog.get_logger("sim.phd")
@@ -31,17 +31,17 @@ log = structlog.get_logger("sim.phd")
 DEFAULT_BAUD = 9600
 
 
-class PhdSimulator(SerialSimulator[PumpSetup, PhdPumpModel]):
+class PhdSimulator(SerialSimulator[PhdPumpSetup, PhdPumpModel]):
     """PHD ULTRA pump models on one chain, an accelerated clock and the serving transport."""
 
     vendor = "phd"
 
     default_baud = DEFAULT_BAUD
 
-    def _default_setups(self) -> Sequence[PumpSetup]:
-        return (PumpSetup(),)
+    def _default_setups(self) -> Sequence[PhdPumpSetup]:
+        return (PhdPumpSetup(),)
 
-    def _new_pump(self, setup: PumpSetup, now: float) -> PhdPumpModel:
+    def _new_pump(self, setup: PhdPumpSetup, now: float) -> PhdPumpModel:
         return PhdPumpModel(setup, now=now)
 
     async def _serve_stream(
@@ -124,4 +124,4 @@ def _address_of(line: str) -> int:
     return int(head) if sep and head.isdigit() and len(head) <= 2 else 0
 
 
-__all__ = ["Fault", "PhdSimulator", "Prompt", "PumpSetup"]
+__all__ = ["Fault", "PhdPumpSetup", "PhdSimulator", "Prompt"]

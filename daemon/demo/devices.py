@@ -15,13 +15,13 @@ import structlog
 
 from sim_devices.clock import SimClock
 from sim_devices.fault_topic import FaultControl
-from sim_devices.modbus_pump import PumpSetup as ModbusPumpSetup
+from sim_devices.modbus_pump import ModbusPumpSetup
 from sim_devices.modbus_server import ModbusPumpSimulator
 from sim_devices.monitor import Monitor
-from sim_devices.newera_pump import PumpSetup as NewEraPumpSetup
+from sim_devices.newera_pump import NewEraPumpSetup
 from sim_devices.newera_server import NewEraSimulator
 from sim_devices.patient_model import Doses
-from sim_devices.phd_pump import PumpSetup as PhdPumpSetup
+from sim_devices.phd_pump import PhdPumpSetup
 from sim_devices.phd_server import PhdSimulator
 from sim_devices.scenario import DriftEvent, Scenario, load_scenario
 from sim_devices.sim_bank import SimBank, modbus_pump, newera_pump, phd_pump

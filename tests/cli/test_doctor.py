@@ -22,11 +22,10 @@ import pytest
 from daemon.base.paths import journal_path
 from daemon.cli.doctor import Finding, Status, diagnose
 from daemon.journal import AsyncJournal, JournalKind
-from sim_devices.modbus_pump import PumpSetup as ModbusSetup
+from sim_devices.modbus_pump import ModbusPumpSetup
 from sim_devices.modbus_server import ModbusPumpSimulator
-from sim_devices.newera_server import NewEraSimulator, PumpSetup
-from sim_devices.phd_server import PhdSimulator
-from sim_devices.phd_server import PumpSetup as PhdSetup
+from sim_devices.newera_server import NewEraPumpSetup, NewEraSimulator
+from sim_devices.phd_server import PhdPumpSetup, PhdSimulator
 from tests.reliability.harness import GW
 from tests.security.test_broker_tls_acl import (  # the shipped TLS + ACL broker, reused
     PASSWORDS,
@@ -55,9 +54,11 @@ class Bench:
 @contextlib.asynccontextmanager
 async def bench(broker: Mosquitto) -> AsyncIterator[Bench]:
     modbus = ModbusPumpSimulator(
-        [ModbusSetup(unit_id=1, status="infusing", rate_ml_h=Decimal("52.5"))]
+        [ModbusPumpSetup(unit_id=1, status="infusing", rate_ml_h=Decimal("52.5"))]
     )
-    newera = NewEraSimulator([PumpSetup(address=0, rate_ml_h=Decimal("9.0"), reset_alarm=False)])
+    newera = NewEraSimulator(
+        [NewEraPumpSetup(address=0, rate_ml_h=Decimal("9.0"), reset_alarm=False)]
+    )
     async with modbus.serving("tcp://127.0.0.1:0") as served, newera.serving("tcp://127.0.0.1:0"):
         yield Bench(broker.url, served.url, newera.url)
 
@@ -296,7 +297,7 @@ async def test_a_new_era_pump_that_does_not_answer_times_out(
 ) -> None:
     """The New Era port answers nothing at address 0 (the simulated pump is at 5): FAIL after
     the timeout, pointing at address and baudrate."""
-    newera = NewEraSimulator([PumpSetup(address=5, reset_alarm=False)])
+    newera = NewEraSimulator([NewEraPumpSetup(address=5, reset_alarm=False)])
     async with bench(mosquitto) as b, newera.serving("tcp://127.0.0.1:0"):
         b.newera_url = newera.url
         ok, findings = await doctor(tmp_path, config_text(tmp_path, b))
@@ -386,7 +387,7 @@ async def test_a_phd_pump_is_read_and_a_wrong_syringe_fails(
 ) -> None:
     """A PHD ULTRA with the configured syringe is `ok`; configured with another diameter, the
     doctor FAILs with the pump's own diameter and the advice to check the syringe."""
-    phd = PhdSimulator([PhdSetup(address=0, rate_ml_h=Decimal(9), running=True)])
+    phd = PhdSimulator([PhdPumpSetup(address=0, rate_ml_h=Decimal(9), running=True)])
     async with bench(mosquitto) as b, phd.serving("tcp://127.0.0.1:0"):
         base = config_text(tmp_path, b)
         ok, findings = await doctor(tmp_path, base + PHD_PUMP.format(url=phd.url, diameter=26.59))

@@ -16,7 +16,7 @@ from daemon.base.config import load_config
 from daemon.demo.devices import demo_scenario
 from protocol.library import DEFAULT_LIBRARY_PATH
 from sim_devices import modbus_scenario, newera_scenario, phd_scenario
-from sim_devices.modbus_pump import PumpSetup as ModbusSetup
+from sim_devices.modbus_pump import ModbusPumpSetup
 from sim_devices.modbus_server import ModbusPumpSimulator
 from sim_devices.newera_server import NewEraSimulator
 from sim_devices.phd_server import PhdSimulator
@@ -43,7 +43,7 @@ def check_scenario(path: Path) -> Scenario:
     if any(isinstance(e.pump, str) for e in scenario.events):
         demo_scenario(path, pumps=2, phd=True)
     elif scenario.name.startswith("modbus-"):
-        sim = ModbusPumpSimulator(modbus_scenario.setups(scenario, origin) or [ModbusSetup()])
+        sim = ModbusPumpSimulator(modbus_scenario.setups(scenario, origin) or [ModbusPumpSetup()])
         modbus_scenario.check(sim, scenario, origin)
     elif scenario.name.startswith("newera-"):
         newera = NewEraSimulator(newera_scenario.setups(scenario, origin) or None)

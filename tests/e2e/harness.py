@@ -27,10 +27,10 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from daemon.base.config import Config
 from daemon.core.gateway import Gateway
 from sim_devices.clock import SimClock
-from sim_devices.modbus_pump import PumpSetup as ModbusSetup
+from sim_devices.modbus_pump import ModbusPumpSetup
 from sim_devices.modbus_server import ModbusPumpSimulator
 from sim_devices.monitor import Monitor
-from sim_devices.newera_pump import PumpSetup as NewEraSetup
+from sim_devices.newera_pump import NewEraPumpSetup
 from sim_devices.newera_server import NewEraSimulator
 from sim_devices.patient_model import Doses
 from sim_devices.scenario import load_scenario
@@ -226,10 +226,10 @@ async def running_bedside(
     ``extra``: further top-level configuration sections (e.g. ``discovery``)."""
     clock = SimClock()
     modbus = ModbusPumpSimulator(
-        [ModbusSetup(unit_id=1, status="infusing", rate_ml_h=Decimal("52.5"))], clock=clock
+        [ModbusPumpSetup(unit_id=1, status="infusing", rate_ml_h=Decimal("52.5"))], clock=clock
     )
     newera = NewEraSimulator(
-        [NewEraSetup(address=0, rate_ml_h=Decimal("9.0"), running=True, reset_alarm=False)],
+        [NewEraPumpSetup(address=0, rate_ml_h=Decimal("9.0"), running=True, reset_alarm=False)],
         clock=clock,
     )
 

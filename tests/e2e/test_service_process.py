@@ -18,7 +18,7 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-from sim_devices.modbus_pump import PumpSetup as ModbusSetup
+from sim_devices.modbus_pump import ModbusPumpSetup
 from sim_devices.modbus_server import ModbusPumpSimulator
 from tests.support.procs import Mosquitto
 
@@ -111,7 +111,9 @@ async def test_ready_last_will_and_restart_continuity(tmp_path: Path, mosquitto:
     """READY=1 after the first poll; SIGKILL -> broker publishes offline; a change made at the
     pump meanwhile is reported after the restart; the session is kept, seq continues, and the
     journal verifies."""
-    sim = ModbusPumpSimulator([ModbusSetup(unit_id=1, status="infusing", rate_ml_h=Decimal(21))])
+    sim = ModbusPumpSimulator(
+        [ModbusPumpSetup(unit_id=1, status="infusing", rate_ml_h=Decimal(21))]
+    )
     async with sim.serving("tcp://127.0.0.1:0") as served:
         data_dir = tmp_path / "data"
         config = write_config(

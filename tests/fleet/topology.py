@@ -28,7 +28,7 @@ from daemon.cli.collect_cmd import PASSWORD_ENV
 from daemon.core.gateway import Gateway
 from daemon.fleet.store import NOTIFY_CHANNEL
 from sim_devices.clock import SimClock
-from sim_devices.modbus_pump import PumpSetup as ModbusSetup
+from sim_devices.modbus_pump import ModbusPumpSetup
 from sim_devices.modbus_server import ModbusPumpSimulator
 from tests.support.procs import READY_TIMEOUT_S, Mosquitto, wait_for_line
 
@@ -129,7 +129,7 @@ async def running_gateway(
     """A real Gateway with one simulated Modbus pump, publishing to ``broker`` (over TLS with
     ``tls``: the ``[broker.tls]`` table)."""
     modbus = ModbusPumpSimulator(
-        [ModbusSetup(unit_id=1, status="infusing", rate_ml_h=Decimal("52.5"))], clock=SimClock()
+        [ModbusPumpSetup(unit_id=1, status="infusing", rate_ml_h=Decimal("52.5"))], clock=SimClock()
     )
     async with modbus.serving("tcp://127.0.0.1:0") as served:
         config = gateway_config(

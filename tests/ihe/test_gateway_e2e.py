@@ -26,9 +26,9 @@ from drivers.hl7.ack import AckCode
 from drivers.hl7.piv import build_rgv
 from sim_devices.clock import SimClock
 from sim_devices.ehr import EhrSimulator, Received, send_order
-from sim_devices.modbus_pump import PumpSetup as ModbusSetup
+from sim_devices.modbus_pump import ModbusPumpSetup
 from sim_devices.modbus_server import ModbusPumpSimulator
-from sim_devices.newera_pump import PumpSetup as NewEraSetup
+from sim_devices.newera_pump import NewEraPumpSetup
 from sim_devices.newera_server import NewEraSimulator
 from tests.e2e.harness import bedside_config, command, dose
 from tests.support.procs import Mosquitto
@@ -55,10 +55,10 @@ class Ward:
 async def running_ward(tmp_path: Path, broker: Mosquitto) -> AsyncIterator[Ward]:
     clock = SimClock()
     modbus = ModbusPumpSimulator(
-        [ModbusSetup(unit_id=1, status="infusing", rate_ml_h=Decimal("52.5"))], clock=clock
+        [ModbusPumpSetup(unit_id=1, status="infusing", rate_ml_h=Decimal("52.5"))], clock=clock
     )
     newera = NewEraSimulator(
-        [NewEraSetup(address=0, rate_ml_h=Decimal("9.0"), running=True, reset_alarm=False)],
+        [NewEraPumpSetup(address=0, rate_ml_h=Decimal("9.0"), running=True, reset_alarm=False)],
         clock=clock,
     )
     ehr = EhrSimulator()

@@ -11,7 +11,7 @@ import pytest_asyncio
 
 from drivers.backoff import Backoff
 from drivers.modbus import BusRegistry, ModbusPumpDriver
-from sim_devices.modbus_pump import PumpSetup
+from sim_devices.modbus_pump import ModbusPumpSetup
 from sim_devices.modbus_server import ModbusPumpSimulator, Served
 
 FAST_TIMEOUT_S = 0.3
@@ -36,9 +36,9 @@ class Rig:
         )
 
 
-def demo_pump(unit: int = 1, **overrides: object) -> PumpSetup:
+def demo_pump(unit: int = 1, **overrides: object) -> ModbusPumpSetup:
     """The demo's pump-1: norepinephrine infusing 52.5 mL/h."""
-    cfg = PumpSetup(
+    cfg = ModbusPumpSetup(
         unit_id=unit,
         status="infusing",
         rate_ml_h=Decimal("52.5"),

@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest_asyncio
 
 from drivers.newera import NewEraPumpDriver
-from sim_devices.newera_server import NewEraSimulator, PumpSetup
+from sim_devices.newera_server import NewEraPumpSetup, NewEraSimulator
 
 FAST_TIMEOUT_S = 0.25
 
@@ -18,8 +18,8 @@ async def sim() -> AsyncIterator[NewEraSimulator]:
     """Two pumps (addresses 0 and 1) on one TCP port; pump 0 infusing 9.0 mL/h."""
     simulator = NewEraSimulator(
         [
-            PumpSetup(address=0, rate_ml_h=Decimal("9.0"), running=True, reset_alarm=False),
-            PumpSetup(address=1, rate_ml_h=Decimal("2.0"), reset_alarm=False),
+            NewEraPumpSetup(address=0, rate_ml_h=Decimal("9.0"), running=True, reset_alarm=False),
+            NewEraPumpSetup(address=1, rate_ml_h=Decimal("2.0"), reset_alarm=False),
         ],
         speed=10.0,
     )

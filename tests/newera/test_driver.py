@@ -20,7 +20,7 @@ from drivers.newera.frames import Alarm, Status
 from drivers.serial.line import PortUnavailable
 from drivers.serial.verify import Answer, Sent, Snapshot, judge
 from sim_devices.newera_pump import Fault
-from sim_devices.newera_server import NewEraSimulator, PumpSetup
+from sim_devices.newera_server import NewEraPumpSetup, NewEraSimulator
 from tests.newera.conftest import FAST_TIMEOUT_S
 
 
@@ -172,7 +172,7 @@ async def test_every_alarm_is_reported_and_latched_until_acknowledged(
 @pytest.mark.asyncio
 async def test_power_on_reset_alarm_is_seen_at_connect() -> None:
     """A freshly powered pump's A?R is latched by the driver at connect."""
-    simulator = NewEraSimulator([PumpSetup(address=3)])
+    simulator = NewEraSimulator([NewEraPumpSetup(address=3)])
     async with simulator.serving("tcp://127.0.0.1:0"):
         driver = NewEraPumpDriver(simulator.url, 3, timeout_s=FAST_TIMEOUT_S)
         await driver.connect()
@@ -236,7 +236,7 @@ async def test_pause_stop_start_use_stp_and_run_faithfully(
 @pytest.mark.asyncio
 async def test_start_without_rate_fails_with_not_applicable() -> None:
     """RUN with no rate programmed is ?NA: failed, pump still stopped."""
-    simulator = NewEraSimulator([PumpSetup(reset_alarm=False)])
+    simulator = NewEraSimulator([NewEraPumpSetup(reset_alarm=False)])
     async with simulator.serving("tcp://127.0.0.1:0"):
         driver = NewEraPumpDriver(simulator.url, timeout_s=FAST_TIMEOUT_S)
         await driver.connect()
@@ -437,7 +437,7 @@ async def test_driver_finds_a_pump_left_in_safe_mode(sim: NewEraSimulator) -> No
 @pytest.mark.asyncio
 async def test_reconnects_with_backoff_after_the_link_drops() -> None:
     """The simulator going away marks the link offline; when it returns, the driver reconnects."""
-    setup = [PumpSetup(rate_ml_h=Decimal(9), running=True, reset_alarm=False)]
+    setup = [NewEraPumpSetup(rate_ml_h=Decimal(9), running=True, reset_alarm=False)]
     first = NewEraSimulator(setup)
     async with first.serving("tcp://127.0.0.1:0"):
         port = NewEraPort(
@@ -577,7 +577,9 @@ def write_call(driver: NewEraPumpDriver, action: str) -> Coroutine[Any, Any, Wri
 async def test_writes_on_a_dead_link_fail_as_not_sent_and_never_raise(action: str) -> None:
     """The pump's line is gone (simulator closed): every write returns failed "not sent: ..."
     instead of raising, and says why; nothing reached a pump."""
-    simulator = NewEraSimulator([PumpSetup(rate_ml_h=Decimal(9), running=True, reset_alarm=False)])
+    simulator = NewEraSimulator(
+        [NewEraPumpSetup(rate_ml_h=Decimal(9), running=True, reset_alarm=False)]
+    )
     async with simulator.serving("tcp://127.0.0.1:0"):
         port = NewEraPort(
             simulator.url, timeout_s=FAST_TIMEOUT_S, backoff=Backoff(initial_s=5, maximum_s=5)

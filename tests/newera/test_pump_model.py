@@ -7,11 +7,11 @@ from decimal import Decimal
 import pytest
 
 from drivers.newera.frames import Alarm, Command, Reply, Status
-from sim_devices.newera_pump import Fault, NewEraPumpModel, PumpSetup
+from sim_devices.newera_pump import Fault, NewEraPumpModel, NewEraPumpSetup
 
 
 def pump(**kwargs: object) -> NewEraPumpModel:
-    return NewEraPumpModel(PumpSetup(**kwargs))  # type: ignore[arg-type]
+    return NewEraPumpModel(NewEraPumpSetup(**kwargs))  # type: ignore[arg-type]
 
 
 def send(p: NewEraPumpModel, text: str, at: float = 0.0, *, safe: bool = False) -> Reply:

@@ -10,7 +10,7 @@ from decimal import Decimal
 
 import pytest
 
-from sim_devices.newera_server import NewEraSimulator, PumpSetup
+from sim_devices.newera_server import NewEraPumpSetup, NewEraSimulator
 from tests.support.procs import wait_for_line
 
 SAF0_PACKET = bytes.fromhex("02 08 53 41 46 30 55 43 03")
@@ -49,7 +49,7 @@ def safe_packet(payload: bytes) -> bytes:
 @pytest.mark.asyncio
 async def test_terminal_session_gets_device_like_replies() -> None:
     """First command -> A?R; then lower case with spaces, CRLF, errors and VER as the pump."""
-    sim = NewEraSimulator([PumpSetup(rate_ml_h=Decimal(9))])
+    sim = NewEraSimulator([NewEraPumpSetup(rate_ml_h=Decimal(9))])
     async with sim.serving("tcp://127.0.0.1:0"):
         reader, writer = await asyncio.open_connection("127.0.0.1", sim.port)
         try:
@@ -71,7 +71,7 @@ async def test_terminal_session_gets_device_like_replies() -> None:
 @pytest.mark.asyncio
 async def test_terminal_safe_mode_packets_and_the_saf0_rescue_packet() -> None:
     """After SAF5 the pump wants CRC packets; the SAF0 packet returns it to basic mode."""
-    sim = NewEraSimulator([PumpSetup(reset_alarm=False)])
+    sim = NewEraSimulator([NewEraPumpSetup(reset_alarm=False)])
     async with sim.serving("tcp://127.0.0.1:0"):
         reader, writer = await asyncio.open_connection("127.0.0.1", sim.port)
         try:
@@ -149,7 +149,7 @@ async def test_basic_command_right_after_a_corrupted_packet_is_answered(
 ) -> None:
     """A SAF0 packet with a bad CRC and `RAT\\r` in one write: the bad packet is refused (?COM
     when the pump is in safe mode) and the basic RAT that follows is still answered."""
-    sim = NewEraSimulator([PumpSetup(rate_ml_h=Decimal(9), reset_alarm=False)])
+    sim = NewEraSimulator([NewEraPumpSetup(rate_ml_h=Decimal(9), reset_alarm=False)])
     if in_safe_mode:
         sim.pumps[0].safe_timeout_s = 60
     corrupted = bytearray(SAF0_PACKET)

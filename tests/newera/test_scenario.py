@@ -13,7 +13,7 @@ from drivers.newera import NewEraPumpDriver
 from drivers.newera.frames import Alarm, Status
 from sim_devices.newera_pump import Fault
 from sim_devices.newera_scenario import apply_event, apply_fault_spec, check, play, setups
-from sim_devices.newera_server import NewEraSimulator, PumpSetup
+from sim_devices.newera_server import NewEraPumpSetup, NewEraSimulator
 from sim_devices.scenario import ScenarioError, load_scenario, load_scenario_text
 
 STALL = Path(__file__).resolve().parents[2] / "sim_devices" / "scenarios" / "newera-stall.toml"
@@ -37,7 +37,7 @@ async def test_shipped_stall_scenario_plays_on_the_accelerated_clock() -> None:
 
 def test_fault_specs_name_pump_value_and_problems() -> None:
     """NAME[=VALUE][@ADDRESS]; unknown names or pumps are refused with the spec named."""
-    sim = NewEraSimulator([PumpSetup(address=0), PumpSetup(address=1)])
+    sim = NewEraSimulator([NewEraPumpSetup(address=0), NewEraPumpSetup(address=1)])
     apply_fault_spec(sim, "slow=1.5@1")
     assert sim.pumps[1].reply_delay_s == 1.5
     assert Fault.SLOW in sim.pumps[1].faults
@@ -91,7 +91,7 @@ async def test_shipped_refuse_but_apply_scenario_makes_rate_changes_applied() ->
 def test_refusal_fault_specs_take_a_code_and_a_command() -> None:
     """NAME=CODE/COMMAND@ADDRESS arms a refusal for that command's writes on that pump; a code
     or command the pump does not have is refused, naming it."""
-    sim = NewEraSimulator([PumpSetup(address=0), PumpSetup(address=1)])
+    sim = NewEraSimulator([NewEraPumpSetup(address=0), NewEraPumpSetup(address=1)])
     apply_fault_spec(sim, "refuse-but-apply=A?R/rat@1")
     pump = sim.pumps[1]
     assert (pump.reject_with, pump.fault_on) == ("A?R", {Fault.REFUSE_BUT_APPLY: "RAT"})
@@ -120,7 +120,7 @@ def test_scenario_fault_events_are_checked_before_serving() -> None:
 
 def test_clear_disarms_one_fault_or_every_fault() -> None:
     """``clear`` with a fault disarms that one; without, every armed fault."""
-    sim = NewEraSimulator([PumpSetup(address=0)])
+    sim = NewEraSimulator([NewEraPumpSetup(address=0)])
     for spec in ("garble", "noise/RAT"):
         apply_fault_spec(sim, spec)
     scenario = load_scenario_text(

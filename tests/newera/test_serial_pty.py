@@ -12,7 +12,7 @@ from drivers.base import AlarmCode, RunState, WriteOutcome
 from drivers.newera import NewEraPumpDriver
 from drivers.newera.frames import Status
 from sim_devices.newera_pump import Fault
-from sim_devices.newera_server import NewEraSimulator, PumpSetup
+from sim_devices.newera_server import NewEraPumpSetup, NewEraSimulator
 from tests.newera.test_raw_client import SAF0_PACKET
 from tests.support.procs import PtyPair
 
@@ -22,8 +22,8 @@ async def test_driver_talks_to_two_pumps_over_a_pty_pair(pty_pair: PtyPair) -> N
     """Status, rate read-back and stop work over a serial line with two daisy-chained pumps."""
     sim = NewEraSimulator(
         [
-            PumpSetup(address=0, rate_ml_h=Decimal(9), running=True, reset_alarm=False),
-            PumpSetup(address=1, reset_alarm=True),
+            NewEraPumpSetup(address=0, rate_ml_h=Decimal(9), running=True, reset_alarm=False),
+            NewEraPumpSetup(address=1, reset_alarm=True),
         ],
         speed=10,
     )
@@ -53,7 +53,7 @@ async def test_safe_mode_over_a_pty_stops_the_pump_when_the_gateway_goes_silent(
 ) -> None:
     """SAF1 over the serial line: the pump keeps infusing while polled, stops with A?T after."""
     sim = NewEraSimulator(
-        [PumpSetup(rate_ml_h=Decimal(9), running=True, reset_alarm=False)], speed=10
+        [NewEraPumpSetup(rate_ml_h=Decimal(9), running=True, reset_alarm=False)], speed=10
     )
     pump = sim.pumps[0]
     async with sim.serving(str(pty_pair.a)):
@@ -78,7 +78,7 @@ async def test_driver_reads_the_good_reply_after_a_garbled_one_on_a_pty(
     the good one: the driver's reply reader parses the bytes after the bad frame afresh, so
     every query and write still gets its answer."""
     sim = NewEraSimulator(
-        [PumpSetup(rate_ml_h=Decimal(9), running=True, reset_alarm=False)], speed=10
+        [NewEraPumpSetup(rate_ml_h=Decimal(9), running=True, reset_alarm=False)], speed=10
     )
     pump = sim.pumps[0]
     async with sim.serving(str(pty_pair.a)):
@@ -103,7 +103,7 @@ async def test_basic_command_after_a_corrupted_packet_is_answered_on_a_pty(
 ) -> None:
     """On the serial line: a SAF0 packet with a bad CRC and `RAT\\r` in one write -- the pump
     does not switch modes and answers RAT."""
-    sim = NewEraSimulator([PumpSetup(rate_ml_h=Decimal(9), reset_alarm=False)])
+    sim = NewEraSimulator([NewEraPumpSetup(rate_ml_h=Decimal(9), reset_alarm=False)])
     corrupted = bytearray(SAF0_PACKET)
     corrupted[3] ^= 0x01
     async with sim.serving(str(pty_pair.a)):

@@ -43,9 +43,11 @@ def test_each_simulator_defaults_to_one_pump_at_0_and_its_vendor_baud_rate() -> 
 
 def test_two_pumps_at_one_address_are_refused_by_both_simulators() -> None:
     with pytest.raises(ValueError, match="two simulated pumps at address 3"):
-        NewEraSimulator([newera_pump.PumpSetup(address=3), newera_pump.PumpSetup(address=3)])
+        NewEraSimulator(
+            [newera_pump.NewEraPumpSetup(address=3), newera_pump.NewEraPumpSetup(address=3)]
+        )
     with pytest.raises(ValueError, match="two simulated pumps at address 3"):
-        PhdSimulator([phd_pump.PumpSetup(address=3), phd_pump.PumpSetup(address=3)])
+        PhdSimulator([phd_pump.PhdPumpSetup(address=3), phd_pump.PhdPumpSetup(address=3)])
 
 
 def test_new_era_fault_on_a_command_spares_its_query_and_counts_down_on_writes() -> None:
@@ -63,7 +65,7 @@ def test_new_era_fault_on_a_command_spares_its_query_and_counts_down_on_writes()
 
 
 def test_phd_fault_on_a_command_spares_its_query_and_counts_down_on_writes() -> None:
-    pump = PhdSimulator([phd_pump.PumpSetup(rate_ml_h=Decimal(9))]).pumps[0]
+    pump = PhdSimulator([phd_pump.PhdPumpSetup(rate_ml_h=Decimal(9))]).pumps[0]
     fault = phd_pump.Fault.DROP_REPLY
     with pytest.raises(ValueError, match="fault 'drop-reply': unknown command 'IRATE'"):
         pump.inject(fault, 1, on="IRATE")  # PHD names are lower case: not normalised

@@ -25,9 +25,9 @@ from daemon.core.gateway import Gateway
 from daemon.pharmacy.signing import private_pem, public_pem, sign_library
 from protocol.library import DEFAULT_LIBRARY_PATH
 from sim_devices.clock import SimClock
-from sim_devices.modbus_pump import PumpSetup as ModbusSetup
+from sim_devices.modbus_pump import ModbusPumpSetup
 from sim_devices.modbus_server import ModbusPumpSimulator
-from sim_devices.newera_pump import PumpSetup as NewEraSetup
+from sim_devices.newera_pump import NewEraPumpSetup
 from sim_devices.newera_server import NewEraSimulator
 from tests.e2e.harness import WAIT_S, Watcher, bedside_config, dump_tasks
 from tests.support.procs import Mosquitto
@@ -108,10 +108,10 @@ async def running_ward(
     v5 watcher (each logging in to the broker when a (username, password) is given)."""
     clock = SimClock()
     modbus = ModbusPumpSimulator(
-        [ModbusSetup(unit_id=1, status="infusing", rate_ml_h=Decimal("52.5"))], clock=clock
+        [ModbusPumpSetup(unit_id=1, status="infusing", rate_ml_h=Decimal("52.5"))], clock=clock
     )
     newera = NewEraSimulator(
-        [NewEraSetup(address=0, rate_ml_h=Decimal("9.0"), running=True, reset_alarm=False)],
+        [NewEraPumpSetup(address=0, rate_ml_h=Decimal("9.0"), running=True, reset_alarm=False)],
         clock=clock,
     )
     async with contextlib.AsyncExitStack() as stack:

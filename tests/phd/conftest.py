@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest_asyncio
 
 from drivers.phd import PhdPumpDriver
-from sim_devices.phd_server import PhdSimulator, PumpSetup
+from sim_devices.phd_server import PhdPumpSetup, PhdSimulator
 
 FAST_TIMEOUT_S = 0.25
 DIAMETER = Decimal("26.59")
@@ -19,8 +19,8 @@ async def sim() -> AsyncIterator[PhdSimulator]:
     """Pumps 0 (infusing 9 mL/h) and 12 (stopped, 2 mL/h) on one chain behind TCP."""
     simulator = PhdSimulator(
         [
-            PumpSetup(address=0, rate_ml_h=Decimal(9), running=True),
-            PumpSetup(address=12, rate_ml_h=Decimal(2)),
+            PhdPumpSetup(address=0, rate_ml_h=Decimal(9), running=True),
+            PhdPumpSetup(address=12, rate_ml_h=Decimal(2)),
         ],
         speed=10.0,
     )

@@ -22,7 +22,7 @@ from drivers.phd.driver import RUN_STATES
 from drivers.phd.grammar import ERRORS, Prompt
 from drivers.serial.line import PortUnavailable
 from sim_devices.phd_pump import Fault
-from sim_devices.phd_server import PhdSimulator, PumpSetup
+from sim_devices.phd_server import PhdPumpSetup, PhdSimulator
 from tests.phd.conftest import DIAMETER, FAST_TIMEOUT_S
 
 WRITES = ["set_rate", "start", "stop", "pause"]
@@ -436,7 +436,7 @@ async def test_unwritable_rates_are_refused_before_anything_is_sent(
 @pytest.mark.parametrize("action", WRITES)
 async def test_writes_on_a_dead_link_fail_as_not_sent_and_never_raise(action: str) -> None:
     """The chain's line is gone: every write is failed "not sent: ..." and nothing is sent."""
-    simulator = PhdSimulator([PumpSetup(rate_ml_h=Decimal(9), running=True)])
+    simulator = PhdSimulator([PhdPumpSetup(rate_ml_h=Decimal(9), running=True)])
     async with simulator.serving("tcp://127.0.0.1:0"):
         line = PhdLine(
             simulator.url, timeout_s=FAST_TIMEOUT_S, backoff=Backoff(initial_s=5, maximum_s=5)
@@ -469,7 +469,7 @@ async def test_writes_before_connect_fail_as_not_sent(sim: PhdSimulator, action:
 @pytest.mark.asyncio
 async def test_reconnects_after_the_link_drops() -> None:
     """The simulator going away marks the pump offline; when it returns, the driver is back."""
-    setup = [PumpSetup(rate_ml_h=Decimal(9), running=True)]
+    setup = [PhdPumpSetup(rate_ml_h=Decimal(9), running=True)]
     first = PhdSimulator(setup)
     async with first.serving("tcp://127.0.0.1:0"):
         line = PhdLine(

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from jsonschema import Draft202012Validator
 
-from sim_devices.phd_server import PhdSimulator, PumpSetup
+from sim_devices.phd_server import PhdPumpSetup, PhdSimulator
 from tests.reliability.harness import (
     CLINICIAN,
     GW,
@@ -69,7 +69,7 @@ async def test_mqtt_titration_of_a_phd_pump_is_gated_applied_and_read_back(
     """0.05 -> 0.06 ug/kg/min of norepinephrine on pump 3 of a PHD chain: applied with the
     pump's read-back; a rate beyond the syringe's range is rejected by the gate and never
     reaches the pump; the published state names the phd driver and fits its schema."""
-    sim = PhdSimulator([PumpSetup(3, rate_ml_h=NE_RATE, running=True)], speed=1.0)
+    sim = PhdSimulator([PhdPumpSetup(3, rate_ml_h=NE_RATE, running=True)], speed=1.0)
     pump = sim.pumps[3]
     async with sim.serving("tcp://127.0.0.1:0"):
         cfg = phd_bedside(sim.url, mosquitto.url, tmp_path / "data")

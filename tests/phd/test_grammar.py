@@ -18,7 +18,7 @@ import pytest_asyncio
 
 from drivers.errors import FrameError
 from drivers.phd.grammar import COMMANDS, ERRORS, SOURCES, Command, Prompt, ReplyReader
-from sim_devices.phd_server import PhdSimulator, PumpSetup
+from sim_devices.phd_server import PhdPumpSetup, PhdSimulator
 
 #: a reply, per U83/D50: lines 'LF [addr:] text CR', then 'LF [addr] prompt'
 REPLY = re.compile(rb"((?:\n[ -~]*\r)*)\n(\d{0,2})(T\*|:|>|<|\*)$")
@@ -44,7 +44,10 @@ class Terminal:
 @pytest_asyncio.fixture
 async def term() -> AsyncIterator[Terminal]:
     sim = PhdSimulator(
-        [PumpSetup(0, rate_ml_h=Decimal(9), running=True), PumpSetup(12, rate_ml_h=Decimal(2))]
+        [
+            PhdPumpSetup(0, rate_ml_h=Decimal(9), running=True),
+            PhdPumpSetup(12, rate_ml_h=Decimal(2)),
+        ]
     )
     async with sim.serving("tcp://127.0.0.1:0"):
         reader, writer = await asyncio.open_connection("127.0.0.1", sim.port)

@@ -11,7 +11,7 @@ import pytest
 from drivers.phd.grammar import Prompt
 from sim_devices.phd_pump import Fault
 from sim_devices.phd_scenario import apply_fault_spec, check, play, setups
-from sim_devices.phd_server import PhdSimulator, PumpSetup
+from sim_devices.phd_server import PhdPumpSetup, PhdSimulator
 from sim_devices.scenario import ScenarioError, load_scenario
 
 STALL = Path(__file__).resolve().parents[2] / "sim_devices" / "scenarios" / "phd-stall.toml"
@@ -36,7 +36,7 @@ async def test_shipped_stall_scenario_plays_on_the_accelerated_clock() -> None:
 
 def test_fault_specs_name_pump_value_and_problems() -> None:
     """NAME[=VALUE][/COMMAND][@ADDRESS]; unknown names, values or pumps name the spec."""
-    sim = PhdSimulator([PumpSetup(address=0), PumpSetup(address=1)])
+    sim = PhdSimulator([PhdPumpSetup(address=0), PhdPumpSetup(address=1)])
     apply_fault_spec(sim, "slow=1.5@1")
     assert sim.pumps[1].reply_delay_s == 1.5
     apply_fault_spec(sim, "panel-rate=7.5")
@@ -74,6 +74,6 @@ def test_bad_scenario_file_is_refused_before_serving(tmp_path: Path) -> None:
 
 def test_an_event_without_pump_acts_on_the_first_pump_of_the_chain() -> None:
     """On a chain at addresses 3 and 4, an event without ``pump`` stalls pump 3 only."""
-    sim = PhdSimulator([PumpSetup(address=3), PumpSetup(address=4)])
+    sim = PhdSimulator([PhdPumpSetup(address=3), PhdPumpSetup(address=4)])
     apply_fault_spec(sim, "stall")
     assert (sim.pumps[3].prompt, sim.pumps[4].prompt) == (Prompt.STALLED, Prompt.IDLE)

@@ -14,7 +14,7 @@ from drivers.base import AlarmCode, RunState, WriteOutcome
 from drivers.phd import PhdPumpDriver
 from drivers.phd.grammar import Prompt
 from sim_devices.phd_pump import Fault
-from sim_devices.phd_server import PhdSimulator, PumpSetup
+from sim_devices.phd_server import PhdPumpSetup, PhdSimulator
 from tests.support.procs import PtyPair, wait_for_line
 
 
@@ -23,9 +23,9 @@ async def test_driver_talks_to_a_chain_of_three_pumps_over_a_pty_pair(pty_pair: 
     """Status, rate read-back, start and stop reach the right pump on a serial chain."""
     sim = PhdSimulator(
         [
-            PumpSetup(0, rate_ml_h=Decimal(9), running=True),
-            PumpSetup(1, rate_ml_h=Decimal(2)),
-            PumpSetup(99, diameter_mm=Decimal("4.699")),
+            PhdPumpSetup(0, rate_ml_h=Decimal(9), running=True),
+            PhdPumpSetup(1, rate_ml_h=Decimal(2)),
+            PhdPumpSetup(99, diameter_mm=Decimal("4.699")),
         ],
         speed=10,
     )
@@ -52,7 +52,7 @@ async def test_driver_talks_to_a_chain_of_three_pumps_over_a_pty_pair(pty_pair: 
 @pytest.mark.asyncio
 async def test_faults_over_a_pty_garbled_reply_and_stall(pty_pair: PtyPair) -> None:
     """A garbled reply to irate is recovered by the read-back; a stall reads as an alarm."""
-    sim = PhdSimulator([PumpSetup(rate_ml_h=Decimal(9), running=True)], speed=10)
+    sim = PhdSimulator([PhdPumpSetup(rate_ml_h=Decimal(9), running=True)], speed=10)
     async with sim.serving(str(pty_pair.a)):
         driver = PhdPumpDriver(str(pty_pair.b), 0, timeout_s=0.5)
         await driver.connect()

@@ -31,9 +31,9 @@ from daemon.base.config import Config
 from daemon.core.gateway import Gateway
 from daemon.mqtt.bridge import BridgeState
 from sim_devices.clock import SimClock
-from sim_devices.modbus_pump import PumpSetup as ModbusPumpSetup
+from sim_devices.modbus_pump import ModbusPumpSetup
 from sim_devices.modbus_server import ModbusPumpSimulator
-from sim_devices.newera_pump import PumpSetup as NewEraPumpSetup
+from sim_devices.newera_pump import NewEraPumpSetup
 from sim_devices.newera_server import NewEraSimulator
 
 GW = "rel-gw"

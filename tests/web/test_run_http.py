@@ -10,7 +10,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from sim_devices.modbus_pump import PumpSetup as ModbusSetup
+from sim_devices.modbus_pump import ModbusPumpSetup
 from sim_devices.modbus_server import ModbusPumpSimulator
 from tests.e2e.test_service_process import Daemon, write_config
 from tests.support.procs import Mosquitto
@@ -35,7 +35,7 @@ async def test_run_serves_the_api_when_http_is_configured(
     """READY=1, then /api/events has the pump's connection event and /config.json names the
     gateway and the API."""
     modbus = ModbusPumpSimulator(
-        [ModbusSetup(unit_id=1, status="infusing", rate_ml_h=Decimal("52.5"))]
+        [ModbusPumpSetup(unit_id=1, status="infusing", rate_ml_h=Decimal("52.5"))]
     )
     async with modbus.serving("tcp://127.0.0.1:0") as served:
         config = write_config(
@@ -68,7 +68,7 @@ async def test_run_serves_the_api_when_http_is_configured(
 async def test_run_without_http_serves_nothing(tmp_path: Path, mosquitto: Mosquitto) -> None:
     """The HTTP server is off by default: no http_listening line."""
     modbus = ModbusPumpSimulator(
-        [ModbusSetup(unit_id=1, status="infusing", rate_ml_h=Decimal("52.5"))]
+        [ModbusPumpSetup(unit_id=1, status="infusing", rate_ml_h=Decimal("52.5"))]
     )
     async with modbus.serving("tcp://127.0.0.1:0") as served:
         config = write_config(
