@@ -48,6 +48,7 @@ from daemon.base.config_sections import (
 )
 from daemon.base.errors import ConfigError
 from daemon.base.paths import default_data_dir
+from daemon.base.payload import JsonObject
 from protocol.request import field_path
 
 ENV_PREFIX = "INFUSIOND_"
@@ -205,7 +206,7 @@ def config_problems(exc: ValidationError) -> list[str]:
 
 def load_config(path: Path | None) -> Config:
     """Read ``path`` (TOML) and the environment; raise ConfigError naming the bad key."""
-    data: dict[str, Any] = {}
+    data: JsonObject = {}
     source = "the environment"
     if path is not None:
         source = str(path)

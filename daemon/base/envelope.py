@@ -13,6 +13,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from daemon.base.payload import JsonObject
 from daemon.base.timefmt import format_ts
 
 
@@ -74,8 +75,8 @@ def envelope(
     session: str,
     seq: int,
     ts: datetime,
-    data: dict[str, Any],
-) -> dict[str, Any]:
+    data: JsonObject,
+) -> JsonObject:
     """The envelope as a dict (``encode`` it to publish)."""
     return {
         "schema": kind.schema,

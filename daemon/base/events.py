@@ -20,8 +20,17 @@ from datetime import datetime
 from typing import Any, ClassVar, Self
 
 from daemon.base.errors import PayloadError
-from daemon.base.payload import choice, flag, obj, optional_text, required, text, timestamp
-from daemon.base.quantities import JsonObject, Quantity, optional_json, optional_quantity
+from daemon.base.payload import (
+    JsonObject,
+    choice,
+    flag,
+    obj,
+    optional_text,
+    required,
+    text,
+    timestamp,
+)
+from daemon.base.quantities import Quantity, optional_json, optional_quantity
 from daemon.base.timefmt import format_ts
 from drivers.base import ConnectionState, RunState
 from protocol.verdict import LibraryIdentity

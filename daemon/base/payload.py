@@ -15,6 +15,10 @@ from daemon.base.timefmt import parse_ts
 
 _E = TypeVar("_E", bound=enum.Enum)
 
+JsonObject = dict[str, Any]
+"""A decoded JSON object: only at the edges (MQTT payloads, journal rows, HTTP bodies, TOML
+files), read field by field with the readers below into a typed value."""
+
 
 def required(data: Mapping[str, Any], key: str, where: str) -> object:
     """``data[key]``, which must be there (it may be null)."""

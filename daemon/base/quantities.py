@@ -13,15 +13,12 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
 
 from daemon.base.errors import PayloadError
+from daemon.base.payload import JsonObject
 
 RATE_UNIT = "mL/h"
 VOLUME_UNIT = "mL"
-
-JsonObject = dict[str, Any]
-"""A decoded JSON object: only at the edges (MQTT payloads, journal rows, HTTP bodies)."""
 
 
 @dataclass(frozen=True, slots=True)

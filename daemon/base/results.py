@@ -19,7 +19,8 @@ from typing import Any
 
 from daemon.base import payload
 from daemon.base.errors import PayloadError
-from daemon.base.quantities import JsonObject, Quantity, optional_json, optional_quantity
+from daemon.base.payload import JsonObject
+from daemon.base.quantities import Quantity, optional_json, optional_quantity
 from daemon.base.timefmt import format_ts, parse_ts
 
 

@@ -17,11 +17,11 @@ import signal
 import socket
 import tomllib
 from pathlib import Path
-from typing import Any
 
 from pydantic import SecretStr, ValidationError
 
 from daemon.base.logging_setup import configure_logging
+from daemon.base.payload import JsonObject
 from daemon.core.sdnotify import Notifier
 from daemon.fleet.collect_settings import NAME_RULE, CollectorSettings, check_name, tls_context
 from daemon.fleet.collector import Collector, CollectorConfig
@@ -120,7 +120,7 @@ def _collector_config(settings: CollectorSettings) -> CollectorConfig:
     )
 
 
-def _read_file(path: Path) -> dict[str, Any]:
+def _read_file(path: Path) -> JsonObject:
     try:
         with path.open("rb") as handle:
             return tomllib.load(handle)
@@ -148,7 +148,7 @@ def _read_password(path: Path) -> str:
     return password
 
 
-def _put(data: dict[str, Any], key: tuple[str, ...], value: object) -> None:
+def _put(data: JsonObject, key: tuple[str, ...], value: object) -> None:
     """Set ``key`` (a top-level key or one of ``[broker]``, a table by then)."""
     table = data[key[0]] if len(key) > 1 else data
     table[key[-1]] = value

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TextIO
 
 from daemon.base.paths import default_data_dir, journal_path
-from daemon.base.quantities import JsonObject
+from daemon.base.payload import JsonObject
 from daemon.journal.store import Journal
 from daemon.pharmacy.report import ReportError, parse_bound, read_journal, rows_csv
 from daemon.pharmacy.report_model import SummaryRow, Window

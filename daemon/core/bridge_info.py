@@ -9,7 +9,7 @@ from importlib.metadata import version as package_version
 
 from daemon.base.config import Config
 from daemon.base.envelope import SCHEMA_IDS
-from daemon.base.quantities import JsonObject
+from daemon.base.payload import JsonObject
 from daemon.core.program import Program
 from protocol.library import Library
 

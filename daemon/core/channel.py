@@ -33,7 +33,8 @@ from daemon.base.events import (
     PumpEvent,
     RateChanged,
 )
-from daemon.base.quantities import JsonObject, Quantity
+from daemon.base.payload import JsonObject
+from daemon.base.quantities import Quantity
 from daemon.core.channel_alarms import PumpAlarms
 from daemon.core.channel_commands import CommandExecutor
 from daemon.core.channel_state import StatePublisher, state_payload

@@ -10,7 +10,8 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from daemon.base.quantities import JsonObject, Quantity, optional_json
+from daemon.base.payload import JsonObject
+from daemon.base.quantities import Quantity, optional_json
 from daemon.base.timefmt import format_ts
 from daemon.core.channel_types import Latched, refresh_phase
 from daemon.core.program import Program

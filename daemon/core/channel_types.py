@@ -12,7 +12,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Protocol
 
 from daemon.base.events import Priority, PumpEvent
-from daemon.base.quantities import JsonObject
+from daemon.base.payload import JsonObject
 from daemon.core.program import Program
 from drivers.base import ConnectionState, PumpStatus
 

@@ -9,7 +9,7 @@ import hashlib
 import json
 from dataclasses import dataclass, replace
 
-from daemon.base.quantities import JsonObject
+from daemon.base.payload import JsonObject
 from daemon.base.results import ErrorBody, ErrorCode, KeptOutcome, Phase
 
 #: command fields that do not make it another command (a retry; a confirmation, which another

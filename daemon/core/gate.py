@@ -37,7 +37,7 @@ from decimal import Decimal
 import structlog
 
 from daemon.base.events import CommandRejected, OverrideAccepted, PumpEvent
-from daemon.base.quantities import JsonObject
+from daemon.base.payload import JsonObject
 from daemon.base.results import (
     PENDING,
     CommandResult,

@@ -18,7 +18,8 @@ from decimal import Decimal
 
 from pydantic import ValidationError
 
-from daemon.base.quantities import RATE_UNIT, JsonObject
+from daemon.base.payload import JsonObject
+from daemon.base.quantities import RATE_UNIT
 from daemon.base.timefmt import at_ms
 from daemon.core.channel import Channel
 from daemon.core.program import Action, Program

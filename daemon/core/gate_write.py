@@ -12,7 +12,7 @@ from decimal import Decimal
 import structlog
 
 from daemon.base.events import PumpEvent
-from daemon.base.quantities import JsonObject
+from daemon.base.payload import JsonObject
 from daemon.base.results import (
     CommandResult,
     DeviceBefore,

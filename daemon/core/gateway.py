@@ -27,7 +27,8 @@ from daemon.base.config import Config
 from daemon.base.config_sections import PumpConfig
 from daemon.base.envelope import Kind, encode, envelope
 from daemon.base.events import PumpEvent
-from daemon.base.quantities import JsonObject, optional_json
+from daemon.base.payload import JsonObject
+from daemon.base.quantities import optional_json
 from daemon.base.results import CommandResult
 from daemon.core.bridge_info import bridge_info
 from daemon.core.channel import Channel

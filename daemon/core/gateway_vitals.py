@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from daemon.base.config_sections import VitalsSource
-from daemon.base.quantities import JsonObject
+from daemon.base.payload import JsonObject
 from daemon.core.vitals import VitalsBoard
 from daemon.ihe import outbound as ihe_outbound
 from drivers.hl7 import ReceiverConfig, VitalsClient, VitalsListener, VitalsSample

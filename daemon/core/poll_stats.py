@@ -16,7 +16,7 @@ import os
 import time
 from pathlib import Path
 
-from daemon.base.quantities import JsonObject
+from daemon.base.payload import JsonObject
 
 ENV_VAR = "INFUSIOND_BENCH_STATS"
 BUCKETS = 10_000  # 1 ms each; the last one collects everything >= 10 s

@@ -13,8 +13,8 @@ from typing import Any, ClassVar
 
 from daemon.base.errors import PayloadError
 from daemon.base.events import EventType, PumpEvent
-from daemon.base.payload import obj, optional_decimal, optional_text, required, text
-from daemon.base.quantities import JsonObject, Quantity
+from daemon.base.payload import JsonObject, obj, optional_decimal, optional_text, required, text
+from daemon.base.quantities import Quantity
 from protocol.units import UnitError, concentration_unit, dose_unit, rate_to_dose
 
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from daemon.base.quantities import JsonObject
+from daemon.base.payload import JsonObject
 from drivers.hl7 import Observation, Parameter, VitalsSample
 
 DEFAULT_STALE_AFTER_S = 900.0

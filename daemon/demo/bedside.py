@@ -38,7 +38,7 @@ from typing import TextIO
 from daemon.base.config import Config
 from daemon.base.logging_setup import configure_logging
 from daemon.base.paths import default_data_dir, lock_data_dir
-from daemon.base.quantities import JsonObject
+from daemon.base.payload import JsonObject
 from daemon.core.gateway import Gateway
 from daemon.demo.broker import demo_broker
 from daemon.demo.devices import (

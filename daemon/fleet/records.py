@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import TypeVar
 
 from daemon.base.envelope import Kind
-from daemon.base.quantities import JsonObject
+from daemon.base.payload import JsonObject
 from daemon.base.timefmt import parse_ts
 from daemon.base.topics import is_topic_id
 from daemon.fleet.errors import FleetError

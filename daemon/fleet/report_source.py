@@ -33,7 +33,7 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from daemon.base.quantities import JsonObject
+from daemon.base.payload import JsonObject
 from daemon.base.timefmt import format_ts, parse_ts
 from daemon.pharmacy.report import ReportError, event_facts, override_fact
 from daemon.pharmacy.report_facts import (

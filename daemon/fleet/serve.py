@@ -24,7 +24,7 @@ import psycopg
 import structlog
 from aiohttp import web
 
-from daemon.base.quantities import JsonObject
+from daemon.base.payload import JsonObject
 from daemon.fleet.errors import FleetError
 from daemon.fleet.overview import fleet_overview
 from daemon.fleet.store import Conn, connect

@@ -22,7 +22,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from daemon.base.quantities import JsonObject
+from daemon.base.payload import JsonObject
 from daemon.fleet.errors import DatabaseUnavailable, FleetError
 from daemon.fleet.records import (
     Batch,

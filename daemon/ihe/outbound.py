@@ -27,7 +27,7 @@ from typing import Protocol
 import structlog
 
 from daemon.base.config import Config
-from daemon.base.quantities import JsonObject
+from daemon.base.payload import JsonObject
 from daemon.base.timefmt import parse_ts
 from daemon.ihe import messages
 from daemon.ihe.messages import Endpoint, Patient

@@ -30,7 +30,7 @@ from decimal import Decimal
 
 import structlog
 
-from daemon.base.quantities import JsonObject
+from daemon.base.payload import JsonObject
 from daemon.base.results import CommandResult, Phase
 from daemon.base.timefmt import format_ts
 from daemon.journal.records import JournalError

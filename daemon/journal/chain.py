@@ -17,6 +17,7 @@ from typing import Any
 
 from daemon.base.envelope import encode
 from daemon.base.paths import DEFAULT_RETENTION_DAYS, DataDirLock
+from daemon.base.payload import JsonObject
 from daemon.base.timefmt import format_ts
 from daemon.base.topics import Topics
 from daemon.journal.records import (
@@ -159,7 +160,7 @@ class JournalChain:
     def append(
         self,
         kind: JournalKind,
-        payload: dict[str, Any],
+        payload: JsonObject,
         *,
         ts: datetime,
         pump_id: str | None = None,
@@ -170,7 +171,7 @@ class JournalChain:
     def _append(
         self,
         kind: JournalKind,
-        payload: dict[str, Any],
+        payload: JsonObject,
         *,
         ts: str,
         pump_id: str | None,
@@ -236,7 +237,7 @@ class JournalChain:
         ):
             yield JournalRow(n, ts, kind, pid, loads_payload(payload), prev, digest)
 
-    def export(self) -> Iterator[dict[str, Any]]:
+    def export(self) -> Iterator[JsonObject]:
         """Every row as a dict (``journal export``), from one consistent snapshot."""
         with self.snapshot():
             for row in self.rows():

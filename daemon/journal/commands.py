@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
 
 from daemon.base.envelope import encode
 from daemon.base.events import PumpEvent
+from daemon.base.payload import JsonObject
 from daemon.base.results import PENDING, KeptOutcome, VerdictJson
 from daemon.base.timefmt import format_ts
 from daemon.journal.outbox import EventOutbox
@@ -33,7 +33,7 @@ class CommandLog(EventOutbox):
         command_id: str,
         *,
         pump_id: str | None,
-        command: dict[str, Any],
+        command: JsonObject,
         ts: datetime,
     ) -> CommandClaim:
         """Journal an incoming command and claim its id.
@@ -93,7 +93,7 @@ class CommandLog(EventOutbox):
         command_id: str,
         *,
         pump_id: str | None,
-        command: dict[str, Any],
+        command: JsonObject,
         verdict: VerdictJson,
         outcome: KeptOutcome,
         ts: datetime,

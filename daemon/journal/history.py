@@ -25,7 +25,8 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from daemon.base.errors import PayloadError
-from daemon.base.quantities import JsonObject, Quantity, optional_json, optional_quantity
+from daemon.base.payload import JsonObject
+from daemon.base.quantities import Quantity, optional_json, optional_quantity
 from daemon.base.timefmt import format_ts, parse_ts
 from daemon.journal.records import JournalRow
 from daemon.journal.store import Journal

@@ -11,6 +11,7 @@ from decimal import Decimal
 from typing import Any
 
 from daemon.base.errors import PayloadError
+from daemon.base.payload import JsonObject
 from daemon.base.results import KeptOutcome
 from protocol.errors import InfusiondError
 
@@ -54,11 +55,11 @@ class JournalRow:
     ts: str
     kind: str
     pump_id: str | None
-    payload: dict[str, Any]
+    payload: JsonObject
     prev_hash: str
     hash: str
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JsonObject:
         """The row as ``journal export`` prints it."""
         return {
             "n": self.n,
@@ -71,7 +72,7 @@ class JournalRow:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> JournalRow:
+    def from_dict(cls, data: JsonObject) -> JournalRow:
         """The row back from :meth:`to_dict` (as a checkpoint row carries it)."""
         return cls(
             int(data["n"]),
@@ -93,7 +94,7 @@ class OutboxItem:
     seq: int
     pump_id: str
     ts: str
-    data: dict[str, Any]
+    data: JsonObject
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,7 @@ class InterruptedCommand:
     command_id: str
     pump_id: str | None
     outcome: KeptOutcome
-    command: dict[str, Any] | None
+    command: JsonObject | None
 
     @property
     def target_rate(self) -> Decimal | None:
@@ -133,7 +134,7 @@ class OpenClaim:
 
     command_id: str
     pump_id: str | None
-    command: dict[str, Any] | None
+    command: JsonObject | None
 
 
 @dataclass(frozen=True)
@@ -201,7 +202,7 @@ def row_from_sql(row: tuple[Any, ...]) -> JournalRow:
     return JournalRow(n, ts, kind, pump_id, loads_payload(payload), prev_hash, digest)
 
 
-def loads_command(text: object) -> dict[str, Any] | None:
+def loads_command(text: object) -> JsonObject | None:
     """A stored command as received; None when not recorded (a command claimed by an older
     version whose journal row could not be found at migration)."""
     return loads_payload(text) if isinstance(text, str) else None
@@ -217,7 +218,7 @@ def loads_outcome(text: object, *, where: str) -> KeptOutcome:
     return KeptOutcome.from_json(value, where=where)
 
 
-def loads_payload(text: object) -> dict[str, Any]:
+def loads_payload(text: object) -> JsonObject:
     """The stored payload; a tampered, unparseable one is shown raw instead of crashing."""
     try:
         value = json.loads(text) if isinstance(text, str) else text

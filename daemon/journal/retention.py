@@ -4,8 +4,8 @@ each pump's newest event of every type, and recording the new anchor the chain s
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
+from daemon.base.payload import JsonObject
 from daemon.base.timefmt import format_ts
 from daemon.journal.queries import StateQueries
 from daemon.journal.records import JournalKind, PruneReport, row_from_sql
@@ -100,7 +100,7 @@ class Retention(StateQueries):
         finally:
             cursor.close()
 
-    def _carry_forward(self, after: int, through: int) -> dict[str, dict[str, Any]]:
+    def _carry_forward(self, after: int, through: int) -> dict[str, JsonObject]:
         """For each pump with events or checkpoints in rows ``(after, through]``: the newest row
         of each event type as of ``through`` (``to_dict`` form), from those rows or the pump's
         newest checkpoint."""
@@ -117,7 +117,7 @@ class Retention(StateQueries):
             (after, through, JournalKind.CHECKPOINT.value),
         ):
             newest.setdefault(pump_id, {})
-        carried: dict[str, dict[str, Any]] = {}
+        carried: dict[str, JsonObject] = {}
         for pump_id, by_type in newest.items():
             latest = {t: row.to_dict() for t, row in self._checkpoint(pump_id).items()}
             for event_type, n in by_type.items():

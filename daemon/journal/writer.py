@@ -34,6 +34,7 @@ from typing import Any, Concatenate, ParamSpec, Self, TypeVar
 
 from daemon.base.events import PumpEvent
 from daemon.base.paths import DEFAULT_RETENTION_DAYS
+from daemon.base.payload import JsonObject
 from daemon.base.results import KeptOutcome, VerdictJson
 from daemon.journal.records import (
     CommandClaim,
@@ -233,7 +234,7 @@ class AsyncJournal:
     async def append(
         self,
         kind: JournalKind,
-        payload: dict[str, Any],
+        payload: JsonObject,
         *,
         pump_id: str | None = None,
         ts: datetime | None = None,
@@ -273,7 +274,7 @@ class AsyncJournal:
         command_id: str,
         *,
         pump_id: str | None,
-        command: dict[str, Any],
+        command: JsonObject,
         ts: datetime | None = None,
     ) -> CommandClaim:
         """Journal a command and claim its id (see :meth:`Journal.claim_command`)."""
@@ -304,7 +305,7 @@ class AsyncJournal:
         command_id: str,
         *,
         pump_id: str | None,
-        command: dict[str, Any],
+        command: JsonObject,
         verdict: VerdictJson,
         outcome: KeptOutcome,
         ts: datetime | None = None,

@@ -41,7 +41,7 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails
 
-from daemon.base.quantities import JsonObject
+from daemon.base.payload import JsonObject
 from daemon.base.results import ErrorBody, ErrorCode
 from daemon.base.timefmt import format_ts, parse_ts
 from daemon.mqtt.signing import SignaturePolicy

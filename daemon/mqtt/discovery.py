@@ -26,7 +26,7 @@ import structlog
 
 from daemon.base.config_sections import DiscoveryConfig
 from daemon.base.envelope import encode
-from daemon.base.quantities import JsonObject
+from daemon.base.payload import JsonObject
 from daemon.base.topics import Topics
 
 log = structlog.get_logger("infusiond.discovery")

@@ -7,7 +7,7 @@ published."""
 from __future__ import annotations
 
 from daemon.base.envelope import Kind, encode, envelope
-from daemon.base.quantities import JsonObject
+from daemon.base.payload import JsonObject
 from daemon.base.timefmt import parse_ts
 from daemon.base.topics import Topics
 from daemon.journal.records import OutboxItem

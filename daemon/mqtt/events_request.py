@@ -21,7 +21,7 @@ from datetime import datetime
 from typing import Protocol
 
 from daemon.base.envelope import Kind, encode, envelope
-from daemon.base.quantities import JsonObject
+from daemon.base.payload import JsonObject
 from daemon.journal.records import JournalRow
 from daemon.mqtt.event_messages import event_body
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from daemon.base.quantities import JsonObject
+from daemon.base.payload import JsonObject
 from daemon.mqtt.metrics import SAMPLE_EVERY_S, GatewayMetrics
 
 

@@ -41,7 +41,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from daemon.base.quantities import JsonObject
+from daemon.base.payload import JsonObject
 from daemon.base.results import CommandResult, Phase
 from daemon.journal.records import JournalError
 

@@ -38,7 +38,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import structlog
 
-from daemon.base.quantities import JsonObject
+from daemon.base.payload import JsonObject
 from daemon.base.results import CommandResult
 from daemon.base.timefmt import format_ts
 from daemon.base.topics import capped_id

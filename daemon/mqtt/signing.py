@@ -36,7 +36,7 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from daemon.base.errors import ConfigError
-from daemon.base.quantities import JsonObject
+from daemon.base.payload import JsonObject
 
 SIG_FIELD = "sig"
 MIN_KEY_BYTES = 16

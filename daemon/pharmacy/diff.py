@@ -20,7 +20,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from daemon.base.library_file import load_library
-from daemon.base.quantities import JsonObject
+from daemon.base.payload import JsonObject
 from protocol.library import Example, Library
 
 EXIT_SAME = 0

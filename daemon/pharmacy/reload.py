@@ -30,7 +30,7 @@ import structlog
 
 from daemon.base.config_sections import LibraryConfig
 from daemon.base.events import LibraryChanged, Via
-from daemon.base.quantities import JsonObject
+from daemon.base.payload import JsonObject
 from daemon.journal.records import JournalError, JournalKind
 from daemon.journal.writer import AsyncJournal
 from daemon.pharmacy.signing import (

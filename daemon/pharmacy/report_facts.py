@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Self
 
 from daemon.base import payload
 from daemon.base.errors import PayloadError
-from daemon.base.quantities import JsonObject, Quantity, optional_json, optional_quantity
+from daemon.base.payload import JsonObject
+from daemon.base.quantities import Quantity, optional_json, optional_quantity
 from protocol.verdict import LibraryIdentity, Outcome
 
 if TYPE_CHECKING:

@@ -20,7 +20,7 @@ mpl.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
-from daemon.base.quantities import JsonObject
+from daemon.base.payload import JsonObject
 
 _STYLE = """
 body { font-family: sans-serif; margin: 2em; color: #222; max-width: 75em; }

@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING
 
-from daemon.base.quantities import JsonObject, Quantity
+from daemon.base.payload import JsonObject
+from daemon.base.quantities import Quantity
 from protocol.verdict import LibraryIdentity, Outcome
 
 if TYPE_CHECKING:

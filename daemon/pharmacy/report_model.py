@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from operator import attrgetter
 from typing import TYPE_CHECKING
 
-from daemon.base.quantities import JsonObject
+from daemon.base.payload import JsonObject
 from daemon.base.timefmt import format_ts, parse_ts
 from daemon.pharmacy.report_facts import (
     Accepted,

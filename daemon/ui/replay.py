@@ -28,7 +28,7 @@ import aiomqtt
 from daemon.base.envelope import Kind, encode, envelope
 from daemon.base.errors import ConfigError, PayloadError
 from daemon.base.paths import default_data_dir, journal_path
-from daemon.base.quantities import JsonObject
+from daemon.base.payload import JsonObject
 from daemon.base.timefmt import parse_ts
 from daemon.base.topics import Topics, is_topic_id
 from daemon.journal.records import JournalError

@@ -29,7 +29,7 @@ import aiomqtt
 from rich.console import Console, RenderableType
 from rich.live import Live
 
-from daemon.base.quantities import JsonObject
+from daemon.base.payload import JsonObject
 from daemon.ui.watch_state import BedView, PumpView
 from daemon.ui.watch_view import event_line, render, result_line
 from drivers.backoff import Backoff

@@ -47,7 +47,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from daemon.base.envelope import encode
 from daemon.base.errors import ConfigError
-from daemon.base.quantities import JsonObject
+from daemon.base.payload import JsonObject
 from daemon.base.topics import is_topic_id
 from daemon.journal.history import History, HistoryQueryError, JournalNotReady, problems_document
 from daemon.journal.records import JournalError

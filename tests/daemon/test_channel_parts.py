@@ -9,7 +9,7 @@ from decimal import Decimal
 import pytest
 
 from daemon.base.events import AlarmCleared, AlarmRaised, PumpEvent
-from daemon.base.quantities import JsonObject
+from daemon.base.payload import JsonObject
 from daemon.core.channel_alarms import PumpAlarms
 from daemon.core.channel_state import StatePublisher
 from daemon.core.channel_types import OFFLINE_ALARM, OUT_OF_LIBRARY

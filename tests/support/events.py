@@ -19,7 +19,8 @@ from daemon.base.events import (
     RateChanged,
     RatePoint,
 )
-from daemon.base.quantities import JsonObject, Quantity
+from daemon.base.payload import JsonObject
+from daemon.base.quantities import Quantity
 from drivers.base import RunState
 
 
