@@ -36,7 +36,7 @@ import aiomqtt
 
 from bench.harness import Daemon, broker, modbus_sims, progress, stop_process, summary_ms
 from bench.harness import write_config as write_daemon_config
-from daemon.base.events import RateChanged, RatePoint, Source
+from daemon.base.events import ChangeSource, RateChanged, RatePoint
 from daemon.base.quantities import Quantity
 from daemon.ihe.messages import Patient
 from daemon.ihe.outbound import Hl7Out, Hl7OutSettings
@@ -77,7 +77,7 @@ def _event(i: int) -> RateChanged:
     return RateChanged(
         RatePoint(Quantity.rate(52.5), None),
         RatePoint(Quantity.rate(63.0), None),
-        Source.COMMAND,
+        ChangeSource.COMMAND,
         f"bench-{i}",
     )
 
@@ -137,7 +137,7 @@ async def _titrations(port: int, n: int, tag: str) -> list[float]:
             t0 = time.perf_counter()
             await client.publish(topic, _command(command_id, next(doses)), qos=1)
             while True:
-                body = json.loads((await anext(results)).payload)["data"]  # type: ignore[arg-type]
+                body = json.loads((await anext(results)).payload)["data"]
                 if body.get("id") == command_id and body["phase"] in FINAL:
                     break
             if body["phase"] != "applied":

@@ -91,8 +91,6 @@ async def serve(broker_port: int, modbus_url: str, unit: int) -> None:
         sys.stdout.write("raw gateway ready\n")
         sys.stdout.flush()
         async for message in client.messages:
-            if not isinstance(message.payload, bytes | bytearray):
-                continue
             request = json.loads(message.payload)
             ok = await gateway.command(Decimal(str(request["rate"])))
             reply = json.dumps({"id": request["id"], "ok": ok}).encode()
