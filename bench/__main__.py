@@ -1,4 +1,4 @@
-"""``python -m bench`` (``make bench``): every benchmark of issue 8, side by side in one run.
+"""``python -m bench`` (``make bench``): every benchmark, side by side in one run.
 
 Prints ONE JSON object on stdout: ``{"quick", "host", "results": {bench: details}, "rows":
 [{"bench", "figure", "value", "unit", "baseline", "ratio", "target", "met"}, ...], "all_met"}``
