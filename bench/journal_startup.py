@@ -41,9 +41,23 @@ from typing import Any
 
 from bench.harness import Daemon, broker, modbus_sims, progress, write_config
 from daemon.base.envelope import encode
+from daemon.base.events import (
+    Alarm,
+    AlarmCleared,
+    AlarmRaised,
+    ChangeSource,
+    ConnectionChanged,
+    Priority,
+    PumpEvent,
+    RateChanged,
+    RatePoint,
+)
 from daemon.base.paths import journal_path
+from daemon.base.payload import JsonObject
+from daemon.base.quantities import Quantity
 from daemon.base.timefmt import format_ts, parse_ts
 from daemon.journal import GENESIS_HASH, AsyncJournal, Journal
+from drivers.base import ConnectionState
 
 ROWS_FULL = 1_000_000
 ROWS_QUICK = 100_000
@@ -82,6 +96,20 @@ _PROGRAM = {
 }
 
 
+def _event(event_type: str, n: int, at: datetime) -> PumpEvent:
+    """A real event of ``event_type`` (as the daemon journals it), its rate varying with ``n``."""
+    rate = Quantity.rate(n % 500)
+    if event_type == "rate_changed":
+        before = RatePoint(Quantity.rate((n + 1) % 500), None)
+        return RateChanged(before, RatePoint(rate, None), ChangeSource.DEVICE)
+    if event_type in ("alarm_raised", "alarm_cleared"):
+        alarm = Alarm("occlusion", Priority.HIGH, at)
+        return AlarmRaised(alarm) if event_type == "alarm_raised" else AlarmCleared(alarm)
+    if event_type == "connection_changed":
+        return ConnectionChanged(ConnectionState.ONLINE, ConnectionState.OFFLINE, rate=rate)
+    raise ValueError(f"no generator for {event_type}")
+
+
 def _event_rows(count: int, end: datetime) -> Iterator[tuple[Any, ...]]:
     """``count`` chained EVENT rows (as ``Journal.record_event`` writes them) ending at ``end``."""
     prev = GENESIS_HASH
@@ -90,14 +118,13 @@ def _event_rows(count: int, end: datetime) -> Iterator[tuple[Any, ...]]:
     for n in range(1, count + 1):
         pump_id = f"pump-{(n - 1) % PUMPS + 1}"
         event_type = "program_changed" if n % 5000 < PUMPS else _MIX[(n // PUMPS) % len(_MIX)]
-        data: dict[str, Any] = {
-            "type": event_type,
-            "pump_id": pump_id,
-            "rate": {"value": n % 500, "unit": "mL/h"},
-        }
+        at = start + step * n
         if event_type == "program_changed":  # what the gate journals: the whole program
+            data: JsonObject = {"type": event_type, "pump_id": pump_id, "command_id": f"c-{n}"}
             data["program"] = _PROGRAM
-        ts = format_ts(start + step * n)
+        else:
+            data = _event(event_type, n, at).journaled(pump_id)
+        ts = format_ts(at)
         payload = encode({"seq": n, "event": data}).decode()
         canonical = json.dumps(
             [n, ts, "event", pump_id, payload], separators=(",", ":"), ensure_ascii=False

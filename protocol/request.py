@@ -7,7 +7,7 @@ doses, rates, weights or concentrations are errors. Malformed input raises
 
 Two doors, one model:
 
-* untrusted input -- :func:`parse_request_json` (JSON text: ``infusiond check``, MQTT) and
+* untrusted input -- :func:`parse_request_json` (JSON text: ``infusiond check`` and the bench) and
   :func:`parse_untrusted_request` (an already decoded JSON object): a numeric field must be a
   JSON number. A string (``"value": "0.05"``), a boolean, NaN, an infinity or a value above
   the field's cap (at most 1e6) is an error naming the field; nothing is coerced.
