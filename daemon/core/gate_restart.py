@@ -54,6 +54,8 @@ class Reconciler:
     _interrupted: list[tuple[InterruptedCommand, StoredCommand]] = field(default_factory=list)
     _recent: list[InterruptedCommand] = field(default_factory=list)
     _open: list[OpenClaim] = field(default_factory=list)
+    #: open claims settled at start, whose ``rejected`` is published once the bridge is up
+    _settled_open: list[OpenClaim] = field(default_factory=list)
 
     async def load_interrupted(self) -> None:
         """Read the commands a crash left at ``accepted`` (before any command is admitted):
@@ -86,6 +88,7 @@ class Reconciler:
             await self.journal.run(_record_outcomes, outcomes, self.now())
         for claim, _ in outcomes:
             log.warning("command_claim_settled", pump=claim.pump_id, id=claim.command_id)
+        self._settled_open.extend(self._open)
         self._open = []
 
     async def reconcile_interrupted(self, library: Library) -> None:
@@ -98,7 +101,8 @@ class Reconciler:
         duplicate of the id is told.
 
         First, the final results of the commands settled just before the restart are published
-        again (``"repeated": true``): one may have been journaled and never published."""
+        again (``"repeated": true``): one may have been journaled and never published; then the
+        ``rejected`` of each id claimed but never checked (settled at start) is published."""
         recent, self._recent = self._recent, []
         for item in recent:
             if item.pump_id in self.channels:
@@ -111,6 +115,11 @@ class Reconciler:
             except JournalError as exc:
                 log.critical("journal_unavailable", open_claims=len(self._open), error=str(exc))
                 await asyncio.sleep(backoff.next_delay())
+        settled, self._settled_open = self._settled_open, []
+        for claim in settled:  # a sender waiting on the id hears that it was not executed
+            if claim.pump_id in self.channels:
+                answer = CommandResult.rejected(claim.command_id, error=NEVER_CHECKED)
+                await self.send_result(claim.pump_id or "", answer, None)
         try:
             for item, command in self._interrupted:
                 backoff = Backoff(initial_s=0.5, maximum_s=30.0)
@@ -158,14 +167,17 @@ def _unfinished(journal: Journal) -> tuple[list[OpenClaim], list[InterruptedComm
     return journal.open_claims(), journal.interrupted_commands()
 
 
+#: why a command claimed but never checked is ``rejected`` (see :class:`OpenClaim`)
+NEVER_CHECKED = ErrorBody(
+    ErrorCode.INTERNAL_ERROR,
+    "the gateway stopped before it checked this command; it was not executed",
+)
+
+
 def _never_checked(claim: OpenClaim) -> KeptOutcome:
     """The outcome of a command claimed but never checked (see :class:`OpenClaim`)."""
-    error = ErrorBody(
-        ErrorCode.INTERNAL_ERROR,
-        "the gateway stopped before it checked this command; it was not executed",
-    )
     fp = None if claim.command is None else fingerprint(claim.command)
-    return KeptOutcome(FirstOutcome(Phase.REJECTED, error=error, pump=claim.pump_id), fp)
+    return KeptOutcome(FirstOutcome(Phase.REJECTED, error=NEVER_CHECKED, pump=claim.pump_id), fp)
 
 
 def _record_outcomes(

@@ -232,8 +232,9 @@ async def test_a_command_claimed_but_never_checked_is_settled_rejected_at_start(
 ) -> None:
     """A journal left with a command id claimed and no outcome (the daemon stopped between the
     claim and the verdict): nothing of it reached the pump. At start it is settled ``rejected``
-    (``internal_error``) and journaled, so a resend of the id is a schema-valid ``duplicate``
-    whose ``first`` says so; nothing is written to the pump."""
+    (``internal_error``), journaled and published (a sender waiting on the id hears it), so a
+    resend of the id is a schema-valid ``duplicate`` whose ``first`` says so; nothing is
+    written to the pump."""
     data_dir = tmp_path / "data"
     cmd = command()
     journal = await AsyncJournal.open(data_dir, gateway_id=GW)
@@ -242,8 +243,13 @@ async def test_a_command_claimed_but_never_checked_is_settled_rejected_at_start(
     async with simulators() as bench, probe(mosquitto.url) as p:
         cfg = bedside(bench, broker_url=mosquitto.url, data_dir=data_dir)
         async with running_gateway(cfg):
+            announced = await p.wait_for(_result_of(cmd["id"]))
+            result_schema().validate(announced.json)
+            assert announced.data["phase"] == "rejected"
+            assert announced.data["error"]["code"] == "internal_error"
+            mark = len(p.messages)
             await p.send("pump-1", cmd)
-            msg = await p.wait_for(_result_of(cmd["id"]))
+            msg = await p.wait_for(_result_of(cmd["id"]), after=mark)
             result_schema().validate(msg.json)
             assert msg.data["phase"] == "duplicate"
             first = msg.data["first"]

@@ -470,9 +470,10 @@ def test_a_stop_that_never_left_is_not_applied_although_the_pump_stopped_by_itse
 def test_a_claim_left_open_by_a_full_disk_is_settled_after_a_restart_without_stopping() -> None:
     """A command claimed, then its verdict lost to a full disk (answered ``rejected``
     journal_unavailable: nothing sent); the daemon restarts while the disk still refuses
-    commits: it keeps running, settles the open claim once the journal takes it, and a repeat
-    of the id is then a ``duplicate`` (campaign seed 887: the start-up settlement's failed
-    write stopped the gateway)."""
+    commits: it keeps running, settles the open claim once the journal takes it and publishes
+    that ``rejected`` (internal_error: not executed), and a repeat of the id is then a
+    ``duplicate`` (campaign seed 887: the start-up settlement's failed write stopped the
+    gateway)."""
     holds(
         [
             JournalFault("commit", skip=2, count=2, message="database or disk is full"),
@@ -483,5 +484,7 @@ def test_a_claim_left_open_by_a_full_disk_is_settled_after_a_restart_without_sto
             Send("pump-2", "set_rate", "s887-5", value=999.99),
             Wait(1),
         ],
-        answers={"s887-5": ["rejected:journal_unavailable", "duplicate"]},
+        answers={
+            "s887-5": ["rejected:journal_unavailable", "rejected:internal_error", "duplicate"]
+        },
     )
